@@ -1,0 +1,60 @@
+"""The model activity: one chat completion, logged in the ledger."""
+
+from __future__ import annotations
+
+import time
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from stead.agent import AgentCatalog
+from stead.ledger import Ledger
+from stead.llm import ModelCallError, ModelClient
+from stead.models import ModelRequest, ModelTurn
+
+
+class ModelActivities:
+    """Calls the configured model (``model``) or, when none is, the agent's offline model."""
+
+    def __init__(self, catalog: AgentCatalog, ledger: Ledger, *,
+                 model: ModelClient | None = None) -> None:
+        self._catalog = catalog
+        self._ledger = ledger
+        self._model = model
+
+    def client_for(self, agent: str) -> ModelClient:
+        if self._model is not None:
+            return self._model
+        return self._catalog[agent].offline_model
+
+    @activity.defn(name="model.complete")
+    async def complete(self, req: ModelRequest) -> ModelTurn:
+        info = activity.info()
+        client = self.client_for(req.ref.agent)
+        started = time.perf_counter()
+        try:
+            turn = await client.complete(req.messages, req.tools)
+        except ModelCallError as err:
+            await self._record(req, info.attempt, client.name, started, error=err)
+            raise ApplicationError(str(err), type=err.kind, non_retryable=not err.retryable,
+                                   next_retry_delay=err.retry_after) from err
+        except Exception as err:
+            await self._record(req, info.attempt, client.name, started, error=err)
+            raise
+        await self._record(req, info.attempt, client.name, started, turn=turn)
+        return turn
+
+    async def _record(self, req: ModelRequest, attempt: int, model: str, started: float, *,
+                      turn: ModelTurn | None = None, error: BaseException | None = None) -> None:
+        await self._ledger.record_model_call(
+            workflow_id=req.ref.workflow_id, run_id=req.ref.run_id, step=req.ref.step,
+            attempt=attempt, model=turn.model if turn and turn.model else model,
+            status="ok" if error is None else "error",
+            finish_reason=turn.finish_reason if turn else None,
+            tool_calls=[c.model_dump() for c in turn.tool_calls] if turn else [],
+            content=turn.content if turn else None,
+            error=f"{type(error).__name__}: {error}" if error else None,
+            input_tokens=turn.usage.input_tokens if turn else 0,
+            output_tokens=turn.usage.output_tokens if turn else 0,
+            duration_ms=(time.perf_counter() - started) * 1000,
+            on_wait=activity.heartbeat)

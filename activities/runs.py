@@ -1,0 +1,60 @@
+"""Run bookkeeping activities: resolve the agent and open the run, close it, record decisions.
+
+They are short database writes, so the workflow runs them as local activities.
+"""
+
+from __future__ import annotations
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from stead import errors
+from stead.agent import AgentCatalog
+from stead.ledger import Ledger
+from stead.models import AgentPlan, FinishRun, StartRun
+from stead.models import DecisionRecord
+
+
+class RunActivities:
+    """Bound to the worker's agent catalog and ledger."""
+
+    def __init__(self, catalog: AgentCatalog, ledger: Ledger, *, model_label: str | None,
+                 model_timeout: float = 60.0, model_max_attempts: int = 5) -> None:
+        self._catalog = catalog
+        self._ledger = ledger
+        self._model_label = model_label
+        self._model_timeout = model_timeout
+        self._model_max_attempts = model_max_attempts
+
+    @activity.defn(name="run.start")
+    async def start_run(self, start: StartRun) -> AgentPlan:
+        """Pin the agent's plan for this run and open its ledger row."""
+        req = start.request
+        if req.agent not in self._catalog:
+            raise ApplicationError(
+                f"unknown agent {req.agent!r}; this worker serves: "
+                f"{', '.join(self._catalog.names())}",
+                type=errors.UNKNOWN_AGENT, non_retryable=True)
+        agent = self._catalog[req.agent]
+        model = self._model_label or agent.offline_model.name
+        await self._ledger.start_run(
+            workflow_id=start.ref.workflow_id, run_id=start.ref.run_id, agent=req.agent,
+            tenant=req.tenant, user=req.user, input=req.input, metadata=req.metadata,
+            model=model)
+        plan = agent.plan(model=model, max_steps=req.max_steps)
+        return plan.model_copy(update={"model_timeout": self._model_timeout,
+                                       "model_max_attempts": self._model_max_attempts})
+
+    @activity.defn(name="run.finish")
+    async def finish_run(self, finish: FinishRun) -> None:
+        r = finish.result
+        await self._ledger.finish_run(
+            workflow_id=finish.ref.workflow_id, run_id=finish.ref.run_id, status=r.status,
+            answer=r.answer, error=r.error, steps=r.steps, result=r.model_dump(mode="json"))
+
+    @activity.defn(name="run.decision")
+    async def record_decision(self, d: DecisionRecord) -> None:
+        await self._ledger.record_decision(
+            workflow_id=d.ref.workflow_id, run_id=d.ref.run_id, step=d.ref.step, kind=d.kind,
+            decision=d.decision, reason=d.reason, actor=d.actor, policy=d.policy, data=d.data,
+            dedupe_key=f"{d.ref.workflow_id}:{d.ref.run_id}:{d.ref.step}:{d.kind}:{d.seq}")

@@ -1,0 +1,128 @@
+"""Tool activities: one activity type per tool (``tool.<name>``), with idempotency.
+
+Each attempt claims the call's idempotency key in the ledger before the side effect and
+records the outcome after it:
+
+- key already completed (a retry after the result was recorded, or a replay) -> return the
+  recorded result, the tool does not run again;
+- an earlier attempt started and never reported (its worker died) -> an idempotent tool runs
+  again with the same key; a non-idempotent one is reconciled through its ``reconcile`` hook,
+  or the call fails as ``ToolOutcomeUnknown`` so the workflow escalates instead of re-running;
+- otherwise run the tool and record what happened, failed attempts included.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from stead import errors
+from stead.agent import AgentCatalog
+from stead.ledger import Ledger
+from stead.models import ToolInvocation, ToolOutcome
+from stead.tools import Tool, ToolContext
+
+
+class ToolActivities:
+    """Builds the activity callables for every tool of a catalog."""
+
+    def __init__(self, catalog: AgentCatalog, ledger: Ledger) -> None:
+        self._catalog = catalog
+        self._ledger = ledger
+
+    def activities(self) -> list[Callable[..., Any]]:
+        return [self._activity_for(t) for t in self._catalog.tools()]
+
+    def _activity_for(self, t: Tool[Any, Any]) -> Callable[..., Any]:
+        async def run_tool(inv: ToolInvocation) -> ToolOutcome:
+            return await self.execute(t, inv)
+
+        run_tool.__name__ = f"tool_{t.name}"
+        run_tool.__qualname__ = run_tool.__name__
+        return activity.defn(name=t.activity_name)(run_tool)
+
+    async def execute(self, t: Tool[Any, Any], inv: ToolInvocation) -> ToolOutcome:
+        info = activity.info()
+        attempt = info.attempt
+        ledger = self._ledger
+        hb = activity.heartbeat
+        started = time.perf_counter()
+
+        def elapsed() -> float:
+            return (time.perf_counter() - started) * 1000
+
+        claim = await ledger.claim_tool(
+            key=inv.idempotency_key, workflow_id=inv.ref.workflow_id, run_id=inv.ref.run_id,
+            step=inv.ref.step, call_id=inv.call_id, tool=t.name, requested_tool=inv.requested_tool,
+            arguments=inv.arguments, attempt=attempt, on_wait=hb)
+        if claim.kind == "completed":
+            await ledger.finish_tool(key=inv.idempotency_key, attempt=attempt, outcome="replayed",
+                                     duration_ms=elapsed(), on_wait=hb)
+            return ToolOutcome(tool=t.name, result=claim.result or {}, attempt=attempt,
+                               replayed=True)
+
+        ctx = ToolContext(idempotency_key=inv.idempotency_key, attempt=attempt,
+                          workflow_id=inv.ref.workflow_id, run_id=inv.ref.run_id,
+                          tenant=inv.ref.tenant, heartbeat=activity.heartbeat)
+        try:
+            args = t.input_model.model_validate(inv.arguments)
+        except ValidationError as err:
+            await ledger.finish_tool(key=inv.idempotency_key, attempt=attempt, outcome="error",
+                                     error_type="InvalidArguments", error=str(err), final=True,
+                                     duration_ms=elapsed(), on_wait=hb)
+            raise ApplicationError(f"invalid arguments for {t.name!r}: {err}",
+                                   {"attempt": attempt}, type="InvalidArguments",
+                                   non_retryable=True) from None
+
+        if claim.kind == "unknown" and not t.idempotent:
+            recorded = await self._reconcile(t, args, ctx, inv, attempt, elapsed)
+            if recorded is not None:
+                return recorded
+
+        try:
+            out = await t.fn(args, ctx)
+            if not isinstance(out, BaseModel):
+                out = t.output_model.model_validate(out)
+            result: dict[str, Any] = out.model_dump(mode="json")
+        except Exception as err:
+            kind = err.type if isinstance(err, ApplicationError) and err.type else \
+                type(err).__name__
+            non_retryable = (kind in t.retry.non_retryable
+                             or (isinstance(err, ApplicationError) and err.non_retryable))
+            final = non_retryable or attempt >= t.retry.max_attempts
+            await ledger.finish_tool(key=inv.idempotency_key, attempt=attempt, outcome="error",
+                                     error_type=kind, error=str(err), final=final,
+                                     duration_ms=elapsed(), on_wait=hb)
+            raise ApplicationError(f"{t.name}: {kind}: {err}", {"attempt": attempt}, type=kind,
+                                   non_retryable=non_retryable) from err
+        await ledger.finish_tool(key=inv.idempotency_key, attempt=attempt, outcome="ok",
+                                 result=result, duration_ms=elapsed(), on_wait=hb)
+        return ToolOutcome(tool=t.name, result=result, attempt=attempt)
+
+    async def _reconcile(self, t: Tool[Any, Any], args: BaseModel, ctx: ToolContext,
+                         inv: ToolInvocation, attempt: int,
+                         elapsed: Callable[[], float]) -> ToolOutcome | None:
+        """An earlier attempt of a non-idempotent tool vanished mid-call: find out, never guess."""
+        if t.reconcile is None:
+            msg = (f"{t.name}: an earlier attempt (key {inv.idempotency_key}) started and never "
+                   f"reported, and the tool is not idempotent and has no reconcile hook; "
+                   f"not re-running it — a human must check whether it took effect")
+            await self._ledger.finish_tool(key=inv.idempotency_key, attempt=attempt,
+                                           outcome="error", error_type=errors.TOOL_OUTCOME_UNKNOWN,
+                                           error=msg, final=True, duration_ms=elapsed(),
+                                           on_wait=activity.heartbeat)
+            raise ApplicationError(msg, {"attempt": attempt}, type=errors.TOOL_OUTCOME_UNKNOWN,
+                                   non_retryable=True)
+        found = await t.reconcile(args, ctx)
+        if found is None:
+            return None  # it did not happen: safe to run now
+        result = found.model_dump(mode="json") if isinstance(found, BaseModel) else dict(found)
+        await self._ledger.finish_tool(key=inv.idempotency_key, attempt=attempt,
+                                       outcome="reconciled", result=result,
+                                       duration_ms=elapsed(), on_wait=activity.heartbeat)
+        return ToolOutcome(tool=t.name, result=result, attempt=attempt, replayed=True)

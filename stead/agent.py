@@ -1,0 +1,86 @@
+"""Agent declarations and the catalog a worker serves.
+
+    ops = Agent(name="ops", instructions="...", tools=ops_tools(world), offline_model=planner)
+    catalog = AgentCatalog([ops])        # validated: raises SpecError listing every problem
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from stead.errors import SpecError
+from stead.llm import ModelClient
+from stead.models import AgentPlan
+from stead.tools import Tool, ToolRegistry
+
+
+@dataclass(frozen=True, kw_only=True)
+class Agent:
+    """An agent: instructions, the tools it may call, and its offline model."""
+
+    name: str
+    instructions: str
+    tools: list[Tool[Any, Any]]
+    offline_model: ModelClient
+    """Used when no model server is configured (the reference agents' scripted planners)."""
+    max_steps: int = 16
+    """Budget of model turns plus tool calls per run."""
+    description: str = ""
+    registry: ToolRegistry = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "registry", ToolRegistry(self.tools))
+
+    def plan(self, *, model: str, max_steps: int | None = None) -> AgentPlan:
+        return AgentPlan(agent=self.name, instructions=self.instructions, model=model,
+                         max_steps=max_steps or self.max_steps,
+                         tools=[t.plan() for t in self.tools])
+
+
+class AgentCatalog:
+    """The agents one worker serves, validated as a whole at construction."""
+
+    def __init__(self, agents: Iterable[Agent]) -> None:
+        self._agents: dict[str, Agent] = {}
+        problems: list[str] = []
+        for a in agents:
+            if a.name in self._agents:
+                problems.append(f"agent {a.name!r} is declared twice")
+            self._agents[a.name] = a
+            if not a.instructions.strip():
+                problems.append(f"agent {a.name!r}: instructions are empty")
+            if a.max_steps < 1:
+                problems.append(f"agent {a.name!r}: max_steps must be at least 1")
+            try:
+                a.registry.validate()
+            except SpecError as err:
+                problems.append(f"agent {a.name!r}: {err}")
+        if problems:
+            raise SpecError("invalid agent catalog:\n  - " + "\n  - ".join(problems))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._agents
+
+    def __getitem__(self, name: str) -> Agent:
+        return self._agents[name]
+
+    def names(self) -> list[str]:
+        return sorted(self._agents)
+
+    def agents(self) -> list[Agent]:
+        return list(self._agents.values())
+
+    def tools(self) -> list[Tool[Any, Any]]:
+        """Every distinct tool across agents (a tool object shared by agents counts once)."""
+        seen: dict[str, Tool[Any, Any]] = {}
+        for a in self._agents.values():
+            for t in a.tools:
+                other = seen.get(t.name)
+                if other is not None and other is not t:
+                    raise SpecError(
+                        f"two different tools are named {t.name!r}; tool names are activity "
+                        f"types and must be unique across the worker's agents")
+                seen[t.name] = t
+        return list(seen.values())

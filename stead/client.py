@@ -1,0 +1,49 @@
+"""Connecting to Temporal and starting runs.
+
+    client = await connect(settings)
+    handle = await start_run(client, RunRequest(agent="ops", input="..."), settings=settings)
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from temporalio.client import Client, WorkflowHandle
+from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError
+
+from stead.errors import StackError
+from stead.models import RunRequest, RunResult
+from stead.settings import Settings
+
+WORKFLOW_TYPE = "AgentWorkflow"
+
+
+async def connect(settings: Settings, address: str | None = None) -> Client:
+    """Connect with stead's data converter; a clear ``StackError`` when nothing answers."""
+    target = address or settings.temporal_address or f"127.0.0.1:{settings.temporal_port}"
+    try:
+        return await Client.connect(target, namespace=settings.temporal_namespace,
+                                    data_converter=pydantic_data_converter)
+    except (RuntimeError, RPCError) as err:
+        raise StackError(
+            f"cannot reach Temporal at {target}: {err}. Is the stack running (`stead up`), "
+            f"or is TEMPORAL_ADDRESS right?") from err
+
+
+def new_run_id(agent: str, tenant: str = "default") -> str:
+    return f"{tenant}-{agent}-{uuid.uuid4().hex[:12]}"
+
+
+async def start_run(client: Client, request: RunRequest, *, settings: Settings,
+                    workflow_id: str | None = None) -> WorkflowHandle[object, RunResult]:
+    attrs = TypedSearchAttributes([
+        SearchAttributePair(SearchAttributeKey.for_keyword("SteadAgent"), request.agent),
+        SearchAttributePair(SearchAttributeKey.for_keyword("SteadTenant"), request.tenant),
+    ])
+    summary = f"{request.agent}: {request.input[:120]}"
+    return await client.start_workflow(
+        WORKFLOW_TYPE, request, id=workflow_id or new_run_id(request.agent, request.tenant),
+        task_queue=settings.task_queue, result_type=RunResult, search_attributes=attrs,
+        static_summary=summary)

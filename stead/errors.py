@@ -1,0 +1,49 @@
+"""Errors raised by stead.
+
+Every error stead raises on purpose derives from :class:`SteadError`::
+
+    SteadError
+    ├── SettingsError          a setting has a bad value (names the setting)
+    ├── SpecError              a tool or agent declaration is invalid (raised at worker start)
+    ├── StackError             an embedded service cannot start (port taken, binary missing)
+    ├── LedgerError            the ledger cannot be read or written
+    └── RunNotFound            a run id that the Temporal server does not know
+
+Inside workflows and activities failures travel as ``temporalio.exceptions.ApplicationError``
+with one of the ``type`` strings below, so the Web UI and retry policies can tell them apart.
+"""
+
+from __future__ import annotations
+
+
+class SteadError(Exception):
+    """Base class of every error stead raises on purpose."""
+
+
+class SettingsError(SteadError):
+    """A setting has a bad value; the message names the environment variable."""
+
+
+class SpecError(SteadError):
+    """A tool, agent or registry declaration is invalid."""
+
+
+class StackError(SteadError):
+    """An embedded service could not be started or reached."""
+
+
+class LedgerError(SteadError):
+    """The ledger could not be read or written."""
+
+
+class RunNotFound(SteadError):
+    """No run with this id exists on the Temporal server."""
+
+
+# ApplicationError.type values used across workflows and activities.
+UNKNOWN_AGENT = "UnknownAgent"
+INVALID_REQUEST = "InvalidRunRequest"
+TOOL_FAILED = "ToolFailed"
+TOOL_OUTCOME_UNKNOWN = "ToolOutcomeUnknown"
+MODEL_RESPONSE_INVALID = "ModelResponseInvalid"
+LEDGER_UNAVAILABLE = "LedgerUnavailable"

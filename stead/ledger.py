@@ -1,0 +1,325 @@
+"""The ledger: runs, model calls, tool calls and decisions in PostgreSQL (asyncpg).
+
+    ledger = await Ledger.connect(dsn)
+    claim = await ledger.claim_tool(...)
+
+Writes are keyed so that a retried activity writes once. Operations that fail because the
+database is unreachable are retried inside the call for ``retry_seconds`` (the database
+coming back is an infrastructure matter and must not use up a tool's own retry budget).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Literal, TypeVar
+
+import asyncpg
+
+from stead.errors import LedgerError
+
+T = TypeVar("T")
+
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+)
+
+GENESIS = "0" * 64
+
+
+async def migrate(dsn: str) -> list[str]:
+    """Apply the versioned SQL files in ``stead/migrations`` once each; return those applied."""
+    conn = await asyncpg.connect(dsn)
+    applied: list[str] = []
+    try:
+        # One migrator at a time across processes.
+        await conn.execute("select pg_advisory_lock(7265616401)")
+        await conn.execute(
+            "create table if not exists stead_schema_migrations ("
+            " version integer primary key, name text not null, checksum text not null,"
+            " applied_at timestamptz not null default now())"
+        )
+        done = {r["version"]: r["checksum"] for r in
+                await conn.fetch("select version, checksum from stead_schema_migrations")}
+        files = sorted(
+            (f for f in resources.files("stead.migrations").iterdir()
+             if f.name.endswith(".sql")),
+            key=lambda f: f.name,
+        )
+        for f in files:
+            version = int(f.name.split("_", 1)[0])
+            sql = f.read_text()
+            checksum = hashlib.sha256(sql.encode()).hexdigest()
+            if version in done:
+                if done[version] != checksum:
+                    raise LedgerError(
+                        f"migration {f.name} changed after it was applied "
+                        f"(checksum {done[version][:12]} -> {checksum[:12]}); add a new file instead"
+                    )
+                continue
+            async with conn.transaction():
+                await conn.execute(sql)
+                await conn.execute(
+                    "insert into stead_schema_migrations(version, name, checksum)"
+                    " values($1, $2, $3)", version, f.name, checksum)
+            applied.append(f.name)
+    finally:
+        await conn.execute("select pg_advisory_unlock(7265616401)")
+        await conn.close()
+    return applied
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Result of claiming an idempotency key before a tool's side effect."""
+
+    kind: Literal["new", "completed", "unknown", "retry"]
+    """``new``: first attempt; ``retry``: an earlier attempt failed cleanly;
+    ``completed``: the key already has a result; ``unknown``: an earlier attempt started and
+    never reported (its worker died) — the side effect may or may not have happened."""
+    attempts: int
+    result: dict[str, Any] | None = None
+
+
+def _canonical(obj: object) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def chain_hash(prev_hash: str, row: dict[str, Any]) -> str:
+    return hashlib.sha256((prev_hash + _canonical(row)).encode()).hexdigest()
+
+
+class Ledger:
+    """A connection pool plus the ledger's operations."""
+
+    def __init__(self, pool: asyncpg.Pool, *, retry_seconds: float = 30.0) -> None:
+        self.pool = pool
+        self.retry_seconds = retry_seconds
+
+    @classmethod
+    async def connect(cls, dsn: str, *, min_size: int = 1, max_size: int = 10,
+                      retry_seconds: float = 30.0) -> Ledger:
+        try:
+            pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size,
+                                             init=_init_connection)
+        except _TRANSIENT as err:
+            raise LedgerError(f"cannot connect to the ledger database: {err}") from err
+        assert pool is not None
+        return cls(pool, retry_seconds=retry_seconds)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def _retrying(self, op: Callable[[asyncpg.Connection], Awaitable[T]],
+                        on_wait: Callable[[], None] | None = None) -> T:
+        deadline = time.monotonic() + self.retry_seconds
+        delay = 0.1
+        while True:
+            try:
+                async with self.pool.acquire() as conn:
+                    return await op(conn)
+            except _TRANSIENT as err:
+                if time.monotonic() + delay > deadline:
+                    raise LedgerError(f"ledger unavailable for {self.retry_seconds:.0f}s: "
+                                      f"{type(err).__name__}: {err}") from err
+                if on_wait is not None:
+                    on_wait()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    # ----------------------------------------------------------------------- runs
+
+    async def start_run(self, *, workflow_id: str, run_id: str, agent: str, tenant: str,
+                        user: str | None, input: str, metadata: dict[str, str], model: str,
+                        on_wait: Callable[[], None] | None = None) -> None:
+        async def op(c: asyncpg.Connection) -> None:
+            await c.execute(
+                "insert into stead_runs(workflow_id, run_id, agent, tenant, user_id, input,"
+                " metadata, model) values($1,$2,$3,$4,$5,$6,$7,$8)"
+                " on conflict (workflow_id, run_id) do nothing",
+                workflow_id, run_id, agent, tenant, user, input, metadata, model)
+        await self._retrying(op, on_wait)
+
+    async def finish_run(self, *, workflow_id: str, run_id: str, status: str,
+                         answer: str | None, error: str | None, steps: int,
+                         result: dict[str, Any],
+                         on_wait: Callable[[], None] | None = None) -> None:
+        async def op(c: asyncpg.Connection) -> None:
+            await c.execute(
+                "update stead_runs set status=$3, answer=$4, error=$5, steps=$6, result=$7,"
+                " finished_at=coalesce(finished_at, now())"
+                " where workflow_id=$1 and run_id=$2",
+                workflow_id, run_id, status, answer, error, steps, result)
+        await self._retrying(op, on_wait)
+
+    # ----------------------------------------------------------------------- model calls
+
+    async def record_model_call(self, *, workflow_id: str, run_id: str, step: int, attempt: int,
+                                model: str, status: str, finish_reason: str | None,
+                                tool_calls: list[dict[str, Any]], content: str | None,
+                                error: str | None, input_tokens: int, output_tokens: int,
+                                duration_ms: float,
+                                on_wait: Callable[[], None] | None = None) -> None:
+        async def op(c: asyncpg.Connection) -> None:
+            await c.execute(
+                "insert into stead_model_calls(workflow_id, run_id, step, attempt, model, status,"
+                " finish_reason, tool_calls, content, error, input_tokens, output_tokens,"
+                " duration_ms) values($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)"
+                " on conflict do nothing",
+                workflow_id, run_id, step, attempt, model, status, finish_reason, tool_calls,
+                content, error, input_tokens, output_tokens, duration_ms)
+        await self._retrying(op, on_wait)
+
+    # ----------------------------------------------------------------------- tool calls
+
+    async def claim_tool(self, *, key: str, workflow_id: str, run_id: str, step: int,
+                         call_id: str, tool: str, requested_tool: str,
+                         arguments: dict[str, Any], attempt: int,
+                         on_wait: Callable[[], None] | None = None) -> Claim:
+        """Claim ``key`` and log this attempt, in one round trip."""
+        async def op(c: asyncpg.Connection) -> Claim:
+            row = await c.fetchrow(
+                "with claim as ("
+                " insert into stead_tool_calls(idempotency_key, workflow_id, run_id, step,"
+                "  call_id, tool, arguments, status, attempts)"
+                " values($1,$2,$3,$4,$5,$6,$7,'running',1)"
+                " on conflict (idempotency_key) do update set"
+                "  prev_status = stead_tool_calls.status,"
+                "  status = case when stead_tool_calls.status in ('completed','failed')"
+                "           then stead_tool_calls.status else 'running' end,"
+                "  attempts = stead_tool_calls.attempts + 1"
+                " returning status, prev_status, attempts, result, (xmax = 0) as inserted),"
+                " att as ("
+                " insert into stead_tool_attempts(idempotency_key, attempt, workflow_id, run_id,"
+                "  step, tool, requested_tool, status)"
+                " values($1,$8,$2,$3,$4,$6,$9,'running') on conflict do nothing)"
+                " select * from claim",
+                key, workflow_id, run_id, step, call_id, tool, arguments, attempt,
+                requested_tool)
+            assert row is not None
+            if row["inserted"]:
+                return Claim("new", 1)
+            prev = row["prev_status"]
+            if prev == "completed":
+                return Claim("completed", row["attempts"], row["result"])
+            if prev == "running":
+                return Claim("unknown", row["attempts"])
+            return Claim("retry", row["attempts"])
+        return await self._retrying(op, on_wait)
+
+    async def finish_tool(self, *, key: str, attempt: int,
+                          outcome: Literal["ok", "error", "replayed", "reconciled"],
+                          result: dict[str, Any] | None = None, error_type: str | None = None,
+                          error: str | None = None, final: bool = False,
+                          duration_ms: float | None = None,
+                          on_wait: Callable[[], None] | None = None) -> None:
+        """Record an attempt's outcome; ``final`` marks a failure that will not be retried."""
+        if outcome in ("ok", "replayed", "reconciled"):
+            call_status = "completed"
+        else:
+            call_status = "failed" if final else "open"
+
+        async def op(c: asyncpg.Connection) -> None:
+            await c.execute(
+                "with call as ("
+                " update stead_tool_calls set status=$3,"
+                "  result=coalesce($4, result), error=$6,"
+                "  finished_at=case when $3 in ('completed','failed') then now() end"
+                " where idempotency_key=$1 and status <> 'completed')"
+                " update stead_tool_attempts set status=$7, error_type=$5, error=$6,"
+                "  duration_ms=$8 where idempotency_key=$1 and attempt=$2",
+                key, attempt, call_status, result, error_type, error, outcome, duration_ms)
+        await self._retrying(op, on_wait)
+
+    # ----------------------------------------------------------------------- decisions
+
+    async def record_decision(self, *, workflow_id: str, run_id: str, step: int, kind: str,
+                              decision: str, reason: str = "", actor: str = "stead",
+                              policy: str = "", data: dict[str, Any] | None = None,
+                              dedupe_key: str,
+                              on_wait: Callable[[], None] | None = None) -> None:
+        """Append a decision to the workflow's hash chain (once per ``dedupe_key``)."""
+        data = data or {}
+
+        async def op(c: asyncpg.Connection) -> None:
+            async with c.transaction():
+                # Serialise appends per workflow so the chain has no forks.
+                await c.execute("select pg_advisory_xact_lock(hashtext($1))", workflow_id)
+                if await c.fetchval("select 1 from stead_decisions where dedupe_key=$1",
+                                    dedupe_key):
+                    return
+                last = await c.fetchrow(
+                    "select seq, hash from stead_decisions where workflow_id=$1"
+                    " order by seq desc limit 1", workflow_id)
+                seq = (last["seq"] + 1) if last else 1
+                prev = last["hash"] if last else GENESIS
+                row = {"workflow_id": workflow_id, "seq": seq, "run_id": run_id, "step": step,
+                       "kind": kind, "decision": decision, "reason": reason, "actor": actor,
+                       "policy": policy, "data": data}
+                await c.execute(
+                    "insert into stead_decisions(workflow_id, seq, run_id, step, kind, decision,"
+                    " reason, actor, policy, data, dedupe_key, prev_hash, hash)"
+                    " values($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)",
+                    workflow_id, seq, run_id, step, kind, decision, reason, actor, policy, data,
+                    dedupe_key, prev, chain_hash(prev, row))
+        await self._retrying(op, on_wait)
+
+    # ----------------------------------------------------------------------- reads
+
+    async def run_ids(self, workflow_id: str) -> list[str]:
+        rows = await self.pool.fetch(
+            "select run_id from stead_runs where workflow_id=$1 order by started_at", workflow_id)
+        return [r["run_id"] for r in rows]
+
+    async def trail(self, workflow_id: str) -> dict[str, list[dict[str, Any]]]:
+        """Everything the ledger holds about a workflow, oldest first."""
+        q = {
+            "runs": "select * from stead_runs where workflow_id=$1 order by started_at",
+            "model_calls": "select * from stead_model_calls where workflow_id=$1"
+                           " order by step, attempt",
+            "tool_calls": "select * from stead_tool_calls where workflow_id=$1"
+                          " order by step, claimed_at",
+            "tool_attempts": "select * from stead_tool_attempts where workflow_id=$1"
+                             " order by step, started_at, attempt",
+            "decisions": "select * from stead_decisions where workflow_id=$1 order by seq",
+        }
+        out: dict[str, list[dict[str, Any]]] = {}
+        async with self.pool.acquire() as c:
+            for name, sql in q.items():
+                out[name] = [dict(r) for r in await c.fetch(sql, workflow_id)]
+        return out
+
+    async def verify_chain(self, workflow_id: str) -> list[str]:
+        """Recompute the decision hash chain; return a list of problems (empty: intact)."""
+        rows = await self.pool.fetch(
+            "select * from stead_decisions where workflow_id=$1 order by seq", workflow_id)
+        problems: list[str] = []
+        prev = GENESIS
+        for i, r in enumerate(rows, start=1):
+            if r["seq"] != i:
+                problems.append(f"seq {r['seq']}: expected {i} (a decision is missing)")
+            if r["prev_hash"] != prev:
+                problems.append(f"seq {r['seq']}: prev_hash does not match the previous hash")
+            row = {k: r[k] for k in ("workflow_id", "seq", "run_id", "step", "kind", "decision",
+                                     "reason", "actor", "policy", "data")}
+            if chain_hash(r["prev_hash"], row) != r["hash"]:
+                problems.append(f"seq {r['seq']}: hash mismatch (row altered)")
+            prev = r["hash"]
+        return problems
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for typ in ("json", "jsonb"):
+        await conn.set_type_codec(typ, encoder=_canonical, decoder=json.loads,
+                                  schema="pg_catalog")

@@ -1,0 +1,281 @@
+"""The typed objects that cross process boundaries: workflow, activity, query and CLI payloads.
+
+Everything here is a pydantic model serialised with Temporal's pydantic data converter, so a
+plain JSON payload (for example from the ``temporal`` CLI) is a valid input too. These models are
+imported by workflow code: keep them free of I/O.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+JsonObject = dict[str, Any]
+"""A JSON object: tool arguments and results, whose shape the tool's own models define."""
+
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
+
+RunStatus = Literal["running", "completed", "failed", "denied", "refused", "escalated"]
+"""Closed set of run outcomes. ``running`` only appears in the ``state`` query."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---------------------------------------------------------------------------- runs
+
+
+class RunRequest(_Model):
+    """Input of ``AgentWorkflow``: which agent to run on what."""
+
+    agent: Name
+    """Name of a registered agent, e.g. ``"ops"``."""
+    input: Annotated[str, StringConstraints(min_length=1, max_length=100_000)]
+    """The user's request, in words."""
+    tenant: Name = "default"
+    """Tenant the run belongs to; recorded in the ledger and search attributes."""
+    user: str | None = None
+    """Who asked, for the audit trail."""
+    metadata: dict[str, str] = Field(default_factory=dict)
+    """Free-form string labels carried into the ledger."""
+    max_steps: int | None = Field(default=None, ge=1, le=200)
+    """Override of the agent's step budget (model turns plus tool calls)."""
+
+
+class ToolCallRecord(_Model):
+    """One tool call as the run saw it."""
+
+    step: int
+    call_id: str
+    tool: str
+    arguments: JsonObject
+    status: Literal["ok", "error", "rejected"]
+    """``ok``: the tool (or a fallback) returned; ``error``: it failed after retries and
+    fallbacks; ``rejected``: never ran (unknown tool, invalid arguments)."""
+    served_by: str | None = None
+    """The tool that produced the result: the one called or one of its fallbacks."""
+    attempts: int = 0
+    error: str | None = None
+
+
+class RunResult(_Model):
+    """Output of ``AgentWorkflow``."""
+
+    status: RunStatus
+    answer: str | None = None
+    steps: int
+    """Steps used: model turns plus tool calls."""
+    model_turns: int = 0
+    tool_calls: list[ToolCallRecord] = Field(default_factory=list)
+    retries: int = 0
+    """Tool attempts beyond the first, summed over all calls."""
+    fallbacks: int = 0
+    """Tool calls that were served by a fallback tool."""
+    rejected_calls: int = 0
+    """Calls the model got wrong (unknown tool, invalid arguments)."""
+    approvals: int = 0
+    model: str = ""
+    """Which model produced the answer (``scripted:<agent>`` offline)."""
+    error: str | None = None
+
+
+class StepInfo(_Model):
+    step: int
+    kind: Literal["model", "tool", "rejected"]
+    name: str
+    status: str
+    detail: str = ""
+
+
+class PendingApproval(_Model):
+    approval_id: str
+    tool: str
+    arguments: JsonObject
+    risk: float
+    deadline: datetime | None = None
+
+
+class RunState(_Model):
+    """Answer of the ``state`` query."""
+
+    agent: str
+    tenant: str
+    status: RunStatus
+    step: int
+    node: str
+    """What the run is doing now, e.g. ``think``, ``tool:create_ticket``, ``done``."""
+    pending_approvals: list[PendingApproval] = Field(default_factory=list)
+    history: list[StepInfo] = Field(default_factory=list)
+    result: RunResult | None = None
+
+
+# ---------------------------------------------------------------------------- model calls
+
+
+class ToolCall(_Model):
+    """A tool call the model proposed. ``arguments`` is the raw JSON text the model wrote."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+class Message(_Model):
+    """One chat message in OpenAI's shape (roles system/user/assistant/tool)."""
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str | None = None
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    tool_call_id: str | None = None
+    name: str | None = None
+
+
+class ToolSchema(_Model):
+    """What the model is told about a tool (OpenAI function-calling shape)."""
+
+    name: str
+    description: str
+    parameters: JsonObject
+
+
+class Usage(_Model):
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+class ModelTurn(_Model):
+    """One model response: an answer, tool calls, or both."""
+
+    content: str | None = None
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    model: str = ""
+    finish_reason: str = "stop"
+    usage: Usage = Field(default_factory=Usage)
+
+
+class RunRef(_Model):
+    """Identifies the run (and its step) an activity works for; ledger key material."""
+
+    workflow_id: str
+    run_id: str
+    agent: str
+    tenant: str
+    step: int = 0
+
+
+class ModelRequest(_Model):
+    """Input of the model activity."""
+
+    ref: RunRef
+    messages: list[Message]
+    tools: list[ToolSchema]
+
+
+# ---------------------------------------------------------------------------- tool calls
+
+
+class RetrySpec(_Model):
+    """Declarative retry policy of a tool, mapped onto Temporal's RetryPolicy."""
+
+    initial_interval: float = Field(0.2, gt=0)
+    """Seconds before the first retry."""
+    backoff: float = Field(2.0, ge=1.0)
+    max_interval: float = Field(10.0, gt=0)
+    max_attempts: int = Field(3, ge=1, le=100)
+    """Total attempts including the first; 1 means never retry."""
+    non_retryable: list[str] = Field(default_factory=list)
+    """Exception class names (or ApplicationError types) that are never retried."""
+
+
+class Timeouts(_Model):
+    start_to_close: float = Field(30.0, gt=0)
+    """Seconds one attempt may take."""
+    schedule_to_close: float | None = Field(None, gt=0)
+    """Seconds all attempts together may take (the call's overall bound)."""
+    heartbeat: float | None = Field(None, gt=0)
+    """Seconds without a heartbeat after which an attempt counts as lost (long tools)."""
+
+
+SideEffect = Literal["read", "write", "irreversible"]
+RiskTier = Literal["low", "medium", "high", "critical"]
+
+
+class ToolPlan(_Model):
+    """Everything the workflow needs to know about a tool; pinned per run at start."""
+
+    name: str
+    description: str
+    parameters: JsonObject
+    side_effect: SideEffect
+    risk: RiskTier
+    idempotent: bool
+    retry: RetrySpec
+    timeouts: Timeouts
+    fallbacks: list[str] = Field(default_factory=list)
+
+    def schema_for_model(self) -> ToolSchema:
+        return ToolSchema(name=self.name, description=self.description, parameters=self.parameters)
+
+
+class AgentPlan(_Model):
+    """An agent as a run sees it: resolved once at run start and kept in history."""
+
+    agent: str
+    instructions: str
+    model: str
+    max_steps: int
+    tools: list[ToolPlan]
+    model_timeout: float = 60.0
+    """Start-to-close seconds of one model call."""
+    model_max_attempts: int = 5
+
+
+class ToolInvocation(_Model):
+    """Input of a tool activity."""
+
+    ref: RunRef
+    call_id: str
+    tool: str
+    """The tool this activity runs (the called tool or one of its fallbacks)."""
+    requested_tool: str
+    """The tool the model asked for."""
+    arguments: JsonObject
+    idempotency_key: str
+
+
+class ToolOutcome(_Model):
+    """Output of a tool activity."""
+
+    tool: str
+    result: JsonObject
+    attempt: int
+    replayed: bool = False
+    """True when the result came from the ledger because this key had already completed."""
+
+
+class StartRun(_Model):
+    ref: RunRef
+    request: RunRequest
+
+
+class FinishRun(_Model):
+    ref: RunRef
+    result: RunResult
+
+
+class DecisionRecord(_Model):
+    """A decision the runtime took, appended to the run's hash-chained audit trail."""
+
+    ref: RunRef
+    kind: str
+    """What was decided about, e.g. ``call_rejected``, ``fallback``, ``run_finished``."""
+    decision: str
+    reason: str = ""
+    actor: str = "stead"
+    policy: str = ""
+    data: JsonObject = Field(default_factory=dict)
+    seq: int = 0
+    """Distinguishes several decisions of one kind at the same step."""

@@ -1,0 +1,100 @@
+"""Settings, read from the environment.
+
+``Settings()`` reads ``STEAD_*`` variables plus the ecosystem's own names (``TEMPORAL_ADDRESS``,
+``DATABASE_URL``, ``OPENAI_API_KEY``, ``OPENAI_BASE_URL``, ``PINECONE_API_KEY``,
+``OTEL_EXPORTER_OTLP_ENDPOINT``). An unset service address means "use the embedded default".
+Use :func:`load_settings` at process start: it turns a validation error into a
+:class:`~stead.errors.SettingsError` that names the variable to fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from stead.errors import SettingsError
+
+
+def _env(name: str, *also: str) -> AliasChoices:
+    return AliasChoices(f"STEAD_{name.upper()}", *also)
+
+
+class Settings(BaseSettings):
+    """All knobs of a stead process. Field names map to ``STEAD_<FIELD>`` variables."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STEAD_", extra="ignore", populate_by_name=True, frozen=True
+    )
+
+    data_dir: Path = Path(".stead")
+    """Where the embedded stack keeps its files (Temporal SQLite, PostgreSQL data, logs)."""
+
+    temporal_address: str | None = Field(
+        None, validation_alias=_env("temporal_address", "TEMPORAL_ADDRESS")
+    )
+    """host:port of a Temporal frontend; unset means start the embedded dev server."""
+    temporal_namespace: str = Field("default", validation_alias=_env("temporal_namespace",
+                                                                     "TEMPORAL_NAMESPACE"))
+    task_queue: str = "stead"
+    temporal_port: int = Field(7233, ge=1, le=65535)
+    """Port of the embedded Temporal dev server."""
+    ui_port: int = Field(8233, ge=1, le=65535)
+    """Port of the embedded Temporal Web UI."""
+
+    database_url: str | None = Field(None, validation_alias=_env("database_url", "DATABASE_URL"))
+    """PostgreSQL DSN of the ledger; unset means start the embedded PostgreSQL."""
+    postgres_port: int = Field(55432, ge=1, le=65535)
+    """Port of the embedded PostgreSQL (loopback only)."""
+    db_pool_min: int = Field(1, ge=0)
+    db_pool_max: int = Field(10, ge=1)
+
+    openai_api_key: SecretStr | None = Field(
+        None, validation_alias=_env("openai_api_key", "OPENAI_API_KEY")
+    )
+    openai_base_url: str | None = Field(
+        None, validation_alias=_env("openai_base_url", "OPENAI_BASE_URL")
+    )
+    openai_model: str = "gpt-4o-mini"
+    model_timeout_seconds: float = Field(60.0, gt=0)
+    """Start-to-close timeout of one model call activity."""
+    model_max_attempts: int = Field(5, ge=1)
+
+    pinecone_api_key: SecretStr | None = Field(
+        None, validation_alias=_env("pinecone_api_key", "PINECONE_API_KEY")
+    )
+    otel_exporter_otlp_endpoint: str | None = Field(
+        None, validation_alias=_env("otel_exporter_otlp_endpoint", "OTEL_EXPORTER_OTLP_ENDPOINT")
+    )
+
+    max_concurrent_activities: int = Field(200, ge=1)
+    max_concurrent_workflow_tasks: int = Field(200, ge=1)
+    max_cached_workflows: int = Field(1000, ge=0)
+    ledger_retry_seconds: float = Field(30.0, ge=0)
+    """How long an activity keeps retrying an unreachable ledger before it fails its attempt."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @property
+    def use_openai(self) -> bool:
+        return self.openai_api_key is not None
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment; raise ``SettingsError`` naming the bad variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as err:
+        problems = []
+        for e in err.errors():
+            field = str(e["loc"][0]) if e["loc"] else "?"
+            problems.append(f"{_env_name(field)}={e.get('input')!r}: {e['msg']}")
+        raise SettingsError("invalid setting: " + "; ".join(problems)) from None
+
+
+def _env_name(field: str) -> str:
+    info = Settings.model_fields.get(field)
+    if info is not None and isinstance(info.validation_alias, AliasChoices):
+        return " or ".join(str(c) for c in info.validation_alias.choices)
+    return f"STEAD_{field.upper()}"

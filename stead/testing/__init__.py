@@ -1,0 +1,9 @@
+"""Fakes for testing stead and the agents built on it; public code that tests and users share.
+
+- :mod:`stead.testing.openai_server` — :class:`~stead.testing.openai_server.FakeOpenAIServer`, a
+  local OpenAI-compatible HTTP server with injectable faults (rate limits, 5xx, timeouts,
+  malformed bodies, bad tool calls), so the real ``openai`` SDK path is tested end to end.
+
+The package imports nothing on purpose: ``python -m stead.testing.openai_server`` would otherwise
+import the module twice (once via this package) and Python warns about that.
+"""

@@ -1,0 +1,128 @@
+"""Building and running one Temporal worker from settings.
+
+    async with WorkerHost(settings, catalog) as host:   # connects, migrates, starts polling
+        ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from datetime import timedelta
+from types import TracebackType
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+
+from activities.model import ModelActivities
+from activities.runs import RunActivities
+from activities.tools import ToolActivities
+from stead.agent import AgentCatalog
+from stead.client import connect
+from stead.ledger import Ledger, migrate
+from stead.llm import ModelClient, OpenAIModel
+from stead.settings import Settings
+from workflows.agent import AgentWorkflow
+
+log = logging.getLogger("stead.worker")
+
+# Modules the workflow sandbox may share with the host instead of re-importing per run:
+# they are deterministic (no I/O at import or in the functions workflows call).
+PASSTHROUGH = ("stead", "guardrails", "pydantic", "pydantic_core", "jsonschema",
+               "referencing", "rpds", "jsonschema_specifications", "attrs", "annotated_types")
+
+
+def configured_model(settings: Settings) -> ModelClient | None:
+    """The model server from settings, or None for the agents' offline models."""
+    if settings.openai_api_key is None:
+        return None
+    return OpenAIModel(model=settings.openai_model,
+                       api_key=settings.openai_api_key.get_secret_value(),
+                       base_url=settings.openai_base_url, timeout=settings.model_timeout_seconds)
+
+
+def build_worker(client: Client, settings: Settings, catalog: AgentCatalog, ledger: Ledger, *,
+                 model: ModelClient | None = None, task_queue: str | None = None) -> Worker:
+    runs = RunActivities(catalog, ledger, model_label=model.name if model else None,
+                         model_timeout=settings.model_timeout_seconds,
+                         model_max_attempts=settings.model_max_attempts)
+    models = ModelActivities(catalog, ledger, model=model)
+    tools = ToolActivities(catalog, ledger)
+    return Worker(
+        client,
+        task_queue=task_queue or settings.task_queue,
+        workflows=[AgentWorkflow],
+        activities=[runs.start_run, runs.finish_run, runs.record_decision, models.complete,
+                    *tools.activities()],
+        max_concurrent_activities=settings.max_concurrent_activities,
+        max_concurrent_local_activities=settings.max_concurrent_activities,
+        max_concurrent_workflow_tasks=settings.max_concurrent_workflow_tasks,
+        max_cached_workflows=settings.max_cached_workflows,
+        graceful_shutdown_timeout=timedelta(seconds=30),
+        workflow_runner=SandboxedWorkflowRunner(
+            restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)),
+    )
+
+
+class WorkerHost:
+    """Owns a worker and what it needs (client, ledger pool); ``run()`` until stopped."""
+
+    def __init__(self, settings: Settings, catalog: AgentCatalog, *,
+                 model: ModelClient | None = None, task_queue: str | None = None) -> None:
+        if settings.temporal_address is None or settings.database_url is None:
+            raise ValueError("WorkerHost needs resolved settings (temporal_address and "
+                             "database_url set); use EmbeddedStack.resolved_settings()")
+        self.settings = settings
+        self.catalog = catalog
+        self.model = model if model is not None else configured_model(settings)
+        self.task_queue = task_queue or settings.task_queue
+        self.client: Client | None = None
+        self.ledger: Ledger | None = None
+        self.worker: Worker | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        assert s.database_url is not None
+        await migrate(s.database_url)
+        self.client = await connect(s)
+        self.ledger = await Ledger.connect(s.database_url, min_size=s.db_pool_min,
+                                           max_size=s.db_pool_max,
+                                           retry_seconds=s.ledger_retry_seconds)
+        self.worker = build_worker(self.client, s, self.catalog, self.ledger, model=self.model,
+                                   task_queue=self.task_queue)
+        self._task = asyncio.create_task(self.worker.run())
+
+    async def stop(self) -> None:
+        if self.worker is not None and self._task is not None:
+            await self.worker.shutdown()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.ledger is not None:
+            await self.ledger.close()
+        close = getattr(self.model, "close", None)
+        if close is not None:
+            await close()
+
+    async def __aenter__(self) -> WorkerHost:
+        await self.start()
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.stop()
+
+
+async def run_until_signal(host: WorkerHost) -> None:
+    """Run until SIGINT/SIGTERM, then finish in-flight activities gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with host:
+        log.info("worker polling task queue %r", host.task_queue)
+        await stop.wait()
+        log.info("stopping: finishing in-flight activities")
