@@ -18,9 +18,12 @@ import json
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from stead.models import Message, ModelTurn, ToolCall, ToolSchema, Usage
+
+if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletion
 
 
 @runtime_checkable
@@ -156,28 +159,42 @@ class OpenAIModel:
                                  kind="ModelServerError", retryable=True,
                                  retry_after=_retry_after(err.response)) from err
         except openai.APIStatusError as err:
+            if err.status_code in (408, 409):
+                # Request timeout / conflict: transient (the SDK's own policy retries them too).
+                raise ModelCallError(f"model server busy ({err.status_code}): {err}",
+                                     kind="ModelServerError", retryable=True,
+                                     retry_after=_retry_after(err.response)) from err
             # 400/401/403/404/422: retrying the same request cannot succeed.
             raise ModelCallError(f"model request rejected ({err.status_code}): {err}",
                                  kind="ModelRequestRejected", retryable=False) from err
         except (openai.APIResponseValidationError, json.JSONDecodeError, ValueError) as err:
             raise ModelCallError(f"malformed model response: {err}", kind="ModelResponseInvalid",
                                  retryable=True) from err
-        if not resp.choices:
-            raise ModelCallError("model response has no choices", kind="ModelResponseInvalid",
-                                 retryable=True)
-        choice = resp.choices[0]
-        msg = choice.message
-        calls = [
-            ToolCall(id=tc.id, name=tc.function.name, arguments=tc.function.arguments or "")
-            for tc in (msg.tool_calls or [])
-            if getattr(tc, "function", None) is not None
-        ]
-        usage = Usage()
-        if resp.usage is not None:
-            usage = Usage(input_tokens=resp.usage.prompt_tokens or 0,
-                          output_tokens=resp.usage.completion_tokens or 0)
-        return ModelTurn(content=msg.content, tool_calls=calls, model=resp.model or self._model,
-                         finish_reason=choice.finish_reason or "stop", usage=usage)
+        try:
+            return _to_turn(resp, fallback_model=self._model)
+        except (AttributeError, TypeError, IndexError, ValueError) as err:
+            # The SDK builds responses without validating them (and returns the raw text of a
+            # non-JSON body), so a body of the wrong shape only shows up here.
+            raise ModelCallError(f"malformed model response: {err}", kind="ModelResponseInvalid",
+                                 retryable=True) from err
+
+
+def _to_turn(resp: ChatCompletion, *, fallback_model: str) -> ModelTurn:
+    if not resp.choices:
+        raise ValueError("model response has no choices")
+    choice = resp.choices[0]
+    msg = choice.message
+    calls = [
+        ToolCall(id=tc.id, name=tc.function.name, arguments=tc.function.arguments or "")
+        for tc in (msg.tool_calls or [])
+        if getattr(tc, "function", None) is not None
+    ]
+    usage = Usage()
+    if resp.usage is not None:
+        usage = Usage(input_tokens=resp.usage.prompt_tokens or 0,
+                      output_tokens=resp.usage.completion_tokens or 0)
+    return ModelTurn(content=msg.content, tool_calls=calls, model=resp.model or fallback_model,
+                     finish_reason=choice.finish_reason or "stop", usage=usage)
 
 
 def _retry_after(response: Any) -> timedelta | None:

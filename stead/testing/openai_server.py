@@ -13,7 +13,7 @@ Endpoints: ``POST /v1/chat/completions`` (non-streaming) and ``POST /v1/embeddin
 OpenAI client at it::
 
     python -m stead.testing.openai_server --port 8089
-    OPENAI_BASE_URL=http://127.0.0.1:8089/v1 OPENAI_API_KEY=test stead demo
+    export OPENAI_BASE_URL=http://127.0.0.1:8089/v1 OPENAI_API_KEY=test  # read by stead.settings
 """
 
 from __future__ import annotations

@@ -1,0 +1,346 @@
+"""The ``stead`` command line: tables for people, ``--json`` for scripts.
+
+Exit codes: 0 success; 1 a run ended without completing (or a check failed); 2 bad input or
+settings; 3 the stack is unreachable; 4 no such run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from datetime import timedelta
+from typing import Any, NoReturn, TypeVar
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.service import RPCError, RPCStatusCode
+
+from stead.errors import LedgerError, RunNotFound, SettingsError, StackError, SteadError
+from stead.models import RunRequest, RunResult, RunState
+from stead.settings import Settings, load_settings
+
+app = typer.Typer(help="stead: durable execution for AI agents, on Temporal.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+out = Console()
+err = Console(stderr=True)
+
+EXIT_RUN_NOT_COMPLETED = 1
+EXIT_BAD_INPUT = 2
+EXIT_UNREACHABLE = 3
+EXIT_NOT_FOUND = 4
+
+T = TypeVar("T")
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as e:
+        _fail(str(e), EXIT_BAD_INPUT)
+
+
+def _resolved(settings: Settings) -> Settings:
+    """Settings with embedded defaults filled in for unset service addresses."""
+    from stead.embedded import EmbeddedStack
+
+    return EmbeddedStack(settings).resolved_settings()
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        return asyncio.run(coro)
+    except StackError as e:
+        _fail(str(e), EXIT_UNREACHABLE)
+    except LedgerError as e:
+        _fail(str(e), EXIT_UNREACHABLE)
+    except RunNotFound as e:
+        _fail(str(e), EXIT_NOT_FOUND)
+    except SteadError as e:
+        _fail(str(e), EXIT_BAD_INPUT)
+
+
+def _quiet_sdk_logs() -> None:
+    # Expected tool failures (the demo's flaky tools) are logged by the SDK as warnings with
+    # tracebacks; they are in the ledger and history, so keep the terminal readable.
+    logging.getLogger("temporalio").setLevel(logging.ERROR)
+
+
+def _print_json(obj: object) -> None:
+    out.print_json(json.dumps(obj, default=str))
+
+
+# ----------------------------------------------------------------------------- up / demo
+
+
+@app.command()
+def up() -> None:
+    """Run the embedded stack (Temporal + Web UI, PostgreSQL) and one worker until Ctrl-C.
+
+    With TEMPORAL_ADDRESS / DATABASE_URL set, those servers are used instead of starting them.
+    """
+    from stead.stack_runner import serve
+
+    settings = _settings()
+    logging.basicConfig(level=settings.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _run(serve(settings, out))
+
+
+@app.command()
+def demo() -> None:
+    """Run the reference agents through a scripted scenario and print a summary."""
+    from stead.demo import run_demo
+
+    settings = _settings()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _quiet_sdk_logs()
+    ok = _run(run_demo(settings, out))
+    raise typer.Exit(0 if ok else EXIT_RUN_NOT_COMPLETED)
+
+
+@app.command()
+def worker() -> None:
+    """Run one worker against TEMPORAL_ADDRESS / DATABASE_URL (or the embedded defaults)."""
+    from agents import reference_catalog
+    from stead.worker import WorkerHost, run_until_signal
+
+    settings = _resolved(_settings())
+    logging.basicConfig(level=settings.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _run(run_until_signal(WorkerHost(settings, reference_catalog(settings.data_dir))))
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+async def _client(settings: Settings) -> Client:
+    from stead.client import connect
+
+    return await connect(settings)
+
+
+@app.command("run")
+def run_cmd(
+    agent: str = typer.Argument(..., help="Agent name, e.g. ops"),
+    text: str = typer.Argument(..., help="The request, in words"),
+    tenant: str = typer.Option("default", help="Tenant the run belongs to"),
+    user: str | None = typer.Option(None, help="Who is asking (for the audit trail)"),
+    max_steps: int | None = typer.Option(None, help="Override the agent's step budget"),
+    wait: bool = typer.Option(True, help="Wait for the result, streaming steps"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables"),
+) -> None:
+    """Start a run, stream its steps, print the result."""
+    try:
+        request = RunRequest(agent=agent, input=text, tenant=tenant, user=user,
+                             max_steps=max_steps)
+    except ValidationError as e:
+        _fail("invalid request: " + "; ".join(
+            f"{'.'.join(str(p) for p in x['loc'])}: {x['msg']}" for x in e.errors()),
+            EXIT_BAD_INPUT)
+    settings = _resolved(_settings())
+    result = _run(_run_and_stream(settings, request, wait=wait, as_json=as_json))
+    if result is not None and result.status != "completed":
+        raise typer.Exit(EXIT_RUN_NOT_COMPLETED)
+
+
+async def _run_and_stream(settings: Settings, request: RunRequest, *, wait: bool,
+                          as_json: bool) -> RunResult | None:
+    from stead.client import start_run
+
+    client = await _client(settings)
+    handle = await start_run(client, request, settings=settings)
+    if not wait:
+        if as_json:
+            _print_json({"workflow_id": handle.id, "run_id": handle.result_run_id})
+        else:
+            out.print(f"started [bold]{handle.id}[/]")
+        return None
+    if not as_json:
+        out.print(f"started [bold]{handle.id}[/] — streaming steps (Ctrl-C stops watching, "
+                  f"not the run)")
+    seen = 0
+    result_task = asyncio.create_task(handle.result())
+    while not result_task.done():
+        try:
+            state: RunState = await handle.query("state", result_type=RunState,
+                                                 rpc_timeout=timedelta(seconds=2))
+            for s in state.history[seen:]:
+                if not as_json:
+                    out.print(f"  step {s.step:>2}  {s.kind:<8} {s.name:<18} {s.status:<8} "
+                              f"[dim]{s.detail[:90]}[/]", highlight=False)
+            seen = len(state.history)
+        except RPCError:
+            pass  # no worker has picked the run up yet
+        await asyncio.wait({result_task}, timeout=0.3)
+    try:
+        result = result_task.result()
+    except WorkflowFailureError as e:
+        cause = e.cause
+        _fail(f"run {handle.id} failed: {getattr(cause, 'message', cause)}",
+              EXIT_RUN_NOT_COMPLETED)
+    if as_json:
+        _print_json({"workflow_id": handle.id, **result.model_dump(mode="json")})
+    else:
+        _print_result(handle.id, result)
+    return result
+
+
+def _print_result(workflow_id: str, r: RunResult) -> None:
+    colour = "green" if r.status == "completed" else "yellow"
+    out.print(f"\n[bold]{workflow_id}[/]: [{colour}]{r.status}[/] in {r.steps} steps "
+              f"({r.model_turns} model turns, {len(r.tool_calls)} tool calls, {r.retries} "
+              f"retries, {r.fallbacks} fallbacks, {r.rejected_calls} rejected) — {r.model}")
+    if r.answer:
+        out.print(f"[bold]answer:[/] {r.answer}", highlight=False)
+    if r.error:
+        out.print(f"[bold]error:[/] {r.error}", highlight=False)
+
+
+@app.command()
+def show(
+    run_id: str = typer.Argument(..., help="Workflow id of the run"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON"),
+) -> None:
+    """Show a run's state and steps."""
+    settings = _resolved(_settings())
+    data = _run(_show(settings, run_id))
+    if as_json:
+        _print_json(data)
+        return
+    out.print(f"[bold]{run_id}[/]  status: [bold]{data['status']}[/]  "
+              f"temporal: {data['temporal_status']}", highlight=False)
+    if data.get("node"):
+        out.print(f"now: {data['node']}")
+    table = Table("step", "kind", "name", "status", "detail")
+    for s in data.get("history", []):
+        table.add_row(str(s["step"]), s["kind"], s["name"], s["status"], s["detail"][:80])
+    out.print(table)
+    if data.get("answer"):
+        out.print(f"[bold]answer:[/] {data['answer']}", highlight=False)
+    if data.get("error"):
+        out.print(f"[bold]error:[/] {data['error']}", highlight=False)
+
+
+async def _show(settings: Settings, run_id: str) -> dict[str, Any]:
+    client = await _client(settings)
+    handle = client.get_workflow_handle(run_id, result_type=RunResult)
+    try:
+        desc = await handle.describe()
+    except RPCError as e:
+        if e.status == RPCStatusCode.NOT_FOUND:
+            raise RunNotFound(f"no run {run_id!r} on {settings.temporal_address}") from None
+        raise
+    data: dict[str, Any] = {"workflow_id": run_id,
+                            "temporal_status": desc.status.name if desc.status else "UNKNOWN"}
+    if desc.status == WorkflowExecutionStatus.RUNNING:
+        try:
+            state = await handle.query("state", result_type=RunState,
+                                       rpc_timeout=timedelta(seconds=5))
+            data.update(state.model_dump(mode="json"))
+        except RPCError as e:
+            data.update(status="running", node=f"(no worker answered the query: {e.message})")
+    elif desc.status == WorkflowExecutionStatus.COMPLETED:
+        result = await handle.result()
+        data.update(result.model_dump(mode="json"))
+        data["history"] = [{"step": c.step, "kind": "tool", "name": c.tool, "status": c.status,
+                            "detail": c.error or (f"served by {c.served_by}"
+                                                  if c.served_by != c.tool else "")}
+                           for c in result.tool_calls]
+    else:
+        try:
+            await handle.result()
+        except WorkflowFailureError as e:
+            data.update(status="failed", error=str(getattr(e.cause, "message", e.cause)))
+        else:  # pragma: no cover - status changed between calls
+            data.update(status="completed")
+    return data
+
+
+@app.command()
+def audit(
+    run_id: str = typer.Argument(..., help="Workflow id of the run"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON"),
+    verify: bool = typer.Option(False, "--verify", help="Check the decision hash chain"),
+) -> None:
+    """Print the ledger trail of a run: model calls, tool attempts, decisions."""
+    settings = _resolved(_settings())
+    trail, problems = _run(_audit(settings, run_id, verify))
+    if as_json:
+        payload: dict[str, Any] = {"workflow_id": run_id, **trail}
+        if verify:
+            payload["chain_ok"] = not problems
+            payload["chain_problems"] = problems
+        _print_json(payload)
+    else:
+        _print_trail(run_id, trail)
+        if verify:
+            if problems:
+                err.print("[bold red]hash chain broken:[/]\n  " + "\n  ".join(problems))
+            else:
+                out.print(f"[green]hash chain intact[/] ({len(trail['decisions'])} decisions)")
+    if verify and problems:
+        raise typer.Exit(EXIT_RUN_NOT_COMPLETED)
+
+
+async def _audit(settings: Settings, run_id: str,
+                 verify: bool) -> tuple[dict[str, list[dict[str, Any]]], list[str]]:
+    from stead.ledger import Ledger
+
+    assert settings.database_url is not None
+    ledger = await Ledger.connect(settings.database_url, min_size=0, max_size=2,
+                                  retry_seconds=0)
+    try:
+        trail = await ledger.trail(run_id)
+        if not trail["runs"]:
+            raise RunNotFound(f"the ledger has no run {run_id!r}")
+        problems = await ledger.verify_chain(run_id) if verify else []
+        return trail, problems
+    finally:
+        await ledger.close()
+
+
+def _print_trail(run_id: str, trail: dict[str, list[dict[str, Any]]]) -> None:
+    for r in trail["runs"]:
+        out.print(f"[bold]{run_id}[/] ({r['run_id']}) agent={r['agent']} tenant={r['tenant']} "
+                  f"status=[bold]{r['status']}[/] steps={r['steps']} model={r['model']}",
+                  highlight=False)
+    events: list[tuple[Any, str, str, str, str]] = []
+    for m in trail["model_calls"]:
+        what = (", ".join(c["name"] for c in m["tool_calls"]) or "answer") \
+            if m["status"] == "ok" else (m["error"] or "")
+        events.append((m["created_at"], str(m["step"]), f"model#{m['attempt']}", m["status"],
+                       f"{m['model']} → {what} ({m['duration_ms']:.0f} ms)"))
+    for a in trail["tool_attempts"]:
+        detail = a["error"] or ""
+        if a["tool"] != a["requested_tool"]:
+            detail = f"fallback for {a['requested_tool']}. {detail}"
+        dur = f" ({a['duration_ms']:.0f} ms)" if a["duration_ms"] is not None else ""
+        events.append((a["started_at"], str(a["step"]), f"{a['tool']}#{a['attempt']}",
+                       a["status"], detail[:100] + dur))
+    for d in trail["decisions"]:
+        events.append((d["created_at"], str(d["step"]), f"decision:{d['kind']}",
+                       d["decision"], d["reason"][:100]))
+    table = Table("time", "step", "what", "outcome", "detail")
+    for at, step, what, outcome, detail in sorted(events, key=lambda e: e[0]):
+        table.add_row(at.strftime("%H:%M:%S.%f")[:-3], step, what, outcome, detail)
+    out.print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

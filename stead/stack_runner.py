@@ -1,0 +1,39 @@
+"""``stead up``: the embedded stack plus one worker, in the foreground until Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+from rich.console import Console
+from rich.table import Table
+
+from stead.embedded import EmbeddedStack
+from stead.settings import Settings
+
+
+async def serve(settings: Settings, console: Console) -> None:
+    from agents import reference_catalog
+    from stead.worker import WorkerHost
+
+    stack = EmbeddedStack(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    console.print("starting the stack…")
+    async with stack:
+        resolved = stack.resolved_settings()
+        async with WorkerHost(resolved, reference_catalog(settings.data_dir)):
+            table = Table(title="stead is up", show_header=False)
+            table.add_row("Temporal", resolved.temporal_address or "")
+            table.add_row("Web UI", stack.ui_url or "(external server: see its own UI)")
+            table.add_row("PostgreSQL", resolved.database_url or "")
+            table.add_row("task queue", resolved.task_queue)
+            table.add_row("data dir", str(settings.data_dir.resolve()))
+            console.print(table)
+            console.print('try: [bold]stead run ops "is checkout-api healthy?"[/]   '
+                          "(Ctrl-C stops everything)")
+            await stop.wait()
+            console.print("stopping: worker finishes in-flight activities…")
+    console.print("stopped.")
