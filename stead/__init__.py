@@ -1,0 +1,60 @@
+"""stead: durable execution for AI agents, on Temporal.
+
+    from stead import Agent, AgentCatalog, RunRequest, tool, ToolContext
+
+Agent runs are Temporal workflows (``AgentWorkflow``); model and tool calls are activities with
+declarative retry policies; every step and decision lands in a PostgreSQL ledger.
+"""
+
+from stead.agent import Agent, AgentCatalog
+from stead.errors import (
+    LedgerError,
+    RunNotFound,
+    SettingsError,
+    SpecError,
+    StackError,
+    SteadError,
+)
+from stead.llm import FunctionModel, ModelClient, OpenAIModel, ScriptedModel, call
+from stead.models import (
+    Message,
+    ModelTurn,
+    RetrySpec,
+    RunRequest,
+    RunResult,
+    RunState,
+    Timeouts,
+    ToolCall,
+)
+from stead.settings import Settings, load_settings
+from stead.tools import Tool, ToolContext, ToolRegistry, tool
+
+__all__ = [
+    "Agent",
+    "AgentCatalog",
+    "FunctionModel",
+    "LedgerError",
+    "Message",
+    "ModelClient",
+    "ModelTurn",
+    "OpenAIModel",
+    "RetrySpec",
+    "RunNotFound",
+    "RunRequest",
+    "RunResult",
+    "RunState",
+    "ScriptedModel",
+    "Settings",
+    "SettingsError",
+    "SpecError",
+    "StackError",
+    "SteadError",
+    "Timeouts",
+    "Tool",
+    "ToolCall",
+    "ToolContext",
+    "ToolRegistry",
+    "call",
+    "load_settings",
+    "tool",
+]

@@ -28,8 +28,9 @@ from stead.settings import Settings, load_settings
 
 app = typer.Typer(help="stead: durable execution for AI agents, on Temporal.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-out = Console()
-err = Console(stderr=True)
+# Piped output (CI logs, `| less`) gets a readable width instead of rich's 80 columns.
+out = Console(width=None if sys.stdout.isatty() else 150)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 150)
 
 EXIT_RUN_NOT_COMPLETED = 1
 EXIT_BAD_INPUT = 2

@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from types import TracebackType
 
@@ -220,7 +221,10 @@ class EmbeddedPostgres:
     @staticmethod
     def _bin(name: str) -> Path:
         try:
-            from pgserver._commands import POSTGRES_BIN_PATH
+            with warnings.catch_warnings():
+                # pgserver asks platformdirs for a runtime dir at import; we do not use it.
+                warnings.simplefilter("ignore")
+                from pgserver._commands import POSTGRES_BIN_PATH
         except ImportError as err:  # pragma: no cover - a dependency of the project
             raise StackError("pgserver is not installed; pip install -e .") from err
         path = Path(POSTGRES_BIN_PATH) / name
@@ -232,8 +236,13 @@ class EmbeddedPostgres:
         # PostgreSQL refuses to run as root; pgserver's helpers create and use a plain user.
         if os.geteuid() != 0:
             return None
-        from pgserver.utils import ensure_folder_permissions, ensure_prefix_permissions
-        from pgserver.utils import ensure_user_exists
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from pgserver.utils import (
+                ensure_folder_permissions,
+                ensure_prefix_permissions,
+                ensure_user_exists,
+            )
 
         ensure_user_exists("pgserver")
         bindir = self._bin("postgres").parent
