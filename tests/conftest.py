@@ -7,8 +7,10 @@ other's runs or side effects.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -28,8 +30,13 @@ for _var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "PINECONE_API_KEY", "TEMPORAL_
 
 
 @pytest.fixture(scope="session")
-def stack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("stack")
+def stack_dir() -> Iterator[Path]:
+    # Not under pytest's tmp tree: pytest resets /tmp/pytest-of-<user> to 0700 whenever a
+    # pytest process starts, and PostgreSQL (run as an unprivileged user when we are root)
+    # must keep reaching its data directory.
+    path = Path(tempfile.mkdtemp(prefix="stead-test-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -76,3 +83,11 @@ async def worker(settings: Settings, catalog: AgentCatalog) -> AsyncIterator[Wor
 def client(worker: WorkerHost) -> Client:
     assert worker.client is not None
     return worker.client
+
+
+@pytest.fixture
+def service_dir() -> Iterator[Path]:
+    """A scratch directory that an embedded PostgreSQL can own (see ``stack_dir``)."""
+    path = Path(tempfile.mkdtemp(prefix="stead-svc-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

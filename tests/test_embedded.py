@@ -42,11 +42,11 @@ async def test_migrations_apply_once_and_are_recorded(stack: EmbeddedStack) -> N
         await conn.close()
 
 
-async def test_stead_up_serves_until_ctrl_c_then_stops_everything(tmp_path: Path) -> None:
+async def test_stead_up_serves_until_ctrl_c_then_stops_everything(service_dir: Path) -> None:
     """`stead up` starts Temporal, PostgreSQL and a worker; SIGINT stops all of them."""
     ports = {"STEAD_TEMPORAL_PORT": free_port(), "STEAD_UI_PORT": free_port(),
              "STEAD_POSTGRES_PORT": free_port()}
-    env = {**os.environ, "STEAD_DATA_DIR": str(tmp_path), "STEAD_TASK_QUEUE": "up-test",
+    env = {**os.environ, "STEAD_DATA_DIR": str(service_dir), "STEAD_TASK_QUEUE": "up-test",
            **{k: str(v) for k, v in ports.items()}}
     stead = str(Path(sys.executable).parent / "stead")
     proc = await asyncio.create_subprocess_exec(stead, "up", env=env,
@@ -78,11 +78,11 @@ async def test_stead_up_serves_until_ctrl_c_then_stops_everything(tmp_path: Path
             assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still open"
 
 
-async def test_runs_survive_a_restart_of_the_stack(tmp_path: Path) -> None:
+async def test_runs_survive_a_restart_of_the_stack(service_dir: Path) -> None:
     """The SQLite file keeps workflow histories across a stop/start of the dev server."""
     from temporalio.client import Client
 
-    settings = Settings(data_dir=tmp_path, temporal_port=free_port(), ui_port=free_port(),
+    settings = Settings(data_dir=service_dir, temporal_port=free_port(), ui_port=free_port(),
                         postgres_port=free_port())
     stack = EmbeddedStack(settings, ui=False)
     async with stack:

@@ -1,0 +1,30 @@
+# The stead worker: one stateless Temporal worker per container, configured only through the
+# environment (stead/settings.py). docker-compose.yml runs it; scale it with
+#   docker compose up -d --scale worker=N
+
+# Build stage: `pip install .` into a virtualenv, so the runtime stage copies installed packages
+# and nothing else (no source tree, no pip cache, no build dependencies).
+FROM python:3.11.13-slim-bookworm AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1
+RUN python -m venv /opt/venv
+WORKDIR /src
+COPY . .
+RUN /opt/venv/bin/pip install .
+
+FROM python:3.11.13-slim-bookworm
+# STEAD_DATA_DIR: the worker talks to the compose services, but anything it keeps on disk goes
+# to a directory it owns rather than the (read-only to it) working directory.
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    STEAD_DATA_DIR=/var/lib/stead
+RUN groupadd --system --gid 10001 stead \
+ && useradd --system --uid 10001 --gid stead --no-create-home --home-dir /nonexistent stead \
+ && install -d -o stead -g stead /var/lib/stead
+COPY --from=build /opt/venv /opt/venv
+WORKDIR /app
+COPY worker.py ./
+# Numeric, so orchestrators that enforce runAsNonRoot can verify it without /etc/passwd.
+USER 10001:10001
+CMD ["python", "worker.py"]
