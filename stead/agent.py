@@ -45,10 +45,18 @@ class AgentCatalog:
     def __init__(self, agents: Iterable[Agent]) -> None:
         self._agents: dict[str, Agent] = {}
         problems: list[str] = []
+        first_tool: dict[str, tuple[str, Tool[Any, Any]]] = {}
         for a in agents:
             if a.name in self._agents:
                 problems.append(f"agent {a.name!r} is declared twice")
             self._agents[a.name] = a
+            for t in a.tools:
+                owner, seen = first_tool.setdefault(t.name, (a.name, t))
+                if seen is not t:
+                    problems.append(
+                        f"two different tools are named {t.name!r} (agents {owner!r} and "
+                        f"{a.name!r}); tool names are activity types and must be unique across "
+                        f"the worker's agents")
             if not a.instructions.strip():
                 problems.append(f"agent {a.name!r}: instructions are empty")
             if a.max_steps < 1:

@@ -758,26 +758,3 @@ def test_init_sql_refuses_to_run_without_its_passwords(postgres: pgserver.Postgr
         ("SELECT rolname FROM pg_roles WHERE rolname IN ('temporal', 'stead')"),
     )
     assert created == [], "nothing may be half-created"
-
-
-# --- the real compose parser, where installed ---------------------------------------------------
-
-
-def test_docker_compose_config_accepts_the_file() -> None:
-    docker = shutil.which("docker")
-    if docker is None:
-        pytest.skip("`docker compose config` not run: no docker CLI on this machine")
-    probe = subprocess.run(
-        [docker, "compose", "version"], capture_output=True, text=True, timeout=30
-    )
-    if probe.returncode != 0:
-        said = (probe.stderr.strip() or probe.stdout.strip() or "no output").splitlines()[0]
-        pytest.skip(f"`docker compose config` not run: the compose plugin is missing: {said}")
-    result = subprocess.run(
-        [docker, "compose", "-f", str(COMPOSE_FILE), "config", "-q"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
