@@ -11,8 +11,7 @@ from temporalio.exceptions import ApplicationError
 from stead import errors
 from stead.agent import AgentCatalog
 from stead.ledger import Ledger
-from stead.models import AgentPlan, FinishRun, StartRun
-from stead.models import DecisionRecord
+from stead.models import AgentPlan, DecisionRecord, FinishRun, StartRun
 
 
 class RunActivities:

@@ -10,8 +10,7 @@ import asyncio
 import json
 import logging
 import sys
-import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Coroutine
 from datetime import timedelta
 from typing import Any, NoReturn, TypeVar
 
@@ -173,7 +172,11 @@ async def _run_and_stream(settings: Settings, request: RunRequest, *, wait: bool
                   f"not the run)")
     seen = 0
     result_task = asyncio.create_task(handle.result())
-    while not result_task.done():
+    finished = False
+    while not finished:
+        # One more query after the run ended: a fast run can finish before the first query
+        # is answered, and its steps must still be shown.
+        finished = result_task.done()
         try:
             state: RunState = await handle.query("state", result_type=RunState,
                                                  rpc_timeout=timedelta(seconds=2))
@@ -184,7 +187,8 @@ async def _run_and_stream(settings: Settings, request: RunRequest, *, wait: bool
             seen = len(state.history)
         except RPCError:
             pass  # no worker has picked the run up yet
-        await asyncio.wait({result_task}, timeout=0.3)
+        if not finished:
+            await asyncio.wait({result_task}, timeout=0.3)
     try:
         result = result_task.result()
     except WorkflowFailureError as e:

@@ -103,7 +103,7 @@ def _report(console: Console, results: list[tuple[Scenario, str, RunResult, floa
     console.print(f"model: [bold]{model}[/]" + (" (offline scripted planner — set "
                                                   "OPENAI_API_KEY for a real model)"
                                                   if model.startswith("scripted") else ""))
-    for sc, wid, r, _, ok in results:
+    for sc, wid, r, _, _ok in results:
         console.print(f"\n[bold]{wid}[/] — {sc.shows}", highlight=False)
         console.print(f"  asked:  {sc.request.input}", highlight=False)
         console.print(f"  answer: {r.answer or r.error}", highlight=False)

@@ -256,7 +256,7 @@ class EmbeddedPostgres:
         import pwd
 
         pw = pwd.getpwnam("pgserver")
-        for root, dirs, files in os.walk(self.pgdata):
+        for root, _dirs, files in os.walk(self.pgdata):
             os.chown(root, pw.pw_uid, pw.pw_gid)
             for f in files:
                 os.chown(os.path.join(root, f), pw.pw_uid, pw.pw_gid)

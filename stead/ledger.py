@@ -65,7 +65,8 @@ async def migrate(dsn: str) -> list[str]:
                 if done[version] != checksum:
                     raise LedgerError(
                         f"migration {f.name} changed after it was applied "
-                        f"(checksum {done[version][:12]} -> {checksum[:12]}); add a new file instead"
+                        f"(checksum {done[version][:12]} -> {checksum[:12]}); "
+                        f"add a new migration file instead"
                     )
                 continue
             async with conn.transaction():

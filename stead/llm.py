@@ -184,11 +184,11 @@ def _to_turn(resp: ChatCompletion, *, fallback_model: str) -> ModelTurn:
         raise ValueError("model response has no choices")
     choice = resp.choices[0]
     msg = choice.message
-    calls = [
-        ToolCall(id=tc.id, name=tc.function.name, arguments=tc.function.arguments or "")
-        for tc in (msg.tool_calls or [])
-        if getattr(tc, "function", None) is not None
-    ]
+    calls: list[ToolCall] = []
+    for tc in msg.tool_calls or []:
+        fn = getattr(tc, "function", None)  # custom (non-function) tool calls are not ours
+        if fn is not None:
+            calls.append(ToolCall(id=tc.id, name=fn.name, arguments=fn.arguments or ""))
     usage = Usage()
     if resp.usage is not None:
         usage = Usage(input_tokens=resp.usage.prompt_tokens or 0,

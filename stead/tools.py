@@ -13,7 +13,7 @@ import inspect
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar, get_type_hints
+from typing import Any, Generic, TypeVar, cast, get_type_hints, overload
 
 from pydantic import BaseModel, ValidationError
 
@@ -111,8 +111,28 @@ def activity_name(tool_name: str) -> str:
     return f"tool.{tool_name}"
 
 
+@overload
+def tool(fn: ToolFn[In, Out], /) -> Tool[In, Out]: ...
+
+
+@overload
+def tool(
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    side_effect: SideEffect = "read",
+    risk: RiskTier = "low",
+    idempotent: bool | None = None,
+    retry: RetrySpec | None = None,
+    timeouts: Timeouts | None = None,
+    fallbacks: Sequence[str] = (),
+    reconcile: ReconcileFn[Any, Any] | None = None,
+) -> Callable[[ToolFn[In, Out]], Tool[In, Out]]: ...
+
+
 def tool(
     fn: ToolFn[In, Out] | None = None,
+    /,
     *,
     name: str | None = None,
     description: str | None = None,
@@ -252,7 +272,7 @@ def _rank(s: SideEffect) -> int:
 
 def validate_arguments(t: Tool[Any, Any], arguments: dict[str, Any]) -> BaseModel:
     """Parse arguments with the tool's input model (raises pydantic ``ValidationError``)."""
-    return t.input_model.model_validate(arguments)
+    return cast(BaseModel, t.input_model.model_validate(arguments))
 
 
 __all__ = [

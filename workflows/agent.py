@@ -72,7 +72,7 @@ class AgentWorkflow:
         workflow.set_current_details(details)
 
     def _log(self, kind: str, name: str, status: str, detail: str = "") -> None:
-        self._state.history.append(StepInfo(step=self._state.step, kind=kind,  # type: ignore[arg-type]
+        self._state.history.append(StepInfo(step=self._state.step, kind=kind,
                                             name=name, status=status, detail=detail))
 
     @workflow.run
@@ -115,7 +115,7 @@ class AgentWorkflow:
         schemas = [t.schema_for_model() for t in plan.tools]
         messages = [Message(role="system", content=plan.instructions),
                     Message(role="user", content=request.input)]
-        res = RunResult(status="running", steps=0, model=plan.model)  # type: ignore[arg-type]
+        res = RunResult(status="running", steps=0, model=plan.model)
         budget = plan.max_steps
 
         def finish(status: RunStatus, answer: str | None = None,
