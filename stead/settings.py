@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     max_concurrent_activities: int = Field(200, ge=1)
     max_concurrent_workflow_tasks: int = Field(200, ge=1)
     max_cached_workflows: int = Field(1000, ge=0)
+    sticky_schedule_to_start_seconds: float = Field(10.0, gt=0)
+    """How long a run's next workflow task waits for the worker that cached it before any
+    worker may take it. Lower it to recover faster from a crashed worker."""
     ledger_retry_seconds: float = Field(30.0, ge=0)
     """How long an activity keeps retrying an unreachable ledger before it fails its attempt."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
