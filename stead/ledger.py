@@ -279,9 +279,12 @@ class Ledger:
     # ----------------------------------------------------------------------- reads
 
     async def run_ids(self, workflow_id: str) -> list[str]:
-        rows = await self.pool.fetch(
-            "select run_id from stead_runs where workflow_id=$1 order by started_at", workflow_id)
-        return [r["run_id"] for r in rows]
+        async def op(c: asyncpg.Connection) -> list[str]:
+            rows = await c.fetch(
+                "select run_id from stead_runs where workflow_id=$1 order by started_at",
+                workflow_id)
+            return [r["run_id"] for r in rows]
+        return await self._retrying(op)
 
     async def trail(self, workflow_id: str) -> dict[str, list[dict[str, Any]]]:
         """Everything the ledger holds about a workflow, oldest first."""
@@ -295,16 +298,17 @@ class Ledger:
                              " order by step, started_at, attempt",
             "decisions": "select * from stead_decisions where workflow_id=$1 order by seq",
         }
-        out: dict[str, list[dict[str, Any]]] = {}
-        async with self.pool.acquire() as c:
-            for name, sql in q.items():
-                out[name] = [dict(r) for r in await c.fetch(sql, workflow_id)]
-        return out
+        async def op(c: asyncpg.Connection) -> dict[str, list[dict[str, Any]]]:
+            return {name: [dict(r) for r in await c.fetch(sql, workflow_id)]
+                    for name, sql in q.items()}
+        return await self._retrying(op)
 
     async def verify_chain(self, workflow_id: str) -> list[str]:
         """Recompute the decision hash chain; return a list of problems (empty: intact)."""
-        rows = await self.pool.fetch(
-            "select * from stead_decisions where workflow_id=$1 order by seq", workflow_id)
+        async def op(c: asyncpg.Connection) -> list[Any]:
+            return list(await c.fetch(
+                "select * from stead_decisions where workflow_id=$1 order by seq", workflow_id))
+        rows = await self._retrying(op)
         problems: list[str] = []
         prev = GENESIS
         for i, r in enumerate(rows, start=1):
