@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -17,12 +18,24 @@ class ModelActivities:
     """Calls the configured model (``model``) or, when none is, the agent's offline model."""
 
     def __init__(self, catalog: AgentCatalog, ledger: Ledger, *,
-                 model: ModelClient | None = None) -> None:
+                 model: ModelClient | None = None,
+                 named_models: Callable[[str], ModelClient | None] | None = None) -> None:
         self._catalog = catalog
         self._ledger = ledger
         self._model = model
+        self._named_models = named_models
+        self._cache: dict[str, ModelClient] = {}
 
-    def client_for(self, agent: str) -> ModelClient:
+    def client_for(self, agent: str, setting: str | None = None) -> ModelClient:
+        """The model for a call: a routed setting if this worker can serve it, else the
+        configured model, else the agent's offline model."""
+        if setting and self._named_models is not None:
+            if setting not in self._cache:
+                named = self._named_models(setting)
+                if named is not None:
+                    self._cache[setting] = named
+            if setting in self._cache:
+                return self._cache[setting]
         if self._model is not None:
             return self._model
         return self._catalog[agent].offline_model
@@ -30,7 +43,7 @@ class ModelActivities:
     @activity.defn(name="model.complete")
     async def complete(self, req: ModelRequest) -> ModelTurn:
         info = activity.info()
-        client = self.client_for(req.ref.agent)
+        client = self.client_for(req.ref.agent, req.model)
         started = time.perf_counter()
         try:
             turn = await client.complete(req.messages, req.tools)

@@ -13,6 +13,7 @@ from typing import Any
 from stead.errors import SpecError
 from stead.llm import ModelClient
 from stead.models import AgentPlan
+from stead.policy import Policy
 from stead.tools import Tool, ToolRegistry
 
 
@@ -28,6 +29,10 @@ class Agent:
     max_steps: int = 16
     """Budget of model turns plus tool calls per run."""
     description: str = ""
+    policy: Policy | None = None
+    """Routing, risk, approval and output rules (``load_policy(path)``); None: allow all."""
+    output_schema: dict[str, Any] | None = None
+    """JSON schema the final answer must satisfy, for agents that answer in JSON."""
     registry: ToolRegistry = field(init=False)
 
     def __post_init__(self) -> None:
@@ -36,7 +41,8 @@ class Agent:
     def plan(self, *, model: str, max_steps: int | None = None) -> AgentPlan:
         return AgentPlan(agent=self.name, instructions=self.instructions, model=model,
                          max_steps=max_steps or self.max_steps,
-                         tools=[t.plan() for t in self.tools])
+                         tools=[t.plan() for t in self.tools], policy=self.policy,
+                         output_schema=self.output_schema)
 
 
 class AgentCatalog:
@@ -65,6 +71,9 @@ class AgentCatalog:
                 a.registry.validate()
             except SpecError as err:
                 problems.append(f"agent {a.name!r}: {err}")
+            if a.policy is not None:
+                problems.extend(f"agent {a.name!r}: policy {a.policy.ref}: {p}"
+                                for p in a.policy.check_references(set(a.registry.names())))
         if problems:
             raise SpecError("invalid agent catalog:\n  - " + "\n  - ".join(problems))
 

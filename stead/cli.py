@@ -344,6 +344,133 @@ def _print_trail(run_id: str, trail: dict[str, list[dict[str, Any]]]) -> None:
     out.print(table)
 
 
+# ----------------------------------------------------------------------------- approvals
+
+
+@app.command()
+def pending(
+    tenant: str | None = typer.Option(None, help="Only runs of this tenant"),
+    agent: str | None = typer.Option(None, help="Only runs of this agent"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON"),
+) -> None:
+    """List approvals that runs are waiting for, with risk and deadline."""
+    settings = _resolved(_settings())
+    rows = _run(_pending(settings, tenant, agent))
+    if as_json:
+        _print_json(rows)
+        return
+    if not rows:
+        out.print("no approvals pending")
+        return
+    table = Table("run", "approval", "agent", "tenant", "tool", "arguments", "risk",
+                  "awaiting", "deadline (UTC)")
+    for r in rows:
+        table.add_row(r["workflow_id"], r["approval_id"], r["agent"], r["tenant"], r["tool"],
+                      json.dumps(r["arguments"])[:60], f"{r['risk']:.2f}", r["awaiting"],
+                      str(r["deadline"])[:19])
+    out.print(table)
+
+
+async def _pending(settings: Settings, tenant: str | None,
+                   agent: str | None) -> list[dict[str, Any]]:
+    client = await _client(settings)
+    query = "SteadAwaitingApproval = true AND ExecutionStatus = 'Running'"
+    for key, value in (("SteadTenant", tenant), ("SteadAgent", agent)):
+        if value is not None:
+            query += f" AND {key} = {json.dumps(value)}"
+    rows: list[dict[str, Any]] = []
+    async for wf in client.list_workflows(query):
+        handle = client.get_workflow_handle(wf.id)
+        try:
+            state = await handle.query("state", result_type=RunState,
+                                       rpc_timeout=timedelta(seconds=5))
+        except RPCError:
+            continue  # finished or no worker right now; it will show up again if still waiting
+        for p in state.pending_approvals:
+            rows.append({"workflow_id": wf.id, "agent": state.agent, "tenant": state.tenant,
+                         **p.model_dump(mode="json")})
+    return sorted(rows, key=lambda r: (str(r["deadline"]), r["workflow_id"]))
+
+
+def _decide_cmd(run_id: str, approval_id: str, *, approved: bool, by: str, role: str | None,
+                note: str | None, args_json: str | None, as_json: bool) -> None:
+    from stead.models import DecideInput
+
+    arguments: dict[str, Any] | None = None
+    if args_json is not None:
+        try:
+            parsed = json.loads(args_json)
+        except json.JSONDecodeError as e:
+            _fail(f"--args is not valid JSON: {e}", EXIT_BAD_INPUT)
+        if not isinstance(parsed, dict):
+            _fail("--args must be a JSON object", EXIT_BAD_INPUT)
+        arguments = parsed
+    try:
+        payload = DecideInput(approval_id=approval_id, by=by, role=role, note=note,
+                          arguments=arguments, approved=approved)
+    except ValidationError as e:
+        _fail("invalid decision: " + "; ".join(x["msg"] for x in e.errors()), EXIT_BAD_INPUT)
+    settings = _resolved(_settings())
+    outcome = _run(_decide(settings, run_id, payload))
+    if as_json:
+        _print_json(outcome)
+    else:
+        out.print(f"{run_id} {approval_id}: [bold]{outcome['outcome']}[/] — {outcome['tool']} "
+                  f"{json.dumps(outcome['arguments'])} (risk {outcome['risk']:.2f}) "
+                  f"{outcome['reason']}", highlight=False)
+    if outcome["outcome"] == "denied_after_edit":
+        raise typer.Exit(EXIT_RUN_NOT_COMPLETED)
+
+
+async def _decide(settings: Settings, run_id: str, payload: Any) -> dict[str, Any]:
+    from temporalio.client import WorkflowUpdateFailedError
+
+    from stead.models import DecideOutcome
+
+    client = await _client(settings)
+    handle = client.get_workflow_handle(run_id)
+    try:
+        result = await handle.execute_update("decide", payload, result_type=DecideOutcome)
+    except WorkflowUpdateFailedError as e:
+        cause = e.cause
+        _fail(f"decision refused: {getattr(cause, 'message', cause)}", EXIT_RUN_NOT_COMPLETED)
+    except RPCError as e:
+        if e.status == RPCStatusCode.NOT_FOUND:
+            raise RunNotFound(f"no running run {run_id!r}") from None
+        raise StackError(f"cannot reach run {run_id!r}: {e.message}") from None
+    dumped: dict[str, Any] = result.model_dump(mode="json")
+    return dumped
+
+
+@app.command()
+def approve(
+    run_id: str = typer.Argument(..., help="Workflow id of the run"),
+    approval_id: str = typer.Argument(..., help="Approval id, e.g. a3 (see `stead pending`)"),
+    by: str = typer.Option(..., "--as", help="Who approves (recorded in the audit trail)"),
+    role: str | None = typer.Option(None, help="Approver role, checked against the policy"),
+    note: str | None = typer.Option(None, help="Why"),
+    args: str | None = typer.Option(None, "--args", help="Edited arguments as a JSON object"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON"),
+) -> None:
+    """Approve a pending tool call (optionally with edited arguments)."""
+    _decide_cmd(run_id, approval_id, approved=True, by=by, role=role, note=note, args_json=args,
+                as_json=as_json)
+
+
+@app.command()
+def reject(
+    run_id: str = typer.Argument(..., help="Workflow id of the run"),
+    approval_id: str = typer.Argument(..., help="Approval id, e.g. a3"),
+    by: str = typer.Option(..., "--as", help="Who rejects (recorded in the audit trail)"),
+    role: str | None = typer.Option(None, help="Approver role, checked against the policy"),
+    note: str | None = typer.Option(None, help="Why"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON"),
+) -> None:
+    """Reject a pending tool call; the model is told and the run goes on."""
+    _decide_cmd(run_id, approval_id, approved=False, by=by, role=role, note=note,
+                args_json=None, as_json=as_json)
+
+
 def main() -> None:
     """Entry point of the ``stead`` script."""
     try:

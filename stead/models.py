@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from stead.policy import Policy
+
 JsonObject = dict[str, Any]
 """A JSON object: tool arguments and results, whose shape the tool's own models define."""
 
@@ -77,6 +79,17 @@ class RunResult(_Model):
     rejected_calls: int = 0
     """Calls the model got wrong (unknown tool, invalid arguments)."""
     approvals: int = 0
+    """Approvals granted by a human."""
+    denials: int = 0
+    """Calls denied by policy or rejected by an approver."""
+    escalations: int = 0
+    """Approval deadlines that passed (each moves the approval up the chain or denies it)."""
+    reasks: int = 0
+    """Answers sent back to the model because output validation failed."""
+    policy: str = ""
+    """``id@version`` of the policy the run was judged by."""
+    route: str = ""
+    """Routing outcome: ``allow``, or the action and rule, e.g. ``refuse:pii-card``."""
     model: str = ""
     """Which model produced the answer (``scripted:<agent>`` offline)."""
     error: str | None = None
@@ -84,18 +97,60 @@ class RunResult(_Model):
 
 class StepInfo(_Model):
     step: int
-    kind: Literal["model", "tool", "rejected"]
+    kind: Literal["route", "model", "tool", "rejected", "denied", "approval", "output"]
     name: str
     status: str
     detail: str = ""
 
 
 class PendingApproval(_Model):
+    """An approval the run is waiting for (one entry of the ``state`` query)."""
+
     approval_id: str
     tool: str
+    """The tool to be called, or ``(request)`` when routing sent the whole request to a human."""
     arguments: JsonObject
     risk: float
     deadline: datetime | None = None
+    """When this level's wait ends; then the approval escalates or is auto-denied."""
+    step: int = 0
+    awaiting: str = ""
+    """The role asked now (a level of the policy's approval chain)."""
+    level: int = 0
+    reason: str = ""
+    factors: list[str] = Field(default_factory=list)
+    """Risk factors, e.g. ``tier:high=0.45``."""
+    policy: str = ""
+
+
+class ApprovalDecision(_Model):
+    """Payload of the ``approve`` and ``reject`` signals."""
+
+    approval_id: str = Field(min_length=1)
+    by: str = Field(min_length=1)
+    """Who decided (recorded in the audit trail)."""
+    note: str | None = None
+    arguments: JsonObject | None = None
+    """Edited arguments (approve only): re-validated and re-scored before use."""
+    role: str | None = None
+    """The approver's role; must be allowed by the policy's chain at the current level."""
+
+
+class DecideInput(ApprovalDecision):
+    """Payload of the ``decide`` update."""
+
+    approved: bool
+
+
+class DecideOutcome(_Model):
+    """What the ``decide`` update returns."""
+
+    approval_id: str
+    outcome: Literal["approved", "rejected", "denied_after_edit"]
+    tool: str
+    arguments: JsonObject
+    risk: float
+    reason: str = ""
 
 
 class RunState(_Model):
@@ -172,6 +227,8 @@ class ModelRequest(_Model):
     ref: RunRef
     messages: list[Message]
     tools: list[ToolSchema]
+    model: str | None = None
+    """A model setting chosen by routing (e.g. ``openai:gpt-4o``); None: the run's model."""
 
 
 # ---------------------------------------------------------------------------- tool calls
@@ -231,6 +288,9 @@ class AgentPlan(_Model):
     model_timeout: float = 60.0
     """Start-to-close seconds of one model call."""
     model_max_attempts: int = 5
+    policy: Policy | None = None
+    output_schema: JsonObject | None = None
+    """JSON schema the final answer must satisfy (a JSON document), if the agent declares one."""
 
 
 class ToolInvocation(_Model):

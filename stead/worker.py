@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
 from datetime import timedelta
 from types import TracebackType
 
@@ -44,12 +45,25 @@ def configured_model(settings: Settings) -> ModelClient | None:
                        base_url=settings.openai_base_url, timeout=settings.model_timeout_seconds)
 
 
+def named_model_factory(settings: Settings) -> Callable[[str], ModelClient | None]:
+    """Models that routing may pick by name (``openai:<model>``), when a key is configured."""
+    def make(setting: str) -> ModelClient | None:
+        kind, _, name = setting.partition(":")
+        if kind != "openai" or not name or settings.openai_api_key is None:
+            return None
+        return OpenAIModel(model=name, api_key=settings.openai_api_key.get_secret_value(),
+                           base_url=settings.openai_base_url,
+                           timeout=settings.model_timeout_seconds)
+    return make
+
+
 def build_worker(client: Client, settings: Settings, catalog: AgentCatalog, ledger: Ledger, *,
                  model: ModelClient | None = None, task_queue: str | None = None) -> Worker:
     runs = RunActivities(catalog, ledger, model_label=model.name if model else None,
                          model_timeout=settings.model_timeout_seconds,
                          model_max_attempts=settings.model_max_attempts)
-    models = ModelActivities(catalog, ledger, model=model)
+    models = ModelActivities(catalog, ledger, model=model,
+                             named_models=named_model_factory(settings))
     tools = ToolActivities(catalog, ledger)
     return Worker(
         client,

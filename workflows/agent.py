@@ -1,32 +1,46 @@
 """AgentWorkflow: the durable agent loop.
 
-think (model activity) -> gate each proposed call (guardrails) -> run tools (one activity per
-tool, its own retry policy, then its fallbacks) -> think ... -> answer, within a step budget.
+route the request (policy) -> think (model activity) -> gate each proposed call (schema, risk,
+policy: allow / ask a human / deny) -> run tools (one activity per tool, its own retry policy,
+then its fallbacks) -> think ... -> validate the answer (reask, escalate) -> result.
+
 Deterministic: no I/O, clocks or randomness here; everything that touches the world is an
-activity, and the agent's plan is pinned in history by the ``run.start`` local activity.
+activity, and the agent's plan and policy are pinned in history by the ``run.start`` local
+activity, so a run replays with the rules it started with.
 """
 
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey
-from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
+from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import TimeoutError as ActivityTimeout
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
     from guardrails.calls import check_call
+    from guardrails.decisions import CallDecision, RiskAssessment, RouteDecision
+    from guardrails.output import validate_output
+    from guardrails.risk import decide, score_call
+    from guardrails.routing import route
     from stead import errors
     from stead.models import (
         AgentPlan,
+        ApprovalDecision,
+        DecideInput,
+        DecideOutcome,
         DecisionRecord,
         FinishRun,
         Message,
         ModelRequest,
         ModelTurn,
+        PendingApproval,
         RunRef,
         RunRequest,
         RunResult,
@@ -40,15 +54,21 @@ with workflow.unsafe.imports_passed_through():
         ToolOutcome,
         ToolPlan,
     )
+    from stead.policy import Policy
     from stead.tools import activity_name
 
 AGENT_KEY = SearchAttributeKey.for_keyword("SteadAgent")
 TENANT_KEY = SearchAttributeKey.for_keyword("SteadTenant")
+AWAITING_KEY = SearchAttributeKey.for_bool("SteadAwaitingApproval")
+RISK_KEY = SearchAttributeKey.for_float("SteadRisk")
+
+REQUEST_APPROVAL_TOOL = "(request)"
 
 _LOCAL = timedelta(seconds=60)
 _LOCAL_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=100), backoff_coefficient=2,
                            maximum_interval=timedelta(seconds=5), maximum_attempts=0,
                            non_retryable_error_types=[errors.UNKNOWN_AGENT])
+_ALLOW_ALL = Policy(id="allow-all", version=1)
 
 
 def _short(args: dict[str, object], limit: int = 80) -> str:
@@ -56,16 +76,120 @@ def _short(args: dict[str, object], limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+@dataclass
+class _Approval:
+    """One approval the run asked for; decided by signal, update, or its deadlines."""
+
+    approval_id: str
+    step: int
+    tool: str
+    arguments: dict[str, Any]
+    risk: RiskAssessment
+    reason: str
+    deadline: datetime
+    level: int = 0
+    status: str = "pending"  # pending | approved | rejected | expired
+    decided_by: str = ""
+    role: str | None = None
+    note: str | None = None
+    edited: dict[str, Any] | None = None
+    log: list[str] = field(default_factory=list)
+
+
 @workflow.defn(name="AgentWorkflow", failure_exception_types=[ValidationError])
 class AgentWorkflow:
-    """Runs one agent on one request. Query ``state`` for progress."""
+    """Runs one agent on one request. Query ``state``; signal ``approve``/``reject``;
+    update ``decide``."""
 
     def __init__(self) -> None:
         self._state = RunState(agent="", tenant="", status="running", step=0, node="start")
+        self._approvals: dict[str, _Approval] = {}
+        self._early: dict[str, tuple[ApprovalDecision, bool, str]] = {}
+        self._ignored: list[tuple[str, str, str]] = []
+        self._policy: Policy = _ALLOW_ALL
+        self._plan: AgentPlan | None = None
+        self._max_risk = 0.0
+
+    # ------------------------------------------------------------------ queries & handlers
 
     @workflow.query(name="state")
     def state(self) -> RunState:
-        return self._state
+        return self._state.model_copy(update={"pending_approvals": [
+            self._pending(a) for a in self._approvals.values() if a.status == "pending"]})
+
+    def _pending(self, a: _Approval) -> PendingApproval:
+        chain = self._policy.approvals.chain
+        return PendingApproval(
+            approval_id=a.approval_id, tool=a.tool, arguments=a.arguments, risk=a.risk.score,
+            deadline=a.deadline, step=a.step, awaiting=chain[min(a.level, len(chain) - 1)],
+            level=a.level, reason=a.reason, policy=self._policy.ref,
+            factors=[f"{f.name}={f.weight:g}" for f in a.risk.factors])
+
+    @workflow.signal(name="approve")
+    def approve(self, decision: ApprovalDecision) -> None:
+        self._apply(decision, approved=True, via="signal")
+
+    @workflow.signal(name="reject")
+    def reject(self, decision: ApprovalDecision) -> None:
+        self._apply(decision, approved=False, via="signal")
+
+    @workflow.update(name="decide")
+    async def decide_update(self, decision: DecideInput) -> DecideOutcome:
+        a = self._approvals[decision.approval_id]
+        self._apply(decision, approved=decision.approved, via="update")
+        # The gate re-checks edited arguments; wait until it has, then report the outcome.
+        await workflow.wait_condition(lambda: a.status != "pending" and bool(a.log))
+        outcome = {"approved": "approved", "rejected": "rejected"}.get(a.status,
+                                                                      "denied_after_edit")
+        return DecideOutcome(approval_id=a.approval_id, outcome=outcome,
+                             tool=a.tool, arguments=a.edited or a.arguments, risk=a.risk.score,
+                             reason=a.log[-1])
+
+    @decide_update.validator
+    def _validate_decide(self, decision: DecideInput) -> None:
+        a = self._approvals.get(decision.approval_id)
+        if a is None:
+            pending = sorted(k for k, v in self._approvals.items() if v.status == "pending")
+            raise ValueError(f"unknown approval {decision.approval_id!r}; pending: "
+                             f"{', '.join(pending) or 'none'}")
+        if a.status != "pending":
+            raise ValueError(f"approval {a.approval_id!r} was already decided ({a.status} "
+                             f"by {a.decided_by or 'deadline'})")
+        problem = self._role_problem(a, decision.role)
+        if problem:
+            raise ValueError(problem)
+        if decision.arguments is not None and not decision.approved:
+            raise ValueError("edited arguments only make sense with an approval")
+        if decision.arguments is not None and not self._policy.approvals.allow_edits:
+            raise ValueError(f"policy {self._policy.ref} does not allow edited arguments")
+
+    def _role_problem(self, a: _Approval, role: str | None) -> str | None:
+        if role is None:
+            return None  # the caller acts for the level currently asked
+        allowed = self._policy.approvals.chain[a.level:]
+        if role not in allowed:
+            return (f"role {role!r} may not decide approval {a.approval_id!r} at level "
+                    f"{a.level}; allowed: {', '.join(allowed)}")
+        return None
+
+    def _apply(self, d: ApprovalDecision, *, approved: bool, via: str) -> None:
+        a = self._approvals.get(d.approval_id)
+        if a is None:
+            # Not reached yet (or never will be): keep the first decision for when it is.
+            self._early.setdefault(d.approval_id, (d, approved, via))
+            return
+        if a.status != "pending":
+            self._ignored.append((a.approval_id, d.by, f"duplicate {via} after {a.status}"))
+            return
+        problem = self._role_problem(a, d.role)
+        if problem:
+            self._ignored.append((a.approval_id, d.by, problem))
+            return
+        a.status = "approved" if approved else "rejected"
+        a.decided_by, a.role, a.note = d.by, d.role, d.note
+        a.edited = d.arguments if approved else None
+
+    # ------------------------------------------------------------------ the run
 
     def _at(self, node: str, details: str) -> None:
         self._state.node = node
@@ -81,6 +205,7 @@ class AgentWorkflow:
         self._state.agent, self._state.tenant = request.agent, request.tenant
         ref = RunRef(workflow_id=info.workflow_id, run_id=info.run_id, agent=request.agent,
                      tenant=request.tenant)
+        self._ref = ref
         self._key_root = f"{info.workflow_id}:{info.first_execution_run_id}"
         attrs = info.typed_search_attributes
         if attrs.get(AGENT_KEY) is None or attrs.get(TENANT_KEY) is None:
@@ -98,7 +223,17 @@ class AgentWorkflow:
                 raise ApplicationError(cause.message, type=errors.UNKNOWN_AGENT,
                                        non_retryable=True) from None
             raise
-        result = await self._loop(ref, request, plan)
+        self._plan = plan
+        self._policy = plan.policy or _ALLOW_ALL
+        self._approval_timeout = self._policy.approvals.timeout_seconds
+        override = request.metadata.get("approval_timeout_seconds")
+        if override is not None:
+            try:  # a request may shorten the deadline (e.g. a drill), never lengthen it
+                self._approval_timeout = min(self._approval_timeout, max(float(override), 0.1))
+            except ValueError:
+                pass
+        result = await self._run(ref, request, plan)
+        await self._flush_ignored(ref)
         self._state.status = result.status
         self._state.result = result
         self._at("done", f"Finished: **{result.status}** after {result.steps} steps")
@@ -108,18 +243,52 @@ class AgentWorkflow:
             summary="close run in ledger")
         return result
 
+    async def _run(self, ref: RunRef, request: RunRequest, plan: AgentPlan) -> RunResult:
+        res = RunResult(status="running", steps=0, model=plan.model, policy=self._policy.ref)
+        decision = route(text=request.input, tenant=request.tenant, metadata=request.metadata,
+                         policy=self._policy)
+        res.route = decision.action if decision.rule is None else \
+            f"{decision.action}:{decision.rule}"
+        await self._decide(ref, 0, "route", decision.action,
+                           decision.reason or "no routing rule matched",
+                           {"rule": decision.rule, "signals": decision.signals,
+                            "profile": decision.profile, "model": decision.model})
+        self._log("route", decision.rule or "default", decision.action, decision.reason)
+        if decision.action == "refuse":
+            res.status, res.answer = "refused", f"Refused by policy: {decision.reason}"
+            return res
+        if decision.action == "human":
+            risk = RiskAssessment(score=1.0, factors=[], untrusted=False)
+            a = await self._ask(ref, REQUEST_APPROVAL_TOOL, {"input": request.input[:2000]},
+                                risk, f"routing rule {decision.rule!r}: {decision.reason}", res)
+            if a.status != "approved":
+                res.status = "escalated" if a.status == "expired" else "denied"
+                res.answer = (f"The request needed human review and was "
+                              f"{'not reviewed in time' if a.status == 'expired' else 'rejected'}"
+                              f"{': ' + a.note if a.note else ''}.")
+                res.steps = self._state.step
+                return res
+        return await self._loop(ref, request, plan, decision, res)
+
     # ------------------------------------------------------------------ the loop
 
-    async def _loop(self, ref: RunRef, request: RunRequest, plan: AgentPlan) -> RunResult:
+    async def _loop(self, ref: RunRef, request: RunRequest, plan: AgentPlan,
+                    routed: RouteDecision, res: RunResult) -> RunResult:
         tools = {t.name: t for t in plan.tools}
         schemas = [t.schema_for_model() for t in plan.tools]
         messages = [Message(role="system", content=plan.instructions),
                     Message(role="user", content=request.input)]
-        res = RunResult(status="running", steps=0, model=plan.model)
         budget = plan.max_steps
+        model_setting = routed.model if routed.action == "model" else None
+        untrusted: list[str] = []
+        escalated = False
 
         def finish(status: RunStatus, answer: str | None = None,
                    error: str | None = None) -> RunResult:
+            if status == "completed" and escalated:
+                status = "escalated"
+            elif status == "completed" and res.denials:
+                status = "denied"
             res.status, res.answer, res.error = status, answer, error
             res.steps = self._state.step
             return res
@@ -129,12 +298,12 @@ class AgentWorkflow:
                 return finish("failed", error=f"step budget of {budget} exhausted before an answer")
             self._state.step += 1
             self._at("think", f"Step {self._state.step}/{budget}: asking the model "
-                              f"({plan.model}) what to do next")
+                              f"({model_setting or plan.model}) what to do next")
             try:
                 turn = await workflow.execute_activity(
                     "model.complete",
                     ModelRequest(ref=ref.model_copy(update={"step": self._state.step}),
-                                 messages=messages, tools=schemas),
+                                 messages=messages, tools=schemas, model=model_setting),
                     result_type=ModelTurn,
                     start_to_close_timeout=timedelta(seconds=plan.model_timeout),
                     schedule_to_close_timeout=timedelta(
@@ -153,20 +322,49 @@ class AgentWorkflow:
             messages.append(Message(role="assistant", content=turn.content,
                                     tool_calls=turn.tool_calls))
             if not turn.tool_calls:
-                return finish("completed", answer=turn.content or "")
+                answer = turn.content or ""
+                problems = validate_output(answer, rules=self._policy.output,
+                                           evidence=untrusted, request_text=request.input,
+                                           schema=plan.output_schema)
+                if not problems:
+                    return finish("completed", answer=answer)
+                text = "; ".join(f"{p.kind}: {p.detail}" for p in problems)
+                await self._decide(ref, self._state.step, "output_rejected",
+                                   "reask" if res.reasks < self._policy.output.max_reasks
+                                   else self._policy.output.on_failure, text,
+                                   {"problems": [p.model_dump() for p in problems]}, seq=res.reasks)
+                self._log("output", "validation", "rejected", text)
+                if res.reasks >= self._policy.output.max_reasks:
+                    if self._policy.output.on_failure == "escalate":
+                        escalated = True
+                        return finish("escalated", error=f"answer failed validation: {text}")
+                    return finish("failed", error=f"answer failed validation: {text}")
+                res.reasks += 1
+                messages.append(Message(role="user", content=(
+                    f"Your answer was not accepted ({text}). Answer again using only facts "
+                    f"from the tool results, without credentials or personal data.")))
+                continue
             for call in turn.tool_calls:
                 if self._state.step >= budget:
                     messages.append(_tool_message(call, {"error": {
                         "type": "BudgetExhausted", "message": "step budget exhausted"}}))
                     continue
                 self._state.step += 1
-                outcome = await self._call(ref, call, tools, res)
-                messages.append(_tool_message(call, outcome))
+                outcome = await self._call(ref, call, tools, res, routed, untrusted,
+                                           request.input)
+                content = _tool_message(call, outcome)
+                messages.append(content)
+                if "result" in outcome:
+                    untrusted.append(content.content or "")
                 if res.status == "escalated":
+                    escalated = True
                     return finish("escalated", error=res.error)
+                if outcome.get("expired"):
+                    escalated = True
 
     async def _call(self, ref: RunRef, call: ToolCall, tools: dict[str, ToolPlan],
-                    res: RunResult) -> dict[str, object]:
+                    res: RunResult, routed: RouteDecision, untrusted: list[str],
+                    request_text: str) -> dict[str, Any]:
         step = self._state.step
         verdict = check_call(call, tools)
         if verdict.error is not None or verdict.arguments is None:
@@ -180,6 +378,129 @@ class AgentWorkflow:
             return {"error": {"type": verdict.kind, "message": verdict.error}}
         args = verdict.arguments
         plan = tools[call.name]
+        gate = self._gate(plan, args, res, routed, untrusted, request_text)
+        await self._decide(ref, step, "gate", gate.action, gate.reason,
+                           {"tool": plan.name, "arguments": args, "risk": gate.risk.score,
+                            "factors": [f.model_dump() for f in gate.risk.factors],
+                            "untrusted": gate.risk.untrusted})
+        if gate.action == "deny":
+            return self._denied(call, plan, args, res, gate.reason, step)
+        if gate.action == "ask":
+            a = await self._ask(ref, plan.name, args, gate.risk, gate.reason, res)
+            if a.status == "expired":
+                res.escalations += 1
+                res.denials += 1
+                out = self._denied(call, plan, args, res,
+                                   f"no approver decided before the last deadline; auto-denied "
+                                   f"after escalating to {self._policy.approvals.chain[-1]}",
+                                   step)
+                out["expired"] = True
+                return out
+            if a.status == "rejected":
+                return self._denied(call, plan, args, res, f"rejected by {a.decided_by}"
+                                    + (f": {a.note}" if a.note else ""), step)
+            if a.edited is not None:
+                checked = self._recheck(plan, a, res, routed, untrusted, request_text, tools)
+                if checked is None:
+                    return self._denied(call, plan, a.edited, res, a.log[-1], step)
+                args = checked
+            res.approvals += 1
+        return await self._execute(ref, call, plan, args, tools, res)
+
+    def _gate(self, plan: ToolPlan, args: dict[str, Any], res: RunResult, routed: RouteDecision,
+              untrusted: list[str], request_text: str) -> CallDecision:
+        failures = sum(1 for c in res.tool_calls if c.status == "error")
+        risk = score_call(plan, args, policy=self._policy, route=routed,
+                          prior_failures=failures, untrusted_texts=untrusted,
+                          request_text=request_text)
+        if risk.score > self._max_risk:
+            self._max_risk = risk.score
+            workflow.upsert_search_attributes([RISK_KEY.value_set(risk.score)])
+        return decide(plan, args, risk, policy=self._policy, route=routed)
+
+    def _recheck(self, plan: ToolPlan, a: _Approval, res: RunResult, routed: RouteDecision,
+                 untrusted: list[str], request_text: str,
+                 tools: dict[str, ToolPlan]) -> dict[str, Any] | None:
+        """Edited arguments: validate against the schema and score again; None if denied."""
+        edited = a.edited or {}
+        verdict = check_call(ToolCall(id="edit", name=plan.name, arguments=json.dumps(edited)),
+                             tools)
+        if verdict.arguments is None:
+            a.status = "denied_after_edit"
+            a.log.append(f"edited arguments rejected: {verdict.error}")
+            return None
+        gate = self._gate(plan, verdict.arguments, res, routed, untrusted, request_text)
+        if gate.action == "deny":
+            a.status = "denied_after_edit"
+            a.log.append(f"edited arguments denied: {gate.reason}")
+            return None
+        a.log.append(f"edited arguments approved (risk {gate.risk.score:g})")
+        return verdict.arguments
+
+    def _denied(self, call: ToolCall, plan: ToolPlan, args: dict[str, Any], res: RunResult,
+                reason: str, step: int) -> dict[str, Any]:
+        res.denials += 1
+        self._log("denied", plan.name, "denied", reason)
+        res.tool_calls.append(ToolCallRecord(step=step, call_id=call.id, tool=plan.name,
+                                             arguments=args, status="rejected", error=reason))
+        return {"error": {"type": "PolicyDenied", "message": f"{plan.name} was not run: {reason}"}}
+
+    async def _ask(self, ref: RunRef, tool: str, args: dict[str, Any], risk: RiskAssessment,
+                   reason: str, res: RunResult) -> _Approval:
+        """Pause this branch until a human decides or the last deadline passes."""
+        step = self._state.step
+        approval_id = f"a{step}"
+        chain = self._policy.approvals.chain
+        a = _Approval(approval_id=approval_id, step=step, tool=tool, arguments=args, risk=risk,
+                      reason=reason,
+                      deadline=workflow.now() + timedelta(seconds=self._approval_timeout))
+        self._approvals[approval_id] = a
+        early = self._early.pop(approval_id, None)
+        if early is not None:
+            self._apply(early[0], approved=early[1], via=early[2] + " (before the approval "
+                        "point)")
+        await self._decide(ref, step, "approval_requested", chain[0], reason,
+                           {"approval_id": approval_id, "tool": tool, "arguments": args,
+                            "risk": risk.score, "deadline": a.deadline.isoformat()})
+        workflow.upsert_search_attributes([AWAITING_KEY.value_set(True)])
+        while a.status == "pending":
+            awaiting = chain[min(a.level, len(chain) - 1)]
+            self._at(f"approval:{approval_id}",
+                     f"Awaiting approval **{approval_id}** from **{awaiting}** until "
+                     f"{a.deadline:%Y-%m-%d %H:%M:%S} UTC: {tool} {_short(args)} "
+                     f"(risk {risk.score:g}). Signal `approve`/`reject` with "
+                     f'{{"approval_id": "{approval_id}", "by": "..."}}')
+            remaining = (a.deadline - workflow.now()).total_seconds()
+            try:
+                await workflow.wait_condition(lambda: a.status != "pending",
+                                              timeout=max(remaining, 0.001))
+            except TimeoutError:
+                if a.level + 1 < len(chain):
+                    a.level += 1
+                    res.escalations += 1
+                    a.deadline = workflow.now() + timedelta(seconds=self._approval_timeout)
+                    await self._decide(ref, step, "approval_escalated", chain[a.level],
+                                       f"deadline passed without a decision; asking "
+                                       f"{chain[a.level]}", {"approval_id": approval_id,
+                                                             "level": a.level}, seq=a.level)
+                else:
+                    a.status = "expired"
+        await self._decide(ref, step, "approval_decided", a.status,
+                           a.note or ("auto-denied: last deadline passed"
+                                      if a.status == "expired" else ""),
+                           {"approval_id": approval_id, "role": a.role,
+                            "edited_arguments": a.edited},
+                           actor=a.decided_by or "deadline")
+        if not a.log and not (a.status == "approved" and a.edited is not None):
+            # (edited arguments are logged once the gate has re-checked them)
+            a.log.append(f"{a.status} by {a.decided_by or 'deadline'}")
+        if not any(x.status == "pending" for x in self._approvals.values()):
+            workflow.upsert_search_attributes([AWAITING_KEY.value_set(False)])
+        return a
+
+    async def _execute(self, ref: RunRef, call: ToolCall, plan: ToolPlan, args: dict[str, Any],
+                       tools: dict[str, ToolPlan], res: RunResult) -> dict[str, Any]:
+        step = self._state.step
         failures: list[dict[str, object]] = []
         for name in [plan.name, *plan.fallbacks]:
             tp = tools[name]
@@ -242,19 +563,31 @@ class AgentWorkflow:
                           "failures": failures}}
 
     async def _decide(self, ref: RunRef, step: int, kind: str, decision: str, reason: str,
-                      data: dict[str, object]) -> None:
+                      data: dict[str, Any], *, actor: str = "stead", seq: int = 0) -> None:
         await workflow.execute_local_activity(
             "run.decision",
             DecisionRecord(ref=ref.model_copy(update={"step": step}), kind=kind,
-                           decision=decision, reason=reason, data=data),
+                           decision=decision, reason=reason, data=data, actor=actor,
+                           policy=self._policy.ref, seq=seq),
             start_to_close_timeout=_LOCAL, schedule_to_close_timeout=timedelta(minutes=10),
             retry_policy=_LOCAL_RETRY, summary=f"record {kind}")
 
+    async def _flush_ignored(self, ref: RunRef) -> None:
+        """Audit decisions that were ignored (duplicates, disallowed roles, never asked)."""
+        for i, (approval_id, by, why) in enumerate(self._ignored):
+            await self._decide(ref, self._state.step, "approval_ignored", "ignored", why,
+                               {"approval_id": approval_id}, actor=by, seq=i)
+        for i, (approval_id, (d, _, via)) in enumerate(sorted(self._early.items())):
+            await self._decide(ref, self._state.step, "approval_ignored", "ignored",
+                               f"{via} for approval {approval_id!r}, which this run never asked",
+                               {"approval_id": approval_id}, actor=d.by,
+                               seq=len(self._ignored) + i)
 
-def _tool_message(call: ToolCall, payload: dict[str, object]) -> Message:
+
+def _tool_message(call: ToolCall, payload: dict[str, Any]) -> Message:
+    body = {k: v for k, v in payload.items() if k != "expired"}
     return Message(role="tool", tool_call_id=call.id, name=call.name,
-                   content=json.dumps(payload, separators=(",", ":"), sort_keys=True,
-                                      default=str))
+                   content=json.dumps(body, separators=(",", ":"), sort_keys=True, default=str))
 
 
 def _overall_bound(tp: ToolPlan) -> float:
@@ -274,7 +607,7 @@ def _cause(err: ActivityError) -> str:
     c = err.cause
     if isinstance(c, ApplicationError):
         return c.message
-    if isinstance(c, TimeoutError):
+    if isinstance(c, ActivityTimeout):
         return f"timed out ({c.type.name.lower() if c.type else 'timeout'})"
     return str(c or err)
 
