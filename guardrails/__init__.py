@@ -1,5 +1,51 @@
-"""Guardrails judge: pure, deterministic functions callable from workflows and tests."""
+"""Guardrails judge: pure, deterministic functions callable from workflows and tests.
+
+    decision = route(text=..., tenant=..., metadata=..., policy=policy)     # before the model
+    verdict = check_call(call, tools_by_name)                               # each proposed call
+    risk = score_call(plan, args, policy=policy, route=decision, ...)
+    gate = decide(plan, args, risk, policy=policy, route=decision)          # allow / ask / deny
+    problems = validate_output(answer, rules=policy.output, evidence=..., request_text=...)
+
+Nothing here reads clocks, randomness, the environment or files (except ``load_policy``, called
+at worker start), so every function runs inside workflows and replays identically.
+"""
 
 from guardrails.calls import CallVerdict, check_call, schema_problems
+from guardrails.decisions import (
+    CallDecision,
+    OutputProblem,
+    RiskAssessment,
+    RiskFactor,
+    RouteDecision,
+)
+from guardrails.detect import PII_KINDS, SECRET_KINDS, find_pii, find_secrets, locate, redact
+from guardrails.output import validate_output
+from guardrails.risk import decide, echoes_untrusted, score_call
+from guardrails.routing import route
+from stead.policy import Policy, PolicyError, load_policy, parse_policy
 
-__all__ = ["CallVerdict", "check_call", "schema_problems"]
+__all__ = [
+    "PII_KINDS",
+    "SECRET_KINDS",
+    "CallDecision",
+    "CallVerdict",
+    "OutputProblem",
+    "Policy",
+    "PolicyError",
+    "RiskAssessment",
+    "RiskFactor",
+    "RouteDecision",
+    "check_call",
+    "decide",
+    "echoes_untrusted",
+    "find_pii",
+    "find_secrets",
+    "load_policy",
+    "locate",
+    "parse_policy",
+    "redact",
+    "route",
+    "schema_problems",
+    "score_call",
+    "validate_output",
+]

@@ -389,7 +389,6 @@ class AgentWorkflow:
             a = await self._ask(ref, plan.name, args, gate.risk, gate.reason, res)
             if a.status == "expired":
                 res.escalations += 1
-                res.denials += 1
                 out = self._denied(call, plan, args, res,
                                    f"no approver decided before the last deadline; auto-denied "
                                    f"after escalating to {self._policy.approvals.chain[-1]}",
@@ -550,7 +549,8 @@ class AgentWorkflow:
             res.tool_calls.append(ToolCallRecord(
                 step=step, call_id=call.id, tool=plan.name, arguments=args, status="ok",
                 served_by=name, attempts=out.attempt))
-            return {"ok": True, "tool": name, "result": out.result}
+            # Tool output is untrusted input to the model (and to the gate: see _gate).
+            return {"ok": True, "tool": name, "result": out.result, "untrusted": True}
         attempts_total = sum(int(str(f["attempts"])) for f in failures)
         res.tool_calls.append(ToolCallRecord(
             step=step, call_id=call.id, tool=plan.name, arguments=args, status="error",
