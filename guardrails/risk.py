@@ -24,6 +24,8 @@ from stead.policy import ArgumentRule, Policy
 
 _MIN_ECHO = 4
 """Shorter argument strings ("prod", "yes") are too common to prove where they came from."""
+_MIN_ECHO_NUMBER = 10
+"""Likewise numbers below 10 (counts, limits, page sizes)."""
 
 
 @lru_cache(maxsize=1024)
@@ -113,7 +115,29 @@ def echoes_untrusted(arguments: dict[str, Any], untrusted_texts: list[str],
             continue
         if any(needle in text for text in untrusted):
             return True
+    # Numbers too: an amount the request never named but a tool output did (e.g. "transfer
+    # 900") was copied from untrusted content. Small numbers are too common to tell.
+    request_numbers = _number_tokens(request)
+    untrusted_numbers = set().union(*(_number_tokens(t) for t in untrusted))
+    for n in (x for v in arguments.values() for x in _all_numbers(v)):
+        if abs(n) >= _MIN_ECHO_NUMBER and n not in request_numbers and n in untrusted_numbers:
+            return True
     return False
+
+
+_NUMBER_TOKEN = re.compile(r"(?<![\w.])\d{1,3}(?:,\d{3})+(?:\.\d+)?|(?<![\w.])\d+(?:\.\d+)?")
+
+
+def _all_numbers(value: Any) -> Iterator[float]:
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from _all_numbers(item)
+    else:
+        yield from _numbers(value)
+
+
+def _number_tokens(text: str) -> set[float]:
+    return {float(m.group(0).replace(",", "")) for m in _NUMBER_TOKEN.finditer(text)}
 
 
 def score_call(tool: ToolPlan, arguments: dict[str, Any], *, policy: Policy,

@@ -93,6 +93,8 @@ class _Approval:
     role: str | None = None
     note: str | None = None
     edited: dict[str, Any] | None = None
+    rescored: float | None = None
+    """Risk of the edited arguments, once the gate has re-checked them."""
     log: list[str] = field(default_factory=list)
 
 
@@ -142,7 +144,8 @@ class AgentWorkflow:
         outcome = {"approved": "approved", "rejected": "rejected"}.get(a.status,
                                                                       "denied_after_edit")
         return DecideOutcome(approval_id=a.approval_id, outcome=outcome,
-                             tool=a.tool, arguments=a.edited or a.arguments, risk=a.risk.score,
+                             tool=a.tool, arguments=a.edited or a.arguments,
+                             risk=a.rescored if a.rescored is not None else a.risk.score,
                              reason=a.log[-1])
 
     @decide_update.validator
@@ -400,6 +403,10 @@ class AgentWorkflow:
                                     + (f": {a.note}" if a.note else ""), step)
             if a.edited is not None:
                 checked = self._recheck(plan, a, res, routed, untrusted, request_text, tools)
+                await self._decide(ref, step, "approval_edit",
+                                   "deny" if checked is None else "allow", a.log[-1],
+                                   {"approval_id": a.approval_id, "arguments": a.edited,
+                                    "risk": a.rescored})
                 if checked is None:
                     return self._denied(call, plan, a.edited, res, a.log[-1], step)
                 args = checked
@@ -429,6 +436,7 @@ class AgentWorkflow:
             a.log.append(f"edited arguments rejected: {verdict.error}")
             return None
         gate = self._gate(plan, verdict.arguments, res, routed, untrusted, request_text)
+        a.rescored = gate.risk.score
         if gate.action == "deny":
             a.status = "denied_after_edit"
             a.log.append(f"edited arguments denied: {gate.reason}")
