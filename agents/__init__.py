@@ -8,10 +8,11 @@ from stead.agent import AgentCatalog
 
 
 def reference_catalog(data_dir: Path) -> AgentCatalog:
-    """The reference agents, with their fake outside world under ``data_dir``."""
-    from agents.ops import default_world, ops_agent
+    """The reference agents, with their fake outside worlds under ``data_dir``."""
+    from agents import ops, refund
 
-    return AgentCatalog([ops_agent(default_world(data_dir))])
+    return AgentCatalog([ops.ops_agent(ops.default_world(data_dir)),
+                         refund.refund_agent(refund.default_world(data_dir))])
 
 
 __all__ = ["reference_catalog"]

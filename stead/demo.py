@@ -6,16 +6,19 @@ not, so it doubles as a smoke test of a fresh install.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from temporalio.client import WorkflowHandle
 
 from stead.embedded import EmbeddedStack, port_is_free
-from stead.models import RunRequest, RunResult
+from stead.models import ApprovalDecision, RunRequest, RunResult, RunState
 from stead.settings import Settings
 
 
@@ -24,6 +27,9 @@ class Scenario:
     shows: str
     request: RunRequest
     check: Callable[[RunResult], bool]
+    approve: bool = False
+    """The demo plays the approver: it waits for the pending approval and sends the public
+    ``approve`` signal, as an on-call engineer would with `stead approve` or the Temporal CLI."""
 
 
 SCENARIOS: list[Scenario] = [
@@ -40,10 +46,31 @@ SCENARIOS: list[Scenario] = [
         lambda r: r.status == "completed" and r.rejected_calls == 1
         and any(c.tool == "create_ticket" and c.status == "ok" for c in r.tool_calls)),
     Scenario(
-        "irreversible tool with idempotency key and reconcile hook",
+        "irreversible tool needs approval; the demo approves through the `approve` signal",
         RunRequest(agent="ops", user="demo", input="search-worker is down, restart it"),
-        lambda r: r.status == "completed"
-        and any(c.tool == "restart_service" and c.status == "ok" for c in r.tool_calls)),
+        lambda r: r.status == "completed" and r.approvals == 1
+        and any(c.tool == "restart_service" and c.status == "ok" for c in r.tool_calls),
+        approve=True),
+    Scenario(
+        "nobody approves in time: escalates oncall -> manager, then auto-denies",
+        RunRequest(agent="ops", user="demo", input="restart auth-service now",
+                   metadata={"approval_timeout_seconds": "1"}),
+        lambda r: r.status == "escalated" and r.escalations >= 2 and r.approvals == 0),
+    Scenario(
+        "small refund: allowed by policy without a human",
+        RunRequest(agent="refund", user="demo",
+                   input="Refund €30 on ORD-1001, the mug arrived broken"),
+        lambda r: r.status == "completed" and r.approvals == 0
+        and any(c.tool == "issue_refund" and c.status == "ok" for c in r.tool_calls)),
+    Scenario(
+        "refund above the hard limit: denied by policy, the model is told why",
+        RunRequest(agent="refund", user="demo", input="Refund 4,000 EUR for order ORD-1004"),
+        lambda r: r.status == "denied" and r.denials >= 1),
+    Scenario(
+        "request carrying a card number: refused by routing before the model runs",
+        RunRequest(agent="refund", user="demo",
+                   input="Refund ORD-1002 to my card 4111 1111 1111 1111"),
+        lambda r: r.status == "refused" and r.model_turns == 0),
     Scenario(
         "a tool and its fallback both fail: structured failure, clear answer, no hang",
         RunRequest(agent="ops", user="demo", input="How is legacy-batch doing?"),
@@ -52,6 +79,8 @@ SCENARIOS: list[Scenario] = [
 
 
 async def run_demo(settings: Settings, console: Console) -> bool:
+    from agents.refund import default_world as refund_world
+
     from agents import reference_catalog
     from agents.ops import default_world
     from stead.client import start_run
@@ -69,12 +98,15 @@ async def run_demo(settings: Settings, console: Console) -> bool:
         resolved = stack.resolved_settings().model_copy(
             update={"task_queue": f"stead-demo-{uuid.uuid4().hex[:6]}"})
         default_world(settings.data_dir).reset()
+        refund_world(settings.data_dir).reset()
         results: list[tuple[Scenario, str, RunResult, float, bool]] = []
         async with WorkerHost(resolved, reference_catalog(settings.data_dir)) as host:
             assert host.client is not None
             for sc in SCENARIOS:
                 started = time.perf_counter()
                 handle = await start_run(host.client, sc.request, settings=resolved)
+                if sc.approve:
+                    await _approve_when_asked(handle, console)
                 result = await handle.result()
                 took = time.perf_counter() - started
                 results.append((sc, handle.id, result, took, sc.check(result)))
@@ -86,18 +118,37 @@ async def run_demo(settings: Settings, console: Console) -> bool:
             await stack.stop()
 
 
+async def _approve_when_asked(handle: WorkflowHandle[Any, RunResult], console: Console) -> None:
+    """Wait (bounded) for the run's pending approval, then approve it by signal."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        state = await handle.query("state", result_type=RunState)
+        if state.pending_approvals:
+            p = state.pending_approvals[0]
+            console.print(f"  {handle.id}: approval {p.approval_id} pending for {p.tool} "
+                          f"(risk {p.risk:.2f}, awaiting {p.awaiting}) — approving by signal",
+                          highlight=False)
+            await handle.signal("approve", ApprovalDecision(
+                approval_id=p.approval_id, by="demo-oncall", role=p.awaiting,
+                note="checked the dashboards; go ahead"))
+            return
+        if state.status != "running":
+            return
+        await asyncio.sleep(0.1)
+
+
 def _report(console: Console, results: list[tuple[Scenario, str, RunResult, float, bool]],
             ui_url: str | None) -> None:
     table = Table(title="stead demo — one line per run")
-    for col in ("run", "agent", "outcome", "steps", "retries", "fallbacks", "rejected",
-                "approvals", "duration", "check"):
-        table.add_column(col, justify="right" if col in {"steps", "retries", "fallbacks",
-                                                         "rejected", "approvals",
-                                                         "duration"} else "left")
+    numeric = ("steps", "retries", "fallbacks", "rejected", "approvals", "denials",
+               "escalations", "duration")
+    for col in ("run", "agent", "outcome", *numeric, "check"):
+        table.add_column(col, justify="right" if col in numeric else "left")
     for sc, wid, r, took, ok in results:
         table.add_row(wid, sc.request.agent, r.status, str(r.steps), str(r.retries),
                       str(r.fallbacks), str(r.rejected_calls), str(r.approvals),
-                      f"{took * 1000:.0f} ms", "[green]ok[/]" if ok else "[red]FAILED[/]")
+                      str(r.denials), str(r.escalations), f"{took * 1000:.0f} ms",
+                      "[green]ok[/]" if ok else "[red]FAILED[/]")
     console.print(table)
     model = results[0][2].model if results else ""
     console.print(f"model: [bold]{model}[/]" + (" (offline scripted planner — set "

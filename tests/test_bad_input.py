@@ -193,7 +193,7 @@ async def test_bad_tool_call_is_rejected_told_to_the_model_and_the_run_completes
     (told, ok) = recorder.tool_replies()
     assert told["error"]["type"] == kind  # type: ignore[index]
     assert says in told["error"]["message"]  # type: ignore[index]
-    assert ok == {"ok": True, "tool": "lookup", "result": {"value": "a=1"}}
+    assert ok == {"ok": True, "tool": "lookup", "result": {"value": "a=1"}, "untrusted": True}
     # The rejection is an audited decision; the tool itself ran once, for the good call.
     trail = await ledger.trail(wid)
     (rejected,) = [d for d in trail["decisions"] if d["kind"] == "call_rejected"]

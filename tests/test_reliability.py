@@ -14,17 +14,19 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _procs import CRASHY_SCRIPT, ROOT, WorkerProcess, worker_env
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHandle
+from temporalio.service import RPCError
 
 from agents.ops import OpsWorld
 from stead.agent import AgentCatalog
 from stead.client import connect, start_run
 from stead.embedded import EmbeddedPostgres, EmbeddedTemporal, free_port
 from stead.ledger import Ledger, migrate
-from stead.models import RunRequest, RunResult
+from stead.models import ApprovalDecision, RunRequest, RunResult, RunState
 from stead.settings import Settings
 from stead.worker import WorkerHost
 
@@ -100,6 +102,8 @@ async def test_worker_sigkilled_after_side_effect_does_not_repeat_it(
     procs.append(first)
     h = await start_run(temporal_client, RunRequest(agent="ops", input=request_text),
                         settings=settings)
+    if tool == "restart_service":  # the ops policy asks on-call before any restart
+        await approve_when_pending(h)
     await wait_until(lambda: world.effects(effect) == 1, within=30,
                      what=f"the first {effect}", procs=procs)
     first.kill()
@@ -119,6 +123,22 @@ async def test_worker_sigkilled_after_side_effect_does_not_repeat_it(
         assert row["result"]["created"] is False  # attempt 2 found attempt 1's ticket
     assert trail["runs"][0]["status"] == "completed"
     assert await ledger.verify_chain(h.id) == []
+
+
+async def approve_when_pending(h: WorkflowHandle[Any, RunResult]) -> None:
+    """Play the on-call approver: approve the run's first pending approval (bounded wait)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            state = await h.query("state", result_type=RunState)
+        except RPCError:
+            state = None  # no worker has picked the run up yet
+        if state is not None and state.pending_approvals:
+            await h.signal("approve", ApprovalDecision(
+                approval_id=state.pending_approvals[0].approval_id, by="oncall-test"))
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("no approval was requested within 30 s")
 
 
 # --------------------------------------------------------------------------- 2. escalation

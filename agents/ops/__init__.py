@@ -8,21 +8,26 @@ from agents.ops.planner import OpsPlanner
 from agents.ops.tools import ops_tools
 from agents.ops.world import OpsWorld
 from stead.agent import Agent
+from stead.policy import load_policy
 
 INSTRUCTIONS = """You are an SRE assistant for the company's service fleet.
 Use the tools to look before you act: check a service's status and logs before opening a
 ticket or restarting it. Restart only when the service is down or the user asks for it.
 Answer with what the tools returned; never invent numbers."""
 
+POLICY_FILE = Path(__file__).with_name("policy.yaml")
+"""Routing, risk and approval rules of the ops agent (restarts need a human)."""
+
 
 def ops_agent(world: OpsWorld) -> Agent:
     return Agent(name="ops", instructions=INSTRUCTIONS, tools=ops_tools(world),
                  offline_model=OpsPlanner().model, max_steps=16,
-                 description="Incident work on services: status, logs, tickets, restarts.")
+                 description="Incident work on services: status, logs, tickets, restarts.",
+                 policy=load_policy(POLICY_FILE))
 
 
 def default_world(data_dir: Path) -> OpsWorld:
     return OpsWorld(data_dir / "ops-world.sqlite")
 
 
-__all__ = ["OpsPlanner", "OpsWorld", "default_world", "ops_agent", "ops_tools"]
+__all__ = ["POLICY_FILE", "OpsPlanner", "OpsWorld", "default_world", "ops_agent", "ops_tools"]

@@ -157,6 +157,11 @@ class OpsPlanner:
         return ModelTurn(content=_answer(service, done, wanted))
 
 
+def _sentence(text: object) -> str:
+    """End a quoted message with exactly one full stop."""
+    return str(text).rstrip().rstrip(".") + "."
+
+
 def _loose_name(request: str, service: str) -> str:
     parts = service.split("-")
     m = re.search(r"\b" + r"\W+".join(re.escape(p) for p in parts) + r"\b", request,
@@ -204,7 +209,7 @@ def _answer(service: str, done: _Done, wanted: list[str]) -> str:
     elif "service_status" in done.errors:
         err = done.errors["service_status"]
         parts.append(f"I could not determine the status of {service}: "
-                     f"{err.get('message', 'the status tools failed')}.")
+                     f"{_sentence(err.get('message', 'the status tools failed'))}")
     logs = done.results.get("recent_logs")
     if logs:
         errors = [ln for ln in logs.get("lines", []) if ln.startswith("ERROR")]
@@ -216,13 +221,13 @@ def _answer(service: str, done: _Done, wanted: list[str]) -> str:
             parts.append("Recent logs show no errors.")
     elif "recent_logs" in done.errors:
         parts.append(f"I could not read its logs: "
-                     f"{done.errors['recent_logs'].get('message', 'log tool failed')}.")
+                     f"{_sentence(done.errors['recent_logs'].get('message', 'log tool failed'))}")
     restart = done.results.get("restart_service")
     if restart:
         parts.append(f"I restarted {service} (restart #{restart['restart_id']}).")
     elif "restart_service" in done.errors:
         parts.append(f"The restart of {service} did not go through: "
-                     f"{done.errors['restart_service'].get('message', 'failed')}.")
+                     f"{_sentence(done.errors['restart_service'].get('message', 'failed'))}")
     if "page_oncall" in done.errors:
         parts.append("There is no paging tool available to me, so I opened a ticket instead.")
     ticket = done.results.get("create_ticket")
@@ -230,5 +235,5 @@ def _answer(service: str, done: _Done, wanted: list[str]) -> str:
         parts.append(f"Opened ticket {ticket['ticket_id']} (priority {ticket['priority']}).")
     elif "create_ticket" in done.errors:
         parts.append(f"I could not open a ticket: "
-                     f"{done.errors['create_ticket'].get('message', 'failed')}.")
+                     f"{_sentence(done.errors['create_ticket'].get('message', 'failed'))}")
     return " ".join(parts) or f"Nothing to report on {service}."

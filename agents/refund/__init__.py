@@ -1,0 +1,35 @@
+"""The ``refund`` reference agent: refunds on shop orders (payments)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agents.refund.planner import RefundPlanner
+from agents.refund.tools import refund_tools
+from agents.refund.world import RefundWorld
+from stead.agent import Agent
+from stead.policy import load_policy
+
+INSTRUCTIONS = """You are a customer-support assistant who handles refunds on shop orders.
+Always look the order up before refunding. Refund what the customer asked for, never more than
+is left to refund on the order, and the whole remainder only when no amount is given. After a
+refund, notify the customer. If a refund is denied or rejected, say so and why. Answer with what
+the tools returned; never invent amounts or ids, and never repeat card or bank numbers."""
+
+POLICY_FILE = Path(__file__).with_name("policy.yaml")
+"""Routing, risk and approval rules of the refund agent (small refunds run, large ones ask)."""
+
+
+def refund_agent(world: RefundWorld) -> Agent:
+    return Agent(name="refund", instructions=INSTRUCTIONS, tools=refund_tools(world),
+                 offline_model=RefundPlanner().model, max_steps=12,
+                 description="Refunds on shop orders: look up, refund, notify the customer.",
+                 policy=load_policy(POLICY_FILE))
+
+
+def default_world(data_dir: Path) -> RefundWorld:
+    return RefundWorld(data_dir / "refund-world.sqlite")
+
+
+__all__ = ["POLICY_FILE", "RefundPlanner", "RefundWorld", "default_world", "refund_agent",
+           "refund_tools"]
