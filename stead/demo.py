@@ -79,10 +79,9 @@ SCENARIOS: list[Scenario] = [
 
 
 async def run_demo(settings: Settings, console: Console) -> bool:
-    from agents.refund import default_world as refund_world
-
     from agents import reference_catalog
     from agents.ops import default_world
+    from agents.refund import default_world as refund_world
     from stead.client import start_run
     from stead.worker import WorkerHost
 
