@@ -149,10 +149,10 @@ def _report(console: Console, results: list[tuple[Scenario, str, RunResult, floa
                       str(r.denials), str(r.escalations), f"{took * 1000:.0f} ms",
                       "[green]ok[/]" if ok else "[red]FAILED[/]")
     console.print(table)
-    model = results[0][2].model if results else ""
-    console.print(f"model: [bold]{model}[/]" + (" (offline scripted planner — set "
-                                                  "OPENAI_API_KEY for a real model)"
-                                                  if model.startswith("scripted") else ""))
+    models = sorted({r.model for _, _, r, _, _ in results})
+    offline = any(m.startswith("scripted") for m in models)
+    console.print(f"models: [bold]{', '.join(models)}[/]" + (
+        " (offline scripted planners — set OPENAI_API_KEY for a real model)" if offline else ""))
     for sc, wid, r, _, _ok in results:
         console.print(f"\n[bold]{wid}[/] — {sc.shows}", highlight=False)
         console.print(f"  asked:  {sc.request.input}", highlight=False)
