@@ -18,12 +18,14 @@ class RunActivities:
     """Bound to the worker's agent catalog and ledger."""
 
     def __init__(self, catalog: AgentCatalog, ledger: Ledger, *, model_label: str | None,
-                 model_timeout: float = 60.0, model_max_attempts: int = 5) -> None:
+                 model_timeout: float = 60.0, model_max_attempts: int = 5,
+                 memory: bool = False) -> None:
         self._catalog = catalog
         self._ledger = ledger
         self._model_label = model_label
         self._model_timeout = model_timeout
         self._model_max_attempts = model_max_attempts
+        self._memory = memory
 
     @activity.defn(name="run.start")
     async def start_run(self, start: StartRun) -> AgentPlan:
@@ -42,7 +44,10 @@ class RunActivities:
             model=model)
         plan = agent.plan(model=model, max_steps=req.max_steps)
         return plan.model_copy(update={"model_timeout": self._model_timeout,
-                                       "model_max_attempts": self._model_max_attempts})
+                                       "model_max_attempts": self._model_max_attempts,
+                                       # no store on this worker: the run neither recalls
+                                       # nor remembers (recorded in the pinned plan)
+                                       "memory": plan.memory if self._memory else None})
 
     @activity.defn(name="run.finish")
     async def finish_run(self, finish: FinishRun) -> None:

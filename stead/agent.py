@@ -12,7 +12,7 @@ from typing import Any
 
 from stead.errors import SpecError
 from stead.llm import ModelClient
-from stead.models import AgentPlan
+from stead.models import AgentPlan, MemoryPlan
 from stead.policy import Policy
 from stead.tools import Tool, ToolRegistry
 
@@ -33,6 +33,8 @@ class Agent:
     """Routing, risk, approval and output rules (``load_policy(path)``); None: allow all."""
     output_schema: dict[str, Any] | None = None
     """JSON schema the final answer must satisfy, for agents that answer in JSON."""
+    memory: MemoryPlan | None = None
+    """Recall before thinking / remember after a run, when the worker has a memory store."""
     registry: ToolRegistry = field(init=False)
 
     def __post_init__(self) -> None:
@@ -42,7 +44,7 @@ class Agent:
         return AgentPlan(agent=self.name, instructions=self.instructions, model=model,
                          max_steps=max_steps or self.max_steps,
                          tools=[t.plan() for t in self.tools], policy=self.policy,
-                         output_schema=self.output_schema)
+                         output_schema=self.output_schema, memory=self.memory)
 
 
 class AgentCatalog:

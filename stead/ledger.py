@@ -276,6 +276,22 @@ class Ledger:
                     dedupe_key, prev, chain_hash(prev, row))
         await self._retrying(op, on_wait)
 
+    # ----------------------------------------------------------------------- memory
+
+    async def record_memory_op(self, *, workflow_id: str, run_id: str, step: int, op: str,
+                               tenant: str, namespaces: list[str], query: str | None,
+                               item_ids: list[str], scores: list[float], embedder: str,
+                               backend: str, duration_ms: float,
+                               on_wait: Callable[[], None] | None = None) -> None:
+        async def op_(c: asyncpg.Connection) -> None:
+            await c.execute(
+                "insert into stead_memory_ops(workflow_id, run_id, step, op, tenant, namespaces,"
+                " query, item_ids, scores, embedder, backend, duration_ms)"
+                " values($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12) on conflict do nothing",
+                workflow_id, run_id, step, op, tenant, namespaces, query, item_ids, scores,
+                embedder, backend, duration_ms)
+        await self._retrying(op_, on_wait)
+
     # ----------------------------------------------------------------------- reads
 
     async def run_ids(self, workflow_id: str) -> list[str]:
@@ -297,6 +313,8 @@ class Ledger:
             "tool_attempts": "select * from stead_tool_attempts where workflow_id=$1"
                              " order by step, started_at, attempt",
             "decisions": "select * from stead_decisions where workflow_id=$1 order by seq",
+            "memory_ops": "select * from stead_memory_ops where workflow_id=$1"
+                          " order by created_at",
         }
         async def op(c: asyncpg.Connection) -> dict[str, list[dict[str, Any]]]:
             return {name: [dict(r) for r in await c.fetch(sql, workflow_id)]

@@ -97,7 +97,7 @@ class RunResult(_Model):
 
 class StepInfo(_Model):
     step: int
-    kind: Literal["route", "model", "tool", "rejected", "denied", "approval", "output"]
+    kind: Literal["route", "memory", "model", "tool", "rejected", "denied", "approval", "output"]
     name: str
     status: str
     detail: str = ""
@@ -291,6 +291,8 @@ class AgentPlan(_Model):
     policy: Policy | None = None
     output_schema: JsonObject | None = None
     """JSON schema the final answer must satisfy (a JSON document), if the agent declares one."""
+    memory: MemoryPlan | None = None
+    """Semantic memory use; None: the run neither recalls nor remembers."""
 
 
 class ToolInvocation(_Model):
@@ -339,3 +341,58 @@ class DecisionRecord(_Model):
     data: JsonObject = Field(default_factory=dict)
     seq: int = 0
     """Distinguishes several decisions of one kind at the same step."""
+
+
+# ---------------------------------------------------------------------------- memory
+
+
+class MemoryPlan(_Model):
+    """How a run uses semantic memory (from the agent's declaration)."""
+
+    recall_top_k: int = Field(4, ge=0, le=50)
+    """Items recalled before the model first thinks (0: no recall)."""
+    recall_namespaces: list[str] = Field(default_factory=list)
+    """Namespaces to search (empty: all of the tenant's)."""
+    min_score: float = Field(0.25, ge=-1, le=1)
+    """Recalled items below this cosine similarity are dropped."""
+    write_summary: bool = True
+    """After a completed run, remember the request and answer in namespace ``runs``."""
+    summary_ttl_seconds: int | None = Field(None, gt=0)
+
+
+class RecalledItem(_Model):
+    id: str
+    namespace: str
+    text: str
+    score: float
+    metadata: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+
+class RecallRequest(_Model):
+    ref: RunRef
+    query: str
+    top_k: int
+    namespaces: list[str] = Field(default_factory=list)
+    min_score: float = 0.0
+
+
+class RecallResult(_Model):
+    items: list[RecalledItem] = Field(default_factory=list)
+    embedder: str = ""
+    backend: str = ""
+
+
+class MemoryNote(_Model):
+    text: str = Field(min_length=1, max_length=20_000)
+    namespace: str = "runs"
+    subject: str | None = None
+    ttl_seconds: int | None = Field(None, gt=0)
+    metadata: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+
+class WriteRequest(_Model):
+    ref: RunRef
+    notes: list[MemoryNote]
+
+
+AgentPlan.model_rebuild()
