@@ -8,6 +8,7 @@ from agents.ops.planner import OpsPlanner
 from agents.ops.tools import ops_tools
 from agents.ops.world import OpsWorld
 from stead.agent import Agent
+from stead.models import MemoryPlan
 from stead.policy import load_policy
 
 INSTRUCTIONS = """You are an SRE assistant for the company's service fleet.
@@ -23,7 +24,11 @@ def ops_agent(world: OpsWorld) -> Agent:
     return Agent(name="ops", instructions=INSTRUCTIONS, tools=ops_tools(world),
                  offline_model=OpsPlanner().model, max_steps=16,
                  description="Incident work on services: status, logs, tickets, restarts.",
-                 policy=load_policy(POLICY_FILE))
+                 policy=load_policy(POLICY_FILE),
+                 # Runbooks are recalled before the first thought; run summaries are kept
+                 # for 30 days.
+                 memory=MemoryPlan(recall_top_k=3, recall_namespaces=["runbooks"],
+                                   min_score=0.3, summary_ttl_seconds=30 * 24 * 3600))
 
 
 def default_world(data_dir: Path) -> OpsWorld:

@@ -154,7 +154,9 @@ class OpsPlanner:
                 "priority": priority,
                 "body": _ticket_body(request, done),
             })
-        return ModelTurn(content=_answer(service, done, wanted))
+        answer = _answer(service, done, wanted)
+        advice = runbook_advice(messages, service)
+        return ModelTurn(content=f"{answer} {advice}" if advice else answer)
 
 
 def _sentence(text: object) -> str:
@@ -195,6 +197,35 @@ def _ticket_body(request: str, done: _Done) -> str:
         lines += [f"  {ln}" for ln in done.results["recent_logs"].get("lines", [])
                   if ln.startswith("ERROR")][:5]
     return "\n".join(lines)
+
+
+def recalled(messages: Sequence[Message]) -> list[dict[str, Any]]:
+    """Items from the run's recalled-memory message (see AgentWorkflow._recall)."""
+    items: list[dict[str, Any]] = []
+    for m in messages:
+        if m.role == "system" and (m.content or "").startswith("Recalled memory"):
+            for line in (m.content or "").splitlines()[1:]:
+                try:
+                    item = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(item, dict) and isinstance(item.get("text"), str):
+                    items.append(item)
+    return items
+
+
+def runbook_advice(messages: Sequence[Message], service: str) -> str | None:
+    """The remedy from the best recalled runbook about ``service``, if memory had one."""
+    for item in recalled(messages):
+        text: str = item["text"]
+        if item.get("namespace") != "runbooks" or f"({service})" not in text:
+            continue
+        title = text.split(f" ({service})", 1)[0]
+        remedy = text.split("Remedy:", 1)[1].strip() if "Remedy:" in text else ""
+        first = remedy.split(". ")[0].rstrip(".")
+        if first:
+            return f"Runbook “{title}” says: {first}."
+    return None
 
 
 def _answer(service: str, done: _Done, wanted: list[str]) -> str:

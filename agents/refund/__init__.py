@@ -8,6 +8,7 @@ from agents.refund.planner import RefundPlanner
 from agents.refund.tools import refund_tools
 from agents.refund.world import RefundWorld
 from stead.agent import Agent
+from stead.models import MemoryPlan
 from stead.policy import load_policy
 
 INSTRUCTIONS = """You are a customer-support assistant who handles refunds on shop orders.
@@ -24,7 +25,10 @@ def refund_agent(world: RefundWorld) -> Agent:
     return Agent(name="refund", instructions=INSTRUCTIONS, tools=refund_tools(world),
                  offline_model=RefundPlanner().model, max_steps=12,
                  description="Refunds on shop orders: look up, refund, notify the customer.",
-                 policy=load_policy(POLICY_FILE))
+                 policy=load_policy(POLICY_FILE),
+                 # No recall; completed runs are remembered under the requesting user as
+                 # subject, so `stead memory delete --subject USER` erases them.
+                 memory=MemoryPlan(recall_top_k=0, summary_ttl_seconds=90 * 24 * 3600))
 
 
 def default_world(data_dir: Path) -> RefundWorld:
