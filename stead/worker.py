@@ -108,8 +108,13 @@ class WorkerHost:
         self.ledger = await Ledger.connect(s.database_url, min_size=s.db_pool_min,
                                            max_size=s.db_pool_max,
                                            retry_seconds=s.ledger_retry_seconds)
-        self.worker = build_worker(self.client, s, self.catalog, self.ledger, model=self.model,
-                                   task_queue=self.task_queue)
+        try:
+            self.worker = build_worker(self.client, s, self.catalog, self.ledger,
+                                       model=self.model, task_queue=self.task_queue)
+        except BaseException:
+            await self.ledger.close()  # do not leave a pool reconnecting behind us
+            self.ledger = None
+            raise
         self._task = asyncio.create_task(self.worker.run())
 
     async def stop(self) -> None:

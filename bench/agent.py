@@ -1,0 +1,61 @@
+"""The bench agent: five trivial read tools and a planner that calls them one per turn.
+
+A run is always 6 model calls (5 that each ask for one tool, then the answer) and 5 tool
+calls, with no artificial delays, so what the benchmark measures is the runtime itself.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from stead.agent import Agent
+from stead.llm import FunctionModel, assistant_turns, call
+from stead.models import Message, ModelTurn, ToolSchema
+from stead.tools import Tool, ToolContext, tool
+
+AGENT = "bench"
+TOOLS = 5
+"""Tool calls per run; model calls per run are one more."""
+REQUEST = "Look up keys one to five and tell me their values."
+
+
+class LookupQuery(BaseModel):
+    key: str = Field(min_length=1, max_length=100, description="The key to look up")
+
+
+class LookupResult(BaseModel):
+    key: str
+    value: str
+
+
+def _lookup(n: int) -> Tool[LookupQuery, LookupResult]:
+    async def lookup(args: LookupQuery, ctx: ToolContext) -> LookupResult:
+        return LookupResult(key=args.key, value=f"value-{n}-{args.key}")
+
+    declare = tool(name=f"lookup_{n}", description=f"Look up a key in table {n}.")
+    return declare(lookup)
+
+
+def plan(messages: Sequence[Message], tools: Sequence[ToolSchema]) -> ModelTurn:
+    """Turn k (0-based) calls ``lookup_{k+1}``; after the last tool, answer from the results."""
+    k = assistant_turns(messages)
+    if k < TOOLS:
+        return ModelTurn(tool_calls=[call(f"lookup_{k + 1}", call_id=f"call_{k + 1}",
+                                          key=f"key-{k + 1}")])
+    values: list[str] = []
+    for m in messages:
+        if m.role == "tool":
+            payload: dict[str, Any] = json.loads(m.content or "{}")
+            values.append(str(payload.get("result", {}).get("value", "?")))
+    return ModelTurn(content="Values: " + ", ".join(values))
+
+
+def bench_agent() -> Agent:
+    return Agent(name=AGENT, instructions="Look things up with the tools, then answer.",
+                 tools=[_lookup(n) for n in range(1, TOOLS + 1)],
+                 offline_model=FunctionModel(plan, name="scripted:bench"),
+                 description="Benchmark agent: five lookups, then an answer.")
