@@ -44,6 +44,7 @@ class ModelActivities:
     async def complete(self, req: ModelRequest) -> ModelTurn:
         info = activity.info()
         client = self.client_for(req.ref.agent, req.model)
+        await self._ledger.append_decisions(req.decisions, on_wait=activity.heartbeat)
         started = time.perf_counter()
         try:
             turn = await client.complete(req.messages, req.tools)

@@ -11,7 +11,7 @@ from temporalio.exceptions import ApplicationError
 from stead import errors
 from stead.agent import AgentCatalog
 from stead.ledger import Ledger
-from stead.models import AgentPlan, DecisionRecord, FinishRun, StartRun
+from stead.models import AgentPlan, DecisionBatch, FinishRun, StartRun
 
 
 class RunActivities:
@@ -51,14 +51,13 @@ class RunActivities:
 
     @activity.defn(name="run.finish")
     async def finish_run(self, finish: FinishRun) -> None:
+        await self._ledger.append_decisions(finish.decisions)
         r = finish.result
         await self._ledger.finish_run(
             workflow_id=finish.ref.workflow_id, run_id=finish.ref.run_id, status=r.status,
             answer=r.answer, error=r.error, steps=r.steps, result=r.model_dump(mode="json"))
 
-    @activity.defn(name="run.decision")
-    async def record_decision(self, d: DecisionRecord) -> None:
-        await self._ledger.record_decision(
-            workflow_id=d.ref.workflow_id, run_id=d.ref.run_id, step=d.ref.step, kind=d.kind,
-            decision=d.decision, reason=d.reason, actor=d.actor, policy=d.policy, data=d.data,
-            dedupe_key=f"{d.ref.workflow_id}:{d.ref.run_id}:{d.ref.step}:{d.kind}:{d.seq}")
+    @activity.defn(name="run.decisions")
+    async def record_decisions(self, batch: DecisionBatch) -> None:
+        """Store audit rows now (the run is about to wait, e.g. for an approver)."""
+        await self._ledger.append_decisions(batch.rows)

@@ -56,6 +56,8 @@ class ToolActivities:
         def elapsed() -> float:
             return (time.perf_counter() - started) * 1000
 
+        # The gate's decision is on record before anything can happen.
+        await ledger.append_decisions(inv.decisions, on_wait=hb)
         claim = await ledger.claim_tool(
             key=inv.idempotency_key, workflow_id=inv.ref.workflow_id, run_id=inv.ref.run_id,
             step=inv.ref.step, call_id=inv.call_id, tool=t.name, requested_tool=inv.requested_tool,

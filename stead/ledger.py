@@ -21,7 +21,9 @@ from typing import Any, Literal, TypeVar
 
 import asyncpg
 
+from stead.audit import GENESIS, canonical, chain_hash
 from stead.errors import LedgerError
+from stead.models import DecisionRow
 
 T = TypeVar("T")
 
@@ -35,7 +37,6 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
     asyncpg.CrashShutdownError,
 )
 
-GENESIS = "0" * 64
 
 
 async def migrate(dsn: str) -> list[str]:
@@ -93,12 +94,7 @@ class Claim:
     result: dict[str, Any] | None = None
 
 
-def _canonical(obj: object) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def chain_hash(prev_hash: str, row: dict[str, Any]) -> str:
-    return hashlib.sha256((prev_hash + _canonical(row)).encode()).hexdigest()
+_canonical = canonical
 
 
 class Ledger:
@@ -245,35 +241,21 @@ class Ledger:
 
     # ----------------------------------------------------------------------- decisions
 
-    async def record_decision(self, *, workflow_id: str, run_id: str, step: int, kind: str,
-                              decision: str, reason: str = "", actor: str = "stead",
-                              policy: str = "", data: dict[str, Any] | None = None,
-                              dedupe_key: str,
-                              on_wait: Callable[[], None] | None = None) -> None:
-        """Append a decision to the workflow's hash chain (once per ``dedupe_key``)."""
-        data = data or {}
+    async def append_decisions(self, rows: list[DecisionRow],
+                               on_wait: Callable[[], None] | None = None) -> None:
+        """Store audit rows built by a workflow (idempotent: a retried write adds nothing)."""
+        if not rows:
+            return
+        args = [(r.workflow_id, r.seq, r.run_id, r.step, r.kind, r.decision, r.reason, r.actor,
+                 r.policy, r.data, f"{r.workflow_id}:{r.run_id}:{r.seq}", r.at, r.prev_hash,
+                 r.hash) for r in rows]
 
         async def op(c: asyncpg.Connection) -> None:
-            async with c.transaction():
-                # Serialise appends per workflow so the chain has no forks.
-                await c.execute("select pg_advisory_xact_lock(hashtext($1))", workflow_id)
-                if await c.fetchval("select 1 from stead_decisions where dedupe_key=$1",
-                                    dedupe_key):
-                    return
-                last = await c.fetchrow(
-                    "select seq, hash from stead_decisions where workflow_id=$1"
-                    " order by seq desc limit 1", workflow_id)
-                seq = (last["seq"] + 1) if last else 1
-                prev = last["hash"] if last else GENESIS
-                row = {"workflow_id": workflow_id, "seq": seq, "run_id": run_id, "step": step,
-                       "kind": kind, "decision": decision, "reason": reason, "actor": actor,
-                       "policy": policy, "data": data}
-                await c.execute(
-                    "insert into stead_decisions(workflow_id, seq, run_id, step, kind, decision,"
-                    " reason, actor, policy, data, dedupe_key, prev_hash, hash)"
-                    " values($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)",
-                    workflow_id, seq, run_id, step, kind, decision, reason, actor, policy, data,
-                    dedupe_key, prev, chain_hash(prev, row))
+            await c.executemany(
+                "insert into stead_decisions(workflow_id, seq, run_id, step, kind, decision,"
+                " reason, actor, policy, data, dedupe_key, created_at, prev_hash, hash)"
+                " values($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14)"
+                " on conflict do nothing", args)
         await self._retrying(op, on_wait)
 
     # ----------------------------------------------------------------------- memory
@@ -322,23 +304,37 @@ class Ledger:
         return await self._retrying(op)
 
     async def verify_chain(self, workflow_id: str) -> list[str]:
-        """Recompute the decision hash chain; return a list of problems (empty: intact)."""
+        """Recompute each run's decision hash chain; return the problems (empty: intact).
+
+        Checks links and contents, and that each finished run's chain ends at the head its
+        result recorded (so deleting the newest rows shows too)."""
         async def op(c: asyncpg.Connection) -> list[Any]:
             return list(await c.fetch(
-                "select * from stead_decisions where workflow_id=$1 order by seq", workflow_id))
+                "select * from stead_decisions where workflow_id=$1 order by run_id, seq",
+                workflow_id))
         rows = await self._retrying(op)
+        heads = {r["run_id"]: (r["result"] or {}).get("audit_head")
+                 for r in await self._retrying(lambda c: c.fetch(
+                     "select run_id, result from stead_runs where workflow_id=$1", workflow_id))}
         problems: list[str] = []
-        prev = GENESIS
-        for i, r in enumerate(rows, start=1):
-            if r["seq"] != i:
-                problems.append(f"seq {r['seq']}: expected {i} (a decision is missing)")
-            if r["prev_hash"] != prev:
-                problems.append(f"seq {r['seq']}: prev_hash does not match the previous hash")
-            row = {k: r[k] for k in ("workflow_id", "seq", "run_id", "step", "kind", "decision",
-                                     "reason", "actor", "policy", "data")}
-            if chain_hash(r["prev_hash"], row) != r["hash"]:
-                problems.append(f"seq {r['seq']}: hash mismatch (row altered)")
-            prev = r["hash"]
+        by_run: dict[str, list[Any]] = {run_id: [] for run_id, h in heads.items() if h}
+        for r in rows:
+            by_run.setdefault(r["run_id"], []).append(r)
+        for run_id, chain in by_run.items():
+            prev = GENESIS
+            for i, r in enumerate(chain, start=1):
+                where = f"run {run_id[:8]} seq {r['seq']}"
+                if r["seq"] != i:
+                    problems.append(f"{where}: expected seq {i} (a decision is missing)")
+                if r["prev_hash"] != prev:
+                    problems.append(f"{where}: prev_hash does not match the previous hash")
+                if chain_hash(r["prev_hash"], dict(r)) != r["hash"]:
+                    problems.append(f"{where}: hash mismatch (row altered)")
+                prev = r["hash"]
+            head = heads.get(run_id)
+            if head and prev != head:
+                problems.append(f"run {run_id[:8]}: chain ends at {prev[:12]}, but the run "
+                                f"recorded head {head[:12]} (newest decisions missing)")
         return problems
 
 

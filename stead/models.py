@@ -90,6 +90,10 @@ class RunResult(_Model):
     """``id@version`` of the policy the run was judged by."""
     route: str = ""
     """Routing outcome: ``allow``, or the action and rule, e.g. ``refuse:pii-card``."""
+    decisions: int = 0
+    """Audit rows the run recorded."""
+    audit_head: str = ""
+    """Hash of the last audit row: `stead audit --verify` checks the chain ends here."""
     model: str = ""
     """Which model produced the answer (``scripted:<agent>`` offline)."""
     error: str | None = None
@@ -227,6 +231,8 @@ class ModelRequest(_Model):
     ref: RunRef
     messages: list[Message]
     tools: list[ToolSchema]
+    decisions: list[DecisionRow] = Field(default_factory=list)
+    """Audit rows decided since the last activity; written before the model is called."""
     model: str | None = None
     """A model setting chosen by routing (e.g. ``openai:gpt-4o``); None: the run's model."""
 
@@ -306,6 +312,8 @@ class ToolInvocation(_Model):
     """The tool the model asked for."""
     arguments: JsonObject
     idempotency_key: str
+    decisions: list[DecisionRow] = Field(default_factory=list)
+    """Audit rows (e.g. the gate's allow) written before the tool's side effect."""
 
 
 class ToolOutcome(_Model):
@@ -326,21 +334,32 @@ class StartRun(_Model):
 class FinishRun(_Model):
     ref: RunRef
     result: RunResult
+    decisions: list[DecisionRow] = Field(default_factory=list)
 
 
-class DecisionRecord(_Model):
-    """A decision the runtime took, appended to the run's hash-chained audit trail."""
+class DecisionRow(_Model):
+    """One link of a run's audit chain, built by the workflow, stored by an activity."""
 
-    ref: RunRef
+    workflow_id: str
+    run_id: str
+    seq: int
+    """1, 2, ... within the run."""
+    step: int
     kind: str
-    """What was decided about, e.g. ``call_rejected``, ``fallback``, ``run_finished``."""
+    """What was decided about, e.g. ``route``, ``gate``, ``approval_decided``, ``fallback``."""
     decision: str
     reason: str = ""
     actor: str = "stead"
     policy: str = ""
     data: JsonObject = Field(default_factory=dict)
-    seq: int = 0
-    """Distinguishes several decisions of one kind at the same step."""
+    at: datetime
+    """Workflow time of the decision."""
+    prev_hash: str
+    hash: str
+
+
+class DecisionBatch(_Model):
+    rows: list[DecisionRow]
 
 
 # ---------------------------------------------------------------------------- memory
@@ -395,4 +414,5 @@ class WriteRequest(_Model):
     notes: list[MemoryNote]
 
 
-AgentPlan.model_rebuild()
+for _m in (AgentPlan, ModelRequest, ToolInvocation, FinishRun):
+    _m.model_rebuild()

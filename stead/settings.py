@@ -62,6 +62,18 @@ class Settings(BaseSettings):
     """Start-to-close timeout of one model call activity."""
     model_max_attempts: int = Field(5, ge=1)
 
+    embedding_model: str = "text-embedding-3-small"
+    """OpenAI embedding model, used when OPENAI_API_KEY is set."""
+    embedding_dimension: int | None = Field(None, gt=0)
+    """Vector size for models stead does not know (OpenAI-compatible servers)."""
+    memory_backend: Literal["auto", "pgvector", "pinecone", "off"] = "auto"
+    """Where semantic memory lives: auto = Pinecone when PINECONE_API_KEY and
+    STEAD_PINECONE_HOST are set, else pgvector in the ledger database."""
+    memory_ef_search: int = Field(100, ge=1, le=1000)
+    """pgvector HNSW search breadth: higher recalls more, slower (see bench/RESULTS.md)."""
+    pinecone_host: str | None = None
+    """Data-plane host of the Pinecone index (serverless index host)."""
+
     pinecone_api_key: SecretStr | None = Field(
         None, validation_alias=_env("pinecone_api_key", "PINECONE_API_KEY")
     )

@@ -69,7 +69,7 @@ def build_worker(client: Client, settings: Settings, catalog: AgentCatalog, ledg
         client,
         task_queue=task_queue or settings.task_queue,
         workflows=[AgentWorkflow],
-        activities=[runs.start_run, runs.finish_run, runs.record_decision, models.complete,
+        activities=[runs.start_run, runs.finish_run, runs.record_decisions, models.complete,
                     *tools.activities()],
         max_concurrent_activities=settings.max_concurrent_activities,
         max_concurrent_local_activities=settings.max_concurrent_activities,

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 
+from stead.audit import GENESIS, chain_hash
 from stead.ledger import Ledger
+from stead.models import DecisionRow
 
 
 def _key() -> str:
@@ -40,13 +43,24 @@ async def test_finishing_twice_keeps_the_first_result(ledger: Ledger) -> None:
     assert c.result == {"v": 1}
 
 
-async def test_decision_chain_is_written_once_per_key_and_detects_tampering(
+def _chain(wf: str, n: int) -> list[DecisionRow]:
+    rows, head = [], GENESIS
+    for i in range(1, n + 1):
+        row = {"workflow_id": wf, "run_id": "r", "seq": i, "step": i, "kind": "k",
+               "decision": "allow", "reason": f"r{i}", "actor": "stead", "policy": "p@1",
+               "data": {"i": i}}
+        digest = chain_hash(head, row)
+        rows.append(DecisionRow(**row, at=datetime.now(UTC), prev_hash=head, hash=digest))
+        head = digest
+    return rows
+
+
+async def test_decision_rows_are_written_once_and_tampering_is_detected(
         ledger: Ledger) -> None:
     wf = f"wf-{uuid.uuid4().hex}"
-    for i in range(3):
-        for _ in range(2):  # a retried activity writes once
-            await ledger.record_decision(workflow_id=wf, run_id="r", step=i, kind="k",
-                                         decision="allow", reason=f"r{i}", dedupe_key=f"{wf}:{i}")
+    rows = _chain(wf, 3)
+    await ledger.append_decisions(rows)
+    await ledger.append_decisions(rows)  # a retried activity writes nothing new
     trail = await ledger.trail(wf)
     assert [d["seq"] for d in trail["decisions"]] == [1, 2, 3]
     assert await ledger.verify_chain(wf) == []
@@ -56,3 +70,17 @@ async def test_decision_chain_is_written_once_per_key_and_detects_tampering(
     assert any("seq 2" in p and "altered" in p for p in problems)
     await ledger.pool.execute("delete from stead_decisions where workflow_id=$1 and seq=1", wf)
     assert any("missing" in p for p in await ledger.verify_chain(wf))
+
+
+async def test_deleting_the_newest_decisions_is_detected_against_the_recorded_head(
+        ledger: Ledger) -> None:
+    wf = f"wf-{uuid.uuid4().hex}"
+    rows = _chain(wf, 3)
+    await ledger.append_decisions(rows)
+    await ledger.start_run(workflow_id=wf, run_id="r", agent="a", tenant="t", user=None,
+                           input="x", metadata={}, model="m")
+    await ledger.finish_run(workflow_id=wf, run_id="r", status="completed", answer="ok",
+                            error=None, steps=1, result={"audit_head": rows[-1].hash})
+    assert await ledger.verify_chain(wf) == []
+    await ledger.pool.execute("delete from stead_decisions where workflow_id=$1 and seq=3", wf)
+    assert any("newest decisions missing" in p for p in await ledger.verify_chain(wf))

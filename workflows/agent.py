@@ -30,12 +30,14 @@ with workflow.unsafe.imports_passed_through():
     from guardrails.risk import decide, score_call
     from guardrails.routing import route
     from stead import errors
+    from stead.audit import GENESIS, chain_hash
     from stead.models import (
         AgentPlan,
         ApprovalDecision,
         DecideInput,
         DecideOutcome,
-        DecisionRecord,
+        DecisionBatch,
+        DecisionRow,
         FinishRun,
         MemoryNote,
         Message,
@@ -116,6 +118,9 @@ class AgentWorkflow:
         self._policy: Policy = _ALLOW_ALL
         self._plan: AgentPlan | None = None
         self._max_risk = 0.0
+        self._seq = 0
+        self._head = GENESIS
+        self._unsent: list[DecisionRow] = []
 
     # ------------------------------------------------------------------ queries & handlers
 
@@ -243,11 +248,13 @@ class AgentWorkflow:
         result = await self._run(ref, request, plan)
         await self._remember(ref, request, plan, result)
         await self._flush_ignored(ref)
+        result.decisions, result.audit_head = self._seq, self._head
         self._state.status = result.status
         self._state.result = result
         self._at("done", f"Finished: **{result.status}** after {result.steps} steps")
         await workflow.execute_local_activity(
-            "run.finish", FinishRun(ref=ref, result=result), start_to_close_timeout=_LOCAL,
+            "run.finish", FinishRun(ref=ref, result=result, decisions=self._take_decisions()),
+            start_to_close_timeout=_LOCAL,
             schedule_to_close_timeout=timedelta(minutes=10), retry_policy=_LOCAL_RETRY,
             summary="close run in ledger")
         return result
@@ -319,11 +326,13 @@ class AgentWorkflow:
             self._state.step += 1
             self._at("think", f"Step {self._state.step}/{budget}: asking the model "
                               f"({model_setting or plan.model}) what to do next")
+            carried = self._take_decisions()
             try:
                 turn = await workflow.execute_activity(
                     "model.complete",
                     ModelRequest(ref=ref.model_copy(update={"step": self._state.step}),
-                                 messages=messages, tools=schemas, model=model_setting),
+                                 messages=messages, tools=schemas, model=model_setting,
+                                 decisions=carried),
                     result_type=ModelTurn,
                     start_to_close_timeout=timedelta(seconds=plan.model_timeout),
                     schedule_to_close_timeout=timedelta(
@@ -334,6 +343,7 @@ class AgentWorkflow:
                                              maximum_attempts=plan.model_max_attempts),
                     summary=f"think (step {self._state.step})")
             except ActivityError as err:
+                self._give_back(carried)
                 self._log("model", plan.model, "error", _cause(err))
                 return finish("failed", error=f"model call failed: {_cause(err)}")
             res.model_turns += 1
@@ -352,7 +362,7 @@ class AgentWorkflow:
                 await self._decide(ref, self._state.step, "output_rejected",
                                    "reask" if res.reasks < self._policy.output.max_reasks
                                    else self._policy.output.on_failure, text,
-                                   {"problems": [p.model_dump() for p in problems]}, seq=res.reasks)
+                                   {"problems": [p.model_dump() for p in problems]})
                 self._log("output", "validation", "rejected", text)
                 if res.reasks >= self._policy.output.max_reasks:
                     if self._policy.output.on_failure == "escalate":
@@ -530,6 +540,7 @@ class AgentWorkflow:
                            {"approval_id": approval_id, "tool": tool, "arguments": args,
                             "risk": risk.score, "deadline": a.deadline.isoformat()})
         workflow.upsert_search_attributes([AWAITING_KEY.value_set(True)])
+        await self._flush_decisions()  # the request is on record while the run waits
         while a.status == "pending":
             awaiting = chain[min(a.level, len(chain) - 1)]
             self._at(f"approval:{approval_id}",
@@ -549,7 +560,7 @@ class AgentWorkflow:
                     await self._decide(ref, step, "approval_escalated", chain[a.level],
                                        f"deadline passed without a decision; asking "
                                        f"{chain[a.level]}", {"approval_id": approval_id,
-                                                             "level": a.level}, seq=a.level)
+                                                             "level": a.level})
                 else:
                     a.status = "expired"
         await self._decide(ref, step, "approval_decided", a.status,
@@ -573,12 +584,14 @@ class AgentWorkflow:
             tp = tools[name]
             self._at(f"tool:{name}", f"Step {step}: calling **{name}** {_short(args)}"
                      + (f" (fallback for {plan.name})" if name != plan.name else ""))
+            carried = self._take_decisions()
             try:
                 out = await workflow.execute_activity(
                     activity_name(name),
                     ToolInvocation(ref=ref.model_copy(update={"step": step}), call_id=call.id,
                                    tool=name, requested_tool=plan.name, arguments=args,
-                                   idempotency_key=f"{self._key_root}:{step}:{name}"),
+                                   idempotency_key=f"{self._key_root}:{step}:{name}",
+                                   decisions=carried),
                     result_type=ToolOutcome,
                     start_to_close_timeout=timedelta(seconds=tp.timeouts.start_to_close),
                     schedule_to_close_timeout=timedelta(seconds=_overall_bound(tp)),
@@ -593,6 +606,7 @@ class AgentWorkflow:
                                                    errors.TOOL_OUTCOME_UNKNOWN]),
                     summary=f"{name} {_short(args, 60)}")
             except ActivityError as err:
+                self._give_back(carried)
                 attempts = _attempts(err, tp)
                 res.retries += max(attempts - 1, 0)
                 failures.append({"tool": name, "attempts": attempts, "error": _cause(err)})
@@ -631,25 +645,43 @@ class AgentWorkflow:
                           "failures": failures}}
 
     async def _decide(self, ref: RunRef, step: int, kind: str, decision: str, reason: str,
-                      data: dict[str, Any], *, actor: str = "stead", seq: int = 0) -> None:
-        await workflow.execute_local_activity(
-            "run.decision",
-            DecisionRecord(ref=ref.model_copy(update={"step": step}), kind=kind,
-                           decision=decision, reason=reason, data=data, actor=actor,
-                           policy=self._policy.ref, seq=seq),
-            start_to_close_timeout=_LOCAL, schedule_to_close_timeout=timedelta(minutes=10),
-            retry_policy=_LOCAL_RETRY, summary=f"record {kind}")
+                      data: dict[str, Any], *, actor: str = "stead") -> None:
+        """Append a decision to the run's audit chain. It is written by the next activity
+        (before that activity acts) or by ``_flush_decisions`` before the run waits."""
+        self._seq += 1
+        row = {"workflow_id": ref.workflow_id, "run_id": ref.run_id, "seq": self._seq,
+               "step": step, "kind": kind, "decision": decision, "reason": reason,
+               "actor": actor, "policy": self._policy.ref, "data": data}
+        digest = chain_hash(self._head, row)
+        self._unsent.append(DecisionRow(**row, at=workflow.now(), prev_hash=self._head,
+                                        hash=digest))
+        self._head = digest
+
+    def _take_decisions(self) -> list[DecisionRow]:
+        rows, self._unsent = self._unsent, []
+        return rows
+
+    def _give_back(self, rows: list[DecisionRow]) -> None:
+        """An activity that carried rows failed: they may be unwritten, send them again
+        (writes are idempotent)."""
+        self._unsent = rows + self._unsent
+
+    async def _flush_decisions(self) -> None:
+        rows = self._take_decisions()
+        if rows:
+            await workflow.execute_local_activity(
+                "run.decisions", DecisionBatch(rows=rows), start_to_close_timeout=_LOCAL,
+                schedule_to_close_timeout=timedelta(minutes=10), retry_policy=_LOCAL_RETRY)
 
     async def _flush_ignored(self, ref: RunRef) -> None:
         """Audit decisions that were ignored (duplicates, disallowed roles, never asked)."""
-        for i, (approval_id, by, why) in enumerate(self._ignored):
+        for approval_id, by, why in self._ignored:
             await self._decide(ref, self._state.step, "approval_ignored", "ignored", why,
-                               {"approval_id": approval_id}, actor=by, seq=i)
-        for i, (approval_id, (d, _, via)) in enumerate(sorted(self._early.items())):
+                               {"approval_id": approval_id}, actor=by)
+        for approval_id, (d, _, via) in sorted(self._early.items()):
             await self._decide(ref, self._state.step, "approval_ignored", "ignored",
                                f"{via} for approval {approval_id!r}, which this run never asked",
-                               {"approval_id": approval_id}, actor=d.by,
-                               seq=len(self._ignored) + i)
+                               {"approval_id": approval_id}, actor=d.by)
 
 
 def _tool_message(call: ToolCall, payload: dict[str, Any]) -> Message:
