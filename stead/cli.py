@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import timedelta
 from typing import Any, NoReturn, TypeVar
 
@@ -469,6 +469,233 @@ def reject(
     """Reject a pending tool call; the model is told and the run goes on."""
     _decide_cmd(run_id, approval_id, approved=False, by=by, role=role, note=note,
                 args_json=None, as_json=as_json)
+
+
+# ----------------------------------------------------------------------------- memory
+
+memory_app = typer.Typer(help="Semantic memory: add, search, delete, stats, re-embed.",
+                         no_args_is_help=True)
+app.add_typer(memory_app, name="memory")
+
+
+def _parse_filter(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        _fail(f"--filter is not valid JSON: {e}", EXIT_BAD_INPUT)
+    if not isinstance(value, dict):
+        _fail("--filter must be a JSON object, e.g. '{\"kind\": \"runbook\"}'", EXIT_BAD_INPUT)
+    return value
+
+
+def _parse_meta(pairs: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for p in pairs:
+        key, sep, value = p.partition("=")
+        if not sep or not key:
+            _fail(f"--meta takes key=value, got {p!r}", EXIT_BAD_INPUT)
+        out[key] = value
+    return out
+
+
+async def _with_memory(settings: Settings, fn: Callable[[Any], Awaitable[T]]) -> T:
+    from stead.memory import MemoryError as StoreError
+    from stead.memory import open_memory
+
+    try:
+        memory = await open_memory(settings)
+    except (OSError, StoreError) as e:
+        raise StackError(f"memory store unavailable: {e}") from None
+    if memory is None:
+        raise SettingsError("memory is off (STEAD_MEMORY_BACKEND=off)")
+    try:
+        return await fn(memory)
+    except StoreError as e:
+        raise SettingsError(str(e)) from None
+    finally:
+        await memory.close()
+
+
+@memory_app.command("add")
+def memory_add(
+    text: str = typer.Argument(..., help="What to remember"),
+    tenant: str = typer.Option("default", help="Tenant the item belongs to"),
+    namespace: str = typer.Option("notes", help="Namespace within the tenant"),
+    agent: str | None = typer.Option(None, help="Only this agent recalls it"),
+    subject: str | None = typer.Option(None, help="User id the item is about"),
+    item_id: str | None = typer.Option(None, "--id", help="Item id (default: content hash)"),
+    ttl: int | None = typer.Option(None, help="Seconds until it expires"),
+    meta: list[str] = typer.Option([], help="key=value metadata (repeatable)"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON"),
+) -> None:
+    """Embed and store one item."""
+    import hashlib
+    from datetime import UTC, datetime
+    from datetime import timedelta as td
+
+    from stead.memory import MemoryItem
+
+    if not text.strip():
+        _fail("text is empty", EXIT_BAD_INPUT)
+    now = datetime.now(UTC)
+    try:
+        item = MemoryItem(
+            id=item_id or "note:" + hashlib.sha256(text.encode()).hexdigest()[:16],
+            tenant=tenant, namespace=namespace, agent=agent, subject=subject, text=text,
+            metadata=_parse_meta(meta), created_at=now,
+            expires_at=now + td(seconds=ttl) if ttl else None)
+    except ValidationError as e:
+        _fail("invalid item: " + "; ".join(
+            f"{'.'.join(str(p) for p in x['loc'])}: {x['msg']}" for x in e.errors()),
+            EXIT_BAD_INPUT)
+
+    async def go(memory: Any) -> dict[str, Any]:
+        [vector] = await memory.embedder.embed([item.text])
+        await memory.store.upsert([(item.model_copy(update={"embedder": memory.embedder.name}),
+                                    vector)])
+        return {"id": item.id, "tenant": tenant, "namespace": namespace,
+                "embedder": memory.embedder.name, "backend": memory.backend}
+
+    done = _run(_with_memory(_resolved(_settings()), go))
+    if as_json:
+        _print_json(done)
+    else:
+        out.print(f"stored [bold]{done['id']}[/] in {tenant}/{namespace} "
+                  f"({done['backend']}, {done['embedder']})", highlight=False)
+
+
+@memory_app.command("search")
+def memory_search(
+    query: str = typer.Argument(..., help="What to look for"),
+    tenant: str = typer.Option("default", help="Tenant to search (never crosses tenants)"),
+    namespace: str | None = typer.Option(None, help="Only this namespace"),
+    agent: str | None = typer.Option(None, help="As this agent (its items and shared ones)"),
+    top_k: int = typer.Option(5, min=1, max=100, help="How many results"),
+    filter_: str | None = typer.Option(None, "--filter", help="Metadata filter as JSON"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON"),
+) -> None:
+    """Top-k items by meaning."""
+    flt = _parse_filter(filter_)
+
+    async def go(memory: Any) -> list[dict[str, Any]]:
+        hits = await memory.search(tenant, query, top_k=top_k, namespace=namespace,
+                                   agent=agent, filter=flt)
+        return [{"score": round(h.score, 4), **h.item.model_dump(mode="json")} for h in hits]
+
+    hits = _run(_with_memory(_resolved(_settings()), go))
+    if as_json:
+        _print_json(hits)
+        return
+    table = Table("score", "id", "namespace", "text")
+    for h in hits:
+        table.add_row(f"{h['score']:.3f}", h["id"], h["namespace"], h["text"][:100])
+    out.print(table)
+
+
+@memory_app.command("delete")
+def memory_delete(
+    tenant: str = typer.Option("default", help="Tenant to delete from"),
+    ids: list[str] = typer.Option([], "--id", help="Item id (repeatable)"),
+    filter_: str | None = typer.Option(None, "--filter", help="Metadata filter as JSON"),
+    subject: str | None = typer.Option(None, help="Erase everything about this user id"),
+    namespace: str | None = typer.Option(None, help="Only this namespace"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON"),
+) -> None:
+    """Delete by id, by filter, or everything about a subject."""
+    flt = _parse_filter(filter_)
+    if sum(bool(x) for x in (ids, flt, subject)) != 1:
+        _fail("give exactly one of --id, --filter, --subject", EXIT_BAD_INPUT)
+
+    async def go(memory: Any) -> int:
+        if subject:
+            return int(await memory.store.delete_subject(tenant, subject))
+        return int(await memory.store.delete(tenant, ids=ids or None, filter=flt,
+                                             namespace=namespace))
+
+    n = _run(_with_memory(_resolved(_settings()), go))
+    if as_json:
+        _print_json({"deleted": n})
+    else:
+        out.print(f"deleted {n} item(s) from tenant {tenant}")
+
+
+@memory_app.command("stats")
+def memory_stats(
+    tenant: str | None = typer.Option(None, help="Only this tenant"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON"),
+) -> None:
+    """Items per tenant and namespace."""
+    async def go(memory: Any) -> dict[str, Any]:
+        return {"backend": memory.backend, "embedder": memory.embedder.name,
+                "dimension": memory.embedder.dimension,
+                "namespaces": await memory.store.stats(tenant)}
+
+    data = _run(_with_memory(_resolved(_settings()), go))
+    if as_json:
+        _print_json(data)
+        return
+    out.print(f"{data['backend']} — embedder {data['embedder']} ({data['dimension']} dims)")
+    table = Table("tenant/namespace", "items")
+    for key, st in sorted(data["namespaces"].items()):
+        table.add_row(key, str(st.get("items", 0)))
+    out.print(table)
+
+
+@memory_app.command("reembed")
+def memory_reembed(
+    tenant: str | None = typer.Option(None, help="Only this tenant"),
+) -> None:
+    """Re-embed items stored by another embedder (after changing the embedder)."""
+    from stead.memory import DimensionMismatch, choose_embedder
+    from stead.memory.pgvector import PgVectorStore
+
+    settings = _resolved(_settings())
+
+    async def go() -> int:
+        from stead.memory import Memory
+
+        assert settings.database_url is not None
+        store = await PgVectorStore.connect(settings.database_url, min_size=0, max_size=2)
+        memory = Memory(store=store, embedder=choose_embedder(settings), backend="pgvector")
+        try:
+            try:
+                await store.ensure(memory.embedder.dimension)
+            except DimensionMismatch:
+                pass  # exactly what reembed fixes
+            return await memory.reembed(tenant=tenant)
+        finally:
+            await memory.close()
+
+    n = _run(go())
+    out.print(f"re-embedded {n} item(s)")
+
+
+@memory_app.command("purge")
+def memory_purge() -> None:
+    """Delete expired items now (retention)."""
+    from datetime import UTC, datetime
+
+    async def go(memory: Any) -> int:
+        return int(await memory.store.purge_expired(datetime.now(UTC)))
+
+    n = _run(_with_memory(_resolved(_settings()), go))
+    out.print(f"purged {n} expired item(s)")
+
+
+@memory_app.command("index-runbooks")
+def memory_index_runbooks(
+    tenant: str = typer.Option("default", help="Tenant to index for"),
+) -> None:
+    """Index the ops agent's shipped runbooks (idempotent)."""
+    from agents.ops.runbooks import index_runbooks
+
+    async def go(memory: Any) -> int:
+        return await index_runbooks(memory.store, memory.embedder, tenant=tenant)
+
+    n = _run(_with_memory(_resolved(_settings()), go))
+    out.print(f"indexed {n} runbook(s) for tenant {tenant}")
 
 
 def main() -> None:

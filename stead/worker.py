@@ -18,6 +18,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from activities.memory import MemoryActivities
 from activities.model import ModelActivities
 from activities.runs import RunActivities
 from activities.tools import ToolActivities
@@ -25,6 +26,7 @@ from stead.agent import AgentCatalog
 from stead.client import connect
 from stead.ledger import Ledger, migrate
 from stead.llm import ModelClient, OpenAIModel
+from stead.memory import Embedder, Memory, open_memory
 from stead.settings import Settings
 from workflows.agent import AgentWorkflow
 
@@ -58,10 +60,16 @@ def named_model_factory(settings: Settings) -> Callable[[str], ModelClient | Non
 
 
 def build_worker(client: Client, settings: Settings, catalog: AgentCatalog, ledger: Ledger, *,
-                 model: ModelClient | None = None, task_queue: str | None = None) -> Worker:
+                 model: ModelClient | None = None, task_queue: str | None = None,
+                 memory: Memory | None = None) -> Worker:
     runs = RunActivities(catalog, ledger, model_label=model.name if model else None,
                          model_timeout=settings.model_timeout_seconds,
-                         model_max_attempts=settings.model_max_attempts)
+                         model_max_attempts=settings.model_max_attempts,
+                         memory=memory is not None)
+    extra: list[Callable[..., object]] = []
+    if memory is not None:
+        mem = MemoryActivities(memory.store, memory.embedder, ledger, backend=memory.backend)
+        extra = [mem.recall, mem.write]
     models = ModelActivities(catalog, ledger, model=model,
                              named_models=named_model_factory(settings))
     tools = ToolActivities(catalog, ledger)
@@ -70,7 +78,7 @@ def build_worker(client: Client, settings: Settings, catalog: AgentCatalog, ledg
         task_queue=task_queue or settings.task_queue,
         workflows=[AgentWorkflow],
         activities=[runs.start_run, runs.finish_run, runs.record_decisions, models.complete,
-                    *tools.activities()],
+                    *tools.activities(), *extra],
         max_concurrent_activities=settings.max_concurrent_activities,
         max_concurrent_local_activities=settings.max_concurrent_activities,
         max_concurrent_workflow_tasks=settings.max_concurrent_workflow_tasks,
@@ -87,7 +95,8 @@ class WorkerHost:
     """Owns a worker and what it needs (client, ledger pool); ``run()`` until stopped."""
 
     def __init__(self, settings: Settings, catalog: AgentCatalog, *,
-                 model: ModelClient | None = None, task_queue: str | None = None) -> None:
+                 model: ModelClient | None = None, task_queue: str | None = None,
+                 embedder: Embedder | None = None) -> None:
         if settings.temporal_address is None or settings.database_url is None:
             raise ValueError("WorkerHost needs resolved settings (temporal_address and "
                              "database_url set); use EmbeddedStack.resolved_settings()")
@@ -95,8 +104,10 @@ class WorkerHost:
         self.catalog = catalog
         self.model = model if model is not None else configured_model(settings)
         self.task_queue = task_queue or settings.task_queue
+        self.embedder = embedder
         self.client: Client | None = None
         self.ledger: Ledger | None = None
+        self.memory: Memory | None = None
         self.worker: Worker | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -109,8 +120,10 @@ class WorkerHost:
                                            max_size=s.db_pool_max,
                                            retry_seconds=s.ledger_retry_seconds)
         try:
+            self.memory = await open_memory(s, pool=self.ledger.pool, embedder=self.embedder)
             self.worker = build_worker(self.client, s, self.catalog, self.ledger,
-                                       model=self.model, task_queue=self.task_queue)
+                                       model=self.model, task_queue=self.task_queue,
+                                       memory=self.memory)
         except BaseException:
             await self.ledger.close()  # do not leave a pool reconnecting behind us
             self.ledger = None
@@ -122,6 +135,8 @@ class WorkerHost:
             await self.worker.shutdown()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self.memory is not None:
+            await self.memory.close()
         if self.ledger is not None:
             await self.ledger.close()
         close = getattr(self.model, "close", None)

@@ -43,6 +43,7 @@ def worker_env(settings: Settings, data_dir: Path, **extra: str) -> dict[str, st
         "STEAD_LOG_LEVEL": "INFO",
         # A killed worker's cached runs move to a live worker after 2 s instead of 10 s.
         "STEAD_STICKY_SCHEDULE_TO_START_SECONDS": "2",
+        "STEAD_MEMORY_BACKEND": "off",
         "PYTHONUNBUFFERED": "1",
     })
     env.update(extra)
