@@ -34,12 +34,13 @@ class Scenario:
 
 SCENARIOS: list[Scenario] = [
     Scenario(
-        "model slip (bad args) corrected, metrics down -> fallback, flaky logs -> retry",
+        "model slip (bad args) corrected, metrics down -> fallback, flaky logs -> retry, "
+        "runbook recalled from memory",
         RunRequest(agent="ops", user="demo",
                    input="Checkout API is throwing 500s. Check its status and recent logs, "
                          "then open a ticket."),
         lambda r: r.status == "completed" and r.rejected_calls >= 1 and r.fallbacks >= 1
-        and r.retries >= 1),
+        and r.retries >= 1 and "Runbook" in (r.answer or "")),
     Scenario(
         "model calls a tool that does not exist, then picks another path",
         RunRequest(agent="ops", user="demo", input="payments-db is very slow, page the on-call"),
@@ -81,8 +82,10 @@ SCENARIOS: list[Scenario] = [
 async def run_demo(settings: Settings, console: Console) -> bool:
     from agents import reference_catalog
     from agents.ops import default_world
+    from agents.ops.runbooks import index_runbooks
     from agents.refund import default_world as refund_world
     from stead.client import start_run
+    from stead.memory import choose_embedder, open_memory
     from stead.worker import WorkerHost
 
     stack = EmbeddedStack(settings)
@@ -98,8 +101,18 @@ async def run_demo(settings: Settings, console: Console) -> bool:
             update={"task_queue": f"stead-demo-{uuid.uuid4().hex[:6]}"})
         default_world(settings.data_dir).reset()
         refund_world(settings.data_dir).reset()
+        embedder = choose_embedder(resolved)
+        memory = await open_memory(resolved, embedder=embedder)
+        if memory is not None:
+            try:
+                n = await index_runbooks(memory.store, memory.embedder, tenant="default")
+                console.print(f"indexed {n} ops runbooks into {memory.backend} memory "
+                              f"({memory.embedder.name})")
+            finally:
+                await memory.close()
         results: list[tuple[Scenario, str, RunResult, float, bool]] = []
-        async with WorkerHost(resolved, reference_catalog(settings.data_dir)) as host:
+        async with WorkerHost(resolved, reference_catalog(settings.data_dir),
+                              embedder=embedder) as host:
             assert host.client is not None
             for sc in SCENARIOS:
                 started = time.perf_counter()
