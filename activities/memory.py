@@ -15,7 +15,13 @@ from temporalio.exceptions import ApplicationError
 
 from stead.ledger import Ledger
 from stead.llm import ModelCallError
-from stead.memory._types import Embedder, MemoryError, MemoryItem, VectorStore
+from stead.memory._types import (
+    Embedder,
+    MemoryError,
+    MemoryItem,
+    MemoryUnavailable,
+    VectorStore,
+)
 from stead.models import RecalledItem, RecallRequest, RecallResult, WriteRequest
 
 
@@ -47,7 +53,8 @@ class MemoryActivities:
                                                 namespace=ns, agent=req.ref.agent,
                                                 now=datetime.now(UTC))
         except MemoryError as err:
-            raise ApplicationError(str(err), type="MemoryError", non_retryable=True) from err
+            raise ApplicationError(str(err), type=type(err).__name__,
+                                   non_retryable=not isinstance(err, MemoryUnavailable)) from err
         hits = sorted((h for h in hits if h.score >= req.min_score),
                       key=lambda h: -h.score)[: req.top_k]
         items = [RecalledItem(id=h.item.id, namespace=h.item.namespace, text=h.item.text,
@@ -82,7 +89,8 @@ class MemoryActivities:
         try:
             await self._store.upsert(items)
         except MemoryError as err:
-            raise ApplicationError(str(err), type="MemoryError", non_retryable=True) from err
+            raise ApplicationError(str(err), type=type(err).__name__,
+                                   non_retryable=not isinstance(err, MemoryUnavailable)) from err
         ids = [i.id for i, _ in items]
         await self._ledger.record_memory_op(
             workflow_id=req.ref.workflow_id, run_id=req.ref.run_id, step=req.ref.step,

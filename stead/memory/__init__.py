@@ -20,6 +20,7 @@ from stead.memory._types import (
     Hit,
     MemoryError,
     MemoryItem,
+    MemoryUnavailable,
     VectorStore,
 )
 
@@ -134,6 +135,7 @@ __all__ = [
     "Memory",
     "MemoryError",
     "MemoryItem",
+    "MemoryUnavailable",
     "VectorStore",
     "choose_embedder",
     "open_memory",

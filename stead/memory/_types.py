@@ -28,6 +28,10 @@ class MemoryError(SteadError):
     """A memory operation failed (bad filter, unreachable store, ...)."""
 
 
+class MemoryUnavailable(MemoryError):
+    """The store could not be reached (network, restart, rate limit): worth retrying."""
+
+
 class DimensionMismatch(MemoryError):
     """The embedder's dimension differs from the index's; re-embed or change the embedder."""
 

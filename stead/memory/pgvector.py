@@ -35,7 +35,15 @@ from typing import Literal, cast
 
 import asyncpg
 
-from stead.memory._types import DimensionMismatch, Filter, Hit, MemoryError, MemoryItem, Scalar
+from stead.memory._types import (
+    DimensionMismatch,
+    Filter,
+    Hit,
+    MemoryError,
+    MemoryItem,
+    MemoryUnavailable,
+    Scalar,
+)
 
 __all__ = [
     "DEFAULT_DIMENSION",
@@ -291,7 +299,10 @@ async def _errors(what: str) -> AsyncIterator[None]:
                 f"memory {what}: {err}; the embedder's dimension differs from the index's, "
                 f"re-embed with `stead memory reembed`") from err
         raise MemoryError(f"memory {what} failed: {err}") from err
-    except (asyncpg.PostgresError, *_TRANSIENT) as err:
+    except _TRANSIENT as err:
+        raise MemoryUnavailable(f"memory {what}: database unreachable: {type(err).__name__}: "
+                                f"{err}") from err
+    except asyncpg.PostgresError as err:
         raise MemoryError(f"memory {what} failed: {type(err).__name__}: {err}") from err
 
 

@@ -37,7 +37,14 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from stead.memory._types import DimensionMismatch, Filter, Hit, MemoryError, MemoryItem
+from stead.memory._types import (
+    DimensionMismatch,
+    Filter,
+    Hit,
+    MemoryError,
+    MemoryItem,
+    MemoryUnavailable,
+)
 from stead.memory.pgvector import (
     MAX_TOP_K,
     Condition,
@@ -156,7 +163,9 @@ async def _errors(what: str) -> AsyncIterator[None]:
             raise DimensionMismatch(
                 f"memory {what}: Pinecone says: {text}; re-embed with `stead memory reembed` "
                 f"or use an embedder of the index's dimension") from err
-        raise MemoryError(f"memory {what} failed: Pinecone {type(err).__name__}: {text}") from err
+        status = getattr(err, "status", None)
+        kind = MemoryUnavailable if status in (429, 500, 502, 503, 504) else MemoryError
+        raise kind(f"memory {what} failed: Pinecone {type(err).__name__}: {text}") from err
 
 
 class PineconeStore:
