@@ -1,17 +1,30 @@
-"""``python -m bench``: stead vs plain temporalio, latency and throughput, side by side."""
+"""``python -m bench``: stead vs plain temporalio, latency and throughput, side by side.
+
+    python -m bench                          # stead vs plain temporalio (the default workload)
+    python -m bench --workload policy        # bench agent without / with a reference policy
+    python -m bench --workload approvals     # approval -> approved tool start (signal, update)
+
+``--runs``, ``--warmup`` and ``--json`` apply to every workload; ``--quick`` too (8 runs,
+2 warm-up). The guardrail microbenchmark, which needs no stack, is ``python -m
+bench.guardrails``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import json
 import os
 import shlex
 import sys
 from pathlib import Path
 
+from bench import approvals, guardrails
 from bench.machine import load_average, machine_details
 from bench.report import print_report, write_json
 from bench.runner import BenchConfig, run_bench
+
+WORKLOADS = ("plain", "policy", "approvals")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -23,6 +36,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON")
     ap.add_argument("--quick", action="store_true",
                     help="a smoke run: 8 runs, 2 bursts of 20, 2 warm-up (flags still override)")
+    ap.add_argument("--workload", choices=WORKLOADS, default="plain",
+                    help="plain: stead vs plain temporalio (default); policy: the bench agent "
+                         "without / with a reference policy (guardrail cost end to end); "
+                         "approvals: approval signal/update -> approved tool starts")
+    approvals.add_arguments(ap)
     return ap.parse_args(argv)
 
 
@@ -46,12 +64,38 @@ def main(argv: list[str] | None = None) -> None:
     cfg = config_from(args)
     command = "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv)
     machine = machine_details()
+    if args.workload != "plain":
+        _other_workload(args, cfg, machine, command.strip())
+        return
     result = asyncio.run(run_bench(cfg, progress=lambda msg: print(f"[bench] {msg}",
                                                                     flush=True)))
     machine["load_average_at_end"] = load_average()
     print_report(result, machine, command.strip())
     if args.json is not None:
         write_json(args.json, result, machine, command.strip())
+        print(f"[bench] wrote {args.json}")
+
+
+def _other_workload(args: argparse.Namespace, cfg: BenchConfig, machine: dict[str, object],
+                    command: str) -> None:
+    def progress(msg: str) -> None:
+        print(f"[bench] {msg}", flush=True)
+
+    if args.workload == "policy":
+        res = asyncio.run(guardrails.policy_workload(cfg.runs, cfg.warmup, progress=progress))
+        machine["load_average_at_end"] = load_average()
+        guardrails.print_policy(res, machine, command)
+        doc: guardrails.PolicyResult | approvals.ApprovalsResult = res
+    else:
+        res_a = asyncio.run(approvals.approvals_workload(cfg.runs, cfg.warmup, args.settle,
+                                                         progress=progress))
+        machine["load_average_at_end"] = load_average()
+        approvals.print_approvals(res_a, machine, command)
+        doc = res_a
+    if args.json is not None:
+        args.json.write_text(json.dumps({"command": command, "machine": machine,
+                                         **dataclasses.asdict(doc)},
+                                        indent=2, default=str) + "\n")
         print(f"[bench] wrote {args.json}")
 
 

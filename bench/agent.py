@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 from stead.agent import Agent
 from stead.llm import FunctionModel, assistant_turns, call
 from stead.models import Message, ModelTurn, ToolSchema
+from stead.policy import Policy
 from stead.tools import Tool, ToolContext, tool
 
 AGENT = "bench"
@@ -54,8 +55,16 @@ def plan(messages: Sequence[Message], tools: Sequence[ToolSchema]) -> ModelTurn:
     return ModelTurn(content="Values: " + ", ".join(values))
 
 
-def bench_agent() -> Agent:
-    return Agent(name=AGENT, instructions="Look things up with the tools, then answer.",
-                 tools=[_lookup(n) for n in range(1, TOOLS + 1)],
+def bench_tools() -> list[Tool[Any, Any]]:
+    """The five lookups. Agents served by one worker must share these objects (tool names
+    are activity types), so build them once and pass them to each ``bench_agent``."""
+    return [_lookup(n) for n in range(1, TOOLS + 1)]
+
+
+def bench_agent(*, name: str = AGENT, policy: Policy | None = None,
+                tools: list[Tool[Any, Any]] | None = None) -> Agent:
+    """The bench agent; by default without a policy (stead's built-in allow-all)."""
+    return Agent(name=name, instructions="Look things up with the tools, then answer.",
+                 tools=tools if tools is not None else bench_tools(),
                  offline_model=FunctionModel(plan, name="scripted:bench"),
-                 description="Benchmark agent: five lookups, then an answer.")
+                 description="Benchmark agent: five lookups, then an answer.", policy=policy)

@@ -10,7 +10,7 @@ import contextlib
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -28,7 +28,7 @@ from bench.plain import PlainAgentWorkflow
 from bench.plain_activities import plain_activities
 from bench.plain_models import PlainRequest, PlainResult
 from bench.stats import Summary, summarise
-from stead.agent import AgentCatalog
+from stead.agent import Agent, AgentCatalog
 from stead.client import connect, start_run
 from stead.embedded import EmbeddedStack, free_port
 from stead.models import RunRequest, RunResult
@@ -184,8 +184,10 @@ async def _interleaved(index: int, fn: Callable[[str], Awaitable[None]]) -> None
 
 
 @contextlib.asynccontextmanager
-async def bench_stack(*, progress: Progress = print) -> AsyncIterator[Harness]:
-    """One embedded stack on free ports in a temporary directory, both workers polling."""
+async def bench_stack(*, progress: Progress = print,
+                      agents: Sequence[Agent] | None = None) -> AsyncIterator[Harness]:
+    """One embedded stack on free ports in a temporary directory, both workers polling.
+    ``agents``: what the stead worker serves (default: the bench agent alone)."""
     with tempfile.TemporaryDirectory(prefix="stead-bench-") as tmp:
         tport, uport, pport = _distinct_ports(3)
         suffix = uuid.uuid4().hex[:8]
@@ -196,7 +198,8 @@ async def bench_stack(*, progress: Progress = print) -> AsyncIterator[Harness]:
         async with EmbeddedStack(settings, ui=False) as stack:
             resolved = stack.resolved_settings()
             plain_queue = f"bench-plain-{suffix}"
-            async with (WorkerHost(resolved, AgentCatalog([bench_agent()]),
+            catalog = AgentCatalog(list(agents) if agents is not None else [bench_agent()])
+            async with (WorkerHost(resolved, catalog,
                                    task_queue=resolved.task_queue),
                         _plain_worker(resolved, plain_queue)):
                 client = await connect(resolved)
