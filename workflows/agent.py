@@ -195,6 +195,9 @@ class AgentWorkflow:
             self._ignored.append((a.approval_id, d.by, f"duplicate {via} after {a.status}"))
             return
         problem = self._role_problem(a, d.role)
+        if problem is None and approved and d.arguments is not None \
+                and not self._policy.approvals.allow_edits:
+            problem = f"policy {self._policy.ref} does not allow edited arguments"
         if problem:
             self._ignored.append((a.approval_id, d.by, problem))
             return
