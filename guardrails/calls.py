@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from jsonschema import Draft202012Validator
@@ -54,9 +55,15 @@ def check_call(call: ToolCall, tools: Mapping[str, ToolPlan]) -> CallVerdict:
     return CallVerdict(arguments=args)
 
 
+@lru_cache(maxsize=512)
+def _validator(schema_json: str) -> Draft202012Validator:
+    # Building a validator costs more than validating; tool schemas repeat on every call.
+    return Draft202012Validator(json.loads(schema_json))
+
+
 def schema_problems(schema: Mapping[str, Any], value: object, *, limit: int = 5) -> list[str]:
     """Every way ``value`` violates ``schema`` (JSON Schema 2020-12), as short sentences."""
-    validator = Draft202012Validator(schema)
+    validator = _validator(json.dumps(schema, sort_keys=True))
     out: list[str] = []
     for err in sorted(validator.iter_errors(value), key=lambda e: list(e.absolute_path)):
         where = "/".join(str(p) for p in err.absolute_path) or "(arguments)"

@@ -107,7 +107,7 @@ def echoes_untrusted(arguments: dict[str, Any], untrusted_texts: list[str],
     not in the request? Then the model copied it from a tool output or recalled memory."""
     if not untrusted_texts:
         return False
-    untrusted = [t.casefold() for t in untrusted_texts]
+    untrusted = [_fold(t) for t in untrusted_texts]
     request = request_text.casefold()
     for value in _strings(arguments):
         needle = value.strip().casefold()
@@ -117,12 +117,20 @@ def echoes_untrusted(arguments: dict[str, Any], untrusted_texts: list[str],
             return True
     # Numbers too: an amount the request never named but a tool output did (e.g. "transfer
     # 900") was copied from untrusted content. Small numbers are too common to tell.
+    numbers = [n for v in arguments.values() for n in _all_numbers(v)
+               if abs(n) >= _MIN_ECHO_NUMBER]
+    if not numbers:
+        return False
     request_numbers = _number_tokens(request)
-    untrusted_numbers = set().union(*(_number_tokens(t) for t in untrusted))
-    for n in (x for v in arguments.values() for x in _all_numbers(v)):
-        if abs(n) >= _MIN_ECHO_NUMBER and n not in request_numbers and n in untrusted_numbers:
-            return True
-    return False
+    untrusted_numbers = [_number_tokens(t) for t in untrusted]
+    return any(n not in request_numbers and any(n in u for u in untrusted_numbers)
+               for n in numbers)
+
+
+@lru_cache(maxsize=4096)
+def _fold(text: str) -> str:
+    # A run's earlier tool outputs are re-checked on every call: fold each once.
+    return text.casefold()
 
 
 _NUMBER_TOKEN = re.compile(r"(?<![\w.])\d{1,3}(?:,\d{3})+(?:\.\d+)?|(?<![\w.])\d+(?:\.\d+)?")
@@ -136,8 +144,9 @@ def _all_numbers(value: Any) -> Iterator[float]:
         yield from _numbers(value)
 
 
-def _number_tokens(text: str) -> set[float]:
-    return {float(m.group(0).replace(",", "")) for m in _NUMBER_TOKEN.finditer(text)}
+@lru_cache(maxsize=4096)
+def _number_tokens(text: str) -> frozenset[float]:
+    return frozenset(float(m.group(0).replace(",", "")) for m in _NUMBER_TOKEN.finditer(text))
 
 
 def score_call(tool: ToolPlan, arguments: dict[str, Any], *, policy: Policy,
