@@ -49,6 +49,20 @@ class RunActivities:
                                        # nor remembers (recorded in the pinned plan)
                                        "memory": plan.memory if self._memory else None})
 
+    @activity.defn(name="run.plan")
+    async def plan_for(self, start: StartRun) -> AgentPlan:
+        """The plan of the agent a request is handed over to by routing."""
+        req = start.request
+        if req.agent not in self._catalog:
+            raise ApplicationError(f"routing hands over to unknown agent {req.agent!r}",
+                                   type=errors.UNKNOWN_AGENT, non_retryable=True)
+        agent = self._catalog[req.agent]
+        plan = agent.plan(model=self._model_label or agent.offline_model.name,
+                          max_steps=req.max_steps)
+        return plan.model_copy(update={"model_timeout": self._model_timeout,
+                                       "model_max_attempts": self._model_max_attempts,
+                                       "memory": plan.memory if self._memory else None})
+
     @activity.defn(name="run.finish")
     async def finish_run(self, finish: FinishRun) -> None:
         await self._ledger.append_decisions(finish.decisions)

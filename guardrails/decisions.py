@@ -14,12 +14,14 @@ class _Data(BaseModel):
 class RouteDecision(_Data):
     """Where routing sent a request."""
 
-    action: Literal["allow", "refuse", "human", "profile", "model"]
+    action: Literal["allow", "refuse", "human", "profile", "model", "agent"]
     rule: str | None = None
     """Name of the rule that matched (None: no rule matched, default allow)."""
     reason: str = ""
     profile: str | None = None
     model: str | None = None
+    agent: str | None = None
+    """For ``agent``: the agent the request is handed to."""
     signals: list[str] = Field(default_factory=list)
     """What was detected in the request, e.g. ``pii:credit_card``, ``keyword:refund``."""
     policy: str = ""

@@ -93,6 +93,7 @@ def route(*, text: str, tenant: str, metadata: dict[str, str], policy: Policy) -
             action=rule.action, rule=rule.name, reason=_reason(rule, signals),
             profile=rule.profile if rule.action == "profile" else None,
             model=rule.model if rule.action == "model" else None,
+            agent=rule.agent if rule.action == "agent" else None,
             signals=signals, policy=policy.ref)
     return RouteDecision(
         action="allow", reason="No routing rule matched; the request runs under the policy's "

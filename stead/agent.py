@@ -76,6 +76,12 @@ class AgentCatalog:
             if a.policy is not None:
                 problems.extend(f"agent {a.name!r}: policy {a.policy.ref}: {p}"
                                 for p in a.policy.check_references(set(a.registry.names())))
+        for a in self._agents.values():
+            for r in a.policy.routing if a.policy else []:
+                if r.action == "agent" and r.agent is not None and (
+                        r.agent not in self._agents or r.agent == a.name):
+                    problems.append(f"agent {a.name!r}: routing rule {r.name!r} hands over to "
+                                    f"{r.agent!r}, which is not another agent of this worker")
         if problems:
             raise SpecError("invalid agent catalog:\n  - " + "\n  - ".join(problems))
 

@@ -672,6 +672,33 @@ def memory_reembed(
     out.print(f"re-embedded {n} item(s)")
 
 
+@memory_app.command("retention")
+def memory_retention(
+    tenant: str = typer.Option("default", help="Tenant"),
+    namespace: str | None = typer.Option(None, help="Namespace to set (omit to list)"),
+    ttl: int | None = typer.Option(None, min=1, help="Seconds items live (with --namespace)"),
+    forever: bool = typer.Option(False, help="Remove the namespace's TTL"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON"),
+) -> None:
+    """Show or set per-namespace retention (TTL applied to items written from now on)."""
+    if namespace is not None and (ttl is None) == (not forever):
+        _fail("with --namespace give exactly one of --ttl SECONDS or --forever", EXIT_BAD_INPUT)
+
+    async def go(memory: Any) -> dict[str, int]:
+        if namespace is not None:
+            await memory.store.set_retention(tenant, namespace, None if forever else ttl)
+        return dict(await memory.store.retention(tenant))
+
+    data = _run(_with_memory(_resolved(_settings()), go))
+    if as_json:
+        _print_json(data)
+        return
+    table = Table("namespace", "ttl (s)")
+    for ns, seconds in sorted(data.items()):
+        table.add_row(ns, str(seconds))
+    out.print(table if data else f"no retention set for tenant {tenant} (items live forever)")
+
+
 @memory_app.command("purge")
 def memory_purge() -> None:
     """Delete expired items now (retention)."""

@@ -213,6 +213,9 @@ class ModelTurn(_Model):
     model: str = ""
     finish_reason: str = "stop"
     usage: Usage = Field(default_factory=Usage)
+    confidence: float | None = Field(None, ge=0, le=1)
+    """The model's confidence in its proposed calls, where it reports one; low confidence
+    raises the risk of every call in this turn."""
 
 
 class RunRef(_Model):

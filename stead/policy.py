@@ -17,9 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from stead.errors import SpecError
 
-Action = Literal["allow", "refuse", "human", "profile", "model"]
+Action = Literal["allow", "refuse", "human", "profile", "model", "agent"]
 """What routing does with a request: run it, refuse it, send it to a human first, run it
-under a stricter profile, or run it with another model setting."""
+under a stricter profile, run it with another model setting, or hand it to another agent."""
 
 PiiKind = Literal["email", "phone", "credit_card", "iban", "ssn"]
 
@@ -65,6 +65,8 @@ class RouteRule(_Strict):
     """For ``action: profile``: the name of a profile in ``profiles``."""
     model: str | None = None
     """For ``action: model``: the model setting to use (e.g. ``openai:gpt-4o``)."""
+    agent: str | None = None
+    """For ``action: agent``: the agent that takes the request over (under its own policy)."""
 
 
 class Thresholds(_Strict):
@@ -174,6 +176,8 @@ class Policy(_Strict):
                 out.append(f"routing rule {r.name!r}: profile {r.profile!r} is not defined")
             if r.action == "model" and not r.model:
                 out.append(f"routing rule {r.name!r}: action 'model' needs a model")
+            if r.action == "agent" and not r.agent:
+                out.append(f"routing rule {r.name!r}: action 'agent' needs an agent")
         for name in self.risk.routes:
             if name not in self.profiles:
                 out.append(f"risk.routes: profile {name!r} is not defined")

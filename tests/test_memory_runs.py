@@ -166,3 +166,35 @@ async def test_memory_cli_add_search_stats_delete(mem_settings: Settings, tmp_pa
     assert code == 2 and "exactly one" in err
     code, out, _ = await cli("delete", "--tenant", tenant, "--subject", "u-1", "--json")
     assert code == 0 and json.loads(out) == {"deleted": 1}
+    code, out, err = await cli("retention", "--tenant", tenant, "--namespace", "facts",
+                               "--ttl", "3600", "--json")
+    assert code == 0 and json.loads(out) == {"facts": 3600}, err
+    code, _, err = await cli("retention", "--namespace", "facts")
+    assert code == 2 and "exactly one" in err
+
+
+async def test_reembed_rewrites_items_from_another_embedder(mem_settings: Settings,
+                                                            minilm: Embedder) -> None:
+    """Changing the embedder: items written by the old one are found and re-embedded."""
+    from datetime import UTC, datetime
+
+    from stead.memory import MemoryItem
+    from stead.memory.embedders import HashingEmbedder
+    from stead.memory.pgvector import PgVectorStore
+
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    memory = await open_memory(mem_settings, embedder=minilm)
+    assert memory is not None and isinstance(memory.store, PgVectorStore)
+    try:
+        old = HashingEmbedder(384)
+        text = "the nightly backup of payments-db runs at 03:00"
+        [vec] = await old.embed([text])
+        await memory.store.upsert([(MemoryItem(
+            id="old-1", tenant=tenant, namespace="facts", text=text,
+            created_at=datetime.now(UTC), embedder=old.name), vec)])
+        assert await memory.reembed(tenant=tenant) == 1
+        assert await memory.reembed(tenant=tenant) == 0  # nothing stale any more
+        [hit] = await memory.search(tenant, "when is the database backed up")
+        assert hit.item.id == "old-1" and hit.item.embedder == minilm.name
+    finally:
+        await memory.close()

@@ -119,6 +119,7 @@ class AgentWorkflow:
         self._plan: AgentPlan | None = None
         self._max_risk = 0.0
         self._seq = 0
+        self._confidence: float | None = None
         self._head = GENESIS
         self._unsent: list[DecisionRow] = []
 
@@ -264,15 +265,26 @@ class AgentWorkflow:
 
     async def _run(self, ref: RunRef, request: RunRequest, plan: AgentPlan) -> RunResult:
         res = RunResult(status="running", steps=0, model=plan.model, policy=self._policy.ref)
-        decision = route(text=request.input, tenant=request.tenant, metadata=request.metadata,
-                         policy=self._policy)
-        res.route = decision.action if decision.rule is None else \
-            f"{decision.action}:{decision.rule}"
-        await self._decide(ref, 0, "route", decision.action,
-                           decision.reason or "no routing rule matched",
-                           {"rule": decision.rule, "signals": decision.signals,
-                            "profile": decision.profile, "model": decision.model})
-        self._log("route", decision.rule or "default", decision.action, decision.reason)
+        decision = await self._route(ref, request, res)
+        if decision.action == "agent" and decision.agent is not None:
+            # Hand over once: the target agent runs under its own plan and policy, and its
+            # own routing decides again (a second hand-over is refused, never looped).
+            handed = request.model_copy(update={"agent": decision.agent})
+            plan = await workflow.execute_local_activity(
+                "run.plan", StartRun(ref=ref, request=handed), result_type=AgentPlan,
+                start_to_close_timeout=_LOCAL, schedule_to_close_timeout=timedelta(minutes=10),
+                retry_policy=_LOCAL_RETRY, summary=f"hand over to {decision.agent}")
+            self._plan, self._policy = plan, plan.policy or _ALLOW_ALL
+            self._state.agent = ref.agent = plan.agent
+            workflow.upsert_search_attributes([AGENT_KEY.value_set(plan.agent)])
+            res.model, res.policy = plan.model, self._policy.ref
+            request = handed
+            decision = await self._route(ref, request, res)
+            if decision.action == "agent":
+                res.status = "refused"
+                res.answer = (f"Refused by policy: routing handed the request over twice "
+                              f"(to {decision.agent!r}); a request is handed over at most once.")
+                return res
         if decision.action == "refuse":
             res.status, res.answer = "refused", f"Refused by policy: {decision.reason}"
             return res
@@ -288,6 +300,20 @@ class AgentWorkflow:
                 res.steps = self._state.step
                 return res
         return await self._loop(ref, request, plan, decision, res)
+
+    async def _route(self, ref: RunRef, request: RunRequest, res: RunResult) -> RouteDecision:
+        decision = route(text=request.input, tenant=request.tenant, metadata=request.metadata,
+                         policy=self._policy)
+        outcome = decision.action if decision.rule is None else \
+            f"{decision.action}:{decision.rule}"
+        res.route = outcome if not res.route else f"{res.route} > {outcome}"
+        await self._decide(ref, 0, "route", decision.action,
+                           decision.reason or "no routing rule matched",
+                           {"rule": decision.rule, "signals": decision.signals,
+                            "profile": decision.profile, "model": decision.model,
+                            "agent": decision.agent, "for_agent": request.agent})
+        self._log("route", decision.rule or "default", decision.action, decision.reason)
+        return decision
 
     # ------------------------------------------------------------------ the loop
 
@@ -354,6 +380,7 @@ class AgentWorkflow:
                       f"{len(turn.tool_calls)} tool call(s)" if turn.tool_calls else "answer")
             messages.append(Message(role="assistant", content=turn.content,
                                     tool_calls=turn.tool_calls))
+            self._confidence = turn.confidence
             if not turn.tool_calls:
                 answer = turn.content or ""
                 problems = validate_output(answer, rules=self._policy.output,
@@ -491,7 +518,7 @@ class AgentWorkflow:
         failures = sum(1 for c in res.tool_calls if c.status == "error")
         risk = score_call(plan, args, policy=self._policy, route=routed,
                           prior_failures=failures, untrusted_texts=untrusted,
-                          request_text=request_text)
+                          request_text=request_text, confidence=self._confidence)
         if risk.score > self._max_risk:
             self._max_risk = risk.score
             workflow.upsert_search_attributes([RISK_KEY.value_set(risk.score)])
