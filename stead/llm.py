@@ -131,7 +131,6 @@ class OpenAIModel:
         await self._client.close()
 
     async def complete(self, messages: Sequence[Message], tools: Sequence[ToolSchema]) -> ModelTurn:
-        import openai
 
         kwargs: dict[str, Any] = {
             "model": self._model,
@@ -145,31 +144,8 @@ class OpenAIModel:
             ]
         try:
             resp = await self._client.chat.completions.create(**kwargs)
-        except openai.RateLimitError as err:
-            raise ModelCallError(f"rate limited: {err}", kind="RateLimited", retryable=True,
-                                 retry_after=_retry_after(err.response)) from err
-        except openai.APITimeoutError as err:
-            raise ModelCallError(f"model call timed out: {err}", kind="ModelTimeout",
-                                 retryable=True) from err
-        except openai.APIConnectionError as err:
-            raise ModelCallError(f"cannot reach model server: {err}", kind="ModelUnavailable",
-                                 retryable=True) from err
-        except openai.InternalServerError as err:
-            raise ModelCallError(f"model server error {err.status_code}: {err}",
-                                 kind="ModelServerError", retryable=True,
-                                 retry_after=_retry_after(err.response)) from err
-        except openai.APIStatusError as err:
-            if err.status_code in (408, 409):
-                # Request timeout / conflict: transient (the SDK's own policy retries them too).
-                raise ModelCallError(f"model server busy ({err.status_code}): {err}",
-                                     kind="ModelServerError", retryable=True,
-                                     retry_after=_retry_after(err.response)) from err
-            # 400/401/403/404/422: retrying the same request cannot succeed.
-            raise ModelCallError(f"model request rejected ({err.status_code}): {err}",
-                                 kind="ModelRequestRejected", retryable=False) from err
-        except (openai.APIResponseValidationError, json.JSONDecodeError, ValueError) as err:
-            raise ModelCallError(f"malformed model response: {err}", kind="ModelResponseInvalid",
-                                 retryable=True) from err
+        except Exception as err:
+            raise openai_call_error(err, what="model") from err
         try:
             return _to_turn(resp, fallback_model=self._model)
         except (AttributeError, TypeError, IndexError, ValueError) as err:
@@ -195,6 +171,39 @@ def _to_turn(resp: ChatCompletion, *, fallback_model: str) -> ModelTurn:
                       output_tokens=resp.usage.completion_tokens or 0)
     return ModelTurn(content=msg.content, tool_calls=calls, model=resp.model or fallback_model,
                      finish_reason=choice.finish_reason or "stop", usage=usage)
+
+
+def openai_call_error(err: Exception, *, what: str) -> Exception:
+    """Map an ``openai`` SDK error to a ``ModelCallError`` saying whether Temporal should
+    retry (and when); other exceptions come back unchanged. ``what`` names the call."""
+    import openai
+
+    if isinstance(err, openai.RateLimitError):
+        return ModelCallError(f"{what} rate limited: {err}", kind="RateLimited", retryable=True,
+                              retry_after=_retry_after(err.response))
+    if isinstance(err, openai.APITimeoutError):
+        return ModelCallError(f"{what} call timed out: {err}", kind="ModelTimeout",
+                              retryable=True)
+    if isinstance(err, openai.APIConnectionError):
+        return ModelCallError(f"cannot reach {what} server: {err}", kind="ModelUnavailable",
+                              retryable=True)
+    if isinstance(err, openai.InternalServerError):
+        return ModelCallError(f"{what} server error {err.status_code}: {err}",
+                              kind="ModelServerError", retryable=True,
+                              retry_after=_retry_after(err.response))
+    if isinstance(err, openai.APIStatusError):
+        if err.status_code in (408, 409):
+            # Request timeout / conflict: transient (the SDK's own policy retries them too).
+            return ModelCallError(f"{what} server busy ({err.status_code}): {err}",
+                                  kind="ModelServerError", retryable=True,
+                                  retry_after=_retry_after(err.response))
+        # 400/401/403/404/422: retrying the same request cannot succeed.
+        return ModelCallError(f"{what} request rejected ({err.status_code}): {err}",
+                              kind="ModelRequestRejected", retryable=False)
+    if isinstance(err, openai.APIResponseValidationError | json.JSONDecodeError | ValueError):
+        return ModelCallError(f"malformed {what} response: {err}", kind="ModelResponseInvalid",
+                              retryable=True)
+    return err
 
 
 def _retry_after(response: Any) -> timedelta | None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import importlib.util
-import json
 import math
 import os
 import re
@@ -35,7 +34,7 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from stead.llm import ModelCallError, _retry_after
+from stead.llm import ModelCallError, openai_call_error
 
 if TYPE_CHECKING:
     from openai.types import CreateEmbeddingResponse
@@ -272,7 +271,6 @@ class OpenAIEmbedder:
         return out
 
     async def _embed_batch(self, batch: list[str]) -> list[list[float]]:
-        import openai
 
         try:
             if self._request_dimensions is None:
@@ -280,30 +278,8 @@ class OpenAIEmbedder:
             else:
                 resp = await self._client.embeddings.create(
                     model=self._model, input=batch, dimensions=self._request_dimensions)
-        except openai.RateLimitError as err:
-            raise ModelCallError(f"embeddings rate limited: {err}", kind="RateLimited",
-                                 retryable=True, retry_after=_retry_after(err.response)) from err
-        except openai.APITimeoutError as err:
-            raise ModelCallError(f"embedding call timed out: {err}", kind="ModelTimeout",
-                                 retryable=True) from err
-        except openai.APIConnectionError as err:
-            raise ModelCallError(f"cannot reach embedding server: {err}",
-                                 kind="ModelUnavailable", retryable=True) from err
-        except openai.InternalServerError as err:
-            raise ModelCallError(f"embedding server error {err.status_code}: {err}",
-                                 kind="ModelServerError", retryable=True,
-                                 retry_after=_retry_after(err.response)) from err
-        except openai.APIStatusError as err:
-            if err.status_code in (408, 409):
-                raise ModelCallError(f"embedding server busy ({err.status_code}): {err}",
-                                     kind="ModelServerError", retryable=True,
-                                     retry_after=_retry_after(err.response)) from err
-            # 400/401/403/404/422: retrying the same request cannot succeed.
-            raise ModelCallError(f"embedding request rejected ({err.status_code}): {err}",
-                                 kind="ModelRequestRejected", retryable=False) from err
-        except (openai.APIResponseValidationError, json.JSONDecodeError, ValueError) as err:
-            raise ModelCallError(f"malformed embeddings response: {err}",
-                                 kind="ModelResponseInvalid", retryable=True) from err
+        except Exception as err:
+            raise openai_call_error(err, what="embedding") from err
         try:
             vectors = _vectors(resp, expected=len(batch))
         except (AttributeError, TypeError, IndexError, ValueError) as err:
