@@ -15,7 +15,15 @@ from stead.errors import (
     StackError,
     SteadError,
 )
-from stead.llm import FunctionModel, ModelClient, OpenAIModel, ScriptedModel, call
+from stead.llm import (
+    FunctionModel,
+    ModelClient,
+    OpenAIModel,
+    ScriptedModel,
+    ToolHistory,
+    call,
+    tool_history,
+)
 from stead.models import (
     Message,
     ModelTurn,
@@ -53,8 +61,10 @@ __all__ = [
     "Tool",
     "ToolCall",
     "ToolContext",
+    "ToolHistory",
     "ToolRegistry",
     "call",
     "load_settings",
     "tool",
+    "tool_history",
 ]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -53,6 +54,48 @@ def raw_call(tool_name: str, arguments_json: str, *, call_id: str | None = None)
 
 def assistant_turns(messages: Sequence[Message]) -> int:
     return sum(1 for m in messages if m.role == "assistant")
+
+
+@dataclass
+class ToolHistory:
+    """What a transcript says the tools did: for planners written as FunctionModels."""
+
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """tool name -> its last successful result."""
+    errors: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """tool name -> its last error payload (``type``, ``message``, ...)."""
+    calls: list[ToolCall] = field(default_factory=list)
+    """Every call the model proposed, in order."""
+
+    @property
+    def called(self) -> set[str]:
+        return {c.name for c in self.calls}
+
+
+def tool_history(messages: Sequence[Message]) -> ToolHistory:
+    """Pair each proposed call with the tool message that answered it."""
+    done = ToolHistory()
+    by_id: dict[str, ToolCall] = {}
+    for m in messages:
+        if m.role == "assistant":
+            for c in m.tool_calls:
+                by_id[c.id] = c
+                done.calls.append(c)
+        elif m.role == "tool" and m.tool_call_id in by_id:
+            name = by_id[m.tool_call_id].name
+            try:
+                payload = json.loads(m.content or "{}")
+            except json.JSONDecodeError:
+                payload = {"error": {"message": m.content}}
+            if not isinstance(payload, dict):
+                payload = {"error": {"message": str(payload)}}
+            if payload.get("ok"):
+                done.results[name] = payload.get("result") or {}
+                done.errors.pop(name, None)
+            else:
+                err = payload.get("error")
+                done.errors[name] = err if isinstance(err, dict) else {"message": str(err)}
+    return done
 
 
 class ScriptedModel:

@@ -13,10 +13,9 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-from stead.llm import FunctionModel
+from stead.llm import FunctionModel, ToolHistory, tool_history
 from stead.models import Message, ModelTurn, ToolCall, ToolSchema
 
 _INTENTS: dict[str, tuple[str, ...]] = {
@@ -32,38 +31,6 @@ _INTENTS: dict[str, tuple[str, ...]] = {
 _KEBAB = re.compile(r"\b[a-z0-9]+(?:-[a-z0-9]+)+\b")
 
 
-@dataclass
-class _Done:
-    """What the transcript says has happened so far."""
-
-    results: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """tool name -> last successful result."""
-    errors: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """tool name -> last error payload."""
-    calls: list[ToolCall] = field(default_factory=list)
-
-
-def _history(messages: Sequence[Message]) -> _Done:
-    done = _Done()
-    by_id: dict[str, ToolCall] = {}
-    for m in messages:
-        if m.role == "assistant":
-            for c in m.tool_calls:
-                by_id[c.id] = c
-                done.calls.append(c)
-        elif m.role == "tool" and m.tool_call_id in by_id:
-            call = by_id[m.tool_call_id]
-            try:
-                payload = json.loads(m.content or "{}")
-            except json.JSONDecodeError:
-                payload = {"error": {"message": m.content}}
-            if isinstance(payload, dict) and payload.get("ok"):
-                done.results[call.name] = payload.get("result", {})
-                done.errors.pop(call.name, None)
-            else:
-                done.errors[call.name] = payload.get("error", {}) if isinstance(payload, dict) \
-                    else {"message": str(payload)}
-    return done
 
 
 def intents(text: str) -> list[str]:
@@ -97,7 +64,7 @@ class OpsPlanner:
 
     def next_turn(self, messages: Sequence[Message], tools: Sequence[ToolSchema]) -> ModelTurn:
         request = next((m.content or "" for m in messages if m.role == "user"), "")
-        done = _history(messages)
+        done = tool_history(messages)
         turn_no = sum(1 for m in messages if m.role == "assistant")
         available = {t.name for t in tools}
         wanted = intents(request)
@@ -186,7 +153,7 @@ def _reason(request: str, status: dict[str, Any]) -> str:
     return f"{base} (status {s})" if s else base
 
 
-def _ticket_body(request: str, done: _Done) -> str:
+def _ticket_body(request: str, done: ToolHistory) -> str:
     lines = [f"Request: {request.strip()}"]
     if "service_status" in done.results:
         s = done.results["service_status"]
@@ -228,7 +195,7 @@ def runbook_advice(messages: Sequence[Message], service: str) -> str | None:
     return None
 
 
-def _answer(service: str, done: _Done, wanted: list[str]) -> str:
+def _answer(service: str, done: ToolHistory, wanted: list[str]) -> str:
     parts: list[str] = []
     status = done.results.get("service_status")
     if status:

@@ -16,11 +16,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from stead.llm import FunctionModel
+from stead.llm import FunctionModel, ToolHistory, tool_history
 from stead.models import Message, ModelTurn, ToolCall, ToolSchema
 
 _ORDER = re.compile(r"\b(?:ORD[-\s]?|order\s+(?:no\.?\s*|number\s+|#\s*)?)(\d{3,10})\b",
@@ -112,40 +112,6 @@ def _money(value: Any) -> Decimal:
         return Decimal(0)
 
 
-@dataclass
-class _Done:
-    """What the transcript says has happened so far."""
-
-    results: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """tool name -> last successful result."""
-    errors: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """tool name -> last error payload."""
-    called: set[str] = field(default_factory=set)
-
-
-def _history(messages: Sequence[Message]) -> _Done:
-    done = _Done()
-    by_id: dict[str, ToolCall] = {}
-    for m in messages:
-        if m.role == "assistant":
-            for c in m.tool_calls:
-                by_id[c.id] = c
-                done.called.add(c.name)
-        elif m.role == "tool" and m.tool_call_id in by_id:
-            name = by_id[m.tool_call_id].name
-            try:
-                payload = json.loads(m.content or "{}")
-            except json.JSONDecodeError:
-                payload = {"error": {"message": m.content}}
-            if not isinstance(payload, dict):
-                payload = {"error": {"message": str(payload)}}
-            if payload.get("ok"):
-                done.results[name] = payload.get("result") or {}
-                done.errors.pop(name, None)
-            else:
-                err = payload.get("error")
-                done.errors[name] = err if isinstance(err, dict) else {"message": str(err)}
-    return done
 
 
 def _error_text(err: dict[str, Any]) -> str:
@@ -187,7 +153,7 @@ class RefundPlanner:
 
     def next_turn(self, messages: Sequence[Message], tools: Sequence[ToolSchema]) -> ModelTurn:
         request = next((m.content or "" for m in messages if m.role == "user"), "")
-        done = _history(messages)
+        done = tool_history(messages)
         turn_no = sum(1 for m in messages if m.role == "assistant")
 
         def call(name: str, args: dict[str, Any]) -> ModelTurn:
@@ -269,7 +235,7 @@ class RefundPlanner:
 
     @staticmethod
     def _refunded(order_id: str, order: dict[str, Any], wanted: Amount | None, currency: str,
-                  receipt: dict[str, Any], done: _Done) -> str:
+                  receipt: dict[str, Any], done: ToolHistory) -> str:
         parts = [f"Refunded {receipt.get('amount')} {currency} on {order_id} to the original "
                  f"payment method (refund {receipt.get('refund_id')})."]
         if receipt.get("created") is False:
