@@ -313,6 +313,8 @@ def print_approvals(res: ApprovalsResult, machine: dict[str, object], command: s
     from rich.console import Console
     from rich.table import Table
 
+    from bench.report import print_machine
+
     con = Console(width=max(Console().width, 150))
     for p in PATHS:
         title = ("approve signal" if p == SIGNAL else "decide update (execute_update)")
@@ -331,14 +333,7 @@ def print_approvals(res: ApprovalsResult, machine: dict[str, object], command: s
               f"median {sig.median:.1f} ms, p90 {sig.p90:.1f} ms[/]; via the decide update: "
               f"median {upd.median:.1f} ms, p90 {upd.p90:.1f} ms (update round trip median "
               f"{res.summary[UPDATE]['rpc'].median:.1f} ms)")
-    t = Table(title="Machine", show_header=False)
-    t.add_column("key")
-    t.add_column("value")
-    for k, v in machine.items():
-        t.add_row(k, str(v))
-    t.add_row("command", command)
-    t.add_row("wall time", f"{res.seconds:.0f} s")
-    con.print(t)
+    print_machine(con, machine, command, res.seconds)
 
 
 def write_json(path: Path, res: ApprovalsResult, machine: dict[str, object],

@@ -588,6 +588,8 @@ def print_micro(res: MicroResult, machine: dict[str, object], command: str) -> N
     from rich.console import Console
     from rich.table import Table
 
+    from bench.report import print_machine
+
     con = Console(width=max(Console().width, 175))
     t = Table(title=f"Gate per tool call: check_call + score_call + decide, µs (hot: "
                     f"{res.iterations} calls in a loop; cold: {res.cold} calls after evicting "
@@ -643,14 +645,7 @@ def print_micro(res: MicroResult, machine: dict[str, object], command: str) -> N
               f"median {res.per_call_cold_median_us:.0f} µs[/] ({verdict} the "
               f"{TARGET_US:.0f} µs target). Worst case = slowest gate case + slowest per-run "
               f"guardrails / {CALLS_PER_RUN}. GC {res.gc}.")
-    t = Table(title="Machine", show_header=False)
-    t.add_column("key")
-    t.add_column("value")
-    for k, v in machine.items():
-        t.add_row(k, str(v))
-    t.add_row("command", command)
-    t.add_row("wall time", f"{res.seconds:.0f} s")
-    con.print(t)
+    print_machine(con, machine, command, res.seconds)
 
 
 # ---------------------------------------------------------------------------- end to end
@@ -886,6 +881,8 @@ def print_policy(res: PolicyResult, machine: dict[str, object], command: str) ->
     from rich.console import Console
     from rich.table import Table
 
+    from bench.report import print_machine
+
     con = Console(width=max(Console().width, 175))
     a, b = res.variants[NO_POLICY], res.variants[WITH_POLICY]
     t = Table(title=f"Bench agent without / with a policy, ms per run ({res.runs} "
@@ -926,14 +923,7 @@ def print_policy(res: PolicyResult, machine: dict[str, object], command: str) ->
     t.add_row(f"all guardrails per run / {CALLS_PER_RUN} calls: p90", *(
         f"{_quantile(totals[v], 90) / CALLS_PER_RUN:.1f}" for v in VARIANTS))
     con.print(t)
-    t = Table(title="Machine", show_header=False)
-    t.add_column("key")
-    t.add_column("value")
-    for k, v in machine.items():
-        t.add_row(k, str(v))
-    t.add_row("command", command)
-    t.add_row("wall time", f"{res.seconds:.0f} s")
-    con.print(t)
+    print_machine(con, machine, command, res.seconds)
 
 
 # ---------------------------------------------------------------------------- CLI

@@ -99,13 +99,19 @@ def print_report(result: BenchResult, machine: dict[str, object], command: str,
               f"({verdict} the {TARGET_LATENCY_RATIO}x target); "
               f"throughput ratio = {result.throughput_ratio:.2f}")
 
+    print_machine(con, machine, command, result.seconds)
+
+
+def print_machine(con: Console, machine: dict[str, object], command: str,
+                  seconds: float) -> None:
+    """The machine table every benchmark ends with."""
     t = Table(title="Machine", show_header=False)
     t.add_column("key")
     t.add_column("value")
     for k, v in machine.items():
         t.add_row(k, str(v))
     t.add_row("command", command)
-    t.add_row("wall time", f"{result.seconds:.0f} s")
+    t.add_row("wall time", f"{seconds:.0f} s")
     con.print(t)
 
 
