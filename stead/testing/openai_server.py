@@ -30,15 +30,14 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import KW_ONLY, dataclass
-from types import TracebackType
 from typing import Literal, NotRequired, TypedDict, assert_never
 
 from aiohttp import web
-from aiohttp.log import access_logger
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stead.llm import ModelClient
 from stead.models import JsonObject, Message, ModelTurn, ToolCall, ToolSchema, Usage
+from stead.testing._http import LocalHTTPServer
 
 __all__ = [
     "ChatRequest",
@@ -476,7 +475,7 @@ def fake_embedding(text: str, dimensions: int) -> list[float]:
 # ---------------------------------------------------------------------------- the server
 
 
-class FakeOpenAIServer:
+class FakeOpenAIServer(LocalHTTPServer):
     """OpenAI-compatible server on 127.0.0.1 and a free port, with a queue of faults.
 
     Each chat request first consumes the next queued :class:`Fault`, if any; otherwise the
@@ -496,21 +495,15 @@ class FakeOpenAIServer:
     ) -> None:
         """``port=0`` picks a free port. With ``api_key`` set, other bearer tokens get a 401
         like OpenAI's ``invalid_api_key``; without it any key is accepted."""
+        super().__init__(host=host, port=port, shutdown_timeout=shutdown_timeout,
+                         access_log=access_log)
         self._responder = responder
-        self._host = host
-        self._port = port
         self._api_key = api_key
         self._embedding_dimensions = embedding_dimensions
-        self._shutdown_timeout = shutdown_timeout
-        self._access_log = access_log
         self._faults: dict[Endpoint, collections.deque[Fault]] = {
             "chat": collections.deque(),
             "embeddings": collections.deque(),
         }
-        self._runner: web.AppRunner | None = None
-        self._bound_port: int | None = None
-        # Set on close so a request stuck in a ``timeout`` fault ends now, not after its delay.
-        self._closing = asyncio.Event()
         self.requests: list[JsonObject] = []
         """JSON bodies of the chat completion requests, in arrival order (faulted ones too)."""
         self.embedding_requests: list[JsonObject] = []
@@ -541,53 +534,11 @@ class FakeOpenAIServer:
 
     # -- lifecycle
 
-    async def __aenter__(self) -> FakeOpenAIServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    async def start(self) -> None:
-        if self._runner is not None:
-            raise RuntimeError("FakeOpenAIServer is already running")
+    def build_app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat_completions)
         app.router.add_post("/v1/embeddings", self._embeddings)
-        runner = web.AppRunner(
-            app,
-            handle_signals=False,
-            shutdown_timeout=self._shutdown_timeout,
-            access_log=access_logger if self._access_log else None,
-        )
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, self._host, self._port)
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        self._closing.clear()
-        self._bound_port = int(runner.addresses[0][1])
-
-    async def close(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is None:
-            return
-        self._closing.set()
-        await runner.cleanup()
-
-    @property
-    def port(self) -> int:
-        if self._bound_port is None:
-            raise RuntimeError("FakeOpenAIServer is not started; use `async with` or start()")
-        return self._bound_port
+        return app
 
     @property
     def base_url(self) -> str:

@@ -29,11 +29,11 @@ import math
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import KW_ONLY, dataclass
-from types import TracebackType
 from typing import Any, Literal, assert_never
 
 from aiohttp import web
-from aiohttp.log import access_logger
+
+from stead.testing._http import LocalHTTPServer
 
 __all__ = [
     "FakePineconeServer",
@@ -207,7 +207,7 @@ class _Record:
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 
-class FakePineconeServer:
+class FakePineconeServer(LocalHTTPServer):
     """A Pinecone index host on 127.0.0.1 and a free port, with a queue of faults.
 
     ``api_key`` set: requests without that ``Api-Key`` header get a 401. Received requests are
@@ -221,14 +221,9 @@ class FakePineconeServer:
             raise ValueError("dimension must be at least 1")
         self.dimension = dimension
         self.metric: Metric = metric
+        super().__init__(host=host, port=port, shutdown_timeout=shutdown_timeout,
+                         access_log=access_log)
         self._api_key = api_key
-        self._host = host
-        self._port = port
-        self._shutdown_timeout = shutdown_timeout
-        self._access_log = access_log
-        self._runner: web.AppRunner | None = None
-        self._bound_port: int | None = None
-        self._closing = asyncio.Event()
         self._faults: collections.deque[tuple[PineconeEndpoint | None, PineconeFault]] = (
             collections.deque())
         self.namespaces: dict[str, dict[str, _Record]] = {}
@@ -237,17 +232,7 @@ class FakePineconeServer:
 
     # -- lifecycle
 
-    async def __aenter__(self) -> FakePineconeServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self.close()
-
-    async def start(self) -> None:
-        if self._runner is not None:
-            raise RuntimeError("FakePineconeServer is already running")
+    def build_app(self) -> web.Application:
         app = web.Application(client_max_size=8 * 1024 * 1024)
         routes: list[tuple[str, str, PineconeEndpoint, Callable[[dict[str, Any]], Any]]] = [
             ("POST", "/vectors/upsert", "upsert", self._upsert),
@@ -260,31 +245,7 @@ class FakePineconeServer:
         ]
         for method, path, endpoint, op in routes:
             app.router.add_route(method, path, self._handler(endpoint, op))
-        runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=self._shutdown_timeout,
-                               access_log=access_logger if self._access_log else None)
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, self._host, self._port)
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        self._closing.clear()
-        self._bound_port = int(runner.addresses[0][1])
-
-    async def close(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is None:
-            return
-        self._closing.set()
-        await runner.cleanup()
-
-    @property
-    def port(self) -> int:
-        if self._bound_port is None:
-            raise RuntimeError("FakePineconeServer is not started; use `async with` or start()")
-        return self._bound_port
+        return app
 
     @property
     def host(self) -> str:
