@@ -9,6 +9,7 @@ A :class:`Tool` carries its spec (what the workflow and the model are told) and 
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -39,6 +40,15 @@ class ToolContext:
     tenant: str
     heartbeat: Callable[..., None] = field(default=lambda *details: None)
     """Report liveness from a long tool; required when the tool declares a heartbeat timeout."""
+
+    async def wait(self, seconds: float, *, every: float = 0.5) -> None:
+        """Sleep for ``seconds`` while heartbeating, so a lost worker is noticed quickly."""
+        remaining = seconds
+        while remaining > 0:
+            self.heartbeat()
+            step = min(every, remaining)
+            await asyncio.sleep(step)
+            remaining -= step
 
 
 ToolFn = Callable[[In, ToolContext], Awaitable[Out]]

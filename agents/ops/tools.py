@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any, Literal
 
@@ -157,7 +156,7 @@ def ops_tools(world: OpsWorld) -> list[Tool[Any, Any]]:
         ticket_id, created = world.create_ticket(
             key=ctx.idempotency_key, service=args.service, title=args.title,
             priority=args.priority, body=args.body)
-        await _pause(world.knobs().ticket_seconds, ctx)
+        await ctx.wait(world.knobs().ticket_seconds)
         return Ticket(ticket_id=f"OPS-{1000 + ticket_id}", service=args.service,
                       priority=args.priority, created=created)
 
@@ -177,18 +176,8 @@ def ops_tools(world: OpsWorld) -> list[Tool[Any, Any]]:
         known(args.service)
         restart_id = world.restart(key=ctx.idempotency_key, service=args.service,
                                    reason=args.reason)
-        await _pause(world.knobs().restart_seconds, ctx)
+        await ctx.wait(world.knobs().restart_seconds)
         return RestartResult(service=args.service, restart_id=restart_id, status="restarted")
 
     return [list_services, service_status, probe_health, recent_logs, create_ticket,
             restart_service]
-
-
-async def _pause(seconds: float, ctx: ToolContext) -> None:
-    """Wait like a real backend would, heartbeating so a lost worker is noticed quickly."""
-    remaining = seconds
-    while remaining > 0:
-        ctx.heartbeat()
-        step = min(0.5, remaining)
-        await asyncio.sleep(step)
-        remaining -= step

@@ -10,11 +10,10 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
+
+from agents._sqlite import SqliteWorld
 
 SEED_SERVICES: list[dict[str, Any]] = [
     {"name": "checkout-api", "status": "degraded", "error_rate": 0.12, "p95_ms": 840,
@@ -48,9 +47,6 @@ create table if not exists tickets (id integer primary key autoincrement,
     created_at real);
 create table if not exists restarts (id integer primary key autoincrement,
     idempotency_key text unique, service text, reason text, at real);
-create table if not exists effects (id integer primary key autoincrement, kind text,
-    idempotency_key text, at real);
-create table if not exists knobs (name text primary key, value text);
 create table if not exists attempts (key text primary key, n integer);
 """
 
@@ -67,26 +63,13 @@ class Knobs:
     """How many attempts of each recent_logs call fail before one succeeds."""
 
 
-class OpsWorld:
+class OpsWorld(SqliteWorld[Knobs]):
     """The fleet and the ticket desk, in one SQLite file."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with self._db() as db:
-            db.executescript(_SCHEMA)
-            if db.execute("select count(*) from services").fetchone()[0] == 0:
-                self._seed(db)
-
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        try:
-            db.execute("pragma journal_mode=wal")
-            yield db
-        finally:
-            db.close()
+    schema = _SCHEMA
+    seed_table = "services"
+    tables = ("services", "tickets", "restarts", "attempts")
+    knobs_type = Knobs
 
     def _seed(self, db: sqlite3.Connection) -> None:
         for s in SEED_SERVICES:
@@ -94,31 +77,7 @@ class OpsWorld:
                        (s["name"], s["status"], s["error_rate"], s["p95_ms"], s["version"],
                         s["metrics_ok"], s["probe_ok"], json.dumps(s["logs"])))
 
-    def reset(self) -> None:
-        with self._db() as db:
-            for t in ("services", "tickets", "restarts", "effects", "knobs", "attempts"):
-                db.execute(f"delete from {t}")
-            self._seed(db)
-
-    # ------------------------------------------------------------------ knobs
-
-    def knobs(self) -> Knobs:
-        with self._db() as db:
-            rows = {r["name"]: r["value"] for r in db.execute("select * from knobs")}
-        base = Knobs()
-        return Knobs(
-            restart_seconds=float(rows.get("restart_seconds", base.restart_seconds)),
-            ticket_seconds=float(rows.get("ticket_seconds", base.ticket_seconds)),
-            flaky_logs_failures=int(rows.get("flaky_logs_failures", base.flaky_logs_failures)),
-        )
-
-    def set_knobs(self, **values: float | int) -> None:
-        allowed = set(Knobs.__dataclass_fields__)
-        with self._db() as db:
-            for k, v in values.items():
-                if k not in allowed:
-                    raise ValueError(f"unknown knob {k!r}; known: {sorted(allowed)}")
-                db.execute("insert or replace into knobs values (?, ?)", (k, str(v)))
+    # ------------------------------------------------------------------ faults
 
     def count_attempt(self, key: str) -> int:
         """Count calls per key (for deterministic flakiness that survives worker restarts)."""
@@ -180,16 +139,6 @@ class OpsWorld:
             return row
 
     # ------------------------------------------------------------------ what happened
-
-    def effects(self, kind: str | None = None, key_prefix: str = "") -> int:
-        """How many side effects really happened (not deduplicated)."""
-        with self._db() as db:
-            q = "select count(*) from effects where idempotency_key like ?"
-            args: list[Any] = [key_prefix + "%"]
-            if kind:
-                q += " and kind=?"
-                args.append(kind)
-            return int(db.execute(q, args).fetchone()[0])
 
     def tickets(self) -> list[dict[str, Any]]:
         with self._db() as db:

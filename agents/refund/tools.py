@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -101,7 +100,7 @@ def refund_tools(world: RefundWorld) -> list[Tool[Any, Any]]:
         amount may not exceed what is left to refund (see lookup_order)."""
         refund = world.refund(key=ctx.idempotency_key, order_id=args.order_id,
                               amount_cents=to_cents(args.amount), reason=args.reason)
-        await _pause(world.knobs().refund_seconds, ctx)
+        await ctx.wait(world.knobs().refund_seconds)
         after = world.order(args.order_id)
         return RefundReceipt(refund_id=f"RF-{700000 + refund.refund_id}",
                              order_id=refund.order_id, amount=money(refund.amount_cents),
@@ -122,15 +121,6 @@ def refund_tools(world: RefundWorld) -> list[Tool[Any, Any]]:
 
     return [lookup_order, issue_refund, notify_customer]
 
-
-async def _pause(seconds: float, ctx: ToolContext) -> None:
-    """Wait like a slow provider would, heartbeating so a lost worker is noticed quickly."""
-    remaining = seconds
-    while remaining > 0:
-        ctx.heartbeat()
-        step = min(0.5, remaining)
-        await asyncio.sleep(step)
-        remaining -= step
 
 
 __all__ = ["RefundExceedsPayment", "UnknownOrder", "refund_tools"]

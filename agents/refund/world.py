@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
+
+from agents._sqlite import SqliteWorld
 
 CENT = Decimal("0.01")
 
@@ -47,9 +46,6 @@ create table if not exists refunds (id integer primary key autoincrement,
     created_at real);
 create table if not exists notifications (id integer primary key autoincrement,
     idempotency_key text unique, order_id text, email text, message text, sent_at real);
-create table if not exists effects (id integer primary key autoincrement, kind text,
-    idempotency_key text, at real);
-create table if not exists knobs (name text primary key, value text);
 """
 
 
@@ -103,54 +99,19 @@ class Knobs:
     """How long the provider takes after paying a refund out (to kill a worker mid-call)."""
 
 
-class RefundWorld:
+class RefundWorld(SqliteWorld[Knobs]):
     """The shop's orders and the payment provider's refunds, in one SQLite file."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with self._db() as db:
-            db.executescript(_SCHEMA)
-            if db.execute("select count(*) from orders").fetchone()[0] == 0:
-                self._seed(db)
-
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        try:
-            db.execute("pragma journal_mode=wal")
-            yield db
-        finally:
-            db.close()
+    schema = _SCHEMA
+    seed_table = "orders"
+    tables = ("orders", "refunds", "notifications")
+    knobs_type = Knobs
 
     def _seed(self, db: sqlite3.Connection) -> None:
         for o in SEED_ORDERS:
             db.execute("insert or replace into orders values (?,?,?,?,?,?,?,?)",
                        (o["id"], o["customer"], o["email"], o["item"], o["paid"], "EUR",
                         o["status"], o["refunded"]))
-
-    def reset(self) -> None:
-        with self._db() as db:
-            for t in ("orders", "refunds", "notifications", "effects", "knobs"):
-                db.execute(f"delete from {t}")
-            self._seed(db)
-
-    # ------------------------------------------------------------------ knobs
-
-    def knobs(self) -> Knobs:
-        with self._db() as db:
-            rows = {r["name"]: r["value"] for r in db.execute("select * from knobs")}
-        base = Knobs()
-        return Knobs(refund_seconds=float(rows.get("refund_seconds", base.refund_seconds)))
-
-    def set_knobs(self, **values: float) -> None:
-        allowed = set(Knobs.__dataclass_fields__)
-        with self._db() as db:
-            for k, v in values.items():
-                if k not in allowed:
-                    raise ValueError(f"unknown knob {k!r}; known: {sorted(allowed)}")
-                db.execute("insert or replace into knobs values (?, ?)", (k, str(v)))
 
     # ------------------------------------------------------------------ reads
 
@@ -225,16 +186,6 @@ class RefundWorld:
             return int(cur.lastrowid or 0), True
 
     # ------------------------------------------------------------------ what happened
-
-    def effects(self, kind: str | None = None, key_prefix: str = "") -> int:
-        """How many side effects really happened (refunds paid out, emails sent)."""
-        with self._db() as db:
-            q = "select count(*) from effects where idempotency_key like ?"
-            args: list[Any] = [key_prefix + "%"]
-            if kind:
-                q += " and kind=?"
-                args.append(kind)
-            return int(db.execute(q, args).fetchone()[0])
 
     def refunds(self) -> list[dict[str, Any]]:
         with self._db() as db:
