@@ -53,6 +53,7 @@ __all__ = [
     "check_namespace",
     "check_tenant",
     "check_vector",
+    "delete_scope",
     "parse_filter",
 ]
 
@@ -159,6 +160,14 @@ def parse_filter(filter: Filter | None) -> list[Condition]:
                     values.append(v)
                 out.append(Condition(key, cast(Op, op), tuple(values)))
     return out
+
+
+def delete_scope(ids: list[str] | None, has_filter: bool, namespace: str | None) -> bool:
+    """Whether a delete has anything to do; refuses one that would empty a whole tenant."""
+    if ids is None and not has_filter and namespace is None:
+        raise MemoryError("delete needs ids, a filter or a namespace; "
+                          "refusing to delete all of a tenant's memory")
+    return ids is None or bool(ids)
 
 
 def check_tenant(tenant: str) -> str:
@@ -532,10 +541,7 @@ class PgVectorStore:
         """
         check_tenant(tenant)
         conditions = parse_filter(filter)
-        if ids is None and not conditions and namespace is None:
-            raise MemoryError("delete needs ids, a filter or a namespace; "
-                              "refusing to delete all of a tenant's memory")
-        if ids is not None and not ids:
+        if not delete_scope(ids, bool(conditions), namespace):
             return 0
         p = _Params(tenant)
         sql = "delete from stead_memory where tenant = $1"

@@ -54,6 +54,7 @@ from stead.memory.pgvector import (
     check_tenant,
     check_vector,
     dedupe,
+    delete_scope,
     parse_filter,
 )
 
@@ -392,10 +393,7 @@ class PineconeStore:
         """
         check_tenant(tenant)
         user = to_pinecone_filter(filter)
-        if ids is None and not user and namespace is None:
-            raise MemoryError("delete needs ids, a filter or a namespace; "
-                              "refusing to delete all of a tenant's memory")
-        if ids is not None and not ids:
+        if not delete_scope(ids, bool(user), namespace):
             return 0
         clauses: list[JsonFilter] = [{"_ns": {"$eq": namespace}}] if namespace is not None \
             else [{"_ns": {"$exists": True}}]
