@@ -171,6 +171,7 @@ class EmbeddedTemporal:
         await self._wait_ready(timeout)
 
     async def _wait_ready(self, timeout: float) -> None:
+        from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
         from temporalio.client import Client
 
         deadline = time.monotonic() + timeout
@@ -178,10 +179,7 @@ class EmbeddedTemporal:
         while time.monotonic() < deadline:
             try:
                 client = await Client.connect(self.address, namespace=self.namespace)
-                await client.workflow_service.get_system_info(
-                    __import__("temporalio.api.workflowservice.v1", fromlist=["x"])
-                    .GetSystemInfoRequest()
-                )
+                await client.workflow_service.get_system_info(GetSystemInfoRequest())
                 return
             except Exception as err:  # any connect/RPC error means "not yet"
                 last = err

@@ -42,8 +42,5 @@ class RunNotFound(SteadError):
 
 # ApplicationError.type values used across workflows and activities.
 UNKNOWN_AGENT = "UnknownAgent"
-INVALID_REQUEST = "InvalidRunRequest"
 TOOL_FAILED = "ToolFailed"
 TOOL_OUTCOME_UNKNOWN = "ToolOutcomeUnknown"
-MODEL_RESPONSE_INVALID = "ModelResponseInvalid"
-LEDGER_UNAVAILABLE = "LedgerUnavailable"

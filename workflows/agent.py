@@ -116,7 +116,6 @@ class AgentWorkflow:
         self._early: dict[str, tuple[ApprovalDecision, bool, str]] = {}
         self._ignored: list[tuple[str, str, str]] = []
         self._policy: Policy = _ALLOW_ALL
-        self._plan: AgentPlan | None = None
         self._max_risk = 0.0
         self._seq = 0
         self._confidence: float | None = None
@@ -240,7 +239,6 @@ class AgentWorkflow:
                 raise ApplicationError(cause.message, type=errors.UNKNOWN_AGENT,
                                        non_retryable=True) from None
             raise
-        self._plan = plan
         self._policy = plan.policy or _ALLOW_ALL
         self._approval_timeout = self._policy.approvals.timeout_seconds
         override = request.metadata.get("approval_timeout_seconds")
@@ -274,7 +272,7 @@ class AgentWorkflow:
                 "run.plan", StartRun(ref=ref, request=handed), result_type=AgentPlan,
                 start_to_close_timeout=_LOCAL, schedule_to_close_timeout=timedelta(minutes=10),
                 retry_policy=_LOCAL_RETRY, summary=f"hand over to {decision.agent}")
-            self._plan, self._policy = plan, plan.policy or _ALLOW_ALL
+            self._policy = plan.policy or _ALLOW_ALL
             self._state.agent = ref.agent = plan.agent
             workflow.upsert_search_attributes([AGENT_KEY.value_set(plan.agent)])
             res.model, res.policy = plan.model, self._policy.ref
