@@ -11,75 +11,36 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any, NoReturn, TypeVar
+from typing import Any
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
 from rich.table import Table
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.service import RPCError, RPCStatusCode
 
-from stead.errors import LedgerError, RunNotFound, SettingsError, StackError, SteadError
+from stead._cli_common import (
+    EXIT_BAD_INPUT,
+    EXIT_RUN_NOT_COMPLETED,
+    T,
+    cli_settings,
+    err,
+    fail,
+    out,
+    print_json,
+    quiet_sdk_logs,
+    resolved,
+    run_async,
+    temporal_client,
+)
+from stead.errors import RunNotFound, SettingsError, StackError
 from stead.models import RunRequest, RunResult, RunState
-from stead.settings import Settings, load_settings
+from stead.settings import Settings
 
 app = typer.Typer(help="stead: durable execution for AI agents, on Temporal.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-# Piped output (CI logs, `| less`) gets a readable width instead of rich's 80 columns.
-out = Console(width=None if sys.stdout.isatty() else 150)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 150)
-
-EXIT_RUN_NOT_COMPLETED = 1
-EXIT_BAD_INPUT = 2
-EXIT_UNREACHABLE = 3
-EXIT_NOT_FOUND = 4
-
-T = TypeVar("T")
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(code)
-
-
-def _settings() -> Settings:
-    try:
-        return load_settings()
-    except SettingsError as e:
-        _fail(str(e), EXIT_BAD_INPUT)
-
-
-def _resolved(settings: Settings) -> Settings:
-    """Settings with embedded defaults filled in for unset service addresses."""
-    from stead.embedded import EmbeddedStack
-
-    return EmbeddedStack(settings).resolved_settings()
-
-
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    try:
-        return asyncio.run(coro)
-    except StackError as e:
-        _fail(str(e), EXIT_UNREACHABLE)
-    except LedgerError as e:
-        _fail(str(e), EXIT_UNREACHABLE)
-    except RunNotFound as e:
-        _fail(str(e), EXIT_NOT_FOUND)
-    except SteadError as e:
-        _fail(str(e), EXIT_BAD_INPUT)
-
-
-def _quiet_sdk_logs() -> None:
-    # Expected tool failures (the demo's flaky tools) are logged by the SDK as warnings with
-    # tracebacks; they are in the ledger and history, so keep the terminal readable.
-    logging.getLogger("temporalio").setLevel(logging.ERROR)
-
-
-def _print_json(obj: object) -> None:
-    out.print_json(json.dumps(obj, default=str))
 
 
 # ----------------------------------------------------------------------------- up / demo
@@ -93,10 +54,10 @@ def up() -> None:
     """
     from stead.stack_runner import serve
 
-    settings = _settings()
+    settings = cli_settings()
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    _run(serve(settings, out))
+    run_async(serve(settings, out))
 
 
 @app.command()
@@ -104,10 +65,10 @@ def demo() -> None:
     """Run the reference agents through a scripted scenario and print a summary."""
     from stead.demo import run_demo
 
-    settings = _settings()
+    settings = cli_settings()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    _quiet_sdk_logs()
-    ok = _run(run_demo(settings, out))
+    quiet_sdk_logs()
+    ok = run_async(run_demo(settings, out))
     raise typer.Exit(0 if ok else EXIT_RUN_NOT_COMPLETED)
 
 
@@ -117,19 +78,13 @@ def worker() -> None:
     from agents import reference_catalog
     from stead.worker import WorkerHost, run_until_signal
 
-    settings = _resolved(_settings())
+    settings = resolved(cli_settings())
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    _run(run_until_signal(WorkerHost(settings, reference_catalog(settings.data_dir))))
+    run_async(run_until_signal(WorkerHost(settings, reference_catalog(settings.data_dir))))
 
 
 # ----------------------------------------------------------------------------- runs
-
-
-async def _client(settings: Settings) -> Client:
-    from stead.client import connect
-
-    return await connect(settings)
 
 
 @app.command("run")
@@ -147,11 +102,11 @@ def run_cmd(
         request = RunRequest(agent=agent, input=text, tenant=tenant, user=user,
                              max_steps=max_steps)
     except ValidationError as e:
-        _fail("invalid request: " + "; ".join(
+        fail("invalid request: " + "; ".join(
             f"{'.'.join(str(p) for p in x['loc'])}: {x['msg']}" for x in e.errors()),
             EXIT_BAD_INPUT)
-    settings = _resolved(_settings())
-    result = _run(_run_and_stream(settings, request, wait=wait, as_json=as_json))
+    settings = resolved(cli_settings())
+    result = run_async(_run_and_stream(settings, request, wait=wait, as_json=as_json))
     if result is not None and result.status != "completed":
         raise typer.Exit(EXIT_RUN_NOT_COMPLETED)
 
@@ -160,11 +115,11 @@ async def _run_and_stream(settings: Settings, request: RunRequest, *, wait: bool
                           as_json: bool) -> RunResult | None:
     from stead.client import start_run
 
-    client = await _client(settings)
+    client = await temporal_client(settings)
     handle = await start_run(client, request, settings=settings)
     if not wait:
         if as_json:
-            _print_json({"workflow_id": handle.id, "run_id": handle.result_run_id})
+            print_json({"workflow_id": handle.id, "run_id": handle.result_run_id})
         else:
             out.print(f"started [bold]{handle.id}[/]")
         return None
@@ -194,10 +149,10 @@ async def _run_and_stream(settings: Settings, request: RunRequest, *, wait: bool
         result = result_task.result()
     except WorkflowFailureError as e:
         cause = e.cause
-        _fail(f"run {handle.id} failed: {getattr(cause, 'message', cause)}",
+        fail(f"run {handle.id} failed: {getattr(cause, 'message', cause)}",
               EXIT_RUN_NOT_COMPLETED)
     if as_json:
-        _print_json({"workflow_id": handle.id, **result.model_dump(mode="json")})
+        print_json({"workflow_id": handle.id, **result.model_dump(mode="json")})
     else:
         _print_result(handle.id, result)
     return result
@@ -220,10 +175,10 @@ def show(
     as_json: bool = typer.Option(False, "--json", help="Print JSON"),
 ) -> None:
     """Show a run's state and steps."""
-    settings = _resolved(_settings())
-    data = _run(_show(settings, run_id))
+    settings = resolved(cli_settings())
+    data = run_async(_show(settings, run_id))
     if as_json:
-        _print_json(data)
+        print_json(data)
         return
     out.print(f"[bold]{run_id}[/]  status: [bold]{data['status']}[/]  "
               f"temporal: {data['temporal_status']}", highlight=False)
@@ -240,7 +195,7 @@ def show(
 
 
 async def _show(settings: Settings, run_id: str) -> dict[str, Any]:
-    client = await _client(settings)
+    client = await temporal_client(settings)
     handle = client.get_workflow_handle(run_id, result_type=RunResult)
     try:
         desc = await handle.describe()
@@ -281,14 +236,14 @@ def audit(
     verify: bool = typer.Option(False, "--verify", help="Check the decision hash chain"),
 ) -> None:
     """Print the ledger trail of a run: model calls, tool attempts, decisions."""
-    settings = _resolved(_settings())
-    trail, problems = _run(_audit(settings, run_id, verify))
+    settings = resolved(cli_settings())
+    trail, problems = run_async(_audit(settings, run_id, verify))
     if as_json:
         payload: dict[str, Any] = {"workflow_id": run_id, **trail}
         if verify:
             payload["chain_ok"] = not problems
             payload["chain_problems"] = problems
-        _print_json(payload)
+        print_json(payload)
     else:
         _print_trail(run_id, trail)
         if verify:
@@ -354,10 +309,10 @@ def pending(
     as_json: bool = typer.Option(False, "--json", help="Print JSON"),
 ) -> None:
     """List approvals that runs are waiting for, with risk and deadline."""
-    settings = _resolved(_settings())
-    rows = _run(_pending(settings, tenant, agent))
+    settings = resolved(cli_settings())
+    rows = run_async(_pending(settings, tenant, agent))
     if as_json:
-        _print_json(rows)
+        print_json(rows)
         return
     if not rows:
         out.print("no approvals pending")
@@ -373,7 +328,7 @@ def pending(
 
 async def _pending(settings: Settings, tenant: str | None,
                    agent: str | None) -> list[dict[str, Any]]:
-    client = await _client(settings)
+    client = await temporal_client(settings)
     query = "SteadAwaitingApproval = true AND ExecutionStatus = 'Running'"
     for key, value in (("SteadTenant", tenant), ("SteadAgent", agent)):
         if value is not None:
@@ -401,19 +356,19 @@ def _decide_cmd(run_id: str, approval_id: str, *, approved: bool, by: str, role:
         try:
             parsed = json.loads(args_json)
         except json.JSONDecodeError as e:
-            _fail(f"--args is not valid JSON: {e}", EXIT_BAD_INPUT)
+            fail(f"--args is not valid JSON: {e}", EXIT_BAD_INPUT)
         if not isinstance(parsed, dict):
-            _fail("--args must be a JSON object", EXIT_BAD_INPUT)
+            fail("--args must be a JSON object", EXIT_BAD_INPUT)
         arguments = parsed
     try:
         payload = DecideInput(approval_id=approval_id, by=by, role=role, note=note,
                           arguments=arguments, approved=approved)
     except ValidationError as e:
-        _fail("invalid decision: " + "; ".join(x["msg"] for x in e.errors()), EXIT_BAD_INPUT)
-    settings = _resolved(_settings())
-    outcome = _run(_decide(settings, run_id, payload))
+        fail("invalid decision: " + "; ".join(x["msg"] for x in e.errors()), EXIT_BAD_INPUT)
+    settings = resolved(cli_settings())
+    outcome = run_async(_decide(settings, run_id, payload))
     if as_json:
-        _print_json(outcome)
+        print_json(outcome)
     else:
         out.print(f"{run_id} {approval_id}: [bold]{outcome['outcome']}[/] — {outcome['tool']} "
                   f"{json.dumps(outcome['arguments'])} (risk {outcome['risk']:.2f}) "
@@ -427,13 +382,13 @@ async def _decide(settings: Settings, run_id: str, payload: Any) -> dict[str, An
 
     from stead.models import DecideOutcome
 
-    client = await _client(settings)
+    client = await temporal_client(settings)
     handle = client.get_workflow_handle(run_id)
     try:
         result = await handle.execute_update("decide", payload, result_type=DecideOutcome)
     except WorkflowUpdateFailedError as e:
         cause = e.cause
-        _fail(f"decision refused: {getattr(cause, 'message', cause)}", EXIT_RUN_NOT_COMPLETED)
+        fail(f"decision refused: {getattr(cause, 'message', cause)}", EXIT_RUN_NOT_COMPLETED)
     except RPCError as e:
         if e.status == RPCStatusCode.NOT_FOUND:
             raise RunNotFound(f"no running run {run_id!r}") from None
@@ -484,9 +439,9 @@ def _parse_filter(text: str | None) -> dict[str, Any] | None:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
-        _fail(f"--filter is not valid JSON: {e}", EXIT_BAD_INPUT)
+        fail(f"--filter is not valid JSON: {e}", EXIT_BAD_INPUT)
     if not isinstance(value, dict):
-        _fail("--filter must be a JSON object, e.g. '{\"kind\": \"runbook\"}'", EXIT_BAD_INPUT)
+        fail("--filter must be a JSON object, e.g. '{\"kind\": \"runbook\"}'", EXIT_BAD_INPUT)
     return value
 
 
@@ -495,7 +450,7 @@ def _parse_meta(pairs: list[str]) -> dict[str, str]:
     for p in pairs:
         key, sep, value = p.partition("=")
         if not sep or not key:
-            _fail(f"--meta takes key=value, got {p!r}", EXIT_BAD_INPUT)
+            fail(f"--meta takes key=value, got {p!r}", EXIT_BAD_INPUT)
         out[key] = value
     return out
 
@@ -538,7 +493,7 @@ def memory_add(
     from stead.memory import MemoryItem
 
     if not text.strip():
-        _fail("text is empty", EXIT_BAD_INPUT)
+        fail("text is empty", EXIT_BAD_INPUT)
     now = datetime.now(UTC)
     try:
         item = MemoryItem(
@@ -547,7 +502,7 @@ def memory_add(
             metadata=_parse_meta(meta), created_at=now,
             expires_at=now + td(seconds=ttl) if ttl else None)
     except ValidationError as e:
-        _fail("invalid item: " + "; ".join(
+        fail("invalid item: " + "; ".join(
             f"{'.'.join(str(p) for p in x['loc'])}: {x['msg']}" for x in e.errors()),
             EXIT_BAD_INPUT)
 
@@ -558,9 +513,9 @@ def memory_add(
         return {"id": item.id, "tenant": tenant, "namespace": namespace,
                 "embedder": memory.embedder.name, "backend": memory.backend}
 
-    done = _run(_with_memory(_resolved(_settings()), go))
+    done = run_async(_with_memory(resolved(cli_settings()), go))
     if as_json:
-        _print_json(done)
+        print_json(done)
     else:
         out.print(f"stored [bold]{done['id']}[/] in {tenant}/{namespace} "
                   f"({done['backend']}, {done['embedder']})", highlight=False)
@@ -584,9 +539,9 @@ def memory_search(
                                    agent=agent, filter=flt)
         return [{"score": round(h.score, 4), **h.item.model_dump(mode="json")} for h in hits]
 
-    hits = _run(_with_memory(_resolved(_settings()), go))
+    hits = run_async(_with_memory(resolved(cli_settings()), go))
     if as_json:
-        _print_json(hits)
+        print_json(hits)
         return
     table = Table("score", "id", "namespace", "text")
     for h in hits:
@@ -606,7 +561,7 @@ def memory_delete(
     """Delete by id, by filter, or everything about a subject."""
     flt = _parse_filter(filter_)
     if sum(bool(x) for x in (ids, flt, subject)) != 1:
-        _fail("give exactly one of --id, --filter, --subject", EXIT_BAD_INPUT)
+        fail("give exactly one of --id, --filter, --subject", EXIT_BAD_INPUT)
 
     async def go(memory: Any) -> int:
         if subject:
@@ -614,9 +569,9 @@ def memory_delete(
         return int(await memory.store.delete(tenant, ids=ids or None, filter=flt,
                                              namespace=namespace))
 
-    n = _run(_with_memory(_resolved(_settings()), go))
+    n = run_async(_with_memory(resolved(cli_settings()), go))
     if as_json:
-        _print_json({"deleted": n})
+        print_json({"deleted": n})
     else:
         out.print(f"deleted {n} item(s) from tenant {tenant}")
 
@@ -632,9 +587,9 @@ def memory_stats(
                 "dimension": memory.embedder.dimension,
                 "namespaces": await memory.store.stats(tenant)}
 
-    data = _run(_with_memory(_resolved(_settings()), go))
+    data = run_async(_with_memory(resolved(cli_settings()), go))
     if as_json:
-        _print_json(data)
+        print_json(data)
         return
     out.print(f"{data['backend']} — embedder {data['embedder']} ({data['dimension']} dims)")
     table = Table("tenant/namespace", "items")
@@ -651,7 +606,7 @@ def memory_reembed(
     from stead.memory import DimensionMismatch, choose_embedder
     from stead.memory.pgvector import PgVectorStore
 
-    settings = _resolved(_settings())
+    settings = resolved(cli_settings())
 
     async def go() -> int:
         from stead.memory import Memory
@@ -668,7 +623,7 @@ def memory_reembed(
         finally:
             await memory.close()
 
-    n = _run(go())
+    n = run_async(go())
     out.print(f"re-embedded {n} item(s)")
 
 
@@ -682,16 +637,16 @@ def memory_retention(
 ) -> None:
     """Show or set per-namespace retention (TTL applied to items written from now on)."""
     if namespace is not None and (ttl is None) == (not forever):
-        _fail("with --namespace give exactly one of --ttl SECONDS or --forever", EXIT_BAD_INPUT)
+        fail("with --namespace give exactly one of --ttl SECONDS or --forever", EXIT_BAD_INPUT)
 
     async def go(memory: Any) -> dict[str, int]:
         if namespace is not None:
             await memory.store.set_retention(tenant, namespace, None if forever else ttl)
         return dict(await memory.store.retention(tenant))
 
-    data = _run(_with_memory(_resolved(_settings()), go))
+    data = run_async(_with_memory(resolved(cli_settings()), go))
     if as_json:
-        _print_json(data)
+        print_json(data)
         return
     table = Table("namespace", "ttl (s)")
     for ns, seconds in sorted(data.items()):
@@ -707,7 +662,7 @@ def memory_purge() -> None:
     async def go(memory: Any) -> int:
         return int(await memory.store.purge_expired(datetime.now(UTC)))
 
-    n = _run(_with_memory(_resolved(_settings()), go))
+    n = run_async(_with_memory(resolved(cli_settings()), go))
     out.print(f"purged {n} expired item(s)")
 
 
@@ -721,8 +676,14 @@ def memory_index_runbooks(
     async def go(memory: Any) -> int:
         return await index_runbooks(memory.store, memory.embedder, tenant=tenant)
 
-    n = _run(_with_memory(_resolved(_settings()), go))
+    n = run_async(_with_memory(resolved(cli_settings()), go))
     out.print(f"indexed {n} runbook(s) for tenant {tenant}")
+
+
+# Evaluation commands live with the code they drive (stead/evals/), registered here.
+from stead.evals import register_commands  # noqa: E402
+
+register_commands(app)
 
 
 def main() -> None:
