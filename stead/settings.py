@@ -12,14 +12,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as EnvParseError
 
 from stead.errors import SettingsError
 
 
 def _env(name: str, *also: str) -> AliasChoices:
     return AliasChoices(f"STEAD_{name.upper()}", *also)
+
+
+class ModelPrice(BaseModel):
+    """List price of a model in USD per 1M tokens."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
 
 
 class Settings(BaseSettings):
@@ -80,6 +90,19 @@ class Settings(BaseSettings):
     otel_exporter_otlp_endpoint: str | None = Field(
         None, validation_alias=_env("otel_exporter_otlp_endpoint", "OTEL_EXPORTER_OTLP_ENDPOINT")
     )
+    """Base URL of an OTLP/HTTP receiver (e.g. ``http://collector:4318``); metrics go to
+    ``<endpoint>/v1/metrics``."""
+    metrics_exporter: Literal["auto", "otlp", "console", "none"] = "auto"
+    """Where the worker exports OpenTelemetry metrics: auto = OTLP when
+    OTEL_EXPORTER_OTLP_ENDPOINT is set, else nowhere (instruments are no-ops)."""
+    metrics_export_interval_seconds: float = Field(30.0, gt=0)
+    """How often the worker pushes metrics (stead's and Temporal SDK's own)."""
+    model_prices: dict[str, ModelPrice] = Field(default_factory=lambda: {
+        "gpt-4o-mini": ModelPrice(input=0.15, output=0.60),
+        "gpt-4o": ModelPrice(input=2.50, output=10.00)})
+    """USD per 1M tokens by model name, for ``stead metrics`` cost estimates; JSON in
+    ``STEAD_MODEL_PRICES`` replaces the table. A model matches its longest listed prefix
+    (``gpt-4o-mini`` prices ``gpt-4o-mini-2024-07-18``); others cost 0, labelled unpriced."""
 
     max_concurrent_activities: int = Field(200, ge=1)
     max_concurrent_workflow_tasks: int = Field(200, ge=1)
@@ -100,6 +123,9 @@ def load_settings(**overrides: object) -> Settings:
     """Read settings from the environment; raise ``SettingsError`` naming the bad variable."""
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
+    except EnvParseError as err:  # a JSON-valued variable (STEAD_MODEL_PRICES) is not JSON
+        field = str(err).partition('field "')[2].partition('"')[0]
+        raise SettingsError(f"invalid setting: {_env_name(field)} must be JSON ({err})") from None
     except ValidationError as err:
         problems = []
         for e in err.errors():
