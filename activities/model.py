@@ -12,6 +12,7 @@ from stead.agent import AgentCatalog
 from stead.ledger import Ledger
 from stead.llm import ModelCallError, ModelClient
 from stead.models import ModelRequest, ModelTurn
+from stead.telemetry import NO_METRICS, SteadMetrics
 
 
 class ModelActivities:
@@ -19,8 +20,10 @@ class ModelActivities:
 
     def __init__(self, catalog: AgentCatalog, ledger: Ledger, *,
                  model: ModelClient | None = None,
-                 named_models: Callable[[str], ModelClient | None] | None = None) -> None:
+                 named_models: Callable[[str], ModelClient | None] | None = None,
+                 metrics: SteadMetrics = NO_METRICS) -> None:
         self._catalog = catalog
+        self._metrics = metrics
         self._ledger = ledger
         self._model = model
         self._named_models = named_models
@@ -60,6 +63,11 @@ class ModelActivities:
 
     async def _record(self, req: ModelRequest, attempt: int, model: str, started: float, *,
                       turn: ModelTurn | None = None, error: BaseException | None = None) -> None:
+        seconds = time.perf_counter() - started
+        self._metrics.model_call(model=model, response_model=turn.model if turn else None,
+                                 status="ok" if error is None else "error", seconds=seconds,
+                                 input_tokens=turn.usage.input_tokens if turn else 0,
+                                 output_tokens=turn.usage.output_tokens if turn else 0)
         await self._ledger.record_model_call(
             workflow_id=req.ref.workflow_id, run_id=req.ref.run_id, step=req.ref.step,
             attempt=attempt, model=turn.model if turn and turn.model else model,
@@ -70,5 +78,5 @@ class ModelActivities:
             error=f"{type(error).__name__}: {error}" if error else None,
             input_tokens=turn.usage.input_tokens if turn else 0,
             output_tokens=turn.usage.output_tokens if turn else 0,
-            duration_ms=(time.perf_counter() - started) * 1000,
+            duration_ms=seconds * 1000,
             on_wait=activity.heartbeat)

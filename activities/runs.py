@@ -12,6 +12,7 @@ from stead import errors
 from stead.agent import AgentCatalog
 from stead.ledger import Ledger
 from stead.models import AgentPlan, DecisionBatch, FinishRun, StartRun
+from stead.telemetry import NO_METRICS, SteadMetrics
 
 
 class RunActivities:
@@ -19,8 +20,9 @@ class RunActivities:
 
     def __init__(self, catalog: AgentCatalog, ledger: Ledger, *, model_label: str | None,
                  model_timeout: float = 60.0, model_max_attempts: int = 5,
-                 memory: bool = False) -> None:
+                 memory: bool = False, metrics: SteadMetrics = NO_METRICS) -> None:
         self._catalog = catalog
+        self._metrics = metrics
         self._ledger = ledger
         self._model_label = model_label
         self._model_timeout = model_timeout
@@ -70,6 +72,8 @@ class RunActivities:
         await self._ledger.finish_run(
             workflow_id=finish.ref.workflow_id, run_id=finish.ref.run_id, status=r.status,
             answer=r.answer, error=r.error, steps=r.steps, result=r.model_dump(mode="json"))
+        await self._metrics.finished_run(self._ledger, workflow_id=finish.ref.workflow_id,
+                                         run_id=finish.ref.run_id, status=r.status)
 
     @activity.defn(name="run.decisions")
     async def record_decisions(self, batch: DecisionBatch) -> None:

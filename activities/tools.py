@@ -25,26 +25,45 @@ from stead import errors
 from stead.agent import AgentCatalog
 from stead.ledger import Ledger
 from stead.models import ToolInvocation, ToolOutcome
+from stead.telemetry import NO_METRICS, SteadMetrics
 from stead.tools import Tool, ToolContext
 
 
 class ToolActivities:
     """Builds the activity callables for every tool of a catalog."""
 
-    def __init__(self, catalog: AgentCatalog, ledger: Ledger) -> None:
+    def __init__(self, catalog: AgentCatalog, ledger: Ledger, *,
+                 metrics: SteadMetrics = NO_METRICS) -> None:
         self._catalog = catalog
         self._ledger = ledger
+        self._metrics = metrics
 
     def activities(self) -> list[Callable[..., Any]]:
         return [self._activity_for(t) for t in self._catalog.tools()]
 
     def _activity_for(self, t: Tool[Any, Any]) -> Callable[..., Any]:
         async def run_tool(inv: ToolInvocation) -> ToolOutcome:
-            return await self.execute(t, inv)
+            return await self._measured(t, inv)
 
         run_tool.__name__ = f"tool_{t.name}"
         run_tool.__qualname__ = run_tool.__name__
         return activity.defn(name=t.activity_name)(run_tool)
+
+    async def _measured(self, t: Tool[Any, Any], inv: ToolInvocation) -> ToolOutcome:
+        """:meth:`execute`, recording the attempt (duration, outcome, retry) as metrics."""
+        started = time.perf_counter()
+        attempt = activity.info().attempt
+        try:
+            out = await self.execute(t, inv)
+        except BaseException as err:  # cancelled (timed out) attempts are failures too
+            kind = err.type if isinstance(err, ApplicationError) and err.type else \
+                type(err).__name__
+            self._metrics.tool_attempt(tool=t.name, outcome="error", attempt=attempt,
+                                       seconds=time.perf_counter() - started, error_type=kind)
+            raise
+        self._metrics.tool_attempt(tool=t.name, outcome="replayed" if out.replayed else "ok",
+                                   attempt=attempt, seconds=time.perf_counter() - started)
+        return out
 
     async def execute(self, t: Tool[Any, Any], inv: ToolInvocation) -> ToolOutcome:
         info = activity.info()

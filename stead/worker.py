@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from types import TracebackType
 
+from opentelemetry.metrics import MeterProvider
 from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
@@ -23,11 +24,18 @@ from activities.model import ModelActivities
 from activities.runs import RunActivities
 from activities.tools import ToolActivities
 from stead.agent import AgentCatalog
-from stead.client import connect
 from stead.ledger import Ledger, migrate
 from stead.llm import ModelClient, OpenAIModel
 from stead.memory import Embedder, Memory, open_memory
 from stead.settings import Settings
+from stead.telemetry import (
+    METER_NAME,
+    NO_METRICS,
+    SteadMetrics,
+    configure_metrics,
+    connect_client,
+    shutdown_metrics,
+)
 from workflows.agent import AgentWorkflow
 
 log = logging.getLogger("stead.worker")
@@ -61,18 +69,18 @@ def named_model_factory(settings: Settings) -> Callable[[str], ModelClient | Non
 
 def build_worker(client: Client, settings: Settings, catalog: AgentCatalog, ledger: Ledger, *,
                  model: ModelClient | None = None, task_queue: str | None = None,
-                 memory: Memory | None = None) -> Worker:
+                 memory: Memory | None = None, metrics: SteadMetrics = NO_METRICS) -> Worker:
     runs = RunActivities(catalog, ledger, model_label=model.name if model else None,
                          model_timeout=settings.model_timeout_seconds,
                          model_max_attempts=settings.model_max_attempts,
-                         memory=memory is not None)
+                         memory=memory is not None, metrics=metrics)
     extra: list[Callable[..., object]] = []
     if memory is not None:
         mem = MemoryActivities(memory.store, memory.embedder, ledger, backend=memory.backend)
         extra = [mem.recall, mem.write]
     models = ModelActivities(catalog, ledger, model=model,
-                             named_models=named_model_factory(settings))
-    tools = ToolActivities(catalog, ledger)
+                             named_models=named_model_factory(settings), metrics=metrics)
+    tools = ToolActivities(catalog, ledger, metrics=metrics)
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,
@@ -96,7 +104,10 @@ class WorkerHost:
 
     def __init__(self, settings: Settings, catalog: AgentCatalog, *,
                  model: ModelClient | None = None, task_queue: str | None = None,
-                 embedder: Embedder | None = None) -> None:
+                 embedder: Embedder | None = None,
+                 meter_provider: MeterProvider | None = None) -> None:
+        """``meter_provider``: where the activities' metrics go; None builds one from settings
+        (``configure_metrics``) that the host also shuts down."""
         if settings.temporal_address is None or settings.database_url is None:
             raise ValueError("WorkerHost needs resolved settings (temporal_address and "
                              "database_url set); use EmbeddedStack.resolved_settings()")
@@ -105,6 +116,8 @@ class WorkerHost:
         self.model = model if model is not None else configured_model(settings)
         self.task_queue = task_queue or settings.task_queue
         self.embedder = embedder
+        self.meter_provider = meter_provider
+        self._owns_meter_provider = meter_provider is None
         self.client: Client | None = None
         self.ledger: Ledger | None = None
         self.memory: Memory | None = None
@@ -115,15 +128,18 @@ class WorkerHost:
         s = self.settings
         assert s.database_url is not None
         await migrate(s.database_url)
-        self.client = await connect(s)
+        self.client = await connect_client(s)
         self.ledger = await Ledger.connect(s.database_url, min_size=s.db_pool_min,
                                            max_size=s.db_pool_max,
                                            retry_seconds=s.ledger_retry_seconds)
         try:
             self.memory = await open_memory(s, pool=self.ledger.pool, embedder=self.embedder)
+            if self.meter_provider is None:
+                self.meter_provider = configure_metrics(s)
             self.worker = build_worker(self.client, s, self.catalog, self.ledger,
                                        model=self.model, task_queue=self.task_queue,
-                                       memory=self.memory)
+                                       memory=self.memory, metrics=SteadMetrics(
+                                           self.meter_provider.get_meter(METER_NAME)))
         except BaseException:
             await self.ledger.close()  # do not leave a pool reconnecting behind us
             self.ledger = None
@@ -139,6 +155,10 @@ class WorkerHost:
             await self.memory.close()
         if self.ledger is not None:
             await self.ledger.close()
+        if self._owns_meter_provider and self.meter_provider is not None:
+            # The last export is a blocking HTTP call: keep it off the event loop.
+            await asyncio.to_thread(shutdown_metrics, self.meter_provider)
+            self.meter_provider = None
         close = getattr(self.model, "close", None)
         if close is not None:
             await close()
