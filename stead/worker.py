@@ -19,6 +19,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from activities.drift import DriftActivities
 from activities.memory import MemoryActivities
 from activities.model import ModelActivities
 from activities.runs import RunActivities
@@ -37,6 +38,7 @@ from stead.telemetry import (
     shutdown_metrics,
 )
 from workflows.agent import AgentWorkflow
+from workflows.drift import DriftWorkflow
 
 log = logging.getLogger("stead.worker")
 
@@ -81,12 +83,13 @@ def build_worker(client: Client, settings: Settings, catalog: AgentCatalog, ledg
     models = ModelActivities(catalog, ledger, model=model,
                              named_models=named_model_factory(settings), metrics=metrics)
     tools = ToolActivities(catalog, ledger, metrics=metrics)
+    drift = DriftActivities(ledger, embedder=memory.embedder if memory is not None else None)
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,
-        workflows=[AgentWorkflow],
+        workflows=[AgentWorkflow, DriftWorkflow],
         activities=[runs.start_run, runs.plan_for, runs.finish_run, runs.record_decisions,
-                    models.complete, *tools.activities(), *extra],
+                    models.complete, *tools.activities(), *extra, drift.check],
         max_concurrent_activities=settings.max_concurrent_activities,
         max_concurrent_local_activities=settings.max_concurrent_activities,
         max_concurrent_workflow_tasks=settings.max_concurrent_workflow_tasks,
