@@ -16,13 +16,18 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from stead.evals.drift import DriftCheckInput, DriftCheckRequest, DriftCheckSummary
+    from stead.evals.drift import (
+        DRIFT_WORKFLOW,
+        DriftCheckInput,
+        DriftCheckRequest,
+        DriftCheckSummary,
+    )
 
 BAD_DRIFT_INPUT = "BadDriftInput"
 """Failure type of a run whose windows are empty or overlap (retrying cannot fix them)."""
 
 
-@workflow.defn(name="DriftWorkflow")
+@workflow.defn(name=DRIFT_WORKFLOW)
 class DriftWorkflow:
     @workflow.run
     async def run(self, check: DriftCheckInput) -> DriftCheckSummary:

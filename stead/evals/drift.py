@@ -44,18 +44,28 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from stead.evals.samples import DEFAULT_LIMIT, RunSample, Window, load_runs
+from stead.evals.samples import (
+    DEFAULT_LIMIT,
+    BadWindow,
+    RunSample,
+    Window,
+    load_runs,
+    parse_duration,
+    parse_when,
+)
 
 if TYPE_CHECKING:
     import asyncpg
     from numpy.typing import NDArray
+    from temporalio.client import Client
 
     from stead.evals.report import HtmlReport
     from stead.memory import Embedder
 
 __all__ = [
+    "DRIFT_WORKFLOW",
     "DriftCheck",
     "DriftCheckInput",
     "DriftCheckRequest",
@@ -71,12 +81,18 @@ __all__ = [
     "list_checks",
     "load_check",
     "record_check",
+    "relative_input",
+    "resolve_windows",
     "run_check",
+    "schedule_checks",
     "summarize",
 ]
 
 SignalStatus = Literal["ok", "crossed", "insufficient data", "skipped"]
 """``skipped``: the signal could not be computed at all (no embedder, embedder failed)."""
+
+DRIFT_WORKFLOW = "DriftWorkflow"
+"""Workflow type of the scheduled check (``workflows/drift.py``)."""
 
 _SEED = 20240601  # permutation tests are seeded: the same windows give the same report
 
@@ -108,6 +124,24 @@ class DriftThresholds(_Model):
     """Permutations of the permutation tests (sequences, embeddings)."""
     embedding_sample: int = Field(500, ge=10, le=5000)
     """Most requests embedded per window (spread evenly over the window)."""
+
+    def with_overrides(self, pairs: Sequence[str]) -> DriftThresholds:
+        """These thresholds with ``NAME=VALUE`` overrides (``["alpha=0.05"]``); a
+        ``ValueError`` names an unknown field or a value out of range."""
+        changes: dict[str, str] = {}
+        for pair in pairs:
+            name, sep, value = pair.partition("=")
+            name = name.strip().replace("-", "_")
+            if not sep or name not in DriftThresholds.model_fields:
+                raise ValueError(f"bad threshold {pair!r}: use NAME=VALUE with NAME one of "
+                                 + ", ".join(DriftThresholds.model_fields))
+            changes[name] = value.strip()
+        try:
+            return DriftThresholds.model_validate({**self.model_dump(), **changes})
+        except ValidationError as err:
+            raise ValueError("bad threshold: " + "; ".join(
+                f"{e['loc'][0]}={e.get('input')!r}: {e['msg']}" for e in err.errors())
+            ) from None
 
 
 class DriftWindows(_Model):
@@ -553,6 +587,106 @@ def _embeddings(xb: NDArray[np.float64], xr: NDArray[np.float64],
 
 def _ms(v: float) -> str:
     return f"{v / 1000:.2f} s" if v >= 10_000 else f"{v:.0f} ms"
+
+
+# ---------------------------------------------------------------------------- windows, schedules
+
+
+def resolve_windows(*, since: str | None = None, until: str | None = None,
+                    baseline_since: str | None = None, baseline_until: str | None = None,
+                    now: datetime | None = None) -> DriftWindows:
+    """Windows from the CLI's time expressions (a duration ago such as ``24h``, or an ISO
+    time). Defaults: recent = the 24 hours before ``until`` (now), baseline = the 7 days
+    before the recent window. ``BadWindow`` says what is wrong."""
+    now = now or datetime.now(UTC)
+    r_until = parse_when(until, now=now) if until else now
+    r_since = parse_when(since, now=now) if since else r_until - timedelta(hours=24)
+    b_until = parse_when(baseline_until, now=now) if baseline_until else r_since
+    b_since = parse_when(baseline_since, now=now) if baseline_since \
+        else b_until - timedelta(days=7)
+    try:
+        return DriftWindows(baseline=_window("baseline", b_since, b_until),
+                            recent=_window("recent", r_since, r_until))
+    except ValidationError as err:
+        raise BadWindow(_first_error(err)) from None
+
+
+def relative_input(*, since: str | None = None, baseline_since: str | None = None,
+                   baseline_until: str | None = None, agent: str | None = None,
+                   tenant: str | None = None, include_synthetic: bool = False,
+                   thresholds: DriftThresholds | None = None) -> DriftCheckInput:
+    """A scheduled check's input from the CLI's durations (absolute times are refused: a
+    schedule compares windows that move with it)."""
+    def ago(name: str, text: str | None) -> timedelta | None:
+        if text is None:
+            return None
+        try:
+            return parse_duration(text)
+        except BadWindow:
+            raise BadWindow(f"{name} {text!r}: a scheduled check needs a duration before each "
+                            f"run (e.g. 24h, 8d), not a fixed time") from None
+
+    check = DriftCheckInput(recent=ago("--since", since) or timedelta(hours=24),
+                            baseline_since=ago("--baseline-since", baseline_since),
+                            baseline_until=ago("--baseline-until", baseline_until),
+                            agent=agent, tenant=tenant, include_synthetic=include_synthetic,
+                            thresholds=thresholds or DriftThresholds())
+    try:
+        check.windows_at(datetime.now(UTC))
+    except (ValueError, ValidationError) as err:
+        msg = _first_error(err) if isinstance(err, ValidationError) else str(err)
+        raise BadWindow(msg) from None
+    return check
+
+
+def _window(name: str, since: datetime, until: datetime) -> Window:
+    if since >= until:
+        raise BadWindow(f"the {name} window is empty: it starts at {since:%Y-%m-%d %H:%M} and "
+                        f"ends at {until:%Y-%m-%d %H:%M} (UTC)")
+    return Window(since=since, until=until)
+
+
+def _first_error(err: ValidationError) -> str:
+    e = err.errors()[0]
+    return str(e["msg"]).removeprefix("Value error, ")
+
+
+async def schedule_checks(client: Client, *, schedule_id: str, every: timedelta,
+                          check: DriftCheckInput, task_queue: str,
+                          ) -> Literal["created", "updated"]:
+    """Create (or replace the spec and action of) a Temporal Schedule that starts
+    ``DriftWorkflow`` every ``every`` on ``task_queue``. Overlapping runs are skipped."""
+    from temporalio.client import (
+        Schedule,
+        ScheduleActionStartWorkflow,
+        ScheduleAlreadyRunningError,
+        ScheduleIntervalSpec,
+        ScheduleOverlapPolicy,
+        SchedulePolicy,
+        ScheduleSpec,
+        ScheduleUpdate,
+        ScheduleUpdateInput,
+    )
+
+    scope = ", ".join(f"{k} {v}" for k, v in (("agent", check.agent), ("tenant", check.tenant))
+                      if v)
+    schedule = Schedule(
+        action=ScheduleActionStartWorkflow(
+            DRIFT_WORKFLOW, check, id=f"{schedule_id}-check", task_queue=task_queue,
+            execution_timeout=max(every, timedelta(minutes=30)),
+            static_summary=f"drift check: last {check.recent} vs baseline"
+                           + (f" ({scope})" if scope else "")),
+        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=every)]),
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP))
+    try:
+        await client.create_schedule(schedule_id, schedule)
+        return "created"
+    except ScheduleAlreadyRunningError:
+        def replace(_: ScheduleUpdateInput) -> ScheduleUpdate:
+            return ScheduleUpdate(schedule=schedule)
+
+        await client.get_schedule_handle(schedule_id).update(replace)
+        return "updated"
 
 
 # ---------------------------------------------------------------------------- storage

@@ -121,32 +121,36 @@ class RunSample:
         return " → ".join(self.tools) if self.tools else "(no tools)"
 
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)\s*$", re.IGNORECASE)
-_UNIT_SECONDS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def parse_duration(text: str) -> timedelta:
-    """``"90s"``, ``"30m"``, ``"24h"``, ``"7d"``, ``"2w"`` to a positive timedelta."""
-    m = _DURATION.match(text)
-    if m is None:
-        raise BadWindow(f"{text!r} is not a duration; use a number and a unit, e.g. 30m, 24h, "
-                        f"7d, 2w")
-    value = float(m.group(1)) * _UNIT_SECONDS[m.group(2).lower()]
-    if value <= 0:
+    """``"90s"``, ``"30m"``, ``"24h"``, ``"7d"``, ``"2w"``, ``"1h30m"`` to a positive
+    timedelta."""
+    value = text.strip().lower()
+    if not value or _DURATION.sub("", value) != "":
+        raise BadWindow(f"{text!r} is not a duration; use numbers with units s, m, h, d, w, "
+                        f"e.g. 30m, 24h, 7d, 1h30m")
+    seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION.findall(value))
+    if seconds <= 0:
         raise BadWindow(f"duration {text!r} must be longer than zero")
-    return timedelta(seconds=value)
+    return timedelta(seconds=seconds)
 
 
 def parse_when(text: str, *, now: datetime) -> datetime:
-    """A point in time: a duration ago (``"24h"``) or an ISO 8601 date/time (UTC if no zone).
-    """
-    if _DURATION.match(text):
-        return now - parse_duration(text)
+    """A point in time: ``now``, a duration ago (``"24h"``), or an ISO 8601 date/time (UTC
+    when it has no zone)."""
+    value = text.strip()
+    if value.lower() == "now":
+        return now
+    if value and _DURATION.sub("", value.lower()) == "":
+        return now - parse_duration(value)
     try:
-        at = datetime.fromisoformat(text.strip())
+        at = datetime.fromisoformat(value)
     except ValueError:
-        raise BadWindow(f"{text!r} is neither a duration (24h, 7d) nor an ISO 8601 time "
-                        f"(2025-01-31 or 2025-01-31T12:00:00Z)") from None
+        raise BadWindow(f"{text!r} is neither a duration (30m, 24h, 7d, 1h30m) nor an ISO 8601 "
+                        f"time (2025-01-31 or 2025-01-31T12:00:00Z)") from None
     return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
