@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sys
 import time
 import uuid
@@ -32,7 +33,13 @@ from stead.evals.counterfactual import (
     Change,
     CounterfactualError,
     CounterfactualReport,
+    ReplayBook,
+    changed_catalog,
+    check_model_setting,
+    load_catalog,
     load_run,
+    parse_since,
+    read_instructions,
     run_counterfactual,
     select_runs,
 )
@@ -40,11 +47,12 @@ from stead.ledger import Ledger
 from stead.models import DecideInput, DecideOutcome, RunRequest, RunResult, RunState
 from stead.policy import Policy, load_policy
 from stead.settings import Settings
+from stead.tools import ToolContext
 from stead.worker import WorkerHost
 
 STEAD = Path(sys.executable).parent / "stead"
 SMALL = "Refund €30 on ORD-1001, the mugs arrived broken"
-LARGE = "Refund €60 on ORD-1001, the mugs arrived broken"
+LARGE = "Refund €60 on ORD-1005, the headphones arrived broken"
 
 
 @dataclass
@@ -66,7 +74,7 @@ def catalog(world: RefundWorld) -> AgentCatalog:
 @pytest.fixture
 def tenant() -> str:
     """A tenant of this test alone, so selecting runs by agent sees only this test's runs."""
-    return f"cf-{uuid.uuid4().hex[:8]}"
+    return f"t-{uuid.uuid4().hex[:8]}"
 
 
 def effects(world: RefundWorld) -> tuple[int, int]:
@@ -254,8 +262,8 @@ async def test_a_call_the_original_run_never_made_is_a_divergence(
     (d,) = r.divergences
     assert d.kind == "tool_not_recorded"
     assert d.detail == ('not in the recording: the changed agent would call issue_refund('
-                        '{"amount":60.0,"order_id":"ORD-1001","reason":"the mugs arrived '
-                        'broken"})')
+                        '{"amount":60.0,"order_id":"ORD-1005","reason":"the headphones '
+                        'arrived broken"})')
     assert ("issue_refund", "error") in tools(r.counterfactual)
     assert report.summary.diverged == 1
 
@@ -306,6 +314,59 @@ async def test_unknown_or_unfinished_runs_are_refused(ledger: Ledger, settings: 
                             error=None, steps=1, result={})
     with pytest.raises(CounterfactualError, match=r"does not serve agent\(s\) ops"):
         await run_counterfactual(settings, catalog, [await load_run(ledger, ops)])
+
+
+def test_options_are_parsed_or_refused_with_a_clear_message(tmp_path: Path) -> None:
+    assert parse_since("7d") == timedelta(days=7)
+    assert parse_since("12h") == timedelta(hours=12)
+    for bad in ("7", "0d", "a week", "-1d"):
+        with pytest.raises(CounterfactualError, match="expected a positive number and a unit"):
+            parse_since(bad)
+    assert [check_model_setting(m) for m in ("agent", "recorded", "openai:gpt-4o-mini")] == [
+        "agent", "recorded", "openai:gpt-4o-mini"]
+    for bad in ("gpt-4o", "openai:", "anthropic:claude"):
+        with pytest.raises(CounterfactualError, match="expected agent, recorded or openai"):
+            check_model_setting(bad)
+    notes = tmp_path / "instructions.md"
+    notes.write_text("Refund only after checking photos.")
+    assert read_instructions(f"@{notes}") == "Refund only after checking photos."
+    assert read_instructions("Be brief.") == "Be brief."
+    with pytest.raises(CounterfactualError, match="cannot read instructions from"):
+        read_instructions(f"@{tmp_path / 'missing.md'}")
+    with pytest.raises(CounterfactualError, match="instructions are empty"):
+        read_instructions("  ")
+    with pytest.raises(CounterfactualError, match="expected module:function"):
+        load_catalog("agents", tmp_path)
+    with pytest.raises(CounterfactualError, match="cannot import no_such_module"):
+        load_catalog("no_such_module:catalog", tmp_path)
+    with pytest.raises(CounterfactualError, match="has no function 'nope'"):
+        load_catalog("agents:nope", tmp_path)
+    assert load_catalog("agents:reference_catalog", tmp_path).names() == ["ops", "refund"]
+
+
+async def test_changed_catalog_changes_one_agent_and_serves_every_tool_from_recordings(
+        tmp_path: Path) -> None:
+    """Policy and instructions change for the replayed agent only; no tool of any agent
+    reaches its world (a call outside a replay is refused, not run)."""
+    base = load_catalog("agents:reference_catalog", tmp_path)
+    stricter = policy(tmp_path, "stricter", **{"approve_at: 0.7": "approve_at: 0.6"})
+    changed = changed_catalog(base, ReplayBook(), agent="refund",
+                              change=Change(policy=stricter, instructions="Be careful."))
+
+    refund, ops = changed["refund"], changed["ops"]
+    assert (refund.instructions, refund.policy) == ("Be careful.", stricter)
+    assert (ops.instructions, ops.policy) == (base["ops"].instructions, base["ops"].policy)
+    assert [t.name for t in refund.tools] == [t.name for t in base["refund"].tools]
+    assert all(t.fn is not b.fn for t, b in zip(refund.tools, base["refund"].tools,
+                                                  strict=True))
+    issue = refund.registry["issue_refund"]
+    ctx = ToolContext(idempotency_key="wf:run:2:issue_refund", attempt=1, workflow_id="wf",
+                      run_id="run", tenant="default")
+    args = issue.input_model.model_validate({"order_id": "ORD-1001", "amount": 30,
+                                             "reason": "broken"})
+    with pytest.raises(Exception, match="not a counterfactual run of this replay"):
+        await issue.fn(args, ctx)
+    assert RefundWorld(tmp_path / "refund-world.sqlite").effects() == 0
 
 
 # ---------------------------------------------------------------------------- the CLI
@@ -374,6 +435,7 @@ async def test_cli_replays_selected_runs_with_a_deny_rule_as_json_table_and_html
 
     assert table.code == 0, table.err
     assert f"{small.workflow_id} (refund) → cf-{small.workflow_id}-" in table.out
+    assert re.search(r"│ gates +│ lookup_order allow \[thresholds\.approve_at\]", table.out)
     assert "no differences" in table.out
     assert "3 tool call(s) served from the recording" in table.out
     assert effects(world) == (1, 1)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from stead._cli_common import (
@@ -104,8 +105,8 @@ def counterfactual(
         finally:
             await ledger.close()
         if not as_json:
-            err.print(f"replaying {len(runs)} run(s) with {_describe(change)}; tools served "
-                      f"from the recording", highlight=False)
+            err.print(escape(f"replaying {len(runs)} run(s) with {_describe(change)}; tools "
+                             f"served from the recording"), highlight=False)
         return await cf.run_counterfactual(
             settings, agents, runs, change, run_timeout=timeout,
             on_result=None if as_json else _progress)
@@ -138,7 +139,8 @@ def _describe(change: Change) -> str:
 def _progress(r: RunComparison) -> None:
     colour = {"same": "green", "changed": "yellow", "diverged": "red", "error": "red"}
     err.print(f"  [{colour.get(r.verdict, 'white')}]{r.verdict:>8}[/] "
-              f"{r.original.workflow_id}: {r.original.status} → {r.counterfactual.status}",
+              + escape(f"{r.original.workflow_id}: {r.original.status} → "
+                       f"{r.counterfactual.status}"),
               highlight=False)
 
 
@@ -146,26 +148,31 @@ def _print(report: CounterfactualReport) -> None:
     from stead.evals.counterfactual import approval_summary, gate_summary, tool_sequence
 
     for r in report.runs:
-        t = Table(title=f"{r.original.workflow_id} ({r.agent}) → {r.counterfactual.workflow_id}",
+        t = Table(title=escape(f"{r.original.workflow_id} ({r.agent}) → "
+                               f"{r.counterfactual.workflow_id}"),
                   title_justify="left", show_lines=True)
         t.add_column("")
         t.add_column("original", overflow="fold")
         t.add_column("counterfactual", overflow="fold")
         o, c = r.original, r.counterfactual
-        t.add_row("status", o.status, c.status + (" (would wait for approval)"
-                                                  if r.waits_for_approval else ""))
-        t.add_row("route", o.route, c.route)
-        t.add_row("policy / model", f"{o.policy} / {o.model}", f"{c.policy} / {c.model}")
-        t.add_row("tools", tool_sequence(o), tool_sequence(c))
-        t.add_row("gates", gate_summary(o.gates), gate_summary(c.gates))
-        t.add_row("approvals", approval_summary(o.approvals) or "none",
-                  approval_summary(c.approvals) or "none")
-        t.add_row("answer", o.answer or o.error or "", c.answer or c.error or "")
+        rows = [
+            ("status", o.status, c.status + (" (would wait for approval)"
+                                             if r.waits_for_approval else "")),
+            ("route", o.route, c.route),
+            ("policy / model", f"{o.policy} / {o.model}", f"{c.policy} / {c.model}"),
+            ("tools", tool_sequence(o), tool_sequence(c)),
+            ("gates", gate_summary(o.gates), gate_summary(c.gates)),
+            ("approvals", approval_summary(o.approvals) or "none",
+             approval_summary(c.approvals) or "none"),
+            ("answer", o.answer or o.error or "", c.answer or c.error or ""),
+        ]
+        for row in rows:  # recorded text is data, not rich markup ("[deny_tools]")
+            t.add_row(*(escape(cell) for cell in row))
         out.print(t)
         if r.differences:
             for d in r.differences:
                 style = "red" if d.startswith(("not in the recording", "diverged")) else "yellow"
-                out.print(f"  [{style}]•[/] {d}", highlight=False)
+                out.print(f"  [{style}]•[/] {escape(d)}", highlight=False)
         else:
             out.print("  [green]no differences[/]")
         out.print(f"  {r.served_from_recording} tool call(s) served from the recording",
