@@ -1,0 +1,485 @@
+"""Records the corpus of reference-agent histories that ``stead replay`` and CI replay.
+
+    python -m stead.evals.corpus --out evals/histories
+
+Starts a throwaway embedded stack (own ports and data directory), runs one scenario per
+distinct path of the reference agents through the production worker (``WorkerHost``, memory on
+with the hashing embedder), plays the human where a path needs one (approve or reject by
+signal or by the ``decide`` update, or nobody at all until the deadlines pass), checks that
+each run really took the path it is named for, and writes one history per run as
+``<workflow id>.json`` plus a ``README.md`` index. A scenario that does not take its path
+fails the recording: a corpus file must show what its name says.
+
+The histories are what ``temporal workflow show --output json`` writes, plus a top-level
+``workflowId`` (which Temporal's JSON leaves out and replay reports need).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from temporalio.client import Client, WorkflowHandle, WorkflowHistory
+
+from stead.llm import FunctionModel
+from stead.models import (
+    ApprovalDecision,
+    DecideInput,
+    DecideOutcome,
+    Message,
+    ModelTurn,
+    RunRequest,
+    RunResult,
+    RunState,
+    ToolSchema,
+)
+from stead.settings import Settings
+
+Human = Literal["none", "approve_signal", "approve_update", "edit_update", "reject_signal",
+                "escalate_then_approve", "snapshot_pending"]
+"""What the recorder does while a run waits for an approval:
+
+- ``none``: nobody answers (the run must not ask, or its deadlines pass);
+- ``approve_signal`` / ``reject_signal``: every pending approval by the public signals;
+- ``approve_update`` / ``edit_update``: by the ``decide`` update, as is or with smaller
+  arguments (re-checked by the gate);
+- ``escalate_then_approve``: wait until the first deadline moved the approval up the chain,
+  then approve as the second role;
+- ``snapshot_pending``: record the history while the run waits (an in-flight run), then
+  approve so the run finishes."""
+
+LEAK = " Paid back to IBAN DE89 3704 0044 0532 0130 00."
+"""What the leaky model adds to its first answer: an IBAN, which output validation rejects."""
+
+
+@dataclass(frozen=True)
+class CorpusScenario:
+    """One recorded run: the path it takes and how the recorder checks it took it."""
+
+    name: str
+    """Becomes the workflow id (``corpus-<name>``) and the file name."""
+    shows: str
+    request: RunRequest
+    check: Callable[[RunResult], bool]
+    human: Human = "none"
+    leaky_model: bool = False
+    """Served by the agent's planner wrapped so its first answer leaks an IBAN (the reference
+    agents answer cleanly, so this is how a reask path gets into the corpus)."""
+
+    @property
+    def workflow_id(self) -> str:
+        return f"corpus-{self.name}"
+
+
+def _ok_tool(r: RunResult, tool: str) -> bool:
+    return any(c.tool == tool and c.status == "ok" for c in r.tool_calls)
+
+
+def _req(agent: str, text: str, **metadata: str) -> RunRequest:
+    return RunRequest(agent=agent, input=text, user="corpus", metadata=metadata)
+
+
+SCENARIOS: list[CorpusScenario] = [
+    # ------------------------------------------------------------------------ ops
+    CorpusScenario(
+        "ops-healthy-check", "status check of a healthy service: one read tool, answer",
+        _req("ops", "How is auth-service doing?"),
+        lambda r: r.status == "completed" and r.approvals == 0 and _ok_tool(r, "service_status")),
+    CorpusScenario(
+        "ops-fallback-retry-ticket",
+        "model slip corrected, metrics down -> fallback tool, flaky logs -> retry, ticket",
+        _req("ops", "Checkout API is throwing 500s. Check its status and recent logs, then "
+                    "open a ticket."),
+        lambda r: r.status == "completed" and r.rejected_calls >= 1 and r.fallbacks >= 1
+        and r.retries >= 1 and _ok_tool(r, "create_ticket")),
+    CorpusScenario(
+        "ops-unknown-tool", "model calls a tool that does not exist, then files a ticket",
+        _req("ops", "payments-db is very slow, page the on-call"),
+        lambda r: r.status == "completed" and r.rejected_calls == 1
+        and _ok_tool(r, "create_ticket")),
+    CorpusScenario(
+        "ops-tool-and-fallback-fail",
+        "a tool and its fallback both fail: failure reported to the model, clear answer",
+        _req("ops", "How is legacy-batch doing?"),
+        lambda r: r.status == "completed" and "could not determine" in (r.answer or "")),
+    CorpusScenario(
+        "ops-restart-approved-signal", "restart needs approval; approved by the `approve` signal",
+        _req("ops", "search-worker is down, restart it"),
+        lambda r: r.status == "completed" and r.approvals == 1
+        and _ok_tool(r, "restart_service"), human="approve_signal"),
+    CorpusScenario(
+        "ops-restart-approved-update", "restart approved through the `decide` update",
+        _req("ops", "Restart checkout-api please, it keeps timing out"),
+        lambda r: r.status == "completed" and r.approvals == 1
+        and _ok_tool(r, "restart_service"), human="approve_update"),
+    CorpusScenario(
+        "ops-restart-rejected", "restart rejected by the `reject` signal: denied, model told",
+        _req("ops", "restart payments-db"),
+        lambda r: r.status == "denied" and r.denials == 1 and r.approvals == 0,
+        human="reject_signal"),
+    CorpusScenario(
+        "ops-restart-escalated-auto-denied",
+        "nobody approves: deadline escalates oncall -> manager, then auto-denies",
+        _req("ops", "restart auth-service now", approval_timeout_seconds="1"),
+        lambda r: r.status == "escalated" and r.escalations >= 2 and r.approvals == 0),
+    CorpusScenario(
+        "ops-restart-awaiting-approval",
+        "in flight: recorded while the restart waits for its approver",
+        _req("ops", "restart search-worker, it is flapping"),
+        lambda r: r.status == "completed" and r.approvals == 1, human="snapshot_pending"),
+    CorpusScenario(
+        "ops-viewer-needs-human",
+        "routing hands a viewer's restart to a human; approved, then the restart is approved",
+        _req("ops", "restart search-worker", role="viewer"),
+        lambda r: r.status == "completed" and r.approvals >= 1
+        and r.route.startswith("human"), human="approve_signal"),
+    CorpusScenario(
+        "ops-security-strict-deny",
+        "security incident: strict profile, the restart is denied by score",
+        _req("ops", "Credentials leaked from auth-service, restart it immediately"),
+        lambda r: r.status == "denied" and r.denials >= 1 and r.route.startswith("profile")),
+    CorpusScenario(
+        "ops-refused-card", "request with a card number: refused by routing, no model call",
+        _req("ops", "restart checkout-api, charge it to card 4111 1111 1111 1111"),
+        lambda r: r.status == "refused" and r.model_turns == 0),
+    # ------------------------------------------------------------------------ refund
+    CorpusScenario(
+        "refund-small-allowed", "small refund: allowed without a human, customer notified",
+        _req("refund", "Refund €30 on ORD-1001, the mug arrived broken"),
+        lambda r: r.status == "completed" and r.approvals == 0
+        and _ok_tool(r, "issue_refund") and _ok_tool(r, "notify_customer")),
+    CorpusScenario(
+        "refund-large-approved", "refund above 50 EUR: support lead approves by signal",
+        _req("refund", "Please refund 200 EUR on ORD-1005, the headphones stopped working"),
+        lambda r: r.status == "completed" and r.approvals == 1 and _ok_tool(r, "issue_refund"),
+        human="approve_signal"),
+    CorpusScenario(
+        "refund-large-edited",
+        "approver lowers the amount through the update; the gate re-checks the edit",
+        _req("refund", "Refund 300 EUR for ORD-1004, the e-bike battery is dead"),
+        lambda r: r.status == "completed" and r.approvals == 1 and _ok_tool(r, "issue_refund"),
+        human="edit_update"),
+    CorpusScenario(
+        "refund-escalated-finance-approves",
+        "support lead does not answer in time; finance approves after the escalation",
+        _req("refund", "Refund 120 EUR on ORD-1002 for the damaged desks",
+             approval_timeout_seconds="1"),
+        lambda r: r.status == "completed" and r.escalations == 1 and r.approvals == 1
+        and _ok_tool(r, "issue_refund"), human="escalate_then_approve"),
+    CorpusScenario(
+        "refund-very-large-denied", "refund above the hard limit: denied, the model is told",
+        _req("refund", "Refund 4,000 EUR for order ORD-1004"),
+        lambda r: r.status == "denied" and r.denials >= 1),
+    CorpusScenario(
+        "refund-refused-card", "card number in the request: refused by routing",
+        _req("refund", "Refund ORD-1002 to my card 4111 1111 1111 1111"),
+        lambda r: r.status == "refused" and r.model_turns == 0),
+    CorpusScenario(
+        "refund-output-reask", "answer leaks an IBAN: output validation asks again",
+        _req("refund", "Refund 20 EUR on ORD-1003, wrong colour"),
+        lambda r: r.status == "completed" and r.reasks == 1 and "IBAN" not in (r.answer or ""),
+        leaky_model=True),
+    CorpusScenario(
+        "unknown-agent", "a request for an agent the worker does not serve: the run fails",
+        _req("billing", "What is my balance?"),
+        lambda r: False),  # never returns a result: the workflow fails (checked separately)
+]
+
+
+def leaky(model: FunctionModel) -> FunctionModel:
+    """``model`` whose first answer (before any reask) leaks an IBAN."""
+    async def turn(messages: Sequence[Message], tools: Sequence[ToolSchema]) -> ModelTurn:
+        t = await model.complete(messages, tools)
+        reasked = any(m.role == "user" and (m.content or "").startswith("Your answer was not")
+                      for m in messages)
+        if t.tool_calls or reasked:
+            return t
+        return t.model_copy(update={"content": (t.content or "") + LEAK})
+    return FunctionModel(turn, name=f"{model.name}+leaky")
+
+
+# ---------------------------------------------------------------------------- files
+
+
+def history_file_name(workflow_id: str, run_id: str | None = None) -> str:
+    """A portable file name for a history: the workflow id with unsafe characters replaced
+    (the exact id is kept inside the file), plus the run id when one is given."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", workflow_id).strip("._") or "workflow"
+    return f"{safe}__{run_id}.json" if run_id else f"{safe}.json"
+
+
+def history_json(history: WorkflowHistory) -> dict[str, Any]:
+    """Temporal's history JSON (as the CLI and Web UI export it) with the workflow id."""
+    return {"workflowId": history.workflow_id, **history.to_json_dict()}
+
+
+def dump_history_json(doc: dict[str, Any]) -> str:
+    """One event per line: compact, yet a re-recording diffs event by event."""
+    head = {k: v for k, v in doc.items() if k != "events"}
+    lines = [json.dumps(e, separators=(",", ":")) for e in doc.get("events", [])]
+    return (json.dumps(head, separators=(",", ":"))[:-1] + ',"events":[\n'
+            + ",\n".join(lines) + "\n]}\n")
+
+
+def write_history(history: WorkflowHistory, path: Path) -> Path:
+    # Written whole to a sibling, then renamed: a crash never leaves half a history behind.
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(dump_history_json(history_json(history)))
+    tmp.replace(path)
+    return path
+
+
+@dataclass(frozen=True)
+class Exported:
+    path: Path
+    workflow_id: str
+    run_id: str
+    workflow_type: str
+    status: str
+    events: int
+
+
+async def fetch_for_export(client: Client, *, query: str,
+                           limit: int | None) -> list[tuple[WorkflowHistory, str]]:
+    """Histories (with their run status) of the runs ``query`` selects, all fetched before
+    anything is written, so a server that fails mid-way leaves the corpus as it was."""
+    from temporalio.service import RPCError, RPCStatusCode
+
+    from stead.evals.replay import HistoryQueryError
+
+    fetched: list[tuple[WorkflowHistory, str]] = []
+    try:
+        async for wf in client.list_workflows(query, limit=limit):
+            history = await client.get_workflow_handle(wf.id, run_id=wf.run_id).fetch_history()
+            fetched.append((history, wf.status.name.lower() if wf.status else "unknown"))
+    except RPCError as e:
+        if e.status == RPCStatusCode.INVALID_ARGUMENT:
+            raise HistoryQueryError(f"the server rejected the query {query!r}: {e.message}") \
+                from None
+        raise
+    return fetched
+
+
+def write_exports(fetched: Sequence[tuple[WorkflowHistory, str]], out: Path) -> list[Exported]:
+    """One file per run, named from the workflow id (``__<run id>`` is added when two runs
+    would share a name); a file of the same name is replaced."""
+    from stead.evals.replay import HistoryFileError
+
+    if out.exists() and not out.is_dir():
+        raise HistoryFileError(f"--out {out} exists and is not a directory")
+    names = [history_file_name(h.workflow_id) for h, _ in fetched]
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Exported] = []
+    for (history, status), name in zip(fetched, names, strict=True):
+        if names.count(name) > 1:
+            name = history_file_name(history.workflow_id, history.run_id)
+        path = write_history(history, out / name)
+        started = history.events[0].workflow_execution_started_event_attributes
+        written.append(Exported(path, history.workflow_id, history.run_id,
+                                started.workflow_type.name, status, len(history.events)))
+    return written
+
+
+async def export_histories(client: Client, out: Path, *, query: str,
+                           limit: int | None) -> list[Exported]:
+    """Fetch the runs ``query`` selects and write them to ``out`` (see :func:`write_exports`)."""
+    return write_exports(await fetch_for_export(client, query=query, limit=limit), out)
+
+
+# ---------------------------------------------------------------------------- recording
+
+
+@dataclass(frozen=True)
+class Recorded:
+    scenario: CorpusScenario
+    path: Path
+    status: str
+    events: int
+    size: int
+
+
+async def _play_human(handle: WorkflowHandle[Any, RunResult], how: Human, *,
+                      within: float = 60) -> WorkflowHistory | None:
+    """Answer approvals as ``how`` says until the run ends; the pending-state history when
+    ``how`` is ``snapshot_pending``."""
+    if how == "none":
+        return None
+    snapshot: WorkflowHistory | None = None
+    answered: set[tuple[str, int]] = set()
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        state = await handle.query("state", result_type=RunState,
+                                   rpc_timeout=timedelta(seconds=5))
+        if state.status != "running":
+            return snapshot
+        for p in state.pending_approvals:
+            if (p.approval_id, p.level) in answered:
+                continue
+            if how == "escalate_then_approve" and p.level == 0:
+                continue  # let the first deadline pass
+            if how == "snapshot_pending" and snapshot is None:
+                snapshot = await handle.fetch_history()
+            answered.add((p.approval_id, p.level))
+            decision = ApprovalDecision(approval_id=p.approval_id, by="corpus-recorder",
+                                        role=p.awaiting, note="recorded for the corpus")
+            if how == "reject_signal":
+                await handle.signal("reject", decision)
+            elif how in ("approve_update", "edit_update"):
+                edited = None
+                if how == "edit_update":
+                    edited = {**p.arguments, "amount": 60.0}
+                await handle.execute_update("decide", DecideInput(
+                    **decision.model_dump(exclude={"arguments"}), approved=True,
+                    arguments=edited), result_type=DecideOutcome)
+            else:
+                await handle.signal("approve", decision)
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"{handle.id} still running after {within:.0f}s")
+
+
+async def _record_one(client: Client, sc: CorpusScenario, settings: Settings,
+                      out: Path) -> Recorded:
+    from temporalio.client import WorkflowFailureError
+
+    from stead.client import start_run
+
+    handle = await start_run(client, sc.request, settings=settings, workflow_id=sc.workflow_id)
+    snapshot = await _play_human(handle, sc.human)
+    try:
+        result = await asyncio.wait_for(handle.result(), 60)
+    except WorkflowFailureError as e:
+        if sc.name != "unknown-agent":
+            raise RuntimeError(f"{sc.workflow_id}: the run failed: {e.cause}") from e
+        status = "failed"
+    else:
+        if not sc.check(result):
+            raise RuntimeError(f"{sc.workflow_id} did not take its path ({sc.shows}): "
+                               f"{result.model_dump_json(exclude={'tool_calls'})}")
+        status = result.status
+    history = snapshot if snapshot is not None else await handle.fetch_history()
+    if snapshot is not None:
+        status = "running (in flight)"
+    path = write_history(history, out / history_file_name(sc.workflow_id))
+    return Recorded(sc, path, status, len(history.events), path.stat().st_size)
+
+
+async def record_corpus(out: Path, *, scenarios: Sequence[CorpusScenario] = tuple(SCENARIOS),
+                        progress: Callable[[str], None] = print) -> list[Recorded]:
+    """Run ``scenarios`` on a throwaway embedded stack and write their histories to ``out``."""
+    from agents import reference_catalog
+    from agents.ops import default_world as ops_world
+    from agents.ops.runbooks import index_runbooks
+    from agents.refund import default_world as refund_world
+    from agents.refund import refund_agent
+    from stead.agent import AgentCatalog
+    from stead.embedded import EmbeddedStack, free_port
+    from stead.memory import open_memory
+    from stead.memory.embedders import HashingEmbedder
+    from stead.worker import WorkerHost
+
+    _ensure_dir(out)
+    with tempfile.TemporaryDirectory(prefix="stead-corpus-") as tmp:
+        data = Path(tmp)
+        # Self-contained whatever the environment says: own servers, offline models.
+        base = Settings(data_dir=data, temporal_port=free_port(), ui_port=free_port(),
+                        postgres_port=free_port(), memory_backend="pgvector").model_copy(
+            update={"temporal_address": None, "database_url": None, "openai_api_key": None,
+                    "pinecone_api_key": None, "otel_exporter_otlp_endpoint": None})
+        stack = EmbeddedStack(base, ui=False)
+        progress("starting a throwaway embedded stack (Temporal dev server, PostgreSQL)")
+        await stack.start()
+        try:
+            settings = stack.resolved_settings().model_copy(update={"task_queue": "corpus"})
+            leaky_settings = settings.model_copy(update={"task_queue": "corpus-leaky"})
+            ops_world(data).reset()
+            refund_world(data).reset()
+            # Hashing: deterministic and instant; the recall path is what the corpus needs.
+            embedder = HashingEmbedder(384)
+            memory = await open_memory(settings, embedder=embedder)
+            assert memory is not None
+            try:
+                await index_runbooks(memory.store, memory.embedder, tenant="default")
+            finally:
+                await memory.close()
+            catalog = reference_catalog(data)
+            leaky_catalog = AgentCatalog([refund_agent(refund_world(data))])
+            refund_model = catalog["refund"].offline_model
+            assert isinstance(refund_model, FunctionModel)
+            recorded: list[Recorded] = []
+            async with WorkerHost(settings, catalog, embedder=embedder) as host, \
+                    WorkerHost(leaky_settings, leaky_catalog, embedder=embedder,
+                               model=leaky(refund_model)) as leaky_host:
+                assert host.client is not None and leaky_host.client is not None
+                for sc in scenarios:
+                    s = leaky_settings if sc.leaky_model else settings
+                    rec = await _record_one(host.client, sc, s, out)
+                    progress(f"  {rec.path.name}: {rec.status}, {rec.events} events, "
+                             f"{rec.size / 1024:.0f} KiB")
+                    recorded.append(rec)
+        finally:
+            await stack.stop()
+    if len(recorded) == len(SCENARIOS):
+        _write_index(out, recorded)  # a partial re-recording keeps the full index
+    return recorded
+
+
+def _ensure_dir(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+
+
+def _write_index(out: Path, recorded: Sequence[Recorded]) -> None:
+    lines = ["# Recorded histories of the reference agents",
+             "",
+             "Replayed by `tests/test_replay.py` and `stead replay evals/histories` against the "
+             "current workflow code: a change that would break runs in flight fails there.",
+             "Re-record with `python -m stead.evals.corpus --out evals/histories` (a throwaway "
+             "embedded stack; about a minute).",
+             "",
+             "| file | agent | outcome | events | what it shows |",
+             "| --- | --- | --- | ---: | --- |"]
+    for r in recorded:
+        lines.append(f"| `{r.path.name}` | {r.scenario.request.agent} | {r.status} | "
+                     f"{r.events} | {r.scenario.shows} |")
+    (out / "README.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m stead.evals.corpus", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=Path("evals/histories"),
+                    help="directory to write the histories to (default evals/histories)")
+    ap.add_argument("--only", action="append", default=[], metavar="NAME",
+                    help="record only this scenario (repeatable); names: "
+                         + ", ".join(s.name for s in SCENARIOS))
+    args = ap.parse_args(argv)
+    # Offline and self-contained: never a real model or someone else's servers.
+    for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "PINECONE_API_KEY", "TEMPORAL_ADDRESS",
+                "DATABASE_URL", "OTEL_EXPORTER_OTLP_ENDPOINT"):
+        os.environ.pop(var, None)
+    # The flaky tools fail on purpose; the SDK would log each failure with a traceback.
+    logging.getLogger("temporalio").setLevel(logging.ERROR)
+    unknown = sorted(set(args.only) - {s.name for s in SCENARIOS})
+    if unknown:
+        ap.error(f"unknown scenario(s): {', '.join(unknown)}")
+    chosen = [s for s in SCENARIOS if not args.only or s.name in args.only]
+    started = time.perf_counter()
+    recorded = asyncio.run(record_corpus(args.out, scenarios=chosen))
+    print(f"recorded {len(recorded)} histories in {args.out} "
+          f"({time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
