@@ -25,7 +25,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from temporalio import activity
@@ -70,6 +70,9 @@ from stead.models import (
     ToolSchema,
 )
 from stead.settings import Settings
+
+if TYPE_CHECKING:
+    from stead.evals.report import HtmlReport
 
 DEFAULT_CASE_TIMEOUT = 60.0
 """Seconds a case may take before it is terminated and fails (``Case.timeout`` overrides)."""
@@ -436,6 +439,36 @@ def _report(outcome: CaseOutcome, checks: list[Check]) -> CaseReport:
                       checks=checks)
 
 
+# ---------------------------------------------------------------------------- HTML report
+
+
+def eval_html(report: EvalReport) -> HtmlReport:
+    """The report people open: a table per case and per expectation, and case latencies."""
+    from stead.evals.report import HtmlReport
+
+    html = HtmlReport("stead eval", subtitle=", ".join(report.suites))
+    total, failed = len(report.cases), len(report.failed)
+    html.section("Summary", f"{total - failed} of {total} cases passed ({failed} failed) in "
+                            f"{report.duration_s:.1f} s, started "
+                            f"{report.started_at:%Y-%m-%d %H:%M:%S} UTC.")
+    html.table(["suite", "case", "result", "run status", "time (ms)", "checks", "failed checks"],
+               [[c.suite, c.case, "pass" if c.passed else "fail", c.run_status,
+                 f"{c.duration_ms:.0f}", f"{sum(1 for x in c.checks if x.status == 'pass')}/"
+                 f"{len(c.checks)}",
+                 "; ".join(f"{x.name}: {x.reason}" for x in c.failures)]
+                for c in report.cases], status_column=2)
+    by_suite: dict[str, list[float]] = {}
+    for c in report.cases:
+        by_suite.setdefault(c.suite, []).append(c.duration_ms)
+    html.histogram("Case latency (start to result, approvals included)", by_suite, unit="ms",
+                   bins=20)
+    html.section("Expectations", "Every check of every case; reasons say what was found.")
+    html.table(["suite", "case", "check", "result", "reason"],
+               [[c.suite, c.case, x.name, x.status, x.reason]
+                for c in report.cases for x in c.checks], status_column=3)
+    return html
+
+
 # ---------------------------------------------------------------------------- the stack
 
 
@@ -487,6 +520,7 @@ __all__ = [
     "EvalReport",
     "SuiteRunner",
     "case_model",
+    "eval_html",
     "eval_stack",
     "select_cases",
     "workflow_id_for",
