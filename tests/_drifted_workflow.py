@@ -1,0 +1,51 @@
+"""Test-only variants of ``AgentWorkflow`` with the kind of change that breaks runs in flight.
+
+Each is registered under the production name, as a careless edit of ``workflows/agent.py``
+would be, and differs only in what it does before each tool call:
+
+- :class:`ExtraTimerBeforeTools` sleeps first (a new timer command): Temporal's error names the
+  history event that no longer matches.
+- :class:`AuditActivityBeforeTools` schedules another activity first: Temporal's error names
+  only the two activity types, so replay locates the event itself.
+
+Histories that never reach a tool call (refused by routing, unknown agent) replay cleanly under
+both: the change only breaks runs that took the changed path.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from stead.models import RunRef, RunRequest, RunResult, ToolCall, ToolPlan
+    from workflows.agent import AgentWorkflow
+
+AUDIT_ACTIVITY = "tool.audit_before_call"
+
+
+@workflow.defn(name="AgentWorkflow")
+class ExtraTimerBeforeTools(AgentWorkflow):
+    @workflow.run
+    async def run(self, request: RunRequest) -> RunResult:
+        return await super().run(request)
+
+    async def _execute(self, ref: RunRef, call: ToolCall, plan: ToolPlan, args: dict[str, Any],
+                       tools: dict[str, ToolPlan], res: RunResult) -> dict[str, Any]:
+        await workflow.sleep(timedelta(seconds=1))
+        return await super()._execute(ref, call, plan, args, tools, res)
+
+
+@workflow.defn(name="AgentWorkflow")
+class AuditActivityBeforeTools(AgentWorkflow):
+    @workflow.run
+    async def run(self, request: RunRequest) -> RunResult:
+        return await super().run(request)
+
+    async def _execute(self, ref: RunRef, call: ToolCall, plan: ToolPlan, args: dict[str, Any],
+                       tools: dict[str, ToolPlan], res: RunResult) -> dict[str, Any]:
+        await workflow.execute_activity(AUDIT_ACTIVITY, plan.name,
+                                        start_to_close_timeout=timedelta(seconds=5))
+        return await super()._execute(ref, call, plan, args, tools, res)
