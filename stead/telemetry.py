@@ -17,6 +17,7 @@ Instruments (durations in seconds, per the OpenTelemetry conventions):
 
 =============================  =========  =============================================
 ``stead.runs``                 counter    finished runs, by ``stead.agent``, ``stead.status``
+                                          (and ``stead.synthetic`` for eval/replay runs)
 ``stead.run.duration``         histogram  start to finish of a run
 ``stead.tool.duration``        histogram  one tool attempt, by ``stead.tool``, ``stead.outcome``
 ``stead.tool.failures``        counter    failed tool attempts, by tool and ``error.type``
@@ -69,6 +70,10 @@ __all__ = [
 log = logging.getLogger("stead.telemetry")
 
 METER_NAME: Final = "stead"
+
+SYNTHETIC_KEY: Final = "stead.synthetic"
+"""Run metadata key of runs stead starts itself (same as ``stead.evals.SYNTHETIC_KEY``); the
+run-level instruments carry it as an attribute."""
 
 GUARDRAIL_KINDS: Final = ("route", "gate", "call_rejected", "output_rejected", "approval_edit")
 """Decision kinds that are guardrail verdicts (the rest are approvals, fallbacks, failures)."""
@@ -162,8 +167,9 @@ class SteadMetrics:
         try:
             async with ledger.pool.acquire() as c:
                 run = await c.fetchrow(
-                    "select agent, extract(epoch from finished_at - started_at)::float8 as s"
-                    " from stead_runs where workflow_id=$1 and run_id=$2", workflow_id, run_id)
+                    "select agent, extract(epoch from finished_at - started_at)::float8 as s,"
+                    " metadata->>$3 as synthetic from stead_runs"
+                    " where workflow_id=$1 and run_id=$2", workflow_id, run_id, SYNTHETIC_KEY)
                 rows = await c.fetch(
                     "select kind, decision, data->>'approval_id' as approval_id, created_at"
                     " from stead_decisions where workflow_id=$1 and run_id=$2"
@@ -177,6 +183,8 @@ class SteadMetrics:
             return
         agent: str = run["agent"]
         attrs = {"stead.agent": agent, "stead.status": status}
+        if run["synthetic"]:  # eval / counterfactual runs: dashboards can leave them out
+            attrs[SYNTHETIC_KEY] = run["synthetic"]
         self.runs.add(1, attrs)
         if run["s"] is not None:
             self.run_duration.record(run["s"], attrs)
