@@ -178,7 +178,9 @@ class CaseModels:
         return await model.complete(messages, tools)
 
     async def close(self) -> None:
+        """Close the configured model (once: the worker host and the runner both call it)."""
         close = getattr(self._configured, "close", None)
+        self._configured = None
         if close is not None:
             await close()
 
@@ -272,11 +274,13 @@ class SuiteRunner:
         await migrate(run_settings.database_url)
         ledger = await Ledger.connect(run_settings.database_url, min_size=1, max_size=4,
                                       retry_seconds=run_settings.ledger_retry_seconds)
-        try:
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(ledger.close)
             prepared = [(s, c, await case_model(s, c, ledger)) for s, c in selected]
             configured = configured_model(run_settings)
             judge = self.judge_model or configured
             models = CaseModels(self.catalog, configured=configured)
+            stack.push_async_callback(models.close)
             async with WorkerHost(run_settings, self.catalog, model=models,
                                   task_queue=queue) as host:
                 assert host.client is not None
@@ -297,8 +301,6 @@ class SuiteRunner:
                     return report, outcome
 
                 done = await asyncio.gather(*(one(s, c, m) for s, c, m in prepared))
-        finally:
-            await ledger.close()
         return EvalReport(suites=[s.source for s in suites], started_at=started_at,
                           duration_s=time.perf_counter() - t0, cases=[r for r, _ in done],
                           outcomes=[o for _, o in done])
@@ -324,6 +326,11 @@ class SuiteRunner:
                 error = await _stop_overrun(handle, timeout)
             except WorkflowFailureError as err:
                 error = f"run failed: {getattr(err.cause, 'message', None) or err.cause or err}"
+            except asyncio.CancelledError:
+                # The eval was stopped (Ctrl-C): no eval run is left waiting for a worker.
+                with contextlib.suppress(RPCError):
+                    await handle.terminate(reason="stead eval was cancelled")
+                raise
         except RPCError as err:
             error = f"could not start the run: {err.message}"
         finally:
