@@ -334,8 +334,8 @@ def _signals(baseline: list[RunSample], recent: list[RunSample], th: DriftThresh
         out.append(DriftSignal(name="request_embeddings", test="MMD² permutation test",
                                status="skipped", n_baseline=len(baseline),
                                n_recent=len(recent),
-                               detail="no embedder (memory is off); pass --embedder to compare "
-                                      "request topics"))
+                               detail="no embedder: memory is off (`stead drift --embedder "
+                                      "model` compares request topics anyway)"))
     elif isinstance(vectors, str):
         out.append(DriftSignal(name="request_embeddings", test="MMD² permutation test",
                                status="skipped", n_baseline=len(baseline),
@@ -360,8 +360,7 @@ def _scipy_stats() -> ModuleType:
 def _too_few(nb: int, nr: int, need: int, what: str) -> str | None:
     if nb >= need and nr >= need:
         return None
-    return (f"insufficient data: {nb} {what} in the baseline and {nr} in the recent window; "
-            f"each needs at least {need}")
+    return f"{nb} {what} in the baseline, {nr} in the recent window; each needs at least {need}"
 
 
 def _two_proportions(xb: int, nb: int, xr: int, nr: int) -> tuple[float, str]:
@@ -381,9 +380,11 @@ def _two_proportions(xb: int, nb: int, xr: int, nr: int) -> tuple[float, str]:
     return float(2 * stats.norm.sf(abs(z))), "two-proportion z-test"
 
 
-def _proportion(name: str, what: str, xb: int, nb: int, xr: int, nr: int, *, delta: float,
-                need: int, th: DriftThresholds) -> DriftSignal:
-    short = _too_few(nb, nr, need, what)
+def _proportion(name: str, event: str, unit: str, xb: int, nb: int, xr: int, nr: int, *,
+                delta: float, need: int, th: DriftThresholds) -> DriftSignal:
+    """``event`` happened to ``x`` of ``n`` ``unit`` (e.g. "denied", 12 of 140 "gate
+    decisions") in each window."""
+    short = _too_few(nb, nr, need, unit)
     if short is not None:
         return DriftSignal(name=name, test="two-proportion z-test", status="insufficient data",
                            threshold=delta, alpha=th.alpha, n_baseline=nb, n_recent=nr,
@@ -396,11 +397,12 @@ def _proportion(name: str, what: str, xb: int, nb: int, xr: int, nr: int, *, del
     return DriftSignal(name=name, test=test, status="crossed" if crossed else "ok",
                        statistic=stat, threshold=delta, p_value=p, alpha=th.alpha,
                        baseline=rb, recent=rr, n_baseline=nb, n_recent=nr,
-                       detail=f"{rb:.1%} → {rr:.1%} of {what} ({stat * 100:+.1f} points)")
+                       detail=f"{event}: {rb:.1%} → {rr:.1%} of {unit} "
+                              f"({stat * 100:+.1f} points)")
 
 
 def _success_rate(b: list[RunSample], r: list[RunSample], th: DriftThresholds) -> DriftSignal:
-    return _proportion("success_rate", "runs completed",
+    return _proportion("success_rate", "completed", "runs",
                        sum(s.succeeded for s in b), len(b), sum(s.succeeded for s in r), len(r),
                        delta=th.success_rate_delta, need=th.min_runs, th=th)
 
@@ -483,11 +485,11 @@ def _sequence_shift(cats: list[str], pb: NDArray[np.float64], pr: NDArray[np.flo
 
 
 _RUN_GUARDRAILS: dict[str, tuple[str, Callable[[RunSample], bool]]] = {
-    "guardrail.call_rejected": ("runs with a rejected tool call", lambda s: any(
+    "guardrail.call_rejected": ("a tool call rejected", lambda s: any(
         d.kind == "call_rejected" for d in s.decisions)),
-    "guardrail.output_rejected": ("runs with a rejected answer", lambda s: any(
+    "guardrail.output_rejected": ("an answer rejected", lambda s: any(
         d.kind == "output_rejected" for d in s.decisions)),
-    "guardrail.route_refused": ("runs refused by routing", lambda s: any(
+    "guardrail.route_refused": ("refused by routing", lambda s: any(
         d.kind == "route" and d.decision == "refuse" for d in s.decisions)),
 }
 
@@ -499,11 +501,11 @@ def _guardrails(b: list[RunSample], r: list[RunSample],
 
     gb, gr = gates(b), gates(r)
     nb, nr = sum(gb.values()), sum(gr.values())
-    out = [_proportion(f"guardrail.gate_{action}", f"gate decisions {action}", gb[action], nb,
+    out = [_proportion(f"guardrail.gate_{action}", verb, "gate decisions", gb[action], nb,
                        gr[action], nr, delta=th.guardrail_delta, need=th.min_calls, th=th)
-           for action in ("deny", "ask")]
+           for action, verb in (("deny", "denied"), ("ask", "asked a human"))]
     for name, (what, hit) in _RUN_GUARDRAILS.items():
-        out.append(_proportion(name, what, sum(hit(s) for s in b), len(b),
+        out.append(_proportion(name, what, "runs", sum(hit(s) for s in b), len(b),
                                sum(hit(s) for s in r), len(r), delta=th.guardrail_delta,
                                need=th.min_runs, th=th))
     return out
@@ -521,7 +523,7 @@ def _tool_failures(b: list[RunSample], r: list[RunSample],
         return total, failed
 
     (tb, fb), (tr, fr) = count(b), count(r)
-    return [_proportion(f"tool_failure.{tool}", f"{tool} attempts failed", fb[tool], tb[tool],
+    return [_proportion(f"tool_failure.{tool}", "failed", f"{tool} attempts", fb[tool], tb[tool],
                         fr[tool], tr[tool], delta=th.tool_failure_delta, need=th.min_calls,
                         th=th)
             for tool in sorted(set(tb) | set(tr))]
@@ -793,24 +795,21 @@ def html_report(check: DriftCheck) -> HtmlReport:
                    {"baseline": [s.latency_ms for s in check.baseline],
                     "recent": [s.latency_ms for s in check.recent]}, unit="ms")
 
-    bucket = timedelta(hours=1) if (w.recent.until - w.baseline.since) <= timedelta(days=10) \
-        else timedelta(days=1)
+    bucket = _bucket(check)
     page.section("Success rate over time",
-                 f"Share of runs completed per {'hour' if bucket.days == 0 else 'day'}.")
+                 f"Share of runs completed per {_span_words(bucket)} (the smallest period with "
+                 f"about {_PER_BUCKET} runs or more in each window).")
     page.timeseries("success rate", {"baseline": _rate_series(check.baseline, bucket),
                                      "recent": _rate_series(check.recent, bucket)},
                     unit="completed share")
 
-    judged = [s for s in rep.signals if s.statistic is not None and s.threshold]
     page.section("Signals against thresholds",
-                 "A signal crosses when its change reaches the threshold (bar beyond 1) and its "
-                 f"p-value is below alpha = {rep.thresholds.alpha:g} (bar beyond the line).")
-    page.bars("change / threshold", {s.name: abs(s.statistic or 0.0) / (s.threshold or 1.0)
-                                      for s in judged}, unit="× threshold", threshold=1.0)
-    page.bars("significance: −log10 p-value",
-              {s.name: -math.log10(max(s.p_value, 1e-300)) for s in judged
-               if s.p_value is not None},
-              unit="−log10 p", threshold=-math.log10(rep.thresholds.alpha))
+                 "Each bar is the weaker of two ratios: change / its threshold, and "
+                 f"significance / alpha = {rep.thresholds.alpha:g} (as -log10 p / -log10 "
+                 "alpha). A signal crosses when both pass 1, so its bar passes the line.")
+    page.bars("signals against thresholds", {s.name: _margin(s) for s in rep.signals
+                                             if s.statistic is not None and s.threshold},
+              unit="x threshold (weaker of change and significance)", threshold=1.0)
 
     seq_b = Counter(s.sequence for s in check.baseline)
     seq_r = Counter(s.sequence for s in check.recent)
@@ -822,6 +821,40 @@ def html_report(check: DriftCheck) -> HtmlReport:
                [[c, f"{seq_b[c] / nb:.1%}", f"{seq_r[c] / nr:.1%}",
                  f"{(seq_r[c] / nr - seq_b[c] / nb) * 100:+.1f} pts"] for c in top])
     return page
+
+
+_PER_BUCKET = 10
+_BUCKETS = tuple(timedelta(hours=h) for h in (1, 3, 6, 12, 24, 24 * 7))
+
+
+def _bucket(check: DriftCheck) -> timedelta:
+    """The smallest period that holds about ``_PER_BUCKET`` runs in each window: hourly
+    points of two runs each would plot noise, not a trend."""
+    w = check.report.windows
+    for size in _BUCKETS:
+        if all(len(samples) / max(1.0, window.span / size) >= _PER_BUCKET
+               for samples, window in ((check.baseline, w.baseline), (check.recent, w.recent))):
+            return size
+    fitting = [size for size in _BUCKETS if size <= w.recent.span]
+    return fitting[-1] if fitting else _BUCKETS[0]
+
+
+def _span_words(size: timedelta) -> str:
+    if size == timedelta(days=1):
+        return "day"
+    if size == timedelta(days=7):
+        return "week"
+    hours = int(size.total_seconds() // 3600)
+    return "hour" if hours == 1 else f"{hours} hours"
+
+
+def _margin(s: DriftSignal) -> float:
+    """How far a signal is past its threshold: min(change / threshold, -log10 p / -log10
+    alpha); at least 1 exactly when both tests pass."""
+    change = abs(s.statistic or 0.0) / (s.threshold or 1.0)
+    if s.p_value is None or s.alpha is None:
+        return change
+    return min(change, -math.log10(max(s.p_value, 1e-300)) / -math.log10(s.alpha))
 
 
 def _rate_series(samples: Sequence[RunSample], bucket: timedelta,
