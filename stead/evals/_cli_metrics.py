@@ -275,6 +275,8 @@ def _register_drift(app: typer.Typer) -> None:
 
     async def _check(settings: Settings, request: d.DriftCheckRequest,
                      choice: str) -> d.DriftCheck:
+        import asyncpg
+
         from stead.evals import drift as d
         from stead.ledger import Ledger
 
@@ -284,6 +286,9 @@ def _register_drift(app: typer.Typer) -> None:
                                       retry_seconds=0)
         try:
             return await d.run_check(ledger.pool, request, embedder=emb)
+        except asyncpg.UndefinedTableError as e:
+            raise LedgerError(f"the ledger has no tables yet ({e}); a worker creates them "
+                              f"when it starts (`stead up` or `python worker.py`)") from e
         finally:
             await ledger.close()
             close = getattr(emb, "close", None)
@@ -361,6 +366,7 @@ def _register_drift(app: typer.Typer) -> None:
 
     def _list(settings: Settings, *, agent: str | None, tenant: str | None, limit: int,
               as_json: bool) -> None:
+        import asyncpg
         from rich.table import Table
 
         from stead.evals import drift as d
@@ -373,6 +379,9 @@ def _register_drift(app: typer.Typer) -> None:
             try:
                 return await d.list_checks(ledger.pool, agent=agent, tenant=tenant,
                                            limit=limit)
+            except asyncpg.UndefinedTableError as e:
+                raise LedgerError(f"the ledger has no drift checks table yet ({e}); a worker "
+                                  f"of this version creates it when it starts") from e
             finally:
                 await ledger.close()
 
