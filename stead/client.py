@@ -11,6 +11,7 @@ import uuid
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import Runtime
 from temporalio.service import RPCError
 
 from stead.errors import StackError
@@ -20,12 +21,16 @@ from stead.settings import Settings
 WORKFLOW_TYPE = "AgentWorkflow"
 
 
-async def connect(settings: Settings, address: str | None = None) -> Client:
-    """Connect with stead's data converter; a clear ``StackError`` when nothing answers."""
+async def connect(settings: Settings, address: str | None = None, *,
+                  runtime: Runtime | None = None) -> Client:
+    """Connect with stead's data converter; a clear ``StackError`` when nothing answers.
+
+    ``runtime``: a Temporal runtime with telemetry (``stead.telemetry.temporal_runtime``).
+    """
     target = address or settings.temporal_address or f"127.0.0.1:{settings.temporal_port}"
     try:
         return await Client.connect(target, namespace=settings.temporal_namespace,
-                                    data_converter=pydantic_data_converter)
+                                    data_converter=pydantic_data_converter, runtime=runtime)
     except (RuntimeError, RPCError) as err:
         raise StackError(
             f"cannot reach Temporal at {target}: {err}. Is the stack running (`stead up`), "

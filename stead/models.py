@@ -30,6 +30,11 @@ class _Model(BaseModel):
 # ---------------------------------------------------------------------------- runs
 
 
+SYNTHETIC_KEY = "stead.synthetic"
+"""``RunRequest.metadata`` key of runs stead starts itself (``eval``, ``counterfactual``):
+metrics, drift and telemetry keep them apart from production figures."""
+
+
 class RunRequest(_Model):
     """Input of ``AgentWorkflow``: which agent to run on what."""
 

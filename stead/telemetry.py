@@ -43,13 +43,12 @@ from typing import TYPE_CHECKING, Final
 
 from opentelemetry.metrics import Meter, MeterProvider, NoOpMeter, NoOpMeterProvider
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import OpenTelemetryConfig, Runtime, TelemetryConfig
-from temporalio.service import RPCError
 
 from stead.client import connect
-from stead.errors import SettingsError, StackError
+from stead.errors import SettingsError
 from stead.ledger import Ledger
+from stead.models import SYNTHETIC_KEY
 from stead.settings import Settings
 
 if TYPE_CHECKING:
@@ -70,10 +69,6 @@ __all__ = [
 log = logging.getLogger("stead.telemetry")
 
 METER_NAME: Final = "stead"
-
-SYNTHETIC_KEY: Final = "stead.synthetic"
-"""Run metadata key of runs stead starts itself (same as ``stead.evals.SYNTHETIC_KEY``); the
-run-level instruments carry it as an attribute."""
 
 GUARDRAIL_KINDS: Final = ("route", "gate", "call_rejected", "output_rejected", "approval_edit")
 """Decision kinds that are guardrail verdicts (the rest are approvals, fallbacks, failures)."""
@@ -295,14 +290,4 @@ def temporal_runtime(settings: Settings) -> Runtime | None:
 async def connect_client(settings: Settings) -> Client:
     """Connect like :func:`stead.client.connect`, on :func:`temporal_runtime` when there is
     one, so the worker's polls and tasks show up next to stead's own metrics."""
-    runtime = temporal_runtime(settings)
-    if runtime is None:
-        return await connect(settings)
-    target = settings.temporal_address or f"127.0.0.1:{settings.temporal_port}"
-    try:
-        return await Client.connect(target, namespace=settings.temporal_namespace,
-                                    data_converter=pydantic_data_converter, runtime=runtime)
-    except (RuntimeError, RPCError) as err:
-        raise StackError(
-            f"cannot reach Temporal at {target}: {err}. Is the stack running (`stead up`), "
-            f"or is TEMPORAL_ADDRESS right?") from err
+    return await connect(settings, runtime=temporal_runtime(settings))

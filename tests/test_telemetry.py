@@ -25,12 +25,10 @@ from test_metrics import RESPONSE_MODEL, mx_agent, run_scenario
 from stead.agent import AgentCatalog
 from stead.embedded import EmbeddedStack
 from stead.errors import SettingsError
-from stead.evals import SYNTHETIC_KEY as EVALS_SYNTHETIC_KEY
 from stead.ledger import Ledger
 from stead.settings import Settings
 from stead.telemetry import (
     METER_NAME,
-    SYNTHETIC_KEY,
     SteadMetrics,
     configure_metrics,
     metrics_endpoint,
@@ -222,7 +220,3 @@ def test_exporter_choice_from_settings() -> None:
         configure_metrics(Settings(metrics_exporter="otlp"))
     with pytest.raises(SettingsError, match="expected an http"):
         configure_metrics(Settings(otel_exporter_otlp_endpoint="collector:4318"))
-
-
-def test_run_metrics_tag_synthetic_runs_with_the_evals_key() -> None:
-    assert SYNTHETIC_KEY == EVALS_SYNTHETIC_KEY

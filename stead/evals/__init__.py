@@ -7,11 +7,12 @@ the ``stead`` app by :func:`register_commands`.
 
 from __future__ import annotations
 
-import typer
+from typing import TYPE_CHECKING
 
-# Runs that stead starts itself (eval suites, counterfactual replays) carry this metadata key,
-# so metrics and drift leave them out of production figures unless asked.
-SYNTHETIC_KEY = "stead.synthetic"
+from stead.models import SYNTHETIC_KEY
+
+if TYPE_CHECKING:
+    import typer
 
 
 def register_commands(app: typer.Typer) -> None:
