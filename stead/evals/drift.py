@@ -259,10 +259,14 @@ class DriftCheckSummary(_Model):
     report is in ``stead_drift_checks``)."""
 
     check_id: int
+    """``stead_drift_checks.id`` of the stored report."""
     checked_at: datetime
     crossed: list[str]
+    """Names of the signals that crossed their thresholds."""
     insufficient: list[str]
+    """Names of the signals with too little data to judge."""
     signals: int
+    """How many signals the report has."""
 
 
 class DriftCheckRow(_Model):
@@ -754,6 +758,7 @@ def _row_windows(row: asyncpg.Record) -> DriftWindows:
 
 
 def summarize(report: DriftReport, check_id: int) -> DriftCheckSummary:
+    """What a scheduled run returns into its history about a stored report."""
     return DriftCheckSummary(
         check_id=check_id, checked_at=report.checked_at,
         crossed=[s.name for s in report.crossed],
