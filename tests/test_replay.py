@@ -23,7 +23,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from stead.client import start_run
 from stead.embedded import find_binary
-from stead.evals.corpus import SCENARIOS, history_file_name
+from stead.evals.corpus import SCENARIOS, history_file_name, write_exports
 from stead.evals.replay import (
     HistoryFileError,
     HistoryQueryError,
@@ -228,6 +228,28 @@ def test_a_file_without_workflow_id_takes_it_from_its_name(tmp_path: Path) -> No
     path = tmp_path / "from-the-web-ui.json"
     path.write_text(json.dumps(doc))
     assert load_history_file(path).history.workflow_id == "from-the-web-ui"
+
+
+def test_exports_are_named_from_workflow_ids_and_keep_runs_apart(
+        corpus: list[RecordedHistory], tmp_path: Path) -> None:
+    """One file per run: unsafe characters are replaced in the name but the exact id is kept
+    inside; two runs of one workflow id get their run ids appended instead of overwriting."""
+    a, b, c = (r.history for r in corpus[:3])
+    same = [WorkflowHistory("tenant/ops:run 1", a.events), WorkflowHistory("tenant/ops:run 1",
+                                                                           b.events)]
+    written = write_exports([(same[0], "completed"), (same[1], "completed"),
+                             (c, "running")], tmp_path / "out")
+
+    names = [e.path.name for e in written]
+    assert names == [f"tenant_ops_run_1__{a.run_id}.json", f"tenant_ops_run_1__{b.run_id}.json",
+                     f"{c.workflow_id}.json"]
+    back = [load_history_file(e.path).history for e in written]
+    assert [h.workflow_id for h in back] == ["tenant/ops:run 1", "tenant/ops:run 1",
+                                            c.workflow_id]
+    assert [h.events for h in back] == [a.events, b.events, c.events]
+    assert not list((tmp_path / "out").glob("*.tmp"))
+    with pytest.raises(HistoryFileError, match="is not a directory"):
+        write_exports([(c, "running")], written[0].path)
 
 
 # ---------------------------------------------------------------------------- the server

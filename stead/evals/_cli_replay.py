@@ -22,6 +22,7 @@ from stead._cli_common import (
     EXIT_BAD_INPUT,
     EXIT_RUN_NOT_COMPLETED,
     cli_settings,
+    err,
     fail,
     out,
     print_json,
@@ -101,9 +102,13 @@ def replay_cmd(
         print_json({"ok": report.ok, "histories": len(report.outcomes),
                     "nondeterministic": report.count("nondeterministic"),
                     "failed": report.count("failed"), "seconds": round(report.seconds, 3),
+                    "histories_per_second": round(report.histories_per_second, 1),
                     "outcomes": [o.model_dump(mode="json") for o in report.outcomes]})
     else:
         _print_report(report)
+    if not report.outcomes:
+        err.print(f"note: the query selected no runs ({query!r}); nothing was replayed",
+                  highlight=False)
     if not report.ok:
         raise typer.Exit(EXIT_RUN_NOT_COMPLETED)
 

@@ -255,9 +255,9 @@ async def fetch_for_export(client: Client, *, query: str,
                            limit: int | None) -> list[tuple[WorkflowHistory, str]]:
     """Histories (with their run status) of the runs ``query`` selects, all fetched before
     anything is written, so a server that fails mid-way leaves the corpus as it was."""
-    from temporalio.service import RPCError, RPCStatusCode
+    from temporalio.service import RPCError
 
-    from stead.evals.replay import HistoryQueryError
+    from stead.evals.replay import query_error
 
     fetched: list[tuple[WorkflowHistory, str]] = []
     try:
@@ -265,10 +265,7 @@ async def fetch_for_export(client: Client, *, query: str,
             history = await client.get_workflow_handle(wf.id, run_id=wf.run_id).fetch_history()
             fetched.append((history, wf.status.name.lower() if wf.status else "unknown"))
     except RPCError as e:
-        if e.status == RPCStatusCode.INVALID_ARGUMENT:
-            raise HistoryQueryError(f"the server rejected the query {query!r}: {e.message}") \
-                from None
-        raise
+        raise query_error(e, query) from None
     return fetched
 
 
@@ -445,7 +442,7 @@ def _write_index(out: Path, recorded: Sequence[Recorded]) -> None:
              "Replayed by `tests/test_replay.py` and `stead replay evals/histories` against the "
              "current workflow code: a change that would break runs in flight fails there.",
              "Re-record with `python -m stead.evals.corpus --out evals/histories` (a throwaway "
-             "embedded stack; about a minute).",
+             "embedded stack; about 20 seconds).",
              "",
              "| file | agent | outcome | events | what it shows |",
              "| --- | --- | --- | ---: | --- |"]

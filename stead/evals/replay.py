@@ -46,7 +46,7 @@ from temporalio.worker import Replayer, WorkflowReplayResult
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 from temporalio.workflow import NondeterminismError
 
-from stead.errors import SteadError
+from stead.errors import StackError, SteadError
 
 DEFAULT_QUERY = "WorkflowType='AgentWorkflow'"
 
@@ -226,10 +226,14 @@ async def fetch_histories(client: Client, query: str = DEFAULT_QUERY, *,
             history = await client.get_workflow_handle(wf.id, run_id=wf.run_id).fetch_history()
             yield RecordedHistory(history, "server")
     except RPCError as e:
-        if e.status == RPCStatusCode.INVALID_ARGUMENT:
-            raise HistoryQueryError(f"the server rejected the query {query!r}: {e.message}") \
-                from None
-        raise
+        raise query_error(e, query) from None
+
+
+def query_error(e: RPCError, query: str) -> SteadError:
+    """A rejected query is bad input (exit 2); any other RPC failure an unreachable server."""
+    if e.status == RPCStatusCode.INVALID_ARGUMENT:
+        return HistoryQueryError(f"the server rejected the query {query!r}: {e.message}")
+    return StackError(f"listing or fetching runs for {query!r} failed: {e.message}")
 
 
 # ---------------------------------------------------------------------------- replaying
@@ -368,4 +372,4 @@ __all__ = ["DEFAULT_QUERY", "HistoryFileError", "HistoryQueryError", "RecordedHi
            "ReplayOutcome", "ReplayReport", "ReplayStatus", "event_type_name",
            "failure_message", "fetch_histories", "history_files", "load_histories",
            "load_history_file", "locate_divergence", "named_event", "production_replayer",
-           "production_workflows", "replay"]
+           "production_workflows", "query_error", "replay"]
