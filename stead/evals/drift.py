@@ -355,7 +355,7 @@ def _signals(baseline: list[RunSample], recent: list[RunSample], th: DriftThresh
 def _scipy_stats() -> ModuleType:
     # Imported on first use: it costs most of a second, which every worker start would pay
     # (workflows/drift.py imports this module).
-    import scipy.stats  # type: ignore[import-untyped]  # scipy ships no type stubs
+    import scipy.stats
 
     module: ModuleType = scipy.stats
     return module

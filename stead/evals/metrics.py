@@ -1,6 +1,6 @@
 """Metrics from the ledger: how agents and tools did over a window of runs.
 
-    report = await compute_metrics(ledger, MetricsFilter(since=parse_when("7d")),
+    report = await compute_metrics(ledger, MetricsFilter(since=parse_when("7d", now=now)),
                                    prices=settings.model_prices)
 
 A run belongs to the window when it *started* in ``[since, until)``; everything it did (model
@@ -24,15 +24,15 @@ Definitions (each figure says what it counts):
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Literal
 
 import asyncpg
 from pydantic import BaseModel, ConfigDict, Field
 
 from stead.evals import SYNTHETIC_KEY
+from stead.evals.samples import parse_when
 from stead.ledger import Ledger
 from stead.settings import ModelPrice
 from stead.telemetry import GUARDRAIL_KINDS
@@ -158,30 +158,6 @@ class MetricsReport(_Model):
     overall: AgentMetrics
     agents: list[AgentMetrics]
     tools: list[ToolMetrics]
-
-
-# ---------------------------------------------------------------------------- windows
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_when(text: str, *, now: datetime | None = None) -> datetime:
-    """``24h``, ``7d``, ``1h30m`` (that long before ``now``), ``now``, or an ISO date or
-    datetime (naive means UTC). Raises ``ValueError`` saying what is accepted."""
-    now = now or datetime.now(UTC)
-    value = text.strip()
-    if value.lower() == "now":
-        return now
-    if value and _DURATION.sub("", value.lower()) == "":
-        seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION.findall(value.lower()))
-        return now - timedelta(seconds=seconds)
-    try:
-        when = datetime.fromisoformat(value)
-    except ValueError:
-        raise ValueError(f"{text!r} is neither a duration (30m, 24h, 7d, 2w, 1h30m) nor an ISO "
-                         f"date/time (2025-01-31, 2025-01-31T09:00:00Z)") from None
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 # ---------------------------------------------------------------------------- prices
