@@ -42,6 +42,9 @@ from workflows.drift import DriftWorkflow
 
 log = logging.getLogger("stead.worker")
 
+WORKFLOWS: tuple[type, ...] = (AgentWorkflow, DriftWorkflow)
+"""Every workflow a stead worker runs (``stead replay`` replays against the same list)."""
+
 # Modules the workflow sandbox may share with the host instead of re-importing per run:
 # they are deterministic (no I/O at import or in the functions workflows call).
 PASSTHROUGH = ("stead", "guardrails", "pydantic", "pydantic_core", "jsonschema",
@@ -87,7 +90,7 @@ def build_worker(client: Client, settings: Settings, catalog: AgentCatalog, ledg
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,
-        workflows=[AgentWorkflow, DriftWorkflow],
+        workflows=list(WORKFLOWS),
         activities=[runs.start_run, runs.plan_for, runs.finish_run, runs.record_decisions,
                     models.complete, *tools.activities(), *extra, drift.check],
         max_concurrent_activities=settings.max_concurrent_activities,

@@ -126,12 +126,10 @@ def _quiet_runtime() -> Runtime:
 
 
 def production_workflows() -> list[type]:
-    """The workflows :func:`stead.worker.build_worker` registers (a test pins that they
-    agree)."""
-    from workflows.agent import AgentWorkflow
-    from workflows.drift import DriftWorkflow
+    """The workflows :func:`stead.worker.build_worker` registers."""
+    from stead.worker import WORKFLOWS
 
-    return [AgentWorkflow, DriftWorkflow]
+    return list(WORKFLOWS)
 
 
 def production_replayer(*, workflows: Sequence[type] | None = None) -> Replayer:
