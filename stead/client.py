@@ -10,10 +10,10 @@ import uuid
 
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import Runtime
 from temporalio.service import RPCError
 
+from stead.codec import data_converter
 from stead.errors import StackError
 from stead.models import RunRequest, RunResult
 from stead.settings import Settings
@@ -30,7 +30,7 @@ async def connect(settings: Settings, address: str | None = None, *,
     target = address or settings.temporal_address or f"127.0.0.1:{settings.temporal_port}"
     try:
         return await Client.connect(target, namespace=settings.temporal_namespace,
-                                    data_converter=pydantic_data_converter, runtime=runtime)
+                                    data_converter=data_converter(settings), runtime=runtime)
     except (RuntimeError, RPCError) as err:
         raise StackError(
             f"cannot reach Temporal at {target}: {err}. Is the stack running (`stead up`), "

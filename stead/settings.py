@@ -112,6 +112,20 @@ class Settings(BaseSettings):
     worker may take it. Lower it to recover faster from a crashed worker."""
     ledger_retry_seconds: float = Field(30.0, ge=0)
     """How long an activity keeps retrying an unreachable ledger before it fails its attempt."""
+
+    codec_keys: SecretStr | None = None
+    """Payload encryption keys, a JSON object of key id -> base64 of 32 random bytes. Set:
+    everything stead stores in Temporal's history is AES-256-GCM encrypted (``stead.codec``;
+    search attributes stay readable). Keep retired keys while their histories are kept."""
+    codec_key_id: str | None = None
+    """Id of the key in ``STEAD_CODEC_KEYS`` that encrypts new payloads (optional with one key)."""
+    codec_server_token: SecretStr | None = None
+    """Bearer token ``stead codec-server`` requires on /encode and /decode."""
+    codec_cors_origins: str = ""
+    """Comma-separated Web UI origins (``http://localhost:8233``) allowed to call the codec
+    server from a browser."""
+    codec_server_url: str | None = None
+    """Codec server URL the embedded Web UI decodes payloads with (``--ui-codec-endpoint``)."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @property

@@ -33,13 +33,12 @@ from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client, WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Replayer, WorkflowReplayResult
@@ -47,6 +46,9 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from temporalio.workflow import NondeterminismError
 
 from stead.errors import StackError, SteadError
+
+if TYPE_CHECKING:
+    from stead.settings import Settings
 
 DEFAULT_QUERY = "WorkflowType='AgentWorkflow'"
 
@@ -132,16 +134,20 @@ def production_workflows() -> list[type]:
     return list(WORKFLOWS)
 
 
-def production_replayer(*, workflows: Sequence[type] | None = None) -> Replayer:
+def production_replayer(*, workflows: Sequence[type] | None = None,
+                        settings: Settings | None = None) -> Replayer:
     """A replayer configured like the production worker.
 
     ``workflows`` replaces the production workflows (tests pass a changed variant registered
-    under the same name to show what a breaking change looks like)."""
+    under the same name to show what a breaking change looks like). ``settings`` (default: the
+    environment's) choose the data converter, payload decryption keys included."""
+    from stead.codec import data_converter
+    from stead.settings import load_settings
     from stead.worker import PASSTHROUGH
 
     return Replayer(
         workflows=list(workflows) if workflows is not None else production_workflows(),
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter(settings if settings is not None else load_settings()),
         workflow_runner=SandboxedWorkflowRunner(
             restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)),
         runtime=_quiet_runtime())
