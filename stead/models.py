@@ -7,6 +7,7 @@ imported by workflow code: keep them free of I/O.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -364,6 +365,34 @@ class DecisionRow(_Model):
     """Workflow time of the decision."""
     prev_hash: str
     hash: str
+
+
+class LedgerDecision(_Model):
+    """One decision as read back from the ledger (``stead_decisions``), without its hashes."""
+
+    seq: int
+    step: int
+    kind: str
+    decision: str
+    reason: str = ""
+    actor: str = ""
+    policy: str = ""
+    data: JsonObject = Field(default_factory=dict)
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> LedgerDecision:
+        """From a ``Ledger.trail`` row (nullable text columns read as empty)."""
+        data = row.get("data")
+        return cls(seq=int(row["seq"]), step=int(row["step"]), kind=str(row["kind"]),
+                   decision=str(row["decision"]), reason=str(row.get("reason") or ""),
+                   actor=str(row.get("actor") or ""), policy=str(row.get("policy") or ""),
+                   data=data if isinstance(data, dict) else {})
+
+    def summary(self) -> str:
+        """``gate=ask(restart_service)[rule]``: kind, decision, tool and rule when known."""
+        tool, rule = self.data.get("tool"), self.data.get("rule")
+        return (f"{self.kind}={self.decision}" + (f"({tool})" if tool else "")
+                + (f"[{rule}]" if rule else ""))
 
 
 class DecisionBatch(_Model):

@@ -12,12 +12,10 @@ import asyncio
 import json
 import os
 import re
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,7 @@ from _approval_worker import (
     last_tool_message,
     transfer_model,
 )
+from _cli import STEAD, run_cmd
 from _procs import WorkerProcess, worker_env
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.common import SearchAttributeKey
@@ -59,7 +58,6 @@ from stead.settings import Settings
 from stead.worker import WorkerHost
 from workflows.agent import AgentWorkflow
 
-STEAD = Path(sys.executable).parent / "stead"
 AWAITING_KEY = SearchAttributeKey.for_bool("SteadAwaitingApproval")
 RISK_KEY = SearchAttributeKey.for_float("SteadRisk")
 APPROVAL_KINDS = ("gate", "approval_requested", "approval_escalated", "approval_decided",
@@ -114,28 +112,6 @@ async def approval_trail(ledger: Ledger, h: Handle) -> list[dict[str, Any]]:
 
 def summary(rows: Sequence[dict[str, Any]]) -> list[tuple[str, str, str]]:
     return [(d["kind"], d["decision"], d["actor"]) for d in rows]
-
-
-@dataclass
-class Done:
-    code: int
-    out: str
-    err: str
-
-
-async def run_cmd(*argv: str, env: dict[str, str] | None = None, cwd: Path | None = None,
-                  timeout: float = 60) -> Done:
-    proc = await asyncio.create_subprocess_exec(
-        *argv, env=env, cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout=timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return Done(proc.returncode, out.decode(), err.decode())
 
 
 def temporal_cli(settings: Settings, *args: str) -> list[str]:

@@ -5,54 +5,17 @@ parse, and the exit codes (0 ok, 1 run not completed, 2 bad input, 3 unreachable
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import re
-import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
+from _cli import Done, cli_env, stead
 
 from stead.embedded import free_port
 from stead.settings import Settings
 from stead.worker import WorkerHost
 
-STEAD = Path(sys.executable).parent / "stead"
 RUN_ID = re.compile(r"default-ops-[0-9a-f]{12}")
-
-
-@dataclass
-class Done:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(self.out)
-        return data
-
-
-def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
-    assert settings.temporal_address is not None and settings.database_url is not None
-    return {**os.environ, "TEMPORAL_ADDRESS": settings.temporal_address,
-            "DATABASE_URL": settings.database_url, "STEAD_TASK_QUEUE": settings.task_queue,
-            **extra}
-
-
-async def stead(*args: str, env: dict[str, str], cwd: Path, timeout: float = 90) -> Done:
-    proc = await asyncio.create_subprocess_exec(
-        str(STEAD), *args, env=env, cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout=timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return Done(proc.returncode, out.decode(), err.decode())
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import re
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _cli import stead
 from temporalio.client import Client
 
 from agents.refund import POLICY_FILE, RefundWorld, refund_agent
@@ -50,7 +50,6 @@ from stead.settings import Settings
 from stead.tools import ToolContext
 from stead.worker import WorkerHost
 
-STEAD = Path(sys.executable).parent / "stead"
 SMALL = "Refund €30 on ORD-1001, the mugs arrived broken"
 LARGE = "Refund €60 on ORD-1005, the headphones arrived broken"
 
@@ -370,27 +369,6 @@ async def test_changed_catalog_changes_one_agent_and_serves_every_tool_from_reco
 
 
 # ---------------------------------------------------------------------------- the CLI
-
-
-@dataclass
-class Done:
-    code: int
-    out: str
-    err: str
-
-
-async def stead(*args: str, env: dict[str, str], cwd: Path, timeout: float = 120) -> Done:
-    proc = await asyncio.create_subprocess_exec(
-        str(STEAD), *args, env=env, cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout=timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return Done(proc.returncode, out.decode(), err.decode())
 
 
 def cli_env(settings: Settings, data_dir: Path) -> dict[str, str]:

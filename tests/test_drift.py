@@ -9,9 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
 import random
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -19,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from _cli import Done, cli_env, stead
 from temporalio.client import Client, ScheduleActionExecutionStartWorkflow
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
@@ -43,8 +42,6 @@ from stead.memory.embedders import HashingEmbedder
 from stead.settings import Settings
 from stead.worker import WorkerHost
 from workflows.drift import DriftWorkflow
-
-STEAD = Path(sys.executable).parent / "stead"
 
 # Fixed windows in the past: recent = the day before T0, baseline = the 6 days before that.
 T0 = datetime(2021, 3, 8, tzinfo=UTC)
@@ -333,24 +330,9 @@ def test_thresholds_are_overridable_by_name_and_checked() -> None:
 # ---------------------------------------------------------------------------- the CLI
 
 
-@dataclass
-class Done:
-    code: int
-    out: str
-    err: str
-
-
-async def stead(*args: str, settings: Settings, cwd: Path) -> Done:
-    assert settings.temporal_address is not None and settings.database_url is not None
-    env = {**os.environ, "TEMPORAL_ADDRESS": settings.temporal_address,
-           "DATABASE_URL": settings.database_url, "STEAD_TASK_QUEUE": settings.task_queue,
-           "STEAD_MEMORY_BACKEND": "off", "COLUMNS": "200"}
-    proc = await asyncio.create_subprocess_exec(
-        str(STEAD), *args, env=env, cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
-    assert proc.returncode is not None
-    return Done(proc.returncode, out.decode(), err.decode())
+async def run_stead(*args: str, settings: Settings, cwd: Path) -> Done:
+    return await stead(*args, env=cli_env(settings, STEAD_MEMORY_BACKEND="off", COLUMNS="200"),
+                       cwd=cwd, timeout=120)
 
 
 async def test_cli_exits_1_on_drift_with_json_and_an_html_report(
@@ -358,7 +340,7 @@ async def test_cli_exits_1_on_drift_with_json_and_an_html_report(
     await insert_runs(db, tenant, BASELINE, population(random.Random(11), 100))
     await insert_runs(db, tenant, RECENT, population(random.Random(12), 100, shifted=True))
 
-    done = await stead("drift", *WINDOW_ARGS, "--tenant", tenant, "--embedder", "hashing",
+    done = await run_stead("drift", *WINDOW_ARGS, "--tenant", tenant, "--embedder", "hashing",
                        "--json", "--html", "drift.html", settings=settings, cwd=tmp_path)
 
     assert done.code == 1, done.err
@@ -377,7 +359,7 @@ async def test_cli_exits_1_on_drift_with_json_and_an_html_report(
     assert '<td class="bad">crossed</td>' in page
     assert "restart_service" in page
 
-    table = await stead("drift", *WINDOW_ARGS, "--tenant", tenant, "--embedder", "none",
+    table = await run_stead("drift", *WINDOW_ARGS, "--tenant", tenant, "--embedder", "none",
                         settings=settings, cwd=tmp_path)
     assert table.code == 1
     assert "success_rate" in table.out and "crossed" in table.out
@@ -390,7 +372,7 @@ async def test_cli_exits_0_without_drift_and_shows_insufficient_data(
     await insert_runs(db, tenant, BASELINE, population(random.Random(13), 60))
     await insert_runs(db, tenant, RECENT, population(random.Random(14), 60))
 
-    done = await stead("drift", *WINDOW_ARGS, "--tenant", tenant, "--embedder", "none",
+    done = await run_stead("drift", *WINDOW_ARGS, "--tenant", tenant, "--embedder", "none",
                        "--threshold", "min_calls=1000", settings=settings, cwd=tmp_path)
 
     assert done.code == 0, done.out + done.err
@@ -411,7 +393,7 @@ async def test_cli_exits_0_without_drift_and_shows_insufficient_data(
 ])
 async def test_cli_bad_input_exits_2_and_says_why(args: tuple[str, ...], message: str,
                                                   settings: Settings, tmp_path: Path) -> None:
-    done = await stead("drift", *args, settings=settings, cwd=tmp_path)
+    done = await run_stead("drift", *args, settings=settings, cwd=tmp_path)
     assert done.code == 2, done.out + done.err
     assert message in done.err.replace("\n", " ")
 
@@ -433,10 +415,10 @@ async def test_scheduled_check_records_its_report(
     args = ("drift", "--schedule", "1h", "--schedule-id", schedule_id, "--tenant", tenant,
             "--since", "1h", "--baseline-since", "3h", "--baseline-until", "1h")
 
-    created = await stead(*args, "--json", settings=settings, cwd=tmp_path)
+    created = await run_stead(*args, "--json", settings=settings, cwd=tmp_path)
     assert created.code == 0, created.err
     assert json.loads(created.out)["action"] == "created"
-    again = await stead(*args, "--threshold", "min_runs=10", settings=settings, cwd=tmp_path)
+    again = await run_stead(*args, "--threshold", "min_runs=10", settings=settings, cwd=tmp_path)
     assert again.code == 0, again.err
     assert f"updated schedule {schedule_id}" in again.out
 
@@ -470,14 +452,14 @@ async def test_scheduled_check_records_its_report(
     assert stored.signal("request_embeddings").status == "skipped"  # this worker has no memory
     assert stored.windows.recent.until - stored.windows.recent.since == timedelta(hours=1)
 
-    listed = await stead("drift", "--checks", "--tenant", tenant, "--json", settings=settings,
+    listed = await run_stead("drift", "--checks", "--tenant", tenant, "--json", settings=settings,
                          cwd=tmp_path)
     assert listed.code == 0, listed.err
     [row] = json.loads(listed.out)
     assert row["id"] == summary.check_id and row["crossed"] is True
     assert "latency" in row["crossed_signals"]
     assert row["source"].startswith(started.workflow_id)
-    table = await stead("drift", "--checks", "--tenant", tenant, settings=settings,
+    table = await run_stead("drift", "--checks", "--tenant", tenant, settings=settings,
                         cwd=tmp_path)
     assert "crossed: " in table.out and str(summary.check_id) in table.out
 

@@ -9,16 +9,14 @@ JSON, HTML, --ephemeral).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _cli import stead
 from temporalio.client import WorkflowExecutionStatus
 
 from agents import reference_catalog
@@ -49,7 +47,6 @@ from stead.settings import Settings
 ROOT = Path(__file__).resolve().parent.parent
 EVALS = ROOT / "evals"
 REGRESSIONS = Path(__file__).resolve().parent / "evals" / "regressions.yaml"
-STEAD = Path(sys.executable).parent / "stead"
 
 
 async def run_suites(settings: Settings, world: Path, *paths: Path,
@@ -299,7 +296,7 @@ async def test_recorded_models_replay_a_past_run_from_the_ledger_and_a_file(
                        {"content": "payments-db is degraded."}]}}]})])
     wid = first.cases[0].workflow_id
     audit = tmp_path / "audit.json"
-    done = await _stead("audit", wid, "--json", env=_cli_env(settings), cwd=tmp_path)
+    done = await stead("audit", wid, "--json", env=_cli_env(settings), cwd=tmp_path)
     assert done.code == 0, done.err
     audit.write_text(done.out)
     expect = {"tools": {"exact": ["service_status"]},
@@ -365,37 +362,16 @@ async def test_judge_model_grades_answers_through_the_model_client_seam(
 # ---------------------------------------------------------------------------- the CLI
 
 
-@dataclass
-class Done:
-    code: int
-    out: str
-    err: str
-
-
 def _cli_env(settings: Settings, **extra: str) -> dict[str, str]:
     assert settings.temporal_address is not None and settings.database_url is not None
     return {**os.environ, "TEMPORAL_ADDRESS": settings.temporal_address,
             "DATABASE_URL": settings.database_url, "COLUMNS": "200", **extra}
 
 
-async def _stead(*args: str, env: dict[str, str], cwd: Path, timeout: float = 120) -> Done:
-    proc = await asyncio.create_subprocess_exec(
-        str(STEAD), *args, env=env, cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout=timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return Done(proc.returncode, out.decode(), err.decode())
-
-
 async def test_cli_eval_passes_prints_a_table_and_keeps_out_of_the_data_dir(
         settings: Settings, tmp_path: Path) -> None:
     data = tmp_path / "data"
-    done = await _stead("eval", str(EVALS / "refund.yaml"), "--case", "small-refund-allowed",
+    done = await stead("eval", str(EVALS / "refund.yaml"), "--case", "small-refund-allowed",
                         "--case", "refund/guest-refused", "--parallel", "2",
                         env=_cli_env(settings, STEAD_DATA_DIR=str(data)), cwd=ROOT)
 
@@ -411,7 +387,7 @@ async def test_cli_eval_passes_prints_a_table_and_keeps_out_of_the_data_dir(
 async def test_cli_eval_failing_cases_exit_1_with_json_and_html(settings: Settings,
                                                                tmp_path: Path) -> None:
     html = tmp_path / "report" / "eval.html"
-    done = await _stead("eval", str(REGRESSIONS), "--case", "wrong-tool", "--case",
+    done = await stead("eval", str(REGRESSIONS), "--case", "wrong-tool", "--case",
                         "answer-violates-schema", "--json", "--html", str(html),
                         env=_cli_env(settings), cwd=tmp_path)
 
@@ -428,7 +404,7 @@ async def test_cli_eval_failing_cases_exit_1_with_json_and_html(settings: Settin
     assert "answer does not match the schema: healthy: &#x27;yes&#x27; is not of type" in page
     assert f"HTML report: {html}" in done.err
 
-    table = await _stead("eval", str(REGRESSIONS), "--case", "wrong-arguments",
+    table = await stead("eval", str(REGRESSIONS), "--case", "wrong-arguments",
                          env=_cli_env(settings), cwd=tmp_path)
     assert table.code == 1
     assert "FAIL" in table.out and "✗ call service_status" in table.out
@@ -440,21 +416,21 @@ async def test_cli_bad_suites_exit_2_before_anything_runs(settings: Settings, le
     bad.write_text("suite: bad-suite\nagent: ops\ncases:\n  - name: x\n    input: hi\n"
                    "    expect: {status: done}\n")
     env = _cli_env(settings)
-    done = await _stead("eval", str(EVALS / "ops.yaml"), str(bad), env=env, cwd=tmp_path)
+    done = await stead("eval", str(EVALS / "ops.yaml"), str(bad), env=env, cwd=tmp_path)
     assert done.code == 2
     assert f"{bad}:6: case 'x': expect.status.0: Input should be" in done.err
 
     bad.write_text("suite: bad-suite\ncases:\n  - name: x\n    agent: billing\n    input: hi\n")
-    done = await _stead("eval", str(bad), env=env, cwd=tmp_path)
+    done = await stead("eval", str(bad), env=env, cwd=tmp_path)
     assert done.code == 2
     assert f"{bad}:3: case 'x': unknown agent 'billing' (the catalog serves: ops, refund)" \
         in done.err
 
-    done = await _stead("eval", str(EVALS / "ops.yaml"), "--case", "nope", env=env,
+    done = await stead("eval", str(EVALS / "ops.yaml"), "--case", "nope", env=env,
                         cwd=tmp_path)
     assert done.code == 2 and "no case named 'nope'; cases: ops/healthy-check" in done.err
 
-    done = await _stead("eval", str(EVALS / "ops.yaml"), "--catalog", "agents:nothing",
+    done = await stead("eval", str(EVALS / "ops.yaml"), "--catalog", "agents:nothing",
                         env=env, cwd=tmp_path)
     assert done.code == 2 and "--catalog agents:nothing: 'agents' has no function 'nothing'" \
         in done.err
@@ -466,7 +442,7 @@ async def test_cli_bad_suites_exit_2_before_anything_runs(settings: Settings, le
 async def test_cli_eval_on_an_ephemeral_stack(tmp_path: Path) -> None:
     """--ephemeral starts its own throwaway Temporal and PostgreSQL and removes them."""
     env = {k: v for k, v in os.environ.items() if k not in ("TEMPORAL_ADDRESS", "DATABASE_URL")}
-    done = await _stead("eval", str(EVALS / "ops.yaml"), "--case", "healthy-check",
+    done = await stead("eval", str(EVALS / "ops.yaml"), "--case", "healthy-check",
                         "--ephemeral", "--json", env=env, cwd=tmp_path)
 
     assert done.code == 0, done.err

@@ -26,17 +26,16 @@ import asyncio
 import json
 import os
 import re
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from _cli import stead
 from pydantic import BaseModel
 from temporalio.client import Client, WorkflowHandle
 
@@ -70,7 +69,6 @@ from stead.settings import ModelPrice, Settings
 from stead.tools import ToolContext, tool
 from stead.worker import WorkerHost
 
-STEAD = Path(sys.executable).parent / "stead"
 RESPONSE_MODEL = "gpt-4o-mini-2024-07-18"
 PRICES = {"gpt-4o-mini": ModelPrice(input=0.15, output=0.60)}
 
@@ -376,12 +374,8 @@ def test_prices_match_the_longest_prefix() -> None:
 
 
 async def stead_metrics(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        str(STEAD), "metrics", *args, env=env, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    done = await stead("metrics", *args, env=env, timeout=60)
+    return done.code, done.out, done.err
 
 
 def cli_env(s: Scenario) -> dict[str, str]:

@@ -8,14 +8,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
+from _cli import STEAD, run_cmd
 from _drifted_workflow import AUDIT_ACTIVITY, AuditActivityBeforeTools, ExtraTimerBeforeTools
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHistory
@@ -45,7 +43,6 @@ from stead.worker import build_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "evals" / "histories"
-STEAD = Path(sys.executable).parent / "stead"
 TOOLLESS = {"corpus-ops-refused-card", "corpus-refund-refused-card", "corpus-unknown-agent"}
 """Corpus runs that never reach a tool call (refused by routing, or no such agent)."""
 
@@ -300,31 +297,6 @@ async def test_runs_on_the_server_replay_by_visibility_query(
 
 
 # ---------------------------------------------------------------------------- the CLI
-
-
-@dataclass
-class Done:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
-
-
-async def run_cmd(*argv: str, env: dict[str, str] | None = None, cwd: Path = ROOT,
-                  timeout: float = 90) -> Done:
-    proc = await asyncio.create_subprocess_exec(
-        *argv, env=env, cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout=timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return Done(proc.returncode, out.decode(), err.decode())
 
 
 def cli_env(settings: Settings | None = None) -> dict[str, str]:

@@ -66,6 +66,7 @@ from stead.models import (
     DecideInput,
     DecideOutcome,
     JsonObject,
+    LedgerDecision,
     Message,
     ModelTurn,
     PendingApproval,
@@ -139,19 +140,6 @@ class RecordedTurn(_Model):
     finish_reason: str | None = None
 
 
-class RecordedDecision(_Model):
-    """One row of a run's audit chain (``stead_decisions``)."""
-
-    seq: int
-    step: int
-    kind: str
-    decision: str
-    reason: str = ""
-    actor: str = ""
-    policy: str = ""
-    data: JsonObject = Field(default_factory=dict)
-
-
 class RecordedRun(_Model):
     """A finished run as the ledger recorded it: the request, what happened, the outcome."""
 
@@ -171,7 +159,7 @@ class RecordedRun(_Model):
     """The run's result document; None for rows written before results were stored."""
     tool_calls: list[RecordedToolCall] = Field(default_factory=list)
     turns: list[RecordedTurn] = Field(default_factory=list)
-    decisions: list[RecordedDecision] = Field(default_factory=list)
+    decisions: list[LedgerDecision] = Field(default_factory=list)
 
 
 async def load_run(ledger: Ledger, workflow_id: str) -> RecordedRun:
@@ -210,9 +198,7 @@ async def load_run(ledger: Ledger, workflow_id: str) -> RecordedRun:
                             tool_calls=[ToolCall.model_validate(c) for c in m["tool_calls"]],
                             finish_reason=m["finish_reason"])
                for m in trail["model_calls"] if m["run_id"] == run_id and m["status"] == "ok"],
-        decisions=[RecordedDecision(seq=d["seq"], step=d["step"], kind=d["kind"],
-                                    decision=d["decision"], reason=d["reason"], actor=d["actor"],
-                                    policy=d["policy"], data=d["data"] or {})
+        decisions=[LedgerDecision.from_row(d)
                    for d in trail["decisions"] if d["run_id"] == run_id],
     )
 
@@ -645,7 +631,7 @@ def _rule(decision: str, reason: str) -> str:
     return decision
 
 
-def _gates(decisions: Sequence[RecordedDecision]) -> list[GateDecision]:
+def _gates(decisions: Sequence[LedgerDecision]) -> list[GateDecision]:
     out = []
     for d in decisions:
         if d.kind != "gate":
@@ -660,8 +646,8 @@ def _gates(decisions: Sequence[RecordedDecision]) -> list[GateDecision]:
     return out
 
 
-def _approvals(decisions: Sequence[RecordedDecision]) -> list[ApprovalRecord]:
-    requested: dict[str, RecordedDecision] = {}
+def _approvals(decisions: Sequence[LedgerDecision]) -> list[ApprovalRecord]:
+    requested: dict[str, LedgerDecision] = {}
     out = []
     for d in decisions:
         approval_id = str(d.data.get("approval_id", ""))
@@ -870,9 +856,7 @@ async def _replay_one(run: RecordedRun, *, host_settings: Settings, client: Clie
         except RPCError:
             pass
     trail = await ledger.trail(cf_id)
-    decisions = [RecordedDecision(seq=d["seq"], step=d["step"], kind=d["kind"],
-                                  decision=d["decision"], reason=d["reason"], actor=d["actor"],
-                                  policy=d["policy"], data=d["data"] or {})
+    decisions = [LedgerDecision.from_row(d)
                  for d in trail["decisions"]]
     cf = RunSide(workflow_id=cf_id, status=result.status if result else "error",
                  answer=result.answer if result else None,

@@ -34,7 +34,7 @@ from stead.evals.suite import (
     load_function,
 )
 from stead.llm import ModelClient, ScriptedModel
-from stead.models import JsonObject, Message, RunResult
+from stead.models import JsonObject, LedgerDecision, Message, RunResult
 
 CheckStatus = Literal["pass", "fail", "skip"]
 
@@ -82,24 +82,6 @@ class ObservedCall(_Model):
     error: str | None = None
 
 
-class ObservedDecision(_Model):
-    """One row of the run's ``stead_decisions`` audit chain."""
-
-    seq: int
-    step: int
-    kind: str
-    decision: str
-    reason: str = ""
-    actor: str = ""
-    policy: str = ""
-    data: JsonObject = Field(default_factory=dict)
-
-    def summary(self) -> str:
-        tool, rule = self.data.get("tool"), self.data.get("rule")
-        return (f"{self.kind}={self.decision}" + (f"({tool})" if tool else "")
-                + (f"[{rule}]" if rule else ""))
-
-
 class ApprovalTaken(_Model):
     """An approval the run asked for, and what the eval did about it."""
 
@@ -128,7 +110,7 @@ class CaseOutcome(_Model):
     """None when the run did not finish (it failed, or the case timed out)."""
     error: str | None = None
     calls: list[ObservedCall] = Field(default_factory=list)
-    decisions: list[ObservedDecision] = Field(default_factory=list)
+    decisions: list[LedgerDecision] = Field(default_factory=list)
     approvals: list[ApprovalTaken] = Field(default_factory=list)
     duration_s: float = 0.0
     trail: dict[str, list[dict[str, Any]]] = Field(default_factory=dict, exclude=True)
@@ -188,12 +170,8 @@ def observed_calls(trail: Mapping[str, Sequence[Mapping[str, Any]]],
 
 
 def observed_decisions(trail: Mapping[str, Sequence[Mapping[str, Any]]]) \
-        -> list[ObservedDecision]:
-    return [ObservedDecision(seq=int(d["seq"]), step=int(d["step"]), kind=str(d["kind"]),
-                             decision=str(d["decision"]), reason=str(d.get("reason") or ""),
-                             actor=str(d.get("actor") or ""), policy=str(d.get("policy") or ""),
-                             data=d.get("data") if isinstance(d.get("data"), dict) else {})
-            for d in trail.get("decisions", [])]
+        -> list[LedgerDecision]:
+    return [LedgerDecision.from_row(d) for d in trail.get("decisions", [])]
 
 
 def _object(text: str) -> JsonObject | None:
@@ -396,7 +374,7 @@ def check_call(x: CallExpect, outcome: CaseOutcome) -> Check:
     return _passed(name, ok, f"found: {seen}")
 
 
-def _matches(d: ObservedDecision, x: DecisionExpect) -> bool:
+def _matches(d: LedgerDecision, x: DecisionExpect) -> bool:
     return (d.kind == x.kind and (x.decision is None or d.decision == x.decision)
             and (x.tool is None or d.data.get("tool") == x.tool)
             and (x.rule is None or d.data.get("rule") == x.rule)
@@ -550,7 +528,6 @@ __all__ = [
     "Check",
     "CheckStatus",
     "ObservedCall",
-    "ObservedDecision",
     "Verdict",
     "evaluate",
     "observed_calls",
