@@ -225,7 +225,9 @@ def _resolve(spans: Iterable[_Span]) -> list[_Span]:
     """Non-overlapping spans in text order: earliest, then longest, then most specific wins."""
     out: list[_Span] = []
     end = -1
-    for span in sorted(spans, key=lambda s: (s[0], s[0] - s[1], _PRIORITY[s[2]])):
+    # Custom kinds (``extra`` patterns) rank after every built-in kind.
+    for span in sorted(spans, key=lambda s: (s[0], s[0] - s[1],
+                                             _PRIORITY.get(s[2], len(_PRIORITY)))):
         if span[0] >= end:
             out.append(span)
             end = span[1]
@@ -261,16 +263,24 @@ def find_secrets(text: str) -> list[tuple[str, str]]:
     return [(kind, text[a:b]) for a, b, kind in _secret_spans(text)]
 
 
-def locate(text: str, *, pii_kinds: Iterable[PiiKind] = PII_KINDS,
-           secrets: bool = True) -> list[tuple[int, int, str]]:
-    """Where the findings are: non-overlapping ``(start, end, kind)`` in text order."""
+def locate(text: str, *, pii_kinds: Iterable[PiiKind] = PII_KINDS, secrets: bool = True,
+           extra: Iterable[tuple[str, re.Pattern[str]]] = ()) -> list[tuple[int, int, str]]:
+    """Where the findings are: non-overlapping ``(start, end, kind)`` in text order.
+
+    ``extra``: more ``(kind, compiled pattern)`` pairs (configured PII patterns such as
+    employee ids); their non-empty matches compete with the built-in kinds for overlaps."""
     spans = _pii_spans(text, pii_kinds)
-    return _resolve([*spans, *_secret_spans(text)]) if secrets else spans
+    if secrets:
+        spans += _secret_spans(text)
+    spans += [(m.start(), m.end(), kind) for kind, pattern in extra
+              for m in pattern.finditer(text) if m.end() > m.start()]
+    return _resolve(spans)
 
 
-def redact(text: str, *, pii_kinds: Iterable[PiiKind] = PII_KINDS, secrets: bool = True) -> str:
+def redact(text: str, *, pii_kinds: Iterable[PiiKind] = PII_KINDS, secrets: bool = True,
+           extra: Iterable[tuple[str, re.Pattern[str]]] = ()) -> str:
     """``text`` with every finding replaced by ``[REDACTED:<kind>]``."""
-    spans = locate(text, pii_kinds=pii_kinds, secrets=secrets)
+    spans = locate(text, pii_kinds=pii_kinds, secrets=secrets, extra=extra)
     if not spans:
         return text
     parts: list[str] = []

@@ -14,12 +14,13 @@ import inspect
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar, cast, get_type_hints, overload
+from typing import Any, Generic, Literal, TypeVar, cast, get_type_hints, overload
 
 from pydantic import BaseModel, ValidationError
 
 from stead.errors import SpecError
 from stead.models import RetrySpec, RiskTier, SideEffect, Timeouts, ToolPlan, ToolSchema
+from stead.secrets import NO_SECRETS, ToolSecrets, check_secret_name
 
 In = TypeVar("In", bound=BaseModel)
 Out = TypeVar("Out", bound=BaseModel)
@@ -40,6 +41,21 @@ class ToolContext:
     tenant: str
     heartbeat: Callable[..., None] = field(default=lambda *details: None)
     """Report liveness from a long tool; required when the tool declares a heartbeat timeout."""
+    secrets: ToolSecrets = NO_SECRETS
+    """The credentials this tool declared, resolved from the worker's settings."""
+
+    @overload
+    def secret(self, name: str) -> str: ...
+
+    @overload
+    def secret(self, name: str, *, required: Literal[False]) -> str | None: ...
+
+    def secret(self, name: str, *, required: bool = True) -> str | None:
+        """The credential ``name`` (``STEAD_SECRET_<NAME>``), read at call time so it never
+        travels through the model, the arguments or history. A tool may read only the secrets
+        it declared (``@tool(secrets=[...])``); a required one that is not configured fails the
+        call without retries, naming the variable to set (``stead.secrets.MissingSecret``)."""
+        return self.secrets.get(name) if required else self.secrets.get_optional(name)
 
     async def wait(self, seconds: float, *, every: float = 0.5) -> None:
         """Sleep for ``seconds`` while heartbeating, so a lost worker is noticed quickly."""
@@ -74,6 +90,8 @@ class Tool(Generic[In, Out]):
     """For non-idempotent tools: asks the outside world whether the call with this
     idempotency key already took effect (its result) or not (None). Used when a worker died
     mid-call; without it such a call is escalated instead of re-run."""
+    secrets: tuple[str, ...] = ()
+    """Names of the credentials the tool may read with ``ctx.secret`` (and no others)."""
 
     @property
     def activity_name(self) -> str:
@@ -137,6 +155,7 @@ def tool(
     timeouts: Timeouts | None = None,
     fallbacks: Sequence[str] = (),
     reconcile: ReconcileFn[Any, Any] | None = None,
+    secrets: Sequence[str] = (),
 ) -> Callable[[ToolFn[In, Out]], Tool[In, Out]]: ...
 
 
@@ -153,11 +172,13 @@ def tool(
     timeouts: Timeouts | None = None,
     fallbacks: Sequence[str] = (),
     reconcile: ReconcileFn[Any, Any] | None = None,
+    secrets: Sequence[str] = (),
 ) -> Any:
     """Declare a tool. Use bare (``@tool``) or with keyword options.
 
     ``idempotent`` defaults to True for ``read`` tools and False otherwise: a non-idempotent
-    tool whose outcome is unknown after a crash is never silently re-run.
+    tool whose outcome is unknown after a crash is never silently re-run. ``secrets`` names
+    the credentials the tool reads with ``ctx.secret(name)`` (see ``stead.secrets``).
     """
 
     def wrap(f: ToolFn[In, Out]) -> Tool[In, Out]:
@@ -191,6 +212,7 @@ def tool(
             timeouts=timeouts or Timeouts(),
             fallbacks=tuple(fallbacks),
             reconcile=reconcile,
+            secrets=tuple(secrets),
         )
 
     return wrap(fn) if fn is not None else wrap
@@ -255,6 +277,13 @@ def _problems(t: Tool[Any, Any], tools: dict[str, Tool[Any, Any]]) -> list[str]:
         out.append(f"{p}: timeouts.heartbeat exceeds timeouts.start_to_close")
     if t.reconcile is not None and not inspect.iscoroutinefunction(t.reconcile):
         out.append(f"{p}: reconcile must be an async function")
+    for name in t.secrets:
+        try:
+            check_secret_name(name)
+        except ValueError as err:
+            out.append(f"{p}: {err}")
+    if len(set(t.secrets)) != len(t.secrets):
+        out.append(f"{p}: a secret is declared twice")
     seen: set[str] = set()
     for fb in t.fallbacks:
         if fb == t.name:

@@ -1,0 +1,388 @@
+"""Tool credentials and redaction: a secret reaches the tool that declared it, nothing else.
+
+    @tool(side_effect="write", secrets=["ticketing_token"])
+    async def create_ticket(args: NewTicket, ctx: ToolContext) -> Ticket:
+        token = ctx.secret("ticketing_token")        # STEAD_SECRET_TICKETING_TOKEN
+
+    redactor = Redactor.from_settings(settings)
+    redactor.text("mail ana@example.com")            # "mail [REDACTED:email]"
+
+Credentials live in the worker's settings — one ``STEAD_SECRET_<NAME>`` variable per secret, or
+the ``STEAD_SECRETS`` JSON object — and are resolved inside the tool activity when the tool asks.
+The model never sees them: they are not tool arguments, a tool reads only the secrets it
+declared, and the tool activity scrubs their values from results and error messages before
+anything goes back to the workflow (so to history and to the model).
+
+Whatever stead stores or logs is redacted by a :class:`Redactor`: known secret values (tool
+credentials and every other secret setting), the credential and personal-data patterns of
+``guardrails.detect``, and configured patterns (``STEAD_REDACT_PATTERNS``). The ledger redacts
+each row on the way in; :func:`install_log_redaction` does the same for this process's logs.
+
+Errors::
+
+    SteadError
+    └── SecretError
+        ├── MissingSecret      a declared secret is not configured (names the variable to set)
+        └── UndeclaredSecret   a tool asked for a secret it did not declare
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import traceback
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+from urllib.parse import urlsplit
+
+from pydantic import SecretStr
+
+from guardrails.detect import PII_KINDS, redact
+from stead.errors import SettingsError, SteadError
+from stead.policy import PiiKind
+
+if TYPE_CHECKING:
+    from stead.settings import Settings
+
+J = TypeVar("J")
+
+SECRET_ENV_PREFIX: Final = "STEAD_SECRET_"
+"""``STEAD_SECRET_TICKETING_TOKEN`` holds the secret a tool reads as ``ticketing_token``."""
+MIN_SECRET_LENGTH: Final = 8
+"""Shorter values cannot be redacted without mangling ordinary text (``"abc"`` is everywhere)."""
+
+_NAME: Final = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+class SecretError(SteadError):
+    """A tool's credential could not be handed out."""
+
+    error_type: str = "SecretError"
+    """``ApplicationError.type`` of the failed tool call (shown in the Web UI and ledger)."""
+
+
+class MissingSecret(SecretError):
+    """A tool declared a secret that the worker's settings do not hold."""
+
+    error_type = "MissingSecret"
+
+
+class UndeclaredSecret(SecretError):
+    """A tool asked for a secret it did not declare (least privilege for credentials)."""
+
+    error_type = "UndeclaredSecret"
+
+
+def secret_variable(name: str) -> str:
+    """The environment variable that holds secret ``name``."""
+    return SECRET_ENV_PREFIX + name.upper()
+
+
+def check_secret_name(name: str) -> str:
+    """``name`` if it is a valid secret name (lowercase ``[a-z][a-z0-9_]*``), else ValueError."""
+    if not _NAME.match(name):
+        raise ValueError(f"secret name {name!r} must match {_NAME.pattern} (lowercase letters, "
+                         f"digits, underscores)")
+    return name
+
+
+def compile_patterns(patterns: Sequence[str] | Mapping[str, str],
+                     ) -> list[tuple[str, re.Pattern[str]]]:
+    """``(label, regex)`` pairs of ``STEAD_REDACT_PATTERNS``: a list (labelled ``pattern``) or an
+    object of label -> regex. Raises ValueError naming the first bad entry."""
+    items = list(patterns.items()) if isinstance(patterns, Mapping) else \
+        [("pattern", p) for p in patterns]
+    out: list[tuple[str, re.Pattern[str]]] = []
+    for i, (label, source) in enumerate(items):
+        where = f"[{label!r}]" if isinstance(patterns, Mapping) else f"[{i}]"
+        if isinstance(patterns, Mapping) and not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]{0,40}",
+                                                              label):
+            raise ValueError(f"pattern label {label!r} must be a short word "
+                             f"(letters, digits, _ . -)")
+        try:
+            compiled = re.compile(source)
+        except re.error as err:
+            raise ValueError(f"pattern {where} {source!r} is not a valid regular expression: "
+                             f"{err}") from None
+        if compiled.fullmatch(""):
+            raise ValueError(f"pattern {where} {source!r} matches the empty string; it would "
+                             f"redact nothing useful or everything")
+        out.append((label, compiled))
+    return out
+
+
+# ---------------------------------------------------------------------------- credentials
+
+
+@dataclass(frozen=True)
+class ToolSecrets:
+    """The credentials one tool may read: the ones it declared. What ``ToolContext`` holds."""
+
+    tool: str = ""
+    declared: frozenset[str] = frozenset()
+    _values: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    def get(self, name: str) -> str:
+        """The secret's value; :class:`UndeclaredSecret` or :class:`MissingSecret` otherwise."""
+        value = self.get_optional(name)
+        if value is None:
+            raise MissingSecret(
+                f"tool {self.tool!r} needs the secret {name!r}, which is not configured: set "
+                f"{secret_variable(name)} (or the key {name!r} of STEAD_SECRETS) in the "
+                f"worker's environment")
+        return value
+
+    def get_optional(self, name: str) -> str | None:
+        """The secret's value, or None when it is declared but not configured."""
+        if name not in self.declared:
+            raise UndeclaredSecret(
+                f"tool {self.tool!r} asked for the secret {name!r} without declaring it; "
+                f"declare it with @tool(..., secrets=[{name!r}]) so the worker knows which "
+                f"credentials each tool holds")
+        return self._values.get(name)
+
+
+NO_SECRETS: Final = ToolSecrets()
+"""For a ``ToolContext`` built outside a worker (tests): every ``secret()`` call fails."""
+
+
+class Secrets:
+    """The tool credentials a worker holds, by name. ``repr`` shows names, never values."""
+
+    def __init__(self, values: Mapping[str, str] | None = None) -> None:
+        self._values: dict[str, str] = {}
+        for name, value in (values or {}).items():
+            check_secret_name(name)
+            if len(value) < MIN_SECRET_LENGTH:
+                raise ValueError(f"secret {name!r} is {len(value)} characters long; stead needs "
+                                 f"at least {MIN_SECRET_LENGTH} to redact it reliably")
+            self._values[name] = value
+        self._known = _KnownValues(self._values.items())
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *,
+                      environ: Mapping[str, str] | None = None) -> Secrets:
+        """``settings.secrets`` (``STEAD_SECRETS``) plus every ``STEAD_SECRET_<NAME>`` variable
+        of ``environ`` (default: the process environment), which wins over the JSON object.
+        Raises ``SettingsError`` naming the variable at fault."""
+        env = os.environ if environ is None else environ
+        values = {k: v.get_secret_value() for k, v in settings.secrets.items()}
+        for var, value in env.items():
+            if var.startswith(SECRET_ENV_PREFIX) and len(var) > len(SECRET_ENV_PREFIX):
+                name = var[len(SECRET_ENV_PREFIX):].lower()
+                try:
+                    check_secret_name(name)
+                    cls({name: value})
+                except ValueError as err:
+                    raise SettingsError(f"invalid setting: {var}: {err}") from None
+                values[name] = value
+        try:
+            return cls(values)
+        except ValueError as err:  # from STEAD_SECRETS (settings validate it too)
+            raise SettingsError(f"invalid setting: STEAD_SECRETS: {err}") from None
+
+    def names(self) -> list[str]:
+        return sorted(self._values)
+
+    def items(self) -> list[tuple[str, str]]:
+        """``(name, value)`` pairs, for redaction."""
+        return sorted(self._values.items())
+
+    def for_tool(self, tool: str, declared: Iterable[str]) -> ToolSecrets:
+        """What the tool ``tool`` may read: its declared secrets, resolved from here."""
+        wanted = frozenset(declared)
+        return ToolSecrets(tool=tool, declared=wanted,
+                           _values={k: v for k, v in self._values.items() if k in wanted})
+
+    def scrub(self, value: J) -> J:
+        """``value`` (text or JSON-like data) with every known secret value replaced by
+        ``[REDACTED:secret:<name>]``; other content is left alone (the model needs it)."""
+        return self._known.value(value)
+
+    def __repr__(self) -> str:
+        return f"Secrets({self.names()})"
+
+
+# ---------------------------------------------------------------------------- redaction
+
+
+class _KnownValues:
+    """Exact-value replacement of secrets, longest value first (so a value containing another
+    one is replaced whole)."""
+
+    def __init__(self, pairs: Iterable[tuple[str, str]]) -> None:
+        by_value: dict[str, str] = {}
+        for name, value in pairs:
+            if len(value) >= MIN_SECRET_LENGTH:
+                by_value.setdefault(value, name)
+        self._names = by_value
+        self._regex = re.compile("|".join(re.escape(v) for v in
+                                          sorted(by_value, key=len, reverse=True))) \
+            if by_value else None
+
+    def text(self, s: str) -> str:
+        if self._regex is None:
+            return s
+        return self._regex.sub(lambda m: f"[REDACTED:secret:{self._names[m.group()]}]", s)
+
+    def value(self, v: J) -> J:
+        return _walk(v, self.text) if self._regex is not None else v
+
+
+def _walk(v: J, text: Callable[[str], str]) -> J:
+    """Apply ``text`` to every string in JSON-like data (keys included); other values as is."""
+    out: Any
+    if isinstance(v, str):
+        out = text(v)
+    elif isinstance(v, dict):
+        out = {text(k) if isinstance(k, str) else k: _walk(x, text) for k, x in v.items()}
+    elif isinstance(v, list):
+        out = [_walk(x, text) for x in v]
+    elif isinstance(v, tuple):
+        out = tuple(_walk(x, text) for x in v)
+    else:
+        out = v
+    return out  # type: ignore[no-any-return]
+
+
+class Redactor:
+    """Replaces secrets and personal data in text and JSON-like data with ``[REDACTED:<kind>]``.
+
+    Known secret values go first (``[REDACTED:secret:<name>]``), then one pass of
+    ``guardrails.detect`` over credential patterns, the chosen PII kinds and the extra patterns
+    (``[REDACTED:<label>]``), overlaps resolved as ``detect`` does."""
+
+    def __init__(self, *, known: Iterable[tuple[str, str]] = (),
+                 patterns: Sequence[tuple[str, re.Pattern[str]]] = (),
+                 pii_kinds: Iterable[PiiKind] = PII_KINDS, detect_secrets: bool = True) -> None:
+        self._known = _KnownValues(known)
+        self._patterns = list(patterns)
+        self._pii: tuple[PiiKind, ...] = tuple(pii_kinds)
+        self._detect_secrets = detect_secrets
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, secrets: Secrets | None = None) -> Redactor:
+        """Everything the settings know: tool credentials (``secrets``, default
+        ``Secrets.from_settings``), every other secret setting (API keys, codec keys, tokens),
+        database passwords, ``STEAD_REDACT_PATTERNS`` and ``STEAD_REDACT_PII``."""
+        creds = secrets if secrets is not None else Secrets.from_settings(settings)
+        return cls(known=[*creds.items(), *_secret_settings(settings)],
+                   patterns=compile_patterns(settings.redact_patterns),
+                   pii_kinds=settings.redact_pii)
+
+    def text(self, s: str) -> str:
+        s = self._known.text(s)
+        return redact(s, pii_kinds=self._pii, secrets=self._detect_secrets, extra=self._patterns)
+
+    def value(self, v: J) -> J:
+        """``v`` with every string inside it redacted (dict keys included)."""
+        return _walk(v, self.text)
+
+    def optional(self, s: str | None) -> str | None:
+        return None if s is None else self.text(s)
+
+
+DEFAULT_REDACTOR: Final = Redactor()
+"""Credential patterns and every PII kind: what a ledger redacts when nobody configured more."""
+
+
+def _secret_settings(settings: Settings) -> list[tuple[str, str]]:
+    """Every secret-typed setting's value, and the passwords inside database URLs."""
+    found: list[tuple[str, str]] = []
+    for name in type(settings).model_fields:
+        if name == "secrets":
+            continue  # tool credentials: resolved (with STEAD_SECRET_*) by Secrets
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            found.append((name, value.get_secret_value()))
+            found.extend(_json_strings(name, value.get_secret_value()))
+        elif isinstance(value, dict):
+            found.extend((f"{name}.{k}", v.get_secret_value()) for k, v in value.items()
+                         if isinstance(v, SecretStr))
+        elif isinstance(value, str) and name.endswith("database_url"):
+            try:
+                password = urlsplit(value).password
+            except ValueError:
+                password = None
+            if password:
+                found.append((f"{name}.password", password))
+    return found
+
+
+def _json_strings(name: str, text: str) -> list[tuple[str, str]]:
+    """The string values of a secret that is a JSON object (``STEAD_CODEC_KEYS``): each key
+    must be redacted on its own, not only the whole document."""
+    if not text.lstrip().startswith("{"):
+        return []
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return []
+    if not isinstance(doc, dict):
+        return []
+    return [(f"{name}.{k}", v) for k, v in doc.items() if isinstance(v, str)]
+
+
+# ---------------------------------------------------------------------------- logs
+
+
+class _RedactingRecordFactory:
+    """Wraps the process's log record factory: every record's message, arguments, traceback
+    and stack are redacted when the record is made, before any handler or formatter (ours,
+    pytest's, an OpenTelemetry exporter's) sees it."""
+
+    def __init__(self, base: Callable[..., logging.LogRecord], redactor: Redactor) -> None:
+        self.base = base
+        self.redactor = redactor
+
+    def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = self.base(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format string: logging itself reports it when emitting
+            return record
+        clean = self.redactor.text(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info and record.exc_info[1] is not None:
+            # Formatters render exc_text when it is set; the exception object itself (whose
+            # message or chained causes may hold a secret) is not handed on.
+            text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
+            record.exc_text = self.redactor.text(text)
+            record.exc_info = None
+        if record.stack_info:
+            record.stack_info = self.redactor.text(record.stack_info)
+        return record
+
+
+def install_log_redaction(redactor: Redactor) -> None:
+    """Redact every log record this process makes from now on (message, arguments, traceback).
+
+    Idempotent: installing again replaces the redactor (a worker built later with other
+    settings), never stacks a second factory."""
+    current = logging.getLogRecordFactory()
+    if isinstance(current, _RedactingRecordFactory):
+        current.redactor = redactor
+    else:
+        logging.setLogRecordFactory(_RedactingRecordFactory(current, redactor))
+
+
+__all__ = [
+    "DEFAULT_REDACTOR",
+    "MIN_SECRET_LENGTH",
+    "NO_SECRETS",
+    "SECRET_ENV_PREFIX",
+    "MissingSecret",
+    "Redactor",
+    "SecretError",
+    "Secrets",
+    "ToolSecrets",
+    "UndeclaredSecret",
+    "check_secret_name",
+    "compile_patterns",
+    "install_log_redaction",
+    "secret_variable",
+]
