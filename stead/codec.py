@@ -24,8 +24,11 @@ turned on (``evals/histories/``) still replay.
 What stays readable on the server: search attributes (``SteadAgent``, ``SteadTenant``,
 ``SteadAwaitingApproval``, ``SteadRisk``; Temporal indexes them and never passes them through a
 codec), workflow and activity ids and types, task queues, timer and retry settings, failure
-type names (``ToolFailed``) and the OpenTelemetry trace context in headers. Put nothing secret
-there. A new key: ``python -c "from stead.codec import new_key; print(new_key())"``.
+type names (``ToolFailed``), the OpenTelemetry trace context in headers, and the SDK's own
+bookkeeping of local activities in their markers (activity type, attempt, times; the result
+next to it is encrypted). Put nothing secret there.
+
+A new key: ``python -c "from stead.codec import new_key; print(new_key())"``.
 
 Errors (a :class:`stead.errors.SteadError`)::
 
@@ -248,20 +251,23 @@ class EncryptionCodec(PayloadCodec):
                              f"({e})") from None
 
 
-def data_converter(settings: Settings) -> DataConverter:
+def data_converter(settings: Settings, *, encode_failures: bool = True) -> DataConverter:
     """stead's data converter: pydantic JSON, encrypted when ``STEAD_CODEC_KEYS`` is set.
 
-    Clients, workers and the replayer all take it from here, so they agree. The same key
-    settings give the same converter object."""
+    Clients, workers and the replayer all take it from here, so they agree; the same key
+    settings give the same converter object. ``encode_failures=False`` keeps failure messages
+    out of the encrypted payload: for the replayer, which writes nothing to the server and
+    whose reports would otherwise read ``Encoded failure`` (decoding works either way)."""
     ring = KeyRing.from_settings(settings)
-    return pydantic_data_converter if ring is None else _encrypted_converter(ring)
+    return pydantic_data_converter if ring is None else _encrypted_converter(ring, encode_failures)
 
 
 @functools.lru_cache(maxsize=8)
-def _encrypted_converter(ring: KeyRing) -> DataConverter:
+def _encrypted_converter(ring: KeyRing, encode_failures: bool) -> DataConverter:
     return dataclasses.replace(
         pydantic_data_converter, payload_codec=EncryptionCodec(ring),
-        failure_converter_class=DefaultFailureConverterWithEncodedAttributes)
+        failure_converter_class=DefaultFailureConverterWithEncodedAttributes
+        if encode_failures else pydantic_data_converter.failure_converter_class)
 
 
 def codec_of(settings: Settings) -> EncryptionCodec | None:

@@ -140,14 +140,16 @@ def production_replayer(*, workflows: Sequence[type] | None = None,
 
     ``workflows`` replaces the production workflows (tests pass a changed variant registered
     under the same name to show what a breaking change looks like). ``settings`` (default: the
-    environment's) choose the data converter, payload decryption keys included."""
+    environment's) choose the data converter, payload decryption keys included; failure
+    messages stay unencoded so a failed replay's report says why."""
     from stead.codec import data_converter
     from stead.settings import load_settings
     from stead.worker import PASSTHROUGH
 
     return Replayer(
         workflows=list(workflows) if workflows is not None else production_workflows(),
-        data_converter=data_converter(settings if settings is not None else load_settings()),
+        data_converter=data_converter(settings if settings is not None else load_settings(),
+                                      encode_failures=False),
         workflow_runner=SandboxedWorkflowRunner(
             restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)),
         runtime=_quiet_runtime())
