@@ -10,13 +10,22 @@ Use :func:`load_settings` at process start: it turns a validation error into a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as EnvParseError
 
 from stead.errors import SettingsError
+from stead.policy import PiiKind
 
 
 def _env(name: str, *also: str) -> AliasChoices:
@@ -126,7 +135,26 @@ class Settings(BaseSettings):
     server from a browser."""
     codec_server_url: str | None = None
     """Codec server URL the embedded Web UI decodes payloads with (``--ui-codec-endpoint``)."""
+    secrets: dict[str, SecretStr] = Field(default_factory=dict)
+    """Tool credentials by name, a JSON object (``STEAD_SECRETS``); each ``STEAD_SECRET_<NAME>``
+    variable adds one and wins. Only a tool that declares a secret can read it
+    (``ctx.secret(name)``); names and lengths are checked when the worker starts
+    (``stead.secrets.Secrets.from_settings``), and the ledger and logs redact every value."""
+    redact_patterns: list[str] | dict[str, str] = Field(default_factory=list)
+    """More regular expressions the ledger and logs redact (configured personal data such as
+    employee ids): a JSON list, or a JSON object of label -> regex for ``[REDACTED:<label>]``."""
+    redact_pii: list[PiiKind] = Field(default_factory=lambda: list(get_args(PiiKind)))
+    """Personal-data kinds the ledger and logs redact, a JSON list (``[]``: none)."""
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("redact_patterns")
+    @classmethod
+    def _compilable(cls, v: list[str] | dict[str, str]) -> list[str] | dict[str, str]:
+        from stead.secrets import compile_patterns
+
+        compile_patterns(v)
+        return v
 
     @property
     def use_openai(self) -> bool:
