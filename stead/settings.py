@@ -106,6 +106,14 @@ class Settings(BaseSettings):
     OTEL_EXPORTER_OTLP_ENDPOINT is set, else nowhere (instruments are no-ops)."""
     metrics_export_interval_seconds: float = Field(30.0, gt=0)
     """How often the worker pushes metrics (stead's and Temporal SDK's own)."""
+    traces_exporter: Literal["auto", "otlp", "console", "none"] = "auto"
+    """Where the worker and ``stead run`` export traces: auto = OTLP (``<endpoint>/v1/traces``)
+    when OTEL_EXPORTER_OTLP_ENDPOINT is set, else nowhere (no interceptor, no cost)."""
+    capture_content: bool = False
+    """Record prompts, completions, tool arguments/results and memory texts on spans (each
+    redacted first). Off by default: spans carry names, ids, tokens and outcomes only."""
+    log_format: Literal["text", "json"] = "text"
+    """``json``: one JSON object per log line, with trace, span, workflow and run ids."""
     model_prices: dict[str, ModelPrice] = Field(default_factory=lambda: {
         "gpt-4o-mini": ModelPrice(input=0.15, output=0.60),
         "gpt-4o": ModelPrice(input=2.50, output=10.00)})
