@@ -71,9 +71,12 @@ class MemoryActivities:
     async def write(self, req: WriteRequest) -> list[str]:
         started = time.perf_counter()
         now = datetime.now(UTC)
-        vectors = await self._embed([n.text for n in req.notes])
+        # What is remembered is recalled into later prompts: no secrets, no configured PII.
+        notes = [n.model_copy(update={"text": self._ledger.redactor.text(n.text)})
+                 for n in req.notes]
+        vectors = await self._embed([n.text for n in notes])
         items: list[tuple[MemoryItem, list[float]]] = []
-        for n, vec in zip(req.notes, vectors, strict=True):
+        for n, vec in zip(notes, vectors, strict=True):
             # Keyed by run and content: a retried write upserts the same ids.
             digest = hashlib.sha256(n.text.encode()).hexdigest()[:16]
             item = MemoryItem(

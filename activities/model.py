@@ -53,13 +53,17 @@ class ModelActivities:
             turn = await client.complete(req.messages, req.tools)
         except ModelCallError as err:
             await self._record(req, info.attempt, client.name, started, error=err)
-            raise ApplicationError(str(err), type=err.kind, non_retryable=not err.retryable,
-                                   next_retry_delay=err.retry_after) from err
+            # A provider's message may quote a key; the cause would carry it into history.
+            raise ApplicationError(self._ledger.redactor.text(str(err)), type=err.kind,
+                                   non_retryable=not err.retryable,
+                                   next_retry_delay=err.retry_after) from None
         except Exception as err:
             await self._record(req, info.attempt, client.name, started, error=err)
             raise
         await self._record(req, info.attempt, client.name, started, turn=turn)
-        return turn
+        # A credential the model repeats (from a leaked tool output, say) goes no further.
+        scrubbed = self._ledger.redactor.scrub(turn.model_dump())
+        return turn if scrubbed == turn.model_dump() else ModelTurn.model_validate(scrubbed)
 
     async def _record(self, req: ModelRequest, attempt: int, model: str, started: float, *,
                       turn: ModelTurn | None = None, error: BaseException | None = None) -> None:

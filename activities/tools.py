@@ -9,6 +9,10 @@ records the outcome after it:
   again with the same key; a non-idempotent one is reconciled through its ``reconcile`` hook,
   or the call fails as ``ToolOutcomeUnknown`` so the workflow escalates instead of re-running;
 - otherwise run the tool and record what happened, failed attempts included.
+
+Least privilege: a tool runs only for an agent that declares it, and sees only the secrets it
+declared (``ctx.secret``). Known secret values are scrubbed from results and error messages
+before they go back to the workflow; the ledger redacts what it stores.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from stead import errors
 from stead.agent import AgentCatalog
 from stead.ledger import Ledger
 from stead.models import ToolInvocation, ToolOutcome
+from stead.secrets import SecretError, Secrets
 from stead.telemetry import NO_METRICS, SteadMetrics
 from stead.tools import Tool, ToolContext
 
@@ -33,10 +38,13 @@ class ToolActivities:
     """Builds the activity callables for every tool of a catalog."""
 
     def __init__(self, catalog: AgentCatalog, ledger: Ledger, *,
-                 metrics: SteadMetrics = NO_METRICS) -> None:
+                 metrics: SteadMetrics = NO_METRICS, secrets: Secrets | None = None) -> None:
+        """``secrets``: the worker's tool credentials (``Secrets.from_settings``); none if
+        omitted, so a tool that needs one fails with ``MissingSecret``."""
         self._catalog = catalog
         self._ledger = ledger
         self._metrics = metrics
+        self._secrets = secrets if secrets is not None else Secrets()
 
     def activities(self) -> list[Callable[..., Any]]:
         return [self._activity_for(t) for t in self._catalog.tools()]
@@ -81,6 +89,13 @@ class ToolActivities:
             key=inv.idempotency_key, workflow_id=inv.ref.workflow_id, run_id=inv.ref.run_id,
             step=inv.ref.step, call_id=inv.call_id, tool=t.name, requested_tool=inv.requested_tool,
             arguments=inv.arguments, attempt=attempt, on_wait=hb)
+        refusal = self._refusal(t, inv)
+        if refusal is not None:
+            await ledger.finish_tool(key=inv.idempotency_key, attempt=attempt, outcome="error",
+                                     error_type="ToolNotAllowed", error=refusal, final=True,
+                                     duration_ms=elapsed(), on_wait=hb)
+            raise ApplicationError(refusal, {"attempt": attempt}, type="ToolNotAllowed",
+                                   non_retryable=True)
         if claim.kind == "completed":
             await ledger.finish_tool(key=inv.idempotency_key, attempt=attempt, outcome="replayed",
                                      duration_ms=elapsed(), on_wait=hb)
@@ -89,14 +104,16 @@ class ToolActivities:
 
         ctx = ToolContext(idempotency_key=inv.idempotency_key, attempt=attempt,
                           workflow_id=inv.ref.workflow_id, run_id=inv.ref.run_id,
-                          tenant=inv.ref.tenant, heartbeat=activity.heartbeat)
+                          tenant=inv.ref.tenant, heartbeat=activity.heartbeat,
+                          secrets=self._secrets.for_tool(t.name, t.secrets))
         try:
             args = t.input_model.model_validate(inv.arguments)
         except ValidationError as err:
             await ledger.finish_tool(key=inv.idempotency_key, attempt=attempt, outcome="error",
                                      error_type="InvalidArguments", error=str(err), final=True,
                                      duration_ms=elapsed(), on_wait=hb)
-            raise ApplicationError(f"invalid arguments for {t.name!r}: {err}",
+            raise ApplicationError(ledger.redactor.text(f"invalid arguments for {t.name!r}: "
+                                                        f"{err}"),
                                    {"attempt": attempt}, type="InvalidArguments",
                                    non_retryable=True) from None
 
@@ -109,21 +126,40 @@ class ToolActivities:
             out = await t.fn(args, ctx)
             if not isinstance(out, BaseModel):
                 out = t.output_model.model_validate(out)
-            result: dict[str, Any] = out.model_dump(mode="json")
+            result: dict[str, Any] = ledger.redactor.scrub(out.model_dump(mode="json"))
         except Exception as err:
-            kind = err.type if isinstance(err, ApplicationError) and err.type else \
-                type(err).__name__
-            non_retryable = (kind in t.retry.non_retryable
+            if isinstance(err, SecretError):
+                kind = err.error_type
+            else:
+                kind = err.type if isinstance(err, ApplicationError) and err.type else \
+                    type(err).__name__
+            non_retryable = (kind in t.retry.non_retryable or isinstance(err, SecretError)
                              or (isinstance(err, ApplicationError) and err.non_retryable))
             final = non_retryable or attempt >= t.retry.max_attempts
             await ledger.finish_tool(key=inv.idempotency_key, attempt=attempt, outcome="error",
                                      error_type=kind, error=str(err), final=final,
                                      duration_ms=elapsed(), on_wait=hb)
-            raise ApplicationError(f"{t.name}: {kind}: {err}", {"attempt": attempt}, type=kind,
-                                   non_retryable=non_retryable) from err
+            message = f"{t.name}: {kind}: {err}"
+            clean = ledger.redactor.text(message)
+            failure = ApplicationError(clean, {"attempt": attempt}, type=kind,
+                                       non_retryable=non_retryable)
+            if clean != message:
+                # The original exception would carry the secret into history as the cause.
+                raise failure from None
+            raise failure from err
         await ledger.finish_tool(key=inv.idempotency_key, attempt=attempt, outcome="ok",
                                  result=result, duration_ms=elapsed(), on_wait=hb)
         return ToolOutcome(tool=t.name, result=result, attempt=attempt)
+
+    def _refusal(self, t: Tool[Any, Any], inv: ToolInvocation) -> str | None:
+        """Why this tool may not run for the invoking agent (None: it may). The workflow gates
+        calls against the agent's plan already; this holds even for an invocation that did not
+        come through that gate."""
+        agent = inv.ref.agent
+        if agent in self._catalog and t.name in self._catalog[agent].registry:
+            return None
+        return (f"tool {t.name!r} is not in the allowlist of agent {agent!r}; an agent runs "
+                f"only the tools it declares")
 
     async def _reconcile(self, t: Tool[Any, Any], args: BaseModel, ctx: ToolContext,
                          inv: ToolInvocation, attempt: int,
@@ -142,7 +178,8 @@ class ToolActivities:
         found = await t.reconcile(args, ctx)
         if found is None:
             return None  # it did not happen: safe to run now
-        result = found.model_dump(mode="json") if isinstance(found, BaseModel) else dict(found)
+        result = self._ledger.redactor.scrub(
+            found.model_dump(mode="json") if isinstance(found, BaseModel) else dict(found))
         await self._ledger.finish_tool(key=inv.idempotency_key, attempt=attempt,
                                        outcome="reconciled", result=result,
                                        duration_ms=elapsed(), on_wait=activity.heartbeat)

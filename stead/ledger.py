@@ -1,8 +1,12 @@
 """The ledger: runs, model calls, tool calls and decisions in PostgreSQL (asyncpg).
 
-    ledger = await Ledger.connect(dsn)
+    ledger = await Ledger.connect(dsn, redactor=Redactor.from_settings(settings))
     claim = await ledger.claim_tool(...)
+    trail = await ledger.trail(workflow_id, tenant="acme")   # never another tenant's rows
 
+Every text and JSON value is redacted on the way in (``stead.secrets.Redactor``: known secret
+values, credential and personal-data patterns), so no table holds a secret. A decision row
+whose content redaction changed is re-chained by the ledger (see :meth:`append_decisions`).
 Writes are keyed so that a retried activity writes once. Operations that fail because the
 database is unreachable are retried inside the call for ``retry_seconds`` (the database
 coming back is an infrastructure matter and must not use up a tool's own retry budget).
@@ -24,6 +28,7 @@ import asyncpg
 from stead.audit import GENESIS, canonical, chain_hash
 from stead.errors import LedgerError
 from stead.models import DecisionRow
+from stead.secrets import DEFAULT_REDACTOR, Redactor
 
 T = TypeVar("T")
 
@@ -100,20 +105,29 @@ _canonical = canonical
 class Ledger:
     """A connection pool plus the ledger's operations."""
 
-    def __init__(self, pool: asyncpg.Pool, *, retry_seconds: float = 30.0) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, retry_seconds: float = 30.0,
+                 redactor: Redactor = DEFAULT_REDACTOR) -> None:
         self.pool = pool
         self.retry_seconds = retry_seconds
+        self.redactor = redactor
+        """Applied to every value written; the default knows patterns, not secret values."""
+
+    def redacting(self, redactor: Redactor) -> Ledger:
+        """This ledger (same pool) writing through ``redactor``: a worker's settings add their
+        secret values and patterns to a ledger built before them."""
+        return Ledger(self.pool, retry_seconds=self.retry_seconds, redactor=redactor)
 
     @classmethod
     async def connect(cls, dsn: str, *, min_size: int = 1, max_size: int = 10,
-                      retry_seconds: float = 30.0) -> Ledger:
+                      retry_seconds: float = 30.0,
+                      redactor: Redactor = DEFAULT_REDACTOR) -> Ledger:
         try:
             pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size,
                                              init=_init_connection)
         except _TRANSIENT as err:
             raise LedgerError(f"cannot connect to the ledger database: {err}") from err
         assert pool is not None
-        return cls(pool, retry_seconds=retry_seconds)
+        return cls(pool, retry_seconds=retry_seconds, redactor=redactor)
 
     async def close(self) -> None:
         await self.pool.close()
@@ -140,6 +154,9 @@ class Ledger:
     async def start_run(self, *, workflow_id: str, run_id: str, agent: str, tenant: str,
                         user: str | None, input: str, metadata: dict[str, str], model: str,
                         on_wait: Callable[[], None] | None = None) -> None:
+        red = self.redactor
+        user, input, metadata = red.optional(user), red.text(input), red.value(metadata)
+
         async def op(c: asyncpg.Connection) -> None:
             await c.execute(
                 "insert into stead_runs(workflow_id, run_id, agent, tenant, user_id, input,"
@@ -152,6 +169,9 @@ class Ledger:
                          answer: str | None, error: str | None, steps: int,
                          result: dict[str, Any],
                          on_wait: Callable[[], None] | None = None) -> None:
+        red = self.redactor
+        answer, error, result = red.optional(answer), red.optional(error), red.value(result)
+
         async def op(c: asyncpg.Connection) -> None:
             await c.execute(
                 "update stead_runs set status=$3, answer=$4, error=$5, steps=$6, result=$7,"
@@ -168,6 +188,10 @@ class Ledger:
                                 error: str | None, input_tokens: int, output_tokens: int,
                                 duration_ms: float,
                                 on_wait: Callable[[], None] | None = None) -> None:
+        red = self.redactor
+        tool_calls, content, error = red.value(tool_calls), red.optional(content), \
+            red.optional(error)
+
         async def op(c: asyncpg.Connection) -> None:
             await c.execute(
                 "insert into stead_model_calls(workflow_id, run_id, step, attempt, model, status,"
@@ -185,6 +209,8 @@ class Ledger:
                          arguments: dict[str, Any], attempt: int,
                          on_wait: Callable[[], None] | None = None) -> Claim:
         """Claim ``key`` and log this attempt, in one round trip."""
+        arguments = self.redactor.value(arguments)
+
         async def op(c: asyncpg.Connection) -> Claim:
             row = await c.fetchrow(
                 "with claim as ("
@@ -226,6 +252,7 @@ class Ledger:
             call_status = "completed"
         else:
             call_status = "failed" if final else "open"
+        result, error = self.redactor.value(result), self.redactor.optional(error)
 
         async def op(c: asyncpg.Connection) -> None:
             await c.execute(
@@ -243,19 +270,35 @@ class Ledger:
 
     async def append_decisions(self, rows: list[DecisionRow],
                                on_wait: Callable[[], None] | None = None) -> None:
-        """Store audit rows built by a workflow (idempotent: a retried write adds nothing)."""
+        """Store audit rows built by a workflow (idempotent: a retried write adds nothing).
+
+        The workflow hashed each row as it decided, secrets and all. When redaction changes a
+        row, the ledger stores the redacted row re-chained: ``prev_hash`` is the stored hash of
+        the row before, ``hash`` covers the stored content, and ``data["_ledger"]`` keeps the
+        workflow's hash (``source_hash``), so the chain verifies from stored rows alone and
+        still ends at the head the run recorded. Rows after a re-chained one are re-linked
+        the same way. Deterministic, so concurrent writers of one batch store the same rows."""
         if not rows:
             return
-        args = [(r.workflow_id, r.seq, r.run_id, r.step, r.kind, r.decision, r.reason, r.actor,
-                 r.policy, r.data, f"{r.workflow_id}:{r.run_id}:{r.seq}", r.at, r.prev_hash,
-                 r.hash) for r in rows]
+        red = self.redactor
+        clean = [(r, r.model_copy(update={"reason": red.text(r.reason),
+                                          "actor": red.text(r.actor),
+                                          "data": red.value(r.data)})) for r in rows]
 
         async def op(c: asyncpg.Connection) -> None:
-            await c.executemany(
-                "insert into stead_decisions(workflow_id, seq, run_id, step, kind, decision,"
-                " reason, actor, policy, data, dedupe_key, created_at, prev_hash, hash)"
-                " values($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14)"
-                " on conflict do nothing", args)
+            async with c.transaction():
+                args = []
+                for group in _by_run(clean):
+                    for r in await _chained(c, group):
+                        args.append((r.workflow_id, r.seq, r.run_id, r.step, r.kind, r.decision,
+                                     r.reason, r.actor, r.policy, r.data,
+                                     f"{r.workflow_id}:{r.run_id}:{r.seq}", r.at, r.prev_hash,
+                                     r.hash))
+                await c.executemany(
+                    "insert into stead_decisions(workflow_id, seq, run_id, step, kind, decision,"
+                    " reason, actor, policy, data, dedupe_key, created_at, prev_hash, hash)"
+                    " values($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14)"
+                    " on conflict do nothing", args)
         await self._retrying(op, on_wait)
 
     # ----------------------------------------------------------------------- memory
@@ -265,6 +308,8 @@ class Ledger:
                                item_ids: list[str], scores: list[float], embedder: str,
                                backend: str, duration_ms: float,
                                on_wait: Callable[[], None] | None = None) -> None:
+        query = self.redactor.optional(query)
+
         async def op_(c: asyncpg.Connection) -> None:
             await c.execute(
                 "insert into stead_memory_ops(workflow_id, run_id, step, op, tenant, namespaces,"
@@ -276,46 +321,55 @@ class Ledger:
 
     # ----------------------------------------------------------------------- reads
 
-    async def run_ids(self, workflow_id: str) -> list[str]:
+    # Reads take an optional tenant: given, only runs of that tenant (and their rows) exist.
+    # Child tables carry no tenant; they are scoped through their run in stead_runs.
+
+    async def run_ids(self, workflow_id: str, *, tenant: str | None = None) -> list[str]:
         async def op(c: asyncpg.Connection) -> list[str]:
             rows = await c.fetch(
-                "select run_id from stead_runs where workflow_id=$1 order by started_at",
-                workflow_id)
+                "select run_id from stead_runs where workflow_id=$1"
+                " and ($2::text is null or tenant=$2) order by started_at",
+                workflow_id, tenant)
             return [r["run_id"] for r in rows]
         return await self._retrying(op)
 
-    async def trail(self, workflow_id: str) -> dict[str, list[dict[str, Any]]]:
-        """Everything the ledger holds about a workflow, oldest first."""
+    async def trail(self, workflow_id: str, *,
+                    tenant: str | None = None) -> dict[str, list[dict[str, Any]]]:
+        """Everything the ledger holds about a workflow, oldest first (of ``tenant`` only)."""
         q = {
-            "runs": "select * from stead_runs where workflow_id=$1 order by started_at",
-            "model_calls": "select * from stead_model_calls where workflow_id=$1"
+            "runs": "select * from stead_runs where workflow_id=$1"
+                    " and ($2::text is null or tenant=$2) order by started_at",
+            "model_calls": f"select * from stead_model_calls where workflow_id=$1 {_SCOPED}"
                            " order by step, attempt",
-            "tool_calls": "select * from stead_tool_calls where workflow_id=$1"
+            "tool_calls": f"select * from stead_tool_calls where workflow_id=$1 {_SCOPED}"
                           " order by step, claimed_at",
-            "tool_attempts": "select * from stead_tool_attempts where workflow_id=$1"
+            "tool_attempts": f"select * from stead_tool_attempts where workflow_id=$1 {_SCOPED}"
                              " order by step, started_at, attempt",
-            "decisions": "select * from stead_decisions where workflow_id=$1 order by seq",
-            "memory_ops": "select * from stead_memory_ops where workflow_id=$1"
+            "decisions": f"select * from stead_decisions where workflow_id=$1 {_SCOPED}"
+                         " order by seq",
+            "memory_ops": f"select * from stead_memory_ops where workflow_id=$1 {_SCOPED}"
                           " order by created_at",
         }
         async def op(c: asyncpg.Connection) -> dict[str, list[dict[str, Any]]]:
-            return {name: [dict(r) for r in await c.fetch(sql, workflow_id)]
+            return {name: [dict(r) for r in await c.fetch(sql, workflow_id, tenant)]
                     for name, sql in q.items()}
         return await self._retrying(op)
 
-    async def verify_chain(self, workflow_id: str) -> list[str]:
+    async def verify_chain(self, workflow_id: str, *, tenant: str | None = None) -> list[str]:
         """Recompute each run's decision hash chain; return the problems (empty: intact).
 
         Checks links and contents, and that each finished run's chain ends at the head its
-        result recorded (so deleting the newest rows shows too)."""
+        result recorded (so deleting the newest rows shows too). A row the ledger re-chained
+        after redaction ends the chain at the head through its ``source_hash``."""
         async def op(c: asyncpg.Connection) -> list[Any]:
             return list(await c.fetch(
-                "select * from stead_decisions where workflow_id=$1 order by run_id, seq",
-                workflow_id))
+                f"select * from stead_decisions where workflow_id=$1 {_SCOPED}"
+                " order by run_id, seq", workflow_id, tenant))
         rows = await self._retrying(op)
         heads = {r["run_id"]: (r["result"] or {}).get("audit_head")
                  for r in await self._retrying(lambda c: c.fetch(
-                     "select run_id, result from stead_runs where workflow_id=$1", workflow_id))}
+                     "select run_id, result from stead_runs where workflow_id=$1"
+                     " and ($2::text is null or tenant=$2)", workflow_id, tenant))}
         problems: list[str] = []
         by_run: dict[str, list[Any]] = {run_id: [] for run_id, h in heads.items() if h}
         for r in rows:
@@ -332,10 +386,59 @@ class Ledger:
                     problems.append(f"{where}: hash mismatch (row altered)")
                 prev = r["hash"]
             head = heads.get(run_id)
-            if head and prev != head:
+            if head and prev != head and _source_hash(chain[-1] if chain else None) != head:
                 problems.append(f"run {run_id[:8]}: chain ends at {prev[:12]}, but the run "
                                 f"recorded head {head[:12]} (newest decisions missing)")
         return problems
+
+
+_SCOPED = ("and ($2::text is null or run_id in (select run_id from stead_runs"
+           " where workflow_id=$1 and tenant=$2))")
+"""Restricts a child table's rows of workflow $1 to runs of tenant $2 (null: every tenant)."""
+
+
+def _by_run(pairs: list[tuple[DecisionRow, DecisionRow]],
+            ) -> list[list[tuple[DecisionRow, DecisionRow]]]:
+    """(original, redacted) pairs grouped by run, each group in seq order."""
+    groups: dict[tuple[str, str], list[tuple[DecisionRow, DecisionRow]]] = {}
+    for pair in pairs:
+        groups.setdefault((pair[0].workflow_id, pair[0].run_id), []).append(pair)
+    return [sorted(g, key=lambda p: p[0].seq) for g in groups.values()]
+
+
+async def _chained(c: asyncpg.Connection,
+                   group: list[tuple[DecisionRow, DecisionRow]]) -> list[DecisionRow]:
+    """The rows of one run to insert, linked to what is stored (see ``append_decisions``)."""
+    first, last = group[0][0], group[-1][0]
+    stored = {r["seq"]: r["hash"] for r in await c.fetch(
+        "select seq, hash from stead_decisions where workflow_id=$1 and run_id=$2"
+        " and seq between $3 and $4", first.workflow_id, first.run_id, first.seq - 1, last.seq)}
+    prev = GENESIS if first.seq == 1 else stored.get(first.seq - 1)
+    out: list[DecisionRow] = []
+    for original, clean in group:
+        if original.seq in stored:  # written by an earlier attempt: keep it, link to it
+            prev = stored[original.seq]
+            continue
+        # A missing predecessor (a gap verify_chain reports) keeps the workflow's own link.
+        link = original.prev_hash if prev is None else prev
+        if clean == original and link == original.prev_hash:
+            row = original
+        else:
+            data = {**clean.data, "_ledger": {"source_hash": original.hash,
+                                              "redacted": clean != original}}
+            row = clean.model_copy(update={"data": data, "prev_hash": link})
+            row = row.model_copy(update={"hash": chain_hash(link, row.model_dump())})
+        out.append(row)
+        prev = row.hash
+    return out
+
+
+def _source_hash(row: Any) -> str | None:
+    """The workflow's hash of a row the ledger re-chained (None for rows stored as built)."""
+    data = row["data"] if row is not None else None
+    meta = data.get("_ledger") if isinstance(data, dict) else None
+    value = meta.get("source_hash") if isinstance(meta, dict) else None
+    return value if isinstance(value, str) else None
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:

@@ -199,7 +199,7 @@ class Secrets:
 
     def scrub(self, value: J) -> J:
         """``value`` (text or JSON-like data) with every known secret value replaced by
-        ``[REDACTED:secret:<name>]``; other content is left alone (the model needs it)."""
+        ``[REDACTED:secret/<name>]``; other content is left alone (the model needs it)."""
         return self._known.value(value)
 
     def __repr__(self) -> str:
@@ -226,7 +226,7 @@ class _KnownValues:
     def text(self, s: str) -> str:
         if self._regex is None:
             return s
-        return self._regex.sub(lambda m: f"[REDACTED:secret:{self._names[m.group()]}]", s)
+        return self._regex.sub(lambda m: f"[REDACTED:secret/{self._names[m.group()]}]", s)
 
     def value(self, v: J) -> J:
         return _walk(v, self.text) if self._regex is not None else v
@@ -251,7 +251,7 @@ def _walk(v: J, text: Callable[[str], str]) -> J:
 class Redactor:
     """Replaces secrets and personal data in text and JSON-like data with ``[REDACTED:<kind>]``.
 
-    Known secret values go first (``[REDACTED:secret:<name>]``), then one pass of
+    Known secret values go first (``[REDACTED:secret/<name>]``), then one pass of
     ``guardrails.detect`` over credential patterns, the chosen PII kinds and the extra patterns
     (``[REDACTED:<label>]``), overlaps resolved as ``detect`` does."""
 
@@ -283,6 +283,12 @@ class Redactor:
 
     def optional(self, s: str | None) -> str | None:
         return None if s is None else self.text(s)
+
+    def scrub(self, v: J) -> J:
+        """Known secret values only, for what goes back to the workflow and the model (tool
+        results, model turns): a leaked credential must not travel on, but the e-mail address
+        a tool looked up is data the model needs."""
+        return self._known.value(v)
 
 
 DEFAULT_REDACTOR: Final = Redactor()

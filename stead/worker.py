@@ -28,6 +28,7 @@ from stead.agent import AgentCatalog
 from stead.ledger import Ledger, migrate
 from stead.llm import ModelClient, OpenAIModel
 from stead.memory import Embedder, Memory, open_memory
+from stead.secrets import Redactor, Secrets, install_log_redaction
 from stead.settings import Settings
 from stead.telemetry import (
     METER_NAME,
@@ -75,6 +76,11 @@ def named_model_factory(settings: Settings) -> Callable[[str], ModelClient | Non
 def build_worker(client: Client, settings: Settings, catalog: AgentCatalog, ledger: Ledger, *,
                  model: ModelClient | None = None, task_queue: str | None = None,
                  memory: Memory | None = None, metrics: SteadMetrics = NO_METRICS) -> Worker:
+    # Tool credentials from settings; everything the activities write to the ledger, and every
+    # log record of this process, is redacted with what the settings know to be secret.
+    secrets = Secrets.from_settings(settings)
+    ledger = ledger.redacting(Redactor.from_settings(settings, secrets=secrets))
+    install_log_redaction(ledger.redactor)
     runs = RunActivities(catalog, ledger, model_label=model.name if model else None,
                          model_timeout=settings.model_timeout_seconds,
                          model_max_attempts=settings.model_max_attempts,
@@ -85,7 +91,7 @@ def build_worker(client: Client, settings: Settings, catalog: AgentCatalog, ledg
         extra = [mem.recall, mem.write]
     models = ModelActivities(catalog, ledger, model=model,
                              named_models=named_model_factory(settings), metrics=metrics)
-    tools = ToolActivities(catalog, ledger, metrics=metrics)
+    tools = ToolActivities(catalog, ledger, metrics=metrics, secrets=secrets)
     drift = DriftActivities(ledger, embedder=memory.embedder if memory is not None else None)
     return Worker(
         client,
