@@ -169,14 +169,18 @@ def _print_result(workflow_id: str, r: RunResult) -> None:
         out.print(f"[bold]error:[/] {r.error}", highlight=False)
 
 
+_TENANT_HELP = "Only a run of this tenant; another tenant's run is not found (exit 4)"
+
+
 @app.command()
 def show(
     run_id: str = typer.Argument(..., help="Workflow id of the run"),
+    tenant: str | None = typer.Option(None, help=_TENANT_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON"),
 ) -> None:
     """Show a run's state and steps."""
     settings = resolved(cli_settings())
-    data = run_async(_show(settings, run_id))
+    data = run_async(_show(settings, run_id, tenant))
     if as_json:
         print_json(data)
         return
@@ -194,15 +198,23 @@ def show(
         out.print(f"[bold]error:[/] {data['error']}", highlight=False)
 
 
-async def _show(settings: Settings, run_id: str) -> dict[str, Any]:
+async def _show(settings: Settings, run_id: str, tenant: str | None = None) -> dict[str, Any]:
+    from temporalio.common import SearchAttributeKey
+
     client = await temporal_client(settings)
     handle = client.get_workflow_handle(run_id, result_type=RunResult)
+    # The same words whether the run is missing or another tenant's: nothing to tell apart.
+    missing = RunNotFound(f"no run {run_id!r}" + (f" for tenant {tenant!r}" if tenant else "")
+                          + f" on {settings.temporal_address}")
     try:
         desc = await handle.describe()
     except RPCError as e:
         if e.status == RPCStatusCode.NOT_FOUND:
-            raise RunNotFound(f"no run {run_id!r} on {settings.temporal_address}") from None
+            raise missing from None
         raise
+    if tenant is not None and desc.typed_search_attributes.get(
+            SearchAttributeKey.for_keyword("SteadTenant")) != tenant:
+        raise missing
     data: dict[str, Any] = {"workflow_id": run_id,
                             "temporal_status": desc.status.name if desc.status else "UNKNOWN"}
     if desc.status == WorkflowExecutionStatus.RUNNING:
@@ -234,10 +246,11 @@ def audit(
     run_id: str = typer.Argument(..., help="Workflow id of the run"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON"),
     verify: bool = typer.Option(False, "--verify", help="Check the decision hash chain"),
+    tenant: str | None = typer.Option(None, help=_TENANT_HELP),
 ) -> None:
     """Print the ledger trail of a run: model calls, tool attempts, decisions."""
     settings = resolved(cli_settings())
-    trail, problems = run_async(_audit(settings, run_id, verify))
+    trail, problems = run_async(_audit(settings, run_id, verify, tenant))
     if as_json:
         payload: dict[str, Any] = {"workflow_id": run_id, **trail}
         if verify:
@@ -255,18 +268,19 @@ def audit(
         raise typer.Exit(EXIT_RUN_NOT_COMPLETED)
 
 
-async def _audit(settings: Settings, run_id: str,
-                 verify: bool) -> tuple[dict[str, list[dict[str, Any]]], list[str]]:
+async def _audit(settings: Settings, run_id: str, verify: bool, tenant: str | None = None,
+                 ) -> tuple[dict[str, list[dict[str, Any]]], list[str]]:
     from stead.ledger import Ledger
 
     assert settings.database_url is not None
     ledger = await Ledger.connect(settings.database_url, min_size=0, max_size=2,
                                   retry_seconds=0)
     try:
-        trail = await ledger.trail(run_id)
+        trail = await ledger.trail(run_id, tenant=tenant)
         if not trail["runs"]:
-            raise RunNotFound(f"the ledger has no run {run_id!r}")
-        problems = await ledger.verify_chain(run_id) if verify else []
+            raise RunNotFound(f"the ledger has no run {run_id!r}"
+                              + (f" for tenant {tenant!r}" if tenant else ""))
+        problems = await ledger.verify_chain(run_id, tenant=tenant) if verify else []
         return trail, problems
     finally:
         await ledger.close()
@@ -341,6 +355,8 @@ async def _pending(settings: Settings, tenant: str | None,
                                        rpc_timeout=timedelta(seconds=5))
         except RPCError:
             continue  # finished or no worker right now; it will show up again if still waiting
+        if tenant is not None and state.tenant != tenant:
+            continue  # the run's own word, should a search attribute ever disagree
         for p in state.pending_approvals:
             rows.append({"workflow_id": wf.id, "agent": state.agent, "tenant": state.tenant,
                          **p.model_dump(mode="json")})
