@@ -700,6 +700,9 @@ def memory_index_runbooks(
 from stead.evals import register_commands  # noqa: E402
 
 register_commands(app)
+from stead.codec_server import register as register_codec_server  # noqa: E402
+
+register_codec_server(app)
 
 
 def main() -> None:
