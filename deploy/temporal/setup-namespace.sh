@@ -1,17 +1,23 @@
 #!/bin/sh
-# Register the search attributes stead sets on every run, so the Web UI and
-# `temporal workflow list --query ...` can filter on them (e.g. SteadAwaitingApproval = true).
+# Prepare the namespace stead runs in: create it when missing, then register the search
+# attributes stead sets on every run, so the Web UI and `temporal workflow list --query ...`
+# can filter on them (e.g. SteadAwaitingApproval = true).
 #
 # Run once by the temporal-admin-tools service of docker-compose.yml; safe to run again: an
-# attribute that already exists with the right type is left alone, one with another type fails
-# the run (stead would write values the cluster cannot index).
+# existing namespace is left as it is, an attribute that already exists with the right type is
+# left alone, one with another type fails the run (stead would write values the cluster cannot
+# index).
 #
-#   TEMPORAL_ADDRESS    frontend host:port  (default temporal:7233)
-#   TEMPORAL_NAMESPACE  namespace           (default default)
+#   TEMPORAL_ADDRESS     frontend host:port                 (default temporal:7233)
+#   TEMPORAL_NAMESPACE   namespace                          (default default)
+#   NAMESPACE_RETENTION  how long closed runs are kept,
+#                        when the namespace is created here (default 168h)
+#   WAIT_SECONDS         how long to wait for the server    (default 180)
 set -eu
 
 : "${TEMPORAL_ADDRESS:=temporal:7233}"
 : "${TEMPORAL_NAMESPACE:=default}"
+: "${NAMESPACE_RETENTION:=168h}"
 : "${WAIT_SECONDS:=180}"
 export TEMPORAL_ADDRESS TEMPORAL_NAMESPACE
 
@@ -44,8 +50,16 @@ is_registered() {
 
 echo "waiting for Temporal at $TEMPORAL_ADDRESS"
 wait_for "a healthy frontend" temporal operator cluster health
-# auto-setup creates the namespace only after the frontend is up, and the namespace cache
-# takes a moment to see it: listing search attributes succeeds once both have happened.
+
+if temporal operator namespace describe --namespace "$TEMPORAL_NAMESPACE" >/dev/null 2>&1; then
+    echo "namespace $TEMPORAL_NAMESPACE exists"
+else
+    temporal operator namespace create --namespace "$TEMPORAL_NAMESPACE" \
+        --retention "$NAMESPACE_RETENTION"
+    echo "created namespace $TEMPORAL_NAMESPACE (retention $NAMESPACE_RETENTION)"
+fi
+# The frontend's namespace cache takes a moment to see a new namespace: listing its search
+# attributes succeeds once it does.
 wait_for "namespace $TEMPORAL_NAMESPACE" \
     temporal operator search-attribute list --namespace "$TEMPORAL_NAMESPACE"
 
