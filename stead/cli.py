@@ -627,8 +627,10 @@ def memory_reembed(
     async def go() -> int:
         from stead.memory import Memory
 
-        assert settings.database_url is not None
-        store = await PgVectorStore.connect(settings.database_url, min_size=0, max_size=2)
+        # A new dimension alters the column, which only the tables' owner may do.
+        assert settings.migration_database_url is not None
+        store = await PgVectorStore.connect(settings.migration_database_url, min_size=0,
+                                            max_size=2)
         memory = Memory(store=store, embedder=choose_embedder(settings), backend="pgvector")
         try:
             try:
@@ -700,6 +702,9 @@ def memory_index_runbooks(
 from stead.evals import register_commands  # noqa: E402
 
 register_commands(app)
+from stead._cli_db import register as register_db  # noqa: E402
+
+register_db(app)
 from stead.codec_server import register as register_codec_server  # noqa: E402
 
 register_codec_server(app)

@@ -214,7 +214,15 @@ class EmbeddedPostgres:
 
     @property
     def url(self) -> str:
+        """The superuser's DSN: the owner, who migrates."""
         return f"postgresql://postgres@127.0.0.1:{self.port}/{self.database}"
+
+    @property
+    def worker_url(self) -> str:
+        """The least-privilege login role's DSN, which workers get (see stead/dbroles.py)."""
+        from stead.dbroles import EMBEDDED_WORKER_ROLE, dsn_with_user
+
+        return dsn_with_user(self.url, EMBEDDED_WORKER_ROLE)
 
     @property
     def running(self) -> bool:
@@ -368,8 +376,17 @@ class EmbeddedStack:
 
     @property
     def database_url(self) -> str:
+        """The ledger owner's DSN: what migrations and administration use."""
         if self.postgres is not None:
             return self.postgres.url
+        assert self.settings.migration_database_url is not None
+        return self.settings.migration_database_url
+
+    @property
+    def worker_database_url(self) -> str:
+        """The DSN workers connect with (least privilege, see stead/dbroles.py)."""
+        if self.postgres is not None:
+            return self.postgres.worker_url
         assert self.settings.database_url is not None
         return self.settings.database_url
 
@@ -380,7 +397,8 @@ class EmbeddedStack:
     def resolved_settings(self) -> Settings:
         """The settings with the embedded services' addresses filled in."""
         return self.settings.model_copy(update={"temporal_address": self.temporal_address,
-                                                "database_url": self.database_url})
+                                                "database_url": self.worker_database_url,
+                                                "migrate_database_url": self.database_url})
 
     async def start(self) -> None:
         try:
@@ -394,6 +412,10 @@ class EmbeddedStack:
         from stead.ledger import migrate
 
         await migrate(self.database_url)
+        if self.postgres is not None:
+            from stead.dbroles import EMBEDDED_WORKER_ROLE, grant_worker_role
+
+            await grant_worker_role(self.database_url, EMBEDDED_WORKER_ROLE)
 
     async def stop(self) -> None:
         if self.temporal is not None:

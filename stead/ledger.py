@@ -26,7 +26,7 @@ from typing import Any, Literal, TypeVar
 import asyncpg
 
 from stead.audit import GENESIS, canonical, chain_hash
-from stead.errors import LedgerError
+from stead.errors import LedgerError, SettingsError
 from stead.models import DecisionRow
 from stead.secrets import DEFAULT_REDACTOR, Redactor
 
@@ -48,14 +48,18 @@ async def migrate(dsn: str) -> list[str]:
     """Apply the versioned SQL files in ``stead/migrations`` once each; return those applied."""
     conn = await asyncpg.connect(dsn)
     applied: list[str] = []
+    pending = "every migration"
     try:
         # One migrator at a time across processes.
         await conn.execute("select pg_advisory_lock(7265616401)")
-        await conn.execute(
-            "create table if not exists stead_schema_migrations ("
-            " version integer primary key, name text not null, checksum text not null,"
-            " applied_at timestamptz not null default now())"
-        )
+        # Created only when missing, so that a least-privilege worker role (which may not
+        # create tables) passes through an up-to-date database.
+        if await conn.fetchval("select to_regclass('stead_schema_migrations')") is None:
+            await conn.execute(
+                "create table stead_schema_migrations ("
+                " version integer primary key, name text not null, checksum text not null,"
+                " applied_at timestamptz not null default now())"
+            )
         done = {r["version"]: r["checksum"] for r in
                 await conn.fetch("select version, checksum from stead_schema_migrations")}
         files = sorted(
@@ -75,12 +79,21 @@ async def migrate(dsn: str) -> list[str]:
                         f"add a new migration file instead"
                     )
                 continue
+            pending = f.name
             async with conn.transaction():
                 await conn.execute(sql)
                 await conn.execute(
                     "insert into stead_schema_migrations(version, name, checksum)"
                     " values($1, $2, $3)", version, f.name, checksum)
             applied.append(f.name)
+    except asyncpg.InsufficientPrivilegeError as err:
+        role = await conn.fetchval("select current_user")
+        # A migration's own hint (0006: the owner lacks CREATEROLE) knows the fix better.
+        fix = err.hint or (
+            "Apply them as the ledger's owner: set STEAD_MIGRATE_DATABASE_URL to the owner's "
+            "DSN (DATABASE_URL stays the worker's), or run `stead db migrate` with it")
+        raise SettingsError(f"role {role!r} may not apply migrations ({pending} is pending: "
+                            f"{err.message}). {fix}") from None
     finally:
         await conn.execute("select pg_advisory_unlock(7265616401)")
         await conn.close()

@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     """Port of the embedded PostgreSQL (loopback only)."""
     db_pool_min: int = Field(1, ge=0)
     db_pool_max: int = Field(10, ge=1)
+    migrate_database_url: str | None = None
+    """DSN of the ledger's owner role, used only to apply migrations
+    (``STEAD_MIGRATE_DATABASE_URL``); unset: DATABASE_URL. See ``stead/dbroles.py``."""
 
     openai_api_key: SecretStr | None = Field(
         None, validation_alias=_env("openai_api_key", "OPENAI_API_KEY")
@@ -163,6 +166,11 @@ class Settings(BaseSettings):
 
         compile_patterns(v)
         return v
+
+    @property
+    def migration_database_url(self) -> str | None:
+        """Where migrations run: STEAD_MIGRATE_DATABASE_URL, else DATABASE_URL."""
+        return self.migrate_database_url or self.database_url
 
     @property
     def use_openai(self) -> bool:

@@ -138,8 +138,8 @@ class WorkerHost:
 
     async def start(self) -> None:
         s = self.settings
-        assert s.database_url is not None
-        await migrate(s.database_url)
+        assert s.database_url is not None and s.migration_database_url is not None
+        await migrate(s.migration_database_url)  # as the owner; the pool below as the worker
         self.client = await connect_client(s)
         self.ledger = await Ledger.connect(s.database_url, min_size=s.db_pool_min,
                                            max_size=s.db_pool_max,
