@@ -708,6 +708,9 @@ register_db(app)
 from stead.codec_server import register as register_codec_server  # noqa: E402
 
 register_codec_server(app)
+from stead._cli_stuck import register as register_stuck  # noqa: E402
+
+register_stuck(app)
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ from stead.codec import data_converter
 from stead.errors import StackError
 from stead.models import RunRequest, RunResult
 from stead.settings import Settings
+from stead.tls import explain_connect_error, temporal_auth
 
 WORKFLOW_TYPE = "AgentWorkflow"
 
@@ -28,13 +29,17 @@ async def connect(settings: Settings, address: str | None = None, *,
     ``runtime``: a Temporal runtime with telemetry (``stead.telemetry.temporal_runtime``).
     """
     target = address or settings.temporal_address or f"127.0.0.1:{settings.temporal_port}"
+    auth = temporal_auth(settings)  # SettingsError before any network traffic
     try:
         return await Client.connect(target, namespace=settings.temporal_namespace,
-                                    data_converter=data_converter(settings), runtime=runtime)
+                                    data_converter=data_converter(settings), runtime=runtime,
+                                    tls=auth.tls, api_key=auth.api_key)
     except (RuntimeError, RPCError) as err:
+        hint = explain_connect_error(str(err), auth)
         raise StackError(
-            f"cannot reach Temporal at {target}: {err}. Is the stack running (`stead up`), "
-            f"or is TEMPORAL_ADDRESS right?") from err
+            f"cannot reach Temporal at {target} ({auth.describe()}): {err}. "
+            + (f"Likely cause: {hint}." if hint else
+               "Is the stack running (`stead up`), or is TEMPORAL_ADDRESS right?")) from err
 
 
 def new_run_id(agent: str, tenant: str = "default") -> str:

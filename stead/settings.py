@@ -73,6 +73,21 @@ class Settings(BaseSettings):
     """DSN of the ledger's owner role, used only to apply migrations
     (``STEAD_MIGRATE_DATABASE_URL``); unset: DATABASE_URL. See ``stead/dbroles.py``."""
 
+    temporal_tls: bool | None = Field(None, validation_alias=_env("temporal_tls", "TEMPORAL_TLS"))
+    """TLS to Temporal; unset: on when a TEMPORAL_TLS_* path/name or TEMPORAL_API_KEY is set
+    (as in the Temporal CLI). Checked by ``stead.tls.temporal_auth``."""
+    temporal_tls_client_cert_path: Path | None = Field(None, validation_alias=_env(
+        "temporal_tls_client_cert_path", "TEMPORAL_TLS_CLIENT_CERT_PATH"))
+    temporal_tls_client_key_path: Path | None = Field(None, validation_alias=_env(
+        "temporal_tls_client_key_path", "TEMPORAL_TLS_CLIENT_KEY_PATH"))
+    temporal_tls_server_ca_cert_path: Path | None = Field(None, validation_alias=_env(
+        "temporal_tls_server_ca_cert_path", "TEMPORAL_TLS_SERVER_CA_CERT_PATH"))
+    temporal_tls_server_name: str | None = Field(None, validation_alias=_env(
+        "temporal_tls_server_name", "TEMPORAL_TLS_SERVER_NAME"))
+    temporal_api_key: SecretStr | None = Field(None, validation_alias=_env(
+        "temporal_api_key", "TEMPORAL_API_KEY"))
+    """API key for Temporal Cloud (sent over TLS only)."""
+
     openai_api_key: SecretStr | None = Field(
         None, validation_alias=_env("openai_api_key", "OPENAI_API_KEY")
     )
