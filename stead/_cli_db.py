@@ -35,7 +35,14 @@ def register(app: typer.Typer) -> None:
 
 
 def _owner_dsn() -> str:
-    dsn = resolved(cli_settings()).migration_database_url
+    """STEAD_MIGRATE_DATABASE_URL, else DATABASE_URL, else the embedded PostgreSQL's owner.
+
+    A migration job may hold only the owner's DSN (no DATABASE_URL): that must not fall
+    back to the embedded database."""
+    settings = cli_settings()
+    if settings.migrate_database_url is not None:
+        return settings.migrate_database_url
+    dsn = resolved(settings).migration_database_url
     assert dsn is not None  # resolved() fills in the embedded PostgreSQL
     return dsn
 

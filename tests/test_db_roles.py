@@ -307,6 +307,22 @@ async def test_cli_grant_privileges_and_migrate(settings: Settings, stack: Embed
     assert migrated.json() == {"applied": []}
 
 
+async def test_cli_migrate_with_only_the_owner_dsn_migrates_that_database(
+        settings: Settings, scratch_db: str) -> None:
+    """A deploy job holds STEAD_MIGRATE_DATABASE_URL and no DATABASE_URL (docker-compose's
+    stead-migrate): it migrates that database, not an embedded one."""
+    env = {k: v for k, v in cli_env(settings).items() if k != "DATABASE_URL"}
+    env["STEAD_MIGRATE_DATABASE_URL"] = scratch_db
+    done = await stead("db", "migrate", env=env)
+    assert done.code == 0, done.err
+    assert "applied: 0001_ledger.sql" in done.out and "0006_roles.sql" in done.out
+    conn = await asyncpg.connect(scratch_db)
+    try:
+        assert await conn.fetchval("select count(*) from stead_schema_migrations") >= 6
+    finally:
+        await conn.close()
+
+
 async def test_cli_db_bad_input_exits_2(settings: Settings, stack: EmbeddedStack,
                                         scratch_db: str) -> None:
     """Bad names, a missing password variable, and migrating without the owner's DSN."""
