@@ -6,21 +6,19 @@
 The variables are the Temporal CLI's own, so one environment configures ``temporal`` and
 stead alike:
 
-================================  ===========================================================
-``TEMPORAL_TLS``                  ``true``/``false``; unset: on when any variable below is set
-``TEMPORAL_TLS_SERVER_CA_CERT_PATH``  PEM CA bundle that signed the server's certificate
-                                  (unset: the system's roots, as for Temporal Cloud)
-``TEMPORAL_TLS_SERVER_NAME``      name to verify the server's certificate against (and SNI),
-                                  when it differs from the host in TEMPORAL_ADDRESS
-``TEMPORAL_TLS_CLIENT_CERT_PATH`` PEM client certificate (chain) for mutual TLS ...
-``TEMPORAL_TLS_CLIENT_KEY_PATH``  ... and its unencrypted PEM private key; both or neither
-``TEMPORAL_API_KEY``              API key (Temporal Cloud); always over TLS
-================================  ===========================================================
+- ``TEMPORAL_TLS``: ``true``/``false``; unset means on when any variable below is set.
+- ``TEMPORAL_TLS_SERVER_CA_CERT_PATH``: PEM CA bundle that signed the server's certificate
+  (unset: the system's roots, as for Temporal Cloud).
+- ``TEMPORAL_TLS_SERVER_NAME``: the name to verify the server's certificate against (also
+  sent as SNI), when it differs from the host in ``TEMPORAL_ADDRESS``.
+- ``TEMPORAL_TLS_CLIENT_CERT_PATH`` and ``TEMPORAL_TLS_CLIENT_KEY_PATH``: PEM client
+  certificate (chain) and its unencrypted PEM private key, for mutual TLS; both or neither.
+- ``TEMPORAL_API_KEY``: API key (Temporal Cloud); always over TLS.
 
 Files are read and checked here, before any connection: a path that cannot be read, a file
 that is not PEM, an encrypted key, a key that does not belong to the certificate, or a
 certificate outside its validity period is a :class:`~stead.errors.SettingsError` that names
-the variable — not a handshake failure deep inside the Rust core minutes later.
+the variable, not an opaque handshake error from deep inside the Rust core.
 :func:`explain_connect_error` turns the handshake failures that remain (unknown CA, wrong
 name, client certificate refused, plaintext server) into a sentence naming what to change.
 """
