@@ -22,6 +22,7 @@ only test that may skip, and says so.
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import json
 import os
@@ -47,6 +48,7 @@ import yaml
 from pydantic import AliasChoices
 
 from stead.embedded import DEV_SERVER_DYNAMIC_CONFIG, SEARCH_ATTRIBUTES
+from stead.ledger import migrate
 from stead.settings import Settings
 
 with warnings.catch_warnings():
@@ -1171,7 +1173,8 @@ def test_migration_job_then_worker_login_has_exactly_the_worker_privileges(
     postgres: pgserver.PostgresServer, services: dict[str, Service]
 ) -> None:
     """init.sql, then the stead-migrate service's own command as the owner; then the workers'
-    login can read and append but not change audit rows, and cannot change the schema."""
+    login can read and append but not change audit rows, and cannot change the schema; and a
+    worker starting up (which checks for pending migrations with its own DSN) finds none."""
     assert _run_init_sql(postgres, INIT_PASSWORDS).returncode == 0
     job = services["stead-migrate"]
     env = {k: v for k, v in os.environ.items() if k not in _accepted_env_names()}
@@ -1200,3 +1203,5 @@ def test_migration_job_then_worker_login_has_exactly_the_worker_privileges(
          _uri(postgres, "stead_app", "stead")],
         capture_output=True, text=True, timeout=30)
     assert ddl.returncode != 0 and "permission denied" in ddl.stderr
+    pending = asyncio.run(migrate(_uri(postgres, "stead_app", "stead")))
+    assert pending == [], "WorkerHost.start's check passes with the workers' login"
