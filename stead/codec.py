@@ -251,6 +251,27 @@ class EncryptionCodec(PayloadCodec):
                              f"({e})") from None
 
 
+class PlainCodec(PayloadCodec):
+    """The codec without keys: nothing is encrypted, but an encrypted payload (a history
+    written by workers that have keys) fails with a reason instead of "unknown encoding"."""
+
+    async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        return list(payloads)
+
+    async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        for p in payloads:
+            if p.metadata.get("encoding") == ENCODING:
+                kid = p.metadata.get(KEY_ID_METADATA, b"?").decode("utf-8", errors="replace")
+                raise CodecError(
+                    f"a payload is encrypted (key {kid!r}) but STEAD_CODEC_KEYS is not set "
+                    f"here; configure the keys of the workers that wrote it")
+        return list(payloads)
+
+
+PLAIN_CONVERTER = dataclasses.replace(pydantic_data_converter, payload_codec=PlainCodec())
+"""The data converter without keys: pydantic JSON, payloads stored as they are."""
+
+
 def data_converter(settings: Settings, *, encode_failures: bool = True) -> DataConverter:
     """stead's data converter: pydantic JSON, encrypted when ``STEAD_CODEC_KEYS`` is set.
 
@@ -259,7 +280,7 @@ def data_converter(settings: Settings, *, encode_failures: bool = True) -> DataC
     out of the encrypted payload: for the replayer, which writes nothing to the server and
     whose reports would otherwise read ``Encoded failure`` (decoding works either way)."""
     ring = KeyRing.from_settings(settings)
-    return pydantic_data_converter if ring is None else _encrypted_converter(ring, encode_failures)
+    return PLAIN_CONVERTER if ring is None else _encrypted_converter(ring, encode_failures)
 
 
 @functools.lru_cache(maxsize=8)
@@ -276,5 +297,6 @@ def codec_of(settings: Settings) -> EncryptionCodec | None:
     return codec if isinstance(codec, EncryptionCodec) else None
 
 
-__all__ = ["ENCODING", "KEY_BYTES", "KEY_ID_METADATA", "NONCE_BYTES", "CodecError",
-           "EncryptionCodec", "KeyRing", "codec_of", "data_converter", "new_key"]
+__all__ = ["ENCODING", "KEY_BYTES", "KEY_ID_METADATA", "NONCE_BYTES", "PLAIN_CONVERTER",
+           "CodecError", "EncryptionCodec", "KeyRing", "PlainCodec", "codec_of", "data_converter",
+           "new_key"]

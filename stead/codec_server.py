@@ -43,7 +43,7 @@ from stead.errors import SettingsError
 
 if TYPE_CHECKING:  # aiohttp, protobuf and cryptography load when the server starts, not per CLI
     from aiohttp import web
-    from temporalio.api.common.v1 import Payload
+    from temporalio.converter import PayloadCodec
 
     from stead.codec import EncryptionCodec
 
@@ -72,16 +72,6 @@ def parse_origins(text: str) -> list[str]:
     return origins
 
 
-class _PassThrough:
-    """The codec when no keys are configured: nothing is encrypted, so nothing to do."""
-
-    async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
-        return list(payloads)
-
-    async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
-        return list(payloads)
-
-
 def build_app(codec: EncryptionCodec | None, *, token: str | None = None,
               cors_origins: Sequence[str] = ()) -> web.Application:
     """The codec server as an aiohttp application (``codec=None`` passes payloads through).
@@ -90,9 +80,11 @@ def build_app(codec: EncryptionCodec | None, *, token: str | None = None,
     """
     from aiohttp import hdrs, web
 
+    from stead.codec import PlainCodec
+
     allowed = frozenset(cors_origins)
     expected = token.encode() if token else None
-    apply = codec or _PassThrough()
+    apply: PayloadCodec = codec or PlainCodec()
 
     def cors(request: web.Request) -> dict[str, str]:
         origin = request.headers.get(hdrs.ORIGIN)
@@ -138,7 +130,7 @@ def build_app(codec: EncryptionCodec | None, *, token: str | None = None,
     return app
 
 
-async def _apply(codec: EncryptionCodec | _PassThrough, op: str, body: bytes,
+async def _apply(codec: PayloadCodec, op: str, body: bytes,
                  headers: dict[str, str]) -> web.Response:
     from aiohttp import web
     from google.protobuf import json_format

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -26,9 +27,11 @@ from stead.client import connect, start_run
 from stead.codec import (
     ENCODING,
     KEY_ID_METADATA,
+    PLAIN_CONVERTER,
     CodecError,
     EncryptionCodec,
     KeyRing,
+    PlainCodec,
     codec_of,
     data_converter,
     new_key,
@@ -167,7 +170,10 @@ def test_keys_from_the_environment_build_one_shared_converter(
     assert converter.failure_converter_class is DefaultFailureConverterWithEncodedAttributes
     assert converter.payload_converter_class is pydantic_data_converter.payload_converter_class
     monkeypatch.delenv("STEAD_CODEC_KEYS")
-    assert data_converter(load_settings()) is pydantic_data_converter
+    plain = data_converter(load_settings())
+    assert plain is PLAIN_CONVERTER and isinstance(plain.payload_codec, PlainCodec)
+    assert plain.payload_converter_class is pydantic_data_converter.payload_converter_class
+    assert plain.failure_converter_class is pydantic_data_converter.failure_converter_class
     assert codec_of(load_settings()) is None
 
 
@@ -373,3 +379,19 @@ async def test_histories_recorded_before_encryption_still_replay(settings: Setti
     report = await replay(load_histories([CORPUS]),
                           replayer=production_replayer(settings=keyed(settings, {"a": KEY_A}, "a")))
     assert report.outcomes and report.ok, [o for o in report.outcomes if o.status != "ok"]
+
+
+async def test_without_any_keys_an_encrypted_history_says_so(
+        settings: Settings, raw: Client) -> None:
+    """A client, or the replayer, where STEAD_CODEC_KEYS is not set meets an encrypted run:
+    the error says the payloads are encrypted and which key they need."""
+    run_id, _ = await record(keyed(settings, {"a": KEY_A}, "a"), Seeds.fresh())
+    says = "a payload is encrypted (key 'a') but STEAD_CODEC_KEYS is not set here"
+    no_keys = await connect(settings)
+    with pytest.raises(CodecError, match=re.escape(says)):
+        await no_keys.get_workflow_handle(run_id, result_type=RunResult).result()
+    history = (await stored(raw, run_id)).history
+    report = await replay([RecordedHistory(history, "server")],
+                          replayer=production_replayer(settings=settings))
+    [outcome] = report.outcomes
+    assert outcome.status == "failed" and says in (outcome.detail or "")

@@ -149,6 +149,7 @@ async def test_cors_preflight_and_responses_for_the_web_ui_origin(
 
 
 async def test_without_keys_or_token_payloads_pass_through() -> None:
+    """Nothing is encrypted without keys; an encrypted payload still gets a reason."""
     server = TestServer(build_app(None), host="127.0.0.1")
     await server.start_server()
     try:
@@ -156,6 +157,13 @@ async def test_without_keys_or_token_payloads_pass_through() -> None:
             body = payloads_json({"a": 1})
             async with s.post(server.make_url("/encode"), data=body) as r:
                 assert r.status == 200 and parse(await r.text()) == parse(body)
+            async with s.post(server.make_url("/decode"), data=body) as r:
+                assert r.status == 200 and parse(await r.text()) == parse(body)
+            codec = EncryptionCodec(KeyRing({"k1": base64.b64decode(KEY)}, current="k1"))
+            sealed = json_format.MessageToJson(Payloads(payloads=await codec.encode(parse(body))))
+            async with s.post(server.make_url("/decode"), data=sealed) as r:
+                assert r.status == 400
+                assert "encrypted (key 'k1') but STEAD_CODEC_KEYS is not set" in await r.text()
     finally:
         await server.close()
 
