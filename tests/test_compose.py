@@ -56,6 +56,7 @@ with warnings.catch_warnings():
     # these tests never use that directory.
     warnings.simplefilter("ignore")
     import pgserver
+    from pgserver.postgres_server import PostgresServer, get_server
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -1091,7 +1092,7 @@ def test_namespace_script_fails_when_an_attribute_exists_with_another_type(
 
 
 @pytest.fixture
-def postgres() -> Iterator[pgserver.PostgresServer]:
+def postgres() -> Iterator[PostgresServer]:
     """An empty PostgreSQL 16 with pgvector, like the postgresql service before its first boot.
 
     Its data lives outside pytest's temp root: as root, pgserver runs PostgreSQL as a plain user
@@ -1099,7 +1100,7 @@ def postgres() -> Iterator[pgserver.PostgresServer]:
     """
     with (
         tempfile.TemporaryDirectory(prefix="stead-init-sql-") as parent,
-        pgserver.get_server(Path(parent) / "pgdata", cleanup_mode="delete") as server,
+        get_server(Path(parent) / "pgdata", cleanup_mode="delete") as server,
     ):
         yield server
 
@@ -1109,7 +1110,7 @@ INIT_PASSWORDS = {"TEMPORAL_DB_PASSWORD": "t-secret", "STEAD_DB_PASSWORD": "s-se
 
 
 def _run_init_sql(
-    server: pgserver.PostgresServer, env: dict[str, str]
+    server: PostgresServer, env: dict[str, str]
 ) -> subprocess.CompletedProcess[str]:
     """Run init.sql as the postgres image's entrypoint does: psql, ON_ERROR_STOP, superuser."""
     return subprocess.run(
@@ -1122,11 +1123,11 @@ def _run_init_sql(
     )
 
 
-def _uri(server: pgserver.PostgresServer, user: str, database: str) -> str:
-    return server.get_postmaster_info().get_uri(user=user, database=database)
+def _uri(server: PostgresServer, user: str, database: str) -> str:
+    return str(server.get_postmaster_info().get_uri(user=user, database=database))
 
 
-def _query(server: pgserver.PostgresServer, database: str, sql: str,
+def _query(server: PostgresServer, database: str, sql: str,
            user: str = "postgres") -> list[list[str]]:
     out = subprocess.run(
         [str(PSQL), "--no-psqlrc", "-v", "ON_ERROR_STOP=1", "-tAF", "|", "-c", sql,
@@ -1139,7 +1140,7 @@ def _query(server: pgserver.PostgresServer, database: str, sql: str,
     return [line.split("|") for line in out.splitlines() if line]
 
 
-def test_init_sql_creates_databases_roles_and_vector(postgres: pgserver.PostgresServer) -> None:
+def test_init_sql_creates_databases_roles_and_vector(postgres: PostgresServer) -> None:
     result = _run_init_sql(postgres, INIT_PASSWORDS)
     assert result.returncode == 0, result.stderr
     owners = _query(postgres, "postgres",
@@ -1159,7 +1160,7 @@ def test_init_sql_creates_databases_roles_and_vector(postgres: pgserver.Postgres
     assert ["vector"] in _query(postgres, "stead", "SELECT extname FROM pg_extension")
 
 
-def test_init_sql_refuses_to_run_without_its_passwords(postgres: pgserver.PostgresServer) -> None:
+def test_init_sql_refuses_to_run_without_its_passwords(postgres: PostgresServer) -> None:
     partial = {k: v for k, v in INIT_PASSWORDS.items() if k != "STEAD_APP_DB_PASSWORD"}
     result = _run_init_sql(postgres, partial)
     assert result.returncode != 0
@@ -1170,7 +1171,7 @@ def test_init_sql_refuses_to_run_without_its_passwords(postgres: pgserver.Postgr
 
 
 def test_migration_job_then_worker_login_has_exactly_the_worker_privileges(
-    postgres: pgserver.PostgresServer, services: dict[str, Service]
+    postgres: PostgresServer, services: dict[str, Service]
 ) -> None:
     """init.sql, then the stead-migrate service's own command as the owner; then the workers'
     login can read and append but not change audit rows, and cannot change the schema; and a
