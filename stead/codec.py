@@ -130,7 +130,7 @@ class KeyRing:
                                     "STEAD_CODEC_KEYS is not; set both to encrypt payloads")
             return None
         keys = _parse_keys(raw)
-        current = settings.codec_key_id
+        current = settings.codec_key_id or None  # compose passes unset variables as ""
         if current is None:
             if len(keys) != 1:
                 raise SettingsError(

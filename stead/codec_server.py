@@ -25,7 +25,7 @@ Who may call it:
   cross-origin credentials" options. A request from any other origin is refused (403).
 
 Without ``STEAD_CODEC_KEYS`` nothing stead writes is encrypted: the server starts, says so, and
-passes payloads through unchanged.
+passes payloads through unchanged (an encrypted one is a 400 naming the key it needs).
 """
 
 from __future__ import annotations

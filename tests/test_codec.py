@@ -158,11 +158,12 @@ def test_bad_key_settings_name_the_variable_and_hide_the_keys(
 
 def test_keys_from_the_environment_build_one_shared_converter(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """One key needs no key id; url-safe base64 works; equal settings give the same object
-    (so the worker's client and the replayer agree); no keys means the plain converter."""
+    """One key needs no key id (empty counts as unset); url-safe base64 works; equal settings
+    give the same object (so the worker's client and the replayer agree); no keys means the
+    plain converter."""
     monkeypatch.setenv("STEAD_CODEC_KEYS", json.dumps(
         {"only": base64.urlsafe_b64encode(base64.b64decode(KEY_A)).decode().rstrip("=")}))
-    monkeypatch.delenv("STEAD_CODEC_KEY_ID", raising=False)
+    monkeypatch.setenv("STEAD_CODEC_KEY_ID", "")  # as docker compose passes an unset variable
     converter = data_converter(load_settings())
     assert converter is data_converter(load_settings())
     assert isinstance(converter.payload_codec, EncryptionCodec)
@@ -395,3 +396,12 @@ async def test_without_any_keys_an_encrypted_history_says_so(
                           replayer=production_replayer(settings=settings))
     [outcome] = report.outcomes
     assert outcome.status == "failed" and says in (outcome.detail or "")
+
+
+def test_public_names_are_exported() -> None:
+    import stead.codec
+    import stead.codec_server
+
+    for module in (stead.codec, stead.codec_server):
+        for name in module.__all__:
+            assert hasattr(module, name), (module.__name__, name)
