@@ -7,8 +7,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from agents.ops.world import OpsWorld
+from agents.ops.world import DeskUnauthorized, OpsWorld
 from stead.models import RetrySpec, Timeouts
+from stead.secrets import secret_variable
 from stead.tools import Tool, ToolContext, tool
 
 
@@ -148,14 +149,21 @@ def ops_tools(world: OpsWorld) -> list[Tool[Any, Any]]:
 
     @tool(side_effect="write", risk="medium", idempotent=True,
           retry=RetrySpec(initial_interval=0.2, max_interval=2, max_attempts=5,
-                          non_retryable=_NON_RETRYABLE),
-          timeouts=Timeouts(start_to_close=10, heartbeat=2))
+                          non_retryable=[*_NON_RETRYABLE, "DeskUnauthorized"]),
+          timeouts=Timeouts(start_to_close=10, heartbeat=2), secrets=["ticketing_token"])
     async def create_ticket(args: NewTicket, ctx: ToolContext) -> Ticket:
         """Open an incident ticket for a service. Idempotent per call."""
         known(args.service)
-        ticket_id, created = world.create_ticket(
-            key=ctx.idempotency_key, service=args.service, title=args.title,
-            priority=args.priority, body=args.body)
+        # The desk's API token (STEAD_SECRET_TICKETING_TOKEN) comes from the worker's settings,
+        # never from the model; an open (demo) desk also takes tickets without one.
+        token = ctx.secret("ticketing_token", required=False)
+        try:
+            ticket_id, created = world.create_ticket(
+                key=ctx.idempotency_key, service=args.service, title=args.title,
+                priority=args.priority, body=args.body, token=token)
+        except DeskUnauthorized as err:
+            hint = "" if token else f"; set {secret_variable('ticketing_token')} on the worker"
+            raise DeskUnauthorized(f"{err}{hint}") from None
         await ctx.wait(world.knobs().ticket_seconds)
         return Ticket(ticket_id=f"OPS-{1000 + ticket_id}", service=args.service,
                       priority=args.priority, created=created)

@@ -7,6 +7,7 @@ write honours the caller's idempotency key, as a real ticketing or deploy API wo
 
 from __future__ import annotations
 
+import hmac
 import json
 import sqlite3
 import time
@@ -61,6 +62,13 @@ class Knobs:
     """How long ticket creation waits after writing the ticket."""
     flaky_logs_failures: int = 1
     """How many attempts of each recent_logs call fail before one succeeds."""
+    desk_token: str = ""
+    """API token the ticket desk requires ("": an open desk that takes anonymous tickets, as
+    in the demo). Set it with :meth:`OpsWorld.require_desk_token`."""
+
+
+class DeskUnauthorized(Exception):
+    """The ticket desk refused the request: no API token, or the wrong one (HTTP 401)."""
 
 
 class OpsWorld(SqliteWorld[Knobs]):
@@ -100,9 +108,19 @@ class OpsWorld(SqliteWorld[Knobs]):
 
     # ------------------------------------------------------------------ writes
 
+    def require_desk_token(self, token: str) -> None:
+        """From now on the ticket desk takes only requests that carry ``token``."""
+        with self._db() as db:
+            db.execute("insert or replace into knobs values ('desk_token', ?)", (token,))
+
     def create_ticket(self, *, key: str, service: str, title: str, priority: str,
-                      body: str) -> tuple[int, bool]:
-        """Open a ticket once per key; returns (ticket id, created now)."""
+                      body: str, token: str | None = None) -> tuple[int, bool]:
+        """Open a ticket once per key; returns (ticket id, created now). A desk with a token
+        (``require_desk_token``) refuses requests without it: :class:`DeskUnauthorized`."""
+        required = self.knobs().desk_token
+        if required and not hmac.compare_digest((token or "").encode(), required.encode()):
+            raise DeskUnauthorized("ticket desk: 401 Unauthorized ("
+                                   + ("wrong API token" if token else "no API token") + ")")
         with self._db() as db:
             db.execute("begin immediate")
             row = db.execute("select id from tickets where idempotency_key=?", (key,)).fetchone()
