@@ -8,11 +8,11 @@ Settings come from the environment (see stead/settings.py). ``TEMPORAL_ADDRESS``
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 
 from agents import reference_catalog
 from stead.errors import SteadError
+from stead.logs import configure_logging
 from stead.settings import load_settings
 from stead.worker import WorkerHost, run_until_signal
 
@@ -20,8 +20,7 @@ from stead.worker import WorkerHost, run_until_signal
 def main() -> int:
     try:
         settings = load_settings()
-        logging.basicConfig(level=settings.log_level,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        configure_logging(settings)  # STEAD_LOG_FORMAT=json: one JSON object per line
         if settings.temporal_address is None or settings.database_url is None:
             print("worker.py needs TEMPORAL_ADDRESS and DATABASE_URL; "
                   "run `stead up` for the embedded stack", file=sys.stderr)

@@ -23,27 +23,48 @@ from stead.memory._types import (
     VectorStore,
 )
 from stead.models import RecalledItem, RecallRequest, RecallResult, WriteRequest
+from stead.tracing import NO_TRACING, SteadTracing
 
 
 class MemoryActivities:
     """Bound to one vector store, one embedder and the ledger."""
 
     def __init__(self, store: VectorStore, embedder: Embedder, ledger: Ledger, *,
-                 backend: str) -> None:
+                 backend: str, tracing: SteadTracing = NO_TRACING) -> None:
+        self._tracing = tracing
         self._store = store
         self._embedder = embedder
         self._ledger = ledger
         self._backend = backend
 
     async def _embed(self, texts: list[str]) -> list[list[float]]:
-        try:
-            return await self._embedder.embed(texts)
-        except ModelCallError as err:
-            raise ApplicationError(str(err), type=err.kind, non_retryable=not err.retryable,
-                                   next_retry_delay=err.retry_after) from err
+        with self._tracing.embeddings(embedder=self._embedder.name, inputs=len(texts)):
+            try:
+                return await self._embedder.embed(texts)
+            except ModelCallError as err:
+                raise ApplicationError(str(err), type=err.kind, non_retryable=not err.retryable,
+                                       next_retry_delay=err.retry_after) from err
 
     @activity.defn(name="memory.recall")
     async def recall(self, req: RecallRequest) -> RecallResult:
+        with self._tracing.memory("recall", ref=req.ref, backend=self._backend,
+                                  embedder=self._embedder.name,
+                                  namespaces=req.namespaces, texts=[req.query]) as span:
+            result = await self._recall(req)
+            span.items([i.id for i in result.items], [i.score for i in result.items])
+        return result
+
+    @activity.defn(name="memory.write")
+    async def write(self, req: WriteRequest) -> list[str]:
+        with self._tracing.memory("write", ref=req.ref, backend=self._backend,
+                                  embedder=self._embedder.name,
+                                  namespaces=sorted({n.namespace for n in req.notes}),
+                                  texts=[n.text for n in req.notes]) as span:
+            ids = await self._write(req)
+            span.items(ids)
+        return ids
+
+    async def _recall(self, req: RecallRequest) -> RecallResult:
         started = time.perf_counter()
         [vector] = await self._embed([req.query])
         hits = []
@@ -67,8 +88,7 @@ class MemoryActivities:
             duration_ms=(time.perf_counter() - started) * 1000, on_wait=activity.heartbeat)
         return RecallResult(items=items, embedder=self._embedder.name, backend=self._backend)
 
-    @activity.defn(name="memory.write")
-    async def write(self, req: WriteRequest) -> list[str]:
+    async def _write(self, req: WriteRequest) -> list[str]:
         started = time.perf_counter()
         now = datetime.now(UTC)
         # What is remembered is recalled into later prompts: no secrets, no configured PII.

@@ -13,6 +13,7 @@ from stead.ledger import Ledger
 from stead.llm import ModelCallError, ModelClient
 from stead.models import ModelRequest, ModelTurn
 from stead.telemetry import NO_METRICS, SteadMetrics
+from stead.tracing import NO_TRACING, SteadTracing
 
 
 class ModelActivities:
@@ -21,9 +22,11 @@ class ModelActivities:
     def __init__(self, catalog: AgentCatalog, ledger: Ledger, *,
                  model: ModelClient | None = None,
                  named_models: Callable[[str], ModelClient | None] | None = None,
-                 metrics: SteadMetrics = NO_METRICS) -> None:
+                 metrics: SteadMetrics = NO_METRICS,
+                 tracing: SteadTracing = NO_TRACING) -> None:
         self._catalog = catalog
         self._metrics = metrics
+        self._tracing = tracing
         self._ledger = ledger
         self._model = model
         self._named_models = named_models
@@ -48,9 +51,13 @@ class ModelActivities:
         info = activity.info()
         client = self.client_for(req.ref.agent, req.model)
         await self._ledger.append_decisions(req.decisions, on_wait=activity.heartbeat)
+        self._tracing.decisions(req.decisions)
         started = time.perf_counter()
         try:
-            turn = await client.complete(req.messages, req.tools)
+            with self._tracing.chat(model=client.name, ref=req.ref,
+                                    messages=req.messages) as chat:
+                turn = await client.complete(req.messages, req.tools)
+                chat.response(turn)
         except ModelCallError as err:
             await self._record(req, info.attempt, client.name, started, error=err)
             # A provider's message may quote a key; the cause would carry it into history.

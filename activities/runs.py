@@ -13,6 +13,7 @@ from stead.agent import AgentCatalog
 from stead.ledger import Ledger
 from stead.models import AgentPlan, DecisionBatch, FinishRun, StartRun
 from stead.telemetry import NO_METRICS, SteadMetrics
+from stead.tracing import NO_TRACING, SteadTracing
 
 
 class RunActivities:
@@ -20,8 +21,10 @@ class RunActivities:
 
     def __init__(self, catalog: AgentCatalog, ledger: Ledger, *, model_label: str | None,
                  model_timeout: float = 60.0, model_max_attempts: int = 5,
-                 memory: bool = False, metrics: SteadMetrics = NO_METRICS) -> None:
+                 memory: bool = False, metrics: SteadMetrics = NO_METRICS,
+                 tracing: SteadTracing = NO_TRACING) -> None:
         self._catalog = catalog
+        self._tracing = tracing
         self._metrics = metrics
         self._ledger = ledger
         self._model_label = model_label
@@ -68,6 +71,7 @@ class RunActivities:
     @activity.defn(name="run.finish")
     async def finish_run(self, finish: FinishRun) -> None:
         await self._ledger.append_decisions(finish.decisions)
+        self._tracing.decisions(finish.decisions)
         r = finish.result
         await self._ledger.finish_run(
             workflow_id=finish.ref.workflow_id, run_id=finish.ref.run_id, status=r.status,
@@ -79,3 +83,4 @@ class RunActivities:
     async def record_decisions(self, batch: DecisionBatch) -> None:
         """Store audit rows now (the run is about to wait, e.g. for an approver)."""
         await self._ledger.append_decisions(batch.rows)
+        self._tracing.decisions(batch.rows)

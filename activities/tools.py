@@ -32,18 +32,21 @@ from stead.models import ToolInvocation, ToolOutcome
 from stead.secrets import SecretError, Secrets
 from stead.telemetry import NO_METRICS, SteadMetrics
 from stead.tools import Tool, ToolContext
+from stead.tracing import NO_TRACING, SteadTracing
 
 
 class ToolActivities:
     """Builds the activity callables for every tool of a catalog."""
 
     def __init__(self, catalog: AgentCatalog, ledger: Ledger, *,
-                 metrics: SteadMetrics = NO_METRICS, secrets: Secrets | None = None) -> None:
+                 metrics: SteadMetrics = NO_METRICS, secrets: Secrets | None = None,
+                 tracing: SteadTracing = NO_TRACING) -> None:
         """``secrets``: the worker's tool credentials (``Secrets.from_settings``); none if
         omitted, so a tool that needs one fails with ``MissingSecret``."""
         self._catalog = catalog
         self._ledger = ledger
         self._metrics = metrics
+        self._tracing = tracing
         self._secrets = secrets if secrets is not None else Secrets()
 
     def activities(self) -> list[Callable[..., Any]]:
@@ -58,19 +61,27 @@ class ToolActivities:
         return activity.defn(name=t.activity_name)(run_tool)
 
     async def _measured(self, t: Tool[Any, Any], inv: ToolInvocation) -> ToolOutcome:
-        """:meth:`execute`, recording the attempt (duration, outcome, retry) as metrics."""
+        """:meth:`execute`, recording the attempt (duration, outcome, retry) as metrics and
+        as an ``execute_tool`` span."""
         started = time.perf_counter()
         attempt = activity.info().attempt
-        try:
-            out = await self.execute(t, inv)
-        except BaseException as err:  # cancelled (timed out) attempts are failures too
-            kind = err.type if isinstance(err, ApplicationError) and err.type else \
-                type(err).__name__
-            self._metrics.tool_attempt(tool=t.name, outcome="error", attempt=attempt,
-                                       seconds=time.perf_counter() - started, error_type=kind)
-            raise
-        self._metrics.tool_attempt(tool=t.name, outcome="replayed" if out.replayed else "ok",
-                                   attempt=attempt, seconds=time.perf_counter() - started)
+        with self._tracing.execute_tool(t.name, call_id=inv.call_id, attempt=attempt,
+                                        idempotency_key=inv.idempotency_key,
+                                        arguments=inv.arguments, ref=inv.ref,
+                                        requested_tool=inv.requested_tool) as span:
+            try:
+                out = await self.execute(t, inv)
+            except BaseException as err:  # cancelled (timed out) attempts are failures too
+                kind = err.type if isinstance(err, ApplicationError) and err.type else \
+                    type(err).__name__
+                self._metrics.tool_attempt(tool=t.name, outcome="error", attempt=attempt,
+                                           seconds=time.perf_counter() - started,
+                                           error_type=kind)
+                raise
+            outcome = "replayed" if out.replayed else "ok"
+            span.finish(outcome, out.result)
+        self._metrics.tool_attempt(tool=t.name, outcome=outcome, attempt=attempt,
+                                   seconds=time.perf_counter() - started)
         return out
 
     async def execute(self, t: Tool[Any, Any], inv: ToolInvocation) -> ToolOutcome:
@@ -85,6 +96,7 @@ class ToolActivities:
 
         # The gate's decision is on record before anything can happen.
         await ledger.append_decisions(inv.decisions, on_wait=hb)
+        self._tracing.decisions(inv.decisions)
         claim = await ledger.claim_tool(
             key=inv.idempotency_key, workflow_id=inv.ref.workflow_id, run_id=inv.ref.run_id,
             step=inv.ref.step, call_id=inv.call_id, tool=t.name, requested_tool=inv.requested_tool,

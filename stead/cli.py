@@ -55,8 +55,7 @@ def up() -> None:
     from stead.stack_runner import serve
 
     settings = cli_settings()
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _configure_logging(settings)
     run_async(serve(settings, out))
 
 
@@ -79,9 +78,18 @@ def worker() -> None:
     from stead.worker import WorkerHost, run_until_signal
 
     settings = resolved(cli_settings())
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _configure_logging(settings)
     run_async(run_until_signal(WorkerHost(settings, reference_catalog(settings.data_dir))))
+
+
+def _configure_logging(settings: Settings) -> None:
+    """STEAD_LOG_FORMAT (text or JSON lines) at STEAD_LOG_LEVEL, secrets redacted."""
+    from stead.logs import configure_logging
+
+    try:
+        configure_logging(settings)
+    except SettingsError as e:
+        fail(str(e), EXIT_BAD_INPUT)
 
 
 # ----------------------------------------------------------------------------- runs
@@ -114,8 +122,9 @@ def run_cmd(
 async def _run_and_stream(settings: Settings, request: RunRequest, *, wait: bool,
                           as_json: bool) -> RunResult | None:
     from stead.client import start_run
+    from stead.tracing import traced_client
 
-    client = await temporal_client(settings)
+    client = await traced_client(settings)  # client spans when tracing is on
     handle = await start_run(client, request, settings=settings)
     if not wait:
         if as_json:

@@ -7,8 +7,9 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, Interceptor, WorkflowHandle
 from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 from temporalio.runtime import Runtime
 from temporalio.service import RPCError
@@ -23,17 +24,20 @@ WORKFLOW_TYPE = "AgentWorkflow"
 
 
 async def connect(settings: Settings, address: str | None = None, *,
-                  runtime: Runtime | None = None) -> Client:
+                  runtime: Runtime | None = None,
+                  interceptors: Sequence[Interceptor] = ()) -> Client:
     """Connect with stead's data converter; a clear ``StackError`` when nothing answers.
 
     ``runtime``: a Temporal runtime with telemetry (``stead.telemetry.temporal_runtime``).
+    ``interceptors``: e.g. ``SteadTracing.interceptors`` for client spans (``stead run``).
     """
     target = address or settings.temporal_address or f"127.0.0.1:{settings.temporal_port}"
     auth = temporal_auth(settings)  # SettingsError before any network traffic
     try:
         return await Client.connect(target, namespace=settings.temporal_namespace,
                                     data_converter=data_converter(settings), runtime=runtime,
-                                    tls=auth.tls, api_key=auth.api_key)
+                                    tls=auth.tls, api_key=auth.api_key,
+                                    interceptors=interceptors)
     except (RuntimeError, RPCError) as err:
         hint = explain_connect_error(str(err), auth)
         raise StackError(

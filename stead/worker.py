@@ -16,7 +16,7 @@ from types import TracebackType
 
 from opentelemetry.metrics import MeterProvider
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import Interceptor, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.drift import DriftActivities
@@ -27,6 +27,7 @@ from activities.tools import ToolActivities
 from stead.agent import AgentCatalog
 from stead.ledger import Ledger, migrate
 from stead.llm import ModelClient, OpenAIModel
+from stead.logs import RunLogContext
 from stead.memory import Embedder, Memory, open_memory
 from stead.secrets import Redactor, Secrets, install_log_redaction
 from stead.settings import Settings
@@ -38,6 +39,7 @@ from stead.telemetry import (
     connect_client,
     shutdown_metrics,
 )
+from stead.tracing import NO_TRACING, SteadTracing
 from workflows.agent import AgentWorkflow
 from workflows.drift import DriftWorkflow
 
@@ -73,9 +75,17 @@ def named_model_factory(settings: Settings) -> Callable[[str], ModelClient | Non
     return make
 
 
+def worker_interceptors(tracing: SteadTracing = NO_TRACING) -> list[Interceptor]:
+    """What a worker intercepts with (the replayer uses the same list): spans when tracing is
+    on — worker-side only, the host's client stays untraced so no span is made twice — and
+    the run's tenant and agent on activity log lines."""
+    return [*tracing.interceptors, RunLogContext()]
+
+
 def build_worker(client: Client, settings: Settings, catalog: AgentCatalog, ledger: Ledger, *,
                  model: ModelClient | None = None, task_queue: str | None = None,
-                 memory: Memory | None = None, metrics: SteadMetrics = NO_METRICS) -> Worker:
+                 memory: Memory | None = None, metrics: SteadMetrics = NO_METRICS,
+                 tracing: SteadTracing = NO_TRACING) -> Worker:
     # Tool credentials from settings; everything the activities write to the ledger, and every
     # log record of this process, is redacted with what the settings know to be secret.
     secrets = Secrets.from_settings(settings)
@@ -84,14 +94,16 @@ def build_worker(client: Client, settings: Settings, catalog: AgentCatalog, ledg
     runs = RunActivities(catalog, ledger, model_label=model.name if model else None,
                          model_timeout=settings.model_timeout_seconds,
                          model_max_attempts=settings.model_max_attempts,
-                         memory=memory is not None, metrics=metrics)
+                         memory=memory is not None, metrics=metrics, tracing=tracing)
     extra: list[Callable[..., object]] = []
     if memory is not None:
-        mem = MemoryActivities(memory.store, memory.embedder, ledger, backend=memory.backend)
+        mem = MemoryActivities(memory.store, memory.embedder, ledger, backend=memory.backend,
+                               tracing=tracing)
         extra = [mem.recall, mem.write]
     models = ModelActivities(catalog, ledger, model=model,
-                             named_models=named_model_factory(settings), metrics=metrics)
-    tools = ToolActivities(catalog, ledger, metrics=metrics, secrets=secrets)
+                             named_models=named_model_factory(settings), metrics=metrics,
+                             tracing=tracing)
+    tools = ToolActivities(catalog, ledger, metrics=metrics, secrets=secrets, tracing=tracing)
     drift = DriftActivities(ledger, embedder=memory.embedder if memory is not None else None)
     return Worker(
         client,
@@ -106,6 +118,7 @@ def build_worker(client: Client, settings: Settings, catalog: AgentCatalog, ledg
         sticky_queue_schedule_to_start_timeout=timedelta(
             seconds=settings.sticky_schedule_to_start_seconds),
         graceful_shutdown_timeout=timedelta(seconds=30),
+        interceptors=worker_interceptors(tracing),
         workflow_runner=SandboxedWorkflowRunner(
             restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)),
     )
@@ -117,9 +130,11 @@ class WorkerHost:
     def __init__(self, settings: Settings, catalog: AgentCatalog, *,
                  model: ModelClient | None = None, task_queue: str | None = None,
                  embedder: Embedder | None = None,
-                 meter_provider: MeterProvider | None = None) -> None:
+                 meter_provider: MeterProvider | None = None,
+                 tracing: SteadTracing | None = None) -> None:
         """``meter_provider``: where the activities' metrics go; None builds one from settings
-        (``configure_metrics``) that the host also shuts down."""
+        (``configure_metrics``) that the host also shuts down. ``tracing`` likewise
+        (``SteadTracing.from_settings``)."""
         if settings.temporal_address is None or settings.database_url is None:
             raise ValueError("WorkerHost needs resolved settings (temporal_address and "
                              "database_url set); use EmbeddedStack.resolved_settings()")
@@ -130,6 +145,8 @@ class WorkerHost:
         self.embedder = embedder
         self.meter_provider = meter_provider
         self._owns_meter_provider = meter_provider is None
+        self.tracing = tracing
+        self._owns_tracing = tracing is None
         self.client: Client | None = None
         self.ledger: Ledger | None = None
         self.memory: Memory | None = None
@@ -148,10 +165,13 @@ class WorkerHost:
             self.memory = await open_memory(s, pool=self.ledger.pool, embedder=self.embedder)
             if self.meter_provider is None:
                 self.meter_provider = configure_metrics(s)
+            if self.tracing is None:
+                self.tracing = SteadTracing.from_settings(s, redact=Redactor.from_settings(s).text)
             self.worker = build_worker(self.client, s, self.catalog, self.ledger,
                                        model=self.model, task_queue=self.task_queue,
                                        memory=self.memory, metrics=SteadMetrics(
-                                           self.meter_provider.get_meter(METER_NAME)))
+                                           self.meter_provider.get_meter(METER_NAME)),
+                                       tracing=self.tracing)
         except BaseException:
             await self.ledger.close()  # do not leave a pool reconnecting behind us
             self.ledger = None
@@ -171,6 +191,9 @@ class WorkerHost:
             # The last export is a blocking HTTP call: keep it off the event loop.
             await asyncio.to_thread(shutdown_metrics, self.meter_provider)
             self.meter_provider = None
+        if self._owns_tracing and self.tracing is not None:
+            await asyncio.to_thread(self.tracing.shutdown)  # flushes: a blocking export
+            self.tracing = None
         close = getattr(self.model, "close", None)
         if close is not None:
             await close()

@@ -144,7 +144,7 @@ def production_replayer(*, workflows: Sequence[type] | None = None,
     messages stay unencoded so a failed replay's report says why."""
     from stead.codec import data_converter
     from stead.settings import load_settings
-    from stead.worker import PASSTHROUGH
+    from stead.worker import PASSTHROUGH, worker_interceptors
 
     return Replayer(
         workflows=list(workflows) if workflows is not None else production_workflows(),
@@ -152,7 +152,7 @@ def production_replayer(*, workflows: Sequence[type] | None = None,
                                       encode_failures=False),
         workflow_runner=SandboxedWorkflowRunner(
             restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)),
-        runtime=_quiet_runtime())
+        interceptors=worker_interceptors(), runtime=_quiet_runtime())
 
 
 # ---------------------------------------------------------------------------- loading

@@ -1,8 +1,9 @@
-"""A minimal OTLP/HTTP receiver, so metric export is tested over the wire, not through a mock.
+"""A minimal OTLP/HTTP receiver, so metric and trace export is tested over the wire, not
+through a mock.
 
-It accepts what a collector's ``otlphttp`` receiver accepts on ``POST /v1/metrics`` (and
-``/v1/traces``, kept raw): protobuf or JSON ``Export*ServiceRequest`` bodies, gzip or deflate
-encoded; and it can refuse exports on request, the way a collector under pressure does::
+It accepts what a collector's ``otlphttp`` receiver accepts on ``POST /v1/metrics`` and
+``POST /v1/traces``: protobuf or JSON ``Export*ServiceRequest`` bodies, gzip or deflate
+encoded; and it can refuse metric exports on request, the way a collector under pressure does::
 
     async with FakeOTLPServer() as srv:       # point OTEL_EXPORTER_OTLP_ENDPOINT at srv.endpoint
         ...
@@ -11,8 +12,9 @@ encoded; and it can refuse exports on request, the way a collector under pressur
         assert runs.value == 1
 
 Every data point of every export is kept as a :class:`MetricPoint` (cumulative sums repeat in
-each export: :meth:`FakeOTLPServer.latest` returns the newest export's points). Run it
-standalone to see what a worker exports::
+each export: :meth:`FakeOTLPServer.latest` returns the newest export's points), every span as
+a :class:`ReceivedSpan` (``await srv.wait_for_spans("invoke_agent ops")``). Run it standalone
+to see what a worker exports::
 
     python -m stead.testing.otlp_server --port 4318
     export OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318
@@ -41,10 +43,12 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from stead.testing._http import LocalHTTPServer
 
-__all__ = ["AttributeValue", "FakeOTLPServer", "MetricPoint", "PointKind"]
+__all__ = ["AttributeValue", "FakeOTLPServer", "MetricPoint", "PointKind", "ReceivedSpan",
+           "SpanEvent"]
 
 AttributeValue = str | bool | int | float | bytes | list["AttributeValue"] | None
 PointKind = Literal["sum", "gauge", "histogram", "exponential_histogram", "summary"]
@@ -69,6 +73,41 @@ class MetricPoint:
     resource: dict[str, AttributeValue] = field(default_factory=dict)
     export: int = 0
     """Index of the export request the point came in (0 is the first)."""
+
+
+@dataclass(frozen=True)
+class SpanEvent:
+    """One event of a received span (e.g. ``stead.decision``, ``exception``)."""
+
+    name: str
+    attributes: dict[str, AttributeValue]
+
+
+@dataclass(frozen=True)
+class ReceivedSpan:
+    """One span of one trace export, decoded from ``ExportTraceServiceRequest``."""
+
+    name: str
+    trace_id: str
+    """32 hex digits, as trace viewers show it."""
+    span_id: str
+    """16 hex digits."""
+    parent_span_id: str
+    """16 hex digits; empty for a root span."""
+    kind: str
+    """``SERVER``, ``CLIENT``, ``INTERNAL``, ``PRODUCER``, ``CONSUMER`` (or ``UNSPECIFIED``)."""
+    attributes: dict[str, AttributeValue]
+    events: list[SpanEvent]
+    status: str
+    """``UNSET``, ``OK`` or ``ERROR``."""
+    status_message: str
+    start_ns: int
+    end_ns: int
+    scope: str
+    """Instrumentation scope (the tracer's name)."""
+    resource: dict[str, AttributeValue] = field(default_factory=dict)
+    export: int = 0
+    """Index of the export request the span came in (0 is the first)."""
 
 
 def _value(v: AnyValue) -> AttributeValue:
@@ -113,6 +152,19 @@ def _points(metric: Metric, *, scope: str, resource: dict[str, AttributeValue],
     return []
 
 
+def _span(span: Span, *, scope: str, resource: dict[str, AttributeValue],
+          export: int) -> ReceivedSpan:
+    return ReceivedSpan(
+        name=span.name, trace_id=span.trace_id.hex(), span_id=span.span_id.hex(),
+        parent_span_id=span.parent_span_id.hex(),
+        kind=Span.SpanKind.Name(span.kind).removeprefix("SPAN_KIND_"),
+        attributes=_attrs(span.attributes),
+        events=[SpanEvent(e.name, _attrs(e.attributes)) for e in span.events],
+        status=Status.StatusCode.Name(span.status.code).removeprefix("STATUS_CODE_"),
+        status_message=span.status.message, start_ns=span.start_time_unix_nano,
+        end_ns=span.end_time_unix_nano, scope=scope, resource=resource, export=export)
+
+
 class FakeOTLPServer(LocalHTTPServer):
     """Receives OTLP/HTTP exports on 127.0.0.1 and keeps them for assertions."""
 
@@ -124,6 +176,7 @@ class FakeOTLPServer(LocalHTTPServer):
         self.refused = 0
         """Exports answered with an injected error status."""
         self._points: list[MetricPoint] = []
+        self._spans: list[ReceivedSpan] = []
         self._refuse: list[int] = []
         self._arrived = asyncio.Condition()
 
@@ -156,6 +209,22 @@ class FakeOTLPServer(LocalHTTPServer):
 
     def metric_names(self) -> set[str]:
         return {p.name for p in self._points}
+
+    def spans(self, name: str | None = None) -> list[ReceivedSpan]:
+        """Every span received (named ``name``), in arrival order."""
+        return [s for s in self._spans if name is None or s.name == name]
+
+    def span_names(self) -> set[str]:
+        return {s.name for s in self._spans}
+
+    async def wait_for_spans(self, *names: str, timeout: float = 30.0) -> None:
+        """Until a span of every name in ``names`` has arrived; ``TimeoutError`` says what
+        did."""
+        try:
+            await self.wait_until(lambda srv: set(names) <= srv.span_names(), timeout=timeout,
+                                  what=f"spans {', '.join(sorted(names))}")
+        except TimeoutError as err:
+            raise TimeoutError(f"{err}; spans received: {sorted(self.span_names())}") from None
 
     async def wait_for(self, *names: str, timeout: float = 30.0) -> None:
         """Until every metric in ``names`` has arrived; ``TimeoutError`` says what did."""
@@ -227,7 +296,15 @@ class FakeOTLPServer(LocalHTTPServer):
         export = ExportTraceServiceRequest()
         if not await self._decode(request, export):
             return web.Response(status=400, text="not an OTLP ExportTraceServiceRequest")
+        index = len(self.trace_requests)
         self.trace_requests.append(export)
+        for rs in export.resource_spans:
+            resource = _attrs(rs.resource.attributes)
+            for ss in rs.scope_spans:
+                self._spans.extend(_span(s, scope=ss.scope.name, resource=resource, export=index)
+                                   for s in ss.spans)
+        async with self._arrived:
+            self._arrived.notify_all()
         return self._reply(request, ExportTraceServiceResponse())
 
 
@@ -238,7 +315,7 @@ async def _serve(*, host: str, port: int) -> None:
     async with FakeOTLPServer(host=host, port=port) as srv:
         print(f"OTLP/HTTP receiver at {srv.endpoint}; Ctrl-C to stop", flush=True)
         print(f"  export OTEL_EXPORTER_OTLP_ENDPOINT={srv.endpoint}", flush=True)
-        seen = 0
+        seen = seen_spans = 0
         while True:
             async with srv._arrived:
                 await srv._arrived.wait()
@@ -246,12 +323,17 @@ async def _serve(*, host: str, port: int) -> None:
                 shown = p.value if p.value is not None else f"count={p.count} sum={p.sum}"
                 print(f"{p.scope or '-'} {p.name} {p.attributes} {shown}", flush=True)
             seen = len(srv.points())
+            for s in srv.spans()[seen_spans:]:
+                print(f"span {s.trace_id}/{s.span_id} <- {s.parent_span_id or '-'} {s.name} "
+                      f"{s.status} {s.attributes}", flush=True)
+            seen_spans = len(srv.spans())
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Print every data point received until interrupted."""
+    """Print every data point and span received until interrupted."""
     parser = argparse.ArgumentParser(prog="python -m stead.testing.otlp_server",
-                                     description="Minimal OTLP/HTTP metrics receiver.")
+                                     description="Minimal OTLP/HTTP metrics and traces "
+                                                 "receiver.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=4318, help="0 picks a free port")
     args = parser.parse_args(argv)
