@@ -271,7 +271,7 @@ class SuiteRunner:
         run_settings = self.settings.model_copy(update={"task_queue": queue,
                                                         "memory_backend": "off"})
         assert run_settings.database_url is not None
-        await migrate(run_settings.database_url)
+        await migrate(run_settings.migration_database_url or run_settings.database_url)
         ledger = await Ledger.connect(run_settings.database_url, min_size=1, max_size=4,
                                       retry_seconds=run_settings.ledger_retry_seconds)
         async with contextlib.AsyncExitStack() as stack:
@@ -511,7 +511,9 @@ async def eval_stack(settings: Settings, *, ephemeral: bool = False) -> AsyncIte
             update={"temporal_address": f"127.0.0.1:{settings.temporal_port}"})
     if settings.database_url is None and not port_is_free(settings.postgres_port):
         pg = EmbeddedPostgres(settings.data_dir.resolve(), port=settings.postgres_port)
-        filled = filled.model_copy(update={"database_url": pg.url})
+        # Workers log in least-privilege; the owner migrates (stead/dbroles.py).
+        filled = filled.model_copy(update={"database_url": pg.worker_url,
+                                           "migrate_database_url": pg.url})
     stack = EmbeddedStack(filled, ui=False)
     await stack.start()
     try:
