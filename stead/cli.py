@@ -18,7 +18,7 @@ from typing import Any
 import typer
 from pydantic import ValidationError
 from rich.table import Table
-from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.service import RPCError, RPCStatusCode
 
 from stead._cli_common import (
@@ -121,10 +121,16 @@ def run_cmd(
 
 async def _run_and_stream(settings: Settings, request: RunRequest, *, wait: bool,
                           as_json: bool) -> RunResult | None:
-    from stead.client import start_run
     from stead.tracing import traced_client
 
-    client = await traced_client(settings)  # client spans when tracing is on
+    async with traced_client(settings) as client:  # client spans when tracing is on
+        return await _start_and_stream(client, settings, request, wait=wait, as_json=as_json)
+
+
+async def _start_and_stream(client: Client, settings: Settings, request: RunRequest, *,
+                            wait: bool, as_json: bool) -> RunResult | None:
+    from stead.client import start_run
+
     handle = await start_run(client, request, settings=settings)
     if not wait:
         if as_json:

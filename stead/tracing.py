@@ -54,8 +54,8 @@ import asyncio
 import hashlib
 import json
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
@@ -100,6 +100,7 @@ from temporalio.worker import (
     WorkflowInterceptorClassInput,
 )
 
+from stead.client import WORKFLOW_TYPE, connect
 from stead.errors import SettingsError
 from stead.llm import ModelCallError
 from stead.models import (
@@ -129,8 +130,6 @@ __all__ = [
 ]
 
 TRACER_NAME: Final = "stead"
-AGENT_WORKFLOW: Final = "AgentWorkflow"
-"""The workflow type whose runs get an ``invoke_agent`` span (``stead.client.WORKFLOW_TYPE``)."""
 
 Redact = Callable[[str], str]
 Carrier = dict[str, CarrierValT]
@@ -199,14 +198,11 @@ def traces_endpoint(settings: Settings) -> str | None:
 
 def configure_tracing(settings: Settings, *, exporters: Sequence[SpanExporter] = (),
                       redact: Redact = DEFAULT_REDACTOR.text,
-                      service_name: str = "stead-worker",
-                      shutdown_on_exit: bool = False) -> TracerProvider:
+                      service_name: str = "stead-worker") -> TracerProvider:
     """A TracerProvider exporting where settings say, plus to ``exporters`` (e.g. the SDK's
     ``InMemorySpanExporter``, fed synchronously). Every exporter sees spans with their string
-    attributes passed through ``redact``. Nothing configured: a no-op provider.
-
-    ``shutdown_on_exit``: flush at interpreter exit (short-lived CLI processes); otherwise the
-    owner calls :meth:`SteadTracing.shutdown`."""
+    attributes passed through ``redact``. Nothing configured: a no-op provider. The caller
+    owns it: :meth:`SteadTracing.shutdown` exports what is buffered."""
     url = traces_endpoint(settings)
     mode = settings.traces_exporter
     if url is None and mode != "console" and not exporters:
@@ -214,7 +210,7 @@ def configure_tracing(settings: Settings, *, exporters: Sequence[SpanExporter] =
 
     # Resource.create also reads OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES.
     provider = SdkTracerProvider(resource=Resource.create({"service.name": service_name}),
-                                 id_generator=_RunSpanIds(), shutdown_on_exit=shutdown_on_exit)
+                                 id_generator=_RunSpanIds(), shutdown_on_exit=False)
     for exporter in exporters:
         provider.add_span_processor(SimpleSpanProcessor(_RedactingExporter(exporter, redact)))
     if url is not None:
@@ -301,12 +297,10 @@ class SteadTracing:
     @classmethod
     def from_settings(cls, settings: Settings, *, exporters: Sequence[SpanExporter] = (),
                       redact: Redact = DEFAULT_REDACTOR.text,
-                      service_name: str = "stead-worker",
-                      shutdown_on_exit: bool = False) -> SteadTracing:
+                      service_name: str = "stead-worker") -> SteadTracing:
         """:func:`configure_tracing` with ``STEAD_CAPTURE_CONTENT``; the caller owns it."""
         return cls(configure_tracing(settings, exporters=exporters, redact=redact,
-                                     service_name=service_name,
-                                     shutdown_on_exit=shutdown_on_exit),
+                                     service_name=service_name),
                    capture_content=settings.capture_content, redact=redact)
 
     @property
@@ -670,7 +664,7 @@ class _RunWorkflowInterceptor(TracingWorkflowInboundInterceptor):
         if self._workflow_context_carrier:
             return self._workflow_context_carrier
         info = workflow.info()
-        if info.workflow_type != AGENT_WORKFLOW:
+        if info.workflow_type != WORKFLOW_TYPE:
             return super()._load_workflow_context_carrier()
         header = info.headers.get(self.header_key)
         if header:
@@ -693,7 +687,7 @@ class _RunWorkflowInterceptor(TracingWorkflowInboundInterceptor):
 
     async def execute_workflow(self, input: ExecuteWorkflowInput) -> Any:
         request = input.args[0] if input.args else None
-        if workflow.info().workflow_type != AGENT_WORKFLOW or \
+        if workflow.info().workflow_type != WORKFLOW_TYPE or \
                 not isinstance(request, RunRequest):
             return await super().execute_workflow(input)
         self._load_workflow_context_carrier()
@@ -744,11 +738,14 @@ def _ns(t: datetime) -> int:
 
 
 
-async def traced_client(settings: Settings, *, service_name: str = "stead-cli") -> Client:
+@asynccontextmanager
+async def traced_client(settings: Settings, *,
+                        service_name: str = "stead-cli") -> AsyncIterator[Client]:
     """A client for a short-lived process (``stead run``): connected like
-    :func:`stead.client.connect`, with client spans when tracing is on, flushed at exit."""
-    from stead.client import connect
-
-    tracing = SteadTracing.from_settings(settings, service_name=service_name,
-                                         shutdown_on_exit=True)
-    return await connect(settings, interceptors=tracing.interceptors)
+    :func:`stead.client.connect`, with client spans when tracing is on, flushed on leaving
+    (the CLI ends with ``os._exit``, so exit hooks would not run)."""
+    tracing = SteadTracing.from_settings(settings, service_name=service_name)
+    try:
+        yield await connect(settings, interceptors=tracing.interceptors)
+    finally:
+        await asyncio.to_thread(tracing.shutdown)  # the last export is a blocking call

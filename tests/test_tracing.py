@@ -12,12 +12,14 @@ import asyncio
 import json
 import re
 import time
+import uuid
 from collections import Counter
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
 import pytest
+from _cli import cli_env, stead
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NoOpTracerProvider, StatusCode
@@ -31,8 +33,10 @@ from stead.embedded import EmbeddedStack
 from stead.errors import SettingsError
 from stead.ledger import Ledger
 from stead.llm import FunctionModel, ModelCallError, assistant_turns, call
+from stead.memory.embedders import HashingEmbedder
 from stead.models import (
     ApprovalDecision,
+    MemoryPlan,
     Message,
     ModelTurn,
     RetrySpec,
@@ -497,3 +501,71 @@ def test_tracing_refuses_a_provider_without_run_span_ids() -> None:
     with pytest.raises(ValueError, match="configure_tracing"):
         SteadTracing(TracerProvider(shutdown_on_exit=False))
 
+
+
+# ---------------------------------------------------------------------------- memory
+
+
+async def test_memory_recall_and_write_spans(settings: Settings) -> None:
+    """A run that remembers its answer has a memory.write span; the next run of the tenant
+    recalls it: a memory.recall span with the hit count, each over an embeddings span."""
+    agent = tr_agent()
+    agent = Agent(name="tr", instructions=agent.instructions, tools=agent.tools,
+                  offline_model=agent.offline_model, max_steps=6, policy=TR_POLICY,
+                  memory=MemoryPlan(recall_top_k=3, min_score=-1.0))
+    s = settings.model_copy(update={"memory_backend": "pgvector"})
+    tracing, exporter = in_memory(s)
+    tenant = f"mem-{uuid.uuid4().hex[:8]}"
+    async with WorkerHost(s, AgentCatalog([agent]), tracing=tracing,
+                          embedder=HashingEmbedder(384)) as host:
+        assert host.client is not None
+        ids = []
+        for _ in range(2):
+            h = await start_run(host.client, RunRequest(agent="tr", input="look up the record",
+                                                        tenant=tenant), settings=s)
+            assert (await h.result()).status == "completed"
+            ids.append(h.id)
+    first, second = (of_run(exporter.get_finished_spans(), i) for i in ids)
+    write = one(first, "memory.write")
+    assert parent_of(write, first).name == "RunActivity:memory.write"
+    assert dict(write.attributes or {})["stead.memory.items"] == 1
+    recall = one(second, "memory.recall")
+    attrs = dict(recall.attributes or {})
+    assert attrs["stead.memory.backend"] == "pgvector"
+    assert attrs["stead.memory.embedder"] == "hashing:384"
+    assert attrs["stead.memory.items"] >= 1
+    assert attrs["stead.tenant"] == tenant
+    embeds = named(second, "embeddings hashing:384")  # the recall's, and the write's
+    assert sorted(parent_of(e, second).name for e in embeds) == ["memory.recall",
+                                                                  "memory.write"]
+    assert all(dict(e.attributes or {})["gen_ai.operation.name"] == "embeddings"
+               for e in embeds)
+    assert "stead.memory.texts" not in everything(first + second)
+
+
+# ---------------------------------------------------------------------------- stead run
+
+
+async def test_stead_run_traces_its_client_into_the_workers_trace(settings: Settings) -> None:
+    """``stead run`` (another process) exports its StartWorkflow span over OTLP; the worker's
+    invoke_agent span is its child in the same trace. The CLI's state polling makes no
+    spans."""
+    tracing, exporter = in_memory(settings)
+    async with FakeOTLPServer() as srv:
+        async with WorkerHost(settings, AgentCatalog([tr_agent()]), tracing=tracing):
+            done = await stead("run", "tr", "look up the record", "--tenant", "acme", "--json",
+                               env=cli_env(settings, OTEL_EXPORTER_OTLP_ENDPOINT=srv.endpoint,
+                                           STEAD_TRACES_EXPORTER="otlp",
+                                           STEAD_METRICS_EXPORTER="none"))
+        assert done.code == 0, done.err
+        # Exported when the CLI process exited (the provider flushes at exit).
+        await srv.wait_for_spans("StartWorkflow:AgentWorkflow", timeout=10)
+    workflow_id = done.json()["workflow_id"]
+    [start] = srv.spans("StartWorkflow:AgentWorkflow")
+    assert start.resource["service.name"] == "stead-cli"
+    assert start.attributes["temporalWorkflowID"] == workflow_id
+    assert srv.span_names() == {"StartWorkflow:AgentWorkflow"}  # no QueryWorkflow:state
+    run = one(exporter.get_finished_spans(), "invoke_agent tr")
+    assert run.parent is not None
+    assert f"{run.parent.span_id:016x}" == start.span_id
+    assert f"{run.context.trace_id:032x}" == start.trace_id
