@@ -29,7 +29,6 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from stead import errors
 from stead.agent import Agent, AgentCatalog
 from stead.client import connect, start_run
-from stead.embedded import EmbeddedStack
 from stead.errors import SettingsError
 from stead.ledger import Ledger
 from stead.llm import FunctionModel, ModelCallError, assistant_turns, call
@@ -463,7 +462,7 @@ async def test_traces_reach_an_otlp_http_receiver(settings: Settings) -> None:
 # ---------------------------------------------------------------------------- settings
 
 
-def test_exporter_choice_from_settings(stack: EmbeddedStack) -> None:
+def test_exporter_choice_from_settings() -> None:
     """auto without an endpoint, or none, is a no-op provider and no interceptor; otlp needs
     an endpoint; the endpoint must be an http(s) URL; console prints."""
     base = Settings()
