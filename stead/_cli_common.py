@@ -73,6 +73,17 @@ def print_json(obj: object) -> None:
     out.print_json(json.dumps(obj, default=str))
 
 
+def configure_cli_logging(settings: Settings) -> None:
+    """STEAD_LOG_FORMAT (text or JSON lines) at STEAD_LOG_LEVEL, secrets redacted; for
+    commands that run as services (up, worker, codec-server, db migrate)."""
+    from stead.logs import configure_logging
+
+    try:
+        configure_logging(settings)
+    except SettingsError as e:
+        fail(str(e), EXIT_BAD_INPUT)
+
+
 async def temporal_client(settings: Settings) -> Client:
     from stead.client import connect
 

@@ -17,6 +17,7 @@ from rich.table import Table
 from stead._cli_common import (
     EXIT_BAD_INPUT,
     cli_settings,
+    configure_cli_logging,
     fail,
     out,
     print_json,
@@ -55,6 +56,7 @@ def db_migrate(as_json: bool = typer.Option(False, "--json", help="Print JSON"))
     password."""
     from stead.ledger import migrate
 
+    configure_cli_logging(cli_settings())
     applied = run_async(migrate(_owner_dsn()))
     if as_json:
         print_json({"applied": applied})

@@ -26,6 +26,7 @@ from stead._cli_common import (
     EXIT_RUN_NOT_COMPLETED,
     T,
     cli_settings,
+    configure_cli_logging,
     err,
     fail,
     out,
@@ -55,7 +56,7 @@ def up() -> None:
     from stead.stack_runner import serve
 
     settings = cli_settings()
-    _configure_logging(settings)
+    configure_cli_logging(settings)
     run_async(serve(settings, out))
 
 
@@ -78,18 +79,8 @@ def worker() -> None:
     from stead.worker import WorkerHost, run_until_signal
 
     settings = resolved(cli_settings())
-    _configure_logging(settings)
+    configure_cli_logging(settings)
     run_async(run_until_signal(WorkerHost(settings, reference_catalog(settings.data_dir))))
-
-
-def _configure_logging(settings: Settings) -> None:
-    """STEAD_LOG_FORMAT (text or JSON lines) at STEAD_LOG_LEVEL, secrets redacted."""
-    from stead.logs import configure_logging
-
-    try:
-        configure_logging(settings)
-    except SettingsError as e:
-        fail(str(e), EXIT_BAD_INPUT)
 
 
 # ----------------------------------------------------------------------------- runs

@@ -38,7 +38,15 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from stead._cli_common import EXIT_BAD_INPUT, EXIT_UNREACHABLE, cli_settings, err, fail, out
+from stead._cli_common import (
+    EXIT_BAD_INPUT,
+    EXIT_UNREACHABLE,
+    cli_settings,
+    configure_cli_logging,
+    err,
+    fail,
+    out,
+)
 from stead.errors import SettingsError
 
 if TYPE_CHECKING:  # aiohttp, protobuf and cryptography load when the server starts, not per CLI
@@ -179,6 +187,7 @@ def codec_server_cmd(
     from stead.codec import codec_of
 
     settings = cli_settings()
+    configure_cli_logging(settings)
     try:
         codec = codec_of(settings)
         origins = parse_origins(settings.codec_cors_origins)
