@@ -113,6 +113,16 @@ class ToolActivities:
                                      duration_ms=elapsed(), on_wait=hb)
             return ToolOutcome(tool=t.name, result=claim.result or {}, attempt=attempt,
                                replayed=True)
+        if claim.kind == "failed":
+            # A final failure is on record, but its worker died before Temporal heard of it:
+            # answer with it again. Running the tool now would be the blind re-run that a
+            # recorded ToolOutcomeUnknown exists to prevent.
+            kind = claim.error_type or errors.TOOL_FAILED
+            msg = claim.error or f"{t.name} failed on an earlier attempt"
+            await ledger.finish_tool(key=inv.idempotency_key, attempt=attempt, outcome="error",
+                                     error_type=kind, error=msg, final=True,
+                                     duration_ms=elapsed(), on_wait=hb)
+            raise ApplicationError(msg, {"attempt": attempt}, type=kind, non_retryable=True)
 
         ctx = ToolContext(idempotency_key=inv.idempotency_key, attempt=attempt,
                           workflow_id=inv.ref.workflow_id, run_id=inv.ref.run_id,

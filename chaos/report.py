@@ -118,14 +118,16 @@ def print_report(result: ChaosResult, machine: dict[str, object], command: str) 
     if problems:
         console.print(f"[bold red]{len(problems)} invariant violation(s):[/]")
         for kind, f in problems[:40]:
-            console.print(f"  {kind}: {f.workflow_id}: {f.detail}")
+            console.print(f"  {kind}: {f.workflow_id}: {f.detail}", soft_wrap=True,
+                          markup=False)
         if len(problems) > 40:
             console.print(f"  ... and {len(problems) - 40} more (see --json)")
     if result.skipped:
         console.print(f"[bold red]skipped for time: {', '.join(result.skipped)}[/]")
     console.print(f"{command}: {result.seconds:.0f}s on {machine.get('nproc')} cores "
                   f"({machine.get('cpu_model')}); " +
-                  ("[green]all invariants hold[/]" if result.ok else "[red]FAILED[/]"))
+                  ("[green]all invariants hold[/]" if result.ok else "[red]FAILED[/]"),
+                  soft_wrap=True)
 
 
 def _md_table(head: list[str], rows: list[list[str]]) -> str:

@@ -104,12 +104,18 @@ async def migrate(dsn: str) -> list[str]:
 class Claim:
     """Result of claiming an idempotency key before a tool's side effect."""
 
-    kind: Literal["new", "completed", "unknown", "retry"]
+    kind: Literal["new", "completed", "unknown", "retry", "failed"]
     """``new``: first attempt; ``retry``: an earlier attempt failed cleanly;
     ``completed``: the key already has a result; ``unknown``: an earlier attempt started and
-    never reported (its worker died) — the side effect may or may not have happened."""
+    never reported (its worker died) — the side effect may or may not have happened;
+    ``failed``: a final failure is on record (its report to Temporal was lost) — answer with
+    it again, never run the tool again."""
     attempts: int
     result: dict[str, Any] | None = None
+    error: str | None = None
+    """For ``failed``: the recorded error message."""
+    error_type: str | None = None
+    """For ``failed``: the recorded error type (e.g. ``ToolOutcomeUnknown``)."""
 
 
 _canonical = canonical
@@ -235,12 +241,15 @@ class Ledger:
                 "  status = case when stead_tool_calls.status in ('completed','failed')"
                 "           then stead_tool_calls.status else 'running' end,"
                 "  attempts = stead_tool_calls.attempts + 1"
-                " returning status, prev_status, attempts, result, (xmax = 0) as inserted),"
+                " returning status, prev_status, attempts, result, error,"
+                "  (xmax = 0) as inserted),"
                 " att as ("
                 " insert into stead_tool_attempts(idempotency_key, attempt, workflow_id, run_id,"
                 "  step, tool, requested_tool, status)"
                 " values($1,$8,$2,$3,$4,$6,$9,'running') on conflict do nothing)"
-                " select * from claim",
+                " select claim.*, (select a.error_type from stead_tool_attempts a"
+                "  where a.idempotency_key=$1 and a.status='error'"
+                "  order by a.attempt desc limit 1) as error_type from claim",
                 key, workflow_id, run_id, step, call_id, tool, arguments, attempt,
                 requested_tool)
             assert row is not None
@@ -251,6 +260,9 @@ class Ledger:
                 return Claim("completed", row["attempts"], row["result"])
             if prev == "running":
                 return Claim("unknown", row["attempts"])
+            if prev == "failed":
+                return Claim("failed", row["attempts"], error=row["error"],
+                             error_type=row["error_type"])
             return Claim("retry", row["attempts"])
         return await self._retrying(op, on_wait)
 

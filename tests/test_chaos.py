@@ -1,0 +1,144 @@
+"""The chaos harness itself (``python -m chaos``): a small bounded run holds every invariant,
+and the invariant checker is able to fail — it catches a planted duplicate side effect, a
+lost run and a side effect the ledger never heard of. Plus the bug the suite found: a final
+failure on record whose report to Temporal was lost must be answered again, not re-run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from _procs import ROOT, crashy_agent
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+from activities.tools import ToolActivities
+from stead.agent import AgentCatalog
+from stead.client import start_run
+from stead.errors import TOOL_OUTCOME_UNKNOWN
+from stead.ledger import Ledger
+from stead.models import RunRef, RunRequest, ToolInvocation
+from stead.settings import Settings
+from stead.worker import WorkerHost
+
+
+def test_a_small_chaos_run_kills_workers_and_every_invariant_holds(tmp_path: Path) -> None:
+    """5 shop orders, 3 worker SIGKILLs (failpoint, approval wait, random), own stack."""
+    out = tmp_path / "chaos.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "chaos", "--runs", "5", "--kills", "3", "--only", "kills",
+         "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["ok"] is True
+    assert doc["invariants"] == {"lost": 0, "duplicate_effects": 0, "silent_reruns": 0,
+                                 "unresolved_unknown": 0, "ledger_gaps": 0, "chain_breaks": 0,
+                                 "reconciled": doc["invariants"]["reconciled"],
+                                 "escalated_unknown": doc["invariants"]["escalated_unknown"]}
+    assert doc["kills"] >= 3
+    assert all(d["exitcode"] == -9 for d in doc["deaths"] if d["cause"] != "stopped")
+    assert len(doc["records"]) == 5
+    assert {r["outcome"] for r in doc["records"]} <= {"completed", "escalated", "denied"}
+    assert doc["runs"]["kills"]["lost"] == "0"
+    assert "Invariants" in proc.stdout and "all invariants hold" in proc.stdout
+
+
+def test_bad_arguments_exit_2_with_a_message() -> None:
+    proc = subprocess.run([sys.executable, "-m", "chaos", "--runs", "-1"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "must not be negative" in proc.stderr
+
+
+async def test_the_checker_passes_real_runs_and_catches_planted_violations(
+        settings: Settings, ledger: Ledger, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two real orders check clean; then a second shipment for one of them, a charge with a
+    key the ledger never claimed, and a run without a result are all reported."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    from chaos.agent import SHOP, chaos_catalog, order_request
+    from chaos.invariants import RunRecord, check, collect, tool_facts
+    from chaos.world import ChaosWorld
+
+    world = ChaosWorld(tmp_path / "world.sqlite")
+    catalog = chaos_catalog(world)
+    records: list[RunRecord] = []
+    async with WorkerHost(settings, catalog) as host:
+        assert host.client is not None
+        for n in (1, 2):
+            h = await start_run(host.client, RunRequest(agent=SHOP, input=order_request(
+                n, qty=1, sku="sku-1", amount=20.0)), settings=settings)
+            rec = RunRecord(workflow_id=h.id, phase="test", scenario="plain",
+                            started_at=time.time())
+            rec.result = await h.result()
+            rec.ended_at = time.time()
+            records.append(rec)
+    facts = tool_facts(catalog)
+
+    clean = check(await collect(records, world=world, ledger=ledger, tools=facts))
+    assert clean.ok, clean.problems()
+    assert clean.statuses == {"completed": 2}
+    assert {e.kind for e in world.all_effects()} == {"reserve", "charge", "ship"}
+
+    first, second = records
+    ship_key = next(e.key for e in world.all_effects()
+                    if e.kind == "ship" and e.key.startswith(first.workflow_id))
+    world.plant_effect("ship", ship_key)  # the carrier shipped run 1's parcel twice
+    world.plant_effect("charge", f"{second.workflow_id}:x:99:charge_card")  # unclaimed key
+    never = RunRecord(workflow_id=f"chaos-test-{uuid.uuid4().hex[:8]}", phase="test",
+                      scenario="plain", started_at=time.time(),
+                      lost_reason="no result within 0s")
+
+    v = check(await collect([*records, never], world=world, ledger=ledger, tools=facts))
+
+    assert not v.ok
+    assert sorted((f.workflow_id, f.detail) for f in v.duplicates) == sorted([
+        (first.workflow_id, "2 ship effects for one run"),
+        (second.workflow_id, "2 charge effects for one run")])
+    assert v.duplicate_effects == 2
+    assert [f.workflow_id for f in v.lost] == [never.workflow_id]
+    assert [f.detail for f in v.ledger_gaps] == [
+        f"charge effect for key {second.workflow_id}:x:99:charge_card has no stead_tool_calls "
+        f"row"]
+
+
+async def test_a_final_failure_on_record_is_answered_again_and_the_tool_never_reruns(
+        ledger: Ledger, tmp_path: Path) -> None:
+    """Found by the chaos suite: attempt 1 of a non-idempotent tool without a reconcile hook
+    dies mid-call; attempt 2 records ToolOutcomeUnknown, then its worker dies before Temporal
+    hears of it; attempt 3 must answer ToolOutcomeUnknown again — not ship a second parcel."""
+    effects = tmp_path / "effects.txt"
+    agent = crashy_agent(effects, hold_seconds=0)
+    acts = {getattr(a, "__temporal_activity_definition").name: a
+            for a in ToolActivities(AgentCatalog([agent]), ledger).activities()}
+    wf = f"wf-{uuid.uuid4().hex}"
+    key = f"{wf}:r:2:append_line"
+    inv = ToolInvocation(ref=RunRef(workflow_id=wf, run_id="r", agent="crashy", tenant="t",
+                                    step=2),
+                         call_id="c1", tool="append_line", requested_tool="append_line",
+                         arguments={"text": "once"}, idempotency_key=key)
+    # Attempt 1 claims the key and is lost mid-call: nothing reports.
+    await ledger.claim_tool(key=key, workflow_id=wf, run_id="r", step=2, call_id="c1",
+                            tool="append_line", requested_tool="append_line",
+                            arguments={"text": "once"}, attempt=1)
+    env = ActivityEnvironment()
+    for attempt in (2, 3):
+        env.info = dataclasses.replace(env.info, attempt=attempt)
+        with pytest.raises(ApplicationError) as err:
+            await env.run(acts["tool.append_line"], inv)
+        assert (err.value.type, err.value.non_retryable) == (TOOL_OUTCOME_UNKNOWN, True)
+        assert "not re-running" in err.value.message
+
+    assert not effects.exists(), "the tool ran again"
+    trail = await ledger.trail(wf)
+    assert [(a["attempt"], a["status"], a["error_type"]) for a in trail["tool_attempts"]] == [
+        (1, "running", None), (2, "error", TOOL_OUTCOME_UNKNOWN),
+        (3, "error", TOOL_OUTCOME_UNKNOWN)]
+    assert [c["status"] for c in trail["tool_calls"]] == ["failed"]
