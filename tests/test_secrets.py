@@ -31,6 +31,7 @@ from stead.secrets import (
     Redactor,
     Secrets,
     UndeclaredSecret,
+    _RedactingRecordFactory,
     compile_patterns,
     install_log_redaction,
 )
@@ -154,7 +155,11 @@ def test_log_records_are_redacted_before_any_handler_sees_them(
     try:
         install_log_redaction(Redactor(known=[("desk", "tkt-0123456789")]))
         install_log_redaction(Redactor(known=[("desk", "tkt-9876543210")]))  # replaces
-        assert logging.getLogRecordFactory().__class__ is not original.__class__
+        # One redacting factory, never two stacked (a worker earlier in this process may
+        # already have installed one: installing again swaps its redactor).
+        factory = logging.getLogRecordFactory()
+        assert isinstance(factory, _RedactingRecordFactory)
+        assert not isinstance(factory.base, _RedactingRecordFactory)
         log = logging.getLogger("tests.secrets")
         with caplog.at_level(logging.INFO, logger="tests.secrets"):
             log.info("calling %s with %s", "ana@example.com", "tkt-9876543210")
