@@ -8,6 +8,7 @@ from collections.abc import Callable
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from stead import errors
 from stead.agent import AgentCatalog
 from stead.ledger import Ledger
 from stead.llm import ModelCallError, ModelClient
@@ -23,7 +24,10 @@ class ModelActivities:
                  model: ModelClient | None = None,
                  named_models: Callable[[str], ModelClient | None] | None = None,
                  metrics: SteadMetrics = NO_METRICS,
-                 tracing: SteadTracing = NO_TRACING) -> None:
+                 tracing: SteadTracing = NO_TRACING,
+                 max_payload_bytes: int = 1_500_000) -> None:
+        """``max_payload_bytes``: a bigger answer fails the call (``PayloadTooLarge``)."""
+        self._max_payload = max_payload_bytes
         self._catalog = catalog
         self._metrics = metrics
         self._tracing = tracing
@@ -67,6 +71,15 @@ class ModelActivities:
         except Exception as err:
             await self._record(req, info.attempt, client.name, started, error=err)
             raise
+        size = len(turn.model_dump_json().encode())
+        if size > self._max_payload:
+            # Asking again would bill the same oversized answer again; history refuses it.
+            too_big = ModelCallError(f"the model's answer is {size:,} bytes, over the "
+                                     f"{self._max_payload:,}-byte payload limit "
+                                     f"(STEAD_MAX_PAYLOAD_BYTES)",
+                                     kind=errors.PAYLOAD_TOO_LARGE, retryable=False)
+            await self._record(req, info.attempt, client.name, started, error=too_big)
+            raise ApplicationError(str(too_big), type=too_big.kind, non_retryable=True)
         await self._record(req, info.attempt, client.name, started, turn=turn)
         # A credential the model repeats (from a leaked tool output, say) goes no further.
         scrubbed = self._ledger.redactor.scrub(turn.model_dump())

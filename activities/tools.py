@@ -17,6 +17,7 @@ before they go back to the workflow; the ledger redacts what it stores.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -40,9 +41,12 @@ class ToolActivities:
 
     def __init__(self, catalog: AgentCatalog, ledger: Ledger, *,
                  metrics: SteadMetrics = NO_METRICS, secrets: Secrets | None = None,
-                 tracing: SteadTracing = NO_TRACING) -> None:
+                 tracing: SteadTracing = NO_TRACING,
+                 max_payload_bytes: int = 1_500_000) -> None:
         """``secrets``: the worker's tool credentials (``Secrets.from_settings``); none if
-        omitted, so a tool that needs one fails with ``MissingSecret``."""
+        omitted, so a tool that needs one fails with ``MissingSecret``.
+        ``max_payload_bytes``: a bigger result fails its call (``PayloadTooLarge``)."""
+        self._max_payload = max_payload_bytes
         self._catalog = catalog
         self._ledger = ledger
         self._metrics = metrics
@@ -169,6 +173,19 @@ class ToolActivities:
                 # The original exception would carry the secret into history as the cause.
                 raise failure from None
             raise failure from err
+        size = len(json.dumps(result, separators=(",", ":"), ensure_ascii=False).encode())
+        if size > self._max_payload:
+            # Retrying cannot shrink it, and history would refuse it (attempt after attempt,
+            # or, summed into the next model request, forever): fail the call now, on record.
+            # Its side effect, if any, happened; the final failure keeps it from running again.
+            msg = (f"{t.name} returned {size:,} bytes, over the {self._max_payload:,}-byte "
+                   f"payload limit (STEAD_MAX_PAYLOAD_BYTES); results travel through workflow "
+                   f"history: return a summary or a reference to the data instead")
+            await ledger.finish_tool(key=inv.idempotency_key, attempt=attempt, outcome="error",
+                                     error_type=errors.PAYLOAD_TOO_LARGE, error=msg,
+                                     final=True, duration_ms=elapsed(), on_wait=hb)
+            raise ApplicationError(msg, {"attempt": attempt}, type=errors.PAYLOAD_TOO_LARGE,
+                                   non_retryable=True)
         await ledger.finish_tool(key=inv.idempotency_key, attempt=attempt, outcome="ok",
                                  result=result, duration_ms=elapsed(), on_wait=hb)
         return ToolOutcome(tool=t.name, result=result, attempt=attempt)

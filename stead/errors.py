@@ -44,3 +44,4 @@ class RunNotFound(SteadError):
 UNKNOWN_AGENT = "UnknownAgent"
 TOOL_FAILED = "ToolFailed"
 TOOL_OUTCOME_UNKNOWN = "ToolOutcomeUnknown"
+PAYLOAD_TOO_LARGE = "PayloadTooLarge"

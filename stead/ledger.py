@@ -100,6 +100,11 @@ async def migrate(dsn: str) -> list[str]:
     return applied
 
 
+ABANDONED = ("abandoned: the run ended without an outcome for this call (its last attempt "
+             "timed out or its worker was lost)")
+"""Error of a tool call that was still unresolved when its run finished."""
+
+
 @dataclass(frozen=True)
 class Claim:
     """Result of claiming an idempotency key before a tool's side effect."""
@@ -192,11 +197,20 @@ class Ledger:
         answer, error, result = red.optional(answer), red.optional(error), red.value(result)
 
         async def op(c: asyncpg.Connection) -> None:
-            await c.execute(
-                "update stead_runs set status=$3, answer=$4, error=$5, steps=$6, result=$7,"
-                " finished_at=coalesce(finished_at, now())"
-                " where workflow_id=$1 and run_id=$2",
-                workflow_id, run_id, status, answer, error, steps, result)
+            async with c.transaction():
+                await c.execute(
+                    "update stead_runs set status=$3, answer=$4, error=$5, steps=$6, result=$7,"
+                    " finished_at=coalesce(finished_at, now())"
+                    " where workflow_id=$1 and run_id=$2",
+                    workflow_id, run_id, status, answer, error, steps, result)
+                # A call the run gave up on (its last attempt timed out, or its worker was
+                # lost) would read 'running' forever: close it and say why. A late attempt
+                # that still finishes records its own outcome over this.
+                await c.execute(
+                    "update stead_tool_calls set status='failed', finished_at=now(),"
+                    " error=coalesce(error, $3)"
+                    " where workflow_id=$1 and run_id=$2 and status in ('running','open')",
+                    workflow_id, run_id, ABANDONED)
         await self._retrying(op, on_wait)
 
     # ----------------------------------------------------------------------- model calls

@@ -147,6 +147,10 @@ class Settings(BaseSettings):
     worker may take it. Lower it to recover faster from a crashed worker."""
     ledger_retry_seconds: float = Field(30.0, ge=0)
     """How long an activity keeps retrying an unreachable ledger before it fails its attempt."""
+    max_payload_bytes: int = Field(1_500_000, ge=1024)
+    """Largest tool result or model answer (serialized JSON) that may travel through workflow
+    history; a bigger one fails its call at once (``PayloadTooLarge``, not retried) instead of
+    being retried against Temporal's 2 MiB payload limit."""
 
     codec_keys: SecretStr | None = None
     """Payload encryption keys, a JSON object of key id -> base64 of 32 random bytes. Set:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from types import TracebackType
 
-from opentelemetry.metrics import MeterProvider
+from opentelemetry.metrics import MeterProvider, NoOpMeter
 from temporalio.client import Client
 from temporalio.worker import Interceptor, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
@@ -34,6 +34,7 @@ from stead.settings import Settings
 from stead.telemetry import (
     METER_NAME,
     NO_METRICS,
+    PendingApprovals,
     SteadMetrics,
     configure_metrics,
     connect_client,
@@ -102,8 +103,9 @@ def build_worker(client: Client, settings: Settings, catalog: AgentCatalog, ledg
         extra = [mem.recall, mem.write]
     models = ModelActivities(catalog, ledger, model=model,
                              named_models=named_model_factory(settings), metrics=metrics,
-                             tracing=tracing)
-    tools = ToolActivities(catalog, ledger, metrics=metrics, secrets=secrets, tracing=tracing)
+                             tracing=tracing, max_payload_bytes=settings.max_payload_bytes)
+    tools = ToolActivities(catalog, ledger, metrics=metrics, secrets=secrets, tracing=tracing,
+                           max_payload_bytes=settings.max_payload_bytes)
     drift = DriftActivities(ledger, embedder=memory.embedder if memory is not None else None)
     return Worker(
         client,
@@ -152,6 +154,8 @@ class WorkerHost:
         self.memory: Memory | None = None
         self.worker: Worker | None = None
         self._task: asyncio.Task[None] | None = None
+        self.pending_approvals: PendingApprovals | None = None
+        self._gauges: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -177,8 +181,18 @@ class WorkerHost:
             self.ledger = None
             raise
         self._task = asyncio.create_task(self.worker.run())
+        meter = self.meter_provider.get_meter(METER_NAME)
+        if not isinstance(meter, NoOpMeter):
+            self.pending_approvals = PendingApprovals(meter, self.client, self.catalog.names())
+            self._gauges = asyncio.create_task(
+                self.pending_approvals.run(s.metrics_export_interval_seconds))
 
     async def stop(self) -> None:
+        if self._gauges is not None:
+            self._gauges.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._gauges
+            self._gauges = None
         if self.worker is not None and self._task is not None:
             await self.worker.shutdown()
             with contextlib.suppress(asyncio.CancelledError):

@@ -1,11 +1,13 @@
 """The chaos harness itself (``python -m chaos``): a small bounded run holds every invariant,
 and the invariant checker is able to fail — it catches a planted duplicate side effect, a
-lost run and a side effect the ledger never heard of. Plus the bug the suite found: a final
-failure on record whose report to Temporal was lost must be answered again, not re-run.
+lost run and a side effect the ledger never heard of. Plus the two bugs the suite found: a
+final failure on record whose report to Temporal was lost must be answered again, not re-run;
+a call the run gave up on must not read ``running`` in the ledger forever.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import subprocess
@@ -16,16 +18,19 @@ from pathlib import Path
 
 import pytest
 from _procs import ROOT, crashy_agent
+from pydantic import BaseModel
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.tools import ToolActivities
-from stead.agent import AgentCatalog
+from stead.agent import Agent, AgentCatalog
 from stead.client import start_run
 from stead.errors import TOOL_OUTCOME_UNKNOWN
-from stead.ledger import Ledger
-from stead.models import RunRef, RunRequest, ToolInvocation
+from stead.ledger import ABANDONED, Ledger
+from stead.llm import ScriptedModel, call
+from stead.models import ModelTurn, RetrySpec, RunRef, RunRequest, Timeouts, ToolInvocation
 from stead.settings import Settings
+from stead.tools import ToolContext, tool
 from stead.worker import WorkerHost
 
 
@@ -142,3 +147,42 @@ async def test_a_final_failure_on_record_is_answered_again_and_the_tool_never_re
         (1, "running", None), (2, "error", TOOL_OUTCOME_UNKNOWN),
         (3, "error", TOOL_OUTCOME_UNKNOWN)]
     assert [c["status"] for c in trail["tool_calls"]] == ["failed"]
+
+
+class Label(BaseModel):
+    text: str
+
+
+async def test_a_call_the_run_gave_up_on_is_closed_in_the_ledger(
+        settings: Settings, ledger: Ledger) -> None:
+    """Found by the chaos suite: a tool whose only attempt timed out stayed ``running`` in
+    stead_tool_calls after its run had ended. Finishing the run closes it, saying why."""
+    release = asyncio.Event()
+
+    @tool(timeouts=Timeouts(start_to_close=1), retry=RetrySpec(max_attempts=1))
+    async def never_answers(args: Label, ctx: ToolContext) -> Label:
+        """Wait for a dependency that does not answer."""
+        await release.wait()
+        raise RuntimeError("released after the run ended")
+
+    agent = Agent(name="hangs", instructions="Call it once, then answer.",
+                  tools=[never_answers],
+                  offline_model=ScriptedModel([
+                      ModelTurn(tool_calls=[call("never_answers", call_id="c1", text="x")]),
+                      ModelTurn(content="it did not answer")]))
+    async with WorkerHost(settings, AgentCatalog([agent])) as host:
+        assert host.client is not None
+        h = await start_run(host.client, RunRequest(agent="hangs", input="call it"),
+                            settings=settings)
+        r = await asyncio.wait_for(h.result(), 60)
+        trail = await ledger.trail(h.id)
+        release.set()  # let the abandoned attempt end, so the worker stops at once
+
+    assert r.status == "completed"
+    assert [(c.status, c.error) for c in r.tool_calls] == [("error",
+                                                            "timed out (start_to_close)")]
+    [row] = trail["tool_calls"]
+    assert (row["status"], row["error"]) == ("failed", ABANDONED)
+    assert row["finished_at"] is not None
+    # The attempt itself stays as the ledger saw it: started, never reported.
+    assert [(a["attempt"], a["status"]) for a in trail["tool_attempts"]] == [(1, "running")]
