@@ -36,12 +36,20 @@ finished run is the one place each is counted exactly once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Final
 
-from opentelemetry.metrics import Meter, MeterProvider, NoOpMeter, NoOpMeterProvider
+from opentelemetry.metrics import (
+    CallbackOptions,
+    Meter,
+    MeterProvider,
+    NoOpMeter,
+    NoOpMeterProvider,
+    Observation,
+)
 from temporalio.client import Client
 from temporalio.runtime import OpenTelemetryConfig, Runtime, TelemetryConfig
 
@@ -58,6 +66,7 @@ __all__ = [
     "GUARDRAIL_KINDS",
     "METER_NAME",
     "NO_METRICS",
+    "PendingApprovals",
     "SteadMetrics",
     "configure_metrics",
     "connect_client",
@@ -200,6 +209,44 @@ class SteadMetrics:
 
 
 NO_METRICS: Final = SteadMetrics(NoOpMeter(METER_NAME))
+
+
+class PendingApprovals:
+    """``stead.approvals.pending``: runs of each agent waiting for a person right now.
+
+    Counted from Temporal's visibility (the ``SteadAwaitingApproval`` search attribute the
+    workflow keeps), not from worker memory, so every worker reports the same cluster-wide
+    figure: aggregate it with max or last, not sum. :meth:`refresh` runs on the worker's loop
+    (``WorkerHost`` every export interval); the gauge's callback only reads the last counts.
+    """
+
+    def __init__(self, meter: Meter, client: Client, agents: Sequence[str]) -> None:
+        self._client = client
+        self._agents = list(agents)
+        self.counts: dict[str, int] = {}
+        meter.create_observable_gauge(
+            "stead.approvals.pending", callbacks=[self._observe], unit="{run}",
+            description="Runs waiting for an approval decision, by agent")
+
+    async def refresh(self) -> None:
+        counts = {}
+        for agent in self._agents:
+            query = (f"SteadAgent = '{agent}' AND SteadAwaitingApproval = true "
+                     f"AND ExecutionStatus = 'Running'")
+            counts[agent] = (await self._client.count_workflows(query)).count
+        self.counts = counts
+
+    async def run(self, every: float) -> None:
+        """Refresh every ``every`` seconds until cancelled; a failed count keeps the last."""
+        while True:
+            try:
+                await self.refresh()
+            except Exception as err:  # visibility hiccups must not stop the worker
+                log.warning("counting runs awaiting approval failed: %s", err)
+            await asyncio.sleep(every)
+
+    def _observe(self, _options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(n, {"stead.agent": agent}) for agent, n in self.counts.items()]
 """The default of every activity class: telemetry off, nothing recorded."""
 
 

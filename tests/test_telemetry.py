@@ -8,9 +8,11 @@ instrument's expected value follows from that table.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from opentelemetry.metrics import NoOpMeterProvider
@@ -22,10 +24,13 @@ from opentelemetry.sdk.metrics.export import (
 )
 from test_metrics import RESPONSE_MODEL, mx_agent, run_scenario
 
+from agents.refund import RefundWorld, refund_agent
 from stead.agent import AgentCatalog
+from stead.client import start_run
 from stead.embedded import EmbeddedStack
 from stead.errors import SettingsError
 from stead.ledger import Ledger
+from stead.models import DecideInput, DecideOutcome, RunRequest, RunState
 from stead.settings import Settings
 from stead.telemetry import (
     METER_NAME,
@@ -220,3 +225,42 @@ def test_exporter_choice_from_settings() -> None:
         configure_metrics(Settings(metrics_exporter="otlp"))
     with pytest.raises(SettingsError, match="expected an http"):
         configure_metrics(Settings(otel_exporter_otlp_endpoint="collector:4318"))
+
+
+async def test_pending_approvals_gauge_follows_runs_waiting_for_a_person(
+        mx_settings: Settings, reader: InMemoryMetricReader, tmp_path: Path) -> None:
+    # An agent name of this test's own: the gauge counts cluster-wide, per agent.
+    name = f"refund-{uuid.uuid4().hex[:6]}"
+    agent = dataclasses.replace(refund_agent(RefundWorld(tmp_path / "w.sqlite")), name=name)
+    provider = SdkMeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    gauge = "stead.approvals.pending"
+    key = attrs(stead_agent=name)
+
+    async def settles_at(host: WorkerHost, n: int) -> None:
+        assert host.pending_approvals is not None
+        for _ in range(100):  # visibility is eventually consistent
+            await host.pending_approvals.refresh()
+            if host.pending_approvals.counts.get(name) == n:
+                break
+            await asyncio.sleep(0.1)
+        assert collected(reader)[gauge][key].value == n
+
+    async with WorkerHost(mx_settings, AgentCatalog([agent]), meter_provider=provider) as host:
+        assert host.client is not None
+        await settles_at(host, 0)
+        handle = await start_run(host.client, RunRequest(
+            agent=name, input="Refund €300 on ORD-1005, headphones stopped working"),
+            settings=mx_settings)
+        for _ in range(100):
+            state = await handle.query("state", result_type=RunState)
+            if state.pending_approvals:
+                break
+            await asyncio.sleep(0.1)
+        await settles_at(host, 1)
+
+        approval = state.pending_approvals[0].approval_id
+        await handle.execute_update("decide", DecideInput(
+            approval_id=approval, by="lead", approved=True), result_type=DecideOutcome)
+        assert (await handle.result()).status == "completed"
+        await settles_at(host, 0)
+    provider.shutdown()
