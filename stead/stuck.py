@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
@@ -74,6 +75,7 @@ Reason = Literal[
     "waiting_for_approval",
     "approval_overdue",
     "activity_retrying",
+    "local_activity_running",
     "activity_running",
     "activity_not_started",
     "workflow_task_pending",
@@ -113,12 +115,19 @@ class Observation(BaseModel):
     agent: str | None = None
     tenant: str | None = None
     last_event_at: datetime
+    """Time of the newest event that is not workflow-task bookkeeping (see
+    :data:`_WORKFLOW_TASK_EVENTS`): what last *happened* to the run."""
     last_event_type: str
-    history_length: int = 0
+    workflow_task_heartbeats: int = 0
+    """Workflow tasks completed after that event without a new command: the worker keeps a
+    local activity alive (the ledger writes ``run.start``/``run.finish``/``run.decisions``
+    are local activities) while it runs or retries, and nothing else happens."""
     last_ledger_at: datetime | None = None
     """Newest successful ledger write of the run; None without a ledger or rows."""
     workflow_task: Literal["none", "scheduled", "started"] = "none"
     workflow_task_attempt: int = 0
+    workflow_task_since: datetime | None = None
+    """When the pending workflow task was started (or scheduled, if not started yet)."""
     workflow_task_failure: str | None = None
     """Message of the last failed workflow task, when the pending one is a retry."""
     activities: list[PendingActivity] = Field(default_factory=list)
@@ -258,6 +267,13 @@ def _reason(obs: Observation, now: datetime) -> tuple[Reason, str]:
         return ("activity_retrying",
                 f"activity {a.activity_type} retrying, attempt {a.attempt}{limit}; last "
                 f"failure: {a.last_failure}{nxt}")
+    if obs.workflow_task_heartbeats >= 2 or (obs.workflow_task_heartbeats >= 1
+                                             and obs.workflow_task == "started"):
+        return ("local_activity_running",
+                f"{obs.workflow_task_heartbeats} workflow tasks completed without a new command "
+                f"since {obs.last_event_type} at {_clock(obs.last_event_at)}: a local activity "
+                f"(a ledger write: run.start, run.decisions, run.finish) is running or retrying; "
+                f"its failures are in the worker log")
     running = [a for a in obs.activities if a.state == "started"]
     if running:
         a = running[0]
@@ -270,9 +286,14 @@ def _reason(obs: Observation, now: datetime) -> tuple[Reason, str]:
         return ("activity_not_started",
                 f"activity {a.activity_type} scheduled but not picked up by any of "
                 f"{obs.pollers} polling worker(s)")
-    if obs.workflow_task != "none":
+    since = f" since {_clock(obs.workflow_task_since)}" if obs.workflow_task_since else ""
+    if obs.workflow_task == "started":
         return ("workflow_task_pending",
-                f"workflow task {obs.workflow_task}, not completed by any of {obs.pollers} "
+                f"workflow task open{since}: the worker is running a local activity (a ledger "
+                f"write: run.start, run.decisions, run.finish) or the workflow code is slow")
+    if obs.workflow_task == "scheduled":
+        return ("workflow_task_pending",
+                f"workflow task scheduled{since}, not picked up by any of {obs.pollers} "
                 f"polling worker(s)")
     return ("idle", f"waiting for a timer or signal; last event {obs.last_event_type} at "
                     f"{_clock(obs.last_event_at)}")
@@ -325,23 +346,60 @@ async def _message(client: Client, failure: Failure) -> str:
     return str(err) or failure.message or type(err).__name__
 
 
-async def _tail(client: Client, workflow_id: str, run_id: str,
-                events: int = 20) -> tuple[datetime, str, int, Failure | None]:
-    """(time and type of the last event, its id, the newest workflow-task failure)."""
-    resp = await client.workflow_service.get_workflow_execution_history_reverse(
-        GetWorkflowExecutionHistoryReverseRequest(
-            namespace=client.namespace,
-            execution=WorkflowExecution(workflow_id=workflow_id, run_id=run_id),
-            maximum_page_size=events))
-    history = list(resp.history.events)
-    if not history:  # pragma: no cover - a started workflow has at least its start event
+_WORKFLOW_TASK_EVENTS = frozenset({
+    EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED,
+    EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED,
+    EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED,
+    EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT,
+    EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED,
+})
+"""Bookkeeping of workflow tasks: they repeat while a run is blocked (a local activity kept
+alive, a failing or timed-out task), so they do not count as progress."""
+
+
+@dataclass
+class _Tail:
+    at: datetime
+    event_type: str
+    heartbeats: int
+    failure: Failure | None
+
+
+async def _tail(client: Client, workflow_id: str, run_id: str, *, page: int = 200,
+                max_events: int = 2000) -> _Tail:
+    """The newest event that is not workflow-task bookkeeping, read backwards (at most
+    ``max_events``), with the completed workflow tasks after it and the newest workflow-task
+    failure."""
+    heartbeats = 0
+    failure: Failure | None = None
+    token = b""
+    seen = 0
+    oldest = None
+    while True:
+        resp = await client.workflow_service.get_workflow_execution_history_reverse(
+            GetWorkflowExecutionHistoryReverseRequest(
+                namespace=client.namespace,
+                execution=WorkflowExecution(workflow_id=workflow_id, run_id=run_id),
+                maximum_page_size=page, next_page_token=token))
+        for e in resp.history.events:
+            seen += 1
+            oldest = e
+            if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED and failure is None:
+                failure = e.workflow_task_failed_event_attributes.failure
+            if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
+                heartbeats += 1
+            if e.event_type not in _WORKFLOW_TASK_EVENTS:
+                return _Tail(_at(e.event_time) or datetime.now(UTC),
+                             EventType.Name(e.event_type).removeprefix("EVENT_TYPE_"),
+                             heartbeats, failure)
+        token = resp.next_page_token
+        if not token or seen >= max_events:
+            break
+    if oldest is None:  # pragma: no cover - a started workflow has at least its start event
         raise StackError(f"run {workflow_id} has no history")
-    last = history[0]
-    failed = next((e.workflow_task_failed_event_attributes.failure for e in history
-                   if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED), None)
-    at = _at(last.event_time) or datetime.now(UTC)
-    name = EventType.Name(last.event_type).removeprefix("EVENT_TYPE_")
-    return at, name, last.event_id, failed
+    return _Tail(_at(oldest.event_time) or datetime.now(UTC),
+                 EventType.Name(oldest.event_type).removeprefix("EVENT_TYPE_"), heartbeats,
+                 failure)
 
 
 async def _approval(client: Client, workflow_id: str, run_id: str,
@@ -420,16 +478,18 @@ async def observe(client: Client, workflow_id: str, run_id: str, *, pollers: _Po
         return None
     raw = desc.raw_description
     tq = desc.task_queue
-    last_at, last_type, length, failed = await _tail(client, workflow_id, run_id)
+    tail = await _tail(client, workflow_id, run_id)
     live, last_poll = await pollers.get(tq, now)
 
     wft: Literal["none", "scheduled", "started"] = "none"
+    wft_since: datetime | None = None
     attempt = 0
     if raw.HasField("pending_workflow_task"):
         pwt = raw.pending_workflow_task
         attempt = pwt.attempt
         started = PendingWorkflowTaskState.PENDING_WORKFLOW_TASK_STATE_STARTED
         wft = "started" if pwt.state == started else "scheduled"
+        wft_since = _at(pwt.started_time) if wft == "started" else _at(pwt.scheduled_time)
     activities = [PendingActivity(
         activity_type=a.activity_type.name, state=_ACTIVITY_STATE.get(a.state, "other"),
         attempt=a.attempt, maximum_attempts=a.maximum_attempts,
@@ -451,11 +511,12 @@ async def observe(client: Client, workflow_id: str, run_id: str, *, pollers: _Po
     return Observation(
         workflow_id=workflow_id, run_id=run_id, workflow_type=desc.workflow_type,
         task_queue=tq, started_at=desc.start_time, observed_at=now,
-        agent=attrs.get(_AGENT), tenant=attrs.get(_TENANT), last_event_at=last_at,
-        last_event_type=last_type, history_length=length, last_ledger_at=ledger_at,
-        workflow_task=wft, workflow_task_attempt=attempt,
-        workflow_task_failure=(await _message(client, failed)
-                               if failed is not None and attempt >= 2 else None),
+        agent=attrs.get(_AGENT), tenant=attrs.get(_TENANT), last_event_at=tail.at,
+        last_event_type=tail.event_type, workflow_task_heartbeats=tail.heartbeats,
+        last_ledger_at=ledger_at,
+        workflow_task=wft, workflow_task_attempt=attempt, workflow_task_since=wft_since,
+        workflow_task_failure=(await _message(client, tail.failure)
+                               if tail.failure is not None and attempt >= 2 else None),
         activities=activities, pollers=live, last_poll_at=last_poll,
         awaiting_approval=awaiting, approval_id=approval_id, approval_deadline=deadline,
         approval_awaiting=role)

@@ -140,6 +140,22 @@ def test_a_retrying_activity_reports_its_last_failure() -> None:
                         "503; next attempt 2026-01-01 12:11:00 UTC")
 
 
+def test_workflow_tasks_completing_without_commands_point_at_a_local_activity() -> None:
+    """A local activity (the ledger writes) that keeps failing leaves no pending activity: the
+    worker only keeps completing workflow tasks to keep it alive. Those bookkeeping events do
+    not count as progress."""
+    kept_alive = obs(workflow_task="started", workflow_task_heartbeats=1,
+                     last_event_type="WORKFLOW_EXECUTION_STARTED")
+    h = classify(kept_alive, older_than=timedelta(minutes=5))
+
+    assert (h.verdict, h.reason) == ("stuck", "local_activity_running")
+    assert h.detail.startswith("1 workflow tasks completed without a new command since "
+                               "WORKFLOW_EXECUTION_STARTED at 2026-01-01 12:01:00 UTC")
+    # One quiet completion with nothing running after it is an ordinary signal handled.
+    assert classify(obs(workflow_task_heartbeats=1),
+                    older_than=timedelta(minutes=5)).reason == "idle"
+
+
 # ---------------------------------------------------------------------------- real stuck runs
 
 
