@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test up bench lint typecheck clean
+.PHONY: demo test up bench chaos lint typecheck clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: Python 3.11 not found (set PYTHON=/path/to/python3.11)" >&2; exit 2; }
@@ -16,7 +16,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/stead demo
 
-test: $(STAMP)
+# The approvals inbox is tested in a real headless browser: Debian's chromium and chromedriver.
+BROWSER := /usr/bin/chromedriver
+
+$(BROWSER):
+	@command -v apt-get >/dev/null 2>&1 || { echo "error: the inbox tests need chromium and chromedriver at /usr/bin (Debian: apt-get install chromium chromium-driver)" >&2; exit 2; }
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
+test: $(STAMP) $(BROWSER)
 	$(PY) -m pytest
 
 up: $(STAMP)
@@ -24,6 +31,10 @@ up: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+# Faults, kills and restarts on a throwaway loopback stack (~5 min); refreshes RELIABILITY.md.
+chaos: $(STAMP)
+	$(PY) -m chaos --reliability-md RELIABILITY.md
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

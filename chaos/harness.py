@@ -223,6 +223,8 @@ class Harness:
         self.records: list[RunRecord] = []
         self.faults: dict[tuple[str, str], FaultStat] = {}
         self.deaths: list[Death] = []
+        self.not_started = 0
+        """Kills-phase runs never started because the time budget was spent."""
         self._approval_kills: list[tuple[str, float]] = []
         """(workflow id, when its worker was killed) per approval wait that lost its worker."""
         self.started = time.monotonic()
@@ -331,6 +333,9 @@ class Harness:
         async with self.pool(settings, "kills") as pool:
             async def one(plan: ShopPlan) -> None:
                 async with sem:
+                    if self.time_left() < 0:
+                        self.not_started += 1
+                        return
                     amount = 900.0 if plan.approval else round(20 + plan.n % 37 * 3.5, 2)
                     metadata = {"approval_timeout_seconds": "3"} \
                         if plan.approval == "expire" else {}
@@ -523,8 +528,10 @@ class Harness:
                         stat.note = f"step budget {MAX_STEPS}: ended by the budget"
 
     async def _model_recovery(self, wid: str) -> list[float]:
-        """Per failed model attempt: seconds until the same step's next attempt answered."""
-        rows = (await self.ledger.trail(wid))["model_calls"]
+        """Per failed model attempt: seconds until the same step's next attempt answered; per
+        rejected tool call (unknown tool, bad arguments): until the model answered again."""
+        trail = await self.ledger.trail(wid)
+        rows = trail["model_calls"]
         out: list[float] = []
         for m in rows:
             if m["status"] != "error":
@@ -533,6 +540,12 @@ class Harness:
                    and o["status"] == "ok"]
             if nxt:
                 out.append((nxt[0]["created_at"] - m["created_at"]).total_seconds())
+        for d in trail["decisions"]:
+            if d["kind"] != "call_rejected":
+                continue
+            later = [o for o in rows if o["step"] > d["step"] and o["status"] == "ok"]
+            if later:
+                out.append((later[0]["created_at"] - d["created_at"]).total_seconds())
         return out
 
     def _outcome(self, stat: FaultStat, r: RunRecord) -> None:
@@ -669,6 +682,8 @@ async def run_chaos(cfg: ChaosConfig, *, progress: Progress = print) -> ChaosRes
                 t = time.monotonic()
                 await phases[name]()
                 progress(f"phase {name} done in {time.monotonic() - t:.0f}s")
+            if h.not_started:
+                skipped.append(f"{h.not_started} kills-phase runs (out of time)")
             await h.failpoint_recovery()
             progress(f"checking invariants over {len(h.records)} runs ...")
             catalog = chaos_catalog(world)
