@@ -232,6 +232,8 @@ DRILL_TOOL = {"timeout": "slow_quote", "heartbeat": "long_export", "business": "
 
 # ---------------------------------------------------------------------------- planners
 
+_REJECTED = ("malformed_arguments", "invalid_arguments", "unknown_tool")
+"""Error types of a call the workflow's gate refused before any tool ran."""
 _ORDER = re.compile(r"\bo-(\d+)\b")
 _ITEM = re.compile(r"\b(\d+)\s*x\s*(sku-\d+)\b")
 _AMOUNT = re.compile(r"\bcharge\s+(\d+(?:\.\d+)?)")
@@ -246,8 +248,9 @@ def _call(turn: int, name: str, args: dict[str, Any]) -> ModelTurn:
 class ShopPlanner:
     """Plans one order from the request: "order o-17: reserve 2 x sku-3, charge 40.00, ship".
 
-    It calls the four tools in order, answers from their results, and gives up (answering
-    why) on the first error. A request containing "loop" makes it a model stuck in a tool-call
+    It calls the four tools in order, answers from their results, corrects a call the gate
+    refused (bad arguments) like a model would, and gives up (answering why) on the first
+    tool error. A request containing "loop" makes it a model stuck in a tool-call
     loop: it looks the order up again and again until the step budget stops it.
     """
 
@@ -284,7 +287,11 @@ class ShopPlanner:
         ]
         for name, args in plan:
             if name in done.errors:
-                why = done.errors[name].get("message") or done.errors[name].get("type")
+                err = done.errors[name]
+                tries = sum(1 for c in done.calls if c.name == name)
+                if err.get("type") in _REJECTED and tries < 3:
+                    return _call(turn, name, args)  # the gate refused the call: correct it
+                why = err.get("message") or err.get("type")
                 return ModelTurn(content=f"Order {oid} was not completed: {name} failed "
                                          f"({why}).")
             if name not in done.results:

@@ -526,6 +526,11 @@ class Harness:
                             stat.recovery_s.extend(await self._model_recovery(r.workflow_id))
                     if fault is None:
                         stat.note = f"step budget {MAX_STEPS}: ended by the budget"
+                    else:
+                        done = sum(1 for r, _ in started if r.result is not None
+                                   and " done: " in (r.result.answer or ""))
+                        stat.note = "; ".join(filter(None, [
+                            stat.note, f"orders fulfilled {done}/{len(started)}"]))
 
     async def _model_recovery(self, wid: str) -> list[float]:
         """Per failed model attempt: seconds until the same step's next attempt answered; per
@@ -584,7 +589,8 @@ class Harness:
             calls = [c for c in res.tool_calls if c.tool == DRILL_TOOL[kind]] if res else []
             if calls:
                 c = calls[0]
-                said = (c.error or "")[:90]
+                said = c.error or ""
+                said = said if len(said) <= 130 else said[:129] + "…"
                 stat.note = (f"{c.tool}: {c.status} after {c.attempts} attempt(s)"
                              + (f" — {said}" if said else ""))
 
