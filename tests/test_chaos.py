@@ -47,7 +47,9 @@ def test_a_small_chaos_run_kills_workers_and_every_invariant_holds(tmp_path: Pat
                                  "unresolved_unknown": 0, "ledger_gaps": 0, "chain_breaks": 0,
                                  "reconciled": doc["invariants"]["reconciled"],
                                  "escalated_unknown": doc["invariants"]["escalated_unknown"]}
-    assert doc["kills"] >= 3
+    # Aimed at 3 (a failpoint, an approval wait, a random one); a random kill can stop a
+    # run before it reaches its failpoint, so allow one fewer.
+    assert doc["kills"] >= 2
     assert all(d["exitcode"] == -9 for d in doc["deaths"] if d["cause"] != "stopped")
     assert len(doc["records"]) == 5
     assert {r["outcome"] for r in doc["records"]} <= {"completed", "escalated", "denied"}
