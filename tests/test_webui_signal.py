@@ -122,12 +122,13 @@ class WebUI:
         return await self.http.post(path, content=json.dumps(body), headers={
             "X-CSRF-TOKEN": self.http.cookies["_csrf"], "Content-Type": "application/json"})
 
-    async def send_signal(self, h: Handle, name: str, typed: str) -> httpx.Response:
-        """Workflow page → "Send a Signal": name, input typed as JSON, encoding json/plain."""
+    async def send_signal(self, h: Handle, name: str, typed: str | None) -> httpx.Response:
+        """Workflow page → "Send a Signal": name, input typed as JSON, encoding json/plain.
+        ``None``: the input box left empty (the UI then sends ``payloads: null``)."""
         return await self._post(self.path(h.id, "signal", name), {
             "signalName": name,
             "workflowExecution": {"workflowId": h.id, "runId": h.result_run_id},
-            "input": {"payloads": [ui_payload(typed)]},
+            "input": {"payloads": [ui_payload(typed)] if typed is not None else None},
         })
 
     async def send_update(self, h: Handle, name: str, typed: str) -> httpx.Response:
@@ -174,16 +175,19 @@ async def decided_rows(ledger: Ledger, h: Handle) -> list[tuple[str, str, str]]:
             if d["kind"] == "approval_decided"]
 
 
-async def signal_handled(h: Handle, *, within: float = 15) -> None:
-    """Wait until the worker has completed a workflow task after the last signal in history
-    (so a dropped signal has really been looked at, not just not yet delivered)."""
+async def task_after_last_signal(h: Handle, *, within: float = 15) -> str:
+    """``completed`` or ``failed``: how the first workflow task after the last signal in
+    history ended (the worker has looked at the signal either way)."""
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         kinds = [e.WhichOneof("attributes") for e in (await h.fetch_history()).events]
         signalled = max(i for i, k in enumerate(kinds)
                         if k == "workflow_execution_signaled_event_attributes")
-        if "workflow_task_completed_event_attributes" in kinds[signalled:]:
-            return
+        for k in kinds[signalled:]:
+            if k == "workflow_task_completed_event_attributes":
+                return "completed"
+            if k == "workflow_task_failed_event_attributes":
+                return "failed"
         await asyncio.sleep(0.05)
     raise AssertionError(f"signal not handled within {within:.0f}s")
 
@@ -248,7 +252,7 @@ async def test_a_mistyped_signal_is_dropped_and_the_run_keeps_waiting(
 
     r = await ui.send_signal(h, "approve", '{"by": "alice"}')
     assert r.status_code == 200, r.text  # the server takes any payload; the worker judges it
-    await signal_handled(h)
+    assert await task_after_last_signal(h) == "completed"
     assert (await wait_pending(h)).approval_id == p.approval_id
     assert world.refunds() == []
 
@@ -283,3 +287,23 @@ async def test_decide_update_from_the_web_ui_returns_the_outcome(
     result = await asyncio.wait_for(h.result(), 30)
     assert result.status == "completed", result
     assert world.order("ORD-1005").refunded_cents == 25000
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known bug, pinned first by tests/test_fuzz_approvals.py::test_a_signal_without_a_"
+    "payload_leaves_the_run_waiting: a signal without a payload reaches AgentWorkflow._apply "
+    "as None and fails every workflow task, so the run can no longer be approved. From the "
+    "Web UI that is one click on Send a Signal with the input box left empty. Drop this mark "
+    "once workflows/agent.py ignores (and audits) a None decision."))
+async def test_send_a_signal_with_the_input_left_empty_leaves_the_run_waiting(
+        ui: WebUI, served: tuple[Settings, Client]) -> None:
+    settings, client = served
+    h = await start_refund(client, settings, "Refund €300 on ORD-1005, headphones stopped working")
+    p = await wait_pending(h)
+    try:
+        r = await ui.send_signal(h, "approve", None)
+        assert r.status_code == 200, r.text
+        assert await task_after_last_signal(h) == "completed"
+        assert (await wait_pending(h)).approval_id == p.approval_id
+    finally:
+        await h.terminate("test over")
