@@ -25,6 +25,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as EnvParseError
 
 from stead.errors import SettingsError
+from stead.openapi import OpenAPISource
 from stead.policy import PiiKind
 
 
@@ -175,6 +176,10 @@ class Settings(BaseSettings):
     employee ids): a JSON list, or a JSON object of label -> regex for ``[REDACTED:<label>]``."""
     redact_pii: list[PiiKind] = Field(default_factory=lambda: list(get_args(PiiKind)))
     """Personal-data kinds the ledger and logs redact, a JSON list (``[]``: none)."""
+    openapi_sources: dict[str, OpenAPISource] = Field(default_factory=dict)
+    """OpenAPI operations that become tools, a JSON object of source name -> ``{"document",
+    "base_url", "operations", "agents", "auth", "overrides"}`` (``STEAD_OPENAPI_SOURCES``);
+    a worker adds them to those agents with ``stead.openapi.with_openapi_sources``."""
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
