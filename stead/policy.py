@@ -205,7 +205,12 @@ def parse_policy(text: str, *, source: str = "<policy>") -> Policy:
         data: Any = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark is not None else source
+        if mark is not None:
+            line = mark.line + 1
+        else:  # a character YAML refuses (ReaderError) has a position, not a mark
+            position = getattr(err, "position", None)
+            line = text[:position].count("\n") + 1 if isinstance(position, int) else None
+        where = f"{source}:{line}" if line is not None else source
         raise PolicyError(f"{where}: not valid YAML: {err}") from None
     if not isinstance(data, dict):
         raise PolicyError(f"{source}:1: a policy must be a mapping with id and version")
@@ -223,9 +228,13 @@ def parse_policy(text: str, *, source: str = "<policy>") -> Policy:
 
 def load_policy(path: Path) -> Policy:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise PolicyError(f"cannot read policy {path}: {err}") from None
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[:err.start].count(b"\n") + 1
+        raise PolicyError(f"{path}:{line}: not UTF-8 text ({err.reason} at byte {err.start})") \
+            from None
     return parse_policy(text, source=str(path))
 
 

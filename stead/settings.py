@@ -25,6 +25,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as EnvParseError
 
 from stead.errors import SettingsError
+from stead.mcp import McpServerSettings, parse_mcp_servers
 from stead.openapi import OpenAPISource
 from stead.policy import PiiKind
 
@@ -42,11 +43,18 @@ class ModelPrice(BaseModel):
     output: float = Field(ge=0)
 
 
+_DAY = 86_400.0
+"""Upper bound of the duration settings: beyond a day is a typo, and inf overflows timedelta."""
+
+
 class Settings(BaseSettings):
     """All knobs of a stead process. Field names map to ``STEAD_<FIELD>`` variables."""
 
     model_config = SettingsConfigDict(
-        env_prefix="STEAD_", extra="ignore", populate_by_name=True, frozen=True
+        env_prefix="STEAD_", extra="ignore", populate_by_name=True, frozen=True,
+        # A timeout of inf (or 1e15 s) overflows timedelta when a workflow builds activity
+        # options: refuse it here, where the variable can still be named.
+        allow_inf_nan=False,
     )
 
     data_dir: Path = Path(".stead")
@@ -96,7 +104,7 @@ class Settings(BaseSettings):
         None, validation_alias=_env("openai_base_url", "OPENAI_BASE_URL")
     )
     openai_model: str = "gpt-4o-mini"
-    model_timeout_seconds: float = Field(60.0, gt=0)
+    model_timeout_seconds: float = Field(60.0, gt=0, le=_DAY)
     """Start-to-close timeout of one model call activity."""
     model_max_attempts: int = Field(5, ge=1)
 
@@ -123,7 +131,7 @@ class Settings(BaseSettings):
     metrics_exporter: Literal["auto", "otlp", "console", "none"] = "auto"
     """Where the worker exports OpenTelemetry metrics: auto = OTLP when
     OTEL_EXPORTER_OTLP_ENDPOINT is set, else nowhere (instruments are no-ops)."""
-    metrics_export_interval_seconds: float = Field(30.0, gt=0)
+    metrics_export_interval_seconds: float = Field(30.0, gt=0, le=_DAY)
     """How often the worker pushes metrics (stead's and Temporal SDK's own)."""
     traces_exporter: Literal["auto", "otlp", "console", "none"] = "auto"
     """Where the worker and ``stead run`` export traces: auto = OTLP (``<endpoint>/v1/traces``)
@@ -143,10 +151,10 @@ class Settings(BaseSettings):
     max_concurrent_activities: int = Field(200, ge=1)
     max_concurrent_workflow_tasks: int = Field(200, ge=1)
     max_cached_workflows: int = Field(1000, ge=0)
-    sticky_schedule_to_start_seconds: float = Field(10.0, gt=0)
+    sticky_schedule_to_start_seconds: float = Field(10.0, gt=0, le=_DAY)
     """How long a run's next workflow task waits for the worker that cached it before any
     worker may take it. Lower it to recover faster from a crashed worker."""
-    ledger_retry_seconds: float = Field(30.0, ge=0)
+    ledger_retry_seconds: float = Field(30.0, ge=0, le=_DAY)
     """How long an activity keeps retrying an unreachable ledger before it fails its attempt."""
     max_payload_bytes: int = Field(1_500_000, ge=1024)
     """Largest tool result or model answer (serialized JSON) that may travel through workflow
@@ -181,7 +189,35 @@ class Settings(BaseSettings):
     "base_url", "operations", "agents", "auth", "overrides"}`` (``STEAD_OPENAPI_SOURCES``);
     a worker adds them to those agents with ``stead.openapi.with_openapi_sources``."""
 
+    mcp_servers: dict[str, McpServerSettings] = Field(default_factory=dict)
+    """MCP servers whose tools agents may call, a JSON object (``STEAD_MCP_SERVERS``) of
+    server name -> ``{"transport": "stdio" | "http", "command", "env", "url", "headers",
+    "agents", "tools": {tool: {"side_effect", "risk", "idempotent", "timeout_seconds",
+    "max_attempts", "reconcile"}}}``; see ``stead.mcp``. Agents may also declare servers in
+    Python (``Agent(mcp=[...])``)."""
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    api_secret: SecretStr | None = None
+    """HS256 key of the HTTP API's bearer tokens (at least 32 characters); unset: a random
+    key kept in ``<data dir>/api-secret``, shared by ``stead api``, ``stead up`` and
+    ``stead api token`` on this machine (see ``stead.api``)."""
+    api_host: str = "127.0.0.1"
+    """Interface the HTTP API listens on (``stead api``, ``stead up``)."""
+    api_port: int = Field(8000, ge=1, le=65535)
+    """Port of the HTTP API."""
+
+    @field_validator("api_secret")
+    @classmethod
+    def _long_enough(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters (e.g. `openssl rand -hex 32`)")
+        return v
+
+    @field_validator("mcp_servers", mode="before")
+    @classmethod
+    def _mcp_servers(cls, v: object) -> object:
+        return parse_mcp_servers(v)
 
     @field_validator("redact_patterns")
     @classmethod
@@ -217,6 +253,14 @@ def load_settings(**overrides: object) -> Settings:
 
 
 def _env_name(field: str) -> str:
+    """The variable(s) users set for ``field``, which may be a field name or, in pydantic's
+    error locations, one of its aliases (``stead_temporal_tls``)."""
+    if field not in Settings.model_fields:
+        for name, f in Settings.model_fields.items():
+            if isinstance(f.validation_alias, AliasChoices) and field.lower() in (
+                    str(c).lower() for c in f.validation_alias.choices):
+                field = name
+                break
     info = Settings.model_fields.get(field)
     if info is not None and isinstance(info.validation_alias, AliasChoices):
         return " or ".join(str(c) for c in info.validation_alias.choices)
