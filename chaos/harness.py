@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import random
 import shutil
@@ -43,6 +44,7 @@ from temporalio.client import (
     WorkflowHandle,
     WorkflowQueryFailedError,
 )
+from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 from temporalio.service import RPCError
 
 from chaos.agent import (
@@ -662,6 +664,8 @@ async def run_chaos(cfg: ChaosConfig, *, progress: Progress = print) -> ChaosRes
                         metrics_exporter="none", otel_exporter_otlp_endpoint=None,
                         log_level="WARNING")
     progress(f"embedded stack in {data_dir} (Temporal :{ports[0]}, PostgreSQL :{ports[2]})")
+    # The suite's ledger pool reconnects through the PostgreSQL restart it causes itself.
+    logging.getLogger("asyncpg.pool").setLevel(logging.CRITICAL)
     stack = EmbeddedStack(settings, ui=False)
     skipped: list[str] = []
     try:
@@ -670,7 +674,11 @@ async def run_chaos(cfg: ChaosConfig, *, progress: Progress = print) -> ChaosRes
         world = ChaosWorld(data_dir / "chaos-world.sqlite")
         ledger = await Ledger.connect(stack.database_url, retry_seconds=60)
         try:
-            client = await connect(base)
+            # The suite's own client sees every outage it causes: its retries are expected,
+            # so only errors are logged (the workers keep their usual logging).
+            client = await connect(base, runtime=Runtime(telemetry=TelemetryConfig(
+                logging=LoggingConfig(filter=TelemetryFilter(core_level="ERROR",
+                                                             other_level="ERROR")))))
             h = Harness(cfg, stack, base, world, ledger, client, data_dir, progress)
             phases: dict[Phase, Callable[[], Awaitable[None]]] = {
                 "kills": h.phase_kills,
