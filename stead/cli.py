@@ -717,6 +717,9 @@ register_codec_server(app)
 from stead._cli_stuck import register as register_stuck  # noqa: E402
 
 register_stuck(app)
+from stead._cli_api import register as register_api  # noqa: E402
+
+register_api(app)
 
 
 def main() -> None:

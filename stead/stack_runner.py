@@ -14,6 +14,7 @@ from stead.settings import Settings
 
 async def serve(settings: Settings, console: Console) -> None:
     from agents import reference_catalog
+    from stead.api import ApiServer, create_app
     from stead.worker import WorkerHost
 
     stack = EmbeddedStack(settings)
@@ -24,12 +25,17 @@ async def serve(settings: Settings, console: Console) -> None:
     console.print("starting the stack…")
     async with stack:
         resolved = stack.resolved_settings()
-        async with WorkerHost(resolved, reference_catalog(settings.data_dir)):
+        async with WorkerHost(resolved, reference_catalog(settings.data_dir)) as host, \
+                ApiServer(create_app(resolved, client=host.client), host=resolved.api_host,
+                          port=resolved.api_port) as api:
             table = Table(title="stead is up", show_header=False)
             table.add_row("Temporal", resolved.temporal_address or "")
             table.add_row("Web UI", stack.ui_url or "(external server: see its own UI)")
             table.add_row("PostgreSQL", resolved.database_url or "")
             table.add_row("task queue", resolved.task_queue)
+            table.add_row("HTTP API", f"{api.url} (docs /docs, inbox /inbox; a token: "
+                                      "stead api token --sub NAME --tenant default --role "
+                                      "approver)")
             table.add_row("data dir", str(settings.data_dir.resolve()))
             console.print(table)
             console.print('try: [bold]stead run ops "is checkout-api healthy?"[/]   '

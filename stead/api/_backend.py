@@ -1,0 +1,395 @@
+"""What the HTTP API does, apart from HTTP: Temporal and ledger calls scoped to one tenant.
+
+    backend = Backend(settings)              # connects lazily: the API starts without a stack
+    view = await backend.run("acme", "acme-refund-1a2b3c")   # ApiError(404) for other tenants
+
+Temporal is the source of truth for what exists and what it is doing (visibility, describe,
+the ``state`` query, results); the ledger adds outcomes of closed runs cheaply, the audit trail
+and metrics. A run belongs to the tenant its ``SteadTenant`` search attribute names; any other
+run is "not found", in the same words as a run that does not exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Collection
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar, get_args
+
+import asyncpg
+from temporalio.client import (
+    Client,
+    WorkflowExecution,
+    WorkflowExecutionDescription,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowQueryFailedError,
+    WorkflowUpdateFailedError,
+)
+from temporalio.common import SearchAttributeKey
+from temporalio.service import RPCError, RPCStatusCode
+
+from stead.api._auth import Principal
+from stead.api._errors import ApiError, temporal_error
+from stead.api._models import (
+    RESERVED_METADATA_PREFIX,
+    ApprovalView,
+    AuditTrail,
+    DecideBody,
+    RunSummary,
+    RunView,
+    StartedRun,
+    StartRunBody,
+)
+from stead.errors import LedgerError
+from stead.evals.metrics import MetricsFilter, MetricsReport, compute_metrics
+from stead.ledger import Ledger
+from stead.models import DecideInput, DecideOutcome, RunRequest, RunResult, RunState, RunStatus
+from stead.settings import Settings
+
+T = TypeVar("T")
+
+_AGENT = SearchAttributeKey.for_keyword("SteadAgent")
+_TENANT = SearchAttributeKey.for_keyword("SteadTenant")
+_AWAITING = SearchAttributeKey.for_bool("SteadAwaitingApproval")
+_RUN_STATUSES: frozenset[str] = frozenset(get_args(RunStatus))
+
+API_SUB_KEY = RESERVED_METADATA_PREFIX + "api.sub"
+"""Metadata key naming the token subject that started a run through the API."""
+QUERY_TIMEOUT = timedelta(seconds=3)
+"""How long a ``state`` query may wait for a worker before the API answers without it."""
+UPDATE_TIMEOUT_SECONDS = 30.0
+"""How long a decision may wait for the run's worker to accept it."""
+MAX_SCANNED = 1000
+"""Most executions one filtered listing looks at (status filters apply after visibility)."""
+RECENT_STEPS = 5
+
+
+class Backend:
+    """The API's connections (made on first use, remade after a failed attempt) and its
+    tenant-scoped operations."""
+
+    def __init__(self, settings: Settings, *, client: Client | None = None,
+                 agents: Collection[str] | None = None) -> None:
+        self.settings = settings
+        self.agents = frozenset(agents) if agents is not None else None
+        """Agents a run may be started for; None: any (the worker refuses unknown ones)."""
+        self._client = client
+        self._ledger: Ledger | None = None
+        self._lock = asyncio.Lock()
+        # Facts about closed runs never change: remember them (bounded).
+        self._inputs: _Lru[str] = _Lru(4096)
+        self._closed: _Lru[RunStatus] = _Lru(4096)
+
+    async def temporal(self) -> Client:
+        if self._client is None:
+            from stead.client import connect
+
+            async with self._lock:
+                if self._client is None:
+                    self._client = await connect(self.settings)  # StackError: a 503
+        return self._client
+
+    async def ledger(self) -> Ledger:
+        if self._ledger is None:
+            if self.settings.database_url is None:
+                raise LedgerError("no ledger database is configured (set DATABASE_URL, or run "
+                                  "the API with `stead up`)")
+            async with self._lock:
+                if self._ledger is None:
+                    self._ledger = await Ledger.connect(self.settings.database_url, min_size=0,
+                                                        max_size=4, retry_seconds=0)
+        return self._ledger
+
+    async def close(self) -> None:
+        if self._ledger is not None:
+            await self._ledger.close()
+            self._ledger = None
+
+    # ------------------------------------------------------------------------ runs
+
+    async def start(self, principal: Principal, body: StartRunBody) -> StartedRun:
+        from stead.client import start_run
+
+        if self.agents is not None and body.agent not in self.agents:
+            raise ApiError(422, f"unknown agent {body.agent!r}; known: "
+                                f"{', '.join(sorted(self.agents)) or 'none'}")
+        request = RunRequest(agent=body.agent, input=body.input, tenant=principal.tenant,
+                             user=body.user or principal.sub, max_steps=body.max_steps,
+                             metadata={**body.metadata, API_SUB_KEY: principal.sub})
+        client = await self.temporal()
+        try:
+            handle = await start_run(client, request, settings=self.settings)
+        except RPCError as e:
+            raise temporal_error(e, "starting the run") from None
+        return StartedRun(workflow_id=handle.id, run_id=handle.result_run_id)
+
+    async def runs(self, tenant: str, *, agent: str | None = None,
+                   status: RunStatus | None = None, limit: int = 20) -> list[RunSummary]:
+        """The tenant's runs, open ones first, then the most recently closed."""
+        query = f"WorkflowType = 'AgentWorkflow' AND SteadTenant = '{tenant}'"
+        if agent is not None:
+            query += f" AND SteadAgent = '{agent}'"
+        if status == "running":
+            query += " AND ExecutionStatus = 'Running'"
+        elif status == "failed":
+            query += " AND ExecutionStatus != 'Running'"
+        elif status is not None:  # an outcome the run returned
+            query += " AND ExecutionStatus = 'Completed'"
+        client = await self.temporal()
+        found: list[RunSummary] = []
+        batch: list[WorkflowExecution] = []
+        scanned = 0
+
+        async def flush() -> None:
+            for s in await self._summaries(tenant, batch):
+                if (status is None or s.status == status) and len(found) < limit:
+                    found.append(s)
+            batch.clear()
+
+        try:
+            async for wf in client.list_workflows(query, page_size=min(100, limit * 2)):
+                batch.append(wf)
+                scanned += 1
+                if len(batch) >= limit - len(found):
+                    await flush()
+                if len(found) >= limit or scanned >= MAX_SCANNED:
+                    break
+            await flush()
+        except RPCError as e:
+            raise temporal_error(e, "the run list") from None
+        return found
+
+    async def _summaries(self, tenant: str, wfs: list[WorkflowExecution]) -> list[RunSummary]:
+        statuses = await self._statuses(tenant, wfs)
+        return [RunSummary(
+            workflow_id=wf.id, run_id=wf.run_id, agent=wf.typed_search_attributes.get(_AGENT)
+            or "", tenant=tenant, status=statuses[wf.run_id],
+            temporal_status=_status_name(wf.status),
+            awaiting_approval=bool(wf.typed_search_attributes.get(_AWAITING)),
+            started_at=wf.start_time, closed_at=wf.close_time) for wf in wfs]
+
+    async def _statuses(self, tenant: str,
+                        wfs: list[WorkflowExecution]) -> dict[str, RunStatus]:
+        """Each execution's outcome: running, failed (Temporal ended it), or what its
+        ``RunResult`` says — from the ledger in one read, else from Temporal per run."""
+        out: dict[str, RunStatus] = {}
+        completed: list[WorkflowExecution] = []
+        for wf in wfs:
+            known = self._closed.get(wf.run_id)
+            if wf.status == WorkflowExecutionStatus.RUNNING:
+                out[wf.run_id] = "running"
+            elif known is not None:
+                out[wf.run_id] = known
+            elif wf.status == WorkflowExecutionStatus.COMPLETED:
+                completed.append(wf)
+            else:
+                out[wf.run_id] = self._closed.put(wf.run_id, "failed")
+        if not completed:
+            return out
+        recorded: dict[str, str] = {}
+        try:
+            ledger = await self.ledger()
+            rows = await ledger.pool.fetch(
+                "select run_id, status from stead_runs where tenant=$1 and run_id = any($2)",
+                tenant, [wf.run_id for wf in completed])
+            recorded = {r["run_id"]: r["status"] for r in rows}
+        except (LedgerError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            pass  # Temporal has every result too, only slower to read
+        client = await self.temporal()
+        for wf in completed:
+            value = recorded.get(wf.run_id)
+            if value in _RUN_STATUSES and value != "running":
+                out[wf.run_id] = self._closed.put(wf.run_id, value)  # type: ignore[arg-type]
+                continue
+            handle = client.get_workflow_handle(wf.id, run_id=wf.run_id, result_type=RunResult)
+            try:
+                result = await handle.result(follow_runs=False)
+            except WorkflowFailureError:
+                out[wf.run_id] = self._closed.put(wf.run_id, "failed")
+            else:
+                out[wf.run_id] = self._closed.put(wf.run_id, result.status)
+        return out
+
+    async def _owned(self, tenant: str, workflow_id: str,
+                     ) -> tuple[WorkflowHandle[object, RunResult], WorkflowExecutionDescription]:
+        """The run's handle and description, or ApiError(404) whether it is missing or
+        another tenant's."""
+        client = await self.temporal()
+        handle = client.get_workflow_handle(workflow_id, result_type=RunResult)
+        missing = ApiError(404, f"no run {workflow_id!r}")
+        try:
+            desc = await handle.describe()
+        except RPCError as e:
+            if e.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT):
+                raise missing from None
+            raise temporal_error(e, f"run {workflow_id!r}") from None
+        if desc.typed_search_attributes.get(_TENANT) != tenant:
+            raise missing
+        return handle, desc
+
+    async def run(self, tenant: str, workflow_id: str) -> RunView:
+        handle, desc = await self._owned(tenant, workflow_id)
+        state: RunState | None = None
+        result: RunResult | None = None
+        error: str | None = None
+        status: RunStatus
+        if desc.status == WorkflowExecutionStatus.RUNNING:
+            status = "running"
+            try:
+                state = await handle.query("state", result_type=RunState,
+                                           rpc_timeout=QUERY_TIMEOUT)
+                # Finished but not yet closed (its last activity runs): the run's own word.
+                status, result = state.status, state.result
+            except (RPCError, WorkflowQueryFailedError) as e:
+                error = f"no worker answered the state query: {e}"
+        else:
+            try:
+                result = await handle.result(follow_runs=False)
+                status = result.status
+            except WorkflowFailureError as e:
+                status = "failed"
+                error = str(getattr(e.cause, "message", None) or e.cause or e)
+            except RPCError as e:
+                raise temporal_error(e, f"run {workflow_id!r}") from None
+        return RunView(workflow_id=workflow_id, run_id=desc.run_id,
+                       agent=desc.typed_search_attributes.get(_AGENT) or "", tenant=tenant,
+                       status=status, temporal_status=_status_name(desc.status), state=state,
+                       result=result, error=error, started_at=desc.start_time,
+                       closed_at=desc.close_time)
+
+    # ------------------------------------------------------------------------ approvals
+
+    async def approvals(self, tenant: str) -> list[ApprovalView]:
+        """Approvals the tenant's open runs wait for, soonest deadline first."""
+        client = await self.temporal()
+        query = ("WorkflowType = 'AgentWorkflow' AND SteadAwaitingApproval = true AND "
+                 f"ExecutionStatus = 'Running' AND SteadTenant = '{tenant}'")
+        try:
+            waiting = [wf async for wf in client.list_workflows(query, limit=MAX_SCANNED)]
+        except RPCError as e:
+            raise temporal_error(e, "the approval list") from None
+        gate = asyncio.Semaphore(8)
+
+        async def one(wf: WorkflowExecution) -> list[ApprovalView]:
+            async with gate:
+                handle = client.get_workflow_handle(wf.id, run_id=wf.run_id)
+                try:
+                    state = await handle.query("state", result_type=RunState,
+                                               rpc_timeout=QUERY_TIMEOUT)
+                    text = await self._input(handle, wf.run_id)
+                except (RPCError, WorkflowQueryFailedError):
+                    return []  # ended meanwhile, or no worker now: listed again when back
+            if state.tenant != tenant:
+                return []  # the run's own word, should a search attribute ever disagree
+            steps = state.history[-RECENT_STEPS:]
+            return [ApprovalView(**p.model_dump(), workflow_id=wf.id, agent=state.agent,
+                                 tenant=state.tenant, input=text, recent_steps=steps)
+                    for p in state.pending_approvals]
+
+        rows = [a for group in await asyncio.gather(*(one(wf) for wf in waiting))
+                for a in group]
+        far = datetime.max.replace(tzinfo=UTC)
+        return sorted(rows, key=lambda a: (a.deadline or far, a.workflow_id, a.approval_id))
+
+    async def _input(self, handle: WorkflowHandle[object, object], run_id: str) -> str:
+        """The run's request text, from its first history event (the source of truth)."""
+        known = self._inputs.get(run_id)
+        if known is not None:
+            return known
+        async for event in handle.fetch_history_events(page_size=1):
+            payloads = event.workflow_execution_started_event_attributes.input.payloads
+            client = await self.temporal()
+            [request] = await client.data_converter.decode(list(payloads), [RunRequest])
+            return self._inputs.put(run_id, request.input)
+        return ""
+
+    async def decide(self, principal: Principal, workflow_id: str, approval_id: str,
+                     body: DecideBody) -> DecideOutcome:
+        """The ``decide`` update, exactly as ``stead approve``/``reject`` send it."""
+        if body.arguments is not None and not body.approved:
+            raise ApiError(422, "edited arguments only make sense with an approval")
+        handle, desc = await self._owned(principal.tenant, workflow_id)
+        if desc.status != WorkflowExecutionStatus.RUNNING:
+            raise ApiError(409, f"run {workflow_id!r} has ended "
+                                f"({_status_name(desc.status)}); nothing is left to decide")
+        payload = DecideInput(approval_id=approval_id, by=principal.sub,
+                              role=principal.approval_role, note=body.note,
+                              arguments=body.arguments, approved=body.approved)
+        try:
+            return await asyncio.wait_for(
+                handle.execute_update("decide", payload, result_type=DecideOutcome),
+                timeout=UPDATE_TIMEOUT_SECONDS)
+        except WorkflowUpdateFailedError as e:
+            reason = str(getattr(e.cause, "message", None) or e.cause)
+            raise ApiError(_refusal_status(reason), f"decision refused: {reason}") from None
+        except TimeoutError:
+            raise ApiError(503, f"no worker accepted the decision for run {workflow_id!r} "
+                                f"within {UPDATE_TIMEOUT_SECONDS:.0f} s; is a worker running "
+                                f"on its task queue?") from None
+        except RPCError as e:
+            if e.status == RPCStatusCode.NOT_FOUND:
+                raise ApiError(409, f"run {workflow_id!r} has ended; nothing is left to "
+                                    f"decide") from None
+            raise temporal_error(e, f"run {workflow_id!r}") from None
+
+    # ------------------------------------------------------------------------ ledger reads
+
+    async def audit(self, tenant: str, workflow_id: str) -> AuditTrail:
+        ledger = await self.ledger()
+        trail = await _no_tables(lambda: ledger.trail(workflow_id, tenant=tenant))
+        if not trail["runs"]:
+            raise ApiError(404, f"the ledger has no run {workflow_id!r}")
+        problems = await _no_tables(lambda: ledger.verify_chain(workflow_id, tenant=tenant))
+        return AuditTrail.model_validate({
+            "workflow_id": workflow_id, "chain_ok": not problems, "chain_problems": problems,
+            **{k: trail.get(k, []) for k in ("runs", "model_calls", "tool_calls",
+                                             "tool_attempts", "decisions", "memory_ops")}})
+
+    async def metrics(self, flt: MetricsFilter) -> MetricsReport:
+        ledger = await self.ledger()
+        return await _no_tables(lambda: compute_metrics(ledger, flt,
+                                                        prices=self.settings.model_prices))
+
+
+async def _no_tables(op: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return await op()
+    except asyncpg.UndefinedTableError as e:
+        raise LedgerError(f"the ledger has no tables yet ({e}); a worker creates them when it "
+                          f"starts") from None
+
+
+def _refusal_status(reason: str) -> int:
+    """The status of a decision the run refused, from the workflow's own words."""
+    if reason.startswith("unknown approval"):
+        return 404
+    if "may not decide" in reason:
+        return 403
+    if "edited arguments" in reason:
+        return 422
+    return 409  # already decided, or otherwise at odds with the run's state
+
+
+def _status_name(status: WorkflowExecutionStatus | None) -> str:
+    return status.name if status is not None else "UNKNOWN"
+
+
+class _Lru(OrderedDict[str, T]):
+    """A small bounded memo."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def put(self, key: str, value: T) -> T:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.size:
+            self.popitem(last=False)
+        return value
+
+
+__all__ = ["API_SUB_KEY", "Backend"]
