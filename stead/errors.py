@@ -42,6 +42,7 @@ class RunNotFound(SteadError):
 
 # ApplicationError.type values used across workflows and activities.
 UNKNOWN_AGENT = "UnknownAgent"
+BAD_REQUEST = "BadRunRequest"
 TOOL_FAILED = "ToolFailed"
 TOOL_OUTCOME_UNKNOWN = "ToolOutcomeUnknown"
 PAYLOAD_TOO_LARGE = "PayloadTooLarge"

@@ -71,6 +71,9 @@ RISK_KEY = SearchAttributeKey.for_float("SteadRisk")
 
 REQUEST_APPROVAL_TOOL = "(request)"
 
+_DECISION_EXAMPLE = '{"approval_id": "a2", "by": "alice"}'
+"""What an approval payload looks like, for the messages that refuse a missing one."""
+
 _LOCAL = timedelta(seconds=60)
 _LOCAL_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=100), backoff_coefficient=2,
                            maximum_interval=timedelta(seconds=5), maximum_attempts=0,
@@ -137,16 +140,19 @@ class AgentWorkflow:
             level=a.level, reason=a.reason, policy=self._policy.ref,
             factors=[f"{f.name}={f.weight:g}" for f in a.risk.factors])
 
+    # Signals and the update accept a missing payload (``temporal workflow signal`` without
+    # --input, an empty Web UI form): it is refused and audited, never fails the workflow task.
     @workflow.signal(name="approve")
-    def approve(self, decision: ApprovalDecision) -> None:
+    def approve(self, decision: ApprovalDecision | None = None) -> None:
         self._apply(decision, approved=True, via="signal")
 
     @workflow.signal(name="reject")
-    def reject(self, decision: ApprovalDecision) -> None:
+    def reject(self, decision: ApprovalDecision | None = None) -> None:
         self._apply(decision, approved=False, via="signal")
 
     @workflow.update(name="decide")
-    async def decide_update(self, decision: DecideInput) -> DecideOutcome:
+    async def decide_update(self, decision: DecideInput | None = None) -> DecideOutcome:
+        assert decision is not None  # the validator refuses a missing payload
         a = self._approvals[decision.approval_id]
         self._apply(decision, approved=decision.approved, via="update")
         # The gate re-checks edited arguments; wait until it has, then report the outcome.
@@ -159,7 +165,9 @@ class AgentWorkflow:
                              reason=a.log[-1])
 
     @decide_update.validator
-    def _validate_decide(self, decision: DecideInput) -> None:
+    def _validate_decide(self, decision: DecideInput | None = None) -> None:
+        if decision is None:
+            raise ValueError(f"decide needs a payload: {_DECISION_EXAMPLE}")
         a = self._approvals.get(decision.approval_id)
         if a is None:
             pending = sorted(k for k, v in self._approvals.items() if v.status == "pending")
@@ -185,7 +193,11 @@ class AgentWorkflow:
                     f"{a.level}; allowed: {', '.join(allowed)}")
         return None
 
-    def _apply(self, d: ApprovalDecision, *, approved: bool, via: str) -> None:
+    def _apply(self, d: ApprovalDecision | None, *, approved: bool, via: str) -> None:
+        if d is None:
+            self._ignored.append(("", "unknown", f"{'approve' if approved else 'reject'} "
+                                  f"{via} without a payload; send {_DECISION_EXAMPLE}"))
+            return
         a = self._approvals.get(d.approval_id)
         if a is None:
             # Not reached yet (or never will be): keep the first decision for when it is.
@@ -216,7 +228,11 @@ class AgentWorkflow:
                                             name=name, status=status, detail=detail))
 
     @workflow.run
-    async def run(self, request: RunRequest) -> RunResult:
+    async def run(self, request: RunRequest | None = None) -> RunResult:
+        if request is None:  # a null or missing payload skips the converter's validation
+            raise ApplicationError(
+                'a run needs a RunRequest, e.g. {"agent": "ops", "input": "..."}; got none',
+                type=errors.BAD_REQUEST, non_retryable=True)
         info = workflow.info()
         self._state.agent, self._state.tenant = request.agent, request.tenant
         ref = RunRef(workflow_id=info.workflow_id, run_id=info.run_id, agent=request.agent,
