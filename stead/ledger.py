@@ -17,9 +17,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from importlib import resources
 from typing import Any, Literal, TypeVar
 
@@ -31,6 +33,7 @@ from stead.models import DecisionRow
 from stead.secrets import DEFAULT_REDACTOR, Redactor
 
 T = TypeVar("T")
+J = TypeVar("J")
 
 _TRANSIENT: tuple[type[BaseException], ...] = (
     OSError,
@@ -134,6 +137,7 @@ class Ledger:
         self.pool = pool
         self.retry_seconds = retry_seconds
         self.redactor = redactor
+        self._store = _Storable(redactor)
         """Applied to every value written; the default knows patterns, not secret values."""
 
     def redacting(self, redactor: Redactor) -> Ledger:
@@ -178,7 +182,7 @@ class Ledger:
     async def start_run(self, *, workflow_id: str, run_id: str, agent: str, tenant: str,
                         user: str | None, input: str, metadata: dict[str, str], model: str,
                         on_wait: Callable[[], None] | None = None) -> None:
-        red = self.redactor
+        red = self._store
         user, input, metadata = red.optional(user), red.text(input), red.value(metadata)
 
         async def op(c: asyncpg.Connection) -> None:
@@ -193,7 +197,7 @@ class Ledger:
                          answer: str | None, error: str | None, steps: int,
                          result: dict[str, Any],
                          on_wait: Callable[[], None] | None = None) -> None:
-        red = self.redactor
+        red = self._store
         answer, error, result = red.optional(answer), red.optional(error), red.value(result)
 
         async def op(c: asyncpg.Connection) -> None:
@@ -221,7 +225,7 @@ class Ledger:
                                 error: str | None, input_tokens: int, output_tokens: int,
                                 duration_ms: float,
                                 on_wait: Callable[[], None] | None = None) -> None:
-        red = self.redactor
+        red = self._store
         tool_calls, content, error = red.value(tool_calls), red.optional(content), \
             red.optional(error)
 
@@ -242,7 +246,7 @@ class Ledger:
                          arguments: dict[str, Any], attempt: int,
                          on_wait: Callable[[], None] | None = None) -> Claim:
         """Claim ``key`` and log this attempt, in one round trip."""
-        arguments = self.redactor.value(arguments)
+        arguments = self._store.value(arguments)
 
         async def op(c: asyncpg.Connection) -> Claim:
             row = await c.fetchrow(
@@ -291,7 +295,7 @@ class Ledger:
             call_status = "completed"
         else:
             call_status = "failed" if final else "open"
-        result, error = self.redactor.value(result), self.redactor.optional(error)
+        result, error = self._store.value(result), self._store.optional(error)
 
         async def op(c: asyncpg.Connection) -> None:
             await c.execute(
@@ -319,7 +323,7 @@ class Ledger:
         the same way. Deterministic, so concurrent writers of one batch store the same rows."""
         if not rows:
             return
-        red = self.redactor
+        red = self._store
         clean = [(r, r.model_copy(update={"reason": red.text(r.reason),
                                           "actor": red.text(r.actor),
                                           "data": red.value(r.data)})) for r in rows]
@@ -347,7 +351,7 @@ class Ledger:
                                item_ids: list[str], scores: list[float], embedder: str,
                                backend: str, duration_ms: float,
                                on_wait: Callable[[], None] | None = None) -> None:
-        query = self.redactor.optional(query)
+        query = self._store.optional(query)
 
         async def op_(c: asyncpg.Connection) -> None:
             await c.execute(
@@ -429,6 +433,45 @@ class Ledger:
                 problems.append(f"run {run_id[:8]}: chain ends at {prev[:12]}, but the run "
                                 f"recorded head {head[:12]} (newest decisions missing)")
         return problems
+
+
+class _Storable:
+    """What a ledger write stores: redacted (``Redactor``), then storable by PostgreSQL.
+
+    NUL characters, which ``text`` and ``jsonb`` cannot hold, become U+FFFD. JSON numbers take
+    the form ``jsonb`` gives them back in (``1e+16`` -> ``10000000000000000``, ``-0.0`` ->
+    ``0.0``), and NaN and infinities, which JSON cannot hold, become strings; so a hash over
+    what is stored verifies when read back, and no value makes a write fail on every retry."""
+
+    def __init__(self, redactor: Redactor) -> None:
+        self._redactor = redactor
+
+    def text(self, s: str) -> str:
+        return self._redactor.text(s).replace("\x00", "\ufffd")
+
+    def optional(self, s: str | None) -> str | None:
+        return None if s is None else self.text(s)
+
+    def value(self, v: J) -> J:
+        stored: J = _jsonb(self._redactor.value(v))
+        return stored
+
+
+def _jsonb(v: Any) -> Any:
+    if isinstance(v, str):
+        return v.replace("\x00", "\ufffd")
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return str(v)
+        if v == 0:
+            return 0.0
+        text = repr(v)  # PostgreSQL's numeric prints 1e+16 without an exponent, as an integer
+        return int(Decimal(text)) if "e+" in text else v
+    if isinstance(v, dict):
+        return {_jsonb(k): _jsonb(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonb(x) for x in v]
+    return v
 
 
 _SCOPED = ("and ($2::text is null or run_id in (select run_id from stead_runs"
