@@ -472,6 +472,18 @@ async def test_the_openapi_document_describes_every_route_with_auth_and_errors(
     assert (await http.get("/docs")).status_code == 200
     inbox = await http.get("/inbox")
     assert (inbox.status_code, inbox.headers["location"]) == (307, "/inbox/")
+    page = await http.get("/inbox/")  # no token needed: the page asks for one
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert (await http.get("/inbox/inbox.js")).status_code == 200
+    error_of(await http.get("/inbox/nothing-here.js"), 404, "not_found")
+
+
+def test_the_public_surface_is_exported() -> None:
+    import stead.api
+
+    assert sorted(stead.api.__all__) == stead.api.__all__
+    for name in stead.api.__all__:
+        assert hasattr(stead.api, name), name
 
 
 # ---------------------------------------------------------------------------- live server
