@@ -540,6 +540,11 @@ async def test_the_event_stream_announces_a_run_that_starts_waiting(
         assert (runs[-1]["workflow_id"], runs[-1]["agent"]) == (wid, "refund")
         assert runs[-1]["awaiting_approval"] is False
 
+        # Stopping the server ends the open stream cleanly (no broken chunked response).
+        stopping = asyncio.create_task(server.stop())
+        assert [e async for e in events] == []
+        await stopping
+
 
 async def test_stead_api_serves_until_ctrl_c_with_tokens_from_stead_api_token(
         settings: Settings, tmp_path: Path) -> None:

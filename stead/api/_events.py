@@ -17,6 +17,7 @@ one place that knows about every run, workers included or not.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 
@@ -38,17 +39,17 @@ def _event(name: str, data: str) -> str:
     return f"event: {name}\ndata: {data}\n\n"
 
 
-async def event_stream(backend: Backend, principal: Principal, *,
-                       poll_seconds: float) -> AsyncIterator[str]:
+async def event_stream(backend: Backend, principal: Principal, *, poll_seconds: float,
+                       closing: asyncio.Event) -> AsyncIterator[str]:
     """The stream of one client; ends when the client goes away (the response is
-    cancelled)."""
+    cancelled) or when the server stops (``closing`` is set)."""
     tenant = principal.tenant
     approvals_sent: str | None = None
     runs_seen: dict[str, RunEvent] | None = None
     error_sent: str | None = None
     quiet = 0.0
     yield "retry: 3000\n\n"  # how long a browser waits before reconnecting
-    while True:
+    while not closing.is_set():
         sent = False
         try:
             if "approver" in principal.roles:
@@ -81,4 +82,5 @@ async def event_stream(backend: Backend, principal: Principal, *,
         if quiet >= KEEPALIVE_SECONDS:
             quiet = 0.0
             yield ": keepalive\n\n"
-        await asyncio.sleep(poll_seconds)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(closing.wait(), poll_seconds)

@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from stead.errors import StackError
 
 GRACE_SECONDS = 3
-"""How long open requests (event streams never end) may finish when the server stops."""
+"""How long open requests may finish when the server stops."""
 
 
 class _Server(uvicorn.Server):
@@ -75,6 +75,9 @@ class ApiServer:
 
     async def stop(self) -> None:
         if self._server is not None and self._task is not None:
+            closing = getattr(self.app.state, "closing", None)
+            if isinstance(closing, asyncio.Event):
+                closing.set()  # endless responses (event streams) end now, not after the grace
             self._server.should_exit = True
             await self._task
             self._server = self._task = None

@@ -9,6 +9,7 @@ approvals page (``stead/api/static/``), which asks for a token itself.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Collection, Coroutine
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -120,6 +121,8 @@ def create_app(settings: Settings, *, client: Client | None = None,
         generate_unique_id_function=lambda route: route.name)
     app.state.backend = backend
     app.state.secret = secret
+    # Set by ApiServer when it stops, so that event streams end at once.
+    app.state.closing = closing = asyncio.Event()
     _errors.install(app)
     # -------------------------------------------------------------------------- runs
 
@@ -216,7 +219,7 @@ def create_app(settings: Settings, *, client: Client | None = None,
         """Server-sent events: ``approvals`` (approvers: the pending list whenever it
         changes), ``run`` (a run of the tenant changed status), ``error``."""
         return StreamingResponse(
-            event_stream(backend, who, poll_seconds=poll_seconds),
+            event_stream(backend, who, poll_seconds=poll_seconds, closing=closing),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
