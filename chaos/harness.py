@@ -511,14 +511,18 @@ class Harness:
                 for i, (kind, fault) in enumerate(self.MODEL_FAULTS):
                     stat = self.fault("model", kind)
                     k = self.cfg.fault_runs
-                    if fault is not None:
-                        server.inject(*[fault] * k)
-                    stat.injected += k
-                    started = [await self.start("model", f"model:{kind}", RunRequest(
-                        agent=SHOP, input=order_request(
-                            7000 + 10 * i + j, qty=1, sku=SKUS[j % len(SKUS)], amount=30.0,
-                            loop=fault is None)), settings) for j in range(k)]
-                    await asyncio.gather(*(self.finish(r, h) for r, h in started))
+                    started = []
+                    for j in range(k):
+                        # One run at a time: each fault meets the first request of its own run
+                        # (the server hands faults to whichever request comes next).
+                        if fault is not None:
+                            server.inject(fault)
+                        stat.injected += 1
+                        started.append(await self.start("model", f"model:{kind}", RunRequest(
+                            agent=SHOP, input=order_request(
+                                7000 + 10 * i + j, qty=1, sku=SKUS[j % len(SKUS)],
+                                amount=30.0, loop=fault is None)), settings))
+                        await self.finish(*started[-1])
                     left = server.pending_faults()
                     if left:  # leftovers would hit the next kind's runs: say so
                         stat.note = f"{left} fault(s) not consumed"
