@@ -7,6 +7,8 @@ Properties:
   located as ``file:line:`` on a line the file has — never another exception;
 - a set of ``STEAD_*`` (and ecosystem) variables loads, or raises ``SettingsError`` naming a
   variable that was set and is bad on its own; every accepted duration is usable;
+
+The regression tests below the properties are bugs the fuzzer found (since fixed).
 - the tool-call gate rejects a call with a reason of a known kind naming the tool, and what
   it accepts the tool's own pydantic model accepts too (a call never passes the gate only to
   fail inside the activity).
@@ -46,15 +48,6 @@ SOURCE = "fuzzed.yaml"
 LOCATED = re.compile(rf"^  {re.escape(SOURCE)}:(\d+): .*: .", re.DOTALL)
 """One problem of an invalid policy: indented ``file:line: field: message``."""
 
-_NON_PRINTABLE = yaml.reader.Reader.NON_PRINTABLE
-
-
-def known_bug_yaml(t: str) -> bool:
-    """Characters YAML's reader refuses: the error then has no line (pinned by the strict
-    xfail test_unreadable_characters_are_located below)."""
-    return bool(_NON_PRINTABLE.search(t))
-
-
 VALID_POLICIES = [yaml.safe_load(p.read_text()) for p in (OPS_POLICY, REFUND_POLICY)]
 
 
@@ -88,7 +81,7 @@ policy_texts = (
                                 "  chain: []", "  timeout_seconds: -5", "thresholds: {",
                                 "- a", "  key: [1, 2", "&a x", "*b", "\t", ": :", "---", "..."]),
                max_size=12).map("\n".join)
-).filter(lambda t: not known_bug_yaml(t))
+)
 
 
 def assert_located(err: PolicyError, t: str) -> None:
@@ -126,12 +119,9 @@ def test_any_policy_text_parses_or_fails_with_file_and_line(t: str) -> None:
         assert policy.ref == f"{policy.id}@{policy.version}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known bug, found by the fuzzer: a character YAML refuses (a control character such as "
-    "ESC) raises yaml.reader.ReaderError, which has no problem_mark, so stead.policy reports "
-    "'fuzzed.yaml: not valid YAML' without a line. Fix in stead/policy.py (use err.position: "
-    "the line is text[:position].count('\\n') + 1), then drop this mark and known_bug_yaml()."))
 def test_unreadable_characters_are_located() -> None:
+    """Found by the fuzzer: a character YAML refuses (here ESC) used to be reported without
+    a line."""
     t = "id: ops\nversion: 1\ndescription: bad \x1b char\n"
     with pytest.raises(PolicyError) as info:
         parse_policy(t, source=SOURCE)
@@ -146,15 +136,13 @@ def test_a_policy_file_that_cannot_be_read_names_the_path(tmp_path: Path) -> Non
         load_policy(tmp_path / "policy.d")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known bug: a policy file that is not UTF-8 raises UnicodeDecodeError out of load_policy "
-    "(it catches OSError only), so a worker starts with a traceback instead of a PolicyError. "
-    "Fix in stead/policy.py (catch UnicodeDecodeError too), then drop this mark."))
 def test_a_policy_file_that_is_not_utf8_is_a_policy_error(tmp_path: Path) -> None:
+    """Found while fuzzing: bytes that are not UTF-8 used to escape as UnicodeDecodeError."""
     path = tmp_path / "policy.yaml"
-    path.write_bytes(b"id: x\xff\xfe\n")
-    with pytest.raises(PolicyError, match=r"policy\.yaml"):
+    path.write_bytes(b"id: x\nversion: 1\ndescription: \xff\xfe\n")
+    with pytest.raises(PolicyError) as info:
         load_policy(path)
+    assert str(info.value).startswith(f"{path}:3: not UTF-8 text")
 
 
 # ---------------------------------------------------------------------------- settings
@@ -179,29 +167,6 @@ env_values = (
                        "auto", "off", "pgvector", "(", "[a-"])
     | st.integers(-10**12, 10**12).map(str)
     | st.floats(allow_nan=False, allow_infinity=False, min_value=-1e6, max_value=1e6).map(str))
-
-
-def known_bug_duration(env: dict[str, str]) -> bool:
-    """A duration setting of infinity or beyond timedelta's range is accepted (pinned by the
-    strict xfail test_an_endless_duration_setting_is_refused below)."""
-    for name, value in env.items():
-        if VARIABLES[name] in DURATIONS:
-            try:
-                seconds = float(value)
-            except ValueError:
-                continue
-            if seconds > 1e9:
-                return True
-    return False
-
-
-def known_bug_alias(env: dict[str, str]) -> bool:
-    """A bad value of a variable with two names (STEAD_TEMPORAL_TLS or TEMPORAL_TLS) is
-    reported under a name that does not exist (pinned by the strict xfail
-    test_a_bad_aliased_variable_is_named_as_users_write_it below)."""
-    return any(isinstance(Settings.model_fields[VARIABLES[name]].validation_alias, AliasChoices)
-               and isinstance(load({name: value}), SettingsError)
-               for name, value in env.items())
 
 
 @contextmanager
@@ -240,12 +205,14 @@ def named(message: str) -> set[str]:
 
 @fuzz(250)
 @given(st.dictionaries(st.sampled_from(sorted(VARIABLES)), env_values, min_size=1, max_size=3)
-       .filter(lambda env: not known_bug_duration(env) and not known_bug_alias(env)))
+)
 @example({"STEAD_TEMPORAL_PORT": "abc"})
 @example({"STEAD_MODEL_PRICES": "{not json"})
 @example({"STEAD_REDACT_PATTERNS": "[\"(\"]"})
 @example({"STEAD_UI_PORT": "70000", "STEAD_LOG_LEVEL": "LOUD"})
 @example({"STEAD_MODEL_TIMEOUT_SECONDS": "1e9"})
+@example({"STEAD_MODEL_TIMEOUT_SECONDS": "inf"})
+@example({"TEMPORAL_TLS": "maybe"})
 def test_any_environment_loads_or_names_a_bad_variable(env: dict[str, str]) -> None:
     got = load(env)
     if isinstance(got, Settings):
@@ -255,34 +222,29 @@ def test_any_environment_loads_or_names_a_bad_variable(env: dict[str, str]) -> N
         return
     message = str(got)
     assert message.startswith("invalid setting: "), message
-    mentioned = named(message)
-    assert mentioned, message
-    assert mentioned <= set(env), (mentioned, env, message)
-    # Each variable it blames is bad on its own (the message points at the right one).
-    bad_alone = {name for name in env if isinstance(load({name: env[name]}), SettingsError)}
-    assert mentioned & bad_alone, (mentioned, bad_alone, message)
+    # A setting with two names is named by both ("STEAD_TEMPORAL_TLS or TEMPORAL_TLS"):
+    # compare the settings blamed, not the spellings.
+    blamed = {VARIABLES[name] for name in named(message)}
+    assert blamed, message
+    assert blamed <= {VARIABLES[name] for name in env}, (blamed, env, message)
+    # It blames a setting that is bad on its own (the message points at the right one).
+    bad_alone = {VARIABLES[name] for name in env
+                 if isinstance(load({name: env[name]}), SettingsError)}
+    assert blamed & bad_alone, (blamed, bad_alone, message)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known bug, found by the fuzzer: duration settings accept infinity and values beyond "
-    "timedelta's range (STEAD_MODEL_TIMEOUT_SECONDS=inf, 1e15), and every run's workflow task "
-    "then fails with OverflowError building its activity timeout. Fix in stead/settings.py "
-    "(allow_inf_nan=False and an upper bound on *_seconds), then drop this mark and "
-    "known_bug_duration()."))
 def test_an_endless_duration_setting_is_refused() -> None:
+    """Found by the fuzzer: inf (or 1e15) used to be accepted, and every run's workflow task
+    then failed with OverflowError building its activity timeout."""
     for value in ("inf", "1e15"):
         got = load({"STEAD_MODEL_TIMEOUT_SECONDS": value})
         assert isinstance(got, SettingsError), value
         assert "STEAD_MODEL_TIMEOUT_SECONDS" in str(got)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known bug, found by the fuzzer: pydantic reports a bad aliased variable under the alias "
-    "it was read from, and stead.settings._env_name prefixes it again: TEMPORAL_TLS=maybe is "
-    "reported as STEAD_STEAD_TEMPORAL_TLS='maybe', a variable that does not exist. Fix in "
-    "stead/settings.py (map an alias in the error location back to its field), then drop "
-    "this mark and known_bug_alias()."))
 def test_a_bad_aliased_variable_is_named_as_users_write_it() -> None:
+    """Found by the fuzzer: TEMPORAL_TLS=maybe used to be reported as
+    STEAD_STEAD_TEMPORAL_TLS, a variable that does not exist."""
     got = load({"TEMPORAL_TLS": "maybe"})
     assert isinstance(got, SettingsError)
     assert "STEAD_STEAD_" not in str(got)

@@ -3,7 +3,8 @@
 Properties, for any payload:
 
 - a payload ``RunRequest`` rejects fails the run at once, with pydantic's message naming every
-  bad field, and leaves nothing in the ledger (the run never started);
+  bad field, and leaves nothing in the ledger (the run never started); no payload at all
+  (null) fails it as ``BadRunRequest``;
 - an unknown agent fails the run naming the agents the worker serves, again without a ledger
   row;
 - a valid request runs to a status of the closed set, with one finished ledger row, no
@@ -64,16 +65,7 @@ run_fields: dict[str, st.SearchStrategy[Any]] = {
 }
 
 
-def known_bug(payload: Any) -> bool:
-    """Inputs of the two known bugs pinned by the strict xfail tests below: null, and a valid
-    request carrying a NUL character (the ledger cannot store it)."""
-    if payload is None:
-        return True
-    return "\\u0000" in json.dumps(payload) and expected_problem(json.dumps(payload)) is None
-
-
-run_payloads: st.SearchStrategy[Any] = (near(GOOD, run_fields) | json_values).filter(
-    lambda p: not known_bug(p))
+run_payloads: st.SearchStrategy[Any] = near(GOOD, run_fields) | json_values
 """RunRequest-shaped objects with bad, missing and extra fields, and any other JSON value."""
 
 
@@ -142,9 +134,15 @@ async def judge(client: Client, settings: Settings, ledger: Ledger, payload_json
         assert problem is None
         return "waiting for a human"
     trail = await ledger.trail(handle.id)
+    if json.loads(payload_json) is None:
+        assert isinstance(outcome, ApplicationError), outcome
+        assert outcome.type == "BadRunRequest", outcome
+        assert trail["runs"] == [] and trail["decisions"] == [], trail
+        return "no request (null)"
     if problem is not None:
         assert isinstance(outcome, ApplicationError), outcome
-        assert re.match(r"\d+ validation errors? for RunRequest", outcome.message), outcome
+        assert re.match(r"\d+ validation errors? for (nullable\[)?RunRequest", outcome.message), \
+            outcome
         for e in problem.errors():
             field = ".".join(str(p) for p in e["loc"])
             assert field in outcome.message, (field, outcome.message)
@@ -194,7 +192,8 @@ async def test_fuzzed_run_requests_from_the_python_client(
     @example({"agent": "refund", "input": "please refund 20 EUR on order ORD-1001"})
     @example({"agent": "ops", "input": "restart search-worker"})  # waits for on-call
     @example({"agent": "billing", "input": "refund order 42"})
-    @example({"agent": "ops", "input": "is auth-service healthy?", "user": "\x01\x7f"})
+    @example(None)
+    @example({"agent": "ops", "input": "is auth-service healthy?\x00", "user": "\x00\x7f"})
     @example({"agent": "ops", "input": "restart checkout-api", "metadata": {"role": "viewer"},
               "max_steps": 1})
     def prop(payload: Any) -> None:
@@ -248,39 +247,32 @@ async def test_fuzzed_raw_json_through_the_temporal_cli(
     await good_run_completes(client, settings)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known bug, found by the fuzzer: a null input (None from the Python client, sent as a "
-    "binary/null payload) skips pydantic validation, so AgentWorkflow.run gets None and its "
-    "workflow task fails forever with AttributeError; `stead stuck` lists the run as "
-    "workflow_task_failing. Fix in workflows/agent.py (fail the run when request is None), "
-    "then drop this mark and the filter on run_payloads."))
 async def test_a_null_run_request_fails_the_run(
         reference_worker: Client, settings: Settings) -> None:
+    """Found by the fuzzer: None from the Python client (a binary/null payload) skipped
+    validation, and the run's workflow task failed forever."""
     client = reference_worker
     handle: WorkflowHandle[Any, RunResult] = await client.start_workflow(
         "AgentWorkflow", None, id=f"fuzz-null-{uuid.uuid4().hex[:8]}",
         task_queue=settings.task_queue, result_type=RunResult)
     outcome = await settle(client, settings, handle)
     assert isinstance(outcome, ApplicationError)
-    assert "RunRequest" in outcome.message
+    assert (outcome.type, outcome.non_retryable) == ("BadRunRequest", True)
+    assert outcome.message == ('a run needs a RunRequest, e.g. {"agent": "ops", "input": '
+                               '"..."}; got none')
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known bug, found by the fuzzer: RunRequest accepts a NUL character, but PostgreSQL text "
-    "and jsonb cannot store it, so run.start (a local activity retried for 10 minutes) fails "
-    "on every attempt and the run hangs; `stead stuck` lists it as local_activity_running. "
-    "Fix in stead/models.py (reject NUL) or stead/ledger.py (escape it), then drop this mark "
-    "and the NUL part of known_bug()."))
 async def test_a_request_with_a_nul_character_ends(
-        reference_worker: Client, settings: Settings) -> None:
+        reference_worker: Client, settings: Settings, ledger: Ledger) -> None:
+    """Found by the fuzzer: PostgreSQL cannot store NUL, so run.start (a local activity,
+    retried for 10 minutes) used to fail on every attempt and the run hung."""
     client = reference_worker
     handle: WorkflowHandle[Any, RunResult] = await client.start_workflow(
         "AgentWorkflow", {"agent": "ops", "input": "is auth-service healthy?\x00"},
         id=f"fuzz-nul-{uuid.uuid4().hex[:8]}", task_queue=settings.task_queue,
         result_type=RunResult)
-    try:
-        # A run that reaches the ledger ends within seconds; this one would retry for 10 min.
-        await asyncio.wait_for(handle.result(), 8)
-    finally:
-        with contextlib.suppress(RPCError):
-            await handle.terminate("test over")
+    outcome = await settle(client, settings, handle)
+    assert isinstance(outcome, RunResult) and outcome.status == "completed", outcome
+    [row] = (await ledger.trail(handle.id))["runs"]
+    assert row["input"] == "is auth-service healthy?\ufffd"
+    assert await ledger.verify_chain(handle.id) == []
