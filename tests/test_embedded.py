@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import asyncpg
+import httpx
 import pytest
 
 from stead.embedded import EmbeddedPostgres, EmbeddedStack, EmbeddedTemporal, free_port
@@ -45,7 +46,7 @@ async def test_migrations_apply_once_and_are_recorded(stack: EmbeddedStack) -> N
 async def test_stead_up_serves_until_ctrl_c_then_stops_everything(service_dir: Path) -> None:
     """`stead up` starts Temporal, PostgreSQL and a worker; SIGINT stops all of them."""
     ports = {"STEAD_TEMPORAL_PORT": free_port(), "STEAD_UI_PORT": free_port(),
-             "STEAD_POSTGRES_PORT": free_port()}
+             "STEAD_POSTGRES_PORT": free_port(), "STEAD_API_PORT": free_port()}
     env = {**os.environ, "STEAD_DATA_DIR": str(service_dir), "STEAD_TASK_QUEUE": "up-test",
            **{k: str(v) for k, v in ports.items()}}
     stead = str(Path(sys.executable).parent / "stead")
@@ -66,6 +67,10 @@ async def test_stead_up_serves_until_ctrl_c_then_stops_everything(service_dir: P
         out, err = await asyncio.wait_for(run.communicate(), 90)
         assert run.returncode == 0, err.decode()
         assert b'"status": "completed"' in out
+        # And the HTTP API with it.
+        async with httpx.AsyncClient() as http:
+            api = await http.get(f"http://127.0.0.1:{ports['STEAD_API_PORT']}/openapi.json")
+        assert api.status_code == 200 and "/v1/runs" in api.json()["paths"]
         proc.send_signal(signal.SIGINT)
         rest = await asyncio.wait_for(proc.stdout.read(), 60)
         assert await asyncio.wait_for(proc.wait(), 60) == 0, (seen + rest).decode()
