@@ -275,9 +275,17 @@ async def test_a_tool_call_with_half_an_emoji_is_rejected(
     scripts.turns["emoji"] = [ToolCall(id="e", name="lookup", arguments='{"key": "\\ud83d"}')]
     handle = await start_run(host.client, RunRequest(agent="fuzz", input="emoji"),
                              settings=settings)
+    done = asyncio.ensure_future(handle.result())
     try:
-        result = await asyncio.wait_for(handle.result(), 5)  # a sound run takes < 1 s
+        for _ in range(100):  # a sound run takes < 1 s
+            if (await asyncio.wait({done}, timeout=0.1))[0]:
+                break
+            pending = (await handle.describe()).raw_description.pending_workflow_task
+            assert pending.attempt < 2, "the run's workflow task fails on every attempt"
+        result = await done
         assert result.tool_calls[0].status == "rejected"
     finally:
         with contextlib.suppress(RPCError):
             await handle.terminate("test over")
+        with contextlib.suppress(BaseException):
+            await done
