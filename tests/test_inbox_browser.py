@@ -344,21 +344,65 @@ async def test_a_new_run_appears_live_and_reject_denies_it(
     assert await decisions(ledger, h) == [("rejected", "alice", "duplicate claim")]
 
 
-async def test_without_the_event_stream_the_inbox_polls(scene: Scene) -> None:
-    """The browser itself blocks ``/v1/events``: the page says it polls, and a new run still
-    shows up (from ``/v1/approvals``) and can be approved. The token survives the reload."""
+async def test_a_decision_the_run_refuses_is_explained_on_the_card(scene: Scene) -> None:
+    """A token whose approval role the policy does not allow: the run's refusal shows on the
+    card (the run keeps waiting). Then an edit over the hard limit: the gate denies it, the
+    page says so, and nothing is refunded."""
+    d = scene.browser
+    h = await start_refund(scene, "Refund €500 on ORD-1002, one desk arrived broken")
+    pending = await wait_pending(h)
+
+    intern = issue_token(SECRET, sub="ivan", tenant=TENANT, roles=["approver"],
+                         approval_role="intern")
+    await b(sign_in, d, scene.inbox_url, intern)
+    card = await b(until, d, "the waiting run's card", lambda d: card_of(d, h.id))
+    await b(lambda: field(card, "approve").click())
+    error = await b(until, d, "the card's error", lambda d: visible(card, "item-error"))
+    assert isinstance(error, WebElement)
+    assert "403" in error.text and "may not decide" in error.text, error.text
+    assert await b(lambda: field(card, "approve").is_enabled())
+    assert (await wait_pending(h)).approval_id == pending.approval_id
+
+    await b(open_inbox, scene)
+    card = await b(until, d, "the waiting run's card", lambda d: card_of(d, h.id))
+    await b(lambda: field(card, "edit").click())
+    editor = await b(lambda: field(card, "edit-arguments"))
+    await b(editor.clear)
+    await b(editor.send_keys, json.dumps({**pending.arguments, "amount": 5000}))
+    await b(lambda: field(card, "edit-submit").click())
+    await b(until, d, "the decided card to go", lambda d: no_card(d, h.id))
+    flash = await b(lambda: d.find_element(*by_testid("flash")))
+    assert "denied by the policy" in await b(lambda: flash.text)
+    assert await b(flash.get_attribute, "data-kind") == "warning"
+
+    result = await asyncio.wait_for(h.result(), 30)
+    assert result.status == "denied", result
+    assert refunds_of(scene.world, "ORD-1002") == []
+
+
+async def test_without_the_event_stream_the_inbox_polls_and_reports_lost_connections(
+        scene: Scene) -> None:
+    """The browser itself blocks requests. With the API unreachable the page says so in a
+    banner; with only ``/v1/events`` blocked it polls ``/v1/approvals``, the banner goes, and
+    a new run shows up and can be approved. The token survives the reload (asked once)."""
     d = scene.browser
     await b(open_inbox, scene)
     await b(d.execute_cdp_cmd, "Network.enable", {})
-    await b(d.execute_cdp_cmd, "Network.setBlockedURLs", {"urls": ["*/v1/events*"]})
+    await b(d.execute_cdp_cmd, "Network.setBlockedURLs",
+            {"urls": ["*/v1/events*", "*/v1/approvals"]})
     try:
         await b(d.refresh)
+        text = await b(banner_text, d)
+        assert "Cannot reach the stead API" in text, text
+        assert not await b(visible, d, "token-form")  # asked once per tab
         status = await b(until, d, "polling mode", lambda d: (
             el := d.find_element(*by_testid("connection")))
             .get_attribute("data-mode") == "polling" and el)
         assert isinstance(status, WebElement) and "polling every 2 s" in status.text
-        assert not await b(visible, d, "token-form")  # asked once per tab
 
+        await b(d.execute_cdp_cmd, "Network.setBlockedURLs", {"urls": ["*/v1/events*"]})
+        await b(until, d, "the banner to clear",
+                lambda d: not d.find_element(*by_testid("error-banner")).is_displayed())
         h = await start_refund(scene, "Refund €60 on ORD-1001, two mugs arrived broken")
         card = await b(until, d, "the new run's card, polled", lambda d: card_of(d, h.id))
         await b(lambda: field(card, "approve").click())

@@ -23,7 +23,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,18 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+from selenium import webdriver
+from selenium.common.exceptions import (
+    ElementClickInterceptedException,
+    ElementNotInteractableException,
+    NoSuchElementException,
+    StaleElementReferenceException,
+)
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support.ui import WebDriverWait
 from temporalio.client import Client, WorkflowHandle
 
 from agents.refund import RefundWorld, refund_agent
@@ -43,6 +55,8 @@ from stead.settings import Settings
 from stead.worker import WorkerHost
 
 NAMESPACE = "default"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
 Handle = WorkflowHandle[Any, RunResult]
 
 
@@ -289,21 +303,160 @@ async def test_decide_update_from_the_web_ui_returns_the_outcome(
     assert world.order("ORD-1005").refunded_cents == 25000
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known bug, pinned first by tests/test_fuzz_approvals.py::test_a_signal_without_a_"
-    "payload_leaves_the_run_waiting: a signal without a payload reaches AgentWorkflow._apply "
-    "as None and fails every workflow task, so the run can no longer be approved. From the "
-    "Web UI that is one click on Send a Signal with the input box left empty. Drop this mark "
-    "once workflows/agent.py ignores (and audits) a None decision."))
-async def test_send_a_signal_with_the_input_left_empty_leaves_the_run_waiting(
-        ui: WebUI, served: tuple[Settings, Client]) -> None:
+async def test_send_a_signal_with_the_input_left_empty_is_refused_and_audited(
+        ui: WebUI, served: tuple[Settings, Client], ledger: Ledger) -> None:
+    """Submit with the Data box left empty sends ``payloads: null``. That once failed every
+    workflow task of the run (found by tests/test_fuzz_approvals.py); now the run ignores it,
+    keeps waiting, and the audit trail says what happened."""
     settings, client = served
     h = await start_refund(client, settings, "Refund €300 on ORD-1005, headphones stopped working")
     p = await wait_pending(h)
+
+    r = await ui.send_signal(h, "approve", None)
+    assert r.status_code == 200, r.text
+    assert await task_after_last_signal(h) == "completed"
+    assert (await wait_pending(h)).approval_id == p.approval_id
+
+    r = await ui.send_signal(h, "approve", json.dumps({"approval_id": p.approval_id,
+                                                      "by": "alice"}))
+    assert r.status_code == 200, r.text
+    result = await asyncio.wait_for(h.result(), 30)
+    assert result.status == "completed", result
+    rows = [(d["kind"], d["actor"], d["reason"]) for d in (await ledger.trail(h.id))["decisions"]
+            if d["kind"] in ("approval_ignored", "approval_decided")]
+    assert [(k, a) for k, a, _ in rows] == [("approval_decided", "alice"),
+                                            ("approval_ignored", "unknown")], rows
+    assert "without a payload" in rows[1][2]
+
+
+# ---------------------------------------------------------------------------- the real UI
+
+
+def _chromium(profile: Path) -> WebDriver:
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    # No internet here: these keep chromium from lookups that would hang or fail.
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+                 f"--user-data-dir={profile}", "--window-size=1400,1000"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)),
+                            options=options)
+
+
+def _shown(d: WebDriver, css: str) -> WebElement | bool:
     try:
-        r = await ui.send_signal(h, "approve", None)
-        assert r.status_code == 200, r.text
-        assert await task_after_last_signal(h) == "completed"
-        assert (await wait_pending(h)).approval_id == p.approval_id
+        return next((e for e in d.find_elements(By.CSS_SELECTOR, css)
+                     if e.is_displayed() and e.is_enabled()), False)
+    except StaleElementReferenceException:
+        return False
+
+
+def _click(d: WebDriver, css: str) -> None:
+    def go(d: WebDriver) -> bool:
+        el = _shown(d, css)
+        if not isinstance(el, WebElement):
+            return False
+        try:
+            el.click()
+        except (ElementNotInteractableException, ElementClickInterceptedException,
+                StaleElementReferenceException, NoSuchElementException):
+            return False
+        return True
+    WebDriverWait(d, 20, poll_frequency=0.1).until(go, message=f"could not click {css}")
+
+
+def _settled(d: WebDriver, css: str) -> Callable[[WebDriver], bool]:
+    """A wait condition: the element is shown and at the same place as at the last poll."""
+    last: list[object] = [None]
+
+    def check(d: WebDriver) -> bool:
+        el = _shown(d, css)
+        where = el.rect if isinstance(el, WebElement) else None
+        steady = where is not None and where == last[0]
+        last[0] = where
+        return steady
+    return check
+
+
+def _open_signal_dialog(d: WebDriver) -> WebElement | bool:
+    """One step towards the dialog per call (the menu animates, the page loads late):
+    More Actions, then Send a Signal; the dialog's name box once it is there."""
+    if d.find_elements(By.CSS_SELECTOR, "dialog[data-testid=signal-confirmation-modal][open]"):
+        # A list of the workflow's signals when a worker answers the UI's metadata query,
+        # else a text box. (The dialog may still be fading in.)
+        return (_shown(d, "[data-testid=signal-select-button]")
+                or _shown(d, "[data-testid=signal-name]"))
+    for css in ("[data-testid=signal-button]",                  # Send a Signal
+                "button[aria-controls=workflow-actions]"):      # More Actions
+        el = _shown(d, css)
+        if isinstance(el, WebElement):
+            try:
+                el.click()
+            except (ElementNotInteractableException, ElementClickInterceptedException,
+                    StaleElementReferenceException):
+                pass
+            return False
+    return False
+
+
+def send_signal_by_clicking(ui_url: str, profile: Path, h: Handle, name: str,
+                            typed: str) -> None:
+    """What the README tells an approver to do, done by chromium in the Web UI itself."""
+    d = _chromium(profile)
+    try:
+        d.get(f"{ui_url}/namespaces/{NAMESPACE}/workflows/{quote(h.id, safe='')}/"
+              f"{h.result_run_id}/history")
+        name_box = WebDriverWait(d, 20, poll_frequency=0.3).until(
+            _open_signal_dialog, message="the Send a Signal dialog did not open")
+        assert isinstance(name_box, WebElement)
+        if name_box.get_attribute("data-testid") == "signal-select-button":
+            name_box.click()                                      # Signal name: pick it
+            option = WebDriverWait(d, 20).until(lambda d: next(
+                (o for o in d.find_elements(By.CSS_SELECTOR, "#signal-select-select li")
+                 if o.is_displayed() and o.text.strip() == name), False),
+                message=f"{name!r} is not among the signals the UI offers")
+            assert isinstance(option, WebElement)
+            option.click()
+        else:
+            name_box.send_keys(name)                              # Signal name: type it
+        data = WebDriverWait(d, 20).until(
+            lambda d: _shown(d, "#modal-content-signal-confirmation-modal [role=textbox]"))
+        assert isinstance(data, WebElement)
+        data.click()
+        data.send_keys(typed)                                     # Input → Data
+        # Leaving the editor re-formats the JSON and the dialog grows: click Submit only
+        # once it has stopped moving. json/plain is the default encoding.
+        _click(d, "#modal-title-signal-confirmation-modal")
+        WebDriverWait(d, 20, poll_frequency=0.2).until(
+            _settled(d, "[data-testid=confirm-modal-button]"), message="Submit kept moving")
+        _click(d, "[data-testid=confirm-modal-button]")           # Submit
+        WebDriverWait(d, 20).until(
+            lambda d: not _shown(d, "#modal-content-signal-confirmation-modal"),
+            message="the signal dialog did not close")
     finally:
-        await h.terminate("test over")
+        d.quit()
+
+
+@pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
+                    reason="needs Debian's chromium and chromedriver (`make test` installs them)")
+async def test_clicking_send_a_signal_in_the_web_ui_approves_the_run(
+        temporal_with_ui: EmbeddedTemporal, served: tuple[Settings, Client], ledger: Ledger,
+        world: RefundWorld, tmp_path: Path) -> None:
+    """The README's steps in the real Web UI, driven by headless chromium: More Actions →
+    Send a Signal → name ``approve``, data ``{"approval_id": ..., "by": "alice"}`` → Submit."""
+    settings, client = served
+    h = await start_refund(client, settings, "Refund €300 on ORD-1005, headphones stopped working")
+    p = await wait_pending(h)
+    assert temporal_with_ui.ui_url is not None
+    await asyncio.to_thread(
+        send_signal_by_clicking, temporal_with_ui.ui_url, tmp_path / "chromium", h, "approve",
+        json.dumps({"approval_id": p.approval_id, "by": "alice", "note": "sent from the UI"}))
+
+    result = await asyncio.wait_for(h.result(), 30)
+    assert (result.status, result.approvals) == ("completed", 1), result
+    assert world.order("ORD-1005").refunded_cents == 30000
+    trail = await ledger.trail(h.id)
+    assert [(d["decision"], d["actor"], d["reason"]) for d in trail["decisions"]
+            if d["kind"] == "approval_decided"] == [("approved", "alice", "sent from the UI")]
