@@ -11,6 +11,7 @@ from temporalio.exceptions import ApplicationError
 from stead import errors
 from stead.agent import AgentCatalog
 from stead.ledger import Ledger
+from stead.mcp import McpTools
 from stead.models import AgentPlan, DecisionBatch, FinishRun, StartRun
 from stead.telemetry import NO_METRICS, SteadMetrics
 from stead.tracing import NO_TRACING, SteadTracing
@@ -22,7 +23,9 @@ class RunActivities:
     def __init__(self, catalog: AgentCatalog, ledger: Ledger, *, model_label: str | None,
                  model_timeout: float = 60.0, model_max_attempts: int = 5,
                  memory: bool = False, metrics: SteadMetrics = NO_METRICS,
-                 tracing: SteadTracing = NO_TRACING) -> None:
+                 tracing: SteadTracing = NO_TRACING, mcp: McpTools | None = None) -> None:
+        """``mcp``: the worker's MCP servers; their tools are listed into each run's plan."""
+        self._mcp = mcp
         self._catalog = catalog
         self._tracing = tracing
         self._metrics = metrics
@@ -47,7 +50,7 @@ class RunActivities:
             workflow_id=start.ref.workflow_id, run_id=start.ref.run_id, agent=req.agent,
             tenant=req.tenant, user=req.user, input=req.input, metadata=req.metadata,
             model=model)
-        plan = agent.plan(model=model, max_steps=req.max_steps)
+        plan = await self._with_mcp(agent.plan(model=model, max_steps=req.max_steps))
         return plan.model_copy(update={"model_timeout": self._model_timeout,
                                        "model_max_attempts": self._model_max_attempts,
                                        # no store on this worker: the run neither recalls
@@ -62,11 +65,20 @@ class RunActivities:
             raise ApplicationError(f"routing hands over to unknown agent {req.agent!r}",
                                    type=errors.UNKNOWN_AGENT, non_retryable=True)
         agent = self._catalog[req.agent]
-        plan = agent.plan(model=self._model_label or agent.offline_model.name,
-                          max_steps=req.max_steps)
+        plan = await self._with_mcp(agent.plan(model=self._model_label or
+                                               agent.offline_model.name,
+                                               max_steps=req.max_steps))
         return plan.model_copy(update={"model_timeout": self._model_timeout,
                                        "model_max_attempts": self._model_max_attempts,
                                        "memory": plan.memory if self._memory else None})
+
+    async def _with_mcp(self, plan: AgentPlan) -> AgentPlan:
+        """The plan plus the tools its agent's MCP servers list now: as this activity's result
+        the list is pinned in the run's history, whatever the servers offer later."""
+        if self._mcp is None:
+            return plan
+        found = await self._mcp.plans(plan.agent)
+        return plan.model_copy(update={"tools": [*plan.tools, *found]}) if found else plan
 
     @activity.defn(name="run.finish")
     async def finish_run(self, finish: FinishRun) -> None:

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from temporalio import activity
+from temporalio.common import RawValue
 from temporalio.exceptions import ApplicationError
 
 from stead import errors
@@ -32,7 +33,7 @@ from stead.ledger import Ledger
 from stead.models import ToolInvocation, ToolOutcome
 from stead.secrets import SecretError, Secrets
 from stead.telemetry import NO_METRICS, SteadMetrics
-from stead.tools import Tool, ToolContext
+from stead.tools import CallLost, DynamicTools, Tool, ToolContext
 from stead.tracing import NO_TRACING, SteadTracing
 
 
@@ -42,10 +43,13 @@ class ToolActivities:
     def __init__(self, catalog: AgentCatalog, ledger: Ledger, *,
                  metrics: SteadMetrics = NO_METRICS, secrets: Secrets | None = None,
                  tracing: SteadTracing = NO_TRACING,
-                 max_payload_bytes: int = 1_500_000) -> None:
+                 max_payload_bytes: int = 1_500_000,
+                 dynamic: DynamicTools | None = None) -> None:
         """``secrets``: the worker's tool credentials (``Secrets.from_settings``); none if
         omitted, so a tool that needs one fails with ``MissingSecret``.
-        ``max_payload_bytes``: a bigger result fails its call (``PayloadTooLarge``)."""
+        ``max_payload_bytes``: a bigger result fails its call (``PayloadTooLarge``).
+        ``dynamic``: tools found by name at call time (MCP), served by one dynamic activity."""
+        self._dynamic = dynamic
         self._max_payload = max_payload_bytes
         self._catalog = catalog
         self._ledger = ledger
@@ -54,7 +58,24 @@ class ToolActivities:
         self._secrets = secrets if secrets is not None else Secrets()
 
     def activities(self) -> list[Callable[..., Any]]:
-        return [self._activity_for(t) for t in self._catalog.tools()]
+        acts = [self._activity_for(t) for t in self._catalog.tools()]
+        if self._dynamic is not None:
+            acts.append(self._dynamic_activity(self._dynamic))
+        return acts
+
+    def _dynamic_activity(self, dynamic: DynamicTools) -> Callable[..., Any]:
+        """One activity for every ``tool.<name>`` type not registered above (only registered
+        when the worker has dynamic tools, so other workers fail unknown types as before)."""
+        async def run_dynamic_tool(args: Sequence[RawValue]) -> ToolOutcome:
+            kind = activity.info().activity_type
+            t = dynamic.resolve(kind)
+            if t is None or len(args) != 1:
+                raise ApplicationError(f"this worker has no tool for activity type {kind!r}",
+                                       type="UnknownTool", non_retryable=True)
+            inv = activity.payload_converter().from_payload(args[0].payload, ToolInvocation)
+            return await self._measured(t, inv)
+
+        return activity.defn(dynamic=True)(run_dynamic_tool)
 
     def _activity_for(self, t: Tool[Any, Any]) -> Callable[..., Any]:
         async def run_tool(inv: ToolInvocation) -> ToolOutcome:
@@ -154,6 +175,13 @@ class ToolActivities:
                 out = t.output_model.model_validate(out)
             result: dict[str, Any] = ledger.redactor.scrub(out.model_dump(mode="json"))
         except Exception as err:
+            if isinstance(err, CallLost) and not t.idempotent:
+                # The request went out and its answer was lost: the same as a worker that
+                # died mid-call, so reconcile or escalate (a reconciled "did not happen"
+                # falls through to a retry).
+                found = await self._reconcile(t, args, ctx, inv, attempt, elapsed)
+                if found is not None:
+                    return found
             if isinstance(err, SecretError):
                 kind = err.error_type
             else:
@@ -196,6 +224,9 @@ class ToolActivities:
         come through that gate."""
         agent = inv.ref.agent
         if agent in self._catalog and t.name in self._catalog[agent].registry:
+            return None
+        if agent in self._catalog and self._dynamic is not None \
+                and self._dynamic.allows(agent, t.name):
             return None
         return (f"tool {t.name!r} is not in the allowlist of agent {agent!r}; an agent runs "
                 f"only the tools it declares")

@@ -6,12 +6,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from stead.errors import SpecError
 from stead.llm import ModelClient
+from stead.mcp import McpServer
 from stead.models import AgentPlan, MemoryPlan, ToolPlan
 from stead.policy import Policy
 from stead.tools import Tool, ToolRegistry
@@ -35,6 +36,9 @@ class Agent:
     """JSON schema the final answer must satisfy, for agents that answer in JSON."""
     memory: MemoryPlan | None = None
     """Recall before thinking / remember after a run, when the worker has a memory store."""
+    mcp: Sequence[McpServer] = ()
+    """MCP servers whose tools this agent may call (listed and pinned when a run starts, as
+    ``<server>__<tool>``; see ``stead.mcp``). ``STEAD_MCP_SERVERS`` can add more."""
     registry: ToolRegistry = field(init=False)
     _tool_plans: list[ToolPlan] = field(init=False, repr=False)
 
@@ -78,7 +82,9 @@ class AgentCatalog:
                 problems.append(f"agent {a.name!r}: {err}")
             if a.policy is not None:
                 problems.extend(f"agent {a.name!r}: policy {a.policy.ref}: {p}"
-                                for p in a.policy.check_references(set(a.registry.names())))
+                                for p in a.policy.check_references(
+                                    {*a.registry.names(), *(n for s in a.mcp
+                                                            for n in s.tool_names())}))
         for a in self._agents.values():
             for r in a.policy.routing if a.policy else []:
                 if r.action == "agent" and r.agent is not None and (

@@ -14,7 +14,7 @@ import inspect
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, TypeVar, cast, get_type_hints, overload
+from typing import Any, Generic, Literal, Protocol, TypeVar, cast, get_type_hints, overload
 
 from pydantic import BaseModel, ValidationError
 
@@ -132,6 +132,26 @@ class Tool(Generic[In, Out]):
 
     async def __call__(self, args: In, ctx: ToolContext) -> Out:
         return await self.fn(args, ctx)
+
+
+class CallLost(Exception):
+    """Raise from a tool when its request reached the outside world and the answer was lost
+    (the connection dropped mid-call, the read timed out). An idempotent tool is retried; a
+    non-idempotent one is treated like a call whose worker died: reconciled through its
+    ``reconcile`` hook, or escalated as ``ToolOutcomeUnknown`` — never re-run blindly."""
+
+
+class DynamicTools(Protocol):
+    """Tools a worker finds by name when they are called instead of registering an activity
+    for each (MCP servers' tools, discovered per run: ``stead.mcp.McpTools``)."""
+
+    def resolve(self, name: str) -> Tool[Any, Any] | None:
+        """The tool behind activity type ``name`` (``tool.<tool name>``), None if unknown."""
+        ...
+
+    def allows(self, agent: str, name: str) -> bool:
+        """Whether ``agent`` may call tool ``name`` (its allowlist of dynamic tools)."""
+        ...
 
 
 def activity_name(tool_name: str) -> str:
@@ -315,6 +335,8 @@ def validate_arguments(t: Tool[Any, Any], arguments: dict[str, Any]) -> BaseMode
 
 
 __all__ = [
+    "CallLost",
+    "DynamicTools",
     "Tool",
     "ToolContext",
     "ToolRegistry",

@@ -28,6 +28,7 @@ from stead.agent import AgentCatalog
 from stead.ledger import Ledger, migrate
 from stead.llm import ModelClient, OpenAIModel
 from stead.logs import RunLogContext
+from stead.mcp import McpTools
 from stead.memory import Embedder, Memory, open_memory
 from stead.secrets import Redactor, Secrets, install_log_redaction
 from stead.settings import Settings
@@ -86,16 +87,21 @@ def worker_interceptors(tracing: SteadTracing = NO_TRACING) -> list[Interceptor]
 def build_worker(client: Client, settings: Settings, catalog: AgentCatalog, ledger: Ledger, *,
                  model: ModelClient | None = None, task_queue: str | None = None,
                  memory: Memory | None = None, metrics: SteadMetrics = NO_METRICS,
-                 tracing: SteadTracing = NO_TRACING) -> Worker:
+                 tracing: SteadTracing = NO_TRACING, mcp: McpTools | None = None) -> Worker:
+    """``mcp``: the MCP servers' sessions (``WorkerHost`` owns and closes them); None builds
+    them from the catalog and settings, left open until the process ends."""
     # Tool credentials from settings; everything the activities write to the ledger, and every
     # log record of this process, is redacted with what the settings know to be secret.
     secrets = Secrets.from_settings(settings)
+    if mcp is None:
+        mcp = McpTools.from_catalog(catalog, settings, secrets=secrets)
     ledger = ledger.redacting(Redactor.from_settings(settings, secrets=secrets))
     install_log_redaction(ledger.redactor)
     runs = RunActivities(catalog, ledger, model_label=model.name if model else None,
                          model_timeout=settings.model_timeout_seconds,
                          model_max_attempts=settings.model_max_attempts,
-                         memory=memory is not None, metrics=metrics, tracing=tracing)
+                         memory=memory is not None, metrics=metrics, tracing=tracing,
+                         mcp=mcp)
     extra: list[Callable[..., object]] = []
     if memory is not None:
         mem = MemoryActivities(memory.store, memory.embedder, ledger, backend=memory.backend,
@@ -105,7 +111,7 @@ def build_worker(client: Client, settings: Settings, catalog: AgentCatalog, ledg
                              named_models=named_model_factory(settings), metrics=metrics,
                              tracing=tracing, max_payload_bytes=settings.max_payload_bytes)
     tools = ToolActivities(catalog, ledger, metrics=metrics, secrets=secrets, tracing=tracing,
-                           max_payload_bytes=settings.max_payload_bytes)
+                           max_payload_bytes=settings.max_payload_bytes, dynamic=mcp)
     drift = DriftActivities(ledger, embedder=memory.embedder if memory is not None else None)
     return Worker(
         client,
@@ -153,6 +159,7 @@ class WorkerHost:
         self.ledger: Ledger | None = None
         self.memory: Memory | None = None
         self.worker: Worker | None = None
+        self.mcp: McpTools | None = None
         self._task: asyncio.Task[None] | None = None
         self.pending_approvals: PendingApprovals | None = None
         self._gauges: asyncio.Task[None] | None = None
@@ -160,6 +167,8 @@ class WorkerHost:
     async def start(self) -> None:
         s = self.settings
         assert s.database_url is not None and s.migration_database_url is not None
+        # Declaration problems (unknown agents, missing secrets) fail before anything starts.
+        self.mcp = McpTools.from_catalog(self.catalog, s, secrets=Secrets.from_settings(s))
         await migrate(s.migration_database_url)  # as the owner; the pool below as the worker
         self.client = await connect_client(s)
         self.ledger = await Ledger.connect(s.database_url, min_size=s.db_pool_min,
@@ -175,7 +184,7 @@ class WorkerHost:
                                        model=self.model, task_queue=self.task_queue,
                                        memory=self.memory, metrics=SteadMetrics(
                                            self.meter_provider.get_meter(METER_NAME)),
-                                       tracing=self.tracing)
+                                       tracing=self.tracing, mcp=self.mcp)
         except BaseException:
             await self.ledger.close()  # do not leave a pool reconnecting behind us
             self.ledger = None
@@ -197,6 +206,8 @@ class WorkerHost:
             await self.worker.shutdown()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self.mcp is not None:
+            await self.mcp.close()  # after the worker: no call is still using a session
         if self.memory is not None:
             await self.memory.close()
         if self.ledger is not None:
