@@ -98,3 +98,29 @@ def test_a_limit_below_one_kilobyte_is_refused_naming_the_variable(
     monkeypatch.setenv("STEAD_MAX_PAYLOAD_BYTES", "100")
     with pytest.raises(SettingsError, match="STEAD_MAX_PAYLOAD_BYTES"):
         load_settings()
+
+
+async def test_results_that_fit_alone_but_not_together_end_the_run_instead_of_hanging(
+        settings: Settings, ledger: Ledger) -> None:
+    """Two 1 MB results each fit the per-call limit; the next model request would carry both
+    (over Temporal's 2 MiB), so the run fails saying so rather than failing every task."""
+    ran: list[int] = []
+
+    @tool(side_effect="read", idempotent=True)
+    async def export(args: Size, ctx: ToolContext) -> Blob:
+        """Export n bytes of text."""
+        ran.append(ctx.attempt)
+        return Blob(text="x" * args.n)
+
+    script = [ModelTurn(tool_calls=[call("export", call_id="c1", n=1_000_000)]),
+              ModelTurn(tool_calls=[call("export", call_id="c2", n=1_000_000)]),
+              ModelTurn(content="never reached")]
+    agent = Agent(name="exporter", instructions="Export twice.", tools=[export],
+                  offline_model=ScriptedModel(script))
+    wid, r = await _run(settings, agent)
+
+    assert r.status == "failed"
+    assert r.error is not None and "over the 1,800,000 one model request may carry" in r.error
+    assert [c.status for c in r.tool_calls] == ["ok", "ok"] and ran == [1, 1]
+    assert r.model_turns == 2
+    assert await ledger.verify_chain(wid) == []

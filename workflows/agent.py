@@ -59,6 +59,7 @@ with workflow.unsafe.imports_passed_through():
         ToolInvocation,
         ToolOutcome,
         ToolPlan,
+        ToolSchema,
         WriteRequest,
     )
     from stead.policy import Policy
@@ -73,6 +74,10 @@ REQUEST_APPROVAL_TOOL = "(request)"
 
 _DECISION_EXAMPLE = '{"approval_id": "a2", "by": "alice"}'
 """What an approval payload looks like, for the messages that refuse a missing one."""
+
+MAX_MODEL_REQUEST_BYTES = 1_800_000
+"""Largest transcript (messages plus tool schemas, as JSON) sent to one model call: below
+Temporal's 2 MiB payload limit, with room for the request's other fields."""
 
 _LOCAL = timedelta(seconds=60)
 _LOCAL_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=100), backoff_coefficient=2,
@@ -369,6 +374,15 @@ class AgentWorkflow:
             self._state.step += 1
             self._at("think", f"Step {self._state.step}/{budget}: asking the model "
                               f"({model_setting or plan.model}) what to do next")
+            size = _request_bytes(messages, schemas)
+            if size > MAX_MODEL_REQUEST_BYTES:
+                # Scheduling it would fail this workflow task on every retry (Temporal refuses
+                # payloads over 2 MiB): end the run, saying why, instead.
+                why = (f"the conversation is {size:,} bytes, over the {MAX_MODEL_REQUEST_BYTES:,}"
+                       f" one model request may carry; shorten tool outputs "
+                       f"(STEAD_MAX_PAYLOAD_BYTES caps each one)")
+                self._log("model", plan.model, "error", why)
+                return finish("failed", error=why)
             carried = self._take_decisions()
             try:
                 turn = await workflow.execute_activity(
@@ -726,6 +740,11 @@ class AgentWorkflow:
             await self._decide(ref, self._state.step, "approval_ignored", "ignored",
                                f"{via} for approval {approval_id!r}, which this run never asked",
                                {"approval_id": approval_id}, actor=d.by)
+
+
+def _request_bytes(messages: list[Message], schemas: list[ToolSchema]) -> int:
+    return (sum(len(m.model_dump_json().encode()) for m in messages)
+            + sum(len(t.model_dump_json().encode()) for t in schemas))
 
 
 def _tool_message(call: ToolCall, payload: dict[str, Any]) -> Message:
