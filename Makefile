@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test up bench chaos lint typecheck clean
+.PHONY: demo test up bench chaos soak lint typecheck clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: Python 3.11 not found (set PYTHON=/path/to/python3.11)" >&2; exit 2; }
@@ -35,6 +35,10 @@ bench: $(STAMP)
 # Faults, kills and restarts on a throwaway loopback stack (~5 min); refreshes RELIABILITY.md.
 chaos: $(STAMP)
 	$(PY) -m chaos --reliability-md RELIABILITY.md
+
+# 50 runs in flight for 3 minutes on a throwaway stack; SOAK_ARGS="--concurrency 20 --minutes 1"
+soak: $(STAMP)
+	$(PY) -m chaos.soak $(SOAK_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
