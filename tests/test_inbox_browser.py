@@ -323,15 +323,20 @@ async def test_edit_and_approve_runs_the_tool_with_the_edited_arguments(
         ("approved", "alice")]
 
 
-async def test_a_new_run_appears_live_and_reject_denies_it(
+async def test_a_new_run_appears_live_as_text_and_reject_denies_it(
         scene: Scene, ledger: Ledger) -> None:
     d = scene.browser
     await b(open_inbox, scene)
     await b(d.execute_script, "window.__sameDocument = true")
 
-    h = await start_refund(scene, "Refund €400 on ORD-1002, two desks were scratched")
+    # Requests come from end users: markup in them is shown as text, never run.
+    text = "Refund €400 on ORD-1002, <img src=x onerror='window.__pwned=1'> desks scratched"
+    h = await start_refund(scene, text)
     card = await b(until, d, "the new run's card, pushed live", lambda d: card_of(d, h.id))
     assert await b(d.execute_script, "return window.__sameDocument === true"), "page reloaded"
+    assert await b(lambda: field(card, "request").text) == text
+    assert await b(lambda: card.find_elements(By.TAG_NAME, "img")) == []
+    assert await b(d.execute_script, "return window.__pwned === undefined")
 
     await b(lambda: field(card, "note").send_keys("duplicate claim"))
     await b(lambda: field(card, "reject").click())

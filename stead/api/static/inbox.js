@@ -181,7 +181,7 @@
   function start(token) {
     stop();
     session = { token, abort: new AbortController(), pollTimer: null, retryTimer: null,
-                streaming: false };
+                recheckTimer: null, streaming: false };
     clearBanner();
     ui.form.hidden = true;
     ui.inbox.hidden = false;
@@ -194,8 +194,8 @@
     ui.whoami.hidden = false;
     setConnection("connecting", "connecting…");
     const mine = session;
-    refresh(mine).then((ok) => {
-      if (ok && session === mine) openStream(mine);
+    refresh(mine).then((outcome) => {
+      if (outcome !== "ended" && session === mine) openStream(mine);
     });
   }
 
@@ -204,26 +204,40 @@
     session.abort.abort();
     clearInterval(session.pollTimer);
     clearTimeout(session.retryTimer);
+    clearInterval(session.recheckTimer);
     session = null;
   }
 
-  /** One GET /v1/approvals; returns false if the session ended because of it. */
+  /** One GET /v1/approvals: "ok", "failed" (said in a banner; try again later) or "ended"
+   * (signed out, because of this answer or meanwhile). */
   async function refresh(mine) {
     try {
       const body = await api("GET", "/v1/approvals", { signal: mine.abort.signal });
-      if (session !== mine) return false;
+      if (session !== mine) return "ended";
       clearBanner("network");
       render(listOf(body));
-      return true;
+      return "ok";
     } catch (err) {
-      if (err.name === "AbortError" || session !== mine) return false;
-      if (authFailure(err)) return false;
+      if (err.name === "AbortError" || session !== mine) return "ended";
+      if (authFailure(err)) return "ended";
       showBanner("network", err.status === 0
         ? `Cannot reach the stead API at ${location.origin}${API_BASE}/v1 — ` +
           "retrying every 2 s. Is `stead api` running?"
         : `Loading approvals failed (${err.status} ${err.type}): ${err.message} — retrying.`);
-      return true;
+      return "failed";
     }
+  }
+
+  /** While the stream reports a server-side problem, ask /v1/approvals every 2 s until it
+   * answers again (the stream itself only speaks when something changes). */
+  function recheck(mine) {
+    if (session !== mine || mine.recheckTimer) return;
+    mine.recheckTimer = setInterval(async () => {
+      if (await refresh(mine) !== "failed") {
+        clearInterval(mine.recheckTimer);
+        mine.recheckTimer = null;
+      }
+    }, POLL_MS);
   }
 
   function listOf(body) {
@@ -232,10 +246,12 @@
     return [];
   }
 
+  /** Poll until the stream works again; called again after each failed stream attempt. */
   function startPolling(mine, why) {
-    if (session !== mine || mine.pollTimer) return;
+    if (session !== mine) return;
     setConnection("polling", `polling every ${POLL_MS / 1000} s (${why})`);
-    mine.pollTimer = setInterval(() => refresh(mine), POLL_MS);
+    if (!mine.pollTimer) mine.pollTimer = setInterval(() => refresh(mine), POLL_MS);
+    clearTimeout(mine.retryTimer);
     mine.retryTimer = setTimeout(() => openStream(mine), STREAM_RETRY_MS);
   }
 
@@ -274,7 +290,7 @@
     clearBanner("network");
     try {
       await readEvents(response.body, (event, data) => {
-        if (session === mine) onEvent(event, data);
+        if (session === mine) onEvent(mine, event, data);
       });
       if (session === mine) startPolling(mine, "live stream ended");
     } catch (err) {
@@ -315,8 +331,9 @@
     }
   }
 
-  function onEvent(event, data) {
+  function onEvent(mine, event, data) {
     if (event === "approvals") {
+      clearBanner("network");
       try {
         render(listOf(JSON.parse(data)));
       } catch (err) {
@@ -324,12 +341,12 @@
       }
     } else if (event === "error") {
       // The server reports a problem inside the stream (e.g. Temporal unreachable).
+      let message = data;
       try {
-        const body = JSON.parse(data);
-        showBanner("network", `The API reports: ${body.error?.message ?? data}`);
-      } catch (_) {
-        showBanner("network", `The API reports: ${data}`);
-      }
+        message = JSON.parse(data).error?.message ?? data;
+      } catch (_) { /* not JSON: show it as it came */ }
+      showBanner("network", `The API reports a problem: ${message} — retrying.`);
+      recheck(mine);
     }
     // `run` events need nothing here: any change to what waits arrives as `approvals`.
   }
