@@ -18,16 +18,27 @@ from typing import Any
 
 import pytest
 from _procs import CRASHY_SCRIPT, ROOT, WorkerProcess, worker_env
+from pydantic import BaseModel
 from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError
 
 from agents.ops import OpsWorld
-from stead.agent import AgentCatalog
+from stead.agent import Agent, AgentCatalog
 from stead.client import connect, start_run
 from stead.embedded import EmbeddedPostgres, EmbeddedTemporal, free_port
 from stead.ledger import Ledger, migrate
-from stead.models import ApprovalDecision, RunRequest, RunResult, RunState
+from stead.llm import ScriptedModel, call
+from stead.models import (
+    ApprovalDecision,
+    ModelTurn,
+    RetrySpec,
+    RunRequest,
+    RunResult,
+    RunState,
+    Timeouts,
+)
 from stead.settings import Settings
+from stead.tools import ToolContext, tool
 from stead.worker import WorkerHost
 
 WORKER_SCRIPT = ROOT / "worker.py"
@@ -280,9 +291,49 @@ async def test_failing_tool_retries_per_policy_then_fallback_then_model_reports(
     assert record.attempts == policy["service_status"] + policy["probe_health"]
     assert r.retries == policy["service_status"] - 1 + policy["probe_health"] - 1
     trail = await ledger.trail(h.id)
-    for tool in ("service_status", "probe_health"):
-        assert _attempts(trail, tool) == [(n, "error") for n in range(1, policy[tool] + 1)]
+    for name in ("service_status", "probe_health"):
+        assert _attempts(trail, name) == [(n, "error") for n in range(1, policy[name] + 1)]
     assert {c["tool"]: c["status"] for c in trail["tool_calls"]} == {
         "service_status": "failed", "probe_health": "failed"}
     assert "tool_failed" in [d["kind"] for d in trail["decisions"]]
     assert await ledger.verify_chain(h.id) == []
+
+
+class Order(BaseModel):
+    item: str
+
+
+class Shipped(BaseModel):
+    parcel: str
+
+
+async def test_a_non_idempotent_call_whose_last_attempt_timed_out_escalates(
+        settings: Settings, ledger: Ledger) -> None:
+    """The attempt may have taken effect before it was lost: the run escalates instead of
+    telling the model the call failed (which would invite a second, duplicate call)."""
+    started: list[int] = []
+
+    @tool(side_effect="write", idempotent=False, retry=RetrySpec(max_attempts=1),
+          timeouts=Timeouts(start_to_close=1.0))
+    async def ship(args: Order, ctx: ToolContext) -> Shipped:
+        """Ship an item (slow today)."""
+        started.append(ctx.attempt)
+        await asyncio.sleep(5)
+        return Shipped(parcel="p1")
+
+    script = [ModelTurn(tool_calls=[call("ship", call_id="c1", item="mug")]),
+              ModelTurn(tool_calls=[call("ship", call_id="c2", item="mug")]),
+              ModelTurn(content="shipped")]
+    agent = Agent(name="shipper", instructions="Ship it.", tools=[ship],
+                  offline_model=ScriptedModel(script))
+    async with WorkerHost(settings, AgentCatalog([agent])) as host:
+        assert host.client is not None
+        h = await start_run(host.client, RunRequest(agent="shipper", input="ship a mug"),
+                            settings=settings)
+        r = await asyncio.wait_for(h.result(), 60)
+
+    assert r.status == "escalated", r
+    assert started == [1], "the call was made again"
+    assert r.tool_calls[0].status == "error" and "timed out" in (r.tool_calls[0].error or "")
+    decisions = (await ledger.trail(h.id))["decisions"]
+    assert ("outcome_unknown", "escalate") in [(d["kind"], d["decision"]) for d in decisions]

@@ -669,7 +669,12 @@ class AgentWorkflow:
                 res.retries += max(attempts - 1, 0)
                 failures.append({"tool": name, "attempts": attempts, "error": _cause(err)})
                 self._log("tool", name, "error", _cause(err))
-                if _cause_type(err) == errors.TOOL_OUTCOME_UNKNOWN:
+                if _cause_type(err) == errors.TOOL_OUTCOME_UNKNOWN or (
+                        # A non-idempotent call whose last attempt timed out may have taken
+                        # effect: telling the model it failed invites a second one.
+                        isinstance(err.cause, ActivityTimeout) and not tp.idempotent
+                        and tp.side_effect != "read"
+                        and workflow.patched("escalate-lost-non-idempotent-call")):
                     res.tool_calls.append(ToolCallRecord(
                         step=step, call_id=call.id, tool=plan.name, arguments=args,
                         status="error", served_by=name, attempts=attempts, error=_cause(err)))
