@@ -51,7 +51,6 @@ import json
 import logging
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -442,7 +441,7 @@ class _Connection:
         return _SECRET_REF.sub(lambda m: secrets.get(m.group(1)), value)
 
     async def _on_message(self, message: object) -> None:
-        if isinstance(message, Exception):
+        if isinstance(message, ValueError):  # pydantic's ValidationError: not JSON-RPC
             # A line on the channel that is not JSON-RPC: the session cannot be trusted, and a
             # call waiting on it would wait for an answer that will never be parsed.
             self._fault_error = message
@@ -515,12 +514,6 @@ def _unavailable(server: McpServer, why: str) -> ApplicationError:
 # ---------------------------------------------------------------------------- the worker's view
 
 
-@dataclass(frozen=True)
-class _Resolved:
-    server: McpServer
-    tool: Tool[McpArguments, McpResult]
-
-
 class McpTools:
     """The MCP servers of one worker: discovery for run plans, and tools for the activity.
 
@@ -552,7 +545,7 @@ class McpTools:
                             + "\n  - ".join(missing))
         self._connections: dict[str, _Connection] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        self._resolved: dict[str, _Resolved] = {}
+        self._resolved: dict[str, Tool[McpArguments, McpResult]] = {}
 
     @classmethod
     def from_catalog(cls, catalog: AgentCatalog, settings: Settings, *,
@@ -678,7 +671,7 @@ class McpTools:
         name = name.removeprefix("tool.")
         hit = self._resolved.get(name)
         if hit is not None:
-            return hit.tool
+            return hit
         server_name, sep, _ = name.partition(SEPARATOR)
         server = self._servers.get(server_name)
         if not sep or server is None:
@@ -703,7 +696,7 @@ class McpTools:
             risk=spec.risk, idempotent=spec.is_idempotent,
             retry=RetrySpec(max_attempts=spec.max_attempts),
             timeouts=Timeouts(start_to_close=spec.timeout_seconds), reconcile=reconcile)
-        self._resolved[name] = _Resolved(server, tool)
+        self._resolved[name] = tool
         return tool
 
     # ------------------------------------------------------------------ calls
@@ -726,8 +719,10 @@ class McpTools:
                 f"invalid arguments for {name!r} (the server's current schema): "
                 + "; ".join(problems), type="InvalidArguments", non_retryable=True)
         meta = {IDEMPOTENCY_META_KEY: ctx.idempotency_key, ATTEMPT_META_KEY: ctx.attempt}
+        # Our read timeout ends the attempt a little before Temporal's, so a silent server is
+        # reported as a lost call (CallLost) rather than as an attempt that vanished.
         result = await self._send(server, conn, name, tool.name, arguments, meta,
-                                  spec.timeout_seconds)
+                                  spec.timeout_seconds * 0.9)
         if result.is_error:
             raise ApplicationError(f"{name}: the tool reported an error: {_error_text(result)}",
                                    type=MCP_TOOL_ERROR, non_retryable=True)

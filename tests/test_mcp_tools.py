@@ -294,6 +294,37 @@ async def test_a_server_that_crashes_mid_call_is_never_blindly_re_run(
         (1, "error", "CallLost"), (2, "ok", None)]
 
 
+async def test_a_server_gone_before_the_call_is_retried_per_policy_and_never_reached(
+        settings: Settings, ledger: Ledger, tmp_path: Path) -> None:
+    """The HTTP server lists its tools at run start and is gone when the call comes: each
+    attempt fails to connect (McpUnavailable, retryable: nothing was sent), the declared two
+    attempts are made, and the model hears that the tool failed."""
+    state = tmp_path / "desk"
+    with McpHttpServer("desk", state) as srv:
+        desk = McpServer(name="desk", url=srv.url, connect_timeout_seconds=3,
+                         tools={"create_ticket": WRITE.model_copy(update={"max_attempts": 2})})
+
+        def plan(messages: Sequence[Message], tools: Sequence[ToolSchema]) -> ModelTurn:
+            if assistant_turns(messages) == 0:
+                srv.stop()  # after discovery, before the call
+                return ModelTurn(tool_calls=[call("desk__create_ticket", title="Printer jammed",
+                                                  priority="low")])
+            return ModelTurn(content=json.dumps(tool_history(messages).errors))
+
+        async with serving(settings, agent("helpdesk", FunctionModel(plan, name="p"),
+                                           desk)) as client:
+            h, r = await run(client, settings, "helpdesk")
+
+    assert r.status == "completed" and r.retries == 1
+    assert [(c.tool, c.status, c.attempts) for c in r.tool_calls] == [
+        ("desk__create_ticket", "error", 2)]
+    assert "is unavailable" in (r.answer or "")
+    trail = await ledger.trail(h.id)
+    assert [(a["attempt"], a["error_type"]) for a in trail["tool_attempts"]] == [
+        (1, "McpUnavailable"), (2, "McpUnavailable")]
+    assert calls(state, "create_ticket") == [] and effects(state) == []
+
+
 async def test_malformed_and_error_results_are_reported_to_the_model_without_retries(
         settings: Settings, ledger: Ledger, tmp_path: Path) -> None:
     """A result that breaks its output schema, HTML where JSON was promised, a line that is
