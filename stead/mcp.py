@@ -92,6 +92,9 @@ _SERVER_NAME = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]*(_[a-zA-Z0-9-]+)*$")
 _SECRET_REF = re.compile(r"\$\{secret:([^}]*)\}")
 _MAX_NAME = 64  # OpenAI function names
 _MAX_DESCRIPTION = 1024
+_DISCOVERY_SECONDS = 40.0
+"""Bound on listing one server's tools at run start: ``run.start`` is a local activity with a
+60-second timeout, and a slow server must cost the run its tools, not its start."""
 _CONNECTION_CLOSED = -32000
 _REQUEST_TIMEOUT = -32001
 _CALLER_FAULTS = frozenset({-32600, -32601, -32602})  # invalid request, no method, bad params
@@ -613,8 +616,9 @@ class McpTools:
         servers = self.servers_of(agent)
         if not servers:
             return []
-        listed = await asyncio.gather(*(self._discover(s) for s in servers),
-                                      return_exceptions=True)
+        listed = await asyncio.gather(
+            *(asyncio.wait_for(self._discover(s), _DISCOVERY_SECONDS) for s in servers),
+            return_exceptions=True)
         plans: list[ToolPlan] = []
         taken = set(self._native.get(agent, ()))
         for server, got in zip(servers, listed, strict=True):

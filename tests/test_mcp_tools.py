@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _cli import cli_env, stead
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import RawValue
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -548,6 +549,22 @@ def test_worker_declarations_that_cannot_work_fail_before_the_worker_starts() ->
         McpServer(name="both", stdio=["x"], url="http://127.0.0.1:1/mcp")
     with pytest.raises(ValueError, match="cannot reconcile itself"):
         McpServer(name="pay", stdio=["x"], tools={"charge": McpToolSpec(reconcile="charge")})
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ('{"desk": {"transport": "stdio", "agents": ["ops"]}}',
+     "STEAD_MCP_SERVERS={'desk': {'transport': 'stdio', 'agents': ['ops']}}: server 'desk': "
+     "transport \"stdio\" needs \"command\""),
+    ('{"desk": {"transport": "stdio", "command": ["desk-server"], "agents": ["opz"]}}',
+     "server 'desk' names agent 'opz', which this worker does not serve (it serves: ops, "
+     "refund)"),
+])
+async def test_stead_worker_refuses_bad_mcp_servers_with_exit_code_2(
+        settings: Settings, tmp_path: Path, value: str, expected: str) -> None:
+    done = await stead("worker", env=cli_env(settings, STEAD_MCP_SERVERS=value,
+                                             STEAD_DATA_DIR=str(tmp_path)))
+    assert done.code == 2, done
+    assert expected in done.err, done.err
 
 
 def test_policies_may_name_declared_mcp_tools_and_tool_names_are_model_safe() -> None:
