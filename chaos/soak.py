@@ -41,7 +41,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import psutil  # type: ignore[import-untyped]  # dev extra, no stubs installed
+import psutil
 from rich.console import Console
 from rich.table import Table
 from temporalio.api.enums.v1 import TaskQueueType
@@ -60,7 +60,7 @@ from stead.stuck import StuckReport, find_stuck
 ROOT = Path(__file__).resolve().parent.parent
 TASK_QUEUE = "soak"
 
-console = Console(width=None if sys.stdout.isatty() else 140)
+console = Console(width=None if sys.stdout.isatty() else 170)
 
 
 # ---------------------------------------------------------------------------- the load
@@ -113,11 +113,16 @@ class Done:
 
 @dataclass
 class Sample:
-    """The worker process at one moment."""
+    """The worker process, the Temporal server and the machine at one moment (CPU: percent
+    of one core, averaged since the previous sample)."""
 
     at: float
     rss_mb: float
     cpu_percent: float
+    temporal_cpu_percent: float | None = None
+    machine_cpu_percent: float | None = None
+    """All cores together, 100 = every core busy: shows when something else loads the
+    machine (the soak's own client included)."""
 
 
 @dataclass
@@ -146,6 +151,8 @@ class SliceRow:
     in_flight: int
     worker_rss_mb: float | None
     worker_cpu_percent: float | None
+    temporal_cpu_percent: float | None = None
+    machine_cpu_percent: float | None = None
 
 
 @dataclass
@@ -172,6 +179,19 @@ class SoakResult:
         return (self.stuck is not None and not self.stuck.stuck and not self.stuck.runs
                 and self.lost == 0 and self.started == len(self.runs)
                 and self.open_in_visibility == 0 and self.unfinished_in_ledger == 0)
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _temporal_process() -> psutil.Process | None:
+    """The embedded Temporal dev server (a child of this process), to watch its CPU."""
+    for p in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "start-dev" in p.cmdline():
+                return p
+    return None
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -264,14 +284,22 @@ class Soak:
 
     async def sample(self) -> None:
         self.worker.cpu_percent(None)
+        psutil.cpu_percent(None)
+        temporal = _temporal_process()
+        if temporal is not None:
+            temporal.cpu_percent(None)
         while True:
             await asyncio.sleep(1.0)
             try:
-                self.samples.append(Sample(time.monotonic(),
-                                           self.worker.memory_info().rss / 2**20,
-                                           self.worker.cpu_percent(None)))
+                rss, cpu = self.worker.memory_info().rss / 2**20, self.worker.cpu_percent(None)
             except psutil.Error:
                 return
+            t_cpu: float | None = None
+            if temporal is not None:
+                with contextlib.suppress(psutil.Error):
+                    t_cpu = temporal.cpu_percent(None)
+            self.samples.append(Sample(time.monotonic(), rss, cpu, t_cpu,
+                                       psutil.cpu_percent(None)))
 
     def slice_row(self, a: float, b: float) -> SliceRow:
         done = [d for d in self.runs if a <= d.ended - self.t0 < b]
@@ -283,8 +311,11 @@ class Soak:
             p50=percentile(lat, 0.50), p95=percentile(lat, 0.95), p99=percentile(lat, 0.99),
             outcomes=dict(Counter(d.status for d in done)), in_flight=self.in_flight,
             worker_rss_mb=max((s.rss_mb for s in samples), default=None),
-            worker_cpu_percent=(sum(s.cpu_percent for s in samples) / len(samples)
-                                if samples else None))
+            worker_cpu_percent=_mean([s.cpu_percent for s in samples]),
+            temporal_cpu_percent=_mean([s.temporal_cpu_percent for s in samples
+                                        if s.temporal_cpu_percent is not None]),
+            machine_cpu_percent=_mean([s.machine_cpu_percent for s in samples
+                                       if s.machine_cpu_percent is not None]))
 
     async def run(self) -> list[SliceRow]:
         """Lanes until the budget is spent, a row per slice, then the drain."""
@@ -320,7 +351,11 @@ class Soak:
 
 
 _COLUMNS = ("t (s)", "runs", "runs/s", "p50", "p95", "p99", "in flight", "worker RSS",
-            "worker CPU", "outcomes")
+            "worker CPU", "Temporal CPU", "machine CPU", "outcomes")
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{x:.0f}%"
 
 
 def _sec(x: float | None) -> str:
@@ -328,21 +363,23 @@ def _sec(x: float | None) -> str:
 
 
 def print_header() -> None:
-    console.print("  ".join(f"{c:>10}" for c in _COLUMNS[:-1]) + "  outcomes", highlight=False)
+    console.print(" ".join(f"{c:>12}" for c in _COLUMNS[:-1]) + "  outcomes", highlight=False,
+                  soft_wrap=True)
 
 
 def _cells(r: SliceRow) -> list[str]:
     return [f"{r.t_start:.0f}–{r.t_end:.0f}", str(r.finished), f"{r.throughput:.1f}",
             _sec(r.p50), _sec(r.p95), _sec(r.p99), str(r.in_flight),
             "–" if r.worker_rss_mb is None else f"{r.worker_rss_mb:.0f} MB",
-            "–" if r.worker_cpu_percent is None else f"{r.worker_cpu_percent:.0f}%",
+            _pct(r.worker_cpu_percent), _pct(r.temporal_cpu_percent),
+            _pct(r.machine_cpu_percent),
             ", ".join(f"{k} {v}" for k, v in sorted(r.outcomes.items(), key=lambda kv: -kv[1]))]
 
 
 def print_row(r: SliceRow) -> None:
     cells = _cells(r)
-    console.print("  ".join(f"{c:>10}" for c in cells[:-1]) + "  " + cells[-1],
-                  highlight=False)
+    console.print(" ".join(f"{c:>12}" for c in cells[:-1]) + "  " + cells[-1],
+                  highlight=False, soft_wrap=True)
 
 
 def print_report(result: SoakResult, machine: dict[str, object]) -> None:
@@ -357,7 +394,7 @@ def print_report(result: SoakResult, machine: dict[str, object]) -> None:
     table.add_row("total", str(len(result.runs)),
                   f"{len(result.runs) / result.seconds:.1f}" if result.seconds else "–",
                   _sec(percentile(lat, 0.5)), _sec(percentile(lat, 0.95)),
-                  _sec(percentile(lat, 0.99)), "", "", "",
+                  _sec(percentile(lat, 0.99)), "", "", "", "", "",
                   ", ".join(f"{k} {v}" for k, v in Counter(d.status for d in result.runs)
                             .most_common()), style="bold")
     console.print(table)
