@@ -18,6 +18,7 @@ from stead._cli_common import (
     EXIT_BAD_INPUT,
     EXIT_RUN_NOT_COMPLETED,
     cli_settings,
+    err,
     fail,
     out,
     print_json,
@@ -85,8 +86,9 @@ async def _find(settings: Settings, threshold: timedelta, *, task_queue: str | N
         try:
             ledger = await Ledger.connect(settings.database_url, min_size=0, max_size=2,
                                           retry_seconds=0)
-        except LedgerError:
+        except LedgerError as e:
             ledger = None  # judged from Temporal alone; the report says so
+            err.print(f"note: {e}; progress is judged from Temporal alone", highlight=False)
     try:
         return await find_stuck(client, older_than=threshold, query=query,
                                 task_queue=task_queue, ledger=ledger, limit=limit)
@@ -125,5 +127,8 @@ def _print(report: StuckReport) -> None:
         out.print(table)
     n = report.summary()
     ledger = "" if report.ledger_checked else " (ledger not checked)"
+    if report.ledger_problem:
+        err.print(f"note: the ledger could not be read ({report.ledger_problem}); progress "
+                  f"was judged from Temporal alone", highlight=False)
     out.print(f"{n['running']} running: [bold]{n['stuck']} stuck[/], {n['waiting']} waiting "
               f"for approval, {n['progressing']} progressing{ledger}", highlight=False)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
+import asyncpg
 from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import BaseModel, Field
 from temporalio.api.common.v1 import WorkflowExecution
@@ -173,6 +174,8 @@ class StuckReport(BaseModel):
     runs: list[RunHealth] = Field(default_factory=list)
     ledger_checked: bool = False
     """Whether ledger activity counted as progress (a ledger was given and reachable)."""
+    ledger_problem: str | None = None
+    """Why a ledger that was given could not be read (the verdicts then rest on Temporal)."""
 
     @property
     def stuck(self) -> list[RunHealth]:
@@ -550,11 +553,16 @@ async def find_stuck(client: Client, *, older_than: timedelta, query: str | None
     progress: dict[tuple[str, str], datetime] = {}
     asked: dict[tuple[str, str], tuple[str, datetime]] = {}
     ledger_checked = False
-    if ledger is not None and listed:
-        progress, asked = await _ledger_facts(ledger, sorted({wid for wid, _ in listed}))
-        ledger_checked = True
-    elif ledger is not None:
-        ledger_checked = True
+    ledger_problem: str | None = None
+    if ledger is not None:
+        try:
+            if listed:
+                progress, asked = await _ledger_facts(ledger,
+                                                      sorted({wid for wid, _ in listed}))
+            ledger_checked = True
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as err:
+            # Temporal alone still tells stuck runs apart; say the ledger was not read.
+            ledger_problem = f"{type(err).__name__}: {err}"
 
     pollers = _Pollers(client)
     gate = asyncio.Semaphore(concurrency)
@@ -575,7 +583,7 @@ async def find_stuck(client: Client, *, older_than: timedelta, query: str | None
                                  -r.idle_seconds, r.workflow_id))
     return StuckReport(checked_at=now, query=full,
                        older_than_seconds=older_than.total_seconds(), runs=runs,
-                       ledger_checked=ledger_checked)
+                       ledger_checked=ledger_checked, ledger_problem=ledger_problem)
 
 
 def _quote(value: str) -> str:

@@ -26,6 +26,7 @@ from temporalio.worker import Worker
 from agents.ops import OpsWorld
 from stead.agent import Agent, AgentCatalog
 from stead.client import start_run
+from stead.embedded import EmbeddedStack
 from stead.ledger import Ledger
 from stead.llm import ScriptedModel, call
 from stead.models import ModelTurn, RetrySpec, RunRequest, RunResult, RunState
@@ -304,6 +305,26 @@ async def test_a_threshold_keeps_recently_active_runs_off_the_list(
     assert (r.verdict, r.reason) == ("progressing", "no_worker")
     assert (report.stuck, report.ledger_checked) == ([], False)
     assert report.summary() == {"running": 1, "stuck": 0, "waiting": 0, "progressing": 1}
+
+
+async def test_an_unreadable_ledger_leaves_the_verdicts_to_temporal(
+        settings: Settings, client: Client, stack: EmbeddedStack) -> None:
+    orphan_q = f"orphan-{uuid.uuid4().hex[:8]}"
+    h = await start_run(client, RunRequest(agent="ops", input="is auth-service healthy?"),
+                        settings=settings.model_copy(update={"task_queue": orphan_q}))
+    closed = await Ledger.connect(stack.database_url)
+    await closed.close()
+    try:
+        await visible(client, orphan_q)
+        report = await find_stuck(client, older_than=timedelta(0), task_queue=orphan_q,
+                                  ledger=closed)
+    finally:
+        await h.terminate("test over")
+
+    [r] = report.runs
+    assert (r.verdict, r.reason) == ("stuck", "no_worker")
+    assert report.ledger_checked is False
+    assert report.ledger_problem is not None and "closed" in report.ledger_problem
 
 
 async def test_a_rejected_query_is_bad_input(client: Client) -> None:
