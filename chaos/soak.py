@@ -385,7 +385,9 @@ def print_row(r: SliceRow) -> None:
 def print_report(result: SoakResult, machine: dict[str, object]) -> None:
     cfg = result.config
     table = Table(title=f"soak: {cfg.concurrency} runs in flight for {cfg.minutes:g} min "
-                        f"(latency = start to result, seconds)")
+                        f"(latency = start to result, seconds)",
+                  caption="worker and Temporal CPU: % of one core; machine CPU: % of all "
+                          f"{psutil.cpu_count() or '?'} cores")
     for col in _COLUMNS:
         table.add_column(col, justify="left" if col == "outcomes" else "right")
     for r in result.slices:
