@@ -26,8 +26,8 @@ What the model sees and sends:
 How a call behaves:
 
 - Side effect by method unless overridden: GET/HEAD/OPTIONS ``read`` (idempotent, risk low),
-  PUT/DELETE ``write`` (idempotent, risk medium), POST/PATCH ``irreversible`` (not idempotent,
-  risk high). An operation that declares an ``Idempotency-Key`` header parameter says the
+  PUT/DELETE ``write`` (idempotent, risk low), POST/PATCH ``irreversible`` (not idempotent,
+  risk medium). An operation that declares an ``Idempotency-Key`` header parameter says the
   service deduplicates by that key, so it counts as idempotent whatever its method: after a
   lost worker it is re-sent with the same key instead of escalated.
 - Every request carries the call's idempotency key as ``Idempotency-Key`` (stable across
@@ -138,9 +138,12 @@ _METHODS: Final = ("get", "put", "post", "delete", "patch", "head", "options", "
 _BY_METHOD: Final[dict[str, tuple[SideEffect, bool, RiskTier]]] = {
     "get": ("read", True, "low"), "head": ("read", True, "low"),
     "options": ("read", True, "low"), "trace": ("read", True, "low"),
-    "put": ("write", True, "medium"), "delete": ("write", True, "medium"),
-    "post": ("irreversible", False, "high"), "patch": ("irreversible", False, "high"),
+    "put": ("write", True, "low"), "delete": ("write", True, "low"),
+    "post": ("irreversible", False, "medium"), "patch": ("irreversible", False, "medium"),
 }
+"""Side effect, idempotency and risk tier by method. The tier stays modest because the side
+effect already weighs in the risk score (an irreversible call whose arguments echo tool output
+asks a human under the default thresholds); raise it per tool with an override or a policy."""
 # OpenAPI says these header parameters are ignored: the client owns them.
 _OWNED_HEADERS: Final = frozenset({"accept", "content-type", "authorization"})
 _IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
@@ -750,7 +753,7 @@ def _tool(doc: dict[str, Any], f: _Found, *, where: str, base_url: str | None,
         base_url=_base_url(doc, f, base_url, where), params=tuple(params), body_media=media,
         responses=specs, result=result, auth=auth,
         idempotent=override.idempotent if override.idempotent is not None else idempotent,
-        timeouts=timeouts, transport=transport)
+        timeouts=timeouts, max_attempts=retry.max_attempts, transport=transport)
     return Tool(
         name=name, description=override.description or _description(f), fn=call,
         input_model=arguments, output_model=result,
@@ -834,6 +837,7 @@ class _Call:
     auth: OpenAPIAuth | None
     idempotent: bool
     timeouts: Timeouts
+    max_attempts: int
     transport: httpx.AsyncBaseTransport | None
 
     async def __call__(self, args: OpenAPIArguments, ctx: ToolContext) -> OpenAPIResult:
@@ -920,7 +924,7 @@ class _Call:
         if status in (408, 429) or status >= 500:
             kind = RATE_LIMITED if status == 429 else HTTP_SERVER_ERROR
             wait = _retry_after(resp.headers.get("retry-after"))
-            if wait is not None and wait > 0:
+            if wait is not None and wait > 0 and ctx.attempt < self.max_attempts:
                 if wait > remaining:
                     raise OpenAPICallError(
                         f"{body}; the service asks to wait {wait:g}s, more than this attempt "
