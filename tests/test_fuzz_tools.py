@@ -5,7 +5,8 @@ Properties, for every proposed call:
 
 - the gate's verdict decides: a call it accepts runs once, with exactly the validated
   arguments; a call it rejects never runs, the model is told why, and the ledger records a
-  ``call_rejected`` decision with the same kind and reason;
+  ``call_rejected`` decision with the same kind and reason (as the ledger stores text:
+  personal data redacted);
 - the run completes (the model answers after hearing back), no tool call is left claimed
   but unfinished, the audit chain verifies, and the worker goes on serving.
 """
@@ -33,6 +34,7 @@ from stead.client import start_run
 from stead.ledger import Ledger
 from stead.llm import FunctionModel
 from stead.models import Message, ModelTurn, RunRequest, RunResult, ToolCall, ToolSchema
+from stead.secrets import Redactor
 from stead.settings import Settings
 from stead.tools import ToolContext, tool
 from stead.worker import WorkerHost
@@ -160,6 +162,11 @@ async def test_fuzzed_tool_arguments_are_gated_audited_and_never_half_run(
     client = host.client
     plans = {name: host.catalog["fuzz"].registry[name].plan() for name in ("lookup", "nothing")}
     loop = asyncio.get_running_loop()
+    redactor = Redactor.from_settings(settings)
+
+    def stored(text: str) -> str:
+        """Text as the ledger keeps it: redacted (personal data, secrets), NUL as U+FFFD."""
+        return redactor.text(text).replace("\x00", "\ufffd")
 
     async def check(proposed: list[tuple[str, str]]) -> str:
         case = f"case {uuid.uuid4().hex}"
@@ -187,7 +194,8 @@ async def test_fuzzed_tool_arguments_are_gated_audited_and_never_half_run(
             else:
                 assert (record.status, record.error) == ("rejected", v.error), record
                 assert any((d["decision"], d["reason"], d["data"]["tool"])
-                           == (v.kind, v.error, c.name) for d in rejected), (v, rejected)
+                           == (v.kind, stored(v.error or ""), stored(c.name))
+                           for d in rejected), (v, rejected)
         assert len(rejected) == sum(v.arguments is None for v in verdicts)
         # Each accepted call ran once, with its validated arguments (plus model defaults).
         seen = calls.seen.get(handle.id, [])
@@ -208,6 +216,7 @@ async def test_fuzzed_tool_arguments_are_gated_audited_and_never_half_run(
     @example([("lookup", '{"key": 5}'), ("lookup", '{"count": 2}'),
               ("lookup", '{"key": "a", "count": 99, "mode": "FAST"}')])
     @example([("nothing", ""), ("nothing", "{}"), ("nothing", '{"x": 1}')])
+    @example([("mail bob@example.com", "{}"), ("look\x00up", "{")])  # kept redacted, U+FFFD
     @example([("lookup", '{"key": "\\u00e9\\u2028", "tags": ["\\ud83d\\ude00"]}')])
     def prop(proposed: list[tuple[str, str]]) -> None:
         event(sync(proposed))
