@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from agents import reference_catalog
+from agents import served_catalog
 from stead.errors import SteadError
 from stead.logs import configure_logging
 from stead.settings import load_settings
@@ -25,7 +25,7 @@ def main() -> int:
             print("worker.py needs TEMPORAL_ADDRESS and DATABASE_URL; "
                   "run `stead up` for the embedded stack", file=sys.stderr)
             return 2
-        host = WorkerHost(settings, reference_catalog(settings.data_dir))
+        host = WorkerHost(settings, served_catalog(settings))
         asyncio.run(run_until_signal(host))
     except SteadError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from stead.agent import AgentCatalog
+from stead.settings import Settings
 
 
 def reference_catalog(data_dir: Path) -> AgentCatalog:
@@ -15,4 +16,13 @@ def reference_catalog(data_dir: Path) -> AgentCatalog:
                          refund.refund_agent(refund.default_world(data_dir))])
 
 
-__all__ = ["reference_catalog"]
+def served_catalog(settings: Settings) -> AgentCatalog:
+    """What ``stead up``, ``stead worker`` and ``worker.py`` serve: the reference agents plus
+    the OpenAPI tools ``STEAD_OPENAPI_SOURCES`` gives them (MCP servers in
+    ``STEAD_MCP_SERVERS`` are connected by the worker itself). Raises ``SettingsError``."""
+    from stead.openapi import with_openapi_sources
+
+    return with_openapi_sources(reference_catalog(settings.data_dir), settings)
+
+
+__all__ = ["reference_catalog", "served_catalog"]

@@ -36,7 +36,7 @@ from stead._cli_common import (
     run_async,
     temporal_client,
 )
-from stead.errors import RunNotFound, SettingsError, StackError
+from stead.errors import RunNotFound, SettingsError, StackError, SteadError
 from stead.models import RunRequest, RunResult, RunState
 from stead.settings import Settings
 
@@ -75,12 +75,16 @@ def demo() -> None:
 @app.command()
 def worker() -> None:
     """Run one worker against TEMPORAL_ADDRESS / DATABASE_URL (or the embedded defaults)."""
-    from agents import reference_catalog
+    from agents import served_catalog
     from stead.worker import WorkerHost, run_until_signal
 
     settings = resolved(cli_settings())
     configure_cli_logging(settings)
-    run_async(run_until_signal(WorkerHost(settings, reference_catalog(settings.data_dir))))
+    try:
+        catalog = served_catalog(settings)
+    except SteadError as e:
+        fail(str(e), EXIT_BAD_INPUT)
+    run_async(run_until_signal(WorkerHost(settings, catalog)))
 
 
 # ----------------------------------------------------------------------------- runs

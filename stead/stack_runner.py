@@ -13,7 +13,7 @@ from stead.settings import Settings
 
 
 async def serve(settings: Settings, console: Console) -> None:
-    from agents import reference_catalog
+    from agents import served_catalog
     from stead.api import ApiServer, create_app
     from stead.worker import WorkerHost
 
@@ -25,7 +25,7 @@ async def serve(settings: Settings, console: Console) -> None:
     console.print("starting the stack…")
     async with stack:
         resolved = stack.resolved_settings()
-        async with WorkerHost(resolved, reference_catalog(settings.data_dir)) as host, \
+        async with WorkerHost(resolved, served_catalog(resolved)) as host, \
                 ApiServer(create_app(resolved, client=host.client), host=resolved.api_host,
                           port=resolved.api_port) as api:
             table = Table(title="stead is up", show_header=False)
