@@ -47,12 +47,32 @@ def check_call(call: ToolCall, tools: Mapping[str, ToolPlan]) -> CallVerdict:
         return CallVerdict(
             error=f"arguments for {call.name!r} must be a JSON object, got "
                   f"{type(args).__name__}.", kind="malformed_arguments")
+    if _has_lone_surrogate(args):
+        # JSON may escape half a UTF-16 pair (a truncated emoji: "\ud83d"); no payload can
+        # carry it on, so the call could never be sent. Tell the model instead.
+        return CallVerdict(
+            error=f"arguments for {call.name!r} contain an unpaired UTF-16 surrogate (half "
+                  f"an emoji?); send valid Unicode text.", kind="malformed_arguments")
     problems = schema_problems(plan.parameters, args)
     if problems:
         return CallVerdict(
             error=f"invalid arguments for {call.name!r}: " + "; ".join(problems),
             kind="invalid_arguments")
     return CallVerdict(arguments=args)
+
+
+def _has_lone_surrogate(value: object) -> bool:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(v) for v in value)
+    return False
 
 
 @lru_cache(maxsize=512)

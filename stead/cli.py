@@ -44,6 +44,13 @@ app = typer.Typer(help="stead: durable execution for AI agents, on Temporal.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 
+def _an_id(value: str) -> str:
+    """Run and approval ids: an empty or blank one is bad input, not a server error."""
+    if not value.strip():
+        raise typer.BadParameter("must not be empty")
+    return value
+
+
 # ----------------------------------------------------------------------------- up / demo
 
 
@@ -184,7 +191,7 @@ _TENANT_HELP = "Only a run of this tenant; another tenant's run is not found (ex
 
 @app.command()
 def show(
-    run_id: str = typer.Argument(..., help="Workflow id of the run"),
+    run_id: str = typer.Argument(..., help="Workflow id of the run", callback=_an_id),
     tenant: str | None = typer.Option(None, help=_TENANT_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON"),
 ) -> None:
@@ -253,7 +260,7 @@ async def _show(settings: Settings, run_id: str, tenant: str | None = None) -> d
 
 @app.command()
 def audit(
-    run_id: str = typer.Argument(..., help="Workflow id of the run"),
+    run_id: str = typer.Argument(..., help="Workflow id of the run", callback=_an_id),
     as_json: bool = typer.Option(False, "--json", help="Print JSON"),
     verify: bool = typer.Option(False, "--verify", help="Check the decision hash chain"),
     tenant: str | None = typer.Option(None, help=_TENANT_HELP),
@@ -425,8 +432,9 @@ async def _decide(settings: Settings, run_id: str, payload: Any) -> dict[str, An
 
 @app.command()
 def approve(
-    run_id: str = typer.Argument(..., help="Workflow id of the run"),
-    approval_id: str = typer.Argument(..., help="Approval id, e.g. a3 (see `stead pending`)"),
+    run_id: str = typer.Argument(..., help="Workflow id of the run", callback=_an_id),
+    approval_id: str = typer.Argument(..., help="Approval id, e.g. a3 (see `stead pending`)",
+                                       callback=_an_id),
     by: str = typer.Option(..., "--as", help="Who approves (recorded in the audit trail)"),
     role: str | None = typer.Option(None, help="Approver role, checked against the policy"),
     note: str | None = typer.Option(None, help="Why"),
@@ -440,8 +448,8 @@ def approve(
 
 @app.command()
 def reject(
-    run_id: str = typer.Argument(..., help="Workflow id of the run"),
-    approval_id: str = typer.Argument(..., help="Approval id, e.g. a3"),
+    run_id: str = typer.Argument(..., help="Workflow id of the run", callback=_an_id),
+    approval_id: str = typer.Argument(..., help="Approval id, e.g. a3", callback=_an_id),
     by: str = typer.Option(..., "--as", help="Who rejects (recorded in the audit trail)"),
     role: str | None = typer.Option(None, help="Approver role, checked against the policy"),
     note: str | None = typer.Option(None, help="Why"),

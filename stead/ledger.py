@@ -503,11 +503,14 @@ async def _chained(c: asyncpg.Connection,
             continue
         # A missing predecessor (a gap verify_chain reports) keeps the workflow's own link.
         link = original.prev_hash if prev is None else prev
-        if clean == original and link == original.prev_hash:
+        # Compared as stored JSON, not as Python values: 1e16 == 10000000000000000 in Python,
+        # but jsonb gives back the integer, so the hash must cover that.
+        same = canonical(clean.model_dump()) == canonical(original.model_dump())
+        if same and link == original.prev_hash:
             row = original
         else:
             data = {**clean.data, "_ledger": {"source_hash": original.hash,
-                                              "redacted": clean != original}}
+                                              "redacted": not same}}
             row = clean.model_copy(update={"data": data, "prev_hash": link})
             row = row.model_copy(update={"hash": chain_hash(link, row.model_dump())})
         out.append(row)

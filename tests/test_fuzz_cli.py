@@ -36,7 +36,7 @@ from stead.worker import WorkerHost
 
 EXIT_CODES = {0, 1, 2, 4}
 
-ids = argv_text.filter(lambda s: s != "")  # "" : test_an_empty_run_id_is_bad_input
+ids = argv_text
 flag = st.booleans()
 
 
@@ -150,12 +150,6 @@ async def test_the_stead_script_maps_bad_input_the_same_way(
         assert "Traceback" not in d.err, (argv, d.err)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known bug, found by the fuzzer: an empty run id is refused by the server with "
-    "INVALID_ARGUMENT, which `stead show` does not catch (an RPCError traceback, exit 1) and "
-    "`stead approve`/`reject` report as 'cannot reach run' (exit 3, 'unreachable'). Fix in "
-    "stead/cli.py (refuse an empty id, or map INVALID_ARGUMENT to exit 2), then drop this "
-    "mark and the filter on `ids`."))
 async def test_an_empty_run_id_is_bad_input(settings: Settings, worker: WorkerHost,
                                             quiet_worker_logs: None) -> None:
     env = cli_env(settings)

@@ -16,9 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import math
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Literal
 
 import pytest
@@ -113,44 +112,9 @@ argument_texts = (
 """What a model may write as arguments: near-valid objects, any JSON, or not JSON at all."""
 
 
-def _floats(value: Any) -> Iterator[float]:
-    if isinstance(value, float):
-        yield value
-    elif isinstance(value, list):
-        for v in value:
-            yield from _floats(v)
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _floats(v)
-
-
-def known_bug_float(arguments: str) -> bool:
-    """A number PostgreSQL's jsonb writes back differently (1e+16 comes back as
-    10000000000000000, -0.0 as 0): pinned by the strict xfail
-    test_an_accepted_call_with_a_large_float_keeps_the_audit_chain_intact below."""
-    try:
-        value = json.loads(arguments)
-    except ValueError:
-        return False
-    return any(abs(f) >= 1e16 or (f == 0 and math.copysign(1, f) < 0) for f in _floats(value))
-
-
-def known_bug_surrogate(arguments: str) -> bool:
-    """A lone surrogate escaped in JSON (``"\\ud83d"``, half an emoji): pinned by the strict
-    xfail test_a_tool_call_with_half_an_emoji_is_rejected below."""
-    try:
-        json.dumps(json.loads(arguments), ensure_ascii=False).encode()
-    except UnicodeEncodeError:
-        return True
-    except ValueError:
-        return False
-    return False
-
-
 proposals = st.lists(
     st.tuples(st.sampled_from(["lookup", "nothing"]) | text,
-              argument_texts.filter(lambda a: not (known_bug_float(a)
-                                                   or known_bug_surrogate(a)))),
+              argument_texts),
     min_size=1, max_size=3)
 
 
@@ -250,14 +214,6 @@ async def test_a_tool_call_with_a_nul_character_ends(
     assert await ledger.verify_chain(handle.id) == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known bug, found by the fuzzer: the audit hash covers json.dumps of a decision's data, "
-    "but the ledger stores it as jsonb, which rewrites some numbers (1e+16 -> "
-    "10000000000000000, -0.0 -> 0); verify_chain then reports 'hash mismatch (row altered)' "
-    "for an untouched row whose data holds such a number (here: the gate decision of an "
-    "accepted call). Fix in stead/audit.py or stead/ledger.py (hash what is stored, e.g. "
-    "numbers canonicalised the way jsonb does, or keep the hashed text), then drop this mark "
-    "and known_bug_float()."))
 async def test_an_accepted_call_with_a_large_float_keeps_the_audit_chain_intact(
         fuzz_agent: tuple[WorkerHost, Scripts, Calls], settings: Settings,
         ledger: Ledger) -> None:
@@ -271,12 +227,6 @@ async def test_an_accepted_call_with_a_large_float_keeps_the_audit_chain_intact(
     assert await ledger.verify_chain(handle.id) == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known bug, found by the fuzzer: argument text with a lone surrogate escaped in JSON "
-    "(half an emoji, as a truncated model output has) passes the gate, but the workflow "
-    "cannot serialise the tool activity's input, so its workflow task fails forever and the "
-    "run hangs (`stead stuck`: workflow_task_failing). Fix in guardrails/calls.py (reject it "
-    "as malformed_arguments), then drop this mark and known_bug_surrogate()."))
 async def test_a_tool_call_with_half_an_emoji_is_rejected(
         fuzz_agent: tuple[WorkerHost, Scripts, Calls], settings: Settings) -> None:
     host, scripts, _ = fuzz_agent
