@@ -155,10 +155,16 @@ class WebUI:
 
     async def query(self, h: Handle, query_type: str) -> Any:
         """Workflow page → "Queries" tab: pick the query type; the UI shows the JSON result."""
-        r = await self._post(self.path(h.id, "query", query_type), {
-            "execution": {"workflowId": h.id, "runId": h.result_run_id},
-            "query": {"queryType": query_type},
-        })
+        for _ in range(10):
+            r = await self._post(self.path(h.id, "query", query_type), {
+                "execution": {"workflowId": h.id, "runId": h.result_run_id},
+                "query": {"queryType": query_type},
+            })
+            # A query the server could not hand to a worker in time is a 503 (a busy machine);
+            # a person clicks again, and so does this.
+            if r.status_code != 503:
+                break
+            await asyncio.sleep(0.5)
         r.raise_for_status()
         (payload,) = r.json()["queryResult"]["payloads"]
         return json.loads(base64.b64decode(payload["data"]))
