@@ -16,7 +16,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from _approval_worker import (
 )
 from _cli import STEAD, run_cmd
 from _procs import WorkerProcess, worker_env
+from _waits import wait_pending
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -48,10 +48,8 @@ from stead.models import (
     DecideOutcome,
     Message,
     ModelTurn,
-    PendingApproval,
     RunRequest,
     RunResult,
-    RunState,
     ToolSchema,
 )
 from stead.settings import Settings
@@ -83,17 +81,6 @@ async def start(client: Client, settings: Settings, text: str, *, agent: str = "
                            settings=settings)
 
 
-async def wait_pending(h: Handle, *, within: float = 30) -> PendingApproval:
-    """Poll the ``state`` query until the run waits for an approval; fail after ``within`` s."""
-    deadline = time.monotonic() + within
-    state: RunState | None = None
-    while time.monotonic() < deadline:
-        state = await h.query("state", result_type=RunState, rpc_timeout=timedelta(seconds=5))
-        if state.pending_approvals:
-            return state.pending_approvals[0]
-        assert state.status == "running", f"run ended without asking: {state}"
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no pending approval after {within:.0f}s; last state: {state}")
 
 
 async def result(h: Handle, within: float = 30) -> RunResult:

@@ -17,7 +17,6 @@ import json
 import re
 import shutil
 import tempfile
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import pytest
+from _waits import wait_pending
 from pydantic import SecretStr
 from selenium import webdriver
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
@@ -42,7 +42,7 @@ from stead.api import ApiServer, Role, create_app, issue_token
 from stead.client import start_run
 from stead.embedded import EmbeddedStack
 from stead.ledger import Ledger
-from stead.models import PendingApproval, RunRequest, RunResult, RunState
+from stead.models import RunRequest, RunResult
 from stead.settings import Settings
 from stead.worker import WorkerHost
 
@@ -203,16 +203,6 @@ async def start_refund(scene: Scene, text: str, *, tenant: str = TENANT) -> Hand
                            settings=scene.settings)
 
 
-async def wait_pending(h: Handle, *, within: float = 30) -> PendingApproval:
-    deadline = time.monotonic() + within
-    state: RunState | None = None
-    while time.monotonic() < deadline:
-        state = await h.query("state", result_type=RunState, rpc_timeout=timedelta(seconds=5))
-        if state.pending_approvals:
-            return state.pending_approvals[0]
-        assert state.status == "running", f"run ended without asking: {state}"
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no pending approval after {within:.0f}s; last state: {state}")
 
 
 async def decisions(ledger: Ledger, h: Handle) -> list[tuple[str, str, str]]:

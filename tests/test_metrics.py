@@ -26,7 +26,6 @@ import asyncio
 import json
 import os
 import re
-import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from typing import Any
 import numpy as np
 import pytest
 from _cli import stead
+from _waits import wait_pending
 from pydantic import BaseModel
 from temporalio.client import Client, WorkflowHandle
 
@@ -60,7 +60,6 @@ from stead.models import (
     RetrySpec,
     RunRequest,
     RunResult,
-    RunState,
     ToolSchema,
     Usage,
 )
@@ -166,16 +165,6 @@ def mx_model() -> FunctionModel:
 Handle = WorkflowHandle[Any, RunResult]
 
 
-async def wait_pending(h: Handle, *, within: float = 30) -> str:
-    """The id of the approval the run waits for (bounded poll of the ``state`` query)."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        state = await h.query("state", result_type=RunState, rpc_timeout=timedelta(seconds=5))
-        if state.pending_approvals:
-            return state.pending_approvals[0].approval_id
-        assert state.status == "running", f"run ended without asking: {state}"
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no pending approval after {within:.0f}s")
 
 
 async def run_scenario(client: Client, settings: Settings, tenant: str, *,
@@ -189,7 +178,7 @@ async def run_scenario(client: Client, settings: Settings, tenant: str, *,
     handles = {t: await start(t) for t in texts}
     handles["synthetic"] = await start("lookup", **{SYNTHETIC_KEY: "eval"})
     handles["pay 500"] = paying = await start("pay 500")
-    approval = await wait_pending(paying)
+    approval = (await wait_pending(paying)).approval_id
     await paying.signal("approve", ApprovalDecision(approval_id=approval, by="alice"))
     results = await asyncio.wait_for(asyncio.gather(*(h.result() for h in handles.values())),
                                      60)

@@ -11,20 +11,18 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import time
 import uuid
 from collections import Counter
 from collections.abc import Sequence
-from datetime import timedelta
-from typing import Any
 
 import pytest
 from _cli import cli_env, stead
+from _waits import wait_pending
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NoOpTracerProvider, StatusCode
 from pydantic import BaseModel
-from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.client import Client, WorkflowFailureError
 
 from stead import errors
 from stead.agent import Agent, AgentCatalog
@@ -156,15 +154,6 @@ def of_run(spans: Sequence[ReadableSpan], workflow_id: str) -> list[ReadableSpan
     return [s for s in spans if s.context.trace_id == root.context.trace_id]
 
 
-async def wait_pending(h: WorkflowHandle[Any, RunResult], *, within: float = 30) -> str:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        state = await h.query("state", result_type=RunState, rpc_timeout=timedelta(seconds=5))
-        if state.pending_approvals:
-            return state.pending_approvals[0].approval_id
-        assert state.status == "running", f"run ended without asking: {state}"
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no pending approval after {within:.0f}s")
 
 
 def request(text: str) -> RunRequest:
@@ -383,7 +372,7 @@ async def test_no_duplicate_spans_when_a_new_worker_replays_the_run(
         assert host.client is not None
         client: Client = host.client
         h = await start_run(client, request("pay 500"), settings=settings)
-        approval = await wait_pending(h)
+        approval = (await wait_pending(h)).approval_id
     before = Counter(s.name for s in exporter.get_finished_spans())
     assert before["invoke_agent tr"] == 0  # the run is not over
     no_cache = settings.model_copy(update={"max_cached_workflows": 0})

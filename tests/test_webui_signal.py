@@ -24,13 +24,13 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 import pytest
+from _waits import wait_pending
 from selenium import webdriver
 from selenium.common.exceptions import (
     ElementClickInterceptedException,
@@ -50,7 +50,7 @@ from stead.agent import AgentCatalog
 from stead.client import start_run
 from stead.embedded import EmbeddedStack, EmbeddedTemporal, free_port
 from stead.ledger import Ledger
-from stead.models import PendingApproval, RunRequest, RunResult, RunState
+from stead.models import RunRequest, RunResult
 from stead.settings import Settings
 from stead.worker import WorkerHost
 
@@ -177,16 +177,6 @@ async def start_refund(client: Client, settings: Settings, text: str) -> Handle:
     return await start_run(client, RunRequest(agent="refund", input=text), settings=settings)
 
 
-async def wait_pending(h: Handle, *, within: float = 30) -> PendingApproval:
-    deadline = time.monotonic() + within
-    state: RunState | None = None
-    while time.monotonic() < deadline:
-        state = await h.query("state", result_type=RunState, rpc_timeout=timedelta(seconds=5))
-        if state.pending_approvals:
-            return state.pending_approvals[0]
-        assert state.status == "running", f"run ended without asking: {state}"
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no pending approval after {within:.0f}s; last state: {state}")
 
 
 async def decided_rows(ledger: Ledger, h: Handle) -> list[tuple[str, str, str]]:
