@@ -6,6 +6,15 @@
 - :mod:`stead.testing.pinecone_server` — ``FakePineconeServer``, the subset of Pinecone's
   data-plane REST API that stead uses (upsert, query, delete, stats, fetch, list), with
   Pinecone's filter language and injectable faults, for the real ``pinecone`` SDK.
+- :mod:`stead.testing.otlp_server` — ``FakeOTLPServer``, an OTLP/HTTP receiver (metrics and
+  traces, protobuf or JSON) that decodes what a worker exports.
+- :mod:`stead.testing.tls_proxy` — a TLS-terminating proxy (client certificates, ALPN h2) in
+  front of a plaintext Temporal server, with test certificates.
+- :mod:`stead.testing.mcp_servers` — real MCP servers (stdio and streamable HTTP) written with
+  the ``mcp`` SDK: a well-behaved one, one that crashes mid-call, one with malformed results,
+  one whose tool list changes.
+- :mod:`stead.testing.flaky_api` — an order service (FastAPI) with faults on request and an
+  ``Idempotency-Key`` store, for OpenAPI tools.
 
 The package imports nothing on purpose: ``python -m stead.testing.openai_server`` would otherwise
 import the module twice (once via this package) and Python warns about that.
