@@ -48,9 +48,14 @@ from stead.worker import WorkerHost
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-pytestmark = pytest.mark.skipif(
-    not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
-    reason="needs Debian's chromium and chromedriver (`make test` installs them)")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _browser_installed() -> None:
+    # `make test` installs them; without them this is a failure to see, not a skip to miss.
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        pytest.fail("needs Debian's chromium and chromedriver at /usr/bin (`make test` "
+                    "installs them: apt-get install chromium chromium-driver)")
 
 TENANT = "acme"
 SECRET = "inbox-test-secret-" + "x" * 32

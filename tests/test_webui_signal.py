@@ -329,6 +329,9 @@ async def test_send_a_signal_with_the_input_left_empty_is_refused_and_audited(
 
 
 def _chromium(profile: Path) -> WebDriver:
+    # `make test` installs them; without them this is a failure to see, not a skip to miss.
+    assert CHROMIUM.exists() and CHROMEDRIVER.exists(), (
+        "needs Debian's chromium and chromedriver at /usr/bin (`make test` installs them)")
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     # No internet here: these keep chromium from lookups that would hang or fail.
@@ -435,8 +438,6 @@ def send_signal_by_clicking(ui_url: str, profile: Path, h: Handle, name: str,
         d.quit()
 
 
-@pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
-                    reason="needs Debian's chromium and chromedriver (`make test` installs them)")
 async def test_clicking_send_a_signal_in_the_web_ui_approves_the_run(
         temporal_with_ui: EmbeddedTemporal, served: tuple[Settings, Client], ledger: Ledger,
         world: RefundWorld, tmp_path: Path) -> None:
