@@ -71,6 +71,7 @@ __all__ = [
     "configure_metrics",
     "connect_client",
     "metrics_endpoint",
+    "otlp_endpoint",
     "shutdown_metrics",
     "temporal_runtime",
 ]
@@ -261,20 +262,26 @@ def _provider_and_model(label: str) -> tuple[str, str]:
 # ------------------------------------------------------------------------- providers
 
 
-def metrics_endpoint(settings: Settings) -> str | None:
-    """The OTLP/HTTP metrics URL, when metrics go over OTLP (``None`` otherwise)."""
-    mode = settings.metrics_exporter
+def otlp_endpoint(settings: Settings, *, signal: str, mode: str, variable: str) -> str | None:
+    """The OTLP/HTTP URL of one signal (``metrics``, ``traces``) when its exporter setting
+    ``variable`` (value ``mode``) sends it over OTLP; ``None`` otherwise."""
     endpoint = settings.otel_exporter_otlp_endpoint
     if mode == "otlp" and not endpoint:
-        raise SettingsError("STEAD_METRICS_EXPORTER=otlp needs OTEL_EXPORTER_OTLP_ENDPOINT "
-                            "(e.g. http://localhost:4318)")
+        raise SettingsError(f"{variable}=otlp needs OTEL_EXPORTER_OTLP_ENDPOINT "
+                            f"(e.g. http://localhost:4318)")
     if mode not in ("otlp", "auto") or not endpoint:
         return None
     if not endpoint.startswith(("http://", "https://")):
         raise SettingsError(f"OTEL_EXPORTER_OTLP_ENDPOINT={endpoint!r}: expected an http(s) URL "
                             f"of an OTLP/HTTP receiver, e.g. http://localhost:4318")
     # The standard variable names the base URL; the signal path is appended (OTLP spec).
-    return endpoint.rstrip("/") + "/v1/metrics"
+    return f"{endpoint.rstrip('/')}/v1/{signal}"
+
+
+def metrics_endpoint(settings: Settings) -> str | None:
+    """The OTLP/HTTP metrics URL, when metrics go over OTLP (``None`` otherwise)."""
+    return otlp_endpoint(settings, signal="metrics", mode=settings.metrics_exporter,
+                         variable="STEAD_METRICS_EXPORTER")
 
 
 def configure_metrics(settings: Settings, *,

@@ -101,7 +101,6 @@ from temporalio.worker import (
 )
 
 from stead.client import WORKFLOW_TYPE, connect
-from stead.errors import SettingsError
 from stead.llm import ModelCallError
 from stead.models import (
     SYNTHETIC_KEY,
@@ -114,6 +113,7 @@ from stead.models import (
 )
 from stead.secrets import DEFAULT_REDACTOR
 from stead.settings import Settings
+from stead.telemetry import otlp_endpoint
 
 __all__ = [
     "NO_TRACING",
@@ -183,17 +183,8 @@ class _RunSpanIds(IdGenerator):
 
 def traces_endpoint(settings: Settings) -> str | None:
     """The OTLP/HTTP traces URL, when traces go over OTLP (``None`` otherwise)."""
-    mode = settings.traces_exporter
-    endpoint = settings.otel_exporter_otlp_endpoint
-    if mode == "otlp" and not endpoint:
-        raise SettingsError("STEAD_TRACES_EXPORTER=otlp needs OTEL_EXPORTER_OTLP_ENDPOINT "
-                            "(e.g. http://localhost:4318)")
-    if mode not in ("otlp", "auto") or not endpoint:
-        return None
-    if not endpoint.startswith(("http://", "https://")):
-        raise SettingsError(f"OTEL_EXPORTER_OTLP_ENDPOINT={endpoint!r}: expected an http(s) URL "
-                            f"of an OTLP/HTTP receiver, e.g. http://localhost:4318")
-    return endpoint.rstrip("/") + "/v1/traces"
+    return otlp_endpoint(settings, signal="traces", mode=settings.traces_exporter,
+                         variable="STEAD_TRACES_EXPORTER")
 
 
 def configure_tracing(settings: Settings, *, exporters: Sequence[SpanExporter] = (),
