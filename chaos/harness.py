@@ -26,7 +26,6 @@ import logging
 import math
 import random
 import shutil
-import tempfile
 import time
 import uuid
 from collections import Counter
@@ -66,9 +65,10 @@ from chaos.invariants import (
     tool_facts,
 )
 from chaos.pool import Death, WorkerPool
+from chaos.stack import throwaway_settings
 from chaos.world import SKUS, ChaosWorld
 from stead.client import connect, start_run
-from stead.embedded import EmbeddedStack, free_port
+from stead.embedded import EmbeddedStack
 from stead.ledger import Ledger
 from stead.models import ApprovalDecision, RunRequest, RunResult, RunState
 from stead.settings import Settings
@@ -645,29 +645,15 @@ async def holder_pid(handle: WorkflowHandle[Any, Any]) -> int | None:
 # ---------------------------------------------------------------------------- the suite
 
 
-def _data_dir() -> Path:
-    # Not under pytest's tmp tree: PostgreSQL runs as an unprivileged user when we are root,
-    # and pytest resets /tmp/pytest-of-<user> to 0700 whenever a session starts.
-    path = Path(tempfile.mkdtemp(prefix="stead-chaos-"))
-    path.chmod(0o755)
-    return path
 
 
 async def run_chaos(cfg: ChaosConfig, *, progress: Progress = print) -> ChaosResult:
     """Start a throwaway stack, run the phases in ``cfg``, check the invariants."""
     t0 = time.monotonic()
-    data_dir = _data_dir()
-    ports: list[int] = []
-    while len(ports) < 3:
-        p = free_port()
-        if p not in ports:
-            ports.append(p)
-    settings = Settings(data_dir=data_dir, temporal_port=ports[0], ui_port=ports[1],
-                        postgres_port=ports[2], temporal_address=None, database_url=None,
-                        openai_api_key=None, openai_base_url=None, memory_backend="off",
-                        metrics_exporter="none", otel_exporter_otlp_endpoint=None,
-                        log_level="WARNING")
-    progress(f"embedded stack in {data_dir} (Temporal :{ports[0]}, PostgreSQL :{ports[2]})")
+    settings = throwaway_settings("stead-chaos-")
+    data_dir = settings.data_dir
+    progress(f"embedded stack in {data_dir} (Temporal :{settings.temporal_port}, "
+             f"PostgreSQL :{settings.postgres_port})")
     # The suite's ledger pool reconnects through the PostgreSQL restart it causes itself.
     logging.getLogger("asyncpg.pool").setLevel(logging.CRITICAL)
     stack = EmbeddedStack(settings, ui=False)

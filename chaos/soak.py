@@ -31,7 +31,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
@@ -50,8 +49,9 @@ from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client, WorkflowFailureError, WorkflowUpdateFailedError
 from temporalio.service import RPCError
 
+from chaos.stack import throwaway_settings
 from stead.client import connect, start_run
-from stead.embedded import EmbeddedStack, free_port
+from stead.embedded import EmbeddedStack
 from stead.ledger import Ledger
 from stead.models import DecideInput, DecideOutcome, RunRequest, RunState
 from stead.settings import Settings
@@ -472,12 +472,6 @@ def to_json(result: SoakResult, machine: dict[str, object]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- the stack
 
 
-def _data_dir() -> Path:
-    # Not under pytest's tmp tree: PostgreSQL runs as an unprivileged user when we are root,
-    # and pytest resets /tmp/pytest-of-<user> to 0700 whenever a session starts.
-    path = Path(tempfile.mkdtemp(prefix="stead-soak-"))
-    path.chmod(0o755)
-    return path
 
 
 def _worker_env(settings: Settings) -> dict[str, str]:
@@ -526,18 +520,10 @@ async def _unfinished(ledger: Ledger) -> int:
 async def run_soak(cfg: SoakConfig, *, progress: Any = print) -> SoakResult:
     """Start a throwaway stack and a worker process, soak, check, tear down."""
     t0 = time.monotonic()
-    data_dir = _data_dir()
-    ports: list[int] = []
-    while len(ports) < 3:
-        p = free_port()
-        if p not in ports:
-            ports.append(p)
-    base = Settings(data_dir=data_dir, temporal_port=ports[0], ui_port=ports[1],
-                    postgres_port=ports[2], temporal_address=None, database_url=None,
-                    openai_api_key=None, openai_base_url=None, memory_backend="off",
-                    metrics_exporter="none", otel_exporter_otlp_endpoint=None,
-                    log_level="WARNING", task_queue=TASK_QUEUE)
-    progress(f"embedded stack in {data_dir} (Temporal :{ports[0]}, PostgreSQL :{ports[2]})")
+    base = throwaway_settings("stead-soak-", task_queue=TASK_QUEUE)
+    data_dir = base.data_dir
+    progress(f"embedded stack in {data_dir} (Temporal :{base.temporal_port}, "
+             f"PostgreSQL :{base.postgres_port})")
     stack = EmbeddedStack(base, ui=False)
     proc: subprocess.Popen[bytes] | None = None
     try:
