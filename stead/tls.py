@@ -188,8 +188,9 @@ def explain_connect_error(message: str, auth: TemporalAuth) -> str | None:
                 f"for a plaintext server such as the dev server")
     # With TLS 1.3 the client finishes its handshake before the server has judged the client
     # certificate, so a refusal shows up as an alert or as the connection ending abruptly.
+    # (hyper reports the last as "connection closed" when the close wins the race.)
     dropped = any(s in message for s in ("ConnectionReset", "BrokenPipe", "UnexpectedEof",
-                                         "AlertReceived"))
+                                         "AlertReceived", "connection closed"))
     if auth.tls is not False and dropped:
         return ("the server closed the connection during or right after the TLS handshake: it "
                 f"probably requires a client certificate it trusts ({CERT} and {KEY})")
