@@ -19,6 +19,8 @@ JsonObject = dict[str, Any]
 """A JSON object: tool arguments and results, whose shape the tool's own models define."""
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
+BlobDigest = Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-f]{64}$")]
+"""Content address of a payload kept in ``stead_blobs`` (see ``stead.blobs``)."""
 
 RunStatus = Literal["running", "completed", "failed", "denied", "refused", "escalated"]
 """Closed set of run outcomes. ``running`` only appears in the ``state`` query."""
@@ -51,6 +53,10 @@ class RunRequest(_Model):
     """Free-form string labels carried into the ledger."""
     max_steps: int | None = Field(default=None, ge=1, le=200)
     """Override of the agent's step budget (model turns plus tool calls)."""
+    context: BlobDigest | None = None
+    """Earlier conversation this run continues: the digest of a context manifest in
+    ``stead_blobs`` (a ``RunResult.context``). The model sees those messages before ``input``;
+    history carries only the digest."""
 
 
 class ToolCallRecord(_Model):
@@ -103,6 +109,9 @@ class RunResult(_Model):
     model: str = ""
     """Which model produced the answer (``scripted:<agent>`` offline)."""
     error: str | None = None
+    context: BlobDigest | None = None
+    """The conversation including this run's messages and answer, as a context manifest
+    digest; pass it as the next run's ``RunRequest.context``. Set when the request had one."""
 
 
 class StepInfo(_Model):
@@ -222,6 +231,9 @@ class ModelTurn(_Model):
     confidence: float | None = Field(None, ge=0, le=1)
     """The model's confidence in its proposed calls, where it reports one; low confidence
     raises the risk of every call in this turn."""
+    context: BlobDigest | None = None
+    """With ``ModelRequest.context``: the manifest of context + this request's non-system
+    messages + this reply, stored by the activity."""
 
 
 class RunRef(_Model):
@@ -244,6 +256,9 @@ class ModelRequest(_Model):
     """Audit rows decided since the last activity; written before the model is called."""
     model: str | None = None
     """A model setting chosen by routing (e.g. ``openai:gpt-4o``); None: the run's model."""
+    context: BlobDigest | None = None
+    """Earlier conversation (a context manifest digest): its messages go after the leading
+    system messages of ``messages``; the reply's ``context`` extends it."""
 
 
 # ---------------------------------------------------------------------------- tool calls

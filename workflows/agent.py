@@ -389,7 +389,7 @@ class AgentWorkflow:
                     "model.complete",
                     ModelRequest(ref=ref.model_copy(update={"step": self._state.step}),
                                  messages=messages, tools=schemas, model=model_setting,
-                                 decisions=carried),
+                                 decisions=carried, context=res.context or request.context),
                     result_type=ModelTurn,
                     start_to_close_timeout=timedelta(seconds=plan.model_timeout),
                     schedule_to_close_timeout=timedelta(
@@ -404,6 +404,8 @@ class AgentWorkflow:
                 self._log("model", plan.model, "error", _cause(err))
                 return finish("failed", error=f"model call failed: {_cause(err)}")
             res.model_turns += 1
+            if turn.context is not None:
+                res.context = turn.context
             self._log("model", turn.model or plan.model, "ok",
                       f"{len(turn.tool_calls)} tool call(s)" if turn.tool_calls else "answer")
             messages.append(Message(role="assistant", content=turn.content,
