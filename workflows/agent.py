@@ -389,7 +389,7 @@ class AgentWorkflow:
                     "model.complete",
                     ModelRequest(ref=ref.model_copy(update={"step": self._state.step}),
                                  messages=messages, tools=schemas, model=model_setting,
-                                 decisions=carried, context=res.context or request.context),
+                                 decisions=carried, context=request.context),
                     result_type=ModelTurn,
                     start_to_close_timeout=timedelta(seconds=plan.model_timeout),
                     schedule_to_close_timeout=timedelta(
