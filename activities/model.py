@@ -10,9 +10,10 @@ from temporalio.exceptions import ApplicationError
 
 from stead import errors
 from stead.agent import AgentCatalog
+from stead.blobs import BLOB_MISSING, BlobCorrupt, BlobError, BlobMissing, BlobStore
 from stead.ledger import Ledger
 from stead.llm import ModelCallError, ModelClient
-from stead.models import ModelRequest, ModelTurn
+from stead.models import Message, ModelRequest, ModelTurn
 from stead.telemetry import NO_METRICS, SteadMetrics
 from stead.tracing import NO_TRACING, SteadTracing
 
@@ -25,8 +26,12 @@ class ModelActivities:
                  named_models: Callable[[str], ModelClient | None] | None = None,
                  metrics: SteadMetrics = NO_METRICS,
                  tracing: SteadTracing = NO_TRACING,
-                 max_payload_bytes: int = 1_500_000) -> None:
-        """``max_payload_bytes``: a bigger answer fails the call (``PayloadTooLarge``)."""
+                 max_payload_bytes: int = 1_500_000,
+                 blobs: BlobStore | None = None) -> None:
+        """``max_payload_bytes``: a bigger answer fails the call (``PayloadTooLarge``).
+        ``blobs``: expands tool results that travel by reference and ``ModelRequest.context``
+        before the model is called, and stores the extended context after it answers."""
+        self._blobs = blobs
         self._max_payload = max_payload_bytes
         self._catalog = catalog
         self._metrics = metrics
@@ -56,11 +61,12 @@ class ModelActivities:
         client = self.client_for(req.ref.agent, req.model)
         await self._ledger.append_decisions(req.decisions, on_wait=activity.heartbeat)
         self._tracing.decisions(req.decisions)
+        messages = await self._transcript(req)
         started = time.perf_counter()
         try:
             with self._tracing.chat(model=client.name, ref=req.ref,
-                                    messages=req.messages) as chat:
-                turn = await client.complete(req.messages, req.tools)
+                                    messages=messages) as chat:
+                turn = await client.complete(messages, req.tools)
                 chat.response(turn)
         except ModelCallError as err:
             await self._record(req, info.attempt, client.name, started, error=err)
@@ -83,7 +89,39 @@ class ModelActivities:
         await self._record(req, info.attempt, client.name, started, turn=turn)
         # A credential the model repeats (from a leaked tool output, say) goes no further.
         scrubbed = self._ledger.redactor.scrub(turn.model_dump())
-        return turn if scrubbed == turn.model_dump() else ModelTurn.model_validate(scrubbed)
+        turn = turn if scrubbed == turn.model_dump() else ModelTurn.model_validate(scrubbed)
+        if req.context is not None and self._blobs is not None:
+            # The conversation so far plus this call's messages and reply, as the workflow
+            # will hold them (its next request repeats them: stored once, by content).
+            said = list(req.messages[_leading_system(req.messages):])
+            said.append(Message(role="assistant", content=turn.content,
+                                tool_calls=turn.tool_calls))
+            ctx = await self._blobs.extend_manifest(req.context, said,
+                                                    on_wait=activity.heartbeat)
+            turn = turn.model_copy(update={"context": ctx})
+        return turn
+
+    async def _transcript(self, req: ModelRequest) -> list[Message]:
+        """What the model reads: leading system messages, the earlier conversation
+        (``req.context``), this run's other messages; tool results by reference in full."""
+        if self._blobs is None:
+            if req.context is not None:
+                raise ApplicationError("this request continues a conversation "
+                                       f"({req.context}) but the worker has no blob store",
+                                       type=BLOB_MISSING, non_retryable=True)
+            return req.messages
+        k = _leading_system(req.messages)
+        try:
+            earlier = ([] if req.context is None else
+                       await self._blobs.load_manifest(req.context, on_wait=activity.heartbeat))
+            ordered = [*req.messages[:k], *earlier, *req.messages[k:]]
+            return await self._blobs.expand_messages(ordered, on_wait=activity.heartbeat)
+        except (BlobMissing, BlobCorrupt) as err:
+            # Asking again finds the same: the context was stored elsewhere, lost or damaged.
+            raise ApplicationError(str(err), type=type(err).__name__,
+                                   non_retryable=True) from None
+        except BlobError as err:
+            raise ApplicationError(str(err), type=type(err).__name__) from None
 
     async def _record(self, req: ModelRequest, attempt: int, model: str, started: float, *,
                       turn: ModelTurn | None = None, error: BaseException | None = None) -> None:
@@ -104,3 +142,11 @@ class ModelActivities:
             output_tokens=turn.usage.output_tokens if turn else 0,
             duration_ms=seconds * 1000,
             on_wait=activity.heartbeat)
+
+
+def _leading_system(messages: list[Message]) -> int:
+    """How many messages at the start are system messages (instructions, recalled memory)."""
+    k = 0
+    while k < len(messages) and messages[k].role == "system":
+        k += 1
+    return k

@@ -29,6 +29,7 @@ from temporalio.exceptions import ApplicationError
 
 from stead import errors
 from stead.agent import AgentCatalog
+from stead.blobs import BLOB_TOO_LARGE, BlobStore, BlobTooLarge, canonical_json, reference
 from stead.ledger import Ledger
 from stead.models import ToolInvocation, ToolOutcome
 from stead.secrets import SecretError, Secrets
@@ -44,11 +45,17 @@ class ToolActivities:
                  metrics: SteadMetrics = NO_METRICS, secrets: Secrets | None = None,
                  tracing: SteadTracing = NO_TRACING,
                  max_payload_bytes: int = 1_500_000,
-                 dynamic: DynamicTools | None = None) -> None:
+                 dynamic: DynamicTools | None = None,
+                 blobs: BlobStore | None = None, blob_threshold_bytes: int = 8192) -> None:
         """``secrets``: the worker's tool credentials (``Secrets.from_settings``); none if
         omitted, so a tool that needs one fails with ``MissingSecret``.
         ``max_payload_bytes``: a bigger result fails its call (``PayloadTooLarge``).
-        ``dynamic``: tools found by name at call time (MCP), served by one dynamic activity."""
+        ``dynamic``: tools found by name at call time (MCP), served by one dynamic activity.
+        ``blobs``: where a result over ``blob_threshold_bytes`` goes; history then carries a
+        reference (``stead.blobs.reference``), the ledger the full result (it is the audit).
+        ``max_payload_bytes`` still bounds the full result: the model reads all of it."""
+        self._blobs = blobs
+        self._blob_threshold = blob_threshold_bytes
         self._dynamic = dynamic
         self._max_payload = max_payload_bytes
         self._catalog = catalog
@@ -136,8 +143,8 @@ class ToolActivities:
         if claim.kind == "completed":
             await ledger.finish_tool(key=inv.idempotency_key, attempt=attempt, outcome="replayed",
                                      duration_ms=elapsed(), on_wait=hb)
-            return ToolOutcome(tool=t.name, result=claim.result or {}, attempt=attempt,
-                               replayed=True)
+            return ToolOutcome(tool=t.name, result=await self._by_reference(claim.result or {}),
+                               attempt=attempt, replayed=True)
         if claim.kind == "failed":
             # A final failure is on record, but its worker died before Temporal heard of it:
             # answer with it again. Running the tool now would be the blind re-run that a
@@ -216,7 +223,22 @@ class ToolActivities:
                                    non_retryable=True)
         await ledger.finish_tool(key=inv.idempotency_key, attempt=attempt, outcome="ok",
                                  result=result, duration_ms=elapsed(), on_wait=hb)
-        return ToolOutcome(tool=t.name, result=result, attempt=attempt)
+        return ToolOutcome(tool=t.name, result=await self._by_reference(result), attempt=attempt)
+
+    async def _by_reference(self, result: dict[str, Any]) -> dict[str, Any]:
+        """``result``, or a reference to it in ``stead_blobs`` when it is over the threshold.
+        Stored after the ledger recorded the outcome: a failed store retries the activity,
+        which replays the result from the ledger instead of running the tool again."""
+        if self._blobs is None:
+            return result
+        body = canonical_json(result)
+        if len(body) <= self._blob_threshold:
+            return result
+        try:
+            digest = await self._blobs.put(body, on_wait=activity.heartbeat)
+        except BlobTooLarge as err:
+            raise ApplicationError(str(err), type=BLOB_TOO_LARGE, non_retryable=True) from None
+        return reference(digest, body)
 
     def _refusal(self, t: Tool[Any, Any], inv: ToolInvocation) -> str | None:
         """Why this tool may not run for the invoking agent (None: it may). The workflow gates
@@ -253,4 +275,5 @@ class ToolActivities:
         await self._ledger.finish_tool(key=inv.idempotency_key, attempt=attempt,
                                        outcome="reconciled", result=result,
                                        duration_ms=elapsed(), on_wait=activity.heartbeat)
-        return ToolOutcome(tool=t.name, result=result, attempt=attempt, replayed=True)
+        return ToolOutcome(tool=t.name, result=await self._by_reference(result), attempt=attempt,
+                           replayed=True)

@@ -160,6 +160,10 @@ class Settings(BaseSettings):
     """Largest tool result or model answer (serialized JSON) that may travel through workflow
     history; a bigger one fails its call at once (``PayloadTooLarge``, not retried) instead of
     being retried against Temporal's 2 MiB payload limit."""
+    blob_threshold_bytes: int = Field(8192, ge=0)
+    """A tool result whose JSON is larger travels through history as a reference to
+    ``stead_blobs`` (``{"$blob": digest, "bytes": n, "preview": ...}``); the model still sees
+    it in full. 0 stores every result. See ``stead.blobs``."""
 
     codec_keys: SecretStr | None = None
     """Payload encryption keys, a JSON object of key id -> base64 of 32 random bytes. Set:

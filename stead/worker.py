@@ -25,6 +25,7 @@ from activities.model import ModelActivities
 from activities.runs import RunActivities
 from activities.tools import ToolActivities
 from stead.agent import AgentCatalog
+from stead.blobs import BlobStore
 from stead.ledger import Ledger, migrate
 from stead.llm import ModelClient, OpenAIModel
 from stead.logs import RunLogContext
@@ -107,11 +108,14 @@ def build_worker(client: Client, settings: Settings, catalog: AgentCatalog, ledg
         mem = MemoryActivities(memory.store, memory.embedder, ledger, backend=memory.backend,
                                tracing=tracing)
         extra = [mem.recall, mem.write]
+    blobs = BlobStore(ledger.pool, retry_seconds=ledger.retry_seconds)
     models = ModelActivities(catalog, ledger, model=model,
                              named_models=named_model_factory(settings), metrics=metrics,
-                             tracing=tracing, max_payload_bytes=settings.max_payload_bytes)
+                             tracing=tracing, max_payload_bytes=settings.max_payload_bytes,
+                             blobs=blobs)
     tools = ToolActivities(catalog, ledger, metrics=metrics, secrets=secrets, tracing=tracing,
-                           max_payload_bytes=settings.max_payload_bytes, dynamic=mcp)
+                           max_payload_bytes=settings.max_payload_bytes, dynamic=mcp,
+                           blobs=blobs, blob_threshold_bytes=settings.blob_threshold_bytes)
     drift = DriftActivities(ledger, embedder=memory.embedder if memory is not None else None)
     return Worker(
         client,
