@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stead.errors import SpecError
+from stead.graph import DEFAULT, REGISTRY, Graph
 from stead.llm import ModelClient
 from stead.mcp import McpServer
 from stead.models import AgentPlan, MemoryPlan, ToolPlan
@@ -39,6 +40,10 @@ class Agent:
     mcp: Sequence[McpServer] = ()
     """MCP servers whose tools this agent may call (listed and pinned when a run starts, as
     ``<server>__<tool>``; see ``stead.mcp``). ``STEAD_MCP_SERVERS`` can add more."""
+    graph: Graph = DEFAULT
+    """What a run does, node by node (``stead.graph``); the default is the ReAct loop."""
+    previous_graphs: Sequence[Graph] = ()
+    """Older versions of ``graph`` that runs still in flight were started with."""
     registry: ToolRegistry = field(init=False)
     _tool_plans: list[ToolPlan] = field(init=False, repr=False)
 
@@ -46,12 +51,15 @@ class Agent:
         object.__setattr__(self, "registry", ToolRegistry(self.tools))
         # Tool schemas are fixed once declared; building them per run cost ~1 ms at run start.
         object.__setattr__(self, "_tool_plans", [t.plan() for t in self.tools])
+        for g in (*self.previous_graphs, self.graph):
+            REGISTRY.add(g)
 
     def plan(self, *, model: str, max_steps: int | None = None) -> AgentPlan:
         return AgentPlan(agent=self.name, instructions=self.instructions, model=model,
                          max_steps=max_steps or self.max_steps,
                          tools=self._tool_plans, policy=self.policy,
-                         output_schema=self.output_schema, memory=self.memory)
+                         output_schema=self.output_schema, memory=self.memory,
+                         graph=self.graph.ref())
 
 
 class AgentCatalog:
@@ -80,12 +88,22 @@ class AgentCatalog:
                 a.registry.validate()
             except SpecError as err:
                 problems.append(f"agent {a.name!r}: {err}")
+            tool_names = {*a.registry.names(), *(n for s in a.mcp for n in s.tool_names())}
+            for g in (a.graph, *a.previous_graphs):
+                # MCP tools are only known once a run lists them: check names only offline.
+                problems.extend(f"agent {a.name!r}: graph {g.name}@{g.version}: {p}"
+                                for p in g.problems(tools=tool_names if not a.mcp else (),
+                                                    memory=a.memory is not None))
             if a.policy is not None:
                 problems.extend(f"agent {a.name!r}: policy {a.policy.ref}: {p}"
                                 for p in a.policy.check_references(
                                     {*a.registry.names(), *(n for s in a.mcp
                                                             for n in s.tool_names())}))
         for a in self._agents.values():
+            for n in a.graph.nodes.values():
+                if n.kind == "subagent" and n.agent not in self._agents:
+                    problems.append(f"agent {a.name!r}: graph node {n.id!r} runs agent "
+                                    f"{n.agent!r}, which this worker does not serve")
             for r in a.policy.routing if a.policy else []:
                 if r.action == "agent" and r.agent is not None and (
                         r.agent not in self._agents or r.agent == a.name):

@@ -109,6 +109,10 @@ class RunResult(_Model):
     model: str = ""
     """Which model produced the answer (``scripted:<agent>`` offline)."""
     error: str | None = None
+    graph: str = ""
+    """``name@version`` of the execution graph the run followed."""
+    path: list[str] = Field(default_factory=list)
+    """Graph nodes in the order the run visited them."""
     context: BlobDigest | None = None
     """The conversation including this run's messages and answer, as a context manifest
     digest; pass it as the next run's ``RunRequest.context``. Set when the request had one."""
@@ -116,7 +120,8 @@ class RunResult(_Model):
 
 class StepInfo(_Model):
     step: int
-    kind: Literal["route", "memory", "model", "tool", "rejected", "denied", "approval", "output"]
+    kind: Literal["route", "memory", "model", "tool", "rejected", "denied", "approval", "output",
+                  "evaluate", "subagent", "graph"]
     name: str
     status: str
     detail: str = ""
@@ -183,6 +188,10 @@ class RunState(_Model):
     """What the run is doing now, e.g. ``think``, ``tool:create_ticket``, ``done``."""
     pending_approvals: list[PendingApproval] = Field(default_factory=list)
     history: list[StepInfo] = Field(default_factory=list)
+    graph: str = ""
+    """``name@version`` of the execution graph the run follows."""
+    path: list[str] = Field(default_factory=list)
+    """Graph nodes visited so far, in order (the last is the current one)."""
     result: RunResult | None = None
 
 
@@ -307,6 +316,17 @@ class ToolPlan(_Model):
         return ToolSchema(name=self.name, description=self.description, parameters=self.parameters)
 
 
+class GraphPin(_Model):
+    """The graph a run started with, pinned in history (see ``stead.graph``)."""
+
+    name: str
+    version: int
+    digest: str
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
 class AgentPlan(_Model):
     """An agent as a run sees it: resolved once at run start and kept in history."""
 
@@ -323,6 +343,9 @@ class AgentPlan(_Model):
     """JSON schema the final answer must satisfy (a JSON document), if the agent declares one."""
     memory: MemoryPlan | None = None
     """Semantic memory use; None: the run neither recalls nor remembers."""
+    graph: GraphPin | None = None
+    """The execution graph the run follows (None: runs recorded before graphs, which
+    follow the default ``react`` graph, version 1)."""
 
 
 class ToolInvocation(_Model):

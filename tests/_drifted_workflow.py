@@ -33,9 +33,10 @@ class ExtraTimerBeforeTools(AgentWorkflow):
         return await super().run(request)
 
     async def _execute(self, ref: RunRef, call: ToolCall, plan: ToolPlan, args: dict[str, Any],
-                       tools: dict[str, ToolPlan], res: RunResult) -> dict[str, Any]:
+                       tools: dict[str, ToolPlan], res: RunResult,
+                       step: int) -> dict[str, Any]:
         await workflow.sleep(timedelta(seconds=1))
-        return await super()._execute(ref, call, plan, args, tools, res)
+        return await super()._execute(ref, call, plan, args, tools, res, step)
 
 
 @workflow.defn(name="AgentWorkflow")
@@ -45,7 +46,8 @@ class AuditActivityBeforeTools(AgentWorkflow):
         return await super().run(request)
 
     async def _execute(self, ref: RunRef, call: ToolCall, plan: ToolPlan, args: dict[str, Any],
-                       tools: dict[str, ToolPlan], res: RunResult) -> dict[str, Any]:
+                       tools: dict[str, ToolPlan], res: RunResult,
+                       step: int) -> dict[str, Any]:
         await workflow.execute_activity(AUDIT_ACTIVITY, plan.name,
                                         start_to_close_timeout=timedelta(seconds=5))
-        return await super()._execute(ref, call, plan, args, tools, res)
+        return await super()._execute(ref, call, plan, args, tools, res, step)
