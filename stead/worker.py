@@ -44,11 +44,12 @@ from stead.telemetry import (
 )
 from stead.tracing import NO_TRACING, SteadTracing
 from workflows.agent import AgentWorkflow
+from workflows.conversation import ConversationWorkflow
 from workflows.drift import DriftWorkflow
 
 log = logging.getLogger("stead.worker")
 
-WORKFLOWS: tuple[type, ...] = (AgentWorkflow, DriftWorkflow)
+WORKFLOWS: tuple[type, ...] = (AgentWorkflow, DriftWorkflow, ConversationWorkflow)
 """Every workflow a stead worker runs (``stead replay`` replays against the same list)."""
 
 # Modules the workflow sandbox may share with the host instead of re-importing per run:
