@@ -1,0 +1,36 @@
+"""Payloads: what any system's run produced, and the plain-temporalio peer's activity inputs
+(pydantic, stead's message types)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from stead.models import Message, ToolCall
+
+
+class RunOutcome(BaseModel):
+    """What one run of any system produced, for ``Workload.check``."""
+
+    answer: str
+    tools_called: list[str] = Field(default_factory=list)
+    model_calls: int = 0
+
+
+class PeerRequest(BaseModel):
+    workload: str
+    """``five``, ``long`` or ``hitl`` (:mod:`bench.peers.workload`)."""
+    messages: list[Message]
+    approval: bool = False
+    """Wait for the ``approve`` signal before each tool call."""
+
+
+class PeerModelInput(BaseModel):
+    workload: str
+    messages: list[Message]
+
+
+class PeerToolInput(BaseModel):
+    workload: str
+    call: ToolCall
+    run_id: str
+    step: int

@@ -1,0 +1,67 @@
+"""The peers' workloads as a plain ``@workflow.defn``: model activity, tool activity, repeat,
+and for the approval run a signal wait before the tool.
+
+What ``bench/plain.py`` is for the 5-tool run, for any of :mod:`bench.peers.workload`'s
+workloads: stead's retry and timeout defaults and payload types, none of stead's extras.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from bench.peers.models import PeerModelInput, PeerRequest, PeerToolInput, RunOutcome
+    from bench.plain import MODEL_RETRY, MODEL_TIMEOUT, TOOL_RETRY, TOOL_TIMEOUT
+    from stead.models import Message, ModelTurn
+
+WORKFLOW = "PeerPlainWorkflow"
+APPROVE = "approve"
+
+
+@workflow.defn(name=WORKFLOW)
+class PeerPlainWorkflow:
+    def __init__(self) -> None:
+        self.approved = False
+        self.waiting = False
+
+    @workflow.signal(name=APPROVE)
+    def approve(self) -> None:
+        self.approved = True
+
+    @workflow.query(name="waiting")
+    def is_waiting(self) -> bool:
+        """True once the run waits for the approval signal (the HITL harness polls it)."""
+        return self.waiting and not self.approved
+
+    @workflow.run
+    async def run(self, req: PeerRequest) -> RunOutcome:
+        info = workflow.info()
+        messages = req.messages
+        tools: list[str] = []
+        turns = 0
+        while True:
+            turn = await workflow.execute_activity(
+                "peers.model", PeerModelInput(workload=req.workload, messages=messages),
+                result_type=ModelTurn, start_to_close_timeout=MODEL_TIMEOUT,
+                schedule_to_close_timeout=MODEL_TIMEOUT * 5 + timedelta(seconds=120),
+                retry_policy=MODEL_RETRY)
+            turns += 1
+            messages.append(Message(role="assistant", content=turn.content,
+                                    tool_calls=turn.tool_calls))
+            if not turn.tool_calls:
+                return RunOutcome(answer=turn.content or "", tools_called=tools,
+                                  model_calls=turns)
+            for c in turn.tool_calls:
+                if req.approval:
+                    self.waiting = True
+                    await workflow.wait_condition(lambda: self.approved)
+                msg = await workflow.execute_activity(
+                    "peers.tool", PeerToolInput(workload=req.workload, call=c,
+                                                run_id=info.workflow_id, step=len(messages)),
+                    result_type=Message, start_to_close_timeout=TOOL_TIMEOUT,
+                    schedule_to_close_timeout=TOOL_TIMEOUT * 3 + timedelta(seconds=6),
+                    retry_policy=TOOL_RETRY)
+                tools.append(c.name)
+                messages.append(msg)
