@@ -732,6 +732,9 @@ register_stuck(app)
 from stead._cli_api import register as register_api  # noqa: E402
 
 register_api(app)
+from stead._cli_chat import register as register_chat  # noqa: E402
+
+register_chat(app)
 
 
 def main() -> None:

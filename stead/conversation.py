@@ -27,7 +27,12 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from temporalio.client import Client, WorkflowHandle
-from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
+from temporalio.common import (
+    SearchAttributeKey,
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+)
 
 from stead.blobs import EMPTY_CONTEXT
 from stead.models import BlobDigest, Name, RunStatus
@@ -145,10 +150,11 @@ def new_conversation_id(agent: str, tenant: str = "default") -> str:
 
 
 async def start_conversation(client: Client, start: ConversationStart, *, settings: Settings,
-                             workflow_id: str | None = None,
+                             workflow_id: str | None = None, attach: bool = False,
                              ) -> WorkflowHandle[object, ConversationResult]:
     """Start a conversation on the settings' task queue; its handle (no run id, so updates
-    follow it across continue-as-new)."""
+    follow it across continue-as-new). ``attach``: a running conversation with this id is
+    used as it is (``start`` is then ignored) instead of being an error."""
     attrs = TypedSearchAttributes([
         SearchAttributePair(SearchAttributeKey.for_keyword("SteadAgent"), start.agent),
         SearchAttributePair(SearchAttributeKey.for_keyword("SteadTenant"), start.tenant),
@@ -156,7 +162,9 @@ async def start_conversation(client: Client, start: ConversationStart, *, settin
     wid = workflow_id or new_conversation_id(start.agent, start.tenant)
     await client.start_workflow(WORKFLOW_TYPE, start, id=wid, task_queue=settings.task_queue,
                                 result_type=ConversationResult, search_attributes=attrs,
-                                static_summary=f"conversation with {start.agent}")
+                                static_summary=f"conversation with {start.agent}",
+                                id_conflict_policy=(WorkflowIDConflictPolicy.USE_EXISTING
+                                                    if attach else WorkflowIDConflictPolicy.FAIL))
     return client.get_workflow_handle(wid, result_type=ConversationResult)
 
 

@@ -9,6 +9,7 @@ import re
 from collections.abc import AsyncIterator, Sequence
 
 import pytest
+from _cli import STEAD, cli_env, stead
 from pydantic import BaseModel
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.service import RPCError
@@ -207,3 +208,38 @@ async def test_an_idle_conversation_closes_after_its_timeout(
     await _say(h, "remember once")
     done = await asyncio.wait_for(h.result(), 60)
     assert (done.reason, done.turns) == ("idle", 1)
+
+
+async def test_stead_chat_talks_and_continues_a_conversation_by_id(
+        chat: Client, settings: Settings) -> None:
+    env = cli_env(settings)
+    cid = f"cli-chat-{settings.task_queue}"
+    first = await stead("chat", "chatter", "--id", cid, "-m", "remember figs",
+                        "-m", "fetch 3000", "--json", env=env)
+    assert first.code == 0, first.err
+    got = first.json()
+    assert got["conversation_id"] == cid and got["ended"] is False
+    assert [t["answer"] for t in got["turns"]] == ["noted figs", "fetched 3009 bytes"]
+
+    other = await stead("chat", "refund", "--id", cid, "-m", "hi", env=env)
+    assert other.code == 2 and "talks to agent 'chatter', not 'refund'" in other.err
+
+    later = await stead("chat", "chatter", "--id", cid, "-m", "recall", "--end", env=env)
+    assert later.code == 0, later.err
+    assert "you told me: figs" in later.out and "turn 3: completed" in later.out
+    done = await asyncio.wait_for(
+        chat.get_workflow_handle(cid, result_type=ConversationResult).result(), 60)
+    assert (done.reason, done.turns) == ("ended", 3)
+
+
+async def test_stead_chat_reads_lines_until_end(chat: Client, settings: Settings) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        str(STEAD), "chat", "chatter", "--id", f"cli-lines-{settings.task_queue}",
+        env=cli_env(settings), stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(
+        proc.communicate(b"remember kiwis\n\nrecall\n/end\nnever said\n"), 90)
+    text = out.decode()
+    assert proc.returncode == 0, err.decode()
+    assert "noted kiwis" in text and "you told me: kiwis" in text
+    assert "never said" not in text and "turn 3" not in text
