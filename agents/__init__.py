@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from stead.agent import AgentCatalog
+from stead.graph import Graph
 from stead.settings import Settings
 
 
@@ -16,6 +17,13 @@ def reference_catalog(data_dir: Path) -> AgentCatalog:
                          refund.refund_agent(refund.default_world(data_dir))])
 
 
+def reference_graphs() -> list[Graph]:
+    """The reference agents' execution graphs, without building their worlds (replay)."""
+    from agents import ops, refund
+
+    return [ops.GRAPH, refund.GRAPH]
+
+
 def served_catalog(settings: Settings) -> AgentCatalog:
     """What ``stead up``, ``stead worker`` and ``worker.py`` serve: the reference agents plus
     the OpenAPI tools ``STEAD_OPENAPI_SOURCES`` gives them (MCP servers in
@@ -25,4 +33,4 @@ def served_catalog(settings: Settings) -> AgentCatalog:
     return with_openapi_sources(reference_catalog(settings.data_dir), settings)
 
 
-__all__ = ["reference_catalog", "served_catalog"]
+__all__ = ["reference_catalog", "reference_graphs", "served_catalog"]

@@ -8,6 +8,7 @@ from agents.ops.planner import OpsPlanner
 from agents.ops.tools import ops_tools
 from agents.ops.world import OpsWorld
 from stead.agent import Agent
+from stead.graph import react
 from stead.models import MemoryPlan
 from stead.policy import load_policy
 
@@ -28,7 +29,12 @@ def ops_agent(world: OpsWorld) -> Agent:
                  # Runbooks are recalled before the first thought; run summaries are kept
                  # for 30 days.
                  memory=MemoryPlan(recall_top_k=3, recall_namespaces=["runbooks"],
-                                   min_score=0.3, summary_ttl_seconds=30 * 24 * 3600))
+                                   min_score=0.3, summary_ttl_seconds=30 * 24 * 3600),
+                 graph=GRAPH)
+
+
+GRAPH = react(name="ops")
+"""The ReAct loop: route, recall runbooks, think and act until an answer, check it."""
 
 
 def default_world(data_dir: Path) -> OpsWorld:

@@ -8,6 +8,7 @@ from agents.refund.planner import RefundPlanner
 from agents.refund.tools import refund_tools
 from agents.refund.world import RefundWorld
 from stead.agent import Agent
+from stead.graph import grounded_numbers, react
 from stead.models import MemoryPlan
 from stead.policy import load_policy
 
@@ -28,7 +29,15 @@ def refund_agent(world: RefundWorld) -> Agent:
                  policy=load_policy(POLICY_FILE),
                  # No recall; completed runs are remembered under the requesting user as
                  # subject, so `stead memory delete --subject USER` erases them.
-                 memory=MemoryPlan(recall_top_k=0, summary_ttl_seconds=90 * 24 * 3600))
+                 memory=MemoryPlan(recall_top_k=0, summary_ttl_seconds=90 * 24 * 3600),
+                 graph=GRAPH)
+
+
+GRAPH = react(name="refund", evaluators=[grounded_numbers()], max_retries=1)
+"""The ReAct loop plus a step evaluation of every accepted answer: each amount, order id or
+count it states must come from a tool result or the request. A failing answer goes back to
+the model once with the evaluator's feedback, then to a human (``review``), who approves,
+edits or rejects it."""
 
 
 def default_world(data_dir: Path) -> RefundWorld:

@@ -142,10 +142,16 @@ def production_replayer(*, workflows: Sequence[type] | None = None,
     under the same name to show what a breaking change looks like). ``settings`` (default: the
     environment's) choose the data converter, payload decryption keys included; failure
     messages stay unencoded so a failed replay's report says why."""
+    from agents import reference_graphs
     from stead.codec import data_converter
+    from stead.graph import REGISTRY
     from stead.settings import load_settings
     from stead.worker import PASSTHROUGH, worker_interceptors
 
+    # Runs replay with the graph they pinned: the reference agents' graphs (agents declared
+    # in this process, e.g. by a custom worker module, registered themselves already).
+    for graph in reference_graphs():
+        REGISTRY.add(graph)
     return Replayer(
         workflows=list(workflows) if workflows is not None else production_workflows(),
         data_converter=data_converter(settings if settings is not None else load_settings(),
