@@ -4,13 +4,13 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test up bench chaos soak lint typecheck clean
+.PHONY: demo test up bench bench-peers chaos soak lint typecheck clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: Python 3.11 not found (set PYTHON=/path/to/python3.11)" >&2; exit 2; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,embeddings]'
+	$(PY) -m pip install --quiet -e '.[dev,embeddings,bench]'
 	@touch $(STAMP)
 
 demo: $(STAMP)
@@ -31,6 +31,11 @@ up: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+# stead next to plain temporalio, LangGraph + PostgreSQL and DBOS (~15 min; PEERS_ARGS=--quick).
+bench-peers: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) -m bench.peers $(PEERS_ARGS)
 
 # Faults, kills and restarts on a throwaway loopback stack (~5 min); refreshes RELIABILITY.md.
 chaos: $(STAMP)
