@@ -3,6 +3,7 @@
     python -m bench                          # stead vs plain temporalio (the default workload)
     python -m bench --workload policy        # bench agent without / with a reference policy
     python -m bench --workload approvals     # approval -> approved tool start (signal, update)
+    python -m bench --workload peers         # = python -m bench.peers (LangGraph, DBOS, ...)
 
 ``--runs``, ``--warmup`` and ``--json`` apply to every workload; ``--quick`` too (8 runs,
 2 warm-up). The guardrail microbenchmark, which needs no stack, is ``python -m
@@ -21,10 +22,11 @@ from pathlib import Path
 
 from bench import approvals, guardrails
 from bench.machine import load_average, machine_details
+from bench.peers import __main__ as peers_cli
 from bench.report import print_report, write_json
 from bench.runner import BenchConfig, run_bench
 
-WORKLOADS = ("plain", "policy", "approvals")
+WORKLOADS = ("plain", "policy", "approvals", "peers")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,8 +41,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--workload", choices=WORKLOADS, default="plain",
                     help="plain: stead vs plain temporalio (default); policy: the bench agent "
                          "without / with a reference policy (guardrail cost end to end); "
-                         "approvals: approval signal/update -> approved tool starts")
+                         "approvals: approval signal/update -> approved tool starts; "
+                         "peers: stead vs plain temporalio, LangGraph+PostgreSQL and DBOS "
+                         "(python -m bench.peers; --levels instead of --concurrency)")
     approvals.add_arguments(ap)
+    peers_cli.add_arguments(ap)
     return ap.parse_args(argv)
 
 
@@ -63,6 +68,9 @@ def main(argv: list[str] | None = None) -> None:
         os.environ.pop(var, None)
     cfg = config_from(args)
     command = "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv)
+    if args.workload == "peers":
+        peers_cli.run(args, command.strip())
+        return
     machine = machine_details()
     if args.workload != "plain":
         _other_workload(args, cfg, machine, command.strip())
