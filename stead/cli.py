@@ -735,6 +735,9 @@ register_api(app)
 from stead._cli_chat import register as register_chat  # noqa: E402
 
 register_chat(app)
+from stead._cli_graph import register as register_graph  # noqa: E402
+
+register_graph(app)
 
 
 def main() -> None:
