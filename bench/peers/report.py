@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from bench.breakdown import SEGMENTS
@@ -68,7 +69,7 @@ def print_peers(res: PeersResult, machine: dict[str, object], command: str,
     levels = list(cfg.concurrency)
     if levels and any(r.throughput_median for r in res.systems.values()):
         t = Table(title=f"Throughput, runs/s (median of {cfg.rounds} bursts per level; "
-                        f"[min-max])")
+                        f"{escape('[min-max]')} of the bursts)")
         t.add_column("system")
         for c in levels:
             t.add_column(f"{c} concurrent", justify="right")
