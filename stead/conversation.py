@@ -15,9 +15,12 @@ carrying only what is in :class:`ConversationStart`.
 A ``say`` and continue-as-new: every ``say`` the running execution has accepted is answered
 by it before it continues-as-new (it processes the queue up to the last waiting ``say`` and
 waits for its update handlers to finish); messages queued by signal move to the next run.
-A ``say`` that arrives while the execution is closing is delivered by Temporal to the next run
-(an update addressed by workflow id follows the chain), so the caller just waits a little
-longer. These models are imported by workflow code: keep them free of I/O.
+A ``say`` that reaches the server while the execution is closing is not accepted by it: the
+server aborts it with a retryable error and the Temporal client sends it again, by workflow id,
+to the next run (so use a handle without a run id, as :func:`start_conversation` returns); the
+caller only waits a little longer. tests/test_conversation.py sends says all at once across
+repeated continue-as-new and checks each is answered once, in order. These models are
+imported by workflow code: keep them free of I/O.
 """
 
 from __future__ import annotations
