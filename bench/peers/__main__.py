@@ -39,7 +39,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--levels", type=_levels,
                     help="throughput concurrency levels, comma separated (default 10,50,200)")
     ap.add_argument("--systems", help="comma-separated subset of: stead, stead-min, plain, "
-                                      "langgraph, langgraph-async, dbos")
+                                      "plain-local, langgraph, langgraph-async, dbos")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -22,6 +22,8 @@ class PeerRequest(BaseModel):
     messages: list[Message]
     approval: bool = False
     """Wait for the ``approve`` signal before each tool call."""
+    local_tools: bool = False
+    """Run tool calls as local activities (inside the workflow task, no activity task)."""
 
 
 class PeerModelInput(BaseModel):

@@ -3,6 +3,10 @@ and for the approval run a signal wait before the tool.
 
 What ``bench/plain.py`` is for the 5-tool run, for any of :mod:`bench.peers.workload`'s
 workloads: stead's retry and timeout defaults and payload types, none of stead's extras.
+``local_tools`` runs the tool calls as local activities instead: the what-if of the issue's
+"read tools as local activities" (a local activity runs inside the workflow task; its
+result reaches history as a marker when that task completes, so no activity task, no
+extra workflow task and three fewer events per call).
 """
 
 from __future__ import annotations
@@ -57,11 +61,17 @@ class PeerPlainWorkflow:
                 if req.approval:
                     self.waiting = True
                     await workflow.wait_condition(lambda: self.approved)
-                msg = await workflow.execute_activity(
-                    "peers.tool", PeerToolInput(workload=req.workload, call=c,
-                                                run_id=info.workflow_id, step=len(messages)),
-                    result_type=Message, start_to_close_timeout=TOOL_TIMEOUT,
-                    schedule_to_close_timeout=TOOL_TIMEOUT * 3 + timedelta(seconds=6),
-                    retry_policy=TOOL_RETRY)
+                inp = PeerToolInput(workload=req.workload, call=c, run_id=info.workflow_id,
+                                    step=len(messages))
+                if req.local_tools:
+                    msg = await workflow.execute_local_activity(
+                        "peers.tool", inp, result_type=Message,
+                        start_to_close_timeout=TOOL_TIMEOUT, retry_policy=TOOL_RETRY)
+                else:
+                    msg = await workflow.execute_activity(
+                        "peers.tool", inp, result_type=Message,
+                        start_to_close_timeout=TOOL_TIMEOUT,
+                        schedule_to_close_timeout=TOOL_TIMEOUT * 3 + timedelta(seconds=6),
+                        retry_policy=TOOL_RETRY)
                 tools.append(c.name)
                 messages.append(msg)

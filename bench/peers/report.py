@@ -13,7 +13,7 @@ from rich.table import Table
 from bench.breakdown import SEGMENTS
 from bench.cpu import COMPONENTS
 from bench.peers.runner import DBOS, LABELS, LANGGRAPH, PeersResult, Spread
-from bench.peers.temporal_run import PLAIN, STEAD_FULL, STEAD_MIN
+from bench.peers.temporal_run import PLAIN, PLAIN_LOCAL, STEAD_FULL, STEAD_MIN
 from bench.report import print_machine
 
 TARGETS: tuple[tuple[str, str, float, str], ...] = (
@@ -117,7 +117,7 @@ def print_peers(res: PeersResult, machine: dict[str, object], command: str,
                       _f(m.park_seconds))
         con.print(t)
 
-    bds = [(n, res.systems[n].breakdown) for n in (STEAD_FULL, STEAD_MIN, PLAIN)
+    bds = [(n, res.systems[n].breakdown) for n in (STEAD_FULL, STEAD_MIN, PLAIN, PLAIN_LOCAL)
            if n in res.systems and res.systems[n].breakdown is not None]
     if bds:
         t = Table(title="Where a Temporal run's time goes (server event times; median of the "

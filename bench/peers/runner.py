@@ -25,22 +25,31 @@ from bench import approvals, breakdown, cpu
 from bench.peers.databases import DBOS_DB, LANGGRAPH_DB, ensure_database
 from bench.peers.dbos_run import dbos_system
 from bench.peers.langgraph_run import langgraph_system
-from bench.peers.temporal_run import PLAIN, STEAD_FULL, STEAD_MIN, TemporalSide, temporal_side
+from bench.peers.temporal_run import (
+    PLAIN,
+    PLAIN_LOCAL,
+    STEAD_FULL,
+    STEAD_MIN,
+    TemporalSide,
+    temporal_side,
+)
 from bench.peers.workload import FIVE, HITL, LONG, Workload, workloads
 from bench.stats import Summary, summarise
 
 LANGGRAPH, LANGGRAPH_ASYNC, DBOS = "langgraph", "langgraph-async", "dbos"
-SYSTEMS = (STEAD_FULL, STEAD_MIN, PLAIN, LANGGRAPH, LANGGRAPH_ASYNC, DBOS)
+SYSTEMS = (STEAD_FULL, STEAD_MIN, PLAIN, PLAIN_LOCAL, LANGGRAPH, LANGGRAPH_ASYNC, DBOS)
 LABELS = {
     STEAD_FULL: "stead full (ledger + policy + telemetry)",
     STEAD_MIN: "stead minimal (ledger, allow-all, no telemetry)",
     PLAIN: "plain temporalio",
+    PLAIN_LOCAL: "plain temporalio, tools as local activities (what-if)",
     LANGGRAPH: "LangGraph + PostgresSaver (sync)",
     LANGGRAPH_ASYNC: "LangGraph + PostgresSaver (async, default)",
     DBOS: "DBOS on PostgreSQL",
 }
 MEMORY_SYSTEMS = (STEAD_FULL, STEAD_MIN, PLAIN, LANGGRAPH, DBOS)
-"""LangGraph's durability mode changes nothing about a parked run: measured once."""
+"""LangGraph's durability mode and plain's local tools change nothing about a parked run:
+measured once."""
 
 Progress = Callable[[str], None]
 
@@ -255,7 +264,7 @@ class Runner:
 
     async def breakdowns(self, side: TemporalSide) -> None:
         self.progress("per-step breakdown from the Temporal systems' event histories")
-        for name in (STEAD_FULL, STEAD_MIN, PLAIN):
+        for name in (STEAD_FULL, STEAD_MIN, PLAIN, PLAIN_LOCAL):
             if name not in self.names or not self.cfg.breakdown_runs:
                 continue
             client = self.systems[name].client

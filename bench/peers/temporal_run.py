@@ -11,8 +11,10 @@
 - **plain temporalio**: ``PeerPlainWorkflow`` (``bench/peers/plain_workflow.py``) with the
   same planner and tool bodies as activities, the same data converter, sandbox passthrough,
   worker slots and retry/timeout defaults, and nothing else.
+- **plain, local tools** (a what-if): the same with the tool calls as local activities, to
+  size what running read tools as local activities would give stead.
 
-All three workers live in the benchmark process on their own task queues of one embedded
+All the workers live in the benchmark process on their own task queues of one embedded
 stack; see :func:`temporal_side`.
 """
 
@@ -50,7 +52,7 @@ from stead.models import ApprovalDecision, Message, ModelTurn, RunRequest, RunRe
 from stead.settings import Settings
 from stead.worker import PASSTHROUGH, WorkerHost
 
-STEAD_FULL, STEAD_MIN, PLAIN = "stead", "stead-min", "plain"
+STEAD_FULL, STEAD_MIN, PLAIN, PLAIN_LOCAL = "stead", "stead-min", "plain", "plain-local"
 
 Progress = Callable[[str], None]
 
@@ -133,10 +135,11 @@ class PlainSystem:
 
     temporal = True
 
-    def __init__(self, client: Client, task_queue: str) -> None:
-        self.name = PLAIN
+    def __init__(self, client: Client, task_queue: str, *, local_tools: bool = False) -> None:
+        self.name = PLAIN_LOCAL if local_tools else PLAIN
         self.client = client
         self.task_queue = task_queue
+        self.local_tools = local_tools
         self.workloads = workloads()
 
     async def _start(self, workload: str, run_id: str, *,
@@ -144,7 +147,7 @@ class PlainSystem:
         w = self.workloads[workload]
         return await self.client.start_workflow(
             WORKFLOW, PeerRequest(workload=workload, messages=w.first_messages(),
-                                  approval=approval),
+                                  approval=approval, local_tools=self.local_tools),
             id=run_id, task_queue=self.task_queue, result_type=RunOutcome)
 
     async def run(self, workload: str, run_id: str) -> RunOutcome:
@@ -252,9 +255,9 @@ async def temporal_system(base: Settings, system: str, *, otlp: str | None,
                           cached_workflows: int | None = None) -> AsyncIterator[Any]:
     """One Temporal-based system with its worker polling (``base``: resolved settings)."""
     settings = system_settings(base, system, otlp=otlp, cached_workflows=cached_workflows)
-    if system == PLAIN:
+    if system in (PLAIN, PLAIN_LOCAL):
         async with plain_worker(settings, settings.task_queue) as client:
-            yield PlainSystem(client, settings.task_queue)
+            yield PlainSystem(client, settings.task_queue, local_tools=system == PLAIN_LOCAL)
         return
     policy = system == STEAD_FULL
     async with WorkerHost(settings, AgentCatalog(stead_agents(policy=policy)),
@@ -287,7 +290,8 @@ async def temporal_side(*, progress: Progress = print) -> AsyncIterator[Temporal
             resolved = stack.resolved_settings()
             async with (temporal_system(resolved, STEAD_FULL, otlp=otlp) as full,
                         temporal_system(resolved, STEAD_MIN, otlp=None) as minimal,
-                        temporal_system(resolved, PLAIN, otlp=None) as plain):
+                        temporal_system(resolved, PLAIN, otlp=None) as plain,
+                        temporal_system(resolved, PLAIN_LOCAL, otlp=None) as plain_local):
                 yield TemporalSide(stack=stack, settings=resolved, otlp=otlp,
                                    systems={STEAD_FULL: full, STEAD_MIN: minimal,
-                                            PLAIN: plain})
+                                            PLAIN: plain, PLAIN_LOCAL: plain_local})
