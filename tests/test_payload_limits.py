@@ -103,7 +103,9 @@ def test_a_limit_below_one_kilobyte_is_refused_naming_the_variable(
 async def test_results_that_fit_alone_but_not_together_end_the_run_instead_of_hanging(
         settings: Settings, ledger: Ledger) -> None:
     """Two 1 MB results each fit the per-call limit; the next model request would carry both
-    (over Temporal's 2 MiB), so the run fails saying so rather than failing every task."""
+    (over Temporal's 2 MiB), so the run fails saying so rather than failing every task.
+    (Inline results: the blob threshold is raised above them; by reference, the run would
+    complete — tests/test_blobs.py.)"""
     ran: list[int] = []
 
     @tool(side_effect="read", idempotent=True)
@@ -117,7 +119,7 @@ async def test_results_that_fit_alone_but_not_together_end_the_run_instead_of_ha
               ModelTurn(content="never reached")]
     agent = Agent(name="exporter", instructions="Export twice.", tools=[export],
                   offline_model=ScriptedModel(script))
-    wid, r = await _run(settings, agent)
+    wid, r = await _run(settings.model_copy(update={"blob_threshold_bytes": 2_000_000}), agent)
 
     assert r.status == "failed"
     assert r.error is not None and "over the 1,800,000 one model request may carry" in r.error
