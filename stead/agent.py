@@ -92,7 +92,7 @@ class AgentCatalog:
             for g in (a.graph, *a.previous_graphs):
                 # MCP tools are only known once a run lists them: check names only offline.
                 problems.extend(f"agent {a.name!r}: graph {g.name}@{g.version}: {p}"
-                                for p in g.problems(tools=tool_names if not a.mcp else (),
+                                for p in g.problems(tools=tool_names if not a.mcp else None,
                                                     memory=a.memory is not None))
             if a.policy is not None:
                 problems.extend(f"agent {a.name!r}: policy {a.policy.ref}: {p}"

@@ -82,6 +82,14 @@ class ToolResult(BaseModel):
     error: str | None = None
 
 
+class _Latest(dict[str, "Evaluation"]):
+    """Evaluations by node, ordered by when they were made: a re-evaluated node moves last."""
+
+    def __setitem__(self, key: str, value: Evaluation) -> None:
+        self.pop(key, None)
+        super().__setitem__(key, value)
+
+
 @dataclass
 class GraphState:
     """What conditions, evaluators and argument functions see: the run so far.
@@ -97,7 +105,7 @@ class GraphState:
     answer: str | None = None
     outcomes: dict[str, Any] = field(default_factory=dict)
     """Outcome per tool/parallel/subagent node id: a ToolResult, or branch -> ToolResult."""
-    evaluations: dict[str, Evaluation] = field(default_factory=dict)
+    evaluations: dict[str, Evaluation] = field(default_factory=_Latest)
     approvals: dict[str, str] = field(default_factory=dict)
     """Approval node id -> approved | rejected | expired."""
     visits: dict[str, int] = field(default_factory=dict)
@@ -133,15 +141,26 @@ class Condition:
     """True when the condition alone stops a loop (``when.visits_below``)."""
 
     def __and__(self, other: Condition) -> Condition:
+        if self.patch is not None and other.patch is not None:
+            raise SpecError(f"{self.name!r} and {other.name!r}: one patch per edge")
+        # A patch stays a patch: the interpreter asks workflow.patched once the rest holds.
         return Condition(f"{self.name} and {other.name}", lambda s: self.test(s) and other.test(s),
-                         bounded=self.bounded or other.bounded)
+                         patch=self.patch or other.patch, bounded=self.bounded or other.bounded)
 
     def __or__(self, other: Condition) -> Condition:
+        self._no_patch("or", other)
         return Condition(f"{self.name} or {other.name}", lambda s: self.test(s) or other.test(s),
                          bounded=self.bounded and other.bounded)
 
     def __invert__(self) -> Condition:
+        self._no_patch("not")
         return Condition(f"not {self.name}", lambda s: not self.test(s))
+
+    def _no_patch(self, op: str, other: Condition | None = None) -> None:
+        for c in (self, other):
+            if c is not None and c.patch is not None:
+                raise SpecError(f"{c.name!r} cannot be combined with {op!r}: a patched "
+                                f"condition only combines with '&' (patched(id) & condition)")
 
 
 def _eval_of(s: GraphState, node: str | None) -> Evaluation | None:
@@ -492,10 +511,11 @@ class Graph:
 
     # -- validation
 
-    def problems(self, *, tools: Iterable[str] = (), agents: Iterable[str] | None = None,
-                 memory: bool = True) -> list[str]:
-        """Everything wrong with the graph, as sentences (empty: valid)."""
-        known_tools = set(tools)
+    def problems(self, *, tools: Iterable[str] | None = None,
+                 agents: Iterable[str] | None = None, memory: bool = True) -> list[str]:
+        """Everything wrong with the graph, as sentences (empty: valid). ``tools`` /
+        ``agents``: the names the graph may use (None: not checked)."""
+        known_tools = set(tools) if tools is not None else None
         out: list[str] = []
         if not self.nodes:
             return ["the graph has no nodes"]
@@ -519,11 +539,11 @@ class Graph:
                 out.append(f"node {n.id!r}: edge to {defaults[0].dst!r} has no condition but "
                            f"is not the last, so the edges after it never run")
             for b in n.branches.values():
-                if known_tools and b.tool not in known_tools:
+                if known_tools is not None and b.tool not in known_tools:
                     out.append(f"node {n.id!r}: unknown tool {b.tool!r}; the agent has "
                                f"{', '.join(sorted(known_tools)) or 'no tools'}")
             for t in n.tools_offered or ():
-                if known_tools and t not in known_tools:
+                if known_tools is not None and t not in known_tools:
                     out.append(f"node {n.id!r} offers unknown tool {t!r}")
             if n.kind == "evaluate":
                 if not n.evaluators:

@@ -241,9 +241,6 @@ def test_the_catalog_checks_graph_tools_against_the_agent_and_old_versions_too()
     assert "calls@2" not in str(info.value)
 
 
-@pytest.mark.xfail(strict=True, reason="stead/graph.py: Graph.problems checks tool names only "
-                   "when the agent has at least one tool (`if known_tools and ...`), so an "
-                   "agent with no tools passes a graph that calls one")
 def test_the_catalog_refuses_a_tool_node_in_an_agent_without_tools() -> None:
     g = Graph("notools").tool("call", "graphspec_missing").finish("done").edge("call", "done")
     with pytest.raises(SpecError, match="unknown tool 'graphspec_missing'"):
@@ -359,10 +356,6 @@ def test_evaluation_conditions_read_a_named_node_or_the_latest() -> None:
         "score >= 0.75", "score < 0.5")
 
 
-@pytest.mark.xfail(strict=True, reason="stead/graph.py: GraphState.last_evaluation is the last "
-                   "*inserted* key of `evaluations`; the interpreter overwrites "
-                   "evaluations[node.id], which keeps the old position, so after a re-evaluation "
-                   "of an earlier node when.passed()/failed() read a stale evaluation")
 def test_the_latest_evaluation_is_the_one_made_last_even_by_an_earlier_node() -> None:
     s = _state()
     # What the interpreter does: evaluations[node.id] = Evaluation(...) at each visit.
@@ -398,10 +391,6 @@ def test_conditions_combine_with_and_or_not_and_keep_readable_names() -> None:
     assert negated.test(_state())
 
 
-@pytest.mark.xfail(strict=True, reason="stead/graph.py: Condition.__and__/__or__/__invert__ "
-                   "drop `patch`, so `when.patched(id) & cond` becomes a plain test whose "
-                   "patched part always holds: runs recorded before the change would replay "
-                   "down the new path instead of asking workflow.patched")
 def test_a_patched_condition_combined_with_another_stays_a_patch_or_is_refused() -> None:
     combine: list[Callable[[Condition], Condition]] = [
         lambda p: p & when.reask, lambda p: p | when.reask, lambda p: ~p]

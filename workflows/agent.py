@@ -346,10 +346,10 @@ class AgentWorkflow:
         for e in self._graph.out(node.id):
             if e.when is None:
                 return e.dst
-            if e.when.patch is not None:
-                if workflow.patched(e.when.patch):
-                    return e.dst
-            elif e.when.test(self._gs):
+            # A patched edge asks Temporal only once the rest of its condition holds: runs
+            # recorded before the change replay down the old path.
+            if e.when.test(self._gs) and (e.when.patch is None
+                                          or workflow.patched(e.when.patch)):
                 return e.dst
         raise ApplicationError(f"graph {self._graph.name}@{self._graph.version}: no edge out of "
                                f"node {node.id!r} holds", type="GraphStuck", non_retryable=True)
@@ -704,6 +704,9 @@ class AgentWorkflow:
         body = (f"Rubric:\n{ev.rubric}\n\nRequest:\n{gs.input}\n\nTool results:\n"
                 + ("\n".join(t[:2000] for t in gs.tool_results[-10:]) or "(none)")
                 + f"\n\nAnswer:\n{gs.answer or '(no answer)'}")
+        # A judgement is a model call of its own: its own step, or the ledger (keyed by step
+        # and attempt) would keep only the answer's call and drop the judge's.
+        self._state.step += 1
         carried = self._take_decisions()
         try:
             turn = await self._complete(
@@ -777,6 +780,10 @@ class AgentWorkflow:
                                  error=None if got.status == "completed"
                                  else got.error or got.status)
         except ChildWorkflowError as err:
+            if workflow.cancellation_reason() is not None:
+                # This run was cancelled (and the child with it): end cancelled, do not go
+                # on as if the sub-agent had merely failed.
+                raise
             cause = err.cause
             outcome = ToolResult(ok=False, tool=f"agent:{node.agent}",
                                  error=cause.message if isinstance(cause, ApplicationError)
