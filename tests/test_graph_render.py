@@ -7,12 +7,15 @@ from __future__ import annotations
 import os
 import re
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from _cli import cli_env, stead
 from _waits import wait_pending
 
+from agents.ops import OpsWorld, ops_agent
+from stead.agent import AgentCatalog
 from stead.client import start_run
 from stead.errors import SpecError
 from stead.graph import Graph, custom, grounded_numbers, react, when
@@ -283,3 +286,22 @@ async def test_stead_graph_run_refuses_an_unknown_run_and_another_agents_run(
     other = await stead("graph", "refund", "--run", handle.id, env=env, cwd=tmp_path)
     assert other.code == 2
     assert f"run {handle.id!r} is a run of agent 'ops', not 'refund'" in other.err
+
+
+async def test_stead_graph_run_refuses_a_graph_version_this_process_does_not_have(
+        settings: Settings, world: OpsWorld, tmp_path: Path) -> None:
+    """A worker deployed with ops@2 ran it; this CLI only knows ops@1: it says so instead of
+    drawing the wrong graph."""
+    newer = replace(ops_agent(world), graph=react(name="ops", version=2))
+    queue = settings.model_copy(update={"task_queue": settings.task_queue + "-v2"})
+    async with WorkerHost(queue, AgentCatalog([newer])) as host:
+        assert host.client is not None
+        handle = await start_run(host.client, RunRequest(agent="ops",
+                                                         input="is auth-service healthy?"),
+                                 settings=queue)
+        assert (await handle.result()).graph == "ops@2"
+    done = await stead("graph", "ops", "--run", handle.id,
+                       env=cli_env(queue, STEAD_DATA_DIR=str(tmp_path / "data")), cwd=tmp_path)
+    assert done.code == 2
+    assert (f"run {handle.id!r} followed graph ops@2, which this process does not have (it "
+            f"has ops@1)") in " ".join(done.err.split())
