@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from decimal import Decimal
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -296,12 +297,17 @@ def grounded_numbers(*, ignore: Iterable[str] = ()) -> Evaluator:
     the request). Catches an answer that invents an amount, an id or a count."""
     skip = set(ignore)
 
+    def values(text: str) -> dict[Decimal, str]:
+        # By value, so "25", "25.0" and "25.00" are one number (tools and models format
+        # amounts differently).
+        return {Decimal(n.replace(",", "")): n for n in _NUMBER.findall(text)}
+
     def check(s: GraphState) -> tuple[bool, str]:
-        seen = {n.replace(",", "") for text in [s.input, *s.tool_results]
-                for n in _NUMBER.findall(text)}
-        unknown = sorted({n for n in (m.replace(",", "")
-                                      for m in _NUMBER.findall(s.answer or ""))
-                          if n not in seen and n not in skip})
+        seen: set[Decimal] = set()
+        for text in [s.input, *s.tool_results]:
+            seen.update(values(text))
+        unknown = sorted({text for value, text in values(s.answer or "").items()
+                          if value not in seen and text not in skip})
         if unknown:
             return False, (f"the answer states {', '.join(unknown)}, which no tool result "
                            f"or the request contains; use only numbers the tools returned")

@@ -191,6 +191,18 @@ SCENARIOS: list[CorpusScenario] = [
         _req("refund", "Refund 20 EUR on ORD-1003, wrong colour"),
         lambda r: r.status == "completed" and r.reasks == 1 and "IBAN" not in (r.answer or ""),
         leaky_model=True),
+    # ------------------------------------------------------------------------ graphs
+    CorpusScenario(
+        "refund-graph-evaluated",
+        "a run pinned to the refund@1 graph: the answer passes the grounded-numbers evaluation",
+        _req("refund", "Refund 15 EUR on ORD-1001, the handle is chipped"),
+        lambda r: r.status == "completed" and r.graph == "refund@1"
+        and r.path[-2:] == ["evaluate", "done"]),
+    CorpusScenario(
+        "ops-graph-pinned", "a run pinned to the ops@1 graph (route, recall, think/act, check)",
+        _req("ops", "How is search-worker doing?"),
+        lambda r: r.status == "completed" and r.graph == "ops@1" and r.path[:3] == [
+            "route", "recall", "think"]),
     CorpusScenario(
         "unknown-agent", "a request for an agent the worker does not serve: the run fails",
         _req("billing", "What is my balance?"),
