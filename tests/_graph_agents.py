@@ -380,11 +380,13 @@ def child_agent(lab: Lab) -> Agent:
                  offline_model=FunctionModel(plan, name="fn:child"), policy=CHILD_POLICY)
 
 
-def parent_graph() -> Graph:
-    """Delegate to the child; if it fails, look the fact up here, then answer."""
+def parent_graph(*, child_steps: int | None = None) -> Graph:
+    """Delegate to the child (with a budget of ``child_steps``, default its own); if it
+    fails, look the fact up here, then answer."""
     g = (Graph("parent", version=1)
          .route("route")
-         .subagent("delegate", "child", input=lambda s: f"find the {key_of(s.input)}")
+         .subagent("delegate", "child", input=lambda s: f"find the {key_of(s.input)}",
+                   max_steps=child_steps)
          .tool("myself", "lookup", asked_key)
          .model("think", tools=[])
          .finish("done"))
@@ -395,7 +397,7 @@ def parent_graph() -> Graph:
     return g
 
 
-def parent_agent(lab: Lab, seen: Seen) -> Agent:
+def parent_agent(lab: Lab, seen: Seen, *, child_steps: int | None = None) -> Agent:
     """Answers from what its sub-agent reported and from its own lookup."""
 
     def plan(messages: Sequence[Message], tools: Sequence[ToolSchema]) -> ModelTurn:
@@ -408,7 +410,8 @@ def parent_agent(lab: Lab, seen: Seen) -> Agent:
                                  f"I found {mine['result']['value']}")
 
     return Agent(name="parent", instructions="Delegate, then answer.", tools=lab.tools(),
-                 offline_model=FunctionModel(plan, name="fn:parent"), graph=parent_graph())
+                 offline_model=FunctionModel(plan, name="fn:parent"),
+                 graph=parent_graph(child_steps=child_steps))
 
 
 def holding_child_agent() -> Agent:

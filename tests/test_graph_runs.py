@@ -337,6 +337,27 @@ async def test_a_sub_agent_runs_as_a_child_under_its_own_policy_and_the_parent_b
     assert started == [f"{h.id}/delegate-1"]
 
 
+async def test_a_sub_agent_that_exhausts_its_own_budget_fails_and_the_parent_goes_on(
+        settings: Settings, ledger: Ledger) -> None:
+    """The subagent node gives the child one step: its first model turn uses it, its call
+    and its answer find no budget left, so the child fails; the parent (budget 16) does
+    the lookup itself."""
+    lab, seen = Lab(), Seen()
+    async with serving(settings, parent_agent(lab, seen, child_steps=1),
+                       child_agent(lab)) as client:
+        h = await start(client, settings, "parent", "what colour is the grass")
+        r = await finish(h)
+        child = client.get_workflow_handle(f"{h.id}/delegate-1", result_type=RunResult)
+        r_child = await finish(child)
+
+    assert (r_child.status, r_child.steps) == ("failed", 1)
+    assert r_child.error == "step budget of 1 exhausted before an answer"
+    assert r_child.model_turns == 1 and r_child.tool_calls == []
+    assert (r.status, r.path) == ("completed", ["route", "delegate", "myself", "think", "done"])
+    assert r.answer == "child said 'step budget of 1 exhausted before an answer'; I found green"
+    assert [c["call_id"] for c in (await ledger.trail(h.id))["tool_calls"]] == ["myself.call"]
+
+
 async def test_cancelling_the_parent_cancels_a_sub_agent_waiting_on_approval(
         settings: Settings) -> None:
     async with serving(settings, waiting_parent_agent(), holding_child_agent()) as client:
@@ -362,7 +383,12 @@ async def _replay_elsewhere(variant: str, history_file: Path,
     proc = await asyncio.create_subprocess_exec(
         sys.executable, str(GRAPH_AGENTS_SCRIPT), "replay", variant, str(history_file),
         env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
     assert proc.returncode == 0, f"replay {variant} exited {proc.returncode}:\n" \
                                  f"{out.decode()}\n{err.decode()}"
     return ReplayOutcome.model_validate_json(out.decode().strip().splitlines()[-1])
