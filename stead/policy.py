@@ -144,6 +144,22 @@ class OutputRules(_Strict):
     on_failure: Literal["escalate", "fail"] = "escalate"
 
 
+class Execution(_Strict):
+    """How calls run. Local activities run inside the workflow task on the run's worker:
+    no task-queue round trip per call (a run with five read tools saves ten server round
+    trips), but they show in history as markers, not activity events, and a worker that dies
+    mid-call is noticed only when the workflow task times out (10 s), then the calls since the
+    last completed workflow task run again (their idempotency keys still hold)."""
+
+    local_reads: bool = False
+    """Run ``read`` tools that are idempotent, declare no heartbeat and finish within
+    ``local_max_seconds`` as local activities. Write tools never run locally."""
+    local_model_calls: bool = False
+    """Run model calls as local activities: for fast in-process models (scripted planners,
+    small local models), not for remote LLMs whose calls take seconds."""
+    local_max_seconds: float = Field(10, gt=0, le=60)
+
+
 class Policy(_Strict):
     id: Annotated[str, Field(min_length=1, pattern=r"^[a-zA-Z0-9_.-]+$")]
     version: int = Field(ge=1)
@@ -158,6 +174,7 @@ class Policy(_Strict):
     """Tools never allowed under this policy."""
     approvals: Approvals = Field(default_factory=Approvals)
     output: OutputRules = Field(default_factory=OutputRules)
+    execution: Execution = Field(default_factory=Execution)
 
     @property
     def ref(self) -> str:

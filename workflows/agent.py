@@ -525,17 +525,34 @@ class AgentWorkflow:
 
     async def _complete(self, req: ModelRequest, *, summary: str) -> ModelTurn:
         plan = self._plan
-        turn: ModelTurn = await workflow.execute_activity(
+        retry = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2,
+                            maximum_interval=timedelta(seconds=30),
+                            maximum_attempts=plan.model_max_attempts)
+        turn: ModelTurn
+        if self._policy.execution.local_model_calls:
+            turn = await workflow.execute_local_activity(
+                "model.complete", req, result_type=ModelTurn,
+                start_to_close_timeout=timedelta(
+                    seconds=min(plan.model_timeout, self._policy.execution.local_max_seconds)),
+                schedule_to_close_timeout=timedelta(
+                    seconds=plan.model_timeout * plan.model_max_attempts + 120),
+                retry_policy=retry, summary=summary + " (local)")
+            return turn
+        turn = await workflow.execute_activity(
             "model.complete", req, result_type=ModelTurn,
             start_to_close_timeout=timedelta(seconds=plan.model_timeout),
             schedule_to_close_timeout=timedelta(
                 seconds=plan.model_timeout * plan.model_max_attempts + 120),
-            retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1),
-                                     backoff_coefficient=2,
-                                     maximum_interval=timedelta(seconds=30),
-                                     maximum_attempts=plan.model_max_attempts),
-            summary=summary)
+            retry_policy=retry, summary=summary)
         return turn
+
+    def _runs_locally(self, tp: ToolPlan) -> bool:
+        """Read tools run as local activities when the run's policy allows it (the policy
+        is pinned in history, so a replay takes the same path)."""
+        ex = self._policy.execution
+        return (ex.local_reads and tp.side_effect == "read" and tp.idempotent
+                and tp.timeouts.heartbeat is None
+                and tp.timeouts.start_to_close <= ex.local_max_seconds)
 
     async def _node_tools(self, node: Node) -> None:
         """The calls the model proposed: one after another, or fanned out and joined."""
@@ -736,8 +753,10 @@ class AgentWorkflow:
                                        if not s.passed)
         risk = RiskAssessment(score=1.0 - (last.value if last else 0.0), factors=[],
                               untrusted=False)
+        # Named after the node and its visit: a tool approval of the same step is a<step>.
         a = await self._ask(self._ref, f"({node.id})", {"answer": (gs.answer or "")[:4000]},
-                            risk, reason, self._res, self._state.step)
+                            risk, reason, self._res, self._state.step,
+                            approval_id=f"{node.id}-{gs.visits[node.id]}")
         gs.approvals[node.id] = a.status
         if a.status == "approved" and a.edited is not None \
                 and isinstance(a.edited.get("answer"), str):
@@ -935,9 +954,10 @@ class AgentWorkflow:
         return {"error": {"type": "PolicyDenied", "message": f"{plan.name} was not run: {reason}"}}
 
     async def _ask(self, ref: RunRef, tool: str, args: dict[str, Any], risk: RiskAssessment,
-                   reason: str, res: RunResult, step: int) -> _Approval:
+                   reason: str, res: RunResult, step: int,
+                   approval_id: str | None = None) -> _Approval:
         """Pause this branch until a human decides or the last deadline passes."""
-        approval_id = f"a{step}"
+        approval_id = approval_id or f"a{step}"
         chain = self._policy.approvals.chain
         a = _Approval(approval_id=approval_id, step=step, tool=tool, arguments=args, risk=risk,
                       reason=reason,
@@ -997,25 +1017,31 @@ class AgentWorkflow:
                      + (f" (fallback for {plan.name})" if name != plan.name else ""))
             carried = self._take_decisions()
             try:
-                out = await workflow.execute_activity(
-                    activity_name(name),
-                    ToolInvocation(ref=ref.model_copy(update={"step": step}), call_id=call.id,
-                                   tool=name, requested_tool=plan.name, arguments=args,
-                                   idempotency_key=f"{self._key_root}:{step}:{name}",
-                                   decisions=carried),
-                    result_type=ToolOutcome,
-                    start_to_close_timeout=timedelta(seconds=tp.timeouts.start_to_close),
-                    schedule_to_close_timeout=timedelta(seconds=_overall_bound(tp)),
-                    heartbeat_timeout=(timedelta(seconds=tp.timeouts.heartbeat)
-                                       if tp.timeouts.heartbeat else None),
-                    retry_policy=RetryPolicy(
-                        initial_interval=timedelta(seconds=tp.retry.initial_interval),
-                        backoff_coefficient=tp.retry.backoff,
-                        maximum_interval=timedelta(seconds=tp.retry.max_interval),
-                        maximum_attempts=tp.retry.max_attempts,
-                        non_retryable_error_types=[*tp.retry.non_retryable, "InvalidArguments",
-                                                   errors.TOOL_OUTCOME_UNKNOWN]),
-                    summary=f"{name} {_short(args, 60)}")
+                inv = ToolInvocation(ref=ref.model_copy(update={"step": step}), call_id=call.id,
+                                     tool=name, requested_tool=plan.name, arguments=args,
+                                     idempotency_key=f"{self._key_root}:{step}:{name}",
+                                     decisions=carried)
+                retry = RetryPolicy(
+                    initial_interval=timedelta(seconds=tp.retry.initial_interval),
+                    backoff_coefficient=tp.retry.backoff,
+                    maximum_interval=timedelta(seconds=tp.retry.max_interval),
+                    maximum_attempts=tp.retry.max_attempts,
+                    non_retryable_error_types=[*tp.retry.non_retryable, "InvalidArguments",
+                                               errors.TOOL_OUTCOME_UNKNOWN])
+                if self._runs_locally(tp):
+                    out = await workflow.execute_local_activity(
+                        activity_name(name), inv, result_type=ToolOutcome,
+                        start_to_close_timeout=timedelta(seconds=tp.timeouts.start_to_close),
+                        schedule_to_close_timeout=timedelta(seconds=_overall_bound(tp)),
+                        retry_policy=retry, summary=f"{name} {_short(args, 60)} (local)")
+                else:
+                    out = await workflow.execute_activity(
+                        activity_name(name), inv, result_type=ToolOutcome,
+                        start_to_close_timeout=timedelta(seconds=tp.timeouts.start_to_close),
+                        schedule_to_close_timeout=timedelta(seconds=_overall_bound(tp)),
+                        heartbeat_timeout=(timedelta(seconds=tp.timeouts.heartbeat)
+                                           if tp.timeouts.heartbeat else None),
+                        retry_policy=retry, summary=f"{name} {_short(args, 60)}")
             except ActivityError as err:
                 self._give_back(carried)
                 attempts = _attempts(err, tp)

@@ -1,0 +1,122 @@
+"""Local execution where the policy allows it: read tools (and, for fast in-process models,
+model calls) run as local activities inside the workflow task instead of through the task
+queue. What changes is only where the call runs: the gate, retries, the idempotency key and
+the ledger row are the same, and writes never run locally."""
+
+from __future__ import annotations
+
+import asyncio
+
+from pydantic import BaseModel
+from temporalio.api.enums.v1 import EventType
+
+from stead.agent import Agent, AgentCatalog
+from stead.client import start_run
+from stead.evals.replay import production_replayer
+from stead.ledger import Ledger
+from stead.llm import ScriptedModel, call
+from stead.models import ModelTurn, RetrySpec, RunRequest, RunResult, Timeouts
+from stead.policy import Policy, parse_policy
+from stead.settings import Settings
+from stead.tools import ToolContext, tool
+from stead.worker import WorkerHost
+
+
+class Key(BaseModel):
+    key: str
+
+
+class Value(BaseModel):
+    value: str
+
+
+def _agent(policy: Policy, attempts: list[int]) -> Agent:
+    @tool(side_effect="read", retry=RetrySpec(initial_interval=0.05, max_attempts=3),
+          timeouts=Timeouts(start_to_close=5))
+    async def lookup(args: Key, ctx: ToolContext) -> Value:
+        """Read a value; fails its first attempt."""
+        attempts.append(ctx.attempt)
+        if ctx.attempt == 1:
+            raise ConnectionError("flaky backend")
+        return Value(value=f"v-{args.key}")
+
+    @tool(side_effect="read")  # the default 30 s start-to-close is over the local limit
+    async def slow_read(args: Key, ctx: ToolContext) -> Value:
+        """A read allowed to take longer than the local limit."""
+        return Value(value="slow")
+
+    @tool(side_effect="write", idempotent=True)
+    async def store(args: Key, ctx: ToolContext) -> Value:
+        """Write a value."""
+        return Value(value="stored")
+
+    script = [ModelTurn(tool_calls=[call("lookup", call_id="c1", key="k")]),
+              ModelTurn(tool_calls=[call("slow_read", call_id="c2", key="k")]),
+              ModelTurn(tool_calls=[call("store", call_id="c3", key="k")]),
+              ModelTurn(content="v-k stored")]
+    return Agent(name="localbot", instructions="Look up, then store.",
+                 tools=[lookup, slow_read, store], offline_model=ScriptedModel(script),
+                 policy=policy)
+
+
+def _policy(**execution: bool) -> Policy:
+    lines = "".join(f"\n  {k}: {str(v).lower()}" for k, v in execution.items()) or " {}"
+    return parse_policy(f"id: local\nversion: 1\nexecution:{lines}\n")
+
+
+async def _run(settings: Settings, agent: Agent) -> tuple[str, RunResult, list[str], int]:
+    """Workflow id, result, activity types scheduled through the task queue, and markers
+    (local activities are recorded as markers)."""
+    async with WorkerHost(settings, AgentCatalog([agent])) as host:
+        assert host.client is not None
+        h = await start_run(host.client, RunRequest(agent="localbot", input="go"),
+                            settings=settings)
+        result = await asyncio.wait_for(h.result(), 60)
+        history = await h.fetch_history()
+    scheduled = [e.activity_task_scheduled_event_attributes.activity_type.name
+                 for e in history.events
+                 if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED]
+    markers = sum(1 for e in history.events
+                  if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED)
+    return h.id, result, scheduled, markers
+
+
+async def test_short_idempotent_reads_run_locally_when_the_policy_allows(
+        settings: Settings, ledger: Ledger) -> None:
+    attempts: list[int] = []
+    wid, local, scheduled, markers = await _run(settings, _agent(_policy(local_reads=True),
+                                                            attempts))
+    assert local.status == "completed" and local.answer == "v-k stored"
+    # lookup ran locally (retried there after its first failure); slow_read exceeds the
+    # local limit and the write never runs locally.
+    assert "tool.lookup" not in scheduled
+    assert scheduled.count("tool.slow_read") == 1 and scheduled.count("tool.store") == 1
+    assert scheduled.count("model.complete") == 4
+    assert attempts == [1, 2]
+    assert [(c.tool, c.status, c.attempts) for c in local.tool_calls] == [
+        ("lookup", "ok", 2), ("slow_read", "ok", 1), ("store", "ok", 1)]
+    # The ledger has the locally run call like any other, with its two attempts.
+    async with ledger.pool.acquire() as conn:
+        rows = await conn.fetch("select tool, status from stead_tool_calls "
+                                "where workflow_id = $1 order by step", wid)
+    assert [(r["tool"], r["status"]) for r in rows] == [
+        ("lookup", "completed"), ("slow_read", "completed"), ("store", "completed")]
+
+    attempts.clear()
+    _, remote, scheduled, remote_markers = await _run(settings, _agent(_policy(), attempts))
+    assert remote.answer == local.answer and "tool.lookup" in scheduled
+    assert markers > remote_markers
+
+
+async def test_model_calls_run_locally_when_the_policy_allows(settings: Settings) -> None:
+    agent = _agent(_policy(local_model_calls=True, local_reads=True), [])
+    wid, result, scheduled, markers = await _run(settings, agent)
+    assert result.status == "completed" and result.model_turns == 4
+    assert "model.complete" not in scheduled
+    assert scheduled == ["tool.slow_read", "tool.store"]
+    assert markers >= 5  # four model calls and the lookup, each recorded as a marker
+    # A run of local activities replays like any other (the markers carry the results).
+    async with WorkerHost(settings, AgentCatalog([agent])) as host:
+        assert host.client is not None
+        history = await host.client.get_workflow_handle(wid).fetch_history()
+    await production_replayer(settings=settings).replay_workflow(history)
