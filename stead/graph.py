@@ -28,9 +28,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from decimal import Decimal
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
