@@ -5,6 +5,7 @@ moves too much between invocations to see a few percent).
     python -m bench.peers.experiment eager      # start runs with request_eager_start
     python -m bench.peers.experiment pollers    # autoscaling workflow/activity pollers
     python -m bench.peers.experiment pool       # ledger pool of 40 instead of the default
+    python -m bench.peers.experiment unsandboxed   # workflows without the sandbox (what-if)
     python -m bench.peers.experiment eager --runs 30 --levels 50 --rounds 3
 
 Each variant is applied to the B worker only, without touching product defaults, so the
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
-from temporalio.worker import PollerBehaviorAutoscaling
+from temporalio.worker import PollerBehaviorAutoscaling, UnsandboxedWorkflowRunner
 
 import stead.worker
 from bench import breakdown
@@ -41,7 +42,7 @@ from stead.models import RunRequest, RunResult
 from stead.settings import Settings
 from stead.worker import WorkerHost
 
-VARIANTS = ("eager", "pollers", "pool")
+VARIANTS = ("eager", "pollers", "pool", "unsandboxed")
 A, B = "A: as is", "B: with the change"
 
 
@@ -82,6 +83,19 @@ def _autoscaling_pollers() -> Iterator[None]:
         namespace["Worker"] = original
 
 
+@contextlib.contextmanager
+def _unsandboxed() -> Iterator[None]:
+    """While a worker is built: ``UnsandboxedWorkflowRunner`` instead of the sandbox (what-if;
+    the sandbox is what catches non-deterministic imports and calls in workflow code)."""
+    namespace = vars(stead.worker)
+    original = namespace["SandboxedWorkflowRunner"]
+    namespace["SandboxedWorkflowRunner"] = lambda **_: UnsandboxedWorkflowRunner()
+    try:
+        yield
+    finally:
+        namespace["SandboxedWorkflowRunner"] = original
+
+
 @contextlib.asynccontextmanager
 async def _system(base: Settings, name: str, variant: str | None) -> AsyncIterator[Any]:
     settings = system_settings(base, STEAD_MIN, otlp=None)
@@ -89,7 +103,8 @@ async def _system(base: Settings, name: str, variant: str | None) -> AsyncIterat
         settings = settings.model_copy(update={"db_pool_max": 40, "db_pool_min": 4})
     host = WorkerHost(settings, AgentCatalog(stead_agents(policy=False)),
                       task_queue=settings.task_queue)
-    with _autoscaling_pollers() if variant == "pollers" else contextlib.nullcontext():
+    patch = {"pollers": _autoscaling_pollers, "unsandboxed": _unsandboxed}.get(variant or "")
+    with patch() if patch is not None else contextlib.nullcontext():
         await host.start()
     try:
         assert host.client is not None
