@@ -6,6 +6,7 @@ moves too much between invocations to see a few percent).
     python -m bench.peers.experiment pollers    # autoscaling workflow/activity pollers
     python -m bench.peers.experiment pool       # ledger pool of 40 instead of the default
     python -m bench.peers.experiment unsandboxed   # workflows without the sandbox (what-if)
+    python -m bench.peers.experiment none       # A/A: how far apart two identical sides land
     python -m bench.peers.experiment eager --runs 30 --levels 50 --rounds 3
 
 Each variant is applied to the B worker only, without touching product defaults, so the
@@ -42,7 +43,7 @@ from stead.models import RunRequest, RunResult
 from stead.settings import Settings
 from stead.worker import WorkerHost
 
-VARIANTS = ("eager", "pollers", "pool", "unsandboxed")
+VARIANTS = ("eager", "pollers", "pool", "unsandboxed", "none")
 A, B = "A: as is", "B: with the change"
 
 
@@ -99,6 +100,8 @@ def _unsandboxed() -> Iterator[None]:
 @contextlib.asynccontextmanager
 async def _system(base: Settings, name: str, variant: str | None) -> AsyncIterator[Any]:
     settings = system_settings(base, STEAD_MIN, otlp=None)
+    if variant == "none":
+        variant = None
     if variant == "pool":
         settings = settings.model_copy(update={"db_pool_max": 40, "db_pool_min": 4})
     host = WorkerHost(settings, AgentCatalog(stead_agents(policy=False)),
