@@ -7,6 +7,8 @@ moves too much between invocations to see a few percent).
     python -m bench.peers.experiment pool       # ledger pool of 40 instead of the default
     python -m bench.peers.experiment unsandboxed   # workflows without the sandbox (what-if)
     python -m bench.peers.experiment none       # A/A: how far apart two identical sides land
+    python -m bench.peers.experiment local-reads   # policy execution.local_reads
+    python -m bench.peers.experiment local      # local_reads + local_model_calls
     python -m bench.peers.experiment eager --runs 30 --levels 50 --rounds 3
 
 Each variant is applied to the B worker only, without touching product defaults, so the
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import shlex
 import sys
@@ -36,14 +39,26 @@ from bench.peers.runner import PeersConfig, Runner, spread
 from bench.peers.temporal_run import STEAD_MIN, SteadSystem, system_settings
 from bench.peers.workload import stead_agents
 from bench.runner import _distinct_ports
-from stead.agent import AgentCatalog
+from stead.agent import Agent, AgentCatalog
 from stead.client import WORKFLOW_TYPE
 from stead.embedded import EmbeddedStack
 from stead.models import RunRequest, RunResult
+from stead.policy import Execution, Policy
 from stead.settings import Settings
 from stead.worker import WorkerHost
 
-VARIANTS = ("eager", "pollers", "pool", "unsandboxed", "none")
+VARIANTS = ("eager", "pollers", "pool", "unsandboxed", "none", "local-reads", "local")
+
+
+def _local_agents(*, model_calls: bool) -> list[Agent]:
+    """The minimal agents under allow-all plus the policy's ``execution`` section: the bench
+    tools (read, 30 s start-to-close) run as local activities, and with ``model_calls`` the
+    scripted model too. The approval agent keeps its own policy."""
+    local = Policy(id="allow-all-local", version=1,
+                   execution=Execution(local_reads=True, local_model_calls=model_calls,
+                                       local_max_seconds=30))
+    return [dataclasses.replace(a, policy=local) if a.policy is None else a
+            for a in stead_agents(policy=False)]
 A, B = "A: as is", "B: with the change"
 
 
@@ -104,8 +119,9 @@ async def _system(base: Settings, name: str, variant: str | None) -> AsyncIterat
         variant = None
     if variant == "pool":
         settings = settings.model_copy(update={"db_pool_max": 40, "db_pool_min": 4})
-    host = WorkerHost(settings, AgentCatalog(stead_agents(policy=False)),
-                      task_queue=settings.task_queue)
+    agents = (_local_agents(model_calls=variant == "local")
+              if variant in ("local", "local-reads") else stead_agents(policy=False))
+    host = WorkerHost(settings, AgentCatalog(agents), task_queue=settings.task_queue)
     patch = {"pollers": _autoscaling_pollers, "unsandboxed": _unsandboxed}.get(variant or "")
     with patch() if patch is not None else contextlib.nullcontext():
         await host.start()

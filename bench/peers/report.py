@@ -13,7 +13,7 @@ from rich.table import Table
 from bench.breakdown import SEGMENTS
 from bench.cpu import COMPONENTS
 from bench.peers.runner import DBOS, LABELS, LANGGRAPH, PeersResult, Spread
-from bench.peers.temporal_run import PLAIN, PLAIN_LOCAL, STEAD_FULL, STEAD_MIN
+from bench.peers.temporal_run import PLAIN, PLAIN_LOCAL, STEAD_FULL, STEAD_LOCAL, STEAD_MIN
 from bench.report import print_machine
 
 TARGETS: tuple[tuple[str, str, float, str], ...] = (
@@ -23,6 +23,14 @@ TARGETS: tuple[tuple[str, str, float, str], ...] = (
      1.0, ">="),
     ("throughput at 50, stead full / DBOS", f"throughput@50 {STEAD_FULL}/{DBOS}", 1.0, ">="),
     ("stead features over plain temporalio (latency)", f"latency {STEAD_FULL}/{PLAIN}", 1.10,
+     "<="),
+    ("5-tool latency, stead local / LangGraph+PG", f"latency {STEAD_LOCAL}/{LANGGRAPH}", 1.0,
+     "<="),
+    ("5-tool latency, stead local / DBOS", f"latency {STEAD_LOCAL}/{DBOS}", 1.0, "<="),
+    ("throughput at 50, stead local / LangGraph+PG",
+     f"throughput@50 {STEAD_LOCAL}/{LANGGRAPH}", 1.0, ">="),
+    ("throughput at 50, stead local / DBOS", f"throughput@50 {STEAD_LOCAL}/{DBOS}", 1.0, ">="),
+    ("stead local over plain temporalio (latency)", f"latency {STEAD_LOCAL}/{PLAIN}", 1.10,
      "<="),
 )
 """The issue's targets: (what, ratio key, bound, direction)."""
@@ -117,7 +125,8 @@ def print_peers(res: PeersResult, machine: dict[str, object], command: str,
                       _f(m.park_seconds))
         con.print(t)
 
-    bds = [(n, res.systems[n].breakdown) for n in (STEAD_FULL, STEAD_MIN, PLAIN, PLAIN_LOCAL)
+    bds = [(n, res.systems[n].breakdown)
+           for n in (STEAD_FULL, STEAD_LOCAL, STEAD_MIN, PLAIN, PLAIN_LOCAL)
            if n in res.systems and res.systems[n].breakdown is not None]
     if bds:
         t = Table(title="Where a Temporal run's time goes (server event times; median of the "

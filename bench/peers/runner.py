@@ -29,6 +29,7 @@ from bench.peers.temporal_run import (
     PLAIN,
     PLAIN_LOCAL,
     STEAD_FULL,
+    STEAD_LOCAL,
     STEAD_MIN,
     TemporalSide,
     temporal_side,
@@ -37,9 +38,11 @@ from bench.peers.workload import FIVE, HITL, LONG, Workload, workloads
 from bench.stats import Summary, summarise
 
 LANGGRAPH, LANGGRAPH_ASYNC, DBOS = "langgraph", "langgraph-async", "dbos"
-SYSTEMS = (STEAD_FULL, STEAD_MIN, PLAIN, PLAIN_LOCAL, LANGGRAPH, LANGGRAPH_ASYNC, DBOS)
+SYSTEMS = (STEAD_FULL, STEAD_LOCAL, STEAD_MIN, PLAIN, PLAIN_LOCAL, LANGGRAPH, LANGGRAPH_ASYNC,
+           DBOS)
 LABELS = {
     STEAD_FULL: "stead full (ledger + policy + telemetry)",
+    STEAD_LOCAL: "stead full, local execution (policy execution: local reads + model)",
     STEAD_MIN: "stead minimal (ledger, allow-all, no telemetry)",
     PLAIN: "plain temporalio",
     PLAIN_LOCAL: "plain temporalio, tools as local activities (what-if)",
@@ -264,7 +267,7 @@ class Runner:
 
     async def breakdowns(self, side: TemporalSide) -> None:
         self.progress("per-step breakdown from the Temporal systems' event histories")
-        for name in (STEAD_FULL, STEAD_MIN, PLAIN, PLAIN_LOCAL):
+        for name in (STEAD_FULL, STEAD_LOCAL, STEAD_MIN, PLAIN, PLAIN_LOCAL):
             if name not in self.names or not self.cfg.breakdown_runs:
                 continue
             client = self.systems[name].client
@@ -323,19 +326,21 @@ async def run_peers(cfg: PeersConfig, *, progress: Progress = print) -> PeersRes
 
 
 def ratios(res: PeersResult) -> dict[str, float]:
-    """stead full against each other system: latency (lower is better) and throughput at
-    each concurrency (higher is better); keys like ``latency stead/langgraph``."""
+    """stead full (and stead full with local execution) against each other system: latency
+    (lower is better) and throughput at each concurrency (higher is better); keys like
+    ``latency stead/langgraph``."""
     out: dict[str, float] = {}
-    s = res.systems.get(STEAD_FULL)
-    if s is None or s.latency is None:
-        return out
-    for name, other in res.systems.items():
-        if name == STEAD_FULL or other.latency is None:
+    for mine in (STEAD_FULL, STEAD_LOCAL):
+        s = res.systems.get(mine)
+        if s is None or s.latency is None:
             continue
-        out[f"latency {STEAD_FULL}/{name}"] = s.latency.median / other.latency.median
-        for c, v in s.throughput_median.items():
-            if other.throughput_median.get(c):
-                out[f"throughput@{c} {STEAD_FULL}/{name}"] = v / other.throughput_median[c]
+        for name, other in res.systems.items():
+            if name == mine or other.latency is None:
+                continue
+            out[f"latency {mine}/{name}"] = s.latency.median / other.latency.median
+            for c, v in s.throughput_median.items():
+                if other.throughput_median.get(c):
+                    out[f"throughput@{c} {mine}/{name}"] = v / other.throughput_median[c]
     m, p = res.systems.get(STEAD_MIN), res.systems.get(PLAIN)
     if m is not None and p is not None and m.latency is not None and p.latency is not None:
         out[f"latency {STEAD_MIN}/{PLAIN}"] = m.latency.median / p.latency.median

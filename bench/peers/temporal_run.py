@@ -8,6 +8,9 @@
   the call gate and output validation still run, no rule fires) and telemetry off. The ledger
   stays on: it is where a tool call's idempotency key is claimed before the tool runs, so
   stead has no switch to run without it.
+- **stead full, local execution**: stead full under the same policy plus its ``execution``
+  section (``local_reads`` and ``local_model_calls``): tools and the scripted model run as
+  local activities inside the workflow task.
 - **plain temporalio**: ``PeerPlainWorkflow`` (``bench/peers/plain_workflow.py``) with the
   same planner and tool bodies as activities, the same data converter, sandbox passthrough,
   worker slots and retry/timeout defaults, and nothing else.
@@ -53,6 +56,7 @@ from stead.settings import Settings
 from stead.worker import PASSTHROUGH, WorkerHost
 
 STEAD_FULL, STEAD_MIN, PLAIN, PLAIN_LOCAL = "stead", "stead-min", "plain", "plain-local"
+STEAD_LOCAL = "stead-local"
 
 Progress = Callable[[str], None]
 
@@ -240,7 +244,7 @@ def system_settings(base: Settings, system: str, *, otlp: str | None,
     update: dict[str, Any] = {"task_queue": f"peers-{system}-{uuid.uuid4().hex[:8]}",
                               "memory_backend": "off", "otel_exporter_otlp_endpoint": None,
                               "metrics_exporter": "none", "traces_exporter": "none"}
-    if system == STEAD_FULL:
+    if system in (STEAD_FULL, STEAD_LOCAL):
         if otlp is None:
             raise ValueError("stead full path needs an OTLP endpoint for its telemetry")
         update |= {"otel_exporter_otlp_endpoint": otlp, "metrics_exporter": "otlp",
@@ -259,8 +263,9 @@ async def temporal_system(base: Settings, system: str, *, otlp: str | None,
         async with plain_worker(settings, settings.task_queue) as client:
             yield PlainSystem(client, settings.task_queue, local_tools=system == PLAIN_LOCAL)
         return
-    policy = system == STEAD_FULL
-    async with WorkerHost(settings, AgentCatalog(stead_agents(policy=policy)),
+    policy = system in (STEAD_FULL, STEAD_LOCAL)
+    async with WorkerHost(settings, AgentCatalog(stead_agents(policy=policy,
+                                                              local=system == STEAD_LOCAL)),
                           task_queue=settings.task_queue):
         client = await connect(settings)
         yield SteadSystem(system, client, settings, policy=policy)
@@ -289,9 +294,11 @@ async def temporal_side(*, progress: Progress = print) -> AsyncIterator[Temporal
         async with EmbeddedStack(settings, ui=False) as stack, otlp_receiver(oport) as otlp:
             resolved = stack.resolved_settings()
             async with (temporal_system(resolved, STEAD_FULL, otlp=otlp) as full,
+                        temporal_system(resolved, STEAD_LOCAL, otlp=otlp) as local,
                         temporal_system(resolved, STEAD_MIN, otlp=None) as minimal,
                         temporal_system(resolved, PLAIN, otlp=None) as plain,
                         temporal_system(resolved, PLAIN_LOCAL, otlp=None) as plain_local):
                 yield TemporalSide(stack=stack, settings=resolved, otlp=otlp,
-                                   systems={STEAD_FULL: full, STEAD_MIN: minimal,
+                                   systems={STEAD_FULL: full, STEAD_LOCAL: local,
+                                            STEAD_MIN: minimal,
                                             PLAIN: plain, PLAIN_LOCAL: plain_local})

@@ -27,6 +27,7 @@ from bench.peers.models import RunOutcome
 from stead.agent import Agent
 from stead.llm import FunctionModel, assistant_turns, call
 from stead.models import Message, ModelTurn, ToolCall, ToolSchema
+from stead.policy import Execution
 from stead.tools import Tool, ToolContext
 
 FIVE: Final = "five"
@@ -55,12 +56,17 @@ def plan_n(tools: int) -> Any:
     return plan_long
 
 
-def stead_agents(*, policy: bool) -> list[Agent]:
+def stead_agents(*, policy: bool, local: bool = False) -> list[Agent]:
     """What a stead worker serves for this benchmark. ``policy``: the bench agents under
     ``bench_policy()`` (the reference policies' rules, none of which fires), else under
-    stead's built-in allow-all. The approval agent always has its own policy (it must ask)."""
+    stead's built-in allow-all; ``local``: that policy with its ``execution`` section on (the
+    lookups and the scripted model run as local activities). The approval agent always has
+    its own policy (it must ask)."""
     tools = bench_tools()
     ref = bench_policy() if policy else None
+    if ref is not None and local:
+        ref = ref.model_copy(update={"execution": Execution(
+            local_reads=True, local_model_calls=True, local_max_seconds=30)})
     return [
         bench_agent(name=POLICY_AGENT if policy else AGENT, tools=tools, policy=ref),
         Agent(name=LONG_POLICY_AGENT if policy else LONG_AGENT,
