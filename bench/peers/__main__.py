@@ -38,8 +38,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                     help="parked runs per system for worker memory (default 1000; 0 skips)")
     ap.add_argument("--levels", type=_levels,
                     help="throughput concurrency levels, comma separated (default 10,50,200)")
-    ap.add_argument("--systems", help="comma-separated subset of: stead, stead-local, stead-min, plain, "
-                                      "plain-local, langgraph, langgraph-async, dbos")
+    ap.add_argument("--systems", help="comma-separated subset of: stead, stead-local, "
+                                      "stead-min, plain, plain-local, langgraph, "
+                                      "langgraph-async, dbos")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
