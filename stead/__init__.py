@@ -15,6 +15,7 @@ from stead.errors import (
     StackError,
     SteadError,
 )
+from stead.graph import Graph, when
 from stead.llm import (
     FunctionModel,
     ModelClient,
@@ -41,6 +42,7 @@ __all__ = [
     "Agent",
     "AgentCatalog",
     "FunctionModel",
+    "Graph",
     "LedgerError",
     "Message",
     "ModelClient",
@@ -67,4 +69,5 @@ __all__ = [
     "load_settings",
     "tool",
     "tool_history",
+    "when",
 ]
