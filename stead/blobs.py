@@ -36,17 +36,16 @@ Errors::
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import re
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import asyncpg
 
 from stead.errors import SteadError
+from stead.ledger import retrying
 from stead.models import Message
 
 MAX_BLOB_BYTES = 64 * 1024 * 1024
@@ -124,11 +123,6 @@ def _message_body(m: Message) -> bytes:
     return canonical_json(m.model_dump(mode="json"))
 
 
-_TRANSIENT: tuple[type[BaseException], ...] = (
-    OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError, asyncpg.InterfaceError)
-
-
 class BlobStore:
     """Puts and gets content-addressed bodies in ``stead_blobs`` over a ledger's pool.
 
@@ -144,20 +138,8 @@ class BlobStore:
 
     async def _retrying(self, op: Callable[[asyncpg.Connection], Awaitable[T]],
                         on_wait: Callable[[], None] | None) -> T:
-        deadline = time.monotonic() + self.retry_seconds
-        delay = 0.1
-        while True:
-            try:
-                async with self.pool.acquire() as conn:
-                    return await op(conn)
-            except _TRANSIENT as err:
-                if time.monotonic() + delay > deadline:
-                    raise BlobError(f"blob store unavailable for {self.retry_seconds:.0f}s: "
-                                    f"{type(err).__name__}: {err}") from err
-                if on_wait is not None:
-                    on_wait()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+        return await retrying(self.pool, op, seconds=self.retry_seconds, on_wait=on_wait,
+                              fail=lambda why: BlobError(f"blob store unavailable for {why}"))
 
     def _check_size(self, body: bytes) -> None:
         if len(body) > self.max_bytes:

@@ -46,6 +46,27 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
 )
 
 
+async def retrying(pool: asyncpg.Pool, op: Callable[[asyncpg.Connection], Awaitable[T]], *,
+                   seconds: float, on_wait: Callable[[], None] | None,
+                   fail: Callable[[str], Exception]) -> T:
+    """Run ``op`` on a pooled connection, retrying while PostgreSQL is unreachable (with
+    backoff, heartbeating through ``on_wait``) for up to ``seconds``; then raise
+    ``fail("<seconds>s: <error>")``. Shared by the ledger and the blob store."""
+    deadline = time.monotonic() + seconds
+    delay = 0.1
+    while True:
+        try:
+            async with pool.acquire() as conn:
+                return await op(conn)
+        except _TRANSIENT as err:
+            if time.monotonic() + delay > deadline:
+                raise fail(f"{seconds:.0f}s: {type(err).__name__}: {err}") from err
+            if on_wait is not None:
+                on_wait()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
 
 async def migrate(dsn: str) -> list[str]:
     """Apply the versioned SQL files in ``stead/migrations`` once each; return those applied."""
@@ -162,20 +183,8 @@ class Ledger:
 
     async def _retrying(self, op: Callable[[asyncpg.Connection], Awaitable[T]],
                         on_wait: Callable[[], None] | None = None) -> T:
-        deadline = time.monotonic() + self.retry_seconds
-        delay = 0.1
-        while True:
-            try:
-                async with self.pool.acquire() as conn:
-                    return await op(conn)
-            except _TRANSIENT as err:
-                if time.monotonic() + delay > deadline:
-                    raise LedgerError(f"ledger unavailable for {self.retry_seconds:.0f}s: "
-                                      f"{type(err).__name__}: {err}") from err
-                if on_wait is not None:
-                    on_wait()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+        return await retrying(self.pool, op, seconds=self.retry_seconds, on_wait=on_wait,
+                              fail=lambda why: LedgerError(f"ledger unavailable for {why}"))
 
     # ----------------------------------------------------------------------- runs
 
