@@ -10,13 +10,13 @@ import uuid
 from collections.abc import Sequence
 
 from temporalio.client import Client, Interceptor, WorkflowHandle
-from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 from temporalio.runtime import Runtime
 from temporalio.service import RPCError
 
 from stead.codec import data_converter
 from stead.errors import StackError
 from stead.models import RunRequest, RunResult
+from stead.search_attributes import run_attributes
 from stead.settings import Settings
 from stead.tls import explain_connect_error, temporal_auth
 
@@ -52,10 +52,7 @@ def new_run_id(agent: str, tenant: str = "default") -> str:
 
 async def start_run(client: Client, request: RunRequest, *, settings: Settings,
                     workflow_id: str | None = None) -> WorkflowHandle[object, RunResult]:
-    attrs = TypedSearchAttributes([
-        SearchAttributePair(SearchAttributeKey.for_keyword("SteadAgent"), request.agent),
-        SearchAttributePair(SearchAttributeKey.for_keyword("SteadTenant"), request.tenant),
-    ])
+    attrs = run_attributes(request.agent, request.tenant)
     summary = f"{request.agent}: {request.input[:120]}"
     return await client.start_workflow(
         WORKFLOW_TYPE, request, id=workflow_id or new_run_id(request.agent, request.tenant),

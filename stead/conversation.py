@@ -30,15 +30,11 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from temporalio.client import Client, WorkflowHandle
-from temporalio.common import (
-    SearchAttributeKey,
-    SearchAttributePair,
-    TypedSearchAttributes,
-    WorkflowIDConflictPolicy,
-)
+from temporalio.common import WorkflowIDConflictPolicy
 
 from stead.blobs import EMPTY_CONTEXT
 from stead.models import BlobDigest, Name, RunStatus
+from stead.search_attributes import run_attributes
 from stead.settings import Settings
 
 WORKFLOW_TYPE = "ConversationWorkflow"
@@ -158,10 +154,7 @@ async def start_conversation(client: Client, start: ConversationStart, *, settin
     """Start a conversation on the settings' task queue; its handle (no run id, so updates
     follow it across continue-as-new). ``attach``: a running conversation with this id is
     used as it is (``start`` is then ignored) instead of being an error."""
-    attrs = TypedSearchAttributes([
-        SearchAttributePair(SearchAttributeKey.for_keyword("SteadAgent"), start.agent),
-        SearchAttributePair(SearchAttributeKey.for_keyword("SteadTenant"), start.tenant),
-    ])
+    attrs = run_attributes(start.agent, start.tenant)
     wid = workflow_id or new_conversation_id(start.agent, start.tenant)
     await client.start_workflow(WORKFLOW_TYPE, start, id=wid, task_queue=settings.task_queue,
                                 result_type=ConversationResult, search_attributes=attrs,

@@ -6,12 +6,17 @@ the ledger row are the same, and writes never run locally."""
 from __future__ import annotations
 
 import asyncio
+import time
+from pathlib import Path
 
+import pytest
+from _local_worker import LOCAL_WORKER_SCRIPT
+from _procs import WorkerProcess, worker_env
 from pydantic import BaseModel
 from temporalio.api.enums.v1 import EventType
 
 from stead.agent import Agent, AgentCatalog
-from stead.client import start_run
+from stead.client import connect, start_run
 from stead.evals.replay import production_replayer
 from stead.ledger import Ledger
 from stead.llm import ScriptedModel, call
@@ -120,3 +125,41 @@ async def test_model_calls_run_locally_when_the_policy_allows(settings: Settings
         assert host.client is not None
         history = await host.client.get_workflow_handle(wid).fetch_history()
     await production_replayer(settings=settings).replay_workflow(history)
+
+
+@pytest.mark.slow
+async def test_a_worker_killed_mid_local_read_loses_nothing_and_writes_once(
+        settings: Settings, ledger: Ledger, tmp_path: Path) -> None:
+    """SIGKILL while a read runs as a local activity: nothing of it reached history, so once
+    the workflow task times out another worker runs the task again, the read included (reads
+    are at-least-once by design), and the write that follows happens exactly once."""
+    effects, hold = tmp_path / "effects.txt", tmp_path / "hold"
+    hold.touch()
+    env = worker_env(settings, tmp_path, LOCAL_EFFECTS_FILE=str(effects),
+                     LOCAL_HOLD_FILE=str(hold))
+    first = WorkerProcess(LOCAL_WORKER_SCRIPT, env, tmp_path / "worker-1.log").start()
+    second: WorkerProcess | None = None
+    try:
+        client = await connect(settings)
+        h = await start_run(client, RunRequest(agent="localkill", input="read and write x"),
+                            settings=settings)
+        deadline = time.monotonic() + 30
+        while not (effects.exists() and effects.read_text() == "read x\n"):
+            assert time.monotonic() < deadline, f"the read never started:\n{first.output()}"
+            await asyncio.sleep(0.05)
+        first.kill()
+        hold.unlink()
+        second = WorkerProcess(LOCAL_WORKER_SCRIPT, env, tmp_path / "worker-2.log").start()
+
+        r: RunResult = await asyncio.wait_for(h.result(), 60)
+    finally:
+        first.kill()
+        if second is not None:
+            second.kill()
+
+    assert r.status == "completed" and r.answer == "read and recorded x", r
+    assert effects.read_text().splitlines() == ["read x", "read x", "write x"]
+    trail = await ledger.trail(h.id)
+    assert [(c["tool"], c["status"]) for c in trail["tool_calls"]] == [
+        ("probe", "completed"), ("record", "completed")]
+    assert await ledger.verify_chain(h.id) == []

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 from temporalio.exceptions import TimeoutError as ActivityTimeout
 from temporalio.workflow import ParentClosePolicy
@@ -76,12 +76,9 @@ with workflow.unsafe.imports_passed_through():
         WriteRequest,
     )
     from stead.policy import Policy
+    from stead.search_attributes import AGENT_KEY, AWAITING_KEY, RISK_KEY, TENANT_KEY
     from stead.tools import activity_name
 
-AGENT_KEY = SearchAttributeKey.for_keyword("SteadAgent")
-TENANT_KEY = SearchAttributeKey.for_keyword("SteadTenant")
-AWAITING_KEY = SearchAttributeKey.for_bool("SteadAwaitingApproval")
-RISK_KEY = SearchAttributeKey.for_float("SteadRisk")
 
 REQUEST_APPROVAL_TOOL = "(request)"
 

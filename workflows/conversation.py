@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ApplicationError, ChildWorkflowError, WorkflowAlreadyStartedError
 
 with workflow.unsafe.imports_passed_through():
@@ -36,9 +35,7 @@ with workflow.unsafe.imports_passed_through():
         TurnOutcome,
     )
     from stead.models import RunRequest, RunResult
-
-AGENT_KEY = SearchAttributeKey.for_keyword("SteadAgent")
-TENANT_KEY = SearchAttributeKey.for_keyword("SteadTenant")
+    from stead.search_attributes import AGENT_KEY, TENANT_KEY, run_attributes
 
 _SAY_EXAMPLE = '{"text": "..."}'
 
@@ -170,9 +167,7 @@ class ConversationWorkflow:
         try:
             result: RunResult = await workflow.execute_child_workflow(
                 "AgentWorkflow", request, id=child_id, result_type=RunResult,
-                search_attributes=TypedSearchAttributes([
-                    SearchAttributePair(AGENT_KEY, s.agent),
-                    SearchAttributePair(TENANT_KEY, s.tenant)]),
+                search_attributes=run_attributes(s.agent, s.tenant),
                 static_summary=f"{s.agent}, turn {n}: {item.text[:100]}")
             if result.context is not None:
                 s.context = result.context
