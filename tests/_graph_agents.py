@@ -531,6 +531,10 @@ async def _serve() -> None:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["replay"] and len(sys.argv) == 4:
         asyncio.run(_replay(sys.argv[2], Path(sys.argv[3])))
+        # The report is printed; skip interpreter finalization, where the Temporal runtime's
+        # threads once aborted the process (PyGILState_Release) after a successful replay.
+        sys.stdout.flush()
+        os._exit(0)
     elif len(sys.argv) == 1:
         asyncio.run(_serve())
     else:

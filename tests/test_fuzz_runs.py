@@ -144,7 +144,8 @@ async def judge(client: Client, settings: Settings, ledger: Ledger, payload_json
         assert re.match(r"\d+ validation errors? for (nullable\[)?RunRequest", outcome.message), \
             outcome
         for e in problem.errors():
-            field = ".".join(str(p) for p in e["loc"])
+            # pydantic quotes a key that holds a dot: metadata.`a.b`
+            field = ".".join(f"`{p}`" if "." in str(p) else str(p) for p in e["loc"])
             assert field in outcome.message, (field, outcome.message)
         assert trail["runs"] == [] and trail["decisions"] == [], trail
         return "rejected by RunRequest"
