@@ -151,6 +151,20 @@ def _distinct_ports(n: int) -> list[int]:
     return ports
 
 
+def plain_worker_options(settings: Settings) -> dict[str, Any]:
+    """Worker options a plain-temporalio baseline shares with stead's worker (slots, cache,
+    sandbox passthrough), so the comparison differs only in what stead adds."""
+    return {
+        "max_concurrent_activities": settings.max_concurrent_activities,
+        "max_concurrent_local_activities": settings.max_concurrent_activities,
+        "max_concurrent_workflow_tasks": settings.max_concurrent_workflow_tasks,
+        "max_cached_workflows": settings.max_cached_workflows,
+        "graceful_shutdown_timeout": timedelta(seconds=30),
+        "workflow_runner": SandboxedWorkflowRunner(
+            restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)),
+    }
+
+
 @contextlib.asynccontextmanager
 async def _plain_worker(settings: Settings, task_queue: str) -> AsyncIterator[Worker]:
     """A plain temporalio worker, configured like stead's except for what stead adds."""
@@ -160,15 +174,7 @@ async def _plain_worker(settings: Settings, task_queue: str) -> AsyncIterator[Wo
                                   data_converter=pydantic_data_converter)
     worker = Worker(
         client, task_queue=task_queue, workflows=[PlainAgentWorkflow],
-        activities=plain_activities(),
-        max_concurrent_activities=settings.max_concurrent_activities,
-        max_concurrent_local_activities=settings.max_concurrent_activities,
-        max_concurrent_workflow_tasks=settings.max_concurrent_workflow_tasks,
-        max_cached_workflows=settings.max_cached_workflows,
-        graceful_shutdown_timeout=timedelta(seconds=30),
-        workflow_runner=SandboxedWorkflowRunner(
-            restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)),
-    )
+        activities=plain_activities(), **plain_worker_options(settings))
     async with worker:
         yield worker
 

@@ -14,7 +14,7 @@ from stead.errors import SpecError
 from stead.graph import DEFAULT, REGISTRY, Graph
 from stead.llm import ModelClient
 from stead.mcp import McpServer
-from stead.models import AgentPlan, MemoryPlan, ToolPlan
+from stead.models import AgentPlan, GraphPin, MemoryPlan, ToolPlan
 from stead.policy import Policy
 from stead.tools import Tool, ToolRegistry
 
@@ -46,11 +46,14 @@ class Agent:
     """Older versions of ``graph`` that runs still in flight were started with."""
     registry: ToolRegistry = field(init=False)
     _tool_plans: list[ToolPlan] = field(init=False, repr=False)
+    _graph_pin: GraphPin = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "registry", ToolRegistry(self.tools))
         # Tool schemas are fixed once declared; building them per run cost ~1 ms at run start.
         object.__setattr__(self, "_tool_plans", [t.plan() for t in self.tools])
+        # The graph's digest serialises its structure: once per agent, not per run start.
+        object.__setattr__(self, "_graph_pin", self.graph.ref())
         for g in (*self.previous_graphs, self.graph):
             REGISTRY.add(g)
 
@@ -59,7 +62,7 @@ class Agent:
                          max_steps=max_steps or self.max_steps,
                          tools=self._tool_plans, policy=self.policy,
                          output_schema=self.output_schema, memory=self.memory,
-                         graph=self.graph.ref())
+                         graph=self._graph_pin)
 
 
 class AgentCatalog:

@@ -17,15 +17,19 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from pydantic import BaseModel
+from temporalio.client import Client
 
 from stead.agent import Agent, AgentCatalog
 from stead.llm import ScriptedModel, call
 from stead.models import ModelTurn, RetrySpec, Timeouts
 from stead.settings import Settings, load_settings
 from stead.tools import ToolContext, tool
+from stead.worker import WorkerHost
 
 ROOT = Path(__file__).resolve().parent.parent
 CRASHY_SCRIPT = Path(__file__).resolve()
@@ -48,6 +52,14 @@ def worker_env(settings: Settings, data_dir: Path, **extra: str) -> dict[str, st
     })
     env.update(extra)
     return env
+
+
+@asynccontextmanager
+async def serving(settings: Settings, *agents: Agent) -> AsyncIterator[Client]:
+    """An in-process worker for ``agents`` on this test's task queue; yields its client."""
+    async with WorkerHost(settings, AgentCatalog(agents)) as host:
+        assert host.client is not None
+        yield host.client
 
 
 class WorkerProcess:

@@ -14,8 +14,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +29,13 @@ from _approval_worker import (
     transfer_model,
 )
 from _cli import STEAD, run_cmd
-from _procs import WorkerProcess, worker_env
+from _procs import WorkerProcess, serving, worker_env
 from _waits import wait_pending
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
-from stead.agent import Agent, AgentCatalog
 from stead.client import connect, start_run
 from stead.embedded import find_binary
 from stead.ledger import Ledger
@@ -53,7 +51,6 @@ from stead.models import (
     ToolSchema,
 )
 from stead.settings import Settings
-from stead.worker import WorkerHost
 from workflows.agent import AgentWorkflow
 
 AWAITING_KEY = SearchAttributeKey.for_bool("SteadAwaitingApproval")
@@ -66,13 +63,6 @@ Handle = WorkflowHandle[Any, RunResult]
 
 # ---------------------------------------------------------------------------- helpers
 
-
-@asynccontextmanager
-async def serving(settings: Settings, *agents: Agent) -> AsyncIterator[Client]:
-    """An in-process worker for ``agents`` on this test's task queue; yields its client."""
-    async with WorkerHost(settings, AgentCatalog(agents)) as host:
-        assert host.client is not None
-        yield host.client
 
 
 async def start(client: Client, settings: Settings, text: str, *, agent: str = "bank",

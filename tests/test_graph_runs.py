@@ -16,8 +16,7 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,31 +41,23 @@ from _graph_agents import (
     scored_agent,
     waiting_parent_agent,
 )
-from _procs import WorkerProcess, worker_env
+from _procs import WorkerProcess, serving, worker_env
 from _waits import wait_pending
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
-from stead.agent import Agent, AgentCatalog
 from stead.client import connect, start_run
 from stead.evals.replay import ReplayOutcome
 from stead.ledger import Ledger
 from stead.models import ApprovalDecision, RunRequest, RunResult, RunState
 from stead.settings import Settings
-from stead.worker import WorkerHost
 
 Handle = WorkflowHandle[Any, RunResult]
 
 
 # ---------------------------------------------------------------------------- helpers
 
-
-@asynccontextmanager
-async def serving(settings: Settings, *agents: Agent) -> AsyncIterator[Client]:
-    async with WorkerHost(settings, AgentCatalog(agents)) as host:
-        assert host.client is not None
-        yield host.client
 
 
 async def start(client: Client, settings: Settings, agent: str, text: str) -> Handle:

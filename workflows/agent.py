@@ -338,6 +338,8 @@ class AgentWorkflow:
         self._graph = graph
         self._res.graph = self._state.graph = str(pin)
         self._tools = {t.name: t for t in plan.tools}
+        # What the model is told about the tools: built once per plan, not per model call.
+        self._schemas = [t.schema_for_model() for t in plan.tools]
 
     def _next(self, node: Node) -> str:
         for e in self._graph.out(node.id):
@@ -480,9 +482,9 @@ class AgentWorkflow:
             self._end("failed", error=f"step budget of {budget} exhausted before an answer")
             return
         model_setting = self._routed.model if self._routed.action == "model" else None
-        offered = plan.tools if node.tools_offered is None else \
-            [t for t in plan.tools if t.name in node.tools_offered]
-        schemas = [t.schema_for_model() for t in offered]
+        schemas = self._schemas if node.tools_offered is None else \
+            [s for t, s in zip(plan.tools, self._schemas, strict=True)
+             if t.name in node.tools_offered]
         self._state.step += 1
         self._at("think", f"Step {self._state.step}/{budget}: asking the model "
                           f"({model_setting or plan.model}) what to do next")

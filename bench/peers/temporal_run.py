@@ -41,19 +41,18 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 from temporalio.worker import Worker
-from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from bench import approvals
 from bench.peers.models import PeerModelInput, PeerRequest, PeerToolInput, RunOutcome
 from bench.peers.plain_workflow import APPROVE, WORKFLOW, PeerPlainWorkflow
 from bench.peers.workload import HITL, Workload, agent_name, stead_agents, workloads
-from bench.runner import RUN_TIMEOUT, _distinct_ports, _stuck_reason
+from bench.runner import RUN_TIMEOUT, _distinct_ports, _stuck_reason, plain_worker_options
 from stead.agent import AgentCatalog
 from stead.client import connect, start_run
 from stead.embedded import EmbeddedStack, _wait_tcp
 from stead.models import ApprovalDecision, Message, ModelTurn, RunRequest, RunResult, RunState
 from stead.settings import Settings
-from stead.worker import PASSTHROUGH, WorkerHost
+from stead.worker import WorkerHost
 
 STEAD_FULL, STEAD_MIN, PLAIN, PLAIN_LOCAL = "stead", "stead-min", "plain", "plain-local"
 STEAD_LOCAL = "stead-local"
@@ -206,15 +205,7 @@ async def plain_worker(settings: Settings, task_queue: str) -> AsyncIterator[Cli
     acts = PeerActivities()
     worker = Worker(
         client, task_queue=task_queue, workflows=[PeerPlainWorkflow],
-        activities=[acts.model, acts.tool],
-        max_concurrent_activities=settings.max_concurrent_activities,
-        max_concurrent_local_activities=settings.max_concurrent_activities,
-        max_concurrent_workflow_tasks=settings.max_concurrent_workflow_tasks,
-        max_cached_workflows=settings.max_cached_workflows,
-        graceful_shutdown_timeout=timedelta(seconds=30),
-        workflow_runner=SandboxedWorkflowRunner(
-            restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)),
-    )
+        activities=[acts.model, acts.tool], **plain_worker_options(settings))
     async with worker:
         yield client
 
