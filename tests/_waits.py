@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio.client import WorkflowHandle
+from temporalio.service import RPCError, RPCStatusCode
 
 from stead.models import PendingApproval, RunState
 
@@ -17,7 +18,16 @@ async def wait_pending(h: WorkflowHandle[Any, Any], *, within: float = 30) -> Pe
     deadline = time.monotonic() + within
     state: RunState | None = None
     while time.monotonic() < deadline:
-        state = await h.query("state", result_type=RunState, rpc_timeout=timedelta(seconds=5))
+        try:
+            state = await h.query("state", result_type=RunState,
+                                  rpc_timeout=timedelta(seconds=5))
+        except RPCError as e:
+            # No answer within the RPC timeout (the client reports its own timeout as
+            # CANCELLED): a worker that is still starting, or a query sent to the sticky queue
+            # of a worker just killed. Ask again, within the same deadline.
+            if e.status not in (RPCStatusCode.CANCELLED, RPCStatusCode.DEADLINE_EXCEEDED):
+                raise
+            continue
         if state.pending_approvals:
             return state.pending_approvals[0]
         assert state.status == "running", f"run ended without asking: {state}"
