@@ -3,7 +3,7 @@
 No Docker engine runs where these tests run, so they check what can be checked without one:
 
 - the compose file against the Compose Specification's JSON schema (vendored in
-  ``deploy/schema``), then cross-references the schema cannot see: services docs/deployment.md lists,
+  ``deploy/schema``), then cross-references the schema cannot see: services the docs list,
   pinned images, ``depends_on`` targets and conditions, host ports, mounted files, environment
   names against what ``stead.settings.Settings`` reads, and that each wire (UI -> codec server,
   worker -> collector -> Jaeger, collector -> Temporal metrics) points at a real listener;
