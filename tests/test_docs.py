@@ -1,6 +1,7 @@
 """The README and the pages under docs/ stay true to the tree: every relative link reaches a
-file (and a heading, when it names one), and every ``stead`` command line in their shell
-blocks names a real command with options it really has. No server is needed.
+file (and a heading, when it names one), every repository path they quote exists, and every
+``stead`` command line in their shell blocks names a real command with options it really has.
+No server is needed.
 """
 
 from __future__ import annotations
@@ -85,6 +86,28 @@ def _stead_command(segment: str) -> str | None:
     if words and (words[0] == "stead" or words[0].endswith("/stead")):
         return " ".join(["stead", *words[1:]])
     return None
+
+
+TOP = {"stead", "workflows", "activities", "guardrails", "agents", "evals", "tests", "deploy",
+       "bench", "chaos", "docs"}
+
+
+def _quoted_paths() -> list[tuple[str, str]]:
+    """(page, path) for each `folder/`, `file.ext` path in backticks that starts at a
+    top-level folder of the repository (``stead/idempotency-key`` is a name, not a path)."""
+    found = []
+    for page in PAGES:
+        for path in re.findall(r"`([\w.\-]+(?:/[\w.\-*]*)+)`", page.read_text()):
+            if path.split("/")[0] in TOP and (path.endswith("/") or Path(path).suffix):
+                found.append((page.name, path))
+    return found
+
+
+def test_quoted_repository_paths_exist() -> None:
+    paths = _quoted_paths()
+    assert ("contracts.md", "stead/models.py") in paths
+    missing = [f"{page}: {path}" for page, path in paths if not list(ROOT.glob(path))]
+    assert not missing, "paths the docs name that the tree lacks:\n" + "\n".join(missing)
 
 
 def _command_lines() -> list[tuple[str, str]]:
