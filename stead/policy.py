@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from stead.errors import SpecError
+from stead.files import one_file
 
 Action = Literal["allow", "refuse", "human", "profile", "model", "agent"]
 """What routing does with a request: run it, refuse it, send it to a human first, run it
@@ -241,6 +242,19 @@ def parse_policy(text: str, *, source: str = "<policy>") -> Policy:
             field = ".".join(str(p) for p in loc) or "(policy)"
             problems.append(f"{source}:{line}: {field}: {e['msg']}")
         raise PolicyError("invalid policy:\n  " + "\n  ".join(problems)) from None
+
+
+POLICY_PATTERNS = ("*.yaml", "*.yml")
+"""What a policy file is called: a directory given for a policy holds exactly one of these."""
+
+
+def policy_file(path: Path) -> Path:
+    """The one policy file under the directory ``path`` (searched recursively), e.g.
+    ``agents/refund``, or ``path`` itself when it is not a directory (``load_policy`` reports
+    a file it cannot read); none or several in the directory is a :class:`PolicyError`."""
+    if not path.is_dir():
+        return path
+    return one_file(path, POLICY_PATTERNS, what="policy", error=PolicyError)
 
 
 def load_policy(path: Path) -> Policy:

@@ -3,7 +3,7 @@
 No Docker engine runs where these tests run, so they check what can be checked without one:
 
 - the compose file against the Compose Specification's JSON schema (vendored in
-  ``deploy/schema``), then cross-references the schema cannot see: services the README lists,
+  ``deploy/schema``), then cross-references the schema cannot see: services the docs list,
   pinned images, ``depends_on`` targets and conditions, host ports, mounted files, environment
   names against what ``stead.settings.Settings`` reads, and that each wire (UI -> codec server,
   worker -> collector -> Jaeger, collector -> Temporal metrics) points at a real listener;
@@ -62,7 +62,7 @@ COMPOSE_FILE = REPO / "docker-compose.yml"
 COMPOSE_SCHEMA = REPO / "deploy" / "schema" / "compose-spec.json"
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
-README = REPO / "README.md"
+DEPLOYMENT_DOC = REPO / "docs" / "deployment.md"
 INIT_SQL = REPO / "deploy" / "postgres" / "init.sql"
 SETUP_NAMESPACE = REPO / "deploy" / "temporal" / "setup-namespace.sh"
 SETUP_SCHEMA = REPO / "deploy" / "temporal" / "setup-schema.sh"
@@ -228,8 +228,9 @@ def _image_is_pinned(reference: str) -> bool:
     return bool(tag) and tag != "latest"
 
 
-def _readme_section(title: str) -> str:
-    text = README.read_text()
+def _doc_section(title: str) -> str:
+    """The ``## title`` section of the deployment page, up to the next ``## `` heading."""
+    text = DEPLOYMENT_DOC.read_text()
     start = text.index(f"\n## {title}\n")
     end = text.find("\n## ", start + 1)
     return text[start:] if end == -1 else text[start:end]
@@ -340,14 +341,14 @@ def test_compose_file_is_valid_against_the_compose_specification(
     assert first_line.endswith("$schema=deploy/schema/compose-spec.json"), "editors use it"
 
 
-def test_readme_lists_exactly_the_services_of_the_compose_file(
+def test_deployment_doc_lists_exactly_the_services_of_the_compose_file(
     services: dict[str, Service],
 ) -> None:
-    section = _readme_section("Production-shaped stack")
+    section = _doc_section("Production-shaped stack")
     listed = set(re.findall(r"^\| `([a-z0-9-]+)` \|", section, flags=re.MULTILINE))
-    assert listed, "the README's stack section has no service table"
-    assert listed - set(services) == set(), "the README names services compose does not define"
-    assert set(services) - listed == set(), "services missing from the README's table"
+    assert listed, "the deployment page's stack section has no service table"
+    assert listed - set(services) == set(), "the docs name services compose does not define"
+    assert set(services) - listed == set(), "services missing from the deployment page's table"
 
 
 def test_every_compose_image_is_pinned_to_an_explicit_non_latest_tag(

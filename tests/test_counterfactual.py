@@ -418,6 +418,19 @@ async def test_cli_replays_selected_runs_with_a_deny_rule_as_json_table_and_html
     assert "3 tool call(s) served from the recording" in table.out
     assert effects(world) == (1, 1)
 
+    # --policy DIR: the directory holding the one policy file stands for it.
+    folder = tmp_path / "policies"
+    folder.mkdir()
+    moved = deny.rename(folder / deny.name)
+    from_dir = await stead("counterfactual", "--run", small.workflow_id, "--policy",
+                           str(folder), "--json", env=env, cwd=tmp_path)
+
+    assert from_dir.code == 0, from_dir.err
+    data = json.loads(from_dir.out)
+    assert data["change"]["policy_source"] == str(moved)
+    assert data["runs"][0]["counterfactual"]["status"] == "denied"
+    assert effects(world) == (1, 1)
+
 
 async def test_cli_bad_input_exits_2_with_a_clear_message(settings: Settings,
                                                           tmp_path: Path) -> None:
@@ -436,3 +449,14 @@ async def test_cli_bad_input_exits_2_with_a_clear_message(settings: Settings,
     neither = await stead("counterfactual", "--policy", str(broken), env=env, cwd=tmp_path)
     assert neither.code == 2
     assert "give recorded runs with --run ID" in neither.err
+
+    two = await stead("counterfactual", "--run", "x", "--policy", str(POLICY_FILE.parent.parent),
+                      env=env, cwd=tmp_path)
+    assert two.code == 2, two
+    assert "holds 2 policy files (ops/policy.yaml, refund/policy.yaml)" in " ".join(
+        two.err.split())
+    (tmp_path / "no-policies").mkdir()
+    none = await stead("counterfactual", "--run", "x", "--policy",
+                       str(tmp_path / "no-policies"), env=env, cwd=tmp_path)
+    assert none.code == 2, none
+    assert "no *.yaml or *.yml policy files in this directory" in " ".join(none.err.split())

@@ -384,6 +384,30 @@ async def test_cli_eval_passes_prints_a_table_and_keeps_out_of_the_data_dir(
     assert not (data / "refund-world.sqlite").exists()
 
 
+async def test_cli_eval_of_a_directory_runs_every_suite_in_it(settings: Settings,
+                                                             tmp_path: Path) -> None:
+    """`stead eval evals/`: the directory stands for its suites (ops, refund), all passing."""
+    expected = {f"{s.name}/{c.name}" for s in map(load_suite, (EVALS / "ops.yaml",
+                                                                EVALS / "refund.yaml"))
+                for c in s.cases}
+    done = await stead("eval", "evals/", "--json", env=_cli_env(settings), cwd=ROOT,
+                       timeout=600)
+
+    assert done.code == 0, done.out + done.err
+    data = json.loads(done.out)
+    assert data["passed"] and data["failed"] == 0
+    assert {f"{c['suite']}/{c['case']}" for c in data["cases"]} == expected
+    assert data["total"] == len(expected) >= 24
+    assert f"running {len(expected)} case(s) from 2 suite(s)" in done.err
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.md").write_text("not a suite")
+    empty = await stead("eval", str(tmp_path / "empty"), env=_cli_env(settings), cwd=tmp_path)
+    assert empty.code == 2
+    assert f"{tmp_path / 'empty'}: no *.yaml or *.yml suite files in this directory" in \
+        " ".join(empty.err.split())
+
+
 async def test_cli_eval_failing_cases_exit_1_with_json_and_html(settings: Settings,
                                                                tmp_path: Path) -> None:
     html = tmp_path / "report" / "eval.html"

@@ -7,8 +7,8 @@ page load has set the ``_csrf`` cookie that every write must echo in ``X-CSRF-TO
 "Queries" tab posts ``.../query/{type}`` and its "Send an Update" dialog ``.../update/{name}``
 the same way. These tests make those calls byte for byte (body shapes from temporalio/ui's
 ``workflow-service.ts`` / ``query-service.ts`` of the UI version the dev server ships) and
-check that a real waiting ``refund`` run resumes — so the README's click-by-click instructions
-are pinned, not hoped.
+check that a real waiting ``refund`` run resumes — so the click-by-click instructions of
+docs/approvals.md are pinned, not hoped.
 
 The shared test stack runs Temporal headless, so this module starts its own dev server with
 the UI (on free ports, same PostgreSQL for the ledger).
@@ -206,7 +206,7 @@ async def task_after_last_signal(h: Handle, *, within: float = 15) -> str:
 
 
 async def test_ui_settings_allow_signals_and_updates(ui: WebUI) -> None:
-    """The dev server's UI offers the write actions the README tells approvers to use."""
+    """The dev server's UI offers the write actions docs/approvals.md tells approvers to use."""
     s = ui.settings
     assert (s["DisableWriteActions"], s["WorkflowSignalDisabled"],
             s["WorkflowUpdateDisabled"]) == (False, False, False), s
@@ -229,8 +229,9 @@ async def test_writes_without_the_csrf_header_are_refused(
 
 async def test_approve_signal_typed_into_the_web_ui_resumes_the_run(
         ui: WebUI, served: tuple[Settings, Client], ledger: Ledger, world: RefundWorld) -> None:
-    """README path: Queries tab → ``state`` shows the approval id; Send a Signal → ``approve``
-    with ``{"approval_id": ..., "by": "alice"}``: the refund runs once, alice is on record."""
+    """The docs/approvals.md path: Queries tab → ``state`` shows the approval id; Send a
+    Signal → ``approve`` with ``{"approval_id": ..., "by": "alice"}``: the refund runs once,
+    alice is on record."""
     settings, client = served
     h = await start_refund(client, settings, "Refund €300 on ORD-1005, headphones stopped working")
     await wait_pending(h)
@@ -402,7 +403,7 @@ def _open_signal_dialog(d: WebDriver) -> WebElement | bool:
 
 def send_signal_by_clicking(ui_url: str, profile: Path, h: Handle, name: str,
                             typed: str) -> None:
-    """What the README tells an approver to do, done by chromium in the Web UI itself."""
+    """What docs/approvals.md tells an approver to do, done by chromium in the Web UI itself."""
     d = _chromium(profile)
     try:
         d.get(f"{ui_url}/namespaces/{NAMESPACE}/workflows/{quote(h.id, safe='')}/"
@@ -441,7 +442,7 @@ def send_signal_by_clicking(ui_url: str, profile: Path, h: Handle, name: str,
 async def test_clicking_send_a_signal_in_the_web_ui_approves_the_run(
         temporal_with_ui: EmbeddedTemporal, served: tuple[Settings, Client], ledger: Ledger,
         world: RefundWorld, tmp_path: Path) -> None:
-    """The README's steps in the real Web UI, driven by headless chromium: More Actions →
+    """docs/approvals.md's steps in the real Web UI, driven by headless chromium: More Actions →
     Send a Signal → name ``approve``, data ``{"approval_id": ..., "by": "alice"}`` → Submit."""
     settings, client = served
     h = await start_refund(client, settings, "Refund €300 on ORD-1005, headphones stopped working")

@@ -1,5 +1,6 @@
 """``stead eval``: run behaviour suites as real workflows and report per case and expectation.
 
+    stead eval evals/                                  # every suite under evals/, sorted
     stead eval evals/ops.yaml evals/refund.yaml --parallel 8 --html eval.html
     stead eval evals/refund.yaml --case small-refund-allowed --json
     stead eval tests/evals/regressions.yaml --ephemeral          # throwaway stack
@@ -49,7 +50,9 @@ def register(app: typer.Typer) -> None:
 
 
 def eval_cmd(
-    paths: list[Path] = typer.Argument(..., help="Suite files (YAML)", metavar="SUITE..."),
+    paths: list[Path] = typer.Argument(
+        ..., help="Suite files (YAML) or directories of them (*.yaml, *.yml, searched "
+                  "recursively)", metavar="SUITE..."),
     cases: list[str] = typer.Option([], "--case",
                                     help="Only this case: NAME or SUITE/NAME (repeatable)"),
     parallel: int = typer.Option(4, min=1, max=64, help="Cases running at the same time"),
@@ -65,12 +68,16 @@ def eval_cmd(
 ) -> None:
     """Run behaviour suites: each case is a real agent run, checked against its expectations."""
     from stead.evals.runner import select_cases
-    from stead.evals.suite import SuiteError, load_suite
+    from stead.evals.suite import SuiteError, load_suite, suite_files
 
     settings = cli_settings()
+    try:
+        files = suite_files(paths)
+    except SuiteError as e:
+        fail(str(e), EXIT_BAD_INPUT)
     suites: list[Suite] = []
     problems: list[str] = []
-    for path in paths:
+    for path in files:
         try:
             suites.append(load_suite(path))
         except SuiteError as e:

@@ -60,6 +60,7 @@ from stead.audit import canonical
 from stead.client import start_run
 from stead.errors import SteadError
 from stead.evals import SYNTHETIC_KEY
+from stead.files import one_file
 from stead.ledger import Ledger
 from stead.llm import ModelCallError, ModelClient, OpenAIModel, assistant_turns
 from stead.models import (
@@ -272,10 +273,13 @@ class ChangeSummary(_Model):
 
 
 def read_instructions(value: str) -> str:
-    """``--instructions TEXT`` or ``@FILE``."""
+    """``--instructions TEXT``, ``@FILE``, or ``@DIR`` holding one ``*.md`` or ``*.txt``."""
     text = value
     if value.startswith("@"):
         path = Path(value[1:])
+        if path.is_dir():
+            path = one_file(path, ("*.md", "*.txt"), what="instructions",
+                            error=CounterfactualError)
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as err:

@@ -46,6 +46,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from temporalio.workflow import NondeterminismError
 
 from stead.errors import StackError, SteadError
+from stead.files import expand_paths
 
 if TYPE_CHECKING:
     from stead.settings import Settings
@@ -166,18 +167,7 @@ def production_replayer(*, workflows: Sequence[type] | None = None,
 
 def history_files(paths: Sequence[Path]) -> list[Path]:
     """The ``*.json`` files named or found (recursively, sorted) under directories."""
-    files: list[Path] = []
-    for p in paths:
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*.json") if f.is_file())
-            if not found:
-                raise HistoryFileError(f"{p}: no *.json history files in this directory")
-            files.extend(found)
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise HistoryFileError(f"{p}: no such file or directory")
-    return files
+    return expand_paths(paths, ("*.json",), what="history", error=HistoryFileError)
 
 
 def load_history_file(path: Path) -> RecordedHistory:

@@ -47,6 +47,7 @@ from pydantic import (
 
 from stead.errors import SpecError
 from stead.evals import SYNTHETIC_KEY
+from stead.files import expand_paths
 from stead.models import JsonObject, ModelTurn, RunRequest, RunStatus, ToolCall
 
 CaseName = Annotated[str, StringConstraints(min_length=1, max_length=100,
@@ -498,6 +499,15 @@ def parse_suite(text: str, *, source: str = "<suite>", base_dir: Path | None = N
     return _build(data, node=node, source=source, base_dir=base_dir)
 
 
+SUITE_PATTERNS = ("*.yaml", "*.yml")
+"""What a suite file is called: ``stead eval DIR`` reads these under DIR."""
+
+
+def suite_files(paths: Sequence[Path]) -> list[Path]:
+    """The suite files named, or found (recursively, sorted) under directories."""
+    return expand_paths(paths, SUITE_PATTERNS, what="suite", error=SuiteError)
+
+
 def load_suite(path: Path) -> Suite:
     """Load ``path`` (YAML); relative files in it are relative to its directory."""
     try:
@@ -648,6 +658,7 @@ def _line_of(node: Any, loc: Sequence[int | str]) -> int:
 __all__ = [
     "CASE_KEY",
     "SUITE_KEY",
+    "SUITE_PATTERNS",
     "AgentModelSource",
     "AnswerExpect",
     "ApprovalAction",
@@ -670,6 +681,7 @@ __all__ = [
     "load_suite",
     "parse_suite",
     "recorded_turns_from_file",
+    "suite_files",
     "suite_from_data",
     "turns_from_model_calls",
 ]
