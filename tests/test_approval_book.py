@@ -10,8 +10,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-
 from _fake_seam import FakeSeam, context
+
 from guardrails.decisions import RiskAssessment
 from stead.models import ApprovalDecision, DecideInput, PendingApproval
 from stead.policy import Approvals, Policy
