@@ -288,7 +288,8 @@ def cases(tmp: Path) -> tuple[list[GateCase], list[RunCase]]:
 
 
 def gate(c: GateCase) -> str:
-    """What ``AgentWorkflow._call`` + ``_gate`` evaluate for one proposed call."""
+    """What ``ToolCalls.call`` + ``_gate`` (``workflows/_toolcall.py``) evaluate for one proposed
+    call."""
     verdict = check_call(c.call, c.tools)
     assert verdict.arguments is not None, verdict.error
     plan = c.tools[c.call.name]

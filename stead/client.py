@@ -21,6 +21,7 @@ from stead.settings import Settings
 from stead.tls import explain_connect_error, temporal_auth
 
 WORKFLOW_TYPE = "AgentWorkflow"
+"""Workflow type of an agent run (``AgentWorkflow``'s name; its parents and starters use it)."""
 
 
 async def connect(settings: Settings, address: str | None = None, *,

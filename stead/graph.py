@@ -10,7 +10,7 @@
          .edge("check", "done"))
     Agent(name="triage", ..., graph=g)
 
-``AgentWorkflow`` interprets the graph durably (``workflows/agent.py``): each node is a step
+``AgentWorkflow`` interprets the graph durably (``workflows/_graph.py``): each node is a step
 of the workflow, edges are followed in the order they were declared, and the first edge whose
 condition holds wins (an edge without a condition always holds). Conditions and evaluators
 run inside the workflow, so they must be deterministic functions of the run's state: no I/O,

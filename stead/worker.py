@@ -19,6 +19,7 @@ from temporalio.client import Client
 from temporalio.worker import Interceptor, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from activities import defined
 from activities.drift import DriftActivities
 from activities.memory import MemoryActivities
 from activities.model import ModelActivities
@@ -43,14 +44,9 @@ from stead.telemetry import (
     shutdown_metrics,
 )
 from stead.tracing import NO_TRACING, SteadTracing
-from workflows.agent import AgentWorkflow
-from workflows.conversation import ConversationWorkflow
-from workflows.drift import DriftWorkflow
+from workflows.registry import WORKFLOWS
 
 log = logging.getLogger("stead.worker")
-
-WORKFLOWS: tuple[type, ...] = (AgentWorkflow, DriftWorkflow, ConversationWorkflow)
-"""Every workflow a stead worker runs (``stead replay`` replays against the same list)."""
 
 # Modules the workflow sandbox may share with the host instead of re-importing per run:
 # they are deterministic (no I/O at import or in the functions workflows call).
@@ -104,11 +100,10 @@ def build_worker(client: Client, settings: Settings, catalog: AgentCatalog, ledg
                          model_max_attempts=settings.model_max_attempts,
                          memory=memory is not None, metrics=metrics, tracing=tracing,
                          mcp=mcp)
-    extra: list[Callable[..., object]] = []
+    owners: list[object] = [runs]
     if memory is not None:
-        mem = MemoryActivities(memory.store, memory.embedder, ledger, backend=memory.backend,
-                               tracing=tracing)
-        extra = [mem.recall, mem.write]
+        owners.append(MemoryActivities(memory.store, memory.embedder, ledger,
+                                       backend=memory.backend, tracing=tracing))
     blobs = BlobStore(ledger.pool, retry_seconds=ledger.retry_seconds)
     models = ModelActivities(catalog, ledger, model=model,
                              named_models=named_model_factory(settings), metrics=metrics,
@@ -117,13 +112,13 @@ def build_worker(client: Client, settings: Settings, catalog: AgentCatalog, ledg
     tools = ToolActivities(catalog, ledger, metrics=metrics, secrets=secrets, tracing=tracing,
                            max_payload_bytes=settings.max_payload_bytes, dynamic=mcp,
                            blobs=blobs, blob_threshold_bytes=settings.blob_threshold_bytes)
-    drift = DriftActivities(ledger, embedder=memory.embedder if memory is not None else None)
+    owners += [models, DriftActivities(ledger, embedder=memory.embedder
+                                       if memory is not None else None)]
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,
         workflows=list(WORKFLOWS),
-        activities=[runs.start_run, runs.plan_for, runs.finish_run, runs.record_decisions,
-                    models.complete, *tools.activities(), *extra, drift.check],
+        activities=[*defined(*owners), *tools.activities()],
         max_concurrent_activities=settings.max_concurrent_activities,
         max_concurrent_local_activities=settings.max_concurrent_activities,
         max_concurrent_workflow_tasks=settings.max_concurrent_workflow_tasks,

@@ -15,39 +15,52 @@ both: the change only breaks runs that took the changed path.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import TypeVar
 
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from stead.models import RunRef, RunRequest, RunResult, ToolCall, ToolPlan
+    from stead.models import RunRequest, RunResult
+    from workflows._seam import ActivityCall, TemporalSeam
     from workflows.agent import AgentWorkflow
 
 AUDIT_ACTIVITY = "tool.audit_before_call"
 
+T = TypeVar("T")
+
+
+def _tool_call(call: ActivityCall[T]) -> bool:
+    return call.name.startswith("tool.")
+
+
+class _SleepFirst(TemporalSeam):
+    async def activity(self, call: ActivityCall[T]) -> T:
+        if _tool_call(call):
+            await workflow.sleep(timedelta(seconds=1))
+        return await super().activity(call)
+
+
+class _AuditFirst(TemporalSeam):
+    async def activity(self, call: ActivityCall[T]) -> T:
+        if _tool_call(call):
+            await workflow.execute_activity(AUDIT_ACTIVITY, call.name.removeprefix("tool."),
+                                            start_to_close_timeout=timedelta(seconds=5))
+        return await super().activity(call)
+
 
 @workflow.defn(name="AgentWorkflow")
 class ExtraTimerBeforeTools(AgentWorkflow):
+    seam = _SleepFirst
+
     @workflow.run
     async def run(self, request: RunRequest) -> RunResult:
         return await super().run(request)
-
-    async def _execute(self, ref: RunRef, call: ToolCall, plan: ToolPlan, args: dict[str, Any],
-                       tools: dict[str, ToolPlan], res: RunResult,
-                       step: int) -> dict[str, Any]:
-        await workflow.sleep(timedelta(seconds=1))
-        return await super()._execute(ref, call, plan, args, tools, res, step)
 
 
 @workflow.defn(name="AgentWorkflow")
 class AuditActivityBeforeTools(AgentWorkflow):
+    seam = _AuditFirst
+
     @workflow.run
     async def run(self, request: RunRequest) -> RunResult:
         return await super().run(request)
-
-    async def _execute(self, ref: RunRef, call: ToolCall, plan: ToolPlan, args: dict[str, Any],
-                       tools: dict[str, ToolPlan], res: RunResult,
-                       step: int) -> dict[str, Any]:
-        await workflow.execute_activity(AUDIT_ACTIVITY, plan.name,
-                                        start_to_close_timeout=timedelta(seconds=5))
-        return await super()._execute(ref, call, plan, args, tools, res, step)

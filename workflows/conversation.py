@@ -24,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
     from stead import errors
+    from stead.client import WORKFLOW_TYPE
     from stead.conversation import (
         CONVERSATION_KEY,
         TURN_KEY,
@@ -166,7 +167,7 @@ class ConversationWorkflow:
                              max_steps=s.max_steps, context=s.context)
         try:
             result: RunResult = await workflow.execute_child_workflow(
-                "AgentWorkflow", request, id=child_id, result_type=RunResult,
+                WORKFLOW_TYPE, request, id=child_id, result_type=RunResult,
                 search_attributes=run_attributes(s.agent, s.tenant),
                 static_summary=f"{s.agent}, turn {n}: {item.text[:100]}")
             if result.context is not None:

@@ -16,7 +16,8 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from stead.evals.drift import (
+    from activities.drift import DriftActivities
+    from stead.drift_contract import (
         DRIFT_WORKFLOW,
         DriftCheckInput,
         DriftCheckRequest,
@@ -39,12 +40,11 @@ class DriftWorkflow:
                                    non_retryable=True) from None
         scope = ", ".join(f"{k} {v}" for k, v in (("agent", check.agent),
                                                    ("tenant", check.tenant)) if v)
-        summary: DriftCheckSummary = await workflow.execute_activity(
-            "drift.check",
+        summary = await workflow.execute_activity_method(
+            DriftActivities.check,
             DriftCheckRequest(windows=windows, agent=check.agent, tenant=check.tenant,
                               include_synthetic=check.include_synthetic,
                               thresholds=check.thresholds, checked_at=now),
-            result_type=DriftCheckSummary,
             start_to_close_timeout=timedelta(minutes=10),
             retry_policy=RetryPolicy(maximum_attempts=5,
                                      maximum_interval=timedelta(minutes=1)),

@@ -44,10 +44,17 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError
 
+from stead.drift_contract import (
+    DRIFT_WORKFLOW,
+    DriftCheckInput,
+    DriftCheckRequest,
+    DriftCheckSummary,
+    DriftThresholds,
+    DriftWindows,
+)
 from stead.evals.samples import (
-    DEFAULT_LIMIT,
     BadWindow,
     RunSample,
     Window,
@@ -91,115 +98,11 @@ __all__ = [
 SignalStatus = Literal["ok", "crossed", "insufficient data", "skipped"]
 """``skipped``: the signal could not be computed at all (no embedder, embedder failed)."""
 
-DRIFT_WORKFLOW = "DriftWorkflow"
-"""Workflow type of the scheduled check (``workflows/drift.py``)."""
-
 _SEED = 20240601  # permutation tests are seeded: the same windows give the same report
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class DriftThresholds(_Model):
-    """When a signal counts as crossed, and how much data it needs first."""
-
-    alpha: float = Field(0.01, gt=0, lt=1)
-    """Significance level of every test: a change must be this unlikely under no drift."""
-    min_runs: int = Field(20, ge=2)
-    """Fewest finished runs per window for run-level signals (and request embeddings)."""
-    min_calls: int = Field(20, ge=2)
-    """Fewest tool attempts (per tool) or gate decisions per window for per-call signals."""
-    success_rate_delta: float = Field(0.05, ge=0, le=1)
-    """Smallest change of the success rate (absolute, 0.05 = 5 points) that is reported."""
-    latency_ks: float = Field(0.2, ge=0, le=1)
-    """Smallest Kolmogorov–Smirnov distance between latency distributions."""
-    sequence_js: float = Field(0.1, ge=0, le=1)
-    """Smallest Jensen–Shannon distance between tool-call sequence distributions."""
-    guardrail_delta: float = Field(0.05, ge=0, le=1)
-    """Smallest change of a guardrail trigger rate (absolute)."""
-    tool_failure_delta: float = Field(0.05, ge=0, le=1)
-    """Smallest change of a tool's failed-attempt rate (absolute)."""
-    permutations: int = Field(500, ge=50, le=20000)
-    """Permutations of the permutation tests (sequences, embeddings)."""
-    embedding_sample: int = Field(500, ge=10, le=5000)
-    """Most requests embedded per window (spread evenly over the window)."""
-
-    def with_overrides(self, pairs: Sequence[str]) -> DriftThresholds:
-        """These thresholds with ``NAME=VALUE`` overrides (``["alpha=0.05"]``); a
-        ``ValueError`` names an unknown field or a value out of range."""
-        changes: dict[str, str] = {}
-        for pair in pairs:
-            name, sep, value = pair.partition("=")
-            name = name.strip().replace("-", "_")
-            if not sep or name not in DriftThresholds.model_fields:
-                raise ValueError(f"bad threshold {pair!r}: use NAME=VALUE with NAME one of "
-                                 + ", ".join(DriftThresholds.model_fields))
-            changes[name] = value.strip()
-        try:
-            return DriftThresholds.model_validate({**self.model_dump(), **changes})
-        except ValidationError as err:
-            raise ValueError("bad threshold: " + "; ".join(
-                f"{e['loc'][0]}={e.get('input')!r}: {e['msg']}" for e in err.errors())
-            ) from None
-
-
-class DriftWindows(_Model):
-    """The baseline window and the recent window compared with it; they may not overlap."""
-
-    baseline: Window
-    recent: Window
-
-    @model_validator(mode="after")
-    def _apart(self) -> DriftWindows:
-        if self.baseline.until > self.recent.since:
-            raise ValueError(f"the baseline window ({self.baseline.label()}) must end before "
-                             f"the recent window starts ({self.recent.label()})")
-        return self
-
-
-class DriftCheckInput(_Model):
-    """Input of ``DriftWorkflow``: windows as durations before the workflow's start time.
-
-    ``{"recent": "PT24H"}`` (or seconds, ``{"recent": 86400}``) compares the last 24 hours with
-    the 7 days before them."""
-
-    recent: timedelta = timedelta(hours=24)
-    """The recent window is ``[now - recent, now)``."""
-    baseline_since: timedelta | None = None
-    """The baseline starts this long before now; default ``recent`` + 7 days."""
-    baseline_until: timedelta | None = None
-    """The baseline ends this long before now; default ``recent`` (where the recent starts)."""
-    agent: str | None = None
-    tenant: str | None = None
-    include_synthetic: bool = False
-    thresholds: DriftThresholds = DriftThresholds()
-
-    def windows_at(self, now: datetime) -> DriftWindows:
-        """The absolute windows at ``now``; ``ValueError`` when they are empty or overlap."""
-        b_until = self.baseline_until if self.baseline_until is not None else self.recent
-        b_since = self.baseline_since if self.baseline_since is not None \
-            else b_until + timedelta(days=7)
-        for name, d in (("recent", self.recent), ("baseline_since", b_since),
-                        ("baseline_until", b_until)):
-            if d < timedelta(0):
-                raise ValueError(f"{name} must not be negative, got {d}")
-        return DriftWindows(baseline=Window(since=now - b_since, until=now - b_until),
-                            recent=Window(since=now - self.recent, until=now))
-
-
-class DriftCheckRequest(_Model):
-    """Input of the ``drift.check`` activity: absolute windows and what to look at."""
-
-    windows: DriftWindows
-    agent: str | None = None
-    tenant: str | None = None
-    include_synthetic: bool = False
-    thresholds: DriftThresholds = DriftThresholds()
-    checked_at: datetime | None = None
-    """When the check ran (the workflow's time); default now."""
-    limit: int = Field(DEFAULT_LIMIT, ge=1)
-    """Most runs loaded per window (sampled evenly beyond that)."""
 
 
 class DriftSignal(_Model):
@@ -252,21 +155,6 @@ class DriftReport(_Model):
                 return s
         raise KeyError(f"no signal {name!r}; this report has: "
                        + ", ".join(s.name for s in self.signals))
-
-
-class DriftCheckSummary(_Model):
-    """Output of the ``drift.check`` activity and of ``DriftWorkflow`` (small: the full
-    report is in ``stead_drift_checks``)."""
-
-    check_id: int
-    """``stead_drift_checks.id`` of the stored report."""
-    checked_at: datetime
-    crossed: list[str]
-    """Names of the signals that crossed their thresholds."""
-    insufficient: list[str]
-    """Names of the signals with too little data to judge."""
-    signals: int
-    """How many signals the report has."""
 
 
 class DriftCheckRow(_Model):

@@ -33,6 +33,7 @@ from stead.evals.suite import (
     ToolsExpect,
     load_function,
 )
+from stead.judge import JUDGE_INSTRUCTIONS, parse_judgement
 from stead.llm import ModelClient, ScriptedModel
 from stead.models import JsonObject, LedgerDecision, Message, RunResult
 
@@ -464,12 +465,6 @@ def _interpret(name: str, got: object, threshold: float | None, what: str) -> Ch
                                 f"(bool, message), a score or a Verdict")
 
 
-JUDGE_INSTRUCTIONS = """You grade one run of an AI agent against a rubric.
-Read the request, what the agent did and its answer, then reply with ONLY a JSON object:
-{"score": <number from 0 to 1>, "reason": "<one sentence>"}
-1 means the run fully meets the rubric, 0 means it does not meet it at all."""
-
-
 def judge_messages(x: JudgeExpect, outcome: CaseOutcome) -> list[Message]:
     """What the judge model is shown: the rubric, the request, the calls and the answer."""
     r = outcome.result
@@ -501,25 +496,6 @@ async def check_judge(x: JudgeExpect, outcome: CaseOutcome, *,
     ok = score >= x.threshold
     return Check(name=name, status="pass" if ok else "fail", score=score,
                  reason=why if ok else f"score {score:g} < threshold {x.threshold:g}: {why}")
-
-
-def parse_judgement(text: str) -> tuple[float | None, str]:
-    """(score, reason) from a judge's reply: a JSON object, else a bare number in [0, 1]."""
-    m = re.search(r"\{.*\}", text, re.DOTALL)
-    if m:
-        try:
-            data = json.loads(m.group())
-        except json.JSONDecodeError:
-            data = None
-        if isinstance(data, dict) and isinstance(data.get("score"), int | float) \
-                and not isinstance(data.get("score"), bool):
-            score = float(data["score"])
-            if 0 <= score <= 1:
-                return score, str(data.get("reason", ""))
-    m = re.fullmatch(r"\s*(0(?:\.\d+)?|1(?:\.0+)?)\s*", text)
-    if m:
-        return float(m.group(1)), ""
-    return None, ""
 
 
 __all__ = [

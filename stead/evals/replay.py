@@ -130,7 +130,7 @@ def _quiet_runtime() -> Runtime:
 
 def production_workflows() -> list[type]:
     """The workflows :func:`stead.worker.build_worker` registers."""
-    from stead.worker import WORKFLOWS
+    from workflows.registry import WORKFLOWS
 
     return list(WORKFLOWS)
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
-from pydantic import BaseModel, ConfigDict, model_validator
 
+from stead.drift_contract import DEFAULT_LIMIT, Window
 from stead.errors import SteadError
 from stead.evals import SYNTHETIC_KEY
 
@@ -35,10 +35,6 @@ __all__ = [
     "parse_when",
 ]
 
-DEFAULT_LIMIT = 5000
-"""Most runs loaded per window. Larger windows are sampled evenly (by a hash of the run id,
-so the same window always gives the same sample) rather than cut at one end."""
-
 GUARDRAIL_KINDS = ("route", "gate", "call_rejected", "output_rejected")
 """Decision kinds (``stead_decisions.kind``) that carry a guardrail's verdict."""
 
@@ -49,31 +45,6 @@ _OK_ATTEMPTS = ("ok", "replayed", "reconciled")
 
 class BadWindow(SteadError, ValueError):
     """A window or time expression that cannot be used (unparseable, empty, reversed)."""
-
-
-class Window(BaseModel):
-    """A half-open time range ``[since, until)`` of run start times, in UTC."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    since: datetime
-    until: datetime
-
-    @model_validator(mode="after")
-    def _ordered(self) -> Window:
-        if self.since.tzinfo is None or self.until.tzinfo is None:
-            raise ValueError("window bounds must be timezone-aware")
-        if self.since >= self.until:
-            raise ValueError(f"window starts ({self.since.isoformat()}) at or after it ends "
-                             f"({self.until.isoformat()})")
-        return self
-
-    @property
-    def span(self) -> timedelta:
-        return self.until - self.since
-
-    def label(self) -> str:
-        return f"{_short(self.since)} → {_short(self.until)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +177,3 @@ async def load_runs(pool: asyncpg.Pool, window: Window, *, agent: str | None = N
                 DecisionSample(r["kind"], r["decision"]))
     return sorted(samples.values(), key=lambda s: s.started_at)
 
-
-def _short(at: datetime) -> str:
-    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M")

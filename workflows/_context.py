@@ -1,0 +1,120 @@
+"""What the parts of one agent run share: the workflow instance's context and the run's frame.
+
+:class:`Context` exists from the workflow's ``__init__`` (signals, the update and the query may
+come before ``run``): the seam, the queryable :class:`RunState`, the run's identity and its
+pinned policy. :class:`Frame` is made when ``run`` has the agent's plan: the request, the plan
+and the graph it pins, the result being built and the graph state. Parts read both instead of
+taking them as arguments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from temporalio import workflow
+
+from workflows._seam import Seam
+
+with workflow.unsafe.imports_passed_through():
+    from guardrails.decisions import RouteDecision
+    from stead.graph import DEFAULT, REGISTRY, Graph, GraphState
+    from stead.models import (
+        AgentPlan,
+        Message,
+        RunRef,
+        RunRequest,
+        RunResult,
+        RunState,
+        RunStatus,
+        StepInfo,
+        ToolPlan,
+        ToolSchema,
+    )
+    from stead.policy import Policy
+
+ALLOW_ALL = Policy(id="allow-all", version=1)
+"""The policy of a run before its plan (with the agent's policy) is pinned."""
+
+
+@dataclass
+class Context:
+    """One workflow instance's shared state, set up before ``run`` starts."""
+
+    seam: Seam
+    state: RunState
+    ref: RunRef
+    """Updated when routing hands the request over to another agent."""
+    policy: Policy = ALLOW_ALL
+    approval_timeout: float = 0.0
+    """Seconds each approver level gets (the policy's, possibly shortened by the request)."""
+    key_root: str = ""
+    """``<workflow id>:<first run id>``: the stem of every tool call's idempotency key."""
+
+    def at(self, node: str, details: str) -> None:
+        """The run is now at ``node``; say what it does there in the Web UI."""
+        self.state.node = node
+        self.seam.set_details(details)
+
+    def log(self, kind: str, name: str, status: str, detail: str = "") -> None:
+        """One line of the run's step history (the ``state`` query shows it)."""
+        self.state.history.append(StepInfo(step=self.state.step, kind=kind, name=name,
+                                           status=status, detail=detail))
+
+    def budget_left(self, plan: AgentPlan) -> bool:
+        return self.state.step < plan.max_steps
+
+
+@dataclass
+class Frame:
+    """One run of the graph: its inputs and what it has produced so far."""
+
+    request: RunRequest
+    plan: AgentPlan
+    res: RunResult
+    gs: GraphState
+    graph: Graph = field(init=False)
+    tools: dict[str, ToolPlan] = field(init=False)
+    schemas: list[ToolSchema] = field(init=False)
+    """What the model is told about the tools: built once per plan, not per model call."""
+    untrusted: list[str] = field(default_factory=list)
+    """Text the gate treats as untrusted input: tool results and recalled memory."""
+    routed: RouteDecision = field(default_factory=lambda: RouteDecision(action="allow"))
+    confidence: float | None = None
+    """The model's confidence in its last turn (the gate scores it)."""
+    max_risk: float = 0.0
+    """Highest risk scored so far (the ``SteadRisk`` search attribute)."""
+    final: tuple[RunStatus, str | None, str | None] | None = None
+    """(status, answer, error) once a node has ended the run."""
+    retries: dict[str, int] = field(default_factory=dict)
+    """Evaluate node id -> retries taken."""
+
+    @classmethod
+    def start(cls, ctx: Context, request: RunRequest, plan: AgentPlan) -> Frame:
+        frame = cls(request=request, plan=plan,
+                    res=RunResult(status="running", steps=0, model=plan.model,
+                                  policy=ctx.policy.ref),
+                    gs=GraphState(input=request.input, budget=plan.max_steps, messages=[
+                        Message(role="system", content=plan.instructions),
+                        Message(role="user", content=request.input)]))
+        frame.use_plan(ctx, plan)
+        return frame
+
+    def use_plan(self, ctx: Context, plan: AgentPlan) -> None:
+        """Follow ``plan`` (the run's, or the agent routing handed the request to)."""
+        self.plan = plan
+        pin = plan.graph or DEFAULT.ref()
+        graph = REGISTRY.find(pin)
+        if graph is None:
+            # Fails this workflow task (retried): the run waits for a worker that has it.
+            raise RuntimeError(
+                f"this worker has no graph {pin} (digest {pin.digest}) for agent "
+                f"{plan.agent!r}; it has versions {REGISTRY.versions(pin.name) or 'none'}. "
+                f"Keep old versions in Agent(previous_graphs=[...]) until their runs finish.")
+        self.graph = graph
+        self.res.graph = ctx.state.graph = str(pin)
+        self.tools = {t.name: t for t in plan.tools}
+        self.schemas = [t.schema_for_model() for t in plan.tools]
+
+    def end(self, status: RunStatus, answer: str | None = None,
+            error: str | None = None) -> None:
+        self.final = (status, answer, error)

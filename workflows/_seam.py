@@ -1,0 +1,147 @@
+"""The seam between a run's parts and Temporal: everything they ask of the workflow runtime.
+
+The graph interpreter, the approval book, the tool-call path and the decision log talk to
+Temporal only through :class:`Seam` (schedule an activity, start a child run, wait with a
+timeout, read the clock, ask a patch, upsert search attributes, set the Web UI details).
+:class:`TemporalSeam` is the one implementation that calls ``temporalio.workflow``; tests plug
+a fake into the same seam and run the parts without a server.
+
+    seam = TemporalSeam()
+    turn = await seam.activity(ActivityCall(ModelActivities.complete, req, ...))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Generic, Protocol, TypeVar
+
+from temporalio import activity, workflow
+from temporalio.common import RetryPolicy, SearchAttributeUpdate
+from temporalio.workflow import ParentClosePolicy
+
+with workflow.unsafe.imports_passed_through():
+    from stead import errors
+    from stead.client import WORKFLOW_TYPE
+    from stead.models import RunRequest, RunResult
+
+T = TypeVar("T")
+
+LOCAL_TIMEOUT = timedelta(seconds=60)
+"""Start-to-close bound of the run's bookkeeping local activities (ledger writes)."""
+LOCAL_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=100), backoff_coefficient=2,
+                          maximum_interval=timedelta(seconds=5), maximum_attempts=0,
+                          non_retryable_error_types=[errors.UNKNOWN_AGENT])
+
+
+@dataclass(frozen=True)
+class ActivityCall(Generic[T]):
+    """One activity to schedule: the definition (or, for per-tool activities, the name from
+    ``stead.tools.activity_name``), its one input and its options."""
+
+    activity: Callable[..., Awaitable[T]] | str
+    arg: object
+    start_to_close: timedelta
+    result_type: type[T] | None = None
+    schedule_to_close: timedelta | None = None
+    heartbeat: timedelta | None = None
+    """Remote activities only."""
+    retry: RetryPolicy | None = None
+    summary: str | None = None
+    local: bool = False
+    """Run as a local activity (in the worker, recorded as a marker)."""
+
+    @property
+    def name(self) -> str:
+        """The activity type Temporal schedules."""
+        if isinstance(self.activity, str):
+            return self.activity
+        defn = activity._Definition.must_from_callable(self.activity)
+        assert defn.name is not None
+        return defn.name
+
+
+def bookkeeping(act: Callable[..., Awaitable[T]], arg: object, *,
+                result_type: type[T] | None = None,
+                summary: str | None = None) -> ActivityCall[T]:
+    """A run bookkeeping local activity (``RunActivities``): short, retried until it lands."""
+    return ActivityCall(act, arg, start_to_close=LOCAL_TIMEOUT, result_type=result_type,
+                        schedule_to_close=timedelta(minutes=10), retry=LOCAL_RETRY,
+                        summary=summary, local=True)
+
+
+class Seam(Protocol):
+    """What the parts of a run ask of the workflow runtime."""
+
+    def now(self) -> datetime: ...
+
+    def patched(self, patch_id: str) -> bool: ...
+
+    def upsert(self, updates: Sequence[SearchAttributeUpdate[Any]]) -> None: ...
+
+    def set_details(self, text: str) -> None: ...
+
+    def cancelled(self) -> bool:
+        """True once this run has been asked to cancel."""
+        ...
+
+    async def activity(self, call: ActivityCall[T]) -> T: ...
+
+    async def wait(self, done: Callable[[], bool], *, timeout: float | None = None) -> bool:
+        """Until ``done()`` holds (True) or ``timeout`` seconds pass (False)."""
+        ...
+
+    async def child_run(self, request: RunRequest, *, id: str, summary: str) -> RunResult:
+        """A child ``AgentWorkflow`` on this task queue, cancelled when this run closes."""
+        ...
+
+
+class TemporalSeam:
+    """The seam over ``temporalio.workflow`` (the only place the parts reach Temporal)."""
+
+    def now(self) -> datetime:
+        return workflow.now()
+
+    def patched(self, patch_id: str) -> bool:
+        return workflow.patched(patch_id)
+
+    def upsert(self, updates: Sequence[SearchAttributeUpdate[Any]]) -> None:
+        workflow.upsert_search_attributes(updates)
+
+    def set_details(self, text: str) -> None:
+        workflow.set_current_details(text)
+
+    def cancelled(self) -> bool:
+        return workflow.cancellation_reason() is not None
+
+    async def activity(self, call: ActivityCall[T]) -> T:
+        result: T
+        act: Any = call.activity  # a definition or a per-tool name: temporalio takes both
+        if call.local:
+            result = await workflow.execute_local_activity(
+                act, call.arg, result_type=call.result_type,
+                start_to_close_timeout=call.start_to_close,
+                schedule_to_close_timeout=call.schedule_to_close,
+                retry_policy=call.retry, summary=call.summary)
+            return result
+        result = await workflow.execute_activity(
+            act, call.arg, result_type=call.result_type,
+            start_to_close_timeout=call.start_to_close,
+            schedule_to_close_timeout=call.schedule_to_close,
+            heartbeat_timeout=call.heartbeat, retry_policy=call.retry, summary=call.summary)
+        return result
+
+    async def wait(self, done: Callable[[], bool], *, timeout: float | None = None) -> bool:
+        try:
+            await workflow.wait_condition(done, timeout=timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def child_run(self, request: RunRequest, *, id: str, summary: str) -> RunResult:
+        result: RunResult = await workflow.execute_child_workflow(
+            WORKFLOW_TYPE, request, id=id, result_type=RunResult,
+            task_queue=workflow.info().task_queue,
+            parent_close_policy=ParentClosePolicy.REQUEST_CANCEL, static_summary=summary)
+        return result
