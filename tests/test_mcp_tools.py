@@ -150,7 +150,7 @@ async def test_a_run_calls_an_mcp_tool_over_stdio_with_ledger_rows_and_the_key_i
     rows = {row.tool: row for row in trail.tool_calls}
     assert set(rows) == {"desk__lookup_ticket", "desk__create_ticket"}
     assert all(row.status == "completed" for row in rows.values())
-    assert rows["desk__create_ticket"]["result"]["ticket_id"] == "T-2000"
+    assert rows["desk__create_ticket"].result["ticket_id"] == "T-2000"
     assert [(a.tool, a.attempt, a.status) for a in trail.tool_attempts] == [
         ("desk__lookup_ticket", 1, "ok"), ("desk__create_ticket", 1, "ok")]
     gates = [(d.data["tool"], d.decision) for d in trail.decisions if d.kind == "gate"]
@@ -158,7 +158,7 @@ async def test_a_run_calls_an_mcp_tool_over_stdio_with_ledger_rows_and_the_key_i
     assert await ledger.verify_chain(h.id) == []
     # The idempotency key the ledger claimed is the one the server received in _meta.
     (created,) = calls(state, "create_ticket")
-    assert created["key"] == rows["desk__create_ticket"]["idempotency_key"]
+    assert created["key"] == rows["desk__create_ticket"].idempotency_key
     assert created["key"].startswith(h.id) and created["attempt"] == 1
     assert len(effects(state, "create_ticket")) == 1
 
