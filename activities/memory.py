@@ -22,7 +22,13 @@ from stead.memory._types import (
     MemoryUnavailable,
     VectorStore,
 )
-from stead.models import RecalledItem, RecallRequest, RecallResult, WriteRequest
+from stead.models import (
+    MemoryOpRecord,
+    RecalledItem,
+    RecallRequest,
+    RecallResult,
+    WriteRequest,
+)
 from stead.tracing import NO_TRACING, SteadTracing
 
 
@@ -80,12 +86,11 @@ class MemoryActivities:
                       key=lambda h: -h.score)[: req.top_k]
         items = [RecalledItem(id=h.item.id, namespace=h.item.namespace, text=h.item.text,
                               score=round(h.score, 4), metadata=h.item.metadata) for h in hits]
-        await self._ledger.record_memory_op(
-            workflow_id=req.ref.workflow_id, run_id=req.ref.run_id, step=req.ref.step,
-            op="recall", tenant=req.ref.tenant, namespaces=req.namespaces, query=req.query,
+        await self._ledger.record_memory_op(req.ref, MemoryOpRecord(
+            op="recall", namespaces=req.namespaces, query=req.query,
             item_ids=[i.id for i in items], scores=[i.score for i in items],
             embedder=self._embedder.name, backend=self._backend,
-            duration_ms=(time.perf_counter() - started) * 1000, on_wait=activity.heartbeat)
+            duration_ms=(time.perf_counter() - started) * 1000), on_wait=activity.heartbeat)
         return RecallResult(items=items, embedder=self._embedder.name, backend=self._backend)
 
     async def _write(self, req: WriteRequest) -> list[str]:
@@ -115,10 +120,8 @@ class MemoryActivities:
             raise ApplicationError(str(err), type=type(err).__name__,
                                    non_retryable=not isinstance(err, MemoryUnavailable)) from err
         ids = [i.id for i, _ in items]
-        await self._ledger.record_memory_op(
-            workflow_id=req.ref.workflow_id, run_id=req.ref.run_id, step=req.ref.step,
-            op="write", tenant=req.ref.tenant,
-            namespaces=sorted({n.namespace for n in req.notes}), query=None, item_ids=ids,
-            scores=[], embedder=self._embedder.name, backend=self._backend,
-            duration_ms=(time.perf_counter() - started) * 1000, on_wait=activity.heartbeat)
+        await self._ledger.record_memory_op(req.ref, MemoryOpRecord(
+            op="write", namespaces=sorted({n.namespace for n in req.notes}), query=None,
+            item_ids=ids, scores=[], embedder=self._embedder.name, backend=self._backend,
+            duration_ms=(time.perf_counter() - started) * 1000), on_wait=activity.heartbeat)
         return ids

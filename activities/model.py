@@ -13,7 +13,7 @@ from stead.agent import AgentCatalog
 from stead.blobs import BLOB_MISSING, BlobCorrupt, BlobError, BlobMissing, BlobStore
 from stead.ledger import Ledger
 from stead.llm import ModelCallError, ModelClient
-from stead.models import Message, ModelRequest, ModelTurn
+from stead.models import Message, ModelCallRecord, ModelRequest, ModelTurn, Usage
 from stead.telemetry import NO_METRICS, SteadMetrics
 from stead.tracing import NO_TRACING, SteadTracing
 
@@ -130,18 +130,15 @@ class ModelActivities:
                                  status="ok" if error is None else "error", seconds=seconds,
                                  input_tokens=turn.usage.input_tokens if turn else 0,
                                  output_tokens=turn.usage.output_tokens if turn else 0)
-        await self._ledger.record_model_call(
-            workflow_id=req.ref.workflow_id, run_id=req.ref.run_id, step=req.ref.step,
+        await self._ledger.record_model_call(req.ref, ModelCallRecord(
             attempt=attempt, model=turn.model if turn and turn.model else model,
             status="ok" if error is None else "error",
             finish_reason=turn.finish_reason if turn else None,
-            tool_calls=[c.model_dump() for c in turn.tool_calls] if turn else [],
+            tool_calls=turn.tool_calls if turn else [],
             content=turn.content if turn else None,
             error=f"{type(error).__name__}: {error}" if error else None,
-            input_tokens=turn.usage.input_tokens if turn else 0,
-            output_tokens=turn.usage.output_tokens if turn else 0,
-            duration_ms=seconds * 1000,
-            on_wait=activity.heartbeat)
+            usage=turn.usage if turn else Usage(),
+            duration_ms=seconds * 1000), on_wait=activity.heartbeat)
 
 
 def _leading_system(messages: list[Message]) -> int:

@@ -46,10 +46,7 @@ class RunActivities:
                 type=errors.UNKNOWN_AGENT, non_retryable=True)
         agent = self._catalog[req.agent]
         model = self._model_label or agent.offline_model.name
-        await self._ledger.start_run(
-            workflow_id=start.ref.workflow_id, run_id=start.ref.run_id, agent=req.agent,
-            tenant=req.tenant, user=req.user, input=req.input, metadata=req.metadata,
-            model=model)
+        await self._ledger.start_run(start, model=model)
         plan = await self._with_mcp(agent.plan(model=model, max_steps=req.max_steps))
         return plan.model_copy(update={"model_timeout": self._model_timeout,
                                        "model_max_attempts": self._model_max_attempts,
@@ -85,9 +82,7 @@ class RunActivities:
         await self._ledger.append_decisions(finish.decisions)
         self._tracing.decisions(finish.decisions)
         r = finish.result
-        await self._ledger.finish_run(
-            workflow_id=finish.ref.workflow_id, run_id=finish.ref.run_id, status=r.status,
-            answer=r.answer, error=r.error, steps=r.steps, result=r.model_dump(mode="json"))
+        await self._ledger.finish_run(finish.ref, r)
         await self._metrics.finished_run(self._ledger, workflow_id=finish.ref.workflow_id,
                                          run_id=finish.ref.run_id, status=r.status)
 

@@ -31,7 +31,7 @@ from stead import errors
 from stead.agent import AgentCatalog
 from stead.blobs import BLOB_TOO_LARGE, BlobStore, BlobTooLarge, canonical_json, reference
 from stead.ledger import Ledger
-from stead.models import ToolInvocation, ToolOutcome
+from stead.models import ToolAttemptReport, ToolInvocation, ToolOutcome
 from stead.secrets import SecretError, Secrets
 from stead.telemetry import NO_METRICS, SteadMetrics
 from stead.tools import CallLost, DynamicTools, Tool, ToolContext
@@ -129,20 +129,19 @@ class ToolActivities:
         # The gate's decision is on record before anything can happen.
         await ledger.append_decisions(inv.decisions, on_wait=hb)
         self._tracing.decisions(inv.decisions)
-        claim = await ledger.claim_tool(
-            key=inv.idempotency_key, workflow_id=inv.ref.workflow_id, run_id=inv.ref.run_id,
-            step=inv.ref.step, call_id=inv.call_id, tool=t.name, requested_tool=inv.requested_tool,
-            arguments=inv.arguments, attempt=attempt, on_wait=hb)
+        claim = await ledger.claim_tool(inv, tool=t.name, attempt=attempt, on_wait=hb)
         refusal = self._refusal(t, inv)
         if refusal is not None:
-            await ledger.finish_tool(key=inv.idempotency_key, attempt=attempt, outcome="error",
-                                     error_type="ToolNotAllowed", error=refusal, final=True,
-                                     duration_ms=elapsed(), on_wait=hb)
+            await ledger.finish_tool(ToolAttemptReport(
+                key=inv.idempotency_key, attempt=attempt, outcome="error",
+                error_type="ToolNotAllowed", error=refusal, final=True,
+                duration_ms=elapsed()), on_wait=hb)
             raise ApplicationError(refusal, {"attempt": attempt}, type="ToolNotAllowed",
                                    non_retryable=True)
         if claim.kind == "completed":
-            await ledger.finish_tool(key=inv.idempotency_key, attempt=attempt, outcome="replayed",
-                                     duration_ms=elapsed(), on_wait=hb)
+            await ledger.finish_tool(ToolAttemptReport(
+                key=inv.idempotency_key, attempt=attempt, outcome="replayed",
+                duration_ms=elapsed()), on_wait=hb)
             return ToolOutcome(tool=t.name, result=await self._by_reference(claim.result or {}),
                                attempt=attempt, replayed=True)
         if claim.kind == "failed":
@@ -151,9 +150,9 @@ class ToolActivities:
             # recorded ToolOutcomeUnknown exists to prevent.
             kind = claim.error_type or errors.TOOL_FAILED
             msg = claim.error or f"{t.name} failed on an earlier attempt"
-            await ledger.finish_tool(key=inv.idempotency_key, attempt=attempt, outcome="error",
-                                     error_type=kind, error=msg, final=True,
-                                     duration_ms=elapsed(), on_wait=hb)
+            await ledger.finish_tool(ToolAttemptReport(
+                key=inv.idempotency_key, attempt=attempt, outcome="error", error_type=kind,
+                error=msg, final=True, duration_ms=elapsed()), on_wait=hb)
             raise ApplicationError(msg, {"attempt": attempt}, type=kind, non_retryable=True)
 
         ctx = ToolContext(idempotency_key=inv.idempotency_key, attempt=attempt,
@@ -163,9 +162,10 @@ class ToolActivities:
         try:
             args = t.input_model.model_validate(inv.arguments)
         except ValidationError as err:
-            await ledger.finish_tool(key=inv.idempotency_key, attempt=attempt, outcome="error",
-                                     error_type="InvalidArguments", error=str(err), final=True,
-                                     duration_ms=elapsed(), on_wait=hb)
+            await ledger.finish_tool(ToolAttemptReport(
+                key=inv.idempotency_key, attempt=attempt, outcome="error",
+                error_type="InvalidArguments", error=str(err), final=True,
+                duration_ms=elapsed()), on_wait=hb)
             raise ApplicationError(ledger.redactor.text(f"invalid arguments for {t.name!r}: "
                                                         f"{err}"),
                                    {"attempt": attempt}, type="InvalidArguments",
@@ -197,9 +197,9 @@ class ToolActivities:
             non_retryable = (kind in t.retry.non_retryable or isinstance(err, SecretError)
                              or (isinstance(err, ApplicationError) and err.non_retryable))
             final = non_retryable or attempt >= t.retry.max_attempts
-            await ledger.finish_tool(key=inv.idempotency_key, attempt=attempt, outcome="error",
-                                     error_type=kind, error=str(err), final=final,
-                                     duration_ms=elapsed(), on_wait=hb)
+            await ledger.finish_tool(ToolAttemptReport(
+                key=inv.idempotency_key, attempt=attempt, outcome="error", error_type=kind,
+                error=str(err), final=final, duration_ms=elapsed()), on_wait=hb)
             message = f"{t.name}: {kind}: {err}"
             clean = ledger.redactor.text(message)
             failure = ApplicationError(clean, {"attempt": attempt}, type=kind,
@@ -216,13 +216,15 @@ class ToolActivities:
             msg = (f"{t.name} returned {size:,} bytes, over the {self._max_payload:,}-byte "
                    f"payload limit (STEAD_MAX_PAYLOAD_BYTES); results travel through workflow "
                    f"history: return a summary or a reference to the data instead")
-            await ledger.finish_tool(key=inv.idempotency_key, attempt=attempt, outcome="error",
-                                     error_type=errors.PAYLOAD_TOO_LARGE, error=msg,
-                                     final=True, duration_ms=elapsed(), on_wait=hb)
+            await ledger.finish_tool(ToolAttemptReport(
+                key=inv.idempotency_key, attempt=attempt, outcome="error",
+                error_type=errors.PAYLOAD_TOO_LARGE, error=msg, final=True,
+                duration_ms=elapsed()), on_wait=hb)
             raise ApplicationError(msg, {"attempt": attempt}, type=errors.PAYLOAD_TOO_LARGE,
                                    non_retryable=True)
-        await ledger.finish_tool(key=inv.idempotency_key, attempt=attempt, outcome="ok",
-                                 result=result, duration_ms=elapsed(), on_wait=hb)
+        await ledger.finish_tool(ToolAttemptReport(
+            key=inv.idempotency_key, attempt=attempt, outcome="ok", result=result,
+            duration_ms=elapsed()), on_wait=hb)
         return ToolOutcome(tool=t.name, result=await self._by_reference(result), attempt=attempt)
 
     async def _by_reference(self, result: dict[str, Any]) -> dict[str, Any]:
@@ -261,10 +263,10 @@ class ToolActivities:
             msg = (f"{t.name}: an earlier attempt (key {inv.idempotency_key}) started and never "
                    f"reported, and the tool is not idempotent and has no reconcile hook; "
                    f"not re-running it — a human must check whether it took effect")
-            await self._ledger.finish_tool(key=inv.idempotency_key, attempt=attempt,
-                                           outcome="error", error_type=errors.TOOL_OUTCOME_UNKNOWN,
-                                           error=msg, final=True, duration_ms=elapsed(),
-                                           on_wait=activity.heartbeat)
+            await self._ledger.finish_tool(ToolAttemptReport(
+                key=inv.idempotency_key, attempt=attempt, outcome="error",
+                error_type=errors.TOOL_OUTCOME_UNKNOWN, error=msg, final=True,
+                duration_ms=elapsed()), on_wait=activity.heartbeat)
             raise ApplicationError(msg, {"attempt": attempt}, type=errors.TOOL_OUTCOME_UNKNOWN,
                                    non_retryable=True)
         found = await t.reconcile(args, ctx)
@@ -272,8 +274,8 @@ class ToolActivities:
             return None  # it did not happen: safe to run now
         result = self._ledger.redactor.scrub(
             found.model_dump(mode="json") if isinstance(found, BaseModel) else dict(found))
-        await self._ledger.finish_tool(key=inv.idempotency_key, attempt=attempt,
-                                       outcome="reconciled", result=result,
-                                       duration_ms=elapsed(), on_wait=activity.heartbeat)
+        await self._ledger.finish_tool(ToolAttemptReport(
+            key=inv.idempotency_key, attempt=attempt, outcome="reconciled", result=result,
+            duration_ms=elapsed()), on_wait=activity.heartbeat)
         return ToolOutcome(tool=t.name, result=await self._by_reference(result), attempt=attempt,
                            replayed=True)

@@ -542,21 +542,21 @@ class Harness:
         """Per failed model attempt: seconds until the same step's next attempt answered; per
         rejected tool call (unknown tool, bad arguments): until the model answered again."""
         trail = await self.ledger.trail(wid)
-        rows = trail["model_calls"]
+        rows = trail.model_calls
         out: list[float] = []
         for m in rows:
-            if m["status"] != "error":
+            if m.status != "error":
                 continue
-            nxt = [o for o in rows if o["step"] == m["step"] and o["attempt"] > m["attempt"]
-                   and o["status"] == "ok"]
+            nxt = [o for o in rows if o.step == m.step and o.attempt > m.attempt
+                   and o.status == "ok"]
             if nxt:
-                out.append((nxt[0]["created_at"] - m["created_at"]).total_seconds())
-        for d in trail["decisions"]:
-            if d["kind"] != "call_rejected":
+                out.append((nxt[0].created_at - m.created_at).total_seconds())
+        for d in trail.decisions:
+            if d.kind != "call_rejected":
                 continue
-            later = [o for o in rows if o["step"] > d["step"] and o["status"] == "ok"]
+            later = [o for o in rows if o.step > d.step and o.status == "ok"]
             if later:
-                out.append((later[0]["created_at"] - d["created_at"]).total_seconds())
+                out.append((later[0].created_at - d.created_at).total_seconds())
         return out
 
     def _outcome(self, stat: FaultStat, r: RunRecord) -> None:

@@ -27,15 +27,12 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 from chaos.world import ChaosWorld, Effect, Invocation
 from stead.agent import AgentCatalog
 from stead.errors import TOOL_OUTCOME_UNKNOWN
 from stead.ledger import Ledger
-from stead.models import RunResult
-
-Row = dict[str, Any]
+from stead.models import RunResult, ToolAttemptRow, ToolCallRow, Trail
 
 
 @dataclass
@@ -82,7 +79,7 @@ class Evidence:
     records: list[RunRecord]
     effects: list[Effect]
     invocations: list[Invocation]
-    trails: dict[str, dict[str, list[Row]]]
+    trails: dict[str, Trail]
     chains: dict[str, list[str]]
     tools: dict[str, ToolFacts]
 
@@ -128,7 +125,7 @@ class Verdict:
 async def collect(records: Sequence[RunRecord], *, world: ChaosWorld, ledger: Ledger,
                   tools: dict[str, ToolFacts]) -> Evidence:
     """Read the world, and the ledger trail and chain of every run."""
-    trails: dict[str, dict[str, list[Row]]] = {}
+    trails: dict[str, Trail] = {}
     chains: dict[str, list[str]] = {}
     for r in records:
         trails[r.workflow_id] = await ledger.trail(r.workflow_id)
@@ -147,14 +144,14 @@ def check(ev: Evidence) -> Verdict:
     v = Verdict()
     ours = {r.workflow_id for r in ev.records}
     owners: dict[str, str] = {}
-    attempts: dict[tuple[str, int], Row] = {}
-    calls: dict[str, Row] = {}
+    attempts: dict[tuple[str, int], ToolAttemptRow] = {}
+    calls: dict[str, ToolCallRow] = {}
     for wid, trail in ev.trails.items():
-        for c in trail["tool_calls"]:
-            owners[c["idempotency_key"]] = wid
-            calls[c["idempotency_key"]] = c
-        for a in trail["tool_attempts"]:
-            attempts[(a["idempotency_key"], a["attempt"])] = a
+        for c in trail.tool_calls:
+            owners[c.idempotency_key] = wid
+            calls[c.idempotency_key] = c
+        for a in trail.tool_attempts:
+            attempts[(a.idempotency_key, a.attempt)] = a
 
     for r in ev.records:
         v.statuses[r.outcome] += 1
@@ -194,42 +191,42 @@ def check(ev: Evidence) -> Verdict:
 
     for key, c in calls.items():
         wid = owners[key]
-        facts = ev.tools.get(c["tool"])
+        facts = ev.tools.get(c.tool)
         if facts is None or facts.idempotent:
             continue
         _check_unknown(wid, key, c, attempts, ev, v)
     return v
 
 
-def _check_run_rows(r: RunRecord, trail: dict[str, list[Row]] | None, v: Verdict) -> None:
+def _check_run_rows(r: RunRecord, trail: Trail | None, v: Verdict) -> None:
     assert r.result is not None
     res = r.result
-    if trail is None or not trail["runs"]:
+    if trail is None or not trail.runs:
         v.ledger_gaps.append(Finding(r.workflow_id, "no stead_runs row"))
         return
-    run = trail["runs"][-1]
-    if run["status"] != res.status or run["finished_at"] is None:
-        v.ledger_gaps.append(Finding(r.workflow_id, f"stead_runs says {run['status']!r} "
-                                                    f"(finished_at {run['finished_at']}), the "
+    run = trail.runs[-1]
+    if run.status != res.status or run.finished_at is None:
+        v.ledger_gaps.append(Finding(r.workflow_id, f"stead_runs says {run.status!r} "
+                                                    f"(finished_at {run.finished_at}), the "
                                                     f"run returned {res.status!r}"))
-    ok_steps = {m["step"] for m in trail["model_calls"] if m["status"] == "ok"}
+    ok_steps = {m.step for m in trail.model_calls if m.status == "ok"}
     if len(ok_steps) < res.model_turns:
         v.ledger_gaps.append(Finding(r.workflow_id, f"{res.model_turns} model turns, "
                                                     f"{len(ok_steps)} recorded"))
-    steps = {c["step"] for c in trail["tool_calls"]}
+    steps = {c.step for c in trail.tool_calls}
     for call in res.tool_calls:
         if call.status != "rejected" and call.step not in steps:
             v.ledger_gaps.append(Finding(r.workflow_id, f"{call.tool} at step {call.step} "
                                                         f"has no stead_tool_calls row"))
-    for c in trail["tool_calls"]:
-        if c["status"] not in ("completed", "failed"):
-            v.ledger_gaps.append(Finding(r.workflow_id, f"{c['tool']} call at step "
-                                                        f"{c['step']} left {c['status']!r} "
+    for c in trail.tool_calls:
+        if c.status not in ("completed", "failed"):
+            v.ledger_gaps.append(Finding(r.workflow_id, f"{c.tool} call at step "
+                                                        f"{c.step} left {c.status!r} "
                                                         f"after the run ended"))
 
 
 def _check_reruns(wid: str, key: str, invs: list[Invocation], tools: dict[str, ToolFacts],
-                  attempts: dict[tuple[str, int], Row], v: Verdict) -> None:
+                  attempts: dict[tuple[str, int], ToolAttemptRow], v: Verdict) -> None:
     facts = tools.get(invs[0].tool)
     if facts is None or facts.idempotent:
         return
@@ -239,52 +236,53 @@ def _check_reruns(wid: str, key: str, invs: list[Invocation], tools: dict[str, T
                                                 f"{inv.attempt}) after its effect happened"))
         elif not facts.reconcile:
             before = attempts.get((key, prev.attempt))
-            if before is None or before["status"] != "error":
+            if before is None or before.status != "error":
                 v.silent_reruns.append(Finding(
                     wid, f"{inv.tool} (no reconcile hook) entered again on attempt "
                          f"{inv.attempt} although attempt {prev.attempt} never reported"))
 
 
-def _check_unknown(wid: str, key: str, call: Row, attempts: dict[tuple[str, int], Row],
+def _check_unknown(wid: str, key: str, call: ToolCallRow,
+                   attempts: dict[tuple[str, int], ToolAttemptRow],
                    ev: Evidence, v: Verdict) -> None:
     """A lost attempt of a non-idempotent call must be followed by a reconcile or an
     escalation — not by nothing (the run gave up and carried on) or a blind re-run."""
     rows = sorted((a for (k, _), a in attempts.items() if k == key),
-                  key=lambda a: int(a["attempt"]))
+                  key=lambda a: a.attempt)
     for i, a in enumerate(rows):
-        if a["status"] != "running":
+        if a.status != "running":
             continue
         nxt = rows[i + 1] if i + 1 < len(rows) else None
         if nxt is None:
             v.unresolved_unknown.append(Finding(
-                wid, f"{call['tool']} attempt {a['attempt']} was lost and nothing resolved "
-                     f"it (call {call['status']!r})"))
-        elif nxt["status"] == "reconciled":
+                wid, f"{call.tool} attempt {a.attempt} was lost and nothing resolved "
+                     f"it (call {call.status!r})"))
+        elif nxt.status == "reconciled":
             v.reconciled += 1
-        elif nxt["status"] == "error" and nxt["error_type"] == TOOL_OUTCOME_UNKNOWN:
+        elif nxt.status == "error" and nxt.error_type == TOOL_OUTCOME_UNKNOWN:
             v.escalated_unknown += 1
             rec = next((r for r in ev.records if r.workflow_id == wid), None)
             if rec is not None and rec.result is not None and rec.result.status != "escalated":
                 v.unresolved_unknown.append(Finding(
-                    wid, f"{call['tool']} outcome unknown, but the run ended "
+                    wid, f"{call.tool} outcome unknown, but the run ended "
                          f"{rec.result.status!r} instead of escalated"))
-        elif nxt["status"] in ("ok", "replayed", "running"):
+        elif nxt.status in ("ok", "replayed", "running"):
             # "ok": the hook said it had not happened, then it ran once (checked against
             # the world in _check_reruns); "replayed": the lost attempt had recorded its
             # result; "running": that attempt was lost too and the next one decides.
             continue
         else:
             v.unresolved_unknown.append(Finding(
-                wid, f"{call['tool']} attempt {a['attempt']} was lost; attempt "
-                     f"{nxt['attempt']} ended {nxt['status']!r} ({nxt['error_type']})"))
+                wid, f"{call.tool} attempt {a.attempt} was lost; attempt "
+                     f"{nxt.attempt} ended {nxt.status!r} ({nxt.error_type})"))
 
 
-def first_progress_after(trail: dict[str, list[Row]], t: float) -> float | None:
+def first_progress_after(trail: Trail, t: float) -> float | None:
     """The first ledger sign of life of a run after ``t`` (epoch seconds): an attempt
     starting, a model call recorded, a decision taken."""
-    times = [*(_ts(a["started_at"]) for a in trail["tool_attempts"]),
-             *(_ts(m["created_at"]) for m in trail["model_calls"]),
-             *(_ts(d["created_at"]) for d in trail["decisions"])]
+    times = [*(_ts(a.started_at) for a in trail.tool_attempts),
+             *(_ts(m.created_at) for m in trail.model_calls),
+             *(_ts(d.created_at) for d in trail.decisions)]
     later = [x for x in times if x is not None and x > t]
     return min(later) if later else None
 

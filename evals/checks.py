@@ -17,9 +17,9 @@ def ticket_in_answer_exists(outcome: CaseOutcome) -> Verdict:
     quoted = re.findall(r"\bOPS-\d+\b", answer)
     if not quoted:
         return Verdict(passed=False, message=f"the answer quotes no ticket id: {answer[:120]!r}")
-    returned = {str((row.get("result") or {}).get("ticket_id"))
-                for row in outcome.trail.get("tool_calls", [])
-                if row.get("tool") == "create_ticket" and row.get("status") == "completed"}
+    returned = {str((row.result or {}).get("ticket_id"))
+                for row in outcome.trail.tool_calls
+                if row.tool == "create_ticket" and row.status == "completed"}
     missing = [t for t in quoted if t not in returned]
     if missing:
         return Verdict(passed=False, message=f"answer quotes {', '.join(missing)}, but "
@@ -32,9 +32,9 @@ def refund_amount_in_answer(outcome: CaseOutcome) -> Verdict:
     """The amount the answer says was refunded is what issue_refund paid out."""
     answer = outcome.answer or ""
     m = re.search(r"Refunded (\d+(?:\.\d+)?) ", answer)
-    paid = [str((row.get("result") or {}).get("amount"))
-            for row in outcome.trail.get("tool_calls", [])
-            if row.get("tool") == "issue_refund" and row.get("status") == "completed"]
+    paid = [str((row.result or {}).get("amount"))
+            for row in outcome.trail.tool_calls
+            if row.tool == "issue_refund" and row.status == "completed"]
     if m is None:
         return Verdict(passed=False, message=f"no refunded amount in {answer[:120]!r}")
     if m.group(1) not in paid:

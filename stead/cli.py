@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import typer
@@ -37,7 +37,7 @@ from stead._cli_common import (
     temporal_client,
 )
 from stead.errors import RunNotFound, SettingsError, StackError, SteadError
-from stead.models import RunRequest, RunResult, RunState
+from stead.models import RunRequest, RunResult, RunState, Trail
 from stead.settings import Settings
 
 app = typer.Typer(help="stead: durable execution for AI agents, on Temporal.",
@@ -269,7 +269,7 @@ def audit(
     settings = resolved(cli_settings())
     trail, problems = run_async(_audit(settings, run_id, verify, tenant))
     if as_json:
-        payload: dict[str, Any] = {"workflow_id": run_id, **trail}
+        payload: dict[str, Any] = {"workflow_id": run_id, **trail.model_dump()}
         if verify:
             payload["chain_ok"] = not problems
             payload["chain_problems"] = problems
@@ -280,13 +280,13 @@ def audit(
             if problems:
                 err.print("[bold red]hash chain broken:[/]\n  " + "\n  ".join(problems))
             else:
-                out.print(f"[green]hash chain intact[/] ({len(trail['decisions'])} decisions)")
+                out.print(f"[green]hash chain intact[/] ({len(trail.decisions)} decisions)")
     if verify and problems:
         raise typer.Exit(EXIT_RUN_NOT_COMPLETED)
 
 
 async def _audit(settings: Settings, run_id: str, verify: bool, tenant: str | None = None,
-                 ) -> tuple[dict[str, list[dict[str, Any]]], list[str]]:
+                 ) -> tuple[Trail, list[str]]:
     from stead.ledger import Ledger
 
     assert settings.database_url is not None
@@ -294,7 +294,7 @@ async def _audit(settings: Settings, run_id: str, verify: bool, tenant: str | No
                                   retry_seconds=0)
     try:
         trail = await ledger.trail(run_id, tenant=tenant)
-        if not trail["runs"]:
+        if not trail.runs:
             raise RunNotFound(f"the ledger has no run {run_id!r}"
                               + (f" for tenant {tenant!r}" if tenant else ""))
         problems = await ledger.verify_chain(run_id, tenant=tenant) if verify else []
@@ -303,27 +303,27 @@ async def _audit(settings: Settings, run_id: str, verify: bool, tenant: str | No
         await ledger.close()
 
 
-def _print_trail(run_id: str, trail: dict[str, list[dict[str, Any]]]) -> None:
-    for r in trail["runs"]:
-        out.print(f"[bold]{run_id}[/] ({r['run_id']}) agent={r['agent']} tenant={r['tenant']} "
-                  f"status=[bold]{r['status']}[/] steps={r['steps']} model={r['model']}",
+def _print_trail(run_id: str, trail: Trail) -> None:
+    for r in trail.runs:
+        out.print(f"[bold]{run_id}[/] ({r.run_id}) agent={r.agent} tenant={r.tenant} "
+                  f"status=[bold]{r.status}[/] steps={r.steps} model={r.model}",
                   highlight=False)
-    events: list[tuple[Any, str, str, str, str]] = []
-    for m in trail["model_calls"]:
-        what = (", ".join(c["name"] for c in m["tool_calls"]) or "answer") \
-            if m["status"] == "ok" else (m["error"] or "")
-        events.append((m["created_at"], str(m["step"]), f"model#{m['attempt']}", m["status"],
-                       f"{m['model']} → {what} ({m['duration_ms']:.0f} ms)"))
-    for a in trail["tool_attempts"]:
-        detail = a["error"] or ""
-        if a["tool"] != a["requested_tool"]:
-            detail = f"fallback for {a['requested_tool']}. {detail}"
-        dur = f" ({a['duration_ms']:.0f} ms)" if a["duration_ms"] is not None else ""
-        events.append((a["started_at"], str(a["step"]), f"{a['tool']}#{a['attempt']}",
-                       a["status"], detail[:100] + dur))
-    for d in trail["decisions"]:
-        events.append((d["created_at"], str(d["step"]), f"decision:{d['kind']}",
-                       d["decision"], d["reason"][:100]))
+    events: list[tuple[datetime, str, str, str, str]] = []
+    for m in trail.model_calls:
+        what = (", ".join(c["name"] for c in m.tool_calls) or "answer") \
+            if m.status == "ok" else (m.error or "")
+        events.append((m.created_at, str(m.step), f"model#{m.attempt}", m.status,
+                       f"{m.model} → {what} ({m.duration_ms:.0f} ms)"))
+    for a in trail.tool_attempts:
+        detail = a.error or ""
+        if a.tool != a.requested_tool:
+            detail = f"fallback for {a.requested_tool}. {detail}"
+        dur = f" ({a.duration_ms:.0f} ms)" if a.duration_ms is not None else ""
+        events.append((a.started_at, str(a.step), f"{a.tool}#{a.attempt}",
+                       a.status, detail[:100] + dur))
+    for d in trail.decisions:
+        events.append((d.created_at, str(d.step), f"decision:{d.kind}",
+                       d.decision, d.reason[:100]))
     table = Table("time", "step", "what", "outcome", "detail")
     for at, step, what, outcome, detail in sorted(events, key=lambda e: e[0]):
         table.add_row(at.strftime("%H:%M:%S.%f")[:-3], step, what, outcome, detail)

@@ -7,7 +7,6 @@ imported by workflow code: keep them free of I/O.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -405,6 +404,191 @@ class DecisionRow(_Model):
     hash: str
 
 
+# ---------------------------------------------------------------------------- ledger rows
+#
+# What ``stead.ledger.Ledger`` writes (the records below the activity payloads) and reads back
+# (one model per table, every column in table order, so ``model_dump()`` is the row as
+# ``select *`` returns it: `stead audit --json` prints exactly that).
+
+
+class ModelCallRecord(_Model):
+    """One model call attempt as the ledger records it (``Ledger.record_model_call``)."""
+
+    attempt: int
+    model: str
+    """The model that answered (the response's own name when it gives one)."""
+    status: Literal["ok", "error"]
+    finish_reason: str | None = None
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    content: str | None = None
+    error: str | None = None
+    """``<type>: <message>`` of a failed call."""
+    usage: Usage = Field(default_factory=Usage)
+    duration_ms: float
+
+
+class ToolAttemptReport(_Model):
+    """How one tool activity attempt ended (``Ledger.finish_tool``)."""
+
+    key: str
+    """The call's idempotency key."""
+    attempt: int
+    outcome: Literal["ok", "error", "replayed", "reconciled"]
+    result: JsonObject | None = None
+    error_type: str | None = None
+    error: str | None = None
+    final: bool = False
+    """A failure that will not be retried: the call is closed as failed."""
+    duration_ms: float | None = None
+
+
+class MemoryOpRecord(_Model):
+    """One memory recall or write a run made (``Ledger.record_memory_op``)."""
+
+    op: Literal["recall", "write"]
+    namespaces: list[str] = Field(default_factory=list)
+    query: str | None = None
+    item_ids: list[str] = Field(default_factory=list)
+    scores: list[float] = Field(default_factory=list)
+    embedder: str = ""
+    backend: str = ""
+    duration_ms: float = 0.0
+
+
+class _LedgerRow(BaseModel):
+    # Columns added by later migrations are left out rather than refused (an older CLI
+    # reading a newer ledger); tests/test_ledger.py pins each model to its table's columns.
+    model_config = ConfigDict(extra="ignore")
+
+
+class RunRow(_LedgerRow):
+    """A row of ``stead_runs``: one run of a workflow."""
+
+    workflow_id: str
+    run_id: str
+    agent: str
+    tenant: str
+    user_id: str | None
+    input: str
+    metadata: JsonObject
+    model: str
+    status: str
+    """``running`` until finished, then the ``RunResult.status``."""
+    answer: str | None
+    error: str | None
+    steps: int
+    result: JsonObject | None
+    """The ``RunResult`` as JSON (None while running)."""
+    started_at: datetime
+    finished_at: datetime | None
+
+
+class ModelCallRow(_LedgerRow):
+    """A row of ``stead_model_calls``: one model call attempt."""
+
+    workflow_id: str
+    run_id: str
+    step: int
+    attempt: int
+    model: str
+    status: str
+    finish_reason: str | None
+    tool_calls: list[JsonObject]
+    """The proposed calls as ``ToolCall`` JSON (``arguments`` is the model's raw text)."""
+    content: str | None
+    error: str | None
+    input_tokens: int
+    output_tokens: int
+    duration_ms: float
+    created_at: datetime
+
+
+class ToolCallRow(_LedgerRow):
+    """A row of ``stead_tool_calls``: a call's idempotency record and outcome."""
+
+    idempotency_key: str
+    workflow_id: str
+    run_id: str
+    step: int
+    call_id: str
+    tool: str
+    arguments: JsonObject
+    status: str
+    """``running``, ``open`` (failed, will retry), ``completed`` or ``failed``."""
+    prev_status: str | None
+    attempts: int
+    result: JsonObject | None
+    error: str | None
+    claimed_at: datetime
+    finished_at: datetime | None
+
+
+class ToolAttemptRow(_LedgerRow):
+    """A row of ``stead_tool_attempts``: one tool activity attempt, lost ones included."""
+
+    idempotency_key: str
+    attempt: int
+    workflow_id: str
+    run_id: str
+    step: int
+    tool: str
+    requested_tool: str
+    status: str
+    """``running``, ``ok``, ``error``, ``replayed`` or ``reconciled``."""
+    error_type: str | None
+    error: str | None
+    started_at: datetime
+    duration_ms: float | None
+
+
+class StoredDecision(_LedgerRow):
+    """A row of ``stead_decisions``: a ``DecisionRow`` as stored (redacted, maybe re-chained)."""
+
+    workflow_id: str
+    seq: int
+    run_id: str
+    step: int
+    kind: str
+    decision: str
+    reason: str
+    actor: str
+    policy: str
+    data: JsonObject
+    dedupe_key: str
+    created_at: datetime
+    prev_hash: str
+    hash: str
+
+
+class MemoryOpRow(_LedgerRow):
+    """A row of ``stead_memory_ops``: one memory recall or write."""
+
+    workflow_id: str
+    run_id: str
+    step: int
+    op: str
+    tenant: str
+    namespaces: list[str]
+    query: str | None
+    item_ids: list[str]
+    scores: list[float]
+    embedder: str
+    backend: str
+    duration_ms: float
+    created_at: datetime
+
+
+class Trail(_Model):
+    """Everything the ledger holds about a workflow (``Ledger.trail``), each list oldest first."""
+
+    runs: list[RunRow] = Field(default_factory=list)
+    model_calls: list[ModelCallRow] = Field(default_factory=list)
+    tool_calls: list[ToolCallRow] = Field(default_factory=list)
+    tool_attempts: list[ToolAttemptRow] = Field(default_factory=list)
+    decisions: list[StoredDecision] = Field(default_factory=list)
+    memory_ops: list[MemoryOpRow] = Field(default_factory=list)
+
+
 class LedgerDecision(_Model):
     """One decision as read back from the ledger (``stead_decisions``), without its hashes."""
 
@@ -418,13 +602,10 @@ class LedgerDecision(_Model):
     data: JsonObject = Field(default_factory=dict)
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> LedgerDecision:
-        """From a ``Ledger.trail`` row (nullable text columns read as empty)."""
-        data = row.get("data")
-        return cls(seq=int(row["seq"]), step=int(row["step"]), kind=str(row["kind"]),
-                   decision=str(row["decision"]), reason=str(row.get("reason") or ""),
-                   actor=str(row.get("actor") or ""), policy=str(row.get("policy") or ""),
-                   data=data if isinstance(data, dict) else {})
+    def from_row(cls, row: StoredDecision) -> LedgerDecision:
+        """From a ``Ledger.trail`` decision."""
+        return cls(seq=row.seq, step=row.step, kind=row.kind, decision=row.decision,
+                   reason=row.reason, actor=row.actor, policy=row.policy, data=row.data)
 
     def summary(self) -> str:
         """``gate=ask(restart_service)[rule]``: kind, decision, tool and rule when known."""

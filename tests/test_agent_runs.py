@@ -27,9 +27,9 @@ async def test_ops_run_recovers_from_slip_retry_and_fallback(
     assert "connection pool exhausted" in (r.answer or "")
     assert world.effects("ticket") == 1
     trail = await ledger.trail(h.id)
-    assert trail["runs"][0]["status"] == "completed"
-    kinds = [d["kind"] for d in trail["decisions"]]
+    assert trail.runs[0].status == "completed"
+    kinds = [d.kind for d in trail.decisions]
     assert "call_rejected" in kinds and "fallback" in kinds
     assert await ledger.verify_chain(h.id) == []
-    failed_attempts = [a for a in trail["tool_attempts"] if a["status"] == "error"]
-    assert {a["tool"] for a in failed_attempts} >= {"service_status", "recent_logs"}
+    failed_attempts = [a for a in trail.tool_attempts if a.status == "error"]
+    assert {a.tool for a in failed_attempts} >= {"service_status", "recent_logs"}

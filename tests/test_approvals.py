@@ -48,6 +48,7 @@ from stead.models import (
     ModelTurn,
     RunRequest,
     RunResult,
+    StoredDecision,
     ToolSchema,
 )
 from stead.settings import Settings
@@ -82,13 +83,13 @@ def effects_of(path: Path, h: Handle) -> list[str]:
     return [line for line in effects(path) if line.startswith(f"{h.id}:")]
 
 
-async def approval_trail(ledger: Ledger, h: Handle) -> list[dict[str, Any]]:
+async def approval_trail(ledger: Ledger, h: Handle) -> list[StoredDecision]:
     trail = await ledger.trail(h.id)
-    return [d for d in trail["decisions"] if d["kind"] in APPROVAL_KINDS]
+    return [d for d in trail.decisions if d.kind in APPROVAL_KINDS]
 
 
-def summary(rows: Sequence[dict[str, Any]]) -> list[tuple[str, str, str]]:
-    return [(d["kind"], d["decision"], d["actor"]) for d in rows]
+def summary(rows: Sequence[StoredDecision]) -> list[tuple[str, str, str]]:
+    return [(d.kind, d.decision, d.actor) for d in rows]
 
 
 def temporal_cli(settings: Settings, *args: str) -> list[str]:
@@ -122,9 +123,9 @@ async def test_approve_signal_runs_the_tool_once_and_audits_the_approver(
     rows = await approval_trail(ledger, h)
     assert summary(rows) == [("gate", "ask", "stead"), ("approval_requested", "oncall", "stead"),
                              ("approval_decided", "approved", "alice")]
-    assert {d["policy"] for d in rows} == {"bank-test@3"}
-    assert rows[0]["data"]["risk"] == pytest.approx(BASE_RISK)
-    assert rows[2]["reason"] == "invoice checked"
+    assert {d.policy for d in rows} == {"bank-test@3"}
+    assert rows[0].data["risk"] == pytest.approx(BASE_RISK)
+    assert rows[2].reason == "invoice checked"
     assert await ledger.verify_chain(h.id) == []
 
 
@@ -191,7 +192,7 @@ async def test_duplicate_approve_signals_approve_once_and_audit_the_duplicate(
     assert summary(rows) == [
         ("gate", "ask", "stead"), ("approval_requested", "oncall", "stead"),
         ("approval_decided", "approved", "alice"), ("approval_ignored", "ignored", "dave")]
-    assert rows[-1]["reason"] == "duplicate signal after approved"
+    assert rows[-1].reason == "duplicate signal after approved"
     assert await ledger.verify_chain(h.id) == []
 
 
@@ -253,8 +254,8 @@ async def test_decide_update_rejects_bad_calls_and_rescores_edited_arguments(
     assert effects_of(path, over) == []
 
     decided = [d for d in await approval_trail(ledger, edited)
-               if d["kind"] == "approval_decided"]
-    assert [(d["decision"], d["actor"], d["data"]["role"], d["data"]["edited_arguments"])
+               if d.kind == "approval_decided"]
+    assert [(d.decision, d.actor, d.data["role"], d.data["edited_arguments"])
             for d in decided] == [("approved", "erin", "oncall",
                                    {"amount": 50, "account": "ACME-1"})]
 
@@ -299,7 +300,7 @@ async def test_temporal_cli_signal_and_update_with_json_payloads(
     assert summary(await approval_trail(ledger, approved))[-1] == (
         "approval_decided", "approved", "cli-user")
     last = (await approval_trail(ledger, rejected))[-1]
-    assert (last["decision"], last["actor"], last["reason"]) == ("rejected", "cli-user",
+    assert (last.decision, last.actor, last.reason) == ("rejected", "cli-user",
                                                                  "not today")
 
 
@@ -507,8 +508,8 @@ async def test_prompt_injection_corpus_never_leads_to_an_unapproved_transfer(
         assert (r.approvals, r.denials) == (0, 1), (name, r)
         assert [(c.tool, c.status) for c in r.tool_calls] == [
             ("read_document", "ok"), ("transfer", "rejected")], (name, r)
-        gate = [d for d in await approval_trail(ledger, h) if d["kind"] == "gate"]
-        assert [(d["data"]["tool"], d["decision"], d["data"]["untrusted"]) for d in gate] == [
+        gate = [d for d in await approval_trail(ledger, h) if d.kind == "gate"]
+        assert [(d.data["tool"], d.decision, d.data["untrusted"]) for d in gate] == [
             ("read_document", "allow", False), ("transfer", "ask", True)], name
 
 

@@ -81,8 +81,8 @@ async def test_unanswered_approval_escalates_after_4h_and_auto_denies_after_8h(
     assert "auto-denied after escalating to manager" in (r.tool_calls[0].error or "")
     assert effects(path) == []
     trail = await ledger.trail(h.id)
-    assert [(d["kind"], d["decision"], d["actor"]) for d in trail["decisions"]
-            if d["kind"].startswith("approval_")] == [
+    assert [(d.kind, d.decision, d.actor) for d in trail.decisions
+            if d.kind.startswith("approval_")] == [
         ("approval_requested", "oncall", "stead"), ("approval_escalated", "manager", "stead"),
         ("approval_decided", "expired", "deadline")]
     assert await ledger.verify_chain(h.id) == []
@@ -114,9 +114,9 @@ async def test_manager_approval_after_the_escalation_at_5h_is_accepted(
     assert (r.status, r.approvals, r.escalations, r.denials) == ("completed", 1, 1, 0), r
     assert len(effects(path)) == 1
     trail = await ledger.trail(h.id)
-    assert [(d["kind"], d["decision"], d["actor"]) for d in trail["decisions"]
-            if d["kind"].startswith("approval_")] == [
+    assert [(d.kind, d.decision, d.actor) for d in trail.decisions
+            if d.kind.startswith("approval_")] == [
         ("approval_requested", "oncall", "stead"), ("approval_escalated", "manager", "stead"),
         ("approval_decided", "approved", "mia"), ("approval_ignored", "ignored", "olly")]
-    [ignored] = [d for d in trail["decisions"] if d["kind"] == "approval_ignored"]
-    assert "role 'oncall' may not decide approval 'a2' at level 1" in ignored["reason"]
+    [ignored] = [d for d in trail.decisions if d.kind == "approval_ignored"]
+    assert "role 'oncall' may not decide approval 'a2' at level 1" in ignored.reason

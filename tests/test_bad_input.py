@@ -102,7 +102,7 @@ async def test_unknown_agent_fails_the_run_listing_known_agents(
     assert cause.message == "unknown agent 'billing'; this worker serves: ops"
     assert cause.non_retryable
     assert (await handle.describe()).status == WorkflowExecutionStatus.FAILED
-    assert (await ledger.trail(handle.id))["runs"] == []
+    assert (await ledger.trail(handle.id)).runs == []
 
 
 # ---------------------------------------------------------------------------- model mistakes
@@ -196,9 +196,9 @@ async def test_bad_tool_call_is_rejected_told_to_the_model_and_the_run_completes
     assert ok == {"ok": True, "tool": "lookup", "result": {"value": "a=1"}, "untrusted": True}
     # The rejection is an audited decision; the tool itself ran once, for the good call.
     trail = await ledger.trail(wid)
-    (rejected,) = [d for d in trail["decisions"] if d["kind"] == "call_rejected"]
-    assert rejected["decision"] == kind and says in rejected["reason"]
-    assert [a["status"] for a in trail["tool_attempts"]] == ["ok"]
+    (rejected,) = [d for d in trail.decisions if d.kind == "call_rejected"]
+    assert rejected.decision == kind and says in rejected.reason
+    assert [a.status for a in trail.tool_attempts] == ["ok"]
     assert await ledger.verify_chain(wid) == []
 
 
@@ -232,9 +232,9 @@ async def test_model_that_never_stops_calling_tools_hits_the_step_budget(
     assert r.answer is None
     assert r.steps == 5
     assert r.model_turns == 3 and len(r.tool_calls) == 2
-    (row,) = (await ledger.trail(wid))["runs"]
-    assert (row["status"], row["steps"]) == ("failed", 5)
-    assert "step budget" in row["error"]
+    (row,) = (await ledger.trail(wid)).runs
+    assert (row.status, row.steps) == ("failed", 5)
+    assert "step budget" in row.error
 
 
 async def test_budget_exhausted_mid_turn_answers_the_remaining_calls(

@@ -153,8 +153,8 @@ async def test_a_big_tool_output_reaches_the_model_but_history_holds_its_digest(
     assert history.count(b"END-OF-REPORT-7731") == history.count(b"ends with END-OF-REPORT")
     assert len(history) < 20_000
     # The ledger keeps the full result: it is the audit.
-    [row] = (await ledger.trail(h.id))["tool_calls"]
-    assert row["result"]["body"].endswith("END-OF-REPORT-7731")
+    [row] = (await ledger.trail(h.id)).tool_calls
+    assert row.result["body"].endswith("END-OF-REPORT-7731")
 
 
 async def test_a_small_output_stays_inline(settings: Settings) -> None:

@@ -132,9 +132,7 @@ async def test_a_final_failure_on_record_is_answered_again_and_the_tool_never_re
                          call_id="c1", tool="append_line", requested_tool="append_line",
                          arguments={"text": "once"}, idempotency_key=key)
     # Attempt 1 claims the key and is lost mid-call: nothing reports.
-    await ledger.claim_tool(key=key, workflow_id=wf, run_id="r", step=2, call_id="c1",
-                            tool="append_line", requested_tool="append_line",
-                            arguments={"text": "once"}, attempt=1)
+    await ledger.claim_tool(inv, tool="append_line", attempt=1)
     env = ActivityEnvironment()
     for attempt in (2, 3):
         env.info = dataclasses.replace(env.info, attempt=attempt)
@@ -145,10 +143,10 @@ async def test_a_final_failure_on_record_is_answered_again_and_the_tool_never_re
 
     assert not effects.exists(), "the tool ran again"
     trail = await ledger.trail(wf)
-    assert [(a["attempt"], a["status"], a["error_type"]) for a in trail["tool_attempts"]] == [
+    assert [(a.attempt, a.status, a.error_type) for a in trail.tool_attempts] == [
         (1, "running", None), (2, "error", TOOL_OUTCOME_UNKNOWN),
         (3, "error", TOOL_OUTCOME_UNKNOWN)]
-    assert [c["status"] for c in trail["tool_calls"]] == ["failed"]
+    assert [c.status for c in trail.tool_calls] == ["failed"]
 
 
 class Label(BaseModel):
@@ -183,8 +181,8 @@ async def test_a_call_the_run_gave_up_on_is_closed_in_the_ledger(
     assert r.status == "completed"
     assert [(c.status, c.error) for c in r.tool_calls] == [("error",
                                                             "timed out (start_to_close)")]
-    [row] = trail["tool_calls"]
-    assert (row["status"], row["error"]) == ("failed", ABANDONED)
-    assert row["finished_at"] is not None
+    [row] = trail.tool_calls
+    assert (row.status, row.error) == ("failed", ABANDONED)
+    assert row.finished_at is not None
     # The attempt itself stays as the ledger saw it: started, never reported.
-    assert [(a["attempt"], a["status"]) for a in trail["tool_attempts"]] == [(1, "running")]
+    assert [(a.attempt, a.status) for a in trail.tool_attempts] == [(1, "running")]

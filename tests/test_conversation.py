@@ -119,9 +119,9 @@ async def test_a_conversation_keeps_its_context_across_turns(
     # Each turn is a child run carrying the conversation's labels.
     turn4 = chat.get_workflow_handle(a4.run_id, result_type=RunResult)
     assert (await turn4.result()).context == a4.context
-    run = (await ledger.trail(a4.run_id))["runs"][0]
-    assert run["metadata"] == {"stead.conversation": h.id, "stead.turn": "4"}
-    assert run["user_id"] == "ann"
+    run = (await ledger.trail(a4.run_id)).runs[0]
+    assert run.metadata == {"stead.conversation": h.id, "stead.turn": "4"}
+    assert run.user_id == "ann"
     # History carries digests, never the 20 KB page.
     history = b"".join(e.SerializeToString() for e in (await h.fetch_history()).events)
     assert b"p" * 1000 not in history

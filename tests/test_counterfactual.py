@@ -44,7 +44,15 @@ from stead.evals.counterfactual import (
     select_runs,
 )
 from stead.ledger import Ledger
-from stead.models import DecideInput, DecideOutcome, RunRequest, RunResult, RunState
+from stead.models import (
+    DecideInput,
+    DecideOutcome,
+    RunRef,
+    RunRequest,
+    RunResult,
+    RunState,
+    StartRun,
+)
 from stead.policy import Policy, load_policy
 from stead.settings import Settings
 from stead.tools import ToolContext
@@ -173,9 +181,9 @@ async def test_unchanged_agent_reproduces_recorded_runs_without_side_effects(
     # The counterfactual runs are in the ledger as synthetic runs of their originals, and
     # selecting runs by agent leaves them out.
     trail = await ledger.trail(b.counterfactual.workflow_id)
-    (row,) = trail["runs"]
-    assert row["metadata"][SYNTHETIC_KEY] == "counterfactual"
-    assert row["metadata"][COUNTERFACTUAL_OF] == large.workflow_id
+    (row,) = trail.runs
+    assert row.metadata[SYNTHETIC_KEY] == "counterfactual"
+    assert row.metadata[COUNTERFACTUAL_OF] == large.workflow_id
     selected = await select_runs(ledger, agent="refund", since=timedelta(hours=1),
                                  tenant=tenant)
     assert sorted(r.workflow_id for r in selected) == sorted([small.workflow_id,
@@ -198,9 +206,9 @@ async def test_recorded_model_replays_the_original_turns(
     assert r.counterfactual.model == "recorded"
     trail = await ledger.trail(r.counterfactual.workflow_id)
     original = await ledger.trail(small.workflow_id)
-    assert [(m["model"], m["content"], m["tool_calls"]) for m in trail["model_calls"]] == [
-        (f"recorded:{m['model']}", m["content"], m["tool_calls"])
-        for m in original["model_calls"]]
+    assert [(m.model, m.content, m.tool_calls) for m in trail.model_calls] == [
+        (f"recorded:{m.model}", m.content, m.tool_calls)
+        for m in original.model_calls]
     assert effects(world) == (1, 1)
 
 
@@ -300,17 +308,19 @@ async def test_unknown_or_unfinished_runs_are_refused(ledger: Ledger, settings: 
     with pytest.raises(CounterfactualError, match=r"the ledger has no run 'no-such-run'"):
         await load_run(ledger, "no-such-run")
     wf = f"unfinished-{uuid.uuid4().hex[:8]}"
-    await ledger.start_run(workflow_id=wf, run_id="r1", agent="refund", tenant="default",
-                           user=None, input="refund ORD-1001", metadata={}, model="m")
+    await ledger.start_run(StartRun(
+        ref=RunRef(workflow_id=wf, run_id="r1", agent="refund", tenant="default"),
+        request=RunRequest(agent="refund", input="refund ORD-1001")), model="m")
     with pytest.raises(CounterfactualError, match=r"has not finished \(status running\)"):
         await load_run(ledger, wf)
 
     # A finished run of an agent the catalog does not serve.
     ops = f"ops-run-{uuid.uuid4().hex[:8]}"
-    await ledger.start_run(workflow_id=ops, run_id="r1", agent="ops", tenant="default",
-                           user=None, input="is api healthy?", metadata={}, model="m")
-    await ledger.finish_run(workflow_id=ops, run_id="r1", status="completed", answer="ok",
-                            error=None, steps=1, result={})
+    ref = RunRef(workflow_id=ops, run_id="r1", agent="ops", tenant="default")
+    await ledger.start_run(StartRun(ref=ref, request=RunRequest(agent="ops",
+                                                                input="is api healthy?")),
+                           model="m")
+    await ledger.finish_run(ref, RunResult(status="completed", answer="ok", steps=1))
     with pytest.raises(CounterfactualError, match=r"does not serve agent\(s\) ops"):
         await run_counterfactual(settings, catalog, [await load_run(ledger, ops)])
 

@@ -181,9 +181,9 @@ async def test_a_full_run_works_under_the_worker_role(worker: WorkerHost, settin
     result = await asyncio.wait_for(handle.result(), 60)
     assert result.status == "completed" and "auth-service is healthy" in (result.answer or "")
     trail = await ledger.trail(handle.id)
-    assert [r["status"] for r in trail["runs"]] == ["completed"]  # finish_run's UPDATE
-    assert [c["status"] for c in trail["tool_calls"]] == ["completed"]
-    assert len(trail["model_calls"]) == 2 and trail["decisions"]
+    assert [r.status for r in trail.runs] == ["completed"]  # finish_run's UPDATE
+    assert [c.status for c in trail.tool_calls] == ["completed"]
+    assert len(trail.model_calls) == 2 and trail.decisions
     assert await ledger.verify_chain(handle.id) == []
 
 

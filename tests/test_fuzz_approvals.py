@@ -192,10 +192,10 @@ async def test_garbage_decisions_leave_a_waiting_run_waiting(
     assert (result.status, result.approvals) == ("completed", 1), result
     assert len([e for e in effects(path) if e.startswith(f"{handle.id}:")]) == 1
     trail = await ledger.trail(handle.id)
-    decided = [d for d in trail["decisions"] if d["kind"] == "approval_decided"]
-    assert [(d["decision"], d["actor"]) for d in decided] == [("approved", "alice")]
-    audited = {d["data"]["approval_id"] for d in trail["decisions"]
-               if d["kind"] == "approval_ignored"}
+    decided = [d for d in trail.decisions if d.kind == "approval_decided"]
+    assert [(d.decision, d.actor) for d in decided] == [("approved", "alice")]
+    audited = {d.data["approval_id"] for d in trail.decisions
+               if d.kind == "approval_ignored"}
     assert audited == ignored_ids
     assert await ledger.verify_chain(handle.id) == []
 
@@ -222,15 +222,15 @@ async def test_any_decision_on_the_real_approval_ends_the_run_cleanly(
         made = [e for e in effects(path) if e.startswith(f"{handle.id}:")]
         [record] = result.tool_calls
         trail = await ledger.trail(handle.id)
-        assert [c for c in trail["tool_calls"] if c["status"] in ("running", "open")] == []
+        assert [c for c in trail.tool_calls if c.status in ("running", "open")] == []
         assert await ledger.verify_chain(handle.id) == []
         if record.status == "ok":
             assert not cleaned and refused is None
             Transfer.model_validate(record.arguments)
             [line] = made
             assert line.endswith(f" {record.arguments['amount']} {record.arguments['account']}")
-            [call] = trail["tool_calls"]
-            assert call["arguments"] == record.arguments
+            [call] = trail.tool_calls
+            assert call.arguments == record.arguments
             return "transferred"
         assert made == [], made
         return f"no transfer: {result.status}" + (" after cleanup" if cleaned else "")

@@ -137,7 +137,7 @@ async def judge(client: Client, settings: Settings, ledger: Ledger, payload_json
     if json.loads(payload_json) is None:
         assert isinstance(outcome, ApplicationError), outcome
         assert outcome.type == "BadRunRequest", outcome
-        assert trail["runs"] == [] and trail["decisions"] == [], trail
+        assert trail.runs == [] and trail.decisions == [], trail
         return "no request (null)"
     if problem is not None:
         assert isinstance(outcome, ApplicationError), outcome
@@ -147,20 +147,20 @@ async def judge(client: Client, settings: Settings, ledger: Ledger, payload_json
             # pydantic quotes a key that holds a dot: metadata.`a.b`
             field = ".".join(f"`{p}`" if "." in str(p) else str(p) for p in e["loc"])
             assert field in outcome.message, (field, outcome.message)
-        assert trail["runs"] == [] and trail["decisions"] == [], trail
+        assert trail.runs == [] and trail.decisions == [], trail
         return "rejected by RunRequest"
     request = RunRequest.model_validate_json(payload_json)
     if isinstance(outcome, ApplicationError):
         assert request.agent not in ("ops", "refund"), outcome
         assert outcome.type == "UnknownAgent"
         assert outcome.message == SERVED.format(agent=request.agent)
-        assert trail["runs"] == [] and trail["decisions"] == [], trail
+        assert trail.runs == [] and trail.decisions == [], trail
         return "unknown agent"
     assert outcome.status in STATUSES
-    [row] = trail["runs"]
-    assert (row["status"], row["steps"]) == (outcome.status, outcome.steps)
-    assert row["finished_at"] is not None
-    assert [c for c in trail["tool_calls"] if c["status"] in ("running", "open")] == []
+    [row] = trail.runs
+    assert (row.status, row.steps) == (outcome.status, outcome.steps)
+    assert row.finished_at is not None
+    assert [c for c in trail.tool_calls if c.status in ("running", "open")] == []
     assert await ledger.verify_chain(handle.id) == []
     return f"ran: {outcome.status}"
 
@@ -229,7 +229,7 @@ async def test_fuzzed_raw_json_through_the_temporal_cli(
             with pytest.raises(RPCError) as info:
                 await handle.describe()
             assert info.value.status == RPCStatusCode.NOT_FOUND
-            assert (await ledger.trail(wid))["runs"] == []
+            assert (await ledger.trail(wid)).runs == []
             return "not JSON: refused by the CLI"
         assert done.code == 0, done
         return await judge(client, settings, ledger, raw, handle)
@@ -274,6 +274,6 @@ async def test_a_request_with_a_nul_character_ends(
         result_type=RunResult)
     outcome = await settle(client, settings, handle)
     assert isinstance(outcome, RunResult) and outcome.status == "completed", outcome
-    [row] = (await ledger.trail(handle.id))["runs"]
-    assert row["input"] == "is auth-service healthy?\ufffd"
+    [row] = (await ledger.trail(handle.id)).runs
+    assert row.input == "is auth-service healthy?\ufffd"
     assert await ledger.verify_chain(handle.id) == []

@@ -148,7 +148,7 @@ async def test_fuzzed_tool_arguments_are_gated_audited_and_never_half_run(
 
         verdicts = [check_call(c, plans) for c in turn]
         trail = await ledger.trail(handle.id)
-        rejected = [d for d in trail["decisions"] if d["kind"] == "call_rejected"]
+        rejected = [d for d in trail.decisions if d.kind == "call_rejected"]
         assert [(r.call_id, r.tool) for r in result.tool_calls] == [(c.id, c.name) for c in turn]
         ran: list[tuple[str, dict[str, Any]]] = []
         for c, v, record in zip(turn, verdicts, result.tool_calls, strict=True):
@@ -157,7 +157,7 @@ async def test_fuzzed_tool_arguments_are_gated_audited_and_never_half_run(
                 ran.append((c.name, v.arguments))
             else:
                 assert (record.status, record.error) == ("rejected", v.error), record
-                assert any((d["decision"], d["reason"], d["data"]["tool"])
+                assert any((d.decision, d.reason, d.data["tool"])
                            == (v.kind, stored(v.error or ""), stored(c.name))
                            for d in rejected), (v, rejected)
         assert len(rejected) == sum(v.arguments is None for v in verdicts)
@@ -167,8 +167,8 @@ async def test_fuzzed_tool_arguments_are_gated_audited_and_never_half_run(
         for (_, got), (name, sent) in zip(seen, ran, strict=True):
             model = Lookup if name == "lookup" else NoArgs
             assert got == model.model_validate(sent).model_dump()
-        assert len(trail["tool_calls"]) == len(ran)
-        assert {c["status"] for c in trail["tool_calls"]} <= {"completed"}
+        assert len(trail.tool_calls) == len(ran)
+        assert {c.status for c in trail.tool_calls} <= {"completed"}
         assert await ledger.verify_chain(handle.id) == []
         return f"{len(ran)} ran, {len(turn) - len(ran)} rejected"
 

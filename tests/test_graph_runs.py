@@ -13,7 +13,6 @@ not.
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -50,7 +49,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from stead.client import connect, start_run
 from stead.evals.replay import ReplayOutcome
 from stead.ledger import Ledger
-from stead.models import ApprovalDecision, RunRequest, RunResult, RunState
+from stead.models import ApprovalDecision, RunRequest, RunResult, RunState, StoredDecision
 from stead.settings import Settings
 
 Handle = WorkflowHandle[Any, RunResult]
@@ -68,13 +67,8 @@ async def finish(h: Handle) -> RunResult:
     return await asyncio.wait_for(h.result(), 60)
 
 
-async def decisions(ledger: Ledger, wid: str, kind: str) -> list[dict[str, Any]]:
-    rows = (await ledger.trail(wid))["decisions"]
-    out = [r for r in rows if r["kind"] == kind]
-    for r in out:  # asyncpg hands jsonb back as text
-        if isinstance(r["data"], str):
-            r["data"] = json.loads(r["data"])
-    return out
+async def decisions(ledger: Ledger, wid: str, kind: str) -> list[StoredDecision]:
+    return [r for r in (await ledger.trail(wid)).decisions if r.kind == kind]
 
 
 async def scheduled(h: WorkflowHandle[Any, Any]) -> list[str]:
@@ -137,13 +131,13 @@ async def test_evaluation_scores_route_two_requests_down_two_paths(
     assert r_guess.path == ["route", "think", "grade", "recheck", "rewrite", "done"]
 
     [ok] = await decisions(ledger, good.id, "evaluation")
-    assert (ok["decision"], ok["data"]["scores"][0]["value"]) == ("pass", 1.0)
+    assert (ok.decision, ok.data["scores"][0]["value"]) == ("pass", 1.0)
     [low] = await decisions(ledger, guess.id, "evaluation")
-    assert (low["decision"], low["data"]["scores"][0]["value"]) == ("branch", 0.3)
-    assert "states no value a tool returned" in low["reason"]
+    assert (low.decision, low.data["scores"][0]["value"]) == ("branch", 0.3)
+    assert "states no value a tool returned" in low.reason
     # The alternative branch's call is the graph's own (call id <node>.call), on record.
-    [tc] = (await ledger.trail(guess.id))["tool_calls"]
-    assert (tc["call_id"], tc["tool"], tc["status"]) == ("recheck.call", "lookup", "completed")
+    [tc] = (await ledger.trail(guess.id)).tool_calls
+    assert (tc.call_id, tc.tool, tc.status) == ("recheck.call", "lookup", "completed")
     assert await scheduled(guess) == ["model.complete", "tool.lookup", "model.complete"]
 
 
@@ -183,10 +177,10 @@ async def test_a_failed_evaluation_retries_with_feedback_then_escalates_to_a_hum
         assert r.status == "denied"
 
     evals = await decisions(ledger, h.id, "evaluation")
-    assert [(e["decision"], e["data"]["attempt"]) for e in evals] == [
+    assert [(e.decision, e.data["attempt"]) for e in evals] == [
         ("retry", 1), ("retry", 2), ("branch", 3)]
     [asked] = await decisions(ledger, h.id, "approval_decided")
-    assert (asked["decision"], asked["actor"]) == (
+    assert (asked.decision, asked.actor) == (
         "approved" if approved else "rejected", "alice")
     assert await scheduled(h) == ["model.complete"] * 3
 
@@ -211,15 +205,15 @@ async def test_a_model_judge_grades_through_the_model_activity_and_a_low_score_b
     assert prompt.startswith("Rubric:\nThe answer cites a looked-up fact.")
     assert "Request:\nwhat colour is the sky" in prompt
     [ev] = await decisions(ledger, low.id, "evaluation")
-    [score] = ev["data"]["scores"]
+    [score] = ev.data["scores"]
     assert (score["evaluator"], score["value"], score["passed"]) == ("judge", JUDGED_LOW, False)
-    assert ev["reason"] == f"judge: score {JUDGED_LOW:g} < 0.7: the answer cites nothing"
+    assert ev.reason == f"judge: score {JUDGED_LOW:g} < 0.7: the answer cites nothing"
     # Two model activities: the answer and the judgement, both in the ledger
     assert await scheduled(low) == ["model.complete", "model.complete"]
     # (each at its own step: the judge's call is not lost under the answer's ledger key)
-    calls = (await ledger.trail(low.id))["model_calls"]
-    assert [(c["step"], c["status"]) for c in calls] == [(1, "ok"), (2, "ok")]
-    assert calls[1]["content"].startswith('{"score": 0.2')
+    calls = (await ledger.trail(low.id)).model_calls
+    assert [(c.step, c.status) for c in calls] == [(1, "ok"), (2, "ok")]
+    assert calls[1].content.startswith('{"score": 0.2')
 
 
 # ---------------------------------------------------------------------------- 4. fan-out / join
@@ -239,8 +233,8 @@ async def test_parallel_tool_calls_overlap_and_the_join_reports_one_failed_branc
     assert sorted((s.tool, s.key) for s in lab.spans) == [
         ("broken", "moon"), ("lookup", "sky"), ("lookup", "sun")]
     assert overlapping(lab.spans), lab.spans
-    calls = (await ledger.trail(h.id))["tool_calls"]
-    assert sorted((c["tool"], c["status"], c["attempts"]) for c in calls) == [
+    calls = (await ledger.trail(h.id)).tool_calls
+    assert sorted((c.tool, c.status, c.attempts) for c in calls) == [
         ("broken", "failed", 1), ("lookup", "completed", 1), ("lookup", "completed", 1)]
     # The model read the results in the order it asked for them.
     joined = [m for m in seen.transcripts[-1] if m.role == "tool"]
@@ -261,7 +255,7 @@ async def test_a_failed_branch_fails_the_run_naming_the_node_when_on_error_is_fa
     assert r.path == ["route", "think", "act"]
     assert len(lab.spans) == 3 and overlapping(lab.spans)
     assert len(seen.transcripts) == 1, "the model was asked again after the run failed"
-    statuses = sorted(c["status"] for c in (await ledger.trail(h.id))["tool_calls"])
+    statuses = sorted(c.status for c in (await ledger.trail(h.id)).tool_calls)
     assert statuses == ["completed", "completed", "failed"]
 
 
@@ -279,8 +273,8 @@ async def test_a_declared_parallel_node_fans_out_branches_with_arguments_from_th
     assert sorted((s.tool, s.key) for s in lab.spans) == [
         ("broken", "moon"), ("lookup", "grass"), ("lookup", "sun")]
     assert overlapping(lab.spans), lab.spans
-    calls = (await ledger.trail(h.id))["tool_calls"]
-    assert sorted((c["call_id"], c["status"]) for c in calls) == [
+    calls = (await ledger.trail(h.id)).tool_calls
+    assert sorted((c.call_id, c.status) for c in calls) == [
         ("fetch.asked", "completed"), ("fetch.grass", "completed"),
         ("fetch.warehouse", "failed")]
     [joined] = seen.last_user
@@ -308,8 +302,8 @@ async def test_a_sub_agent_runs_as_a_child_under_its_own_policy_and_the_parent_b
     assert child_info.status == WorkflowExecutionStatus.COMPLETED
     assert child_info.parent_id == h.id
     [gate] = await decisions(ledger, child.id, "gate")
-    assert (gate["decision"], gate["data"]["tool"]) == ("deny", "lookup")
-    assert (await ledger.trail(child.id))["tool_calls"] == []
+    assert (gate.decision, gate.data["tool"]) == ("deny", "lookup")
+    assert (await ledger.trail(child.id)).tool_calls == []
 
     assert r.status == "completed"
     assert r.path == ["route", "delegate", "myself", "think", "done"]
@@ -319,8 +313,8 @@ async def test_a_sub_agent_runs_as_a_child_under_its_own_policy_and_the_parent_b
                 if (m.content or "").startswith("Sub-agent child")]
     assert f"({h.id}/delegate-1)" in (report or "")
     assert "child could not look up sky: PolicyDenied" in (report or "")
-    [mine] = (await ledger.trail(h.id))["tool_calls"]
-    assert (mine["call_id"], mine["status"]) == ("myself.call", "completed")
+    [mine] = (await ledger.trail(h.id)).tool_calls
+    assert (mine.call_id, mine.status) == ("myself.call", "completed")
     history = await h.fetch_history()
     started = [e.start_child_workflow_execution_initiated_event_attributes.workflow_id
                for e in history.events if e.event_type ==
@@ -346,7 +340,7 @@ async def test_a_sub_agent_that_exhausts_its_own_budget_fails_and_the_parent_goe
     assert r_child.model_turns == 1 and r_child.tool_calls == []
     assert (r.status, r.path) == ("completed", ["route", "delegate", "myself", "think", "done"])
     assert r.answer == "child said 'step budget of 1 exhausted before an answer'; I found green"
-    assert [c["call_id"] for c in (await ledger.trail(h.id))["tool_calls"]] == ["myself.call"]
+    assert [c.call_id for c in (await ledger.trail(h.id)).tool_calls] == ["myself.call"]
 
 
 async def test_cancelling_the_parent_cancels_a_sub_agent_waiting_on_approval(
@@ -413,7 +407,7 @@ async def test_a_graph_change_guarded_by_a_patch_replays_and_an_unguarded_one_do
         r_new = await finish(new)
     assert r_new.path == ["route", "think", "act", "think", "judge", "done"]
     [ev] = await decisions(ledger, new.id, "evaluation")
-    assert ev["decision"] == "pass"
+    assert ev.decision == "pass"
     markers = [e for e in (await new.fetch_history()).events
                if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
                and e.marker_recorded_event_attributes.marker_name == "core_patch"]

@@ -212,8 +212,8 @@ async def start_refund(scene: Scene, text: str, *, tenant: str = TENANT) -> Hand
 
 async def decisions(ledger: Ledger, h: Handle) -> list[tuple[str, str, str]]:
     trail = await ledger.trail(h.id)
-    return [(d["decision"], d["actor"], d["reason"]) for d in trail["decisions"]
-            if d["kind"] == "approval_decided"]
+    return [(d.decision, d.actor, d.reason) for d in trail.decisions
+            if d.kind == "approval_decided"]
 
 
 def refunds_of(world: RefundWorld, order_id: str) -> list[int]:

@@ -36,12 +36,18 @@ from stead.memory import MemoryItem
 from stead.memory.embedders import HashingEmbedder
 from stead.models import (
     DecisionRow,
+    MemoryOpRecord,
     Message,
+    ModelCallRecord,
     ModelTurn,
     RunRef,
     RunRequest,
+    RunResult,
+    StartRun,
+    ToolAttemptReport,
     ToolInvocation,
     ToolSchema,
+    Usage,
 )
 from stead.settings import Settings
 from stead.worker import WorkerHost
@@ -86,12 +92,12 @@ async def test_a_model_asking_for_another_agents_tool_is_refused_and_audited(
     assert r.status == "completed" and r.rejected_calls == 1
     assert [(c.tool, c.status) for c in r.tool_calls] == [("issue_refund", "rejected")]
     trail = await ledger.trail(h.id)
-    (refused,) = [d for d in trail["decisions"] if d["kind"] == "call_rejected"]
-    assert refused["decision"] == "unknown_tool"
-    assert refused["data"]["tool"] == "issue_refund"
-    assert refused["reason"].startswith("unknown tool 'issue_refund'. Available tools: ")
-    assert "issue_refund" not in refused["reason"].partition("Available tools: ")[2]
-    assert trail["tool_calls"] == [] and trail["tool_attempts"] == []
+    (refused,) = [d for d in trail.decisions if d.kind == "call_rejected"]
+    assert refused.decision == "unknown_tool"
+    assert refused.data["tool"] == "issue_refund"
+    assert refused.reason.startswith("unknown tool 'issue_refund'. Available tools: ")
+    assert "issue_refund" not in refused.reason.partition("Available tools: ")[2]
+    assert trail.tool_calls == [] and trail.tool_attempts == []
     assert refund_world.effects() == 0
     assert await ledger.verify_chain(h.id) == []
 
@@ -111,8 +117,8 @@ async def test_the_tool_activity_refuses_a_tool_the_invoking_agent_does_not_decl
         await ActivityEnvironment().run(acts["tool.issue_refund"], inv)
     assert err.value.type == "ToolNotAllowed" and err.value.non_retryable
     assert "not in the allowlist of agent 'ops'" in err.value.message
-    (attempt,) = (await ledger.trail(wf))["tool_attempts"]
-    assert (attempt["status"], attempt["error_type"]) == ("error", "ToolNotAllowed")
+    (attempt,) = (await ledger.trail(wf)).tool_attempts
+    assert (attempt.status, attempt.error_type) == ("error", "ToolNotAllowed")
     assert refund_world.effects() == 0
     # The agent that declares it may run it.
     ok = inv.model_copy(update={"ref": inv.ref.model_copy(update={"agent": "refund"}),
@@ -234,23 +240,25 @@ def _decisions(wf: str, run_id: str, n: int) -> list[DecisionRow]:
 async def _record_run(ledger: Ledger, wf: str, run_id: str, tenant: str, *,
                       head: str | None = None) -> None:
     """One run with a row in every per-run table."""
-    await ledger.start_run(workflow_id=wf, run_id=run_id, agent="ops", tenant=tenant,
-                           user=None, input=f"input of {run_id}", metadata={}, model="m")
-    await ledger.record_model_call(workflow_id=wf, run_id=run_id, step=1, attempt=1, model="m",
-                                   status="ok", finish_reason="stop", tool_calls=[],
-                                   content=f"answer of {run_id}", error=None, input_tokens=1,
-                                   output_tokens=1, duration_ms=1.0)
+    ref = RunRef(workflow_id=wf, run_id=run_id, agent="ops", tenant=tenant)
+    await ledger.start_run(StartRun(ref=ref, request=RunRequest(
+        agent="ops", input=f"input of {run_id}", tenant=tenant)), model="m")
+    await ledger.record_model_call(ref.model_copy(update={"step": 1}), ModelCallRecord(
+        attempt=1, model="m", status="ok", finish_reason="stop", content=f"answer of {run_id}",
+        usage=Usage(input_tokens=1, output_tokens=1), duration_ms=1.0))
     key = f"{wf}:{run_id}:2:t"
-    await ledger.claim_tool(key=key, workflow_id=wf, run_id=run_id, step=2, call_id="c",
-                            tool="t", requested_tool="t", arguments={"run": run_id}, attempt=1)
-    await ledger.finish_tool(key=key, attempt=1, outcome="ok", result={"run": run_id})
+    await ledger.claim_tool(ToolInvocation(ref=ref.model_copy(update={"step": 2}), call_id="c",
+                                           tool="t", requested_tool="t",
+                                           arguments={"run": run_id}, idempotency_key=key),
+                            tool="t", attempt=1)
+    await ledger.finish_tool(ToolAttemptReport(key=key, attempt=1, outcome="ok",
+                                               result={"run": run_id}))
     rows = _decisions(wf, run_id, 2)
     await ledger.append_decisions(rows)
-    await ledger.record_memory_op(workflow_id=wf, run_id=run_id, step=1, op="recall",
-                                  tenant=tenant, namespaces=[], query=run_id, item_ids=[],
-                                  scores=[], embedder="e", backend="b", duration_ms=1.0)
-    await ledger.finish_run(workflow_id=wf, run_id=run_id, status="completed", answer="ok",
-                            error=None, steps=2, result={"audit_head": head or rows[-1].hash})
+    await ledger.record_memory_op(ref.model_copy(update={"step": 1}), MemoryOpRecord(
+        op="recall", query=run_id, embedder="e", backend="b", duration_ms=1.0))
+    await ledger.finish_run(ref, RunResult(status="completed", answer="ok", steps=2,
+                                           audit_head=head or rows[-1].hash))
 
 
 async def test_ledger_reads_scoped_to_a_tenant_never_return_another_tenants_rows(
@@ -263,14 +271,14 @@ async def test_ledger_reads_scoped_to_a_tenant_never_return_another_tenants_rows
 
     tables = ("runs", "model_calls", "tool_calls", "tool_attempts", "decisions", "memory_ops")
     everything = await ledger.trail(wf)
-    assert all({r["run_id"] for r in everything[t]} == {"run-a", "run-g"} for t in tables)
+    assert all({r.run_id for r in getattr(everything, t)} == {"run-a", "run-g"} for t in tables)
     for tenant, run_id in ((acme, "run-a"), (globex, "run-g")):
         scoped = await ledger.trail(wf, tenant=tenant)
         for t in tables:
-            assert {r["run_id"] for r in scoped[t]} == {run_id}, (tenant, t)
+            assert {r.run_id for r in getattr(scoped, t)} == {run_id}, (tenant, t)
         assert await ledger.run_ids(wf, tenant=tenant) == [run_id]
     nobody = await ledger.trail(wf, tenant=f"nobody-{uuid.uuid4().hex[:6]}")
-    assert all(nobody[t] == [] for t in tables)
+    assert all(getattr(nobody, t) == [] for t in tables)
 
     # Verification looks at the tenant's own chain only.
     assert await ledger.verify_chain(wf, tenant=acme) == []
@@ -300,7 +308,7 @@ async def test_memory_recall_in_a_run_never_crosses_tenants(
             h = await start_run(host.client, RunRequest(agent="ops", input=text, tenant=tenant),
                                 settings=mem)
             await h.result()
-            (op,) = [o for o in (await ledger.trail(h.id))["memory_ops"] if o["op"] == "recall"]
-            assert op["tenant"] == tenant
-            recalled[tenant] = list(op["item_ids"])
+            (op,) = [o for o in (await ledger.trail(h.id)).memory_ops if o.op == "recall"]
+            assert op.tenant == tenant
+            recalled[tenant] = list(op.item_ids)
     assert recalled == {acme: [item.id], globex: []}

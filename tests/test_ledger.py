@@ -1,45 +1,70 @@
-"""Ledger semantics: idempotency claims and the tamper-evident decision chain."""
+"""Ledger semantics: idempotency claims, the tamper-evident decision chain, typed rows."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
 
+from pydantic import BaseModel
+
+import stead.blobs
+import stead.ledger
 from stead.audit import GENESIS, chain_hash
 from stead.ledger import Ledger
-from stead.models import DecisionRow
+from stead.models import (
+    DecisionRow,
+    MemoryOpRecord,
+    ModelCallRecord,
+    ModelCallRow,
+    RunRef,
+    RunRequest,
+    RunResult,
+    StartRun,
+    ToolAttemptReport,
+    ToolCall,
+    ToolInvocation,
+    Trail,
+    Usage,
+)
 
 
 def _key() -> str:
     return f"wf-{uuid.uuid4().hex}:run:1:tool"
 
 
+def _inv(key: str, arguments: dict[str, int]) -> ToolInvocation:
+    return ToolInvocation(ref=RunRef(workflow_id="wf", run_id="run", agent="a", tenant="t",
+                                     step=1),
+                          call_id="c", tool="t", requested_tool="t", arguments=arguments,
+                          idempotency_key=key)
+
+
 async def _claim(ledger: Ledger, key: str, attempt: int) -> str:
-    c = await ledger.claim_tool(key=key, workflow_id="wf", run_id="run", step=1, call_id="c",
-                                tool="t", requested_tool="t", arguments={"a": 1},
-                                attempt=attempt)
+    c = await ledger.claim_tool(_inv(key, {"a": 1}), tool="t", attempt=attempt)
     return c.kind
 
 
 async def test_claim_distinguishes_new_clean_retry_unknown_and_completed(ledger: Ledger) -> None:
     key = _key()
     assert await _claim(ledger, key, 1) == "new"
-    await ledger.finish_tool(key=key, attempt=1, outcome="error", error_type="Boom", error="x")
+    await ledger.finish_tool(ToolAttemptReport(key=key, attempt=1, outcome="error",
+                                               error_type="Boom", error="x"))
     assert await _claim(ledger, key, 2) == "retry"  # the failure was reported: safe to re-run
     assert await _claim(ledger, key, 3) == "unknown"  # attempt 2 never reported back
-    await ledger.finish_tool(key=key, attempt=3, outcome="ok", result={"v": 42})
-    c = await ledger.claim_tool(key=key, workflow_id="wf", run_id="run", step=1, call_id="c",
-                                tool="t", requested_tool="t", arguments={"a": 1}, attempt=4)
+    await ledger.finish_tool(ToolAttemptReport(key=key, attempt=3, outcome="ok",
+                                               result={"v": 42}))
+    c = await ledger.claim_tool(_inv(key, {"a": 1}), tool="t", attempt=4)
     assert (c.kind, c.result) == ("completed", {"v": 42})
 
 
 async def test_finishing_twice_keeps_the_first_result(ledger: Ledger) -> None:
     key = _key()
     await _claim(ledger, key, 1)
-    await ledger.finish_tool(key=key, attempt=1, outcome="ok", result={"v": 1})
-    await ledger.finish_tool(key=key, attempt=1, outcome="ok", result={"v": 2})
-    c = await ledger.claim_tool(key=key, workflow_id="wf", run_id="run", step=1, call_id="c",
-                                tool="t", requested_tool="t", arguments={}, attempt=2)
+    await ledger.finish_tool(ToolAttemptReport(key=key, attempt=1, outcome="ok",
+                                               result={"v": 1}))
+    await ledger.finish_tool(ToolAttemptReport(key=key, attempt=1, outcome="ok",
+                                               result={"v": 2}))
+    c = await ledger.claim_tool(_inv(key, {}), tool="t", attempt=2)
     assert c.result == {"v": 1}
 
 
@@ -62,7 +87,7 @@ async def test_decision_rows_are_written_once_and_tampering_is_detected(
     await ledger.append_decisions(rows)
     await ledger.append_decisions(rows)  # a retried activity writes nothing new
     trail = await ledger.trail(wf)
-    assert [d["seq"] for d in trail["decisions"]] == [1, 2, 3]
+    assert [d.seq for d in trail.decisions] == [1, 2, 3]
     assert await ledger.verify_chain(wf) == []
     await ledger.pool.execute("update stead_decisions set decision='deny' where workflow_id=$1"
                               " and seq=2", wf)
@@ -77,10 +102,91 @@ async def test_deleting_the_newest_decisions_is_detected_against_the_recorded_he
     wf = f"wf-{uuid.uuid4().hex}"
     rows = _chain(wf, 3)
     await ledger.append_decisions(rows)
-    await ledger.start_run(workflow_id=wf, run_id="r", agent="a", tenant="t", user=None,
-                           input="x", metadata={}, model="m")
-    await ledger.finish_run(workflow_id=wf, run_id="r", status="completed", answer="ok",
-                            error=None, steps=1, result={"audit_head": rows[-1].hash})
+    ref = RunRef(workflow_id=wf, run_id="r", agent="a", tenant="t")
+    await ledger.start_run(StartRun(ref=ref, request=RunRequest(agent="a", input="x",
+                                                                tenant="t")), model="m")
+    await ledger.finish_run(ref, RunResult(status="completed", answer="ok", steps=1,
+                                           audit_head=rows[-1].hash))
     assert await ledger.verify_chain(wf) == []
     await ledger.pool.execute("delete from stead_decisions where workflow_id=$1 and seq=3", wf)
     assert any("newest decisions missing" in p for p in await ledger.verify_chain(wf))
+
+
+# ---------------------------------------------------------------------------- typed rows
+
+_TABLES = {"runs": "stead_runs", "model_calls": "stead_model_calls",
+           "tool_calls": "stead_tool_calls", "tool_attempts": "stead_tool_attempts",
+           "decisions": "stead_decisions", "memory_ops": "stead_memory_ops"}
+
+
+def _row_model(name: str) -> type[BaseModel]:
+    annotation = Trail.model_fields[name].annotation
+    (model,) = getattr(annotation, "__args__", ())
+    assert issubclass(model, BaseModel)
+    return model
+
+
+def test_the_package_exports_what_callers_import() -> None:
+    """``from stead.ledger import ...`` keeps working for every name it exported before."""
+    assert sorted(stead.ledger.__all__) == ["ABANDONED", "Claim", "Ledger", "TRANSIENT",
+                                            "migrate", "retrying"]
+    assert all(getattr(stead.ledger, n) is not None for n in stead.ledger.__all__)
+    assert stead.blobs.retrying is stead.ledger.retrying  # one helper, shared
+
+
+async def test_each_row_model_is_its_tables_columns_in_order(ledger: Ledger) -> None:
+    """``select *`` rows validate without losing a column, and dump in the table's order
+    (so ``stead audit --json`` prints what it printed when rows were dicts)."""
+    assert list(Trail.model_fields) == list(_TABLES)
+    for name, table in _TABLES.items():
+        columns = [r["column_name"] for r in await ledger.pool.fetch(
+            "select column_name from information_schema.columns where table_name=$1"
+            " and table_schema=current_schema() order by ordinal_position", table)]
+        assert list(_row_model(name).model_fields) == columns, table
+
+
+async def test_the_trail_is_every_row_as_stored_with_its_types(ledger: Ledger) -> None:
+    """Typed writes store what the loose arguments stored; the typed trail dumps to exactly
+    the rows ``select *`` returns."""
+    wf = f"wf-{uuid.uuid4().hex}"
+    ref = RunRef(workflow_id=wf, run_id="r", agent="a", tenant="t", step=1)
+    await ledger.start_run(StartRun(ref=ref, request=RunRequest(
+        agent="a", input="x", tenant="t", user="u", metadata={"k": "v"})), model="m")
+    await ledger.record_model_call(ref, ModelCallRecord(
+        attempt=1, model="m", status="ok", finish_reason="tool_calls",
+        tool_calls=[ToolCall(id="c", name="t", arguments='{"a": 1}')], content=None,
+        usage=Usage(input_tokens=3, output_tokens=4), duration_ms=1.5))
+    key = f"{wf}:r:2:t"
+    inv = ToolInvocation(ref=ref.model_copy(update={"step": 2}), call_id="c", tool="t",
+                         requested_tool="t", arguments={"a": 1}, idempotency_key=key)
+    assert (await ledger.claim_tool(inv, tool="t", attempt=1)).kind == "new"
+    await ledger.finish_tool(ToolAttemptReport(key=key, attempt=1, outcome="ok",
+                                               result={"v": 1}, duration_ms=2.0))
+    rows = _chain(wf, 2)
+    await ledger.append_decisions(rows)
+    await ledger.record_memory_op(ref, MemoryOpRecord(
+        op="recall", namespaces=["n"], query="q", item_ids=["i"], scores=[0.5], embedder="e",
+        backend="b", duration_ms=1.0))
+    await ledger.finish_run(ref, RunResult(status="completed", answer="ok", steps=2,
+                                           audit_head=rows[-1].hash))
+
+    trail = await ledger.trail(wf)
+    dumped = trail.model_dump()
+    for name, table in _TABLES.items():
+        raw = [dict(r) for r in await ledger.pool.fetch(
+            f"select * from {table} where workflow_id=$1", wf)]
+        assert len(raw) == len(dumped[name]) >= 1, name
+        assert [list(r) for r in dumped[name]] == [list(r) for r in raw], name
+        assert dumped[name] == raw, name
+    (run,) = trail.runs
+    assert (run.user_id, run.metadata, run.status, run.steps) == ("u", {"k": "v"},
+                                                                   "completed", 2)
+    assert run.result is not None and run.result["audit_head"] == rows[-1].hash
+    (call,) = trail.model_calls
+    assert isinstance(call, ModelCallRow)
+    assert (call.step, call.input_tokens, call.output_tokens) == (1, 3, 4)
+    assert call.tool_calls == [{"id": "c", "name": "t", "arguments": '{"a": 1}'}]
+    assert [(a.status, a.duration_ms) for a in trail.tool_attempts] == [("ok", 2.0)]
+    assert [(c.status, c.result) for c in trail.tool_calls] == [("completed", {"v": 1})]
+    assert [(m.op, m.tenant, m.scores) for m in trail.memory_ops] == [("recall", "t", [0.5])]
+    assert await ledger.verify_chain(wf) == []

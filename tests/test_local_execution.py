@@ -160,6 +160,6 @@ async def test_a_worker_killed_mid_local_read_loses_nothing_and_writes_once(
     assert r.status == "completed" and r.answer == "read and recorded x", r
     assert effects.read_text().splitlines() == ["read x", "read x", "write x"]
     trail = await ledger.trail(h.id)
-    assert [(c["tool"], c["status"]) for c in trail["tool_calls"]] == [
+    assert [(c.tool, c.status) for c in trail.tool_calls] == [
         ("probe", "completed"), ("record", "completed")]
     assert await ledger.verify_chain(h.id) == []

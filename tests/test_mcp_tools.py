@@ -147,18 +147,18 @@ async def test_a_run_calls_an_mcp_tool_over_stdio_with_ledger_rows_and_the_key_i
     assert results["desk__create_ticket"]["ticket_id"] == "T-2000"
 
     trail = await ledger.trail(h.id)
-    rows = {row["tool"]: row for row in trail["tool_calls"]}
+    rows = {row.tool: row for row in trail.tool_calls}
     assert set(rows) == {"desk__lookup_ticket", "desk__create_ticket"}
-    assert all(row["status"] == "completed" for row in rows.values())
-    assert rows["desk__create_ticket"]["result"]["ticket_id"] == "T-2000"
-    assert [(a["tool"], a["attempt"], a["status"]) for a in trail["tool_attempts"]] == [
+    assert all(row.status == "completed" for row in rows.values())
+    assert rows["desk__create_ticket"].result["ticket_id"] == "T-2000"
+    assert [(a.tool, a.attempt, a.status) for a in trail.tool_attempts] == [
         ("desk__lookup_ticket", 1, "ok"), ("desk__create_ticket", 1, "ok")]
-    gates = [(d["data"]["tool"], d["decision"]) for d in trail["decisions"] if d["kind"] == "gate"]
+    gates = [(d.data["tool"], d.decision) for d in trail.decisions if d.kind == "gate"]
     assert gates == [("desk__lookup_ticket", "allow"), ("desk__create_ticket", "allow")]
     assert await ledger.verify_chain(h.id) == []
     # The idempotency key the ledger claimed is the one the server received in _meta.
     (created,) = calls(state, "create_ticket")
-    assert created["key"] == rows["desk__create_ticket"]["idempotency_key"]
+    assert created["key"] == rows["desk__create_ticket"].idempotency_key
     assert created["key"].startswith(h.id) and created["attempt"] == 1
     assert len(effects(state, "create_ticket")) == 1
 
@@ -177,9 +177,9 @@ async def test_a_server_declared_in_settings_is_called_over_streamable_http(
 
     assert r.status == "completed", r
     assert answer(r)["results"]["desk__create_ticket"]["title"] == "Disk full"
-    (row,) = (await ledger.trail(h.id))["tool_calls"]
+    (row,) = (await ledger.trail(h.id)).tool_calls
     (created,) = calls(tmp_path / "desk", "create_ticket")
-    assert created["key"] == row["idempotency_key"] and row["status"] == "completed"
+    assert created["key"] == row.idempotency_key and row.status == "completed"
     assert len(effects(tmp_path / "desk")) == 1
 
 
@@ -203,7 +203,7 @@ async def test_an_undeclared_mcp_tool_counts_as_irreversible_and_waits_for_appro
 
     assert r.status == "completed" and r.approvals == 1
     assert len(calls(state, "create_ticket")) == 1 and len(effects(state)) == 1
-    kinds = [(d["kind"], d["decision"]) for d in (await ledger.trail(h.id))["decisions"]]
+    kinds = [(d.kind, d.decision) for d in (await ledger.trail(h.id)).decisions]
     assert ("gate", "ask") in kinds and ("approval_decided", "approved") in kinds
 
 
@@ -225,7 +225,7 @@ async def test_arguments_that_break_the_servers_schema_are_rejected_before_the_c
     assert "'urgent' is not one of ['low', 'high']" in error["message"]
     assert "'title' is a required property" in error["message"]
     trail = await ledger.trail(h.id)
-    assert trail["tool_calls"] == [] and calls(state) == []
+    assert trail.tool_calls == [] and calls(state) == []
 
 
 # ---------------------------------------------------------------------------- failures
@@ -267,11 +267,11 @@ async def test_a_server_that_crashes_mid_call_is_never_blindly_re_run(
         assert "ToolOutcomeUnknown" not in (r.answer or "") and "not re-running" in (r.error or "")
         assert len(calls(state, "charge")) == 1 and len(effects(state, "charge")) == 1
         trail = await ledger.trail(h.id)
-        assert [(a["attempt"], a["status"], a["error_type"]) for a in trail["tool_attempts"]] \
+        assert [(a.attempt, a.status, a.error_type) for a in trail.tool_attempts] \
             == [(1, "error", "ToolOutcomeUnknown")]
-        assert trail["tool_calls"][0]["status"] == "failed"
-        assert ("outcome_unknown", "escalate") in [(d["kind"], d["decision"])
-                                                   for d in trail["decisions"]]
+        assert trail.tool_calls[0].status == "failed"
+        assert ("outcome_unknown", "escalate") in [(d.kind, d.decision)
+                                                   for d in trail.decisions]
 
     h, r = outcomes["payrec"]
     assert r.status == "completed", r
@@ -282,7 +282,7 @@ async def test_a_server_that_crashes_mid_call_is_never_blindly_re_run(
     (asked,) = calls(tmp_path / "rec", "find_charge")
     assert asked["arguments"]["idempotency_key"] == charged["key"]
     trail = await ledger.trail(h.id)
-    assert [a["status"] for a in trail["tool_attempts"]] == ["reconciled"]
+    assert [a.status for a in trail.tool_attempts] == ["reconciled"]
 
     h, r = outcomes["payidem"]
     assert r.status == "completed" and r.retries == 1, r
@@ -291,7 +291,7 @@ async def test_a_server_that_crashes_mid_call_is_never_blindly_re_run(
     assert [s["attempt"] for s in sent] == [1, 2]
     assert len(effects(tmp_path / "idem", "charge")) == 1  # the server deduplicated
     trail = await ledger.trail(h.id)
-    assert [(a["attempt"], a["status"], a["error_type"]) for a in trail["tool_attempts"]] == [
+    assert [(a.attempt, a.status, a.error_type) for a in trail.tool_attempts] == [
         (1, "error", "CallLost"), (2, "ok", None)]
 
 
@@ -321,7 +321,7 @@ async def test_a_server_gone_before_the_call_is_retried_per_policy_and_never_rea
         ("desk__create_ticket", "error", 2)]
     assert "is unavailable" in (r.answer or "")
     trail = await ledger.trail(h.id)
-    assert [(a["attempt"], a["error_type"]) for a in trail["tool_attempts"]] == [
+    assert [(a.attempt, a.error_type) for a in trail.tool_attempts] == [
         (1, "McpUnavailable"), (2, "McpUnavailable")]
     assert calls(state, "create_ticket") == [] and effects(state) == []
 
@@ -353,7 +353,7 @@ async def test_malformed_and_error_results_are_reported_to_the_model_without_ret
     assert "disk full on /var" in said["odd__fails"]
     assert answer(r)["results"]["odd__fine"] == {"text": "all good"}
     trail = await ledger.trail(h.id)
-    assert [(a["tool"], a["error_type"]) for a in trail["tool_attempts"]] == [
+    assert [(a.tool, a.error_type) for a in trail.tool_attempts] == [
         ("odd__bad_shape", "McpMalformedResult"), ("odd__html_page", "McpMalformedResult"),
         ("odd__garbage", "McpMalformedResult"), ("odd__fails", "McpToolError"),
         ("odd__fine", None)]
@@ -390,8 +390,8 @@ async def test_a_tool_list_that_changes_mid_run_keeps_the_pinned_list_and_replay
     assert "no longer offers this tool" in json.dumps(errors["shift__step_two"])
     assert errors["shift__step_three"]["type"] == "unknown_tool"
     assert [c["tool"] for c in calls(state)] == ["step_one"]  # step_two was never sent
-    attempts = (await ledger.trail(h.id))["tool_attempts"]
-    assert [(a["tool"], a["error_type"]) for a in attempts] == [
+    attempts = (await ledger.trail(h.id)).tool_attempts
+    assert [(a.tool, a.error_type) for a in attempts] == [
         ("shift__step_one", None), ("shift__step_two", "McpToolRemoved")]
 
     replayer = Replayer(workflows=[AgentWorkflow], data_converter=pydantic_data_converter)
@@ -433,7 +433,7 @@ async def test_an_agent_cannot_call_the_tools_of_a_server_it_did_not_declare(
     assert outsider.offered[0] == []
     assert [(c.tool, c.status) for c in r.tool_calls] == [("desk__lookup_ticket", "rejected")]
     assert answer(r)["errors"]["desk__lookup_ticket"]["type"] == "unknown_tool"
-    assert (await ledger.trail(h.id))["tool_calls"] == []
+    assert (await ledger.trail(h.id)).tool_calls == []
     assert calls(state) == []
 
 

@@ -67,11 +67,11 @@ async def test_recalled_runbook_changes_the_answer_and_is_logged(
     assert "Runbook “payments-db slow queries" in (r.answer or "")
     assert "Runbook" not in (bare.answer or "")  # tenant isolation: nothing to recall
     trail = await ledger.trail(wid)
-    recall = [m for m in trail["memory_ops"] if m["op"] == "recall"]
-    assert recall and "runbook:payments-db-slow-queries" in recall[0]["item_ids"]
-    assert recall[0]["embedder"] == "minilm:all-MiniLM-L6-v2"
-    write = [m for m in trail["memory_ops"] if m["op"] == "write"]
-    assert len(write) == 1 and write[0]["namespaces"] == ["runs"]
+    recall = [m for m in trail.memory_ops if m.op == "recall"]
+    assert recall and "runbook:payments-db-slow-queries" in recall[0].item_ids
+    assert recall[0].embedder == "minilm:all-MiniLM-L6-v2"
+    write = [m for m in trail.memory_ops if m.op == "write"]
+    assert len(write) == 1 and write[0].namespaces == ["runs"]
 
 
 async def test_run_summary_is_remembered_with_provenance_and_erasable_by_subject(

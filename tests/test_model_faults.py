@@ -9,7 +9,6 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 from pydantic import BaseModel
@@ -18,7 +17,7 @@ from stead.agent import Agent, AgentCatalog
 from stead.client import start_run
 from stead.ledger import Ledger
 from stead.llm import OpenAIModel, ScriptedModel, call
-from stead.models import ModelTurn, RunRequest, RunResult
+from stead.models import ModelCallRow, ModelTurn, RunRequest, RunResult, Trail
 from stead.settings import Settings
 from stead.testing.openai_server import FakeOpenAIServer, Fault
 from stead.tools import ToolContext, tool
@@ -74,8 +73,8 @@ async def served(settings: Settings) -> AsyncIterator[Served]:
         yield s
 
 
-def _attempts(trail: dict[str, list[dict[str, Any]]], step: int) -> list[dict[str, Any]]:
-    return [m for m in trail["model_calls"] if m["step"] == step]
+def _attempts(trail: Trail, step: int) -> list[ModelCallRow]:
+    return [m for m in trail.model_calls if m.step == step]
 
 
 @pytest.mark.parametrize(
@@ -101,12 +100,12 @@ async def test_transient_model_fault_is_retried_and_the_run_completes(
     assert r.model_turns == 2 and [c.status for c in r.tool_calls] == ["ok"]
     trail = await ledger.trail(wid)
     first, second = _attempts(trail, 1)
-    assert (first["attempt"], first["status"]) == (1, "error")
-    assert first["error"].startswith("ModelCallError: " + error_says)
-    assert (second["attempt"], second["status"]) == (2, "ok")
-    assert second["tool_calls"][0]["name"] == "echo"
+    assert (first.attempt, first.status) == (1, "error")
+    assert first.error.startswith("ModelCallError: " + error_says)
+    assert (second.attempt, second.status) == (2, "ok")
+    assert second.tool_calls[0]["name"] == "echo"
     (answer,) = _attempts(trail, 3)  # step 2 was the tool call
-    assert (answer["attempt"], answer["status"], answer["content"]) == (1, "ok",
+    assert (answer.attempt, answer.status, answer.content) == (1, "ok",
                                                                         "the tool said hello")
     assert len(served.server.requests) == 3
     assert served.server.pending_faults() == 0
@@ -120,7 +119,7 @@ async def test_timeout_attempt_ends_at_the_client_timeout(served: Served, ledger
 
     assert r.status == "completed"
     first, _ = _attempts(await ledger.trail(wid), 1)
-    assert CLIENT_TIMEOUT * 1000 <= first["duration_ms"] < (CLIENT_TIMEOUT + 3) * 1000
+    assert CLIENT_TIMEOUT * 1000 <= first.duration_ms < (CLIENT_TIMEOUT + 3) * 1000
 
 
 async def test_rate_limit_is_retried_after_the_servers_retry_after(
@@ -132,10 +131,10 @@ async def test_rate_limit_is_retried_after_the_servers_retry_after(
 
     assert r.status == "completed"
     first, second = _attempts(await ledger.trail(wid), 1)
-    assert (first["attempt"], first["status"], second["attempt"], second["status"]) == \
+    assert (first.attempt, first.status, second.attempt, second.status) == \
         (1, "error", 2, "ok")
-    assert "rate limited" in first["error"]
-    gap = (second["created_at"] - first["created_at"]).total_seconds()
+    assert "rate limited" in first.error
+    gap = (second.created_at - first.created_at).total_seconds()
     assert gap >= 2.8, gap
 
 
@@ -148,10 +147,10 @@ async def test_repeated_faults_use_up_attempts_in_order_then_succeed(
 
     assert r.status == "completed"
     rows = _attempts(await ledger.trail(wid), 1)
-    assert [(m["attempt"], m["status"]) for m in rows] == [(1, "error"), (2, "error"),
+    assert [(m.attempt, m.status) for m in rows] == [(1, "error"), (2, "error"),
                                                           (3, "error"), (4, "ok")]
-    assert ["502" in rows[0]["error"], "malformed" in rows[1]["error"],
-            "rate limited" in rows[2]["error"]] == [True, True, True]
+    assert ["502" in rows[0].error, "malformed" in rows[1].error,
+            "rate limited" in rows[2].error] == [True, True, True]
 
 
 async def test_model_fault_that_outlasts_the_attempts_fails_the_run(
@@ -166,10 +165,10 @@ async def test_model_fault_that_outlasts_the_attempts_fails_the_run(
     assert r.status == "failed"
     assert r.error is not None and r.error.startswith("model call failed: model server error 500")
     rows = _attempts(await ledger.trail(wid), 1)
-    assert [(m["attempt"], m["status"]) for m in rows] == [(1, "error"), (2, "error"),
+    assert [(m.attempt, m.status) for m in rows] == [(1, "error"), (2, "error"),
                                                           (3, "error")]
-    (row,) = (await ledger.trail(wid))["runs"]
-    assert row["status"] == "failed"
+    (row,) = (await ledger.trail(wid)).runs
+    assert row.status == "failed"
 
 
 @pytest.mark.parametrize("status", [400, 401, 403])
@@ -184,11 +183,11 @@ async def test_rejected_model_request_is_not_retried_and_fails_the_run(
     assert r.error.startswith(f"model call failed: model request rejected ({status})")
     assert "Incorrect API key" in r.error
     assert r.model_turns == 0 and r.tool_calls == []
-    (only,) = (await ledger.trail(wid))["model_calls"]
-    assert (only["attempt"], only["status"]) == (1, "error")
+    (only,) = (await ledger.trail(wid)).model_calls
+    assert (only.attempt, only.status) == (1, "error")
     assert len(served.server.requests) == 1
-    (row,) = (await ledger.trail(wid))["runs"]
-    assert row["status"] == "failed" and f"({status})" in row["error"]
+    (row,) = (await ledger.trail(wid)).runs
+    assert row.status == "failed" and f"({status})" in row.error
 
 
 async def test_malformed_tool_arguments_from_the_server_go_back_to_the_model(
@@ -212,8 +211,8 @@ async def test_malformed_tool_arguments_from_the_server_go_back_to_the_model(
     error = json.loads(reply["content"])["error"]
     assert error["type"] == "malformed_arguments"
     assert "not valid JSON" in error["message"]
-    rows = (await ledger.trail(wid))["model_calls"]
-    assert [(m["step"], m["attempt"], m["status"]) for m in rows] == [(1, 1, "ok"), (3, 1, "ok")]
+    rows = (await ledger.trail(wid)).model_calls
+    assert [(m.step, m.attempt, m.status) for m in rows] == [(1, 1, "ok"), (3, 1, "ok")]
 
 
 async def test_unknown_tool_from_the_server_goes_back_to_the_model_with_the_tool_list(

@@ -50,6 +50,7 @@ from stead.models import (
     Timeouts,
     ToolCall,
     ToolSchema,
+    Trail,
 )
 from stead.openapi import (
     HTTP_CLIENT_ERROR,
@@ -183,9 +184,9 @@ async def approve_when_pending(h: WorkflowHandle[Any, RunResult]) -> PendingAppr
     raise AssertionError("no approval was requested within 30 s")
 
 
-def attempts(trail: dict[str, list[dict[str, Any]]], tool: str) -> list[tuple[Any, ...]]:
-    return [(a["attempt"], a["status"], a["error_type"]) for a in trail["tool_attempts"]
-            if a["tool"] == tool]
+def attempts(trail: Trail, tool: str) -> list[tuple[Any, ...]]:
+    return [(a.attempt, a.status, a.error_type) for a in trail.tool_attempts
+            if a.tool == tool]
 
 
 # --------------------------------------------------------------------------- documents → tools
@@ -633,11 +634,11 @@ async def test_run_reads_and_writes_through_openapi_tools(
                                               "listOrders"]
     assert await flaky.effects() == {"createOrder": 1, "setOrderStatus": 1}
     trail = await ledger.trail(h.id)
-    claimed = {c["tool"]: c["idempotency_key"] for c in trail["tool_calls"]}
+    claimed = {c.tool: c.idempotency_key for c in trail.tool_calls}
     sent = {c.operation: c.idempotency_key for c in await flaky.calls()}
     assert sent == claimed
     assert len(set(sent.values())) == 4 and all(k.startswith(h.id) for k in sent.values())
-    assert all(c["status"] == "completed" for c in trail["tool_calls"])
+    assert all(c.status == "completed" for c in trail.tool_calls)
 
 
 async def test_rate_limit_and_unavailable_are_retried_until_success(
@@ -749,9 +750,9 @@ async def test_post_takes_effect_once_across_worker_sigkill(
     calls = await flaky.calls("createOrder")
     assert [c.replayed for c in calls] == [False, True]
     trail = await ledger.trail(h.id)
-    [row] = trail["tool_calls"]
-    assert {c.idempotency_key for c in calls} == {row["idempotency_key"]}
-    assert row["status"] == "completed" and row["result"]["body"]["id"] == "ord-1"
+    [row] = trail.tool_calls
+    assert {c.idempotency_key for c in calls} == {row.idempotency_key}
+    assert row.status == "completed" and row.result["body"]["id"] == "ord-1"
     assert attempts(trail, "createOrder") == [(1, "running", None), (2, "ok", None)]
 
 

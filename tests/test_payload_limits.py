@@ -64,9 +64,9 @@ async def test_a_multi_megabyte_tool_result_fails_its_call_once_not_retried(
     assert "over the 1,500,000-byte payload limit (STEAD_MAX_PAYLOAD_BYTES)" in (c.error or "")
     assert ran == [1], "the tool ran again"
     trail = await ledger.trail(wid)
-    assert [(a["attempt"], a["status"], a["error_type"]) for a in trail["tool_attempts"]] == [
+    assert [(a.attempt, a.status, a.error_type) for a in trail.tool_attempts] == [
         (1, "error", PAYLOAD_TOO_LARGE)]
-    assert [x["status"] for x in trail["tool_calls"]] == ["failed"]
+    assert [x.status for x in trail.tool_calls] == ["failed"]
     assert await ledger.verify_chain(wid) == []
 
 
@@ -89,8 +89,8 @@ async def test_an_oversized_model_answer_fails_the_run_at_once(
     assert r.status == "failed"
     assert (r.error or "").startswith("model call failed: the model's answer is ")
     assert "payload limit" in (r.error or "")
-    answers = [m for m in (await ledger.trail(wid))["model_calls"] if m["step"] == 3]
-    assert [(m["attempt"], m["status"]) for m in answers] == [(1, "error")]
+    answers = [m for m in (await ledger.trail(wid)).model_calls if m.step == 3]
+    assert [(m.attempt, m.status) for m in answers] == [(1, "error")]
 
 
 def test_a_limit_below_one_kilobyte_is_refused_naming_the_variable(

@@ -36,6 +36,7 @@ from stead.models import (
     RunResult,
     RunState,
     Timeouts,
+    Trail,
 )
 from stead.settings import Settings
 from stead.tools import ToolContext, tool
@@ -81,8 +82,8 @@ async def temporal_client(settings: Settings) -> Client:
     return await connect(settings)
 
 
-def _attempts(trail: dict[str, list[dict[str, object]]], tool: str) -> list[tuple[object, ...]]:
-    return [(a["attempt"], a["status"]) for a in trail["tool_attempts"] if a["tool"] == tool]
+def _attempts(trail: Trail, tool: str) -> list[tuple[object, ...]]:
+    return [(a.attempt, a.status) for a in trail.tool_attempts if a.tool == tool]
 
 
 # --------------------------------------------------------------------------- 1. SIGKILL
@@ -128,11 +129,11 @@ async def test_worker_sigkilled_after_side_effect_does_not_repeat_it(
     assert world.effects(effect) == 1
     trail = await ledger.trail(h.id)
     assert _attempts(trail, tool) == [(1, "running"), (2, second_attempt)]
-    [row] = [c for c in trail["tool_calls"] if c["tool"] == tool]
-    assert row["status"] == "completed"
+    [row] = [c for c in trail.tool_calls if c.tool == tool]
+    assert row.status == "completed"
     if tool == "create_ticket":
-        assert row["result"]["created"] is False  # attempt 2 found attempt 1's ticket
-    assert trail["runs"][0]["status"] == "completed"
+        assert row.result["created"] is False  # attempt 2 found attempt 1's ticket
+    assert trail.runs[0].status == "completed"
     assert await ledger.verify_chain(h.id) == []
 
 
@@ -180,10 +181,10 @@ async def test_worker_lost_mid_irreversible_tool_without_reconcile_escalates(
     assert len(effects.read_text().splitlines()) == 1
     trail = await ledger.trail(h.id)
     assert _attempts(trail, "append_line") == [(1, "running"), (2, "error")]
-    assert trail["tool_attempts"][1]["error_type"] == "ToolOutcomeUnknown"
-    assert [c["status"] for c in trail["tool_calls"]] == ["failed"]
-    assert "outcome_unknown" in [d["kind"] for d in trail["decisions"]]
-    assert trail["runs"][0]["status"] == "escalated"
+    assert trail.tool_attempts[1].error_type == "ToolOutcomeUnknown"
+    assert [c.status for c in trail.tool_calls] == ["failed"]
+    assert "outcome_unknown" in [d.kind for d in trail.decisions]
+    assert trail.runs[0].status == "escalated"
     assert await ledger.verify_chain(h.id) == []
 
 
@@ -209,7 +210,7 @@ async def test_run_completes_across_temporal_server_restart(
             await wait_until(lambda: world.effects("ticket") == 1, within=30,
                              what="the ticket")
             await temporal.stop()
-            calls = {c["tool"]: c["status"] for c in (await ledger.trail(h.id))["tool_calls"]}
+            calls = {c.tool: c.status for c in (await ledger.trail(h.id)).tool_calls}
             assert calls["create_ticket"] == "running", "the server stopped after the tool"
             await asyncio.sleep(2.5)  # the tool ends and reports while nobody listens
             await temporal.start()
@@ -218,7 +219,7 @@ async def test_run_completes_across_temporal_server_restart(
         assert "Opened ticket OPS-" in (r.answer or "")
         assert world.effects("ticket") == 1
         trail = await ledger.trail(h.id)
-        assert {c["tool"]: c["status"] for c in trail["tool_calls"]} == {
+        assert {c.tool: c.status for c in trail.tool_calls} == {
             "service_status": "completed", "create_ticket": "completed"}
     finally:
         await temporal.stop()
@@ -254,14 +255,14 @@ async def test_run_completes_with_full_ledger_across_postgres_outage(
         ledger = await Ledger.connect(pg.url)
         try:
             trail = await ledger.trail(h.id)
-            assert [run["status"] for run in trail["runs"]] == ["completed"]
-            assert trail["tool_calls"], "no tool calls recorded"
-            assert {c["status"] for c in trail["tool_calls"]} == {"completed"}
-            assert {c["tool"] for c in trail["tool_calls"]} == {"service_status",
+            assert [run.status for run in trail.runs] == ["completed"]
+            assert trail.tool_calls, "no tool calls recorded"
+            assert {c.status for c in trail.tool_calls} == {"completed"}
+            assert {c.tool for c in trail.tool_calls} == {"service_status",
                                                                  "create_ticket"}
             # The outage did not use up the tool's retries: one attempt, and it succeeded.
             assert _attempts(trail, "create_ticket") == [(1, "ok")]
-            ok_calls = [m for m in trail["model_calls"] if m["status"] == "ok"]
+            ok_calls = [m for m in trail.model_calls if m.status == "ok"]
             assert len(ok_calls) == r.model_turns
             assert await ledger.verify_chain(h.id) == []
         finally:
@@ -293,9 +294,9 @@ async def test_failing_tool_retries_per_policy_then_fallback_then_model_reports(
     trail = await ledger.trail(h.id)
     for name in ("service_status", "probe_health"):
         assert _attempts(trail, name) == [(n, "error") for n in range(1, policy[name] + 1)]
-    assert {c["tool"]: c["status"] for c in trail["tool_calls"]} == {
+    assert {c.tool: c.status for c in trail.tool_calls} == {
         "service_status": "failed", "probe_health": "failed"}
-    assert "tool_failed" in [d["kind"] for d in trail["decisions"]]
+    assert "tool_failed" in [d.kind for d in trail.decisions]
     assert await ledger.verify_chain(h.id) == []
 
 
@@ -335,5 +336,5 @@ async def test_a_non_idempotent_call_whose_last_attempt_timed_out_escalates(
     assert r.status == "escalated", r
     assert started == [1], "the call was made again"
     assert r.tool_calls[0].status == "error" and "timed out" in (r.tool_calls[0].error or "")
-    decisions = (await ledger.trail(h.id))["decisions"]
-    assert ("outcome_unknown", "escalate") in [(d["kind"], d["decision"]) for d in decisions]
+    decisions = (await ledger.trail(h.id)).decisions
+    assert ("outcome_unknown", "escalate") in [(d.kind, d.decision) for d in decisions]

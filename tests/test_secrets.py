@@ -291,21 +291,21 @@ async def test_seeded_secrets_reach_neither_the_ledger_nor_the_logs(
     for name, value in seeds.items():
         assert await _rows_containing(ledger, value) == [], f"{name} found in the ledger"
     trail = await ledger.trail(h.id)
-    flat = json.dumps(trail, default=str)
+    flat = json.dumps(trail.model_dump(), default=str)
     for marker in ("[REDACTED:secret/ticketing_token]", "[REDACTED:openai_key]",
                    "[REDACTED:email]", "[REDACTED:employee_id]"):
         assert marker in flat, marker  # redacted, not absent
-    (run,) = trail["runs"]
-    assert run["user_id"] == "[REDACTED:email]" and run["metadata"] == {
+    (run,) = trail.runs
+    assert run.user_id == "[REDACTED:email]" and run.metadata == {
         "contact": "[REDACTED:email]"}
-    failed = [a for a in trail["tool_attempts"] if a["status"] == "error"]
-    assert [a["error_type"] for a in failed] == ["ValueError"]
-    assert "[REDACTED:secret/ticketing_token]" in failed[0]["error"]
+    failed = [a for a in trail.tool_attempts if a.status == "error"]
+    assert [a.error_type for a in failed] == ["ValueError"]
+    assert "[REDACTED:secret/ticketing_token]" in failed[0].error
 
     # Decision rows changed by redaction were re-chained: the chain verifies from stored rows
     # and still ends at the head the workflow recorded.
-    marks = {d["kind"]: d["data"].get("_ledger", {}).get("redacted")
-             for d in trail["decisions"]}
+    marks = {d.kind: d.data.get("_ledger", {}).get("redacted")
+             for d in trail.decisions}
     assert marks["route"] is None  # before the first redacted row: stored as built
     assert marks["gate"] is True  # its arguments held the seeds
     assert marks["output_rejected"] is False  # unchanged, but re-linked after a redacted row
@@ -362,9 +362,9 @@ async def test_ops_ticket_desk_takes_the_token_from_settings_only(
     wid, r = await _ticket_run(settings, world)  # no secret configured
     assert r.tool_calls[0].status == "error"
     trail = await ledger.trail(wid)
-    (attempt,) = trail["tool_attempts"]  # non-retryable: one attempt, not five
-    assert attempt["error_type"] == "DeskUnauthorized"
-    assert "(no API token); set STEAD_SECRET_TICKETING_TOKEN on the worker" in attempt["error"]
+    (attempt,) = trail.tool_attempts  # non-retryable: one attempt, not five
+    assert attempt.error_type == "DeskUnauthorized"
+    assert "(no API token); set STEAD_SECRET_TICKETING_TOKEN on the worker" in attempt.error
     assert world.effects("ticket") == 0
 
     wrong = settings.model_copy(update={"secrets": {"ticketing_token": SecretStr("x" * 12)}})
@@ -376,7 +376,7 @@ async def test_ops_ticket_desk_takes_the_token_from_settings_only(
     wid, r = await _ticket_run(right, world)
     assert r.status == "completed" and r.tool_calls[0].status == "ok"
     assert world.effects("ticket") == 1
-    assert token not in json.dumps(await ledger.trail(wid), default=str)
+    assert token not in json.dumps((await ledger.trail(wid)).model_dump(), default=str)
 
 
 async def test_a_missing_or_undeclared_secret_fails_the_call_once_naming_the_fix(
@@ -403,10 +403,10 @@ async def test_a_missing_or_undeclared_secret_fails_the_call_once_naming_the_fix
         h = await start_run(host.client, RunRequest(agent="vault", input="read it"), settings=s)
         r = await h.result()
     assert [c.status for c in r.tool_calls] == ["error", "error"]
-    attempts = (await ledger.trail(h.id))["tool_attempts"]
-    assert [(a["tool"], a["error_type"]) for a in attempts] == [
+    attempts = (await ledger.trail(h.id)).tool_attempts
+    assert [(a.tool, a.error_type) for a in attempts] == [
         ("read_vault", "MissingSecret"), ("sneaky", "UndeclaredSecret")]
-    assert "set STEAD_SECRET_VAULT_TOKEN" in attempts[0]["error"]
-    assert "declare it with @tool(..., secrets=['ticketing_token'])" in attempts[1]["error"]
+    assert "set STEAD_SECRET_VAULT_TOKEN" in attempts[0].error
+    assert "declare it with @tool(..., secrets=['ticketing_token'])" in attempts[1].error
     assert r.retries == 0
 

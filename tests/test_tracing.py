@@ -227,11 +227,11 @@ async def test_run_trace_links_client_workflow_activities_and_genai_spans(
 
     tool_attrs = dict(tool_span.attributes or {})
     trail = await ledger.trail(h.id)
-    [attempt] = trail["tool_attempts"]
+    [attempt] = trail.tool_attempts
     assert tool_attrs["gen_ai.operation.name"] == "execute_tool"
     assert tool_attrs["gen_ai.tool.name"] == "lookup"
     assert tool_attrs["gen_ai.tool.call.id"] == result.tool_calls[0].call_id
-    assert tool_attrs["stead.tool.idempotency_key"] == attempt["idempotency_key"]
+    assert tool_attrs["stead.tool.idempotency_key"] == attempt.idempotency_key
     assert tool_attrs["stead.tool.attempt"] == 1
     assert tool_attrs["stead.tool.outcome"] == "ok"
 
@@ -389,8 +389,8 @@ async def test_no_duplicate_spans_when_a_new_worker_replays_the_run(
     spans = of_run(exporter.get_finished_spans(), h.id)
     names = Counter(s.name for s in spans)
     trail = await ledger.trail(h.id)
-    assert names["chat scripted:tr"] == len(trail["model_calls"]) == 2
-    assert names["execute_tool transfer"] == len(trail["tool_attempts"]) == 1
+    assert names["chat scripted:tr"] == len(trail.model_calls) == 2
+    assert names["execute_tool transfer"] == len(trail.tool_attempts) == 1
     for name in ("invoke_agent tr", "RunWorkflow:AgentWorkflow",
                  "CompleteWorkflow:AgentWorkflow", "StartActivity:run.start",
                  "StartActivity:tool.transfer", "StartActivity:run.finish"):
@@ -405,7 +405,7 @@ async def test_no_duplicate_spans_when_a_new_worker_replays_the_run(
     events = Counter((str(a["stead.decision.kind"]), str(a["stead.decision"]))
                      for s in spans for e in s.events if e.name == "stead.decision"
                      for a in [dict(e.attributes or {})])
-    assert events == Counter((d["kind"], d["decision"]) for d in trail["decisions"])
+    assert events == Counter((d.kind, d.decision) for d in trail.decisions)
     assert events[("approval_decided", "approved")] == 1
 
 

@@ -181,8 +181,8 @@ async def start_refund(client: Client, settings: Settings, text: str) -> Handle:
 
 async def decided_rows(ledger: Ledger, h: Handle) -> list[tuple[str, str, str]]:
     trail = await ledger.trail(h.id)
-    return [(d["kind"], d["decision"], d["actor"]) for d in trail["decisions"]
-            if d["kind"] == "approval_decided"]
+    return [(d.kind, d.decision, d.actor) for d in trail.decisions
+            if d.kind == "approval_decided"]
 
 
 async def task_after_last_signal(h: Handle, *, within: float = 15) -> str:
@@ -319,8 +319,8 @@ async def test_send_a_signal_with_the_input_left_empty_is_refused_and_audited(
     assert r.status_code == 200, r.text
     result = await asyncio.wait_for(h.result(), 30)
     assert result.status == "completed", result
-    rows = [(d["kind"], d["actor"], d["reason"]) for d in (await ledger.trail(h.id))["decisions"]
-            if d["kind"] in ("approval_ignored", "approval_decided")]
+    rows = [(d.kind, d.actor, d.reason) for d in (await ledger.trail(h.id)).decisions
+            if d.kind in ("approval_ignored", "approval_decided")]
     assert [(k, a) for k, a, _ in rows] == [("approval_decided", "alice"),
                                             ("approval_ignored", "unknown")], rows
     assert "without a payload" in rows[1][2]
@@ -456,5 +456,5 @@ async def test_clicking_send_a_signal_in_the_web_ui_approves_the_run(
     assert (result.status, result.approvals) == ("completed", 1), result
     assert world.order("ORD-1005").refunded_cents == 30000
     trail = await ledger.trail(h.id)
-    assert [(d["decision"], d["actor"], d["reason"]) for d in trail["decisions"]
-            if d["kind"] == "approval_decided"] == [("approved", "alice", "sent from the UI")]
+    assert [(d.decision, d.actor, d.reason) for d in trail.decisions
+            if d.kind == "approval_decided"] == [("approved", "alice", "sent from the UI")]

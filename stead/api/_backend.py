@@ -340,13 +340,12 @@ class Backend:
     async def audit(self, tenant: str, workflow_id: str) -> AuditTrail:
         ledger = await self.ledger()
         trail = await _no_tables(lambda: ledger.trail(workflow_id, tenant=tenant))
-        if not trail["runs"]:
+        if not trail.runs:
             raise ApiError(404, f"the ledger has no run {workflow_id!r}")
         problems = await _no_tables(lambda: ledger.verify_chain(workflow_id, tenant=tenant))
         return AuditTrail.model_validate({
             "workflow_id": workflow_id, "chain_ok": not problems, "chain_problems": problems,
-            **{k: trail.get(k, []) for k in ("runs", "model_calls", "tool_calls",
-                                             "tool_attempts", "decisions", "memory_ops")}})
+            **trail.model_dump()})
 
     async def metrics(self, flt: MetricsFilter) -> MetricsReport:
         ledger = await self.ledger()

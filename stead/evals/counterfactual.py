@@ -166,41 +166,41 @@ class RecordedRun(_Model):
 async def load_run(ledger: Ledger, workflow_id: str) -> RecordedRun:
     """The latest finished run of ``workflow_id``; ``CounterfactualError`` if there is none."""
     trail = await ledger.trail(workflow_id)
-    rows = trail["runs"]
+    rows = trail.runs
     if not rows:
         raise CounterfactualError(f"the ledger has no run {workflow_id!r}")
-    finished = [r for r in rows if r["finished_at"] is not None]
+    finished = [r for r in rows if r.finished_at is not None]
     if not finished:
         raise CounterfactualError(f"run {workflow_id!r} has not finished (status "
-                                  f"{rows[-1]['status']}); only finished runs can be replayed")
+                                  f"{rows[-1].status}); only finished runs can be replayed")
     row = finished[-1]
-    run_id = row["run_id"]
+    run_id = row.run_id
     last_error: dict[str, str | None] = {}
-    for a in trail["tool_attempts"]:
-        if a["run_id"] == run_id:
-            last_error[a["idempotency_key"]] = a["error_type"]
+    for a in trail.tool_attempts:
+        if a.run_id == run_id:
+            last_error[a.idempotency_key] = a.error_type
     result: RunResult | None = None
-    if row["result"]:
+    if row.result:
         try:
-            result = RunResult.model_validate(row["result"])
+            result = RunResult.model_validate(row.result)
         except ValidationError:
             result = None  # an older result shape: the ledger rows still tell the story
     return RecordedRun(
-        workflow_id=workflow_id, run_id=run_id, agent=row["agent"], tenant=row["tenant"],
-        user=row["user_id"], input=row["input"],
-        metadata={str(k): str(v) for k, v in (row["metadata"] or {}).items()},
-        model=row["model"], status=row["status"], answer=row["answer"], error=row["error"],
-        started_at=row["started_at"], result=result,
-        tool_calls=[RecordedToolCall(step=t["step"], tool=t["tool"], arguments=t["arguments"],
-                                     status=t["status"], result=t["result"], error=t["error"],
-                                     error_type=last_error.get(t["idempotency_key"]))
-                    for t in trail["tool_calls"] if t["run_id"] == run_id],
-        turns=[RecordedTurn(step=m["step"], model=m["model"], content=m["content"],
-                            tool_calls=[ToolCall.model_validate(c) for c in m["tool_calls"]],
-                            finish_reason=m["finish_reason"])
-               for m in trail["model_calls"] if m["run_id"] == run_id and m["status"] == "ok"],
+        workflow_id=workflow_id, run_id=run_id, agent=row.agent, tenant=row.tenant,
+        user=row.user_id, input=row.input,
+        metadata={str(k): str(v) for k, v in (row.metadata or {}).items()},
+        model=row.model, status=row.status, answer=row.answer, error=row.error,
+        started_at=row.started_at, result=result,
+        tool_calls=[RecordedToolCall(step=t.step, tool=t.tool, arguments=t.arguments,
+                                     status=t.status, result=t.result, error=t.error,
+                                     error_type=last_error.get(t.idempotency_key))
+                    for t in trail.tool_calls if t.run_id == run_id],
+        turns=[RecordedTurn(step=m.step, model=m.model, content=m.content,
+                            tool_calls=[ToolCall.model_validate(c) for c in m.tool_calls],
+                            finish_reason=m.finish_reason)
+               for m in trail.model_calls if m.run_id == run_id and m.status == "ok"],
         decisions=[LedgerDecision.from_row(d)
-                   for d in trail["decisions"] if d["run_id"] == run_id],
+                   for d in trail.decisions if d.run_id == run_id],
     )
 
 
@@ -860,8 +860,7 @@ async def _replay_one(run: RecordedRun, *, host_settings: Settings, client: Clie
         except RPCError:
             pass
     trail = await ledger.trail(cf_id)
-    decisions = [LedgerDecision.from_row(d)
-                 for d in trail["decisions"]]
+    decisions = [LedgerDecision.from_row(d) for d in trail.decisions]
     cf = RunSide(workflow_id=cf_id, status=result.status if result else "error",
                  answer=result.answer if result else None,
                  error=result.error if result else error,

@@ -16,9 +16,9 @@ from __future__ import annotations
 import inspect
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -35,7 +35,7 @@ from stead.evals.suite import (
 )
 from stead.judge import JUDGE_INSTRUCTIONS, parse_judgement
 from stead.llm import ModelClient, ScriptedModel
-from stead.models import JsonObject, LedgerDecision, Message, RunResult
+from stead.models import JsonObject, LedgerDecision, Message, ModelCallRow, RunResult, Trail
 
 CheckStatus = Literal["pass", "fail", "skip"]
 
@@ -114,8 +114,8 @@ class CaseOutcome(_Model):
     decisions: list[LedgerDecision] = Field(default_factory=list)
     approvals: list[ApprovalTaken] = Field(default_factory=list)
     duration_s: float = 0.0
-    trail: dict[str, list[dict[str, Any]]] = Field(default_factory=dict, exclude=True)
-    """The raw ledger trail (``Ledger.trail``), for custom evaluators."""
+    trail: Trail = Field(default_factory=Trail, exclude=True)
+    """The ledger trail (``Ledger.trail``), for custom evaluators."""
 
     @property
     def answer(self) -> str | None:
@@ -131,27 +131,26 @@ class CaseOutcome(_Model):
                 if which == "proposed" or c.status in ("ok", "error")]
 
 
-def observed_calls(trail: Mapping[str, Sequence[Mapping[str, Any]]],
-                   result: RunResult | None) -> list[ObservedCall]:
+def observed_calls(trail: Trail, result: RunResult | None) -> list[ObservedCall]:
     """Calls as the model wrote them (ledger ``model_calls``: the raw argument text, even of
     calls the gate rejected) joined by call id with the run's own records."""
     records = list(result.tool_calls) if result else []
     used = [False] * len(records)
-    best: dict[tuple[str, int], Mapping[str, Any]] = {}
-    for row in trail.get("model_calls", []):
-        if row.get("status") != "ok":
+    best: dict[tuple[str, int], ModelCallRow] = {}
+    for row in trail.model_calls:
+        if row.status != "ok":
             continue
-        key = (str(row.get("run_id")), int(row.get("step", 0)))
-        if key not in best or int(row.get("attempt", 0)) >= int(best[key].get("attempt", 0)):
+        key = (row.run_id, row.step)
+        if key not in best or row.attempt >= best[key].attempt:
             best[key] = row
     out: list[ObservedCall] = []
-    for row in sorted(best.values(), key=lambda r: (str(r.get("created_at")), r.get("step"))):
-        for c in row.get("tool_calls") or []:
+    for row in sorted(best.values(), key=lambda r: (str(r.created_at), r.step)):
+        for c in row.tool_calls:
             raw = str(c.get("arguments", ""))
             idx = next((i for i, r in enumerate(records)
                         if not used[i] and r.call_id == c.get("id")), None)
             if idx is None:
-                out.append(ObservedCall(step=int(row.get("step", 0)), call_id=str(c.get("id")),
+                out.append(ObservedCall(step=row.step, call_id=str(c.get("id")),
                                         tool=str(c.get("name")), arguments=_object(raw),
                                         raw_arguments=raw, status="not_run"))
                 continue
@@ -170,9 +169,8 @@ def observed_calls(trail: Mapping[str, Sequence[Mapping[str, Any]]],
     return out
 
 
-def observed_decisions(trail: Mapping[str, Sequence[Mapping[str, Any]]]) \
-        -> list[LedgerDecision]:
-    return [LedgerDecision.from_row(d) for d in trail.get("decisions", [])]
+def observed_decisions(trail: Trail) -> list[LedgerDecision]:
+    return [LedgerDecision.from_row(d) for d in trail.decisions]
 
 
 def _object(text: str) -> JsonObject | None:

@@ -201,7 +201,7 @@ async def case_model(suite: Suite, case: Case, ledger: Ledger) -> ModelClient | 
             return ScriptedModel(turns, name=f"recorded:{src.file.name}")
         assert src.workflow_id is not None
         trail = await ledger.trail(src.workflow_id)
-        turns = turns_from_model_calls(trail["model_calls"])
+        turns = turns_from_model_calls([m.model_dump() for m in trail.model_calls])
         if not turns:
             raise SuiteError(f"{suite.where(case.name)}: case {case.name!r}: the ledger has "
                              f"no successful model calls for workflow {src.workflow_id!r}")
@@ -436,8 +436,7 @@ async def _stop_overrun(handle: WorkflowHandle[Any, RunResult], timeout: float) 
 
 
 def _report(outcome: CaseOutcome, checks: list[Check]) -> CaseReport:
-    models = sorted({str(m["model"]) for m in outcome.trail.get("model_calls", [])
-                     if m.get("model")})
+    models = sorted({m.model for m in outcome.trail.model_calls if m.model})
     return CaseReport(suite=outcome.suite, case=outcome.case.name, agent=outcome.case.agent,
                       workflow_id=outcome.workflow_id,
                       passed=not any(c.status == "fail" for c in checks),

@@ -180,7 +180,9 @@ def recorded_turns_from_file(path: Path) -> list[ModelTurn]:
 
 
 def turns_from_model_calls(rows: Sequence[Mapping[str, Any]]) -> list[ModelTurn]:
-    """Successful model calls of one run (ledger rows), one turn per step, in step order."""
+    """Successful model calls of one run, one turn per step, in step order. ``rows`` are
+    ``model_calls`` of a ``stead audit --json`` document (or ``ModelCallRow.model_dump()``),
+    read leniently: a hand-edited document may leave columns out."""
     by_step: dict[tuple[str, int], Mapping[str, Any]] = {}
     for r in rows:
         if r.get("status") != "ok":
