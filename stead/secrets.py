@@ -43,18 +43,18 @@ from pydantic import SecretStr
 from guardrails.detect import PII_KINDS, redact
 from stead.errors import SettingsError, SteadError
 from stead.policy import PiiKind
+from stead.secret_names import (
+    MIN_SECRET_LENGTH,
+    SECRET_ENV_PREFIX,
+    check_secret_name,
+    compile_patterns,
+    secret_variable,
+)
 
 if TYPE_CHECKING:
-    from stead.settings import Settings
+    from stead.settings import SecuritySettings, Settings
 
 J = TypeVar("J")
-
-SECRET_ENV_PREFIX: Final = "STEAD_SECRET_"
-"""``STEAD_SECRET_TICKETING_TOKEN`` holds the secret a tool reads as ``ticketing_token``."""
-MIN_SECRET_LENGTH: Final = 8
-"""Shorter values cannot be redacted without mangling ordinary text (``"abc"`` is everywhere)."""
-
-_NAME: Final = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 
 class SecretError(SteadError):
@@ -74,44 +74,6 @@ class UndeclaredSecret(SecretError):
     """A tool asked for a secret it did not declare (least privilege for credentials)."""
 
     error_type = "UndeclaredSecret"
-
-
-def secret_variable(name: str) -> str:
-    """The environment variable that holds secret ``name``."""
-    return SECRET_ENV_PREFIX + name.upper()
-
-
-def check_secret_name(name: str) -> str:
-    """``name`` if it is a valid secret name (lowercase ``[a-z][a-z0-9_]*``), else ValueError."""
-    if not _NAME.match(name):
-        raise ValueError(f"secret name {name!r} must match {_NAME.pattern} (lowercase letters, "
-                         f"digits, underscores)")
-    return name
-
-
-def compile_patterns(patterns: Sequence[str] | Mapping[str, str],
-                     ) -> list[tuple[str, re.Pattern[str]]]:
-    """``(label, regex)`` pairs of ``STEAD_REDACT_PATTERNS``: a list (labelled ``pattern``) or an
-    object of label -> regex. Raises ValueError naming the first bad entry."""
-    items = list(patterns.items()) if isinstance(patterns, Mapping) else \
-        [("pattern", p) for p in patterns]
-    out: list[tuple[str, re.Pattern[str]]] = []
-    for i, (label, source) in enumerate(items):
-        where = f"[{label!r}]" if isinstance(patterns, Mapping) else f"[{i}]"
-        if isinstance(patterns, Mapping) and not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]{0,40}",
-                                                              label):
-            raise ValueError(f"pattern label {label!r} must be a short word "
-                             f"(letters, digits, _ . -)")
-        try:
-            compiled = re.compile(source)
-        except re.error as err:
-            raise ValueError(f"pattern {where} {source!r} is not a valid regular expression: "
-                             f"{err}") from None
-        if compiled.fullmatch(""):
-            raise ValueError(f"pattern {where} {source!r} matches the empty string; it would "
-                             f"redact nothing useful or everything")
-        out.append((label, compiled))
-    return out
 
 
 # ---------------------------------------------------------------------------- credentials
@@ -163,13 +125,13 @@ class Secrets:
         self._known = _KnownValues(self._values.items())
 
     @classmethod
-    def from_settings(cls, settings: Settings, *,
+    def from_settings(cls, security: SecuritySettings, *,
                       environ: Mapping[str, str] | None = None) -> Secrets:
-        """``settings.secrets`` (``STEAD_SECRETS``) plus every ``STEAD_SECRET_<NAME>`` variable
+        """``security.secrets`` (``STEAD_SECRETS``) plus every ``STEAD_SECRET_<NAME>`` variable
         of ``environ`` (default: the process environment), which wins over the JSON object.
         Raises ``SettingsError`` naming the variable at fault."""
         env = os.environ if environ is None else environ
-        values = {k: v.get_secret_value() for k, v in settings.secrets.items()}
+        values = {k: v.get_secret_value() for k, v in security.secrets.items()}
         for var, value in env.items():
             if var.startswith(SECRET_ENV_PREFIX) and len(var) > len(SECRET_ENV_PREFIX):
                 name = var[len(SECRET_ENV_PREFIX):].lower()
@@ -268,10 +230,10 @@ class Redactor:
         """Everything the settings know: tool credentials (``secrets``, default
         ``Secrets.from_settings``), every other secret setting (API keys, codec keys, tokens),
         database passwords, ``STEAD_REDACT_PATTERNS`` and ``STEAD_REDACT_PII``."""
-        creds = secrets if secrets is not None else Secrets.from_settings(settings)
+        creds = secrets if secrets is not None else Secrets.from_settings(settings.security)
         return cls(known=[*creds.items(), *_secret_settings(settings)],
-                   patterns=compile_patterns(settings.redact_patterns),
-                   pii_kinds=settings.redact_pii)
+                   patterns=compile_patterns(settings.security.redact_patterns),
+                   pii_kinds=settings.security.redact_pii)
 
     def text(self, s: str) -> str:
         s = self._known.text(s)
@@ -298,10 +260,9 @@ DEFAULT_REDACTOR: Final = Redactor()
 def _secret_settings(settings: Settings) -> list[tuple[str, str]]:
     """Every secret-typed setting's value, and the passwords inside database URLs."""
     found: list[tuple[str, str]] = []
-    for name in type(settings).model_fields:
+    for name, value in settings.flat_items():
         if name == "secrets":
             continue  # tool credentials: resolved (with STEAD_SECRET_*) by Secrets
-        value = getattr(settings, name)
         if isinstance(value, SecretStr):
             found.append((name, value.get_secret_value()))
             found.extend(_json_strings(name, value.get_secret_value()))
