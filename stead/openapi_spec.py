@@ -15,7 +15,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from stead.models import RetrySpec, RiskTier, SideEffect, Timeouts
-from stead.secret_names import check_secret_name
+from stead.tool_secrets import check_secret_name
 
 
 class OpenAPIAuth(BaseModel):

@@ -34,20 +34,24 @@ import os
 import re
 import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
 from guardrails.detect import PII_KINDS, redact
-from stead.errors import SettingsError, SteadError
+from stead.errors import SettingsError
 from stead.policy import PiiKind
-from stead.secret_names import (
+from stead.settings import compile_patterns
+from stead.tool_secrets import (
     MIN_SECRET_LENGTH,
+    NO_SECRETS,
     SECRET_ENV_PREFIX,
+    MissingSecret,
+    SecretError,
+    ToolSecrets,
+    UndeclaredSecret,
     check_secret_name,
-    compile_patterns,
     secret_variable,
 )
 
@@ -55,60 +59,6 @@ if TYPE_CHECKING:
     from stead.settings import SecuritySettings, Settings
 
 J = TypeVar("J")
-
-
-class SecretError(SteadError):
-    """A tool's credential could not be handed out."""
-
-    error_type: str = "SecretError"
-    """``ApplicationError.type`` of the failed tool call (shown in the Web UI and ledger)."""
-
-
-class MissingSecret(SecretError):
-    """A tool declared a secret that the worker's settings do not hold."""
-
-    error_type = "MissingSecret"
-
-
-class UndeclaredSecret(SecretError):
-    """A tool asked for a secret it did not declare (least privilege for credentials)."""
-
-    error_type = "UndeclaredSecret"
-
-
-# ---------------------------------------------------------------------------- credentials
-
-
-@dataclass(frozen=True)
-class ToolSecrets:
-    """The credentials one tool may read: the ones it declared. What ``ToolContext`` holds."""
-
-    tool: str = ""
-    declared: frozenset[str] = frozenset()
-    _values: Mapping[str, str] = field(default_factory=dict, repr=False)
-
-    def get(self, name: str) -> str:
-        """The secret's value; :class:`UndeclaredSecret` or :class:`MissingSecret` otherwise."""
-        value = self.get_optional(name)
-        if value is None:
-            raise MissingSecret(
-                f"tool {self.tool!r} needs the secret {name!r}, which is not configured: set "
-                f"{secret_variable(name)} (or the key {name!r} of STEAD_SECRETS) in the "
-                f"worker's environment")
-        return value
-
-    def get_optional(self, name: str) -> str | None:
-        """The secret's value, or None when it is declared but not configured."""
-        if name not in self.declared:
-            raise UndeclaredSecret(
-                f"tool {self.tool!r} asked for the secret {name!r} without declaring it; "
-                f"declare it with @tool(..., secrets=[{name!r}]) so the worker knows which "
-                f"credentials each tool holds")
-        return self._values.get(name)
-
-
-NO_SECRETS: Final = ToolSecrets()
-"""For a ``ToolContext`` built outside a worker (tests): every ``secret()`` call fails."""
 
 
 class Secrets:

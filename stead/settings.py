@@ -15,12 +15,14 @@ without ``STEAD_``, lowercase), or whole sections (``Settings(temporal=TemporalS
 An unset service address means "use the embedded default".
 
 This module imports only the declarations its fields hold (``stead.mcp_spec``,
-``stead.openapi_spec``, ``stead.secret_names``), never the code that uses the settings.
+``stead.openapi_spec``), never the code that uses the settings.
 """
 
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -33,7 +35,6 @@ from stead.errors import SettingsError
 from stead.mcp_spec import McpServerSettings, parse_mcp_servers
 from stead.openapi_spec import OpenAPISource
 from stead.policy import PiiKind
-from stead.secret_names import compile_patterns
 
 
 @dataclass(frozen=True)
@@ -399,6 +400,31 @@ class _Variables(PydanticBaseSettingsSource):
                     raise SettingsError(f"invalid setting: {var} must be JSON ({err})") from None
             out.setdefault(section, {})[name] = value
         return out
+
+
+def compile_patterns(patterns: Sequence[str] | Mapping[str, str],
+                     ) -> list[tuple[str, re.Pattern[str]]]:
+    """``(label, regex)`` pairs of ``STEAD_REDACT_PATTERNS``: a list (labelled ``pattern``) or an
+    object of label -> regex. Raises ValueError naming the first bad entry."""
+    items = list(patterns.items()) if isinstance(patterns, Mapping) else \
+        [("pattern", p) for p in patterns]
+    out: list[tuple[str, re.Pattern[str]]] = []
+    for i, (label, source) in enumerate(items):
+        where = f"[{label!r}]" if isinstance(patterns, Mapping) else f"[{i}]"
+        if isinstance(patterns, Mapping) and not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]{0,40}",
+                                                              label):
+            raise ValueError(f"pattern label {label!r} must be a short word "
+                             f"(letters, digits, _ . -)")
+        try:
+            compiled = re.compile(source)
+        except re.error as err:
+            raise ValueError(f"pattern {where} {source!r} is not a valid regular expression: "
+                             f"{err}") from None
+        if compiled.fullmatch(""):
+            raise ValueError(f"pattern {where} {source!r} matches the empty string; it would "
+                             f"redact nothing useful or everything")
+        out.append((label, compiled))
+    return out
 
 
 def load_settings(**overrides: Any) -> Settings:
