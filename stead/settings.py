@@ -20,12 +20,14 @@ This module imports only the declarations its fields hold (``stead.mcp_spec``,
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
@@ -373,14 +375,16 @@ def _by_section(values: dict[str, Any], into: dict[str, Any] | None = None) -> d
             raise TypeError(f"Settings has no setting {key!r} (STEAD_{key.upper()})")
         section, name = _BY_FLAT_NAME[key]
         given = out.get(section, {})
-        fields = dict(given) if isinstance(given, BaseModel | dict) else {}
+        # Not dict(model): it would call CodecSettings.keys, a field, as a mapping's keys().
+        fields = ({n: getattr(given, n) for n in type(given).model_fields}
+                  if isinstance(given, BaseModel) else dict(given))
         out[section] = {**fields, name: value}
     return out
 
 
 class _Variables(PydanticBaseSettingsSource):
     """Each section field from the first of its variables that is set (names case-insensitive;
-    JSON for dicts and lists)."""
+    JSON for dicts, lists and models)."""
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         raise NotImplementedError  # values come from __call__, by section
@@ -393,9 +397,9 @@ class _Variables(PydanticBaseSettingsSource):
             if var is None:
                 continue
             value: Any = env[var]
-            if self.field_is_complex(info):
+            if _takes_json(info.annotation):
                 try:
-                    value = self.decode_complex_value(name, info, value)
+                    value = json.loads(value)
                 except ValueError as err:
                     raise SettingsError(f"invalid setting: {var} must be JSON ({err})") from None
             out.setdefault(section, {})[name] = value
@@ -425,6 +429,13 @@ def compile_patterns(patterns: Sequence[str] | Mapping[str, str],
                              f"redact nothing useful or everything")
         out.append((label, compiled))
     return out
+
+
+def _takes_json(annotation: object) -> bool:
+    """Dicts, lists and models (or a union of them) are JSON in their variable."""
+    union = get_origin(annotation) in (Union, UnionType)
+    return any(get_origin(a) in (dict, list) or (isinstance(a, type) and issubclass(a, BaseModel))
+               for a in (get_args(annotation) if union else (annotation,)))
 
 
 def load_settings(**overrides: Any) -> Settings:
