@@ -44,11 +44,10 @@ from urllib.parse import urlsplit
 import jsonschema
 import pytest
 import yaml
-from pydantic import AliasChoices
 
 from stead.embedded import DEV_SERVER_DYNAMIC_CONFIG, SEARCH_ATTRIBUTES
 from stead.ledger import migrate
-from stead.settings import Settings
+from stead.settings import VARIABLES, Settings
 
 with warnings.catch_warnings():
     # pgserver asks platformdirs for a runtime dir at import (and warns without XDG_RUNTIME_DIR);
@@ -298,17 +297,7 @@ def _dockerignored(path: str) -> bool:
 
 def _accepted_env_names() -> set[str]:
     """Every environment variable name stead's Settings reads."""
-    prefix = str(Settings.model_config.get("env_prefix", ""))
-    names: set[str] = set()
-    for field, info in Settings.model_fields.items():
-        alias = info.validation_alias
-        if isinstance(alias, AliasChoices):
-            names.update(choice for choice in alias.choices if isinstance(choice, str))
-        elif isinstance(alias, str):
-            names.add(alias)
-        else:
-            names.add(f"{prefix}{field}".upper())
-    return names
+    return set(VARIABLES)
 
 
 def _settings_from(service: Service, monkeypatch: pytest.MonkeyPatch) -> Settings:
