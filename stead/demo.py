@@ -98,8 +98,8 @@ async def run_demo(settings: Settings, console: Console) -> bool:
         console.print("starting the embedded stack (Temporal dev server, PostgreSQL)…")
         await stack.start()
     try:
-        resolved = stack.resolved_settings().model_copy(
-            update={"task_queue": f"stead-demo-{uuid.uuid4().hex[:6]}"})
+        resolved = stack.resolved_settings().replace(
+            task_queue=f"stead-demo-{uuid.uuid4().hex[:6]}")
         default_world(settings.stack.data_dir).reset()
         refund_world(settings.stack.data_dir).reset()
         embedder = choose_embedder(resolved)

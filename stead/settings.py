@@ -339,6 +339,16 @@ class Settings(BaseSettings):
         current: dict[str, Any] = {name: getattr(self, name) for name in type(self).model_fields}
         return type(self).model_validate(_by_section(changes, current))
 
+    def model_copy(self, *, update: Mapping[str, Any] | None = None,
+                   deep: bool = False) -> Settings:
+        """Pydantic's copy; ``update`` takes sections only (flat names: :meth:`replace`), as
+        pydantic would otherwise keep an unknown key as a stray attribute nobody reads."""
+        stray = sorted(set(update or {}) - set(type(self).model_fields))
+        if stray:
+            raise TypeError(f"Settings.model_copy(update=...) takes sections; use "
+                            f"replace({', '.join(f'{k}=...' for k in stray)})")
+        return super().model_copy(update=update, deep=deep)
+
     def flat_items(self) -> list[tuple[str, object]]:
         """``(flat name, value)`` of every field of every section (e.g. for redaction)."""
         return [(FLAT_NAMES[(section, name)], getattr(getattr(self, section), name))

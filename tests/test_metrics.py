@@ -196,8 +196,8 @@ class Scenario:
 
 @pytest.fixture(scope="module")
 async def scenario(stack: EmbeddedStack) -> AsyncIterator[Scenario]:
-    settings = stack.resolved_settings().model_copy(
-        update={"task_queue": f"test-{uuid.uuid4().hex[:10]}", "memory_backend": "off"})
+    settings = stack.resolved_settings().replace(task_queue=f"test-{uuid.uuid4().hex[:10]}",
+                                                 memory_backend="off")
     tenant = f"metrics-{uuid.uuid4().hex[:10]}"
     started = datetime.now(UTC)
     async with WorkerHost(settings, AgentCatalog([mx_agent()])) as host:

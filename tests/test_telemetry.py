@@ -79,8 +79,8 @@ def attrs(**kv: str) -> Attrs:
 
 @pytest.fixture
 def mx_settings(stack: EmbeddedStack) -> Settings:
-    return stack.resolved_settings().model_copy(
-        update={"task_queue": f"test-{uuid.uuid4().hex[:10]}", "memory_backend": "off"})
+    return stack.resolved_settings().replace(task_queue=f"test-{uuid.uuid4().hex[:10]}",
+                                             memory_backend="off")
 
 
 @pytest.fixture

@@ -404,9 +404,9 @@ async def record_corpus(out: Path, *, scenarios: Sequence[CorpusScenario] = tupl
         data = Path(tmp)
         # Self-contained whatever the environment says: own servers, offline models.
         base = Settings(data_dir=data, temporal_port=free_port(), ui_port=free_port(),
-                        postgres_port=free_port(), memory_backend="pgvector").model_copy(
-            update={"temporal_address": None, "database_url": None, "openai_api_key": None,
-                    "pinecone_api_key": None, "otel_exporter_otlp_endpoint": None})
+                        postgres_port=free_port(), memory_backend="pgvector").replace(
+            temporal_address=None, database_url=None, openai_api_key=None, pinecone_api_key=None,
+            otel_exporter_otlp_endpoint=None)
         stack = EmbeddedStack(base, ui=False)
         progress("starting a throwaway embedded stack (Temporal dev server, PostgreSQL)")
         await stack.start()

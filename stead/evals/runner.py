@@ -512,8 +512,7 @@ async def eval_stack(settings: Settings, *, ephemeral: bool = False) -> AsyncIte
         return
     filled = settings
     if settings.temporal.address is None and not port_is_free(settings.stack.temporal_port):
-        filled = filled.model_copy(
-            update={"temporal_address": f"127.0.0.1:{settings.stack.temporal_port}"})
+        filled = filled.replace(temporal_address=f"127.0.0.1:{settings.stack.temporal_port}")
     if settings.ledger.database_url is None and not port_is_free(settings.stack.postgres_port):
         pg = EmbeddedPostgres(settings.stack.data_dir.resolve(), port=settings.stack.postgres_port)
         # Workers log in least-privilege; the owner migrates (stead/dbroles.py).
