@@ -24,7 +24,6 @@ import json
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -39,17 +38,15 @@ from stead.openapi_spec import OpenAPISource
 from stead.policy import PiiKind
 
 
-@dataclass(frozen=True)
 class Env:
-    """The variables a section field reads, first set wins: ``STEAD_<NAME>`` and ``also``."""
+    """The variables a section field reads, first set wins: ``STEAD_<NAME>``, then ``also``."""
 
-    name: str
-    """The flat name: ``STEAD_<NAME>`` and the keyword of ``Settings(...)``/``replace(...)``."""
-    also: tuple[str, ...] = ()
+    __slots__ = ("also", "name")
 
     def __init__(self, name: str, *also: str) -> None:
-        object.__setattr__(self, "name", name)
-        object.__setattr__(self, "also", also)
+        self.name = name
+        """The flat name: ``STEAD_<NAME>`` and the keyword of ``Settings(...)``/``replace()``."""
+        self.also = also
 
     @property
     def variables(self) -> tuple[str, ...]:
@@ -238,6 +235,31 @@ class CodecSettings(_Section):
     """Codec server URL the embedded Web UI decodes payloads with (``--ui-codec-endpoint``)."""
 
 
+def compile_patterns(patterns: Sequence[str] | Mapping[str, str],
+                     ) -> list[tuple[str, re.Pattern[str]]]:
+    """``(label, regex)`` pairs of ``STEAD_REDACT_PATTERNS``: a list (labelled ``pattern``) or an
+    object of label -> regex. Raises ValueError naming the first bad entry."""
+    items = list(patterns.items()) if isinstance(patterns, Mapping) else \
+        [("pattern", p) for p in patterns]
+    out: list[tuple[str, re.Pattern[str]]] = []
+    for i, (label, source) in enumerate(items):
+        where = f"[{label!r}]" if isinstance(patterns, Mapping) else f"[{i}]"
+        if isinstance(patterns, Mapping) and not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]{0,40}",
+                                                              label):
+            raise ValueError(f"pattern label {label!r} must be a short word "
+                             f"(letters, digits, _ . -)")
+        try:
+            compiled = re.compile(source)
+        except re.error as err:
+            raise ValueError(f"pattern {where} {source!r} is not a valid regular expression: "
+                             f"{err}") from None
+        if compiled.fullmatch(""):
+            raise ValueError(f"pattern {where} {source!r} matches the empty string; it would "
+                             f"redact nothing useful or everything")
+        out.append((label, compiled))
+    return out
+
+
 class SecuritySettings(_Section):
     """Tool credentials and what the ledger and logs redact."""
 
@@ -420,31 +442,6 @@ class _Variables(PydanticBaseSettingsSource):
         return out
 
 
-def compile_patterns(patterns: Sequence[str] | Mapping[str, str],
-                     ) -> list[tuple[str, re.Pattern[str]]]:
-    """``(label, regex)`` pairs of ``STEAD_REDACT_PATTERNS``: a list (labelled ``pattern``) or an
-    object of label -> regex. Raises ValueError naming the first bad entry."""
-    items = list(patterns.items()) if isinstance(patterns, Mapping) else \
-        [("pattern", p) for p in patterns]
-    out: list[tuple[str, re.Pattern[str]]] = []
-    for i, (label, source) in enumerate(items):
-        where = f"[{label!r}]" if isinstance(patterns, Mapping) else f"[{i}]"
-        if isinstance(patterns, Mapping) and not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]{0,40}",
-                                                              label):
-            raise ValueError(f"pattern label {label!r} must be a short word "
-                             f"(letters, digits, _ . -)")
-        try:
-            compiled = re.compile(source)
-        except re.error as err:
-            raise ValueError(f"pattern {where} {source!r} is not a valid regular expression: "
-                             f"{err}") from None
-        if compiled.fullmatch(""):
-            raise ValueError(f"pattern {where} {source!r} matches the empty string; it would "
-                             f"redact nothing useful or everything")
-        out.append((label, compiled))
-    return out
-
-
 def _takes_json(annotation: object) -> bool:
     """Dicts, lists and models (or a union of them) are JSON in their variable."""
     union = get_origin(annotation) in (Union, UnionType)
@@ -459,11 +456,11 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as err:
         problems = []
         for e in err.errors():
-            problems.append(f"{variables_of(e['loc'])}={e.get('input')!r}: {e['msg']}")
+            problems.append(f"{_variables_of(e['loc'])}={e.get('input')!r}: {e['msg']}")
         raise SettingsError("invalid setting: " + "; ".join(problems)) from None
 
 
-def variables_of(loc: tuple[int | str, ...]) -> str:
+def _variables_of(loc: tuple[int | str, ...]) -> str:
     """The variable(s) users set for the value at ``loc`` (``("temporal", "tls")`` ->
     ``STEAD_TEMPORAL_TLS or TEMPORAL_TLS``) in a validation error of ``Settings``."""
     info = _FIELDS.get((str(loc[0]), str(loc[1]))) if len(loc) >= 2 else None
