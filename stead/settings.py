@@ -392,10 +392,11 @@ FLAT_NAMES: dict[tuple[str, str], str] = {key: _env_of(info).name for key, info 
                                           _FIELDS.items()}
 """(section, field) -> flat name: ``("temporal", "address")`` -> ``"temporal_address"``."""
 _BY_FLAT_NAME = {flat: key for key, flat in FLAT_NAMES.items()}
-VARIABLES: frozenset[str] = frozenset(v for info in _FIELDS.values()
-                                      for v in _env_of(info).variables)
-"""Every environment variable ``Settings`` reads (``STEAD_SECRET_<NAME>`` aside: those are
-``stead.secrets``')."""
+VARIABLES: dict[str, str] = {v: _env_of(info).name for info in _FIELDS.values()
+                             for v in _env_of(info).variables}
+"""Every environment variable ``Settings`` reads, to the flat name of its setting
+(``TEMPORAL_TLS`` -> ``temporal_tls``); ``STEAD_SECRET_<NAME>`` aside: that is
+``stead.secrets``'."""
 
 
 def _by_section(values: dict[str, Any], into: dict[str, Any] | None = None) -> dict[str, Any]:
