@@ -21,7 +21,7 @@ def main() -> int:
     try:
         settings = load_settings()
         configure_logging(settings)  # STEAD_LOG_FORMAT=json: one JSON object per line
-        if settings.temporal_address is None or settings.database_url is None:
+        if settings.temporal.address is None or settings.ledger.database_url is None:
             print("worker.py needs TEMPORAL_ADDRESS and DATABASE_URL; "
                   "run `stead up` for the embedded stack", file=sys.stderr)
             return 2

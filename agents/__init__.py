@@ -30,7 +30,7 @@ def served_catalog(settings: Settings) -> AgentCatalog:
     ``STEAD_MCP_SERVERS`` are connected by the worker itself). Raises ``SettingsError``."""
     from stead.openapi import with_openapi_sources
 
-    return with_openapi_sources(reference_catalog(settings.data_dir), settings)
+    return with_openapi_sources(reference_catalog(settings.stack.data_dir), settings.integrations)
 
 
 __all__ = ["reference_catalog", "reference_graphs", "served_catalog"]

@@ -249,7 +249,7 @@ async def one(h: Any, path: str, settle: float) -> Sample:
     from stead.client import start_run
 
     handle: Handle = await start_run(h.client, RunRequest(agent=AGENT, input=REQUEST),
-                                     settings=h.stead_settings)
+                                     temporal=h.stead_settings.temporal)
     pending = await _parked(handle)
     await asyncio.sleep(settle)
     if path == SIGNAL:

@@ -840,7 +840,7 @@ async def _policy_runs(runs: int, warmup: int, agents: dict[str, Any],
             t0 = time.perf_counter()
             handle = await start_run(h.client, RunRequest(agent=agents[variant].name,
                                                           input=REQUEST),
-                                     settings=h.stead_settings)
+                                     temporal=h.stead_settings.temporal)
             await h.finish(STEAD, handle)
             ms = (time.perf_counter() - t0) * 1000
             used = cpu.delta(before, cpu.snapshot())

@@ -273,7 +273,7 @@ async def run_history_bench(turns: int, tool_bytes: int, *, max_history_events: 
         wid = f"history-stead-{uuid.uuid4().hex[:8]}"
         start = await client.start_workflow(
             WORKFLOW_TYPE, ConversationStart(agent=AGENT, max_history_events=max_history_events),
-            id=wid, task_queue=settings.task_queue, result_type=ConversationResult)
+            id=wid, task_queue=settings.temporal.task_queue, result_type=ConversationResult)
         conv = client.get_workflow_handle(wid, result_type=ConversationResult)
 
         async def stead_say(handle: Any, text: str) -> None:

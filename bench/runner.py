@@ -32,7 +32,7 @@ from stead.agent import Agent, AgentCatalog
 from stead.client import connect, start_run
 from stead.embedded import EmbeddedStack, free_port
 from stead.models import RunRequest, RunResult
-from stead.settings import Settings
+from stead.settings import Settings, WorkerSettings
 from stead.worker import PASSTHROUGH, WorkerHost
 
 STEAD, PLAIN = "stead", "plain"
@@ -96,7 +96,7 @@ class Harness:
     async def start(self, system: str) -> WorkflowHandle[Any, Any]:
         if system == STEAD:
             return await start_run(self.client, RunRequest(agent=AGENT, input=REQUEST),
-                                   settings=self.stead_settings)
+                                   temporal=self.stead_settings.temporal)
         return await self.client.start_workflow(
             PlainAgentWorkflow.run, PlainRequest(input=REQUEST),
             id=f"plain-{uuid.uuid4().hex[:12]}", task_queue=self.plain_queue)
@@ -151,14 +151,14 @@ def _distinct_ports(n: int) -> list[int]:
     return ports
 
 
-def plain_worker_options(settings: Settings) -> dict[str, Any]:
+def plain_worker_options(worker: WorkerSettings) -> dict[str, Any]:
     """Worker options a plain-temporalio baseline shares with stead's worker (slots, cache,
     sandbox passthrough), so the comparison differs only in what stead adds."""
     return {
-        "max_concurrent_activities": settings.max_concurrent_activities,
-        "max_concurrent_local_activities": settings.max_concurrent_activities,
-        "max_concurrent_workflow_tasks": settings.max_concurrent_workflow_tasks,
-        "max_cached_workflows": settings.max_cached_workflows,
+        "max_concurrent_activities": worker.max_concurrent_activities,
+        "max_concurrent_local_activities": worker.max_concurrent_activities,
+        "max_concurrent_workflow_tasks": worker.max_concurrent_workflow_tasks,
+        "max_cached_workflows": worker.max_cached_workflows,
         "graceful_shutdown_timeout": timedelta(seconds=30),
         "workflow_runner": SandboxedWorkflowRunner(
             restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)),
@@ -168,13 +168,13 @@ def plain_worker_options(settings: Settings) -> dict[str, Any]:
 @contextlib.asynccontextmanager
 async def _plain_worker(settings: Settings, task_queue: str) -> AsyncIterator[Worker]:
     """A plain temporalio worker, configured like stead's except for what stead adds."""
-    assert settings.temporal_address is not None
-    client = await Client.connect(settings.temporal_address,
-                                  namespace=settings.temporal_namespace,
+    assert settings.temporal.address is not None
+    client = await Client.connect(settings.temporal.address,
+                                  namespace=settings.temporal.namespace,
                                   data_converter=pydantic_data_converter)
     worker = Worker(
         client, task_queue=task_queue, workflows=[PlainAgentWorkflow],
-        activities=plain_activities(), **plain_worker_options(settings))
+        activities=plain_activities(), **plain_worker_options(settings.worker))
     async with worker:
         yield worker
 
@@ -206,7 +206,7 @@ async def bench_stack(*, progress: Progress = print,
             plain_queue = f"bench-plain-{suffix}"
             catalog = AgentCatalog(list(agents) if agents is not None else [bench_agent()])
             async with (WorkerHost(resolved, catalog,
-                                   task_queue=resolved.task_queue),
+                                   task_queue=resolved.temporal.task_queue),
                         _plain_worker(resolved, plain_queue)):
                 client = await connect(resolved)
                 yield Harness(client, resolved, plain_queue)

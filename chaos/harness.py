@@ -238,13 +238,13 @@ class Harness:
         return self.faults.setdefault((group, kind), FaultStat(group=group, kind=kind))
 
     def settings_for(self, phase: str, **update: Any) -> Settings:
-        return self.base.model_copy(update={
-            "task_queue": f"chaos-{phase}-{uuid.uuid4().hex[:8]}",
+        return self.base.replace(
+            task_queue=f"chaos-{phase}-{uuid.uuid4().hex[:8]}",
             # A killed worker's cached runs move to a live worker after 1 s instead of 10 s.
-            "sticky_schedule_to_start_seconds": 1.0,
-            "model_timeout_seconds": 3.0,
-            "db_pool_max": 4,
-            **update})
+            sticky_schedule_to_start_seconds=1.0,
+            model_timeout_seconds=3.0,
+            db_pool_max=4,
+            **update)
 
     @contextlib.asynccontextmanager
     async def pool(self, settings: Settings, name: str, *,
@@ -288,7 +288,7 @@ class Harness:
         rec = RunRecord(workflow_id=wid, phase=phase, scenario=scenario,
                         started_at=time.time())
         self.records.append(rec)
-        handle = await start_run(self.client, request, settings=settings, workflow_id=wid)
+        handle = await start_run(self.client, request, temporal=settings.temporal, workflow_id=wid)
         return rec, handle
 
     async def finish(self, rec: RunRecord, handle: WorkflowHandle[Any, RunResult]) -> None:
@@ -455,7 +455,7 @@ class Harness:
                 await self.stack.postgres.start()
             back_at = time.time()
             stat.injected += 1
-            progress_at = await self._first_progress(back_at, settings.task_queue,
+            progress_at = await self._first_progress(back_at, settings.temporal.task_queue,
                                                      [r.workflow_id for r, _ in started])
             await waits
         recovery = (progress_at - back_at) if progress_at is not None else float("nan")
@@ -651,9 +651,9 @@ async def run_chaos(cfg: ChaosConfig, *, progress: Progress = print) -> ChaosRes
     """Start a throwaway stack, run the phases in ``cfg``, check the invariants."""
     t0 = time.monotonic()
     settings = throwaway_settings("stead-chaos-")
-    data_dir = settings.data_dir
-    progress(f"embedded stack in {data_dir} (Temporal :{settings.temporal_port}, "
-             f"PostgreSQL :{settings.postgres_port})")
+    data_dir = settings.stack.data_dir
+    progress(f"embedded stack in {data_dir} (Temporal :{settings.stack.temporal_port}, "
+             f"PostgreSQL :{settings.stack.postgres_port})")
     # The suite's ledger pool reconnects through the PostgreSQL restart it causes itself.
     logging.getLogger("asyncpg.pool").setLevel(logging.CRITICAL)
     stack = EmbeddedStack(settings, ui=False)

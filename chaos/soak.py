@@ -238,7 +238,7 @@ class Soak:
         status = "error:unknown"
         try:
             handle = await start_run(self.client, RunRequest(agent=req.agent, input=text),
-                                     settings=self.settings,
+                                     temporal=self.settings.temporal,
                                      workflow_id=f"soak-{req.agent}-{uuid.uuid4().hex[:12]}")
             result = await handle.result()
             status = result.status
@@ -477,16 +477,16 @@ def to_json(result: SoakResult, machine: dict[str, object]) -> dict[str, Any]:
 def _worker_env(settings: Settings) -> dict[str, str]:
     """``python worker.py`` on the soak's stack; never a paid model, whatever the caller's
     environment holds."""
-    assert settings.temporal_address is not None and settings.database_url is not None
+    assert settings.temporal.address is not None and settings.ledger.database_url is not None
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("STEAD_", "OPENAI_", "PINECONE_", "OTEL_", "TEMPORAL_"))
            and k != "DATABASE_URL"}
     env.update({
-        "TEMPORAL_ADDRESS": settings.temporal_address,
-        "DATABASE_URL": settings.database_url,
-        "STEAD_MIGRATE_DATABASE_URL": settings.migration_database_url or "",
+        "TEMPORAL_ADDRESS": settings.temporal.address,
+        "DATABASE_URL": settings.ledger.database_url,
+        "STEAD_MIGRATE_DATABASE_URL": settings.ledger.migration_database_url or "",
         "STEAD_TASK_QUEUE": TASK_QUEUE,
-        "STEAD_DATA_DIR": str(settings.data_dir),
+        "STEAD_DATA_DIR": str(settings.stack.data_dir),
         "STEAD_MEMORY_BACKEND": "off",
         "STEAD_METRICS_EXPORTER": "none",
         "STEAD_LOG_LEVEL": "WARNING",
@@ -521,9 +521,9 @@ async def run_soak(cfg: SoakConfig, *, progress: Any = print) -> SoakResult:
     """Start a throwaway stack and a worker process, soak, check, tear down."""
     t0 = time.monotonic()
     base = throwaway_settings("stead-soak-", task_queue=TASK_QUEUE)
-    data_dir = base.data_dir
-    progress(f"embedded stack in {data_dir} (Temporal :{base.temporal_port}, "
-             f"PostgreSQL :{base.postgres_port})")
+    data_dir = base.stack.data_dir
+    progress(f"embedded stack in {data_dir} (Temporal :{base.stack.temporal_port}, "
+             f"PostgreSQL :{base.stack.postgres_port})")
     stack = EmbeddedStack(base, ui=False)
     proc: subprocess.Popen[bytes] | None = None
     try:

@@ -25,4 +25,4 @@ def throwaway_settings(prefix: str, **extra: object) -> Settings:
                     postgres_port=ports[2], temporal_address=None, database_url=None,
                     openai_api_key=None, openai_base_url=None, memory_backend="off",
                     metrics_exporter="none", otel_exporter_otlp_endpoint=None,
-                    log_level="WARNING", **extra)  # type: ignore[arg-type]
+                    log_level="WARNING", **extra)

@@ -59,7 +59,7 @@ def api_cmd(
         app = create_app(settings)
     except SettingsError as e:
         fail(str(e), EXIT_BAD_INPUT)
-    run_async(_serve(app, host or settings.api_host, port or settings.api_port))
+    run_async(_serve(app, host or settings.api.host, port or settings.api.port))
 
 
 async def _serve(app: FastAPI, host: str, port: int) -> None:

@@ -88,7 +88,7 @@ async def _chat(settings: Settings, agent: str, conversation_id: str | None,
             f"{'.'.join(str(p) for p in x['loc'])}: {x['msg']}" for x in e.errors()),
             EXIT_BAD_INPUT)
     client = await temporal_client(settings)
-    handle = await start_conversation(client, start, settings=settings,
+    handle = await start_conversation(client, start, temporal=settings.temporal,
                                       workflow_id=conversation_id, attach=True)
     if conversation_id is not None:
         try:

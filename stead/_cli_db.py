@@ -41,9 +41,9 @@ def _owner_dsn() -> str:
     A migration job may hold only the owner's DSN (no DATABASE_URL): that must not fall
     back to the embedded database."""
     settings = cli_settings()
-    if settings.migrate_database_url is not None:
-        return settings.migrate_database_url
-    dsn = resolved(settings).migration_database_url
+    if settings.ledger.migrate_database_url is not None:
+        return settings.ledger.migrate_database_url
+    dsn = resolved(settings).ledger.migration_database_url
     assert dsn is not None  # resolved() fills in the embedded PostgreSQL
     return dsn
 

@@ -120,7 +120,7 @@ async def _run_path(settings: Settings, agent: Agent,
         desc = await handle.describe()
     except RPCError as e:
         if e.status == RPCStatusCode.NOT_FOUND:
-            raise RunNotFound(f"no run {run_id!r} on {settings.temporal_address}") from None
+            raise RunNotFound(f"no run {run_id!r} on {settings.temporal.address}") from None
         raise
     owner = desc.typed_search_attributes.get(SearchAttributeKey.for_keyword("SteadAgent"))
     if owner is not None and owner != agent.name:

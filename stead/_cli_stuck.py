@@ -82,9 +82,9 @@ async def _find(settings: Settings, threshold: timedelta, *, task_queue: str | N
 
     client = await temporal_client(settings)
     ledger: Ledger | None = None
-    if use_ledger and settings.database_url is not None:
+    if use_ledger and settings.ledger.database_url is not None:
         try:
-            ledger = await Ledger.connect(settings.database_url, min_size=0, max_size=2,
+            ledger = await Ledger.connect(settings.ledger.database_url, min_size=0, max_size=2,
                                           retry_seconds=0)
         except LedgerError as e:
             ledger = None  # judged from Temporal alone; the report says so

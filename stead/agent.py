@@ -13,7 +13,7 @@ from typing import Any
 from stead.errors import SpecError
 from stead.graph import DEFAULT, REGISTRY, Graph
 from stead.llm import ModelClient
-from stead.mcp import McpServer
+from stead.mcp_spec import McpServer
 from stead.models import AgentPlan, GraphPin, MemoryPlan, ToolPlan
 from stead.policy import Policy
 from stead.tools import Tool, ToolRegistry

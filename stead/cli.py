@@ -133,7 +133,7 @@ async def _start_and_stream(client: Client, settings: Settings, request: RunRequ
                             wait: bool, as_json: bool) -> RunResult | None:
     from stead.client import start_run
 
-    handle = await start_run(client, request, settings=settings)
+    handle = await start_run(client, request, temporal=settings.temporal)
     if not wait:
         if as_json:
             print_json({"workflow_id": handle.id, "run_id": handle.result_run_id})
@@ -222,7 +222,7 @@ async def _show(settings: Settings, run_id: str, tenant: str | None = None) -> d
     handle = client.get_workflow_handle(run_id, result_type=RunResult)
     # The same words whether the run is missing or another tenant's: nothing to tell apart.
     missing = RunNotFound(f"no run {run_id!r}" + (f" for tenant {tenant!r}" if tenant else "")
-                          + f" on {settings.temporal_address}")
+                          + f" on {settings.temporal.address}")
     try:
         desc = await handle.describe()
     except RPCError as e:
@@ -289,8 +289,8 @@ async def _audit(settings: Settings, run_id: str, verify: bool, tenant: str | No
                  ) -> tuple[Trail, list[str]]:
     from stead.ledger import Ledger
 
-    assert settings.database_url is not None
-    ledger = await Ledger.connect(settings.database_url, min_size=0, max_size=2,
+    assert settings.ledger.database_url is not None
+    ledger = await Ledger.connect(settings.ledger.database_url, min_size=0, max_size=2,
                                   retry_seconds=0)
     try:
         trail = await ledger.trail(run_id, tenant=tenant)
@@ -646,8 +646,8 @@ def memory_reembed(
         from stead.memory import Memory
 
         # A new dimension alters the column, which only the tables' owner may do.
-        assert settings.migration_database_url is not None
-        store = await PgVectorStore.connect(settings.migration_database_url, min_size=0,
+        assert settings.ledger.migration_database_url is not None
+        store = await PgVectorStore.connect(settings.ledger.migration_database_url, min_size=0,
                                             max_size=2)
         memory = Memory(store=store, embedder=choose_embedder(settings), backend="pgvector")
         try:

@@ -1,7 +1,8 @@
 """Connecting to Temporal and starting runs.
 
     client = await connect(settings)
-    handle = await start_run(client, RunRequest(agent="ops", input="..."), settings=settings)
+    handle = await start_run(client, RunRequest(agent="ops", input="..."),
+                             temporal=settings.temporal)
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from stead.codec import data_converter
 from stead.errors import StackError
 from stead.models import RunRequest, RunResult
 from stead.search_attributes import run_attributes
-from stead.settings import Settings
+from stead.settings import Settings, TemporalSettings
 from stead.tls import explain_connect_error, temporal_auth
 
 WORKFLOW_TYPE = "AgentWorkflow"
@@ -32,11 +33,11 @@ async def connect(settings: Settings, address: str | None = None, *,
     ``runtime``: a Temporal runtime with telemetry (``stead.telemetry.temporal_runtime``).
     ``interceptors``: e.g. ``SteadTracing.interceptors`` for client spans (``stead run``).
     """
-    target = address or settings.temporal_address or f"127.0.0.1:{settings.temporal_port}"
-    auth = temporal_auth(settings)  # SettingsError before any network traffic
+    target = address or settings.temporal.address or f"127.0.0.1:{settings.stack.temporal_port}"
+    auth = temporal_auth(settings.temporal)  # SettingsError before any network traffic
     try:
-        return await Client.connect(target, namespace=settings.temporal_namespace,
-                                    data_converter=data_converter(settings), runtime=runtime,
+        return await Client.connect(target, namespace=settings.temporal.namespace,
+                                    data_converter=data_converter(settings.codec), runtime=runtime,
                                     tls=auth.tls, api_key=auth.api_key,
                                     interceptors=interceptors)
     except (RuntimeError, RPCError) as err:
@@ -51,11 +52,11 @@ def new_run_id(agent: str, tenant: str = "default") -> str:
     return f"{tenant}-{agent}-{uuid.uuid4().hex[:12]}"
 
 
-async def start_run(client: Client, request: RunRequest, *, settings: Settings,
+async def start_run(client: Client, request: RunRequest, *, temporal: TemporalSettings,
                     workflow_id: str | None = None) -> WorkflowHandle[object, RunResult]:
     attrs = run_attributes(request.agent, request.tenant)
     summary = f"{request.agent}: {request.input[:120]}"
     return await client.start_workflow(
         WORKFLOW_TYPE, request, id=workflow_id or new_run_id(request.agent, request.tenant),
-        task_queue=settings.task_queue, result_type=RunResult, search_attributes=attrs,
+        task_queue=temporal.task_queue, result_type=RunResult, search_attributes=attrs,
         static_summary=summary)

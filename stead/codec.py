@@ -1,6 +1,6 @@
 """Payload encryption: an AES-256-GCM payload codec with a key ring, and the data converter.
 
-    converter = data_converter(settings)     # pydantic converter, encrypted when keys are set
+    converter = data_converter(settings.codec)     # pydantic converter, encrypted when keys are set
     client = await Client.connect(address, data_converter=converter)
 
 With ``STEAD_CODEC_KEYS`` set, every payload a stead client or worker hands to Temporal (run
@@ -61,7 +61,7 @@ from temporalio.converter import (
 )
 
 from stead.errors import SettingsError, SteadError
-from stead.settings import Settings
+from stead.settings import CodecSettings
 
 ENCODING = b"binary/encrypted"
 """``encoding`` metadata of an encrypted payload."""
@@ -120,17 +120,17 @@ class KeyRing:
         return self._keys.get(key_id)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> KeyRing | None:
+    def from_settings(cls, codec: CodecSettings) -> KeyRing | None:
         """The ring ``STEAD_CODEC_KEYS`` / ``STEAD_CODEC_KEY_ID`` describe; None when no keys
         are set. ``STEAD_CODEC_KEY_ID`` may be left out when there is exactly one key."""
-        raw = settings.codec_keys.get_secret_value() if settings.codec_keys else ""
+        raw = codec.keys.get_secret_value() if codec.keys else ""
         if not raw.strip():
-            if settings.codec_key_id:
+            if codec.key_id:
                 raise SettingsError("invalid setting: STEAD_CODEC_KEY_ID is set but "
                                     "STEAD_CODEC_KEYS is not; set both to encrypt payloads")
             return None
         keys = _parse_keys(raw)
-        current = settings.codec_key_id or None  # compose passes unset variables as ""
+        current = codec.key_id or None  # compose passes unset variables as ""
         if current is None:
             if len(keys) != 1:
                 raise SettingsError(
@@ -272,14 +272,14 @@ PLAIN_CONVERTER = dataclasses.replace(pydantic_data_converter, payload_codec=Pla
 """The data converter without keys: pydantic JSON, payloads stored as they are."""
 
 
-def data_converter(settings: Settings, *, encode_failures: bool = True) -> DataConverter:
+def data_converter(codec: CodecSettings, *, encode_failures: bool = True) -> DataConverter:
     """stead's data converter: pydantic JSON, encrypted when ``STEAD_CODEC_KEYS`` is set.
 
     Clients, workers and the replayer all take it from here, so they agree; the same key
     settings give the same converter object. ``encode_failures=False`` keeps failure messages
     out of the encrypted payload: for the replayer, which writes nothing to the server and
     whose reports would otherwise read ``Encoded failure`` (decoding works either way)."""
-    ring = KeyRing.from_settings(settings)
+    ring = KeyRing.from_settings(codec)
     return PLAIN_CONVERTER if ring is None else _encrypted_converter(ring, encode_failures)
 
 
@@ -291,10 +291,10 @@ def _encrypted_converter(ring: KeyRing, encode_failures: bool) -> DataConverter:
         if encode_failures else pydantic_data_converter.failure_converter_class)
 
 
-def codec_of(settings: Settings) -> EncryptionCodec | None:
+def codec_of(codec: CodecSettings) -> EncryptionCodec | None:
     """The codec of :func:`data_converter` (None without keys), e.g. for the codec server."""
-    codec = data_converter(settings).payload_codec
-    return codec if isinstance(codec, EncryptionCodec) else None
+    payload_codec = data_converter(codec).payload_codec
+    return payload_codec if isinstance(payload_codec, EncryptionCodec) else None
 
 
 __all__ = ["ENCODING", "KEY_BYTES", "KEY_ID_METADATA", "NONCE_BYTES", "PLAIN_CONVERTER",

@@ -189,11 +189,11 @@ def codec_server_cmd(
     settings = cli_settings()
     configure_cli_logging(settings)
     try:
-        codec = codec_of(settings)
-        origins = parse_origins(settings.codec_cors_origins)
+        codec = codec_of(settings.codec)
+        origins = parse_origins(settings.codec.cors_origins)
     except SettingsError as e:
         fail(str(e), EXIT_BAD_INPUT)
-    token = settings.codec_server_token.get_secret_value() if settings.codec_server_token \
+    token = settings.codec.server_token.get_secret_value() if settings.codec.server_token \
         else ""
     if codec is None:
         err.print("[yellow]note:[/] STEAD_CODEC_KEYS is not set: nothing is encrypted, payloads "

@@ -1,6 +1,6 @@
 """Conversations that last: the payloads of ``ConversationWorkflow`` and a client for them.
 
-    handle = await start_conversation(client, ConversationStart(agent="ops"), settings=s)
+    handle = await start_conversation(client, ConversationStart(agent="ops"), temporal=s.temporal)
     turn = await say(handle, "is checkout-api healthy?")      # TurnOutcome: answer, status
     await say(handle, "and what did you find before?")        # the model sees turn 1
 
@@ -35,7 +35,7 @@ from temporalio.common import WorkflowIDConflictPolicy
 from stead.blobs import EMPTY_CONTEXT
 from stead.models import BlobDigest, Name, RunStatus
 from stead.search_attributes import run_attributes
-from stead.settings import Settings
+from stead.settings import TemporalSettings
 
 WORKFLOW_TYPE = "ConversationWorkflow"
 
@@ -148,7 +148,8 @@ def new_conversation_id(agent: str, tenant: str = "default") -> str:
     return f"{tenant}-{agent}-chat-{uuid.uuid4().hex[:12]}"
 
 
-async def start_conversation(client: Client, start: ConversationStart, *, settings: Settings,
+async def start_conversation(client: Client, start: ConversationStart, *,
+                             temporal: TemporalSettings,
                              workflow_id: str | None = None, attach: bool = False,
                              ) -> WorkflowHandle[object, ConversationResult]:
     """Start a conversation on the settings' task queue; its handle (no run id, so updates
@@ -156,7 +157,7 @@ async def start_conversation(client: Client, start: ConversationStart, *, settin
     used as it is (``start`` is then ignored) instead of being an error."""
     attrs = run_attributes(start.agent, start.tenant)
     wid = workflow_id or new_conversation_id(start.agent, start.tenant)
-    await client.start_workflow(WORKFLOW_TYPE, start, id=wid, task_queue=settings.task_queue,
+    await client.start_workflow(WORKFLOW_TYPE, start, id=wid, task_queue=temporal.task_queue,
                                 result_type=ConversationResult, search_attributes=attrs,
                                 static_summary=f"conversation with {start.agent}",
                                 id_conflict_policy=(WorkflowIDConflictPolicy.USE_EXISTING

@@ -1,6 +1,6 @@
 """Database roles: who may do what to the ledger.
 
-    await migrate(settings.migration_database_url)                    # as the owner
+    await migrate(settings.ledger.migration_database_url)                    # as the owner
     await grant_worker_role(owner_dsn, "stead_app", password=secret)  # once per login role
     await role_privileges(owner_dsn, "stead_app")                     # what it may do
 

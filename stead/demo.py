@@ -89,18 +89,19 @@ async def run_demo(settings: Settings, console: Console) -> bool:
     from stead.worker import WorkerHost
 
     stack = EmbeddedStack(settings)
-    reuse = (settings.temporal_address is None and not port_is_free(settings.temporal_port)
-             and settings.database_url is None and not port_is_free(settings.postgres_port))
+    reuse = (settings.temporal.address is None and not port_is_free(settings.stack.temporal_port)
+             and settings.ledger.database_url is None
+             and not port_is_free(settings.stack.postgres_port))
     if reuse:
-        console.print(f"using the running stack on 127.0.0.1:{settings.temporal_port}")
+        console.print(f"using the running stack on 127.0.0.1:{settings.stack.temporal_port}")
     else:
         console.print("starting the embedded stack (Temporal dev server, PostgreSQL)…")
         await stack.start()
     try:
-        resolved = stack.resolved_settings().model_copy(
-            update={"task_queue": f"stead-demo-{uuid.uuid4().hex[:6]}"})
-        default_world(settings.data_dir).reset()
-        refund_world(settings.data_dir).reset()
+        resolved = stack.resolved_settings().replace(
+            task_queue=f"stead-demo-{uuid.uuid4().hex[:6]}")
+        default_world(settings.stack.data_dir).reset()
+        refund_world(settings.stack.data_dir).reset()
         embedder = choose_embedder(resolved)
         memory = await open_memory(resolved, embedder=embedder)
         if memory is not None:
@@ -111,19 +112,19 @@ async def run_demo(settings: Settings, console: Console) -> bool:
             finally:
                 await memory.close()
         results: list[tuple[Scenario, str, RunResult, float, bool]] = []
-        async with WorkerHost(resolved, reference_catalog(settings.data_dir),
+        async with WorkerHost(resolved, reference_catalog(settings.stack.data_dir),
                               embedder=embedder) as host:
             assert host.client is not None
             for sc in SCENARIOS:
                 started = time.perf_counter()
-                handle = await start_run(host.client, sc.request, settings=resolved)
+                handle = await start_run(host.client, sc.request, temporal=resolved.temporal)
                 if sc.approve:
                     await _approve_when_asked(handle, console)
                 result = await handle.result()
                 took = time.perf_counter() - started
                 results.append((sc, handle.id, result, took, sc.check(result)))
         _report(console, results, stack.ui_url if not reuse else
-                f"http://127.0.0.1:{settings.ui_port}")
+                f"http://127.0.0.1:{settings.stack.ui_port}")
         return all(ok for *_, ok in results)
     finally:
         if not reuse:

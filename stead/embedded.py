@@ -3,7 +3,7 @@
     async with EmbeddedStack(settings) as stack:
         stack.temporal_address, stack.database_url
 
-Files live under ``settings.data_dir``: ``temporal.db`` (SQLite, so runs survive a restart),
+Files live under ``settings.stack.data_dir``: ``temporal.db`` (SQLite, so runs survive a restart),
 ``pg/`` (PostgreSQL data directory, pgvector available) and ``logs/``. Each service can be
 stopped and started again on its own, which the reliability tests use.
 """
@@ -357,38 +357,39 @@ class EmbeddedStack:
 
     def __init__(self, settings: Settings, *, ui: bool = True) -> None:
         self.settings = settings
-        data = settings.data_dir.resolve()
+        data = settings.stack.data_dir.resolve()
         self.temporal: EmbeddedTemporal | None = None
         self.postgres: EmbeddedPostgres | None = None
-        if settings.temporal_address is None:
+        if settings.temporal.address is None:
             self.temporal = EmbeddedTemporal(
-                data, port=settings.temporal_port, ui_port=settings.ui_port if ui else None,
-                namespace=settings.temporal_namespace, ui_codec_endpoint=settings.codec_server_url)
-        if settings.database_url is None:
-            self.postgres = EmbeddedPostgres(data, port=settings.postgres_port)
+                data, port=settings.stack.temporal_port,
+                ui_port=settings.stack.ui_port if ui else None,
+                namespace=settings.temporal.namespace, ui_codec_endpoint=settings.codec.server_url)
+        if settings.ledger.database_url is None:
+            self.postgres = EmbeddedPostgres(data, port=settings.stack.postgres_port)
 
     @property
     def temporal_address(self) -> str:
         if self.temporal is not None:
             return self.temporal.address
-        assert self.settings.temporal_address is not None
-        return self.settings.temporal_address
+        assert self.settings.temporal.address is not None
+        return self.settings.temporal.address
 
     @property
     def database_url(self) -> str:
         """The ledger owner's DSN: what migrations and administration use."""
         if self.postgres is not None:
             return self.postgres.url
-        assert self.settings.migration_database_url is not None
-        return self.settings.migration_database_url
+        assert self.settings.ledger.migration_database_url is not None
+        return self.settings.ledger.migration_database_url
 
     @property
     def worker_database_url(self) -> str:
         """The DSN workers connect with (least privilege, see stead/dbroles.py)."""
         if self.postgres is not None:
             return self.postgres.worker_url
-        assert self.settings.database_url is not None
-        return self.settings.database_url
+        assert self.settings.ledger.database_url is not None
+        return self.settings.ledger.database_url
 
     @property
     def ui_url(self) -> str | None:
@@ -396,9 +397,10 @@ class EmbeddedStack:
 
     def resolved_settings(self) -> Settings:
         """The settings with the embedded services' addresses filled in."""
-        return self.settings.model_copy(update={"temporal_address": self.temporal_address,
-                                                "database_url": self.worker_database_url,
-                                                "migrate_database_url": self.database_url})
+        return self.settings.replace(
+            temporal_address=self.temporal_address,
+            database_url=self.worker_database_url,
+            migrate_database_url=self.database_url)
 
     async def start(self) -> None:
         try:

@@ -173,7 +173,7 @@ def configure_logging(settings: Settings, *, stream: TextIO | None = None,
     install_log_redaction(redactor if redactor is not None else Redactor.from_settings(settings))
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.set_name(_HANDLER_NAME)
-    if settings.log_format == "json":
+    if settings.telemetry.log_format == "json":
         handler.setFormatter(JsonFormatter())
         handler.addFilter(RunContextFilter())
     else:
@@ -183,5 +183,5 @@ def configure_logging(settings: Settings, *, stream: TextIO | None = None,
         root.removeHandler(old)
         old.close()
     root.addHandler(handler)
-    root.setLevel(level if level is not None else settings.log_level)
+    root.setLevel(level if level is not None else settings.telemetry.log_level)
     return handler

@@ -46,19 +46,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
 import logging
-import re
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic import BaseModel, ConfigDict, ValidationError
 from temporalio.exceptions import ApplicationError
 
 from stead.errors import SpecError
-from stead.models import RetrySpec, RiskTier, SideEffect, Timeouts, ToolPlan
+from stead.mcp_spec import (
+    SECRET_REF,
+    SEPARATOR,
+    McpServer,
+    McpServerSettings,
+    McpToolSpec,
+    parse_mcp_servers,
+    stead_tool_name,
+)
+from stead.models import RetrySpec, Timeouts, ToolPlan
 from stead.secrets import SecretError, Secrets
 from stead.tools import CallLost, Tool, ToolContext
 
@@ -70,7 +75,7 @@ if TYPE_CHECKING:
     from mcp_types import Tool as McpToolDef
 
     from stead.agent import AgentCatalog
-    from stead.settings import Settings
+    from stead.settings import IntegrationSettings
 
 log = logging.getLogger("stead.mcp")
 
@@ -78,8 +83,6 @@ IDEMPOTENCY_META_KEY: Final = "stead/idempotency-key"
 """``_meta`` key of a ``tools/call`` request that carries the call's idempotency key."""
 ATTEMPT_META_KEY: Final = "stead/attempt"
 """``_meta`` key of the attempt number (1, 2, ...) of the call."""
-SEPARATOR: Final = "__"
-"""Between server and tool in a stead tool name: ``desk__lookup_ticket``."""
 
 # ApplicationError.type values of MCP tool calls (see the module docstring).
 MCP_UNAVAILABLE: Final = "McpUnavailable"
@@ -88,9 +91,6 @@ MCP_MALFORMED_RESULT: Final = "McpMalformedResult"
 MCP_TOOL_REMOVED: Final = "McpToolRemoved"
 MCP_SERVER_ERROR: Final = "McpServerError"
 
-_SERVER_NAME = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]*(_[a-zA-Z0-9-]+)*$")
-_SECRET_REF = re.compile(r"\$\{secret:([^}]*)\}")
-_MAX_NAME = 64  # OpenAI function names
 _MAX_DESCRIPTION = 1024
 _DISCOVERY_SECONDS = 40.0
 """Bound on listing one server's tools at run start: ``run.start`` is a local activity with a
@@ -98,219 +98,6 @@ _DISCOVERY_SECONDS = 40.0
 _CONNECTION_CLOSED = -32000
 _REQUEST_TIMEOUT = -32001
 _CALLER_FAULTS = frozenset({-32600, -32601, -32602})  # invalid request, no method, bad params
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-# ---------------------------------------------------------------------------- declarations
-
-
-class McpToolSpec(_Model):
-    """What stead must know about one MCP tool that the server cannot be trusted to say."""
-
-    side_effect: SideEffect = "irreversible"
-    """``read``, ``write`` or ``irreversible``; unknown counts as irreversible."""
-    risk: RiskTier = "high"
-    """Risk tier for the gate's score; undeclared tools are high risk (ask under the default
-    policy)."""
-    idempotent: bool | None = None
-    """Safe to run twice with the same key; default: only ``read`` tools are."""
-    timeout_seconds: float = Field(30.0, gt=0, le=24 * 3600)
-    """Seconds one attempt may take (the activity's start-to-close timeout)."""
-    max_attempts: int = Field(3, ge=1, le=100)
-    """Attempts including the first (1: never retry)."""
-    reconcile: str | None = Field(None, min_length=1)
-    """A tool of the same server that answers, for ``{"idempotency_key": ...}``, with the
-    original call's result if that call took effect and with no content if it did not. Used
-    when a non-idempotent call's answer was lost; without it such a call is escalated."""
-
-    @property
-    def is_idempotent(self) -> bool:
-        return self.side_effect == "read" if self.idempotent is None else self.idempotent
-
-
-def _check_server_name(name: str) -> str:
-    if not _SERVER_NAME.match(name) or len(name) > 32:
-        raise ValueError(f"name must start with a letter and use letters, digits, '-' and "
-                         f"single '_' (at most 32 characters), got {name!r}: it prefixes tool "
-                         f"names as <server>{SEPARATOR}<tool>")
-    return name
-
-
-def _check_url(url: str) -> str:
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"must be an http(s) URL with a host, e.g. http://127.0.0.1:8000/mcp "
-                         f"(got {url!r})")
-    return url
-
-
-class McpServer(_Model):
-    """An MCP server an agent may use: ``stdio=[command, *args]`` or ``url=`` (streamable HTTP).
-
-    ``env`` (stdio) and ``headers`` (HTTP) values may name worker secrets as
-    ``${secret:<name>}`` (``STEAD_SECRET_<NAME>``), resolved when the worker connects.
-    """
-
-    name: str
-    stdio: list[str] | None = None
-    """Command line that starts the server as a subprocess speaking MCP on stdin/stdout."""
-    url: str | None = None
-    """Streamable HTTP endpoint, e.g. ``http://127.0.0.1:8000/mcp``."""
-    env: dict[str, str] = Field(default_factory=dict)
-    """Environment of a stdio server (besides a minimal safe set; the worker's own variables
-    are not inherited)."""
-    headers: dict[str, str] = Field(default_factory=dict)
-    """HTTP headers of every request to an HTTP server (e.g. Authorization)."""
-    tools: dict[str, McpToolSpec] = Field(default_factory=dict)
-    """Declared classes per MCP tool name; tools not listed get ``McpToolSpec()``."""
-    connect_timeout_seconds: float = Field(10.0, gt=0, le=600)
-    """How long connecting (and listing tools at run start) may take."""
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        return _check_server_name(v)
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str | None) -> str | None:
-        return None if v is None else _check_url(v)
-
-    @model_validator(mode="after")
-    def _one_transport(self) -> McpServer:
-        if (self.stdio is None) == (self.url is None):
-            raise ValueError(f"MCP server {self.name!r}: give exactly one of stdio=[command, "
-                             f"...] and url=...")
-        if self.stdio is not None and (not self.stdio or not self.stdio[0].strip()):
-            raise ValueError(f"MCP server {self.name!r}: stdio needs a command")
-        if self.stdio is not None and self.headers:
-            raise ValueError(f"MCP server {self.name!r}: headers are for HTTP servers")
-        if self.url is not None and self.env:
-            raise ValueError(f"MCP server {self.name!r}: env is for stdio servers")
-        for tool, spec in self.tools.items():
-            if spec.reconcile == tool:
-                raise ValueError(f"MCP server {self.name!r}: tool {tool!r} cannot reconcile "
-                                 f"itself")
-        return self
-
-    @property
-    def transport(self) -> Literal["stdio", "http"]:
-        return "stdio" if self.stdio is not None else "http"
-
-    def secret_refs(self) -> list[str]:
-        """Names of the worker secrets the env/header values refer to."""
-        values = [*self.env.values(), *self.headers.values()]
-        return sorted({m.group(1) for v in values for m in _SECRET_REF.finditer(v)})
-
-    def tool_names(self) -> list[str]:
-        """stead names of the tools declared in ``tools`` (for policies that name them)."""
-        return [stead_tool_name(self.name, t) for t in self.tools]
-
-
-class McpServerSettings(_Model):
-    """One entry of ``STEAD_MCP_SERVERS``: ``{name: {"transport": ..., ...}}``."""
-
-    transport: Literal["stdio", "http"]
-    command: list[str] = Field(default_factory=list)
-    """stdio: the command line."""
-    env: dict[str, str] = Field(default_factory=dict)
-    url: str | None = None
-    """http: the streamable HTTP endpoint."""
-    headers: dict[str, str] = Field(default_factory=dict)
-    agents: list[str] = Field(min_length=1)
-    """Agents that may call this server's tools (their allowlist grows by these tools)."""
-    tools: dict[str, McpToolSpec] = Field(default_factory=dict)
-    connect_timeout_seconds: float = Field(10.0, gt=0, le=600)
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str | None) -> str | None:
-        return None if v is None else _check_url(v)
-
-    @model_validator(mode="after")
-    def _transport_fields(self) -> McpServerSettings:
-        if self.transport == "stdio":
-            if not self.command or not self.command[0].strip():
-                raise ValueError('transport "stdio" needs "command": [program, args...]')
-            if self.url is not None or self.headers:
-                raise ValueError('"url" and "headers" are for transport "http"')
-        else:
-            if self.url is None:
-                raise ValueError('transport "http" needs "url"')
-            if self.command or self.env:
-                raise ValueError('"command" and "env" are for transport "stdio"')
-        return self
-
-    def server(self, name: str) -> McpServer:
-        return McpServer(name=name, stdio=self.command if self.transport == "stdio" else None,
-                         url=self.url, env=self.env, headers=self.headers, tools=self.tools,
-                         connect_timeout_seconds=self.connect_timeout_seconds)
-
-
-def parse_mcp_servers(value: object) -> dict[str, McpServerSettings]:
-    """Validate ``STEAD_MCP_SERVERS``; raise an error naming the server and the field
-    (pydantic reports it under the setting's name)
-
-    Every entry is also checked as a server declaration (URL, names, reconcile), so a bad
-    setting fails when settings are read, not when the first run reaches the server."""
-    if isinstance(value, str | bytes):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as err:
-            raise _problem(f"not JSON: {err}") from None
-    if not isinstance(value, Mapping):
-        raise _problem('must be a JSON object of server name -> {"transport": "stdio" | '
-                       '"http", ...}')
-    out: dict[str, McpServerSettings] = {}
-    problems: list[str] = []
-    for name, entry in value.items():
-        where = f"server {name!r}"
-        try:
-            _check_server_name(str(name))
-            parsed = (entry if isinstance(entry, McpServerSettings)
-                      else McpServerSettings.model_validate(entry))
-            parsed.server(str(name))
-        except ValidationError as err:
-            problems.extend(f"{where}: {_where(e['loc'])}{_message(e['msg'])}"
-                            for e in err.errors())
-            continue
-        except ValueError as err:
-            problems.append(f"{where}: {err}")
-            continue
-        out[str(name)] = parsed
-    if problems:
-        raise _problem("; ".join(problems))
-    return out
-
-
-def _problem(text: str) -> PydanticCustomError:
-    # Not ValueError: pydantic would prefix "Value error, " to a message that is one already.
-    return PydanticCustomError("mcp_servers", "{problem}", {"problem": text})
-
-
-def _message(msg: str) -> str:
-    return msg.removeprefix("Value error, ")
-
-
-def _where(loc: tuple[int | str, ...]) -> str:
-    return ".".join(str(p) for p in loc) + ": " if loc else ""
-
-
-def stead_tool_name(server: str, tool: str) -> str:
-    """The stead tool name (and activity type ``tool.<name>``) of MCP tool ``tool``.
-
-    MCP allows more characters in names than model APIs do: others become ``_``, and a name
-    over 64 characters is cut and suffixed with a hash so it stays unique."""
-    name = f"{server}{SEPARATOR}{re.sub(r'[^a-zA-Z0-9_-]', '_', tool)}"
-    if len(name) <= _MAX_NAME:
-        return name
-    digest = hashlib.sha256(tool.encode()).hexdigest()[:8]
-    return f"{name[:_MAX_NAME - 9]}_{digest}"
 
 
 # ---------------------------------------------------------------------------- results
@@ -441,7 +228,7 @@ class _Connection:
     def _resolve(self, value: str) -> str:
         secrets = self._secrets.for_tool(f"MCP server {self.server.name}",
                                          self.server.secret_refs())
-        return _SECRET_REF.sub(lambda m: secrets.get(m.group(1)), value)
+        return SECRET_REF.sub(lambda m: secrets.get(m.group(1)), value)
 
     async def _on_message(self, message: object) -> None:
         if isinstance(message, ValueError):  # pydantic's ValidationError: not JSON-RPC
@@ -551,7 +338,7 @@ class McpTools:
         self._resolved: dict[str, Tool[McpArguments, McpResult]] = {}
 
     @classmethod
-    def from_catalog(cls, catalog: AgentCatalog, settings: Settings, *,
+    def from_catalog(cls, catalog: AgentCatalog, integrations: IntegrationSettings, *,
                      secrets: Secrets | None = None) -> McpTools | None:
         """The servers the catalog's agents declare plus those of ``STEAD_MCP_SERVERS``;
         None when there are none. Raises ``SpecError`` listing every problem."""
@@ -566,7 +353,7 @@ class McpTools:
                 seen.add(s.name)
                 servers.append(s)
                 grants[a.name].append(s.name)
-        for name, entry in settings.mcp_servers.items():
+        for name, entry in integrations.mcp_servers.items():
             server = entry.server(name)
             servers.append(server)
             for agent in entry.agents:

@@ -59,7 +59,8 @@ From settings, ``STEAD_OPENAPI_SOURCES`` (JSON, see :class:`OpenAPISource`)::
                 "overrides": {"createOrder": {"risk": "critical"}}}}
 
 and a worker adds those tools to the named agents with
-``catalog = with_openapi_sources(catalog, settings)`` before building its ``WorkerHost``.
+``catalog = with_openapi_sources(catalog, settings.integrations)`` before building its
+``WorkerHost``.
 
 Errors::
 
@@ -86,20 +87,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal, NoReturn, cast
 from urllib.parse import quote, unquote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, RootModel, model_validator
+from pydantic import BaseModel, ConfigDict, JsonValue, RootModel, model_validator
 from temporalio.exceptions import ApplicationError
 
+from guardrails.calls import schema_problems
 from stead import errors
+from stead.agent import AgentCatalog
 from stead.errors import SettingsError, SpecError
 from stead.models import RetrySpec, RiskTier, SideEffect, Timeouts
-from stead.secrets import check_secret_name
+from stead.openapi_spec import OpenAPIAuth, OpenAPISource, ToolOverride
 from stead.tools import Tool, ToolContext
 
 if TYPE_CHECKING:
     import httpx
 
-    from stead.agent import AgentCatalog
-    from stead.settings import Settings
+    from stead.settings import IntegrationSettings
 
 __all__ = [
     "HTTP_CLIENT_ERROR",
@@ -163,77 +165,6 @@ class OpenAPICallError(ApplicationError):
         return self.message
 
 
-# ---------------------------------------------------------------------------- configuration
-
-
-class OpenAPIAuth(BaseModel):
-    """How calls authenticate: a bearer token or an API-key header, each a worker secret
-    (``STEAD_SECRET_<NAME>``) that only these tools may read."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    bearer_secret: str | None = None
-    """Secret sent as ``Authorization: Bearer <value>``."""
-    api_key_secret: str | None = None
-    """Secret sent in the ``api_key_header`` header."""
-    api_key_header: str = Field("X-API-Key", pattern=r"^[A-Za-z0-9-]{1,64}$")
-
-    @model_validator(mode="after")
-    def _one_kind(self) -> OpenAPIAuth:
-        chosen = [n for n in (self.bearer_secret, self.api_key_secret) if n is not None]
-        if len(chosen) != 1:
-            raise ValueError("set exactly one of bearer_secret and api_key_secret")
-        check_secret_name(chosen[0])
-        return self
-
-    @property
-    def secret(self) -> str:
-        name = self.bearer_secret or self.api_key_secret
-        assert name is not None  # the validator saw to it
-        return name
-
-    def headers(self, value: str) -> dict[str, str]:
-        if self.bearer_secret is not None:
-            return {"Authorization": f"Bearer {value}"}
-        return {self.api_key_header: value}
-
-
-class ToolOverride(BaseModel):
-    """What to declare differently from the defaults for one operation."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str | None = None
-    """Tool name (default: the operationId, with characters OpenAI refuses replaced by ``_``)."""
-    description: str | None = None
-    side_effect: SideEffect | None = None
-    risk: RiskTier | None = None
-    idempotent: bool | None = None
-    """True when the service deduplicates by ``Idempotency-Key`` although the document does
-    not declare the header: then a lost call is re-sent instead of escalated."""
-    retry: RetrySpec | None = None
-    timeouts: Timeouts | None = None
-
-
-class OpenAPISource(BaseModel):
-    """One entry of ``STEAD_OPENAPI_SOURCES``: a document, the operations to expose, and the
-    agents that get them."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    document: Path
-    """OpenAPI 3.0/3.1 document, JSON or YAML (relative paths: from the worker's directory)."""
-    base_url: str | None = None
-    """Where to send requests; default: the document's first ``servers`` URL."""
-    operations: list[str] = Field(min_length=1)
-    """operationIds to expose; nothing is exposed by default."""
-    agents: list[str] = Field(min_length=1)
-    """Agents (of this worker) whose tools these become."""
-    auth: OpenAPIAuth | None = None
-    overrides: dict[str, ToolOverride] = Field(default_factory=dict)
-    """Per operationId."""
-
-
 # ---------------------------------------------------------------------------- models
 
 
@@ -246,10 +177,6 @@ class OpenAPIArguments(RootModel[dict[str, JsonValue]]):
     @model_validator(mode="before")
     @classmethod
     def _matches_schema(cls, data: object) -> object:
-        # Imported here: guardrails imports stead.models, whose package imports the settings,
-        # which import this module.
-        from guardrails.calls import schema_problems
-
         if not isinstance(data, dict):
             raise ValueError(f"arguments must be a JSON object, got {type(data).__name__}")
         problems = schema_problems(cls.input_schema, data)
@@ -975,12 +902,11 @@ class _Call:
 # ---------------------------------------------------------------------------- settings
 
 
-def with_openapi_sources(catalog: AgentCatalog, settings: Settings) -> AgentCatalog:
+def with_openapi_sources(catalog: AgentCatalog, integrations: IntegrationSettings,
+                         ) -> AgentCatalog:
     """``catalog`` with the tools of ``STEAD_OPENAPI_SOURCES`` added to the agents each source
     names. Raises ``SettingsError`` naming the variable and the source at fault."""
-    from stead.agent import AgentCatalog
-
-    sources = settings.openapi_sources
+    sources = integrations.openapi_sources
     if not sources:
         return catalog
     extra: dict[str, list[Tool[Any, Any]]] = {}

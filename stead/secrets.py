@@ -34,119 +34,31 @@ import os
 import re
 import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
 from guardrails.detect import PII_KINDS, redact
-from stead.errors import SettingsError, SteadError
+from stead.errors import SettingsError
 from stead.policy import PiiKind
+from stead.settings import compile_patterns
+from stead.tool_secrets import (
+    MIN_SECRET_LENGTH,
+    NO_SECRETS,
+    SECRET_ENV_PREFIX,
+    MissingSecret,
+    SecretError,
+    ToolSecrets,
+    UndeclaredSecret,
+    check_secret_name,
+    secret_variable,
+)
 
 if TYPE_CHECKING:
-    from stead.settings import Settings
+    from stead.settings import SecuritySettings, Settings
 
 J = TypeVar("J")
-
-SECRET_ENV_PREFIX: Final = "STEAD_SECRET_"
-"""``STEAD_SECRET_TICKETING_TOKEN`` holds the secret a tool reads as ``ticketing_token``."""
-MIN_SECRET_LENGTH: Final = 8
-"""Shorter values cannot be redacted without mangling ordinary text (``"abc"`` is everywhere)."""
-
-_NAME: Final = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-
-
-class SecretError(SteadError):
-    """A tool's credential could not be handed out."""
-
-    error_type: str = "SecretError"
-    """``ApplicationError.type`` of the failed tool call (shown in the Web UI and ledger)."""
-
-
-class MissingSecret(SecretError):
-    """A tool declared a secret that the worker's settings do not hold."""
-
-    error_type = "MissingSecret"
-
-
-class UndeclaredSecret(SecretError):
-    """A tool asked for a secret it did not declare (least privilege for credentials)."""
-
-    error_type = "UndeclaredSecret"
-
-
-def secret_variable(name: str) -> str:
-    """The environment variable that holds secret ``name``."""
-    return SECRET_ENV_PREFIX + name.upper()
-
-
-def check_secret_name(name: str) -> str:
-    """``name`` if it is a valid secret name (lowercase ``[a-z][a-z0-9_]*``), else ValueError."""
-    if not _NAME.match(name):
-        raise ValueError(f"secret name {name!r} must match {_NAME.pattern} (lowercase letters, "
-                         f"digits, underscores)")
-    return name
-
-
-def compile_patterns(patterns: Sequence[str] | Mapping[str, str],
-                     ) -> list[tuple[str, re.Pattern[str]]]:
-    """``(label, regex)`` pairs of ``STEAD_REDACT_PATTERNS``: a list (labelled ``pattern``) or an
-    object of label -> regex. Raises ValueError naming the first bad entry."""
-    items = list(patterns.items()) if isinstance(patterns, Mapping) else \
-        [("pattern", p) for p in patterns]
-    out: list[tuple[str, re.Pattern[str]]] = []
-    for i, (label, source) in enumerate(items):
-        where = f"[{label!r}]" if isinstance(patterns, Mapping) else f"[{i}]"
-        if isinstance(patterns, Mapping) and not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]{0,40}",
-                                                              label):
-            raise ValueError(f"pattern label {label!r} must be a short word "
-                             f"(letters, digits, _ . -)")
-        try:
-            compiled = re.compile(source)
-        except re.error as err:
-            raise ValueError(f"pattern {where} {source!r} is not a valid regular expression: "
-                             f"{err}") from None
-        if compiled.fullmatch(""):
-            raise ValueError(f"pattern {where} {source!r} matches the empty string; it would "
-                             f"redact nothing useful or everything")
-        out.append((label, compiled))
-    return out
-
-
-# ---------------------------------------------------------------------------- credentials
-
-
-@dataclass(frozen=True)
-class ToolSecrets:
-    """The credentials one tool may read: the ones it declared. What ``ToolContext`` holds."""
-
-    tool: str = ""
-    declared: frozenset[str] = frozenset()
-    _values: Mapping[str, str] = field(default_factory=dict, repr=False)
-
-    def get(self, name: str) -> str:
-        """The secret's value; :class:`UndeclaredSecret` or :class:`MissingSecret` otherwise."""
-        value = self.get_optional(name)
-        if value is None:
-            raise MissingSecret(
-                f"tool {self.tool!r} needs the secret {name!r}, which is not configured: set "
-                f"{secret_variable(name)} (or the key {name!r} of STEAD_SECRETS) in the "
-                f"worker's environment")
-        return value
-
-    def get_optional(self, name: str) -> str | None:
-        """The secret's value, or None when it is declared but not configured."""
-        if name not in self.declared:
-            raise UndeclaredSecret(
-                f"tool {self.tool!r} asked for the secret {name!r} without declaring it; "
-                f"declare it with @tool(..., secrets=[{name!r}]) so the worker knows which "
-                f"credentials each tool holds")
-        return self._values.get(name)
-
-
-NO_SECRETS: Final = ToolSecrets()
-"""For a ``ToolContext`` built outside a worker (tests): every ``secret()`` call fails."""
 
 
 class Secrets:
@@ -163,13 +75,13 @@ class Secrets:
         self._known = _KnownValues(self._values.items())
 
     @classmethod
-    def from_settings(cls, settings: Settings, *,
+    def from_settings(cls, security: SecuritySettings, *,
                       environ: Mapping[str, str] | None = None) -> Secrets:
-        """``settings.secrets`` (``STEAD_SECRETS``) plus every ``STEAD_SECRET_<NAME>`` variable
+        """``security.secrets`` (``STEAD_SECRETS``) plus every ``STEAD_SECRET_<NAME>`` variable
         of ``environ`` (default: the process environment), which wins over the JSON object.
         Raises ``SettingsError`` naming the variable at fault."""
         env = os.environ if environ is None else environ
-        values = {k: v.get_secret_value() for k, v in settings.secrets.items()}
+        values = {k: v.get_secret_value() for k, v in security.secrets.items()}
         for var, value in env.items():
             if var.startswith(SECRET_ENV_PREFIX) and len(var) > len(SECRET_ENV_PREFIX):
                 name = var[len(SECRET_ENV_PREFIX):].lower()
@@ -268,10 +180,10 @@ class Redactor:
         """Everything the settings know: tool credentials (``secrets``, default
         ``Secrets.from_settings``), every other secret setting (API keys, codec keys, tokens),
         database passwords, ``STEAD_REDACT_PATTERNS`` and ``STEAD_REDACT_PII``."""
-        creds = secrets if secrets is not None else Secrets.from_settings(settings)
+        creds = secrets if secrets is not None else Secrets.from_settings(settings.security)
         return cls(known=[*creds.items(), *_secret_settings(settings)],
-                   patterns=compile_patterns(settings.redact_patterns),
-                   pii_kinds=settings.redact_pii)
+                   patterns=compile_patterns(settings.security.redact_patterns),
+                   pii_kinds=settings.security.redact_pii)
 
     def text(self, s: str) -> str:
         s = self._known.text(s)
@@ -298,10 +210,9 @@ DEFAULT_REDACTOR: Final = Redactor()
 def _secret_settings(settings: Settings) -> list[tuple[str, str]]:
     """Every secret-typed setting's value, and the passwords inside database URLs."""
     found: list[tuple[str, str]] = []
-    for name in type(settings).model_fields:
+    for name, value in settings.flat_items():
         if name == "secrets":
             continue  # tool credentials: resolved (with STEAD_SECRET_*) by Secrets
-        value = getattr(settings, name)
         if isinstance(value, SecretStr):
             found.append((name, value.get_secret_value()))
             found.extend(_json_strings(name, value.get_secret_value()))

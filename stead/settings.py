@@ -1,37 +1,124 @@
-"""Settings, read from the environment.
+"""Settings, read from the environment, in one section per concern.
 
-``Settings()`` reads ``STEAD_*`` variables plus the ecosystem's own names (``TEMPORAL_ADDRESS``,
+    settings = load_settings()           # SettingsError naming the variable to fix
+    settings.temporal.address            # TEMPORAL_ADDRESS; None: the embedded dev server
+    Settings(data_dir=tmp, temporal_port=7300).replace(task_queue="q2")   # in tests
+
+``Settings`` holds the sections (``stack``, ``temporal``, ``ledger``, ``models``, ``memory``,
+``telemetry``, ``worker``, ``codec``, ``security``, ``integrations``, ``api``); a function takes
+the section it needs. Each section field reads the variables its :class:`Env` names: the
+``STEAD_*`` variable of its flat name plus the ecosystem's own names (``TEMPORAL_ADDRESS``,
 ``DATABASE_URL``, ``OPENAI_API_KEY``, ``OPENAI_BASE_URL``, ``PINECONE_API_KEY``,
-``OTEL_EXPORTER_OTLP_ENDPOINT``). An unset service address means "use the embedded default".
-Use :func:`load_settings` at process start: it turns a validation error into a
-:class:`~stead.errors.SettingsError` that names the variable to fix.
+``OTEL_EXPORTER_OTLP_ENDPOINT``, the Temporal CLI's ``TEMPORAL_TLS*`` / ``TEMPORAL_API_KEY``).
+Keyword arguments of ``Settings(...)`` and ``replace(...)`` are those flat names (the variable
+without ``STEAD_``, lowercase), or whole sections (``Settings(temporal=TemporalSettings(...))``).
+An unset service address means "use the embedded default".
+
+This module imports only the declarations its fields hold (``stead.mcp_spec``,
+``stead.openapi_spec``), never the code that uses the settings.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal, get_args
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import (
-    AliasChoices,
-    BaseModel,
-    ConfigDict,
-    Field,
-    SecretStr,
-    ValidationError,
-    field_validator,
-)
-from pydantic_settings import BaseSettings, SettingsConfigDict
-from pydantic_settings import SettingsError as EnvParseError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from stead.errors import SettingsError
-from stead.mcp import McpServerSettings, parse_mcp_servers
-from stead.openapi import OpenAPISource
+from stead.mcp_spec import McpServerSettings, parse_mcp_servers
+from stead.openapi_spec import OpenAPISource
 from stead.policy import PiiKind
 
 
-def _env(name: str, *also: str) -> AliasChoices:
-    return AliasChoices(f"STEAD_{name.upper()}", *also)
+class Env:
+    """The variables a section field reads, first set wins: ``STEAD_<NAME>``, then ``also``."""
+
+    __slots__ = ("also", "name")
+
+    def __init__(self, name: str, *also: str) -> None:
+        self.name = name
+        """The flat name: ``STEAD_<NAME>`` and the keyword of ``Settings(...)``/``replace()``."""
+        self.also = also
+
+    @property
+    def variables(self) -> tuple[str, ...]:
+        return (f"STEAD_{self.name.upper()}", *self.also)
+
+
+_DAY = 86_400.0
+"""Upper bound of the duration settings: beyond a day is a typo, and inf overflows timedelta."""
+
+
+class _Section(BaseModel):
+    # A timeout of inf (or 1e15 s) overflows timedelta when a workflow builds activity
+    # options: refuse it here, where the variable can still be named.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
+class StackSettings(_Section):
+    """The embedded stack: where it keeps its files and the ports it listens on."""
+
+    data_dir: Annotated[Path, Env("data_dir")] = Path(".stead")
+    """Where the embedded stack keeps its files (Temporal SQLite, PostgreSQL data, logs)."""
+    temporal_port: Annotated[int, Env("temporal_port")] = Field(7233, ge=1, le=65535)
+    """Port of the embedded Temporal dev server (and where an unset address connects)."""
+    ui_port: Annotated[int, Env("ui_port")] = Field(8233, ge=1, le=65535)
+    """Port of the embedded Temporal Web UI."""
+    postgres_port: Annotated[int, Env("postgres_port")] = Field(55432, ge=1, le=65535)
+    """Port of the embedded PostgreSQL (loopback only)."""
+
+
+class TemporalSettings(_Section):
+    """The connection to Temporal: address, namespace, task queue, TLS and API key."""
+
+    address: Annotated[str | None, Env("temporal_address", "TEMPORAL_ADDRESS")] = None
+    """host:port of a Temporal frontend; unset means start the embedded dev server."""
+    namespace: Annotated[str, Env("temporal_namespace", "TEMPORAL_NAMESPACE")] = "default"
+    task_queue: Annotated[str, Env("task_queue")] = "stead"
+    tls: Annotated[bool | None, Env("temporal_tls", "TEMPORAL_TLS")] = None
+    """TLS to Temporal; unset: on when a TEMPORAL_TLS_* path/name or TEMPORAL_API_KEY is set
+    (as in the Temporal CLI). Checked by ``stead.tls.temporal_auth``."""
+    tls_client_cert_path: Annotated[Path | None, Env(
+        "temporal_tls_client_cert_path", "TEMPORAL_TLS_CLIENT_CERT_PATH")] = None
+    tls_client_key_path: Annotated[Path | None, Env(
+        "temporal_tls_client_key_path", "TEMPORAL_TLS_CLIENT_KEY_PATH")] = None
+    tls_server_ca_cert_path: Annotated[Path | None, Env(
+        "temporal_tls_server_ca_cert_path", "TEMPORAL_TLS_SERVER_CA_CERT_PATH")] = None
+    tls_server_name: Annotated[str | None, Env(
+        "temporal_tls_server_name", "TEMPORAL_TLS_SERVER_NAME")] = None
+    api_key: Annotated[SecretStr | None, Env("temporal_api_key", "TEMPORAL_API_KEY")] = None
+    """API key for Temporal Cloud (sent over TLS only)."""
+
+
+class LedgerSettings(_Section):
+    """The ledger's PostgreSQL: where it is, its pool, and how long to wait for it."""
+
+    database_url: Annotated[str | None, Env("database_url", "DATABASE_URL")] = None
+    """PostgreSQL DSN of the ledger; unset means start the embedded PostgreSQL."""
+    migrate_database_url: Annotated[str | None, Env("migrate_database_url")] = None
+    """DSN of the ledger's owner role, used only to apply migrations
+    (``STEAD_MIGRATE_DATABASE_URL``); unset: DATABASE_URL. See ``stead/dbroles.py``."""
+    pool_min: Annotated[int, Env("db_pool_min")] = Field(1, ge=0)
+    pool_max: Annotated[int, Env("db_pool_max")] = Field(10, ge=1)
+    retry_seconds: Annotated[float, Env("ledger_retry_seconds")] = Field(30.0, ge=0, le=_DAY)
+    """How long an activity keeps retrying an unreachable ledger before it fails its attempt."""
+    blob_threshold_bytes: Annotated[int, Env("blob_threshold_bytes")] = Field(8192, ge=0)
+    """A tool result whose JSON is larger travels through history as a reference to
+    ``stead_blobs`` (``{"$blob": digest, "bytes": n, "preview": ...}``); the model still sees
+    it in full. 0 stores every result. See ``stead.blobs``."""
+
+    @property
+    def migration_database_url(self) -> str | None:
+        """Where migrations run: STEAD_MIGRATE_DATABASE_URL, else DATABASE_URL."""
+        return self.migrate_database_url or self.database_url
 
 
 class ModelPrice(BaseModel):
@@ -43,229 +130,341 @@ class ModelPrice(BaseModel):
     output: float = Field(ge=0)
 
 
-_DAY = 86_400.0
-"""Upper bound of the duration settings: beyond a day is a typo, and inf overflows timedelta."""
+class ModelSettings(_Section):
+    """The chat model: the OpenAI(-compatible) server, the model call's limits, list prices."""
 
-
-class Settings(BaseSettings):
-    """All knobs of a stead process. Field names map to ``STEAD_<FIELD>`` variables."""
-
-    model_config = SettingsConfigDict(
-        env_prefix="STEAD_", extra="ignore", populate_by_name=True, frozen=True,
-        # A timeout of inf (or 1e15 s) overflows timedelta when a workflow builds activity
-        # options: refuse it here, where the variable can still be named.
-        allow_inf_nan=False,
-    )
-
-    data_dir: Path = Path(".stead")
-    """Where the embedded stack keeps its files (Temporal SQLite, PostgreSQL data, logs)."""
-
-    temporal_address: str | None = Field(
-        None, validation_alias=_env("temporal_address", "TEMPORAL_ADDRESS")
-    )
-    """host:port of a Temporal frontend; unset means start the embedded dev server."""
-    temporal_namespace: str = Field("default", validation_alias=_env("temporal_namespace",
-                                                                     "TEMPORAL_NAMESPACE"))
-    task_queue: str = "stead"
-    temporal_port: int = Field(7233, ge=1, le=65535)
-    """Port of the embedded Temporal dev server."""
-    ui_port: int = Field(8233, ge=1, le=65535)
-    """Port of the embedded Temporal Web UI."""
-
-    database_url: str | None = Field(None, validation_alias=_env("database_url", "DATABASE_URL"))
-    """PostgreSQL DSN of the ledger; unset means start the embedded PostgreSQL."""
-    postgres_port: int = Field(55432, ge=1, le=65535)
-    """Port of the embedded PostgreSQL (loopback only)."""
-    db_pool_min: int = Field(1, ge=0)
-    db_pool_max: int = Field(10, ge=1)
-    migrate_database_url: str | None = None
-    """DSN of the ledger's owner role, used only to apply migrations
-    (``STEAD_MIGRATE_DATABASE_URL``); unset: DATABASE_URL. See ``stead/dbroles.py``."""
-
-    temporal_tls: bool | None = Field(None, validation_alias=_env("temporal_tls", "TEMPORAL_TLS"))
-    """TLS to Temporal; unset: on when a TEMPORAL_TLS_* path/name or TEMPORAL_API_KEY is set
-    (as in the Temporal CLI). Checked by ``stead.tls.temporal_auth``."""
-    temporal_tls_client_cert_path: Path | None = Field(None, validation_alias=_env(
-        "temporal_tls_client_cert_path", "TEMPORAL_TLS_CLIENT_CERT_PATH"))
-    temporal_tls_client_key_path: Path | None = Field(None, validation_alias=_env(
-        "temporal_tls_client_key_path", "TEMPORAL_TLS_CLIENT_KEY_PATH"))
-    temporal_tls_server_ca_cert_path: Path | None = Field(None, validation_alias=_env(
-        "temporal_tls_server_ca_cert_path", "TEMPORAL_TLS_SERVER_CA_CERT_PATH"))
-    temporal_tls_server_name: str | None = Field(None, validation_alias=_env(
-        "temporal_tls_server_name", "TEMPORAL_TLS_SERVER_NAME"))
-    temporal_api_key: SecretStr | None = Field(None, validation_alias=_env(
-        "temporal_api_key", "TEMPORAL_API_KEY"))
-    """API key for Temporal Cloud (sent over TLS only)."""
-
-    openai_api_key: SecretStr | None = Field(
-        None, validation_alias=_env("openai_api_key", "OPENAI_API_KEY")
-    )
-    openai_base_url: str | None = Field(
-        None, validation_alias=_env("openai_base_url", "OPENAI_BASE_URL")
-    )
-    openai_model: str = "gpt-4o-mini"
-    model_timeout_seconds: float = Field(60.0, gt=0, le=_DAY)
+    api_key: Annotated[SecretStr | None, Env("openai_api_key", "OPENAI_API_KEY")] = None
+    """Set: the worker calls OpenAI (or ``base_url``); unset: the agents' offline models."""
+    base_url: Annotated[str | None, Env("openai_base_url", "OPENAI_BASE_URL")] = None
+    model: Annotated[str, Env("openai_model")] = "gpt-4o-mini"
+    timeout_seconds: Annotated[float, Env("model_timeout_seconds")] = Field(60.0, gt=0,
+                                                                            le=_DAY)
     """Start-to-close timeout of one model call activity."""
-    model_max_attempts: int = Field(5, ge=1)
-
-    embedding_model: str = "text-embedding-3-small"
-    """OpenAI embedding model, used when OPENAI_API_KEY is set."""
-    embedding_dimension: int | None = Field(None, gt=0)
-    """Vector size for models stead does not know (OpenAI-compatible servers)."""
-    memory_backend: Literal["auto", "pgvector", "pinecone", "off"] = "auto"
-    """Where semantic memory lives: auto = Pinecone when PINECONE_API_KEY and
-    STEAD_PINECONE_HOST are set, else pgvector in the ledger database."""
-    memory_ef_search: int = Field(100, ge=1, le=1000)
-    """pgvector HNSW search breadth: higher recalls more, slower (see bench/RESULTS.md)."""
-    pinecone_host: str | None = None
-    """Data-plane host of the Pinecone index (serverless index host)."""
-
-    pinecone_api_key: SecretStr | None = Field(
-        None, validation_alias=_env("pinecone_api_key", "PINECONE_API_KEY")
-    )
-    otel_exporter_otlp_endpoint: str | None = Field(
-        None, validation_alias=_env("otel_exporter_otlp_endpoint", "OTEL_EXPORTER_OTLP_ENDPOINT")
-    )
-    """Base URL of an OTLP/HTTP receiver (e.g. ``http://collector:4318``); metrics go to
-    ``<endpoint>/v1/metrics``."""
-    metrics_exporter: Literal["auto", "otlp", "console", "none"] = "auto"
-    """Where the worker exports OpenTelemetry metrics: auto = OTLP when
-    OTEL_EXPORTER_OTLP_ENDPOINT is set, else nowhere (instruments are no-ops)."""
-    metrics_export_interval_seconds: float = Field(30.0, gt=0, le=_DAY)
-    """How often the worker pushes metrics (stead's and Temporal SDK's own)."""
-    traces_exporter: Literal["auto", "otlp", "console", "none"] = "auto"
-    """Where the worker and ``stead run`` export traces: auto = OTLP (``<endpoint>/v1/traces``)
-    when OTEL_EXPORTER_OTLP_ENDPOINT is set, else nowhere (no interceptor, no cost)."""
-    capture_content: bool = False
-    """Record prompts, completions, tool arguments/results and memory texts on spans (each
-    redacted first). Off by default: spans carry names, ids, tokens and outcomes only."""
-    log_format: Literal["text", "json"] = "text"
-    """``json``: one JSON object per log line, with trace, span, workflow and run ids."""
-    model_prices: dict[str, ModelPrice] = Field(default_factory=lambda: {
-        "gpt-4o-mini": ModelPrice(input=0.15, output=0.60),
-        "gpt-4o": ModelPrice(input=2.50, output=10.00)})
+    max_attempts: Annotated[int, Env("model_max_attempts")] = Field(5, ge=1)
+    prices: Annotated[dict[str, ModelPrice], Env("model_prices")] = Field(
+        default_factory=lambda: {"gpt-4o-mini": ModelPrice(input=0.15, output=0.60),
+                                 "gpt-4o": ModelPrice(input=2.50, output=10.00)})
     """USD per 1M tokens by model name, for ``stead metrics`` cost estimates; JSON in
     ``STEAD_MODEL_PRICES`` replaces the table. A model matches its longest listed prefix
     (``gpt-4o-mini`` prices ``gpt-4o-mini-2024-07-18``); others cost 0, labelled unpriced."""
 
-    max_concurrent_activities: int = Field(200, ge=1)
-    max_concurrent_workflow_tasks: int = Field(200, ge=1)
-    max_cached_workflows: int = Field(1000, ge=0)
-    sticky_schedule_to_start_seconds: float = Field(10.0, gt=0, le=_DAY)
+    @property
+    def use_openai(self) -> bool:
+        return self.api_key is not None
+
+
+class MemorySettings(_Section):
+    """Semantic memory: the embedding model and the vector store (pgvector or Pinecone)."""
+
+    embedding_model: Annotated[str, Env("embedding_model")] = "text-embedding-3-small"
+    """OpenAI embedding model, used when OPENAI_API_KEY is set."""
+    embedding_dimension: Annotated[int | None, Env("embedding_dimension")] = Field(None, gt=0)
+    """Vector size for models stead does not know (OpenAI-compatible servers)."""
+    backend: Annotated[Literal["auto", "pgvector", "pinecone", "off"],
+                       Env("memory_backend")] = "auto"
+    """Where semantic memory lives: auto = Pinecone when PINECONE_API_KEY and
+    STEAD_PINECONE_HOST are set, else pgvector in the ledger database."""
+    ef_search: Annotated[int, Env("memory_ef_search")] = Field(100, ge=1, le=1000)
+    """pgvector HNSW search breadth: higher recalls more, slower (see bench/RESULTS.md)."""
+    pinecone_host: Annotated[str | None, Env("pinecone_host")] = None
+    """Data-plane host of the Pinecone index (serverless index host)."""
+    pinecone_api_key: Annotated[SecretStr | None,
+                                Env("pinecone_api_key", "PINECONE_API_KEY")] = None
+
+
+_Exporter = Literal["auto", "otlp", "console", "none"]
+
+
+class TelemetrySettings(_Section):
+    """Metrics, traces and logs: where they go and what they carry."""
+
+    otlp_endpoint: Annotated[str | None, Env("otel_exporter_otlp_endpoint",
+                                             "OTEL_EXPORTER_OTLP_ENDPOINT")] = None
+    """Base URL of an OTLP/HTTP receiver (e.g. ``http://collector:4318``); metrics go to
+    ``<endpoint>/v1/metrics``."""
+    metrics_exporter: Annotated[_Exporter, Env("metrics_exporter")] = "auto"
+    """Where the worker exports OpenTelemetry metrics: auto = OTLP when
+    OTEL_EXPORTER_OTLP_ENDPOINT is set, else nowhere (instruments are no-ops)."""
+    metrics_export_interval_seconds: Annotated[float, Env("metrics_export_interval_seconds")] \
+        = Field(30.0, gt=0, le=_DAY)
+    """How often the worker pushes metrics (stead's and Temporal SDK's own)."""
+    traces_exporter: Annotated[_Exporter, Env("traces_exporter")] = "auto"
+    """Where the worker and ``stead run`` export traces: auto = OTLP (``<endpoint>/v1/traces``)
+    when OTEL_EXPORTER_OTLP_ENDPOINT is set, else nowhere (no interceptor, no cost)."""
+    capture_content: Annotated[bool, Env("capture_content")] = False
+    """Record prompts, completions, tool arguments/results and memory texts on spans (each
+    redacted first). Off by default: spans carry names, ids, tokens and outcomes only."""
+    log_format: Annotated[Literal["text", "json"], Env("log_format")] = "text"
+    """``json``: one JSON object per log line, with trace, span, workflow and run ids."""
+    log_level: Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR"], Env("log_level")] = "INFO"
+
+
+class WorkerSettings(_Section):
+    """One worker's capacity and the largest payload it lets into history."""
+
+    max_concurrent_activities: Annotated[int, Env("max_concurrent_activities")] = Field(200,
+                                                                                        ge=1)
+    max_concurrent_workflow_tasks: Annotated[int, Env("max_concurrent_workflow_tasks")] = \
+        Field(200, ge=1)
+    max_cached_workflows: Annotated[int, Env("max_cached_workflows")] = Field(1000, ge=0)
+    sticky_schedule_to_start_seconds: Annotated[float, Env(
+        "sticky_schedule_to_start_seconds")] = Field(10.0, gt=0, le=_DAY)
     """How long a run's next workflow task waits for the worker that cached it before any
     worker may take it. Lower it to recover faster from a crashed worker."""
-    ledger_retry_seconds: float = Field(30.0, ge=0, le=_DAY)
-    """How long an activity keeps retrying an unreachable ledger before it fails its attempt."""
-    max_payload_bytes: int = Field(1_500_000, ge=1024)
+    max_payload_bytes: Annotated[int, Env("max_payload_bytes")] = Field(1_500_000, ge=1024)
     """Largest tool result or model answer (serialized JSON) that may travel through workflow
     history; a bigger one fails its call at once (``PayloadTooLarge``, not retried) instead of
     being retried against Temporal's 2 MiB payload limit."""
-    blob_threshold_bytes: int = Field(8192, ge=0)
-    """A tool result whose JSON is larger travels through history as a reference to
-    ``stead_blobs`` (``{"$blob": digest, "bytes": n, "preview": ...}``); the model still sees
-    it in full. 0 stores every result. See ``stead.blobs``."""
 
-    codec_keys: SecretStr | None = None
+
+class CodecSettings(_Section):
+    """Payload encryption (``stead.codec``) and the codec server the Web UI decodes with."""
+
+    keys: Annotated[SecretStr | None, Env("codec_keys")] = None
     """Payload encryption keys, a JSON object of key id -> base64 of 32 random bytes. Set:
     everything stead stores in Temporal's history is AES-256-GCM encrypted (``stead.codec``;
     search attributes stay readable). Keep retired keys while their histories are kept."""
-    codec_key_id: str | None = None
+    key_id: Annotated[str | None, Env("codec_key_id")] = None
     """Id of the key in ``STEAD_CODEC_KEYS`` that encrypts new payloads (optional with one key)."""
-    codec_server_token: SecretStr | None = None
+    server_token: Annotated[SecretStr | None, Env("codec_server_token")] = None
     """Bearer token ``stead codec-server`` requires on /encode and /decode."""
-    codec_cors_origins: str = ""
+    cors_origins: Annotated[str, Env("codec_cors_origins")] = ""
     """Comma-separated Web UI origins (``http://localhost:8233``) allowed to call the codec
     server from a browser."""
-    codec_server_url: str | None = None
+    server_url: Annotated[str | None, Env("codec_server_url")] = None
     """Codec server URL the embedded Web UI decodes payloads with (``--ui-codec-endpoint``)."""
-    secrets: dict[str, SecretStr] = Field(default_factory=dict)
+
+
+def compile_patterns(patterns: Sequence[str] | Mapping[str, str],
+                     ) -> list[tuple[str, re.Pattern[str]]]:
+    """``(label, regex)`` pairs of ``STEAD_REDACT_PATTERNS``: a list (labelled ``pattern``) or an
+    object of label -> regex. Raises ValueError naming the first bad entry."""
+    items = list(patterns.items()) if isinstance(patterns, Mapping) else \
+        [("pattern", p) for p in patterns]
+    out: list[tuple[str, re.Pattern[str]]] = []
+    for i, (label, source) in enumerate(items):
+        where = f"[{label!r}]" if isinstance(patterns, Mapping) else f"[{i}]"
+        if isinstance(patterns, Mapping) and not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]{0,40}",
+                                                              label):
+            raise ValueError(f"pattern label {label!r} must be a short word "
+                             f"(letters, digits, _ . -)")
+        try:
+            compiled = re.compile(source)
+        except re.error as err:
+            raise ValueError(f"pattern {where} {source!r} is not a valid regular expression: "
+                             f"{err}") from None
+        if compiled.fullmatch(""):
+            raise ValueError(f"pattern {where} {source!r} matches the empty string; it would "
+                             f"redact nothing useful or everything")
+        out.append((label, compiled))
+    return out
+
+
+class SecuritySettings(_Section):
+    """Tool credentials and what the ledger and logs redact."""
+
+    secrets: Annotated[dict[str, SecretStr], Env("secrets")] = Field(default_factory=dict)
     """Tool credentials by name, a JSON object (``STEAD_SECRETS``); each ``STEAD_SECRET_<NAME>``
     variable adds one and wins. Only a tool that declares a secret can read it
     (``ctx.secret(name)``); names and lengths are checked when the worker starts
     (``stead.secrets.Secrets.from_settings``), and the ledger and logs redact every value."""
-    redact_patterns: list[str] | dict[str, str] = Field(default_factory=list)
+    redact_patterns: Annotated[list[str] | dict[str, str], Env("redact_patterns")] = Field(
+        default_factory=list)
     """More regular expressions the ledger and logs redact (configured personal data such as
     employee ids): a JSON list, or a JSON object of label -> regex for ``[REDACTED:<label>]``."""
-    redact_pii: list[PiiKind] = Field(default_factory=lambda: list(get_args(PiiKind)))
+    redact_pii: Annotated[list[PiiKind], Env("redact_pii")] = Field(
+        default_factory=lambda: list(get_args(PiiKind)))
     """Personal-data kinds the ledger and logs redact, a JSON list (``[]``: none)."""
-    openapi_sources: dict[str, OpenAPISource] = Field(default_factory=dict)
-    """OpenAPI operations that become tools, a JSON object of source name -> ``{"document",
-    "base_url", "operations", "agents", "auth", "overrides"}`` (``STEAD_OPENAPI_SOURCES``);
-    a worker adds them to those agents with ``stead.openapi.with_openapi_sources``."""
 
-    mcp_servers: dict[str, McpServerSettings] = Field(default_factory=dict)
+    @field_validator("redact_patterns")
+    @classmethod
+    def _compilable(cls, v: list[str] | dict[str, str]) -> list[str] | dict[str, str]:
+        compile_patterns(v)
+        return v
+
+
+class IntegrationSettings(_Section):
+    """Tools from outside: MCP servers and OpenAPI operations."""
+
+    mcp_servers: Annotated[dict[str, McpServerSettings], Env("mcp_servers")] = Field(
+        default_factory=dict)
     """MCP servers whose tools agents may call, a JSON object (``STEAD_MCP_SERVERS``) of
     server name -> ``{"transport": "stdio" | "http", "command", "env", "url", "headers",
     "agents", "tools": {tool: {"side_effect", "risk", "idempotent", "timeout_seconds",
     "max_attempts", "reconcile"}}}``; see ``stead.mcp``. Agents may also declare servers in
     Python (``Agent(mcp=[...])``)."""
-
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-
-    api_secret: SecretStr | None = None
-    """HS256 key of the HTTP API's bearer tokens (at least 32 characters); unset: a random
-    key kept in ``<data dir>/api-secret``, shared by ``stead api``, ``stead up`` and
-    ``stead api token`` on this machine (see ``stead.api``)."""
-    api_host: str = "127.0.0.1"
-    """Interface the HTTP API listens on (``stead api``, ``stead up``)."""
-    api_port: int = Field(8000, ge=1, le=65535)
-    """Port of the HTTP API."""
-
-    @field_validator("api_secret")
-    @classmethod
-    def _long_enough(cls, v: SecretStr | None) -> SecretStr | None:
-        if v is not None and len(v.get_secret_value()) < 32:
-            raise ValueError("must be at least 32 characters (e.g. `openssl rand -hex 32`)")
-        return v
+    openapi_sources: Annotated[dict[str, OpenAPISource], Env("openapi_sources")] = Field(
+        default_factory=dict)
+    """OpenAPI operations that become tools, a JSON object of source name -> ``{"document",
+    "base_url", "operations", "agents", "auth", "overrides"}`` (``STEAD_OPENAPI_SOURCES``);
+    a worker adds them to those agents with ``stead.openapi.with_openapi_sources``."""
 
     @field_validator("mcp_servers", mode="before")
     @classmethod
     def _mcp_servers(cls, v: object) -> object:
         return parse_mcp_servers(v)
 
-    @field_validator("redact_patterns")
-    @classmethod
-    def _compilable(cls, v: list[str] | dict[str, str]) -> list[str] | dict[str, str]:
-        from stead.secrets import compile_patterns
 
-        compile_patterns(v)
+class ApiSettings(_Section):
+    """The HTTP API: its token key and where it listens."""
+
+    secret: Annotated[SecretStr | None, Env("api_secret")] = None
+    """HS256 key of the HTTP API's bearer tokens (at least 32 characters); unset: a random
+    key kept in ``<data dir>/api-secret``, shared by ``stead api``, ``stead up`` and
+    ``stead api token`` on this machine (see ``stead.api``)."""
+    host: Annotated[str, Env("api_host")] = "127.0.0.1"
+    """Interface the HTTP API listens on (``stead api``, ``stead up``)."""
+    port: Annotated[int, Env("api_port")] = Field(8000, ge=1, le=65535)
+    """Port of the HTTP API."""
+
+    @field_validator("secret")
+    @classmethod
+    def _long_enough(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters (e.g. `openssl rand -hex 32`)")
         return v
 
-    @property
-    def migration_database_url(self) -> str | None:
-        """Where migrations run: STEAD_MIGRATE_DATABASE_URL, else DATABASE_URL."""
-        return self.migrate_database_url or self.database_url
 
-    @property
-    def use_openai(self) -> bool:
-        return self.openai_api_key is not None
+class Settings(BaseSettings):
+    """All knobs of a stead process, one section per concern."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    stack: StackSettings = Field(default_factory=StackSettings)
+    temporal: TemporalSettings = Field(default_factory=TemporalSettings)
+    ledger: LedgerSettings = Field(default_factory=LedgerSettings)
+    models: ModelSettings = Field(default_factory=ModelSettings)
+    memory: MemorySettings = Field(default_factory=MemorySettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    codec: CodecSettings = Field(default_factory=CodecSettings)
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
+    integrations: IntegrationSettings = Field(default_factory=IntegrationSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+
+    def __init__(self, **values: Any) -> None:
+        """Sections from the environment; ``values`` (flat names or sections) win."""
+        super().__init__(**_by_section(values))
+
+    @classmethod
+    def settings_customise_sources(
+            cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, _Variables(settings_cls)
+
+    def replace(self, **changes: Any) -> Settings:
+        """A validated copy with ``changes`` (flat names or sections), the environment unread:
+        ``settings.replace(memory_backend="pgvector")``."""
+        current: dict[str, Any] = {name: getattr(self, name) for name in type(self).model_fields}
+        return type(self).model_validate(_by_section(changes, current))
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None,
+                   deep: bool = False) -> Settings:
+        """Pydantic's copy; ``update`` takes sections only (flat names: :meth:`replace`), as
+        pydantic would otherwise keep an unknown key as a stray attribute nobody reads."""
+        stray = sorted(set(update or {}) - set(type(self).model_fields))
+        if stray:
+            raise TypeError(f"Settings.model_copy(update=...) takes sections; use "
+                            f"replace({', '.join(f'{k}=...' for k in stray)})")
+        return super().model_copy(update=update, deep=deep)
+
+    def flat_items(self) -> list[tuple[str, object]]:
+        """``(flat name, value)`` of every field of every section (e.g. for redaction)."""
+        return [(FLAT_NAMES[(section, name)], getattr(getattr(self, section), name))
+                for section, name in FLAT_NAMES]
 
 
-def load_settings(**overrides: object) -> Settings:
+def _env_of(info: FieldInfo) -> Env:
+    found = [m for m in info.metadata if isinstance(m, Env)]
+    assert len(found) == 1, "every section field names its variables with Env(...)"
+    return found[0]
+
+
+_FIELDS: dict[tuple[str, str], FieldInfo] = {
+    (section, name): info
+    for section, s_info in Settings.model_fields.items()
+    for name, info in s_info.annotation.model_fields.items()  # type: ignore[union-attr]
+}
+FLAT_NAMES: dict[tuple[str, str], str] = {key: _env_of(info).name for key, info in
+                                          _FIELDS.items()}
+"""(section, field) -> flat name: ``("temporal", "address")`` -> ``"temporal_address"``."""
+_BY_FLAT_NAME = {flat: key for key, flat in FLAT_NAMES.items()}
+VARIABLES: dict[str, str] = {v: _env_of(info).name for info in _FIELDS.values()
+                             for v in _env_of(info).variables}
+"""Every environment variable ``Settings`` reads, to the flat name of its setting
+(``TEMPORAL_TLS`` -> ``temporal_tls``); ``STEAD_SECRET_<NAME>`` aside: that is
+``stead.secrets``'."""
+
+
+def _by_section(values: dict[str, Any], into: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``values`` with flat names moved into their sections (a section given whole stays)."""
+    out = dict(into or {})
+    for key, value in values.items():
+        if key in Settings.model_fields:
+            out[key] = value
+    for key, value in values.items():
+        if key in Settings.model_fields:
+            continue
+        if key not in _BY_FLAT_NAME:
+            raise TypeError(f"Settings has no setting {key!r} (STEAD_{key.upper()})")
+        section, name = _BY_FLAT_NAME[key]
+        given = out.get(section, {})
+        # Not dict(model): it would call CodecSettings.keys, a field, as a mapping's keys().
+        fields = ({n: getattr(given, n) for n in type(given).model_fields}
+                  if isinstance(given, BaseModel) else dict(given))
+        out[section] = {**fields, name: value}
+    return out
+
+
+class _Variables(PydanticBaseSettingsSource):
+    """Each section field from the first of its variables that is set (names case-insensitive;
+    JSON for dicts, lists and models)."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        raise NotImplementedError  # values come from __call__, by section
+
+    def __call__(self) -> dict[str, Any]:
+        env = {k.upper(): v for k, v in os.environ.items()}
+        out: dict[str, dict[str, Any]] = {}
+        for (section, name), info in _FIELDS.items():
+            var = next((v for v in _env_of(info).variables if v in env), None)
+            if var is None:
+                continue
+            value: Any = env[var]
+            if _takes_json(info.annotation):
+                try:
+                    value = json.loads(value)
+                except ValueError as err:
+                    raise SettingsError(f"invalid setting: {var} must be JSON ({err})") from None
+            out.setdefault(section, {})[name] = value
+        return out
+
+
+def _takes_json(annotation: object) -> bool:
+    """Dicts, lists and models (or a union of them) are JSON in their variable."""
+    union = get_origin(annotation) in (Union, UnionType)
+    return any(get_origin(a) in (dict, list) or (isinstance(a, type) and issubclass(a, BaseModel))
+               for a in (get_args(annotation) if union else (annotation,)))
+
+
+def load_settings(**overrides: Any) -> Settings:
     """Read settings from the environment; raise ``SettingsError`` naming the bad variable."""
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
-    except EnvParseError as err:  # a JSON-valued variable (STEAD_MODEL_PRICES) is not JSON
-        field = str(err).partition('field "')[2].partition('"')[0]
-        raise SettingsError(f"invalid setting: {_env_name(field)} must be JSON ({err})") from None
+        return Settings(**overrides)
     except ValidationError as err:
         problems = []
         for e in err.errors():
-            field = str(e["loc"][0]) if e["loc"] else "?"
-            problems.append(f"{_env_name(field)}={e.get('input')!r}: {e['msg']}")
+            problems.append(f"{_variables_of(e['loc'])}={e.get('input')!r}: {e['msg']}")
         raise SettingsError("invalid setting: " + "; ".join(problems)) from None
 
 
-def _env_name(field: str) -> str:
-    """The variable(s) users set for ``field``, which may be a field name or, in pydantic's
-    error locations, one of its aliases (``stead_temporal_tls``)."""
-    if field not in Settings.model_fields:
-        for name, f in Settings.model_fields.items():
-            if isinstance(f.validation_alias, AliasChoices) and field.lower() in (
-                    str(c).lower() for c in f.validation_alias.choices):
-                field = name
-                break
-    info = Settings.model_fields.get(field)
-    if info is not None and isinstance(info.validation_alias, AliasChoices):
-        return " or ".join(str(c) for c in info.validation_alias.choices)
-    return f"STEAD_{field.upper()}"
+def _variables_of(loc: tuple[int | str, ...]) -> str:
+    """The variable(s) users set for the value at ``loc`` (``("temporal", "tls")`` ->
+    ``STEAD_TEMPORAL_TLS or TEMPORAL_TLS``) in a validation error of ``Settings``."""
+    info = _FIELDS.get((str(loc[0]), str(loc[1]))) if len(loc) >= 2 else None
+    if info is None:
+        return ".".join(map(str, loc)) or "?"
+    return " or ".join(_env_of(info).variables)

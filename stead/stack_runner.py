@@ -26,17 +26,17 @@ async def serve(settings: Settings, console: Console) -> None:
     async with stack:
         resolved = stack.resolved_settings()
         async with WorkerHost(resolved, served_catalog(resolved)) as host, \
-                ApiServer(create_app(resolved, client=host.client), host=resolved.api_host,
-                          port=resolved.api_port) as api:
+                ApiServer(create_app(resolved, client=host.client), host=resolved.api.host,
+                          port=resolved.api.port) as api:
             table = Table(title="stead is up", show_header=False)
-            table.add_row("Temporal", resolved.temporal_address or "")
+            table.add_row("Temporal", resolved.temporal.address or "")
             table.add_row("Web UI", stack.ui_url or "(external server: see its own UI)")
-            table.add_row("PostgreSQL", resolved.database_url or "")
-            table.add_row("task queue", resolved.task_queue)
+            table.add_row("PostgreSQL", resolved.ledger.database_url or "")
+            table.add_row("task queue", resolved.temporal.task_queue)
             table.add_row("HTTP API", f"{api.url} (docs /docs, inbox /inbox; a token: "
                                       "stead api token --sub NAME --tenant default --role "
                                       "approver)")
-            table.add_row("data dir", str(settings.data_dir.resolve()))
+            table.add_row("data dir", str(settings.stack.data_dir.resolve()))
             console.print(table)
             console.print('try: [bold]stead run ops "is checkout-api healthy?"[/]   '
                           "(Ctrl-C stops everything)")

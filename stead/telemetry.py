@@ -1,6 +1,6 @@
 """OpenTelemetry metrics a worker exports, and the instruments activities record them with.
 
-    provider = configure_metrics(settings)          # OTLP/HTTP, console, or a no-op provider
+    provider = configure_metrics(settings.telemetry)  # OTLP/HTTP, console, or a no-op provider
     metrics = SteadMetrics(provider.get_meter("stead"))
     worker = build_worker(..., metrics=metrics)     # activities record where the work happens
     ...
@@ -57,7 +57,7 @@ from stead.client import connect
 from stead.errors import SettingsError
 from stead.ledger import Ledger
 from stead.models import SYNTHETIC_KEY
-from stead.settings import Settings
+from stead.settings import Settings, TelemetrySettings
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics.export import MetricReader
@@ -262,10 +262,11 @@ def _provider_and_model(label: str) -> tuple[str, str]:
 # ------------------------------------------------------------------------- providers
 
 
-def otlp_endpoint(settings: Settings, *, signal: str, mode: str, variable: str) -> str | None:
+def otlp_endpoint(telemetry: TelemetrySettings, *, signal: str, mode: str,
+                  variable: str) -> str | None:
     """The OTLP/HTTP URL of one signal (``metrics``, ``traces``) when its exporter setting
     ``variable`` (value ``mode``) sends it over OTLP; ``None`` otherwise."""
-    endpoint = settings.otel_exporter_otlp_endpoint
+    endpoint = telemetry.otlp_endpoint
     if mode == "otlp" and not endpoint:
         raise SettingsError(f"{variable}=otlp needs OTEL_EXPORTER_OTLP_ENDPOINT "
                             f"(e.g. http://localhost:4318)")
@@ -278,19 +279,19 @@ def otlp_endpoint(settings: Settings, *, signal: str, mode: str, variable: str) 
     return f"{endpoint.rstrip('/')}/v1/{signal}"
 
 
-def metrics_endpoint(settings: Settings) -> str | None:
+def metrics_endpoint(telemetry: TelemetrySettings) -> str | None:
     """The OTLP/HTTP metrics URL, when metrics go over OTLP (``None`` otherwise)."""
-    return otlp_endpoint(settings, signal="metrics", mode=settings.metrics_exporter,
+    return otlp_endpoint(telemetry, signal="metrics", mode=telemetry.metrics_exporter,
                          variable="STEAD_METRICS_EXPORTER")
 
 
-def configure_metrics(settings: Settings, *,
+def configure_metrics(telemetry: TelemetrySettings, *,
                       readers: Sequence[MetricReader] = ()) -> MeterProvider:
     """A MeterProvider exporting where settings say; extra ``readers`` (e.g. the SDK's
     ``InMemoryMetricReader``) are attached too. Nothing configured and no readers: a no-op
     provider. The caller owns it: :func:`shutdown_metrics` pushes the last points."""
-    url = metrics_endpoint(settings)
-    mode = settings.metrics_exporter
+    url = metrics_endpoint(telemetry)
+    mode = telemetry.metrics_exporter
     if url is None and mode != "console" and not readers:
         return NoOpMeterProvider()
 
@@ -312,7 +313,7 @@ def configure_metrics(settings: Settings, *,
         exporter = ConsoleMetricExporter()
     if exporter is not None:
         all_readers.append(PeriodicExportingMetricReader(
-            exporter, export_interval_millis=settings.metrics_export_interval_seconds * 1000))
+            exporter, export_interval_millis=telemetry.metrics_export_interval_seconds * 1000))
     # Resource.create also reads OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES.
     resource = Resource.create({"service.name": "stead-worker"})
     # shutdown_on_exit=False: the owner shuts it down (WorkerHost.stop), once.
@@ -330,18 +331,18 @@ def shutdown_metrics(provider: MeterProvider) -> None:
 # ------------------------------------------------------------------------- Temporal SDK
 
 
-def temporal_runtime(settings: Settings) -> Runtime | None:
+def temporal_runtime(telemetry: TelemetrySettings) -> Runtime | None:
     """A Temporal runtime exporting the SDK's own metrics over OTLP/HTTP, when metrics go
     over OTLP; ``None`` means the default runtime (no SDK metrics exported)."""
-    url = metrics_endpoint(settings)
+    url = metrics_endpoint(telemetry)
     if url is None:
         return None
     return Runtime(telemetry=TelemetryConfig(metrics=OpenTelemetryConfig(
         url=url, http=True, durations_as_seconds=True,
-        metric_periodicity=timedelta(seconds=settings.metrics_export_interval_seconds))))
+        metric_periodicity=timedelta(seconds=telemetry.metrics_export_interval_seconds))))
 
 
 async def connect_client(settings: Settings) -> Client:
     """Connect like :func:`stead.client.connect`, on :func:`temporal_runtime` when there is
     one, so the worker's polls and tasks show up next to stead's own metrics."""
-    return await connect(settings, runtime=temporal_runtime(settings))
+    return await connect(settings, runtime=temporal_runtime(settings.telemetry))

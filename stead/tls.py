@@ -1,6 +1,6 @@
 """Secured connections to Temporal: TLS, mutual TLS and API keys, from settings.
 
-    auth = temporal_auth(settings)       # SettingsError naming the variable to fix
+    auth = temporal_auth(settings.temporal)   # SettingsError naming the variable to fix
     await Client.connect(address, tls=auth.tls, api_key=auth.api_key)
 
 The variables are the Temporal CLI's own, so one environment configures ``temporal`` and
@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from temporalio.service import TLSConfig
 
 from stead.errors import SettingsError
-from stead.settings import Settings
+from stead.settings import TemporalSettings
 
 __all__ = ["TemporalAuth", "explain_connect_error", "temporal_auth"]
 
@@ -73,17 +73,17 @@ class TemporalAuth:
         return ", ".join(parts)
 
 
-def temporal_auth(settings: Settings) -> TemporalAuth:
+def temporal_auth(temporal: TemporalSettings) -> TemporalAuth:
     """Check the TLS and API-key settings and read their files; raise ``SettingsError``."""
-    s = settings
-    options = {CERT: s.temporal_tls_client_cert_path, KEY: s.temporal_tls_client_key_path,
-               CA: s.temporal_tls_server_ca_cert_path, SERVER_NAME: s.temporal_tls_server_name}
+    s = temporal
+    options = {CERT: s.tls_client_cert_path, KEY: s.tls_client_key_path,
+               CA: s.tls_server_ca_cert_path, SERVER_NAME: s.tls_server_name}
     given = [name for name, value in options.items() if value is not None]
-    api_key = s.temporal_api_key.get_secret_value() if s.temporal_api_key is not None else None
+    api_key = s.api_key.get_secret_value() if s.api_key is not None else None
     if api_key is not None and not api_key.strip():
         raise SettingsError(f"invalid setting: {API_KEY} is set but empty; unset it or give "
                             f"the key")
-    if s.temporal_tls is False:
+    if s.tls is False:
         if given:
             raise SettingsError(
                 f"invalid setting: {TLS}=false contradicts {', '.join(given)}: TLS options "
@@ -94,26 +94,26 @@ def temporal_auth(settings: Settings) -> TemporalAuth:
                 f"call and must not cross the network in clear (Temporal Cloud refuses "
                 f"plaintext); unset {TLS}")
         return TemporalAuth(tls=False)
-    if s.temporal_tls is None and not given and api_key is None:
+    if s.tls is None and not given and api_key is None:
         return TemporalAuth(tls=False)
-    if (s.temporal_tls_client_cert_path is None) != (s.temporal_tls_client_key_path is None):
-        have, missing = (CERT, KEY) if s.temporal_tls_client_key_path is None else (KEY, CERT)
+    if (s.tls_client_cert_path is None) != (s.tls_client_key_path is None):
+        have, missing = (CERT, KEY) if s.tls_client_key_path is None else (KEY, CERT)
         raise SettingsError(f"invalid setting: {have} is set but {missing} is not: mutual TLS "
                             f"needs the client certificate and its private key")
-    if s.temporal_tls_server_name is not None and not s.temporal_tls_server_name.strip():
+    if s.tls_server_name is not None and not s.tls_server_name.strip():
         raise SettingsError(f"invalid setting: {SERVER_NAME} is empty; unset it to verify the "
                             f"host of TEMPORAL_ADDRESS")
     if not given:
         return TemporalAuth(tls=True, api_key=api_key)
-    ca = (_certificates(CA, s.temporal_tls_server_ca_cert_path)[0]
-          if s.temporal_tls_server_ca_cert_path is not None else None)
+    ca = (_certificates(CA, s.tls_server_ca_cert_path)[0]
+          if s.tls_server_ca_cert_path is not None else None)
     cert = key = None
-    if s.temporal_tls_client_cert_path is not None:
-        assert s.temporal_tls_client_key_path is not None
-        cert, chain = _certificates(CERT, s.temporal_tls_client_cert_path)
-        key = _private_key(s.temporal_tls_client_key_path, chain[0])
-        _check_validity(chain[0], s.temporal_tls_client_cert_path)
-    return TemporalAuth(tls=TLSConfig(server_root_ca_cert=ca, domain=s.temporal_tls_server_name,
+    if s.tls_client_cert_path is not None:
+        assert s.tls_client_key_path is not None
+        cert, chain = _certificates(CERT, s.tls_client_cert_path)
+        key = _private_key(s.tls_client_key_path, chain[0])
+        _check_validity(chain[0], s.tls_client_cert_path)
+    return TemporalAuth(tls=TLSConfig(server_root_ca_cert=ca, domain=s.tls_server_name,
                                       client_cert=cert, client_private_key=key),
                         api_key=api_key)
 

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from stead.errors import SpecError
 from stead.models import RetrySpec, RiskTier, SideEffect, Timeouts, ToolPlan, ToolSchema
-from stead.secrets import NO_SECRETS, ToolSecrets, check_secret_name
+from stead.tool_secrets import NO_SECRETS, ToolSecrets, check_secret_name
 
 In = TypeVar("In", bound=BaseModel)
 Out = TypeVar("Out", bound=BaseModel)

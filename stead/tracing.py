@@ -1,6 +1,6 @@
 """OpenTelemetry traces of agent runs: one trace per run, GenAI semantic conventions.
 
-    tracing = SteadTracing.from_settings(settings)       # OTLP/HTTP, console, or off
+    tracing = SteadTracing.from_settings(settings.telemetry)   # OTLP/HTTP, console, or off
     worker = build_worker(..., tracing=tracing)          # interceptor + activity spans
     client = await connect(settings, interceptors=tracing.interceptors)   # client spans
     ...
@@ -112,7 +112,7 @@ from stead.models import (
     RunResult,
 )
 from stead.secrets import DEFAULT_REDACTOR
-from stead.settings import Settings
+from stead.settings import Settings, TelemetrySettings
 from stead.telemetry import otlp_endpoint
 
 __all__ = [
@@ -181,21 +181,21 @@ class _RunSpanIds(IdGenerator):
 # ------------------------------------------------------------------------- providers
 
 
-def traces_endpoint(settings: Settings) -> str | None:
+def traces_endpoint(telemetry: TelemetrySettings) -> str | None:
     """The OTLP/HTTP traces URL, when traces go over OTLP (``None`` otherwise)."""
-    return otlp_endpoint(settings, signal="traces", mode=settings.traces_exporter,
+    return otlp_endpoint(telemetry, signal="traces", mode=telemetry.traces_exporter,
                          variable="STEAD_TRACES_EXPORTER")
 
 
-def configure_tracing(settings: Settings, *, exporters: Sequence[SpanExporter] = (),
+def configure_tracing(telemetry: TelemetrySettings, *, exporters: Sequence[SpanExporter] = (),
                       redact: Redact = DEFAULT_REDACTOR.text,
                       service_name: str = "stead-worker") -> TracerProvider:
     """A TracerProvider exporting where settings say, plus to ``exporters`` (e.g. the SDK's
     ``InMemorySpanExporter``, fed synchronously). Every exporter sees spans with their string
     attributes passed through ``redact``. Nothing configured: a no-op provider. The caller
     owns it: :meth:`SteadTracing.shutdown` exports what is buffered."""
-    url = traces_endpoint(settings)
-    mode = settings.traces_exporter
+    url = traces_endpoint(telemetry)
+    mode = telemetry.traces_exporter
     if url is None and mode != "console" and not exporters:
         return NoOpTracerProvider()
 
@@ -286,13 +286,13 @@ class SteadTracing:
         self.interceptor = SteadTracingInterceptor(self) if self.enabled else None
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, exporters: Sequence[SpanExporter] = (),
+    def from_settings(cls, telemetry: TelemetrySettings, *, exporters: Sequence[SpanExporter] = (),
                       redact: Redact = DEFAULT_REDACTOR.text,
                       service_name: str = "stead-worker") -> SteadTracing:
         """:func:`configure_tracing` with ``STEAD_CAPTURE_CONTENT``; the caller owns it."""
-        return cls(configure_tracing(settings, exporters=exporters, redact=redact,
+        return cls(configure_tracing(telemetry, exporters=exporters, redact=redact,
                                      service_name=service_name),
-                   capture_content=settings.capture_content, redact=redact)
+                   capture_content=telemetry.capture_content, redact=redact)
 
     @property
     def interceptors(self) -> list[SteadTracingInterceptor]:
@@ -735,7 +735,7 @@ async def traced_client(settings: Settings, *,
     """A client for a short-lived process (``stead run``): connected like
     :func:`stead.client.connect`, with client spans when tracing is on, flushed on leaving
     (the CLI ends with ``os._exit``, so exit hooks would not run)."""
-    tracing = SteadTracing.from_settings(settings, service_name=service_name)
+    tracing = SteadTracing.from_settings(settings.telemetry, service_name=service_name)
     try:
         yield await connect(settings, interceptors=tracing.interceptors)
     finally:

@@ -33,7 +33,7 @@ from stead.logs import RunLogContext
 from stead.mcp import McpTools
 from stead.memory import Embedder, Memory, open_memory
 from stead.secrets import Redactor, Secrets, install_log_redaction
-from stead.settings import Settings
+from stead.settings import ModelSettings, Settings
 from stead.telemetry import (
     METER_NAME,
     NO_METRICS,
@@ -54,24 +54,19 @@ PASSTHROUGH = ("stead", "guardrails", "pydantic", "pydantic_core", "jsonschema",
                "referencing", "rpds", "jsonschema_specifications", "attrs", "annotated_types")
 
 
-def configured_model(settings: Settings) -> ModelClient | None:
+def configured_model(models: ModelSettings) -> ModelClient | None:
     """The model server from settings, or None for the agents' offline models."""
-    if settings.openai_api_key is None:
-        return None
-    return OpenAIModel(model=settings.openai_model,
-                       api_key=settings.openai_api_key.get_secret_value(),
-                       base_url=settings.openai_base_url, timeout=settings.model_timeout_seconds)
+    return named_model_factory(models)(f"openai:{models.model}")
 
 
-def named_model_factory(settings: Settings) -> Callable[[str], ModelClient | None]:
+def named_model_factory(models: ModelSettings) -> Callable[[str], ModelClient | None]:
     """Models that routing may pick by name (``openai:<model>``), when a key is configured."""
     def make(setting: str) -> ModelClient | None:
         kind, _, name = setting.partition(":")
-        if kind != "openai" or not name or settings.openai_api_key is None:
+        if kind != "openai" or not name or models.api_key is None:
             return None
-        return OpenAIModel(model=name, api_key=settings.openai_api_key.get_secret_value(),
-                           base_url=settings.openai_base_url,
-                           timeout=settings.model_timeout_seconds)
+        return OpenAIModel(model=name, api_key=models.api_key.get_secret_value(),
+                           base_url=models.base_url, timeout=models.timeout_seconds)
     return make
 
 
@@ -90,14 +85,14 @@ def build_worker(client: Client, settings: Settings, catalog: AgentCatalog, ledg
     them from the catalog and settings, left open until the process ends."""
     # Tool credentials from settings; everything the activities write to the ledger, and every
     # log record of this process, is redacted with what the settings know to be secret.
-    secrets = Secrets.from_settings(settings)
+    secrets = Secrets.from_settings(settings.security)
     if mcp is None:
-        mcp = McpTools.from_catalog(catalog, settings, secrets=secrets)
+        mcp = McpTools.from_catalog(catalog, settings.integrations, secrets=secrets)
     ledger = ledger.redacting(Redactor.from_settings(settings, secrets=secrets))
     install_log_redaction(ledger.redactor)
     runs = RunActivities(catalog, ledger, model_label=model.name if model else None,
-                         model_timeout=settings.model_timeout_seconds,
-                         model_max_attempts=settings.model_max_attempts,
+                         model_timeout=settings.models.timeout_seconds,
+                         model_max_attempts=settings.models.max_attempts,
                          memory=memory is not None, metrics=metrics, tracing=tracing,
                          mcp=mcp)
     owners: list[object] = [runs]
@@ -106,25 +101,25 @@ def build_worker(client: Client, settings: Settings, catalog: AgentCatalog, ledg
                                        backend=memory.backend, tracing=tracing))
     blobs = BlobStore(ledger.pool, retry_seconds=ledger.retry_seconds)
     models = ModelActivities(catalog, ledger, model=model,
-                             named_models=named_model_factory(settings), metrics=metrics,
-                             tracing=tracing, max_payload_bytes=settings.max_payload_bytes,
+                             named_models=named_model_factory(settings.models), metrics=metrics,
+                             tracing=tracing, max_payload_bytes=settings.worker.max_payload_bytes,
                              blobs=blobs)
     tools = ToolActivities(catalog, ledger, metrics=metrics, secrets=secrets, tracing=tracing,
-                           max_payload_bytes=settings.max_payload_bytes, dynamic=mcp,
-                           blobs=blobs, blob_threshold_bytes=settings.blob_threshold_bytes)
+                           max_payload_bytes=settings.worker.max_payload_bytes, dynamic=mcp,
+                           blobs=blobs, blob_threshold_bytes=settings.ledger.blob_threshold_bytes)
     owners += [models, DriftActivities(ledger, embedder=memory.embedder
                                        if memory is not None else None)]
     return Worker(
         client,
-        task_queue=task_queue or settings.task_queue,
+        task_queue=task_queue or settings.temporal.task_queue,
         workflows=list(WORKFLOWS),
         activities=[*defined(*owners), *tools.activities()],
-        max_concurrent_activities=settings.max_concurrent_activities,
-        max_concurrent_local_activities=settings.max_concurrent_activities,
-        max_concurrent_workflow_tasks=settings.max_concurrent_workflow_tasks,
-        max_cached_workflows=settings.max_cached_workflows,
+        max_concurrent_activities=settings.worker.max_concurrent_activities,
+        max_concurrent_local_activities=settings.worker.max_concurrent_activities,
+        max_concurrent_workflow_tasks=settings.worker.max_concurrent_workflow_tasks,
+        max_cached_workflows=settings.worker.max_cached_workflows,
         sticky_queue_schedule_to_start_timeout=timedelta(
-            seconds=settings.sticky_schedule_to_start_seconds),
+            seconds=settings.worker.sticky_schedule_to_start_seconds),
         graceful_shutdown_timeout=timedelta(seconds=30),
         interceptors=worker_interceptors(tracing),
         workflow_runner=SandboxedWorkflowRunner(
@@ -143,13 +138,13 @@ class WorkerHost:
         """``meter_provider``: where the activities' metrics go; None builds one from settings
         (``configure_metrics``) that the host also shuts down. ``tracing`` likewise
         (``SteadTracing.from_settings``)."""
-        if settings.temporal_address is None or settings.database_url is None:
+        if settings.temporal.address is None or settings.ledger.database_url is None:
             raise ValueError("WorkerHost needs resolved settings (temporal_address and "
                              "database_url set); use EmbeddedStack.resolved_settings()")
         self.settings = settings
         self.catalog = catalog
-        self.model = model if model is not None else configured_model(settings)
-        self.task_queue = task_queue or settings.task_queue
+        self.model = model if model is not None else configured_model(settings.models)
+        self.task_queue = task_queue or settings.temporal.task_queue
         self.embedder = embedder
         self.meter_provider = meter_provider
         self._owns_meter_provider = meter_provider is None
@@ -166,20 +161,22 @@ class WorkerHost:
 
     async def start(self) -> None:
         s = self.settings
-        assert s.database_url is not None and s.migration_database_url is not None
+        db = s.ledger
+        assert db.database_url is not None and db.migration_database_url is not None
         # Declaration problems (unknown agents, missing secrets) fail before anything starts.
-        self.mcp = McpTools.from_catalog(self.catalog, s, secrets=Secrets.from_settings(s))
-        await migrate(s.migration_database_url)  # as the owner; the pool below as the worker
+        self.mcp = McpTools.from_catalog(self.catalog, s.integrations,
+                                         secrets=Secrets.from_settings(s.security))
+        await migrate(db.migration_database_url)  # as the owner; the pool below as the worker
         self.client = await connect_client(s)
-        self.ledger = await Ledger.connect(s.database_url, min_size=s.db_pool_min,
-                                           max_size=s.db_pool_max,
-                                           retry_seconds=s.ledger_retry_seconds)
+        self.ledger = await Ledger.connect(db.database_url, min_size=db.pool_min,
+                                           max_size=db.pool_max, retry_seconds=db.retry_seconds)
         try:
             self.memory = await open_memory(s, pool=self.ledger.pool, embedder=self.embedder)
             if self.meter_provider is None:
-                self.meter_provider = configure_metrics(s)
+                self.meter_provider = configure_metrics(s.telemetry)
             if self.tracing is None:
-                self.tracing = SteadTracing.from_settings(s, redact=Redactor.from_settings(s).text)
+                self.tracing = SteadTracing.from_settings(s.telemetry,
+                                                         redact=Redactor.from_settings(s).text)
             self.worker = build_worker(self.client, s, self.catalog, self.ledger,
                                        model=self.model, task_queue=self.task_queue,
                                        memory=self.memory, metrics=SteadMetrics(
@@ -194,7 +191,7 @@ class WorkerHost:
         if not isinstance(meter, NoOpMeter):
             self.pending_approvals = PendingApprovals(meter, self.client, self.catalog.names())
             self._gauges = asyncio.create_task(
-                self.pending_approvals.run(s.metrics_export_interval_seconds))
+                self.pending_approvals.run(s.telemetry.metrics_export_interval_seconds))
 
     async def stop(self) -> None:
         if self._gauges is not None:

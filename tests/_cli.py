@@ -52,7 +52,8 @@ async def stead(*args: str, env: dict[str, str], cwd: Path | None = None,
 
 def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The environment of a CLI process pointed at the test stack and this test's queue."""
-    assert settings.temporal_address is not None and settings.database_url is not None
-    return {**os.environ, "TEMPORAL_ADDRESS": settings.temporal_address,
-            "DATABASE_URL": settings.database_url, "STEAD_TASK_QUEUE": settings.task_queue,
+    assert settings.temporal.address is not None and settings.ledger.database_url is not None
+    return {**os.environ, "TEMPORAL_ADDRESS": settings.temporal.address,
+            "DATABASE_URL": settings.ledger.database_url,
+            "STEAD_TASK_QUEUE": settings.temporal.task_queue,
             **extra}

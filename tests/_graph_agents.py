@@ -515,7 +515,7 @@ async def _replay(variant: str, path: Path) -> None:
 
     patchable_agent(Lab(), variant)  # declaring the agent registers its graph, as a deploy does
     report = await replay([load_history_file(path)],
-                          replayer=production_replayer(settings=load_settings()))
+                          replayer=production_replayer(codec=load_settings().codec))
     print(report.outcomes[0].model_dump_json())
 
 

@@ -37,12 +37,12 @@ CRASHY_SCRIPT = Path(__file__).resolve()
 
 def worker_env(settings: Settings, data_dir: Path, **extra: str) -> dict[str, str]:
     """Environment of a worker process on ``settings``' servers and task queue."""
-    assert settings.temporal_address is not None and settings.database_url is not None
+    assert settings.temporal.address is not None and settings.ledger.database_url is not None
     env = dict(os.environ)
     env.update({
-        "TEMPORAL_ADDRESS": settings.temporal_address,
-        "DATABASE_URL": settings.database_url,
-        "STEAD_TASK_QUEUE": settings.task_queue,
+        "TEMPORAL_ADDRESS": settings.temporal.address,
+        "DATABASE_URL": settings.ledger.database_url,
+        "STEAD_TASK_QUEUE": settings.temporal.task_queue,
         "STEAD_DATA_DIR": str(data_dir),
         "STEAD_LOG_LEVEL": "INFO",
         # A killed worker's cached runs move to a live worker after 2 s instead of 10 s.

@@ -54,8 +54,8 @@ def settings(stack: EmbeddedStack) -> Settings:
     """Resolved settings with a fresh task queue for this test."""
     # Memory is off unless a test turns it on (tests/test_memory_runs.py): loading the
     # embedding model per worker would only slow every other test down.
-    return stack.resolved_settings().model_copy(
-        update={"task_queue": f"test-{uuid.uuid4().hex[:10]}", "memory_backend": "off"})
+    return stack.resolved_settings().replace(task_queue=f"test-{uuid.uuid4().hex[:10]}",
+                                             memory_backend="off")
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ async def test_ops_run_recovers_from_slip_retry_and_fallback(
     answer built from tool results, with the ticket opened exactly once."""
     h = await start_run(client, RunRequest(
         agent="ops", input="Checkout API is throwing 500s - check status and logs, open a ticket"),
-        settings=settings)
+        temporal=settings.temporal)
     r = await h.result()
     assert r.status == "completed"
     assert r.rejected_calls == 1  # the wrong-field slip, corrected next turn

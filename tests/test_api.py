@@ -37,7 +37,7 @@ Json = Any  # decoded response bodies
 
 @pytest.fixture
 def api_settings(settings: Settings) -> Settings:
-    return settings.model_copy(update={"api_secret": SecretStr(SECRET)})
+    return settings.replace(api_secret=SecretStr(SECRET))
 
 
 @pytest.fixture
@@ -435,9 +435,10 @@ async def test_bad_bodies_and_parameters_are_422_naming_the_field(
 
 
 async def test_an_unreachable_stack_is_503_naming_what_is_down(settings: Settings) -> None:
-    down = settings.model_copy(update={
-        "api_secret": SecretStr(SECRET), "temporal_address": f"127.0.0.1:{free_port()}",
-        "database_url": f"postgresql://nobody@127.0.0.1:{free_port()}/stead"})
+    down = settings.replace(
+        api_secret=SecretStr(SECRET),
+        temporal_address=f"127.0.0.1:{free_port()}",
+        database_url=f"postgresql://nobody@127.0.0.1:{free_port()}/stead")
     app = create_app(down)
     me = auth(tenant(), "requester", "approver", "auditor")
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),

@@ -42,9 +42,10 @@ OPERATIONS = [("POST", "/v1/runs"), ("GET", "/v1/runs"), ("GET", "/v1/runs/{work
 def live_api(stack: EmbeddedStack) -> Iterator[str]:
     """The API's base URL, served from a thread with its own event loop until the module's
     tests end."""
-    api_settings = stack.resolved_settings().model_copy(update={
-        "api_secret": SecretStr(SECRET), "task_queue": f"fuzz-{uuid.uuid4().hex[:8]}",
-        "memory_backend": "off"})
+    api_settings = stack.resolved_settings().replace(
+        api_secret=SecretStr(SECRET),
+        task_queue=f"fuzz-{uuid.uuid4().hex[:8]}",
+        memory_backend="off")
     ready = threading.Event()
     box: dict[str, Any] = {}
 

@@ -69,7 +69,7 @@ Handle = WorkflowHandle[Any, RunResult]
 async def start(client: Client, settings: Settings, text: str, *, agent: str = "bank",
                 **metadata: str) -> Handle:
     return await start_run(client, RunRequest(agent=agent, input=text, metadata=metadata),
-                           settings=settings)
+                           temporal=settings.temporal)
 
 
 
@@ -93,9 +93,9 @@ def summary(rows: Sequence[StoredDecision]) -> list[tuple[str, str, str]]:
 
 
 def temporal_cli(settings: Settings, *args: str) -> list[str]:
-    assert settings.temporal_address is not None
+    assert settings.temporal.address is not None
     return [str(find_binary("temporal")), "workflow", *args, "--address",
-            settings.temporal_address, "--namespace", settings.temporal_namespace]
+            settings.temporal.address, "--namespace", settings.temporal.namespace]
 
 
 # ---------------------------------------------------------------------------- signals
@@ -331,9 +331,10 @@ async def test_search_attributes_and_stead_cli_find_and_approve_a_waiting_run(
         assert wf.id == h.id
         assert wf.typed_search_attributes.get(RISK_KEY) == pytest.approx(p.risk)
 
-        assert settings.temporal_address is not None and settings.database_url is not None
-        env = {**os.environ, "TEMPORAL_ADDRESS": settings.temporal_address,
-               "DATABASE_URL": settings.database_url, "STEAD_TASK_QUEUE": settings.task_queue}
+        assert settings.temporal.address is not None and settings.ledger.database_url is not None
+        env = {**os.environ, "TEMPORAL_ADDRESS": settings.temporal.address,
+               "DATABASE_URL": settings.ledger.database_url,
+               "STEAD_TASK_QUEUE": settings.temporal.task_queue}
         pending = await run_cmd(str(STEAD), "pending", "--agent", name, "--json", env=env,
                                 cwd=tmp_path)
         assert pending.code == 0, pending.err

@@ -69,9 +69,9 @@ async def test_unanswered_approval_escalates_after_4h_and_auto_denies_after_8h(
                        policy=bank_policy(timeout_seconds=HOURS_4))
     began = await env.get_current_time()
     async with build_worker(env.client, settings, AgentCatalog([agent]), ledger,
-                            task_queue=settings.task_queue):
+                            task_queue=settings.temporal.task_queue):
         h = await start_run(env.client, RunRequest(agent="bank", input="pay 500 to ACME-1"),
-                            settings=settings)
+                            temporal=settings.temporal)
         r = await asyncio.wait_for(h.result(), 30)  # awaiting the result lets time skip
     ended = await env.get_current_time()
 
@@ -96,9 +96,9 @@ async def test_manager_approval_after_the_escalation_at_5h_is_accepted(
     agent = bank_agent(path, transfer_model(500, "ACME-1"),
                        policy=bank_policy(timeout_seconds=HOURS_4))
     async with build_worker(env.client, settings, AgentCatalog([agent]), ledger,
-                            task_queue=settings.task_queue):
+                            task_queue=settings.temporal.task_queue):
         h = await start_run(env.client, RunRequest(agent="bank", input="pay 500 to ACME-1"),
-                            settings=settings)
+                            temporal=settings.temporal)
         asked = await wait_pending(h)
         assert (asked.approval_id, asked.awaiting, asked.level) == ("a2", "oncall", 0)
         began = await env.get_current_time()

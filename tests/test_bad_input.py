@@ -31,11 +31,11 @@ from stead.worker import WorkerHost
 
 async def temporal_start(settings: Settings, workflow_id: str, payload: str) -> None:
     """``temporal workflow start`` with a raw JSON input, as an operator would type it."""
-    assert settings.temporal_address is not None
+    assert settings.temporal.address is not None
     proc = await asyncio.create_subprocess_exec(
         str(find_binary("temporal")), "workflow", "start", "--type", "AgentWorkflow",
-        "--task-queue", settings.task_queue, "--address", settings.temporal_address,
-        "--namespace", settings.temporal_namespace, "--workflow-id", workflow_id,
+        "--task-queue", settings.temporal.task_queue, "--address", settings.temporal.address,
+        "--namespace", settings.temporal.namespace, "--workflow-id", workflow_id,
         "--input", payload,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
@@ -91,7 +91,7 @@ async def test_malformed_run_request_fails_the_workflow_promptly_naming_the_fiel
 async def test_unknown_agent_fails_the_run_listing_known_agents(
         client: Client, settings: Settings, ledger: Ledger) -> None:
     handle = await start_run(client, RunRequest(agent="billing", input="refund order 42"),
-                             settings=settings)
+                             temporal=settings.temporal)
 
     with pytest.raises(WorkflowFailureError) as info:
         await asyncio.wait_for(handle.result(), timeout=20)
@@ -154,8 +154,9 @@ async def model_host(settings: Settings) -> AsyncIterator[tuple[Recorder, Worker
 async def run_lookup(host: WorkerHost, settings: Settings, *,
                      max_steps: int | None = None) -> tuple[str, RunResult]:
     assert host.client is not None
-    handle = await start_run(host.client, RunRequest(agent="lookup", input="find a",
-                                                     max_steps=max_steps), settings=settings)
+    handle = await start_run(host.client,
+                             RunRequest(agent="lookup", input="find a", max_steps=max_steps),
+                             temporal=settings.temporal)
     return handle.id, await asyncio.wait_for(handle.result(), timeout=60)
 
 
@@ -280,10 +281,10 @@ def test_ecosystem_variable_names_are_read(monkeypatch: pytest.MonkeyPatch) -> N
 
     s = load_settings()
 
-    assert s.database_url == "postgresql://u@db.example:5432/ledger"
-    assert s.temporal_address == "temporal.example:7233"
-    assert s.openai_api_key is not None and s.openai_api_key.get_secret_value() == "sk-from-env"
-    assert s.use_openai
+    assert s.ledger.database_url == "postgresql://u@db.example:5432/ledger"
+    assert s.temporal.address == "temporal.example:7233"
+    assert s.models.api_key is not None and s.models.api_key.get_secret_value() == "sk-from-env"
+    assert s.models.use_openai
 
 
 def test_stead_prefixed_name_wins_over_the_ecosystem_name(
@@ -291,7 +292,7 @@ def test_stead_prefixed_name_wins_over_the_ecosystem_name(
     monkeypatch.setenv("DATABASE_URL", "postgresql://generic/db")
     monkeypatch.setenv("STEAD_DATABASE_URL", "postgresql://stead/db")
 
-    assert load_settings().database_url == "postgresql://stead/db"
+    assert load_settings().ledger.database_url == "postgresql://stead/db"
 
 
 def test_non_positive_model_timeout_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -309,6 +310,6 @@ def test_unset_service_addresses_mean_embedded_defaults(
 
     s = load_settings()
 
-    assert (s.database_url, s.temporal_address) == (None, None)
-    assert (s.temporal_port, s.ui_port, s.task_queue) == (7233, 8233, "stead")
-    assert timedelta(seconds=s.model_timeout_seconds) == timedelta(minutes=1)
+    assert (s.ledger.database_url, s.temporal.address) == (None, None)
+    assert (s.stack.temporal_port, s.stack.ui_port, s.temporal.task_queue) == (7233, 8233, "stead")
+    assert timedelta(seconds=s.models.timeout_seconds) == timedelta(minutes=1)

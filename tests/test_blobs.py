@@ -139,7 +139,7 @@ async def test_a_big_tool_output_reaches_the_model_but_history_holds_its_digest(
     async with WorkerHost(settings, AgentCatalog([_reader(seen)])) as host:
         assert host.client is not None
         h = await start_run(host.client, RunRequest(agent="reader", input="read it"),
-                            settings=settings)
+                            temporal=settings.temporal)
         r = await asyncio.wait_for(h.result(), 60)
         history = _raw(await h.fetch_history())
 
@@ -159,11 +159,11 @@ async def test_a_big_tool_output_reaches_the_model_but_history_holds_its_digest(
 
 async def test_a_small_output_stays_inline(settings: Settings) -> None:
     seen: list[str] = []
-    low = settings.model_copy(update={"blob_threshold_bytes": 100_000})
+    low = settings.replace(blob_threshold_bytes=100_000)
     async with WorkerHost(low, AgentCatalog([_reader(seen)])) as host:
         assert host.client is not None
         h = await start_run(host.client, RunRequest(agent="reader", input="read it"),
-                            settings=low)
+                            temporal=low.temporal)
         r = await asyncio.wait_for(h.result(), 60)
         history = _raw(await h.fetch_history())
     assert r.status == "completed"

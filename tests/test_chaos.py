@@ -81,7 +81,7 @@ async def test_the_checker_passes_real_runs_and_catches_planted_violations(
         assert host.client is not None
         for n in (1, 2):
             h = await start_run(host.client, RunRequest(agent=SHOP, input=order_request(
-                n, qty=1, sku="sku-1", amount=20.0)), settings=settings)
+                n, qty=1, sku="sku-1", amount=20.0)), temporal=settings.temporal)
             rec = RunRecord(workflow_id=h.id, phase="test", scenario="plain",
                             started_at=time.time())
             rec.result = await h.result()
@@ -173,7 +173,7 @@ async def test_a_call_the_run_gave_up_on_is_closed_in_the_ledger(
     async with WorkerHost(settings, AgentCatalog([agent])) as host:
         assert host.client is not None
         h = await start_run(host.client, RunRequest(agent="hangs", input="call it"),
-                            settings=settings)
+                            temporal=settings.temporal)
         r = await asyncio.wait_for(h.result(), 60)
         trail = await ledger.trail(h.id)
         release.set()  # let the abandoned attempt end, so the worker stops at once

@@ -140,7 +140,7 @@ async def test_show_of_an_unknown_run_exits_4(env: dict[str, str], settings: Set
     done = await stead("show", "does-not-exist", env=env, cwd=tmp_path)
 
     assert done.code == 4
-    assert f"error: no run 'does-not-exist' on {settings.temporal_address}" in done.err
+    assert f"error: no run 'does-not-exist' on {settings.temporal.address}" in done.err
 
 
 async def test_exit_code_survives_interpreter_teardown(env: dict[str, str],

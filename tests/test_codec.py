@@ -49,8 +49,9 @@ KEY_A, KEY_B = new_key(), new_key()
 
 
 def keyed(settings: Settings, keys: dict[str, str], current: str | None) -> Settings:
-    return settings.model_copy(update={"codec_keys": SecretStr(json.dumps(keys)),
-                                       "codec_key_id": current})
+    return settings.replace(
+        codec_keys=SecretStr(json.dumps(keys)),
+        codec_key_id=current)
 
 
 def ring(**keys: str) -> KeyRing:
@@ -151,7 +152,7 @@ def test_bad_key_settings_name_the_variable_and_hide_the_keys(
             monkeypatch.setenv(var, value)
     settings = load_settings()
     with pytest.raises(SettingsError, match=says) as caught:
-        data_converter(settings)
+        data_converter(settings.codec)
     assert KEY_A not in str(caught.value) and KEY_B not in str(caught.value)
     assert KEY_A not in repr(settings)
 
@@ -164,18 +165,18 @@ def test_keys_from_the_environment_build_one_shared_converter(
     monkeypatch.setenv("STEAD_CODEC_KEYS", json.dumps(
         {"only": base64.urlsafe_b64encode(base64.b64decode(KEY_A)).decode().rstrip("=")}))
     monkeypatch.setenv("STEAD_CODEC_KEY_ID", "")  # as docker compose passes an unset variable
-    converter = data_converter(load_settings())
-    assert converter is data_converter(load_settings())
+    converter = data_converter(load_settings().codec)
+    assert converter is data_converter(load_settings().codec)
     assert isinstance(converter.payload_codec, EncryptionCodec)
     assert converter.payload_codec.ring.current == "only"
     assert converter.failure_converter_class is DefaultFailureConverterWithEncodedAttributes
     assert converter.payload_converter_class is pydantic_data_converter.payload_converter_class
     monkeypatch.delenv("STEAD_CODEC_KEYS")
-    plain = data_converter(load_settings())
+    plain = data_converter(load_settings().codec)
     assert plain is PLAIN_CONVERTER and isinstance(plain.payload_codec, PlainCodec)
     assert plain.payload_converter_class is pydantic_data_converter.payload_converter_class
     assert plain.failure_converter_class is pydantic_data_converter.failure_converter_class
-    assert codec_of(load_settings()) is None
+    assert codec_of(load_settings().codec) is None
 
 
 # ---------------------------------------------------------------------------- real runs
@@ -234,7 +235,7 @@ async def record(settings: Settings, seeds: Seeds) -> tuple[str, RunResult]:
     async with WorkerHost(settings, AgentCatalog([vault_agent(seeds)])) as host:
         assert host.client is not None
         handle = await start_run(host.client, RunRequest(
-            agent="vault", input=f"please keep {seeds.prompt} safe"), settings=settings)
+            agent="vault", input=f"please keep {seeds.prompt} safe"), temporal=settings.temporal)
         return handle.id, await asyncio.wait_for(handle.result(), timeout=60)
 
 
@@ -276,8 +277,8 @@ def _walk(msg: Message, path: str, found: list[tuple[str, Payload]]) -> None:
 async def raw(settings: Settings) -> AsyncIterator[Client]:
     """A client with Temporal's default converter and no codec: it sees what the server
     stores."""
-    assert settings.temporal_address is not None
-    yield await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
+    assert settings.temporal.address is not None
+    yield await Client.connect(settings.temporal.address, namespace=settings.temporal.namespace)
 
 
 async def stored(raw: Client, workflow_id: str) -> Stored:
@@ -302,7 +303,7 @@ def leaked(blob: bytes, seeds: Seeds) -> list[str]:
 
 
 def fresh_queue(settings: Settings) -> Settings:
-    return settings.model_copy(update={"task_queue": f"test-{uuid.uuid4().hex[:10]}"})
+    return settings.replace(task_queue=f"test-{uuid.uuid4().hex[:10]}")
 
 
 async def test_stored_history_holds_no_plaintext_and_the_codec_reads_it_back(
@@ -334,7 +335,7 @@ async def test_stored_history_holds_no_plaintext_and_the_codec_reads_it_back(
     codec_client = await connect(encrypted)
     assert (await codec_client.get_workflow_handle(
         secret_id, result_type=RunResult).result()) == secret_result
-    codec = codec_of(encrypted)
+    codec = codec_of(encrypted.codec)
     assert codec is not None
     decoded = await codec.decode([p for _, p in history.payloads()])
     plaintext = b"".join(p.data for p in decoded)
@@ -363,13 +364,13 @@ async def test_key_rotation_decrypts_old_runs_and_fails_clearly_without_the_old_
     assert await client.get_workflow_handle(old_id, result_type=RunResult).result() == old_result
     assert await client.get_workflow_handle(new_id, result_type=RunResult).result() == new_result
     recorded = [RecordedHistory(old.history, "server"), RecordedHistory(new.history, "server")]
-    report = await replay(recorded, replayer=production_replayer(settings=rotated))
+    report = await replay(recorded, replayer=production_replayer(codec=rotated.codec))
     assert [o.status for o in report.outcomes] == ["ok", "ok"]
 
     without_a = await connect(only_b)
     with pytest.raises(CodecError, match="key 'a', which is not in STEAD_CODEC_KEYS here"):
         await without_a.get_workflow_handle(old_id, result_type=RunResult).result()
-    report = await replay(recorded[:1], replayer=production_replayer(settings=only_b))
+    report = await replay(recorded[:1], replayer=production_replayer(codec=only_b.codec))
     [outcome] = report.outcomes
     assert outcome.status == "failed"
     assert "key 'a', which is not in STEAD_CODEC_KEYS here" in (outcome.detail or "")
@@ -378,7 +379,8 @@ async def test_key_rotation_decrypts_old_runs_and_fails_clearly_without_the_old_
 async def test_histories_recorded_before_encryption_still_replay(settings: Settings) -> None:
     """The corpus has no encrypted payloads: with a codec configured they pass through."""
     report = await replay(load_histories([CORPUS]),
-                          replayer=production_replayer(settings=keyed(settings, {"a": KEY_A}, "a")))
+                          replayer=production_replayer(
+                              codec=keyed(settings, {"a": KEY_A}, "a").codec))
     assert report.outcomes and report.ok, [o for o in report.outcomes if o.status != "ok"]
 
 
@@ -393,7 +395,7 @@ async def test_without_any_keys_an_encrypted_history_says_so(
         await no_keys.get_workflow_handle(run_id, result_type=RunResult).result()
     history = (await stored(raw, run_id)).history
     report = await replay([RecordedHistory(history, "server")],
-                          replayer=production_replayer(settings=settings))
+                          replayer=production_replayer(codec=settings.codec))
     [outcome] = report.outcomes
     assert outcome.status == "failed" and says in (outcome.detail or "")
 

@@ -235,9 +235,9 @@ async def test_temporal_cli_shows_plaintext_through_the_codec_server(
     seeds = Seeds.fresh()
     run_id, result = await record(keyed(settings, {"k1": KEY}, "k1"), seeds)
     assert result.status == "completed"
-    assert settings.temporal_address is not None
+    assert settings.temporal.address is not None
     show = [str(TEMPORAL), "workflow", "show", "--workflow-id", run_id,
-            "--address", settings.temporal_address, "--output", "json"]
+            "--address", settings.temporal.address, "--output", "json"]
 
     raw = await run_cmd(*show)
     assert raw.code == 0, raw
@@ -283,7 +283,7 @@ async def test_embedded_web_ui_uses_the_codec_server_when_its_url_is_set(tmp_pat
     assert plain is not None and "--ui-codec-endpoint" not in plain.command()
 
     url = "http://127.0.0.1:8081"
-    temporal = EmbeddedStack(base.model_copy(update={"codec_server_url": url})).temporal
+    temporal = EmbeddedStack(base.replace(codec_server_url=url)).temporal
     assert temporal is not None
     await temporal.start()
     try:

@@ -44,11 +44,10 @@ from urllib.parse import urlsplit
 import jsonschema
 import pytest
 import yaml
-from pydantic import AliasChoices
 
 from stead.embedded import DEV_SERVER_DYNAMIC_CONFIG, SEARCH_ATTRIBUTES
 from stead.ledger import migrate
-from stead.settings import Settings
+from stead.settings import VARIABLES, Settings
 
 with warnings.catch_warnings():
     # pgserver asks platformdirs for a runtime dir at import (and warns without XDG_RUNTIME_DIR);
@@ -299,17 +298,7 @@ def _dockerignored(path: str) -> bool:
 
 def _accepted_env_names() -> set[str]:
     """Every environment variable name stead's Settings reads."""
-    prefix = str(Settings.model_config.get("env_prefix", ""))
-    names: set[str] = set()
-    for field, info in Settings.model_fields.items():
-        alias = info.validation_alias
-        if isinstance(alias, AliasChoices):
-            names.update(choice for choice in alias.choices if isinstance(choice, str))
-        elif isinstance(alias, str):
-            names.add(alias)
-        else:
-            names.add(f"{prefix}{field}".upper())
-    return names
+    return set(VARIABLES)
 
 
 def _settings_from(service: Service, monkeypatch: pytest.MonkeyPatch) -> Settings:
@@ -627,7 +616,7 @@ def test_codec_server_allows_the_ui_origin_and_listens_on_loopback_only(
     for host_ip, _, _ in _published_ports(codec):
         assert host_ip == "127.0.0.1", "it decrypts payloads: never publish it beyond loopback"
     ui_port = _published_ports(services["temporal-ui"])[0][1]
-    origins = {o.strip() for o in _settings_from(codec, monkeypatch).codec_cors_origins.split(",")}
+    origins = {o.strip() for o in _settings_from(codec, monkeypatch).codec.cors_origins.split(",")}
     assert {f"http://localhost:{ui_port}", f"http://127.0.0.1:{ui_port}"} <= origins
 
 
@@ -708,11 +697,11 @@ def test_worker_exports_traces_metrics_and_json_logs(
     services: dict[str, Service], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = _settings_from(services["worker"], monkeypatch)
-    assert settings.otel_exporter_otlp_endpoint == "http://otel-collector:4318"
-    assert settings.metrics_exporter == "otlp"
-    assert settings.traces_exporter == "otlp"
-    assert settings.log_format == "json"
-    assert settings.capture_content is False, "content capture is opt-in"
+    assert settings.telemetry.otlp_endpoint == "http://otel-collector:4318"
+    assert settings.telemetry.metrics_exporter == "otlp"
+    assert settings.telemetry.traces_exporter == "otlp"
+    assert settings.telemetry.log_format == "json"
+    assert settings.telemetry.capture_content is False, "content capture is opt-in"
 
 
 # --- the stead services -----------------------------------------------------------------------
@@ -763,15 +752,16 @@ def test_worker_environment_yields_settings_pointing_at_the_compose_services(
     services: dict[str, Service], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = _settings_from(services["worker"], monkeypatch)
-    assert settings.temporal_address == "temporal:7233"
-    assert settings.temporal_namespace == "default"
-    assert settings.task_queue == "stead"
-    assert settings.database_url is not None
-    assert settings.database_url.startswith("postgresql://stead_app:")
-    assert settings.database_url.endswith("@postgresql:5432/stead")
-    assert settings.migration_database_url == settings.database_url, "no owner DSN in workers"
-    assert settings.openai_api_key is None, "no key configured means the scripted model"
-    assert settings.codec_keys is None, "encryption is opt-in through .env"
+    assert settings.temporal.address == "temporal:7233"
+    assert settings.temporal.namespace == "default"
+    assert settings.temporal.task_queue == "stead"
+    assert settings.ledger.database_url is not None
+    assert settings.ledger.database_url.startswith("postgresql://stead_app:")
+    assert settings.ledger.database_url.endswith("@postgresql:5432/stead")
+    assert settings.ledger.migration_database_url == settings.ledger.database_url, \
+        "no owner DSN in workers"
+    assert settings.models.api_key is None, "no key configured means the scripted model"
+    assert settings.codec.keys is None, "encryption is opt-in through .env"
 
 
 def test_migration_job_uses_the_owner_dsn(
@@ -779,8 +769,8 @@ def test_migration_job_uses_the_owner_dsn(
 ) -> None:
     job = services["stead-migrate"]
     settings = _settings_from(job, monkeypatch)
-    assert settings.migration_database_url is not None
-    assert settings.migration_database_url.startswith("postgresql://stead:")
+    assert settings.ledger.migration_database_url is not None
+    assert settings.ledger.migration_database_url.startswith("postgresql://stead:")
     assert _depends_on(job) == {"postgresql": "service_healthy"}
 
 

@@ -98,7 +98,7 @@ async def _state(h: Handle) -> ConversationState:
 async def test_a_conversation_keeps_its_context_across_turns(
         chat: Client, settings: Settings, ledger: Ledger) -> None:
     h = await start_conversation(chat, ConversationStart(agent="chatter", user="ann"),
-                                 settings=settings)
+                                 temporal=settings.temporal)
     a1 = await _say(h, "remember apples")
     a2 = await _say(h, "fetch 20123")
     a3 = await _say(h, "remember pears")
@@ -136,7 +136,8 @@ async def test_a_conversation_keeps_its_context_across_turns(
 
 async def test_a_failed_turn_is_reported_and_the_conversation_goes_on(
         chat: Client, settings: Settings) -> None:
-    h = await start_conversation(chat, ConversationStart(agent="chatter"), settings=settings)
+    h = await start_conversation(chat, ConversationStart(agent="chatter"),
+                                 temporal=settings.temporal)
     await _say(h, "remember keys")
     bad = await _say(h, "boom")
     after = await _say(h, "recall")
@@ -156,7 +157,7 @@ async def test_continue_as_new_keeps_turns_context_and_queued_messages(
     says sent all at once, and messages signalled in between, are each answered once, in
     order, and the context reaches across every run."""
     h = await start_conversation(chat, ConversationStart(agent="chatter", max_history_events=20),
-                                 settings=settings)
+                                 temporal=settings.temporal)
     first = await _say(h, "remember one")
     await h.signal("message", SayInput(text="remember two"))
     await h.signal("message", SayInput(text="remember three"))
@@ -182,7 +183,8 @@ async def test_continue_as_new_keeps_turns_context_and_queued_messages(
 
 async def test_a_say_with_a_bad_payload_is_refused_clearly(
         chat: Client, settings: Settings) -> None:
-    h = await start_conversation(chat, ConversationStart(agent="chatter"), settings=settings)
+    h = await start_conversation(chat, ConversationStart(agent="chatter"),
+                                 temporal=settings.temporal)
     with pytest.raises(WorkflowUpdateFailedError) as missing:
         await h.execute_update("say", result_type=TurnOutcome)
     with pytest.raises(WorkflowUpdateFailedError) as blank:
@@ -203,8 +205,8 @@ async def test_a_say_with_a_bad_payload_is_refused_clearly(
 
 async def test_an_idle_conversation_closes_after_its_timeout(
         chat: Client, settings: Settings) -> None:
-    h = await start_conversation(
-        chat, ConversationStart(agent="chatter", idle_timeout_seconds=1), settings=settings)
+    h = await start_conversation(chat, ConversationStart(agent="chatter", idle_timeout_seconds=1),
+                                 temporal=settings.temporal)
     await _say(h, "remember once")
     done = await asyncio.wait_for(h.result(), 60)
     assert (done.reason, done.turns) == ("idle", 1)
@@ -213,7 +215,7 @@ async def test_an_idle_conversation_closes_after_its_timeout(
 async def test_stead_chat_talks_and_continues_a_conversation_by_id(
         chat: Client, settings: Settings) -> None:
     env = cli_env(settings)
-    cid = f"cli-chat-{settings.task_queue}"
+    cid = f"cli-chat-{settings.temporal.task_queue}"
     first = await stead("chat", "chatter", "--id", cid, "-m", "remember figs",
                         "-m", "fetch 3000", "--json", env=env)
     assert first.code == 0, first.err
@@ -234,7 +236,7 @@ async def test_stead_chat_talks_and_continues_a_conversation_by_id(
 
 async def test_stead_chat_reads_lines_until_end(chat: Client, settings: Settings) -> None:
     proc = await asyncio.create_subprocess_exec(
-        str(STEAD), "chat", "chatter", "--id", f"cli-lines-{settings.task_queue}",
+        str(STEAD), "chat", "chatter", "--id", f"cli-lines-{settings.temporal.task_queue}",
         env=cli_env(settings), stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(

@@ -107,7 +107,7 @@ async def record(client: Client, settings: Settings, text: str, *, tenant: str,
                  decide: tuple[bool, str] | None = None) -> Recorded:
     """Run the refund agent for real; answer its one approval with ``decide`` if given."""
     handle = await start_run(client, RunRequest(agent="refund", input=text, tenant=tenant),
-                             settings=settings)
+                             temporal=settings.temporal)
     if decide is not None:
         deadline = time.monotonic() + 30
         while True:
@@ -382,9 +382,9 @@ async def test_changed_catalog_changes_one_agent_and_serves_every_tool_from_reco
 
 
 def cli_env(settings: Settings, data_dir: Path) -> dict[str, str]:
-    assert settings.temporal_address is not None and settings.database_url is not None
-    return {**os.environ, "TEMPORAL_ADDRESS": settings.temporal_address,
-            "DATABASE_URL": settings.database_url, "STEAD_DATA_DIR": str(data_dir),
+    assert settings.temporal.address is not None and settings.ledger.database_url is not None
+    return {**os.environ, "TEMPORAL_ADDRESS": settings.temporal.address,
+            "DATABASE_URL": settings.ledger.database_url, "STEAD_DATA_DIR": str(data_dir),
             "STEAD_MEMORY_BACKEND": "off"}
 
 

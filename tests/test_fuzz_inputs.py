@@ -30,7 +30,7 @@ import yaml
 from _fuzz import fuzz, json_values, text
 from hypothesis import example, given
 from hypothesis import strategies as st
-from pydantic import AliasChoices, ValidationError
+from pydantic import ValidationError
 
 from agents import reference_catalog
 from agents.ops import POLICY_FILE as OPS_POLICY
@@ -39,6 +39,7 @@ from guardrails.calls import check_call
 from stead.errors import SettingsError, SpecError
 from stead.models import ToolCall, ToolPlan
 from stead.policy import Policy, PolicyError, load_policy, parse_policy
+from stead.settings import VARIABLES as READ
 from stead.settings import Settings, load_settings
 from stead.tools import Tool
 
@@ -148,16 +149,9 @@ def test_a_policy_file_that_is_not_utf8_is_a_policy_error(tmp_path: Path) -> Non
 # ---------------------------------------------------------------------------- settings
 
 
-def _names(field: str) -> list[str]:
-    alias = Settings.model_fields[field].validation_alias
-    if isinstance(alias, AliasChoices):
-        return [str(c) for c in alias.choices]
-    return [f"STEAD_{field.upper()}"]
-
-
-VARIABLES = {name: field for field in Settings.model_fields for name in _names(field)}
-"""Every environment variable stead reads, to its settings field."""
-DURATIONS = sorted(f for f in Settings.model_fields if f.endswith("_seconds"))
+VARIABLES = dict(READ)
+"""Every environment variable stead reads, to its setting's flat name."""
+DURATIONS = sorted({f for f in VARIABLES.values() if f.endswith("_seconds")})
 ENV_PREFIXES = ("STEAD_", "TEMPORAL_", "OPENAI_", "PINECONE_", "DATABASE_URL", "OTEL_")
 
 env_values = (
@@ -216,8 +210,9 @@ def named(message: str) -> set[str]:
 def test_any_environment_loads_or_names_a_bad_variable(env: dict[str, str]) -> None:
     got = load(env)
     if isinstance(got, Settings):
+        values = dict(got.flat_items())
         for field in DURATIONS:
-            value = getattr(got, field)
+            value = values[field]
             assert timedelta(seconds=value) >= timedelta(0), (field, value)
         return
     message = str(got)

@@ -99,7 +99,7 @@ async def settle(client: Client, settings: Settings,
             if done:
                 break
             report = await find_stuck(client, older_than=timedelta(seconds=15),
-                                      task_queue=settings.task_queue,
+                                      task_queue=settings.temporal.task_queue,
                                       query=f"WorkflowId = '{handle.id}'")
             for health in report.runs:
                 if health.verdict == "waiting":
@@ -169,7 +169,8 @@ async def good_run_completes(client: Client, settings: Settings) -> None:
     """The worker survived: an ordinary request still completes."""
     handle = await client.start_workflow("AgentWorkflow", RunRequest(**GOOD),
                                          id=f"fuzz-good-{uuid.uuid4().hex[:8]}",
-                                         task_queue=settings.task_queue, result_type=RunResult)
+                                         task_queue=settings.temporal.task_queue,
+                                         result_type=RunResult)
     result = await asyncio.wait_for(handle.result(), 60)
     assert result.status == "completed", result
 
@@ -182,7 +183,7 @@ async def test_fuzzed_run_requests_from_the_python_client(
     async def check(payload: Any) -> str:
         handle: WorkflowHandle[Any, RunResult] = await client.start_workflow(
             "AgentWorkflow", payload, id=f"fuzz-py-{uuid.uuid4().hex[:10]}",
-            task_queue=settings.task_queue, result_type=RunResult)
+            task_queue=settings.temporal.task_queue, result_type=RunResult)
         return await judge(client, settings, ledger, json.dumps(payload), handle)
 
     sync = bound(loop, check)
@@ -209,14 +210,15 @@ async def test_fuzzed_raw_json_through_the_temporal_cli(
     """What an operator types after ``--input``: JSON of any shape, or not JSON at all."""
     client = reference_worker
     loop = asyncio.get_running_loop()
-    assert settings.temporal_address is not None
+    assert settings.temporal.address is not None
 
     async def check(raw: str) -> str:
         wid = f"fuzz-cli-{uuid.uuid4().hex[:10]}"
         done = await run_cmd(
             str(find_binary("temporal")), "workflow", "start", "--type", "AgentWorkflow",
-            "--task-queue", settings.task_queue, "--address", str(settings.temporal_address),
-            "--namespace", settings.temporal_namespace, "--workflow-id", wid, "--input", raw,
+            "--task-queue", settings.temporal.task_queue,
+            "--address", str(settings.temporal.address),
+            "--namespace", settings.temporal.namespace, "--workflow-id", wid, "--input", raw,
             timeout=60)
         handle: WorkflowHandle[Any, RunResult] = client.get_workflow_handle(
             wid, result_type=RunResult)
@@ -255,7 +257,7 @@ async def test_a_null_run_request_fails_the_run(
     client = reference_worker
     handle: WorkflowHandle[Any, RunResult] = await client.start_workflow(
         "AgentWorkflow", None, id=f"fuzz-null-{uuid.uuid4().hex[:8]}",
-        task_queue=settings.task_queue, result_type=RunResult)
+        task_queue=settings.temporal.task_queue, result_type=RunResult)
     outcome = await settle(client, settings, handle)
     assert isinstance(outcome, ApplicationError)
     assert (outcome.type, outcome.non_retryable) == ("BadRunRequest", True)
@@ -270,7 +272,7 @@ async def test_a_request_with_a_nul_character_ends(
     client = reference_worker
     handle: WorkflowHandle[Any, RunResult] = await client.start_workflow(
         "AgentWorkflow", {"agent": "ops", "input": "is auth-service healthy?\x00"},
-        id=f"fuzz-nul-{uuid.uuid4().hex[:8]}", task_queue=settings.task_queue,
+        id=f"fuzz-nul-{uuid.uuid4().hex[:8]}", task_queue=settings.temporal.task_queue,
         result_type=RunResult)
     outcome = await settle(client, settings, handle)
     assert isinstance(outcome, RunResult) and outcome.status == "completed", outcome

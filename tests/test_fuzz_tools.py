@@ -138,7 +138,7 @@ async def test_fuzzed_tool_arguments_are_gated_audited_and_never_half_run(
                 for i, (name, args) in enumerate(proposed)]
         scripts.turns[case] = turn
         handle = await start_run(client, RunRequest(agent="fuzz", input=case),
-                                 settings=settings)
+                                 temporal=settings.temporal)
         try:
             result: RunResult = await asyncio.wait_for(handle.result(), 20)  # takes < 2 s
         except TimeoutError:
@@ -189,7 +189,8 @@ async def test_fuzzed_tool_arguments_are_gated_audited_and_never_half_run(
 
     # The worker still serves an ordinary call.
     scripts.turns["good"] = [ToolCall(id="g", name="lookup", arguments='{"key": "k"}')]
-    good = await start_run(client, RunRequest(agent="fuzz", input="good"), settings=settings)
+    good = await start_run(client, RunRequest(agent="fuzz", input="good"),
+                           temporal=settings.temporal)
     assert (await asyncio.wait_for(good.result(), 30)).tool_calls[0].status == "ok"
 
 
@@ -203,7 +204,7 @@ async def test_a_tool_call_with_a_nul_character_ends(
     scripts.turns["nul"] = [ToolCall(id="n", name="lookup", arguments='{"key": "a\\u0000"}'),
                             ToolCall(id="m", name="look\x00up", arguments="{\x00")]
     handle = await start_run(host.client, RunRequest(agent="fuzz", input="nul"),
-                             settings=settings)
+                             temporal=settings.temporal)
     try:
         result = await asyncio.wait_for(handle.result(), 5)  # a sound run takes < 1 s
     finally:
@@ -221,7 +222,7 @@ async def test_an_accepted_call_with_a_large_float_keeps_the_audit_chain_intact(
     assert host.client is not None
     scripts.turns["float"] = [ToolCall(id="f", name="nothing", arguments='{"x": 1e16}')]
     handle = await start_run(host.client, RunRequest(agent="fuzz", input="float"),
-                             settings=settings)
+                             temporal=settings.temporal)
     result = await asyncio.wait_for(handle.result(), 30)
     assert result.tool_calls[0].status == "ok"
     assert await ledger.verify_chain(handle.id) == []
@@ -233,7 +234,7 @@ async def test_a_tool_call_with_half_an_emoji_is_rejected(
     assert host.client is not None
     scripts.turns["emoji"] = [ToolCall(id="e", name="lookup", arguments='{"key": "\\ud83d"}')]
     handle = await start_run(host.client, RunRequest(agent="fuzz", input="emoji"),
-                             settings=settings)
+                             temporal=settings.temporal)
     done = asyncio.ensure_future(handle.result())
     try:
         for _ in range(100):  # a sound run takes < 1 s

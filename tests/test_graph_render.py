@@ -232,7 +232,7 @@ async def test_stead_graph_run_draws_the_path_of_a_finished_and_a_waiting_run(
     env = cli_env(settings, STEAD_DATA_DIR=str(tmp_path / "data"))
     handle = await start_run(worker.client, RunRequest(agent="ops",
                                                        input="is auth-service healthy?"),
-                             settings=settings)
+                             temporal=settings.temporal)
     result = await handle.result()
     assert result.path == ["route", "recall", "think", "act", "think", "check", "done"]
 
@@ -257,7 +257,7 @@ async def test_stead_graph_run_draws_the_path_of_a_finished_and_a_waiting_run(
     # A run still waiting (a restart needs a human): its path so far, from the state query.
     waiting = await start_run(worker.client, RunRequest(agent="ops",
                                                         input="restart auth-service"),
-                              settings=settings)
+                              temporal=settings.temporal)
     try:
         await wait_pending(waiting)
         open_run = await stead("graph", "ops", "--run", waiting.id, "--json", env=env,
@@ -281,7 +281,7 @@ async def test_stead_graph_run_refuses_an_unknown_run_and_another_agents_run(
     assert worker.client is not None
     handle = await start_run(worker.client, RunRequest(agent="ops",
                                                        input="is auth-service healthy?"),
-                             settings=settings)
+                             temporal=settings.temporal)
     await handle.result()
     other = await stead("graph", "refund", "--run", handle.id, env=env, cwd=tmp_path)
     assert other.code == 2
@@ -293,12 +293,12 @@ async def test_stead_graph_run_refuses_a_graph_version_this_process_does_not_hav
     """A worker deployed with ops@2 ran it; this CLI only knows ops@1: it says so instead of
     drawing the wrong graph."""
     newer = replace(ops_agent(world), graph=react(name="ops", version=2))
-    queue = settings.model_copy(update={"task_queue": settings.task_queue + "-v2"})
+    queue = settings.replace(task_queue=settings.temporal.task_queue + "-v2")
     async with WorkerHost(queue, AgentCatalog([newer])) as host:
         assert host.client is not None
         handle = await start_run(host.client, RunRequest(agent="ops",
                                                          input="is auth-service healthy?"),
-                                 settings=queue)
+                                 temporal=queue.temporal)
         assert (await handle.result()).graph == "ops@2"
     done = await stead("graph", "ops", "--run", handle.id,
                        env=cli_env(queue, STEAD_DATA_DIR=str(tmp_path / "data")), cwd=tmp_path)

@@ -60,7 +60,7 @@ Handle = WorkflowHandle[Any, RunResult]
 
 
 async def start(client: Client, settings: Settings, agent: str, text: str) -> Handle:
-    return await start_run(client, RunRequest(agent=agent, input=text), settings=settings)
+    return await start_run(client, RunRequest(agent=agent, input=text), temporal=settings.temporal)
 
 
 async def finish(h: Handle) -> RunResult:

@@ -119,9 +119,10 @@ def _chromium(profile: Path) -> WebDriver:
 @pytest.fixture(scope="module")
 async def scene(stack: EmbeddedStack, world_dir: Path,
                 browser_profile: Path) -> AsyncIterator[Scene]:
-    settings = stack.resolved_settings().model_copy(update={
-        "task_queue": f"test-{uuid.uuid4().hex[:10]}", "memory_backend": "off",
-        "api_secret": SecretStr(SECRET)})
+    settings = stack.resolved_settings().replace(
+        task_queue=f"test-{uuid.uuid4().hex[:10]}",
+        memory_backend="off",
+        api_secret=SecretStr(SECRET))
     world = RefundWorld(world_dir / "refund-world.sqlite")
     async with WorkerHost(settings, AgentCatalog([refund_agent(world)])) as host:
         assert host.client is not None
@@ -205,7 +206,7 @@ def banner_text(driver: WebDriver) -> str:
 
 async def start_refund(scene: Scene, text: str, *, tenant: str = TENANT) -> Handle:
     return await start_run(scene.client, RunRequest(agent="refund", input=text, tenant=tenant),
-                           settings=scene.settings)
+                           temporal=scene.settings.temporal)
 
 
 

@@ -84,7 +84,7 @@ async def test_a_model_asking_for_another_agents_tool_is_refused_and_audited(
     async with WorkerHost(settings, catalog, model=FunctionModel(plan, name="greedy")) as host:
         assert host.client is not None
         h = await start_run(host.client, RunRequest(agent="ops", input="refund ORD-1001"),
-                            settings=settings)
+                            temporal=settings.temporal)
         r = await h.result()
 
     ops_tools = sorted(t.name for t in ops_agent(world).tools)
@@ -145,13 +145,13 @@ async def test_the_tenant_is_in_the_workflow_id_and_the_search_attributes(
         client: Client, settings: Settings) -> None:
     acme, globex = _tenants()
     a = await start_run(client, RunRequest(agent="ops", input="is auth-service healthy?",
-                                           tenant=acme), settings=settings)
+                                           tenant=acme), temporal=settings.temporal)
     g = await start_run(client, RunRequest(agent="ops", input="is auth-service healthy?",
-                                           tenant=globex), settings=settings)
+                                           tenant=globex), temporal=settings.temporal)
     # Started the way the `temporal` CLI does: no id scheme, no search attributes.
     bare = await client.start_workflow(
         WORKFLOW_TYPE, RunRequest(agent="ops", input="is auth-service healthy?", tenant=globex),
-        id=f"bare-{uuid.uuid4().hex[:8]}", task_queue=settings.task_queue)
+        id=f"bare-{uuid.uuid4().hex[:8]}", task_queue=settings.temporal.task_queue)
     for h in (a, g, bare):
         await h.result()
     assert a.id.startswith(f"{acme}-ops-") and g.id.startswith(f"{globex}-ops-")
@@ -167,7 +167,7 @@ async def test_cli_show_and_audit_treat_another_tenants_run_as_not_found(
         client: Client, settings: Settings, tmp_path: Path) -> None:
     acme, globex = _tenants()
     h = await start_run(client, RunRequest(agent="ops", input="is auth-service healthy?",
-                                           tenant=acme), settings=settings)
+                                           tenant=acme), temporal=settings.temporal)
     await h.result()
     env = cli_env(settings)
 
@@ -203,7 +203,7 @@ async def test_cli_pending_lists_only_the_tenants_approvals(
     async with WorkerHost(settings, AgentCatalog([ops_agent(world)]), model=model) as host:
         assert host.client is not None
         handles = {t: await start_run(host.client, RunRequest(
-            agent="ops", input="restart search-worker", tenant=t), settings=settings)
+            agent="ops", input="restart search-worker", tenant=t), temporal=settings.temporal)
             for t in (acme, globex)}
         try:
             waiting = await _visible(
@@ -294,7 +294,7 @@ async def test_memory_recall_in_a_run_never_crosses_tenants(
         settings: Settings, world: OpsWorld, ledger: Ledger) -> None:
     acme, globex = _tenants()
     text = f"search-worker runbook {uuid.uuid4().hex[:6]}: raise the memory limit to 4Gi"
-    mem = settings.model_copy(update={"memory_backend": "pgvector"})
+    mem = settings.replace(memory_backend="pgvector")
     async with WorkerHost(mem, AgentCatalog([ops_agent(world)]),
                           embedder=HashingEmbedder(384)) as host:
         assert host.client is not None and host.memory is not None
@@ -306,7 +306,7 @@ async def test_memory_recall_in_a_run_never_crosses_tenants(
         recalled: dict[str, list[str]] = {}
         for tenant in (acme, globex):
             h = await start_run(host.client, RunRequest(agent="ops", input=text, tenant=tenant),
-                                settings=mem)
+                                temporal=mem.temporal)
             await h.result()
             (op,) = [o for o in (await ledger.trail(h.id)).memory_ops if o.op == "recall"]
             assert op.tenant == tenant

@@ -75,7 +75,7 @@ async def _run(settings: Settings, agent: Agent) -> tuple[str, RunResult, list[s
     async with WorkerHost(settings, AgentCatalog([agent])) as host:
         assert host.client is not None
         h = await start_run(host.client, RunRequest(agent="localbot", input="go"),
-                            settings=settings)
+                            temporal=settings.temporal)
         result = await asyncio.wait_for(h.result(), 60)
         history = await h.fetch_history()
     scheduled = [e.activity_task_scheduled_event_attributes.activity_type.name
@@ -124,7 +124,7 @@ async def test_model_calls_run_locally_when_the_policy_allows(settings: Settings
     async with WorkerHost(settings, AgentCatalog([agent])) as host:
         assert host.client is not None
         history = await host.client.get_workflow_handle(wid).fetch_history()
-    await production_replayer(settings=settings).replay_workflow(history)
+    await production_replayer(codec=settings.codec).replay_workflow(history)
 
 
 @pytest.mark.slow
@@ -142,7 +142,7 @@ async def test_a_worker_killed_mid_local_read_loses_nothing_and_writes_once(
     try:
         client = await connect(settings)
         h = await start_run(client, RunRequest(agent="localkill", input="read and write x"),
-                            settings=settings)
+                            temporal=settings.temporal)
         deadline = time.monotonic() + 30
         while not (effects.exists() and effects.read_text() == "read x\n"):
             assert time.monotonic() < deadline, f"the read never started:\n{first.output()}"

@@ -100,14 +100,14 @@ async def test_activity_json_lines_carry_trace_span_run_and_tenant(
     the trace and span of its execute_tool span, the workflow and run ids, the activity type,
     the run's tenant and agent; the key in the message is redacted."""
     buf, _ = capture
-    s = settings.model_copy(update={"log_format": "json"})
+    s = settings.replace(log_format="json")
     configure_logging(s, stream=buf)
     exporter = InMemorySpanExporter()
-    tracing = SteadTracing.from_settings(s, exporters=[exporter])
+    tracing = SteadTracing.from_settings(s.telemetry, exporters=[exporter])
     async with WorkerHost(s, AgentCatalog([logging_agent()]), tracing=tracing) as host:
         assert host.client is not None
         h = await start_run(host.client, RunRequest(agent="logs", input="what is it?",
-                                                    tenant="acme"), settings=s)
+                                                    tenant="acme"), temporal=s.temporal)
         assert (await h.result()).status == "completed"
     lines = json_lines(buf)
     [line] = [x for x in lines if x["message"].startswith("looking up")]
@@ -134,19 +134,20 @@ async def test_workflow_json_lines_name_the_run_and_its_tenant(
     """A line logged by workflow code carries the workflow and run ids, the tenant and agent
     from the run's search attributes and, with a traced client, the client's trace."""
     buf, _ = capture
-    s = settings.model_copy(update={"log_format": "json"})
+    s = settings.replace(log_format="json")
     configure_logging(s, stream=buf)
-    tracing = SteadTracing.from_settings(s, exporters=[exporter := InMemorySpanExporter()])
+    tracing = SteadTracing.from_settings(s.telemetry,
+                                         exporters=[exporter := InMemorySpanExporter()])
     client = await connect(s, interceptors=tracing.interceptors)
     worker_client = await connect(s)
-    async with Worker(worker_client, task_queue=s.task_queue, workflows=[LogProbe],
+    async with Worker(worker_client, task_queue=s.temporal.task_queue, workflows=[LogProbe],
                       interceptors=worker_interceptors(tracing),
                       workflow_runner=SandboxedWorkflowRunner(
                           restrictions=SandboxRestrictions.default.with_passthrough_modules(
                               *PASSTHROUGH))):
         word = f"w{uuid.uuid4().hex[:6]}"
         result = await client.execute_workflow(
-            "LogProbe", word, id=f"probe-{word}", task_queue=s.task_queue,
+            "LogProbe", word, id=f"probe-{word}", task_queue=s.temporal.task_queue,
             search_attributes=TypedSearchAttributes([
                 SearchAttributePair(TENANT_KEY, "acme"), SearchAttributePair(AGENT_KEY, "probe")]),
             execution_timeout=timedelta(seconds=30))
@@ -220,7 +221,7 @@ async def test_stead_worker_logs_json_lines(settings: Settings) -> None:
         await proc.wait()
     entry = json.loads(seen[-1])
     assert entry["logger"] == "stead.worker" and entry["level"] == "INFO"
-    assert entry["message"] == f"worker polling task queue {settings.task_queue!r}"
+    assert entry["message"] == f"worker polling task queue {settings.temporal.task_queue!r}"
 
 
 async def test_bad_log_format_is_a_settings_error(settings: Settings) -> None:

@@ -104,7 +104,8 @@ async def serving(settings: Settings, *agents: Agent) -> AsyncIterator[Client]:
 
 async def run(client: Client, settings: Settings, agent_name: str,
               text: str = "help") -> tuple[WorkflowHandle[Any, RunResult], RunResult]:
-    h = await start_run(client, RunRequest(agent=agent_name, input=text), settings=settings)
+    h = await start_run(client, RunRequest(agent=agent_name, input=text),
+                        temporal=settings.temporal)
     return h, await asyncio.wait_for(h.result(), 90)
 
 
@@ -171,7 +172,7 @@ async def test_a_server_declared_in_settings_is_called_over_streamable_http(
         servers = parse_mcp_servers(json.dumps({"desk": {
             "transport": "http", "url": srv.url, "agents": ["helpdesk"],
             "tools": {"create_ticket": {"side_effect": "write", "risk": "low"}}}}))
-        configured = settings.model_copy(update={"mcp_servers": servers})
+        configured = settings.replace(mcp_servers=servers)
         async with serving(configured, agent("helpdesk", script.model)) as client:
             h, r = await run(client, configured, "helpdesk")
 
@@ -192,7 +193,7 @@ async def test_an_undeclared_mcp_tool_counts_as_irreversible_and_waits_for_appro
     script = Script([[("desk__create_ticket", {"title": "Refund everyone", "priority": "high"})]])
     async with serving(settings, agent("helpdesk", script.model, desk)) as client:
         h = await start_run(client, RunRequest(agent="helpdesk", input="open it"),
-                            settings=settings)
+                            temporal=settings.temporal)
         waiting = await pending(h)
         (ask,) = waiting.pending_approvals
         assert ask.tool == "desk__create_ticket" and ask.risk >= 0.5
@@ -446,7 +447,7 @@ async def test_the_tool_activity_refuses_an_mcp_tool_to_an_agent_without_its_ser
                      tools={"lookup_ticket": READ})
     noop = FunctionModel(lambda m, t: ModelTurn(content="-"), name="noop")
     catalog = AgentCatalog([agent("helpdesk", noop, desk), agent("outsider", noop)])
-    mcp = McpTools.from_catalog(catalog, Settings())
+    mcp = McpTools.from_catalog(catalog, Settings().integrations)
     assert mcp is not None
     acts = ToolActivities(catalog, ledger, dynamic=mcp).activities()
     (dynamic,) = [a for a in acts if getattr(a, "__temporal_activity_definition").name is None]
@@ -518,7 +519,7 @@ def test_good_mcp_settings_parse_with_conservative_defaults(
                  "headers": {"Authorization": "Bearer ${secret:desk_token}"},
                  "agents": ["ops"], "tools": {"lookup": {"side_effect": "read"}}}}))
     s = load_settings()
-    server = s.mcp_servers["desk"].server("desk")
+    server = s.integrations.mcp_servers["desk"].server("desk")
     assert server.transport == "http" and server.secret_refs() == ["desk_token"]
     assert server.tools["lookup"].is_idempotent and server.tools["lookup"].risk == "high"
     unknown = McpToolSpec()
@@ -535,7 +536,7 @@ def test_worker_declarations_that_cannot_work_fail_before_the_worker_starts() ->
         "desk": {"transport": "stdio", "command": ["other-desk"], "agents": ["helpdesk"]},
         "wiki": {"transport": "stdio", "command": ["wiki"], "agents": ["opz"]}}))
     with pytest.raises(SpecError) as err:
-        McpTools.from_catalog(catalog, settings)
+        McpTools.from_catalog(catalog, settings.integrations)
     text = str(err.value)
     assert "server 'wiki' names agent 'opz', which this worker does not serve" in text
     assert "two different MCP servers are named 'desk'" in text
@@ -543,7 +544,8 @@ def test_worker_declarations_that_cannot_work_fail_before_the_worker_starts() ->
     secretive = McpServer(name="wiki", url="http://127.0.0.1:1/mcp",
                           headers={"Authorization": "Bearer ${secret:wiki_token}"})
     with pytest.raises(SpecError, match="STEAD_SECRET_WIKI_TOKEN"):
-        McpTools.from_catalog(AgentCatalog([agent("helpdesk", noop, secretive)]), Settings())
+        McpTools.from_catalog(AgentCatalog([agent("helpdesk", noop, secretive)]),
+                              Settings().integrations)
 
     with pytest.raises(ValueError, match="exactly one of stdio"):
         McpServer(name="both", stdio=["x"], url="http://127.0.0.1:1/mcp")

@@ -35,7 +35,7 @@ def minilm() -> Embedder:
 
 @pytest.fixture
 def mem_settings(settings: Settings) -> Settings:
-    return settings.model_copy(update={"memory_backend": "pgvector"})
+    return settings.replace(memory_backend="pgvector")
 
 
 @pytest.fixture
@@ -48,7 +48,7 @@ async def mem_worker(mem_settings: Settings, world: OpsWorld,
 
 async def _run(client: Client, settings: Settings, text: str, tenant: str) -> tuple[str, RunResult]:
     h = await start_run(client, RunRequest(agent="ops", input=text, tenant=tenant, user="u-7"),
-                        settings=settings)
+                        temporal=settings.temporal)
     return h.id, await asyncio.wait_for(h.result(), 120)
 
 
@@ -99,8 +99,9 @@ async def test_recalled_text_is_marked_untrusted_for_the_model_and_the_gate(
     assert mem_worker.memory is not None and mem_worker.client is not None
     tenant = f"t-{uuid.uuid4().hex[:8]}"
     await index_runbooks(mem_worker.memory.store, mem_worker.memory.embedder, tenant=tenant)
-    h = await start_run(mem_worker.client, RunRequest(agent="ops", input="restart search-worker",
-                                                      tenant=tenant), settings=mem_settings)
+    h = await start_run(mem_worker.client,
+                        RunRequest(agent="ops", input="restart search-worker", tenant=tenant),
+                        temporal=mem_settings.temporal)
     state: RunState | None = None
     for _ in range(200):
         state = await h.query("state", result_type=RunState)
@@ -133,8 +134,8 @@ def test_runbooks_ship_with_the_package() -> None:
 
 async def test_memory_cli_add_search_stats_delete(mem_settings: Settings, tmp_path: Path) -> None:
     tenant = f"t-{uuid.uuid4().hex[:8]}"
-    env = {**os.environ, "DATABASE_URL": mem_settings.database_url or "",
-           "TEMPORAL_ADDRESS": mem_settings.temporal_address or "",
+    env = {**os.environ, "DATABASE_URL": mem_settings.ledger.database_url or "",
+           "TEMPORAL_ADDRESS": mem_settings.temporal.address or "",
            "STEAD_MEMORY_BACKEND": "pgvector"}
     stead = str(Path(sys.executable).parent / "stead")
 

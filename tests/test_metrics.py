@@ -172,7 +172,7 @@ async def run_scenario(client: Client, settings: Settings, tenant: str, *,
     """The table in the module docstring; returns each request's result."""
     async def start(text: str, **metadata: str) -> Handle:
         return await start_run(client, RunRequest(agent=agent, input=text, tenant=tenant,
-                                                  metadata=metadata), settings=settings)
+                                                  metadata=metadata), temporal=settings.temporal)
 
     texts = ["lookup and flaky", "broken", "pay 50000", "forbidden", "crash"]
     handles = {t: await start(t) for t in texts}
@@ -196,8 +196,8 @@ class Scenario:
 
 @pytest.fixture(scope="module")
 async def scenario(stack: EmbeddedStack) -> AsyncIterator[Scenario]:
-    settings = stack.resolved_settings().model_copy(
-        update={"task_queue": f"test-{uuid.uuid4().hex[:10]}", "memory_backend": "off"})
+    settings = stack.resolved_settings().replace(task_queue=f"test-{uuid.uuid4().hex[:10]}",
+                                                 memory_backend="off")
     tenant = f"metrics-{uuid.uuid4().hex[:10]}"
     started = datetime.now(UTC)
     async with WorkerHost(settings, AgentCatalog([mx_agent()])) as host:
@@ -368,10 +368,10 @@ async def stead_metrics(*args: str, env: dict[str, str]) -> tuple[int, str, str]
 
 
 def cli_env(s: Scenario) -> dict[str, str]:
-    assert s.settings.database_url is not None and s.settings.temporal_address is not None
+    assert s.settings.ledger.database_url is not None and s.settings.temporal.address is not None
     env = {k: v for k, v in os.environ.items() if k != "STEAD_MODEL_PRICES"}
-    return {**env, "DATABASE_URL": s.settings.database_url,
-            "TEMPORAL_ADDRESS": s.settings.temporal_address}
+    return {**env, "DATABASE_URL": s.settings.ledger.database_url,
+            "TEMPORAL_ADDRESS": s.settings.temporal.address}
 
 
 def table_row(out: str, *first: str) -> list[str]:

@@ -51,7 +51,7 @@ class Served:
     async def run(self) -> tuple[str, RunResult]:
         assert self.host.client is not None
         handle = await start_run(self.host.client, RunRequest(agent="echo", input="say hello"),
-                                 settings=self.settings)
+                                 temporal=self.settings.temporal)
         return handle.id, await asyncio.wait_for(handle.result(), timeout=90)
 
 
@@ -155,8 +155,8 @@ async def test_repeated_faults_use_up_attempts_in_order_then_succeed(
 
 async def test_model_fault_that_outlasts_the_attempts_fails_the_run(
         settings: Settings, ledger: Ledger) -> None:
-    """Retries are bounded by settings.model_max_attempts: that many errors fail the run."""
-    async with serve(settings.model_copy(update={"model_max_attempts": 3})) as served:
+    """Retries are bounded by settings.models.max_attempts: that many errors fail the run."""
+    async with serve(settings.replace(model_max_attempts=3)) as served:
         served.server.inject(*[Fault("server_error")] * 3)
 
         wid, r = await served.run()

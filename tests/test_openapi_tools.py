@@ -162,7 +162,7 @@ async def shop_worker(settings: Settings, tools: Sequence[Tool[Any, Any]],
     """An in-process worker serving the ``shop`` agent with these tools and this model."""
     agent = Agent(name="shop", instructions="Run the order desk with the order API.",
                   tools=list(tools), offline_model=model, max_steps=12)
-    s = settings.model_copy(update={"secrets": {"shop_token": SecretStr(TOKEN)}})
+    s = settings.replace(secrets={"shop_token": SecretStr(TOKEN)})
     from stead.worker import WorkerHost
 
     async with WorkerHost(s, AgentCatalog([agent])) as host:
@@ -476,18 +476,18 @@ def test_settings_sources_add_tools_to_the_named_agents(document: Path,
     monkeypatch.setenv("STEAD_OPENAPI_SOURCES", json.dumps({"orders": _source(
         document, overrides={"createOrder": {"name": "place_order", "risk": "high",
                                              "retry": {"max_attempts": 5}}})}))
-    catalog = with_openapi_sources(_shop(), load_settings())
+    catalog = with_openapi_sources(_shop(), load_settings().integrations)
     shop = catalog["shop"]
     assert shop.registry.names() == ["getOrder", "place_order"]
     assert shop.registry["place_order"].risk == "high"
     assert shop.registry["place_order"].retry.max_attempts == 5
     assert catalog["other"].registry.names() == []
-    assert with_openapi_sources(_shop(), Settings()).names() == ["other", "shop"]
+    assert with_openapi_sources(_shop(), Settings().integrations).names() == ["other", "shop"]
 
     def fails(source: dict[str, Any], catalog: AgentCatalog | None = None) -> str:
         s = Settings(openapi_sources={"orders": source})
         with pytest.raises(SettingsError) as info:
-            with_openapi_sources(catalog or _shop(), s)
+            with_openapi_sources(catalog or _shop(), s.integrations)
         text = str(info.value)
         assert text.startswith("invalid setting: STEAD_OPENAPI_SOURCES")
         return text
@@ -621,7 +621,7 @@ async def test_run_reads_and_writes_through_openapi_tools(
     async with shop_worker(settings, list(tools.values()),
                            FunctionModel(planner, name="shop-planner")) as client:
         h = await start_run(client, RunRequest(agent="shop", input="order two anvils, ship"),
-                            settings=settings)
+                            temporal=settings.temporal)
         asked = await approve_when_pending(h)
         r = await h.result()
 
@@ -653,7 +653,7 @@ async def test_rate_limit_and_unavailable_are_retried_until_success(
     tools = shop_tools(document, flaky_url, operations=["listOrders"])
     async with shop_worker(settings, list(tools.values()), model) as client:
         h = await start_run(client, RunRequest(agent="shop", input="list orders"),
-                            settings=settings)
+                            temporal=settings.temporal)
         r = await h.result()
 
     assert r.status == "completed", r
@@ -685,7 +685,7 @@ async def test_client_error_is_reported_to_the_model_not_retried(
     async with shop_worker(settings, list(tools.values()),
                            FunctionModel(planner, name="shop-planner")) as client:
         h = await start_run(client, RunRequest(agent="shop", input="where is ord-404?"),
-                            settings=settings)
+                            temporal=settings.temporal)
         r = await h.result()
 
     assert r.status == "completed" and r.answer == "There is no order ord-404."
@@ -731,7 +731,7 @@ async def test_post_takes_effect_once_across_worker_sigkill(
     try:
         client = await connect(settings)
         h = await start_run(client, RunRequest(agent="shop", input="order one anvil"),
-                            settings=settings)
+                            temporal=settings.temporal)
 
         async def effect_done() -> bool:
             return (await flaky.effects()).get("createOrder") == 1
@@ -770,7 +770,7 @@ async def _serve() -> None:
     from stead.worker import WorkerHost, run_until_signal
 
     settings = load_settings()
-    catalog = with_openapi_sources(AgentCatalog([killable_shop_agent()]), settings)
+    catalog = with_openapi_sources(AgentCatalog([killable_shop_agent()]), settings.integrations)
     await run_until_signal(WorkerHost(settings, catalog))
 
 

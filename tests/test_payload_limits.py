@@ -49,7 +49,7 @@ async def _run(settings: Settings, agent: Agent) -> tuple[str, RunResult]:
     async with WorkerHost(settings, AgentCatalog([agent])) as host:
         assert host.client is not None
         h = await start_run(host.client, RunRequest(agent="exporter", input="export"),
-                            settings=settings)
+                            temporal=settings.temporal)
         return h.id, await asyncio.wait_for(h.result(), 60)
 
 
@@ -71,7 +71,7 @@ async def test_a_multi_megabyte_tool_result_fails_its_call_once_not_retried(
 
 
 async def test_the_limit_is_the_setting(settings: Settings, ledger: Ledger) -> None:
-    small = settings.model_copy(update={"max_payload_bytes": 4096})
+    small = settings.replace(max_payload_bytes=4096)
     ran: list[int] = []
     _, fits = await _run(small, _agent(ran, 3000))
     _, too_big = await _run(small, _agent(ran, 5000))
@@ -83,7 +83,7 @@ async def test_the_limit_is_the_setting(settings: Settings, ledger: Ledger) -> N
 
 async def test_an_oversized_model_answer_fails_the_run_at_once(
         settings: Settings, ledger: Ledger) -> None:
-    small = settings.model_copy(update={"max_payload_bytes": 4096})
+    small = settings.replace(max_payload_bytes=4096)
     wid, r = await _run(small, _agent([], 10, answer="y" * 10_000))
 
     assert r.status == "failed"
@@ -119,7 +119,7 @@ async def test_results_that_fit_alone_but_not_together_end_the_run_instead_of_ha
               ModelTurn(content="never reached")]
     agent = Agent(name="exporter", instructions="Export twice.", tools=[export],
                   offline_model=ScriptedModel(script))
-    wid, r = await _run(settings.model_copy(update={"blob_threshold_bytes": 2_000_000}), agent)
+    wid, r = await _run(settings.replace(blob_threshold_bytes=2_000_000), agent)
 
     assert r.status == "failed"
     assert r.error is not None and "over the 1,800,000 one model request may carry" in r.error

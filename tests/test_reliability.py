@@ -113,7 +113,7 @@ async def test_worker_sigkilled_after_side_effect_does_not_repeat_it(
     first = WorkerProcess(WORKER_SCRIPT, env, tmp_path / "worker-1.log").start()
     procs.append(first)
     h = await start_run(temporal_client, RunRequest(agent="ops", input=request_text),
-                        settings=settings)
+                        temporal=settings.temporal)
     if tool == "restart_service":  # the ops policy asks on-call before any restart
         await approve_when_pending(h)
     await wait_until(lambda: world.effects(effect) == 1, within=30,
@@ -168,7 +168,7 @@ async def test_worker_lost_mid_irreversible_tool_without_reconcile_escalates(
     first = WorkerProcess(CRASHY_SCRIPT, env, tmp_path / "worker-1.log").start()
     procs.append(first)
     h = await start_run(temporal_client, RunRequest(agent="crashy", input="write the line"),
-                        settings=settings)
+                        temporal=settings.temporal)
     await wait_until(lambda: effects.exists() and effects.read_text().count("\n") == 1,
                      within=30, what="the line to be written", procs=procs)
     first.kill()
@@ -201,12 +201,12 @@ async def test_run_completes_across_temporal_server_restart(
     temporal = EmbeddedTemporal(tmp_path / "temporal", port=free_port(), ui_port=None)
     await temporal.start()
     try:
-        s = settings.model_copy(update={"temporal_address": temporal.address})
+        s = settings.replace(temporal_address=temporal.address)
         world.set_knobs(ticket_seconds=3)
         async with WorkerHost(s, catalog) as host:
             assert host.client is not None
             h = await start_run(host.client, RunRequest(
-                agent="ops", input="open a ticket for auth-service"), settings=s)
+                agent="ops", input="open a ticket for auth-service"), temporal=s.temporal)
             await wait_until(lambda: world.effects("ticket") == 1, within=30,
                              what="the ticket")
             await temporal.stop()
@@ -237,12 +237,12 @@ async def test_run_completes_with_full_ledger_across_postgres_outage(
     await pg.start()
     try:
         await migrate(pg.url)
-        s = settings.model_copy(update={"database_url": pg.url})
+        s = settings.replace(database_url=pg.url)
         world.set_knobs(ticket_seconds=1.5)
         async with WorkerHost(s, catalog) as host:
             assert host.client is not None
             h = await start_run(host.client, RunRequest(
-                agent="ops", input="open a ticket for auth-service"), settings=s)
+                agent="ops", input="open a ticket for auth-service"), temporal=s.temporal)
             await wait_until(lambda: world.effects("ticket") == 1, within=30,
                              what="the ticket")
             await pg.stop()
@@ -282,7 +282,7 @@ async def test_failing_tool_retries_per_policy_then_fallback_then_model_reports(
     policy = {t.name: t.retry.max_attempts for t in catalog["ops"].tools}
     h = await start_run(client, RunRequest(agent="ops", input="what is the status of "
                                                                 "legacy-batch?"),
-                        settings=settings)
+                        temporal=settings.temporal)
     r: RunResult = await asyncio.wait_for(h.result(), 60)
 
     assert r.status == "completed", r
@@ -330,7 +330,7 @@ async def test_a_non_idempotent_call_whose_last_attempt_timed_out_escalates(
     async with WorkerHost(settings, AgentCatalog([agent])) as host:
         assert host.client is not None
         h = await start_run(host.client, RunRequest(agent="shipper", input="ship a mug"),
-                            settings=settings)
+                            temporal=settings.temporal)
         r = await asyncio.wait_for(h.result(), 60)
 
     assert r.status == "escalated", r

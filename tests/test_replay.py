@@ -114,8 +114,8 @@ async def test_replayer_is_configured_like_the_production_worker(
     ``build_worker`` makes: otherwise replay would pass code the workers then fail on."""
     from agents import reference_catalog
 
-    worker = build_worker(client, settings, reference_catalog(settings.data_dir), ledger,
-                          task_queue=f"{settings.task_queue}-config")  # built, never run
+    worker = build_worker(client, settings, reference_catalog(settings.stack.data_dir), ledger,
+                          task_queue=f"{settings.temporal.task_queue}-config")  # built, never run
     wc = worker.config()
     rc = production_replayer().config()
 
@@ -253,7 +253,7 @@ def test_exports_are_named_from_workflow_ids_and_keep_runs_apart(
 
 
 async def run_ops(client: Client, settings: Settings, *texts: str) -> list[str]:
-    handles = [await start_run(client, RunRequest(agent="ops", input=t), settings=settings)
+    handles = [await start_run(client, RunRequest(agent="ops", input=t), temporal=settings.temporal)
                for t in texts]
     for h in handles:
         await asyncio.wait_for(h.result(), 60)
@@ -271,7 +271,7 @@ async def listed(client: Client, query: str, n: int, within: float = 20) -> None
 
 
 def queue_query(settings: Settings) -> str:
-    return f"WorkflowType='AgentWorkflow' AND TaskQueue='{settings.task_queue}'"
+    return f"WorkflowType='AgentWorkflow' AND TaskQueue='{settings.temporal.task_queue}'"
 
 
 async def test_runs_on_the_server_replay_by_visibility_query(
@@ -302,9 +302,9 @@ async def test_runs_on_the_server_replay_by_visibility_query(
 def cli_env(settings: Settings | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("TEMPORAL_ADDRESS", "DATABASE_URL")}
     if settings is not None:
-        assert settings.temporal_address is not None and settings.database_url is not None
-        env.update(TEMPORAL_ADDRESS=settings.temporal_address,
-                   DATABASE_URL=settings.database_url)
+        assert settings.temporal.address is not None and settings.ledger.database_url is not None
+        env.update(TEMPORAL_ADDRESS=settings.temporal.address,
+                   DATABASE_URL=settings.ledger.database_url)
     return env
 
 
@@ -389,7 +389,7 @@ async def test_cli_exports_runs_and_replays_them_and_the_temporal_cli_format(
 
     shown = await run_cmd(str(find_binary("temporal")), "workflow", "show", "--workflow-id",
                           ids[0], "--output", "json", "--address",
-                          str(settings.temporal_address), env=env)
+                          str(settings.temporal.address), env=env)
     assert shown.code == 0, shown.err
     (out / "temporal-cli.json").write_text(shown.out)
 

@@ -76,7 +76,8 @@ async def host(settings: Settings) -> AsyncIterator[WorkerHost]:
 
 async def _result(host: WorkerHost, settings: Settings, agent: str, text: str) -> RunResult:
     assert host.client is not None
-    h = await start_run(host.client, RunRequest(agent=agent, input=text), settings=settings)
+    h = await start_run(host.client, RunRequest(agent=agent, input=text),
+                        temporal=settings.temporal)
     return await asyncio.wait_for(h.result(), 60)
 
 
@@ -119,7 +120,7 @@ async def test_low_model_confidence_raises_risk_until_a_human_is_asked(
     async with WorkerHost(settings, AgentCatalog([agent])) as host:
         assert host.client is not None
         h = await start_run(host.client, RunRequest(agent="notes", input="note x"),
-                            settings=settings)
+                            temporal=settings.temporal)
         state = None
         for _ in range(100):
             state = await h.query("state", result_type=RunState)

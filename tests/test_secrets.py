@@ -57,24 +57,25 @@ def test_bad_redaction_settings_fail_at_load_naming_the_variable(
         load_settings()
     monkeypatch.setenv("STEAD_REDACT_PII", '["email"]')
     s = load_settings()
-    assert compile_patterns(s.redact_patterns)[0][0] == "employee_id"
-    assert s.redact_pii == ["email"]
+    assert compile_patterns(s.security.redact_patterns)[0][0] == "employee_id"
+    assert s.security.redact_pii == ["email"]
 
 
 def test_bad_tool_secrets_fail_when_the_worker_starts_without_echoing_the_value(
         settings: Settings) -> None:
     with pytest.raises(SettingsError, match="STEAD_SECRET_DESK: secret 'desk' is 5 characters"
                        ) as short:
-        Secrets.from_settings(settings, environ={"STEAD_SECRET_DESK": "s3cr3"})
+        Secrets.from_settings(settings.security, environ={"STEAD_SECRET_DESK": "s3cr3"})
     assert "s3cr3" not in str(short.value)
     with pytest.raises(SettingsError, match=r"STEAD_SECRET_DESK-TOKEN: secret name 'desk-token'"):
-        Secrets.from_settings(settings, environ={"STEAD_SECRET_DESK-TOKEN": "long-enough-1"})
-    bad_json = settings.model_copy(update={"secrets": {"Desk": SecretStr("long-enough-1")}})
+        Secrets.from_settings(settings.security,
+                              environ={"STEAD_SECRET_DESK-TOKEN": "long-enough-1"})
+    bad_json = settings.replace(secrets={"Desk": SecretStr("long-enough-1")})
     with pytest.raises(SettingsError, match="STEAD_SECRETS: secret name 'Desk'"):
-        Secrets.from_settings(bad_json, environ={})
+        Secrets.from_settings(bad_json.security, environ={})
     # Variables win over the JSON object; names are lowercase; repr shows names only.
-    both = settings.model_copy(update={"secrets": {"desk": SecretStr("from-json-123")}})
-    secrets = Secrets.from_settings(both, environ={"STEAD_SECRET_DESK": "from-env-4567",
+    both = settings.replace(secrets={"desk": SecretStr("from-json-123")})
+    secrets = Secrets.from_settings(both.security, environ={"STEAD_SECRET_DESK": "from-env-4567",
                                                    "STEAD_SECRET_VAULT": "vault-token-89"})
     assert secrets.items() == [("desk", "from-env-4567"), ("vault", "vault-token-89")]
     assert repr(secrets) == "Secrets(['desk', 'vault'])"
@@ -137,11 +138,11 @@ def test_redactor_replaces_known_values_patterns_and_pii_in_text_and_data() -> N
 
 
 def test_redactor_from_settings_knows_every_secret_setting(settings: Settings) -> None:
-    s = settings.model_copy(update={
-        "secrets": {"desk": SecretStr("desk-token-0001")},
-        "openai_api_key": SecretStr("plain-provider-key-01"),
-        "codec_keys": SecretStr('{"k1": "c2VjcmV0LWtleS1tYXRlcmlhbA=="}'),
-        "database_url": "postgresql://stead_worker:pg-pass-7781@db:5432/stead"})
+    s = settings.replace(
+        secrets={"desk": SecretStr("desk-token-0001")},
+        openai_api_key=SecretStr("plain-provider-key-01"),
+        codec_keys=SecretStr('{"k1": "c2VjcmV0LWtleS1tYXRlcmlhbA=="}'),
+        database_url="postgresql://stead_worker:pg-pass-7781@db:5432/stead")
     r = Redactor.from_settings(s)
     out = r.text("desk-token-0001 plain-provider-key-01 c2VjcmV0LWtleS1tYXRlcmlhbA== "
                  "pg-pass-7781")
@@ -263,16 +264,16 @@ async def test_seeded_secrets_reach_neither_the_ledger_nor_the_logs(
     seeds = _seeds()
     seen: list[Sequence[Message]] = []
     agent = _leaky_agent(seeds, seen)
-    s = settings.model_copy(update={
-        "secrets": {"ticketing_token": SecretStr(seeds["credential"])},
-        "redact_patterns": {"employee_id": r"EMP-\d{6}"}})
+    s = settings.replace(
+        secrets={"ticketing_token": SecretStr(seeds["credential"])},
+        redact_patterns={"employee_id": r"EMP-\d{6}"})
     caplog.set_level(logging.INFO)
     async with WorkerHost(s, AgentCatalog([agent])) as host:
         assert host.client is not None
         h = await start_run(host.client, RunRequest(
             agent="leaky", input=f"Look up {seeds['email']} with key {seeds['api_key']}, staff "
                                  f"{seeds['employee']}", user=seeds["email"],
-            metadata={"contact": seeds["email"]}), settings=s)
+            metadata={"contact": seeds["email"]}), temporal=s.temporal)
         result = await h.result()
 
     # The run did what the test needs: every seed flowed through it.
@@ -326,7 +327,7 @@ async def test_a_redacted_chain_still_shows_tampering(settings: Settings, ledger
     async with WorkerHost(settings, AgentCatalog([agent])) as host:
         assert host.client is not None
         h = await start_run(host.client, RunRequest(
-            agent="leaky", input=f"Look up {seeds['email']}"), settings=settings)
+            agent="leaky", input=f"Look up {seeds['email']}"), temporal=settings.temporal)
         await h.result()
     assert await ledger.verify_chain(h.id) == []
     row = await ledger.pool.fetchrow(
@@ -347,7 +348,7 @@ async def _ticket_run(settings: Settings, world: OpsWorld) -> tuple[str, RunResu
     async with WorkerHost(settings, AgentCatalog([ops_agent(world)]), model=model) as host:
         assert host.client is not None
         h = await start_run(host.client, RunRequest(agent="ops", input="open a ticket"),
-                            settings=settings)
+                            temporal=settings.temporal)
         return h.id, await h.result()
 
 
@@ -367,12 +368,12 @@ async def test_ops_ticket_desk_takes_the_token_from_settings_only(
     assert "(no API token); set STEAD_SECRET_TICKETING_TOKEN on the worker" in attempt.error
     assert world.effects("ticket") == 0
 
-    wrong = settings.model_copy(update={"secrets": {"ticketing_token": SecretStr("x" * 12)}})
+    wrong = settings.replace(secrets={"ticketing_token": SecretStr("x" * 12)})
     wid, r = await _ticket_run(wrong, world)
     assert "wrong API token" in (r.tool_calls[0].error or "")
     assert world.effects("ticket") == 0
 
-    right = settings.model_copy(update={"secrets": {"ticketing_token": SecretStr(token)}})
+    right = settings.replace(secrets={"ticketing_token": SecretStr(token)})
     wid, r = await _ticket_run(right, world)
     assert r.status == "completed" and r.tool_calls[0].status == "ok"
     assert world.effects("ticket") == 1
@@ -397,10 +398,11 @@ async def test_a_missing_or_undeclared_secret_fails_the_call_once_naming_the_fix
                   offline_model=ScriptedModel([
                       ModelTurn(tool_calls=[call("read_vault"), call("sneaky")]),
                       ModelTurn(content="done")]))
-    s = settings.model_copy(update={"secrets": {"ticketing_token": SecretStr("t" * 16)}})
+    s = settings.replace(secrets={"ticketing_token": SecretStr("t" * 16)})
     async with WorkerHost(s, AgentCatalog([agent])) as host:
         assert host.client is not None
-        h = await start_run(host.client, RunRequest(agent="vault", input="read it"), settings=s)
+        h = await start_run(host.client, RunRequest(agent="vault", input="read it"),
+                            temporal=s.temporal)
         r = await h.result()
     assert [c.status for c in r.tool_calls] == ["error", "error"]
     attempts = (await ledger.trail(h.id)).tool_attempts

@@ -229,17 +229,17 @@ async def test_detector_tells_stuck_runs_from_a_run_waiting_for_approval(
     request = RunRequest(agent="ops", input="restart search-worker please")
 
     # A healthy run: the `worker` fixture serves ops; a restart waits for on-call.
-    waiting = await start_run(client, request, settings=settings)
+    waiting = await start_run(client, request, temporal=settings.temporal)
     # Nobody polls this queue.
     orphan = await start_run(client, request,
-                             settings=settings.model_copy(update={"task_queue": orphan_q}))
+                             temporal=settings.replace(task_queue=orphan_q).temporal)
     async with broken_worker(client, broken_q), \
-            WorkerHost(settings.model_copy(update={"task_queue": flaky_q}),
+            WorkerHost(settings.replace(task_queue=flaky_q),
                        AgentCatalog([flaky_agent()])):
         broken = await start_run(client, request,
-                                 settings=settings.model_copy(update={"task_queue": broken_q}))
+                                 temporal=settings.replace(task_queue=broken_q).temporal)
         flaky = await start_run(client, RunRequest(agent="flaky", input="fetch k1"),
-                                settings=settings.model_copy(update={"task_queue": flaky_q}))
+                                temporal=settings.replace(task_queue=flaky_q).temporal)
 
         async def wft_attempts() -> bool:
             d = await broken.describe()
@@ -252,17 +252,17 @@ async def test_detector_tells_stuck_runs_from_a_run_waiting_for_approval(
         await until(lambda: pending_approval(waiting), within=30, what="the approval")
         await until(wft_attempts, within=60, what="the broken workflow task to fail twice")
         await until(retrying, within=30, what="the flaky tool to fail once")
-        for q in (settings.task_queue, orphan_q, broken_q, flaky_q):
+        for q in (settings.temporal.task_queue, orphan_q, broken_q, flaky_q):
             await visible(client, q)
 
         reports = {q: await find_stuck(client, older_than=timedelta(0), task_queue=q,
                                        ledger=ledger)
-                   for q in (settings.task_queue, orphan_q, broken_q, flaky_q)}
+                   for q in (settings.temporal.task_queue, orphan_q, broken_q, flaky_q)}
         await flaky.terminate("test over")
     await broken.terminate("test over")
     await orphan.terminate("test over")
 
-    [ok] = reports[settings.task_queue].runs
+    [ok] = reports[settings.temporal.task_queue].runs
     assert (ok.workflow_id, ok.verdict, ok.reason) == (waiting.id, "waiting",
                                                        "waiting_for_approval")
     assert ok.detail.startswith("waiting for approval a")
@@ -294,7 +294,7 @@ async def test_a_threshold_keeps_recently_active_runs_off_the_list(
         settings: Settings, client: Client) -> None:
     orphan_q = f"orphan-{uuid.uuid4().hex[:8]}"
     h = await start_run(client, RunRequest(agent="ops", input="is auth-service healthy?"),
-                        settings=settings.model_copy(update={"task_queue": orphan_q}))
+                        temporal=settings.replace(task_queue=orphan_q).temporal)
     try:
         await visible(client, orphan_q)
         report = await find_stuck(client, older_than=timedelta(hours=1), task_queue=orphan_q)
@@ -311,7 +311,7 @@ async def test_an_unreadable_ledger_leaves_the_verdicts_to_temporal(
         settings: Settings, client: Client, stack: EmbeddedStack) -> None:
     orphan_q = f"orphan-{uuid.uuid4().hex[:8]}"
     h = await start_run(client, RunRequest(agent="ops", input="is auth-service healthy?"),
-                        settings=settings.model_copy(update={"task_queue": orphan_q}))
+                        temporal=settings.replace(task_queue=orphan_q).temporal)
     closed = await Ledger.connect(stack.database_url)
     await closed.close()
     try:
@@ -340,7 +340,7 @@ async def test_stuck_cli_exit_codes_table_and_json(
     orphan_q = f"orphan-{uuid.uuid4().hex[:8]}"
     env = cli_env(settings)
     h = await start_run(client, RunRequest(agent="ops", input="is auth-service healthy?"),
-                        settings=settings.model_copy(update={"task_queue": orphan_q}))
+                        temporal=settings.replace(task_queue=orphan_q).temporal)
     try:
         await visible(client, orphan_q)
         listed = await stead("stuck", "--older-than", "0.01s", "--task-queue", orphan_q,

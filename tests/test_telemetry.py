@@ -79,8 +79,8 @@ def attrs(**kv: str) -> Attrs:
 
 @pytest.fixture
 def mx_settings(stack: EmbeddedStack) -> Settings:
-    return stack.resolved_settings().model_copy(
-        update={"task_queue": f"test-{uuid.uuid4().hex[:10]}", "memory_backend": "off"})
+    return stack.resolved_settings().replace(task_queue=f"test-{uuid.uuid4().hex[:10]}",
+                                             memory_backend="off")
 
 
 @pytest.fixture
@@ -155,8 +155,9 @@ async def test_metrics_reach_an_otlp_receiver_over_http(mx_settings: Settings) -
     """End to end: the worker's own provider exports protobuf over OTLP/HTTP, and the Temporal
     SDK's runtime metrics go to the same endpoint."""
     async with FakeOTLPServer() as srv:
-        settings = mx_settings.model_copy(update={
-            "otel_exporter_otlp_endpoint": srv.endpoint, "metrics_export_interval_seconds": 0.5})
+        settings = mx_settings.replace(
+            otel_exporter_otlp_endpoint=srv.endpoint,
+            metrics_export_interval_seconds=0.5)
         async with WorkerHost(settings, AgentCatalog([mx_agent()])) as host:
             assert host.client is not None
             await run_scenario(host.client, settings, f"otlp-{uuid.uuid4().hex[:10]}")
@@ -189,7 +190,7 @@ async def test_exports_go_on_after_the_receiver_rejects_one() -> None:
     async with FakeOTLPServer() as srv:
         settings = Settings(otel_exporter_otlp_endpoint=srv.endpoint,
                             metrics_export_interval_seconds=0.2)
-        provider = configure_metrics(settings)
+        provider = configure_metrics(settings.telemetry)
         metrics = SteadMetrics(provider.get_meter(METER_NAME))
         srv.refuse(400)
         metrics.tool_attempt(tool="t", outcome="ok", seconds=0.01, attempt=1)
@@ -205,26 +206,26 @@ async def test_exports_go_on_after_the_receiver_rejects_one() -> None:
 
 def test_no_exporter_configured_means_no_op_instruments() -> None:
     settings = Settings()
-    provider = configure_metrics(settings)
+    provider = configure_metrics(settings.telemetry)
     assert isinstance(provider, NoOpMeterProvider)
     assert not SteadMetrics(provider.get_meter(METER_NAME)).enabled
-    assert temporal_runtime(settings) is None
+    assert temporal_runtime(settings.telemetry) is None
     off = Settings(otel_exporter_otlp_endpoint="http://127.0.0.1:4318", metrics_exporter="none")
-    assert isinstance(configure_metrics(off), NoOpMeterProvider)
-    assert temporal_runtime(off) is None
+    assert isinstance(configure_metrics(off.telemetry), NoOpMeterProvider)
+    assert temporal_runtime(off.telemetry) is None
 
 
 def test_exporter_choice_from_settings() -> None:
     auto = Settings(otel_exporter_otlp_endpoint="http://collector:4318/")
-    assert metrics_endpoint(auto) == "http://collector:4318/v1/metrics"
-    console = configure_metrics(Settings(metrics_exporter="console"))
+    assert metrics_endpoint(auto.telemetry) == "http://collector:4318/v1/metrics"
+    console = configure_metrics(Settings(metrics_exporter="console").telemetry)
     assert isinstance(console, SdkMeterProvider)
     assert SteadMetrics(console.get_meter(METER_NAME)).enabled
     console.shutdown()
     with pytest.raises(SettingsError, match="needs OTEL_EXPORTER_OTLP_ENDPOINT"):
-        configure_metrics(Settings(metrics_exporter="otlp"))
+        configure_metrics(Settings(metrics_exporter="otlp").telemetry)
     with pytest.raises(SettingsError, match="expected an http"):
-        configure_metrics(Settings(otel_exporter_otlp_endpoint="collector:4318"))
+        configure_metrics(Settings(otel_exporter_otlp_endpoint="collector:4318").telemetry)
 
 
 async def test_pending_approvals_gauge_follows_runs_waiting_for_a_person(
@@ -250,7 +251,7 @@ async def test_pending_approvals_gauge_follows_runs_waiting_for_a_person(
         await settles_at(host, 0)
         handle = await start_run(host.client, RunRequest(
             agent=name, input="Refund €300 on ORD-1005, headphones stopped working"),
-            settings=mx_settings)
+            temporal=mx_settings.temporal)
         for _ in range(100):
             state = await handle.query("state", result_type=RunState)
             if state.pending_approvals:

@@ -66,7 +66,7 @@ def _no_tls_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def mtls(settings: Settings, pki: LocalPKI, address: str, **changes: object) -> Settings:
     """``settings`` dialing ``address`` with ``pki``'s CA and client pair."""
-    return settings.model_copy(update={
+    return settings.replace(**{
         "temporal_address": address, "temporal_tls_server_ca_cert_path": pki.ca_cert,
         "temporal_tls_client_cert_path": pki.client_cert,
         "temporal_tls_client_key_path": pki.client_key, **changes})
@@ -82,7 +82,7 @@ def test_variables_are_the_temporal_clis_own(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("TEMPORAL_TLS_SERVER_CA_CERT_PATH", str(pki.ca_cert))
     monkeypatch.setenv("TEMPORAL_TLS_SERVER_NAME", "temporal.internal")
     monkeypatch.setenv("TEMPORAL_API_KEY", "key-123")
-    auth = temporal_auth(load_settings())
+    auth = temporal_auth(load_settings().temporal)
     assert isinstance(auth.tls, TLSConfig)
     assert auth.tls.client_cert == pki.client_cert.read_bytes()
     assert auth.tls.client_private_key == pki.client_key.read_bytes()
@@ -96,13 +96,13 @@ def test_variables_are_the_temporal_clis_own(monkeypatch: pytest.MonkeyPatch,
 
 def test_tls_is_off_by_default_and_on_with_any_tls_setting_or_api_key(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    assert temporal_auth(load_settings()).tls is False
+    assert temporal_auth(load_settings().temporal).tls is False
     monkeypatch.setenv("TEMPORAL_TLS", "true")
-    assert temporal_auth(load_settings()).tls is True  # system roots (Temporal Cloud)
+    assert temporal_auth(load_settings().temporal).tls is True  # system roots (Temporal Cloud)
     monkeypatch.delenv("TEMPORAL_TLS")
     monkeypatch.setenv("TEMPORAL_API_KEY", "k")
-    assert (temporal_auth(load_settings()).tls, temporal_auth(load_settings()).api_key) == (
-        True, "k")
+    auth = temporal_auth(load_settings().temporal)
+    assert (auth.tls, auth.api_key) == (True, "k")
     monkeypatch.setenv("TEMPORAL_TLS", "maybe")
     with pytest.raises(SettingsError, match="TEMPORAL_TLS='maybe'"):
         load_settings()
@@ -110,7 +110,7 @@ def test_tls_is_off_by_default_and_on_with_any_tls_setting_or_api_key(
 
 def _bad(**fields: object) -> str:
     with pytest.raises(SettingsError) as caught:
-        temporal_auth(Settings(**fields))  # type: ignore[arg-type]
+        temporal_auth(Settings(**fields).temporal)  # type: ignore[arg-type]
     return str(caught.value)
 
 
@@ -188,8 +188,9 @@ def test_tls_explicitly_off_contradicts_tls_options_and_api_keys(pki: LocalPKI) 
 
 async def test_connect_raises_the_settings_error_before_any_traffic(
         settings: Settings, proxy: TLSTerminatingProxy, pki: LocalPKI) -> None:
-    bad = settings.model_copy(update={"temporal_address": proxy.address,
-                                      "temporal_tls_client_cert_path": pki.client_cert})
+    bad = settings.replace(
+        temporal_address=proxy.address,
+        temporal_tls_client_cert_path=pki.client_cert)
     with pytest.raises(SettingsError, match="TEMPORAL_TLS_CLIENT_KEY_PATH is not"):
         await connect(bad)
     assert (proxy.connections, proxy.handshake_failures) == (0, [])
@@ -215,7 +216,7 @@ async def test_mutual_tls_through_the_proxy_runs_a_workflow(
         client = await connect(secured)
         handle = await start_run(client, RunRequest(agent="ops",
                                                     input="is auth-service healthy?"),
-                                 settings=secured)
+                                 temporal=secured.temporal)
         result = await asyncio.wait_for(handle.result(), 60)
         assert host.client is not None
     assert result.status == "completed" and "auth-service is healthy" in (result.answer or "")
@@ -228,9 +229,10 @@ async def test_an_api_key_travels_over_tls(settings: Settings, stack: EmbeddedSt
     the key; the point is that the SDK takes TLS and key together from our settings)."""
     async with TLSTerminatingProxy(upstream=stack.temporal_address,
                                    certificate=pki.server_cert, key=pki.server_key) as p:
-        cloudy = settings.model_copy(update={
-            "temporal_address": p.address, "temporal_tls_server_ca_cert_path": pki.ca_cert,
-            "temporal_api_key": SecretStr("tc-key")})
+        cloudy = settings.replace(
+            temporal_address=p.address,
+            temporal_tls_server_ca_cert_path=pki.ca_cert,
+            temporal_api_key=SecretStr("tc-key"))
         client = await connect(cloudy)
         assert client.api_key == "tc-key"
         assert await client.count_workflows("WorkflowType = 'NoSuchType'") is not None
@@ -262,17 +264,18 @@ async def test_a_server_name_the_certificate_lacks_is_refused(
 async def test_no_client_certificate_or_one_from_another_ca_is_refused(
         settings: Settings, proxy: TLSTerminatingProxy, pki: LocalPKI,
         other_pki: LocalPKI) -> None:
-    anonymous = settings.model_copy(update={
-        "temporal_address": proxy.address, "temporal_tls_server_ca_cert_path": pki.ca_cert})
+    anonymous = settings.replace(
+        temporal_address=proxy.address,
+        temporal_tls_server_ca_cert_path=pki.ca_cert)
     with pytest.raises(StackError, match="requires a client certificate it trusts "
                                          r"\(TEMPORAL_TLS_CLIENT_CERT_PATH and "
                                          r"TEMPORAL_TLS_CLIENT_KEY_PATH\)"):
         await connect(anonymous)
     assert "PEER_DID_NOT_RETURN_A_CERTIFICATE" in proxy.handshake_failures[-1]
 
-    intruder = anonymous.model_copy(update={
-        "temporal_tls_client_cert_path": other_pki.client_cert,
-        "temporal_tls_client_key_path": other_pki.client_key})
+    intruder = anonymous.replace(
+        temporal_tls_client_cert_path=other_pki.client_cert,
+        temporal_tls_client_key_path=other_pki.client_key)
     with pytest.raises(StackError, match="requires a client certificate it trusts"):
         await connect(intruder)
     assert "certificate verify failed" in proxy.handshake_failures[-1]
@@ -280,7 +283,7 @@ async def test_no_client_certificate_or_one_from_another_ca_is_refused(
 
 
 async def test_tls_to_a_plaintext_server_says_so(settings: Settings, pki: LocalPKI) -> None:
-    assert settings.temporal_address is not None
-    secured = mtls(settings, pki, settings.temporal_address)
+    assert settings.temporal.address is not None
+    secured = mtls(settings, pki, settings.temporal.address)
     with pytest.raises(StackError, match="the server does not speak TLS: unset TEMPORAL_TLS"):
         await connect(secured)

@@ -121,7 +121,7 @@ def tr_agent() -> Agent:
 
 def in_memory(settings: Settings) -> tuple[SteadTracing, InMemorySpanExporter]:
     exporter = InMemorySpanExporter()
-    return SteadTracing.from_settings(settings, exporters=[exporter]), exporter
+    return SteadTracing.from_settings(settings.telemetry, exporters=[exporter]), exporter
 
 
 def named(spans: Sequence[ReadableSpan], name: str) -> list[ReadableSpan]:
@@ -173,7 +173,7 @@ async def test_run_trace_links_client_workflow_activities_and_genai_spans(
     async with WorkerHost(settings, AgentCatalog([tr_agent()]), tracing=tracing):
         client = await connect(settings, interceptors=tracing.interceptors)
         h = await start_run(client, request(f"look up {EMAIL}, my key is {API_KEY}"),
-                            settings=settings)
+                            temporal=settings.temporal)
         result = await h.result()
     assert result.status == "completed"
     spans = of_run(exporter.get_finished_spans(), h.id)
@@ -261,13 +261,13 @@ async def test_run_trace_links_client_workflow_activities_and_genai_spans(
 async def test_content_is_captured_redacted_only_when_opted_in(settings: Settings) -> None:
     """With STEAD_CAPTURE_CONTENT the prompt, completion, tool arguments and result are on the
     spans in the GenAI message shape, with the seeded secrets and PII redacted."""
-    settings = settings.model_copy(update={"capture_content": True})
+    settings = settings.replace(capture_content=True)
     tracing, exporter = in_memory(settings)
     assert tracing.capture_content
     async with WorkerHost(settings, AgentCatalog([tr_agent()]), tracing=tracing) as host:
         assert host.client is not None
         h = await start_run(host.client, request(f"look up {EMAIL}, my key is {API_KEY}"),
-                            settings=settings)
+                            temporal=settings.temporal)
         assert (await h.result()).status == "completed"
     spans = of_run(exporter.get_finished_spans(), h.id)
     text = everything(spans)
@@ -324,10 +324,10 @@ async def test_failures_are_error_spans_with_redacted_messages(settings: Setting
     async with WorkerHost(settings, AgentCatalog([broken]), tracing=tracing) as host:
         assert host.client is not None
         h = await start_run(host.client, RunRequest(agent="trf", input="open the vault"),
-                            settings=settings)
+                            temporal=settings.temporal)
         result = await h.result()
         unknown = await start_run(host.client, RunRequest(agent="nobody", input="hello"),
-                                  settings=settings)
+                                  temporal=settings.temporal)
         with pytest.raises(WorkflowFailureError):
             await unknown.result()
     assert result.status == "failed"
@@ -367,15 +367,15 @@ async def test_no_duplicate_spans_when_a_new_worker_replays_the_run(
     calls and tool attempts, one invoke_agent, one RunWorkflow."""
     tracing, exporter = in_memory(settings)
     agents = AgentCatalog([tr_agent()])
-    first = settings.model_copy(update={"sticky_schedule_to_start_seconds": 1.0})
+    first = settings.replace(sticky_schedule_to_start_seconds=1.0)
     async with WorkerHost(first, agents, tracing=tracing) as host:
         assert host.client is not None
         client: Client = host.client
-        h = await start_run(client, request("pay 500"), settings=settings)
+        h = await start_run(client, request("pay 500"), temporal=settings.temporal)
         approval = (await wait_pending(h)).approval_id
     before = Counter(s.name for s in exporter.get_finished_spans())
     assert before["invoke_agent tr"] == 0  # the run is not over
-    no_cache = settings.model_copy(update={"max_cached_workflows": 0})
+    no_cache = settings.replace(max_cached_workflows=0)
     async with WorkerHost(no_cache, agents, tracing=tracing) as host:
         assert host.client is not None
         h2 = host.client.get_workflow_handle(h.id, result_type=RunResult)
@@ -416,13 +416,14 @@ async def test_traces_reach_an_otlp_http_receiver(settings: Settings) -> None:
     """With OTEL_EXPORTER_OTLP_ENDPOINT set the worker batches spans to <endpoint>/v1/traces
     as protobuf; the receiver decodes ExportTraceServiceRequest and finds the run's tree."""
     async with FakeOTLPServer() as srv:
-        s = settings.model_copy(update={"otel_exporter_otlp_endpoint": srv.endpoint,
-                                        "metrics_exporter": "none"})
+        s = settings.replace(
+            otel_exporter_otlp_endpoint=srv.endpoint,
+            metrics_exporter="none")
         async with WorkerHost(s, AgentCatalog([tr_agent()])) as host:  # tracing from settings
             assert host.tracing is not None and host.tracing.enabled
             assert host.client is not None
             h = await start_run(host.client, request(f"look up {EMAIL} with {API_KEY}"),
-                                settings=s)
+                                temporal=s.temporal)
             assert (await h.result()).status == "completed"
         # stop() flushed the batch: everything is there without waiting for a timer.
         await srv.wait_for_spans("invoke_agent tr", "chat scripted:tr", "execute_tool lookup",
@@ -455,19 +456,20 @@ def test_exporter_choice_from_settings() -> None:
     """auto without an endpoint, or none, is a no-op provider and no interceptor; otlp needs
     an endpoint; the endpoint must be an http(s) URL; console prints."""
     base = Settings()
-    assert isinstance(configure_tracing(base), NoOpTracerProvider)
+    assert isinstance(configure_tracing(base.telemetry), NoOpTracerProvider)
     assert NO_TRACING.interceptors == [] and not NO_TRACING.enabled
-    off = SteadTracing.from_settings(base.model_copy(update={
-        "traces_exporter": "none", "otel_exporter_otlp_endpoint": "http://127.0.0.1:4318"}))
+    off = SteadTracing.from_settings(base.replace(
+        traces_exporter="none",
+        otel_exporter_otlp_endpoint="http://127.0.0.1:4318").telemetry)
     assert not off.enabled and off.interceptors == []
-    assert traces_endpoint(base.model_copy(update={
-        "otel_exporter_otlp_endpoint": "http://collector:4318/"})) == \
+    assert traces_endpoint(base.replace(
+        otel_exporter_otlp_endpoint="http://collector:4318/").telemetry) == \
         "http://collector:4318/v1/traces"
     with pytest.raises(SettingsError, match="STEAD_TRACES_EXPORTER=otlp needs"):
-        configure_tracing(base.model_copy(update={"traces_exporter": "otlp"}))
+        configure_tracing(base.replace(traces_exporter="otlp").telemetry)
     with pytest.raises(SettingsError, match="expected an http"):
-        configure_tracing(base.model_copy(update={"otel_exporter_otlp_endpoint": "collector"}))
-    console = SteadTracing.from_settings(base.model_copy(update={"traces_exporter": "console"}))
+        configure_tracing(base.replace(otel_exporter_otlp_endpoint="collector").telemetry)
+    console = SteadTracing.from_settings(base.replace(traces_exporter="console").telemetry)
     assert console.enabled and len(console.interceptors) == 1
     console.shutdown()
 
@@ -501,7 +503,7 @@ async def test_memory_recall_and_write_spans(settings: Settings) -> None:
     agent = Agent(name="tr", instructions=agent.instructions, tools=agent.tools,
                   offline_model=agent.offline_model, max_steps=6, policy=TR_POLICY,
                   memory=MemoryPlan(recall_top_k=3, min_score=-1.0))
-    s = settings.model_copy(update={"memory_backend": "pgvector"})
+    s = settings.replace(memory_backend="pgvector")
     tracing, exporter = in_memory(s)
     tenant = f"mem-{uuid.uuid4().hex[:8]}"
     async with WorkerHost(s, AgentCatalog([agent]), tracing=tracing,
@@ -510,7 +512,7 @@ async def test_memory_recall_and_write_spans(settings: Settings) -> None:
         ids = []
         for _ in range(2):
             h = await start_run(host.client, RunRequest(agent="tr", input="look up the record",
-                                                        tenant=tenant), settings=s)
+                                                        tenant=tenant), temporal=s.temporal)
             assert (await h.result()).status == "completed"
             ids.append(h.id)
     first, second = (of_run(exporter.get_finished_spans(), i) for i in ids)

@@ -85,9 +85,11 @@ def world(tmp_path: Path) -> RefundWorld:
 async def served(stack: EmbeddedStack, temporal_with_ui: EmbeddedTemporal,
                  world: RefundWorld) -> AsyncIterator[tuple[Settings, Client]]:
     """A worker for the ``refund`` agent on the UI's server; yields its settings and client."""
-    settings = stack.resolved_settings().model_copy(update={
-        "temporal_address": temporal_with_ui.address, "temporal_namespace": NAMESPACE,
-        "task_queue": f"test-{uuid.uuid4().hex[:10]}", "memory_backend": "off"})
+    settings = stack.resolved_settings().replace(
+        temporal_address=temporal_with_ui.address,
+        temporal_namespace=NAMESPACE,
+        task_queue=f"test-{uuid.uuid4().hex[:10]}",
+        memory_backend="off")
     async with WorkerHost(settings, AgentCatalog([refund_agent(world)])) as host:
         assert host.client is not None
         yield settings, host.client
@@ -174,7 +176,8 @@ class WebUI:
 
 
 async def start_refund(client: Client, settings: Settings, text: str) -> Handle:
-    return await start_run(client, RunRequest(agent="refund", input=text), settings=settings)
+    return await start_run(client, RunRequest(agent="refund", input=text),
+                           temporal=settings.temporal)
 
 
 

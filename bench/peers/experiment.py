@@ -77,7 +77,7 @@ class EagerSteadSystem(SteadSystem):
             SearchAttributePair(SearchAttributeKey.for_keyword("SteadTenant"), request.tenant),
         ])
         handle = await self.client.start_workflow(
-            WORKFLOW_TYPE, request, id=run_id, task_queue=self.settings.task_queue,
+            WORKFLOW_TYPE, request, id=run_id, task_queue=self.settings.temporal.task_queue,
             result_type=RunResult, search_attributes=attrs,
             static_summary=f"{request.agent}: {request.input[:120]}", request_eager_start=True)
         from bench.peers.temporal_run import _result
@@ -118,10 +118,10 @@ async def _system(base: Settings, name: str, variant: str | None) -> AsyncIterat
     if variant == "none":
         variant = None
     if variant == "pool":
-        settings = settings.model_copy(update={"db_pool_max": 40, "db_pool_min": 4})
+        settings = settings.replace(db_pool_max=40, db_pool_min=4)
     agents = (_local_agents(model_calls=variant == "local")
               if variant in ("local", "local-reads") else stead_agents(policy=False))
-    host = WorkerHost(settings, AgentCatalog(agents), task_queue=settings.task_queue)
+    host = WorkerHost(settings, AgentCatalog(agents), task_queue=settings.temporal.task_queue)
     patch = {"pollers": _autoscaling_pollers, "unsandboxed": _unsandboxed}.get(variant or "")
     with patch() if patch is not None else contextlib.nullcontext():
         await host.start()

@@ -278,9 +278,9 @@ class Runner:
 def _memory_child(system: str, side: TemporalSide, runs: int) -> MemoryResult:
     """Run ``bench.peers.rss`` for one system in a fresh process; its JSON line."""
     s = side.settings
-    assert s.temporal_address is not None and s.database_url is not None
+    assert s.temporal.address is not None and s.ledger.database_url is not None
     cmd = [sys.executable, "-m", "bench.peers.rss", "--system", system, "--runs", str(runs),
-           "--temporal", s.temporal_address, "--worker-dsn", s.database_url,
+           "--temporal", s.temporal.address, "--worker-dsn", s.ledger.database_url,
            "--owner-dsn", side.stack.database_url, "--otlp", side.otlp]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
         os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),

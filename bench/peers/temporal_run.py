@@ -94,7 +94,7 @@ class SteadSystem:
         w = self.workloads[workload]
         handle = await start_run(
             self.client, RunRequest(agent=agent_name(workload, policy=self.policy),
-                                    input=w.request), settings=self.settings,
+                                    input=w.request), temporal=self.settings.temporal,
             workflow_id=run_id)
         return self._outcome(handle.id, await _result(self.name, handle))
 
@@ -111,7 +111,7 @@ class SteadSystem:
         ``state`` query shows the pending approval, polled gently (1,000 runs at once)."""
         handle = await start_run(self.client, RunRequest(agent=agent_name(HITL, policy=False),
                                                          input=self.workloads[HITL].request),
-                                 settings=self.settings, workflow_id=run_id)
+                                 temporal=self.settings.temporal, workflow_id=run_id)
         if precise:
             pending = await approvals._parked(handle)
             return Parked(run_id=run_id, handle=handle, approval_id=pending.approval_id)
@@ -198,14 +198,14 @@ class PeerActivities:
 @contextlib.asynccontextmanager
 async def plain_worker(settings: Settings, task_queue: str) -> AsyncIterator[Client]:
     """A plain temporalio worker configured like stead's, except for what stead adds."""
-    assert settings.temporal_address is not None
-    client = await Client.connect(settings.temporal_address,
-                                  namespace=settings.temporal_namespace,
+    assert settings.temporal.address is not None
+    client = await Client.connect(settings.temporal.address,
+                                  namespace=settings.temporal.namespace,
                                   data_converter=pydantic_data_converter)
     acts = PeerActivities()
     worker = Worker(
         client, task_queue=task_queue, workflows=[PeerPlainWorkflow],
-        activities=[acts.model, acts.tool], **plain_worker_options(settings))
+        activities=[acts.model, acts.tool], **plain_worker_options(settings.worker))
     async with worker:
         yield client
 
@@ -242,7 +242,7 @@ def system_settings(base: Settings, system: str, *, otlp: str | None,
                    "traces_exporter": "otlp"}
     if cached_workflows is not None:
         update["max_cached_workflows"] = cached_workflows
-    return base.model_copy(update=update)
+    return base.replace(**update)
 
 
 @contextlib.asynccontextmanager
@@ -251,13 +251,14 @@ async def temporal_system(base: Settings, system: str, *, otlp: str | None,
     """One Temporal-based system with its worker polling (``base``: resolved settings)."""
     settings = system_settings(base, system, otlp=otlp, cached_workflows=cached_workflows)
     if system in (PLAIN, PLAIN_LOCAL):
-        async with plain_worker(settings, settings.task_queue) as client:
-            yield PlainSystem(client, settings.task_queue, local_tools=system == PLAIN_LOCAL)
+        async with plain_worker(settings, settings.temporal.task_queue) as client:
+            yield PlainSystem(client, settings.temporal.task_queue,
+                              local_tools=system == PLAIN_LOCAL)
         return
     policy = system in (STEAD_FULL, STEAD_LOCAL)
     async with WorkerHost(settings, AgentCatalog(stead_agents(policy=policy,
                                                               local=system == STEAD_LOCAL)),
-                          task_queue=settings.task_queue):
+                          task_queue=settings.temporal.task_queue):
         client = await connect(settings)
         yield SteadSystem(system, client, settings, policy=policy)
 

@@ -52,9 +52,9 @@ def api_secret(settings: Settings) -> str:
     """``STEAD_API_SECRET``, else this machine's generated key in ``<data dir>/api-secret``
     (made on first use, readable by its owner only), so ``stead up`` and ``stead api token``
     agree without configuration."""
-    if settings.api_secret is not None:
-        return settings.api_secret.get_secret_value()
-    path = Path(settings.data_dir) / SECRET_FILE
+    if settings.api.secret is not None:
+        return settings.api.secret.get_secret_value()
+    path = Path(settings.stack.data_dir) / SECRET_FILE
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

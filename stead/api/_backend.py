@@ -94,13 +94,13 @@ class Backend:
 
     async def ledger(self) -> Ledger:
         if self._ledger is None:
-            if self.settings.database_url is None:
+            if self.settings.ledger.database_url is None:
                 raise LedgerError("no ledger database is configured (set DATABASE_URL, or run "
                                   "the API with `stead up`)")
             async with self._lock:
                 if self._ledger is None:
-                    self._ledger = await Ledger.connect(self.settings.database_url, min_size=0,
-                                                        max_size=4, retry_seconds=0)
+                    self._ledger = await Ledger.connect(self.settings.ledger.database_url,
+                                                        min_size=0, max_size=4, retry_seconds=0)
         return self._ledger
 
     async def close(self) -> None:
@@ -121,7 +121,7 @@ class Backend:
                              metadata={**body.metadata, API_SUB_KEY: principal.sub})
         client = await self.temporal()
         try:
-            handle = await start_run(client, request, settings=self.settings)
+            handle = await start_run(client, request, temporal=self.settings.temporal)
         except RPCError as e:
             raise temporal_error(e, "starting the run") from None
         return StartedRun(workflow_id=handle.id, run_id=handle.result_run_id)
@@ -350,7 +350,7 @@ class Backend:
     async def metrics(self, flt: MetricsFilter) -> MetricsReport:
         ledger = await self.ledger()
         return await _no_tables(lambda: compute_metrics(ledger, flt,
-                                                        prices=self.settings.model_prices))
+                                                        prices=self.settings.models.prices))
 
 
 async def _no_tables(op: Callable[[], Awaitable[T]]) -> T:

@@ -82,7 +82,7 @@ def counterfactual(
                        instructions=new_instructions, model=model_setting)
     settings = resolved(cli_settings())
     try:
-        agents = cf.load_catalog(catalog, settings.data_dir)
+        agents = cf.load_catalog(catalog, settings.stack.data_dir)
     except cf.CounterfactualError as e:
         fail(str(e), EXIT_BAD_INPUT)
     if agent is not None and agent not in agents:
@@ -94,8 +94,8 @@ def counterfactual(
     async def go() -> CounterfactualReport:
         from stead.ledger import Ledger
 
-        assert settings.database_url is not None
-        ledger = await Ledger.connect(settings.database_url, min_size=0, max_size=2,
+        assert settings.ledger.database_url is not None
+        ledger = await Ledger.connect(settings.ledger.database_url, min_size=0, max_size=2,
                                       retry_seconds=0)
         try:
             if run:

@@ -78,11 +78,11 @@ async def _metrics(settings: Settings, flt: MetricsFilter) -> MetricsReport:
     from stead.evals.metrics import compute_metrics
     from stead.ledger import Ledger
 
-    assert settings.database_url is not None
-    ledger = await Ledger.connect(settings.database_url, min_size=0, max_size=2,
+    assert settings.ledger.database_url is not None
+    ledger = await Ledger.connect(settings.ledger.database_url, min_size=0, max_size=2,
                                   retry_seconds=0)
     try:
-        return await compute_metrics(ledger, flt, prices=settings.model_prices)
+        return await compute_metrics(ledger, flt, prices=settings.models.prices)
     except asyncpg.UndefinedTableError as e:
         raise LedgerError(f"the ledger has no tables yet ({e}); a worker creates them when it "
                           f"starts (`stead up` or `python worker.py`)") from e
@@ -281,8 +281,8 @@ def _register_drift(app: typer.Typer) -> None:
         from stead.ledger import Ledger
 
         emb = _embedder(settings, choice)
-        assert settings.database_url is not None
-        ledger = await Ledger.connect(settings.database_url, min_size=0, max_size=2,
+        assert settings.ledger.database_url is not None
+        ledger = await Ledger.connect(settings.ledger.database_url, min_size=0, max_size=2,
                                       retry_seconds=0)
         try:
             return await d.run_check(ledger.pool, request, embedder=emb)
@@ -299,14 +299,15 @@ def _register_drift(app: typer.Typer) -> None:
         from stead.memory import choose_embedder
         from stead.memory.embedders import HashingEmbedder, embedder_from_settings
 
-        if choice == "none" or (choice == "auto" and settings.memory_backend == "off"):
+        if choice == "none" or (choice == "auto" and settings.memory.backend == "off"):
             return None
         if choice == "hashing":
             return HashingEmbedder(384)
         if choice == "model":
             try:
-                return embedder_from_settings(settings, model=settings.embedding_model,
-                                              dimension=settings.embedding_dimension)
+                return embedder_from_settings(settings.models,
+                                              model=settings.memory.embedding_model,
+                                              dimension=settings.memory.embedding_dimension)
             except ImportError as e:
                 fail(str(e), EXIT_BAD_INPUT)
         return choose_embedder(settings)
@@ -351,18 +352,18 @@ def _register_drift(app: typer.Typer) -> None:
         async def go() -> str:
             client = await temporal_client(settings)
             return await d.schedule_checks(client, schedule_id=schedule_id, every=every,
-                                           check=check, task_queue=settings.task_queue)
+                                           check=check, task_queue=settings.temporal.task_queue)
 
         action = run_async(go())
         if as_json:
             print_json({"schedule_id": schedule_id, "action": action,
                         "every_seconds": every.total_seconds(),
-                        "task_queue": settings.task_queue,
+                        "task_queue": settings.temporal.task_queue,
                         "input": check.model_dump(mode="json")})
             return
         out.print(f"{action} schedule [bold]{schedule_id}[/]: a drift check every {every} on "
-                  f"task queue {settings.task_queue!r} (recent {check.recent}); list results "
-                  f"with `stead drift --checks`", highlight=False)
+                  f"task queue {settings.temporal.task_queue!r} (recent {check.recent}); list "
+                  f"results with `stead drift --checks`", highlight=False)
 
     def _list(settings: Settings, *, agent: str | None, tenant: str | None, limit: int,
               as_json: bool) -> None:
@@ -373,8 +374,8 @@ def _register_drift(app: typer.Typer) -> None:
         from stead.ledger import Ledger
 
         async def go() -> list[d.DriftCheckRow]:
-            assert settings.database_url is not None
-            ledger = await Ledger.connect(settings.database_url, min_size=0, max_size=2,
+            assert settings.ledger.database_url is not None
+            ledger = await Ledger.connect(settings.ledger.database_url, min_size=0, max_size=2,
                                           retry_seconds=0)
             try:
                 return await d.list_checks(ledger.pool, agent=agent, tenant=tenant,

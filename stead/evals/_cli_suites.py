@@ -146,7 +146,7 @@ async def _run(settings: Settings, agents: AgentCatalog, suites: list[Suite],
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                         MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True)
     where = "a throwaway embedded stack" if ephemeral else (
-        settings.temporal_address or "the embedded stack")
+        settings.temporal.address or "the embedded stack")
     err.print(f"running {total} case(s) from {len(suites)} suite(s) on {where}",
               highlight=False)
     async with eval_stack(settings, ephemeral=ephemeral) as resolved:

@@ -364,7 +364,8 @@ async def _record_one(client: Client, sc: CorpusScenario, settings: Settings,
 
     from stead.client import start_run
 
-    handle = await start_run(client, sc.request, settings=settings, workflow_id=sc.workflow_id)
+    handle = await start_run(client, sc.request, temporal=settings.temporal,
+                             workflow_id=sc.workflow_id)
     snapshot = await _play_human(handle, sc.human)
     try:
         result = await asyncio.wait_for(handle.result(), 60)
@@ -403,15 +404,15 @@ async def record_corpus(out: Path, *, scenarios: Sequence[CorpusScenario] = tupl
         data = Path(tmp)
         # Self-contained whatever the environment says: own servers, offline models.
         base = Settings(data_dir=data, temporal_port=free_port(), ui_port=free_port(),
-                        postgres_port=free_port(), memory_backend="pgvector").model_copy(
-            update={"temporal_address": None, "database_url": None, "openai_api_key": None,
-                    "pinecone_api_key": None, "otel_exporter_otlp_endpoint": None})
+                        postgres_port=free_port(), memory_backend="pgvector").replace(
+            temporal_address=None, database_url=None, openai_api_key=None, pinecone_api_key=None,
+            otel_exporter_otlp_endpoint=None)
         stack = EmbeddedStack(base, ui=False)
         progress("starting a throwaway embedded stack (Temporal dev server, PostgreSQL)")
         await stack.start()
         try:
-            settings = stack.resolved_settings().model_copy(update={"task_queue": "corpus"})
-            leaky_settings = settings.model_copy(update={"task_queue": "corpus-leaky"})
+            settings = stack.resolved_settings().replace(task_queue="corpus")
+            leaky_settings = settings.replace(task_queue="corpus-leaky")
             ops_world(data).reset()
             refund_world(data).reset()
             # Hashing: deterministic and instant; the recall path is what the corpus needs.

@@ -78,7 +78,7 @@ from stead.models import (
     ToolSchema,
 )
 from stead.policy import Policy
-from stead.settings import Settings
+from stead.settings import ModelSettings, Settings
 from stead.tools import Tool, ToolContext
 from stead.worker import WorkerHost
 
@@ -499,18 +499,18 @@ def changed_catalog(catalog: AgentCatalog, book: ReplayBook, *, agent: str | Non
     return AgentCatalog(agents)
 
 
-def _model_for(setting: ModelSetting, settings: Settings,
+def _model_for(setting: ModelSetting, models: ModelSettings,
                book: ReplayBook) -> ModelClient | None:
     if setting == "agent":
         return None  # the worker's configured model, else each agent's offline model
     if setting == "recorded":
         return RecordedModel(book)
     name = setting.partition(":")[2]
-    if settings.openai_api_key is None:
+    if models.api_key is None:
         raise CounterfactualError(f"--model {setting} needs OPENAI_API_KEY (and "
                                   f"OPENAI_BASE_URL for a compatible server)")
-    return OpenAIModel(model=name, api_key=settings.openai_api_key.get_secret_value(),
-                       base_url=settings.openai_base_url, timeout=settings.model_timeout_seconds)
+    return OpenAIModel(model=name, api_key=models.api_key.get_secret_value(),
+                       base_url=models.base_url, timeout=models.timeout_seconds)
 
 
 # ---------------------------------------------------------------------------- the report
@@ -846,7 +846,7 @@ async def _replay_one(run: RecordedRun, *, host_settings: Settings, client: Clie
     request = RunRequest(agent=run.agent, input=run.input, tenant=run.tenant, user=run.user,
                          metadata={**run.metadata, SYNTHETIC_KEY: SYNTHETIC_VALUE,
                                    COUNTERFACTUAL_OF: run.workflow_id})
-    handle = await start_run(client, request, settings=host_settings, workflow_id=cf_id)
+    handle = await start_run(client, request, temporal=host_settings.temporal, workflow_id=cf_id)
     result: RunResult | None = None
     error: str | None = None
     try:
@@ -894,10 +894,10 @@ async def run_counterfactual(settings: Settings, catalog: AgentCatalog,
                                   f"applies to one agent: select runs of one agent")
     book = ReplayBook()
     changed = changed_catalog(catalog, book, agent=agents[0], change=change)
-    model = _model_for(change.model, settings, book)
+    model = _model_for(change.model, settings.models, book)
     queue = f"counterfactual-{uuid.uuid4().hex[:12]}"
     # Memory is off: a counterfactual must not write run summaries (a side effect).
-    host_settings = settings.model_copy(update={"task_queue": queue, "memory_backend": "off"})
+    host_settings = settings.replace(task_queue=queue, memory_backend="off")
     async with WorkerHost(host_settings, changed, model=model, task_queue=queue) as host:
         assert host.client is not None and host.ledger is not None
         client, ledger = host.client, host.ledger

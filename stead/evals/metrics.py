@@ -1,7 +1,7 @@
 """Metrics from the ledger: how agents and tools did over a window of runs.
 
     report = await compute_metrics(ledger, MetricsFilter(since=parse_when("7d", now=now)),
-                                   prices=settings.model_prices)
+                                   prices=settings.models.prices)
 
 A run belongs to the window when it *started* in ``[since, until)``; everything it did (model
 calls, tool attempts, decisions) counts with it, so every figure describes the same runs.

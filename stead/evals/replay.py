@@ -49,7 +49,7 @@ from stead.errors import StackError, SteadError
 from stead.files import expand_paths
 
 if TYPE_CHECKING:
-    from stead.settings import Settings
+    from stead.settings import CodecSettings
 
 DEFAULT_QUERY = "WorkflowType='AgentWorkflow'"
 
@@ -136,12 +136,12 @@ def production_workflows() -> list[type]:
 
 
 def production_replayer(*, workflows: Sequence[type] | None = None,
-                        settings: Settings | None = None) -> Replayer:
+                        codec: CodecSettings | None = None) -> Replayer:
     """A replayer configured like the production worker.
 
     ``workflows`` replaces the production workflows (tests pass a changed variant registered
-    under the same name to show what a breaking change looks like). ``settings`` (default: the
-    environment's) choose the data converter, payload decryption keys included; failure
+    under the same name to show what a breaking change looks like). ``codec`` (default: the
+    environment's) chooses the data converter, payload decryption keys included; failure
     messages stay unencoded so a failed replay's report says why."""
     from agents import reference_graphs
     from stead.codec import data_converter
@@ -155,7 +155,7 @@ def production_replayer(*, workflows: Sequence[type] | None = None,
         REGISTRY.add(graph)
     return Replayer(
         workflows=list(workflows) if workflows is not None else production_workflows(),
-        data_converter=data_converter(settings if settings is not None else load_settings(),
+        data_converter=data_converter(codec if codec is not None else load_settings().codec,
                                       encode_failures=False),
         workflow_runner=SandboxedWorkflowRunner(
             restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)),

@@ -243,7 +243,7 @@ class SuiteRunner:
     def __init__(self, settings: Settings, catalog: AgentCatalog, *, parallel: int = 4,
                  case_timeout: float = DEFAULT_CASE_TIMEOUT,
                  judge_model: ModelClient | None = None, poll_interval: float = 0.1) -> None:
-        if settings.temporal_address is None or settings.database_url is None:
+        if settings.temporal.address is None or settings.ledger.database_url is None:
             raise ValueError("SuiteRunner needs resolved settings (temporal_address and "
                              "database_url set); use eval_stack(settings)")
         if parallel < 1:
@@ -268,16 +268,18 @@ class SuiteRunner:
         started_at, t0 = datetime.now(UTC), time.perf_counter()
         queue = f"eval-{uuid.uuid4().hex[:10]}"
         # Memory off: eval runs must neither recall from nor write to anyone's memory.
-        run_settings = self.settings.model_copy(update={"task_queue": queue,
-                                                        "memory_backend": "off"})
-        assert run_settings.database_url is not None
-        await migrate(run_settings.migration_database_url or run_settings.database_url)
-        ledger = await Ledger.connect(run_settings.database_url, min_size=1, max_size=4,
-                                      retry_seconds=run_settings.ledger_retry_seconds)
+        run_settings = self.settings.replace(
+            task_queue=queue,
+            memory_backend="off")
+        assert run_settings.ledger.database_url is not None
+        await migrate(run_settings.ledger.migration_database_url
+                      or run_settings.ledger.database_url)
+        ledger = await Ledger.connect(run_settings.ledger.database_url, min_size=1, max_size=4,
+                                      retry_seconds=run_settings.ledger.retry_seconds)
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(ledger.close)
             prepared = [(s, c, await case_model(s, c, ledger)) for s, c in selected]
-            configured = configured_model(run_settings)
+            configured = configured_model(run_settings.models)
             judge = self.judge_model or configured
             models = CaseModels(self.catalog, configured=configured)
             stack.push_async_callback(models.close)
@@ -318,8 +320,8 @@ class SuiteRunner:
         error: str | None = None
         started = time.perf_counter()
         try:
-            handle = await start_run(client, case.request(suite.name), settings=run_settings,
-                                     workflow_id=wid)
+            handle = await start_run(client, case.request(suite.name),
+                                     temporal=run_settings.temporal, workflow_id=wid)
             try:
                 result = await asyncio.wait_for(self._drive(handle, case, taken), timeout)
             except TimeoutError:
@@ -492,10 +494,13 @@ async def eval_stack(settings: Settings, *, ephemeral: bool = False) -> AsyncIte
         # Not under pytest's tmp tree (reset to 0700 by every pytest start), which the
         # unprivileged PostgreSQL user must keep reaching: the system temp dir directly.
         data = Path(tempfile.mkdtemp(prefix="stead-eval-stack-"))
-        throwaway = settings.model_copy(update={
-            "data_dir": data, "temporal_address": None, "database_url": None,
-            "temporal_port": free_port(), "ui_port": free_port(),
-            "postgres_port": free_port()})
+        throwaway = settings.replace(
+            data_dir=data,
+            temporal_address=None,
+            database_url=None,
+            temporal_port=free_port(),
+            ui_port=free_port(),
+            postgres_port=free_port())
         stack = EmbeddedStack(throwaway, ui=False)
         try:
             await stack.start()
@@ -505,14 +510,14 @@ async def eval_stack(settings: Settings, *, ephemeral: bool = False) -> AsyncIte
             shutil.rmtree(data, ignore_errors=True)
         return
     filled = settings
-    if settings.temporal_address is None and not port_is_free(settings.temporal_port):
-        filled = filled.model_copy(
-            update={"temporal_address": f"127.0.0.1:{settings.temporal_port}"})
-    if settings.database_url is None and not port_is_free(settings.postgres_port):
-        pg = EmbeddedPostgres(settings.data_dir.resolve(), port=settings.postgres_port)
+    if settings.temporal.address is None and not port_is_free(settings.stack.temporal_port):
+        filled = filled.replace(temporal_address=f"127.0.0.1:{settings.stack.temporal_port}")
+    if settings.ledger.database_url is None and not port_is_free(settings.stack.postgres_port):
+        pg = EmbeddedPostgres(settings.stack.data_dir.resolve(), port=settings.stack.postgres_port)
         # Workers log in least-privilege; the owner migrates (stead/dbroles.py).
-        filled = filled.model_copy(update={"database_url": pg.worker_url,
-                                           "migrate_database_url": pg.url})
+        filled = filled.replace(
+            database_url=pg.worker_url,
+            migrate_database_url=pg.url)
     stack = EmbeddedStack(filled, ui=False)
     await stack.start()
     try:

@@ -77,8 +77,8 @@ def choose_embedder(settings: Settings) -> Embedder:
     from stead.memory.embedders import HashingEmbedder, embedder_from_settings
 
     try:
-        return embedder_from_settings(settings, model=settings.embedding_model,
-                                      dimension=settings.embedding_dimension)
+        return embedder_from_settings(settings.models, model=settings.memory.embedding_model,
+                                      dimension=settings.memory.embedding_dimension)
     except ImportError as err:
         log.warning("%s — falling back to the hashing embedder (word overlap, not meaning)",
                     err)
@@ -91,10 +91,11 @@ async def open_memory(settings: Settings, *, pool: asyncpg.Pool | None = None,
 
     Raises ``DimensionMismatch`` (naming both dimensions and the fix) when they differ.
     """
-    backend = settings.memory_backend
+    mem = settings.memory
+    backend = mem.backend
     if backend == "off":
         return None
-    has_pinecone = settings.pinecone_api_key is not None and settings.pinecone_host is not None
+    has_pinecone = mem.pinecone_api_key is not None and mem.pinecone_host is not None
     if backend == "pinecone" and not has_pinecone:
         raise SettingsError("STEAD_MEMORY_BACKEND=pinecone needs PINECONE_API_KEY and "
                             "STEAD_PINECONE_HOST (the index's data-plane host)")
@@ -103,19 +104,19 @@ async def open_memory(settings: Settings, *, pool: asyncpg.Pool | None = None,
     if backend == "pinecone" or (backend == "auto" and has_pinecone):
         from stead.memory.pinecone import PineconeStore
 
-        assert settings.pinecone_api_key is not None and settings.pinecone_host is not None
-        store = PineconeStore.connect(api_key=settings.pinecone_api_key.get_secret_value(),
-                                      host=settings.pinecone_host)
+        assert mem.pinecone_api_key is not None and mem.pinecone_host is not None
+        store = PineconeStore.connect(api_key=mem.pinecone_api_key.get_secret_value(),
+                                      host=mem.pinecone_host)
         name = "pinecone"
     else:
         from stead.memory.pgvector import PgVectorStore
 
         if pool is not None:
-            store = PgVectorStore(pool, ef_search=settings.memory_ef_search)
+            store = PgVectorStore(pool, ef_search=mem.ef_search)
         else:
-            assert settings.database_url is not None
-            store = await PgVectorStore.connect(settings.database_url,
-                                                ef_search=settings.memory_ef_search,
+            assert settings.ledger.database_url is not None
+            store = await PgVectorStore.connect(settings.ledger.database_url,
+                                                ef_search=mem.ef_search,
                                                 min_size=0, max_size=4)
         name = "pgvector"
     memory = Memory(store=store, embedder=emb, backend=name)

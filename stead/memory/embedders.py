@@ -13,7 +13,7 @@
 
 Embedding is I/O or CPU work, so it runs in activities, never in workflows::
 
-    embedder = embedder_from_settings(load_settings())   # OpenAI, else MiniLM, else ImportError
+    embedder = embedder_from_settings(load_settings().models)  # OpenAI, MiniLM, or ImportError
     vectors = await embedder.embed(["restart the payments database"])
 
 A vector's length always equals ``embedder.dimension``; stores check that dimension against
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from openai.types import CreateEmbeddingResponse
     from sentence_transformers import SentenceTransformer
 
-    from stead.settings import Settings
+    from stead.settings import ModelSettings
 
 __all__ = [
     "EXTRA_HINT",
@@ -360,7 +360,7 @@ class HashingEmbedder:
 # ---------------------------------------------------------------------------- choice
 
 
-def embedder_from_settings(settings: Settings, *, model: str = "text-embedding-3-small",
+def embedder_from_settings(models: ModelSettings, *, model: str = "text-embedding-3-small",
                            dimension: int | None = None,
                            ) -> OpenAIEmbedder | MiniLMEmbedder:
     """The embedder a process should use:
@@ -371,9 +371,9 @@ def embedder_from_settings(settings: Settings, *, model: str = "text-embedding-3
     3. else ``ImportError`` naming the extra. Falling back to :class:`HashingEmbedder` is the
        caller's decision, because its vectors are not comparable with the others'.
     """
-    if settings.openai_api_key is not None:
-        return OpenAIEmbedder(api_key=settings.openai_api_key.get_secret_value(),
-                              base_url=settings.openai_base_url, model=model,
+    if models.api_key is not None:
+        return OpenAIEmbedder(api_key=models.api_key.get_secret_value(),
+                              base_url=models.base_url, model=model,
                               dimension=dimension)
     if minilm_available():
         return MiniLMEmbedder()
