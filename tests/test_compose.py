@@ -855,6 +855,8 @@ def test_dockerfile_installs_the_project_without_extras_unless_asked() -> None:
         return done.stdout
 
     assert expand("") == ".", "by default the project itself, from its pyproject.toml"
+    options = shlex.split(installs[0].split("pip install", 1)[1])[:-1]
+    assert options == ["-c", "constraints.txt"], "at the versions CI tests"
     assert expand("embeddings") == ".[embeddings]"
 
 
@@ -889,6 +891,7 @@ def test_image_cmd_runs_worker_py_which_is_copied_from_the_repo() -> None:
 def test_build_context_excludes_local_state_and_secrets_but_keeps_the_project() -> None:
     for path in (
         ".venv/bin/python",
+        ".venv-3.13/bin/python",
         ".stead/temporal.db",
         ".git/HEAD",
         ".env",
@@ -899,6 +902,7 @@ def test_build_context_excludes_local_state_and_secrets_but_keeps_the_project() 
     # What `pip install .` and the runtime stage need: pyproject names README.md as the readme.
     for path in (
         "pyproject.toml",
+        "constraints.txt",
         "README.md",
         "worker.py",
         "stead/settings.py",
