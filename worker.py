@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from agents import served_catalog
+from stead.agents import served_catalog
 from stead.errors import SteadError
-from stead.logs import configure_logging
+from stead.observability.logs import configure_logging
 from stead.settings import load_settings
 from stead.worker import WorkerHost, run_until_signal
 

@@ -7,7 +7,7 @@ what it needs (``RunActivities(catalog, ledger)``). Workflows call it through th
     worker_activities = [*defined(runs, models, drift), *tools.activities()]
 
 Per-tool activities are the exception: one activity type per tool, named by
-``stead.tools.activity_name`` and built by ``ToolActivities.activities()``.
+``stead.authoring.tools.activity_name`` and built by ``ToolActivities.activities()``.
 """
 
 from __future__ import annotations

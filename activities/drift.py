@@ -15,8 +15,8 @@ from stead.evals.drift import (
     run_check,
     summarize,
 )
-from stead.ledger import Ledger
-from stead.memory import Embedder
+from stead.storage.ledger import Ledger
+from stead.storage.memory import Embedder
 
 
 class DriftActivities:

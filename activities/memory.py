@@ -13,23 +13,23 @@ from datetime import UTC, datetime, timedelta
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from stead.ledger import Ledger
-from stead.llm import ModelCallError
-from stead.memory._types import (
-    Embedder,
-    MemoryError,
-    MemoryItem,
-    MemoryUnavailable,
-    VectorStore,
-)
-from stead.models import (
+from stead.contracts.models import (
     MemoryOpRecord,
     RecalledItem,
     RecallRequest,
     RecallResult,
     WriteRequest,
 )
-from stead.tracing import NO_TRACING, SteadTracing
+from stead.integrations.llm import ModelCallError
+from stead.observability.tracing import NO_TRACING, SteadTracing
+from stead.storage.ledger import Ledger
+from stead.storage.memory._types import (
+    Embedder,
+    MemoryError,
+    MemoryItem,
+    MemoryUnavailable,
+    VectorStore,
+)
 
 
 class MemoryActivities:

@@ -9,13 +9,13 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from stead import errors
-from stead.agent import AgentCatalog
-from stead.blobs import BLOB_MISSING, BlobCorrupt, BlobError, BlobMissing, BlobStore
-from stead.ledger import Ledger
-from stead.llm import ModelCallError, ModelClient
-from stead.models import Message, ModelCallRecord, ModelRequest, ModelTurn, Usage
-from stead.telemetry import NO_METRICS, SteadMetrics
-from stead.tracing import NO_TRACING, SteadTracing
+from stead.authoring.agent import AgentCatalog
+from stead.contracts.models import Message, ModelCallRecord, ModelRequest, ModelTurn, Usage
+from stead.integrations.llm import ModelCallError, ModelClient
+from stead.observability.telemetry import NO_METRICS, SteadMetrics
+from stead.observability.tracing import NO_TRACING, SteadTracing
+from stead.storage.blobs import BLOB_MISSING, BlobCorrupt, BlobError, BlobMissing, BlobStore
+from stead.storage.ledger import Ledger
 
 
 class ModelActivities:

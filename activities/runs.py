@@ -9,12 +9,12 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from stead import errors
-from stead.agent import AgentCatalog
-from stead.ledger import Ledger
-from stead.mcp import McpTools
-from stead.models import AgentPlan, DecisionBatch, FinishRun, StartRun
-from stead.telemetry import NO_METRICS, SteadMetrics
-from stead.tracing import NO_TRACING, SteadTracing
+from stead.authoring.agent import AgentCatalog
+from stead.contracts.models import AgentPlan, DecisionBatch, FinishRun, StartRun
+from stead.integrations.mcp import McpTools
+from stead.observability.telemetry import NO_METRICS, SteadMetrics
+from stead.observability.tracing import NO_TRACING, SteadTracing
+from stead.storage.ledger import Ledger
 
 
 class RunActivities:

@@ -28,14 +28,14 @@ from temporalio.common import RawValue
 from temporalio.exceptions import ApplicationError
 
 from stead import errors
-from stead.agent import AgentCatalog
-from stead.blobs import BLOB_TOO_LARGE, BlobStore, BlobTooLarge, canonical_json, reference
-from stead.ledger import Ledger
-from stead.models import ToolAttemptReport, ToolInvocation, ToolOutcome
-from stead.secrets import SecretError, Secrets
-from stead.telemetry import NO_METRICS, SteadMetrics
-from stead.tools import CallLost, DynamicTools, Tool, ToolContext
-from stead.tracing import NO_TRACING, SteadTracing
+from stead.authoring.agent import AgentCatalog
+from stead.authoring.tools import CallLost, DynamicTools, Tool, ToolContext
+from stead.contracts.models import ToolAttemptReport, ToolInvocation, ToolOutcome
+from stead.observability.telemetry import NO_METRICS, SteadMetrics
+from stead.observability.tracing import NO_TRACING, SteadTracing
+from stead.security.secrets import SecretError, Secrets
+from stead.storage.blobs import BLOB_TOO_LARGE, BlobStore, BlobTooLarge, canonical_json, reference
+from stead.storage.ledger import Ledger
 
 
 class ToolActivities:
@@ -52,7 +52,7 @@ class ToolActivities:
         ``max_payload_bytes``: a bigger result fails its call (``PayloadTooLarge``).
         ``dynamic``: tools found by name at call time (MCP), served by one dynamic activity.
         ``blobs``: where a result over ``blob_threshold_bytes`` goes; history then carries a
-        reference (``stead.blobs.reference``), the ledger the full result (it is the audit).
+        reference (``stead.storage.blobs.reference``), the ledger the full result (it is the audit).
         ``max_payload_bytes`` still bounds the full result: the model reads all of it."""
         self._blobs = blobs
         self._blob_threshold = blob_threshold_bytes

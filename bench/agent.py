@@ -12,11 +12,11 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from stead.agent import Agent
-from stead.llm import FunctionModel, assistant_turns, call
-from stead.models import Message, ModelTurn, ToolSchema
-from stead.policy import Policy
-from stead.tools import Tool, ToolContext, tool
+from stead.authoring.agent import Agent
+from stead.authoring.tools import Tool, ToolContext, tool
+from stead.contracts.models import Message, ModelTurn, ToolSchema
+from stead.contracts.policy import Policy
+from stead.integrations.llm import FunctionModel, assistant_turns, call
 
 AGENT = "bench"
 TOOLS = 5

@@ -55,9 +55,9 @@ from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import WorkflowHandle
 
 from bench.stats import Summary, summarise
-from stead.agent import Agent
-from stead.llm import FunctionModel, assistant_turns, call
-from stead.models import (
+from stead.authoring.agent import Agent
+from stead.authoring.tools import ToolContext, activity_name, tool
+from stead.contracts.models import (
     ApprovalDecision,
     DecideInput,
     DecideOutcome,
@@ -69,8 +69,8 @@ from stead.models import (
     RunState,
     ToolSchema,
 )
-from stead.policy import Policy, parse_policy
-from stead.tools import ToolContext, activity_name, tool
+from stead.contracts.policy import Policy, parse_policy
+from stead.integrations.llm import FunctionModel, assistant_turns, call
 
 E = EventType
 AGENT = "bench-approve"

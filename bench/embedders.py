@@ -21,7 +21,7 @@ def _text(i: int) -> str:
 
 
 async def _measure(threads: int, batches: int) -> dict[str, float]:
-    from stead.memory.embedders import MiniLMEmbedder
+    from stead.storage.memory.embedders import MiniLMEmbedder
 
     e = MiniLMEmbedder(threads=threads)
     t = time.perf_counter()

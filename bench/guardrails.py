@@ -48,13 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from guardrails.calls import check_call
-from guardrails.decisions import RouteDecision
-from guardrails.output import validate_output
-from guardrails.risk import decide, score_call
-from guardrails.routing import route
-from stead.models import ToolCall, ToolPlan
-from stead.policy import (
+from stead.contracts.models import ToolCall, ToolPlan
+from stead.contracts.policy import (
     ArgumentRule,
     HardLimit,
     OutputRules,
@@ -62,6 +57,11 @@ from stead.policy import (
     RiskWeights,
     load_policy,
 )
+from stead.guardrails.calls import check_call
+from stead.guardrails.decisions import RouteDecision
+from stead.guardrails.output import validate_output
+from stead.guardrails.risk import decide, score_call
+from stead.guardrails.routing import route
 
 ROOT = Path(__file__).resolve().parent.parent
 OPS_POLICY = ROOT / "agents" / "ops" / "policy.yaml"
@@ -172,10 +172,10 @@ def _plans(agent_tools: Sequence[Any]) -> dict[str, ToolPlan]:
 
 def reference_tools(tmp: Path) -> tuple[dict[str, ToolPlan], dict[str, ToolPlan]]:
     """The ops and refund agents' tool plans (their worlds live in ``tmp``, never touched)."""
-    from agents.ops.tools import ops_tools
-    from agents.ops.world import OpsWorld
-    from agents.refund.tools import refund_tools
-    from agents.refund.world import RefundWorld
+    from stead.agents.ops.tools import ops_tools
+    from stead.agents.ops.world import OpsWorld
+    from stead.agents.refund.tools import refund_tools
+    from stead.agents.refund.world import RefundWorld
 
     return (_plans(ops_tools(OpsWorld(tmp / "ops.sqlite"))),
             _plans(refund_tools(RefundWorld(tmp / "refund.sqlite"))))
@@ -446,7 +446,7 @@ def time_run(c: RunCase, iterations: int, warmup: int, cold: int = 0,
 
 
 def _number_scan(untrusted: list[str], iterations: int, warmup: int) -> float:
-    from guardrails.risk import _number_tokens  # diagnostic: the part that dominates
+    from stead.guardrails.risk import _number_tokens  # diagnostic: the part that dominates
 
     def scan() -> set[float]:
         return set().union(*(_number_tokens(t.casefold()) for t in untrusted))
@@ -471,7 +471,7 @@ class MicroResult:
     """As ``per_call_median_us``, from the cold-cache timings."""
     number_scan_us: float
     """Median time score_call spends collecting the number tokens of the 5 untrusted texts
-    (``guardrails.risk._number_tokens``), which it does for every call that echoes no
+    (``stead.guardrails.risk._number_tokens``), which it does for every call that echoes no
     string, whether or not the arguments hold a number."""
     gc: str
     seconds: float
@@ -489,12 +489,12 @@ def what_if_caches() -> Iterator[None]:
     """Bench-only, in this process: the two caches suggested in bench/RESULTS.md, to measure
     what they would save. Product code is unchanged.
 
-    - ``guardrails.risk._number_tokens`` memoised per text (the untrusted texts of a run
+    - ``stead.guardrails.risk._number_tokens`` memoised per text (the untrusted texts of a run
       only grow, so each would be scanned once instead of at every call);
-    - ``guardrails.calls.Draft202012Validator`` built once per schema object (a run's tool
+    - ``stead.guardrails.calls.Draft202012Validator`` built once per schema object (a run's tool
       plans keep their ``parameters`` dicts for the whole run)."""
-    import guardrails.calls as calls
-    import guardrails.risk as risk
+    import stead.guardrails.calls as calls
+    import stead.guardrails.risk as risk
 
     names = ((risk, "_number_tokens"), (calls, "Draft202012Validator"))
     saved = [(module, name, getattr(module, name)) for module, name in names]
@@ -746,9 +746,9 @@ def _bootstrap_diff(a: list[float], b: list[float],
     return diffs[int(0.025 * reps)], diffs[int(0.975 * reps) - 1]
 
 
-_IN_SITU = (("guardrails.calls", "check_call"), ("guardrails.risk", "score_call"),
-            ("guardrails.risk", "decide"), ("guardrails.routing", "route"),
-            ("guardrails.output", "validate_output"))
+_IN_SITU = (("stead.guardrails.calls", "check_call"), ("stead.guardrails.risk", "score_call"),
+            ("stead.guardrails.risk", "decide"), ("stead.guardrails.routing", "route"),
+            ("stead.guardrails.output", "validate_output"))
 GATE_FUNCTIONS = ("check_call", "score_call", "decide")
 
 
@@ -832,7 +832,7 @@ async def _policy_runs(runs: int, warmup: int, agents: dict[str, Any],
     from bench.agent import REQUEST
     from bench.runner import STEAD, bench_stack
     from stead.client import start_run
-    from stead.models import RunRequest, RunResult
+    from stead.contracts.models import RunRequest, RunResult
 
     async with bench_stack(progress=progress, agents=list(agents.values())) as h:
         async def one(variant: str) -> tuple[float, str, float]:

@@ -40,10 +40,10 @@ with workflow.unsafe.imports_passed_through():
     from pydantic import BaseModel
 
     from bench.machine import machine_details
-    from stead.agent import Agent
-    from stead.llm import FunctionModel, call
-    from stead.models import Message, ModelTurn, ToolSchema
-    from stead.tools import ToolContext, tool
+    from stead.authoring.agent import Agent
+    from stead.authoring.tools import ToolContext, tool
+    from stead.contracts.models import Message, ModelTurn, ToolSchema
+    from stead.integrations.llm import FunctionModel, call
 
 AGENT = "historian"
 MARKS = (1, 10, 50, 100, 150, 200)

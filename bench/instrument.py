@@ -22,16 +22,16 @@ from typing import Any
 from temporalio.worker import _workflow
 from temporalio.worker.workflow_sandbox import _importer, _runner
 
-import guardrails.calls
-import guardrails.output
-import guardrails.risk
-import guardrails.routing
-from activities.model import ModelActivities
-from activities.runs import RunActivities
-from activities.tools import ToolActivities
+import stead.guardrails.calls
+import stead.guardrails.output
+import stead.guardrails.risk
+import stead.guardrails.routing
 from bench.runner import SYSTEMS, bench_stack
-from stead.agent import Agent
-from stead.ledger import Ledger
+from stead.activities.model import ModelActivities
+from stead.activities.runs import RunActivities
+from stead.activities.tools import ToolActivities
+from stead.authoring.agent import Agent
+from stead.storage.ledger import Ledger
 
 _current: str | None = None
 _stats: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0])
@@ -84,11 +84,11 @@ PROBES: list[tuple[Any, str, str]] = [
        "record_decision")),
     # Guardrails run inside workflow code (passed through the sandbox), so patching the
     # module attribute before a run's sandbox imports it is enough.
-    (guardrails.routing, "route", "guardrails: route"),
-    (guardrails.calls, "check_call", "guardrails: check_call"),
-    (guardrails.risk, "score_call", "guardrails: score_call"),
-    (guardrails.risk, "decide", "guardrails: decide"),
-    (guardrails.output, "validate_output", "guardrails: validate_output"),
+    (stead.guardrails.routing, "route", "guardrails: route"),
+    (stead.guardrails.calls, "check_call", "guardrails: check_call"),
+    (stead.guardrails.risk, "score_call", "guardrails: score_call"),
+    (stead.guardrails.risk, "decide", "guardrails: decide"),
+    (stead.guardrails.output, "validate_output", "guardrails: validate_output"),
 ]
 
 

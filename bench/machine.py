@@ -9,7 +9,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from stead.embedded import find_binary
+from stead.stack.embedded import find_binary
 
 
 def _cpu_model() -> str:

@@ -9,8 +9,9 @@ with ``DATABASE_URL`` set, creates a scratch database on that server and drops i
 Then: migrate, load N synthetic vectors (a Gaussian mixture: clustered like real embeddings,
 unit length, fixed seed) into one tenant with COPY, build the migration's HNSW index
 (m=16, ef_construction=64) and time it, compute each query's exact top 10 with an
-index-free scan, and run the same queries through :class:`~stead.memory.pgvector.PgVectorStore`
-(the code agents use: tenant filter, ``SET LOCAL hnsw.ef_search``, one transaction per query).
+index-free scan, and run the same queries through
+:class:`~stead.storage.memory.pgvector.PgVectorStore` (the code agents use: tenant filter, ``SET
+LOCAL hnsw.ef_search``, one transaction per query).
 
 Queries are fresh samples of the same mixture, not stored vectors. numpy generates the data
 when installed (faster); otherwise the standard library does, with the same distribution.
@@ -40,9 +41,9 @@ from typing import Any
 import asyncpg
 
 from bench.machine import load_average, machine_details
-from stead.embedded import EmbeddedPostgres, free_port
-from stead.ledger import migrate
-from stead.memory.pgvector import PgVectorStore
+from stead.stack.embedded import EmbeddedPostgres, free_port
+from stead.storage.ledger import migrate
+from stead.storage.memory.pgvector import PgVectorStore
 
 TENANT = "bench"
 TOP_K = 10

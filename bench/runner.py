@@ -28,11 +28,11 @@ from bench.plain import PlainAgentWorkflow
 from bench.plain_activities import plain_activities
 from bench.plain_models import PlainRequest, PlainResult
 from bench.stats import Summary, summarise
-from stead.agent import Agent, AgentCatalog
+from stead.authoring.agent import Agent, AgentCatalog
 from stead.client import connect, start_run
-from stead.embedded import EmbeddedStack, free_port
-from stead.models import RunRequest, RunResult
+from stead.contracts.models import RunRequest, RunResult
 from stead.settings import Settings, WorkerSettings
+from stead.stack.embedded import EmbeddedStack, free_port
 from stead.worker import PASSTHROUGH, WorkerHost
 
 STEAD, PLAIN = "stead", "plain"

@@ -32,10 +32,10 @@ from pydantic import BaseModel, Field
 from temporalio import activity
 
 from chaos.world import SKUS, ChaosWorld
-from stead.agent import Agent, AgentCatalog
-from stead.llm import FunctionModel, assistant_turns, tool_history
-from stead.models import Message, ModelTurn, RetrySpec, Timeouts, ToolCall, ToolSchema
-from stead.policy import (
+from stead.authoring.agent import Agent, AgentCatalog
+from stead.authoring.tools import Tool, ToolContext, tool
+from stead.contracts.models import Message, ModelTurn, RetrySpec, Timeouts, ToolCall, ToolSchema
+from stead.contracts.policy import (
     Approvals,
     ArgumentRule,
     OutputRules,
@@ -43,7 +43,7 @@ from stead.policy import (
     RiskWeights,
     Thresholds,
 )
-from stead.tools import Tool, ToolContext, tool
+from stead.integrations.llm import FunctionModel, assistant_turns, tool_history
 
 SHOP, DRILLS = "shop", "drills"
 MAX_STEPS = 12

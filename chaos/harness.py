@@ -68,10 +68,10 @@ from chaos.pool import Death, WorkerPool
 from chaos.stack import throwaway_settings
 from chaos.world import SKUS, ChaosWorld
 from stead.client import connect, start_run
-from stead.embedded import EmbeddedStack
-from stead.ledger import Ledger
-from stead.models import ApprovalDecision, RunRequest, RunResult, RunState
+from stead.contracts.models import ApprovalDecision, RunRequest, RunResult, RunState
 from stead.settings import Settings
+from stead.stack.embedded import EmbeddedStack
+from stead.storage.ledger import Ledger
 from stead.testing.openai_server import FakeOpenAIServer, Fault, model_responder
 
 Phase = Literal["kills", "temporal", "postgres", "model", "tools"]

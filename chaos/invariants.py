@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from chaos.world import ChaosWorld, Effect, Invocation
-from stead.agent import AgentCatalog
+from stead.authoring.agent import AgentCatalog
+from stead.contracts.models import RunResult, ToolAttemptRow, ToolCallRow, Trail
 from stead.errors import TOOL_OUTCOME_UNKNOWN
-from stead.ledger import Ledger
-from stead.models import RunResult, ToolAttemptRow, ToolCallRow, Trail
+from stead.storage.ledger import Ledger
 
 
 @dataclass

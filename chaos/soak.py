@@ -10,8 +10,8 @@ approves, every half second, what runs waiting for a person ask (restarts, refun
 50 EUR), as on-call working from ``stead pending`` would. Every ``--slice`` seconds a row is
 printed: runs finished, throughput, latency percentiles (start to result, as a client sees it), the
 outcomes and the worker's memory and CPU. At the end the lanes stop starting runs, the runs in
-flight drain, and the stuck-run detector (``stead.stuck``) checks the task queue: the soak
-passes when no run is stuck, every run started reached a terminal status and the ledger has a
+flight drain, and the stuck-run detector (``stead.observability.stuck``) checks the task queue: the
+soak passes when no run is stuck, every run started reached a terminal status and the ledger has a
 finished row for each.
 
 Exit code 0 when it passes, 1 when it does not, 2 on bad arguments.
@@ -51,11 +51,11 @@ from temporalio.service import RPCError
 
 from chaos.stack import throwaway_settings
 from stead.client import connect, start_run
-from stead.embedded import EmbeddedStack
-from stead.ledger import Ledger
-from stead.models import DecideInput, DecideOutcome, RunRequest, RunState
+from stead.contracts.models import DecideInput, DecideOutcome, RunRequest, RunState
+from stead.observability.stuck import StuckReport, find_stuck
 from stead.settings import Settings
-from stead.stuck import StuckReport, find_stuck
+from stead.stack.embedded import EmbeddedStack
+from stead.storage.ledger import Ledger
 
 ROOT = Path(__file__).resolve().parent.parent
 TASK_QUEUE = "soak"

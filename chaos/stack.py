@@ -5,8 +5,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from stead.embedded import free_port
 from stead.settings import Settings
+from stead.stack.embedded import free_port
 
 
 def throwaway_settings(prefix: str, **extra: object) -> Settings:

@@ -1,7 +1,7 @@
 """The chaos suite's outside world: a shop whose every side effect is counted per key.
 
 One SQLite file shared by the harness and every worker process (it outlives SIGKILLed
-workers, like :class:`agents._sqlite.SqliteWorld`, which it extends). Three kinds of
+workers, like :class:`stead.agents._sqlite.SqliteWorld`, which it extends). Three kinds of
 provider stand behind the chaos tools:
 
 - a stock service that honours idempotency keys (a second reservation with the same key is
@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from agents._sqlite import SqliteWorld
+from stead.agents._sqlite import SqliteWorld
 
 _SCHEMA = """
 create table if not exists products (sku text primary key, stock integer);

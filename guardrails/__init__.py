@@ -10,19 +10,19 @@ Nothing here reads clocks, randomness, the environment or files (except ``load_p
 at worker start), so every function runs inside workflows and replays identically.
 """
 
-from guardrails.calls import CallVerdict, check_call, schema_problems
-from guardrails.decisions import (
+from stead.contracts.policy import Policy, PolicyError, load_policy, parse_policy
+from stead.guardrails.calls import CallVerdict, check_call, schema_problems
+from stead.guardrails.decisions import (
     CallDecision,
     OutputProblem,
     RiskAssessment,
     RiskFactor,
     RouteDecision,
 )
-from guardrails.detect import PII_KINDS, SECRET_KINDS, find_pii, find_secrets, locate, redact
-from guardrails.output import validate_output
-from guardrails.risk import decide, echoes_untrusted, score_call
-from guardrails.routing import route
-from stead.policy import Policy, PolicyError, load_policy, parse_policy
+from stead.guardrails.detect import PII_KINDS, SECRET_KINDS, find_pii, find_secrets, locate, redact
+from stead.guardrails.output import validate_output
+from stead.guardrails.risk import decide, echoes_untrusted, score_call
+from stead.guardrails.routing import route
 
 __all__ = [
     "PII_KINDS",

@@ -15,7 +15,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-from stead.models import ToolCall, ToolPlan
+from stead.contracts.models import ToolCall, ToolPlan
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from functools import cache
 from typing import Final, get_args
 
-from stead.policy import PiiKind
+from stead.contracts.policy import PiiKind
 
 PII_KINDS: Final[tuple[PiiKind, ...]] = get_args(PiiKind)
 """Every kind of personal data the detectors know, as ``PiiKind`` declares them."""

@@ -17,10 +17,10 @@ from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any, Final
 
-from guardrails.calls import schema_problems
-from guardrails.decisions import OutputProblem
-from guardrails.detect import find_pii, locate
-from stead.policy import OutputRules
+from stead.contracts.policy import OutputRules
+from stead.guardrails.calls import schema_problems
+from stead.guardrails.decisions import OutputProblem
+from stead.guardrails.detect import find_pii, locate
 
 _SECRET_NAMES: Final[dict[str, str]] = {
     "private_key": "a private key",

@@ -18,9 +18,9 @@ from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any, Literal
 
-from guardrails.decisions import CallDecision, RiskAssessment, RiskFactor, RouteDecision
-from stead.models import ToolPlan
-from stead.policy import ArgumentRule, Policy
+from stead.contracts.models import ToolPlan
+from stead.contracts.policy import ArgumentRule, Policy
+from stead.guardrails.decisions import CallDecision, RiskAssessment, RiskFactor, RouteDecision
 
 _MIN_ECHO = 4
 """Shorter argument strings ("prod", "yes") are too common to prove where they came from."""

@@ -14,9 +14,9 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-from guardrails.decisions import RouteDecision
-from guardrails.detect import find_pii
-from stead.policy import Match, Policy, RouteRule
+from stead.contracts.policy import Match, Policy, RouteRule
+from stead.guardrails.decisions import RouteDecision
+from stead.guardrails.detect import find_pii
 
 
 @lru_cache(maxsize=1024)

@@ -6,26 +6,10 @@ Agent runs are Temporal workflows (``AgentWorkflow``); model and tool calls are 
 declarative retry policies; every step and decision lands in a PostgreSQL ledger.
 """
 
-from stead.agent import Agent, AgentCatalog
-from stead.errors import (
-    LedgerError,
-    RunNotFound,
-    SettingsError,
-    SpecError,
-    StackError,
-    SteadError,
-)
-from stead.graph import Graph, when
-from stead.llm import (
-    FunctionModel,
-    ModelClient,
-    OpenAIModel,
-    ScriptedModel,
-    ToolHistory,
-    call,
-    tool_history,
-)
-from stead.models import (
+from stead.authoring.agent import Agent, AgentCatalog
+from stead.authoring.graph import Graph, when
+from stead.authoring.tools import Tool, ToolContext, ToolRegistry, tool
+from stead.contracts.models import (
     Message,
     ModelTurn,
     RetrySpec,
@@ -35,8 +19,24 @@ from stead.models import (
     Timeouts,
     ToolCall,
 )
+from stead.errors import (
+    LedgerError,
+    RunNotFound,
+    SettingsError,
+    SpecError,
+    StackError,
+    SteadError,
+)
+from stead.integrations.llm import (
+    FunctionModel,
+    ModelClient,
+    OpenAIModel,
+    ScriptedModel,
+    ToolHistory,
+    call,
+    tool_history,
+)
 from stead.settings import Settings, load_settings
-from stead.tools import Tool, ToolContext, ToolRegistry, tool
 
 __all__ = [
     "Agent",

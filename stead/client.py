@@ -14,12 +14,12 @@ from temporalio.client import Client, Interceptor, WorkflowHandle
 from temporalio.runtime import Runtime
 from temporalio.service import RPCError
 
-from stead.codec import data_converter
+from stead.contracts.models import RunRequest, RunResult
+from stead.contracts.search_attributes import run_attributes
 from stead.errors import StackError
-from stead.models import RunRequest, RunResult
-from stead.search_attributes import run_attributes
+from stead.security.codec import data_converter
+from stead.security.tls import explain_connect_error, temporal_auth
 from stead.settings import Settings, TemporalSettings
-from stead.tls import explain_connect_error, temporal_auth
 
 WORKFLOW_TYPE = "AgentWorkflow"
 """Workflow type of an agent run (``AgentWorkflow``'s name; its parents and starters use it)."""
@@ -30,7 +30,8 @@ async def connect(settings: Settings, address: str | None = None, *,
                   interceptors: Sequence[Interceptor] = ()) -> Client:
     """Connect with stead's data converter; a clear ``StackError`` when nothing answers.
 
-    ``runtime``: a Temporal runtime with telemetry (``stead.telemetry.temporal_runtime``).
+    ``runtime``: a Temporal runtime with telemetry
+    (``stead.observability.telemetry.temporal_runtime``).
     ``interceptors``: e.g. ``SteadTracing.interceptors`` for client spans (``stead run``).
     """
     target = address or settings.temporal.address or f"127.0.0.1:{settings.stack.temporal_port}"

@@ -7,7 +7,7 @@
 A conversation is a long-running workflow that takes user messages over days (update ``say``
 waits for the answer; signal ``message`` queues one; signal ``end`` closes it) and runs each
 turn as a child ``AgentWorkflow`` (id ``<conversation id>/turn-<n>``) that continues the
-conversation's context: a digest in ``stead_blobs`` (``stead.blobs``), so its history holds
+conversation's context: a digest in ``stead_blobs`` (``stead.storage.blobs``), so its history holds
 the digest, never the transcript. When history grows (Temporal's suggestion, or
 ``max_history_events`` / ``max_history_bytes``) it continues-as-new at a turn boundary,
 carrying only what is in :class:`ConversationStart`.
@@ -32,10 +32,10 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy
 
-from stead.blobs import EMPTY_CONTEXT
-from stead.models import BlobDigest, Name, RunStatus
-from stead.search_attributes import run_attributes
+from stead.contracts.models import BlobDigest, Name, RunStatus
+from stead.contracts.search_attributes import run_attributes
 from stead.settings import TemporalSettings
+from stead.storage.blobs import EMPTY_CONTEXT
 
 WORKFLOW_TYPE = "ConversationWorkflow"
 

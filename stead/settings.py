@@ -14,8 +14,8 @@ Keyword arguments of ``Settings(...)`` and ``replace(...)`` are those flat names
 without ``STEAD_``, lowercase), or whole sections (``Settings(temporal=TemporalSettings(...))``).
 An unset service address means "use the embedded default".
 
-This module imports only the declarations its fields hold (``stead.mcp_spec``,
-``stead.openapi_spec``), never the code that uses the settings.
+This module imports only the declarations its fields hold (``stead.integrations.mcp_spec``,
+``stead.integrations.openapi_spec``), never the code that uses the settings.
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from stead.contracts.policy import PiiKind
 from stead.errors import SettingsError
-from stead.mcp_spec import McpServerSettings, parse_mcp_servers
-from stead.openapi_spec import OpenAPISource
-from stead.policy import PiiKind
+from stead.integrations.mcp_spec import McpServerSettings, parse_mcp_servers
+from stead.integrations.openapi_spec import OpenAPISource
 
 
 class Env:
@@ -85,7 +85,7 @@ class TemporalSettings(_Section):
     task_queue: Annotated[str, Env("task_queue")] = "stead"
     tls: Annotated[bool | None, Env("temporal_tls", "TEMPORAL_TLS")] = None
     """TLS to Temporal; unset: on when a TEMPORAL_TLS_* path/name or TEMPORAL_API_KEY is set
-    (as in the Temporal CLI). Checked by ``stead.tls.temporal_auth``."""
+    (as in the Temporal CLI). Checked by ``stead.security.tls.temporal_auth``."""
     tls_client_cert_path: Annotated[Path | None, Env(
         "temporal_tls_client_cert_path", "TEMPORAL_TLS_CLIENT_CERT_PATH")] = None
     tls_client_key_path: Annotated[Path | None, Env(
@@ -105,7 +105,7 @@ class LedgerSettings(_Section):
     """PostgreSQL DSN of the ledger; unset means start the embedded PostgreSQL."""
     migrate_database_url: Annotated[str | None, Env("migrate_database_url")] = None
     """DSN of the ledger's owner role, used only to apply migrations
-    (``STEAD_MIGRATE_DATABASE_URL``); unset: DATABASE_URL. See ``stead/dbroles.py``."""
+    (``STEAD_MIGRATE_DATABASE_URL``); unset: DATABASE_URL. See ``stead/storage/dbroles.py``."""
     pool_min: Annotated[int, Env("db_pool_min")] = Field(1, ge=0)
     pool_max: Annotated[int, Env("db_pool_max")] = Field(10, ge=1)
     retry_seconds: Annotated[float, Env("ledger_retry_seconds")] = Field(30.0, ge=0, le=_DAY)
@@ -113,7 +113,7 @@ class LedgerSettings(_Section):
     blob_threshold_bytes: Annotated[int, Env("blob_threshold_bytes")] = Field(8192, ge=0)
     """A tool result whose JSON is larger travels through history as a reference to
     ``stead_blobs`` (``{"$blob": digest, "bytes": n, "preview": ...}``); the model still sees
-    it in full. 0 stores every result. See ``stead.blobs``."""
+    it in full. 0 stores every result. See ``stead.storage.blobs``."""
 
     @property
     def migration_database_url(self) -> str | None:
@@ -218,12 +218,14 @@ class WorkerSettings(_Section):
 
 
 class CodecSettings(_Section):
-    """Payload encryption (``stead.codec``) and the codec server the Web UI decodes with."""
+    """Payload encryption (``stead.security.codec``) and the codec server the Web UI decodes
+    with."""
 
     keys: Annotated[SecretStr | None, Env("codec_keys")] = None
     """Payload encryption keys, a JSON object of key id -> base64 of 32 random bytes. Set:
-    everything stead stores in Temporal's history is AES-256-GCM encrypted (``stead.codec``;
-    search attributes stay readable). Keep retired keys while their histories are kept."""
+    everything stead stores in Temporal's history is AES-256-GCM encrypted
+    (``stead.security.codec``; search attributes stay readable). Keep retired keys while their
+    histories are kept."""
     key_id: Annotated[str | None, Env("codec_key_id")] = None
     """Id of the key in ``STEAD_CODEC_KEYS`` that encrypts new payloads (optional with one key)."""
     server_token: Annotated[SecretStr | None, Env("codec_server_token")] = None
@@ -267,7 +269,8 @@ class SecuritySettings(_Section):
     """Tool credentials by name, a JSON object (``STEAD_SECRETS``); each ``STEAD_SECRET_<NAME>``
     variable adds one and wins. Only a tool that declares a secret can read it
     (``ctx.secret(name)``); names and lengths are checked when the worker starts
-    (``stead.secrets.Secrets.from_settings``), and the ledger and logs redact every value."""
+    (``stead.security.secrets.Secrets.from_settings``), and the ledger and logs redact every
+    value."""
     redact_patterns: Annotated[list[str] | dict[str, str], Env("redact_patterns")] = Field(
         default_factory=list)
     """More regular expressions the ledger and logs redact (configured personal data such as
@@ -291,13 +294,13 @@ class IntegrationSettings(_Section):
     """MCP servers whose tools agents may call, a JSON object (``STEAD_MCP_SERVERS``) of
     server name -> ``{"transport": "stdio" | "http", "command", "env", "url", "headers",
     "agents", "tools": {tool: {"side_effect", "risk", "idempotent", "timeout_seconds",
-    "max_attempts", "reconcile"}}}``; see ``stead.mcp``. Agents may also declare servers in
-    Python (``Agent(mcp=[...])``)."""
+    "max_attempts", "reconcile"}}}``; see ``stead.integrations.mcp``. Agents may also declare
+    servers in Python (``Agent(mcp=[...])``)."""
     openapi_sources: Annotated[dict[str, OpenAPISource], Env("openapi_sources")] = Field(
         default_factory=dict)
     """OpenAPI operations that become tools, a JSON object of source name -> ``{"document",
     "base_url", "operations", "agents", "auth", "overrides"}`` (``STEAD_OPENAPI_SOURCES``);
-    a worker adds them to those agents with ``stead.openapi.with_openapi_sources``."""
+    a worker adds them to those agents with ``stead.integrations.openapi.with_openapi_sources``."""
 
     @field_validator("mcp_servers", mode="before")
     @classmethod
@@ -396,7 +399,7 @@ VARIABLES: dict[str, str] = {v: _env_of(info).name for info in _FIELDS.values()
                              for v in _env_of(info).variables}
 """Every environment variable ``Settings`` reads, to the flat name of its setting
 (``TEMPORAL_TLS`` -> ``temporal_tls``); ``STEAD_SECRET_<NAME>`` aside: that is
-``stead.secrets``'."""
+``stead.security.secrets``'."""
 
 
 def _by_section(values: dict[str, Any], into: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import pkgutil
 import signal
 from collections.abc import Callable
 from datetime import timedelta
@@ -19,22 +20,17 @@ from temporalio.client import Client
 from temporalio.worker import Interceptor, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
-from activities import defined
-from activities.drift import DriftActivities
-from activities.memory import MemoryActivities
-from activities.model import ModelActivities
-from activities.runs import RunActivities
-from activities.tools import ToolActivities
-from stead.agent import AgentCatalog
-from stead.blobs import BlobStore
-from stead.ledger import Ledger, migrate
-from stead.llm import ModelClient, OpenAIModel
-from stead.logs import RunLogContext
-from stead.mcp import McpTools
-from stead.memory import Embedder, Memory, open_memory
-from stead.secrets import Redactor, Secrets, install_log_redaction
-from stead.settings import ModelSettings, Settings
-from stead.telemetry import (
+from stead.activities import defined
+from stead.activities.drift import DriftActivities
+from stead.activities.memory import MemoryActivities
+from stead.activities.model import ModelActivities
+from stead.activities.runs import RunActivities
+from stead.activities.tools import ToolActivities
+from stead.authoring.agent import AgentCatalog
+from stead.integrations.llm import ModelClient, OpenAIModel
+from stead.integrations.mcp import McpTools
+from stead.observability.logs import RunLogContext
+from stead.observability.telemetry import (
     METER_NAME,
     NO_METRICS,
     PendingApprovals,
@@ -43,14 +39,29 @@ from stead.telemetry import (
     connect_client,
     shutdown_metrics,
 )
-from stead.tracing import NO_TRACING, SteadTracing
-from workflows.registry import WORKFLOWS
+from stead.observability.tracing import NO_TRACING, SteadTracing
+from stead.security.secrets import Redactor, Secrets, install_log_redaction
+from stead.settings import ModelSettings, Settings
+from stead.storage.blobs import BlobStore
+from stead.storage.ledger import Ledger, migrate
+from stead.storage.memory import Embedder, Memory, open_memory
+from stead.workflows.registry import WORKFLOWS
 
 log = logging.getLogger("stead.worker")
 
+
+def _stead_modules() -> tuple[str, ...]:
+    """stead's own packages and modules, except the workflows (which the sandbox must
+    re-import for every run) and the package itself (whose import pulls them in)."""
+    import stead
+
+    return tuple(f"stead.{m.name}" for m in pkgutil.iter_modules(stead.__path__)
+                 if m.name != "workflows")
+
+
 # Modules the workflow sandbox may share with the host instead of re-importing per run:
 # they are deterministic (no I/O at import or in the functions workflows call).
-PASSTHROUGH = ("stead", "guardrails", "pydantic", "pydantic_core", "jsonschema",
+PASSTHROUGH = (*_stead_modules(), "pydantic", "pydantic_core", "jsonschema",
                "referencing", "rpds", "jsonschema_specifications", "attrs", "annotated_types")
 
 

@@ -20,11 +20,11 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from stead.agent import Agent, AgentCatalog
-from stead.llm import FunctionModel, ModelClient, ScriptedModel, assistant_turns, call
-from stead.models import Message, ModelTurn, ToolSchema
-from stead.policy import Policy, parse_policy
-from stead.tools import ToolContext, tool
+from stead.authoring.agent import Agent, AgentCatalog
+from stead.authoring.tools import ToolContext, tool
+from stead.contracts.models import Message, ModelTurn, ToolSchema
+from stead.contracts.policy import Policy, parse_policy
+from stead.integrations.llm import FunctionModel, ModelClient, ScriptedModel, assistant_turns, call
 
 APPROVAL_WORKER_SCRIPT = Path(__file__).resolve()
 

@@ -20,9 +20,9 @@ from typing import TypeVar
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from stead.models import RunRequest, RunResult
-    from workflows._seam import ActivityCall, TemporalSeam
-    from workflows.agent import AgentWorkflow
+    from stead.contracts.models import RunRequest, RunResult
+    from stead.workflows._seam import ActivityCall, TemporalSeam
+    from stead.workflows.agent import AgentWorkflow
 
 AUDIT_ACTIVITY = "tool.audit_before_call"
 

@@ -1,4 +1,4 @@
-"""A fake of ``workflows._seam.Seam``: the parts of an agent run without a Temporal server.
+"""A fake of ``stead.workflows._seam.Seam``: the parts of an agent run without a Temporal server.
 
 Activities are answered by handlers keyed by activity type (``model.complete``,
 ``tool.lookup``...; ``run.decisions`` is answered by default); every call is kept in
@@ -18,9 +18,9 @@ from typing import Any, TypeVar
 from temporalio.common import SearchAttributeUpdate
 from temporalio.exceptions import ActivityError, ApplicationError, RetryState
 
-from stead.models import RunRef, RunRequest, RunResult, RunState
-from workflows._context import Context
-from workflows._seam import ActivityCall
+from stead.contracts.models import RunRef, RunRequest, RunResult, RunState
+from stead.workflows._context import Context
+from stead.workflows._seam import ActivityCall
 
 T = TypeVar("T")
 

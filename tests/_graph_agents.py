@@ -3,8 +3,8 @@
 Every agent works on a :class:`Lab`, a tiny fake world: a table of facts that ``lookup``
 reads, a ``broken`` tool whose warehouse is always offline (a non-retryable error), and the
 time span of every tool call, so a test can show that fanned-out calls really overlap.
-Models are :class:`stead.llm.FunctionModel` planners that read the transcript like a real
-model would, and record what they were shown.
+Models are :class:`stead.integrations.llm.FunctionModel` planners that read the transcript like a
+real model would, and record what they were shown.
 
 Run as a script, this module plays another deploy of the ``patchable`` and ``pinned`` agents::
 
@@ -30,9 +30,8 @@ from pathlib import Path
 from pydantic import BaseModel
 from temporalio.exceptions import ApplicationError
 
-from stead.agent import Agent
-from stead.evals.expect import JUDGE_INSTRUCTIONS
-from stead.graph import (
+from stead.authoring.agent import Agent
+from stead.authoring.graph import (
     Branch,
     Graph,
     GraphState,
@@ -41,10 +40,11 @@ from stead.graph import (
     judge,
     when,
 )
-from stead.llm import FunctionModel, call
-from stead.models import Message, ModelTurn, ToolSchema
-from stead.policy import Policy
-from stead.tools import Tool, ToolContext, tool
+from stead.authoring.tools import Tool, ToolContext, tool
+from stead.contracts.models import Message, ModelTurn, ToolSchema
+from stead.contracts.policy import Policy
+from stead.evals.expect import JUDGE_INSTRUCTIONS
+from stead.integrations.llm import FunctionModel, call
 
 GRAPH_AGENTS_SCRIPT = Path(__file__).resolve()
 
@@ -520,7 +520,7 @@ async def _replay(variant: str, path: Path) -> None:
 
 
 async def _serve() -> None:
-    from stead.agent import AgentCatalog
+    from stead.authoring.agent import AgentCatalog
     from stead.settings import load_settings
     from stead.worker import WorkerHost, run_until_signal
 

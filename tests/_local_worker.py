@@ -18,12 +18,12 @@ from pathlib import Path
 from _procs import _append
 from pydantic import BaseModel
 
-from stead.agent import Agent, AgentCatalog
-from stead.llm import ScriptedModel, call
-from stead.models import ModelTurn, Timeouts
-from stead.policy import parse_policy
+from stead.authoring.agent import Agent, AgentCatalog
+from stead.authoring.tools import ToolContext, tool
+from stead.contracts.models import ModelTurn, Timeouts
+from stead.contracts.policy import parse_policy
+from stead.integrations.llm import ScriptedModel, call
 from stead.settings import load_settings
-from stead.tools import ToolContext, tool
 from stead.worker import WorkerHost, run_until_signal
 
 LOCAL_WORKER_SCRIPT = Path(__file__).resolve()

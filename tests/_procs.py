@@ -24,11 +24,11 @@ from pathlib import Path
 from pydantic import BaseModel
 from temporalio.client import Client
 
-from stead.agent import Agent, AgentCatalog
-from stead.llm import ScriptedModel, call
-from stead.models import ModelTurn, RetrySpec, Timeouts
+from stead.authoring.agent import Agent, AgentCatalog
+from stead.authoring.tools import ToolContext, tool
+from stead.contracts.models import ModelTurn, RetrySpec, Timeouts
+from stead.integrations.llm import ScriptedModel, call
 from stead.settings import Settings, load_settings
-from stead.tools import ToolContext, tool
 from stead.worker import WorkerHost
 
 ROOT = Path(__file__).resolve().parent.parent

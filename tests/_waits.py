@@ -10,7 +10,7 @@ from typing import Any
 from temporalio.client import WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
-from stead.models import PendingApproval, RunState
+from stead.contracts.models import PendingApproval, RunState
 
 
 async def wait_pending(h: WorkflowHandle[Any, Any], *, within: float = 30) -> PendingApproval:

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from temporalio.client import Client
 
-from agents.ops import OpsWorld, ops_agent
-from stead.agent import AgentCatalog
-from stead.embedded import EmbeddedStack, free_port
-from stead.ledger import Ledger
+from stead.agents.ops import OpsWorld, ops_agent
+from stead.authoring.agent import AgentCatalog
 from stead.settings import Settings
+from stead.stack.embedded import EmbeddedStack, free_port
+from stead.storage.ledger import Ledger
 from stead.worker import WorkerHost
 
 # Real model calls are blocked in the suite: nothing may reach a paid API by accident.

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from temporalio.client import Client
 
-from agents.ops import OpsWorld
+from stead.agents.ops import OpsWorld
 from stead.client import start_run
-from stead.ledger import Ledger
-from stead.models import RunRequest
+from stead.contracts.models import RunRequest
 from stead.settings import Settings
+from stead.storage.ledger import Ledger
 
 
 async def test_ops_run_recovers_from_slip_retry_and_fallback(

@@ -22,12 +22,12 @@ import pytest
 from _cli import STEAD, cli_env, stead
 from pydantic import SecretStr
 
-from agents.ops import OpsWorld, ops_agent
-from agents.refund import RefundWorld, refund_agent
-from stead.agent import AgentCatalog
+from stead.agents.ops import OpsWorld, ops_agent
+from stead.agents.refund import RefundWorld, refund_agent
 from stead.api import ApiServer, Role, create_app, issue_token
-from stead.embedded import free_port
+from stead.authoring.agent import AgentCatalog
 from stead.settings import Settings
+from stead.stack.embedded import free_port
 from stead.worker import WorkerHost
 
 SECRET = "test-secret-" + "x" * 40

@@ -25,7 +25,7 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
 from stead.api import ApiServer, create_app, issue_token
-from stead.embedded import EmbeddedStack
+from stead.stack.embedded import EmbeddedStack
 
 SECRET = "fuzz-secret-" + "z" * 40
 MAX_EXAMPLES = 15

@@ -12,13 +12,13 @@ from datetime import timedelta
 import pytest
 from _fake_seam import FakeSeam, context
 
-from guardrails.decisions import RiskAssessment
-from stead.models import ApprovalDecision, DecideInput, PendingApproval
-from stead.policy import Approvals, Policy
-from stead.search_attributes import AWAITING_KEY
-from workflows._approvals import Approval, ApprovalBook
-from workflows._context import Context
-from workflows._decisions import DecisionLog
+from stead.contracts.models import ApprovalDecision, DecideInput, PendingApproval
+from stead.contracts.policy import Approvals, Policy
+from stead.contracts.search_attributes import AWAITING_KEY
+from stead.guardrails.decisions import RiskAssessment
+from stead.workflows._approvals import Approval, ApprovalBook
+from stead.workflows._context import Context
+from stead.workflows._decisions import DecisionLog
 
 RISK = RiskAssessment(score=0.7, factors=[], untrusted=False)
 

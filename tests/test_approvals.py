@@ -37,10 +37,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from stead.client import connect, start_run
-from stead.embedded import find_binary
-from stead.ledger import Ledger
-from stead.llm import FunctionModel, assistant_turns, call
-from stead.models import (
+from stead.contracts.models import (
     ApprovalDecision,
     DecideInput,
     DecideOutcome,
@@ -51,8 +48,11 @@ from stead.models import (
     StoredDecision,
     ToolSchema,
 )
+from stead.integrations.llm import FunctionModel, assistant_turns, call
 from stead.settings import Settings
-from workflows.agent import AgentWorkflow
+from stead.stack.embedded import find_binary
+from stead.storage.ledger import Ledger
+from stead.workflows.agent import AgentWorkflow
 
 AWAITING_KEY = SearchAttributeKey.for_bool("SteadAwaitingApproval")
 RISK_KEY = SearchAttributeKey.for_float("SteadRisk")

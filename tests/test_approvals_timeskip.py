@@ -23,12 +23,18 @@ from temporalio.client import WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from stead.agent import AgentCatalog
+from stead.authoring.agent import AgentCatalog
 from stead.client import start_run
-from stead.embedded import SEARCH_ATTRIBUTES
-from stead.ledger import Ledger
-from stead.models import ApprovalDecision, PendingApproval, RunRequest, RunResult, RunState
+from stead.contracts.models import (
+    ApprovalDecision,
+    PendingApproval,
+    RunRequest,
+    RunResult,
+    RunState,
+)
 from stead.settings import Settings
+from stead.stack.embedded import SEARCH_ATTRIBUTES
+from stead.storage.ledger import Ledger
 from stead.worker import build_worker
 
 HOURS_4 = 4 * 3600

@@ -15,15 +15,15 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureEr
 from temporalio.common import SearchAttributeKey
 from temporalio.exceptions import ApplicationError
 
-from stead.agent import Agent, AgentCatalog
+from stead.authoring.agent import Agent, AgentCatalog
+from stead.authoring.tools import ToolContext, tool
 from stead.client import start_run
-from stead.embedded import find_binary
+from stead.contracts.models import Message, ModelTurn, RunRequest, RunResult, ToolCall, ToolSchema
 from stead.errors import SettingsError
-from stead.ledger import Ledger
-from stead.llm import FunctionModel, call, raw_call
-from stead.models import Message, ModelTurn, RunRequest, RunResult, ToolCall, ToolSchema
+from stead.integrations.llm import FunctionModel, call, raw_call
 from stead.settings import Settings, load_settings
-from stead.tools import ToolContext, tool
+from stead.stack.embedded import find_binary
+from stead.storage.ledger import Ledger
 from stead.worker import WorkerHost
 
 # ---------------------------------------------------------------------------- temporal CLI

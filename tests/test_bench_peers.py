@@ -23,7 +23,7 @@ from bench import approvals
 from bench.peers import missing_extra
 from bench.peers.databases import DBOS_DB, LANGGRAPH_DB, ensure_database
 from bench.peers.workload import FIVE, HITL, workloads
-from stead.embedded import EmbeddedStack
+from stead.stack.embedded import EmbeddedStack
 
 
 @pytest.fixture

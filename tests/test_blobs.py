@@ -11,8 +11,13 @@ import pytest
 from pydantic import BaseModel
 from temporalio.client import WorkflowHistory
 
-from stead.agent import Agent, AgentCatalog
-from stead.blobs import (
+from stead.authoring.agent import Agent, AgentCatalog
+from stead.authoring.tools import ToolContext, tool
+from stead.client import start_run
+from stead.contracts.models import Message, ModelTurn, RunRequest, ToolSchema
+from stead.integrations.llm import FunctionModel, call
+from stead.settings import Settings
+from stead.storage.blobs import (
     BLOB_KEY,
     EMPTY_CONTEXT,
     BlobError,
@@ -22,12 +27,7 @@ from stead.blobs import (
     canonical_json,
     digest_of,
 )
-from stead.client import start_run
-from stead.ledger import Ledger
-from stead.llm import FunctionModel, call
-from stead.models import Message, ModelTurn, RunRequest, ToolSchema
-from stead.settings import Settings
-from stead.tools import ToolContext, tool
+from stead.storage.ledger import Ledger
 from stead.worker import WorkerHost
 
 

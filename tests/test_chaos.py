@@ -22,15 +22,22 @@ from pydantic import BaseModel
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.tools import ToolActivities
-from stead.agent import Agent, AgentCatalog
+from stead.activities.tools import ToolActivities
+from stead.authoring.agent import Agent, AgentCatalog
+from stead.authoring.tools import ToolContext, tool
 from stead.client import start_run
+from stead.contracts.models import (
+    ModelTurn,
+    RetrySpec,
+    RunRef,
+    RunRequest,
+    Timeouts,
+    ToolInvocation,
+)
 from stead.errors import TOOL_OUTCOME_UNKNOWN
-from stead.ledger import ABANDONED, Ledger
-from stead.llm import ScriptedModel, call
-from stead.models import ModelTurn, RetrySpec, RunRef, RunRequest, Timeouts, ToolInvocation
+from stead.integrations.llm import ScriptedModel, call
 from stead.settings import Settings
-from stead.tools import ToolContext, tool
+from stead.storage.ledger import ABANDONED, Ledger
 from stead.worker import WorkerHost
 
 

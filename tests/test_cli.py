@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from _cli import Done, cli_env, stead
 
-from stead.embedded import free_port
 from stead.settings import Settings
+from stead.stack.embedded import free_port
 from stead.worker import WorkerHost
 
 RUN_ID = re.compile(r"default-ops-[0-9a-f]{12}")

@@ -1,5 +1,5 @@
-"""Payload encryption (``stead.codec``): the codec on its own, key settings, and real runs on the
-dev server whose stored history must hold no plaintext — checked with a client that has no
+"""Payload encryption (``stead.security.codec``): the codec on its own, key settings, and real runs
+on the dev server whose stored history must hold no plaintext — checked with a client that has no
 codec, against a control run without encryption that shows the same check finds plaintext."""
 
 from __future__ import annotations
@@ -22,9 +22,14 @@ from temporalio.client import Client, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DefaultFailureConverterWithEncodedAttributes
 
-from stead.agent import Agent, AgentCatalog
+from stead.authoring.agent import Agent, AgentCatalog
+from stead.authoring.tools import ToolContext, tool
 from stead.client import connect, start_run
-from stead.codec import (
+from stead.contracts.models import ModelTurn, RetrySpec, RunRequest, RunResult
+from stead.errors import SettingsError
+from stead.evals.replay import RecordedHistory, load_histories, production_replayer, replay
+from stead.integrations.llm import ScriptedModel, call
+from stead.security.codec import (
     ENCODING,
     KEY_ID_METADATA,
     PLAIN_CONVERTER,
@@ -36,12 +41,7 @@ from stead.codec import (
     data_converter,
     new_key,
 )
-from stead.errors import SettingsError
-from stead.evals.replay import RecordedHistory, load_histories, production_replayer, replay
-from stead.llm import ScriptedModel, call
-from stead.models import ModelTurn, RetrySpec, RunRequest, RunResult
 from stead.settings import Settings, load_settings
-from stead.tools import ToolContext, tool
 from stead.worker import WorkerHost
 
 CORPUS = Path(__file__).resolve().parent.parent / "evals" / "histories"
@@ -401,9 +401,9 @@ async def test_without_any_keys_an_encrypted_history_says_so(
 
 
 def test_public_names_are_exported() -> None:
-    import stead.codec
-    import stead.codec_server
+    import stead.security.codec
+    import stead.security.codec_server
 
-    for module in (stead.codec, stead.codec_server):
+    for module in (stead.security.codec, stead.security.codec_server):
         for name in module.__all__:
             assert hasattr(module, name), (module.__name__, name)

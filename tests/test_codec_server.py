@@ -22,11 +22,11 @@ from temporalio.api.common.v1 import Payload, Payloads
 from temporalio.contrib.pydantic import pydantic_data_converter
 from test_codec import Seeds, keyed, record
 
-from stead.codec import ENCODING, EncryptionCodec, KeyRing, new_key
-from stead.codec_server import build_app, parse_origins
-from stead.embedded import EmbeddedStack, free_port
 from stead.errors import SettingsError
+from stead.security.codec import ENCODING, EncryptionCodec, KeyRing, new_key
+from stead.security.codec_server import build_app, parse_origins
 from stead.settings import Settings
+from stead.stack.embedded import EmbeddedStack, free_port
 
 KEY = new_key()
 TOKEN = "t0ken-" + new_key()[:16]

@@ -44,15 +44,15 @@ import jsonschema
 import pytest
 import yaml
 
-from stead.embedded import (
+from stead.settings import VARIABLES, Settings
+from stead.stack.embedded import (
     DEV_SERVER_DYNAMIC_CONFIG,
     PG_WHEEL,
     SEARCH_ATTRIBUTES,
     pg_wheel_dir,
     pg_wheel_module,
 )
-from stead.ledger import migrate
-from stead.settings import VARIABLES, Settings
+from stead.storage.ledger import migrate
 
 if TYPE_CHECKING:
     from pgserver.postgres_server import PostgresServer
@@ -897,7 +897,7 @@ def test_build_context_excludes_local_state_and_secrets_but_keeps_the_project() 
         "README.md",
         "worker.py",
         "stead/settings.py",
-        "stead/migrations/0001_ledger.sql",
+        "stead/storage/migrations/0001_ledger.sql",
         "workflows/__init__.py",
         "activities/__init__.py",
         "guardrails/__init__.py",

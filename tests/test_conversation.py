@@ -14,8 +14,9 @@ from pydantic import BaseModel
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.service import RPCError
 
-from stead.agent import Agent, AgentCatalog
-from stead.blobs import BlobStore
+from stead.authoring.agent import Agent, AgentCatalog
+from stead.authoring.tools import ToolContext, tool
+from stead.contracts.models import Message, ModelTurn, RunResult, ToolSchema
 from stead.conversation import (
     ConversationResult,
     ConversationStart,
@@ -25,11 +26,10 @@ from stead.conversation import (
     say,
     start_conversation,
 )
-from stead.ledger import Ledger
-from stead.llm import FunctionModel, ModelCallError, call
-from stead.models import Message, ModelTurn, RunResult, ToolSchema
+from stead.integrations.llm import FunctionModel, ModelCallError, call
 from stead.settings import Settings
-from stead.tools import ToolContext, tool
+from stead.storage.blobs import BlobStore
+from stead.storage.ledger import Ledger
 from stead.worker import WorkerHost
 
 Handle = WorkflowHandle[object, ConversationResult]

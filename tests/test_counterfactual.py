@@ -23,9 +23,20 @@ import pytest
 from _cli import stead
 from temporalio.client import Client
 
-from agents.refund import POLICY_FILE, RefundWorld, refund_agent
-from stead.agent import AgentCatalog
+from stead.agents.refund import POLICY_FILE, RefundWorld, refund_agent
+from stead.authoring.agent import AgentCatalog
+from stead.authoring.tools import ToolContext
 from stead.client import start_run
+from stead.contracts.models import (
+    DecideInput,
+    DecideOutcome,
+    RunRef,
+    RunRequest,
+    RunResult,
+    RunState,
+    StartRun,
+)
+from stead.contracts.policy import Policy, load_policy
 from stead.evals import SYNTHETIC_KEY
 from stead.evals.counterfactual import (
     COUNTERFACTUAL_ACTOR,
@@ -43,19 +54,8 @@ from stead.evals.counterfactual import (
     run_counterfactual,
     select_runs,
 )
-from stead.ledger import Ledger
-from stead.models import (
-    DecideInput,
-    DecideOutcome,
-    RunRef,
-    RunRequest,
-    RunResult,
-    RunState,
-    StartRun,
-)
-from stead.policy import Policy, load_policy
 from stead.settings import Settings
-from stead.tools import ToolContext
+from stead.storage.ledger import Ledger
 from stead.worker import WorkerHost
 
 SMALL = "Refund €30 on ORD-1001, the mugs arrived broken"

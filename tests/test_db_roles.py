@@ -14,7 +14,11 @@ import pytest
 from _cli import cli_env, stead
 
 from stead.client import start_run
-from stead.dbroles import (
+from stead.contracts.models import RunRequest
+from stead.errors import SettingsError
+from stead.settings import Settings
+from stead.stack.embedded import EmbeddedStack
+from stead.storage.dbroles import (
     APPEND_ONLY_TABLES,
     EMBEDDED_WORKER_ROLE,
     WORKER_GROUP,
@@ -22,11 +26,7 @@ from stead.dbroles import (
     grant_worker_role,
     role_privileges,
 )
-from stead.embedded import EmbeddedStack
-from stead.errors import SettingsError
-from stead.ledger import Ledger, migrate
-from stead.models import RunRequest
-from stead.settings import Settings
+from stead.storage.ledger import Ledger, migrate
 from stead.worker import WorkerHost
 
 MEMORY_TABLES = {"stead_memory", "stead_memory_namespaces"}

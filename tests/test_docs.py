@@ -16,7 +16,7 @@ import pytest
 import typer
 from typer.core import TyperGroup
 
-from stead.cli import app
+from stead.cli.app import app
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -105,7 +105,7 @@ def _quoted_paths() -> list[tuple[str, str]]:
 
 def test_quoted_repository_paths_exist() -> None:
     paths = _quoted_paths()
-    assert ("contracts.md", "stead/models.py") in paths
+    assert ("contracts.md", "stead/contracts/models.py") in paths
     missing = [f"{page}: {path}" for page, path in paths if not list(ROOT.glob(path))]
     assert not missing, "paths the docs name that the tree lacks:\n" + "\n".join(missing)
 

@@ -22,7 +22,6 @@ from temporalio.client import Client, ScheduleActionExecutionStartWorkflow
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
-from stead.embedded import EmbeddedStack
 from stead.evals import SYNTHETIC_KEY
 from stead.evals.drift import (
     DriftCheckInput,
@@ -37,11 +36,12 @@ from stead.evals.drift import (
     run_check,
 )
 from stead.evals.samples import BadWindow, Window, load_runs, parse_duration, parse_when
-from stead.ledger import Ledger, migrate
-from stead.memory.embedders import HashingEmbedder
 from stead.settings import Settings
+from stead.stack.embedded import EmbeddedStack
+from stead.storage.ledger import Ledger, migrate
+from stead.storage.memory.embedders import HashingEmbedder
 from stead.worker import WorkerHost
-from workflows.drift import DriftWorkflow
+from stead.workflows.drift import DriftWorkflow
 
 # Fixed windows in the past: recent = the day before T0, baseline = the 6 days before that.
 T0 = datetime(2021, 3, 8, tzinfo=UTC)

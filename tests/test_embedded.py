@@ -13,10 +13,10 @@ import asyncpg
 import httpx
 import pytest
 
-from stead.embedded import EmbeddedPostgres, EmbeddedStack, EmbeddedTemporal, free_port
 from stead.errors import StackError
-from stead.ledger import migrate
 from stead.settings import Settings
+from stead.stack.embedded import EmbeddedPostgres, EmbeddedStack, EmbeddedTemporal, free_port
+from stead.storage.ledger import migrate
 
 
 async def test_taken_port_gives_a_clear_error_naming_the_setting(tmp_path: Path) -> None:

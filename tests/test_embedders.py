@@ -12,9 +12,10 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from pydantic import SecretStr
 
-from stead.llm import ModelCallError
-from stead.memory._types import Embedder
-from stead.memory.embedders import (
+from stead.integrations.llm import ModelCallError
+from stead.settings import Settings
+from stead.storage.memory._types import Embedder
+from stead.storage.memory.embedders import (
     EXTRA_HINT,
     HashingEmbedder,
     MiniLMEmbedder,
@@ -22,7 +23,6 @@ from stead.memory.embedders import (
     embedder_from_settings,
     minilm_available,
 )
-from stead.settings import Settings
 from stead.testing.openai_server import FakeOpenAIServer, Fault, fake_embedding
 
 

@@ -19,8 +19,9 @@ import pytest
 from _cli import stead
 from temporalio.client import WorkflowExecutionStatus
 
-from agents import reference_catalog
+from stead.agents import reference_catalog
 from stead.client import connect
+from stead.contracts.models import Message, ModelTurn, ToolSchema
 from stead.evals import SYNTHETIC_KEY
 from stead.evals.expect import (
     CaseOutcome,
@@ -39,10 +40,9 @@ from stead.evals.suite import (
     parse_suite,
     suite_from_data,
 )
-from stead.ledger import Ledger
-from stead.llm import FunctionModel
-from stead.models import Message, ModelTurn, ToolSchema
+from stead.integrations.llm import FunctionModel
 from stead.settings import Settings
+from stead.storage.ledger import Ledger
 
 ROOT = Path(__file__).resolve().parent.parent
 EVALS = ROOT / "evals"

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from stead.contracts.policy import PolicyError, load_policy, policy_file
 from stead.evals.counterfactual import CounterfactualError, read_instructions
 from stead.evals.replay import HistoryFileError, history_files, load_histories
 from stead.evals.suite import SuiteError, load_suite, suite_files
 from stead.files import expand_paths, one_file
-from stead.policy import PolicyError, load_policy, policy_file
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -35,11 +35,9 @@ from pydantic import ValidationError
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 
-from stead.agent import AgentCatalog
+from stead.authoring.agent import AgentCatalog
 from stead.client import start_run
-from stead.embedded import find_binary
-from stead.ledger import Ledger
-from stead.models import (
+from stead.contracts.models import (
     ApprovalDecision,
     DecideInput,
     DecideOutcome,
@@ -48,6 +46,8 @@ from stead.models import (
     RunState,
 )
 from stead.settings import Settings
+from stead.stack.embedded import find_binary
+from stead.storage.ledger import Ledger
 from stead.worker import WorkerHost
 
 Handle = WorkflowHandle[Any, RunResult]

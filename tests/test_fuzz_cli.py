@@ -30,7 +30,7 @@ from hypothesis import event, example, given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from stead.cli import app
+from stead.cli.app import app
 from stead.settings import Settings
 from stead.worker import WorkerHost
 

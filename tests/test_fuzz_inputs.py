@@ -32,16 +32,16 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from agents import reference_catalog
-from agents.ops import POLICY_FILE as OPS_POLICY
-from agents.refund import POLICY_FILE as REFUND_POLICY
-from guardrails.calls import check_call
+from stead.agents import reference_catalog
+from stead.agents.ops import POLICY_FILE as OPS_POLICY
+from stead.agents.refund import POLICY_FILE as REFUND_POLICY
+from stead.authoring.tools import Tool
+from stead.contracts.models import ToolCall, ToolPlan
+from stead.contracts.policy import Policy, PolicyError, load_policy, parse_policy
 from stead.errors import SettingsError, SpecError
-from stead.models import ToolCall, ToolPlan
-from stead.policy import Policy, PolicyError, load_policy, parse_policy
+from stead.guardrails.calls import check_call
 from stead.settings import VARIABLES as READ
 from stead.settings import Settings, load_settings
-from stead.tools import Tool
 
 # ---------------------------------------------------------------------------- policy files
 

@@ -37,12 +37,12 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from agents import reference_catalog
-from stead.embedded import find_binary
-from stead.ledger import Ledger
-from stead.models import RunRequest, RunResult
+from stead.agents import reference_catalog
+from stead.contracts.models import RunRequest, RunResult
+from stead.observability.stuck import find_stuck
 from stead.settings import Settings
-from stead.stuck import find_stuck
+from stead.stack.embedded import find_binary
+from stead.storage.ledger import Ledger
 from stead.worker import WorkerHost
 
 STATUSES = {"completed", "failed", "denied", "refused", "escalated"}

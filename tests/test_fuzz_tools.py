@@ -27,15 +27,15 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, Field
 from temporalio.service import RPCError
 
-from guardrails.calls import check_call
-from stead.agent import Agent, AgentCatalog
+from stead.authoring.agent import Agent, AgentCatalog
+from stead.authoring.tools import ToolContext, tool
 from stead.client import start_run
-from stead.ledger import Ledger
-from stead.llm import FunctionModel
-from stead.models import Message, ModelTurn, RunRequest, RunResult, ToolCall, ToolSchema
-from stead.secrets import Redactor
+from stead.contracts.models import Message, ModelTurn, RunRequest, RunResult, ToolCall, ToolSchema
+from stead.guardrails.calls import check_call
+from stead.integrations.llm import FunctionModel
+from stead.security.secrets import Redactor
 from stead.settings import Settings
-from stead.tools import ToolContext, tool
+from stead.storage.ledger import Ledger
 from stead.worker import WorkerHost
 
 

@@ -1,6 +1,6 @@
 """Graph semantics without a Temporal server: edges and branching, bounded evaluation retries,
 the step budget, finish statuses, fallbacks, escalation of a lost call and approvals on the
-tool-call path, run by ``workflows._graph.GraphRun`` over a fake seam.
+tool-call path, run by ``stead.workflows._graph.GraphRun`` over a fake seam.
 
 What these look like on a real stack (histories, replay, workers) is in
 tests/test_graph_runs.py; here every activity is a handler and every timer fires at once.
@@ -16,10 +16,10 @@ from _fake_seam import FakeSeam, activity_failure, context
 from pydantic import BaseModel
 
 from stead import errors
-from stead.agent import Agent
-from stead.graph import Graph, custom, react, when
-from stead.llm import ScriptedModel
-from stead.models import (
+from stead.authoring.agent import Agent
+from stead.authoring.graph import Graph, custom, react, when
+from stead.authoring.tools import Tool, ToolContext, tool
+from stead.contracts.models import (
     ApprovalDecision,
     ModelRequest,
     ModelTurn,
@@ -29,12 +29,12 @@ from stead.models import (
     ToolInvocation,
     ToolOutcome,
 )
-from stead.policy import Policy, Thresholds
-from stead.tools import Tool, ToolContext, tool
-from workflows._approvals import ApprovalBook
-from workflows._context import ALLOW_ALL, Frame
-from workflows._decisions import DecisionLog
-from workflows._graph import GraphRun
+from stead.contracts.policy import Policy, Thresholds
+from stead.integrations.llm import ScriptedModel
+from stead.workflows._approvals import ApprovalBook
+from stead.workflows._context import ALLOW_ALL, Frame
+from stead.workflows._decisions import DecisionLog
+from stead.workflows._graph import GraphRun
 
 
 class Key(BaseModel):

@@ -1,4 +1,4 @@
-"""Pictures of execution graphs (``stead.graph_render``) and ``stead graph``: Mermaid text
+"""Pictures of execution graphs (``stead.authoring.graph_render``) and ``stead graph``: Mermaid text
 with every node and condition, a run's path highlighted exactly, SVG and PNG files that are
 valid, and the command against a real run of the ``ops`` agent on the test stack."""
 
@@ -14,13 +14,13 @@ import pytest
 from _cli import cli_env, stead
 from _waits import wait_pending
 
-from agents.ops import OpsWorld, ops_agent
-from stead.agent import AgentCatalog
+from stead.agents.ops import OpsWorld, ops_agent
+from stead.authoring.agent import AgentCatalog
+from stead.authoring.graph import Graph, custom, grounded_numbers, react, when
+from stead.authoring.graph_render import describe, layout, render_image, to_mermaid
 from stead.client import start_run
+from stead.contracts.models import RunRequest
 from stead.errors import SpecError
-from stead.graph import Graph, custom, grounded_numbers, react, when
-from stead.graph_render import describe, layout, render_image, to_mermaid
-from stead.models import RunRequest
 from stead.settings import Settings
 from stead.worker import WorkerHost
 

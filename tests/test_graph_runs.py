@@ -47,10 +47,10 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
 from stead.client import connect, start_run
+from stead.contracts.models import ApprovalDecision, RunRequest, RunResult, RunState, StoredDecision
 from stead.evals.replay import ReplayOutcome
-from stead.ledger import Ledger
-from stead.models import ApprovalDecision, RunRequest, RunResult, RunState, StoredDecision
 from stead.settings import Settings
+from stead.storage.ledger import Ledger
 
 Handle = WorkflowHandle[Any, RunResult]
 

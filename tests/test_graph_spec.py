@@ -10,9 +10,8 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, Field
 
-from stead.agent import Agent, AgentCatalog
-from stead.errors import SpecError
-from stead.graph import (
+from stead.authoring.agent import Agent, AgentCatalog
+from stead.authoring.graph import (
     REGISTRY,
     Condition,
     Evaluation,
@@ -26,9 +25,10 @@ from stead.graph import (
     react,
     when,
 )
-from stead.llm import ScriptedModel
-from stead.models import ModelTurn, ToolCall
-from stead.tools import Tool, ToolContext, tool
+from stead.authoring.tools import Tool, ToolContext, tool
+from stead.contracts.models import ModelTurn, ToolCall
+from stead.errors import SpecError
+from stead.integrations.llm import ScriptedModel
 
 # ---------------------------------------------------------------------------- helpers
 

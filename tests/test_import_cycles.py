@@ -16,13 +16,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 PACKAGES: dict[str, str] = {
     "stead": "stead",
-    "workflows": "workflows",
-    "activities": "activities",
-    "guardrails": "guardrails",
-    "agents": "agents",
+    "workflows": "stead.workflows",
+    "activities": "stead.activities",
+    "guardrails": "stead.guardrails",
+    "agents": "stead.agents",
 }
 """Package directory (relative to the repository) -> the name it is imported as. Change a
-value when a directory is installed under another name (``"workflows": "stead.workflows"``)."""
+value when a directory is installed under another name. The four top-level folders are linked
+into the package (``stead/workflows -> ../workflows``); ``rglob`` does not follow the links, so
+each module is read once, under the name it is imported by."""
 
 
 def _modules() -> dict[str, Path]:

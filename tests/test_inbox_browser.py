@@ -36,14 +36,14 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 from temporalio.client import Client, WorkflowHandle
 
-from agents.refund import RefundWorld, refund_agent
-from stead.agent import AgentCatalog
+from stead.agents.refund import RefundWorld, refund_agent
 from stead.api import ApiServer, Role, create_app, issue_token
+from stead.authoring.agent import AgentCatalog
 from stead.client import start_run
-from stead.embedded import EmbeddedStack
-from stead.ledger import Ledger
-from stead.models import RunRequest, RunResult
+from stead.contracts.models import RunRequest, RunResult
 from stead.settings import Settings
+from stead.stack.embedded import EmbeddedStack
+from stead.storage.ledger import Ledger
 from stead.worker import WorkerHost
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -24,17 +24,13 @@ from temporalio.common import SearchAttributeKey
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.tools import ToolActivities
-from agents.ops import OpsWorld, ops_agent
-from agents.refund import RefundWorld, refund_agent
-from stead.agent import AgentCatalog
-from stead.audit import GENESIS, chain_hash
+from stead.activities.tools import ToolActivities
+from stead.agents.ops import OpsWorld, ops_agent
+from stead.agents.refund import RefundWorld, refund_agent
+from stead.authoring.agent import AgentCatalog
 from stead.client import WORKFLOW_TYPE, start_run
-from stead.ledger import Ledger
-from stead.llm import FunctionModel, ScriptedModel, call
-from stead.memory import MemoryItem
-from stead.memory.embedders import HashingEmbedder
-from stead.models import (
+from stead.contracts.audit import GENESIS, chain_hash
+from stead.contracts.models import (
     DecisionRow,
     MemoryOpRecord,
     Message,
@@ -49,7 +45,11 @@ from stead.models import (
     ToolSchema,
     Usage,
 )
+from stead.integrations.llm import FunctionModel, ScriptedModel, call
 from stead.settings import Settings
+from stead.storage.ledger import Ledger
+from stead.storage.memory import MemoryItem
+from stead.storage.memory.embedders import HashingEmbedder
 from stead.worker import WorkerHost
 
 TENANT_KEY = SearchAttributeKey.for_keyword("SteadTenant")

@@ -7,11 +7,10 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel
 
-import stead.blobs
-import stead.ledger
-from stead.audit import GENESIS, chain_hash
-from stead.ledger import Ledger
-from stead.models import (
+import stead.storage.blobs
+import stead.storage.ledger
+from stead.contracts.audit import GENESIS, chain_hash
+from stead.contracts.models import (
     DecisionRow,
     MemoryOpRecord,
     ModelCallRecord,
@@ -26,6 +25,7 @@ from stead.models import (
     Trail,
     Usage,
 )
+from stead.storage.ledger import Ledger
 
 
 def _key() -> str:
@@ -127,11 +127,11 @@ def _row_model(name: str) -> type[BaseModel]:
 
 
 def test_the_package_exports_what_callers_import() -> None:
-    """``from stead.ledger import ...`` keeps working for every name it exported before."""
-    assert sorted(stead.ledger.__all__) == ["ABANDONED", "Claim", "Ledger", "TRANSIENT",
+    """``from stead.storage.ledger import ...`` keeps working for every name it exported before."""
+    assert sorted(stead.storage.ledger.__all__) == ["ABANDONED", "Claim", "Ledger", "TRANSIENT",
                                             "migrate", "retrying"]
-    assert all(getattr(stead.ledger, n) is not None for n in stead.ledger.__all__)
-    assert stead.blobs.retrying is stead.ledger.retrying  # one helper, shared
+    assert all(getattr(stead.storage.ledger, n) is not None for n in stead.storage.ledger.__all__)
+    assert stead.storage.blobs.retrying is stead.storage.ledger.retrying  # one helper, shared
 
 
 async def test_each_row_model_is_its_tables_columns_in_order(ledger: Ledger) -> None:

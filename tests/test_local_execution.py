@@ -15,15 +15,15 @@ from _procs import WorkerProcess, worker_env
 from pydantic import BaseModel
 from temporalio.api.enums.v1 import EventType
 
-from stead.agent import Agent, AgentCatalog
+from stead.authoring.agent import Agent, AgentCatalog
+from stead.authoring.tools import ToolContext, tool
 from stead.client import connect, start_run
+from stead.contracts.models import ModelTurn, RetrySpec, RunRequest, RunResult, Timeouts
+from stead.contracts.policy import Policy, parse_policy
 from stead.evals.replay import production_replayer
-from stead.ledger import Ledger
-from stead.llm import ScriptedModel, call
-from stead.models import ModelTurn, RetrySpec, RunRequest, RunResult, Timeouts
-from stead.policy import Policy, parse_policy
+from stead.integrations.llm import ScriptedModel, call
 from stead.settings import Settings
-from stead.tools import ToolContext, tool
+from stead.storage.ledger import Ledger
 from stead.worker import WorkerHost
 
 

@@ -1,7 +1,7 @@
 """Structured logs: JSON lines that name their run and trace, text as before, secrets redacted.
 
 Log lines come from real activity and workflow code on a real worker; the handler under test
-is the one :func:`stead.logs.configure_logging` installs, writing to a buffer.
+is the one :func:`stead.observability.logs.configure_logging` installs, writing to a buffer.
 """
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSear
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
-from stead.agent import Agent, AgentCatalog
+from stead.authoring.agent import Agent, AgentCatalog
+from stead.authoring.tools import ToolContext, tool
 from stead.client import connect, start_run
-from stead.llm import FunctionModel, assistant_turns, call
-from stead.logs import TEXT_FORMAT, configure_logging
-from stead.models import Message, ModelTurn, RunRequest, ToolSchema
+from stead.contracts.models import Message, ModelTurn, RunRequest, ToolSchema
+from stead.integrations.llm import FunctionModel, assistant_turns, call
+from stead.observability.logs import TEXT_FORMAT, configure_logging
+from stead.observability.tracing import SteadTracing
 from stead.settings import Settings
-from stead.tools import ToolContext, tool
-from stead.tracing import SteadTracing
 from stead.worker import PASSTHROUGH, WorkerHost, worker_interceptors
 
 API_KEY = "sk-proj8f7e6d5c4b3a2918a7b6c5d4e3f2"

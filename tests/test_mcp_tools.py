@@ -32,20 +32,10 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 from temporalio.worker import Replayer
 
-from activities.tools import ToolActivities
-from stead.agent import Agent, AgentCatalog
+from stead.activities.tools import ToolActivities
+from stead.authoring.agent import Agent, AgentCatalog
 from stead.client import start_run
-from stead.errors import SettingsError, SpecError
-from stead.ledger import Ledger
-from stead.llm import FunctionModel, assistant_turns, call, tool_history
-from stead.mcp import (
-    McpServer,
-    McpTools,
-    McpToolSpec,
-    parse_mcp_servers,
-    stead_tool_name,
-)
-from stead.models import (
+from stead.contracts.models import (
     ApprovalDecision,
     Message,
     ModelTurn,
@@ -56,11 +46,21 @@ from stead.models import (
     ToolInvocation,
     ToolSchema,
 )
-from stead.policy import Policy
+from stead.contracts.policy import Policy
+from stead.errors import SettingsError, SpecError
+from stead.integrations.llm import FunctionModel, assistant_turns, call, tool_history
+from stead.integrations.mcp import (
+    McpServer,
+    McpTools,
+    McpToolSpec,
+    parse_mcp_servers,
+    stead_tool_name,
+)
 from stead.settings import Settings, load_settings
+from stead.storage.ledger import Ledger
 from stead.testing.mcp_servers import McpHttpServer, calls, effects, stdio_command
 from stead.worker import WorkerHost
-from workflows.agent import AgentWorkflow
+from stead.workflows.agent import AgentWorkflow
 
 READ = McpToolSpec(side_effect="read", risk="low")
 WRITE = McpToolSpec(side_effect="write", risk="low")

@@ -15,15 +15,15 @@ from pathlib import Path
 import pytest
 from temporalio.client import Client
 
-from agents.ops import OpsWorld, ops_agent
-from agents.ops.runbooks import index_runbooks, load_runbooks
-from stead.agent import AgentCatalog
+from stead.agents.ops import OpsWorld, ops_agent
+from stead.agents.ops.runbooks import index_runbooks, load_runbooks
+from stead.authoring.agent import AgentCatalog
 from stead.client import start_run
-from stead.ledger import Ledger
-from stead.memory import Embedder, open_memory
-from stead.memory.embedders import MiniLMEmbedder
-from stead.models import RunRequest, RunResult, RunState
+from stead.contracts.models import RunRequest, RunResult, RunState
 from stead.settings import Settings
+from stead.storage.ledger import Ledger
+from stead.storage.memory import Embedder, open_memory
+from stead.storage.memory.embedders import MiniLMEmbedder
 from stead.worker import WorkerHost
 
 pytestmark = pytest.mark.embeddings  # every test here runs the real MiniLM model
@@ -121,8 +121,8 @@ async def test_recalled_text_is_marked_untrusted_for_the_model_and_the_gate(
 
 async def test_embedder_dimension_mismatch_stops_the_worker_with_a_clear_error(
         mem_settings: Settings) -> None:
-    from stead.memory import DimensionMismatch
-    from stead.memory.embedders import HashingEmbedder
+    from stead.storage.memory import DimensionMismatch
+    from stead.storage.memory.embedders import HashingEmbedder
 
     with pytest.raises(DimensionMismatch, match=r"768.*384|384.*768"):
         await open_memory(mem_settings, embedder=HashingEmbedder(768))
@@ -181,9 +181,9 @@ async def test_reembed_rewrites_items_from_another_embedder(mem_settings: Settin
     """Changing the embedder: items written by the old one are found and re-embedded."""
     from datetime import UTC, datetime
 
-    from stead.memory import MemoryItem
-    from stead.memory.embedders import HashingEmbedder
-    from stead.memory.pgvector import PgVectorStore
+    from stead.storage.memory import MemoryItem
+    from stead.storage.memory.embedders import HashingEmbedder
+    from stead.storage.memory.pgvector import PgVectorStore
 
     tenant = f"t-{uuid.uuid4().hex[:8]}"
     memory = await open_memory(mem_settings, embedder=minilm)

@@ -22,11 +22,11 @@ from typing import Any
 import asyncpg
 import pytest
 
-from stead.embedded import EmbeddedStack
-from stead.ledger import migrate
-from stead.memory._types import DimensionMismatch, Filter, Hit, MemoryError, MemoryItem
-from stead.memory.pgvector import PgVectorStore
-from stead.memory.pinecone import PineconeStore
+from stead.stack.embedded import EmbeddedStack
+from stead.storage.ledger import migrate
+from stead.storage.memory._types import DimensionMismatch, Filter, Hit, MemoryError, MemoryItem
+from stead.storage.memory.pgvector import PgVectorStore
+from stead.storage.memory.pinecone import PineconeStore
 from stead.testing.pinecone_server import FakePineconeServer, PineconeFault
 
 DIM = 384
@@ -580,7 +580,7 @@ async def test_pgvector_queries_use_the_hnsw_index_with_ef_search(stack: Embedde
 
 async def test_pgvector_store_works_on_the_ledgers_pool(stack: EmbeddedStack) -> None:
     """The ledger's connections have their own jsonb codec; the store must not care."""
-    from stead.ledger import Ledger
+    from stead.storage.ledger import Ledger
 
     ledger = await Ledger.connect(stack.database_url)
     try:
@@ -656,7 +656,7 @@ async def test_pinecone_errors_become_memory_errors(
 async def test_pinecone_deletes_more_matches_than_one_query_page(
         pinecone_backend: tuple[FakePineconeServer, PineconeStore],
         monkeypatch: pytest.MonkeyPatch) -> None:
-    import stead.memory.pinecone as module
+    import stead.storage.memory.pinecone as module
 
     server, store = pinecone_backend
     monkeypatch.setattr(module, "MAX_TOP_K", 7)

@@ -39,21 +39,10 @@ from _waits import wait_pending
 from pydantic import BaseModel
 from temporalio.client import Client, WorkflowHandle
 
-from stead.agent import Agent, AgentCatalog
+from stead.authoring.agent import Agent, AgentCatalog
+from stead.authoring.tools import ToolContext, tool
 from stead.client import start_run
-from stead.embedded import EmbeddedStack
-from stead.evals import SYNTHETIC_KEY
-from stead.evals.metrics import (
-    MetricsFilter,
-    MetricsReport,
-    Percentiles,
-    compute_metrics,
-    parse_when,
-    price_for,
-)
-from stead.ledger import Ledger
-from stead.llm import FunctionModel, ModelCallError, assistant_turns, call
-from stead.models import (
+from stead.contracts.models import (
     ApprovalDecision,
     Message,
     ModelTurn,
@@ -63,9 +52,20 @@ from stead.models import (
     ToolSchema,
     Usage,
 )
-from stead.policy import parse_policy
+from stead.contracts.policy import parse_policy
+from stead.evals import SYNTHETIC_KEY
+from stead.evals.metrics import (
+    MetricsFilter,
+    MetricsReport,
+    Percentiles,
+    compute_metrics,
+    parse_when,
+    price_for,
+)
+from stead.integrations.llm import FunctionModel, ModelCallError, assistant_turns, call
 from stead.settings import ModelPrice, Settings
-from stead.tools import ToolContext, tool
+from stead.stack.embedded import EmbeddedStack
+from stead.storage.ledger import Ledger
 from stead.worker import WorkerHost
 
 RESPONSE_MODEL = "gpt-4o-mini-2024-07-18"

@@ -13,14 +13,14 @@ from dataclasses import dataclass
 import pytest
 from pydantic import BaseModel
 
-from stead.agent import Agent, AgentCatalog
+from stead.authoring.agent import Agent, AgentCatalog
+from stead.authoring.tools import ToolContext, tool
 from stead.client import start_run
-from stead.ledger import Ledger
-from stead.llm import OpenAIModel, ScriptedModel, call
-from stead.models import ModelCallRow, ModelTurn, RunRequest, RunResult, Trail
+from stead.contracts.models import ModelCallRow, ModelTurn, RunRequest, RunResult, Trail
+from stead.integrations.llm import OpenAIModel, ScriptedModel, call
 from stead.settings import Settings
+from stead.storage.ledger import Ledger
 from stead.testing.openai_server import FakeOpenAIServer, Fault
-from stead.tools import ToolContext, tool
 from stead.worker import WorkerHost
 
 MODEL = "gpt-4o-mini"

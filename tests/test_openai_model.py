@@ -20,8 +20,15 @@ from pathlib import Path
 import openai
 import pytest
 
-from stead.llm import FunctionModel, ModelCallError, OpenAIModel, ScriptedModel, call, raw_call
-from stead.models import Message, ModelTurn, ToolCall, ToolSchema, Usage
+from stead.contracts.models import Message, ModelTurn, ToolCall, ToolSchema, Usage
+from stead.integrations.llm import (
+    FunctionModel,
+    ModelCallError,
+    OpenAIModel,
+    ScriptedModel,
+    call,
+    raw_call,
+)
 from stead.testing.openai_server import FakeOpenAIServer, Fault, fake_embedding
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -32,14 +32,10 @@ from pydantic import SecretStr, ValidationError
 from temporalio.client import Client, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 
-from guardrails.calls import check_call
-from stead.agent import Agent, AgentCatalog
+from stead.authoring.agent import Agent, AgentCatalog
+from stead.authoring.tools import Tool, ToolContext, validate_arguments
 from stead.client import connect, start_run
-from stead.embedded import free_port
-from stead.errors import SettingsError
-from stead.ledger import Ledger
-from stead.llm import FunctionModel, ModelClient, ScriptedModel, call, tool_history
-from stead.models import (
+from stead.contracts.models import (
     ApprovalDecision,
     Message,
     ModelTurn,
@@ -52,7 +48,10 @@ from stead.models import (
     ToolSchema,
     Trail,
 )
-from stead.openapi import (
+from stead.errors import SettingsError
+from stead.guardrails.calls import check_call
+from stead.integrations.llm import FunctionModel, ModelClient, ScriptedModel, call, tool_history
+from stead.integrations.openapi import (
     HTTP_CLIENT_ERROR,
     HTTP_SERVER_ERROR,
     HTTP_TIMEOUT,
@@ -66,10 +65,11 @@ from stead.openapi import (
     openapi_tools,
     with_openapi_sources,
 )
-from stead.secrets import Secrets
+from stead.security.secrets import Secrets
 from stead.settings import Settings, load_settings
+from stead.stack.embedded import free_port
+from stead.storage.ledger import Ledger
 from stead.testing.flaky_api import FlakyControl
-from stead.tools import Tool, ToolContext, validate_arguments
 
 TOKEN = "flaky-bearer-token-0123456789"
 API_KEY = "flaky-api-key-0123456789"

@@ -10,14 +10,14 @@ import asyncio
 import pytest
 from pydantic import BaseModel
 
-from stead.agent import Agent, AgentCatalog
+from stead.authoring.agent import Agent, AgentCatalog
+from stead.authoring.tools import ToolContext, tool
 from stead.client import start_run
+from stead.contracts.models import ModelTurn, RetrySpec, RunRequest, RunResult
 from stead.errors import PAYLOAD_TOO_LARGE, SettingsError
-from stead.ledger import Ledger
-from stead.llm import ScriptedModel, call
-from stead.models import ModelTurn, RetrySpec, RunRequest, RunResult
+from stead.integrations.llm import ScriptedModel, call
 from stead.settings import Settings, load_settings
-from stead.tools import ToolContext, tool
+from stead.storage.ledger import Ledger
 from stead.worker import WorkerHost
 
 

@@ -11,15 +11,15 @@ from typing import Any
 
 import pytest
 
-import agents.ops
-import agents.refund
-from agents import reference_catalog
-from guardrails.decisions import CallDecision, RouteDecision
-from guardrails.risk import decide, score_call
-from guardrails.routing import route
-from stead.agent import AgentCatalog
+import stead.agents.ops
+import stead.agents.refund
+from stead.agents import reference_catalog
+from stead.authoring.agent import AgentCatalog
+from stead.contracts.policy import HardLimit, Policy, PolicyError, load_policy
 from stead.errors import SpecError
-from stead.policy import HardLimit, Policy, PolicyError, load_policy
+from stead.guardrails.decisions import CallDecision, RouteDecision
+from stead.guardrails.risk import decide, score_call
+from stead.guardrails.routing import route
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,7 +39,8 @@ def _policy(catalog: AgentCatalog, agent: str) -> Policy:
 # ---------------------------------------------------------------------------- loading
 
 
-@pytest.mark.parametrize(("agent", "module"), [("ops", agents.ops), ("refund", agents.refund)])
+@pytest.mark.parametrize(("agent", "module"),
+                         [("ops", stead.agents.ops), ("refund", stead.agents.refund)])
 def test_shipped_policy_loads_and_refers_only_to_the_agents_tools(
         catalog: AgentCatalog, agent: str, module: Any) -> None:
     policy = load_policy(module.POLICY_FILE)
@@ -56,10 +57,10 @@ def test_reference_catalog_serves_both_reference_agents(catalog: AgentCatalog) -
 def test_policy_files_ship_as_package_data() -> None:
     """An installed (non-editable) worker must find the YAML next to the agent modules."""
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    globs = config["tool"]["setuptools"]["package-data"]["agents"]
+    globs = config["tool"]["setuptools"]["package-data"]["stead.agents"]
 
-    for module in (agents.ops, agents.refund):
-        relative = module.POLICY_FILE.relative_to(ROOT / "agents").as_posix()
+    for module in (stead.agents.ops, stead.agents.refund):
+        relative = module.POLICY_FILE.relative_to(ROOT / "stead" / "agents").as_posix()
         assert any(fnmatch(relative, g) for g in globs), relative
 
 
@@ -100,8 +101,8 @@ def test_policy_that_is_not_yaml_names_the_line(tmp_path: Path) -> None:
 
 
 def test_catalog_rejects_a_policy_that_names_an_unknown_tool(tmp_path: Path) -> None:
-    world = agents.refund.default_world(tmp_path)
-    good = agents.refund.refund_agent(world)
+    world = stead.agents.refund.default_world(tmp_path)
+    good = stead.agents.refund.refund_agent(world)
     assert good.policy is not None
     bad_policy = good.policy.model_copy(update={"hard_limits": [
         HardLimit(tool="wire_money", field="amount", above=1)]})

@@ -11,16 +11,16 @@ from typing import Any, Literal
 
 import pytest
 
-from agents.refund import RefundPlanner, RefundWorld, refund_agent
-from agents.refund.planner import find_amount, find_order, find_reason
-from agents.refund.world import RefundExceedsPayment, UnknownOrder
-from guardrails.calls import check_call
-from guardrails.output import validate_output
-from guardrails.risk import decide, score_call
-from guardrails.routing import route
-from stead.agent import Agent
-from stead.models import Message, ModelTurn, ToolCall
-from stead.tools import ToolContext
+from stead.agents.refund import RefundPlanner, RefundWorld, refund_agent
+from stead.agents.refund.planner import find_amount, find_order, find_reason
+from stead.agents.refund.world import RefundExceedsPayment, UnknownOrder
+from stead.authoring.agent import Agent
+from stead.authoring.tools import ToolContext
+from stead.contracts.models import Message, ModelTurn, ToolCall
+from stead.guardrails.calls import check_call
+from stead.guardrails.output import validate_output
+from stead.guardrails.risk import decide, score_call
+from stead.guardrails.routing import route
 
 Approver = Literal["approve", "reject", "expire"]
 

@@ -22,13 +22,11 @@ from pydantic import BaseModel
 from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError
 
-from agents.ops import OpsWorld
-from stead.agent import Agent, AgentCatalog
+from stead.agents.ops import OpsWorld
+from stead.authoring.agent import Agent, AgentCatalog
+from stead.authoring.tools import ToolContext, tool
 from stead.client import connect, start_run
-from stead.embedded import EmbeddedPostgres, EmbeddedTemporal, free_port
-from stead.ledger import Ledger, migrate
-from stead.llm import ScriptedModel, call
-from stead.models import (
+from stead.contracts.models import (
     ApprovalDecision,
     ModelTurn,
     RetrySpec,
@@ -38,8 +36,10 @@ from stead.models import (
     Timeouts,
     Trail,
 )
+from stead.integrations.llm import ScriptedModel, call
 from stead.settings import Settings
-from stead.tools import ToolContext, tool
+from stead.stack.embedded import EmbeddedPostgres, EmbeddedTemporal, free_port
+from stead.storage.ledger import Ledger, migrate
 from stead.worker import WorkerHost
 
 WORKER_SCRIPT = ROOT / "worker.py"

@@ -20,7 +20,7 @@ from temporalio.client import Client, WorkflowHistory
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from stead.client import start_run
-from stead.embedded import find_binary
+from stead.contracts.models import RunRequest
 from stead.evals.corpus import SCENARIOS, history_file_name, write_exports
 from stead.evals.replay import (
     HistoryFileError,
@@ -36,9 +36,9 @@ from stead.evals.replay import (
     production_workflows,
     replay,
 )
-from stead.ledger import Ledger
-from stead.models import RunRequest
 from stead.settings import Settings
+from stead.stack.embedded import find_binary
+from stead.storage.ledger import Ledger
 from stead.worker import build_worker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,7 +112,7 @@ async def test_replayer_is_configured_like_the_production_worker(
         settings: Settings, ledger: Ledger, client: Client) -> None:
     """Same workflows, data converter, sandbox passthrough and interceptors as the worker
     ``build_worker`` makes: otherwise replay would pass code the workers then fail on."""
-    from agents import reference_catalog
+    from stead.agents import reference_catalog
 
     worker = build_worker(client, settings, reference_catalog(settings.stack.data_dir), ledger,
                           task_queue=f"{settings.temporal.task_queue}-config")  # built, never run

@@ -8,13 +8,13 @@ from collections.abc import AsyncIterator
 import pytest
 from pydantic import BaseModel
 
-from stead.agent import Agent, AgentCatalog
+from stead.authoring.agent import Agent, AgentCatalog
+from stead.authoring.tools import ToolContext, tool
 from stead.client import start_run
-from stead.llm import ScriptedModel, call
-from stead.models import ModelTurn, RunRequest, RunResult, RunState
-from stead.policy import parse_policy
+from stead.contracts.models import ModelTurn, RunRequest, RunResult, RunState
+from stead.contracts.policy import parse_policy
+from stead.integrations.llm import ScriptedModel, call
 from stead.settings import Settings
-from stead.tools import ToolContext, tool
 from stead.worker import WorkerHost
 
 

@@ -19,14 +19,14 @@ from collections.abc import Sequence
 import pytest
 from pydantic import BaseModel, SecretStr
 
-from agents.ops import OpsWorld, ops_agent
-from stead.agent import Agent, AgentCatalog
+from stead.agents.ops import OpsWorld, ops_agent
+from stead.authoring.agent import Agent, AgentCatalog
+from stead.authoring.tools import ToolContext, ToolRegistry, tool
 from stead.client import start_run
+from stead.contracts.models import Message, ModelTurn, RetrySpec, RunRequest, RunResult, ToolSchema
 from stead.errors import SettingsError, SpecError
-from stead.ledger import Ledger
-from stead.llm import FunctionModel, ScriptedModel, assistant_turns, call
-from stead.models import Message, ModelTurn, RetrySpec, RunRequest, RunResult, ToolSchema
-from stead.secrets import (
+from stead.integrations.llm import FunctionModel, ScriptedModel, assistant_turns, call
+from stead.security.secrets import (
     MissingSecret,
     Redactor,
     Secrets,
@@ -36,7 +36,7 @@ from stead.secrets import (
     install_log_redaction,
 )
 from stead.settings import Settings, load_settings
-from stead.tools import ToolContext, ToolRegistry, tool
+from stead.storage.ledger import Ledger
 from stead.worker import WorkerHost
 
 # ---------------------------------------------------------------------------- settings

@@ -1,5 +1,5 @@
 """Declarations and pure judges, no server: ``@tool``, ``ToolRegistry``, ``AgentCatalog``,
-``guardrails.check_call``, ``ScriptedModel`` and the ops agent's offline planner."""
+``stead.guardrails.check_call``, ``ScriptedModel`` and the ops agent's offline planner."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, Field
 
-from agents.ops import OpsPlanner, OpsWorld, ops_tools
-from guardrails.calls import CallVerdict, check_call
-from stead.agent import Agent, AgentCatalog
+from stead.agents.ops import OpsPlanner, OpsWorld, ops_tools
+from stead.authoring.agent import Agent, AgentCatalog
+from stead.authoring.tools import Tool, ToolContext, ToolRegistry, tool
+from stead.contracts.models import Message, ModelTurn, Timeouts, ToolCall, ToolPlan
 from stead.errors import SpecError
-from stead.llm import ScriptedModel, call, raw_call
-from stead.models import Message, ModelTurn, Timeouts, ToolCall, ToolPlan
-from stead.tools import Tool, ToolContext, ToolRegistry, tool
+from stead.guardrails.calls import CallVerdict, check_call
+from stead.integrations.llm import ScriptedModel, call, raw_call
 
 # ---------------------------------------------------------------------------- small tools
 

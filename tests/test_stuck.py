@@ -1,4 +1,4 @@
-"""The stuck-run detector (``stead.stuck``, ``stead stuck``).
+"""The stuck-run detector (``stead.observability.stuck``, ``stead stuck``).
 
 Genuinely stuck runs are made on the real dev server — a run on a task queue no worker polls,
 a run whose workflow task fails on every attempt (a broken deploy), a run whose tool keeps
@@ -23,15 +23,13 @@ from temporalio import workflow
 from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
-from agents.ops import OpsWorld
-from stead.agent import Agent, AgentCatalog
+from stead.agents.ops import OpsWorld
+from stead.authoring.agent import Agent, AgentCatalog
+from stead.authoring.tools import ToolContext, tool
 from stead.client import start_run
-from stead.embedded import EmbeddedStack
-from stead.ledger import Ledger
-from stead.llm import ScriptedModel, call
-from stead.models import ModelTurn, RetrySpec, RunRequest, RunResult, RunState
-from stead.settings import Settings
-from stead.stuck import (
+from stead.contracts.models import ModelTurn, RetrySpec, RunRequest, RunResult, RunState
+from stead.integrations.llm import ScriptedModel, call
+from stead.observability.stuck import (
     DEADLINE_GRACE,
     Observation,
     PendingActivity,
@@ -39,7 +37,9 @@ from stead.stuck import (
     classify,
     find_stuck,
 )
-from stead.tools import ToolContext, tool
+from stead.settings import Settings
+from stead.stack.embedded import EmbeddedStack
+from stead.storage.ledger import Ledger
 from stead.worker import WorkerHost
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)

@@ -24,15 +24,12 @@ from opentelemetry.sdk.metrics.export import (
 )
 from test_metrics import RESPONSE_MODEL, mx_agent, run_scenario
 
-from agents.refund import RefundWorld, refund_agent
-from stead.agent import AgentCatalog
+from stead.agents.refund import RefundWorld, refund_agent
+from stead.authoring.agent import AgentCatalog
 from stead.client import start_run
-from stead.embedded import EmbeddedStack
+from stead.contracts.models import DecideInput, DecideOutcome, RunRequest, RunState
 from stead.errors import SettingsError
-from stead.ledger import Ledger
-from stead.models import DecideInput, DecideOutcome, RunRequest, RunState
-from stead.settings import Settings
-from stead.telemetry import (
+from stead.observability.telemetry import (
     METER_NAME,
     SteadMetrics,
     configure_metrics,
@@ -40,6 +37,9 @@ from stead.telemetry import (
     shutdown_metrics,
     temporal_runtime,
 )
+from stead.settings import Settings
+from stead.stack.embedded import EmbeddedStack
+from stead.storage.ledger import Ledger
 from stead.testing.otlp_server import FakeOTLPServer
 from stead.worker import WorkerHost
 

@@ -23,14 +23,14 @@ from cryptography.x509.oid import NameOID
 from pydantic import SecretStr
 from temporalio.service import TLSConfig
 
-from stead.agent import AgentCatalog
+from stead.authoring.agent import AgentCatalog
 from stead.client import connect, start_run
-from stead.embedded import EmbeddedStack
+from stead.contracts.models import RunRequest
 from stead.errors import SettingsError, StackError
-from stead.models import RunRequest
+from stead.security.tls import temporal_auth
 from stead.settings import Settings, load_settings
+from stead.stack.embedded import EmbeddedStack
 from stead.testing.tls_proxy import LocalPKI, TLSTerminatingProxy, issue_certificates
-from stead.tls import temporal_auth
 from stead.worker import WorkerHost
 
 TLS_VARS = ("TEMPORAL_TLS", "TEMPORAL_TLS_CLIENT_CERT_PATH", "TEMPORAL_TLS_CLIENT_KEY_PATH",

@@ -25,13 +25,10 @@ from pydantic import BaseModel
 from temporalio.client import Client, WorkflowFailureError
 
 from stead import errors
-from stead.agent import Agent, AgentCatalog
+from stead.authoring.agent import Agent, AgentCatalog
+from stead.authoring.tools import ToolContext, tool
 from stead.client import connect, start_run
-from stead.errors import SettingsError
-from stead.ledger import Ledger
-from stead.llm import FunctionModel, ModelCallError, assistant_turns, call
-from stead.memory.embedders import HashingEmbedder
-from stead.models import (
+from stead.contracts.models import (
     ApprovalDecision,
     MemoryPlan,
     Message,
@@ -43,16 +40,19 @@ from stead.models import (
     ToolSchema,
     Usage,
 )
-from stead.policy import parse_policy
-from stead.settings import Settings, load_settings
-from stead.testing.otlp_server import FakeOTLPServer
-from stead.tools import ToolContext, tool
-from stead.tracing import (
+from stead.contracts.policy import parse_policy
+from stead.errors import SettingsError
+from stead.integrations.llm import FunctionModel, ModelCallError, assistant_turns, call
+from stead.observability.tracing import (
     NO_TRACING,
     SteadTracing,
     configure_tracing,
     traces_endpoint,
 )
+from stead.settings import Settings, load_settings
+from stead.storage.ledger import Ledger
+from stead.storage.memory.embedders import HashingEmbedder
+from stead.testing.otlp_server import FakeOTLPServer
 from stead.worker import WorkerHost
 
 API_KEY = "sk-live4f9a8b7c6d5e4f3a2b1c0d9e8f"

@@ -45,13 +45,13 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 from temporalio.client import Client, WorkflowHandle
 
-from agents.refund import RefundWorld, refund_agent
-from stead.agent import AgentCatalog
+from stead.agents.refund import RefundWorld, refund_agent
+from stead.authoring.agent import AgentCatalog
 from stead.client import start_run
-from stead.embedded import EmbeddedStack, EmbeddedTemporal, free_port
-from stead.ledger import Ledger
-from stead.models import RunRequest, RunResult
+from stead.contracts.models import RunRequest, RunResult
 from stead.settings import Settings
+from stead.stack.embedded import EmbeddedStack, EmbeddedTemporal, free_port
+from stead.storage.ledger import Ledger
 from stead.worker import WorkerHost
 
 NAMESPACE = "default"

@@ -7,8 +7,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from activities import defined
-from activities.runs import RunActivities
+from stead.activities import defined
+from stead.activities.runs import RunActivities
 
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 SCHEDULERS = {"execute_activity", "execute_local_activity", "start_activity",

@@ -20,13 +20,13 @@ from typing import Any, Literal
 
 from temporalio import workflow
 
-from workflows._context import Context
-from workflows._decisions import DecisionLog
+from stead.workflows._context import Context
+from stead.workflows._decisions import DecisionLog
 
 with workflow.unsafe.imports_passed_through():
-    from guardrails.decisions import RiskAssessment
-    from stead.models import ApprovalDecision, DecideInput, DecideOutcome, PendingApproval
-    from stead.search_attributes import AWAITING_KEY
+    from stead.contracts.models import ApprovalDecision, DecideInput, DecideOutcome, PendingApproval
+    from stead.contracts.search_attributes import AWAITING_KEY
+    from stead.guardrails.decisions import RiskAssessment
 
 DECISION_EXAMPLE = '{"approval_id": "a2", "by": "alice"}'
 """What an approval payload looks like, for the messages that refuse a missing one."""

@@ -13,12 +13,11 @@ from dataclasses import dataclass, field
 
 from temporalio import workflow
 
-from workflows._seam import Seam
+from stead.workflows._seam import Seam
 
 with workflow.unsafe.imports_passed_through():
-    from guardrails.decisions import RouteDecision
-    from stead.graph import DEFAULT, REGISTRY, Graph, GraphState
-    from stead.models import (
+    from stead.authoring.graph import DEFAULT, REGISTRY, Graph, GraphState
+    from stead.contracts.models import (
         AgentPlan,
         Message,
         RunRef,
@@ -30,7 +29,8 @@ with workflow.unsafe.imports_passed_through():
         ToolPlan,
         ToolSchema,
     )
-    from stead.policy import Policy
+    from stead.contracts.policy import Policy
+    from stead.guardrails.decisions import RouteDecision
 
 ALLOW_ALL = Policy(id="allow-all", version=1)
 """The policy of a run before its plan (with the agent's policy) is pinned."""

@@ -11,13 +11,13 @@ from typing import Any
 
 from temporalio import workflow
 
-from workflows._context import Context
-from workflows._seam import bookkeeping
+from stead.workflows._context import Context
+from stead.workflows._seam import bookkeeping
 
 with workflow.unsafe.imports_passed_through():
-    from activities.runs import RunActivities
-    from stead.audit import GENESIS, chain_hash
-    from stead.models import DecisionBatch, DecisionRow
+    from stead.activities.runs import RunActivities
+    from stead.contracts.audit import GENESIS, chain_hash
+    from stead.contracts.models import DecisionBatch, DecisionRow
 
 
 class DecisionLog:

@@ -17,13 +17,13 @@ from typing import Literal
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError, ChildWorkflowError
 
-from workflows._approvals import ApprovalBook
-from workflows._context import ALLOW_ALL, Context, Frame
-from workflows._decisions import DecisionLog
-from workflows._memory import MemorySteps
-from workflows._model import ModelCalls
-from workflows._seam import bookkeeping
-from workflows._toolcall import (
+from stead.workflows._approvals import ApprovalBook
+from stead.workflows._context import ALLOW_ALL, Context, Frame
+from stead.workflows._decisions import DecisionLog
+from stead.workflows._memory import MemorySteps
+from stead.workflows._model import ModelCalls
+from stead.workflows._seam import bookkeeping
+from stead.workflows._toolcall import (
     BUDGET_OUT,
     CallOutcome,
     Lost,
@@ -34,12 +34,9 @@ from workflows._toolcall import (
 )
 
 with workflow.unsafe.imports_passed_through():
-    from activities.runs import RunActivities
-    from guardrails.decisions import RiskAssessment, RouteDecision
-    from guardrails.output import validate_output
-    from guardrails.routing import route
-    from stead.graph import Evaluation, Node, ToolResult
-    from stead.models import (
+    from stead.activities.runs import RunActivities
+    from stead.authoring.graph import Evaluation, Node, ToolResult
+    from stead.contracts.models import (
         AgentPlan,
         Message,
         RunRequest,
@@ -48,7 +45,10 @@ with workflow.unsafe.imports_passed_through():
         StartRun,
         ToolCall,
     )
-    from stead.search_attributes import AGENT_KEY
+    from stead.contracts.search_attributes import AGENT_KEY
+    from stead.guardrails.decisions import RiskAssessment, RouteDecision
+    from stead.guardrails.output import validate_output
+    from stead.guardrails.routing import route
 
 REQUEST_APPROVAL_TOOL = "(request)"
 """The ``tool`` of an approval that routing asked for the request as a whole."""

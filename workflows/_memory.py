@@ -14,13 +14,13 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
-from workflows._context import Context, Frame
-from workflows._seam import ActivityCall
-from workflows._toolcall import cause
+from stead.workflows._context import Context, Frame
+from stead.workflows._seam import ActivityCall
+from stead.workflows._toolcall import cause
 
 with workflow.unsafe.imports_passed_through():
-    from activities.memory import MemoryActivities
-    from stead.models import (
+    from stead.activities.memory import MemoryActivities
+    from stead.contracts.models import (
         AgentPlan,
         MemoryNote,
         RecalledItem,

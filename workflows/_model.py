@@ -15,16 +15,16 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
-from workflows._context import Context, Frame
-from workflows._decisions import DecisionLog
-from workflows._seam import ActivityCall
-from workflows._toolcall import cause
+from stead.workflows._context import Context, Frame
+from stead.workflows._decisions import DecisionLog
+from stead.workflows._seam import ActivityCall
+from stead.workflows._toolcall import cause
 
 with workflow.unsafe.imports_passed_through():
-    from activities.model import ModelActivities
-    from stead.graph import Evaluator, Score
-    from stead.judge import JUDGE_INSTRUCTIONS, parse_judgement
-    from stead.models import Message, ModelRequest, ModelTurn, ToolSchema
+    from stead.activities.model import ModelActivities
+    from stead.authoring.graph import Evaluator, Score
+    from stead.authoring.judge import JUDGE_INSTRUCTIONS, parse_judgement
+    from stead.contracts.models import Message, ModelRequest, ModelTurn, ToolSchema
 
 MAX_MODEL_REQUEST_BYTES = 1_800_000
 """Largest transcript (messages plus tool schemas, as JSON) sent to one model call: below

@@ -24,7 +24,7 @@ from temporalio.workflow import ParentClosePolicy
 with workflow.unsafe.imports_passed_through():
     from stead import errors
     from stead.client import WORKFLOW_TYPE
-    from stead.models import RunRequest, RunResult
+    from stead.contracts.models import RunRequest, RunResult
 
 T = TypeVar("T")
 
@@ -38,7 +38,7 @@ LOCAL_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=100), backoff_
 @dataclass(frozen=True)
 class ActivityCall(Generic[T]):
     """One activity to schedule: the definition (or, for per-tool activities, the name from
-    ``stead.tools.activity_name``), its one input and its options."""
+    ``stead.authoring.tools.activity_name``), its one input and its options."""
 
     activity: Callable[..., Awaitable[T]] | str
     arg: object

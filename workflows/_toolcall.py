@@ -23,17 +23,15 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.exceptions import TimeoutError as ActivityTimeout
 
-from workflows._approvals import Approval, ApprovalBook, short
-from workflows._context import Context, Frame
-from workflows._decisions import DecisionLog
-from workflows._seam import ActivityCall
+from stead.workflows._approvals import Approval, ApprovalBook, short
+from stead.workflows._context import Context, Frame
+from stead.workflows._decisions import DecisionLog
+from stead.workflows._seam import ActivityCall
 
 with workflow.unsafe.imports_passed_through():
-    from guardrails.calls import check_call
-    from guardrails.decisions import CallDecision
-    from guardrails.risk import decide, score_call
     from stead import errors
-    from stead.models import (
+    from stead.authoring.tools import activity_name
+    from stead.contracts.models import (
         JsonObject,
         Message,
         ToolCall,
@@ -42,8 +40,10 @@ with workflow.unsafe.imports_passed_through():
         ToolOutcome,
         ToolPlan,
     )
-    from stead.search_attributes import RISK_KEY
-    from stead.tools import activity_name
+    from stead.contracts.search_attributes import RISK_KEY
+    from stead.guardrails.calls import check_call
+    from stead.guardrails.decisions import CallDecision
+    from stead.guardrails.risk import decide, score_call
 
 LOST_NON_IDEMPOTENT_PATCH = "escalate-lost-non-idempotent-call"
 """Patch that made a timed-out non-idempotent call escalate instead of being reported."""

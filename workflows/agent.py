@@ -7,12 +7,12 @@ then its fallbacks) -> think ... -> validate the answer (reask, escalate) -> res
 The shell holds the run's entry points (``run``, the ``approve``/``reject`` signals, the
 ``decide`` update and its validator, the ``state`` query); the parts do the work:
 
-- ``workflows._graph``: the graph interpreter, one handler per node kind;
-- ``workflows._toolcall``: one tool call, schema gate -> risk -> approval -> execution;
-- ``workflows._approvals``: the approval book (early signals, deadlines, escalation);
-- ``workflows._decisions``: the decision buffer that becomes the run's audit rows;
-- ``workflows._model`` and ``workflows._memory``: the model and memory activity calls;
-- ``workflows._seam``: the only place the parts reach Temporal.
+- ``stead.workflows._graph``: the graph interpreter, one handler per node kind;
+- ``stead.workflows._toolcall``: one tool call, schema gate -> risk -> approval -> execution;
+- ``stead.workflows._approvals``: the approval book (early signals, deadlines, escalation);
+- ``stead.workflows._decisions``: the decision buffer that becomes the run's audit rows;
+- ``stead.workflows._model`` and ``stead.workflows._memory``: the model and memory activity calls;
+- ``stead.workflows._seam``: the only place the parts reach Temporal.
 
 Deterministic: no I/O, clocks or randomness here; everything that touches the world is an
 activity, and the agent's plan and policy are pinned in history by the ``run.start`` local
@@ -26,19 +26,19 @@ from typing import ClassVar
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
-from workflows._approvals import ApprovalBook
-from workflows._context import ALLOW_ALL, Context, Frame
-from workflows._decisions import DecisionLog
-from workflows._graph import GraphRun
-from workflows._seam import TemporalSeam, bookkeeping
+from stead.workflows._approvals import ApprovalBook
+from stead.workflows._context import ALLOW_ALL, Context, Frame
+from stead.workflows._decisions import DecisionLog
+from stead.workflows._graph import GraphRun
+from stead.workflows._seam import TemporalSeam, bookkeeping
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
-    from activities.runs import RunActivities
     from stead import errors
+    from stead.activities.runs import RunActivities
     from stead.client import WORKFLOW_TYPE
-    from stead.models import (
+    from stead.contracts.models import (
         AgentPlan,
         ApprovalDecision,
         DecideInput,
@@ -50,7 +50,7 @@ with workflow.unsafe.imports_passed_through():
         RunState,
         StartRun,
     )
-    from stead.search_attributes import AGENT_KEY, TENANT_KEY
+    from stead.contracts.search_attributes import AGENT_KEY, TENANT_KEY
 
 
 @workflow.defn(name=WORKFLOW_TYPE, failure_exception_types=[ValidationError])

@@ -25,6 +25,8 @@ with workflow.unsafe.imports_passed_through():
 
     from stead import errors
     from stead.client import WORKFLOW_TYPE
+    from stead.contracts.models import RunRequest, RunResult
+    from stead.contracts.search_attributes import AGENT_KEY, TENANT_KEY, run_attributes
     from stead.conversation import (
         CONVERSATION_KEY,
         TURN_KEY,
@@ -35,8 +37,6 @@ with workflow.unsafe.imports_passed_through():
         SayInput,
         TurnOutcome,
     )
-    from stead.models import RunRequest, RunResult
-    from stead.search_attributes import AGENT_KEY, TENANT_KEY, run_attributes
 
 _SAY_EXAMPLE = '{"text": "..."}'
 

@@ -16,8 +16,8 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.drift import DriftActivities
-    from stead.drift_contract import (
+    from stead.activities.drift import DriftActivities
+    from stead.contracts.drift import (
         DRIFT_WORKFLOW,
         DriftCheckInput,
         DriftCheckRequest,

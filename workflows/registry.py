@@ -7,9 +7,9 @@ for every run, and one workflow's runs need not import the others.)
 
 from __future__ import annotations
 
-from workflows.agent import AgentWorkflow
-from workflows.conversation import ConversationWorkflow
-from workflows.drift import DriftWorkflow
+from stead.workflows.agent import AgentWorkflow
+from stead.workflows.conversation import ConversationWorkflow
+from stead.workflows.drift import DriftWorkflow
 
 __all__ = ["WORKFLOWS"]
 

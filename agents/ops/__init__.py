@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agents.ops.planner import OpsPlanner
-from agents.ops.tools import ops_tools
-from agents.ops.world import OpsWorld
-from stead.agent import Agent
-from stead.graph import react
-from stead.models import MemoryPlan
-from stead.policy import load_policy
+from stead.agents.ops.planner import OpsPlanner
+from stead.agents.ops.tools import ops_tools
+from stead.agents.ops.world import OpsWorld
+from stead.authoring.agent import Agent
+from stead.authoring.graph import react
+from stead.contracts.models import MemoryPlan
+from stead.contracts.policy import load_policy
 
 INSTRUCTIONS = """You are an SRE assistant for the company's service fleet.
 Use the tools to look before you act: check a service's status and logs before opening a

@@ -15,8 +15,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from stead.llm import FunctionModel, ToolHistory, tool_history
-from stead.models import Message, ModelTurn, ToolCall, ToolSchema
+from stead.contracts.models import Message, ModelTurn, ToolCall, ToolSchema
+from stead.integrations.llm import FunctionModel, ToolHistory, tool_history
 
 _INTENTS: dict[str, tuple[str, ...]] = {
     "status": ("status", "health", "healthy", "down", "up?", "check", "how is", "state",

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from stead.memory._types import Embedder, MemoryItem, VectorStore
+from stead.storage.memory._types import Embedder, MemoryItem, VectorStore
 
 RUNBOOK_DIR = Path(__file__).with_name("runbooks")
 NAMESPACE = "runbooks"

@@ -1,4 +1,4 @@
-"""The ops agent's tools, acting on an :class:`~agents.ops.world.OpsWorld`."""
+"""The ops agent's tools, acting on an :class:`~stead.agents.ops.world.OpsWorld`."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from agents.ops.world import DeskUnauthorized, OpsWorld
-from stead.models import RetrySpec, Timeouts
-from stead.secrets import secret_variable
-from stead.tools import Tool, ToolContext, tool
+from stead.agents.ops.world import DeskUnauthorized, OpsWorld
+from stead.authoring.tools import Tool, ToolContext, tool
+from stead.contracts.models import RetrySpec, Timeouts
+from stead.security.secrets import secret_variable
 
 
 class UnknownService(Exception):

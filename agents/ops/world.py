@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from agents._sqlite import SqliteWorld
+from stead.agents._sqlite import SqliteWorld
 
 SEED_SERVICES: list[dict[str, Any]] = [
     {"name": "checkout-api", "status": "degraded", "error_rate": 0.12, "p95_ms": 840,

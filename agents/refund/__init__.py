@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agents.refund.planner import RefundPlanner
-from agents.refund.tools import refund_tools
-from agents.refund.world import RefundWorld
-from stead.agent import Agent
-from stead.graph import grounded_numbers, react
-from stead.models import MemoryPlan
-from stead.policy import load_policy
+from stead.agents.refund.planner import RefundPlanner
+from stead.agents.refund.tools import refund_tools
+from stead.agents.refund.world import RefundWorld
+from stead.authoring.agent import Agent
+from stead.authoring.graph import grounded_numbers, react
+from stead.contracts.models import MemoryPlan
+from stead.contracts.policy import load_policy
 
 INSTRUCTIONS = """You are a customer-support assistant who handles refunds on shop orders.
 Always look the order up before refunding. Refund what the customer asked for, never more than

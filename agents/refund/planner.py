@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from stead.llm import FunctionModel, ToolHistory, tool_history
-from stead.models import Message, ModelTurn, ToolCall, ToolSchema
+from stead.contracts.models import Message, ModelTurn, ToolCall, ToolSchema
+from stead.integrations.llm import FunctionModel, ToolHistory, tool_history
 
 _ORDER = re.compile(r"\b(?:ORD[-\s]?|order\s+(?:no\.?\s*|number\s+|#\s*)?)(\d{3,10})\b",
                     re.IGNORECASE)

@@ -1,4 +1,4 @@
-"""The refund agent's tools, acting on a :class:`~agents.refund.world.RefundWorld`."""
+"""The refund agent's tools, acting on a :class:`~stead.agents.refund.world.RefundWorld`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from agents.refund.world import (
+from stead.agents.refund.world import (
     Order,
     RefundExceedsPayment,
     RefundWorld,
@@ -15,8 +15,8 @@ from agents.refund.world import (
     money,
     to_cents,
 )
-from stead.models import RetrySpec, Timeouts
-from stead.tools import Tool, ToolContext, tool
+from stead.authoring.tools import Tool, ToolContext, tool
+from stead.contracts.models import RetrySpec, Timeouts
 
 ORDER_ID = r"^ORD-\d{1,10}$"
 

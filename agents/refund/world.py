@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from agents._sqlite import SqliteWorld
+from stead.agents._sqlite import SqliteWorld
 
 CENT = Decimal("0.01")
 

@@ -25,7 +25,7 @@ from dbos import DBOS, DBOSConfig, SetWorkflowID
 from bench.peers.models import RunOutcome
 from bench.peers.temporal_run import Parked
 from bench.peers.workload import HITL, Workload, workloads
-from stead.models import Message, ToolCall
+from stead.contracts.models import Message, ToolCall
 
 APPROVAL_TOPIC = "approval"
 PARKED_EVENT = "parked"

@@ -39,12 +39,12 @@ from bench.peers.runner import PeersConfig, Runner, spread
 from bench.peers.temporal_run import STEAD_MIN, SteadSystem, system_settings
 from bench.peers.workload import stead_agents
 from bench.runner import _distinct_ports
-from stead.agent import Agent, AgentCatalog
+from stead.authoring.agent import Agent, AgentCatalog
 from stead.client import WORKFLOW_TYPE
-from stead.embedded import EmbeddedStack
-from stead.models import RunRequest, RunResult
-from stead.policy import Execution, Policy
+from stead.contracts.models import RunRequest, RunResult
+from stead.contracts.policy import Execution, Policy
 from stead.settings import Settings
+from stead.stack.embedded import EmbeddedStack
 from stead.worker import WorkerHost
 
 VARIANTS = ("eager", "pollers", "pool", "unsandboxed", "none", "local-reads", "local")

@@ -30,7 +30,7 @@ from psycopg_pool import AsyncConnectionPool
 from bench.peers.models import RunOutcome
 from bench.peers.temporal_run import Parked
 from bench.peers.workload import HITL, Workload, workloads
-from stead.models import Message
+from stead.contracts.models import Message
 
 Durability = Literal["sync", "async"]
 

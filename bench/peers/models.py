@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from stead.models import Message, ToolCall
+from stead.contracts.models import Message, ToolCall
 
 
 class RunOutcome(BaseModel):

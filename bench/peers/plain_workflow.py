@@ -18,7 +18,7 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     from bench.peers.models import PeerModelInput, PeerRequest, PeerToolInput, RunOutcome
     from bench.plain import MODEL_RETRY, MODEL_TIMEOUT, TOOL_RETRY, TOOL_TIMEOUT
-    from stead.models import Message, ModelTurn
+    from stead.contracts.models import Message, ModelTurn
 
 WORKFLOW = "PeerPlainWorkflow"
 APPROVE = "approve"

@@ -47,11 +47,18 @@ from bench.peers.models import PeerModelInput, PeerRequest, PeerToolInput, RunOu
 from bench.peers.plain_workflow import APPROVE, WORKFLOW, PeerPlainWorkflow
 from bench.peers.workload import HITL, Workload, agent_name, stead_agents, workloads
 from bench.runner import RUN_TIMEOUT, _distinct_ports, _stuck_reason, plain_worker_options
-from stead.agent import AgentCatalog
+from stead.authoring.agent import AgentCatalog
 from stead.client import connect, start_run
-from stead.embedded import EmbeddedStack, _wait_tcp
-from stead.models import ApprovalDecision, Message, ModelTurn, RunRequest, RunResult, RunState
+from stead.contracts.models import (
+    ApprovalDecision,
+    Message,
+    ModelTurn,
+    RunRequest,
+    RunResult,
+    RunState,
+)
 from stead.settings import Settings
+from stead.stack.embedded import EmbeddedStack, _wait_tcp
 from stead.worker import WorkerHost
 
 STEAD_FULL, STEAD_MIN, PLAIN, PLAIN_LOCAL = "stead", "stead-min", "plain", "plain-local"

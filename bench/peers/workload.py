@@ -24,11 +24,11 @@ from bench.approvals import REQUEST as APPROVAL_REQUEST
 from bench.approvals import approval_agent
 from bench.guardrails import POLICY_AGENT, bench_policy
 from bench.peers.models import RunOutcome
-from stead.agent import Agent
-from stead.llm import FunctionModel, assistant_turns, call
-from stead.models import Message, ModelTurn, ToolCall, ToolSchema
-from stead.policy import Execution
-from stead.tools import Tool, ToolContext
+from stead.authoring.agent import Agent
+from stead.authoring.tools import Tool, ToolContext
+from stead.contracts.models import Message, ModelTurn, ToolCall, ToolSchema
+from stead.contracts.policy import Execution
+from stead.integrations.llm import FunctionModel, assistant_turns, call
 
 FIVE: Final = "five"
 """The 5-tool run: 6 model calls, 5 tool calls (``bench/agent.py``)."""

@@ -43,11 +43,18 @@ from stead.api._models import (
     StartedRun,
     StartRunBody,
 )
+from stead.contracts.models import (
+    DecideInput,
+    DecideOutcome,
+    RunRequest,
+    RunResult,
+    RunState,
+    RunStatus,
+)
 from stead.errors import LedgerError
 from stead.evals.metrics import MetricsFilter, MetricsReport, compute_metrics
-from stead.ledger import Ledger
-from stead.models import DecideInput, DecideOutcome, RunRequest, RunResult, RunState, RunStatus
 from stead.settings import Settings
+from stead.storage.ledger import Ledger
 
 T = TypeVar("T")
 

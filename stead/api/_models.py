@@ -21,7 +21,14 @@ from pydantic import (
     StringConstraints,
 )
 
-from stead.models import JsonObject, PendingApproval, RunResult, RunState, RunStatus, StepInfo
+from stead.contracts.models import (
+    JsonObject,
+    PendingApproval,
+    RunResult,
+    RunState,
+    RunStatus,
+    StepInfo,
+)
 
 Role = Literal["requester", "approver", "auditor"]
 """What a token may do: start runs; list and decide approvals; read audit trails and metrics.

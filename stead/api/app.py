@@ -41,8 +41,8 @@ from stead.api._models import (
     StartedRun,
     StartRunBody,
 )
+from stead.contracts.models import DecideOutcome, RunStatus
 from stead.evals.metrics import MetricsFilter, MetricsReport
-from stead.models import DecideOutcome, RunStatus
 from stead.settings import Settings
 
 STATIC_DIR = FsPath(__file__).parent / "static"

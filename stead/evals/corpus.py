@@ -33,8 +33,7 @@ from typing import Any, Literal
 
 from temporalio.client import Client, WorkflowHandle, WorkflowHistory
 
-from stead.llm import FunctionModel
-from stead.models import (
+from stead.contracts.models import (
     ApprovalDecision,
     DecideInput,
     DecideOutcome,
@@ -45,6 +44,7 @@ from stead.models import (
     RunState,
     ToolSchema,
 )
+from stead.integrations.llm import FunctionModel
 from stead.settings import Settings
 
 Human = Literal["none", "approve_signal", "approve_update", "edit_update", "reject_signal",
@@ -388,15 +388,15 @@ async def _record_one(client: Client, sc: CorpusScenario, settings: Settings,
 async def record_corpus(out: Path, *, scenarios: Sequence[CorpusScenario] = tuple(SCENARIOS),
                         progress: Callable[[str], None] = print) -> list[Recorded]:
     """Run ``scenarios`` on a throwaway embedded stack and write their histories to ``out``."""
-    from agents import reference_catalog
-    from agents.ops import default_world as ops_world
-    from agents.ops.runbooks import index_runbooks
-    from agents.refund import default_world as refund_world
-    from agents.refund import refund_agent
-    from stead.agent import AgentCatalog
-    from stead.embedded import EmbeddedStack, free_port
-    from stead.memory import open_memory
-    from stead.memory.embedders import HashingEmbedder
+    from stead.agents import reference_catalog
+    from stead.agents.ops import default_world as ops_world
+    from stead.agents.ops.runbooks import index_runbooks
+    from stead.agents.refund import default_world as refund_world
+    from stead.agents.refund import refund_agent
+    from stead.authoring.agent import AgentCatalog
+    from stead.stack.embedded import EmbeddedStack, free_port
+    from stead.storage.memory import open_memory
+    from stead.storage.memory.embedders import HashingEmbedder
     from stead.worker import WorkerHost
 
     _ensure_dir(out)

@@ -55,15 +55,11 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
 from stead import errors
-from stead.agent import Agent, AgentCatalog
-from stead.audit import canonical
+from stead.authoring.agent import Agent, AgentCatalog
+from stead.authoring.tools import Tool, ToolContext
 from stead.client import start_run
-from stead.errors import SteadError
-from stead.evals import SYNTHETIC_KEY
-from stead.files import one_file
-from stead.ledger import Ledger
-from stead.llm import ModelCallError, ModelClient, OpenAIModel, assistant_turns
-from stead.models import (
+from stead.contracts.audit import canonical
+from stead.contracts.models import (
     DecideInput,
     DecideOutcome,
     JsonObject,
@@ -77,9 +73,13 @@ from stead.models import (
     ToolCall,
     ToolSchema,
 )
-from stead.policy import Policy
+from stead.contracts.policy import Policy
+from stead.errors import SteadError
+from stead.evals import SYNTHETIC_KEY
+from stead.files import one_file
+from stead.integrations.llm import ModelCallError, ModelClient, OpenAIModel, assistant_turns
 from stead.settings import ModelSettings, Settings
-from stead.tools import Tool, ToolContext
+from stead.storage.ledger import Ledger
 from stead.worker import WorkerHost
 
 if TYPE_CHECKING:

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from stead.drift_contract import (
+from stead.contracts.drift import (
     DRIFT_WORKFLOW,
     DriftCheckInput,
     DriftCheckRequest,
@@ -69,7 +69,7 @@ if TYPE_CHECKING:
     from temporalio.client import Client
 
     from stead.evals.report import HtmlReport
-    from stead.memory import Embedder
+    from stead.storage.memory import Embedder
 
 __all__ = [
     "DRIFT_WORKFLOW",

@@ -1,8 +1,8 @@
 """Expectation checks: what a case expects, checked against what its run did.
 
-A run's outcome is its :class:`~stead.models.RunResult` plus its ledger trail (model calls,
-tool calls, guardrail decisions) and the approvals the eval played. Every expectation gives its
-own :class:`Check`, with a reason that says what was found when it fails:
+A run's outcome is its :class:`~stead.contracts.models.RunResult` plus its ledger trail (model
+calls, tool calls, guardrail decisions) and the approvals the eval played. Every expectation gives
+its own :class:`Check`, with a reason that says what was found when it fails:
 
     checks = await evaluate(outcome, judge_model=model)
     [c for c in checks if c.status == "fail"]
@@ -22,6 +22,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from stead.authoring.judge import JUDGE_INSTRUCTIONS, parse_judgement
+from stead.contracts.models import (
+    JsonObject,
+    LedgerDecision,
+    Message,
+    ModelCallRow,
+    RunResult,
+    Trail,
+)
 from stead.evals.suite import (
     AnswerExpect,
     ApprovalsExpect,
@@ -33,9 +42,7 @@ from stead.evals.suite import (
     ToolsExpect,
     load_function,
 )
-from stead.judge import JUDGE_INSTRUCTIONS, parse_judgement
-from stead.llm import ModelClient, ScriptedModel
-from stead.models import JsonObject, LedgerDecision, Message, ModelCallRow, RunResult, Trail
+from stead.integrations.llm import ModelClient, ScriptedModel
 
 CheckStatus = Literal["pass", "fail", "skip"]
 
@@ -290,7 +297,7 @@ def check_answer(x: AnswerExpect, outcome: CaseOutcome) -> list[Check]:
 
 
 def _check_schema(schema: JsonObject, answer: str, seen: str) -> Check:
-    from guardrails.calls import schema_problems
+    from stead.guardrails.calls import schema_problems
 
     try:
         doc = json.loads(answer)

@@ -33,9 +33,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from stead.evals import SYNTHETIC_KEY
 from stead.evals.samples import parse_when
-from stead.ledger import Ledger
+from stead.observability.telemetry import GUARDRAIL_KINDS
 from stead.settings import ModelPrice
-from stead.telemetry import GUARDRAIL_KINDS
+from stead.storage.ledger import Ledger
 
 __all__ = [
     "AgentMetrics",

@@ -130,7 +130,7 @@ def _quiet_runtime() -> Runtime:
 
 def production_workflows() -> list[type]:
     """The workflows :func:`stead.worker.build_worker` registers."""
-    from workflows.registry import WORKFLOWS
+    from stead.workflows.registry import WORKFLOWS
 
     return list(WORKFLOWS)
 
@@ -143,9 +143,9 @@ def production_replayer(*, workflows: Sequence[type] | None = None,
     under the same name to show what a breaking change looks like). ``codec`` (default: the
     environment's) chooses the data converter, payload decryption keys included; failure
     messages stay unencoded so a failed replay's report says why."""
-    from agents import reference_graphs
-    from stead.codec import data_converter
-    from stead.graph import REGISTRY
+    from stead.agents import reference_graphs
+    from stead.authoring.graph import REGISTRY
+    from stead.security.codec import data_converter
     from stead.settings import load_settings
     from stead.worker import PASSTHROUGH, worker_interceptors
 

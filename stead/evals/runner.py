@@ -38,7 +38,17 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError
 
-from stead.agent import AgentCatalog
+from stead.authoring.agent import AgentCatalog
+from stead.contracts.models import (
+    DecideInput,
+    DecideOutcome,
+    Message,
+    ModelTurn,
+    PendingApproval,
+    RunResult,
+    RunState,
+    ToolSchema,
+)
 from stead.evals.expect import (
     ApprovalTaken,
     CaseOutcome,
@@ -57,19 +67,9 @@ from stead.evals.suite import (
     recorded_turns_from_file,
     turns_from_model_calls,
 )
-from stead.ledger import Ledger, migrate
-from stead.llm import ModelClient, ScriptedModel
-from stead.models import (
-    DecideInput,
-    DecideOutcome,
-    Message,
-    ModelTurn,
-    PendingApproval,
-    RunResult,
-    RunState,
-    ToolSchema,
-)
+from stead.integrations.llm import ModelClient, ScriptedModel
 from stead.settings import Settings
+from stead.storage.ledger import Ledger, migrate
 
 if TYPE_CHECKING:
     from stead.evals.report import HtmlReport
@@ -488,7 +488,7 @@ async def eval_stack(settings: Settings, *, ephemeral: bool = False) -> AsyncIte
     data dir is reused; one that is not is started for the eval and stopped after it.
     ``ephemeral``: a throwaway embedded stack in a temporary directory on free ports.
     """
-    from stead.embedded import EmbeddedPostgres, EmbeddedStack, free_port, port_is_free
+    from stead.stack.embedded import EmbeddedPostgres, EmbeddedStack, free_port, port_is_free
 
     if ephemeral:
         # Not under pytest's tmp tree (reset to 0700 by every pytest start), which the
@@ -514,7 +514,7 @@ async def eval_stack(settings: Settings, *, ephemeral: bool = False) -> AsyncIte
         filled = filled.replace(temporal_address=f"127.0.0.1:{settings.stack.temporal_port}")
     if settings.ledger.database_url is None and not port_is_free(settings.stack.postgres_port):
         pg = EmbeddedPostgres(settings.stack.data_dir.resolve(), port=settings.stack.postgres_port)
-        # Workers log in least-privilege; the owner migrates (stead/dbroles.py).
+        # Workers log in least-privilege; the owner migrates (stead/storage/dbroles.py).
         filled = filled.replace(
             database_url=pg.worker_url,
             migrate_database_url=pg.url)

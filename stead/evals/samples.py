@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from stead.drift_contract import DEFAULT_LIMIT, Window
+from stead.contracts.drift import DEFAULT_LIMIT, Window
 from stead.errors import SteadError
 from stead.evals import SYNTHETIC_KEY
 

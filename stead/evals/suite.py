@@ -17,10 +17,11 @@ A suite file::
           decisions: [{kind: gate, decision: ask, tool: restart_service}]
 
 Model sources: ``agent`` (the agent's own model: its offline planner, or the configured
-OpenAI-compatible model), ``scripted`` (fixed turns, served by :class:`stead.llm.ScriptedModel`)
-and ``recorded`` (the turns a past run's model produced, from the ledger or a JSON file).
-Everything a suite refers to — regular expressions, JSON schemas, recorded files, custom
-evaluators — is checked at load time, so a bad suite never runs half-way.
+OpenAI-compatible model), ``scripted`` (fixed turns, served by
+:class:`stead.integrations.llm.ScriptedModel`) and ``recorded`` (the turns a past run's model
+produced, from the ledger or a JSON file). Everything a suite refers to — regular expressions, JSON
+schemas, recorded files, custom evaluators — is checked at load time, so a bad suite never runs
+half-way.
 """
 
 from __future__ import annotations
@@ -45,10 +46,10 @@ from pydantic import (
     model_validator,
 )
 
+from stead.contracts.models import JsonObject, ModelTurn, RunRequest, RunStatus, ToolCall
 from stead.errors import SpecError
 from stead.evals import SYNTHETIC_KEY
 from stead.files import expand_paths
-from stead.models import JsonObject, ModelTurn, RunRequest, RunStatus, ToolCall
 
 CaseName = Annotated[str, StringConstraints(min_length=1, max_length=100,
                                             pattern=r"^[A-Za-z0-9][A-Za-z0-9 _.:-]*$")]

@@ -35,8 +35,8 @@ from typing import Literal, NotRequired, TypedDict, assert_never
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from stead.llm import ModelClient
-from stead.models import JsonObject, Message, ModelTurn, ToolCall, ToolSchema, Usage
+from stead.contracts.models import JsonObject, Message, ModelTurn, ToolCall, ToolSchema, Usage
+from stead.integrations.llm import ModelClient
 from stead.testing._http import LocalHTTPServer
 
 __all__ = [
@@ -255,7 +255,8 @@ The turn's ``model`` field is ignored: like OpenAI, the server reports the reque
 
 
 def model_responder(model: ModelClient) -> Responder:
-    """Answer with a stead :class:`~stead.llm.ModelClient` (``ScriptedModel``, ``FunctionModel``).
+    """Answer with a stead :class:`~stead.integrations.llm.ModelClient` (``ScriptedModel``,
+    ``FunctionModel``).
 
     The same scripted agents that run offline can then be driven through the real SDK.
     """
@@ -542,7 +543,8 @@ class FakeOpenAIServer(LocalHTTPServer):
 
     @property
     def base_url(self) -> str:
-        """What to pass as ``base_url`` (or ``OPENAI_BASE_URL``), e.g. ``http://127.0.0.1:PORT/v1``."""
+        """What to pass as ``base_url`` (or ``OPENAI_BASE_URL``), e.g.
+        ``http://127.0.0.1:PORT/v1``."""
         return f"http://{self._host}:{self.port}/v1"
 
     # -- faults

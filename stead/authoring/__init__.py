@@ -1,0 +1,1 @@
+"""What users write: agents, tools and execution graphs (and their pictures)."""

@@ -1,0 +1,2 @@
+"""The typed objects that cross process boundaries and are pinned in history: payload models, the
+policy, search attributes, the audit chain."""

@@ -1,0 +1,1 @@
+"""Seeing runs: OpenTelemetry metrics and traces, logs, stuck-run detection."""

@@ -1,0 +1,1 @@
+"""Payload encryption and its codec server, Temporal TLS, tool secrets and redaction."""

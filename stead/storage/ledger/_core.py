@@ -1,0 +1,57 @@
+"""The ledger's connection: a pool, the redactor every write goes through, the retry wrapper.
+
+    ledger = await Ledger.connect(dsn, redactor=Redactor.from_settings(settings))
+
+The operations themselves live with their job: writes in ``_writes``, reads in ``_reads``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Self, TypeVar
+
+import asyncpg
+
+from stead.errors import LedgerError
+from stead.security.secrets import DEFAULT_REDACTOR, Redactor
+from stead.storage.ledger._retry import TRANSIENT, retrying
+from stead.storage.ledger._values import Storable, init_connection
+
+T = TypeVar("T")
+
+
+class LedgerBase:
+    """A connection pool, redaction and the retry of operations while PostgreSQL is away."""
+
+    def __init__(self, pool: asyncpg.Pool, *, retry_seconds: float = 30.0,
+                 redactor: Redactor = DEFAULT_REDACTOR) -> None:
+        self.pool = pool
+        self.retry_seconds = retry_seconds
+        self.redactor = redactor
+        self._store = Storable(redactor)
+        """Applied to every value written; the default knows patterns, not secret values."""
+
+    def redacting(self, redactor: Redactor) -> Self:
+        """This ledger (same pool) writing through ``redactor``: a worker's settings add their
+        secret values and patterns to a ledger built before them."""
+        return type(self)(self.pool, retry_seconds=self.retry_seconds, redactor=redactor)
+
+    @classmethod
+    async def connect(cls, dsn: str, *, min_size: int = 1, max_size: int = 10,
+                      retry_seconds: float = 30.0,
+                      redactor: Redactor = DEFAULT_REDACTOR) -> Self:
+        try:
+            pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size,
+                                             init=init_connection)
+        except TRANSIENT as err:
+            raise LedgerError(f"cannot connect to the ledger database: {err}") from err
+        assert pool is not None
+        return cls(pool, retry_seconds=retry_seconds, redactor=redactor)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def _retrying(self, op: Callable[[asyncpg.Connection], Awaitable[T]],
+                        on_wait: Callable[[], None] | None = None) -> T:
+        return await retrying(self.pool, op, seconds=self.retry_seconds, on_wait=on_wait,
+                              fail=lambda why: LedgerError(f"ledger unavailable for {why}"))

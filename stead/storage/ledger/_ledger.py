@@ -1,0 +1,11 @@
+"""``Ledger``: the ledger's writes and reads over one connection pool."""
+
+from __future__ import annotations
+
+from stead.storage.ledger._reads import LedgerReads
+from stead.storage.ledger._writes import LedgerWrites
+
+
+class Ledger(LedgerWrites, LedgerReads):
+    """A connection pool plus the ledger's operations: writes (``LedgerWrites``) and reads
+    (``LedgerReads``)."""

@@ -1,0 +1,239 @@
+"""Ledger writes: runs, model calls, tool claims and outcomes, decisions, memory operations.
+
+    await ledger.start_run(StartRun(ref=ref, request=request), model="scripted:ops")
+    claim = await ledger.claim_tool(inv, tool=inv.tool, attempt=1)    # before the side effect
+    await ledger.finish_tool(ToolAttemptReport(key=inv.idempotency_key, attempt=1,
+                                               outcome="ok", result={...}))
+
+Each write takes the contract object it records (``stead.contracts.models``) and is keyed so that a
+retried activity writes once. Every value is redacted and made storable on the way in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import asyncpg
+
+from stead.contracts.models import (
+    DecisionRow,
+    MemoryOpRecord,
+    ModelCallRecord,
+    RunRef,
+    RunResult,
+    StartRun,
+    ToolAttemptReport,
+    ToolInvocation,
+)
+from stead.storage.ledger._chain import by_run, chained
+from stead.storage.ledger._core import LedgerBase
+
+OnWait = Callable[[], None] | None
+"""Called while waiting for the database to come back (an activity passes its heartbeat)."""
+
+ABANDONED = ("abandoned: the run ended without an outcome for this call (its last attempt "
+             "timed out or its worker was lost)")
+"""Error of a tool call that was still unresolved when its run finished."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Result of claiming an idempotency key before a tool's side effect."""
+
+    kind: Literal["new", "completed", "unknown", "retry", "failed"]
+    """``new``: first attempt; ``retry``: an earlier attempt failed cleanly;
+    ``completed``: the key already has a result; ``unknown``: an earlier attempt started and
+    never reported (its worker died) — the side effect may or may not have happened;
+    ``failed``: a final failure is on record (its report to Temporal was lost) — answer with
+    it again, never run the tool again."""
+    attempts: int
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    """For ``failed``: the recorded error message."""
+    error_type: str | None = None
+    """For ``failed``: the recorded error type (e.g. ``ToolOutcomeUnknown``)."""
+
+
+class LedgerWrites(LedgerBase):
+    """The ledger's writes (see the module docstring)."""
+
+    # ----------------------------------------------------------------------- runs
+
+    async def start_run(self, start: StartRun, *, model: str, on_wait: OnWait = None) -> None:
+        """Open the run's row: ids from ``start.ref``, the rest from ``start.request``."""
+        red, ref, req = self._store, start.ref, start.request
+        user, input, metadata = red.optional(req.user), red.text(req.input), \
+            red.value(req.metadata)
+
+        async def op(c: asyncpg.Connection) -> None:
+            await c.execute(
+                "insert into stead_runs(workflow_id, run_id, agent, tenant, user_id, input,"
+                " metadata, model) values($1,$2,$3,$4,$5,$6,$7,$8)"
+                " on conflict (workflow_id, run_id) do nothing",
+                ref.workflow_id, ref.run_id, req.agent, req.tenant, user, input, metadata, model)
+        await self._retrying(op, on_wait)
+
+    async def finish_run(self, ref: RunRef, result: RunResult, *,
+                         on_wait: OnWait = None) -> None:
+        """Close the run's row with its result, and its calls left without an outcome."""
+        red = self._store
+        answer, error = red.optional(result.answer), red.optional(result.error)
+        stored = red.value(result.model_dump(mode="json"))
+
+        async def op(c: asyncpg.Connection) -> None:
+            async with c.transaction():
+                await c.execute(
+                    "update stead_runs set status=$3, answer=$4, error=$5, steps=$6, result=$7,"
+                    " finished_at=coalesce(finished_at, now())"
+                    " where workflow_id=$1 and run_id=$2",
+                    ref.workflow_id, ref.run_id, result.status, answer, error, result.steps,
+                    stored)
+                # A call the run gave up on (its last attempt timed out, or its worker was
+                # lost) would read 'running' forever: close it and say why. A late attempt
+                # that still finishes records its own outcome over this.
+                await c.execute(
+                    "update stead_tool_calls set status='failed', finished_at=now(),"
+                    " error=coalesce(error, $3)"
+                    " where workflow_id=$1 and run_id=$2 and status in ('running','open')",
+                    ref.workflow_id, ref.run_id, ABANDONED)
+        await self._retrying(op, on_wait)
+
+    # ----------------------------------------------------------------------- model calls
+
+    async def record_model_call(self, ref: RunRef, call: ModelCallRecord, *,
+                                on_wait: OnWait = None) -> None:
+        """One model call attempt of step ``ref.step``."""
+        red = self._store
+        tool_calls = red.value([c.model_dump() for c in call.tool_calls])
+        content, error = red.optional(call.content), red.optional(call.error)
+
+        async def op(c: asyncpg.Connection) -> None:
+            await c.execute(
+                "insert into stead_model_calls(workflow_id, run_id, step, attempt, model, status,"
+                " finish_reason, tool_calls, content, error, input_tokens, output_tokens,"
+                " duration_ms) values($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)"
+                " on conflict do nothing",
+                ref.workflow_id, ref.run_id, ref.step, call.attempt, call.model, call.status,
+                call.finish_reason, tool_calls, content, error, call.usage.input_tokens,
+                call.usage.output_tokens, call.duration_ms)
+        await self._retrying(op, on_wait)
+
+    # ----------------------------------------------------------------------- tool calls
+
+    async def claim_tool(self, inv: ToolInvocation, *, tool: str, attempt: int,
+                         on_wait: OnWait = None) -> Claim:
+        """Claim ``inv.idempotency_key`` and log this attempt of ``tool`` (the tool this
+        activity runs, whatever the invocation names), in one round trip."""
+        arguments = self._store.value(inv.arguments)
+        ref = inv.ref
+
+        async def op(c: asyncpg.Connection) -> Claim:
+            row = await c.fetchrow(
+                "with claim as ("
+                " insert into stead_tool_calls(idempotency_key, workflow_id, run_id, step,"
+                "  call_id, tool, arguments, status, attempts)"
+                " values($1,$2,$3,$4,$5,$6,$7,'running',1)"
+                " on conflict (idempotency_key) do update set"
+                "  prev_status = stead_tool_calls.status,"
+                "  status = case when stead_tool_calls.status in ('completed','failed')"
+                "           then stead_tool_calls.status else 'running' end,"
+                "  attempts = stead_tool_calls.attempts + 1"
+                " returning status, prev_status, attempts, result, error,"
+                "  (xmax = 0) as inserted),"
+                " att as ("
+                " insert into stead_tool_attempts(idempotency_key, attempt, workflow_id, run_id,"
+                "  step, tool, requested_tool, status)"
+                " values($1,$8,$2,$3,$4,$6,$9,'running') on conflict do nothing)"
+                " select claim.*, (select a.error_type from stead_tool_attempts a"
+                "  where a.idempotency_key=$1 and a.status='error'"
+                "  order by a.attempt desc limit 1) as error_type from claim",
+                inv.idempotency_key, ref.workflow_id, ref.run_id, ref.step, inv.call_id, tool,
+                arguments, attempt, inv.requested_tool)
+            assert row is not None
+            if row["inserted"]:
+                return Claim("new", 1)
+            prev = row["prev_status"]
+            if prev == "completed":
+                return Claim("completed", row["attempts"], row["result"])
+            if prev == "running":
+                return Claim("unknown", row["attempts"])
+            if prev == "failed":
+                return Claim("failed", row["attempts"], error=row["error"],
+                             error_type=row["error_type"])
+            return Claim("retry", row["attempts"])
+        return await self._retrying(op, on_wait)
+
+    async def finish_tool(self, report: ToolAttemptReport, *, on_wait: OnWait = None) -> None:
+        """Record an attempt's outcome; ``report.final`` marks a failure that will not be
+        retried."""
+        if report.outcome in ("ok", "replayed", "reconciled"):
+            call_status = "completed"
+        else:
+            call_status = "failed" if report.final else "open"
+        result, error = self._store.value(report.result), self._store.optional(report.error)
+
+        async def op(c: asyncpg.Connection) -> None:
+            await c.execute(
+                "with call as ("
+                " update stead_tool_calls set status=$3,"
+                "  result=coalesce($4, result), error=$6,"
+                "  finished_at=case when $3 in ('completed','failed') then now() end"
+                " where idempotency_key=$1 and status <> 'completed')"
+                " update stead_tool_attempts set status=$7, error_type=$5, error=$6,"
+                "  duration_ms=$8 where idempotency_key=$1 and attempt=$2",
+                report.key, report.attempt, call_status, result, report.error_type, error,
+                report.outcome, report.duration_ms)
+        await self._retrying(op, on_wait)
+
+    # ----------------------------------------------------------------------- decisions
+
+    async def append_decisions(self, rows: list[DecisionRow], on_wait: OnWait = None) -> None:
+        """Store audit rows built by a workflow (idempotent: a retried write adds nothing).
+
+        The workflow hashed each row as it decided, secrets and all. When redaction changes a
+        row, the ledger stores the redacted row re-chained: ``prev_hash`` is the stored hash of
+        the row before, ``hash`` covers the stored content, and ``data["_ledger"]`` keeps the
+        workflow's hash (``source_hash``), so the chain verifies from stored rows alone and
+        still ends at the head the run recorded. Rows after a re-chained one are re-linked
+        the same way. Deterministic, so concurrent writers of one batch store the same rows."""
+        if not rows:
+            return
+        red = self._store
+        clean = [(r, r.model_copy(update={"reason": red.text(r.reason),
+                                          "actor": red.text(r.actor),
+                                          "data": red.value(r.data)})) for r in rows]
+
+        async def op(c: asyncpg.Connection) -> None:
+            async with c.transaction():
+                args = []
+                for group in by_run(clean):
+                    for r in await chained(c, group):
+                        args.append((r.workflow_id, r.seq, r.run_id, r.step, r.kind, r.decision,
+                                     r.reason, r.actor, r.policy, r.data,
+                                     f"{r.workflow_id}:{r.run_id}:{r.seq}", r.at, r.prev_hash,
+                                     r.hash))
+                await c.executemany(
+                    "insert into stead_decisions(workflow_id, seq, run_id, step, kind, decision,"
+                    " reason, actor, policy, data, dedupe_key, created_at, prev_hash, hash)"
+                    " values($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14)"
+                    " on conflict do nothing", args)
+        await self._retrying(op, on_wait)
+
+    # ----------------------------------------------------------------------- memory
+
+    async def record_memory_op(self, ref: RunRef, record: MemoryOpRecord, *,
+                               on_wait: OnWait = None) -> None:
+        """One memory recall or write of step ``ref.step``, for tenant ``ref.tenant``."""
+        query = self._store.optional(record.query)
+
+        async def op_(c: asyncpg.Connection) -> None:
+            await c.execute(
+                "insert into stead_memory_ops(workflow_id, run_id, step, op, tenant, namespaces,"
+                " query, item_ids, scores, embedder, backend, duration_ms)"
+                " values($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12) on conflict do nothing",
+                ref.workflow_id, ref.run_id, ref.step, record.op, ref.tenant, record.namespaces,
+                query, record.item_ids, record.scores, record.embedder, record.backend,
+                record.duration_ms)
+        await self._retrying(op_, on_wait)
