@@ -191,10 +191,12 @@ async def test_bad_setting_exits_2_naming_the_variable(settings: Settings, tmp_p
     assert "Traceback" not in done.err
 
 
-async def test_unreachable_ledger_exits_3(settings: Settings, tmp_path: Path) -> None:
+@pytest.mark.parametrize("argv", [("audit", "x"), ("metrics",), ("drift", "--checks")])
+async def test_unreachable_ledger_exits_3(settings: Settings, tmp_path: Path,
+                                          argv: tuple[str, ...]) -> None:
     env = cli_env(settings, DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/x")
 
-    done = await stead("audit", "x", env=env, cwd=tmp_path, timeout=60)
+    done = await stead(*argv, env=env, cwd=tmp_path, timeout=60)
 
     assert done.code == 3
     assert "error: ledger unavailable" in done.err

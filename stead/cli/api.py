@@ -19,6 +19,7 @@ from stead.cli.common import (
     cli_settings,
     configure_cli_logging,
     fail,
+    fail_invalid,
     out,
     print_json,
     resolved,
@@ -120,9 +121,7 @@ def token_cmd(
     except OverflowError:
         fail(f"--ttl {ttl} reaches beyond the year 9999", EXIT_BAD_INPUT)
     except ValidationError as e:
-        fail("invalid token claims: " + "; ".join(
-            f"{'.'.join(str(p) for p in x['loc'])}: {x['msg']}" for x in e.errors()),
-            EXIT_BAD_INPUT)
+        fail_invalid("token claims", e)
     if as_json:
         print_json({"token": token, **verify_token(secret, token).model_dump(mode="json")})
     else:

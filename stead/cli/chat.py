@@ -29,6 +29,7 @@ from stead.cli.common import (
     cli_settings,
     err,
     fail,
+    fail_invalid,
     out,
     print_json,
     resolved,
@@ -84,9 +85,7 @@ async def _chat(settings: Settings, agent: str, conversation_id: str | None,
     try:
         start = ConversationStart(agent=agent, tenant=tenant, user=user)
     except ValidationError as e:
-        fail("invalid conversation: " + "; ".join(
-            f"{'.'.join(str(p) for p in x['loc'])}: {x['msg']}" for x in e.errors()),
-            EXIT_BAD_INPUT)
+        fail_invalid("conversation", e)
     client = await temporal_client(settings)
     handle = await start_conversation(client, start, temporal=settings.temporal,
                                       workflow_id=conversation_id, attach=True)

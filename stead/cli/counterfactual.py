@@ -16,6 +16,7 @@ from rich.table import Table
 
 from stead.cli.common import (
     EXIT_BAD_INPUT,
+    cli_ledger,
     cli_settings,
     err,
     fail,
@@ -44,10 +45,9 @@ def counterfactual(
                               "(e.g. 12h, 7d, 2w)"),
     tenant: str | None = typer.Option(None, help="With --agent: only this tenant's runs"),
     limit: int = typer.Option(20, help="With --agent: at most this many runs (newest first)"),
-    policy: Path | None = typer.Option(None, help="Replacement policy YAML for the agent, or "
-                                       "a directory holding one (e.g. agents/refund)"),
-    instructions: str | None = typer.Option(None, help="Replacement instructions: TEXT, "
-                                            "@FILE, or @DIR holding one *.md or *.txt"),
+    policy: Path | None = typer.Option(None, help="Replacement policy YAML for the agent"),
+    instructions: str | None = typer.Option(None, help="Replacement instructions: TEXT or "
+                                            "@FILE"),
     model: str = typer.Option("agent", help="agent (its own model), recorded (the original "
                               "run's turns) or openai:<model>"),
     catalog: str = typer.Option("agents:reference_catalog",
@@ -59,7 +59,7 @@ def counterfactual(
     """Re-run recorded runs with a changed policy, instructions or model; tools are served
     from the ledger's recorded results (no side effects). Reports how decisions, tool
     sequences and outcomes would differ, run by run."""
-    from stead.contracts.policy import PolicyError, load_policy, policy_file
+    from stead.contracts.policy import PolicyError, load_policy
     from stead.evals import counterfactual as cf
 
     if bool(run) == bool(agent):
@@ -74,7 +74,6 @@ def counterfactual(
         model_setting = cf.check_model_setting(model)
         new_instructions = cf.read_instructions(instructions) if instructions is not None \
             else None
-        policy = policy_file(policy) if policy is not None else None
         new_policy = load_policy(policy) if policy is not None else None
     except (cf.CounterfactualError, PolicyError) as e:
         fail(str(e), EXIT_BAD_INPUT)
@@ -92,20 +91,13 @@ def counterfactual(
     quiet_sdk_logs()
 
     async def go() -> CounterfactualReport:
-        from stead.storage.ledger import Ledger
-
-        assert settings.ledger.database_url is not None
-        ledger = await Ledger.connect(settings.ledger.database_url, min_size=0, max_size=2,
-                                      retry_seconds=0)
-        try:
+        async with cli_ledger(settings) as ledger:
             if run:
                 runs = [await cf.load_run(ledger, wf) for wf in dict.fromkeys(run)]
             else:
                 assert agent is not None
                 runs = await cf.select_runs(ledger, agent=agent, since=window, tenant=tenant,
                                             limit=limit)
-        finally:
-            await ledger.close()
         if not as_json:
             err.print(escape(f"replaying {len(runs)} run(s) with {_describe(change)}; tools "
                              f"served from the recording"), highlight=False)
