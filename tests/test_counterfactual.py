@@ -349,15 +349,15 @@ def test_options_are_parsed_or_refused_with_a_clear_message(tmp_path: Path) -> N
     with pytest.raises(CounterfactualError, match="cannot import no_such_module"):
         load_catalog("no_such_module:catalog", tmp_path)
     with pytest.raises(CounterfactualError, match="has no function 'nope'"):
-        load_catalog("agents:nope", tmp_path)
-    assert load_catalog("agents:reference_catalog", tmp_path).names() == ["ops", "refund"]
+        load_catalog("stead.agents:nope", tmp_path)
+    assert load_catalog("stead.agents:reference_catalog", tmp_path).names() == ["ops", "refund"]
 
 
 async def test_changed_catalog_changes_one_agent_and_serves_every_tool_from_recordings(
         tmp_path: Path) -> None:
     """Policy and instructions change for the replayed agent only; no tool of any agent
     reaches its world (a call outside a replay is refused, not run)."""
-    base = load_catalog("agents:reference_catalog", tmp_path)
+    base = load_catalog("stead.agents:reference_catalog", tmp_path)
     stricter = policy(tmp_path, "stricter", **{"approve_at: 0.7": "approve_at: 0.6"})
     changed = changed_catalog(base, ReplayBook(), agent="refund",
                               change=Change(policy=stricter, instructions="Be careful."))

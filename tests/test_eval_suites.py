@@ -454,10 +454,10 @@ async def test_cli_bad_suites_exit_2_before_anything_runs(settings: Settings, le
                         cwd=tmp_path)
     assert done.code == 2 and "no case named 'nope'; cases: ops/healthy-check" in done.err
 
-    done = await stead("eval", str(EVALS / "ops.yaml"), "--catalog", "agents:nothing",
+    done = await stead("eval", str(EVALS / "ops.yaml"), "--catalog", "stead.agents:nothing",
                         env=env, cwd=tmp_path)
-    assert done.code == 2 and "--catalog agents:nothing: 'agents' has no function 'nothing'" \
-        in done.err
+    assert done.code == 2
+    assert "--catalog stead.agents:nothing: 'stead.agents' has no function 'nothing'" in done.err
     ran = await ledger.pool.fetchval(
         "select count(*) from stead_runs where metadata->>'stead.eval.suite' = 'bad-suite'")
     assert ran == 0

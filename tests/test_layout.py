@@ -56,3 +56,17 @@ def test_nothing_imports_the_linked_folders_by_their_top_level_names() -> None:
                 offenders += [f"{path.relative_to(ROOT)}:{node.lineno} {n}" for n in names
                               if n.split(".")[0] in LINKED]
     assert not offenders, offenders
+
+
+def test_importing_stead_imports_nothing_else_of_it() -> None:
+    """Temporal's sandbox imports ``stead`` again for each run of ``stead.workflows.agent``;
+    with the default restrictions that import must not drag the library in (a plain
+    ``Replayer`` would otherwise replay the workflow against fresh copies of its models)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, stead; print(sorted(m for m in sys.modules if m.startswith('stead.')));"
+            "print(sorted(stead.__all__) == sorted(stead._EXPORTS))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=ROOT).stdout.split("\n")
+    assert out[:2] == ["[]", "True"], out

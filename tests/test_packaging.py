@@ -39,8 +39,8 @@ PROBE = """
 import json, sys
 from importlib import metadata
 
-from stead import agents
-from stead.agents import Agent, Runner, function_tool  # the SDK's own API, not a namesake
+import agents
+from agents import Agent, Runner, function_tool  # the SDK's own API, not a namesake
 import stead.worker
 
 owners = metadata.packages_distributions()

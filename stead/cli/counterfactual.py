@@ -45,12 +45,13 @@ def counterfactual(
                               "(e.g. 12h, 7d, 2w)"),
     tenant: str | None = typer.Option(None, help="With --agent: only this tenant's runs"),
     limit: int = typer.Option(20, help="With --agent: at most this many runs (newest first)"),
-    policy: Path | None = typer.Option(None, help="Replacement policy YAML for the agent"),
-    instructions: str | None = typer.Option(None, help="Replacement instructions: TEXT or "
-                                            "@FILE"),
+    policy: Path | None = typer.Option(None, help="Replacement policy YAML for the agent, or "
+                                       "a directory holding one (e.g. agents/refund)"),
+    instructions: str | None = typer.Option(None, help="Replacement instructions: TEXT, "
+                                            "@FILE, or @DIR holding one *.md or *.txt"),
     model: str = typer.Option("agent", help="agent (its own model), recorded (the original "
                               "run's turns) or openai:<model>"),
-    catalog: str = typer.Option("agents:reference_catalog",
+    catalog: str = typer.Option("stead.agents:reference_catalog",
                                 help="module:function returning the AgentCatalog to change"),
     timeout: float = typer.Option(300.0, help="Seconds each counterfactual run may take"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables"),
@@ -59,7 +60,7 @@ def counterfactual(
     """Re-run recorded runs with a changed policy, instructions or model; tools are served
     from the ledger's recorded results (no side effects). Reports how decisions, tool
     sequences and outcomes would differ, run by run."""
-    from stead.contracts.policy import PolicyError, load_policy
+    from stead.contracts.policy import PolicyError, load_policy, policy_file
     from stead.evals import counterfactual as cf
 
     if bool(run) == bool(agent):
@@ -74,6 +75,7 @@ def counterfactual(
         model_setting = cf.check_model_setting(model)
         new_instructions = cf.read_instructions(instructions) if instructions is not None \
             else None
+        policy = policy_file(policy) if policy is not None else None
         new_policy = load_policy(policy) if policy is not None else None
     except (cf.CounterfactualError, PolicyError) as e:
         fail(str(e), EXIT_BAD_INPUT)

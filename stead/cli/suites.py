@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from stead.evals.suite import Case, Suite
     from stead.settings import Settings
 
-DEFAULT_CATALOG = "agents:reference_catalog"
+DEFAULT_CATALOG = "stead.agents:reference_catalog"
 
 
 def register(app: typer.Typer) -> None:

@@ -304,7 +304,7 @@ def load_catalog(spec: str, data_dir: Path) -> AgentCatalog:
     module_name, sep, fn_name = spec.partition(":")
     if not sep or not module_name or not fn_name:
         raise CounterfactualError(f"--catalog {spec!r}: expected module:function, e.g. "
-                                  f"agents:reference_catalog")
+                                  f"stead.agents:reference_catalog")
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
