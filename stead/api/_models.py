@@ -25,6 +25,7 @@ from stead.contracts.models import (
     JsonObject,
     PendingApproval,
     RunResult,
+    RunRow,
     RunState,
     RunStatus,
     StepInfo,
@@ -225,22 +226,9 @@ class _Row(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
-class AuditRun(_Row):
-    workflow_id: str
-    run_id: str
-    agent: str
-    tenant: str
-    user_id: str | None
-    input: str
-    metadata: JsonObject
-    model: str
-    status: str
-    answer: str | None
-    error: str | None
-    steps: int
-    result: JsonObject | None
-    started_at: datetime
-    finished_at: datetime | None
+class AuditRun(RunRow):
+    """A run as the ledger holds it: every column of ``stead_runs`` (the ledger's own row
+    model; the other audit rows below leave out columns the trail's envelope already says)."""
 
 
 class AuditModelCall(_Row):
