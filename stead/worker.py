@@ -51,12 +51,11 @@ log = logging.getLogger("stead.worker")
 
 
 def _stead_modules() -> tuple[str, ...]:
-    """stead's own packages and modules, except the workflows (which the sandbox must
-    re-import for every run) and the package itself (whose import pulls them in)."""
+    """stead's own packages and modules, the workflows' among them, but not the package
+    itself (whose import would pull in all the others)."""
     import stead
 
-    return tuple(f"stead.{m.name}" for m in pkgutil.iter_modules(stead.__path__)
-                 if m.name != "workflows")
+    return tuple(f"stead.{m.name}" for m in pkgutil.iter_modules(stead.__path__))
 
 
 # Modules the workflow sandbox may share with the host instead of re-importing per run:
