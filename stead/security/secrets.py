@@ -160,6 +160,12 @@ def _walk(v: J, text: Callable[[str], str]) -> J:
     return out  # type: ignore[no-any-return]
 
 
+MEMO_ENTRIES: Final = 4096
+"""Texts a redactor remembers the redaction of (then it forgets them all and starts again)."""
+MEMO_MAX_CHARS: Final = 512
+"""Longer texts are redacted every time: they seldom repeat, and the memo stays small."""
+
+
 class Redactor:
     """Replaces secrets and personal data in text and JSON-like data with ``[REDACTED:<kind>]``.
 
@@ -174,6 +180,9 @@ class Redactor:
         self._patterns = list(patterns)
         self._pii: tuple[PiiKind, ...] = tuple(pii_kinds)
         self._detect_secrets = detect_secrets
+        # Redaction is a pure function of the text, and a ledger redacts the same short texts
+        # over and over (JSON keys, tool names, statuses, reasons): each is scanned once.
+        self._memo: dict[str, str] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings, *, secrets: Secrets | None = None) -> Redactor:
@@ -186,8 +195,16 @@ class Redactor:
                    pii_kinds=settings.security.redact_pii)
 
     def text(self, s: str) -> str:
-        s = self._known.text(s)
-        return redact(s, pii_kinds=self._pii, secrets=self._detect_secrets, extra=self._patterns)
+        done = self._memo.get(s)
+        if done is not None:
+            return done
+        out = redact(self._known.text(s), pii_kinds=self._pii, secrets=self._detect_secrets,
+                     extra=self._patterns)
+        if len(s) <= MEMO_MAX_CHARS:
+            if len(self._memo) >= MEMO_ENTRIES:
+                self._memo.clear()
+            self._memo[s] = out
+        return out
 
     def value(self, v: J) -> J:
         """``v`` with every string inside it redacted (dict keys included)."""
