@@ -79,10 +79,9 @@ class RunActivities:
 
     @activity.defn(name="run.finish")
     async def finish_run(self, finish: FinishRun) -> None:
-        await self._ledger.append_decisions(finish.decisions)
-        self._tracing.decisions(finish.decisions)
         r = finish.result
-        await self._ledger.finish_run(finish.ref, r)
+        await self._ledger.finish_run(finish.ref, r, decisions=finish.decisions)
+        self._tracing.decisions(finish.decisions)
         await self._metrics.finished_run(self._ledger, workflow_id=finish.ref.workflow_id,
                                          run_id=finish.ref.run_id, status=r.status)
 

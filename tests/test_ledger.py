@@ -112,6 +112,89 @@ async def test_deleting_the_newest_decisions_is_detected_against_the_recorded_he
     assert any("newest decisions missing" in p for p in await ledger.verify_chain(wf))
 
 
+def _rechained(trail: Trail) -> dict[int, object]:
+    return {d.seq: d.data.get("_ledger", {}).get("redacted") for d in trail.decisions}
+
+
+async def test_a_batch_that_overlaps_what_an_earlier_attempt_wrote_adds_the_rest(
+        ledger: Ledger) -> None:
+    wf = f"wf-{uuid.uuid4().hex}"
+    rows = _chain(wf, 4)
+    await ledger.append_decisions(rows[:2])
+    await ledger.append_decisions(rows)  # the retry carries rows 1-2 again, and 3-4
+    trail = await ledger.trail(wf)
+    assert [(d.seq, d.hash) for d in trail.decisions] == [(r.seq, r.hash) for r in rows]
+    assert _rechained(trail) == {1: None, 2: None, 3: None, 4: None}  # stored as built
+    assert await ledger.verify_chain(wf) == []
+
+
+async def test_rows_after_a_redacted_row_are_relinked_in_later_batches(ledger: Ledger) -> None:
+    """A batch stored as built must link to what is stored: when the row before it was
+    re-chained (redaction changed it), the batch is re-linked too."""
+    wf = f"wf-{uuid.uuid4().hex}"
+    rows, head = [], GENESIS
+    for i in range(1, 5):
+        row = {"workflow_id": wf, "run_id": "r", "seq": i, "step": i, "kind": "k",
+               "decision": "allow", "reason": "mailed ann@example.com" if i == 2 else f"r{i}",
+               "actor": "stead", "policy": "p@1", "data": {"i": i}}
+        digest = chain_hash(head, row)
+        rows.append(DecisionRow(**row, at=datetime.now(UTC), prev_hash=head, hash=digest))
+        head = digest
+    await ledger.append_decisions(rows[:2])
+    await ledger.append_decisions(rows[2:])  # row 3's stored predecessor is not rows[1]
+    trail = await ledger.trail(wf)
+    assert _rechained(trail) == {1: None, 2: True, 3: False, 4: False}
+    assert trail.decisions[1].reason == "mailed [REDACTED:email]"
+    assert trail.decisions[2].prev_hash == trail.decisions[1].hash != rows[1].hash
+    ref = RunRef(workflow_id=wf, run_id="r", agent="a", tenant="t")
+    await ledger.start_run(StartRun(ref=ref, request=RunRequest(agent="a", input="x",
+                                                                tenant="t")), model="m")
+    await ledger.finish_run(ref, RunResult(status="completed", answer="ok", steps=4,
+                                           audit_head=rows[-1].hash))
+    assert await ledger.verify_chain(wf) == []  # ends at the head the workflow recorded
+
+
+async def test_finishing_a_run_stores_its_last_decisions_with_it(ledger: Ledger) -> None:
+    wf = f"wf-{uuid.uuid4().hex}"
+    rows = _chain(wf, 5)
+    ref = RunRef(workflow_id=wf, run_id="r", agent="a", tenant="t")
+    await ledger.start_run(StartRun(ref=ref, request=RunRequest(agent="a", input="x",
+                                                                tenant="t")), model="m")
+    await ledger.append_decisions(rows[:3])
+    key = f"{wf}:r:1:t"
+    await ledger.claim_tool(_inv(key, {}).model_copy(update={"ref": ref.model_copy(
+        update={"step": 1})}), tool="t", attempt=1)  # its worker died: never reported
+    result = RunResult(status="completed", answer="ok", steps=5, audit_head=rows[-1].hash)
+    await ledger.finish_run(ref, result, decisions=rows[3:])
+    await ledger.finish_run(ref, result, decisions=rows[3:])  # a retried finish adds nothing
+    trail = await ledger.trail(wf)
+    assert [d.seq for d in trail.decisions] == [1, 2, 3, 4, 5]
+    (run,) = trail.runs
+    assert (run.status, run.answer, run.steps) == ("completed", "ok", 5)
+    (call,) = trail.tool_calls
+    assert call.status == "failed" and call.error is not None and "abandoned" in call.error
+    assert await ledger.verify_chain(wf) == []
+
+
+async def test_finishing_a_run_with_a_redacted_last_decision_rechains_it(
+        ledger: Ledger) -> None:
+    wf = f"wf-{uuid.uuid4().hex}"
+    ref = RunRef(workflow_id=wf, run_id="r", agent="a", tenant="t")
+    row = {"workflow_id": wf, "run_id": "r", "seq": 1, "step": 1, "kind": "run_finished",
+           "decision": "completed", "reason": "told ann@example.com", "actor": "stead",
+           "policy": "p@1", "data": {}}
+    digest = chain_hash(GENESIS, row)
+    last = DecisionRow(**row, at=datetime.now(UTC), prev_hash=GENESIS, hash=digest)
+    await ledger.start_run(StartRun(ref=ref, request=RunRequest(agent="a", input="x",
+                                                                tenant="t")), model="m")
+    await ledger.finish_run(ref, RunResult(status="completed", answer="ok", steps=1,
+                                           audit_head=digest), decisions=[last])
+    trail = await ledger.trail(wf)
+    assert _rechained(trail) == {1: True}
+    assert trail.runs[0].status == "completed"
+    assert await ledger.verify_chain(wf) == []
+
+
 # ---------------------------------------------------------------------------- typed rows
 
 _TABLES = {"runs": "stead_runs", "model_calls": "stead_model_calls",

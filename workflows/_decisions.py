@@ -1,13 +1,20 @@
 """The run's decision buffer: every decision becomes an audit row on a hash chain.
 
-A row is appended here (``record``) and written by the next activity the run schedules (it
-carries ``take()``'s rows and writes them before it acts), or by ``flush()`` before the run
-waits. An activity that failed gives its rows back (``give_back``); writes are idempotent.
+A row is appended here (``record``) and written by an activity that carries it (``carry``):
+the next tool call with a side effect (its gate decision is on record before it acts), any
+activity once ``CARRY_AT`` rows wait, ``flush()`` before the run waits, and the run's finish.
+Model calls and read tools carry nothing otherwise: writing their few rows with every call
+cost a ledger round trip each. A row is in the workflow's state from the moment it is
+decided, so one that waits is never lost, only written later. An activity that failed gives
+its rows back (``give_back``); writes are idempotent.
+
+What an activity carries is its input, not a command: replay does not compare it, so runs
+recorded when every activity carried its rows replay unchanged.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from temporalio import workflow
 
@@ -18,6 +25,9 @@ with workflow.unsafe.imports_passed_through():
     from stead.activities.runs import RunActivities
     from stead.contracts.audit import GENESIS, chain_hash
     from stead.contracts.models import DecisionBatch, DecisionRow
+
+CARRY_AT: Final = 64
+"""Waiting rows that any activity carries, so the live audit trail never lags far behind."""
 
 
 class DecisionLog:
@@ -48,6 +58,11 @@ class DecisionLog:
         """The rows not yet written, for the next activity to carry."""
         rows, self._unsent = self._unsent, []
         return rows
+
+    def carry(self, *, side_effect: bool) -> list[DecisionRow]:
+        """What the next activity carries: every waiting row before a ``side_effect``, or
+        once ``CARRY_AT`` rows wait; else nothing (a later activity writes them)."""
+        return self.take() if side_effect or len(self._unsent) >= CARRY_AT else []
 
     def give_back(self, rows: list[DecisionRow]) -> None:
         """An activity that carried rows failed: they may be unwritten, send them again."""

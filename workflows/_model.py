@@ -62,7 +62,7 @@ class ModelCalls:
             ctx.log("model", plan.model, "error", why)
             frame.end("failed", error=why)
             return None
-        carried = self._decisions.take()
+        carried = self._decisions.carry(side_effect=False)
         try:
             turn = await self.complete(
                 ModelRequest(ref=ctx.ref.model_copy(update={"step": ctx.state.step}),
@@ -90,7 +90,7 @@ class ModelCalls:
         # A judgement is a model call of its own: its own step, or the ledger (keyed by step
         # and attempt) would keep only the answer's call and drop the judge's.
         ctx.state.step += 1
-        carried = self._decisions.take()
+        carried = self._decisions.carry(side_effect=False)
         try:
             turn = await self.complete(
                 ModelRequest(ref=ctx.ref.model_copy(update={"step": ctx.state.step}),

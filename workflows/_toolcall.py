@@ -243,7 +243,8 @@ class ToolCalls:
             tp = self._frame.tools[name]
             ctx.at(f"tool:{name}", f"Step {step}: calling **{name}** {short(args)}"
                    + (f" (fallback for {plan.name})" if name != plan.name else ""))
-            carried = decisions.take()
+            carried = decisions.carry(side_effect=not (tp.idempotent
+                                                       and tp.side_effect == "read"))
             try:
                 inv = ToolInvocation(ref=ctx.ref.model_copy(update={"step": step}),
                                      call_id=call.id, tool=name, requested_tool=plan.name,

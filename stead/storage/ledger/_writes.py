@@ -11,7 +11,7 @@ retried activity writes once. Every value is redacted and made storable on the w
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -27,7 +27,8 @@ from stead.contracts.models import (
     ToolAttemptReport,
     ToolInvocation,
 )
-from stead.storage.ledger._chain import by_run, chained
+from stead.contracts.audit import canonical
+from stead.storage.ledger._chain import Pair, by_run, chained
 from stead.storage.ledger._core import LedgerBase
 
 OnWait = Callable[[], None] | None
@@ -76,28 +77,44 @@ class LedgerWrites(LedgerBase):
         await self._retrying(op, on_wait)
 
     async def finish_run(self, ref: RunRef, result: RunResult, *,
+                         decisions: Sequence[DecisionRow] = (),
                          on_wait: OnWait = None) -> None:
-        """Close the run's row with its result, and its calls left without an outcome."""
+        """Close the run's row with its result, and its calls left without an outcome; store
+        the run's last ``decisions`` with it (one statement, see ``append_decisions``)."""
         red = self._store
         answer, error = red.optional(result.answer), red.optional(result.error)
         stored = red.value(result.model_dump(mode="json"))
+        # A call the run gave up on (its last attempt timed out, or its worker was lost)
+        # would read 'running' forever: close it and say why. A late attempt that still
+        # finishes records its own outcome over this.
+        close = (
+            "update stead_runs set status=$3, answer=$4, error=$5, steps=$6, result=$7,"
+            " finished_at=coalesce(finished_at, now())"
+            " where workflow_id=$1 and run_id=$2{cond}",
+            "update stead_tool_calls set status='failed', finished_at=now(),"
+            " error=coalesce(error, $8)"
+            " where workflow_id=$1 and run_id=$2 and status in ('running','open'){cond}")
+        args = (ref.workflow_id, ref.run_id, result.status, answer, error, result.steps,
+                stored, ABANDONED)
+        pairs = self._redacted(decisions)
+        fast = _as_built(pairs, first_param=len(args) + 1)
+        finish = f"with run as ({close[0].format(cond='')}) {close[1].format(cond='')}"
 
         async def op(c: asyncpg.Connection) -> None:
+            if fast is not None:
+                ctes, more = fast
+                cond = " and (select ok from linked)"
+                if await c.fetchval(
+                        f"with {ctes}, run as ({close[0].format(cond=cond)}),"
+                        f" calls as ({close[1].format(cond=cond)}) select ok from linked",
+                        *args, *more):
+                    return
+            if not pairs:
+                await c.execute(finish, *args)
+                return
             async with c.transaction():
-                await c.execute(
-                    "update stead_runs set status=$3, answer=$4, error=$5, steps=$6, result=$7,"
-                    " finished_at=coalesce(finished_at, now())"
-                    " where workflow_id=$1 and run_id=$2",
-                    ref.workflow_id, ref.run_id, result.status, answer, error, result.steps,
-                    stored)
-                # A call the run gave up on (its last attempt timed out, or its worker was
-                # lost) would read 'running' forever: close it and say why. A late attempt
-                # that still finishes records its own outcome over this.
-                await c.execute(
-                    "update stead_tool_calls set status='failed', finished_at=now(),"
-                    " error=coalesce(error, $3)"
-                    " where workflow_id=$1 and run_id=$2 and status in ('running','open')",
-                    ref.workflow_id, ref.run_id, ABANDONED)
+                await _insert_chained(c, pairs)
+                await c.execute(finish, *args)
         await self._retrying(op, on_wait)
 
     # ----------------------------------------------------------------------- model calls
@@ -189,7 +206,8 @@ class LedgerWrites(LedgerBase):
 
     # ----------------------------------------------------------------------- decisions
 
-    async def append_decisions(self, rows: list[DecisionRow], on_wait: OnWait = None) -> None:
+    async def append_decisions(self, rows: Sequence[DecisionRow],
+                               on_wait: OnWait = None) -> None:
         """Store audit rows built by a workflow (idempotent: a retried write adds nothing).
 
         The workflow hashed each row as it decided, secrets and all. When redaction changes a
@@ -197,29 +215,32 @@ class LedgerWrites(LedgerBase):
         the row before, ``hash`` covers the stored content, and ``data["_ledger"]`` keeps the
         workflow's hash (``source_hash``), so the chain verifies from stored rows alone and
         still ends at the head the run recorded. Rows after a re-chained one are re-linked
-        the same way. Deterministic, so concurrent writers of one batch store the same rows."""
-        if not rows:
+        the same way. Deterministic, so concurrent writers of one batch store the same rows.
+
+        The usual batch (one run's rows, none changed by redaction, the stored rows before it
+        as the workflow built them) is stored as built in one statement; the statement checks
+        the stored links itself and stores nothing when one differs, and then the batch is
+        re-chained row by row in a transaction."""
+        pairs = self._redacted(rows)
+        if not pairs:
             return
-        red = self._store
-        clean = [(r, r.model_copy(update={"reason": red.text(r.reason),
-                                          "actor": red.text(r.actor),
-                                          "data": red.value(r.data)})) for r in rows]
+        fast = _as_built(pairs, first_param=1)
 
         async def op(c: asyncpg.Connection) -> None:
+            if fast is not None:
+                ctes, args = fast
+                if await c.fetchval(f"with {ctes} select ok from linked", *args):
+                    return
             async with c.transaction():
-                args = []
-                for group in by_run(clean):
-                    for r in await chained(c, group):
-                        args.append((r.workflow_id, r.seq, r.run_id, r.step, r.kind, r.decision,
-                                     r.reason, r.actor, r.policy, r.data,
-                                     f"{r.workflow_id}:{r.run_id}:{r.seq}", r.at, r.prev_hash,
-                                     r.hash))
-                await c.executemany(
-                    "insert into stead_decisions(workflow_id, seq, run_id, step, kind, decision,"
-                    " reason, actor, policy, data, dedupe_key, created_at, prev_hash, hash)"
-                    " values($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14)"
-                    " on conflict do nothing", args)
+                await _insert_chained(c, pairs)
         await self._retrying(op, on_wait)
+
+    def _redacted(self, rows: Sequence[DecisionRow]) -> list[Pair]:
+        """Each row with the row to store: its texts and data redacted."""
+        red = self._store
+        return [(r, r.model_copy(update={"reason": red.text(r.reason),
+                                         "actor": red.text(r.actor),
+                                         "data": red.value(r.data)})) for r in rows]
 
     # ----------------------------------------------------------------------- memory
 
@@ -237,3 +258,62 @@ class LedgerWrites(LedgerBase):
                 query, record.item_ids, record.scores, record.embedder, record.backend,
                 record.duration_ms)
         await self._retrying(op_, on_wait)
+
+
+# ----------------------------------------------------------------------- decision statements
+
+_DECISION_CTES = (
+    "expect as (select * from jsonb_to_recordset(${links}::jsonb) as e(seq integer, hash text)),"
+    " linked as (select not exists (select 1 from stead_decisions d join expect e using (seq)"
+    "  where d.workflow_id=${wf} and d.run_id=${run} and d.hash <> e.hash) as ok),"
+    " decided as (insert into stead_decisions(workflow_id, seq, run_id, step, kind, decision,"
+    "  reason, actor, policy, data, dedupe_key, created_at, prev_hash, hash)"
+    "  select ${wf}, r.seq, ${run}, r.step, r.kind, r.decision, r.reason, r.actor, r.policy,"
+    "   r.data, ${wf} || ':' || ${run} || ':' || r.seq, r.at, r.prev_hash, r.hash"
+    "  from jsonb_to_recordset(${rows}::jsonb) as r(seq integer, step integer, kind text,"
+    "   decision text, reason text, actor text, policy text, data jsonb, at timestamptz,"
+    "   prev_hash text, hash text)"
+    "  where (select ok from linked) on conflict do nothing)")
+"""Stores one run's decisions as built when the stored rows they link to (the row before the
+batch, and rows of the batch an earlier attempt wrote) have the hashes the batch expects;
+``linked.ok`` says whether they had."""
+
+
+def _as_built(pairs: list[Pair], *, first_param: int) -> tuple[str, tuple[object, ...]] | None:
+    """The ``_DECISION_CTES`` (parameters numbered from ``first_param``) and their arguments
+    that store ``pairs`` as the workflow built them; None when they must be re-chained (more
+    than one run, or redaction changed a row)."""
+    if not pairs:
+        return None
+    rows = sorted((original for original, _ in pairs), key=lambda r: r.seq)
+    first = rows[0]
+    if any(r.workflow_id != first.workflow_id or r.run_id != first.run_id for r in rows):
+        return None
+    for original, clean in pairs:
+        if (clean.reason != original.reason or clean.actor != original.actor
+                or canonical(clean.data) != canonical(original.data)):
+            return None
+    n = first_param
+    ctes = _DECISION_CTES.format(wf=n, run=n + 1, links=n + 2, rows=n + 3)
+    links = [{"seq": first.seq - 1, "hash": first.prev_hash},
+             *({"seq": r.seq, "hash": r.hash} for r in rows)]
+    stored = [{"seq": r.seq, "step": r.step, "kind": r.kind, "decision": r.decision,
+               "reason": r.reason, "actor": r.actor, "policy": r.policy, "data": r.data,
+               "at": r.at.isoformat(), "prev_hash": r.prev_hash, "hash": r.hash}
+              for r in rows]
+    return ctes, (first.workflow_id, first.run_id, links, stored)
+
+
+async def _insert_chained(c: asyncpg.Connection, pairs: list[Pair]) -> None:
+    """Store ``pairs`` re-chained to what is stored, run by run (inside a transaction)."""
+    args = []
+    for group in by_run(pairs):
+        for r in await chained(c, group):
+            args.append((r.workflow_id, r.seq, r.run_id, r.step, r.kind, r.decision,
+                         r.reason, r.actor, r.policy, r.data,
+                         f"{r.workflow_id}:{r.run_id}:{r.seq}", r.at, r.prev_hash, r.hash))
+    await c.executemany(
+        "insert into stead_decisions(workflow_id, seq, run_id, step, kind, decision,"
+        " reason, actor, policy, data, dedupe_key, created_at, prev_hash, hash)"
+        " values($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14)"
+        " on conflict do nothing", args)
