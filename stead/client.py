@@ -55,9 +55,15 @@ def new_run_id(agent: str, tenant: str = "default") -> str:
 
 async def start_run(client: Client, request: RunRequest, *, temporal: TemporalSettings,
                     workflow_id: str | None = None) -> WorkflowHandle[object, RunResult]:
+    """Start a run of ``request.agent`` on ``temporal.task_queue``.
+
+    The start asks for eager execution: when ``client`` also serves a worker on that task
+    queue with a free slot (the HTTP API and a worker in one process, a test, a benchmark),
+    the server hands the run's first workflow task back in the start's own response instead
+    of through the task queue. Otherwise the run starts as usual."""
     attrs = run_attributes(request.agent, request.tenant)
     summary = f"{request.agent}: {request.input[:120]}"
     return await client.start_workflow(
         WORKFLOW_TYPE, request, id=workflow_id or new_run_id(request.agent, request.tenant),
         task_queue=temporal.task_queue, result_type=RunResult, search_attributes=attrs,
-        static_summary=summary)
+        static_summary=summary, request_eager_start=True)

@@ -48,7 +48,7 @@ from bench.peers.plain_workflow import APPROVE, WORKFLOW, PeerPlainWorkflow
 from bench.peers.workload import HITL, Workload, agent_name, stead_agents, workloads
 from bench.runner import RUN_TIMEOUT, _distinct_ports, _stuck_reason, plain_worker_options
 from stead.authoring.agent import AgentCatalog
-from stead.client import connect, start_run
+from stead.client import start_run
 from stead.contracts.models import (
     ApprovalDecision,
     Message,
@@ -265,9 +265,11 @@ async def temporal_system(base: Settings, system: str, *, otlp: str | None,
     policy = system in (STEAD_FULL, STEAD_LOCAL)
     async with WorkerHost(settings, AgentCatalog(stead_agents(policy=policy,
                                                               local=system == STEAD_LOCAL)),
-                          task_queue=settings.temporal.task_queue):
-        client = await connect(settings)
-        yield SteadSystem(system, client, settings, policy=policy)
+                          task_queue=settings.temporal.task_queue) as host:
+        # Runs start through the worker's own client, as the plain peers' do: a start can
+        # then be eager (``stead.client.start_run``).
+        assert host.client is not None
+        yield SteadSystem(system, host.client, settings, policy=policy)
 
 
 @dataclass
