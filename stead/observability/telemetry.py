@@ -171,22 +171,25 @@ class SteadMetrics:
         if not self.enabled:
             return
         try:
-            async with ledger.pool.acquire() as c:
-                run = await c.fetchrow(
-                    "select agent, extract(epoch from finished_at - started_at)::float8 as s,"
-                    " metadata->>$3 as synthetic from stead_runs"
-                    " where workflow_id=$1 and run_id=$2", workflow_id, run_id, SYNTHETIC_KEY)
-                rows = await c.fetch(
-                    "select kind, decision, data->>'approval_id' as approval_id, created_at"
-                    " from stead_decisions where workflow_id=$1 and run_id=$2"
-                    " and kind = any($3::text[]) order by seq", workflow_id, run_id,
-                    [*GUARDRAIL_KINDS, "approval_requested", "approval_decided"])
+            # The run and its decisions of interest in one round trip: one row per decision,
+            # or one row with no decision.
+            rows = await ledger.pool.fetch(
+                "select r.agent, extract(epoch from r.finished_at - r.started_at)::float8 as s,"
+                " r.metadata->>$3 as synthetic, d.kind, d.decision,"
+                " d.data->>'approval_id' as approval_id, d.created_at"
+                " from stead_runs r left join stead_decisions d"
+                " on d.workflow_id = r.workflow_id and d.run_id = r.run_id"
+                " and d.kind = any($4::text[])"
+                " where r.workflow_id=$1 and r.run_id=$2 order by d.seq",
+                workflow_id, run_id, SYNTHETIC_KEY,
+                [*GUARDRAIL_KINDS, "approval_requested", "approval_decided"])
         except Exception:
             log.warning("run metrics for %s/%s not recorded", workflow_id, run_id,
                         exc_info=True)
             return
-        if run is None:
+        if not rows:
             return
+        run = rows[0]
         agent: str = run["agent"]
         attrs = {"stead.agent": agent, "stead.status": status}
         if run["synthetic"]:  # eval / counterfactual runs: dashboards can leave them out
@@ -197,6 +200,8 @@ class SteadMetrics:
         requested: dict[str, datetime] = {}
         for r in rows:
             kind = r["kind"]
+            if kind is None:  # the run has none of these decisions
+                continue
             if kind == "approval_requested":
                 requested[r["approval_id"]] = r["created_at"]
             elif kind == "approval_decided":

@@ -20,6 +20,17 @@ from stead.storage.ledger._values import Storable, init_connection
 T = TypeVar("T")
 
 
+async def keep_session(conn: asyncpg.Connection) -> None:
+    """What a connection goes back to the pool with: its session as it is.
+
+    asyncpg's default resets the session on every release (``RESET ALL``, ``UNLISTEN *``,
+    ``CLOSE ALL``, advisory locks released): one more round trip after every ledger write,
+    as many as the writes themselves. Nothing that uses this pool leaves session state
+    behind (settings are ``set local``, no ``LISTEN``, cursors or session advisory locks:
+    the migrator holds its lock on a connection of its own), and asyncpg still rolls back a
+    transaction left open and drops listeners before it calls this."""
+
+
 class LedgerBase:
     """A connection pool, redaction and the retry of operations while PostgreSQL is away."""
 
@@ -42,7 +53,7 @@ class LedgerBase:
                       redactor: Redactor = DEFAULT_REDACTOR) -> Self:
         try:
             pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size,
-                                             init=init_connection)
+                                             init=init_connection, reset=keep_session)
         except TRANSIENT as err:
             raise LedgerError(f"cannot connect to the ledger database: {err}") from err
         assert pool is not None
