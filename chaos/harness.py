@@ -10,7 +10,8 @@ directory):
               before/after each tool's side effect (the "after" one sits between the effect
               and its ledger write), while a run waits for an approval (the worker holding it
               is killed, then the approver answers), and at random moments.
-``temporal``  the Temporal dev server stopped and started again (same SQLite file) mid-load.
+``temporal``  the Temporal dev server killed (SIGKILL) and started again (same SQLite file)
+              mid-load: its WAL journal must keep every commit across a process kill.
 ``postgres``  the ledger's PostgreSQL stopped and started again mid-load.
 ``model``     the model is the real ``openai`` SDK against ``FakeOpenAIServer``: 429 with
               Retry-After, 500, timeouts, truncated/malformed bodies, hallucinated tool names,
@@ -429,7 +430,7 @@ class Harness:
         settings = self.settings_for(which)
         n = self.cfg.infra_runs
         stat = self.fault("infrastructure",
-                          "Temporal dev server restart" if which == "temporal"
+                          "Temporal dev server SIGKILL + restart" if which == "temporal"
                           else "PostgreSQL restart")
         async with self.pool(settings, which) as _pool:
             started: list[tuple[RunRecord, WorkflowHandle[Any, RunResult]]] = []
@@ -445,7 +446,8 @@ class Harness:
             down_at = time.time()
             if which == "temporal":
                 assert self.stack.temporal is not None
-                await self.stack.temporal.stop()
+                # Killed, not stopped: nothing gets to flush or checkpoint its SQLite file.
+                await asyncio.to_thread(self.stack.temporal.kill)
                 await asyncio.sleep(self.cfg.outage_seconds)
                 await self.stack.temporal.start()
             else:
