@@ -14,10 +14,10 @@ For each system, one after another on one embedded stack (the systems of
    run in; ``core`` the Temporal core's Rust threads), and the ledger's round trips
    (statements sent, a transaction counting its BEGIN and COMMIT).
 2. **profiled**: as many runs again under ``cProfile`` (timed by the thread's own CPU clock)
-   on the event loop's thread and on the workflow threads. Each function's own time is charged to one area by the file it lives in
-   (``AREAS``); an area's share of its thread's profiled time, times that thread's measured
-   CPU, is its ms per run. The profiler slows Python down unevenly, so the areas are
-   estimates; the thread totals are measurements.
+   on the event loop's thread and on the workflow threads. Each function's own time is
+   charged to one area by its file and name (``AREAS``); an area's share of its thread's
+   profiled time, times that thread's measured CPU, is its ms per run. The profiler slows
+   Python down unevenly, so the areas are estimates; the thread totals are measurements.
 """
 
 from __future__ import annotations

@@ -2,17 +2,18 @@
 stead minimal with the change, interleaved run by run on one stack (a shared 2-core machine
 moves too much between invocations to see a few percent).
 
-    python -m bench.peers.experiment eager      # start runs with request_eager_start
+    python -m bench.peers.experiment no-eager   # start runs without request_eager_start
     python -m bench.peers.experiment pollers    # autoscaling workflow/activity pollers
     python -m bench.peers.experiment pool       # ledger pool of 40 instead of the default
     python -m bench.peers.experiment unsandboxed   # workflows without the sandbox (what-if)
     python -m bench.peers.experiment none       # A/A: how far apart two identical sides land
     python -m bench.peers.experiment local-reads   # policy execution.local_reads
     python -m bench.peers.experiment local      # local_reads + local_model_calls
-    python -m bench.peers.experiment eager --runs 30 --levels 50 --rounds 3
+    python -m bench.peers.experiment no-eager --runs 30 --levels 50 --rounds 3
 
 Each variant is applied to the B worker only, without touching product defaults, so the
-same process measures both; a change that helps is then made in ``stead/`` for real.
+same process measures both; a change that helps is then made in ``stead/`` for real (as
+eager start was: ``no-eager`` now measures what it gives by taking it away).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from temporalio.worker import PollerBehaviorAutoscaling, UnsandboxedWorkflowRunn
 import stead.worker
 from bench import breakdown
 from bench.peers.runner import PeersConfig, Runner, spread
-from bench.peers.temporal_run import STEAD_MIN, SteadSystem, system_settings
+from bench.peers.temporal_run import STEAD_MIN, SteadSystem, _result, system_settings
 from bench.peers.workload import stead_agents
 from bench.runner import _distinct_ports
 from stead.authoring.agent import Agent, AgentCatalog
@@ -47,7 +48,7 @@ from stead.settings import Settings
 from stead.stack.embedded import EmbeddedStack
 from stead.worker import WorkerHost
 
-VARIANTS = ("eager", "pollers", "pool", "unsandboxed", "none", "local-reads", "local")
+VARIANTS = ("no-eager", "pollers", "pool", "unsandboxed", "none", "local-reads", "local")
 
 
 def _local_agents(*, model_calls: bool) -> list[Agent]:
@@ -62,10 +63,10 @@ def _local_agents(*, model_calls: bool) -> list[Agent]:
 A, B = "A: as is", "B: with the change"
 
 
-class EagerSteadSystem(SteadSystem):
-    """Starts runs like ``stead.client.start_run`` plus ``request_eager_start=True``: the
-    server hands the first workflow task back in the start response when a worker polls the
-    queue on the same client, saving its trip through matching."""
+class NotEagerSteadSystem(SteadSystem):
+    """Starts runs like ``stead.client.start_run`` but without ``request_eager_start``: the
+    run's first workflow task goes through the task queue's matching even though a worker on
+    the same client polls it."""
 
     async def run(self, workload: str, run_id: str) -> Any:
         from bench.peers.workload import agent_name
@@ -79,9 +80,7 @@ class EagerSteadSystem(SteadSystem):
         handle = await self.client.start_workflow(
             WORKFLOW_TYPE, request, id=run_id, task_queue=self.settings.temporal.task_queue,
             result_type=RunResult, search_attributes=attrs,
-            static_summary=f"{request.agent}: {request.input[:120]}", request_eager_start=True)
-        from bench.peers.temporal_run import _result
-
+            static_summary=f"{request.agent}: {request.input[:120]}", request_eager_start=False)
         return self._outcome(handle.id, await _result(self.name, handle))
 
 
@@ -127,7 +126,7 @@ async def _system(base: Settings, name: str, variant: str | None) -> AsyncIterat
         await host.start()
     try:
         assert host.client is not None
-        cls = EagerSteadSystem if variant == "eager" else SteadSystem
+        cls = NotEagerSteadSystem if variant == "no-eager" else SteadSystem
         # Both sides start runs on the worker's own client (as `stead demo` does): eager
         # start needs it, and it keeps A and B alike.
         yield cls(name, host.client, settings, policy=False)

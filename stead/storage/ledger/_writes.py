@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import asyncpg
 
+from stead.contracts.audit import canonical
 from stead.contracts.models import (
     DecisionRow,
     MemoryOpRecord,
@@ -27,7 +28,6 @@ from stead.contracts.models import (
     ToolAttemptReport,
     ToolInvocation,
 )
-from stead.contracts.audit import canonical
 from stead.storage.ledger._chain import Pair, by_run, chained
 from stead.storage.ledger._core import LedgerBase
 
