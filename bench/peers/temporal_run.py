@@ -16,6 +16,10 @@
   worker slots and retry/timeout defaults, and nothing else.
 - **plain, local tools** (a what-if): the same with the tool calls as local activities, to
   size what running read tools as local activities would give stead.
+- **the engine's floor**: the same workflow with the model calls as local activities too,
+  started with eager start (``request_eager_start``: the server hands the first workflow
+  task back in the start call, to the worker on the starting client), so a whole run is one
+  workflow task. Nothing Temporal-based can be cheaper per run on this server.
 
 All the workers live in the benchmark process on their own task queues of one embedded
 stack; see :func:`temporal_side`.
@@ -62,7 +66,10 @@ from stead.stack.embedded import EmbeddedStack, _wait_tcp
 from stead.worker import WorkerHost
 
 STEAD_FULL, STEAD_MIN, PLAIN, PLAIN_LOCAL = "stead", "stead-min", "plain", "plain-local"
-STEAD_LOCAL = "stead-local"
+STEAD_LOCAL, FLOOR = "stead-local", "floor"
+PYDANTIC_AI, OPENAI_AGENTS = "pydantic-ai", "openai-agents"
+"""The agent frameworks on Temporal (``pydantic_ai_run``, ``openai_agents_run``), imported
+only when they run: their modules pull in the frameworks."""
 
 Progress = Callable[[str], None]
 
@@ -141,24 +148,43 @@ class SteadSystem:
 
 
 class PlainSystem:
-    """``PeerPlainWorkflow`` on a plain temporalio worker."""
+    """``PeerPlainWorkflow`` on a plain temporalio worker (``system``: ``plain``,
+    ``plain-local`` or ``floor``). The floor's runs are started eagerly, so ``client`` must
+    be the client its worker runs on."""
 
     temporal = True
 
-    def __init__(self, client: Client, task_queue: str, *, local_tools: bool = False) -> None:
-        self.name = PLAIN_LOCAL if local_tools else PLAIN
+    def __init__(self, client: Client, task_queue: str, *, system: str = PLAIN) -> None:
+        if system not in (PLAIN, PLAIN_LOCAL, FLOOR):
+            raise ValueError(f"not a plain temporalio system: {system!r}")
+        self.name = system
         self.client = client
         self.task_queue = task_queue
-        self.local_tools = local_tools
+        self.local_tools = system in (PLAIN_LOCAL, FLOOR)
+        self.local_model = self.eager = system == FLOOR
+        self.started = self.started_eagerly = 0
+        """Runs started, and of those the ones the server started eagerly (the floor asks
+        for every run; a server without a free slot on the worker may decline)."""
         self.workloads = workloads()
 
     async def _start(self, workload: str, run_id: str, *,
                      approval: bool) -> WorkflowHandle[Any, RunOutcome]:
         w = self.workloads[workload]
-        return await self.client.start_workflow(
+        handle = await self.client.start_workflow(
             WORKFLOW, PeerRequest(workload=workload, messages=w.first_messages(),
-                                  approval=approval, local_tools=self.local_tools),
-            id=run_id, task_queue=self.task_queue, result_type=RunOutcome)
+                                  approval=approval, local_tools=self.local_tools,
+                                  local_model=self.local_model),
+            id=run_id, task_queue=self.task_queue, result_type=RunOutcome,
+            request_eager_start=self.eager)
+        self.started += 1
+        # The SDK's own record of whether the start response carried the first task.
+        self.started_eagerly += bool(getattr(handle, "__temporal_eagerly_started", False))
+        return handle
+
+    def notes(self) -> list[str]:
+        if not self.eager:
+            return []
+        return [f"{self.started_eagerly} of {self.started} runs started eagerly"]
 
     async def run(self, workload: str, run_id: str) -> RunOutcome:
         handle = await self._start(workload, run_id, approval=False)
@@ -257,10 +283,21 @@ async def temporal_system(base: Settings, system: str, *, otlp: str | None,
                           cached_workflows: int | None = None) -> AsyncIterator[Any]:
     """One Temporal-based system with its worker polling (``base``: resolved settings)."""
     settings = system_settings(base, system, otlp=otlp, cached_workflows=cached_workflows)
-    if system in (PLAIN, PLAIN_LOCAL):
+    if system in (PLAIN, PLAIN_LOCAL, FLOOR):
         async with plain_worker(settings, settings.temporal.task_queue) as client:
-            yield PlainSystem(client, settings.temporal.task_queue,
-                              local_tools=system == PLAIN_LOCAL)
+            yield PlainSystem(client, settings.temporal.task_queue, system=system)
+        return
+    if system == PYDANTIC_AI:
+        from bench.peers.pydantic_ai_run import PydanticAISystem, pydantic_ai_worker
+
+        async with pydantic_ai_worker(settings, settings.temporal.task_queue) as client:
+            yield PydanticAISystem(client, settings.temporal.task_queue)
+        return
+    if system == OPENAI_AGENTS:
+        from bench.peers.openai_agents_run import OpenAIAgentsSystem, openai_agents_worker
+
+        async with openai_agents_worker(settings, settings.temporal.task_queue) as client:
+            yield OpenAIAgentsSystem(client, settings.temporal.task_queue)
         return
     policy = system in (STEAD_FULL, STEAD_LOCAL)
     async with WorkerHost(settings, AgentCatalog(stead_agents(policy=policy,
