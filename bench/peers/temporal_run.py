@@ -21,6 +21,9 @@
   task back in the start call, to the worker on the starting client), so a whole run is one
   workflow task. Nothing Temporal-based can be cheaper per run on this server.
 
+- **pydantic-ai** and **openai-agents**: the agent frameworks that run on Temporal, each
+  through its own plugin (``bench/peers/pydantic_ai_run.py``, ``openai_agents_run.py``).
+
 All the workers live in the benchmark process on their own task queues of one embedded
 stack; see :func:`temporal_side`.
 """
@@ -34,7 +37,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -316,10 +319,17 @@ class TemporalSide:
     systems: dict[str, Any]
 
 
+TEMPORAL_SYSTEMS = (STEAD_FULL, STEAD_LOCAL, STEAD_MIN, PLAIN, PLAIN_LOCAL, FLOOR, PYDANTIC_AI,
+                    OPENAI_AGENTS)
+"""Every system that runs on the embedded Temporal server, in report order."""
+
+
 @contextlib.asynccontextmanager
-async def temporal_side(*, progress: Progress = print) -> AsyncIterator[TemporalSide]:
+async def temporal_side(*, systems: Sequence[str] = TEMPORAL_SYSTEMS,
+                        progress: Progress = print) -> AsyncIterator[TemporalSide]:
     """One embedded stack (Temporal dev server + PostgreSQL) on free ports in a temporary
-    directory, the OTLP receiver, and the three Temporal-based systems' workers."""
+    directory, the OTLP receiver, and the workers of the Temporal-based ``systems`` (others
+    in it are ignored), each on its own task queue of that one server."""
     with tempfile.TemporaryDirectory(prefix="stead-peers-") as tmp:
         tport, uport, pport, oport = _distinct_ports(4)
         settings = Settings(data_dir=Path(tmp), temporal_port=tport, ui_port=uport,
@@ -327,14 +337,12 @@ async def temporal_side(*, progress: Progress = print) -> AsyncIterator[Temporal
                             openai_api_key=None)
         progress(f"starting embedded stack in {tmp} (Temporal :{tport}, PostgreSQL :{pport}, "
                  f"OTLP receiver :{oport})")
-        async with EmbeddedStack(settings, ui=False) as stack, otlp_receiver(oport) as otlp:
+        async with (EmbeddedStack(settings, ui=False) as stack, otlp_receiver(oport) as otlp,
+                    contextlib.AsyncExitStack() as workers):
             resolved = stack.resolved_settings()
-            async with (temporal_system(resolved, STEAD_FULL, otlp=otlp) as full,
-                        temporal_system(resolved, STEAD_LOCAL, otlp=otlp) as local,
-                        temporal_system(resolved, STEAD_MIN, otlp=None) as minimal,
-                        temporal_system(resolved, PLAIN, otlp=None) as plain,
-                        temporal_system(resolved, PLAIN_LOCAL, otlp=None) as plain_local):
-                yield TemporalSide(stack=stack, settings=resolved, otlp=otlp,
-                                   systems={STEAD_FULL: full, STEAD_LOCAL: local,
-                                            STEAD_MIN: minimal,
-                                            PLAIN: plain, PLAIN_LOCAL: plain_local})
+            running: dict[str, Any] = {}
+            for name in TEMPORAL_SYSTEMS:
+                if name in systems:
+                    running[name] = await workers.enter_async_context(temporal_system(
+                        resolved, name, otlp=otlp if name in (STEAD_FULL, STEAD_LOCAL) else None))
+            yield TemporalSide(stack=stack, settings=resolved, otlp=otlp, systems=running)
