@@ -100,16 +100,25 @@ async def test_agent_frameworks_on_temporal_do_the_work_in_activities(
         extra: None, stack: EmbeddedStack, system: str) -> None:
     """pydantic-ai's durable agent and the OpenAI Agents SDK's plugin give the same answer
     after lookup_1..lookup_5 with 6 calls of the shared scripted planner, and each of those
-    model calls and tool calls was an activity of the run (the frameworks' own ones)."""
+    model calls and tool calls was an activity of the run (the frameworks' own ones); an
+    approval run stops before its tool, and the ``approve`` signal resumes it to the answer
+    (the frameworks' own tool approvals: deferred tools, interruptions)."""
     from bench.peers.temporal_run import temporal_system
 
-    w = workloads()[FIVE]
+    ws = workloads()
     async with temporal_system(stack.resolved_settings(), system, otlp=None) as s:
         run_id = _run_id(system)
         out = await s.run(FIVE, run_id)
-        w.check(system, run_id, out)
+        ws[FIVE].check(system, run_id, out)
         assert out.model_calls == 6 and out.tools_called == [f"lookup_{n}" for n in range(1, 6)]
         events = await _history(s.client, run_id)
+
+        parked_id = _run_id(f"{system}-hitl")
+        parked = await s.park(parked_id)
+        assert parked_id not in approvals._entered  # stopped before the tool
+        await s.release(parked)
+        ws[HITL].check(system, parked_id, await s.finish(parked))
+        assert approvals._entered.pop(parked_id) > 0
     scheduled = [e.activity_task_scheduled_event_attributes.activity_type.name for e in events
                  if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED]
     model = [n for n in scheduled if "model" in n]

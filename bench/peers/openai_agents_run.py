@@ -41,13 +41,22 @@ from openai.types.responses import (
 )
 from pydantic import BaseModel
 from temporalio import activity
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
 from bench.peers.models import FrameworkRequest, RunOutcome
-from bench.peers.openai_sdk import ModelActivityParameters, OpenAIAgentsPlugin, items, sdk
-from bench.peers.temporal_run import OPENAI_AGENTS, _result
-from bench.peers.workload import FIVE, LONG, LONG_TOOLS, Workload, workloads
+from bench.peers.openai_sdk import (
+    Model,
+    ModelActivityParameters,
+    ModelProvider,
+    ModelResponse,
+    OpenAIAgentsPlugin,
+    ToolCallItem,
+    ToolCallOutputItem,
+    Usage,
+)
+from bench.peers.temporal_run import OPENAI_AGENTS, SignalApprovals
+from bench.peers.workload import FIVE, HITL, LONG, LONG_TOOLS, Workload, workloads
 from bench.plain import MODEL_RETRY, MODEL_TIMEOUT
 from stead.contracts.models import Message, ModelTurn, ToolCall
 from stead.settings import Settings
@@ -56,8 +65,8 @@ WORKFLOW: Final = "PeerOpenAIAgentsWorkflow"
 MAX_TURNS: Final = 2 * LONG_TOOLS + 10
 """The SDK stops a run after 10 model turns by default; the long run takes 51. This is the
 step bound stead's long agent has (``max_steps``)."""
-WORKLOADS: Final = (FIVE, LONG)
-"""The workloads this peer runs (the approval run is not wired for it)."""
+WORKLOADS: Final = (FIVE, LONG, HITL)
+"""The workloads this peer runs."""
 
 
 def model_name(workload: str) -> str:
@@ -119,10 +128,10 @@ def model_response(turn: ModelTurn) -> Any:
     output += [ResponseFunctionToolCall(type="function_call", id=f"fc_{c.id}", call_id=c.id,
                                         name=c.name, arguments=c.arguments, status="completed")
                for c in turn.tool_calls]
-    return sdk.ModelResponse(output=output, usage=sdk.Usage(requests=1), response_id=None)
+    return ModelResponse(output=output, usage=Usage(requests=1), response_id=None)
 
 
-class ScriptedModel(sdk.Model):  # type: ignore[misc]  # the SDK is imported by hand
+class ScriptedModel(Model):  # type: ignore[misc]  # the SDK has no static types here
     """An ``agents.Model`` that is the workload's scripted planner (no network)."""
 
     def __init__(self, w: Workload) -> None:
@@ -139,7 +148,7 @@ class ScriptedModel(sdk.Model):  # type: ignore[misc]  # the SDK is imported by 
         raise NotImplementedError("the bench runs the agents without streaming")
 
 
-class ScriptedModels(sdk.ModelProvider):  # type: ignore[misc]  # likewise
+class ScriptedModels(ModelProvider):  # type: ignore[misc]  # likewise
     """The plugin's ``model_provider``: ``scripted:<workload>`` -> that workload's planner."""
 
     def __init__(self) -> None:
@@ -167,6 +176,10 @@ def tool_activity(w: Workload, name: str) -> ToolActivity:
 
     async def call_tool(key: str) -> str:
         info = activity.info()
+        if info.workflow_id is None:
+            raise RuntimeError(f"{name} runs as an activity of an agent run, not on its own")
+        # The SDK hands a tool activity only the arguments: the activity's sequence number in
+        # its run stands in for the step.
         step = int(info.activity_id) if info.activity_id.isdigit() else 0
         msg = await w.act(ToolCall(id=f"{info.workflow_id}:{info.activity_id}", name=name,
                                    arguments=json.dumps({"key": key})),
@@ -196,21 +209,22 @@ TOOLS: Final = {n: [s.name for s in w.schemas] for n, w in workloads().items() i
 def outcome(result: Any) -> RunOutcome:
     """A finished run's answer, the tools whose calls returned (in order), the model calls."""
     returned = {i.raw_item["call_id"] if isinstance(i.raw_item, dict) else i.raw_item.call_id
-                for i in result.new_items if isinstance(i, items.ToolCallOutputItem)}
+                for i in result.new_items if isinstance(i, ToolCallOutputItem)}
     tools = [i.raw_item.name for i in result.new_items
-             if isinstance(i, items.ToolCallItem)
+             if isinstance(i, ToolCallItem)
              and isinstance(i.raw_item, ResponseFunctionToolCall)
              and i.raw_item.call_id in returned]
     return RunOutcome(answer=str(result.final_output), tools_called=tools,
                       model_calls=len(result.raw_responses))
 
 
-class OpenAIAgentsSystem:
-    """``PeerOpenAIAgentsWorkflow`` on a worker whose client carries ``OpenAIAgentsPlugin``."""
+class OpenAIAgentsSystem(SignalApprovals):
+    """``PeerOpenAIAgentsWorkflow`` on a worker whose client carries ``OpenAIAgentsPlugin``.
+    The approval run is two ``Runner.run`` calls in one workflow: the first stops with the
+    tool call as an interruption (its tool ``needs_approval``), the workflow waits for the
+    ``approve`` signal, the second resumes from the first's ``RunState`` with it approved."""
 
     temporal = True
-    parks = False
-    """No approval run: the SDK's tool approvals would make it a second ``Runner.run``."""
 
     def __init__(self, client: Client, task_queue: str) -> None:
         self.name = OPENAI_AGENTS
@@ -218,14 +232,13 @@ class OpenAIAgentsSystem:
         self.task_queue = task_queue
         self.workloads = workloads()
 
-    async def run(self, workload: str, run_id: str) -> RunOutcome:
+    async def _start(self, workload: str, run_id: str, *,
+                     approval: bool) -> WorkflowHandle[Any, RunOutcome]:
         if workload not in WORKLOADS:
             raise ValueError(f"{self.name} has no agent for the {workload!r} workload")
-        handle = await self.client.start_workflow(
+        return await self.client.start_workflow(
             WORKFLOW, FrameworkRequest(workload=workload, input=self.workloads[workload].request),
             id=run_id, task_queue=self.task_queue, result_type=RunOutcome)
-        out: RunOutcome = await _result(self.name, handle)
-        return out
 
 
 @contextlib.asynccontextmanager

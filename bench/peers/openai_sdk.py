@@ -1,8 +1,8 @@
 """The OpenAI Agents SDK and Temporal's plugin for it, imported past this repository's own
 ``agents/`` folder.
 
-    from bench.peers.openai_sdk import sdk, activity_as_tool
-    agent = sdk.Agent(name="...", tools=[activity_as_tool(some_activity)])
+    from bench.peers.openai_sdk import Agent, activity_as_tool
+    agent = Agent(name="...", tools=[activity_as_tool(some_activity)])
 
 The SDK's import name is ``agents``. So is the folder of stead's reference agents at the top
 of this repository, which installs as ``stead.agents`` but, whenever Python runs from the
@@ -24,6 +24,7 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 DISTRIBUTION = "openai-agents"
 
@@ -68,8 +69,18 @@ def load_sdk() -> ModuleType:
 
 sdk = load_sdk()
 """The SDK's top-level package (``agents``)."""
-items = importlib.import_module("agents.items")
-"""``agents.items`` (run items: tool calls and their outputs)."""
+_items = importlib.import_module("agents.items")
+
+# What the benchmark uses of the SDK. Loaded by hand, the SDK has no static types here.
+Agent: Any = sdk.Agent
+Runner: Any = sdk.Runner
+RunConfig: Any = sdk.RunConfig
+Model: Any = sdk.Model
+ModelProvider: Any = sdk.ModelProvider
+ModelResponse: Any = sdk.ModelResponse
+Usage: Any = sdk.Usage
+ToolCallItem: Any = _items.ToolCallItem
+ToolCallOutputItem: Any = _items.ToolCallOutputItem
 
 # Temporal's plugin imports ``agents`` itself, so it may only be imported once the SDK holds
 # that name: these imports follow the load on purpose.
@@ -79,5 +90,6 @@ from temporalio.openai_agents import (  # noqa: E402
 )
 from temporalio.openai_agents.workflow import activity_as_tool  # noqa: E402
 
-__all__ = ["ModelActivityParameters", "OpenAIAgentsPlugin", "activity_as_tool", "items",
-           "load_sdk", "sdk"]
+__all__ = ["Agent", "Model", "ModelActivityParameters", "ModelProvider", "ModelResponse",
+           "OpenAIAgentsPlugin", "RunConfig", "Runner", "ToolCallItem", "ToolCallOutputItem",
+           "Usage", "activity_as_tool", "load_sdk", "sdk"]

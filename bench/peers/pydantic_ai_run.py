@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 from typing import Any, Final
 
-from pydantic_ai import Agent, RunContext, Tool
+from pydantic_ai import Agent, DeferredToolRequests, RunContext, Tool
 from pydantic_ai.durable_exec.temporal import PydanticAIPlugin, TemporalDurability
 from pydantic_ai.messages import (
     ModelMessage,
@@ -49,13 +49,13 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.toolsets import FunctionToolset
 from pydantic_ai.usage import UsageLimits
 from temporalio import activity
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 from temporalio.workflow import ActivityConfig
 
 from bench.peers.models import FrameworkRequest, RunOutcome
-from bench.peers.temporal_run import PYDANTIC_AI, _result
-from bench.peers.workload import FIVE, LONG, LONG_TOOLS, SYSTEM_PROMPT, Workload, workloads
+from bench.peers.temporal_run import PYDANTIC_AI, SignalApprovals
+from bench.peers.workload import HITL, LONG_TOOLS, SYSTEM_PROMPT, Workload, workloads
 from bench.plain import MODEL_RETRY, MODEL_TIMEOUT, TOOL_RETRY, TOOL_TIMEOUT
 from stead.contracts.models import Message, ModelTurn, ToolCall
 from stead.settings import Settings
@@ -112,12 +112,16 @@ def scripted_model(w: Workload) -> FunctionModel:
     return FunctionModel(think, model_name=f"scripted:{w.name}")
 
 
-def toolset(w: Workload) -> FunctionToolset[None]:
+def toolset(w: Workload, *, approval: bool = False) -> FunctionToolset[None]:
     """The workload's stead tools as a pydantic-ai toolset, with stead's argument schemas.
-    A call runs in the toolset's call-tool activity; its run is that activity's workflow."""
+    A call runs in the toolset's call-tool activity; its run is that activity's workflow.
+    ``approval``: every tool needs a person's approval (pydantic-ai's ``requires_approval``:
+    the run ends with the calls as ``DeferredToolRequests`` instead of making them)."""
     def bind(name: str) -> Any:
         async def call_tool(ctx: RunContext[None], **arguments: Any) -> str:
             run_id = activity.info().workflow_id
+            if run_id is None:
+                raise RuntimeError(f"{name} runs in an agent run's tool activity only")
             msg = await w.act(ToolCall(id=ctx.tool_call_id or name, name=name,
                                        arguments=json.dumps(arguments)),
                               run_id=run_id, step=ctx.run_step)
@@ -127,11 +131,14 @@ def toolset(w: Workload) -> FunctionToolset[None]:
     tools = [Tool.from_schema(bind(s.name), name=s.name, description=s.description,
                               json_schema=dict(s.parameters), takes_ctx=True)
              for s in w.schemas]
+    for t in tools:
+        t.requires_approval = approval  # from_schema has no parameter for it
     return FunctionToolset(tools, id=TOOLSET_ID)
 
 
-def durable_agent(w: Workload) -> Agent[None, str]:
-    """One workload's pydantic-ai agent, durable on Temporal with stead's activity defaults."""
+def durable_agent(w: Workload) -> Agent[None, Any]:
+    """One workload's pydantic-ai agent, durable on Temporal with stead's activity defaults.
+    The approval run's agent may also end with ``DeferredToolRequests`` (its tool asks)."""
     durability: TemporalDurability[None] = TemporalDurability(
         activity_config=ActivityConfig(
             start_to_close_timeout=TOOL_TIMEOUT,
@@ -141,13 +148,15 @@ def durable_agent(w: Workload) -> Agent[None, str]:
             start_to_close_timeout=MODEL_TIMEOUT,
             schedule_to_close_timeout=MODEL_TIMEOUT * 5 + timedelta(seconds=120),
             retry_policy=MODEL_RETRY))
+    approval = w.name == HITL
     return Agent(scripted_model(w), name=f"peers_{w.name}", instructions=SYSTEM_PROMPT,
-                 toolsets=[toolset(w)], capabilities=[durability])
+                 toolsets=[toolset(w, approval=approval)], capabilities=[durability],
+                 output_type=[str, DeferredToolRequests] if approval else str)
 
 
-AGENTS: Final[dict[str, Agent[None, str]]] = {
-    name: durable_agent(w) for name, w in workloads().items() if name in (FIVE, LONG)}
-"""The agents the workflow runs, by workload (the approval run is not wired for this peer)."""
+AGENTS: Final[dict[str, Agent[None, Any]]] = {
+    name: durable_agent(w) for name, w in workloads().items()}
+"""The agents the workflow runs, by workload."""
 
 
 def outcome(output: str, messages: Sequence[ModelMessage], model_calls: int) -> RunOutcome:
@@ -157,12 +166,13 @@ def outcome(output: str, messages: Sequence[ModelMessage], model_calls: int) -> 
     return RunOutcome(answer=output, tools_called=tools, model_calls=model_calls)
 
 
-class PydanticAISystem:
-    """``PeerPydanticAIWorkflow`` on a worker whose client carries ``PydanticAIPlugin``."""
+class PydanticAISystem(SignalApprovals):
+    """``PeerPydanticAIWorkflow`` on a worker whose client carries ``PydanticAIPlugin``. The
+    approval run is two agent runs in one workflow: the first ends with the tool call
+    deferred for approval, the workflow waits for the ``approve`` signal, the second resumes
+    from the first's messages with the call approved (pydantic-ai's deferred tools)."""
 
     temporal = True
-    parks = False
-    """No approval run: pydantic-ai's deferred tools would make it a second agent run."""
 
     def __init__(self, client: Client, task_queue: str) -> None:
         self.name = PYDANTIC_AI
@@ -170,14 +180,13 @@ class PydanticAISystem:
         self.task_queue = task_queue
         self.workloads = workloads()
 
-    async def run(self, workload: str, run_id: str) -> RunOutcome:
+    async def _start(self, workload: str, run_id: str, *,
+                     approval: bool) -> WorkflowHandle[Any, RunOutcome]:
         if workload not in AGENTS:
             raise ValueError(f"{self.name} has no agent for the {workload!r} workload")
-        handle = await self.client.start_workflow(
+        return await self.client.start_workflow(
             WORKFLOW, FrameworkRequest(workload=workload, input=self.workloads[workload].request),
             id=run_id, task_queue=self.task_queue, result_type=RunOutcome)
-        out: RunOutcome = await _result(self.name, handle)
-        return out
 
 
 @contextlib.asynccontextmanager

@@ -25,7 +25,7 @@ from typing import Any
 from bench import approvals, breakdown, cpu
 from bench.peers.databases import DBOS_DB, LANGGRAPH_DB, ensure_database
 from bench.peers.dbos_run import dbos_system
-from bench.peers.langgraph_run import langgraph_system
+from bench.peers.langgraph_run import Durability, langgraph_system
 from bench.peers.temporal_run import (
     FLOOR,
     OPENAI_AGENTS,
@@ -57,9 +57,9 @@ LABELS = {
     LANGGRAPH_ASYNC: "LangGraph + PostgresSaver (async, default)",
     DBOS: "DBOS on PostgreSQL",
 }
-MEMORY_SYSTEMS = (STEAD_FULL, STEAD_MIN, PLAIN, LANGGRAPH, DBOS)
-"""LangGraph's durability mode and plain's local tools change nothing about a parked run:
-measured once. The agent frameworks on Temporal run no approval run, so they park none."""
+MEMORY_SYSTEMS = (STEAD_FULL, STEAD_MIN, PLAIN, PYDANTIC_AI, OPENAI_AGENTS, LANGGRAPH, DBOS)
+"""LangGraph's durability mode and plain's local tools (the floor's too) change nothing about
+a parked run: measured once."""
 
 Progress = Callable[[str], None]
 
@@ -242,8 +242,8 @@ class Runner:
             self.out[name].long = spread(self.out[name].long_ms)
 
     async def hitl(self) -> None:
-        names = [n for n in self.names if getattr(self.systems[n], "parks", True)]
-        if not self.cfg.hitl_runs or not names:
+        names = self.names
+        if not self.cfg.hitl_runs:
             return
         self.progress(f"approval -> tool start: two warm-up runs, then {self.cfg.hitl_runs} "
                       f"each (parked {self.cfg.settle}s before the approval)")
@@ -320,7 +320,9 @@ async def run_peers(cfg: PeersConfig, *, progress: Progress = print) -> PeersRes
         systems: dict[str, Any] = dict(side.systems)
         if LANGGRAPH in cfg.systems or LANGGRAPH_ASYNC in cfg.systems:
             lg_dsn = await ensure_database(owner, LANGGRAPH_DB)
-            for name, durability in ((LANGGRAPH, "sync"), (LANGGRAPH_ASYNC, "async")):
+            modes: tuple[tuple[str, Durability], ...] = ((LANGGRAPH, "sync"),
+                                                          (LANGGRAPH_ASYNC, "async"))
+            for name, durability in modes:
                 if name in cfg.systems:
                     systems[name] = await peers.enter_async_context(
                         langgraph_system(lg_dsn, durability=durability, name=name))

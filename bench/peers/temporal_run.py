@@ -150,7 +150,45 @@ class SteadSystem:
         return self._outcome(p.run_id, await _result(self.name, p.handle))
 
 
-class PlainSystem:
+class SignalApprovals:
+    """A Temporal system whose workflow waits for the ``approve`` signal before an approved
+    tool and answers the ``waiting`` query while it does (``PeerPlainWorkflow``, the agent
+    frameworks' workflows): running, parking, releasing and finishing its runs. The subclass
+    starts them (``_start``)."""
+
+    name: str
+
+    async def _start(self, workload: str, run_id: str, *,
+                     approval: bool) -> WorkflowHandle[Any, RunOutcome]:
+        raise NotImplementedError
+
+    async def run(self, workload: str, run_id: str) -> RunOutcome:
+        handle = await self._start(workload, run_id, approval=False)
+        out: RunOutcome = await _result(self.name, handle)
+        return out
+
+    async def park(self, run_id: str, *, precise: bool = True) -> Parked:
+        """Start an approval run; return once its ``waiting`` query says so (polled every
+        10 ms, or every 100 ms when not ``precise``)."""
+        handle = await self._start(HITL, run_id, approval=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            with contextlib.suppress(RPCError):  # a busy worker may answer a query late
+                if await handle.query("waiting", result_type=bool,
+                                      rpc_timeout=timedelta(seconds=10)):
+                    return Parked(run_id=run_id, handle=handle)
+            await asyncio.sleep(0.01 if precise else 0.1)
+        raise RuntimeError(f"{self.name} run {run_id} never waited for its approval")
+
+    async def release(self, p: Parked) -> None:
+        await p.handle.signal(APPROVE)
+
+    async def finish(self, p: Parked) -> RunOutcome:
+        out: RunOutcome = await _result(self.name, p.handle)
+        return out
+
+
+class PlainSystem(SignalApprovals):
     """``PeerPlainWorkflow`` on a plain temporalio worker (``system``: ``plain``,
     ``plain-local`` or ``floor``). The floor's runs are started eagerly, so ``client`` must
     be the client its worker runs on."""
@@ -188,31 +226,6 @@ class PlainSystem:
         if not self.eager:
             return []
         return [f"{self.started_eagerly} of {self.started} runs started eagerly"]
-
-    async def run(self, workload: str, run_id: str) -> RunOutcome:
-        handle = await self._start(workload, run_id, approval=False)
-        out: RunOutcome = await _result(self.name, handle)
-        return out
-
-    async def park(self, run_id: str, *, precise: bool = True) -> Parked:
-        """Start an approval run; return once its ``waiting`` query says so (polled every
-        10 ms, or every 100 ms when not ``precise``)."""
-        handle = await self._start(HITL, run_id, approval=True)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            with contextlib.suppress(RPCError):  # a busy worker may answer a query late
-                if await handle.query("waiting", result_type=bool,
-                                      rpc_timeout=timedelta(seconds=10)):
-                    return Parked(run_id=run_id, handle=handle)
-            await asyncio.sleep(0.01 if precise else 0.1)
-        raise RuntimeError(f"plain run {run_id} never waited for its approval")
-
-    async def release(self, p: Parked) -> None:
-        await p.handle.signal(APPROVE)
-
-    async def finish(self, p: Parked) -> RunOutcome:
-        out: RunOutcome = await _result(self.name, p.handle)
-        return out
 
 
 class PeerActivities:
