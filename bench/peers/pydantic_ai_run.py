@@ -1,8 +1,8 @@
 """The workloads on pydantic-ai's Temporal integration (``pydantic_ai.durable_exec.temporal``),
 as its documentation sets it up.
 
-    async with pydantic_ai_system(settings) as p:
-        outcome = await p.run("five", run_id)
+    async with pydantic_ai_worker(settings, task_queue) as client:
+        outcome = await PydanticAISystem(client, task_queue).run("five", run_id)
 
 - One pydantic-ai ``Agent`` per workload, with the ``TemporalDurability`` capability: the
   installed release (2.68) documents it as the way to make an agent durable and keeps

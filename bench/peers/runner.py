@@ -177,10 +177,9 @@ class Runner:
         await asyncio.gather(*(self.one(name, FIVE) for _ in range(n)))
         return n / (time.perf_counter() - t0)
 
-    async def each(self, rounds: int, fn: Callable[[str], Awaitable[None]],
-                   names: Sequence[str] | None = None) -> None:
+    async def each(self, rounds: int, fn: Callable[[str], Awaitable[None]]) -> None:
         for i in range(rounds):
-            for name in _rotated(i, self.names if names is None else names):
+            for name in _rotated(i, self.names):
                 await fn(name)
 
     async def latency(self) -> None:
@@ -242,12 +241,11 @@ class Runner:
             self.out[name].long = spread(self.out[name].long_ms)
 
     async def hitl(self) -> None:
-        names = self.names
         if not self.cfg.hitl_runs:
             return
         self.progress(f"approval -> tool start: two warm-up runs, then {self.cfg.hitl_runs} "
                       f"each (parked {self.cfg.settle}s before the approval)")
-        rpc: dict[str, list[float]] = {n: [] for n in names}
+        rpc: dict[str, list[float]] = {n: [] for n in self.names}
 
         async def sample(name: str, record: bool) -> None:
             s = self.systems[name]
@@ -270,9 +268,9 @@ class Runner:
 
         async def measured(name: str) -> None:
             await sample(name, True)
-        await self.each(2, warm, names)
-        await self.each(self.cfg.hitl_runs, measured, names)
-        for name in names:
+        await self.each(2, warm)
+        await self.each(self.cfg.hitl_runs, measured)
+        for name in self.names:
             self.out[name].hitl = spread(self.out[name].hitl_ms)
             self.out[name].hitl_rpc = spread(rpc[name])
 

@@ -20,7 +20,6 @@
   started with eager start (``request_eager_start``: the server hands the first workflow
   task back in the start call, to the worker on the starting client), so a whole run is one
   workflow task. Nothing Temporal-based can be cheaper per run on this server.
-
 - **pydantic-ai** and **openai-agents**: the agent frameworks that run on Temporal, each
   through its own plugin (``bench/peers/pydantic_ai_run.py``, ``openai_agents_run.py``).
 
