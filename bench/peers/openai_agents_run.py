@@ -16,13 +16,15 @@ the ``temporalio-openai-agents`` package), as its documentation sets it up.
   ``model_provider`` (the seam the plugin's own test models use). It never touches the
   network; with a custom provider the plugin builds no OpenAI client either. The SDK's
   tracing is off per run (``RunConfig(tracing_disabled=True)``): telemetry is off on every
-  peer but stead full.
+  system but stead's full paths.
 - Activity timeouts and retries are stead's defaults (``bench.plain``), as on plain
   temporalio; the worker is the plain peer's (same slots, cache, sandbox passthrough) with
   the plugin adding its passthrough, data converter and interceptors.
 
 The SDK's ``Agent`` is built in the workflow (its documented pattern: it is cheap and holds
-no I/O); the tool activities live here, and the workflow imports them passed through.
+no I/O); the tool activities live here, and the workflow imports them passed through. The
+SDK itself comes through ``bench.peers.openai_sdk``: its import name, ``agents``, is also
+the name of this repository's reference-agents folder.
 """
 
 from __future__ import annotations
