@@ -60,7 +60,8 @@ up: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench
 
-# stead next to plain temporalio, LangGraph + PostgreSQL and DBOS (~15 min; PEERS_ARGS=--quick).
+# stead next to plain temporalio (and the engine's floor), pydantic-ai and the OpenAI Agents
+# SDK on Temporal, LangGraph + PostgreSQL and DBOS (~20 min; PEERS_ARGS=--quick).
 bench-peers: $(STAMP)
 	$(PY) $(INSTALL) -e '.[bench]'
 	$(PY) -m bench.peers $(PEERS_ARGS)

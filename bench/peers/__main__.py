@@ -1,5 +1,6 @@
-"""``python -m bench.peers``: stead, plain temporalio, LangGraph + PostgreSQL and DBOS, side
-by side in one invocation on one stack (see ``bench/peers/__init__.py``)."""
+"""``python -m bench.peers``: stead, plain temporalio (and the engine's floor), pydantic-ai
+and the OpenAI Agents SDK on Temporal, LangGraph + PostgreSQL and DBOS, side by side in one
+invocation on one stack (see ``bench/peers/__init__.py``)."""
 
 from __future__ import annotations
 
@@ -39,8 +40,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--levels", type=_levels,
                     help="throughput concurrency levels, comma separated (default 10,50,200)")
     ap.add_argument("--systems", help="comma-separated subset of: stead, stead-local, "
-                                      "stead-min, plain, plain-local, langgraph, "
-                                      "langgraph-async, dbos")
+                                      "stead-min, plain, plain-local, floor, pydantic-ai, "
+                                      "openai-agents, langgraph, langgraph-async, dbos")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -103,9 +104,10 @@ def run(args: argparse.Namespace, command: str) -> None:
 
     cfg = config_from(args)
     machine = machine_details()
-    for dist in ("langgraph", "langgraph-checkpoint-postgres", "dbos", "psycopg"):
-        from importlib import metadata
+    from importlib import metadata
 
+    for dist in ("langgraph", "langgraph-checkpoint-postgres", "dbos", "psycopg",
+                 "pydantic-ai-slim", "temporalio-openai-agents", "openai-agents"):
         machine[dist] = metadata.version(dist)
     result = asyncio.run(run_peers(cfg, progress=lambda m: print(f"[peers] {m}", flush=True)))
     machine["load_average_at_end"] = load_average()

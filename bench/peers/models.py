@@ -24,6 +24,9 @@ class PeerRequest(BaseModel):
     """Wait for the ``approve`` signal before each tool call."""
     local_tools: bool = False
     """Run tool calls as local activities (inside the workflow task, no activity task)."""
+    local_model: bool = False
+    """Run model calls as local activities too (with ``local_tools`` and eager start: the
+    engine's floor)."""
 
 
 class PeerModelInput(BaseModel):
@@ -36,3 +39,11 @@ class PeerToolInput(BaseModel):
     call: ToolCall
     run_id: str
     step: int
+
+
+class FrameworkRequest(BaseModel):
+    """A run of an agent framework's workflow (pydantic-ai, the OpenAI Agents SDK): the
+    workload names the framework's agent, ``input`` is the user's request."""
+
+    workload: str
+    input: str

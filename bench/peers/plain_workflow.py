@@ -6,7 +6,9 @@ workloads: stead's retry and timeout defaults and payload types, none of stead's
 ``local_tools`` runs the tool calls as local activities instead: the what-if of the issue's
 "read tools as local activities" (a local activity runs inside the workflow task; its
 result reaches history as a marker when that task completes, so no activity task, no
-extra workflow task and three fewer events per call).
+extra workflow task and three fewer events per call). ``local_model`` does the same for the
+model calls; with both, and the client starting the run with eager start, a whole run is
+one workflow task on the worker that started it: the engine's floor.
 """
 
 from __future__ import annotations
@@ -46,11 +48,17 @@ class PeerPlainWorkflow:
         tools: list[str] = []
         turns = 0
         while True:
-            turn = await workflow.execute_activity(
-                "peers.model", PeerModelInput(workload=req.workload, messages=messages),
-                result_type=ModelTurn, start_to_close_timeout=MODEL_TIMEOUT,
-                schedule_to_close_timeout=MODEL_TIMEOUT * 5 + timedelta(seconds=120),
-                retry_policy=MODEL_RETRY)
+            think = PeerModelInput(workload=req.workload, messages=messages)
+            if req.local_model:
+                turn = await workflow.execute_local_activity(
+                    "peers.model", think, result_type=ModelTurn,
+                    start_to_close_timeout=MODEL_TIMEOUT, retry_policy=MODEL_RETRY)
+            else:
+                turn = await workflow.execute_activity(
+                    "peers.model", think, result_type=ModelTurn,
+                    start_to_close_timeout=MODEL_TIMEOUT,
+                    schedule_to_close_timeout=MODEL_TIMEOUT * 5 + timedelta(seconds=120),
+                    retry_policy=MODEL_RETRY)
             turns += 1
             messages.append(Message(role="assistant", content=turn.content,
                                     tool_calls=turn.tool_calls))

@@ -13,7 +13,15 @@ from rich.table import Table
 from bench.breakdown import SEGMENTS
 from bench.cpu import COMPONENTS
 from bench.peers.runner import DBOS, LABELS, LANGGRAPH, PeersResult, Spread
-from bench.peers.temporal_run import PLAIN, PLAIN_LOCAL, STEAD_FULL, STEAD_LOCAL, STEAD_MIN
+from bench.peers.temporal_run import (
+    FLOOR,
+    OPENAI_AGENTS,
+    PLAIN,
+    PYDANTIC_AI,
+    STEAD_FULL,
+    STEAD_LOCAL,
+    TEMPORAL_SYSTEMS,
+)
 from bench.report import print_machine
 
 TARGETS: tuple[tuple[str, str, float, str], ...] = (
@@ -32,8 +40,16 @@ TARGETS: tuple[tuple[str, str, float, str], ...] = (
     ("throughput at 50, stead local / DBOS", f"throughput@50 {STEAD_LOCAL}/{DBOS}", 1.0, ">="),
     ("stead local over plain temporalio (latency)", f"latency {STEAD_LOCAL}/{PLAIN}", 1.10,
      "<="),
+    ("5-tool latency, stead local / the engine's floor", f"latency {STEAD_LOCAL}/{FLOOR}", 1.3,
+     "<="),
+    ("throughput at 50, stead local / the engine's floor",
+     f"throughput@50 {STEAD_LOCAL}/{FLOOR}", 0.8, ">="),
+    *((f"5-tool latency, {mine} / {peer}", f"latency {mine}/{peer}", 1.0, "<=")
+      for mine in (STEAD_FULL, STEAD_LOCAL) for peer in (PYDANTIC_AI, OPENAI_AGENTS)),
+    *((f"throughput at 50, {mine} / {peer}", f"throughput@50 {mine}/{peer}", 1.0, ">=")
+      for mine in (STEAD_FULL, STEAD_LOCAL) for peer in (PYDANTIC_AI, OPENAI_AGENTS)),
 )
-"""The issue's targets: (what, ratio key, bound, direction)."""
+"""The issues' targets (#8, #16): (what, ratio key, bound, direction)."""
 
 
 def _f(x: float, digits: int = 1) -> str:
@@ -125,8 +141,7 @@ def print_peers(res: PeersResult, machine: dict[str, object], command: str,
                       _f(m.park_seconds))
         con.print(t)
 
-    bds = [(n, res.systems[n].breakdown)
-           for n in (STEAD_FULL, STEAD_LOCAL, STEAD_MIN, PLAIN, PLAIN_LOCAL)
+    bds = [(n, res.systems[n].breakdown) for n in TEMPORAL_SYSTEMS
            if n in res.systems and res.systems[n].breakdown is not None]
     if bds:
         t = Table(title="Where a Temporal run's time goes (server event times; median of the "
@@ -150,7 +165,11 @@ def print_peers(res: PeersResult, machine: dict[str, object], command: str,
                   *(x for _, b in bds if b is not None for x in (_f(b.history_bytes, 0), "")))
         con.print(t)
 
-    t = Table(title="Targets (issue #8), ratios from this run")
+    for name, r in res.systems.items():
+        for note in r.notes:
+            con.print(f"{LABELS[name]}: {note}")
+
+    t = Table(title="Targets (issues #8 and #16), ratios from this run")
     for col in ("target", "ratio", "bound", "verdict"):
         t.add_column(col, justify="left" if col == "target" else "right")
     for what, key, bound, direction in TARGETS:
@@ -160,7 +179,8 @@ def print_peers(res: PeersResult, machine: dict[str, object], command: str,
         ok = v <= bound if direction == "<=" else v >= bound
         t.add_row(what, _f(v, 2), f"{direction} {bound:.2f}", "met" if ok else "MISSED",
                   style=None if ok else "bold")
-    con.print(t)
+    if t.row_count:  # none when the systems a target compares were not run
+        con.print(t)
     print_machine(con, machine, command, res.seconds)
 
 

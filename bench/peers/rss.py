@@ -14,9 +14,11 @@ worker (and the client that starts the runs), after ``gc.collect()``:
 
 Where a parked run lives differs by system, and that is the point of the figure:
 
-- stead / plain temporalio: the run's workflow instance stays in the worker's sticky cache
-  (``max_cached_workflows`` is raised to ``--runs`` + 100 so none is evicted), with its
-  sandbox, its coroutine and its state; its durable state is Temporal's history.
+- stead / plain temporalio / pydantic-ai / the OpenAI Agents SDK on Temporal: the run's
+  workflow instance stays in the worker's sticky cache (``max_cached_workflows`` is raised to
+  ``--runs`` + 100 so none is evicted), with its sandbox, its coroutine and its state (for
+  the frameworks, their agent run's messages and state); its durable state is Temporal's
+  history.
 - LangGraph: nothing. ``ainvoke`` returned at the ``interrupt``; the run is its checkpoint
   rows in PostgreSQL and resuming loads them.
 - DBOS: the workflow's coroutine, suspended in ``recv_async``, with its DBOS context and
@@ -39,11 +41,20 @@ from typing import Any
 
 from bench import approvals
 from bench.peers.databases import DBOS_DB, LANGGRAPH_DB, with_database
-from bench.peers.temporal_run import PLAIN, STEAD_FULL, STEAD_MIN, Parked, temporal_system
+from bench.peers.temporal_run import (
+    OPENAI_AGENTS,
+    PLAIN,
+    PYDANTIC_AI,
+    STEAD_FULL,
+    STEAD_MIN,
+    Parked,
+    temporal_system,
+)
 from bench.peers.workload import FIVE, HITL, workloads
 from stead.settings import Settings
 
 BATCH = 25
+TEMPORAL = (STEAD_FULL, STEAD_MIN, PLAIN, PYDANTIC_AI, OPENAI_AGENTS)
 
 
 def rss_mib() -> float:
@@ -55,7 +66,7 @@ def rss_mib() -> float:
 
 @contextlib.asynccontextmanager
 async def open_system(args: argparse.Namespace) -> AsyncIterator[Any]:
-    if args.system in (STEAD_FULL, STEAD_MIN, PLAIN):
+    if args.system in TEMPORAL:
         with tempfile.TemporaryDirectory(prefix="stead-peers-rss-") as tmp:
             base = Settings(data_dir=Path(tmp), temporal_address=args.temporal,
                             database_url=args.worker_dsn, migrate_database_url=args.owner_dsn,
@@ -124,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.peers.rss", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--system", required=True,
-                    choices=(STEAD_FULL, STEAD_MIN, PLAIN, "langgraph", "dbos"))
+                    choices=(*TEMPORAL, "langgraph", "dbos"))
     ap.add_argument("--runs", type=int, default=1000)
     ap.add_argument("--temporal", required=True, help="Temporal frontend address")
     ap.add_argument("--worker-dsn", required=True, help="stead ledger DSN (worker role)")

@@ -9,6 +9,7 @@ burst of machine noise does not always land on the same system.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -24,13 +25,17 @@ from typing import Any
 from bench import approvals, breakdown, cpu
 from bench.peers.databases import DBOS_DB, LANGGRAPH_DB, ensure_database
 from bench.peers.dbos_run import dbos_system
-from bench.peers.langgraph_run import langgraph_system
+from bench.peers.langgraph_run import Durability, langgraph_system
 from bench.peers.temporal_run import (
+    FLOOR,
+    OPENAI_AGENTS,
     PLAIN,
     PLAIN_LOCAL,
+    PYDANTIC_AI,
     STEAD_FULL,
     STEAD_LOCAL,
     STEAD_MIN,
+    TEMPORAL_SYSTEMS,
     TemporalSide,
     temporal_side,
 )
@@ -38,21 +43,23 @@ from bench.peers.workload import FIVE, HITL, LONG, Workload, workloads
 from bench.stats import Summary, summarise
 
 LANGGRAPH, LANGGRAPH_ASYNC, DBOS = "langgraph", "langgraph-async", "dbos"
-SYSTEMS = (STEAD_FULL, STEAD_LOCAL, STEAD_MIN, PLAIN, PLAIN_LOCAL, LANGGRAPH, LANGGRAPH_ASYNC,
-           DBOS)
+SYSTEMS = (*TEMPORAL_SYSTEMS, LANGGRAPH, LANGGRAPH_ASYNC, DBOS)
 LABELS = {
     STEAD_FULL: "stead full (ledger + policy + telemetry)",
     STEAD_LOCAL: "stead full, local execution (policy execution: local reads + model)",
     STEAD_MIN: "stead minimal (ledger, allow-all, no telemetry)",
     PLAIN: "plain temporalio",
     PLAIN_LOCAL: "plain temporalio, tools as local activities (what-if)",
+    FLOOR: "plain temporalio, everything local, eager start (the engine's floor)",
+    PYDANTIC_AI: "pydantic-ai on Temporal (TemporalDurability, tools as activities)",
+    OPENAI_AGENTS: "OpenAI Agents SDK on Temporal (plugin, activity_as_tool)",
     LANGGRAPH: "LangGraph + PostgresSaver (sync)",
     LANGGRAPH_ASYNC: "LangGraph + PostgresSaver (async, default)",
     DBOS: "DBOS on PostgreSQL",
 }
-MEMORY_SYSTEMS = (STEAD_FULL, STEAD_MIN, PLAIN, LANGGRAPH, DBOS)
-"""LangGraph's durability mode and plain's local tools change nothing about a parked run:
-measured once."""
+MEMORY_SYSTEMS = (STEAD_FULL, STEAD_MIN, PLAIN, PYDANTIC_AI, OPENAI_AGENTS, LANGGRAPH, DBOS)
+"""LangGraph's durability mode and plain's local tools (the floor's too) change nothing about
+a parked run: measured once."""
 
 Progress = Callable[[str], None]
 
@@ -130,6 +137,8 @@ class SystemResult:
     """Approval sent -> the send call returned."""
     memory: MemoryResult | None = None
     breakdown: breakdown.Breakdown | None = None
+    notes: list[str] = field(default_factory=list)
+    """What the system itself reports about the runs (the floor: how many started eagerly)."""
 
 
 @dataclass
@@ -267,12 +276,18 @@ class Runner:
 
     async def breakdowns(self, side: TemporalSide) -> None:
         self.progress("per-step breakdown from the Temporal systems' event histories")
-        for name in (STEAD_FULL, STEAD_LOCAL, STEAD_MIN, PLAIN, PLAIN_LOCAL):
+        for name in TEMPORAL_SYSTEMS:
             if name not in self.names or not self.cfg.breakdown_runs:
                 continue
             client = self.systems[name].client
             runs = await breakdown.fetch(client, self.ids[name][-self.cfg.breakdown_runs:])
             self.out[name].breakdown = breakdown.summarise(runs)
+
+    def notes(self) -> None:
+        for name in self.names:
+            report = getattr(self.systems[name], "notes", None)
+            if report is not None:
+                self.out[name].notes = report()
 
 
 def _memory_child(system: str, side: TemporalSide, runs: int) -> MemoryResult:
@@ -297,21 +312,29 @@ def _memory_child(system: str, side: TemporalSide, runs: int) -> MemoryResult:
 
 async def run_peers(cfg: PeersConfig, *, progress: Progress = print) -> PeersResult:
     began = time.perf_counter()
-    async with temporal_side(progress=progress) as side:
+    async with (temporal_side(systems=cfg.systems, progress=progress) as side,
+                contextlib.AsyncExitStack() as peers):
         owner = side.stack.database_url
-        lg_dsn = await ensure_database(owner, LANGGRAPH_DB)
-        dbos_dsn = await ensure_database(owner, DBOS_DB)
-        async with (langgraph_system(lg_dsn, durability="sync", name=LANGGRAPH) as lg,
-                    langgraph_system(lg_dsn, durability="async", name=LANGGRAPH_ASYNC) as lga,
-                    dbos_system(dbos_dsn) as dbos):
-            systems: dict[str, Any] = {**side.systems, LANGGRAPH: lg, LANGGRAPH_ASYNC: lga,
-                                       DBOS: dbos}
-            r = Runner(cfg, systems, progress)
-            await r.latency()
-            await r.throughput()
-            await r.long()
-            await r.hitl()
-            await r.breakdowns(side)
+        systems: dict[str, Any] = dict(side.systems)
+        if LANGGRAPH in cfg.systems or LANGGRAPH_ASYNC in cfg.systems:
+            lg_dsn = await ensure_database(owner, LANGGRAPH_DB)
+            modes: tuple[tuple[str, Durability], ...] = ((LANGGRAPH, "sync"),
+                                                          (LANGGRAPH_ASYNC, "async"))
+            for name, durability in modes:
+                if name in cfg.systems:
+                    systems[name] = await peers.enter_async_context(
+                        langgraph_system(lg_dsn, durability=durability, name=name))
+        if DBOS in cfg.systems:
+            systems[DBOS] = await peers.enter_async_context(
+                dbos_system(await ensure_database(owner, DBOS_DB)))
+        r = Runner(cfg, systems, progress)
+        await r.latency()
+        await r.throughput()
+        await r.long()
+        await r.hitl()
+        await r.breakdowns(side)
+        r.notes()
+        await peers.aclose()
         gc.collect()
         if cfg.memory_runs:
             for name in MEMORY_SYSTEMS:

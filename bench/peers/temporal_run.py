@@ -16,6 +16,12 @@
   worker slots and retry/timeout defaults, and nothing else.
 - **plain, local tools** (a what-if): the same with the tool calls as local activities, to
   size what running read tools as local activities would give stead.
+- **the engine's floor**: the same workflow with the model calls as local activities too,
+  started with eager start (``request_eager_start``: the server hands the first workflow
+  task back in the start call, to the worker on the starting client), so a whole run is one
+  workflow task. Nothing Temporal-based can be cheaper per run on this server.
+- **pydantic-ai** and **openai-agents**: the agent frameworks that run on Temporal, each
+  through its own plugin (``bench/peers/pydantic_ai_run.py``, ``openai_agents_run.py``).
 
 All the workers live in the benchmark process on their own task queues of one embedded
 stack; see :func:`temporal_side`.
@@ -30,7 +36,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -62,7 +68,10 @@ from stead.stack.embedded import EmbeddedStack, _wait_tcp
 from stead.worker import WorkerHost
 
 STEAD_FULL, STEAD_MIN, PLAIN, PLAIN_LOCAL = "stead", "stead-min", "plain", "plain-local"
-STEAD_LOCAL = "stead-local"
+STEAD_LOCAL, FLOOR = "stead-local", "floor"
+PYDANTIC_AI, OPENAI_AGENTS = "pydantic-ai", "openai-agents"
+"""The agent frameworks on Temporal (``pydantic_ai_run``, ``openai_agents_run``), imported
+only when they run: their modules pull in the frameworks."""
 
 Progress = Callable[[str], None]
 
@@ -140,25 +149,17 @@ class SteadSystem:
         return self._outcome(p.run_id, await _result(self.name, p.handle))
 
 
-class PlainSystem:
-    """``PeerPlainWorkflow`` on a plain temporalio worker."""
+class SignalApprovals:
+    """A Temporal system whose workflow waits for the ``approve`` signal before an approved
+    tool and answers the ``waiting`` query while it does (``PeerPlainWorkflow``, the agent
+    frameworks' workflows): running, parking, releasing and finishing its runs. The subclass
+    starts them (``_start``)."""
 
-    temporal = True
-
-    def __init__(self, client: Client, task_queue: str, *, local_tools: bool = False) -> None:
-        self.name = PLAIN_LOCAL if local_tools else PLAIN
-        self.client = client
-        self.task_queue = task_queue
-        self.local_tools = local_tools
-        self.workloads = workloads()
+    name: str
 
     async def _start(self, workload: str, run_id: str, *,
                      approval: bool) -> WorkflowHandle[Any, RunOutcome]:
-        w = self.workloads[workload]
-        return await self.client.start_workflow(
-            WORKFLOW, PeerRequest(workload=workload, messages=w.first_messages(),
-                                  approval=approval, local_tools=self.local_tools),
-            id=run_id, task_queue=self.task_queue, result_type=RunOutcome)
+        raise NotImplementedError
 
     async def run(self, workload: str, run_id: str) -> RunOutcome:
         handle = await self._start(workload, run_id, approval=False)
@@ -176,7 +177,7 @@ class PlainSystem:
                                       rpc_timeout=timedelta(seconds=10)):
                     return Parked(run_id=run_id, handle=handle)
             await asyncio.sleep(0.01 if precise else 0.1)
-        raise RuntimeError(f"plain run {run_id} never waited for its approval")
+        raise RuntimeError(f"{self.name} run {run_id} never waited for its approval")
 
     async def release(self, p: Parked) -> None:
         await p.handle.signal(APPROVE)
@@ -184,6 +185,46 @@ class PlainSystem:
     async def finish(self, p: Parked) -> RunOutcome:
         out: RunOutcome = await _result(self.name, p.handle)
         return out
+
+
+class PlainSystem(SignalApprovals):
+    """``PeerPlainWorkflow`` on a plain temporalio worker (``system``: ``plain``,
+    ``plain-local`` or ``floor``). The floor's runs are started eagerly, so ``client`` must
+    be the client its worker runs on."""
+
+    temporal = True
+
+    def __init__(self, client: Client, task_queue: str, *, system: str = PLAIN) -> None:
+        if system not in (PLAIN, PLAIN_LOCAL, FLOOR):
+            raise ValueError(f"not a plain temporalio system: {system!r}")
+        self.name = system
+        self.client = client
+        self.task_queue = task_queue
+        self.local_tools = system in (PLAIN_LOCAL, FLOOR)
+        self.local_model = self.eager = system == FLOOR
+        self.started = self.started_eagerly = 0
+        """Runs started, and of those the ones the server started eagerly (the floor asks
+        for every run; a server without a free slot on the worker may decline)."""
+        self.workloads = workloads()
+
+    async def _start(self, workload: str, run_id: str, *,
+                     approval: bool) -> WorkflowHandle[Any, RunOutcome]:
+        w = self.workloads[workload]
+        handle = await self.client.start_workflow(
+            WORKFLOW, PeerRequest(workload=workload, messages=w.first_messages(),
+                                  approval=approval, local_tools=self.local_tools,
+                                  local_model=self.local_model),
+            id=run_id, task_queue=self.task_queue, result_type=RunOutcome,
+            request_eager_start=self.eager)
+        self.started += 1
+        # The SDK's own record of whether the start response carried the first task.
+        self.started_eagerly += bool(getattr(handle, "__temporal_eagerly_started", False))
+        return handle
+
+    def notes(self) -> list[str]:
+        if not self.eager:
+            return []
+        return [f"{self.started_eagerly} of {self.started} runs started eagerly"]
 
 
 class PeerActivities:
@@ -257,10 +298,21 @@ async def temporal_system(base: Settings, system: str, *, otlp: str | None,
                           cached_workflows: int | None = None) -> AsyncIterator[Any]:
     """One Temporal-based system with its worker polling (``base``: resolved settings)."""
     settings = system_settings(base, system, otlp=otlp, cached_workflows=cached_workflows)
-    if system in (PLAIN, PLAIN_LOCAL):
+    if system in (PLAIN, PLAIN_LOCAL, FLOOR):
         async with plain_worker(settings, settings.temporal.task_queue) as client:
-            yield PlainSystem(client, settings.temporal.task_queue,
-                              local_tools=system == PLAIN_LOCAL)
+            yield PlainSystem(client, settings.temporal.task_queue, system=system)
+        return
+    if system == PYDANTIC_AI:
+        from bench.peers.pydantic_ai_run import PydanticAISystem, pydantic_ai_worker
+
+        async with pydantic_ai_worker(settings, settings.temporal.task_queue) as client:
+            yield PydanticAISystem(client, settings.temporal.task_queue)
+        return
+    if system == OPENAI_AGENTS:
+        from bench.peers.openai_agents_run import OpenAIAgentsSystem, openai_agents_worker
+
+        async with openai_agents_worker(settings, settings.temporal.task_queue) as client:
+            yield OpenAIAgentsSystem(client, settings.temporal.task_queue)
         return
     policy = system in (STEAD_FULL, STEAD_LOCAL)
     async with WorkerHost(settings, AgentCatalog(stead_agents(policy=policy,
@@ -281,10 +333,17 @@ class TemporalSide:
     systems: dict[str, Any]
 
 
+TEMPORAL_SYSTEMS = (STEAD_FULL, STEAD_LOCAL, STEAD_MIN, PLAIN, PLAIN_LOCAL, FLOOR, PYDANTIC_AI,
+                    OPENAI_AGENTS)
+"""Every system that runs on the embedded Temporal server, in report order."""
+
+
 @contextlib.asynccontextmanager
-async def temporal_side(*, progress: Progress = print) -> AsyncIterator[TemporalSide]:
+async def temporal_side(*, systems: Sequence[str] = TEMPORAL_SYSTEMS,
+                        progress: Progress = print) -> AsyncIterator[TemporalSide]:
     """One embedded stack (Temporal dev server + PostgreSQL) on free ports in a temporary
-    directory, the OTLP receiver, and the three Temporal-based systems' workers."""
+    directory, the OTLP receiver, and the workers of the Temporal-based ``systems`` (others
+    in it are ignored), each on its own task queue of that one server."""
     with tempfile.TemporaryDirectory(prefix="stead-peers-") as tmp:
         tport, uport, pport, oport = _distinct_ports(4)
         settings = Settings(data_dir=Path(tmp), temporal_port=tport, ui_port=uport,
@@ -292,14 +351,12 @@ async def temporal_side(*, progress: Progress = print) -> AsyncIterator[Temporal
                             openai_api_key=None)
         progress(f"starting embedded stack in {tmp} (Temporal :{tport}, PostgreSQL :{pport}, "
                  f"OTLP receiver :{oport})")
-        async with EmbeddedStack(settings, ui=False) as stack, otlp_receiver(oport) as otlp:
+        async with (EmbeddedStack(settings, ui=False) as stack, otlp_receiver(oport) as otlp,
+                    contextlib.AsyncExitStack() as workers):
             resolved = stack.resolved_settings()
-            async with (temporal_system(resolved, STEAD_FULL, otlp=otlp) as full,
-                        temporal_system(resolved, STEAD_LOCAL, otlp=otlp) as local,
-                        temporal_system(resolved, STEAD_MIN, otlp=None) as minimal,
-                        temporal_system(resolved, PLAIN, otlp=None) as plain,
-                        temporal_system(resolved, PLAIN_LOCAL, otlp=None) as plain_local):
-                yield TemporalSide(stack=stack, settings=resolved, otlp=otlp,
-                                   systems={STEAD_FULL: full, STEAD_LOCAL: local,
-                                            STEAD_MIN: minimal,
-                                            PLAIN: plain, PLAIN_LOCAL: plain_local})
+            running: dict[str, Any] = {}
+            for name in TEMPORAL_SYSTEMS:
+                if name in systems:
+                    running[name] = await workers.enter_async_context(temporal_system(
+                        resolved, name, otlp=otlp if name in (STEAD_FULL, STEAD_LOCAL) else None))
+            yield TemporalSide(stack=stack, settings=resolved, otlp=otlp, systems=running)
