@@ -1,11 +1,12 @@
-"""Local execution where the policy allows it: read tools (and, for fast in-process models,
-model calls) run as local activities inside the workflow task instead of through the task
-queue. What changes is only where the call runs: the gate, retries, the idempotency key and
-the ledger row are the same, and writes never run locally."""
+"""Local execution: read tools (by default) and, where the policy allows it for fast
+in-process models, model calls run as local activities inside the workflow task instead of
+through the task queue. What changes is only where the call runs: the gate, retries, fallbacks,
+the idempotency key and the ledger row are the same, and writes never run locally."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from pathlib import Path
 
@@ -45,7 +46,7 @@ def _agent(policy: Policy, attempts: list[int]) -> Agent:
             raise ConnectionError("flaky backend")
         return Value(value=f"v-{args.key}")
 
-    @tool(side_effect="read")  # the default 30 s start-to-close is over the local limit
+    @tool(side_effect="read", timeouts=Timeouts(start_to_close=45))  # over the 30 s limit
     async def slow_read(args: Key, ctx: ToolContext) -> Value:
         """A read allowed to take longer than the local limit."""
         return Value(value="slow")
@@ -108,9 +109,63 @@ async def test_short_idempotent_reads_run_locally_when_the_policy_allows(
         ("lookup", "completed"), ("slow_read", "completed"), ("store", "completed")]
 
     attempts.clear()
-    _, remote, scheduled, remote_markers = await _run(settings, _agent(_policy(), attempts))
+    _, remote, scheduled, remote_markers = await _run(
+        settings, _agent(_policy(local_reads=False), attempts))
     assert remote.answer == local.answer and "tool.lookup" in scheduled
     assert markers > remote_markers
+
+
+async def test_reads_run_locally_by_default(settings: Settings) -> None:
+    """A policy without an ``execution`` section, and an agent without a policy, run their
+    short idempotent reads locally."""
+    for policy in (_policy(), None):
+        agent = dataclasses.replace(_agent(_policy(), []), policy=policy)
+        _, result, scheduled, markers = await _run(settings, agent)
+        assert result.status == "completed" and result.answer == "v-k stored"
+        assert scheduled == ["model.complete", "model.complete", "tool.slow_read",
+                             "model.complete", "tool.store", "model.complete"], policy
+        assert markers >= 3  # run.start, lookup, run.finish
+
+
+async def test_a_local_read_that_fails_for_good_is_served_by_its_fallback(
+        settings: Settings, ledger: Ledger) -> None:
+    """A local call that exhausts its retries fails the call, not the run: the fallback
+    answers, as it does for an activity (temporalio raises a failed local activity's error
+    bare; the workflow handles it as an activity's)."""
+    tries: list[int] = []
+
+    @tool(side_effect="read", retry=RetrySpec(initial_interval=0.05, max_attempts=2),
+          timeouts=Timeouts(start_to_close=5), fallbacks=["mirror"])
+    async def primary(args: Key, ctx: ToolContext) -> Value:
+        """Read from the primary store (it is down)."""
+        tries.append(ctx.attempt)
+        raise ConnectionError("primary store down")
+
+    @tool(side_effect="read", timeouts=Timeouts(start_to_close=5))
+    async def mirror(args: Key, ctx: ToolContext) -> Value:
+        """Read from the mirror."""
+        return Value(value=f"mirror-{args.key}")
+
+    @tool(side_effect="read", retry=RetrySpec(max_attempts=1), timeouts=Timeouts(start_to_close=5))
+    async def broken(args: Key, ctx: ToolContext) -> Value:
+        """Fails for good, with no fallback."""
+        raise ValueError("bad key")
+
+    script = [ModelTurn(tool_calls=[call("primary", call_id="c1", key="k")]),
+              ModelTurn(tool_calls=[call("broken", call_id="c2", key="k")]),
+              ModelTurn(content="mirror-k, and broken failed")]
+    agent = Agent(name="localbot", instructions="Read.", tools=[primary, mirror, broken],
+                  offline_model=ScriptedModel(script), policy=_policy())
+    wid, result, scheduled, _ = await _run(settings, agent)
+    assert result.status == "completed" and result.answer == "mirror-k, and broken failed"
+    assert tries == [1, 2]
+    assert [(c.tool, c.status, c.served_by) for c in result.tool_calls] == [
+        ("primary", "ok", "mirror"), ("broken", "error", None)]
+    assert result.fallbacks == 1
+    assert not [s for s in scheduled if s.startswith("tool.")]  # all three ran locally
+    trail = await ledger.trail(wid)
+    assert {(c.tool, c.status) for c in trail.tool_calls} == {
+        ("primary", "failed"), ("mirror", "completed"), ("broken", "failed")}
 
 
 async def test_model_calls_run_locally_when_the_policy_allows(settings: Settings) -> None:

@@ -28,6 +28,7 @@ from stead.authoring.agent import Agent, AgentCatalog
 from stead.authoring.tools import ToolContext, tool
 from stead.client import start_run
 from stead.contracts.models import ModelTurn, RetrySpec, RunRequest, RunResult, RunState
+from stead.contracts.policy import Execution, Policy
 from stead.integrations.llm import ScriptedModel, call
 from stead.observability.stuck import (
     DEADLINE_GRACE,
@@ -189,8 +190,11 @@ def flaky_agent() -> Agent:
 
     model = ScriptedModel([ModelTurn(tool_calls=[call("fetch", key="k1")]),
                            ModelTurn(content="done")], name="scripted:flaky")
+    # An activity, not a local one: the detector reads a call's attempts and backoff from
+    # the run's pending activities, and a local activity is not among them.
+    remote = Policy(id="remote-reads", version=1, execution=Execution(local_reads=False))
     return Agent(name="flaky", instructions="Fetch k1.", tools=[fetch], offline_model=model,
-                 max_steps=4)
+                 max_steps=4, policy=remote)
 
 
 async def until(check: Callable[[], Awaitable[bool]], *, within: float, what: str) -> None:

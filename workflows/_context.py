@@ -29,11 +29,33 @@ with workflow.unsafe.imports_passed_through():
         ToolPlan,
         ToolSchema,
     )
-    from stead.contracts.policy import Policy
+    from stead.contracts.policy import Execution, Policy
     from stead.guardrails.decisions import RouteDecision
 
-ALLOW_ALL = Policy(id="allow-all", version=1)
-"""The policy of a run before its plan (with the agent's policy) is pinned."""
+BEFORE_EXECUTION = Execution(local_reads=False, local_max_seconds=10)
+"""How calls ran before policies said (``Policy.execution``): every one an activity."""
+ALLOW_ALL = Policy(id="allow-all", version=1, execution=Execution())
+"""The policy of a run before its plan (with the agent's policy) is pinned, and of an agent
+that declares none."""
+ALLOW_ALL_REMOTE = Policy(id="allow-all", version=1, execution=BEFORE_EXECUTION)
+"""``ALLOW_ALL`` as it was before read tools ran locally by default."""
+LOCAL_READS_PATCH = "stead-local-reads-by-default"
+
+
+def execution(policy: Policy) -> Execution:
+    """How the run's calls run under ``policy``. A policy pinned by a run recorded before
+    policies had an ``execution`` section has none in its payload (pydantic leaves the field
+    out of ``model_fields_set``): that run called every tool as an activity and replays so.
+    Any other policy says for itself, ``Execution``'s defaults included (a plan pinned now
+    carries them all)."""
+    return policy.execution if "execution" in policy.model_fields_set else BEFORE_EXECUTION
+
+
+def unpinned_policy(seam: Seam) -> Policy:
+    """The policy of an agent that declares none. An agent's own policy is pinned in the run's
+    history with its plan; this one is not, so runs recorded before read tools ran locally by
+    default (``Execution.local_reads``) replay with every call an activity, as they ran."""
+    return ALLOW_ALL if seam.patched(LOCAL_READS_PATCH) else ALLOW_ALL_REMOTE
 
 
 @dataclass

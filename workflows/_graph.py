@@ -18,7 +18,7 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError, ChildWorkflowError
 
 from stead.workflows._approvals import ApprovalBook
-from stead.workflows._context import ALLOW_ALL, Context, Frame
+from stead.workflows._context import Context, Frame, unpinned_policy
 from stead.workflows._decisions import DecisionLog
 from stead.workflows._memory import MemorySteps
 from stead.workflows._model import ModelCalls
@@ -183,7 +183,7 @@ class GraphRun:
     def _hand_over(self, handed: RunRequest, plan: AgentPlan) -> None:
         """Follow another agent's plan, policy and graph from here on."""
         ctx, frame = self._ctx, self._frame
-        ctx.policy = plan.policy or ALLOW_ALL
+        ctx.policy = plan.policy or unpinned_policy(ctx.seam)
         ctx.state.agent = ctx.ref.agent = plan.agent
         ctx.seam.upsert([AGENT_KEY.value_set(plan.agent)])
         frame.res.model, frame.res.policy = plan.model, ctx.policy.ref

@@ -15,7 +15,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
-from stead.workflows._context import Context, Frame
+from stead.workflows._context import Context, Frame, execution
 from stead.workflows._decisions import DecisionLog
 from stead.workflows._seam import ActivityCall
 from stead.workflows._toolcall import cause
@@ -110,16 +110,16 @@ class ModelCalls:
                      else f"score {score:g} < {ev.threshold:g}: {why}")
 
     async def complete(self, req: ModelRequest, *, summary: str) -> ModelTurn:
-        plan, execution = self._frame.plan, self._ctx.policy.execution
+        plan, ex = self._frame.plan, execution(self._ctx.policy)
         retry = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2,
                             maximum_interval=timedelta(seconds=30),
                             maximum_attempts=plan.model_max_attempts)
         overall = timedelta(seconds=plan.model_timeout * plan.model_max_attempts + 120)
-        if execution.local_model_calls:
+        if ex.local_model_calls:
             return await self._ctx.seam.activity(ActivityCall(
                 ModelActivities.complete, req, result_type=ModelTurn,
                 start_to_close=timedelta(
-                    seconds=min(plan.model_timeout, execution.local_max_seconds)),
+                    seconds=min(plan.model_timeout, ex.local_max_seconds)),
                 schedule_to_close=overall, retry=retry, summary=summary + " (local)",
                 local=True))
         return await self._ctx.seam.activity(ActivityCall(

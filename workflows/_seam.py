@@ -19,6 +19,8 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from temporalio import activity, workflow
 from temporalio.common import RetryPolicy, SearchAttributeUpdate
+from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import TimeoutError as ActivityTimeout
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
@@ -27,6 +29,12 @@ with workflow.unsafe.imports_passed_through():
     from stead.contracts.models import RunRequest, RunResult
 
 T = TypeVar("T")
+
+LOCAL_FAILURE_PATCH = "stead-local-activity-failure"
+"""Runs from this patch on handle a failed local activity as they handle a failed activity.
+temporalio raises a local activity's own error (its ``ApplicationError``, or a timeout) where
+an activity's comes as the cause of an ``ActivityError``; every ``except ActivityError`` of the
+run missed it, so a local call that failed for good failed its whole run."""
 
 LOCAL_TIMEOUT = timedelta(seconds=60)
 """Start-to-close bound of the run's bookkeeping local activities (ledger writes)."""
@@ -119,11 +127,18 @@ class TemporalSeam:
         result: T
         act: Any = call.activity  # a definition or a per-tool name: temporalio takes both
         if call.local:
-            result = await workflow.execute_local_activity(
-                act, call.arg, result_type=call.result_type,
-                start_to_close_timeout=call.start_to_close,
-                schedule_to_close_timeout=call.schedule_to_close,
-                retry_policy=call.retry, summary=call.summary)
+            try:
+                result = await workflow.execute_local_activity(
+                    act, call.arg, result_type=call.result_type,
+                    start_to_close_timeout=call.start_to_close,
+                    schedule_to_close_timeout=call.schedule_to_close,
+                    retry_policy=call.retry, summary=call.summary)
+            except (ApplicationError, ActivityTimeout) as err:
+                if not workflow.patched(LOCAL_FAILURE_PATCH):
+                    raise  # recorded before the patch: the run failed here, and replays so
+                raise ActivityError(f"local activity {call.name} failed", scheduled_event_id=0,
+                                    started_event_id=0, identity="", activity_type=call.name,
+                                    activity_id="", retry_state=None) from err
             return result
         result = await workflow.execute_activity(
             act, call.arg, result_type=call.result_type,

@@ -24,7 +24,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.exceptions import TimeoutError as ActivityTimeout
 
 from stead.workflows._approvals import Approval, ApprovalBook, short
-from stead.workflows._context import Context, Frame
+from stead.workflows._context import Context, Frame, execution
 from stead.workflows._decisions import DecisionLog
 from stead.workflows._seam import ActivityCall
 
@@ -209,7 +209,7 @@ class ToolCalls:
     def _runs_locally(self, tp: ToolPlan) -> bool:
         """Read tools run as local activities when the run's policy allows it (the policy
         is pinned in history, so a replay takes the same path)."""
-        ex = self._ctx.policy.execution
+        ex = execution(self._ctx.policy)
         return (ex.local_reads and tp.side_effect == "read" and tp.idempotent
                 and tp.timeouts.heartbeat is None
                 and tp.timeouts.start_to_close <= ex.local_max_seconds)

@@ -27,7 +27,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 from stead.workflows._approvals import ApprovalBook
-from stead.workflows._context import ALLOW_ALL, Context, Frame
+from stead.workflows._context import Context, Frame, unpinned_policy
 from stead.workflows._decisions import DecisionLog
 from stead.workflows._graph import GraphRun
 from stead.workflows._seam import TemporalSeam, bookkeeping
@@ -117,7 +117,7 @@ class AgentWorkflow:
                              TENANT_KEY.value_set(request.tenant)])
         ctx.at("start", f"Starting agent **{request.agent}** for tenant {request.tenant}")
         plan = await self._start(request)
-        ctx.policy = plan.policy or ALLOW_ALL
+        ctx.policy = plan.policy or unpinned_policy(ctx.seam)
         ctx.approval_timeout = ctx.policy.approvals.timeout_seconds
         override = request.metadata.get("approval_timeout_seconds")
         if override is not None:

@@ -152,13 +152,22 @@ class Execution(_Strict):
     mid-call is noticed only when the workflow task times out (10 s), then the calls since the
     last completed workflow task run again (their idempotency keys still hold)."""
 
-    local_reads: bool = False
+    local_reads: bool = True
     """Run ``read`` tools that are idempotent, declare no heartbeat and finish within
-    ``local_max_seconds`` as local activities. Write tools never run locally."""
+    ``local_max_seconds`` as local activities. Write tools never run locally.
+
+    On by default: measured side by side (``python -m bench.peers.experiment local-reads``)
+    a 5-tool run took 0.76x the latency, 1.24x the throughput at 50 in flight and 0.70x the
+    CPU of the same run with its reads as activities. What such a read gives up is nothing
+    that matters for a read: it is re-run after a lost worker (its idempotency key still
+    holds), shows in history as a marker, and cannot heartbeat (a tool that declares a
+    heartbeat stays an activity)."""
     local_model_calls: bool = False
     """Run model calls as local activities: for fast in-process models (scripted planners,
     small local models), not for remote LLMs whose calls take seconds."""
-    local_max_seconds: float = Field(10, gt=0, le=60)
+    local_max_seconds: float = Field(30, gt=0, le=60)
+    """The longest ``start_to_close`` of a call that may run locally: the default covers a
+    tool's default timeout (30 s)."""
 
 
 class Policy(_Strict):

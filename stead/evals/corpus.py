@@ -457,6 +457,11 @@ def _write_index(out: Path, recorded: Sequence[Recorded]) -> None:
              "Re-record with `python -m stead.evals.corpus --out evals/histories` (a throwaway "
              "embedded stack; about 20 seconds).",
              "",
+             "A re-recording replaces the files listed below. Before one that follows a change "
+             "to the workflow code, move the files to a subfolder named for the change (as "
+             "`before-16/`): replay reads subfolders too, so the runs older code recorded keep "
+             "proving that runs in flight survive the upgrade.",
+             "",
              "| file | agent | outcome | events | what it shows |",
              "| --- | --- | --- | ---: | --- |"]
     for r in recorded:
