@@ -43,13 +43,21 @@ from stead.worker import build_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "evals" / "histories"
+EARLIER = CORPUS / "before-16"
+"""The corpus as recorded before read tools ran locally: every tool call an activity."""
 TOOLLESS = {"corpus-ops-refused-card", "corpus-refund-refused-card", "corpus-unknown-agent"}
 """Corpus runs that never reach a tool call (refused by routing, or no such agent)."""
 
 
 @pytest.fixture(scope="module")
 def corpus() -> list[RecordedHistory]:
-    return load_histories([CORPUS])
+    """The current recordings (one per recorder scenario)."""
+    return load_histories(sorted(CORPUS.glob("*.json")))
+
+
+@pytest.fixture(scope="module")
+def earlier() -> list[RecordedHistory]:
+    return load_histories([EARLIER])
 
 
 def first_tool_scheduled(history: WorkflowHistory) -> int:
@@ -69,14 +77,16 @@ def by_id(outcomes: Sequence[ReplayOutcome]) -> dict[str, ReplayOutcome]:
 
 
 async def test_the_recorded_corpus_replays_against_the_current_code(
-        corpus: list[RecordedHistory]) -> None:
-    """The CI gate: every recorded reference-agent run, finished or in flight, replays."""
-    report = await replay(corpus)
+        corpus: list[RecordedHistory], earlier: list[RecordedHistory]) -> None:
+    """The CI gate: every recorded reference-agent run, finished or in flight, replays: the
+    current recordings and those older workflow code made."""
+    report = await replay([*corpus, *earlier])
 
     bad = [o for o in report.outcomes if o.status != "ok"]
     assert not bad, "\n".join(f"{o.workflow_id}: {o.status} at event {o.event_id} "
                               f"{o.event_type}: {o.detail}" for o in bad)
-    assert len(report.outcomes) == len(SCENARIOS)
+    assert len(corpus) == len(SCENARIOS) and earlier
+    assert len(report.outcomes) == len(corpus) + len(earlier)
 
 
 def test_the_corpus_holds_one_history_per_recorder_scenario(
@@ -135,16 +145,16 @@ async def test_replayer_is_configured_like_the_production_worker(
 
 
 async def test_an_extra_timer_before_tool_calls_is_reported_with_the_workflow_and_event(
-        corpus: list[RecordedHistory]) -> None:
+        earlier: list[RecordedHistory]) -> None:
     """A new timer before each tool call breaks every recorded run that called a tool, at the
     event where the tool was scheduled, as Temporal's error names it; runs that never got
-    there still replay."""
-    report = await replay(corpus, replayer=production_replayer(
+    there still replay. (On the runs recorded when every tool call was an activity.)"""
+    report = await replay(earlier, replayer=production_replayer(
         workflows=[ExtraTimerBeforeTools]))
 
     outcomes = by_id(report.outcomes)
     assert not report.ok
-    for rec in corpus:
+    for rec in earlier:
         o = outcomes[rec.history.workflow_id]
         assert o.run_id == rec.history.run_id and o.source == rec.source
         if rec.history.workflow_id in TOOLLESS:
@@ -157,14 +167,14 @@ async def test_an_extra_timer_before_tool_calls_is_reported_with_the_workflow_an
 
 
 async def test_a_new_activity_is_located_by_prefix_when_temporal_names_no_event(
-        corpus: list[RecordedHistory]) -> None:
+        earlier: list[RecordedHistory]) -> None:
     """Temporal's message for a different activity names only the two activity types; the
     replay finds the event by replaying prefixes, and it is the same event as above."""
-    report = await replay(corpus, replayer=production_replayer(
+    report = await replay(earlier, replayer=production_replayer(
         workflows=[AuditActivityBeforeTools]))
 
     outcomes = by_id(report.outcomes)
-    for rec in corpus:
+    for rec in earlier:
         o = outcomes[rec.history.workflow_id]
         if rec.history.workflow_id in TOOLLESS:
             assert o.status == "ok", o
@@ -311,23 +321,24 @@ def cli_env(settings: Settings | None = None) -> dict[str, str]:
 
 
 async def test_cli_replays_the_corpus_table_and_json() -> None:
+    n = len(list(CORPUS.rglob("*.json")))  # the current recordings and the earlier ones
     table = await run_cmd(str(STEAD), "replay", "evals/histories", env=cli_env())
     assert table.code == 0, table.err
     assert "corpus-ops-restart-awaiting-approval" in table.out
-    assert f"{len(SCENARIOS)} histories replayed" in table.out
-    assert f"{len(SCENARIOS)} ok, 0 non-deterministic, 0 failed" in table.out
+    assert f"{n} histories replayed" in table.out
+    assert f"{n} ok, 0 non-deterministic, 0 failed" in table.out
 
     as_json = await run_cmd(str(STEAD), "replay", "evals/histories", "--json", env=cli_env())
     assert as_json.code == 0, as_json.err
     doc = as_json.json()
-    assert doc["ok"] is True and doc["histories"] == len(SCENARIOS)
+    assert doc["ok"] is True and doc["histories"] == n
     assert {o["status"] for o in doc["outcomes"]} == {"ok"}
 
 
 async def test_cli_reports_a_history_the_current_code_cannot_replay(tmp_path: Path) -> None:
     """A history recorded by older code (here: its first tool had another activity name)
     fails replay: exit 1, with the workflow id, run id and event in table and JSON."""
-    doc = json.loads((CORPUS / "corpus-ops-healthy-check.json").read_text())
+    doc = json.loads((EARLIER / "corpus-ops-healthy-check.json").read_text())
     event = next(e for e in doc["events"]
                  if e.get("activityTaskScheduledEventAttributes", {}).get("activityType", {})
                  .get("name", "").startswith("tool."))
