@@ -293,9 +293,11 @@ async def stored(raw: Client, workflow_id: str) -> Stored:
 
 def _readable_by_design(path: str) -> bool:
     """Search attributes (never passed through a codec), and the SDK core's bookkeeping of a
-    local activity (its type, attempt, times; the result next to it is encrypted)."""
+    local activity (its type, attempt, times; the result next to it is encrypted) and of a
+    patch (the patch id the workflow code asked about)."""
     return ".search_attributes.indexed_fields[" in path or path.startswith(
-        "EVENT_TYPE_MARKER_RECORDED.marker_recorded_event_attributes.details[data]")
+        ("EVENT_TYPE_MARKER_RECORDED.marker_recorded_event_attributes.details[data]",
+         "EVENT_TYPE_MARKER_RECORDED.marker_recorded_event_attributes.details[patch-data]"))
 
 
 def leaked(blob: bytes, seeds: Seeds) -> list[str]:
@@ -325,8 +327,12 @@ async def test_stored_history_holds_no_plaintext_and_the_codec_reads_it_back(
     assert leaked(history.blob, secret_seeds) == []
     readable = [path for path, p in history.payloads() if p.metadata.get("encoding") != ENCODING]
     assert readable and all(_readable_by_design(path) for path in readable), readable
+    # A failed activity's failure, or a failed local activity's (on its marker).
     failures = [e.activity_task_failed_event_attributes.failure for e in history.history.events
                 if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED]
+    failures += [e.marker_recorded_event_attributes.failure for e in history.history.events
+                 if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
+                 and e.marker_recorded_event_attributes.HasField("failure")]
     assert failures and all(f.message == "Encoded failure" and not f.stack_trace
                             for f in failures)
 

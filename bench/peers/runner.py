@@ -45,8 +45,8 @@ from bench.stats import Summary, summarise
 LANGGRAPH, LANGGRAPH_ASYNC, DBOS = "langgraph", "langgraph-async", "dbos"
 SYSTEMS = (*TEMPORAL_SYSTEMS, LANGGRAPH, LANGGRAPH_ASYNC, DBOS)
 LABELS = {
-    STEAD_FULL: "stead full (ledger + policy + telemetry)",
-    STEAD_LOCAL: "stead full, local execution (policy execution: local reads + model)",
+    STEAD_FULL: "stead full, as it runs by default (ledger + policy + telemetry, reads local)",
+    STEAD_LOCAL: "stead full, local execution (the model call local too)",
     STEAD_MIN: "stead minimal (ledger, allow-all, no telemetry)",
     PLAIN: "plain temporalio",
     PLAIN_LOCAL: "plain temporalio, tools as local activities (what-if)",

@@ -4,13 +4,15 @@
   the reference policies evaluated on every run), telemetry on: OTel metrics and traces
   exported over OTLP/HTTP to a receiver in another process (``stead.testing.otlp_server``,
   a stand-in for a collector), plus the Temporal SDK's own metrics through the OTLP runtime.
+  As stead runs by default: the read tools as local activities (``Execution.local_reads``),
+  the model call an activity; runs start through the worker's client, so eagerly.
 - **stead minimal**: the same worker with no policy (stead's built-in ``allow-all``: routing,
   the call gate and output validation still run, no rule fires) and telemetry off. The ledger
   stays on: it is where a tool call's idempotency key is claimed before the tool runs, so
   stead has no switch to run without it.
 - **stead full, local execution**: stead full under the same policy plus its ``execution``
-  section (``local_reads`` and ``local_model_calls``): tools and the scripted model run as
-  local activities inside the workflow task.
+  section's ``local_model_calls``: the scripted model runs as a local activity too, so a whole
+  run is one workflow task, as on the engine's floor.
 - **plain temporalio**: ``PeerPlainWorkflow`` (``bench/peers/plain_workflow.py``) with the
   same planner and tool bodies as activities, the same data converter, sandbox passthrough,
   worker slots and retry/timeout defaults, and nothing else.
