@@ -17,11 +17,13 @@ over OTLP/HTTP to a receiver in another process, as ``bench.peers``' stead full)
 **Memory per parked run** (a fresh process per line, like ``bench.peers.rss``): the process
 hosts one worker (and the client starting the runs); after warm-up it parks ``N`` runs,
 each until its history shows it waiting for the approval, and reports the change of its
-resident set per run (``VmRSS``, after ``gc.collect()``), and of the C heap in use
-(glibc's ``mallinfo2``: Temporal core's per-run state in Rust, protobuf buffers, Python
-objects over 512 bytes). ``cached``: the worker's ``max_cached_workflows`` is above ``N``,
-every parked run stays in its sticky cache; ``evicted``: ``max_cached_workflows=0``, the
-worker keeps nothing between workflow tasks. Then it approves them all and checks every run.
+resident set per run (``VmRSS``, after ``gc.collect()``, with the spans waiting for export
+flushed), and of the C heap in use (glibc's ``mallinfo2``: Temporal core's per-run state in
+Rust, protobuf buffers, Python objects over 512 bytes). ``cached``: the worker's
+``max_cached_workflows`` is above ``N``, every parked run stays in its sticky cache;
+``evicted``: ``max_cached_workflows=0``, the worker keeps nothing between workflow tasks.
+Then it approves them all and checks every run. ``--trace`` also diffs ``tracemalloc``
+snapshots around the parking and groups what the parked runs hold by owner.
 
 **Resume after the approval**, per workload and cache state, ``--runs`` samples each (the
 states alternate): the run is parked (history idle), left alone ``--settle`` seconds, then
@@ -296,8 +298,11 @@ async def memory_child(args: argparse.Namespace) -> MemoryResult:
     w = works(args.long_tools)
     work = w[args.workload]
     async with WorkerHost(settings, AgentCatalog(park_agents(args.long_tools)),
-                          task_queue=settings.temporal.task_queue):
+                          task_queue=settings.temporal.task_queue) as host:
         client = await connect(settings)
+        # Spans of finished activities wait in the batch processor until exported: flush
+        # them before each reading, they are not held by the parked runs.
+        flush = getattr(host.tracing.provider if host.tracing else None, "force_flush", None)
 
         async def full(one: Work) -> None:
             h, a = await park(client, settings, one, precise=False)
@@ -310,6 +315,8 @@ async def memory_child(args: argparse.Namespace) -> MemoryResult:
         approvals._entered.clear()
         if args.trace:
             tracemalloc.start(25)
+        if flush is not None:
+            await asyncio.to_thread(flush)
         gc.collect()
         await asyncio.sleep(1.0)
         before_rss, before_heap = rss_kib(), c_heap_kib()
@@ -319,6 +326,8 @@ async def memory_child(args: argparse.Namespace) -> MemoryResult:
             range(args.runs), lambda _: park(client, settings, work, precise=False))
         took = time.perf_counter() - t0
         await asyncio.sleep(2.0)  # the last runs' workflow tasks complete
+        if flush is not None:
+            await asyncio.to_thread(flush)
         gc.collect()
         after_rss, after_heap = rss_kib(), c_heap_kib()
         trace: list[tuple[str, str, float]] = []
@@ -654,8 +663,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--long-memory-runs", type=int,
                     help="long runs parked for the memory measurement (default 60; 0 skips)")
     ap.add_argument("--trace", action="store_true",
-                    help="also trace where a parked approval run's Python memory goes "
-                         "(tracemalloc, in the cached memory measurement)")
+                    help="also trace where the cached parked runs' Python memory goes "
+                         "(tracemalloc)")
 
 
 def config_from(args: argparse.Namespace) -> ParkedConfig:
