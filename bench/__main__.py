@@ -4,6 +4,7 @@
     python -m bench --workload policy        # bench agent without / with a reference policy
     python -m bench --workload approvals     # approval -> approved tool start (signal, update)
     python -m bench --workload peers         # = python -m bench.peers (LangGraph, DBOS, ...)
+    python -m bench --workload parked        # = python -m bench.parked (parked-run memory, resume)
 
 ``--runs``, ``--warmup`` and ``--json`` apply to every workload; ``--quick`` too (8 runs,
 2 warm-up). The guardrail microbenchmark, which needs no stack, is ``python -m
@@ -20,13 +21,13 @@ import shlex
 import sys
 from pathlib import Path
 
-from bench import approvals, guardrails
+from bench import approvals, guardrails, parked
 from bench.machine import load_average, machine_details
 from bench.peers import __main__ as peers_cli
 from bench.report import print_report, write_json
 from bench.runner import BenchConfig, run_bench
 
-WORKLOADS = ("plain", "policy", "approvals", "peers")
+WORKLOADS = ("plain", "policy", "approvals", "peers", "parked")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,9 +44,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "without / with a reference policy (guardrail cost end to end); "
                          "approvals: approval signal/update -> approved tool starts; "
                          "peers: stead vs plain temporalio, LangGraph+PostgreSQL and DBOS "
-                         "(python -m bench.peers; --levels instead of --concurrency)")
+                         "(python -m bench.peers; --levels instead of --concurrency); "
+                         "parked: worker memory per parked run and resume latency after "
+                         "cache eviction (python -m bench.parked)")
     approvals.add_arguments(ap)
     peers_cli.add_arguments(ap)
+    parked.add_arguments(ap)
     return ap.parse_args(argv)
 
 
@@ -70,6 +74,9 @@ def main(argv: list[str] | None = None) -> None:
     command = "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv)
     if args.workload == "peers":
         peers_cli.run(args, command.strip())
+        return
+    if args.workload == "parked":
+        parked.run(args, command.strip())
         return
     machine = machine_details()
     if args.workload != "plain":

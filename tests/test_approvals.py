@@ -36,6 +36,7 @@ from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
+from stead.authoring.agent import AgentCatalog
 from stead.client import connect, start_run
 from stead.contracts.models import (
     ApprovalDecision,
@@ -52,6 +53,7 @@ from stead.integrations.llm import FunctionModel, assistant_turns, call
 from stead.settings import Settings
 from stead.stack.embedded import find_binary
 from stead.storage.ledger import Ledger
+from stead.worker import WorkerHost
 from stead.workflows.agent import AgentWorkflow
 
 AWAITING_KEY = SearchAttributeKey.for_bool("SteadAwaitingApproval")
@@ -399,6 +401,59 @@ async def test_pending_approval_survives_a_killed_worker(
     assert line.endswith(" 700 ACME-9")
     assert summary(await approval_trail(ledger, h))[-1] == (
         "approval_decided", "approved", "grace")
+
+
+def cached(host: WorkerHost, h: Handle) -> bool:
+    """Whether the worker holds the run in its sticky cache. temporalio has no public API
+    for it: its workflow worker keeps one running workflow per cached run id."""
+    running = getattr(getattr(host.worker, "_workflow_worker", None), "_running_workflows", None)
+    assert isinstance(running, dict), "temporalio keeps its workflow cache elsewhere now"
+    return h.result_run_id in running
+
+
+@pytest.mark.parametrize("slots", [1, 0], ids=["pushed-out-by-another-parked-run", "no-cache"])
+async def test_a_parked_run_evicted_from_the_cache_resumes_on_its_approval(
+        settings: Settings, ledger: Ledger, tmp_path: Path, slots: int) -> None:
+    """A run waiting for approval is no longer in the worker's cache when the approval comes:
+    with one slot, a second waiting run took it (the LRU cache evicts the run that waited
+    longest); with none (``max_cached_workflows=0``), nothing is kept between workflow tasks.
+    The approval's workflow task rebuilds the run from its whole history in a new sandbox,
+    and it goes on exactly where it waited: the transfer runs once, the answer reports it,
+    the audit trail is the one a cached run leaves. The second run finishes as well."""
+    path = tmp_path / "effects"
+    agent = bank_agent(path, transfer_model(500, "ACME-1"))
+    async with WorkerHost(settings.replace(max_cached_workflows=slots),
+                          AgentCatalog([agent])) as host:
+        assert host.client is not None
+        first = await start(host.client, settings, "pay 500 to ACME-1")
+        assert (await wait_pending(first)).approval_id == "a2"
+        others: list[Handle] = []
+        if slots:
+            others.append(await start(host.client, settings, "pay 500 to ACME-1"))
+            assert (await wait_pending(others[0])).approval_id == "a2"
+        # No query on the first run from here on: answering one would cache it again.
+        # (Without a cache, the eviction after the last query's task follows it shortly.)
+        deadline = time.monotonic() + 10
+        while cached(host, first) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert not cached(host, first)
+        assert effects_of(path, first) == []
+
+        await first.signal("approve", ApprovalDecision(approval_id="a2", by="alice"))
+        r = await result(first)
+        for h in others:
+            await h.signal("approve", ApprovalDecision(approval_id="a2", by="bob"))
+            assert (await result(h)).answer == "Done: transfer T-2."
+
+    assert (r.status, r.approvals, r.denials, r.escalations) == ("completed", 1, 0, 0), r
+    assert [(c.tool, c.status) for c in r.tool_calls] == [("transfer", "ok")]
+    assert r.answer == "Done: transfer T-1."
+    [line] = effects_of(path, first)
+    assert line.endswith(" 500 ACME-1")
+    assert summary(await approval_trail(ledger, first)) == [
+        ("gate", "ask", "stead"), ("approval_requested", "oncall", "stead"),
+        ("approval_decided", "approved", "alice")]
+    assert await ledger.verify_chain(first.id) == []
 
 
 # ---------------------------------------------------------------------------- injection

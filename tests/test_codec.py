@@ -15,17 +15,18 @@ from pathlib import Path
 
 import pytest
 from google.protobuf.message import Message
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel, SecretStr, ValidationError
 from temporalio.api.common.v1 import Payload
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DefaultFailureConverterWithEncodedAttributes
 
+from stead.agents.ops import OpsWorld, ops_agent
 from stead.authoring.agent import Agent, AgentCatalog
 from stead.authoring.tools import ToolContext, tool
 from stead.client import connect, start_run
-from stead.contracts.models import ModelTurn, RetrySpec, RunRequest, RunResult
+from stead.contracts.models import AgentPlan, ModelTurn, RetrySpec, RunRequest, RunResult
 from stead.errors import SettingsError
 from stead.evals.replay import RecordedHistory, load_histories, production_replayer, replay
 from stead.integrations.llm import ScriptedModel, call
@@ -37,6 +38,7 @@ from stead.security.codec import (
     EncryptionCodec,
     KeyRing,
     PlainCodec,
+    SteadPayloadConverter,
     codec_of,
     data_converter,
     new_key,
@@ -170,11 +172,11 @@ def test_keys_from_the_environment_build_one_shared_converter(
     assert isinstance(converter.payload_codec, EncryptionCodec)
     assert converter.payload_codec.ring.current == "only"
     assert converter.failure_converter_class is DefaultFailureConverterWithEncodedAttributes
-    assert converter.payload_converter_class is pydantic_data_converter.payload_converter_class
+    assert converter.payload_converter_class is SteadPayloadConverter
     monkeypatch.delenv("STEAD_CODEC_KEYS")
     plain = data_converter(load_settings().codec)
     assert plain is PLAIN_CONVERTER and isinstance(plain.payload_codec, PlainCodec)
-    assert plain.payload_converter_class is pydantic_data_converter.payload_converter_class
+    assert plain.payload_converter_class is SteadPayloadConverter
     assert plain.failure_converter_class is pydantic_data_converter.failure_converter_class
     assert codec_of(load_settings().codec) is None
 
@@ -306,6 +308,32 @@ def leaked(blob: bytes, seeds: Seeds) -> list[str]:
 
 def fresh_queue(settings: Settings) -> Settings:
     return settings.replace(task_queue=f"test-{uuid.uuid4().hex[:10]}")
+
+
+def test_a_decoded_plan_is_shared_between_runs_and_refuses_changes(tmp_path: Path) -> None:
+    """Every run of an agent pins the same plan payload: the converter decodes it once and
+    hands every run (each has its own converter) that one frozen object, so a worker holds a
+    plan per agent rather than per cached run. Another plan is another object; other types
+    decode afresh, as with Temporal's pydantic converter."""
+    plan = ops_agent(OpsWorld(tmp_path / "ops.sqlite")).plan(model="scripted:ops")
+    to = PLAIN_CONVERTER.payload_converter
+
+    def decode(value: BaseModel, as_type: type[BaseModel]) -> object:
+        [payload] = to.to_payloads([value])
+        return SteadPayloadConverter().from_payloads([payload], [as_type])[0]
+
+    first, second = decode(plan, AgentPlan), decode(plan, AgentPlan)
+    assert first is second and first == plan
+    assert isinstance(first, AgentPlan)
+    with pytest.raises(ValidationError):
+        first.max_steps = 1  # type: ignore[misc]
+    with pytest.raises(ValidationError):
+        first.tools[0].risk = "low"  # type: ignore[misc]
+    longer = decode(plan.model_copy(update={"max_steps": plan.max_steps + 1}), AgentPlan)
+    assert longer is not first and isinstance(longer, AgentPlan)
+    assert longer.max_steps == plan.max_steps + 1
+    request = RunRequest(agent="ops", input="restart checkout")
+    assert decode(request, RunRequest) is not decode(request, RunRequest)
 
 
 async def test_stored_history_holds_no_plaintext_and_the_codec_reads_it_back(

@@ -299,7 +299,10 @@ RiskTier = Literal["low", "medium", "high", "critical"]
 
 
 class ToolPlan(_Model):
-    """Everything the workflow needs to know about a tool; pinned per run at start."""
+    """Everything the workflow needs to know about a tool; pinned per run at start. Frozen:
+    one object serves every run of its agent (see :class:`AgentPlan`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
     description: str
@@ -327,7 +330,14 @@ class GraphPin(_Model):
 
 
 class AgentPlan(_Model):
-    """An agent as a run sees it: resolved once at run start and kept in history."""
+    """An agent as a run sees it: resolved once at run start and kept in history.
+
+    Frozen, and shared: stead's data converter decodes one plan payload once and hands the
+    same object to every run that pinned it (``stead.security.codec``), so a worker holds a
+    plan per agent, not per cached run. Derive a changed plan with ``model_copy(update=...)``;
+    never change one in place, its dicts (tool parameters, output schema) included."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     agent: str
     instructions: str
