@@ -224,10 +224,11 @@ async def approve(handle: Handle, approval_id: str) -> None:
     await handle.signal("approve", ApprovalDecision(approval_id=approval_id, by="bench"))
 
 
-async def _batches(items: Sequence[Any], fn: Callable[[Any], Awaitable[Any]]) -> list[Any]:
+async def _batches(items: Sequence[Any], fn: Callable[[Any], Awaitable[Any]], *,
+                   size: int = BATCH) -> list[Any]:
     out: list[Any] = []
-    for i in range(0, len(items), BATCH):
-        out += await asyncio.gather(*(fn(x) for x in items[i:i + BATCH]))
+    for i in range(0, len(items), size):
+        out += await asyncio.gather(*(fn(x) for x in items[i:i + size]))
     return out
 
 
@@ -323,8 +324,12 @@ async def memory_child(args: argparse.Namespace) -> MemoryResult:
         before_rss, before_heap = rss_kib(), c_heap_kib()
         snap = tracemalloc.take_snapshot() if args.trace else None
         t0 = time.perf_counter()
+        # One at a time without a cache: a run cannot be evicted while a local activity of
+        # its (``run.start``, ``run.finish``) is running, and with many such runs at once a
+        # worker without a cache times their workflow tasks out (10 s each) and retries.
         parked: list[tuple[Handle, str]] = await _batches(
-            range(args.runs), lambda _: park(client, settings, work, precise=False))
+            range(args.runs), lambda _: park(client, settings, work, precise=False),
+            size=1 if args.cache == EVICTED else BATCH)
         took = time.perf_counter() - t0
         await asyncio.sleep(2.0)  # the last runs' workflow tasks complete
         if flush is not None:
@@ -339,7 +344,7 @@ async def memory_child(args: argparse.Namespace) -> MemoryResult:
         async def done(p: tuple[Handle, str]) -> None:
             await approve(*p)
             work.check(p[0].id, await asyncio.wait_for(p[0].result(), 600))
-        await _batches(parked, done)
+        await _batches(parked, done, size=1 if args.cache == EVICTED else BATCH)
         approvals._entered.clear()
     heap = None if before_heap is None or after_heap is None \
         else round((after_heap - before_heap) / args.runs, 1)
@@ -506,7 +511,8 @@ class ParkedConfig:
     runs: int = 10
     """Resume samples per workload and cache state (after one warm-up each)."""
     memory_runs: int = 300
-    """Approval runs parked at once for the memory measurement (0: skip it)."""
+    """Approval runs parked for the memory measurement (0: skip it); the evicted line parks
+    at most 100, one at a time."""
     long_memory_runs: int = 60
     """Long runs parked at once for the memory measurement (0: skip them)."""
     long_tools: int = 50
@@ -560,6 +566,7 @@ async def run_parked(cfg: ParkedConfig, *, progress: Progress = print) -> Parked
             jobs = [(APPROVAL, CACHED, cfg.memory_runs), (APPROVAL, EVICTED, cfg.memory_runs),
                     (LONG, CACHED, cfg.long_memory_runs)]
             for workload, cache, n in jobs:
+                n = min(n, 100) if cache == EVICTED else n
                 if n:
                     progress(f"memory: {n} parked {workload} runs, {cache}, in a fresh process")
                     memory.append(await asyncio.to_thread(
