@@ -471,6 +471,11 @@ class Resumer:
         if state == EVICTED:  # a second parked run takes the cache's one slot
             pusher = await park(self.client, s, self.w[APPROVAL], precise=True)
         run_id = handle.result_run_id or ""
+        # A worker without a cache evicts a run shortly after its workflow task completes:
+        # give it a moment (no query meanwhile, which would load the run again).
+        deadline = time.monotonic() + 10
+        while is_cached(host, run_id) != (state == CACHED) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
         if is_cached(host, run_id) != (state == CACHED):
             raise RuntimeError(f"{state}: run {handle.id} is {'' if state != CACHED else 'not '}"
                                f"in the worker's cache before its approval")
