@@ -1,7 +1,7 @@
 """``python -m bench.parked``: what a run parked for a human costs the worker, and what
 resuming it costs once it is no longer in the worker's cache.
 
-    python -m bench.parked                   # ~6 min on 2 cores
+    python -m bench.parked                   # ~9 min on 2 cores (--runs 5 --long-memory-runs 30: 5)
     python -m bench.parked --quick           # a smoke run
     python -m bench.parked --trace           # also: where a parked run's Python memory goes
     python -m bench --workload parked        # the same, from the main entry point
@@ -471,6 +471,11 @@ class Resumer:
         if state == EVICTED:  # a second parked run takes the cache's one slot
             pusher = await park(self.client, s, self.w[APPROVAL], precise=True)
         run_id = handle.result_run_id or ""
+        # Without a cache, the eviction after the last query's task follows it shortly.
+        for _ in range(500 if state != CACHED else 0):
+            if not is_cached(host, run_id):
+                break
+            await asyncio.sleep(0.02)
         if is_cached(host, run_id) != (state == CACHED):
             raise RuntimeError(f"{state}: run {handle.id} is {'' if state != CACHED else 'not '}"
                                f"in the worker's cache before its approval")
@@ -572,6 +577,9 @@ async def run_parked(cfg: ParkedConfig, *, progress: Progress = print) -> Parked
                     memory.append(await asyncio.to_thread(
                         _memory_in_child, info, workload, cache, n, cfg.long_tools,
                         cfg.trace and cache == CACHED))
+                    m = memory[-1]
+                    progress(f"  {m.kib_per_run:.1f} KiB RSS, {m.c_heap_kib_per_run} KiB C heap "
+                             f"per parked run")
             if cfg.runs:
                 async with resumer(info, base, cfg.long_tools, cfg.settle) as r:
                     for wl in WORKLOADS:
@@ -591,9 +599,11 @@ def medians(res: ParkedResult) -> dict[str, dict[str, dict[str, Summary]]]:
     """workload -> state -> measure (``ms``, ``first_wft_ms``, ``wft_ms``) -> summary."""
     out: dict[str, dict[str, dict[str, Summary]]] = {}
     for wl, by_state in res.resume.items():
-        out[wl] = {st: {k: summarise([getattr(s, k) for s in samples])
-                        for k in ("ms", "first_wft_ms", "wft_ms")}
-                   for st, samples in by_state.items() if samples}
+        states = {st: {k: summarise([getattr(s, k) for s in samples])
+                       for k in ("ms", "first_wft_ms", "wft_ms")}
+                  for st, samples in by_state.items() if samples}
+        if states:
+            out[wl] = states
     return out
 
 
@@ -614,7 +624,8 @@ def print_parked(res: ParkedResult, machine: dict[str, object], command: str) ->
         for m in res.memory:
             heap = "n/a" if m.c_heap_kib_per_run is None else f"{m.c_heap_kib_per_run:.1f}"
             t.add_row(m.workload + (f" ({cfg.long_tools} tools)" if m.workload == LONG else ""),
-                      m.cache, str(m.runs), f"{m.kib_per_run:.1f}", heap,
+                      m.cache + (" (traced: tracemalloc inflates both)" if m.trace else ""),
+                      str(m.runs), f"{m.kib_per_run:.1f}", heap,
                       f"{m.park_seconds:.0f} s")
         con.print(t)
         for m in res.memory:
