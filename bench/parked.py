@@ -628,6 +628,9 @@ def print_parked(res: ParkedResult, machine: dict[str, object], command: str) ->
                       str(m.runs), f"{m.kib_per_run:.1f}", heap,
                       f"{m.park_seconds:.0f} s")
         con.print(t)
+        if any(m.runs < (200 if m.workload == APPROVAL else 20) for m in res.memory):
+            con.print("(few parked runs: a resident-set change that small is mostly the "
+                      "allocator reusing what the warm-up freed; the C heap is steadier)")
         for m in res.memory:
             if m.trace:
                 tt = Table(title=f"Where the Python memory of a parked {m.workload} run goes "
