@@ -1,7 +1,7 @@
 """``python -m bench.parked``: what a run parked for a human costs the worker, and what
 resuming it costs once it is no longer in the worker's cache.
 
-    python -m bench.parked                   # ~6 min on 2 cores
+    python -m bench.parked                   # ~9 min on 2 cores (--runs 5 --long-memory-runs 30: 5)
     python -m bench.parked --quick           # a smoke run
     python -m bench.parked --trace           # also: where a parked run's Python memory goes
     python -m bench --workload parked        # the same, from the main entry point
@@ -577,6 +577,9 @@ async def run_parked(cfg: ParkedConfig, *, progress: Progress = print) -> Parked
                     memory.append(await asyncio.to_thread(
                         _memory_in_child, info, workload, cache, n, cfg.long_tools,
                         cfg.trace and cache == CACHED))
+                    m = memory[-1]
+                    progress(f"  {m.kib_per_run:.1f} KiB RSS, {m.c_heap_kib_per_run} KiB C heap "
+                             f"per parked run")
             if cfg.runs:
                 async with resumer(info, base, cfg.long_tools, cfg.settle) as r:
                     for wl in WORKLOADS:
@@ -596,9 +599,11 @@ def medians(res: ParkedResult) -> dict[str, dict[str, dict[str, Summary]]]:
     """workload -> state -> measure (``ms``, ``first_wft_ms``, ``wft_ms``) -> summary."""
     out: dict[str, dict[str, dict[str, Summary]]] = {}
     for wl, by_state in res.resume.items():
-        out[wl] = {st: {k: summarise([getattr(s, k) for s in samples])
-                        for k in ("ms", "first_wft_ms", "wft_ms")}
-                   for st, samples in by_state.items() if samples}
+        states = {st: {k: summarise([getattr(s, k) for s in samples])
+                       for k in ("ms", "first_wft_ms", "wft_ms")}
+                  for st, samples in by_state.items() if samples}
+        if states:
+            out[wl] = states
     return out
 
 
@@ -619,9 +624,13 @@ def print_parked(res: ParkedResult, machine: dict[str, object], command: str) ->
         for m in res.memory:
             heap = "n/a" if m.c_heap_kib_per_run is None else f"{m.c_heap_kib_per_run:.1f}"
             t.add_row(m.workload + (f" ({cfg.long_tools} tools)" if m.workload == LONG else ""),
-                      m.cache, str(m.runs), f"{m.kib_per_run:.1f}", heap,
+                      m.cache + (" (traced: tracemalloc inflates both)" if m.trace else ""),
+                      str(m.runs), f"{m.kib_per_run:.1f}", heap,
                       f"{m.park_seconds:.0f} s")
         con.print(t)
+        if any(m.runs < (200 if m.workload == APPROVAL else 20) for m in res.memory):
+            con.print("(few parked runs: a resident-set change that small is mostly the "
+                      "allocator reusing what the warm-up freed; the C heap is steadier)")
         for m in res.memory:
             if m.trace:
                 tt = Table(title=f"Where the Python memory of a parked {m.workload} run goes "

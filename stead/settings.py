@@ -207,6 +207,23 @@ class WorkerSettings(_Section):
     max_concurrent_workflow_tasks: Annotated[int, Env("max_concurrent_workflow_tasks")] = \
         Field(200, ge=1)
     max_cached_workflows: Annotated[int, Env("max_cached_workflows")] = Field(1000, ge=0)
+    """Runs the worker keeps in memory between their workflow tasks (Temporal's sticky cache,
+    least recently used out first). A cached run's next task goes on where it stopped; an
+    evicted run is first rebuilt by replaying its whole history, once, and is cached again.
+
+    1000 from the data (``python -m bench.parked``, 2 cores, under load): a run waiting for
+    an approval after one model call holds 92 KiB while cached and 15 KiB once evicted, and
+    its approval-to-result takes 65 ms evicted against 61 ms cached; after 50 tool calls it
+    holds 1.8 MiB (Temporal core keeps every scheduled activity's input, and each model call
+    carries the transcript) and takes 306 ms evicted against 66 ms. A waiting run is the least
+    recently used, so it is what a full cache evicts first (a ``state`` query, as the Web UI
+    and ``stead pending`` send, touches it again). Fewer slots than runs in flight make runs
+    evict each other and replay on every task: 200 runs in flight with 100 slots finished 3.1
+    runs/s instead of 10.6, at 456 ms of CPU per run instead of 173 (with 200 slots: no
+    change; ``python -m bench.peers.experiment cache-100 --levels 200``). Lower it to bound
+    memory where many long runs wait (at most
+    ``max_cached_workflows`` × a run's size); 0 replays every task, and stalls runs whose local
+    activities are in flight when many run at once."""
     sticky_schedule_to_start_seconds: Annotated[float, Env(
         "sticky_schedule_to_start_seconds")] = Field(10.0, gt=0, le=_DAY)
     """How long a run's next workflow task waits for the worker that cached it before any

@@ -9,6 +9,7 @@ moves too much between invocations to see a few percent).
     python -m bench.peers.experiment none       # A/A: how far apart two identical sides land
     python -m bench.peers.experiment local-reads   # policy execution.local_reads
     python -m bench.peers.experiment local      # local_reads + local_model_calls
+    python -m bench.peers.experiment cache-100 --levels 200   # 100 cached runs, not 1000
     python -m bench.peers.experiment no-eager --runs 30 --levels 50 --rounds 3
 
 Each variant is applied to the B worker only, without touching product defaults, so the
@@ -48,7 +49,8 @@ from stead.settings import Settings
 from stead.stack.embedded import EmbeddedStack
 from stead.worker import WorkerHost
 
-VARIANTS = ("no-eager", "pollers", "pool", "unsandboxed", "none", "local-reads", "local")
+VARIANTS = ("no-eager", "pollers", "pool", "unsandboxed", "none", "local-reads", "local",
+            "cache-100", "cache-200")
 
 
 def _local_agents(*, model_calls: bool) -> list[Agent]:
@@ -118,6 +120,8 @@ async def _system(base: Settings, name: str, variant: str | None) -> AsyncIterat
         variant = None
     if variant == "pool":
         settings = settings.replace(db_pool_max=40, db_pool_min=4)
+    if variant is not None and variant.startswith("cache-"):  # a smaller workflow cache
+        settings = settings.replace(max_cached_workflows=int(variant.removeprefix("cache-")))
     agents = (_local_agents(model_calls=variant == "local")
               if variant in ("local", "local-reads") else stead_agents(policy=False))
     host = WorkerHost(settings, AgentCatalog(agents), task_queue=settings.temporal.task_queue)
