@@ -16,11 +16,11 @@ import pytest
 from _cli import STEAD, run_cmd
 from _drifted_workflow import AUDIT_ACTIVITY, AuditActivityBeforeTools, ExtraTimerBeforeTools
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client, WorkflowHistory
+from temporalio.client import Client, WorkflowFailureError, WorkflowHistory
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
-from stead.client import start_run
-from stead.contracts.models import RunRequest
+from stead.client import connect, start_run
+from stead.contracts.models import RunRequest, RunState
 from stead.evals.corpus import SCENARIOS, history_file_name, write_exports
 from stead.evals.replay import (
     HistoryFileError,
@@ -39,7 +39,7 @@ from stead.evals.replay import (
 from stead.settings import Settings
 from stead.stack.embedded import find_binary
 from stead.storage.ledger import Ledger
-from stead.worker import build_worker
+from stead.worker import WorkerHost, build_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "evals" / "histories"
@@ -282,6 +282,27 @@ async def listed(client: Client, query: str, n: int, within: float = 20) -> None
 
 def queue_query(settings: Settings) -> str:
     return f"WorkflowType='AgentWorkflow' AND TaskQueue='{settings.temporal.task_queue}'"
+
+
+async def test_a_run_queried_as_it_runs_answers_even_when_the_query_replays_it(
+        settings: Settings, worker: WorkerHost) -> None:
+    """``stead run`` watches a run by query from a client that serves no worker (so no eager
+    start). A query that reaches a run its first workflow task has just closed (an unknown
+    agent) is answered by replaying the run, which has left the cache. It once failed as
+    non-deterministic: the local-execution patch was asked only after a local activity had
+    failed, and its marker followed that activity's."""
+    watcher = await connect(settings)
+    for agent, text in [("billing", "refund order 42"), ("ops", "How is auth-service doing?")]:
+        for _ in range(5):
+            handle = await start_run(watcher, RunRequest(agent=agent, input=text),
+                                     temporal=settings.temporal)
+            states = [await handle.query("state", result_type=RunState) for _ in range(3)]
+            assert [s.agent for s in states] == [agent] * 3
+            try:
+                outcome = (await asyncio.wait_for(handle.result(), 60)).status
+            except WorkflowFailureError:
+                outcome = "failed"
+            assert outcome == ("failed" if agent == "billing" else "completed")
 
 
 async def test_runs_on_the_server_replay_by_visibility_query(

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from temporalio import workflow
 
-from stead.workflows._seam import Seam
+from stead.workflows._seam import LOCAL_EXECUTION_PATCH, Seam
 
 with workflow.unsafe.imports_passed_through():
     from stead.authoring.graph import DEFAULT, REGISTRY, Graph, GraphState
@@ -39,7 +39,6 @@ ALLOW_ALL = Policy(id="allow-all", version=1, execution=Execution())
 that declares none."""
 ALLOW_ALL_REMOTE = Policy(id="allow-all", version=1, execution=BEFORE_EXECUTION)
 """``ALLOW_ALL`` as it was before read tools ran locally by default."""
-LOCAL_READS_PATCH = "stead-local-reads-by-default"
 
 
 def execution(policy: Policy) -> Execution:
@@ -54,8 +53,9 @@ def execution(policy: Policy) -> Execution:
 def unpinned_policy(seam: Seam) -> Policy:
     """The policy of an agent that declares none. An agent's own policy is pinned in the run's
     history with its plan; this one is not, so runs recorded before read tools ran locally by
-    default (``Execution.local_reads``) replay with every call an activity, as they ran."""
-    return ALLOW_ALL if seam.patched(LOCAL_READS_PATCH) else ALLOW_ALL_REMOTE
+    default (``Execution.local_reads``) replay with every call an activity, as they ran. The
+    run's first local activity (``run.start``) has asked the patch already."""
+    return ALLOW_ALL if seam.patched(LOCAL_EXECUTION_PATCH) else ALLOW_ALL_REMOTE
 
 
 @dataclass

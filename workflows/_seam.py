@@ -30,11 +30,18 @@ with workflow.unsafe.imports_passed_through():
 
 T = TypeVar("T")
 
-LOCAL_FAILURE_PATCH = "stead-local-activity-failure"
-"""Runs from this patch on handle a failed local activity as they handle a failed activity.
-temporalio raises a local activity's own error (its ``ApplicationError``, or a timeout) where
-an activity's comes as the cause of an ``ActivityError``; every ``except ActivityError`` of the
-run missed it, so a local call that failed for good failed its whole run."""
+LOCAL_EXECUTION_PATCH = "stead-local-execution"
+"""Runs from this patch on (1) handle a failed local activity as they handle a failed activity,
+and (2) run an unpinned policy's read tools locally (``_context.unpinned_policy``).
+
+(1): temporalio raises a local activity's own error (its ``ApplicationError``, or a timeout)
+where an activity's comes as the cause of an ``ActivityError``; every ``except ActivityError``
+of the run missed it, so a local call that failed for good failed its whole run.
+
+The patch is asked before the run's first local activity is scheduled, so its marker comes
+first in the history. Asked only once a local activity had failed, the marker followed that
+activity's; a query that had to replay such a run (a run closed and left the cache) failed as
+non-deterministic."""
 
 LOCAL_TIMEOUT = timedelta(seconds=60)
 """Start-to-close bound of the run's bookkeeping local activities (ledger writes)."""
@@ -127,6 +134,7 @@ class TemporalSeam:
         result: T
         act: Any = call.activity  # a definition or a per-tool name: temporalio takes both
         if call.local:
+            as_activity_error = workflow.patched(LOCAL_EXECUTION_PATCH)  # see there: first
             try:
                 result = await workflow.execute_local_activity(
                     act, call.arg, result_type=call.result_type,
@@ -134,7 +142,7 @@ class TemporalSeam:
                     schedule_to_close_timeout=call.schedule_to_close,
                     retry_policy=call.retry, summary=call.summary)
             except (ApplicationError, ActivityTimeout) as err:
-                if not workflow.patched(LOCAL_FAILURE_PATCH):
+                if not as_activity_error:
                     raise  # recorded before the patch: the run failed here, and replays so
                 raise ActivityError(f"local activity {call.name} failed", scheduled_event_id=0,
                                     started_event_id=0, identity="", activity_type=call.name,
