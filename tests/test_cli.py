@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 from _cli import Done, cli_env, stead
+from _unanswering_workflow import UnansweringAgentWorkflow
+from temporalio.client import Client
+from temporalio.worker import Worker
 
 from stead.settings import Settings
 from stead.stack.embedded import free_port
@@ -90,6 +93,22 @@ async def test_run_show_and_audit_as_json_and_tables(env: dict[str, str],
     assert re.search(r"│ 2 +│ service_status#1 +│ ok", audit_table.out), audit_table.out
     assert re.search(r"│ 3 +│ model#1 +│ ok +│ scripted:ops → answer", audit_table.out)
     assert "hash chain intact" in audit_table.out
+
+
+async def test_run_whose_steps_cannot_be_queried_still_prints_its_result(
+        settings: Settings, client: Client, tmp_path: Path) -> None:
+    """A watch query the worker fails (a replay that meets a temporalio limit, a bug) costs
+    the steps, said once, and never the run's result or its exit code."""
+    queue = f"{settings.temporal.task_queue}-unanswering"
+    async with Worker(client, task_queue=queue, workflows=[UnansweringAgentWorkflow]):
+        done = await stead("run", "ops", "is auth-service healthy?", cwd=tmp_path,
+                           env=cli_env(settings, STEAD_TASK_QUEUE=queue))
+
+    assert done.code == 0, done.err
+    assert done.out.count("steps not shown: the worker did not answer") == 1, done.out
+    assert "this worker answers no queries" in done.out
+    assert "answer: done: is auth-service healthy?" in done.out
+    assert "Traceback" not in done.out + done.err
 
 
 async def test_run_that_does_not_complete_exits_1_with_its_error(

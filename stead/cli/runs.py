@@ -21,7 +21,12 @@ from typing import Any
 import typer
 from pydantic import ValidationError
 from rich.table import Table
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowQueryFailedError,
+)
 from temporalio.service import RPCError, RPCStatusCode
 
 from stead.cli.common import (
@@ -104,7 +109,7 @@ async def _start_and_stream(client: Client, settings: Settings, request: RunRequ
     if not as_json:
         out.print(f"started [bold]{handle.id}[/] — streaming steps (Ctrl-C stops watching, "
                   f"not the run)")
-    seen = 0
+    seen, query_failed = 0, False
     result_task = asyncio.create_task(handle.result())
     finished = False
     while not finished:
@@ -121,6 +126,13 @@ async def _start_and_stream(client: Client, settings: Settings, request: RunRequ
             seen = len(state.history)
         except RPCError:
             pass  # no worker has picked the run up yet
+        except WorkflowQueryFailedError as err:
+            # The worker could not answer (a query that replays the run can fail where the
+            # run does not): the steps are lost to this watch, the result is not.
+            if not query_failed and not as_json:
+                out.print(f"  [dim]steps not shown: the worker did not answer ({err})[/]",
+                          highlight=False)
+            query_failed = True
         if not finished:
             await asyncio.wait({result_task}, timeout=0.3)
     try:
