@@ -1,10 +1,13 @@
 """Semantic memory in the platform's PostgreSQL: pgvector, HNSW, cosine distance.
 
     store = PgVectorStore(ledger.pool, ef_search=100)   # any asyncpg pool on that database
-    await store.ensure(embedder.dimension)
+    await store.ensure(embedder.dimension, embedder=embedder.name, owner_dsn=owner)
     hits = await store.query("acme", vector, top_k=5, filter={"kind": "runbook"})
 
-Rows live in ``stead_memory`` (migration ``0002_memory.sql``). Every statement filters on the
+Rows live in ``stead_memory`` (migration ``0002_memory.sql``), whose ``vector(384)`` column
+follows the embedder once: the first start on an empty table gives it the embedder's dimension
+(:meth:`PgVectorStore.ensure`); later changes discard vectors and go through ``stead memory
+reembed``. Every statement filters on the
 tenant in SQL, with the tenant as a bound parameter; metadata filters become parameterised
 jsonb expressions (keys are validated and bound too, never spliced into SQL text).
 
