@@ -154,12 +154,28 @@ class ModelSettings(_Section):
 
 
 class MemorySettings(_Section):
-    """Semantic memory: the embedding model and the vector store (pgvector or Pinecone)."""
+    """Semantic memory: the embedder, chosen on its own, and the vector store (pgvector or
+    Pinecone)."""
 
-    embedding_model: Annotated[str, Env("embedding_model")] = "text-embedding-3-small"
-    """OpenAI embedding model, used when OPENAI_API_KEY is set."""
+    embedder: Annotated[Literal["auto", "local", "openai", "none"], Env("embedder")] = "auto"
+    """Which embedder turns memory texts into vectors: ``local`` = the offline all-MiniLM-L6-v2
+    (384 dimensions, the ``embeddings`` extra); ``openai`` = an OpenAI-compatible embeddings
+    endpoint (``embedder_base_url``, ``embedder_api_key``, ``embedding_model``,
+    ``embedding_dimension``); ``none`` = memory off. ``auto``: ``openai`` when one of those four
+    is set, else ``local`` (the hashing embedder, with a warning, when the extra is missing).
+    The chat model's OPENAI_API_KEY and OPENAI_BASE_URL never choose it. Checked when a worker
+    starts (``stead.storage.memory.embedders.embedder_config``)."""
+    embedder_base_url: Annotated[str | None, Env("embedder_base_url")] = None
+    """Base URL of the ``openai`` embedder's server (``http://127.0.0.1:8080/v1``); unset:
+    OpenAI's own API. OPENAI_BASE_URL is the chat model's and is not used for embeddings."""
+    embedder_api_key: Annotated[SecretStr | None, Env("embedder_api_key")] = None
+    """Key of the ``openai`` embedder's server; unset: OPENAI_API_KEY, but only when the
+    embeddings go to the chat model's server too (both base URLs unset, or the same)."""
+    embedding_model: Annotated[str | None, Env("embedding_model")] = None
+    """Model of the ``openai`` embedder; unset: ``text-embedding-3-small``."""
     embedding_dimension: Annotated[int | None, Env("embedding_dimension")] = Field(None, gt=0)
-    """Vector size for models stead does not know (OpenAI-compatible servers)."""
+    """Vector size of the ``openai`` embedder: needed for models stead does not know (other
+    servers' models); below a ``text-embedding-3-*`` model's own, the API shortens vectors."""
     backend: Annotated[Literal["auto", "pgvector", "pinecone", "off"],
                        Env("memory_backend")] = "auto"
     """Where semantic memory lives: auto = Pinecone when PINECONE_API_KEY and
@@ -170,6 +186,19 @@ class MemorySettings(_Section):
     """Data-plane host of the Pinecone index (serverless index host)."""
     pinecone_api_key: Annotated[SecretStr | None,
                                 Env("pinecone_api_key", "PINECONE_API_KEY")] = None
+
+    @field_validator("embedder_base_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"https?://[^/\s]+", v):
+            raise ValueError("must be an http:// or https:// URL such as "
+                             "http://127.0.0.1:8080/v1")
+        return v
+
+    @property
+    def off(self) -> bool:
+        """Memory is off: ``STEAD_MEMORY_BACKEND=off`` or ``STEAD_EMBEDDER=none``."""
+        return self.backend == "off" or self.embedder == "none"
 
 
 _Exporter = Literal["auto", "otlp", "console", "none"]

@@ -44,7 +44,7 @@ from stead.security.secrets import Redactor, Secrets, install_log_redaction
 from stead.settings import ModelSettings, Settings
 from stead.storage.blobs import BlobStore
 from stead.storage.ledger import Ledger, migrate
-from stead.storage.memory import Embedder, Memory, open_memory
+from stead.storage.memory import Embedder, Memory, check_memory_settings, open_memory
 from stead.workflows.registry import WORKFLOWS
 
 log = logging.getLogger("stead.worker")
@@ -173,7 +173,9 @@ class WorkerHost:
         s = self.settings
         db = s.ledger
         assert db.database_url is not None and db.migration_database_url is not None
-        # Declaration problems (unknown agents, missing secrets) fail before anything starts.
+        # Declaration problems (unknown agents, missing secrets, an embedder without its key)
+        # fail before anything starts.
+        check_memory_settings(s, embedder=self.embedder is None)
         self.mcp = McpTools.from_catalog(self.catalog, s.integrations,
                                          secrets=Secrets.from_settings(s.security))
         await migrate(db.migration_database_url)  # as the owner; the pool below as the worker

@@ -23,6 +23,7 @@ NAMES = {
         "api_host", "api_port", "api_secret", "blob_threshold_bytes", "capture_content",
         "codec_cors_origins", "codec_keys", "codec_key_id", "codec_server_token",
         "codec_server_url", "database_url", "data_dir", "db_pool_max", "db_pool_min",
+        "embedder", "embedder_api_key", "embedder_base_url",
         "embedding_dimension", "embedding_model", "ledger_retry_seconds", "log_format",
         "log_level", "max_cached_workflows", "max_concurrent_activities",
         "max_concurrent_workflow_tasks", "max_payload_bytes", "mcp_servers", "memory_backend",

@@ -102,7 +102,7 @@ async def run_demo(settings: Settings, console: Console) -> bool:
             task_queue=f"stead-demo-{uuid.uuid4().hex[:6]}")
         default_world(settings.stack.data_dir).reset()
         refund_world(settings.stack.data_dir).reset()
-        embedder = choose_embedder(resolved)
+        embedder = None if resolved.memory.off else choose_embedder(resolved)
         memory = await open_memory(resolved, embedder=embedder)
         if memory is not None:
             try:
