@@ -29,6 +29,7 @@ from stead.activities.tools import ToolActivities
 from stead.authoring.agent import AgentCatalog
 from stead.integrations.llm import ModelClient, OpenAIModel
 from stead.integrations.mcp import McpTools
+from stead.integrations.model_endpoints import ModelEndpoints
 from stead.observability.logs import RunLogContext
 from stead.observability.telemetry import (
     METER_NAME,
@@ -90,21 +91,27 @@ def worker_interceptors(tracing: SteadTracing = NO_TRACING) -> list[Interceptor]
 def build_worker(client: Client, settings: Settings, catalog: AgentCatalog, ledger: Ledger, *,
                  model: ModelClient | None = None, task_queue: str | None = None,
                  memory: Memory | None = None, metrics: SteadMetrics = NO_METRICS,
-                 tracing: SteadTracing = NO_TRACING, mcp: McpTools | None = None) -> Worker:
+                 tracing: SteadTracing = NO_TRACING, mcp: McpTools | None = None,
+                 endpoints: ModelEndpoints | None = None) -> Worker:
     """``mcp``: the MCP servers' sessions (``WorkerHost`` owns and closes them); None builds
-    them from the catalog and settings, left open until the process ends."""
+    them from the catalog and settings, left open until the process ends. ``endpoints``:
+    the agents' model chains, likewise (None: checked and built here)."""
     # Tool credentials from settings; everything the activities write to the ledger, and every
     # log record of this process, is redacted with what the settings know to be secret.
     secrets = Secrets.from_settings(settings.security)
     if mcp is None:
         mcp = McpTools.from_catalog(catalog, settings.integrations, secrets=secrets)
-    ledger = ledger.redacting(Redactor.from_settings(settings, secrets=secrets))
+    if endpoints is None:
+        endpoints = ModelEndpoints.from_catalog(catalog, settings, secrets=secrets)
+    # Model keys read from variables of the agents' own choosing are redacted too.
+    ledger = ledger.redacting(Redactor.from_settings(settings, secrets=secrets,
+                                                     also=endpoints.key_values()))
     install_log_redaction(ledger.redactor)
     runs = RunActivities(catalog, ledger, model_label=model.name if model else None,
                          model_timeout=settings.models.timeout_seconds,
                          model_max_attempts=settings.models.max_attempts,
                          memory=memory is not None, metrics=metrics, tracing=tracing,
-                         mcp=mcp)
+                         mcp=mcp, endpoints=endpoints)
     owners: list[object] = [runs]
     if memory is not None:
         owners.append(MemoryActivities(memory.store, memory.embedder, ledger,
@@ -113,7 +120,7 @@ def build_worker(client: Client, settings: Settings, catalog: AgentCatalog, ledg
     models = ModelActivities(catalog, ledger, model=model,
                              named_models=named_model_factory(settings.models), metrics=metrics,
                              tracing=tracing, max_payload_bytes=settings.worker.max_payload_bytes,
-                             blobs=blobs)
+                             blobs=blobs, endpoints=endpoints)
     tools = ToolActivities(catalog, ledger, metrics=metrics, secrets=secrets, tracing=tracing,
                            max_payload_bytes=settings.worker.max_payload_bytes, dynamic=mcp,
                            blobs=blobs, blob_threshold_bytes=settings.ledger.blob_threshold_bytes)
@@ -165,6 +172,7 @@ class WorkerHost:
         self.memory: Memory | None = None
         self.worker: Worker | None = None
         self.mcp: McpTools | None = None
+        self.endpoints: ModelEndpoints | None = None
         self._task: asyncio.Task[None] | None = None
         self.pending_approvals: PendingApprovals | None = None
         self._gauges: asyncio.Task[None] | None = None
@@ -174,8 +182,9 @@ class WorkerHost:
         db = s.ledger
         assert db.database_url is not None and db.migration_database_url is not None
         # Declaration problems (unknown agents, missing secrets) fail before anything starts.
-        self.mcp = McpTools.from_catalog(self.catalog, s.integrations,
-                                         secrets=Secrets.from_settings(s.security))
+        secrets = Secrets.from_settings(s.security)
+        self.mcp = McpTools.from_catalog(self.catalog, s.integrations, secrets=secrets)
+        self.endpoints = ModelEndpoints.from_catalog(self.catalog, s, secrets=secrets)
         await migrate(db.migration_database_url)  # as the owner; the pool below as the worker
         self.client = await connect_client(s)
         self.ledger = await Ledger.connect(db.database_url, min_size=db.pool_min,
@@ -191,7 +200,8 @@ class WorkerHost:
                                        model=self.model, task_queue=self.task_queue,
                                        memory=self.memory, metrics=SteadMetrics(
                                            self.meter_provider.get_meter(METER_NAME)),
-                                       tracing=self.tracing, mcp=self.mcp)
+                                       tracing=self.tracing, mcp=self.mcp,
+                                       endpoints=self.endpoints)
         except BaseException:
             await self.ledger.close()  # do not leave a pool reconnecting behind us
             self.ledger = None
@@ -215,6 +225,8 @@ class WorkerHost:
                 await self._task
         if self.mcp is not None:
             await self.mcp.close()  # after the worker: no call is still using a session
+        if self.endpoints is not None:
+            await self.endpoints.close()
         if self.memory is not None:
             await self.memory.close()
         if self.ledger is not None:

@@ -276,8 +276,9 @@ def _print_trail(run_id: str, trail: Trail) -> None:
     for m in trail.model_calls:
         what = (", ".join(c["name"] for c in m.tool_calls) or "answer") \
             if m.status == "ok" else (m.error or "")
+        via = f"{m.endpoint} (fallback {m.fallback}): " if m.fallback else ""
         events.append((m.created_at, str(m.step), f"model#{m.attempt}", m.status,
-                       f"{m.model} → {what} ({m.duration_ms:.0f} ms)"))
+                       f"{via}{m.model} → {what} ({m.duration_ms:.0f} ms)"))
     for a in trail.tool_attempts:
         detail = a.error or ""
         if a.tool != a.requested_tool:
