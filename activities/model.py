@@ -34,7 +34,8 @@ class ModelActivities:
         """``max_payload_bytes``: a bigger answer fails the call (``PayloadTooLarge``).
         ``blobs``: expands tool results that travel by reference and ``ModelRequest.context``
         before the model is called, and stores the extended context after it answers.
-        ``endpoints``: calls the model of an agent's chain that a request names."""
+        ``endpoints``: calls the model of an agent's chain that a request names (None: every
+        request is answered as if it named none)."""
         self._blobs = blobs
         self._endpoints = endpoints
         self._max_payload = max_payload_bytes
@@ -61,12 +62,10 @@ class ModelActivities:
         return self._catalog[agent].offline_model
 
     def _client(self, req: ModelRequest) -> ModelClient:
-        if req.endpoint is None:
+        """The model of the request's chain; a worker built without chains (a model given to
+        it serves every agent) answers with its own."""
+        if req.endpoint is None or self._endpoints is None:
             return self.client_for(req.ref.agent, req.model)
-        if self._endpoints is None:
-            raise ModelCallError(f"model {req.endpoint.name!r} of the run's chain: this worker "
-                                 f"serves no model chains", kind=errors.MODEL_NOT_CONFIGURED,
-                                 retryable=False)
         return self._endpoints.client(req.endpoint)
 
     @activity.defn(name="model.complete")

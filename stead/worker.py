@@ -95,17 +95,18 @@ def build_worker(client: Client, settings: Settings, catalog: AgentCatalog, ledg
                  endpoints: ModelEndpoints | None = None) -> Worker:
     """``mcp``: the MCP servers' sessions (``WorkerHost`` owns and closes them); None builds
     them from the catalog and settings, left open until the process ends. ``endpoints``:
-    the agents' model chains, likewise (None: checked and built here)."""
+    the agents' model chains; None: checked and built here, unless ``model`` is given, which
+    then serves every agent (chains are neither checked nor pinned)."""
     # Tool credentials from settings; everything the activities write to the ledger, and every
     # log record of this process, is redacted with what the settings know to be secret.
     secrets = Secrets.from_settings(settings.security)
     if mcp is None:
         mcp = McpTools.from_catalog(catalog, settings.integrations, secrets=secrets)
-    if endpoints is None:
+    if endpoints is None and model is None:
         endpoints = ModelEndpoints.from_catalog(catalog, settings, secrets=secrets)
     # Model keys read from variables of the agents' own choosing are redacted too.
-    ledger = ledger.redacting(Redactor.from_settings(settings, secrets=secrets,
-                                                     also=endpoints.key_values()))
+    ledger = ledger.redacting(Redactor.from_settings(
+        settings, secrets=secrets, also=endpoints.key_values() if endpoints else ()))
     install_log_redaction(ledger.redactor)
     runs = RunActivities(catalog, ledger, model_label=model.name if model else None,
                          model_timeout=settings.models.timeout_seconds,
@@ -152,7 +153,10 @@ class WorkerHost:
                  embedder: Embedder | None = None,
                  meter_provider: MeterProvider | None = None,
                  tracing: SteadTracing | None = None) -> None:
-        """``meter_provider``: where the activities' metrics go; None builds one from settings
+        """``model``: serves every agent, their own models (``Agent.models``) included (evals
+        and counterfactuals pass their scripted or recorded model); None: the agents' models,
+        else the configured one (``OPENAI_*``), else their offline models.
+        ``meter_provider``: where the activities' metrics go; None builds one from settings
         (``configure_metrics``) that the host also shuts down. ``tracing`` likewise
         (``SteadTracing.from_settings``)."""
         if settings.temporal.address is None or settings.ledger.database_url is None:
@@ -161,6 +165,7 @@ class WorkerHost:
         self.settings = settings
         self.catalog = catalog
         self.model = model if model is not None else configured_model(settings.models)
+        self._model_given = model is not None
         self.task_queue = task_queue or settings.temporal.task_queue
         self.embedder = embedder
         self.meter_provider = meter_provider
@@ -184,7 +189,8 @@ class WorkerHost:
         # Declaration problems (unknown agents, missing secrets) fail before anything starts.
         secrets = Secrets.from_settings(s.security)
         self.mcp = McpTools.from_catalog(self.catalog, s.integrations, secrets=secrets)
-        self.endpoints = ModelEndpoints.from_catalog(self.catalog, s, secrets=secrets)
+        if not self._model_given:
+            self.endpoints = ModelEndpoints.from_catalog(self.catalog, s, secrets=secrets)
         await migrate(db.migration_database_url)  # as the owner; the pool below as the worker
         self.client = await connect_client(s)
         self.ledger = await Ledger.connect(db.database_url, min_size=db.pool_min,

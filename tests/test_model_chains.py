@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 
+import openai
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -26,18 +27,22 @@ from stead.authoring.agent import Agent, AgentCatalog
 from stead.authoring.tools import Tool, ToolContext, tool
 from stead.client import start_run
 from stead.contracts.models import (
+    Message,
     ModelCallRow,
     ModelEndpoint,
     ModelTurn,
+    ReasoningItem,
     RunRequest,
     RunResult,
+    ToolSchema,
     Trail,
 )
 from stead.errors import SettingsError, SpecError
 from stead.evals.replay import production_replayer
-from stead.integrations.llm import ScriptedModel, call
+from stead.integrations.llm import ModelCallError, ScriptedModel, call
 from stead.integrations.model_endpoints import ModelEndpoints
 from stead.integrations.openai_params import chat_parameters, looks_like_reasoning
+from stead.integrations.openai_responses import OpenAIResponsesModel
 from stead.observability.telemetry import METER_NAME
 from stead.observability.tracing import SteadTracing
 from stead.settings import Settings, load_settings
@@ -482,3 +487,86 @@ async def test_a_worker_with_bad_model_configuration_does_not_start(
 def test_model_call_rows_name_the_chain_model() -> None:
     """``stead audit --json`` rows carry the chain columns (older rows: empty and 0)."""
     assert {"endpoint", "fallback"} <= set(ModelCallRow.model_fields)
+
+
+async def test_a_model_given_to_the_worker_serves_agents_with_chains_too(
+        settings: Settings) -> None:
+    """Evals and counterfactuals hand the worker their scripted or recorded model: it answers
+    for every agent, and the agents' own models (here with a key nobody set) are neither
+    checked nor called."""
+    ran: list[str] = []
+    agent = Agent(name="chain", instructions="x", tools=[echo_tool(ran)],
+                  models=[ModelEndpoint(model=CHAT, api_key_env="NOPE_KEY")],
+                  offline_model=ScriptedModel([ModelTurn(content="offline")]))
+    async with WorkerHost(settings, AgentCatalog([agent]),
+                          model=ScriptedModel(SCRIPT, name="scripted:given")) as host:
+        served = Served(host, settings, ran)
+        _, r = await served.run()
+    assert (r.status, r.answer, r.model, r.models) == (
+        "completed", "the tool said hello", "scripted:given", ["scripted:given"])
+
+
+# ---------------------------------------------------------------------------- the Responses client
+
+
+async def responses_failure(srv: FakeOpenAIServer, messages: Sequence[Message],
+                            tools: Sequence[ToolSchema] = (), **kw: object) -> ModelCallError:
+    model = OpenAIResponsesModel(model=REASONER, api_key=KEY, base_url=srv.base_url,
+                                 endpoint=endpoint(srv, REASONER, api="responses", **kw))
+    try:
+        with pytest.raises(ModelCallError) as info:
+            await model.complete(messages, tools)
+    finally:
+        await model.close()
+    return info.value
+
+
+USER = [Message(role="user", content="hi")]
+
+
+@pytest.mark.parametrize(("fault", "kind", "retryable"), [
+    (Fault("rate_limit", retry_after=2), "RateLimited", True),
+    (Fault("server_error", status=502), "ModelServerError", True),
+    (Fault("malformed_json"), "ModelResponseInvalid", True),
+    (Fault("malformed_json", body="<html>bad gateway</html>", content_type="text/html"),
+     "ModelResponseInvalid", True),
+    (Fault("client_error", status=401), "ModelRequestRejected", False),
+], ids=["429", "502", "truncated", "html", "401"])
+async def test_responses_api_failures_map_like_chat_completions(
+        fault: Fault, kind: str, retryable: bool) -> None:
+    async with fakes(1) as (srv,):
+        srv.inject(fault, endpoint="responses")
+        err = await responses_failure(srv, USER)
+    assert (err.kind, err.retryable) == (kind, retryable)
+    if fault.kind == "rate_limit":
+        assert err.retry_after is not None and err.retry_after.total_seconds() == 2
+
+
+async def test_the_fake_refuses_what_openai_refuses_on_the_responses_api() -> None:
+    """Reasoning handed back without its encrypted content (nothing is stored with
+    ``store: false``), or content it never issued; a strict tool with an open schema."""
+    lost = [*USER, Message(role="assistant", content="ok",
+                           reasoning=[ReasoningItem(id="rs_1")]),
+            Message(role="user", content="again")]
+    forged = [*USER, Message(role="assistant", content="ok", reasoning=[
+        ReasoningItem(id="rs_1", encrypted_content="made-up")]), Message(role="user", content="x")]
+    open_schema = ToolSchema(name="loose", description="", parameters=loose.plan().parameters)
+    async with fakes(1, reasoning_models=[REASONER]) as (srv,):
+        said = [str(await responses_failure(srv, m)) for m in (lost, forged)]
+        raw = openai.AsyncOpenAI(api_key=KEY, base_url=srv.base_url, max_retries=0)
+        with pytest.raises(openai.BadRequestError, match="additionalProperties"):
+            await raw.responses.create(model=REASONER, input="hi", tools=[{
+                "type": "function", "name": "loose", "parameters": open_schema.parameters,
+                "strict": True}])
+        await raw.close()
+        # stead asked for strict tools sends this one (an MCP tool, say) non-strict instead.
+        fine = OpenAIResponsesModel(model=REASONER, api_key=KEY, base_url=srv.base_url,
+                                    endpoint=endpoint(srv, REASONER, api="responses",
+                                                      strict_tools=True))
+        turn = await fine.complete(USER, [open_schema])
+        await fine.close()
+        assert srv.response_requests[-1]["tools"][0]["strict"] is False
+    assert "Items are not persisted when `store` is set to false" in said[0]
+    assert "could not be verified" in said[1]
+    assert turn.reasoning and turn.reasoning[0].encrypted_content
+    assert turn.usage.reasoning_tokens > 0

@@ -152,7 +152,9 @@ def _print_result(workflow_id: str, r: RunResult) -> None:
     colour = "green" if r.status == "completed" else "yellow"
     out.print(f"\n[bold]{workflow_id}[/]: [{colour}]{r.status}[/] in {r.steps} steps "
               f"({r.model_turns} model turns, {len(r.tool_calls)} tool calls, {r.retries} "
-              f"retries, {r.fallbacks} fallbacks, {r.rejected_calls} rejected) — {r.model}")
+              f"retries, {r.fallbacks} fallbacks, {r.rejected_calls} rejected) — {r.model}"
+              + (f" ({r.model_fallbacks} turn(s) by a fallback model; models: "
+                 f"{', '.join(r.models)})" if r.model_fallbacks else ""))
     if r.answer:
         out.print(f"[bold]answer:[/] {r.answer}", highlight=False)
     if r.error:

@@ -29,6 +29,12 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _empty(value: object) -> bool:
+    """Left out of a payload when empty, so that runs not using a newer field (model chains,
+    reasoning items) send and store the same bytes as before it existed."""
+    return not value
+
+
 # ---------------------------------------------------------------------------- runs
 
 
@@ -231,7 +237,7 @@ class Message(_Model):
     tool_calls: list[ToolCall] = Field(default_factory=list)
     tool_call_id: str | None = None
     name: str | None = None
-    reasoning: list[ReasoningItem] = Field(default_factory=list)
+    reasoning: list[ReasoningItem] = Field(default_factory=list, exclude_if=_empty)
     """Assistant messages of a reasoning model (Responses API): its reasoning items."""
 
 
@@ -247,7 +253,7 @@ class Usage(_Model):
     input_tokens: int = 0
     output_tokens: int = 0
     """Tokens the model generated, reasoning tokens included."""
-    reasoning_tokens: int = 0
+    reasoning_tokens: int = Field(0, exclude_if=_empty)
     """Of ``output_tokens``, those a reasoning model spent thinking (where it says)."""
 
 
@@ -265,7 +271,7 @@ class ModelTurn(_Model):
     context: BlobDigest | None = None
     """With ``ModelRequest.context``: the manifest of context + this request's non-system
     messages + this reply, stored by the activity."""
-    reasoning: list[ReasoningItem] = Field(default_factory=list)
+    reasoning: list[ReasoningItem] = Field(default_factory=list, exclude_if=_empty)
     """A reasoning model's reasoning items for this turn (Responses API)."""
 
 
@@ -292,10 +298,10 @@ class ModelRequest(_Model):
     context: BlobDigest | None = None
     """Earlier conversation (a context manifest digest): its messages go after the leading
     system messages of ``messages``; the reply's ``context`` extends it."""
-    endpoint: ModelEndpoint | None = None
+    endpoint: ModelEndpoint | None = Field(None, exclude_if=_empty)
     """The model of the agent's chain to call (from the run's pinned plan); None: the
     routed ``model``, else the worker's configured model, else the agent's offline model."""
-    fallback: int = Field(0, ge=0)
+    fallback: int = Field(0, ge=0, exclude_if=_empty)
     """``endpoint``'s place in the chain: 0 the first, 1 its first fallback, ..."""
 
 
@@ -452,7 +458,7 @@ class AgentPlan(_Model):
     graph: GraphPin | None = None
     """The execution graph the run follows (None: runs recorded before graphs, which
     follow the default ``react`` graph, version 1)."""
-    models: list[ModelEndpoint] = Field(default_factory=list)
+    models: list[ModelEndpoint] = Field(default_factory=list, exclude_if=_empty)
     """The agent's model chain, first choice first, as the worker resolved it; empty: the
     worker's configured model (``OPENAI_*``), else the agent's offline model."""
 

@@ -493,8 +493,6 @@ def changed_catalog(catalog: AgentCatalog, book: ReplayBook, *, agent: str | Non
         target = a.name == agent
         agents.append(dataclasses.replace(
             a, tools=[swap(t) for t in a.tools],
-            # Another model than the agent's own (recorded, openai:<model>) replaces its chain.
-            models=a.models if change.model == "agent" else (),
             policy=change.policy if target and change.policy is not None else a.policy,
             instructions=(change.instructions if target and change.instructions is not None
                           else a.instructions)))
@@ -900,8 +898,6 @@ async def run_counterfactual(settings: Settings, catalog: AgentCatalog,
     queue = f"counterfactual-{uuid.uuid4().hex[:12]}"
     # Memory is off: a counterfactual must not write run summaries (a side effect).
     host_settings = settings.replace(task_queue=queue, memory_backend="off")
-    if change.model != "agent":
-        host_settings = host_settings.replace(agent_models={})
     async with WorkerHost(host_settings, changed, model=model, task_queue=queue) as host:
         assert host.client is not None and host.ledger is not None
         client, ledger = host.client, host.ledger
