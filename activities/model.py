@@ -1,4 +1,5 @@
-"""The model activity: one chat completion, logged in the ledger."""
+"""The model activity: one model call (chat completions or the Responses API), logged in the
+ledger with the model of the agent's chain that was called."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from stead import errors
 from stead.authoring.agent import AgentCatalog
 from stead.contracts.models import Message, ModelCallRecord, ModelRequest, ModelTurn, Usage
 from stead.integrations.llm import ModelCallError, ModelClient
+from stead.integrations.model_endpoints import ModelEndpoints
 from stead.observability.telemetry import NO_METRICS, SteadMetrics
 from stead.observability.tracing import NO_TRACING, SteadTracing
 from stead.storage.blobs import BLOB_MISSING, BlobCorrupt, BlobError, BlobMissing, BlobStore
@@ -27,11 +29,15 @@ class ModelActivities:
                  metrics: SteadMetrics = NO_METRICS,
                  tracing: SteadTracing = NO_TRACING,
                  max_payload_bytes: int = 1_500_000,
-                 blobs: BlobStore | None = None) -> None:
+                 blobs: BlobStore | None = None,
+                 endpoints: ModelEndpoints | None = None) -> None:
         """``max_payload_bytes``: a bigger answer fails the call (``PayloadTooLarge``).
         ``blobs``: expands tool results that travel by reference and ``ModelRequest.context``
-        before the model is called, and stores the extended context after it answers."""
+        before the model is called, and stores the extended context after it answers.
+        ``endpoints``: calls the model of an agent's chain that a request names (None: every
+        request is answered as if it named none)."""
         self._blobs = blobs
+        self._endpoints = endpoints
         self._max_payload = max_payload_bytes
         self._catalog = catalog
         self._metrics = metrics
@@ -55,17 +61,30 @@ class ModelActivities:
             return self._model
         return self._catalog[agent].offline_model
 
+    def _client(self, req: ModelRequest) -> ModelClient:
+        """The model of the request's chain; a worker built without chains (a model given to
+        it serves every agent) answers with its own."""
+        if req.endpoint is None or self._endpoints is None:
+            return self.client_for(req.ref.agent, req.model)
+        return self._endpoints.client(req.endpoint)
+
     @activity.defn(name="model.complete")
     async def complete(self, req: ModelRequest) -> ModelTurn:
         info = activity.info()
-        client = self.client_for(req.ref.agent, req.model)
+        try:
+            client = self._client(req)
+        except ModelCallError as err:
+            label = f"openai:{req.endpoint.model}" if req.endpoint else "?"
+            await self._record(req, info.attempt, label, time.perf_counter(), error=err)
+            raise ApplicationError(str(err), type=err.kind, non_retryable=True) from None
         await self._ledger.append_decisions(req.decisions, on_wait=activity.heartbeat)
         self._tracing.decisions(req.decisions)
         messages = await self._transcript(req)
         started = time.perf_counter()
         try:
-            with self._tracing.chat(model=client.name, ref=req.ref,
-                                    messages=messages) as chat:
+            with self._tracing.chat(model=client.name, ref=req.ref, messages=messages,
+                                    endpoint=req.endpoint.name if req.endpoint else None,
+                                    fallback=req.fallback) as chat:
                 turn = await client.complete(messages, req.tools)
                 chat.response(turn)
         except ModelCallError as err:
@@ -95,7 +114,7 @@ class ModelActivities:
             # will hold them (its next request repeats them: stored once, by content).
             said = list(req.messages[_leading_system(req.messages):])
             said.append(Message(role="assistant", content=turn.content,
-                                tool_calls=turn.tool_calls))
+                                tool_calls=turn.tool_calls, reasoning=turn.reasoning))
             ctx = await self._blobs.extend_manifest(req.context, said,
                                                     on_wait=activity.heartbeat)
             turn = turn.model_copy(update={"context": ctx})
@@ -126,10 +145,12 @@ class ModelActivities:
     async def _record(self, req: ModelRequest, attempt: int, model: str, started: float, *,
                       turn: ModelTurn | None = None, error: BaseException | None = None) -> None:
         seconds = time.perf_counter() - started
+        endpoint = req.endpoint.name if req.endpoint is not None else ""
         self._metrics.model_call(model=model, response_model=turn.model if turn else None,
                                  status="ok" if error is None else "error", seconds=seconds,
                                  input_tokens=turn.usage.input_tokens if turn else 0,
-                                 output_tokens=turn.usage.output_tokens if turn else 0)
+                                 output_tokens=turn.usage.output_tokens if turn else 0,
+                                 endpoint=endpoint, fallback=req.fallback)
         await self._ledger.record_model_call(req.ref, ModelCallRecord(
             attempt=attempt, model=turn.model if turn and turn.model else model,
             status="ok" if error is None else "error",
@@ -138,7 +159,8 @@ class ModelActivities:
             content=turn.content if turn else None,
             error=f"{type(error).__name__}: {error}" if error else None,
             usage=turn.usage if turn else Usage(),
-            duration_ms=seconds * 1000), on_wait=activity.heartbeat)
+            duration_ms=seconds * 1000, endpoint=endpoint, fallback=req.fallback),
+            on_wait=activity.heartbeat)
 
 
 def _leading_system(messages: list[Message]) -> int:

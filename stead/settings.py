@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from stead.contracts.models import ModelEndpoint
 from stead.contracts.policy import PiiKind
 from stead.errors import SettingsError
 from stead.integrations.mcp_spec import McpServerSettings, parse_mcp_servers
@@ -147,6 +148,11 @@ class ModelSettings(_Section):
     """USD per 1M tokens by model name, for ``stead metrics`` cost estimates; JSON in
     ``STEAD_MODEL_PRICES`` replaces the table. A model matches its longest listed prefix
     (``gpt-4o-mini`` prices ``gpt-4o-mini-2024-07-18``); others cost 0, labelled unpriced."""
+    agent_models: Annotated[dict[str, list[ModelEndpoint]], Env("agent_models")] = Field(
+        default_factory=dict)
+    """Model chains by agent name, replacing what the agent declares (``Agent(models=...)``):
+    JSON in ``STEAD_AGENT_MODELS``, e.g. ``{"ops": [{"model": "gpt-5-mini", "api":
+    "responses"}, {"model": "gpt-4o-mini"}]}``. Checked when the worker starts."""
 
     @property
     def use_openai(self) -> bool:
@@ -506,7 +512,9 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as err:
         problems = []
         for e in err.errors():
-            problems.append(f"{_variables_of(e['loc'])}={e.get('input')!r}: {e['msg']}")
+            inner = e["loc"][2:]  # inside a JSON value: where, e.g. ``ops.0.api``
+            at = f" at {'.'.join(map(str, inner))}" if inner else ""
+            problems.append(f"{_variables_of(e['loc'])}{at}={e.get('input')!r}: {e['msg']}")
         raise SettingsError("invalid setting: " + "; ".join(problems)) from None
 
 

@@ -29,6 +29,7 @@ from stead.activities.tools import ToolActivities
 from stead.authoring.agent import AgentCatalog
 from stead.integrations.llm import ModelClient, OpenAIModel
 from stead.integrations.mcp import McpTools
+from stead.integrations.model_endpoints import ModelEndpoints
 from stead.observability.logs import RunLogContext
 from stead.observability.telemetry import (
     METER_NAME,
@@ -90,21 +91,28 @@ def worker_interceptors(tracing: SteadTracing = NO_TRACING) -> list[Interceptor]
 def build_worker(client: Client, settings: Settings, catalog: AgentCatalog, ledger: Ledger, *,
                  model: ModelClient | None = None, task_queue: str | None = None,
                  memory: Memory | None = None, metrics: SteadMetrics = NO_METRICS,
-                 tracing: SteadTracing = NO_TRACING, mcp: McpTools | None = None) -> Worker:
+                 tracing: SteadTracing = NO_TRACING, mcp: McpTools | None = None,
+                 endpoints: ModelEndpoints | None = None) -> Worker:
     """``mcp``: the MCP servers' sessions (``WorkerHost`` owns and closes them); None builds
-    them from the catalog and settings, left open until the process ends."""
+    them from the catalog and settings, left open until the process ends. ``endpoints``:
+    the agents' model chains; None: checked and built here, unless ``model`` is given, which
+    then serves every agent (chains are neither checked nor pinned)."""
     # Tool credentials from settings; everything the activities write to the ledger, and every
     # log record of this process, is redacted with what the settings know to be secret.
     secrets = Secrets.from_settings(settings.security)
     if mcp is None:
         mcp = McpTools.from_catalog(catalog, settings.integrations, secrets=secrets)
-    ledger = ledger.redacting(Redactor.from_settings(settings, secrets=secrets))
+    if endpoints is None and model is None:
+        endpoints = ModelEndpoints.from_catalog(catalog, settings, secrets=secrets)
+    # Model keys read from variables of the agents' own choosing are redacted too.
+    ledger = ledger.redacting(Redactor.from_settings(
+        settings, secrets=secrets, also=endpoints.key_values() if endpoints else ()))
     install_log_redaction(ledger.redactor)
     runs = RunActivities(catalog, ledger, model_label=model.name if model else None,
                          model_timeout=settings.models.timeout_seconds,
                          model_max_attempts=settings.models.max_attempts,
                          memory=memory is not None, metrics=metrics, tracing=tracing,
-                         mcp=mcp)
+                         mcp=mcp, endpoints=endpoints)
     owners: list[object] = [runs]
     if memory is not None:
         owners.append(MemoryActivities(memory.store, memory.embedder, ledger,
@@ -113,7 +121,7 @@ def build_worker(client: Client, settings: Settings, catalog: AgentCatalog, ledg
     models = ModelActivities(catalog, ledger, model=model,
                              named_models=named_model_factory(settings.models), metrics=metrics,
                              tracing=tracing, max_payload_bytes=settings.worker.max_payload_bytes,
-                             blobs=blobs)
+                             blobs=blobs, endpoints=endpoints)
     tools = ToolActivities(catalog, ledger, metrics=metrics, secrets=secrets, tracing=tracing,
                            max_payload_bytes=settings.worker.max_payload_bytes, dynamic=mcp,
                            blobs=blobs, blob_threshold_bytes=settings.ledger.blob_threshold_bytes)
@@ -145,7 +153,10 @@ class WorkerHost:
                  embedder: Embedder | None = None,
                  meter_provider: MeterProvider | None = None,
                  tracing: SteadTracing | None = None) -> None:
-        """``meter_provider``: where the activities' metrics go; None builds one from settings
+        """``model``: serves every agent, their own models (``Agent.models``) included (evals
+        and counterfactuals pass their scripted or recorded model); None: the agents' models,
+        else the configured one (``OPENAI_*``), else their offline models.
+        ``meter_provider``: where the activities' metrics go; None builds one from settings
         (``configure_metrics``) that the host also shuts down. ``tracing`` likewise
         (``SteadTracing.from_settings``)."""
         if settings.temporal.address is None or settings.ledger.database_url is None:
@@ -154,6 +165,7 @@ class WorkerHost:
         self.settings = settings
         self.catalog = catalog
         self.model = model if model is not None else configured_model(settings.models)
+        self._model_given = model is not None
         self.task_queue = task_queue or settings.temporal.task_queue
         self.embedder = embedder
         self.meter_provider = meter_provider
@@ -165,6 +177,7 @@ class WorkerHost:
         self.memory: Memory | None = None
         self.worker: Worker | None = None
         self.mcp: McpTools | None = None
+        self.endpoints: ModelEndpoints | None = None
         self._task: asyncio.Task[None] | None = None
         self.pending_approvals: PendingApprovals | None = None
         self._gauges: asyncio.Task[None] | None = None
@@ -173,11 +186,13 @@ class WorkerHost:
         s = self.settings
         db = s.ledger
         assert db.database_url is not None and db.migration_database_url is not None
-        # Declaration problems (unknown agents, missing secrets, an embedder without its key)
-        # fail before anything starts.
+        # Declaration problems (unknown agents, missing secrets, an embedder without its key,
+        # a bad model chain) fail before anything starts.
         check_memory_settings(s, embedder=self.embedder is None)
-        self.mcp = McpTools.from_catalog(self.catalog, s.integrations,
-                                         secrets=Secrets.from_settings(s.security))
+        secrets = Secrets.from_settings(s.security)
+        self.mcp = McpTools.from_catalog(self.catalog, s.integrations, secrets=secrets)
+        if not self._model_given:
+            self.endpoints = ModelEndpoints.from_catalog(self.catalog, s, secrets=secrets)
         await migrate(db.migration_database_url)  # as the owner; the pool below as the worker
         self.client = await connect_client(s)
         self.ledger = await Ledger.connect(db.database_url, min_size=db.pool_min,
@@ -193,7 +208,8 @@ class WorkerHost:
                                        model=self.model, task_queue=self.task_queue,
                                        memory=self.memory, metrics=SteadMetrics(
                                            self.meter_provider.get_meter(METER_NAME)),
-                                       tracing=self.tracing, mcp=self.mcp)
+                                       tracing=self.tracing, mcp=self.mcp,
+                                       endpoints=self.endpoints)
         except BaseException:
             await self.ledger.close()  # do not leave a pool reconnecting behind us
             self.ledger = None
@@ -217,6 +233,8 @@ class WorkerHost:
                 await self._task
         if self.mcp is not None:
             await self.mcp.close()  # after the worker: no call is still using a session
+        if self.endpoints is not None:
+            await self.endpoints.close()
         if self.memory is not None:
             await self.memory.close()
         if self.ledger is not None:

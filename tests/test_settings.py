@@ -20,6 +20,7 @@ NAMES = {
     "TEMPORAL_TLS", "TEMPORAL_TLS_CLIENT_CERT_PATH", "TEMPORAL_TLS_CLIENT_KEY_PATH",
     "TEMPORAL_TLS_SERVER_CA_CERT_PATH", "TEMPORAL_TLS_SERVER_NAME",
     *(f"STEAD_{n.upper()}" for n in (
+        "agent_models",
         "api_host", "api_port", "api_secret", "blob_threshold_bytes", "capture_content",
         "codec_cors_origins", "codec_keys", "codec_key_id", "codec_server_token",
         "codec_server_url", "database_url", "data_dir", "db_pool_max", "db_pool_min",
