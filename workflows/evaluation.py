@@ -1,0 +1,86 @@
+"""EvaluationWorkflow: one sweep of online evaluation, started by a Temporal Schedule (the worker
+processes create it; ``stead evaluate --schedule``) or now (``stead evaluate``).
+
+It asks ``evals.pending`` for sampled finished runs that some evaluator has not scored, then
+grades them with ``evals.evaluate``, a few at a time, one activity per run. A run is never
+touched: the sweep reads the ledger and writes only ``stead_evaluations``. A run whose
+evaluation fails for good is left for the next sweep; the sweep itself never fails for it.
+More runs than ``limit`` continue as new (the window stays the first run's).
+Deterministic: the window comes from ``workflow.now()``, every side effect is an activity.
+
+    temporal workflow start --type EvaluationWorkflow --task-queue stead --input '{}'
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
+
+with workflow.unsafe.imports_passed_through():
+    from stead.activities.evaluation import EvaluationActivities
+    from stead.contracts.evaluation import (
+        EVALUATION_WORKFLOW,
+        EvaluateRun,
+        EvaluationSweep,
+        EvaluationSweepSummary,
+        PendingRequest,
+        RunKey,
+        RunVerdict,
+    )
+
+
+@workflow.defn(name=EVALUATION_WORKFLOW)
+class EvaluationWorkflow:
+    @workflow.run
+    async def run(self, sweep: EvaluationSweep) -> EvaluationSweepSummary:
+        until = sweep.until or workflow.now()
+        since = until - sweep.lookback
+        total = sweep.carried or EvaluationSweepSummary(since=since, until=until, rounds=0)
+        pending = await workflow.execute_activity_method(
+            EvaluationActivities.pending,
+            PendingRequest(since=since, until=until, agent=sweep.agent, limit=sweep.limit),
+            start_to_close_timeout=timedelta(minutes=2),
+            retry_policy=RetryPolicy(maximum_attempts=5, maximum_interval=timedelta(minutes=1)),
+            summary=f"find runs to evaluate ({sweep.agent or 'every agent'})")
+        verdicts: list[RunVerdict] = []
+        failed = 0
+        for i in range(0, len(pending.runs), sweep.concurrency):
+            got = await asyncio.gather(*(self._grade(k)
+                                         for k in pending.runs[i:i + sweep.concurrency]))
+            verdicts += [v for v in got if v is not None]
+            failed += sum(v is None for v in got)
+        graded = [v for v in verdicts if v.outcome != "missing"]
+        total = total.model_copy(update={
+            "runs": total.runs + len(graded),
+            "succeeded": total.succeeded + sum(v.outcome == "succeeded" for v in graded),
+            "unsuccessful": total.unsuccessful + sum(v.outcome == "unsuccessful"
+                                                     for v in graded),
+            "unknown": total.unknown + sum(v.outcome == "unknown" for v in graded),
+            "rows": total.rows + sum(v.written for v in verdicts),
+            "failed_activities": total.failed_activities + failed,
+            "rounds": total.rounds + 1, "more": pending.more})
+        workflow.set_current_details(
+            f"round {sweep.round + 1}: {len(graded)} run(s) graded"
+            + (f", {failed} evaluation(s) failed" if failed else "")
+            + ("; more to grade" if pending.more else ""))
+        # Go on while there is more and this round got somewhere (a round whose every
+        # evaluation failed would only find the same runs again).
+        if pending.more and sweep.round + 1 < sweep.rounds and verdicts:
+            workflow.continue_as_new(sweep.model_copy(update={
+                "round": sweep.round + 1, "until": until, "carried": total}))
+        return total
+
+    async def _grade(self, key: RunKey) -> RunVerdict | None:
+        try:
+            return await workflow.execute_activity_method(
+                EvaluationActivities.evaluate, EvaluateRun(run=key),
+                start_to_close_timeout=timedelta(minutes=10),
+                retry_policy=RetryPolicy(maximum_attempts=3,
+                                         maximum_interval=timedelta(seconds=30)),
+                summary=f"evaluate {key.agent} run {key.workflow_id}")
+        except ActivityError:
+            return None
