@@ -56,6 +56,9 @@ def _u(name: str, dimension: Dimension, factor: str | int) -> Unit:
 
 _PERCENT = _u("%", "ratio", "0.01")
 _FRACTION = _u("fraction", "ratio", 1)
+_ITEMS = _u("items", "count", 1)
+_DIGITS = _u("digits", "id", 1)
+"""A digit run inside a word or an id (``OPS-1042``): it grounds only that number, bare."""
 _THOUSAND, _MILLION, _BILLION = (_u("k", "count", 10**3), _u("million", "count", 10**6),
                                  _u("billion", "count", 10**9))
 _US, _MS, _S, _MIN, _H, _DAY = (_u("µs", "time", "0.000001"), _u("ms", "time", "0.001"),
@@ -231,12 +234,16 @@ def _sources(texts: Sequence[str], data: Sequence[object]) -> list[_Source]:
     out: list[_Source] = []
 
     def from_text(text: str) -> None:
-        for f in _figures(text, glued_words=True):
+        # Numbers of ids, versions and dates are only digit runs: "T-3" holds a 3, but no
+        # figure of 3 seconds or 3 %.
+        prose = _masked(text, [m.span() for p in (_IDENTIFIER, _VERSION, _DATE)
+                               for m in p.finditer(text)])
+        for f in _figures(prose, glued_words=True):
             out.append(_Source(f.value, f.unit, repr(f.text)))
         for m in _PLAIN_DIGITS.finditer(text):  # digit runs inside ids and dates count too
             value = _decimal(m.group())
             if value is not None:
-                out.append(_Source(value, None, repr(m.group())))
+                out.append(_Source(value, _DIGITS, repr(m.group())))
 
     def walk(value: object, key: str) -> None:
         if isinstance(value, bool) or value is None:
@@ -252,7 +259,8 @@ def _sources(texts: Sequence[str], data: Sequence[object]) -> list[_Source]:
             for k, v in value.items():
                 walk(v, str(k))
         elif isinstance(value, list | tuple):
-            out.append(_Source(Decimal(len(value)), None, f"len({key or 'list'})={len(value)}"))
+            out.append(_Source(Decimal(len(value)), _ITEMS,
+                               f"len({key or 'list'})={len(value)}"))
             for v in value:
                 walk(v, key)
 
@@ -266,6 +274,8 @@ def _sources(texts: Sequence[str], data: Sequence[object]) -> list[_Source]:
 def _factors(source: Unit | None, answer: Unit | None) -> list[tuple[Decimal, int]]:
     """What ``source``'s number may be multiplied by to read in the answer's unit, each with
     how direct a reading it is (0: both units known, 1: as it is, 2: a guessed unit)."""
+    if source is _DIGITS:
+        return [] if answer is not None else [(Decimal(1), 1)]
     if source is not None and answer is not None:
         if source.dimension != answer.dimension:
             return []  # the key says what the number is, and it is something else

@@ -354,7 +354,7 @@ class EvalSettings(_Section):
     every_seconds: Annotated[float, Env("eval_every_seconds")] = Field(60.0, ge=0, le=_DAY)
     """How often the evaluation sweep runs. ``stead up``, ``stead worker`` and ``worker.py``
     create the task queue's schedule with it when an agent declares evaluators and no such
-    schedule exists (0: they create none; ``stead evaluate --schedule`` changes one)."""
+    schedule exists (0: they create none; ``stead grade --schedule`` changes one)."""
 
 
 class Settings(BaseSettings):

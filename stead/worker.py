@@ -247,7 +247,7 @@ class WorkerHost:
                 task_queue=self.task_queue), self.catalog)
         except Exception:
             log.exception("could not create the online evaluation schedule; runs are not "
-                          "evaluated until it exists (`stead evaluate --schedule 1m`)")
+                          "evaluated until it exists (`stead grade --schedule 1m`)")
             return
         if done is not None:
             log.info("online evaluation schedule: %s", done)

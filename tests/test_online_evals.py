@@ -85,8 +85,8 @@ from stead.integrations.llm import FunctionModel, ModelCallError, ScriptedModel,
 from stead.settings import Settings
 from stead.stack.embedded import EmbeddedStack
 from stead.storage.ledger import Ledger
-from stead.workflows.evaluation import EvaluationWorkflow
 from stead.worker import PASSTHROUGH, WorkerHost
+from stead.workflows.evaluation import EvaluationWorkflow
 
 AGENT = f"evq-{uuid.uuid4().hex[:8]}"
 METRICS = {"service": "alpha", "error_rate": 0.12, "p95_ms": 1500, "rpm": 1234.5}
@@ -262,11 +262,11 @@ async def test_the_cli_and_the_http_api_report_task_success(scenario: Scenario) 
     assert "75.0%" in row and "25.0% of 4" in row
     assert "grounded-figures" in table.out
 
-    shown = await stead("evaluate", "--show", scenario.keys["guess"].workflow_id, "--json",
+    shown = await stead("grade", "--show", scenario.keys["guess"].workflow_id, "--json",
                         env=env, timeout=60)
     assert shown.code == 0, shown.err
     assert {r["evaluator"] for r in shown.json()} == {"used-tools", "grounded-figures"}
-    missing = await stead("evaluate", "--show", "no-such-workflow", env=env, timeout=60)
+    missing = await stead("grade", "--show", "no-such-workflow", env=env, timeout=60)
     assert missing.code == 4 and "no evaluation scores" in missing.err
 
     secret = "evals-secret-" + "x" * 40
@@ -603,7 +603,7 @@ async def test_worker_processes_create_the_schedule_once_and_leave_it_as_changed
                                                         s.temporal.task_queue)
         assert desc.schedule.spec.intervals[0].every == timedelta(seconds=90)
         await client.get_schedule_handle(sid).pause(note="by hand")
-        done = await stead("evaluate", "--schedule", "2m", "--json", env=cli_env(s), timeout=60)
+        done = await stead("grade", "--schedule", "2m", "--json", env=cli_env(s), timeout=60)
         assert done.code == 0, done.err
         assert (done.json()["action"], done.json()["schedule_id"]) == ("updated", sid)
         desc = await client.get_schedule_handle(sid).describe()
@@ -618,13 +618,13 @@ async def test_worker_processes_create_the_schedule_once_and_leave_it_as_changed
     assert await ensure_schedule(client, s, plain) is None
 
 
-async def test_stead_evaluate_sweeps_now_through_the_worker(
+async def test_stead_grade_sweeps_now_through_the_worker(
         worker: WorkerHost, settings: Settings) -> None:
-    done = await stead("evaluate", "--agent", "no-runs-agent", "--json",
+    done = await stead("grade", "--agent", "no-runs-agent", "--json",
                        env=cli_env(settings), timeout=90)
     assert done.code == 0, done.err
     assert done.json()["runs"] == 0
-    bad = await stead("evaluate", "--since", "yesterday", env=cli_env(settings), timeout=60)
+    bad = await stead("grade", "--since", "yesterday", env=cli_env(settings), timeout=60)
     assert bad.code == 2 and "--since" in bad.err
 
 
@@ -677,3 +677,23 @@ def test_the_sweeps_input_is_checked() -> None:
     with pytest.raises(ValueError):
         EvaluationSweep(limit=0)
     assert json.loads(EvaluationSweep().model_dump_json())["lookback"] == "P1D"
+
+
+def test_used_tools_counts_called_tools_and_with_answered_only_those_that_answered() -> None:
+    from stead.authoring.evaluation import ToolUse
+
+    def run(*calls: ToolUse) -> FinishedRun:
+        return FinishedRun(workflow_id="w", run_id="r", agent="a", tenant="t",
+                           status="completed", input="i", answer="a", tool_calls=calls)
+
+    failed = ToolUse(step=1, call_id="c1", tool="lookup", arguments={}, status="error",
+                     error="down")
+    refused = ToolUse(step=2, call_id="c2", tool="refund", arguments={}, status="rejected")
+    ok = ToolUse(step=3, call_id="c3", tool="lookup", arguments={}, status="ok", result={})
+    assert used_tools().grade(run(failed)).passed
+    v = used_tools(answered=True).grade(run(failed, refused))
+    assert not v.passed and v.feedback == ("answered although every call failed (1 proposed "
+                                           "call(s) never ran: refund)")
+    assert used_tools(answered=True, any_of=["lookup"]).grade(run(failed, ok)).passed
+    assert not used_tools(any_of=["refund"]).grade(run(refused, ok)).passed
+    assert not used_tools(min_calls=2).grade(run(ok)).passed

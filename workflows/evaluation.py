@@ -1,5 +1,5 @@
 """EvaluationWorkflow: one sweep of online evaluation, started by a Temporal Schedule (the worker
-processes create it; ``stead evaluate --schedule``) or now (``stead evaluate``).
+processes create it; ``stead grade --schedule``) or now (``stead grade``).
 
 It asks ``evals.pending`` for sampled finished runs that some evaluator has not scored, then
 grades them with ``evals.evaluate``, a few at a time, one activity per run. A run is never

@@ -34,9 +34,10 @@ def ops_agent(world: OpsWorld) -> Agent:
                  graph=GRAPH, evals=EVALS)
 
 
-EVALS = OnlineEvals([used_tools(), grounded_figures()], sample=1.0)
-"""Every finished run is graded after it ends: a completed run is a task success when it
-looked at a tool before answering and every figure it states comes from what it saw."""
+EVALS = OnlineEvals([used_tools(answered=True), grounded_figures()], sample=1.0)
+"""Every finished run is graded after it ends: a completed run is a task success when a tool
+answered it before it answered (an answer that only reports failed tools is not), and every
+figure it states comes from what it saw."""
 
 
 GRAPH = react(name="ops")

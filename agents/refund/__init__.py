@@ -34,9 +34,11 @@ def refund_agent(world: RefundWorld) -> Agent:
                  graph=GRAPH, evals=EVALS)
 
 
-EVALS = OnlineEvals([used_tools(any_of=["lookup_order"]), grounded_figures()], sample=1.0)
+EVALS = OnlineEvals([used_tools(any_of=["lookup_order"], answered=True), grounded_figures()],
+                    sample=1.0)
 """Every finished run is graded after it ends: a completed run is a task success when it
-looked the order up and every amount and id it states comes from what it saw."""
+looked the order up (and the lookup answered), and every amount and id it states comes from
+what it saw."""
 
 
 GRAPH = react(name="refund", evaluators=[grounded_numbers()], max_retries=1)

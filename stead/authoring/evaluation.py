@@ -286,31 +286,39 @@ def rule(name: str, fn: Callable[[FinishedRun], RuleOutcome], *, version: int = 
                         applies=applies, description=description or (fn.__doc__ or "").strip())
 
 
-def used_tools(*, min_calls: int = 1, any_of: Iterable[str] = (), version: int = 1,
+def used_tools(*, min_calls: int = 1, any_of: Iterable[str] = (), answered: bool = False,
+               version: int = 1,
                applies: Callable[[FinishedRun], bool] | None = None) -> RunEvaluator:
     """The run answered after calling at least ``min_calls`` tools (of ``any_of``, when
-    given). A call counts when its tool was called, answered or failed; a call the gate or an
-    approver refused, or that was invalid, does not. For agents whose task needs tools:
-    an answer that called none is made up."""
+    given). A call counts when its tool was called, whether it answered or failed
+    (``answered``: only when it answered); a call the gate or an approver refused, or that
+    was invalid, does not. For agents whose task needs tools: an answer that called none is
+    made up."""
     if min_calls < 1:
         raise ValueError(f"used_tools(min_calls={min_calls}): must be at least 1")
     wanted = tuple(sorted(set(any_of)))
 
     def check(run: FinishedRun) -> tuple[bool, str]:
-        ran = [c for c in run.ran if not wanted or c.tool in wanted]
+        called = [c for c in run.ran if not wanted or c.tool in wanted]
+        ran = [c for c in called if c.status == "ok"] if answered else called
         if len(ran) >= min_calls:
             return True, ""
-        refused = [c for c in run.tool_calls if not c.ran]
         which = f" of {', '.join(wanted)}" if wanted else ""
-        what = ("answered without calling any tool" + which if not ran
-                else f"called {len(ran)} tool(s){which}, fewer than the {min_calls} required")
+        if not called:
+            what = "answered without calling any tool" + which
+        elif not ran:
+            what = f"answered although every call{which} failed"
+        else:
+            what = f"called {len(ran)} tool(s){which}, fewer than the {min_calls} required"
+        refused = [c for c in run.tool_calls if not c.ran]
         if refused:
             what += f" ({len(refused)} proposed call(s) never ran: " \
                     + ", ".join(sorted({c.tool for c in refused})) + ")"
         return False, what
     return RunEvaluator(name="used-tools", version=version, kind="rule", check=check,
-                        applies=applies, options={"min_calls": min_calls, "any_of": wanted},
-                        description="the answer came after calling a tool")
+                        applies=applies, description="the answer came after calling a tool",
+                        options={"min_calls": min_calls, "any_of": wanted,
+                                 "answered": answered})
 
 
 def grounded_figures(*, ignore: Iterable[str] = (), ignore_below: int = 10,

@@ -20,7 +20,7 @@ from stead.cli import (
     counterfactual,
     db,
     drift,
-    evaluate,
+    grade,
     graph,
     memory,
     metrics,
@@ -90,7 +90,7 @@ def worker() -> None:
 
 # Each command group lives in a module of its own with a ``register(app)``; the order here
 # (after up, demo and worker) is the order of ``stead --help``.
-for _group in (runs, memory, suites, replay, counterfactual, metrics, evaluate, drift, db,
+for _group in (runs, memory, suites, replay, counterfactual, metrics, grade, drift, db,
                codec_server, stuck, api, chat, graph):
     _group.register(app)
 

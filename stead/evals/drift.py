@@ -98,7 +98,8 @@ __all__ = [
 ]
 
 SignalStatus = Literal["ok", "crossed", "insufficient data", "skipped"]
-"""``skipped``: the signal could not be computed at all (no embedder, embedder failed)."""
+"""``skipped``: the signal could not be computed at all (no embedder, embedder failed, no
+run evaluated)."""
 
 _SEED = 20240601  # permutation tests are seeded: the same windows give the same report
 
@@ -307,6 +308,11 @@ def _task_success(b: list[RunSample], r: list[RunSample], th: DriftThresholds) -
     are not in either window's rate."""
     eb = [s.task_success for s in b if s.task_success is not None]
     er = [s.task_success for s in r if s.task_success is not None]
+    if not eb and not er:
+        return DriftSignal(name="task_success", test="two-proportion z-test", status="skipped",
+                           n_baseline=0, n_recent=0,
+                           detail="no run of either window was evaluated (declare "
+                                  "OnlineEvals on the agent; `stead grade`)")
     return _proportion("task_success", "succeeded (evaluated)", "evaluated runs", sum(eb),
                        len(eb), sum(er), len(er), delta=th.task_success_delta,
                        need=th.min_runs, th=th)

@@ -4,11 +4,11 @@
     pending = await pending_runs(ledger.pool, catalog, PendingRequest(since=s, until=u))
     verdict = await evaluate_run(ledger, catalog, key, source="sweep/1",
                                  judge_model_for=models.client_for)
-    rows = await list_evaluations(ledger.pool, workflow_id)        # stead evaluate --show
+    rows = await list_evaluations(ledger.pool, workflow_id)        # stead grade --show
 
 ``EvaluationWorkflow`` (``workflows/evaluation.py``) runs these as activities, on a Temporal
 Schedule that ``stead up``, ``stead worker`` and ``worker.py`` create
-(:func:`ensure_schedule`), or now (``stead evaluate``). Why a sweep and not a workflow started
+(:func:`ensure_schedule`), or now (``stead grade``). Why a sweep and not a workflow started
 by each run: the run does nothing for its evaluation, not even a start request; runs that
 ended while no sweep ran (workers down, schedule paused, an evaluator version bumped) are
 found by the next sweep; and the work is bounded per sweep (``limit``, ``concurrency``)

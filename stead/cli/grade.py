@@ -1,10 +1,10 @@
-"""``stead evaluate``: online evaluation of finished runs — grade them now, keep the schedule
+"""``stead grade``: online evaluation of finished runs — grade them now, keep the schedule
 that grades them, or show how one run was graded (:mod:`stead.evals.online`).
 
-    stead evaluate                          # one sweep now, through the workers
-    stead evaluate --agent ops --since 7d   # ops runs that finished in the last 7 days
-    stead evaluate --schedule 5m            # create or update the schedule
-    stead evaluate --show WORKFLOW_ID       # the scores of a run
+    stead grade                          # one sweep now, through the workers
+    stead grade --agent ops --since 7d   # ops runs that finished in the last 7 days
+    stead grade --schedule 5m            # create or update the schedule
+    stead grade --show WORKFLOW_ID       # the scores of a run
 
 A sweep grades the sampled finished runs that some evaluator of their agent has not scored;
 it runs as ``EvaluationWorkflow`` on the task queue, so a worker must be polling it.
@@ -44,11 +44,11 @@ _MISSING = ("the ledger has no evaluations table yet ({error}); a worker of this
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``evaluate`` to the ``stead`` app."""
-    app.command("evaluate")(evaluate_cmd)
+    """Add ``grade`` to the ``stead`` app."""
+    app.command("grade")(grade_cmd)
 
 
-def evaluate_cmd(
+def grade_cmd(
     since: str = typer.Option("24h", "--since",
                               help="Look at runs that finished this long ago or later "
                                    "(a duration: 30m, 24h, 7d)"),
@@ -122,9 +122,9 @@ async def _sweep_now(settings: Settings, sweep: EvaluationSweep, wait: float,
 
     client = await temporal_client(settings)
     handle = await client.start_workflow(
-        EVALUATION_WORKFLOW, sweep, id=f"stead-evaluate-{uuid.uuid4().hex[:12]}",
+        EVALUATION_WORKFLOW, sweep, id=f"stead-grade-{uuid.uuid4().hex[:12]}",
         task_queue=settings.temporal.task_queue, result_type=EvaluationSweepSummary,
-        static_summary="online evaluation started by `stead evaluate`")
+        static_summary="online evaluation started by `stead grade`")
     try:
         return await asyncio.wait_for(handle.result(), wait)
     except TimeoutError:
