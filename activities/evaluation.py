@@ -1,4 +1,4 @@
-"""The online evaluation activities: find finished runs to grade, and grade one.
+"""The online evaluation activities: find finished runs to grade, and grade a batch of them.
 
 ``EvaluationWorkflow`` (``workflows/evaluation.py``) runs them; the grading itself is
 ``stead.evals.online``.
@@ -12,11 +12,11 @@ from temporalio import activity
 
 from stead.authoring.agent import AgentCatalog
 from stead.evals.online import (
-    EvaluateRun,
+    EvaluateRuns,
     PendingRequest,
     PendingRuns,
-    RunVerdict,
-    evaluate_run,
+    RunVerdicts,
+    evaluate_runs,
     pending_runs,
 )
 from stead.integrations.llm import ModelClient
@@ -45,10 +45,11 @@ class EvaluationActivities:
         return await pending_runs(self._ledger.pool, self._catalog, req, sample=self._sample)
 
     @activity.defn(name="evals.evaluate")
-    async def evaluate(self, req: EvaluateRun) -> RunVerdict:
-        """Grade one run and store its scores once (a retried attempt adds nothing)."""
+    async def evaluate(self, req: EvaluateRuns) -> RunVerdicts:
+        """Grade a batch of runs and store their scores once (a retried attempt adds
+        nothing)."""
         info = activity.info()
-        return await evaluate_run(self._ledger, self._catalog, req.run,
-                                  source=f"{info.workflow_id}/{info.workflow_run_id}",
-                                  judge_model_for=self._judge_model_for,
-                                  judge_timeout=self._judge_timeout)
+        return RunVerdicts(verdicts=await evaluate_runs(
+            self._ledger, self._catalog, req.runs,
+            source=f"{info.workflow_id}/{info.workflow_run_id}",
+            judge_model_for=self._judge_model_for, judge_timeout=self._judge_timeout))

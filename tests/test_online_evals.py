@@ -66,12 +66,12 @@ from stead.evals.drift import DriftCheckRequest, DriftWindows, run_check
 from stead.evals.metrics import MetricsFilter, compute_metrics
 from stead.evals.online import (
     EVALUATION_WORKFLOW,
-    EvaluateRun,
+    EvaluateRuns,
     EvaluationSweep,
     EvaluationSweepSummary,
     PendingRequest,
     RunKey,
-    RunVerdict,
+    RunVerdicts,
     ensure_schedule,
     evaluate_run,
     in_sample,
@@ -358,7 +358,7 @@ class CountingJudge:
 
 async def test_a_retried_evaluation_writes_once_and_asks_the_judge_once(
         scenario: Scenario, ledger: Ledger, client: Client) -> None:
-    """The activity's first attempt stores the scores and then dies (as a worker that
+    """Each activity's first attempt stores the scores and then dies (as a worker that
     crashed before Temporal heard of it): the retry finds the rows and grades nothing again."""
     judge_model = CountingJudge('{"score": 0.9, "reason": "it does"}')
     agent = evq_agent(OnlineEvals([judge_run("The answer reports the error rate.",
@@ -369,7 +369,7 @@ async def test_a_retried_evaluation_writes_once_and_asks_the_judge_once(
         attempts: list[int] = []
 
         @activity.defn(name="evals.evaluate")
-        async def evaluate(self, req: EvaluateRun) -> RunVerdict:
+        async def evaluate(self, req: EvaluateRuns) -> RunVerdicts:
             got = await acts.evaluate(req)
             self.attempts.append(activity.info().attempt)
             if activity.info().attempt == 1:
@@ -384,12 +384,14 @@ async def test_a_retried_evaluation_writes_once_and_asks_the_judge_once(
                                                               .default.with_passthrough_modules(
                                                                   *PASSTHROUGH))):
         handle = await client.start_workflow(
-            EVALUATION_WORKFLOW, EvaluationSweep(agent=AGENT), id=f"test-sweep-{queue}",
+            EVALUATION_WORKFLOW, EvaluationSweep(agent=AGENT, batch=2), id=f"test-sweep-{queue}",
             task_queue=queue, result_type=EvaluationSweepSummary)
         summary = await asyncio.wait_for(handle.result(), 60)
     assert summary.runs == 4 and summary.failed_activities == 0
-    # Each run's first attempt died after storing its row; the retry added nothing.
-    assert dying.attempts.count(1) == 4 and dying.attempts.count(2) == 4
+    # Two batches of two runs: each first attempt died after storing its rows, and the
+    # retry added nothing.
+    assert sorted(dying.attempts) == [1, 1, 2, 2]
+    assert summary.rows == 0
     assert judge_model.calls == 3  # the three completed runs, once each
     rows = await rows_of(ledger, scenario.keys["check"])
     judged = rows[("judge-retry", 1)]
@@ -495,7 +497,8 @@ async def test_a_sweep_grades_only_the_sample(stack: EmbeddedStack, ledger: Ledg
     async with WorkerHost(settings, catalog) as host:
         assert host.client is not None
         handle = await host.client.start_workflow(
-            EVALUATION_WORKFLOW, EvaluationSweep(agent=agent, limit=7, concurrency=3),
+            EVALUATION_WORKFLOW, EvaluationSweep(agent=agent, limit=7, batch=3,
+                                                   concurrency=2),
             id=f"test-sweep-{uuid.uuid4().hex[:10]}", task_queue=settings.temporal.task_queue,
             result_type=EvaluationSweepSummary)
         summary = await asyncio.wait_for(handle.result(), 60)
@@ -620,10 +623,12 @@ async def test_worker_processes_create_the_schedule_once_and_leave_it_as_changed
 
 async def test_stead_grade_sweeps_now_through_the_worker(
         worker: WorkerHost, settings: Settings) -> None:
-    done = await stead("grade", "--agent", "no-runs-agent", "--json",
+    done = await stead("grade", "--agent", "ops", "--since", "10s", "--json",
                        env=cli_env(settings), timeout=90)
     assert done.code == 0, done.err
-    assert done.json()["runs"] == 0
+    assert done.json()["agents"] == ["ops"] and done.json()["failed_activities"] == 0
+    typo = await stead("grade", "--agent", "opz", env=cli_env(settings), timeout=90)
+    assert typo.code == 2 and "declare no evaluators for it; they do for: ops" in typo.err
     bad = await stead("grade", "--since", "yesterday", env=cli_env(settings), timeout=60)
     assert bad.code == 2 and "--since" in bad.err
 

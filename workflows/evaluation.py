@@ -2,9 +2,10 @@
 processes create it; ``stead grade --schedule``) or now (``stead grade``).
 
 It asks ``evals.pending`` for sampled finished runs that some evaluator has not scored, then
-grades them with ``evals.evaluate``, a few at a time, one activity per run. A run is never
-touched: the sweep reads the ledger and writes only ``stead_evaluations``. A run whose
-evaluation fails for good is left for the next sweep; the sweep itself never fails for it.
+grades them with ``evals.evaluate``, ``batch`` runs per activity, ``concurrency`` activities
+at a time. A run is never touched: the sweep reads the ledger and writes only
+``stead_evaluations``. Runs whose evaluation fails for good are left for the next sweep; the
+sweep itself never fails for them.
 More runs than ``limit`` continue as new (the window stays the first run's).
 Deterministic: the window comes from ``workflow.now()``, every side effect is an activity.
 
@@ -24,7 +25,7 @@ with workflow.unsafe.imports_passed_through():
     from stead.activities.evaluation import EvaluationActivities
     from stead.contracts.evaluation import (
         EVALUATION_WORKFLOW,
-        EvaluateRun,
+        EvaluateRuns,
         EvaluationSweep,
         EvaluationSweepSummary,
         PendingRequest,
@@ -46,13 +47,18 @@ class EvaluationWorkflow:
             start_to_close_timeout=timedelta(minutes=2),
             retry_policy=RetryPolicy(maximum_attempts=5, maximum_interval=timedelta(minutes=1)),
             summary=f"find runs to evaluate ({sweep.agent or 'every agent'})")
+        batches = [pending.runs[i:i + sweep.batch]
+                   for i in range(0, len(pending.runs), sweep.batch)]
         verdicts: list[RunVerdict] = []
         failed = 0
-        for i in range(0, len(pending.runs), sweep.concurrency):
-            got = await asyncio.gather(*(self._grade(k)
-                                         for k in pending.runs[i:i + sweep.concurrency]))
-            verdicts += [v for v in got if v is not None]
-            failed += sum(v is None for v in got)
+        for i in range(0, len(batches), sweep.concurrency):
+            chunk = batches[i:i + sweep.concurrency]
+            got = await asyncio.gather(*(self._grade(b) for b in chunk))
+            for batch, done in zip(chunk, got, strict=True):
+                if done is None:
+                    failed += len(batch)
+                else:
+                    verdicts += done
         graded = [v for v in verdicts if v.outcome != "missing"]
         total = total.model_copy(update={
             "runs": total.runs + len(graded),
@@ -62,7 +68,8 @@ class EvaluationWorkflow:
             "unknown": total.unknown + sum(v.outcome == "unknown" for v in graded),
             "rows": total.rows + sum(v.written for v in verdicts),
             "failed_activities": total.failed_activities + failed,
-            "rounds": total.rounds + 1, "more": pending.more})
+            "rounds": total.rounds + 1, "more": pending.more,
+            "agents": total.agents or pending.agents})
         workflow.set_current_details(
             f"round {sweep.round + 1}: {len(graded)} run(s) graded"
             + (f", {failed} evaluation(s) failed" if failed else "")
@@ -74,13 +81,14 @@ class EvaluationWorkflow:
                 "round": sweep.round + 1, "until": until, "carried": total}))
         return total
 
-    async def _grade(self, key: RunKey) -> RunVerdict | None:
+    async def _grade(self, batch: list[RunKey]) -> list[RunVerdict] | None:
         try:
-            return await workflow.execute_activity_method(
-                EvaluationActivities.evaluate, EvaluateRun(run=key),
+            done = await workflow.execute_activity_method(
+                EvaluationActivities.evaluate, EvaluateRuns(runs=batch),
                 start_to_close_timeout=timedelta(minutes=10),
                 retry_policy=RetryPolicy(maximum_attempts=3,
                                          maximum_interval=timedelta(seconds=30)),
-                summary=f"evaluate {key.agent} run {key.workflow_id}")
+                summary=f"evaluate {len(batch)} run(s)")
         except ActivityError:
             return None
+        return done.verdicts

@@ -85,6 +85,10 @@ def grade_cmd(
         _schedule(settings, schedule, schedule_id, sweep, as_json=as_json)
         return
     summary = run_async(_sweep_now(settings, sweep, wait))
+    if agent is not None and agent not in summary.agents:
+        fail(f"--agent {agent!r}: the workers of task queue {settings.temporal.task_queue!r} "
+             f"declare no evaluators for it; they do for: "
+             f"{', '.join(summary.agents) or 'no agent'}", EXIT_BAD_INPUT)
     if as_json:
         print_json(summary.model_dump(mode="json"))
         return

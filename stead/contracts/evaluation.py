@@ -16,13 +16,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
     "EVALUATION_WORKFLOW",
-    "EvaluateRun",
+    "EvaluateRuns",
     "EvaluationSweep",
     "EvaluationSweepSummary",
     "PendingRequest",
     "PendingRuns",
     "RunKey",
     "RunVerdict",
+    "RunVerdicts",
 ]
 
 EVALUATION_WORKFLOW = "EvaluationWorkflow"
@@ -44,9 +45,12 @@ class EvaluationSweepSummary(_Model):
     unsuccessful: int = 0
     unknown: int = 0
     rows: int = 0
-    """Score rows written."""
+    """Score rows written (as the activities reported: an attempt that stored its rows and
+    then failed is not counted; its retry finds them and writes none)."""
     failed_activities: int = 0
     """Runs whose evaluation activity failed for good (they stay pending for the next sweep)."""
+    agents: list[str] = Field(default_factory=list)
+    """The agents the worker declares evaluators for."""
     rounds: int = 1
     more: bool = False
     """Runs were left for the next sweep (``rounds`` ran out)."""
@@ -65,8 +69,10 @@ class EvaluationSweep(_Model):
     """Only this agent's runs (None: every agent the worker declares evaluators for)."""
     limit: int = Field(200, ge=1, le=5000)
     """Most runs one workflow run evaluates; more go on in a continued run."""
-    concurrency: int = Field(4, ge=1, le=64)
-    """Evaluation activities in flight at once (each grades one run)."""
+    batch: int = Field(10, ge=1, le=100)
+    """Runs one evaluation activity grades (loaded and stored together)."""
+    concurrency: int = Field(2, ge=1, le=64)
+    """Evaluation activities in flight at once."""
     rounds: int = Field(10, ge=1, le=1000)
     """Most continued runs (``limit`` runs each) one scheduled sweep goes on for."""
     round: int = Field(0, ge=0)
@@ -105,13 +111,13 @@ class PendingRuns(_Model):
     runs: list[RunKey] = Field(default_factory=list)
     more: bool = False
     agents: list[str] = Field(default_factory=list)
-    """The agents looked at (those the worker declares evaluators for)."""
+    """The agents the worker declares evaluators for (whichever ``agent`` asked for)."""
 
 
-class EvaluateRun(_Model):
-    """Input of ``evals.evaluate``: one run to grade."""
+class EvaluateRuns(_Model):
+    """Input of ``evals.evaluate``: the runs one activity grades (a batch)."""
 
-    run: RunKey
+    runs: list[RunKey] = Field(min_length=1)
 
 
 Outcome = Literal["succeeded", "unsuccessful", "unknown", "missing"]
@@ -120,7 +126,7 @@ ledger (or its agent has no evaluators on this worker)."""
 
 
 class RunVerdict(_Model):
-    """Output of ``evals.evaluate`` (small: the scores are in ``stead_evaluations``)."""
+    """One run's verdict (small: the scores are in ``stead_evaluations``)."""
 
     run: RunKey
     outcome: Outcome
@@ -130,3 +136,9 @@ class RunVerdict(_Model):
     """Evaluators that failed the run."""
     errors: list[str] = Field(default_factory=list)
     """Evaluators that raised."""
+
+
+class RunVerdicts(_Model):
+    """Output of ``evals.evaluate``: a verdict per run, in the input's order."""
+
+    verdicts: list[RunVerdict]

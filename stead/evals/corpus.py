@@ -233,8 +233,8 @@ class CorpusSweep:
 
 SWEEPS: list[CorpusSweep] = [
     CorpusSweep("evaluation-sweep",
-                "online evaluation grades the finished runs, 10 per round, then continues as new",
-                EvaluationSweep(limit=10)),
+                "online evaluation grades the finished runs, 10 per round in batches of 4, then "
+                "continues as new", EvaluationSweep(limit=10, batch=4)),
 ]
 
 

@@ -2,8 +2,8 @@
 ``stead_evaluations``, and task success read back for metrics and drift.
 
     pending = await pending_runs(ledger.pool, catalog, PendingRequest(since=s, until=u))
-    verdict = await evaluate_run(ledger, catalog, key, source="sweep/1",
-                                 judge_model_for=models.client_for)
+    verdicts = await evaluate_runs(ledger, catalog, pending.runs, source="sweep/1",
+                                   judge_model_for=models.client_for)
     rows = await list_evaluations(ledger.pool, workflow_id)        # stead grade --show
 
 ``EvaluationWorkflow`` (``workflows/evaluation.py``) runs these as activities, on a Temporal
@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Literal
@@ -43,13 +43,14 @@ from pydantic import BaseModel, ConfigDict
 from stead.authoring.evaluation import FinishedRun, RunEvaluator, ToolUse, Verdict
 from stead.contracts.evaluation import (
     EVALUATION_WORKFLOW,
-    EvaluateRun,
+    EvaluateRuns,
     EvaluationSweep,
     EvaluationSweepSummary,
     PendingRequest,
     PendingRuns,
     RunKey,
     RunVerdict,
+    RunVerdicts,
 )
 from stead.contracts.models import LedgerDecision, RunResult
 from stead.evals import SYNTHETIC_KEY
@@ -65,7 +66,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EVALUATION_WORKFLOW",
     "TASK_VERDICTS",
-    "EvaluateRun",
+    "EvaluateRuns",
     "EvaluationRow",
     "EvaluationSweep",
     "EvaluationSweepSummary",
@@ -74,12 +75,15 @@ __all__ = [
     "PendingRuns",
     "RunKey",
     "RunVerdict",
+    "RunVerdicts",
     "ensure_schedule",
     "evaluate_run",
+    "evaluate_runs",
     "grade",
     "in_sample",
     "list_evaluations",
     "load_finished_run",
+    "load_finished_runs",
     "outcome_of",
     "pending_runs",
     "sample_point",
@@ -111,27 +115,54 @@ def in_sample(workflow_id: str, run_id: str, share: float) -> bool:
 # ---------------------------------------------------------------------------- the finished run
 
 
-async def load_finished_run(pool: asyncpg.Pool, key: RunKey, *,
-                            instructions: str = "") -> FinishedRun | None:
-    """A finished run as its evaluators see it, from the ledger (None: no such finished run)."""
-    w, r = key.workflow_id, key.run_id
-    async with pool.acquire() as c:
-        row = await c.fetchrow("select * from stead_runs where workflow_id=$1 and run_id=$2"
-                               " and finished_at is not null", w, r)
-        if row is None:
-            return None
-        ledger_calls = await c.fetch(
-            "select step, call_id, tool, arguments, status, result, error from stead_tool_calls"
-            " where workflow_id=$1 and run_id=$2 order by step, claimed_at", w, r)
-        decisions = await c.fetch(
-            "select seq, step, kind, decision, reason, actor, policy, data from stead_decisions"
-            " where workflow_id=$1 and run_id=$2 order by seq", w, r)
-        recalled = await c.fetch(
-            "select m.text from stead_memory_ops o"
-            " cross join lateral unnest(o.item_ids) with ordinality as i(id, n)"
-            " join stead_memory m on m.tenant = o.tenant and m.id = i.id"
-            " where o.workflow_id=$1 and o.run_id=$2 and o.op = 'recall'"
-            " order by o.created_at, i.n", w, r)
+_KEYS = ("join unnest($1::text[], $2::text[]) as k(w, r) on x.workflow_id = k.w"
+         " and x.run_id = k.r")
+"""Restricts table ``x`` to the runs whose ids are in the arrays $1 (workflows), $2 (runs)."""
+
+
+async def load_finished_runs(conn: asyncpg.Connection, keys: Sequence[RunKey], *,
+                             instructions: Mapping[str, str] | None = None,
+                             ) -> dict[tuple[str, str], FinishedRun]:
+    """Finished runs as their evaluators see them, from the ledger, in five queries however
+    many runs (a key without a finished run is left out). ``instructions``: per agent."""
+    args = ([k.workflow_id for k in keys], [k.run_id for k in keys])
+    rows = await conn.fetch(f"select x.* from stead_runs x {_KEYS}"
+                            " where x.finished_at is not null", *args)
+    if not rows:
+        return {}
+    calls: dict[tuple[str, str], list[asyncpg.Record]] = {}
+    for c in await conn.fetch(
+            "select x.workflow_id, x.run_id, x.step, x.call_id, x.tool, x.arguments, x.status,"
+            f" x.result, x.error from stead_tool_calls x {_KEYS}"
+            " order by x.step, x.claimed_at", *args):
+        calls.setdefault((c["workflow_id"], c["run_id"]), []).append(c)
+    decisions: dict[tuple[str, str], list[LedgerDecision]] = {}
+    for d in await conn.fetch(
+            "select x.workflow_id, x.run_id, x.seq, x.step, x.kind, x.decision, x.reason,"
+            f" x.actor, x.policy, x.data from stead_decisions x {_KEYS} order by x.seq", *args):
+        decisions.setdefault((d["workflow_id"], d["run_id"]), []).append(
+            LedgerDecision.model_validate({k: d[k] for k in LedgerDecision.model_fields}))
+    recalled: dict[tuple[str, str], list[str]] = {}
+    for m in await conn.fetch(
+            f"select x.workflow_id, x.run_id, m.text from stead_memory_ops x {_KEYS}"
+            " cross join lateral unnest(x.item_ids) with ordinality as i(id, n)"
+            " join stead_memory m on m.tenant = x.tenant and m.id = i.id"
+            " where x.op = 'recall' order by x.created_at, i.n", *args):
+        recalled.setdefault((m["workflow_id"], m["run_id"]), []).append(m["text"])
+    out = {}
+    for row in rows:
+        key = (row["workflow_id"], row["run_id"])
+        out[key] = _finished_run(row, calls.get(key, []), decisions.get(key, []),
+                                 recalled.get(key, []),
+                                 (instructions or {}).get(row["agent"], ""))
+    return out
+
+
+def _finished_run(row: asyncpg.Record, ledger_calls: Sequence[asyncpg.Record],
+                  decisions: Sequence[LedgerDecision], recalled: Sequence[str],
+                  instructions: str) -> FinishedRun:
+    """One run from its ledger rows: the result's call records joined with the stored
+    results (by step and call id)."""
     result = RunResult.model_validate(row["result"]) if row["result"] else None
     by_call = {(c["step"], c["call_id"]): c for c in ledger_calls}
     calls: list[ToolUse] = []
@@ -151,14 +182,21 @@ async def load_finished_run(pool: asyncpg.Pool, key: RunKey, *,
                              error=c["error"]))
     calls.sort(key=lambda u: u.step)
     return FinishedRun(
-        workflow_id=w, run_id=r, agent=row["agent"], tenant=row["tenant"],
-        status=row["status"], input=row["input"], answer=row["answer"], error=row["error"],
-        steps=row["steps"], model=row["model"],
+        workflow_id=row["workflow_id"], run_id=row["run_id"], agent=row["agent"],
+        tenant=row["tenant"], status=row["status"], input=row["input"], answer=row["answer"],
+        error=row["error"], steps=row["steps"], model=row["model"],
         model_turns=result.model_turns if result else 0, started_at=row["started_at"],
-        finished_at=row["finished_at"], tool_calls=tuple(calls),
-        decisions=tuple(LedgerDecision.model_validate(dict(d)) for d in decisions),
+        finished_at=row["finished_at"], tool_calls=tuple(calls), decisions=tuple(decisions),
         path=tuple(result.path) if result else (), instructions=instructions,
-        recalled=tuple(m["text"] for m in recalled), metadata=dict(row["metadata"]))
+        recalled=tuple(recalled), metadata=dict(row["metadata"]))
+
+
+async def load_finished_run(pool: asyncpg.Pool, key: RunKey, *,
+                            instructions: str = "") -> FinishedRun | None:
+    """One finished run as its evaluators see it (None: no such finished run)."""
+    async with pool.acquire() as c:
+        found = await load_finished_runs(c, [key], instructions={key.agent: instructions})
+    return found.get((key.workflow_id, key.run_id))
 
 
 # ---------------------------------------------------------------------------- grading
@@ -228,58 +266,95 @@ def outcome_of(run_status: str, rows: Sequence[tuple[Status, bool | None]]
     return "succeeded"
 
 
+_INSERT = """
+insert into stead_evaluations(workflow_id, run_id, agent, evaluator, version, digest, kind,
+  status, score, passed, feedback, error, model, input_tokens, output_tokens, duration_ms, source)
+select * from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[],
+  $7::text[], $8::text[], $9::float8[], $10::bool[], $11::text[], $12::text[], $13::text[],
+  $14::int[], $15::int[], $16::float8[], $17::text[])
+on conflict (workflow_id, run_id, evaluator, version) do nothing
+returning workflow_id, run_id
+"""
+
+
+async def evaluate_runs(ledger: Ledger, catalog: AgentCatalog, keys: Sequence[RunKey], *,
+                        source: str, judge_model_for: Callable[[str], ModelClient] | None = None,
+                        judge_timeout: float = 60.0) -> list[RunVerdict]:
+    """Grade finished runs with every evaluator of their agents that has not scored them
+    yet, and store the rows in one statement: a verdict per key, in order.
+
+    Idempotent: a retried call finds the rows an earlier attempt stored and grades nothing
+    again (no judge is asked twice); a row two sweeps race to store is stored once."""
+    agents = {k.agent: catalog[k.agent] for k in keys if k.agent in catalog}
+    declared = {name: a.evals for name, a in agents.items() if a.evals is not None}
+    wanted = [k for k in keys if k.agent in declared]
+    async with ledger.pool.acquire() as c:
+        runs = await load_finished_runs(c, wanted, instructions={
+            name: a.instructions for name, a in agents.items()})
+        stored: dict[tuple[str, str], dict[tuple[str, int], tuple[Status, bool | None]]] = {}
+        for row in await c.fetch(
+                "select x.workflow_id, x.run_id, x.evaluator, x.version, x.status, x.passed"
+                f" from stead_evaluations x {_KEYS}",
+                [k.workflow_id for k in wanted], [k.run_id for k in wanted]):
+            stored.setdefault((row["workflow_id"], row["run_id"]), {})[
+                (row["evaluator"], row["version"])] = (row["status"], row["passed"])
+    judges: dict[str, ModelClient | None] = {}
+    graded: dict[tuple[str, str], list[Graded]] = {}
+    for k in wanted:
+        run = runs.get((k.workflow_id, k.run_id))
+        if run is None:
+            continue
+        evals = declared[k.agent]
+        have = stored.get((k.workflow_id, k.run_id), {})
+        todo = [e for e in evals.graded if e.key not in have]
+        if any(e.kind == "judge" for e in todo) and k.agent not in judges:
+            judges[k.agent] = evals.judge_model or (
+                judge_model_for(k.agent) if judge_model_for is not None else None)
+        graded[(k.workflow_id, k.run_id)] = [
+            await grade(e, run, judge_model=judges.get(k.agent), judge_timeout=judge_timeout)
+            for e in todo]
+    written: dict[tuple[str, str], int] = {}
+    rows = [(k[0], k[1], runs[k].agent, g) for k, gs in graded.items() for g in gs]
+    if rows:
+        red = ledger.redactor
+        columns = list(zip(*[(w, r, agent, g.evaluator.name, g.evaluator.version,
+                              g.evaluator.digest(), g.evaluator.kind, g.status,
+                              g.verdict.score if g.verdict else None,
+                              g.verdict.passed if g.verdict else None, red.text(g.feedback),
+                              red.text(g.error) if g.error is not None else None, g.model,
+                              g.input_tokens, g.output_tokens, g.duration_ms, source)
+                             for w, r, agent, g in rows], strict=True))
+        async with ledger.pool.acquire() as c:
+            for row in await c.fetch(_INSERT, *(list(col) for col in columns)):
+                key = (row["workflow_id"], row["run_id"])
+                written[key] = written.get(key, 0) + 1
+    out = []
+    for k in keys:
+        run = runs.get((k.workflow_id, k.run_id))
+        if run is None:
+            out.append(RunVerdict(run=k, outcome="missing"))
+            continue
+        evaluators = declared[k.agent].graded
+        current = {**stored.get((k.workflow_id, k.run_id), {}),
+                   **{g.evaluator.key: (g.status, g.verdict.passed if g.verdict else None)
+                      for g in graded.get((k.workflow_id, k.run_id), [])}}
+        mine = {e.name: current[e.key] for e in evaluators if e.key in current}
+        out.append(RunVerdict(
+            run=k, outcome=outcome_of(run.status, list(mine.values())),
+            written=written.get((k.workflow_id, k.run_id), 0),
+            failed=sorted(n for n, (st, ok) in mine.items() if st == "scored" and ok is False),
+            errors=sorted(n for n, (st, _) in mine.items() if st == "error")))
+    return out
+
+
 async def evaluate_run(ledger: Ledger, catalog: AgentCatalog, key: RunKey, *, source: str,
                        judge_model_for: Callable[[str], ModelClient] | None = None,
                        judge_timeout: float = 60.0) -> RunVerdict:
-    """Grade one finished run with every evaluator of its agent that has not scored it yet,
-    and store the rows in one transaction. Idempotent: a retried call finds the rows an
-    earlier attempt stored and grades nothing again (no judge is asked twice)."""
-    agent = catalog[key.agent] if key.agent in catalog else None
-    if agent is None or agent.evals is None:
-        return RunVerdict(run=key, outcome="missing")
-    run = await load_finished_run(ledger.pool, key, instructions=agent.instructions)
-    if run is None:
-        return RunVerdict(run=key, outcome="missing")
-    evaluators = agent.evals.graded
-    names = [e.name for e in evaluators]
-    async with ledger.pool.acquire() as c:
-        stored = {(row["evaluator"], row["version"]): (row["status"], row["passed"])
-                  for row in await c.fetch(
-                      "select evaluator, version, status, passed from stead_evaluations"
-                      " where workflow_id=$1 and run_id=$2 and evaluator = any($3::text[])",
-                      key.workflow_id, key.run_id, names)}
-    todo = [e for e in evaluators if e.key not in stored]
-    judge = agent.evals.judge_model
-    if judge is None and judge_model_for is not None and any(e.kind == "judge" for e in todo):
-        judge = judge_model_for(key.agent)
-    graded = [await grade(e, run, judge_model=judge, judge_timeout=judge_timeout) for e in todo]
-    red = ledger.redactor
-    written = 0
-    if graded:
-        rows = [(key.workflow_id, key.run_id, key.agent, g.evaluator.name, g.evaluator.version,
-                 g.evaluator.digest(), g.evaluator.kind, g.status,
-                 g.verdict.score if g.verdict else None,
-                 g.verdict.passed if g.verdict else None, red.text(g.feedback),
-                 red.text(g.error) if g.error is not None else None, g.model, g.input_tokens,
-                 g.output_tokens, g.duration_ms, source) for g in graded]
-        async with ledger.pool.acquire() as c, c.transaction():
-            for row in rows:
-                done = await c.execute(
-                    "insert into stead_evaluations(workflow_id, run_id, agent, evaluator,"
-                    " version, digest, kind, status, score, passed, feedback, error, model,"
-                    " input_tokens, output_tokens, duration_ms, source)"
-                    " values($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17)"
-                    " on conflict (workflow_id, run_id, evaluator, version) do nothing", *row)
-                written += done == "INSERT 0 1"
-    current = {**stored, **{g.evaluator.key: (g.status, g.verdict.passed if g.verdict
-                                               else None) for g in graded}}
-    mine = [current[e.key] for e in evaluators if e.key in current]
-    return RunVerdict(
-        run=key, outcome=outcome_of(run.status, mine), written=written,
-        failed=sorted(e.name for e in evaluators if current.get(e.key, ("", None))[0] == "scored"
-                      and current[e.key][1] is False),
-        errors=sorted(e.name for e in evaluators if current.get(e.key, ("", None))[0]
-                      == "error"))
+    """:func:`evaluate_runs` of one run."""
+    [verdict] = await evaluate_runs(ledger, catalog, [key], source=source,
+                                    judge_model_for=judge_model_for,
+                                    judge_timeout=judge_timeout)
+    return verdict
 
 
 # ---------------------------------------------------------------------------- the sweep's reads
@@ -292,11 +367,10 @@ async def pending_runs(pool: asyncpg.Pool, catalog: AgentCatalog, req: PendingRe
     not scored; oldest first, at most ``limit``."""
     found: list[tuple[datetime, RunKey]] = []
     more = False
-    looked: list[str] = []
+    declared = sorted(a.name for a in catalog.agents() if a.evals is not None)
     for agent in catalog.agents():
         if agent.evals is None or (req.agent is not None and agent.name != req.agent):
             continue
-        looked.append(agent.name)
         share = agent.evals.sample if sample is None else sample
         if share <= 0:
             continue
@@ -322,7 +396,7 @@ async def pending_runs(pool: asyncpg.Pool, catalog: AgentCatalog, req: PendingRe
                   for row in rows[:req.limit]]
     found.sort(key=lambda p: (p[0], p[1].workflow_id, p[1].run_id))
     return PendingRuns(runs=[k for _, k in found[:req.limit]],
-                       more=more or len(found) > req.limit, agents=looked)
+                       more=more or len(found) > req.limit, agents=declared)
 
 
 # ---------------------------------------------------------------------------- reading scores
