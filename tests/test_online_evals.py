@@ -266,6 +266,10 @@ async def test_the_cli_and_the_http_api_report_task_success(scenario: Scenario) 
                         env=env, timeout=60)
     assert shown.code == 0, shown.err
     assert {r["evaluator"] for r in shown.json()} == {"used-tools", "grounded-figures"}
+    people = await stead("grade", "--show", scenario.keys["guess"].workflow_id, env=env,
+                         timeout=60)
+    assert people.code == 0, people.err
+    assert "answered without calling any tool" in people.out and "used-tools" in people.out
     missing = await stead("grade", "--show", "no-such-workflow", env=env, timeout=60)
     assert missing.code == 4 and "no evaluation scores" in missing.err
 
@@ -593,18 +597,19 @@ async def test_drift_says_when_too_few_runs_were_evaluated(ledger: Ledger) -> No
 
 
 async def test_worker_processes_create_the_schedule_once_and_leave_it_as_changed(
-        client: Client, settings: Settings, catalog: AgentCatalog) -> None:
+        worker: WorkerHost, client: Client, settings: Settings,
+        catalog: AgentCatalog) -> None:
     s = settings.replace(eval_every_seconds=90)
     sid = schedule_id_for(s.temporal.task_queue)
     try:
-        assert await ensure_schedule(client, s, catalog) == "created"
+        await worker.keep_evaluation_schedule()  # what `stead worker` does once it polls
         assert await ensure_schedule(client, s, catalog) == "exists"
         desc = await client.get_schedule_handle(sid).describe()
         action = desc.schedule.action
         assert isinstance(action, ScheduleActionStartWorkflow)
         assert (action.workflow, action.task_queue) == (EVALUATION_WORKFLOW,
                                                         s.temporal.task_queue)
-        assert desc.schedule.spec.intervals[0].every == timedelta(seconds=90)
+        assert desc.schedule.spec.intervals[0].every == timedelta(seconds=60)  # the default
         await client.get_schedule_handle(sid).pause(note="by hand")
         done = await stead("grade", "--schedule", "2m", "--json", env=cli_env(s), timeout=60)
         assert done.code == 0, done.err

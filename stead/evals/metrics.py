@@ -356,8 +356,11 @@ async def compute_metrics(ledger: Ledger, flt: MetricsFilter, *,
             "models": await c.fetch(_Q_MODELS, *args),
             "tool_calls": await c.fetch(_Q_TOOL_CALLS, *args),
             "tool_attempts": await c.fetch(_Q_TOOL_ATTEMPTS, *args),
-            "task": await c.fetch(_Q_TASK, *args),
-            "evaluators": await c.fetch(_Q_EVALUATORS, *args),
+            # A ledger not yet migrated to online evaluation (0008) has no scores to read.
+            **({"task": await c.fetch(_Q_TASK, *args),
+                "evaluators": await c.fetch(_Q_EVALUATORS, *args)}
+               if await c.fetchval("select to_regclass('stead_evaluations') is not null")
+               else {"task": [], "evaluators": []}),
         }
 
     # One snapshot: every query sees the same runs even while runs are finishing.

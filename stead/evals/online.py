@@ -11,8 +11,8 @@ Schedule that ``stead up``, ``stead worker`` and ``worker.py`` create
 (:func:`ensure_schedule`), or now (``stead grade``). Why a sweep and not a workflow started
 by each run: the run does nothing for its evaluation, not even a start request; runs that
 ended while no sweep ran (workers down, schedule paused, an evaluator version bumped) are
-found by the next sweep; and the work is bounded per sweep (``limit``, ``concurrency``)
-however many runs end at once. The price is latency: a run is scored within one schedule
+found by the next sweep; and the work is bounded per sweep (``limit``, ``batch``,
+``concurrency``) however many runs end at once. The price is latency: a run is scored within one schedule
 interval of its end.
 
 A run's **verdict**, from its newest row per evaluator:
@@ -467,8 +467,9 @@ that have evaluation rows; each evaluator's newest version decides."""
 async def task_verdicts(conn: asyncpg.Connection, keys: Sequence[tuple[str, str]]
                         ) -> dict[tuple[str, str], str]:
     """``verdict`` (succeeded, unsuccessful, unknown) of each evaluated run of ``keys``."""
-    if not keys:
-        return {}
+    if not keys or not await conn.fetchval(
+            "select to_regclass('stead_evaluations') is not null"):
+        return {}  # nothing evaluated yet, or a ledger from before online evaluation (0008)
     rows = await conn.fetch(
         "with runs as (select s.workflow_id, s.run_id, s.status from stead_runs s"
         "  join unnest($1::text[], $2::text[]) as k(w, r) on s.workflow_id = k.w"
