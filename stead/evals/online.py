@@ -12,8 +12,8 @@ Schedule that ``stead up``, ``stead worker`` and ``worker.py`` create
 by each run: the run does nothing for its evaluation, not even a start request; runs that
 ended while no sweep ran (workers down, schedule paused, an evaluator version bumped) are
 found by the next sweep; and the work is bounded per sweep (``limit``, ``batch``,
-``concurrency``) however many runs end at once. The price is latency: a run is scored within one schedule
-interval of its end.
+``concurrency``) however many runs end at once. The price is latency: a run is scored within
+one schedule interval of its end.
 
 A run's **verdict**, from its newest row per evaluator:
 
