@@ -380,6 +380,18 @@ class ApiSettings(_Section):
         return v
 
 
+class EvalSettings(_Section):
+    """Online evaluation of finished runs (``stead.authoring.evaluation``)."""
+
+    sample: Annotated[float | None, Env("eval_sample")] = Field(None, ge=0, le=1)
+    """Share of finished runs evaluated, the same for every agent of the worker (0: none, 1:
+    all); unset: each agent's ``OnlineEvals(sample=...)``."""
+    every_seconds: Annotated[float, Env("eval_every_seconds")] = Field(60.0, ge=0, le=_DAY)
+    """How often the evaluation sweep runs. ``stead up``, ``stead worker`` and ``worker.py``
+    create the task queue's schedule with it when an agent declares evaluators and no such
+    schedule exists (0: they create none; ``stead grade --schedule`` changes one)."""
+
+
 class Settings(BaseSettings):
     """All knobs of a stead process, one section per concern."""
 
@@ -396,6 +408,7 @@ class Settings(BaseSettings):
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     integrations: IntegrationSettings = Field(default_factory=IntegrationSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    evals: EvalSettings = Field(default_factory=EvalSettings)
 
     def __init__(self, **values: Any) -> None:
         """Sections from the environment; ``values`` (flat names or sections) win."""

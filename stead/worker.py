@@ -22,6 +22,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from stead.activities import defined
 from stead.activities.drift import DriftActivities
+from stead.activities.evaluation import EvaluationActivities
 from stead.activities.memory import MemoryActivities
 from stead.activities.model import ModelActivities
 from stead.activities.runs import RunActivities
@@ -126,7 +127,10 @@ def build_worker(client: Client, settings: Settings, catalog: AgentCatalog, ledg
                            max_payload_bytes=settings.worker.max_payload_bytes, dynamic=mcp,
                            blobs=blobs, blob_threshold_bytes=settings.ledger.blob_threshold_bytes)
     owners += [models, DriftActivities(ledger, embedder=memory.embedder
-                                       if memory is not None else None)]
+                                       if memory is not None else None),
+               EvaluationActivities(catalog, ledger, judge_model_for=models.client_for,
+                                    sample=settings.evals.sample,
+                                    judge_timeout=settings.models.timeout_seconds)]
     return Worker(
         client,
         task_queue=task_queue or settings.temporal.task_queue,
@@ -250,6 +254,24 @@ class WorkerHost:
         if close is not None:
             await close()
 
+    async def keep_evaluation_schedule(self) -> None:
+        """Create the task queue's online-evaluation schedule when an agent declares
+        evaluators and none exists (``stead.evals.online.ensure_schedule``); what a
+        long-running worker process does at start, not every host (tests, benchmarks). A
+        schedule that cannot be made is logged: the runs do not depend on it."""
+        from stead.evals.online import ensure_schedule
+
+        assert self.client is not None, "start() first"
+        try:
+            done = await ensure_schedule(self.client, self.settings.replace(
+                task_queue=self.task_queue), self.catalog)
+        except Exception:
+            log.exception("could not create the online evaluation schedule; runs are not "
+                          "evaluated until it exists (`stead grade --schedule 1m`)")
+            return
+        if done is not None:
+            log.info("online evaluation schedule: %s", done)
+
     async def __aenter__(self) -> WorkerHost:
         await self.start()
         return self
@@ -267,5 +289,6 @@ async def run_until_signal(host: WorkerHost) -> None:
         loop.add_signal_handler(sig, stop.set)
     async with host:
         log.info("worker polling task queue %r", host.task_queue)
+        await host.keep_evaluation_schedule()
         await stop.wait()
         log.info("stopping: finishing in-flight activities")

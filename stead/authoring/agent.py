@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from stead.authoring.evaluation import OnlineEvals
 from stead.authoring.graph import DEFAULT, REGISTRY, Graph
 from stead.authoring.tools import Tool, ToolRegistry
 from stead.contracts.models import AgentPlan, GraphPin, MemoryPlan, ModelEndpoint, ToolPlan
@@ -52,6 +53,9 @@ class Agent:
     """What a run does, node by node (``stead.authoring.graph``); the default is the ReAct loop."""
     previous_graphs: Sequence[Graph] = ()
     """Older versions of ``graph`` that runs still in flight were started with."""
+    evals: OnlineEvals | None = None
+    """Evaluators of finished production runs (``stead.authoring.evaluation``): what makes a
+    completed run a task success. Scored after the run, never in it."""
     registry: ToolRegistry = field(init=False)
     _tool_plans: list[ToolPlan] = field(init=False, repr=False)
     _graph_pin: GraphPin = field(init=False, repr=False)
@@ -108,6 +112,8 @@ class AgentCatalog:
                 problems.extend(f"agent {a.name!r}: graph {g.name}@{g.version}: {p}"
                                 for p in g.problems(tools=tool_names if not a.mcp else None,
                                                     memory=a.memory is not None))
+            if a.evals is not None:
+                problems.extend(f"agent {a.name!r}: {p}" for p in a.evals.problems())
             if a.policy is not None:
                 problems.extend(f"agent {a.name!r}: policy {a.policy.ref}: {p}"
                                 for p in a.policy.check_references(
