@@ -61,6 +61,15 @@ class ModelActivities:
             return self._model
         return self._catalog[agent].offline_model
 
+    def judge_for(self, agent: str) -> ModelClient:
+        """The model that judges ``agent``'s finished runs (online evaluation): the first of
+        its chain when it declares one, else what ``client_for`` gives."""
+        if self._endpoints is not None:
+            chain = self._endpoints.chain(agent)
+            if chain:
+                return self._endpoints.client(chain[0])
+        return self.client_for(agent)
+
     def _client(self, req: ModelRequest) -> ModelClient:
         """The model of the request's chain; a worker built without chains (a model given to
         it serves every agent) answers with its own."""

@@ -128,7 +128,7 @@ def build_worker(client: Client, settings: Settings, catalog: AgentCatalog, ledg
                            blobs=blobs, blob_threshold_bytes=settings.ledger.blob_threshold_bytes)
     owners += [models, DriftActivities(ledger, embedder=memory.embedder
                                        if memory is not None else None),
-               EvaluationActivities(catalog, ledger, judge_model_for=models.client_for,
+               EvaluationActivities(catalog, ledger, judge_model_for=models.judge_for,
                                     sample=settings.evals.sample,
                                     judge_timeout=settings.models.timeout_seconds)]
     return Worker(

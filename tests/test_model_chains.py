@@ -23,6 +23,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from stead.activities.model import ModelActivities
 from stead.authoring.agent import Agent, AgentCatalog
 from stead.authoring.tools import Tool, ToolContext, tool
 from stead.client import start_run
@@ -570,3 +571,24 @@ async def test_the_fake_refuses_what_openai_refuses_on_the_responses_api() -> No
     assert "could not be verified" in said[1]
     assert turn.reasoning and turn.reasoning[0].encrypted_content
     assert turn.usage.reasoning_tokens > 0
+
+
+async def test_online_evaluation_judges_with_the_first_model_of_the_agents_chain(
+        ledger: Ledger) -> None:
+    """A judge evaluator grades an agent's runs with the model the agent declares first; an
+    agent without a chain is judged by its offline model, as its runs are served."""
+    offline = ScriptedModel([ModelTurn(content="x")], name="scripted:plain")
+    echo = echo_tool([])
+    chained = Agent(name="chain", instructions="x", tools=[echo],
+                    models=[endpoint("http://127.0.0.1:9/v1", name="judge-first"),
+                            endpoint("http://127.0.0.1:9/v1", name="second", model=REASONER)],
+                    offline_model=ScriptedModel([ModelTurn(content="x")]))
+    plain = Agent(name="plain", instructions="x", tools=[echo], offline_model=offline)
+    catalog = AgentCatalog([chained, plain])
+    endpoints = ModelEndpoints.from_catalog(catalog, Settings(), environ={KEY_VAR: KEY})
+    models = ModelActivities(catalog, ledger, endpoints=endpoints)
+    try:
+        assert models.judge_for("chain").name == f"openai:{CHAT}"
+        assert models.judge_for("plain") is offline
+    finally:
+        await endpoints.close()
