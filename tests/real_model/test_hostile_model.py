@@ -136,7 +136,10 @@ async def campaign(stack: EmbeddedStack, real_model: Served,
     settings = stack.resolved_settings().replace(
         task_queue=f"real-{uuid.uuid4().hex[:10]}", memory_backend="pgvector",
         openai_api_key="sk-local-no-key-needed", openai_base_url=real_model.base_url,
-        openai_model=real_model.model)
+        openai_model=real_model.model,
+        # A turn is at most 256 tokens (--n-predict), but on 2 busy cores a long prompt can
+        # take a minute; two attempts keep a stuck server from costing five.
+        model_timeout_seconds=180, model_max_attempts=2)
     tenant = f"real-{uuid.uuid4().hex[:8]}"
     # The embedder is given to the worker: with OPENAI_API_KEY set the worker would otherwise
     # embed through OPENAI_BASE_URL, and llama-server (started without --embeddings) serves
