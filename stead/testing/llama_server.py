@@ -15,13 +15,14 @@ without its dependencies and only its file is located here, never imported.
 The chat template decides whether the model sees the tools at all: SmolLM2's bundled template
 renders only roles and text, so llama-server would drop the tools from every request and the
 model could never propose a call. For it the server gets :data:`CHATML_TOOLS_TEMPLATE`
-instead (written here: ChatML, which SmolLM2 was trained on, plus the tools as JSON schemas in
-the system turn and ``<tool_call>`` blocks). llama-server derives its tool-call parser from
-the template (``--jinja``), so what the model writes in such a block comes back as OpenAI
-``tool_calls``, cut-off and malformed arguments included. A GGUF given by path keeps its own
-template unless ``tools_template=True``. The server also runs with one slot, a bounded answer
-length and ``--offline`` (it never fetches anything). Run it standalone to point a worker at
-it::
+instead (written here: ChatML, which SmolLM2 was trained on, one line per tool in the system
+turn and ``<tool_call>`` blocks; lost in 800 tokens of full schemas the 135M model never
+called a tool, with the short list and an example it sometimes does). llama-server derives
+its tool-call parser from the template (``--jinja``), so what the model writes in such a
+block comes back as OpenAI ``tool_calls``, cut-off and malformed arguments included. A GGUF
+given by path keeps its own template unless ``tools_template=True``. The server also runs
+with one slot, a bounded answer length, greedy sampling by default and ``--offline`` (it
+never fetches anything). Run it standalone to point a worker at it::
 
     python -m stead.testing.llama_server --port 8080
     export OPENAI_BASE_URL=http://127.0.0.1:8080/v1 OPENAI_API_KEY=sk-local
@@ -64,12 +65,14 @@ CHATML_TOOLS_TEMPLATE = r"""
 {%- endif %}
 {{- '<|im_start|>system\n' + system }}
 {%- if tools %}
-{{- '\n\nYou may call these tools; each is given as a JSON schema:\n<tools>' }}
+{{- '\n\nTools you can call, each with its parameters as JSON schemas:' }}
 {%- for tool in tools %}
-{{- '\n' + (tool | tojson) }}
+{%- set f = tool.function if tool.function is defined else tool %}
+{{- '\n- ' + f.name + ' ' + (f.parameters.properties | tojson) + ': ' + f.description }}
 {%- endfor %}
-{{- '\n</tools>\nTo call a tool, write one block per call and nothing else:\n<tool_call>\n' }}
-{{- '{"name": "the tool name", "arguments": {"a parameter": "its value"}}\n</tool_call>' }}
+{%- set first = tools[0].function if tools[0].function is defined else tools[0] %}
+{{- '\n\nTo call a tool, answer with a <tool_call> block and nothing else, for example:\n' }}
+{{- '<tool_call>\n{"name": "' + first.name + '", "arguments": {}}\n</tool_call>' }}
 {%- endif %}
 {{- '<|im_end|>\n' }}
 {%- for m in rest %}
@@ -151,7 +154,9 @@ class LlamaServer:
     ``model`` is a GGUF file (default: :func:`default_gguf`), served under ``name``.
     ``threads`` defaults to the machine's cores; ``ctx_size`` is the whole context window of
     the one slot (prompt plus answer); ``max_tokens`` bounds every answer (``--n-predict``), so
-    a model that never stops costs a bounded time. ``tools_template``: serve with
+    a model that never stops costs a bounded time. ``temperature`` is the server's default for
+    requests that send none (0: greedy, so a request gets the same answer each time; None: the
+    server's own default). ``tools_template``: serve with
     :data:`CHATML_TOOLS_TEMPLATE` (None: for the default model only). ``extra_args`` go to the
     server as they are. The server's output goes to ``log`` (a temporary file when unset),
     quoted in errors.
@@ -162,7 +167,8 @@ class LlamaServer:
 
     def __init__(self, *, model: Path | None = None, name: str = DEFAULT_MODEL_NAME,
                  port: int | None = None, threads: int | None = None, ctx_size: int = 8192,
-                 max_tokens: int = 256, ready_timeout: float = 120.0,
+                 max_tokens: int = 256, temperature: float | None = 0.0,
+                 ready_timeout: float = 120.0,
                  tools_template: bool | None = None, extra_args: Sequence[str] = (),
                  log: Path | None = None) -> None:
         if ctx_size < 256:
@@ -170,6 +176,8 @@ class LlamaServer:
         if max_tokens < 1 or max_tokens >= ctx_size:
             raise ValueError(f"max_tokens must be between 1 and ctx_size ({ctx_size}), "
                              f"got {max_tokens}")
+        if temperature is not None and not 0 <= temperature <= 2:
+            raise ValueError(f"temperature must be between 0 and 2, got {temperature}")
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be at least 1, got {threads}")
         self.model_path = model
@@ -178,6 +186,7 @@ class LlamaServer:
         self.threads = threads
         self.ctx_size = ctx_size
         self.max_tokens = max_tokens
+        self.temperature = temperature
         self.ready_timeout = ready_timeout
         self.tools_template = model is None if tools_template is None else tools_template
         self.extra_args = list(extra_args)
@@ -214,10 +223,11 @@ class LlamaServer:
                     f.write(CHATML_TOOLS_TEMPLATE)
                 self._template_file = Path(name)
             template = ["--chat-template-file", str(self._template_file)]
+        sampling = [] if self.temperature is None else ["--temp", str(self.temperature)]
         return [str(llama_server_binary()), "--model", str(model), "--alias", self.name,
                 "--host", "127.0.0.1", "--port", str(self.port), "--threads", str(threads),
                 "--ctx-size", str(self.ctx_size), "--parallel", "1",
-                "--n-predict", str(self.max_tokens), "--jinja", *template, "--no-webui",
+                "--n-predict", str(self.max_tokens), *sampling, "--jinja", *template, "--no-webui",
                 "--offline", *self.extra_args]
 
     async def start(self) -> None:

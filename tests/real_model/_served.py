@@ -7,6 +7,23 @@ from dataclasses import dataclass, field
 from stead.testing.llama_server import ServerTimings
 
 
+@dataclass(frozen=True)
+class RunSummary:
+    """One run as the session's summary prints it."""
+
+    agent: str
+    status: str
+    seconds: float
+    steps: int
+    model_turns: int
+    proposed: int
+    """Tool calls the model proposed."""
+    rejected: int
+    """Of those, rejected by the gate (unknown tool, arguments not JSON or off the schema)."""
+    ran: int
+    """Tool calls that ran (the gate allowed them)."""
+
+
 @dataclass
 class Served:
     """Where the model is, and what the session measured."""
@@ -16,5 +33,5 @@ class Served:
     started_here: bool
     timings: ServerTimings | None = None
     """How long the server took to answer and to load the model (when started here)."""
-    runs: list[tuple[str, str, float]] = field(default_factory=list)
-    """(agent, status, seconds) of every run, in start order."""
+    runs: list[RunSummary] = field(default_factory=list)
+    """Every run, in start order."""

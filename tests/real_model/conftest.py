@@ -64,9 +64,11 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         if served.timings is not None:
             tr.write_line(f"server up: {served.timings.started:.2f} s, model loaded: "
                           f"{served.timings.ready:.2f} s (from process start)")
-        for agent, status, seconds in served.runs:
-            tr.write_line(f"run {agent:<7} {status:<10} {seconds:7.2f} s")
+        for r in served.runs:
+            tr.write_line(f"run {r.agent:<7} {r.status:<10} {r.seconds:7.2f} s  {r.steps:>2} "
+                          f"steps, {r.model_turns} model turns, {r.proposed} calls proposed, "
+                          f"{r.rejected} rejected, {r.ran} ran")
         if served.runs:
-            total = sum(s for _, _, s in served.runs)
+            total = sum(r.seconds for r in served.runs)
             tr.write_line(f"runs: {len(served.runs)}, {total:.1f} s in all, "
                           f"{total / len(served.runs):.2f} s per run on average")
