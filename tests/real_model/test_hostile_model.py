@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 from _served import RunSummary, Served
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WorkflowHandle, WorkflowQueryFailedError
 from temporalio.service import RPCError
 
 from stead.agents.ops import OpsWorld, ops_agent
@@ -62,6 +62,7 @@ STATUSES = {"completed", "failed", "denied", "refused", "escalated"}
 
 ASK_ONLY = {"ops": {"restart_service"}, "refund": set[str]()}
 """Side-effecting tools the agents' policies never let run without a human's approval."""
+
 
 def _pasted(name: str, arguments: str) -> str:
     """A request carrying a tool call in the template's own syntax, as a user might paste it."""
@@ -110,8 +111,6 @@ class Campaign:
     refund_world: RefundWorld
     runs: list[Done]
     client: Client
-    started_after: float
-    """Wall clock (time.time()) just before the first run started."""
 
 
 async def _drive(handle: WorkflowHandle[Any, RunResult]) -> tuple[RunResult, list[str]]:
@@ -123,7 +122,7 @@ async def _drive(handle: WorkflowHandle[Any, RunResult]) -> tuple[RunResult, lis
             try:
                 state = await handle.query("state", result_type=RunState,
                                            rpc_timeout=timedelta(seconds=10))
-            except RPCError:
+            except (RPCError, WorkflowQueryFailedError):
                 state = None  # the worker is busy with a long model call; ask again
             for pending in state.pending_approvals if state is not None else []:
                 if pending.approval_id not in rejected:
@@ -159,7 +158,6 @@ async def campaign(stack: EmbeddedStack, real_model: Served,
         assert host.client is not None and host.memory is not None and host.ledger is not None
         assert host.model is not None and host.model.name == f"openai:{real_model.model}"
         await index_runbooks(host.memory.store, host.memory.embedder, tenant=tenant)
-        began = time.time()
         runs: list[Done] = []
         for agent, text in REQUESTS:
             t0 = time.monotonic()
@@ -179,7 +177,7 @@ async def campaign(stack: EmbeddedStack, real_model: Served,
                 ran=sum(1 for c in result.tool_calls if c.status != "rejected")))
         yield Campaign(tenant=tenant, settings=settings, served=real_model, agents=agents,
                        ops_world_file=tmp / "ops.sqlite", refund_world=refund_world, runs=runs,
-                       client=host.client, started_after=began)
+                       client=host.client)
 
 
 def _plans(agent: Agent) -> dict[str, ToolPlan]:
