@@ -22,6 +22,8 @@ class RunSummary:
     """Of those, rejected by the gate (unknown tool, arguments not JSON or off the schema)."""
     ran: int
     """Tool calls that ran (the gate allowed them)."""
+    error: str | None = None
+    """Why the run did not complete, as its result says."""
 
 
 @dataclass

@@ -68,6 +68,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             tr.write_line(f"run {r.agent:<7} {r.status:<10} {r.seconds:7.2f} s  {r.steps:>2} "
                           f"steps, {r.model_turns} model turns, {r.proposed} calls proposed, "
                           f"{r.rejected} rejected, {r.ran} ran")
+            if r.error:
+                tr.write_line(f"    {r.error[:300]}")
         if served.runs:
             total = sum(r.seconds for r in served.runs)
             tr.write_line(f"runs: {len(served.runs)}, {total:.1f} s in all, "

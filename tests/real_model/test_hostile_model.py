@@ -174,7 +174,8 @@ async def campaign(stack: EmbeddedStack, real_model: Served,
                 agent=agent, status=result.status, seconds=seconds, steps=result.steps,
                 model_turns=result.model_turns, proposed=len(_proposed(done)),
                 rejected=result.rejected_calls,
-                ran=sum(1 for c in result.tool_calls if c.status != "rejected")))
+                ran=sum(1 for c in result.tool_calls if c.status != "rejected"),
+                error=result.error))
         yield Campaign(tenant=tenant, settings=settings, served=real_model, agents=agents,
                        ops_world_file=tmp / "ops.sqlite", refund_world=refund_world, runs=runs,
                        client=host.client)
