@@ -37,3 +37,5 @@ class Served:
     """How long the server took to answer and to load the model (when started here)."""
     runs: list[RunSummary] = field(default_factory=list)
     """Every run, in start order."""
+    notes: list[str] = field(default_factory=list)
+    """Lines the tests add to the summary (what metrics and grading reported)."""

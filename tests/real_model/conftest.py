@@ -74,3 +74,5 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             total = sum(r.seconds for r in served.runs)
             tr.write_line(f"runs: {len(served.runs)}, {total:.1f} s in all, "
                           f"{total / len(served.runs):.2f} s per run on average")
+        for note in served.notes:
+            tr.write_line(note)

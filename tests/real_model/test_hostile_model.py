@@ -6,8 +6,9 @@ tests never assert what it says, only what must hold whatever it says. Every run
 status from the closed set, within its step budget; a call to an unknown tool or with arguments
 that are not JSON or do not fit the schema is rejected and never reaches a tool; a tool that
 needs an approval never runs without one (this harness rejects every approval and review it is
-asked for, so nothing that asks may run); ``stead metrics`` counts the runs; nothing is left
-``running`` in the ledger or in Temporal.
+asked for, so nothing that asks may run); ``stead metrics`` counts the runs, and online
+evaluation (``stead grade``) grades every one, a run no tool answered never a success; nothing
+is left ``running`` in the ledger or in Temporal.
 
 The runs are made once per module (``campaign``) and each test checks one of those properties
 over all of them. Run with ``make test-real-model``; see tests/real_model/conftest.py.
@@ -45,7 +46,6 @@ from stead.guardrails.calls import check_call
 from stead.settings import Settings
 from stead.stack.embedded import EmbeddedStack
 from stead.storage.ledger import Ledger
-from stead.storage.memory.embedders import MiniLMEmbedder
 from stead.worker import WorkerHost
 
 # One campaign of real model calls for the whole module; pytest-timeout counts the fixture's
@@ -148,13 +148,12 @@ async def campaign(stack: EmbeddedStack, real_model: Served,
         openai_model=real_model.model,
         # A turn is at most 256 tokens (--n-predict), but on 2 busy cores a long prompt can
         # take a minute; two attempts keep a stuck server from costing five.
-        model_timeout_seconds=180, model_max_attempts=2)
+        model_timeout_seconds=180, model_max_attempts=2,
+        # What a user sets: the local MiniLM, never the chat server (llama-server, started
+        # without --embeddings, serves chat only).
+        embedder="local")
     tenant = f"real-{uuid.uuid4().hex[:8]}"
-    # The embedder is given to the worker: with OPENAI_API_KEY set the worker would otherwise
-    # embed through OPENAI_BASE_URL, and llama-server (started without --embeddings) serves
-    # chat only. (STEAD_EMBEDDER=minilm says the same once it lands, issue #17 part 1.)
-    embedder = MiniLMEmbedder()
-    async with WorkerHost(settings, AgentCatalog(agents.values()), embedder=embedder) as host:
+    async with WorkerHost(settings, AgentCatalog(agents.values())) as host:
         assert host.client is not None and host.memory is not None and host.ledger is not None
         assert host.model is not None and host.model.name == f"openai:{real_model.model}"
         await index_runbooks(host.memory.store, host.memory.embedder, tenant=tenant)
@@ -301,18 +300,25 @@ async def test_nothing_that_needs_an_approval_ran_without_one(campaign: Campaign
 # ---------------------------------------------------------------------------- counted, closed
 
 
+async def _stead(campaign: Campaign, *args: str) -> dict[str, Any]:
+    """``stead ARGS --json`` against the campaign's stack and task queue, as JSON."""
+    env = {**os.environ, "DATABASE_URL": campaign.settings.ledger.database_url or "",
+           "TEMPORAL_ADDRESS": campaign.settings.temporal.address or "",
+           "STEAD_TASK_QUEUE": campaign.settings.temporal.task_queue}
+    stead = str(Path(sys.executable).parent / "stead")
+    proc = await asyncio.create_subprocess_exec(
+        stead, *args, "--json", env=env, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 600)
+    assert proc.returncode == 0, f"stead {' '.join(args)}: {err.decode()}"
+    report: dict[str, Any] = json.loads(out)
+    return report
+
+
 async def test_metrics_count_every_run(campaign: Campaign) -> None:
     """``stead metrics --json`` for the campaign's tenant: one run per request, by status as
     the runs ended, and the model calls under the served model's name."""
-    env = {**os.environ, "DATABASE_URL": campaign.settings.ledger.database_url or "",
-           "TEMPORAL_ADDRESS": campaign.settings.temporal.address or ""}
-    stead = str(Path(sys.executable).parent / "stead")
-    proc = await asyncio.create_subprocess_exec(
-        stead, "metrics", "--json", "--tenant", campaign.tenant, "--since", "6h", env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    assert proc.returncode == 0, err.decode()
-    report = json.loads(out)
+    report = await _stead(campaign, "metrics", "--tenant", campaign.tenant, "--since", "6h")
     overall, rows = report["overall"], {a["agent"]: a for a in report["agents"]}
     statuses = Counter(d.result.status for d in campaign.runs)
     assert overall["runs"] == overall["finished"] == len(campaign.runs)
@@ -330,15 +336,41 @@ async def test_metrics_count_every_run(campaign: Campaign) -> None:
     assert set(used) <= {campaign.served.model, f"openai:{campaign.served.model}"}, used
 
 
+async def test_task_success_counts_every_run(campaign: Campaign) -> None:
+    """``stead grade`` sweeps the finished runs through the worker (the reference agents grade
+    every run: a tool must have answered before the answer, and every figure must come from
+    what the run saw); then ``stead metrics --json`` has task success beside the completion
+    rate. Every run is evaluated, and none is a success that no tool answered: a model that
+    answers without calling a tool completes, and is still no success."""
+    sweep = await _stead(campaign, "grade", "--since", "6h")
+    assert sweep["failed_activities"] == 0 and not sweep["more"], sweep
+    assert set(sweep["agents"]) == set(campaign.agents)
+    report = await _stead(campaign, "metrics", "--tenant", campaign.tenant, "--since", "6h")
+    overall, task = report["overall"], report["overall"]["task_success"]
+    campaign.served.notes.append(
+        f"completion rate {overall['success_rate']:.0%}, task success {task['succeeded']} of "
+        f"{task['evaluated']} evaluated ({task['unknown']} unknown)")
+    assert task["unknown"] == 0, task
+    assert task["evaluated"] == overall["finished"] == len(campaign.runs), task
+    answered_by_a_tool = [d for d in campaign.runs if d.result.status == "completed"
+                          and any(c.status == "ok" for c in d.result.tool_calls)]
+    assert task["succeeded"] <= len(answered_by_a_tool), task
+    if overall["completed"] > len(answered_by_a_tool):
+        assert task["rate"] < overall["success_rate"], (task, overall["success_rate"])
+
+
 async def test_nothing_is_left_running_in_the_ledger_or_temporal(campaign: Campaign,
                                                                   ledger: Ledger) -> None:
     for done in campaign.runs:
         trail = await ledger.trail(done.workflow_id)
         assert [r.status for r in trail.runs] == [done.result.status]
         assert all(t.status != "running" for t in trail.tool_calls), trail.tool_calls
-    query = f"SteadTenant = '{campaign.tenant}' AND ExecutionStatus = 'Running'"
-    running = [w.id async for w in campaign.client.list_workflows(query)]
-    assert running == []
+    # The runs, and anything else on the campaign's task queue (the grading sweep).
+    for scope in (f"SteadTenant = '{campaign.tenant}'",
+                  f"TaskQueue = '{campaign.settings.temporal.task_queue}'"):
+        query = f"{scope} AND ExecutionStatus = 'Running'"
+        running = [w.id async for w in campaign.client.list_workflows(query)]
+        assert running == [], query
     closed = [w.id async for w in campaign.client.list_workflows(
         f"SteadTenant = '{campaign.tenant}'")]
     assert len(closed) >= len(campaign.runs)
@@ -352,10 +384,3 @@ async def test_tokens_stream_out_of_every_run(campaign: Campaign) -> None:
     each run's answer arrived as token events before its result, their text joined equals the
     recorded answer (no text duplicated by a retried attempt), and the stream ended."""
     pytest.skip("token streaming (#17 part 4) has not landed yet")
-
-
-async def test_task_success_counts_every_run(campaign: Campaign) -> None:
-    """Issue #17 part 5 (online evaluation). When it lands, assert here: ``stead metrics
-    --json`` has ``task_success`` for both agents, over as many evaluated runs as were
-    sampled, and a run that answered without calling any tool is not counted a success."""
-    pytest.skip("online evaluation / task_success (#17 part 5) has not landed yet")
