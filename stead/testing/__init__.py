@@ -16,6 +16,8 @@
   one whose tool list changes.
 - :mod:`stead.testing.flaky_api` — an order service (FastAPI) with faults on request and an
   ``Idempotency-Key`` store, for OpenAPI tools.
+- :mod:`stead.testing.llama_server` — not a fake: ``LlamaServer`` runs llama.cpp's
+  ``llama-server`` with a small GGUF model on loopback (``make test-real-model``).
 
 The package imports nothing on purpose: ``python -m stead.testing.openai_server`` would otherwise
 import the module twice (once via this package) and Python warns about that.
