@@ -202,10 +202,14 @@ async def test_malformed_tool_arguments_from_the_server_go_back_to_the_model(
     assert r.rejected_calls == 1
     assert [c.status for c in r.tool_calls] == ["rejected"]
     assert r.tool_calls[0].tool == "echo"
-    # Request 2 carries the assistant's broken call and the error reply to it.
+    # Request 2 carries the assistant's broken call, its text inside a JSON object (strict
+    # servers refuse a transcript with arguments they cannot parse; the fake does too), and
+    # the error reply to it.
     sent = served.server.requests[1]["messages"]
     broken = sent[2]["tool_calls"][0]
-    assert broken["function"] == {"name": "echo", "arguments": '{"text": "hel'}
+    assert broken["function"] == {"name": "echo",
+                                  "arguments": '{"unparsed_arguments": "{\\"text\\": \\"hel"}'}
+    assert json.loads(broken["function"]["arguments"]) == {"unparsed_arguments": '{"text": "hel'}
     reply = sent[3]
     assert reply["role"] == "tool" and reply["tool_call_id"] == broken["id"]
     error = json.loads(reply["content"])["error"]

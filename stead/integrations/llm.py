@@ -273,12 +273,27 @@ def _retry_after(response: Any) -> timedelta | None:
     return None
 
 
+def wire_arguments(text: str) -> str:
+    """A tool call's arguments as the transcript sends them back to the model server: the
+    model's own text when it is a JSON object, else that text inside one
+    (``{"unparsed_arguments": ...}``). Strict servers (llama.cpp's among them) refuse a whole
+    request whose earlier call has arguments they cannot parse, so a model that once wrote
+    broken JSON could never be asked again; the tool's answer already told it what was wrong.
+    """
+    try:
+        if isinstance(json.loads(text), dict):
+            return text
+    except json.JSONDecodeError:
+        pass
+    return json.dumps({"unparsed_arguments": text})
+
+
 def _to_openai(m: Message) -> dict[str, Any]:
     out: dict[str, Any] = {"role": m.role, "content": m.content}
     if m.tool_calls:
         out["tool_calls"] = [
             {"id": c.id, "type": "function",
-             "function": {"name": c.name, "arguments": c.arguments}}
+             "function": {"name": c.name, "arguments": wire_arguments(c.arguments)}}
             for c in m.tool_calls
         ]
     if m.tool_call_id is not None:

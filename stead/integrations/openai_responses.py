@@ -31,7 +31,7 @@ from stead.contracts.models import (
     ToolSchema,
     Usage,
 )
-from stead.integrations.llm import ModelCallError, openai_call_error
+from stead.integrations.llm import ModelCallError, openai_call_error, wire_arguments
 from stead.integrations.openai_params import responses_parameters
 
 if TYPE_CHECKING:
@@ -97,7 +97,7 @@ def to_input_items(messages: Sequence[Message]) -> list[dict[str, Any]]:
         if m.content:
             items.append({"role": "assistant", "content": m.content})
         items.extend({"type": "function_call", "call_id": c.id, "name": c.name,
-                      "arguments": c.arguments} for c in m.tool_calls)
+                      "arguments": wire_arguments(c.arguments)} for c in m.tool_calls)
     return items
 
 

@@ -11,6 +11,7 @@ streaming answer would render the same items as ``response.*`` events.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Mapping
@@ -212,6 +213,11 @@ def refusal(api: Api, body: JsonObject, *, reasoning: bool) -> BadRequest | None
             and body["reasoning"].get("effort") is not None:
         return BadRequest("Unsupported parameter: 'reasoning.effort' is not supported with "
                           "this model.", param="reasoning.effort", code="unsupported_parameter")
+    unparsed = _unparsed_arguments(api, body)
+    if unparsed is not None:
+        # What llama.cpp's server (and other strict servers) refuse: a transcript whose
+        # earlier tool call carries arguments that are not a JSON object.
+        return BadRequest("Failed to parse tool call arguments as JSON", param=unparsed)
     if api == "chat" and body.get("parallel_tool_calls") is not None and not tools:
         return BadRequest("'parallel_tool_calls' is only allowed when 'tools' are specified.",
                           param="parallel_tool_calls")
@@ -222,6 +228,31 @@ def refusal(api: Api, body: JsonObject, *, reasoning: bool) -> BadRequest | None
         if why is not None:
             return BadRequest(f"Invalid schema for function '{fn.get('name')}': {why}",
                               param=f"tools[{i}]", code="invalid_function_parameters")
+    return None
+
+
+def _unparsed_arguments(api: Api, body: JsonObject) -> str | None:
+    """Where the request's transcript holds tool-call arguments that are not a JSON object."""
+    found: list[tuple[str, object]] = []
+    if api == "chat":
+        for i, m in enumerate(body.get("messages") or []):
+            for j, c in enumerate((m.get("tool_calls") or []) if isinstance(m, dict) else []):
+                fn = c.get("function") if isinstance(c, dict) else None
+                if isinstance(fn, dict):
+                    found.append((f"messages[{i}].tool_calls[{j}].function.arguments",
+                                  fn.get("arguments")))
+    else:
+        items = body.get("input")
+        for i, item in enumerate(items if isinstance(items, list) else []):
+            if isinstance(item, dict) and item.get("type") == "function_call":
+                found.append((f"input[{i}].arguments", item.get("arguments")))
+    for where, text in found:
+        try:
+            if isinstance(text, str) and isinstance(json.loads(text), dict):
+                continue
+        except json.JSONDecodeError:
+            pass
+        return where
     return None
 
 
