@@ -147,6 +147,10 @@ class ModelSettings(_Section):
     """USD per 1M tokens by model name, for ``stead metrics`` cost estimates; JSON in
     ``STEAD_MODEL_PRICES`` replaces the table. A model matches its longest listed prefix
     (``gpt-4o-mini`` prices ``gpt-4o-mini-2024-07-18``); others cost 0, labelled unpriced."""
+    stream: Annotated[bool, Env("model_stream")] = True
+    """Ask the model server to stream (``stream=True``), so each call's text reaches the token
+    stream (``stead run --stream``, ``GET /v1/runs/{id}/events``) as it is written; false, for
+    servers that cannot stream: whole answers, each published as one piece."""
 
     @property
     def use_openai(self) -> bool:
