@@ -420,7 +420,8 @@ async def test_a_credential_split_across_deltas_never_reaches_a_row(ledger: Ledg
     ref = _ref()
     pub = TurnPublisher(red, ref, attempt=2)
     pub.begin("m")
-    text = f"the key is {key} and the mail ana@example.com, done"
+    text = (f"the key is {key} and the mail ana@example.com, the card 4111 1111 1111 1111 "
+            f"and password: hunter2hunter2 done")
     for k in range(0, len(text), 3):
         pub.text(text[k:k + 3])
         await asyncio.sleep(0.005)
@@ -428,7 +429,7 @@ async def test_a_credential_split_across_deltas_never_reaches_a_row(ledger: Ledg
     await pub.drained()
     rows = await ledger.stream_rows(ref.workflow_id, run_id=ref.run_id, tenant="default")
     stored = json.dumps([r.model_dump(mode="json") for r in rows])
-    for part in (key, key[:12], key[-12:], "ana@example.com"):
+    for part in (key, key[:12], key[-12:], "ana@example.com", "4111 1111", "hunter2"):
         assert part not in stored, part
     assert rows[0].data["restart"] is True  # attempt 2: drop what attempt 1 wrote
     shown = render([{"step": 1, "attempt": 2, "type": r.kind, "text": r.text} for r in rows])

@@ -11,9 +11,10 @@ under way, and for ``interval`` seconds after a write with text, deltas pile up 
 together. A token storm is therefore a few rows a second, not one round trip per token.
 
 Redaction: rows hold what the ledger would hold. The publisher redacts the message so far (the
-ledger's redactor) and sends the part past what it sent before; it holds back a word still
-being written (trailing printable ASCII), so a credential split across two deltas is found
-whole. When redacting more
+ledger's redactor) and sends the part past what it sent before; it holds back what may still
+grow into something the redactor replaces (the word being written, numbers in groups,
+``password: ...``; see :func:`held_from`), so a credential or card number split across deltas
+is found whole. When redacting more
 text changes what was already sent (a pattern with spaces completed), it sends a ``reset`` with
 the message's whole text instead. The end of the message is redacted whole, so the pieces
 always add up to exactly the content ``stead_model_calls`` records.
@@ -45,9 +46,59 @@ WINDOW: Final = 512
 """Characters before the unsent text that are redacted again with it on each write; earlier
 text is taken as settled (a credential or personal-data pattern is shorter)."""
 
-_WORD_TAIL = re.compile(r"[!-~]+\Z")
-"""A word still being written: trailing printable ASCII without spaces (credentials, keys and
-addresses are made of it; text in scripts without spaces is not held back)."""
+HOLD_MAX: Final = 96
+"""Most characters held back before the word being written (see :func:`held_from`)."""
+
+_NAMES_A_SECRET = re.compile(
+    r"(?i)(?:password|passwd|pwd|passphrase|secret|client[_-]?secret|api[_-]?key|access[_-]?"
+    r"token|auth[_-]?token|token|private[_-]?key|bearer|authorization)[\"']?[:=]?")
+_JOINERS = frozenset({":", "=", "+", "(", "-"})
+
+
+def _word_start(raw: str, end: int) -> int:
+    """Start of the run of printable ASCII (no spaces) that ends at ``end``."""
+    i = end
+    while i > 0 and "!" <= raw[i - 1] <= "~":
+        i -= 1
+    return i
+
+
+def held_from(raw: str) -> int:
+    """Where the part of ``raw`` that may still grow into something the redactor replaces
+    begins; it is held back until it is complete.
+
+    That is the word being written (trailing printable ASCII: credentials, keys, addresses are
+    made of it; text in scripts without spaces is not held), and before it, joined by spaces,
+    words that hold digits or name a credential (a card number in groups, a phone number,
+    ``password: ...``, ``Bearer ...``), at most ``HOLD_MAX`` characters; and a private key
+    block from its ``-----BEGIN`` line until its ``-----END`` line arrives."""
+    begin = raw.rfind("-----BEGIN ")
+    if begin >= 0 and raw.find("-----END ", begin) < 0:
+        return begin
+    start = _word_start(raw, len(raw))
+    floor = len(raw) - HOLD_MAX
+    numeric = _numeric(raw[start:])
+    while start > max(floor, 0):
+        gap = start
+        while gap > 0 and raw[gap - 1] in " \t":
+            gap -= 1
+        if gap == start:
+            break  # the word starts the text, or follows a newline or other script
+        w = _word_start(raw, gap)
+        word = raw[w:gap]
+        if not word:
+            break
+        # What follows a credential's name is its value; digits in groups are one number.
+        if word in _JOINERS or _NAMES_A_SECRET.fullmatch(word):
+            numeric = True
+        elif not (numeric and _numeric(word)):
+            break
+        start = w
+    return start
+
+
+def _numeric(word: str) -> bool:
+    return word in _JOINERS or any(c.isdigit() for c in word)
 
 
 class TurnPublisher:
@@ -208,8 +259,7 @@ class TurnPublisher:
             text = self._clean(raw)
             self._settled = (len(raw), text)
         else:
-            tail = _WORD_TAIL.search(raw)
-            cut = tail.start() if tail else len(raw)
+            cut = held_from(raw)
             if cut <= self._cut:
                 return None
             text = self._redacted_prefix(cut)
