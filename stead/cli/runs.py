@@ -206,7 +206,8 @@ async def _start_and_follow(client: Client, settings: Settings, request: RunRequ
 
 
 class _StreamPrinter:
-    """Prints a followed run's events: text as it comes, on the line of its message."""
+    """Prints a followed run's events: text as it comes, on the line of its message. Step and
+    approval lines that arrive while a message is being written wait for its end."""
 
     def __init__(self, as_json: bool) -> None:
         self.as_json = as_json
@@ -215,6 +216,8 @@ class _StreamPrinter:
         self.latest: dict[int, int] = {}
         """step -> its latest attempt (text of earlier ones comes late: it is not shown)."""
         self.line_open = False
+        self.waiting: list[str] = []
+        """Lines that came while a message was being written."""
 
     def __call__(self, event: RunEvent) -> None:
         from stead.streaming import (
@@ -247,6 +250,7 @@ class _StreamPrinter:
             self._line(f"  [dim]{d.message}[/]")
         elif isinstance(d, ResultEvent):
             self._end_line()
+            self._flush()
 
     def _token(self, t: TokenEvent) -> None:
         key = (t.step, t.attempt)
@@ -254,6 +258,8 @@ class _StreamPrinter:
             return  # a late word of an attempt that was restarted
         if t.type == "start":
             self._end_line()
+            self.message = None
+            self._flush()
             if t.restart and t.step in self.latest:
                 self._line(f"  [dim](step {t.step}: attempt {t.attempt} restarts the "
                            f"message)[/]")
@@ -265,15 +271,17 @@ class _StreamPrinter:
             self._write(t.text)
         elif t.type == "reset":
             self._end_line()
-            self._line("  [dim](the message so far, redacted:)[/]")
+            out.print("  [dim](the message so far, redacted:)[/]", highlight=False)
             self._write(t.text)
         elif t.type == "end":
             self._end_line()
             self.message = None
+            self._flush()
         elif t.type == "error":
             self._end_line()
-            self._line(f"  [dim](step {t.step}: attempt {t.attempt} failed: {t.error})[/]")
             self.message = None
+            self._line(f"  [dim](step {t.step}: attempt {t.attempt} failed: {t.error})[/]")
+            self._flush()
 
     def _write(self, text: str) -> None:
         if not text:
@@ -289,8 +297,16 @@ class _StreamPrinter:
             self.line_open = False
 
     def _line(self, text: str) -> None:
+        if self.message is not None:
+            self.waiting.append(text)
+            return
         self._end_line()
         out.print(text, highlight=False)
+
+    def _flush(self) -> None:
+        lines, self.waiting = self.waiting, []
+        for text in lines:
+            out.print(text, highlight=False)
 
 
 def _print_result(workflow_id: str, r: RunResult) -> None:

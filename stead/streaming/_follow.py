@@ -194,10 +194,6 @@ class _Follow:
 
     async def state_loop(self) -> None:
         steps, decisions = self.cursor.steps, self.cursor.decisions
-        # Not at once: a run just started is busy with its first workflow task, which a query
-        # would queue behind (and hold up); its first model call's end pokes this loop.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.poke.wait(), self.poll)
         while True:
             self.poke.clear()
             steps = await self.read_steps(steps)
