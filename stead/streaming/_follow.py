@@ -124,7 +124,7 @@ class _Follow:
         return RunEvent(event.name, str(c), data)
 
     def error(self, message: str) -> None:
-        """Say a problem once (until it clears and comes back)."""
+        """Say each problem once per follower."""
         if message not in self._said:
             self._said.add(message)
             self.queue.put_nowait(RunEvent("error", None, ErrorEvent(message=message)))
