@@ -1,5 +1,6 @@
-"""The model activity: one chat completion, logged in the ledger, its text published to the
-token stream as it is written (``stead.streaming``; never into Temporal's history)."""
+"""The model activity: one model call (chat completions or the Responses API), logged in the
+ledger with the model of the agent's chain that was called, its text published to the token
+stream as it is written (``stead.streaming``; never into Temporal's history)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from stead import errors
 from stead.authoring.agent import AgentCatalog
 from stead.contracts.models import Message, ModelCallRecord, ModelRequest, ModelTurn, Usage
 from stead.integrations.llm import ModelCallError, ModelClient, complete_streaming, write_turn
+from stead.integrations.model_endpoints import ModelEndpoints
 from stead.observability.telemetry import NO_METRICS, SteadMetrics
 from stead.observability.tracing import NO_TRACING, SteadTracing
 from stead.storage.blobs import BLOB_MISSING, BlobCorrupt, BlobError, BlobMissing, BlobStore
@@ -39,16 +41,20 @@ class ModelActivities:
                  tracing: SteadTracing = NO_TRACING,
                  max_payload_bytes: int = 1_500_000,
                  blobs: BlobStore | None = None,
+                 endpoints: ModelEndpoints | None = None,
                  stream: bool = True) -> None:
         """``max_payload_bytes``: a bigger answer fails the call (``PayloadTooLarge``).
         ``blobs``: expands tool results that travel by reference and ``ModelRequest.context``
         before the model is called, and stores the extended context after it answers.
+        ``endpoints``: calls the model of an agent's chain that a request names (None: every
+        request is answered as if it named none).
         ``stream``: ask models that can stream to do so; off, each answer is asked for whole
         and published as one piece when it arrives (for servers that cannot stream)."""
         self._stream = stream
         self._next_prune = 0.0
         self._pruning: set[asyncio.Task[int]] = set()
         self._blobs = blobs
+        self._endpoints = endpoints
         self._max_payload = max_payload_bytes
         self._catalog = catalog
         self._metrics = metrics
@@ -72,18 +78,40 @@ class ModelActivities:
             return self._model
         return self._catalog[agent].offline_model
 
+    def judge_for(self, agent: str) -> ModelClient:
+        """The model that judges ``agent``'s finished runs (online evaluation): the first of
+        its chain when it declares one, else what ``client_for`` gives."""
+        if self._endpoints is not None:
+            chain = self._endpoints.chain(agent)
+            if chain:
+                return self._endpoints.client(chain[0])
+        return self.client_for(agent)
+
+    def _client(self, req: ModelRequest) -> ModelClient:
+        """The model of the request's chain; a worker built without chains (a model given to
+        it serves every agent) answers with its own."""
+        if req.endpoint is None or self._endpoints is None:
+            return self.client_for(req.ref.agent, req.model)
+        return self._endpoints.client(req.endpoint)
+
     @activity.defn(name="model.complete")
     async def complete(self, req: ModelRequest) -> ModelTurn:
         info = activity.info()
-        client = self.client_for(req.ref.agent, req.model)
+        try:
+            client = self._client(req)
+        except ModelCallError as err:
+            label = f"openai:{req.endpoint.model}" if req.endpoint else "?"
+            await self._record(req, info.attempt, label, time.perf_counter(), error=err)
+            raise ApplicationError(str(err), type=err.kind, non_retryable=True) from None
         await self._ledger.append_decisions(req.decisions, on_wait=activity.heartbeat)
         self._tracing.decisions(req.decisions)
         messages = await self._transcript(req)
         publisher = TurnPublisher(self._ledger, req.ref, attempt=info.attempt)
         started = time.perf_counter()
         try:
-            with self._tracing.chat(model=client.name, ref=req.ref,
-                                    messages=messages) as chat:
+            with self._tracing.chat(model=client.name, ref=req.ref, messages=messages,
+                                    endpoint=req.endpoint.name if req.endpoint else None,
+                                    fallback=req.fallback) as chat:
                 if self._stream:
                     turn = await complete_streaming(client, messages, req.tools, publisher)
                 else:
@@ -126,7 +154,7 @@ class ModelActivities:
             # will hold them (its next request repeats them: stored once, by content).
             said = list(req.messages[_leading_system(req.messages):])
             said.append(Message(role="assistant", content=turn.content,
-                                tool_calls=turn.tool_calls))
+                                tool_calls=turn.tool_calls, reasoning=turn.reasoning))
             ctx = await self._blobs.extend_manifest(req.context, said,
                                                     on_wait=activity.heartbeat)
             turn = turn.model_copy(update={"context": ctx})
@@ -180,10 +208,12 @@ class ModelActivities:
     async def _record(self, req: ModelRequest, attempt: int, model: str, started: float, *,
                       turn: ModelTurn | None = None, error: BaseException | None = None) -> None:
         seconds = time.perf_counter() - started
+        endpoint = req.endpoint.name if req.endpoint is not None else ""
         self._metrics.model_call(model=model, response_model=turn.model if turn else None,
                                  status="ok" if error is None else "error", seconds=seconds,
                                  input_tokens=turn.usage.input_tokens if turn else 0,
-                                 output_tokens=turn.usage.output_tokens if turn else 0)
+                                 output_tokens=turn.usage.output_tokens if turn else 0,
+                                 endpoint=endpoint, fallback=req.fallback)
         await self._ledger.record_model_call(req.ref, ModelCallRecord(
             attempt=attempt, model=turn.model if turn and turn.model else model,
             status="ok" if error is None else "error",
@@ -192,7 +222,8 @@ class ModelActivities:
             content=turn.content if turn else None,
             error=f"{type(error).__name__}: {error}" if error else None,
             usage=turn.usage if turn else Usage(),
-            duration_ms=seconds * 1000), on_wait=activity.heartbeat)
+            duration_ms=seconds * 1000, endpoint=endpoint, fallback=req.fallback),
+            on_wait=activity.heartbeat)
 
 
 def _leading_system(messages: list[Message]) -> int:

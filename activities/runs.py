@@ -12,6 +12,7 @@ from stead import errors
 from stead.authoring.agent import AgentCatalog
 from stead.contracts.models import AgentPlan, DecisionBatch, FinishRun, StartRun
 from stead.integrations.mcp import McpTools
+from stead.integrations.model_endpoints import ModelEndpoints
 from stead.observability.telemetry import NO_METRICS, SteadMetrics
 from stead.observability.tracing import NO_TRACING, SteadTracing
 from stead.storage.ledger import Ledger
@@ -23,9 +24,12 @@ class RunActivities:
     def __init__(self, catalog: AgentCatalog, ledger: Ledger, *, model_label: str | None,
                  model_timeout: float = 60.0, model_max_attempts: int = 5,
                  memory: bool = False, metrics: SteadMetrics = NO_METRICS,
-                 tracing: SteadTracing = NO_TRACING, mcp: McpTools | None = None) -> None:
-        """``mcp``: the worker's MCP servers; their tools are listed into each run's plan."""
+                 tracing: SteadTracing = NO_TRACING, mcp: McpTools | None = None,
+                 endpoints: ModelEndpoints | None = None) -> None:
+        """``mcp``: the worker's MCP servers; their tools are listed into each run's plan.
+        ``endpoints``: the agents' model chains, pinned into each run's plan."""
         self._mcp = mcp
+        self._endpoints = endpoints
         self._catalog = catalog
         self._tracing = tracing
         self._metrics = metrics
@@ -45,9 +49,11 @@ class RunActivities:
                 f"{', '.join(self._catalog.names())}",
                 type=errors.UNKNOWN_AGENT, non_retryable=True)
         agent = self._catalog[req.agent]
-        model = self._model_label or agent.offline_model.name
+        chain = self._endpoints.chain(agent.name) if self._endpoints is not None else []
+        model = chain[0].name if chain else self._model_label or agent.offline_model.name
         await self._ledger.start_run(start, model=model)
-        plan = await self._with_mcp(agent.plan(model=model, max_steps=req.max_steps))
+        plan = await self._with_mcp(agent.plan(model=model, max_steps=req.max_steps,
+                                               models=chain))
         return plan.model_copy(update={"model_timeout": self._model_timeout,
                                        "model_max_attempts": self._model_max_attempts,
                                        # no store on this worker: the run neither recalls
@@ -62,9 +68,10 @@ class RunActivities:
             raise ApplicationError(f"routing hands over to unknown agent {req.agent!r}",
                                    type=errors.UNKNOWN_AGENT, non_retryable=True)
         agent = self._catalog[req.agent]
+        chain = self._endpoints.chain(agent.name) if self._endpoints is not None else []
         plan = await self._with_mcp(agent.plan(model=self._model_label or
                                                agent.offline_model.name,
-                                               max_steps=req.max_steps))
+                                               max_steps=req.max_steps, models=chain))
         return plan.model_copy(update={"model_timeout": self._model_timeout,
                                        "model_max_attempts": self._model_max_attempts,
                                        "memory": plan.memory if self._memory else None})

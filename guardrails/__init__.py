@@ -5,6 +5,7 @@
     risk = score_call(plan, args, policy=policy, route=decision, ...)
     gate = decide(plan, args, risk, policy=policy, route=decision)          # allow / ask / deny
     problems = validate_output(answer, rules=policy.output, evidence=..., request_text=...)
+    missing = ungrounded_figures(answer, texts=[request], data=tool_results)  # 0.12 is 12 %
 
 Nothing here reads clocks, randomness, the environment or files (except ``load_policy``, called
 at worker start), so every function runs inside workflows and replays identically.
@@ -20,6 +21,7 @@ from stead.guardrails.decisions import (
     RouteDecision,
 )
 from stead.guardrails.detect import PII_KINDS, SECRET_KINDS, find_pii, find_secrets, locate, redact
+from stead.guardrails.figures import FigureCheck, check_figures, ungrounded_figures
 from stead.guardrails.output import validate_output
 from stead.guardrails.risk import decide, echoes_untrusted, score_call
 from stead.guardrails.routing import route
@@ -29,6 +31,7 @@ __all__ = [
     "SECRET_KINDS",
     "CallDecision",
     "CallVerdict",
+    "FigureCheck",
     "OutputProblem",
     "Policy",
     "PolicyError",
@@ -36,6 +39,7 @@ __all__ = [
     "RiskFactor",
     "RouteDecision",
     "check_call",
+    "check_figures",
     "decide",
     "echoes_untrusted",
     "find_pii",
@@ -47,5 +51,6 @@ __all__ = [
     "route",
     "schema_problems",
     "score_call",
+    "ungrounded_figures",
     "validate_output",
 ]

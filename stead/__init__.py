@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from stead.authoring.tools import Tool, ToolContext, ToolRegistry, tool
     from stead.contracts.models import (
         Message,
+        ModelEndpoint,
         ModelTurn,
         RetrySpec,
         RunRequest,
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
         call,
         tool_history,
     )
+    from stead.integrations.openai_responses import OpenAIResponsesModel
     from stead.settings import Settings, load_settings
 
 _EXPORTS: dict[str, str] = {
@@ -57,8 +59,10 @@ _EXPORTS: dict[str, str] = {
     "LedgerError": "stead.errors",
     "Message": "stead.contracts.models",
     "ModelClient": "stead.integrations.llm",
+    "ModelEndpoint": "stead.contracts.models",
     "ModelTurn": "stead.contracts.models",
     "OpenAIModel": "stead.integrations.llm",
+    "OpenAIResponsesModel": "stead.integrations.openai_responses",
     "RetrySpec": "stead.contracts.models",
     "RunNotFound": "stead.errors",
     "RunRequest": "stead.contracts.models",
@@ -92,8 +96,10 @@ __all__ = [
     "LedgerError",
     "Message",
     "ModelClient",
+    "ModelEndpoint",
     "ModelTurn",
     "OpenAIModel",
+    "OpenAIResponsesModel",
     "RetrySpec",
     "RunNotFound",
     "RunRequest",

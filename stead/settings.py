@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from stead.contracts.models import ModelEndpoint
 from stead.contracts.policy import PiiKind
 from stead.errors import SettingsError
 from stead.integrations.mcp_spec import McpServerSettings, parse_mcp_servers
@@ -147,6 +148,11 @@ class ModelSettings(_Section):
     """USD per 1M tokens by model name, for ``stead metrics`` cost estimates; JSON in
     ``STEAD_MODEL_PRICES`` replaces the table. A model matches its longest listed prefix
     (``gpt-4o-mini`` prices ``gpt-4o-mini-2024-07-18``); others cost 0, labelled unpriced."""
+    agent_models: Annotated[dict[str, list[ModelEndpoint]], Env("agent_models")] = Field(
+        default_factory=dict)
+    """Model chains by agent name, replacing what the agent declares (``Agent(models=...)``):
+    JSON in ``STEAD_AGENT_MODELS``, e.g. ``{"ops": [{"model": "gpt-5-mini", "api":
+    "responses"}, {"model": "gpt-4o-mini"}]}``. Checked when the worker starts."""
     stream: Annotated[bool, Env("model_stream")] = True
     """Ask the model server to stream (``stream=True``), so each call's text reaches the token
     stream (``stead run --stream``, ``GET /v1/runs/{id}/events``) as it is written; false, for
@@ -158,12 +164,28 @@ class ModelSettings(_Section):
 
 
 class MemorySettings(_Section):
-    """Semantic memory: the embedding model and the vector store (pgvector or Pinecone)."""
+    """Semantic memory: the embedder, chosen on its own, and the vector store (pgvector or
+    Pinecone)."""
 
-    embedding_model: Annotated[str, Env("embedding_model")] = "text-embedding-3-small"
-    """OpenAI embedding model, used when OPENAI_API_KEY is set."""
+    embedder: Annotated[Literal["auto", "local", "openai", "none"], Env("embedder")] = "auto"
+    """Which embedder turns memory texts into vectors: ``local`` = the offline all-MiniLM-L6-v2
+    (384 dimensions, the ``embeddings`` extra); ``openai`` = an OpenAI-compatible embeddings
+    endpoint (``embedder_base_url``, ``embedder_api_key``, ``embedding_model``,
+    ``embedding_dimension``); ``none`` = memory off. ``auto``: ``openai`` when one of those four
+    is set, else ``local`` (the hashing embedder, with a warning, when the extra is missing).
+    The chat model's OPENAI_API_KEY and OPENAI_BASE_URL never choose it. Checked when a worker
+    starts (``stead.storage.memory.embedders.embedder_config``)."""
+    embedder_base_url: Annotated[str | None, Env("embedder_base_url")] = None
+    """Base URL of the ``openai`` embedder's server (``http://127.0.0.1:8080/v1``); unset:
+    OpenAI's own API. OPENAI_BASE_URL is the chat model's and is not used for embeddings."""
+    embedder_api_key: Annotated[SecretStr | None, Env("embedder_api_key")] = None
+    """Key of the ``openai`` embedder's server; unset: OPENAI_API_KEY, but only when the
+    embeddings go to the chat model's server too (both base URLs unset, or the same)."""
+    embedding_model: Annotated[str | None, Env("embedding_model")] = None
+    """Model of the ``openai`` embedder; unset: ``text-embedding-3-small``."""
     embedding_dimension: Annotated[int | None, Env("embedding_dimension")] = Field(None, gt=0)
-    """Vector size for models stead does not know (OpenAI-compatible servers)."""
+    """Vector size of the ``openai`` embedder: needed for models stead does not know (other
+    servers' models); below a ``text-embedding-3-*`` model's own, the API shortens vectors."""
     backend: Annotated[Literal["auto", "pgvector", "pinecone", "off"],
                        Env("memory_backend")] = "auto"
     """Where semantic memory lives: auto = Pinecone when PINECONE_API_KEY and
@@ -174,6 +196,19 @@ class MemorySettings(_Section):
     """Data-plane host of the Pinecone index (serverless index host)."""
     pinecone_api_key: Annotated[SecretStr | None,
                                 Env("pinecone_api_key", "PINECONE_API_KEY")] = None
+
+    @field_validator("embedder_base_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"https?://[^/\s]+", v):
+            raise ValueError("must be an http:// or https:// URL such as "
+                             "http://127.0.0.1:8080/v1")
+        return v
+
+    @property
+    def off(self) -> bool:
+        """Memory is off: ``STEAD_MEMORY_BACKEND=off`` or ``STEAD_EMBEDDER=none``."""
+        return self.backend == "off" or self.embedder == "none"
 
 
 _Exporter = Literal["auto", "otlp", "console", "none"]
@@ -349,6 +384,18 @@ class ApiSettings(_Section):
         return v
 
 
+class EvalSettings(_Section):
+    """Online evaluation of finished runs (``stead.authoring.evaluation``)."""
+
+    sample: Annotated[float | None, Env("eval_sample")] = Field(None, ge=0, le=1)
+    """Share of finished runs evaluated, the same for every agent of the worker (0: none, 1:
+    all); unset: each agent's ``OnlineEvals(sample=...)``."""
+    every_seconds: Annotated[float, Env("eval_every_seconds")] = Field(60.0, ge=0, le=_DAY)
+    """How often the evaluation sweep runs. ``stead up``, ``stead worker`` and ``worker.py``
+    create the task queue's schedule with it when an agent declares evaluators and no such
+    schedule exists (0: they create none; ``stead grade --schedule`` changes one)."""
+
+
 class Settings(BaseSettings):
     """All knobs of a stead process, one section per concern."""
 
@@ -365,6 +412,7 @@ class Settings(BaseSettings):
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     integrations: IntegrationSettings = Field(default_factory=IntegrationSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    evals: EvalSettings = Field(default_factory=EvalSettings)
 
     def __init__(self, **values: Any) -> None:
         """Sections from the environment; ``values`` (flat names or sections) win."""
@@ -481,7 +529,9 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as err:
         problems = []
         for e in err.errors():
-            problems.append(f"{_variables_of(e['loc'])}={e.get('input')!r}: {e['msg']}")
+            inner = e["loc"][2:]  # inside a JSON value: where, e.g. ``ops.0.api``
+            at = f" at {'.'.join(map(str, inner))}" if inner else ""
+            problems.append(f"{_variables_of(e['loc'])}{at}={e.get('input')!r}: {e['msg']}")
         raise SettingsError("invalid setting: " + "; ".join(problems)) from None
 
 

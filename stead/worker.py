@@ -22,6 +22,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from stead.activities import defined
 from stead.activities.drift import DriftActivities
+from stead.activities.evaluation import EvaluationActivities
 from stead.activities.memory import MemoryActivities
 from stead.activities.model import ModelActivities
 from stead.activities.runs import RunActivities
@@ -29,6 +30,7 @@ from stead.activities.tools import ToolActivities
 from stead.authoring.agent import AgentCatalog
 from stead.integrations.llm import ModelClient, OpenAIModel
 from stead.integrations.mcp import McpTools
+from stead.integrations.model_endpoints import ModelEndpoints
 from stead.observability.logs import RunLogContext
 from stead.observability.telemetry import (
     METER_NAME,
@@ -44,7 +46,7 @@ from stead.security.secrets import Redactor, Secrets, install_log_redaction
 from stead.settings import ModelSettings, Settings
 from stead.storage.blobs import BlobStore
 from stead.storage.ledger import Ledger, migrate
-from stead.storage.memory import Embedder, Memory, open_memory
+from stead.storage.memory import Embedder, Memory, check_memory_settings, open_memory
 from stead.workflows.registry import WORKFLOWS
 
 log = logging.getLogger("stead.worker")
@@ -90,21 +92,28 @@ def worker_interceptors(tracing: SteadTracing = NO_TRACING) -> list[Interceptor]
 def build_worker(client: Client, settings: Settings, catalog: AgentCatalog, ledger: Ledger, *,
                  model: ModelClient | None = None, task_queue: str | None = None,
                  memory: Memory | None = None, metrics: SteadMetrics = NO_METRICS,
-                 tracing: SteadTracing = NO_TRACING, mcp: McpTools | None = None) -> Worker:
+                 tracing: SteadTracing = NO_TRACING, mcp: McpTools | None = None,
+                 endpoints: ModelEndpoints | None = None) -> Worker:
     """``mcp``: the MCP servers' sessions (``WorkerHost`` owns and closes them); None builds
-    them from the catalog and settings, left open until the process ends."""
+    them from the catalog and settings, left open until the process ends. ``endpoints``:
+    the agents' model chains; None: checked and built here, unless ``model`` is given, which
+    then serves every agent (chains are neither checked nor pinned)."""
     # Tool credentials from settings; everything the activities write to the ledger, and every
     # log record of this process, is redacted with what the settings know to be secret.
     secrets = Secrets.from_settings(settings.security)
     if mcp is None:
         mcp = McpTools.from_catalog(catalog, settings.integrations, secrets=secrets)
-    ledger = ledger.redacting(Redactor.from_settings(settings, secrets=secrets))
+    if endpoints is None and model is None:
+        endpoints = ModelEndpoints.from_catalog(catalog, settings, secrets=secrets)
+    # Model keys read from variables of the agents' own choosing are redacted too.
+    ledger = ledger.redacting(Redactor.from_settings(
+        settings, secrets=secrets, also=endpoints.key_values() if endpoints else ()))
     install_log_redaction(ledger.redactor)
     runs = RunActivities(catalog, ledger, model_label=model.name if model else None,
                          model_timeout=settings.models.timeout_seconds,
                          model_max_attempts=settings.models.max_attempts,
                          memory=memory is not None, metrics=metrics, tracing=tracing,
-                         mcp=mcp)
+                         mcp=mcp, endpoints=endpoints)
     owners: list[object] = [runs]
     if memory is not None:
         owners.append(MemoryActivities(memory.store, memory.embedder, ledger,
@@ -113,12 +122,15 @@ def build_worker(client: Client, settings: Settings, catalog: AgentCatalog, ledg
     models = ModelActivities(catalog, ledger, model=model,
                              named_models=named_model_factory(settings.models), metrics=metrics,
                              tracing=tracing, max_payload_bytes=settings.worker.max_payload_bytes,
-                             blobs=blobs, stream=settings.models.stream)
+                             blobs=blobs, endpoints=endpoints, stream=settings.models.stream)
     tools = ToolActivities(catalog, ledger, metrics=metrics, secrets=secrets, tracing=tracing,
                            max_payload_bytes=settings.worker.max_payload_bytes, dynamic=mcp,
                            blobs=blobs, blob_threshold_bytes=settings.ledger.blob_threshold_bytes)
     owners += [models, DriftActivities(ledger, embedder=memory.embedder
-                                       if memory is not None else None)]
+                                       if memory is not None else None),
+               EvaluationActivities(catalog, ledger, judge_model_for=models.judge_for,
+                                    sample=settings.evals.sample,
+                                    judge_timeout=settings.models.timeout_seconds)]
     return Worker(
         client,
         task_queue=task_queue or settings.temporal.task_queue,
@@ -145,7 +157,10 @@ class WorkerHost:
                  embedder: Embedder | None = None,
                  meter_provider: MeterProvider | None = None,
                  tracing: SteadTracing | None = None) -> None:
-        """``meter_provider``: where the activities' metrics go; None builds one from settings
+        """``model``: serves every agent, their own models (``Agent.models``) included (evals
+        and counterfactuals pass their scripted or recorded model); None: the agents' models,
+        else the configured one (``OPENAI_*``), else their offline models.
+        ``meter_provider``: where the activities' metrics go; None builds one from settings
         (``configure_metrics``) that the host also shuts down. ``tracing`` likewise
         (``SteadTracing.from_settings``)."""
         if settings.temporal.address is None or settings.ledger.database_url is None:
@@ -154,6 +169,7 @@ class WorkerHost:
         self.settings = settings
         self.catalog = catalog
         self.model = model if model is not None else configured_model(settings.models)
+        self._model_given = model is not None
         self.task_queue = task_queue or settings.temporal.task_queue
         self.embedder = embedder
         self.meter_provider = meter_provider
@@ -165,6 +181,7 @@ class WorkerHost:
         self.memory: Memory | None = None
         self.worker: Worker | None = None
         self.mcp: McpTools | None = None
+        self.endpoints: ModelEndpoints | None = None
         self._task: asyncio.Task[None] | None = None
         self.pending_approvals: PendingApprovals | None = None
         self._gauges: asyncio.Task[None] | None = None
@@ -173,9 +190,13 @@ class WorkerHost:
         s = self.settings
         db = s.ledger
         assert db.database_url is not None and db.migration_database_url is not None
-        # Declaration problems (unknown agents, missing secrets) fail before anything starts.
-        self.mcp = McpTools.from_catalog(self.catalog, s.integrations,
-                                         secrets=Secrets.from_settings(s.security))
+        # Declaration problems (unknown agents, missing secrets, an embedder without its key,
+        # a bad model chain) fail before anything starts.
+        check_memory_settings(s, embedder=self.embedder is None)
+        secrets = Secrets.from_settings(s.security)
+        self.mcp = McpTools.from_catalog(self.catalog, s.integrations, secrets=secrets)
+        if not self._model_given:
+            self.endpoints = ModelEndpoints.from_catalog(self.catalog, s, secrets=secrets)
         await migrate(db.migration_database_url)  # as the owner; the pool below as the worker
         self.client = await connect_client(s)
         self.ledger = await Ledger.connect(db.database_url, min_size=db.pool_min,
@@ -191,7 +212,8 @@ class WorkerHost:
                                        model=self.model, task_queue=self.task_queue,
                                        memory=self.memory, metrics=SteadMetrics(
                                            self.meter_provider.get_meter(METER_NAME)),
-                                       tracing=self.tracing, mcp=self.mcp)
+                                       tracing=self.tracing, mcp=self.mcp,
+                                       endpoints=self.endpoints)
         except BaseException:
             await self.ledger.close()  # do not leave a pool reconnecting behind us
             self.ledger = None
@@ -215,6 +237,8 @@ class WorkerHost:
                 await self._task
         if self.mcp is not None:
             await self.mcp.close()  # after the worker: no call is still using a session
+        if self.endpoints is not None:
+            await self.endpoints.close()
         if self.memory is not None:
             await self.memory.close()
         if self.ledger is not None:
@@ -229,6 +253,24 @@ class WorkerHost:
         close = getattr(self.model, "close", None)
         if close is not None:
             await close()
+
+    async def keep_evaluation_schedule(self) -> None:
+        """Create the task queue's online-evaluation schedule when an agent declares
+        evaluators and none exists (``stead.evals.online.ensure_schedule``); what a
+        long-running worker process does at start, not every host (tests, benchmarks). A
+        schedule that cannot be made is logged: the runs do not depend on it."""
+        from stead.evals.online import ensure_schedule
+
+        assert self.client is not None, "start() first"
+        try:
+            done = await ensure_schedule(self.client, self.settings.replace(
+                task_queue=self.task_queue), self.catalog)
+        except Exception:
+            log.exception("could not create the online evaluation schedule; runs are not "
+                          "evaluated until it exists (`stead grade --schedule 1m`)")
+            return
+        if done is not None:
+            log.info("online evaluation schedule: %s", done)
 
     async def __aenter__(self) -> WorkerHost:
         await self.start()
@@ -247,5 +289,6 @@ async def run_until_signal(host: WorkerHost) -> None:
         loop.add_signal_handler(sig, stop.set)
     async with host:
         log.info("worker polling task queue %r", host.task_queue)
+        await host.keep_evaluation_schedule()
         await stop.wait()
         log.info("stopping: finishing in-flight activities")

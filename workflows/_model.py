@@ -4,6 +4,15 @@ A call is the ``model.complete`` activity, remote or local as the run's policy s
 agent's timeout and attempts. It carries the decisions recorded since the last activity; a
 failed call gives them back.
 
+An agent with a model chain (``AgentPlan.models``) gets one activity per model, in order: the
+first model's activity with its own timeout and attempts, and only when those are spent on a
+failure of ``errors.MODEL_FALLBACK_KINDS`` (down, 5xx, rate limited, timing out, garbage) or
+Temporal's own timeout, the next model's activity, with its own. Walking the chain here, not
+inside one activity attempt, keeps every attempt of every model in Temporal's history and
+under Temporal's retry policy, and a replay takes the same path from the recorded results.
+Each handover is an audit row (``model_fallback``); which model answered goes into the
+``RunResult`` (``model``, ``models``, ``model_fallbacks``).
+
     turn = await models.think(schemas, model_setting)   # None: the run has ended
 """
 
@@ -13,7 +22,8 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError
+from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import TimeoutError as ActivityTimeout
 
 from stead.workflows._context import Context, Frame, execution
 from stead.workflows._decisions import DecisionLog
@@ -21,10 +31,17 @@ from stead.workflows._seam import ActivityCall
 from stead.workflows._toolcall import cause
 
 with workflow.unsafe.imports_passed_through():
+    from stead import errors
     from stead.activities.model import ModelActivities
     from stead.authoring.graph import Evaluator, Score
     from stead.authoring.judge import JUDGE_INSTRUCTIONS, parse_judgement
-    from stead.contracts.models import Message, ModelRequest, ModelTurn, ToolSchema
+    from stead.contracts.models import (
+        Message,
+        ModelEndpoint,
+        ModelRequest,
+        ModelTurn,
+        ToolSchema,
+    )
 
 MAX_MODEL_REQUEST_BYTES = 1_800_000
 """Largest transcript (messages plus tool schemas, as JSON) sent to one model call: below
@@ -64,7 +81,7 @@ class ModelCalls:
             return None
         carried = self._decisions.carry(side_effect=False)
         try:
-            turn = await self.complete(
+            turn, served, place = await self._complete(
                 ModelRequest(ref=ctx.ref.model_copy(update={"step": ctx.state.step}),
                              messages=gs.messages, tools=schemas, model=model_setting,
                              decisions=carried, context=frame.request.context),
@@ -75,6 +92,13 @@ class ModelCalls:
             frame.end("failed", error=f"model call failed: {cause(err)}")
             return None
         res.model_turns += 1
+        answered = served.name if served is not None else model_setting or plan.model
+        if served is not None:
+            res.model = served.name
+            if place:
+                res.model_fallbacks += 1
+        if answered not in res.models:
+            res.models.append(answered)
         if turn.context is not None:
             res.context = turn.context
         ctx.log("model", turn.model or plan.model, "ok",
@@ -110,22 +134,71 @@ class ModelCalls:
                      else f"score {score:g} < {ev.threshold:g}: {why}")
 
     async def complete(self, req: ModelRequest, *, summary: str) -> ModelTurn:
-        plan, ex = self._frame.plan, execution(self._ctx.policy)
+        """One model answer: the run's model, or its chain's first model that gives one."""
+        turn, _, _ = await self._complete(req, summary=summary)
+        return turn
+
+    async def _complete(self, req: ModelRequest, *, summary: str
+                        ) -> tuple[ModelTurn, ModelEndpoint | None, int]:
+        """The answer, the chain's model that gave it (None: no chain) and its place."""
+        plan = self._frame.plan
+        chain = plan.models if req.model is None else []  # a routed model stands alone
+        if not chain:
+            return await self._call(req, summary=summary, timeout=plan.model_timeout,
+                                    attempts=plan.model_max_attempts, grace=0), None, 0
+        for place, ep in enumerate(chain):
+            try:
+                turn = await self._call(
+                    req.model_copy(update={"endpoint": ep, "fallback": place}),
+                    summary=summary + (f" with {ep.name} (fallback {place})" if place else ""),
+                    timeout=ep.timeout_seconds or plan.model_timeout,
+                    attempts=ep.max_attempts or plan.model_max_attempts, grace=GRACE_SECONDS)
+            except ActivityError as err:
+                why = fallback_reason(err)
+                if why is None or place == len(chain) - 1:
+                    raise
+                nxt = chain[place + 1]
+                self._ctx.log("model", ep.name, "error", f"{cause(err)}; falling back")
+                self._decisions.record(
+                    req.ref.step, "model_fallback", nxt.name,
+                    f"{ep.name} failed ({why}) after its attempts: {cause(err)}",
+                    {"from": ep.name, "to": nxt.name, "fallback": place + 1, "error": why})
+                continue
+            return turn, ep, place
+        raise AssertionError("a model chain is never empty here")
+
+    async def _call(self, req: ModelRequest, *, summary: str, timeout: float, attempts: int,
+                    grace: float) -> ModelTurn:
+        ex = execution(self._ctx.policy)
         retry = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2,
-                            maximum_interval=timedelta(seconds=30),
-                            maximum_attempts=plan.model_max_attempts)
-        overall = timedelta(seconds=plan.model_timeout * plan.model_max_attempts + 120)
+                            maximum_interval=timedelta(seconds=30), maximum_attempts=attempts)
+        overall = timedelta(seconds=(timeout + grace) * attempts + 120)
         if ex.local_model_calls:
             return await self._ctx.seam.activity(ActivityCall(
                 ModelActivities.complete, req, result_type=ModelTurn,
-                start_to_close=timedelta(
-                    seconds=min(plan.model_timeout, ex.local_max_seconds)),
+                start_to_close=timedelta(seconds=min(timeout + grace, ex.local_max_seconds)),
                 schedule_to_close=overall, retry=retry, summary=summary + " (local)",
                 local=True))
         return await self._ctx.seam.activity(ActivityCall(
             ModelActivities.complete, req, result_type=ModelTurn,
-            start_to_close=timedelta(seconds=plan.model_timeout), schedule_to_close=overall,
+            start_to_close=timedelta(seconds=timeout + grace), schedule_to_close=overall,
             retry=retry, summary=summary))
+
+
+GRACE_SECONDS = 5.0
+"""Added to a chain model's timeout for its activity's start-to-close: the client's own
+timeout (the same seconds) ends a slow call first, as a ``ModelTimeout`` the ledger records;
+Temporal's is the backstop for an attempt that hangs anyway."""
+
+
+def fallback_reason(err: ActivityError) -> str | None:
+    """Why a failed model call hands the turn to the next model, or None when it must not."""
+    c = err.cause
+    if isinstance(c, ApplicationError):
+        return c.type if c.type in errors.MODEL_FALLBACK_KINDS else None
+    if isinstance(c, ActivityTimeout):
+        return "ModelTimeout"
+    return None
 
 
 def request_bytes(messages: list[Message], schemas: list[ToolSchema]) -> int:

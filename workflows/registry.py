@@ -10,8 +10,10 @@ from __future__ import annotations
 from stead.workflows.agent import AgentWorkflow
 from stead.workflows.conversation import ConversationWorkflow
 from stead.workflows.drift import DriftWorkflow
+from stead.workflows.evaluation import EvaluationWorkflow
 
 __all__ = ["WORKFLOWS"]
 
-WORKFLOWS: tuple[type, ...] = (AgentWorkflow, DriftWorkflow, ConversationWorkflow)
+WORKFLOWS: tuple[type, ...] = (AgentWorkflow, DriftWorkflow, ConversationWorkflow,
+                               EvaluationWorkflow)
 """Every workflow a stead worker runs."""

@@ -8,6 +8,7 @@ from stead.agents.ops.planner import OpsPlanner
 from stead.agents.ops.tools import ops_tools
 from stead.agents.ops.world import OpsWorld
 from stead.authoring.agent import Agent
+from stead.authoring.evaluation import OnlineEvals, grounded_figures, used_tools
 from stead.authoring.graph import react
 from stead.contracts.models import MemoryPlan
 from stead.contracts.policy import load_policy
@@ -30,7 +31,13 @@ def ops_agent(world: OpsWorld) -> Agent:
                  # for 30 days.
                  memory=MemoryPlan(recall_top_k=3, recall_namespaces=["runbooks"],
                                    min_score=0.3, summary_ttl_seconds=30 * 24 * 3600),
-                 graph=GRAPH)
+                 graph=GRAPH, evals=EVALS)
+
+
+EVALS = OnlineEvals([used_tools(answered=True), grounded_figures()], sample=1.0)
+"""Every finished run is graded after it ends: a completed run is a task success when a tool
+answered it before it answered (an answer that only reports failed tools is not), and every
+figure it states comes from what it saw."""
 
 
 GRAPH = react(name="ops")

@@ -8,6 +8,7 @@ from stead.agents.refund.planner import RefundPlanner
 from stead.agents.refund.tools import refund_tools
 from stead.agents.refund.world import RefundWorld
 from stead.authoring.agent import Agent
+from stead.authoring.evaluation import OnlineEvals, grounded_figures, used_tools
 from stead.authoring.graph import grounded_numbers, react
 from stead.contracts.models import MemoryPlan
 from stead.contracts.policy import load_policy
@@ -30,7 +31,14 @@ def refund_agent(world: RefundWorld) -> Agent:
                  # No recall; completed runs are remembered under the requesting user as
                  # subject, so `stead memory delete --subject USER` erases them.
                  memory=MemoryPlan(recall_top_k=0, summary_ttl_seconds=90 * 24 * 3600),
-                 graph=GRAPH)
+                 graph=GRAPH, evals=EVALS)
+
+
+EVALS = OnlineEvals([used_tools(any_of=["lookup_order"], answered=True), grounded_figures()],
+                    sample=1.0)
+"""Every finished run is graded after it ends: a completed run is a task success when it
+looked the order up (and the lookup answered), and every amount and id it states comes from
+what it saw."""
 
 
 GRAPH = react(name="refund", evaluators=[grounded_numbers()], max_retries=1)

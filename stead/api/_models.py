@@ -245,6 +245,10 @@ class AuditModelCall(_Row):
     output_tokens: int
     duration_ms: float
     created_at: datetime
+    endpoint: str = ""
+    """The model of the agent's chain that was called; empty outside a chain."""
+    fallback: int = 0
+    """Its place in the chain (0: the first choice)."""
 
 
 class AuditToolCall(_Row):

@@ -1,6 +1,8 @@
 """Agent declarations and the catalog a worker serves.
 
-    ops = Agent(name="ops", instructions="...", tools=ops_tools(world), offline_model=planner)
+    ops = Agent(name="ops", instructions="...", tools=ops_tools(world), offline_model=planner,
+                models=[ModelEndpoint(model="gpt-5-mini", api="responses"),   # first choice
+                        ModelEndpoint(model="gpt-4o-mini", max_attempts=2)])  # its fallback
     catalog = AgentCatalog([ops])        # validated: raises SpecError listing every problem
 """
 
@@ -10,9 +12,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from stead.authoring.evaluation import OnlineEvals
 from stead.authoring.graph import DEFAULT, REGISTRY, Graph
 from stead.authoring.tools import Tool, ToolRegistry
-from stead.contracts.models import AgentPlan, GraphPin, MemoryPlan, ToolPlan
+from stead.contracts.models import AgentPlan, GraphPin, MemoryPlan, ModelEndpoint, ToolPlan
 from stead.contracts.policy import Policy
 from stead.errors import SpecError
 from stead.integrations.llm import ModelClient
@@ -28,6 +31,12 @@ class Agent:
     tools: list[Tool[Any, Any]]
     offline_model: ModelClient
     """Used when no model server is configured (the reference agents' scripted planners)."""
+    models: Sequence[ModelEndpoint] = ()
+    """The agent's models, first choice first: each later one answers a turn only when those
+    before it are down, rate limited past their attempts, or time out. Checked when the worker
+    starts (``stead.integrations.model_endpoints``) and pinned in each run's plan;
+    ``STEAD_AGENT_MODELS`` replaces it. Empty: the worker's ``OPENAI_*`` model, else
+    ``offline_model``."""
     max_steps: int = 16
     """Budget of model turns plus tool calls per run."""
     description: str = ""
@@ -44,6 +53,9 @@ class Agent:
     """What a run does, node by node (``stead.authoring.graph``); the default is the ReAct loop."""
     previous_graphs: Sequence[Graph] = ()
     """Older versions of ``graph`` that runs still in flight were started with."""
+    evals: OnlineEvals | None = None
+    """Evaluators of finished production runs (``stead.authoring.evaluation``): what makes a
+    completed run a task success. Scored after the run, never in it."""
     registry: ToolRegistry = field(init=False)
     _tool_plans: list[ToolPlan] = field(init=False, repr=False)
     _graph_pin: GraphPin = field(init=False, repr=False)
@@ -57,12 +69,15 @@ class Agent:
         for g in (*self.previous_graphs, self.graph):
             REGISTRY.add(g)
 
-    def plan(self, *, model: str, max_steps: int | None = None) -> AgentPlan:
-        return AgentPlan(agent=self.name, instructions=self.instructions, model=model,
+    def plan(self, *, model: str, max_steps: int | None = None,
+             models: Sequence[ModelEndpoint] = ()) -> AgentPlan:
+        """``models``: the model chain as the worker resolved it (its first names ``model``)."""
+        return AgentPlan(agent=self.name, instructions=self.instructions,
+                         model=models[0].name if models else model,
                          max_steps=max_steps or self.max_steps,
                          tools=self._tool_plans, policy=self.policy,
                          output_schema=self.output_schema, memory=self.memory,
-                         graph=self._graph_pin)
+                         graph=self._graph_pin, models=list(models))
 
 
 class AgentCatalog:
@@ -97,6 +112,8 @@ class AgentCatalog:
                 problems.extend(f"agent {a.name!r}: graph {g.name}@{g.version}: {p}"
                                 for p in g.problems(tools=tool_names if not a.mcp else None,
                                                     memory=a.memory is not None))
+            if a.evals is not None:
+                problems.extend(f"agent {a.name!r}: {p}" for p in a.evals.problems())
             if a.policy is not None:
                 problems.extend(f"agent {a.name!r}: policy {a.policy.ref}: {p}"
                                 for p in a.policy.check_references(

@@ -20,6 +20,7 @@ from stead.cli import (
     counterfactual,
     db,
     drift,
+    grade,
     graph,
     memory,
     metrics,
@@ -89,8 +90,8 @@ def worker() -> None:
 
 # Each command group lives in a module of its own with a ``register(app)``; the order here
 # (after up, demo and worker) is the order of ``stead --help``.
-for _group in (runs, memory, suites, replay, counterfactual, metrics, drift, db, codec_server,
-               stuck, api, chat, graph):
+for _group in (runs, memory, suites, replay, counterfactual, metrics, grade, drift, db,
+               codec_server, stuck, api, chat, graph):
     _group.register(app)
 
 

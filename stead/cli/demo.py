@@ -1,7 +1,9 @@
 """``stead demo``: the reference agents through a scripted scenario on the embedded stack.
 
 Each scenario states what it shows and what must hold; the demo fails (exit 1) if any does
-not, so it doubles as a smoke test of a fresh install.
+not, so it doubles as a smoke test of a fresh install. After the runs, one online-evaluation
+sweep grades them (``EvaluationWorkflow``): the report says how many runs were a task success
+and why each other one was not.
 """
 
 from __future__ import annotations
@@ -102,7 +104,7 @@ async def run_demo(settings: Settings, console: Console) -> bool:
             task_queue=f"stead-demo-{uuid.uuid4().hex[:6]}")
         default_world(settings.stack.data_dir).reset()
         refund_world(settings.stack.data_dir).reset()
-        embedder = choose_embedder(resolved)
+        embedder = None if resolved.memory.off else choose_embedder(resolved)
         memory = await open_memory(resolved, embedder=embedder)
         if memory is not None:
             try:
@@ -112,9 +114,10 @@ async def run_demo(settings: Settings, console: Console) -> bool:
             finally:
                 await memory.close()
         results: list[tuple[Scenario, str, RunResult, float, bool]] = []
+        runs: dict[str, str] = {}
         async with WorkerHost(resolved, reference_catalog(settings.stack.data_dir),
                               embedder=embedder) as host:
-            assert host.client is not None
+            assert host.client is not None and host.ledger is not None
             for sc in SCENARIOS:
                 started = time.perf_counter()
                 handle = await start_run(host.client, sc.request, temporal=resolved.temporal)
@@ -123,12 +126,47 @@ async def run_demo(settings: Settings, console: Console) -> bool:
                 result = await handle.result()
                 took = time.perf_counter() - started
                 results.append((sc, handle.id, result, took, sc.check(result)))
-        _report(console, results, stack.ui_url if not reuse else
+                runs[handle.id] = handle.first_execution_run_id or ""
+            graded = await _grade(host, resolved, runs)
+        _report(console, results, graded, stack.ui_url if not reuse else
                 f"http://127.0.0.1:{settings.stack.ui_port}")
         return all(ok for *_, ok in results)
     finally:
         if not reuse:
             await stack.stop()
+
+
+async def _grade(host: Any, settings: Settings, runs: dict[str, str]
+                 ) -> dict[str, tuple[bool | None, str]]:
+    """One online-evaluation sweep over the demo's runs; per workflow id, whether the run was
+    a task success (None: not graded) and why not."""
+    from datetime import timedelta
+
+    from stead.evals.online import (
+        EVALUATION_WORKFLOW,
+        EvaluationSweep,
+        EvaluationSweepSummary,
+        list_evaluations,
+    )
+
+    await host.client.execute_workflow(
+        EVALUATION_WORKFLOW, EvaluationSweep(lookback=timedelta(minutes=30)),
+        id=f"stead-demo-grade-{uuid.uuid4().hex[:8]}", task_queue=settings.temporal.task_queue,
+        result_type=EvaluationSweepSummary, execution_timeout=timedelta(minutes=2))
+    out: dict[str, tuple[bool | None, str]] = {}
+    for wid, run_id in runs.items():
+        rows = await list_evaluations(host.ledger.pool, wid, run_id=run_id or None)
+        failed = [f"{r.evaluator}: {r.feedback}" for r in rows if r.passed is False]
+        if not rows or any(r.status == "error" for r in rows):
+            out[wid] = (None, "not graded")
+        elif any(r.feedback.startswith("not graded") for r in rows):
+            out[wid] = (False, "not a task success: "
+                               + rows[0].feedback.removeprefix("not graded: "))
+        elif failed:
+            out[wid] = (False, "not a task success: " + "; ".join(failed))
+        else:
+            out[wid] = (True, "a task success: every evaluator passed")
+    return out
 
 
 async def _approve_when_asked(handle: WorkflowHandle[Any, RunResult], console: Console) -> None:
@@ -151,7 +189,7 @@ async def _approve_when_asked(handle: WorkflowHandle[Any, RunResult], console: C
 
 
 def _report(console: Console, results: list[tuple[Scenario, str, RunResult, float, bool]],
-            ui_url: str | None) -> None:
+            graded: dict[str, tuple[bool | None, str]], ui_url: str | None) -> None:
     table = Table(title="stead demo — one line per run")
     numeric = ("steps", "retries", "fallbacks", "rejected", "approvals", "denials",
                "escalations", "duration")
@@ -163,6 +201,10 @@ def _report(console: Console, results: list[tuple[Scenario, str, RunResult, floa
                       str(r.denials), str(r.escalations), f"{took * 1000:.0f} ms",
                       "[green]ok[/]" if ok else "[red]FAILED[/]")
     console.print(table)
+    done = sum(r.status == "completed" for _, _, r, _, _ in results)
+    good = sum(graded.get(wid, (None, ""))[0] is True for _, wid, _, _, _ in results)
+    console.print(f"completed: {done} of {len(results)} runs; task success (graded after each "
+                  f"run ended, `stead grade`): [bold]{good} of {len(results)}[/]", highlight=False)
     models = sorted({r.model for _, _, r, _, _ in results})
     offline = any(m.startswith("scripted") for m in models)
     console.print(f"models: [bold]{', '.join(models)}[/]" + (
@@ -171,6 +213,7 @@ def _report(console: Console, results: list[tuple[Scenario, str, RunResult, floa
         console.print(f"\n[bold]{wid}[/] — {sc.shows}", highlight=False)
         console.print(f"  asked:  {sc.request.input}", highlight=False)
         console.print(f"  answer: {r.answer or r.error}", highlight=False)
+        console.print(f"  graded: {graded.get(wid, (None, 'not graded'))[1]}", highlight=False)
     if ui_url:
         console.print(f"\nTemporal Web UI: [bold]{ui_url}[/] (while the stack runs: "
                       f"`make up`); ledger trail: `stead audit RUN_ID`")

@@ -68,7 +68,7 @@ def drift_cmd(
     embedder: str = typer.Option(
         "auto", "--embedder",
         help="Embedder of request texts: auto = memory's embedder (none when memory is "
-             "off); model = OpenAI if OPENAI_API_KEY is set, else the MiniLM extra; "
+             "off); model = the one STEAD_EMBEDDER chooses, never the hashing fallback; "
              "hashing = word overlap only; none"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON"),
     html: str | None = typer.Option(
@@ -210,16 +210,18 @@ def _embedder(settings: Settings, choice: str) -> Embedder | None:
     from stead.storage.memory import choose_embedder
     from stead.storage.memory.embedders import HashingEmbedder, embedder_from_settings
 
-    if choice == "none" or (choice == "auto" and settings.memory.backend == "off"):
+    if choice == "none" or (choice == "auto" and settings.memory.off):
         return None
     if choice == "hashing":
         return HashingEmbedder(384)
     if choice == "model":
         try:
-            return embedder_from_settings(settings.models, model=settings.memory.embedding_model,
-                                          dimension=settings.memory.embedding_dimension)
+            model = embedder_from_settings(settings)
         except ImportError as e:
             fail(str(e), EXIT_BAD_INPUT)
+        if model is None:
+            fail("--embedder model: STEAD_EMBEDDER=none chooses no model", EXIT_BAD_INPUT)
+        return model
     return choose_embedder(settings)
 
 

@@ -67,7 +67,7 @@ async def _with_memory(settings: Settings, fn: Callable[[Any], Awaitable[T]]) ->
     except (OSError, StoreError) as e:
         raise StackError(f"memory store unavailable: {e}") from None
     if memory is None:
-        raise SettingsError("memory is off (STEAD_MEMORY_BACKEND=off)")
+        raise SettingsError("memory is off (STEAD_MEMORY_BACKEND=off or STEAD_EMBEDDER=none)")
     try:
         return await fn(memory)
     except StoreError as e:
@@ -209,25 +209,31 @@ def memory_reembed(
 
     settings = resolved(cli_settings())
 
-    async def go() -> int:
+    async def go() -> tuple[int, str]:
         from stead.storage.memory import Memory
 
+        embedder = None if settings.memory.off else choose_embedder(settings)
+        if embedder is None:
+            raise SettingsError("memory is off (STEAD_MEMORY_BACKEND=off or "
+                                "STEAD_EMBEDDER=none): nothing to re-embed with")
         # A new dimension alters the column, which only the tables' owner may do.
         assert settings.ledger.migration_database_url is not None
         store = await PgVectorStore.connect(settings.ledger.migration_database_url, min_size=0,
                                             max_size=2)
-        memory = Memory(store=store, embedder=choose_embedder(settings), backend="pgvector")
+        memory = Memory(store=store, embedder=embedder, backend="pgvector",
+                        owns_embedder=True)
         try:
             try:
-                await store.ensure(memory.embedder.dimension)
+                await store.ensure(memory.embedder.dimension, embedder=memory.embedder.name)
             except DimensionMismatch:
                 pass  # exactly what reembed fixes
-            return await memory.reembed(tenant=tenant)
+            done = await memory.reembed(tenant=tenant)
+            return done, f"{embedder.name}, {embedder.dimension} dimensions"
         finally:
             await memory.close()
 
-    n = run_async(go())
-    out.print(f"re-embedded {n} item(s)")
+    n, by = run_async(go())
+    out.print(f"re-embedded {n} item(s) ({by})")
 
 
 @memory_app.command("retention")

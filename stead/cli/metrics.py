@@ -1,5 +1,6 @@
-"""``stead metrics``: success rate, latency, failures, retries, approvals, denials, tokens and
-cost of the runs that started in a window, per agent and per tool, from the ledger.
+"""``stead metrics``: completion rate and evaluated task success, latency, failures, retries,
+approvals, denials, tokens and cost of the runs that started in a window, per agent and per
+tool, from the ledger.
 
     stead metrics --since 7d --agent ops
     stead metrics --since 1h30m --include-synthetic --json
@@ -30,7 +31,7 @@ from stead.cli.common import (
 from stead.settings import Settings
 
 if TYPE_CHECKING:  # imported when a command runs, to keep `stead --help` fast
-    from stead.evals.metrics import MetricsFilter, MetricsReport
+    from stead.evals.metrics import AgentMetrics, MetricsFilter, MetricsReport
 
 
 def register(app: typer.Typer) -> None:
@@ -49,8 +50,9 @@ def metrics_cmd(
         help="Count runs started by eval suites and counterfactual replays too"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON"),
 ) -> None:
-    """Success rate, latency, failures, retries, approvals, denials, tokens and cost of the
-    runs that started in a window, per agent and per tool, from the ledger."""
+    """Completion rate and evaluated task success, latency, failures, retries, approvals,
+    denials, tokens and cost of the runs that started in a window, per agent and per tool,
+    from the ledger."""
     from stead.evals.metrics import MetricsFilter, parse_when
 
     now = datetime.now(UTC)
@@ -98,6 +100,15 @@ def _pct(v: float | None) -> str:
     return "–" if v is None else f"{v:.1%}"
 
 
+def _task(a: AgentMetrics) -> str:
+    """``33.3% of 3`` (evaluated runs), ``+1 unknown`` when an evaluator could not grade."""
+    ts = a.task_success
+    if not ts.evaluated and not ts.unknown:
+        return "not evaluated"
+    return f"{_pct(ts.rate)} of {ts.evaluated}" + (f" +{ts.unknown} unknown" if ts.unknown
+                                                   else "")
+
+
 def _print_metrics(report: MetricsReport) -> None:
     f = report.filter
     scope = "".join(f" {k}={v}" for k, v in (("agent", f.agent), ("tenant", f.tenant)) if v)
@@ -110,15 +121,24 @@ def _print_metrics(report: MetricsReport) -> None:
     rows = report.agents + ([report.overall] if len(report.agents) > 1 else [])
 
     t = Table("agent", "runs", "completed", "failed", "denied", "refused", "escalated",
-              "running", "success", "p50", "p95", "p99", title="runs")
+              "running", "completion", "task success", "p50", "p95", "p99", title="runs")
     for a in rows:
         s = a.by_status
         t.add_row("all" if a.agent == "*" else a.agent, str(a.runs),
                   *(str(s.get(k, 0)) for k in ("completed", "failed", "denied", "refused",
                                                "escalated", "running")),
-                  _pct(a.success_rate), _ms(a.latency_ms.p50), _ms(a.latency_ms.p95),
-                  _ms(a.latency_ms.p99))
+                  _pct(a.success_rate), _task(a), _ms(a.latency_ms.p50),
+                  _ms(a.latency_ms.p95), _ms(a.latency_ms.p99))
     out.print(t)
+    if any(a.task_success.evaluators for a in report.agents):
+        t = Table("agent", "evaluator", "version", "scored", "passed", "pass rate", "errors",
+                  "skipped", title="online evaluation (task success: completed and no "
+                                   "evaluator failed it)")
+        for a in report.agents:
+            for e in a.task_success.evaluators:
+                t.add_row(a.agent, e.evaluator, str(e.version), str(e.scored), str(e.passed),
+                          _pct(e.pass_rate), str(e.errors), str(e.skipped))
+        out.print(t)
 
     t = Table("agent", "gate denials", "denied runs", "refused runs", "approvals asked",
               "approved", "rejected", "expired", "escalations", "wait p50", "wait p95",

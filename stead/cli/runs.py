@@ -313,7 +313,9 @@ def _print_result(workflow_id: str, r: RunResult) -> None:
     colour = "green" if r.status == "completed" else "yellow"
     out.print(f"\n[bold]{workflow_id}[/]: [{colour}]{r.status}[/] in {r.steps} steps "
               f"({r.model_turns} model turns, {len(r.tool_calls)} tool calls, {r.retries} "
-              f"retries, {r.fallbacks} fallbacks, {r.rejected_calls} rejected) — {r.model}")
+              f"retries, {r.fallbacks} fallbacks, {r.rejected_calls} rejected) — {r.model}"
+              + (f" ({r.model_fallbacks} turn(s) by a fallback model; models: "
+                 f"{', '.join(r.models)})" if r.model_fallbacks else ""))
     if r.answer:
         out.print(f"[bold]answer:[/] {r.answer}", highlight=False)
     if r.error:
@@ -437,8 +439,9 @@ def _print_trail(run_id: str, trail: Trail) -> None:
     for m in trail.model_calls:
         what = (", ".join(c["name"] for c in m.tool_calls) or "answer") \
             if m.status == "ok" else (m.error or "")
+        via = f"{m.endpoint} (fallback {m.fallback}): " if m.fallback else ""
         events.append((m.created_at, str(m.step), f"model#{m.attempt}", m.status,
-                       f"{m.model} → {what} ({m.duration_ms:.0f} ms)"))
+                       f"{via}{m.model} → {what} ({m.duration_ms:.0f} ms)"))
     for a in trail.tool_attempts:
         detail = a.error or ""
         if a.tool != a.requested_tool:

@@ -73,6 +73,9 @@ class DriftThresholds(_Model):
     """Fewest tool attempts (per tool) or gate decisions per window for per-call signals."""
     success_rate_delta: float = Field(0.05, ge=0, le=1)
     """Smallest change of the success rate (absolute, 0.05 = 5 points) that is reported."""
+    task_success_delta: float = Field(0.05, ge=0, le=1)
+    """Smallest change of evaluated task success (absolute) that is reported; it needs
+    ``min_runs`` evaluated runs per window."""
     latency_ks: float = Field(0.2, ge=0, le=1)
     """Smallest Kolmogorov–Smirnov distance between latency distributions."""
     sequence_js: float = Field(0.1, ge=0, le=1)

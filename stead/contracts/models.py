@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from stead.contracts.policy import Policy
 
@@ -27,6 +27,12 @@ RunStatus = Literal["running", "completed", "failed", "denied", "refused", "esca
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def _empty(value: object) -> bool:
+    """Left out of a payload when empty, so that runs not using a newer field (model chains,
+    reasoning items) send and store the same bytes as before it existed."""
+    return not value
 
 
 # ---------------------------------------------------------------------------- runs
@@ -106,7 +112,13 @@ class RunResult(_Model):
     audit_head: str = ""
     """Hash of the last audit row: `stead audit --verify` checks the chain ends here."""
     model: str = ""
-    """Which model produced the answer (``scripted:<agent>`` offline)."""
+    """Which model produced the answer (``scripted:<agent>`` offline; with a model chain, the
+    name of the chain's model that answered the last turn)."""
+    models: list[str] = Field(default_factory=list)
+    """Every model that answered one of the run's turns, in the order they first did."""
+    model_fallbacks: int = 0
+    """Turns answered by a later model of the agent's chain because the ones before it were
+    down, rate limited past their attempts, or timed out (``ModelEndpoint``)."""
     error: str | None = None
     graph: str = ""
     """``name@version`` of the execution graph the run followed."""
@@ -205,6 +217,18 @@ class ToolCall(_Model):
     arguments: str
 
 
+class ReasoningItem(_Model):
+    """What a reasoning model thought before a turn, as OpenAI's Responses API returns it. The
+    turn's assistant message keeps it, so later requests hand it back and the model goes on
+    from its own reasoning after a tool call (the API is called statelessly: ``store=false``)."""
+
+    id: str
+    summary: list[str] = Field(default_factory=list)
+    """The reasoning summary's texts, when the model gave one."""
+    encrypted_content: str | None = None
+    """The reasoning itself, encrypted by the provider: opaque to stead, sent back as is."""
+
+
 class Message(_Model):
     """One chat message in OpenAI's shape (roles system/user/assistant/tool)."""
 
@@ -213,6 +237,8 @@ class Message(_Model):
     tool_calls: list[ToolCall] = Field(default_factory=list)
     tool_call_id: str | None = None
     name: str | None = None
+    reasoning: list[ReasoningItem] = Field(default_factory=list, exclude_if=_empty)
+    """Assistant messages of a reasoning model (Responses API): its reasoning items."""
 
 
 class ToolSchema(_Model):
@@ -226,6 +252,9 @@ class ToolSchema(_Model):
 class Usage(_Model):
     input_tokens: int = 0
     output_tokens: int = 0
+    """Tokens the model generated, reasoning tokens included."""
+    reasoning_tokens: int = Field(0, exclude_if=_empty)
+    """Of ``output_tokens``, those a reasoning model spent thinking (where it says)."""
 
 
 class ModelTurn(_Model):
@@ -242,6 +271,8 @@ class ModelTurn(_Model):
     context: BlobDigest | None = None
     """With ``ModelRequest.context``: the manifest of context + this request's non-system
     messages + this reply, stored by the activity."""
+    reasoning: list[ReasoningItem] = Field(default_factory=list, exclude_if=_empty)
+    """A reasoning model's reasoning items for this turn (Responses API)."""
 
 
 class RunRef(_Model):
@@ -267,6 +298,11 @@ class ModelRequest(_Model):
     context: BlobDigest | None = None
     """Earlier conversation (a context manifest digest): its messages go after the leading
     system messages of ``messages``; the reply's ``context`` extends it."""
+    endpoint: ModelEndpoint | None = Field(None, exclude_if=_empty)
+    """The model of the agent's chain to call (from the run's pinned plan); None: the
+    routed ``model``, else the worker's configured model, else the agent's offline model."""
+    fallback: int = Field(0, ge=0, exclude_if=_empty)
+    """``endpoint``'s place in the chain: 0 the first, 1 its first fallback, ..."""
 
 
 # ---------------------------------------------------------------------------- tool calls
@@ -318,6 +354,73 @@ class ToolPlan(_Model):
         return ToolSchema(name=self.name, description=self.description, parameters=self.parameters)
 
 
+ModelApi = Literal["chat", "responses"]
+"""Which OpenAI API a model is called through: chat completions or the Responses API."""
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
+"""How hard a reasoning model thinks (OpenAI's values; not every model takes every one)."""
+
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+"""Where a model without a base URL is, when ``OPENAI_BASE_URL`` says nothing either."""
+
+
+class ModelEndpoint(_Model):
+    """One model an agent may call: where it is, which model, which API, with what settings.
+
+    An agent declares an ordered chain of them (``Agent(models=[...])`` or
+    ``STEAD_AGENT_MODELS``): the first answers, each later one only when those before it are
+    down, rate limited past their attempts, or time out. A run pins its chain in its plan, as
+    the worker resolved it (base URL, timeout and attempts filled in), with the API key by
+    reference only: history never holds a key::
+
+        ModelEndpoint(model="gpt-5-mini", api="responses", reasoning_effort="low")
+        ModelEndpoint(name="local", model="qwen2.5-7b", base_url="http://127.0.0.1:8080/v1",
+                      api_key_env="LOCAL_LLM_KEY", temperature=0.2, max_attempts=2)
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: Name
+    """The model's name on its server, e.g. ``gpt-4o-mini``."""
+    name: Name = ""
+    """What the ledger, metrics, traces and ``RunResult.models`` call it; unique in the chain.
+    Default ``openai:<model>``."""
+    api: ModelApi = "chat"
+    base_url: str | None = None
+    """The OpenAI-compatible server, e.g. ``http://127.0.0.1:8080/v1``; unset: the worker's
+    ``OPENAI_BASE_URL``, else OpenAI's (filled in when a run pins it)."""
+    api_key_env: str | None = None
+    """Name of the environment variable holding the key (e.g. ``AZURE_OPENAI_KEY``)."""
+    api_key_secret: str | None = None
+    """Name of a stead secret holding the key (``STEAD_SECRET_<NAME>``). With neither: the
+    worker's ``OPENAI_API_KEY``."""
+    reasoning: bool | None = None
+    """A reasoning model (o-series, gpt-5, gpt-oss): gets ``reasoning_effort``, never
+    ``temperature``. Unset: judged by the model's name (filled in when a run pins it)."""
+    temperature: float | None = Field(None, ge=0, le=2)
+    """Sampling temperature; not sent to a reasoning model (they refuse it)."""
+    max_output_tokens: int | None = Field(None, ge=1)
+    """Most tokens one answer may have (reasoning tokens included)."""
+    reasoning_effort: ReasoningEffort | None = None
+    """Reasoning models only; refused at worker start for the others."""
+    parallel_tool_calls: bool | None = None
+    """May the model propose several tool calls in one turn (sent when tools are offered)."""
+    strict_tools: bool = False
+    """Tools with strict schemas: the server makes the model's arguments match each tool's
+    schema. Every tool's schema must then be strict (closed objects, every property required);
+    the worker checks the agent's own tools when it starts."""
+    timeout_seconds: float | None = Field(None, gt=0, le=86_400)
+    """Seconds one call may take; unset: ``STEAD_MODEL_TIMEOUT_SECONDS``."""
+    max_attempts: int | None = Field(None, ge=1, le=100)
+    """Attempts before the next model of the chain is asked; unset: ``STEAD_MODEL_MAX_ATTEMPTS``."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_name(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("name") and isinstance(data.get("model"), str):
+            return {**data, "name": f"openai:{data['model'].strip()}"}
+        return data
+
+
 class GraphPin(_Model):
     """The graph a run started with, pinned in history (see ``stead.authoring.graph``)."""
 
@@ -355,6 +458,9 @@ class AgentPlan(_Model):
     graph: GraphPin | None = None
     """The execution graph the run follows (None: runs recorded before graphs, which
     follow the default ``react`` graph, version 1)."""
+    models: list[ModelEndpoint] = Field(default_factory=list, exclude_if=_empty)
+    """The agent's model chain, first choice first, as the worker resolved it; empty: the
+    worker's configured model (``OPENAI_*``), else the agent's offline model."""
 
 
 class ToolInvocation(_Model):
@@ -435,6 +541,11 @@ class ModelCallRecord(_Model):
     """``<type>: <message>`` of a failed call."""
     usage: Usage = Field(default_factory=Usage)
     duration_ms: float
+    endpoint: str = ""
+    """The name of the chain's model that was called (``ModelEndpoint.name``); empty for a
+    model outside a chain (the configured, routed or offline model)."""
+    fallback: int = 0
+    """That model's place in the chain: 0 the first choice, 1 its first fallback, ..."""
 
 
 class ToolAttemptReport(_Model):
@@ -511,6 +622,10 @@ class ModelCallRow(_LedgerRow):
     output_tokens: int
     duration_ms: float
     created_at: datetime
+    endpoint: str = ""
+    """The chain's model that was called (``ModelEndpoint.name``); empty outside a chain."""
+    fallback: int = 0
+    """Its place in the chain (0: the first choice)."""
 
 
 class ToolCallRow(_LedgerRow):

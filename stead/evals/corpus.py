@@ -6,7 +6,8 @@ Starts a throwaway embedded stack (own ports and data directory), runs one scena
 distinct path of the reference agents through the production worker (``WorkerHost``, memory on
 with the hashing embedder), plays the human where a path needs one (approve or reject by
 signal or by the ``decide`` update, or nobody at all until the deadlines pass), checks that
-each run really took the path it is named for, and writes one history per run as
+each run really took the path it is named for, then sweeps those runs with online evaluation
+(``EvaluationWorkflow``, :data:`SWEEPS`), and writes one history per run as
 ``<workflow id>.json`` plus a ``README.md`` index. A scenario that does not take its path
 fails the recording: a corpus file must show what its name says.
 
@@ -33,6 +34,11 @@ from typing import Any, Literal
 
 from temporalio.client import Client, WorkflowHandle, WorkflowHistory
 
+from stead.contracts.evaluation import (
+    EVALUATION_WORKFLOW,
+    EvaluationSweep,
+    EvaluationSweepSummary,
+)
 from stead.contracts.models import (
     ApprovalDecision,
     DecideInput,
@@ -210,6 +216,28 @@ SCENARIOS: list[CorpusScenario] = [
 ]
 
 
+@dataclass(frozen=True)
+class CorpusSweep:
+    """A recorded online-evaluation sweep (``EvaluationWorkflow``), run after the agent
+    scenarios so that it grades their finished runs. The file holds the sweep's first run."""
+
+    name: str
+    shows: str
+    sweep: EvaluationSweep
+    agents: str = "ops, refund"
+
+    @property
+    def workflow_id(self) -> str:
+        return f"corpus-{self.name}"
+
+
+SWEEPS: list[CorpusSweep] = [
+    CorpusSweep("evaluation-sweep",
+                "online evaluation grades the finished runs, 10 per round in batches of 4, then "
+                "continues as new", EvaluationSweep(limit=10, batch=4)),
+]
+
+
 def leaky(model: FunctionModel) -> FunctionModel:
     """``model`` whose first answer (before any reask) leaks an IBAN."""
     async def turn(messages: Sequence[Message], tools: Sequence[ToolSchema]) -> ModelTurn:
@@ -312,7 +340,7 @@ async def export_histories(client: Client, out: Path, *, query: str,
 
 @dataclass(frozen=True)
 class Recorded:
-    scenario: CorpusScenario
+    scenario: CorpusScenario | CorpusSweep
     path: Path
     status: str
     events: int
@@ -385,9 +413,30 @@ async def _record_one(client: Client, sc: CorpusScenario, settings: Settings,
     return Recorded(sc, path, status, len(history.events), path.stat().st_size)
 
 
+async def _record_sweep(client: Client, sw: CorpusSweep, settings: Settings,
+                        out: Path) -> Recorded:
+    from temporalio.api.enums.v1 import EventType
+
+    handle = await client.start_workflow(
+        EVALUATION_WORKFLOW, sw.sweep, id=sw.workflow_id, task_queue=settings.temporal.task_queue,
+        result_type=EvaluationSweepSummary)
+    summary = await asyncio.wait_for(handle.result(), 120)
+    first = client.get_workflow_handle(sw.workflow_id, run_id=handle.first_execution_run_id)
+    history = await first.fetch_history()
+    last = history.events[-1].event_type
+    if summary.rounds < 2 or summary.failed_activities or summary.runs <= sw.sweep.limit \
+            or last != EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW:
+        raise RuntimeError(f"{sw.workflow_id} did not take its path ({sw.shows}): "
+                           f"{summary.model_dump_json()}, last event {last}")
+    path = write_history(history, out / history_file_name(sw.workflow_id))
+    return Recorded(sw, path, "continued as new", len(history.events), path.stat().st_size)
+
+
 async def record_corpus(out: Path, *, scenarios: Sequence[CorpusScenario] = tuple(SCENARIOS),
+                        sweeps: Sequence[CorpusSweep] = tuple(SWEEPS),
                         progress: Callable[[str], None] = print) -> list[Recorded]:
-    """Run ``scenarios`` on a throwaway embedded stack and write their histories to ``out``."""
+    """Run ``scenarios`` on a throwaway embedded stack, then ``sweeps`` over their runs, and
+    write their histories to ``out``."""
     from stead.agents import reference_catalog
     from stead.agents.ops import default_world as ops_world
     from stead.agents.ops.runbooks import index_runbooks
@@ -438,9 +487,14 @@ async def record_corpus(out: Path, *, scenarios: Sequence[CorpusScenario] = tupl
                     progress(f"  {rec.path.name}: {rec.status}, {rec.events} events, "
                              f"{rec.size / 1024:.0f} KiB")
                     recorded.append(rec)
+                for sw in sweeps:
+                    rec = await _record_sweep(host.client, sw, settings, out)
+                    progress(f"  {rec.path.name}: {rec.status}, {rec.events} events, "
+                             f"{rec.size / 1024:.0f} KiB")
+                    recorded.append(rec)
         finally:
             await stack.stop()
-    if len(recorded) == len(SCENARIOS):
+    if len(recorded) == len(SCENARIOS) + len(SWEEPS):
         _write_index(out, recorded)  # a partial re-recording keeps the full index
     return recorded
 
@@ -465,9 +519,15 @@ def _write_index(out: Path, recorded: Sequence[Recorded]) -> None:
              "| file | agent | outcome | events | what it shows |",
              "| --- | --- | --- | ---: | --- |"]
     for r in recorded:
-        lines.append(f"| `{r.path.name}` | {r.scenario.request.agent} | {r.status} | "
-                     f"{r.events} | {r.scenario.shows} |")
+        agent = r.scenario.request.agent if isinstance(r.scenario, CorpusScenario) \
+            else r.scenario.agents
+        lines.append(f"| `{r.path.name}` | {agent} | {r.status} | {r.events} | "
+                     f"{r.scenario.shows} |")
     (out / "README.md").write_text("\n".join(lines) + "\n")
+
+
+def _names() -> list[str]:
+    return [s.name for s in SCENARIOS] + [s.name for s in SWEEPS]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -477,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="directory to write the histories to (default evals/histories)")
     ap.add_argument("--only", action="append", default=[], metavar="NAME",
                     help="record only this scenario (repeatable); names: "
-                         + ", ".join(s.name for s in SCENARIOS))
+                         + ", ".join(_names()))
     args = ap.parse_args(argv)
     # Offline and self-contained: never a real model or someone else's servers.
     for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "PINECONE_API_KEY", "TEMPORAL_ADDRESS",
@@ -485,12 +545,14 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.pop(var, None)
     # The flaky tools fail on purpose; the SDK would log each failure with a traceback.
     logging.getLogger("temporalio").setLevel(logging.ERROR)
-    unknown = sorted(set(args.only) - {s.name for s in SCENARIOS})
+    unknown = sorted(set(args.only) - set(_names()))
     if unknown:
         ap.error(f"unknown scenario(s): {', '.join(unknown)}")
     chosen = [s for s in SCENARIOS if not args.only or s.name in args.only]
+    # A sweep grades the runs recorded before it: with --only it needs its agents' scenarios.
+    swept = [s for s in SWEEPS if not args.only or s.name in args.only]
     started = time.perf_counter()
-    recorded = asyncio.run(record_corpus(args.out, scenarios=chosen))
+    recorded = asyncio.run(record_corpus(args.out, scenarios=chosen, sweeps=swept))
     print(f"recorded {len(recorded)} histories in {args.out} "
           f"({time.perf_counter() - started:.0f} s)")
     return 0

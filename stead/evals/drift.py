@@ -13,6 +13,8 @@ signal                   statistic                                        test
 =======================  ===============================================  ====================
 ``success_rate``         recent minus baseline share of completed runs    two-proportion z
                                                                           (Fisher if sparse)
+``task_success``         recent minus baseline share of evaluated runs    two-proportion z
+                         that succeeded (online evaluation's verdicts)    (Fisher if sparse)
 ``latency``              Kolmogorov-Smirnov distance D of run latencies   two-sample KS
 ``tool_sequences``       Jensen-Shannon distance (base 2, 0..1) of the    permutation
                          shares of each tool-call sequence
@@ -96,7 +98,8 @@ __all__ = [
 ]
 
 SignalStatus = Literal["ok", "crossed", "insufficient data", "skipped"]
-"""``skipped``: the signal could not be computed at all (no embedder, embedder failed)."""
+"""``skipped``: the signal could not be computed at all (no embedder, embedder failed, no
+run evaluated)."""
 
 _SEED = 20240601  # permutation tests are seeded: the same windows give the same report
 
@@ -219,7 +222,8 @@ async def compute_report(baseline: Sequence[RunSample], recent: Sequence[RunSamp
 def _signals(baseline: list[RunSample], recent: list[RunSample], th: DriftThresholds,
              vectors: tuple[NDArray[np.float64], NDArray[np.float64]] | str | None,
              ) -> list[DriftSignal]:
-    out = [_success_rate(baseline, recent, th), _latency(baseline, recent, th),
+    out = [_success_rate(baseline, recent, th), _task_success(baseline, recent, th),
+           _latency(baseline, recent, th),
            _sequences(baseline, recent, th), *_guardrails(baseline, recent, th),
            *_tool_failures(baseline, recent, th)]
     if vectors is None:
@@ -297,6 +301,21 @@ def _success_rate(b: list[RunSample], r: list[RunSample], th: DriftThresholds) -
     return _proportion("success_rate", "completed", "runs",
                        sum(s.succeeded for s in b), len(b), sum(s.succeeded for s in r), len(r),
                        delta=th.success_rate_delta, need=th.min_runs, th=th)
+
+
+def _task_success(b: list[RunSample], r: list[RunSample], th: DriftThresholds) -> DriftSignal:
+    """Over the runs online evaluation gave a verdict (``stead.evals.online``); the others
+    are not in either window's rate."""
+    eb = [s.task_success for s in b if s.task_success is not None]
+    er = [s.task_success for s in r if s.task_success is not None]
+    if not eb and not er:
+        return DriftSignal(name="task_success", test="two-proportion z-test", status="skipped",
+                           n_baseline=0, n_recent=0,
+                           detail="no run of either window was evaluated (declare "
+                                  "OnlineEvals on the agent; `stead grade`)")
+    return _proportion("task_success", "succeeded (evaluated)", "evaluated runs", sum(eb),
+                       len(eb), sum(er), len(er), delta=th.task_success_delta,
+                       need=th.min_runs, th=th)
 
 
 def _latency(b: list[RunSample], r: list[RunSample], th: DriftThresholds) -> DriftSignal:

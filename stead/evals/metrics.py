@@ -10,7 +10,12 @@ suites, counterfactual replays) are left out unless ``include_synthetic``.
 
 Definitions (each figure says what it counts):
 
-- success rate = completed / finished runs (running ones are not finished yet);
+- success rate = completed / finished runs (running ones are not finished yet): the
+  *completion* rate;
+- task success = evaluated runs that succeeded / evaluated runs, where online evaluation
+  (``stead.evals.online``) gave a run its verdict: it succeeded when it completed and no
+  evaluator failed it; runs an evaluator could not grade (it raised) are counted apart as
+  ``unknown`` and left out of the rate, runs not (yet) evaluated are not counted;
 - run latency = ``finished_at - started_at`` of finished runs;
 - a tool *call* is one idempotency key (one tool at one step); its attempts are Temporal's
   retries. failure rate = calls that never succeeded / calls; attempt failure rate = failed
@@ -32,6 +37,7 @@ import asyncpg
 from pydantic import BaseModel, ConfigDict, Field
 
 from stead.evals import SYNTHETIC_KEY
+from stead.evals.online import TASK_VERDICTS
 from stead.evals.samples import parse_when
 from stead.observability.telemetry import GUARDRAIL_KINDS
 from stead.settings import ModelPrice
@@ -40,11 +46,13 @@ from stead.storage.ledger import Ledger
 __all__ = [
     "AgentMetrics",
     "ApprovalMetrics",
+    "EvaluatorMetrics",
     "GuardrailCount",
     "MetricsFilter",
     "MetricsReport",
     "ModelUsage",
     "Percentiles",
+    "TaskSuccess",
     "ToolMetrics",
     "compute_metrics",
     "parse_when",
@@ -110,6 +118,35 @@ class ModelUsage(_Model):
     latency_ms: Percentiles
 
 
+class EvaluatorMetrics(_Model):
+    """One evaluator version's rows over the window's runs."""
+
+    evaluator: str
+    version: int
+    scored: int
+    passed: int
+    errors: int
+    """Runs it could not grade: it raised (a failed judge model, a bug in a rule)."""
+    skipped: int
+    """Runs it did not grade: they did not complete, or it does not apply to them."""
+    pass_rate: float | None
+    """passed / scored; None before it scored a run."""
+
+
+class TaskSuccess(_Model):
+    """Task success from online evaluation: how many evaluated runs really did their task."""
+
+    rate: float | None = None
+    """succeeded / evaluated; None before any run was evaluated."""
+    evaluated: int = 0
+    """Finished runs with a verdict (each completed and passed, or not)."""
+    succeeded: int = 0
+    """Evaluated runs that completed and that no evaluator failed."""
+    unknown: int = 0
+    """Runs with no verdict: an evaluator raised and none failed them (not in ``rate``)."""
+    evaluators: list[EvaluatorMetrics] = Field(default_factory=list)
+
+
 class AgentMetrics(_Model):
     agent: str
     """Agent name, or ``*`` for the row over all agents."""
@@ -118,7 +155,9 @@ class AgentMetrics(_Model):
     finished: int
     completed: int
     success_rate: float | None
-    """completed / finished; None before any run finished."""
+    """completed / finished (the completion rate); None before any run finished."""
+    task_success: TaskSuccess = TaskSuccess()
+    """Evaluated task success (``stead.evals.online``), beside the completion rate."""
     latency_ms: Percentiles
     escalated_runs: int
     denied_runs: int
@@ -269,6 +308,25 @@ group by a.tool
 """
 
 
+_Q_TASK = _RUNS + ", " + TASK_VERDICTS.format(runs="runs") + """
+select r.agent, count(*) filter (where v.verdict <> 'unknown') as evaluated,
+  count(*) filter (where v.verdict = 'succeeded') as succeeded,
+  count(*) filter (where v.verdict = 'unknown') as unknown
+from runs r join verdicts v on v.workflow_id = r.workflow_id and v.run_id = r.run_id
+group by grouping sets ((r.agent), ())
+"""
+
+_Q_EVALUATORS = _RUNS + """
+select r.agent, e.evaluator, e.version,
+  count(*) filter (where e.status = 'scored') as scored,
+  count(*) filter (where e.status = 'scored' and e.passed) as passed,
+  count(*) filter (where e.status = 'error') as errors,
+  count(*) filter (where e.status = 'skipped') as skipped
+from runs r join stead_evaluations e on e.workflow_id = r.workflow_id and e.run_id = r.run_id
+group by grouping sets ((r.agent, e.evaluator, e.version), (e.evaluator, e.version))
+"""
+
+
 def _pct(count: int, values: Sequence[float | None] | None) -> Percentiles:
     if not count or values is None:
         return Percentiles(count=count)
@@ -298,6 +356,11 @@ async def compute_metrics(ledger: Ledger, flt: MetricsFilter, *,
             "models": await c.fetch(_Q_MODELS, *args),
             "tool_calls": await c.fetch(_Q_TOOL_CALLS, *args),
             "tool_attempts": await c.fetch(_Q_TOOL_ATTEMPTS, *args),
+            # A ledger not yet migrated to online evaluation (0008) has no scores to read.
+            **({"task": await c.fetch(_Q_TASK, *args),
+                "evaluators": await c.fetch(_Q_EVALUATORS, *args)}
+               if await c.fetchval("select to_regclass('stead_evaluations') is not null")
+               else {"task": [], "evaluators": []}),
         }
 
     # One snapshot: every query sees the same runs even while runs are finishing.
@@ -321,6 +384,19 @@ async def compute_metrics(ledger: Ledger, flt: MetricsFilter, *,
             r["model"], r["calls"], r["errors"], r["tokens_in"], r["tokens_out"],
             _pct(r["calls"], r["latency"]), prices))
 
+    graded: dict[str, list[EvaluatorMetrics]] = {}
+    for r in rows["evaluators"]:
+        graded.setdefault(key(r["agent"]), []).append(EvaluatorMetrics(
+            evaluator=r["evaluator"], version=r["version"], scored=r["scored"],
+            passed=r["passed"], errors=r["errors"], skipped=r["skipped"],
+            pass_rate=_rate(r["passed"], r["scored"])))
+    task = {key(r["agent"]): TaskSuccess(
+        rate=_rate(r["succeeded"], r["evaluated"]), evaluated=r["evaluated"],
+        succeeded=r["succeeded"], unknown=r["unknown"],
+        evaluators=sorted(graded.get(key(r["agent"]), []),
+                          key=lambda e: (e.evaluator, e.version)))
+        for r in rows["task"]}
+
     def agent_row(r: asyncpg.Record) -> AgentMetrics:
         name = key(r["agent"])
         status = by_status.get(name, {})
@@ -330,6 +406,7 @@ async def compute_metrics(ledger: Ledger, flt: MetricsFilter, *,
             agent=name, runs=r["runs"], by_status=dict(sorted(status.items())),
             finished=r["finished"], completed=r["completed"],
             success_rate=_rate(r["completed"], r["finished"]),
+            task_success=task.get(name, TaskSuccess()),
             latency_ms=_pct(r["timed"], r["latency"]),
             escalated_runs=status.get("escalated", 0), denied_runs=status.get("denied", 0),
             refused_runs=status.get("refused", 0), gate_denials=dec.get(("gate", "deny"), 0),

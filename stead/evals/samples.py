@@ -5,7 +5,8 @@
 
 A :class:`RunSample` is what the statistics need about one run, flattened from the ledger's
 tables: its outcome and latency, the ordered tool calls it made, every tool attempt's outcome,
-the guardrail decisions it triggered and the request text. Runs that stead started itself
+the guardrail decisions it triggered, the request text and its online-evaluation verdict (task
+success). Runs that stead started itself
 (eval suites, counterfactual replays: ``metadata ? 'stead.synthetic'``) are left out unless
 asked for, so production figures are not polluted by tests of the agents.
 """
@@ -21,6 +22,7 @@ import asyncpg
 from stead.contracts.drift import DEFAULT_LIMIT, Window
 from stead.errors import SteadError
 from stead.evals import SYNTHETIC_KEY
+from stead.evals.online import task_verdicts
 
 __all__ = [
     "DEFAULT_LIMIT",
@@ -81,6 +83,9 @@ class RunSample:
     attempts: list[ToolAttempt] = field(default_factory=list)
     """Finished tool attempts, retries included (in-flight ones are left out)."""
     decisions: list[DecisionSample] = field(default_factory=list)
+    task_success: bool | None = None
+    """Online evaluation's verdict: True when the run completed and no evaluator failed it;
+    None when it was not evaluated (or an evaluator could not grade it)."""
 
     @property
     def succeeded(self) -> bool:
@@ -175,5 +180,8 @@ async def load_runs(pool: asyncpg.Pool, window: Window, *, agent: str | None = N
                 wids, rids, list(GUARDRAIL_KINDS)):
             samples[(r["workflow_id"], r["run_id"])].decisions.append(
                 DecisionSample(r["kind"], r["decision"]))
+        for k, verdict in (await task_verdicts(conn, list(samples))).items():
+            if verdict != "unknown":
+                samples[k].task_success = verdict == "succeeded"
     return sorted(samples.values(), key=lambda s: s.started_at)
 

@@ -3,6 +3,7 @@
 - :class:`OpenAIModel` — OpenAI chat completions (or any OpenAI-compatible server) via the
   ``openai`` SDK. Retries are Temporal's: the SDK's own retries are off, and errors are mapped
   to retryable / non-retryable ``ApplicationError`` with the server's Retry-After honoured.
+  Its sibling for OpenAI's Responses API is ``stead.integrations.openai_responses``.
 - :class:`ScriptedModel` — a fixed list of turns, picked by how many assistant turns the
   transcript already has, so retries and replays see the same answer. For tests and evals.
 - :class:`FunctionModel` — a Python function of the transcript. The reference agents' offline
@@ -27,7 +28,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from stead.contracts.models import Message, ModelTurn, ToolCall, ToolSchema, Usage
+from stead.contracts.models import Message, ModelEndpoint, ModelTurn, ToolCall, ToolSchema, Usage
+from stead.integrations.openai_params import chat_parameters
 
 if TYPE_CHECKING:
     from openai.types.chat import ChatCompletion
@@ -206,13 +208,16 @@ class ModelCallError(Exception):
 
 
 class OpenAIModel:
-    """OpenAI chat completions with tools, via the official SDK."""
+    """OpenAI chat completions with tools, via the official SDK. ``endpoint``: the settings
+    to send (temperature, output limit, reasoning effort, ...; see
+    ``stead.integrations.openai_params``)."""
 
     def __init__(self, *, model: str, api_key: str, base_url: str | None = None,
-                 timeout: float = 60.0) -> None:
+                 timeout: float = 60.0, endpoint: ModelEndpoint | None = None) -> None:
         import openai
 
         self._model = model
+        self._endpoint = endpoint
         # max_retries=0: Temporal owns retries, so they show in history and obey the policy.
         self._client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url,
                                           timeout=timeout, max_retries=0)
@@ -261,6 +266,8 @@ class OpenAIModel:
                                                   "parameters": t.parameters}}
                 for t in tools
             ]
+        if self._endpoint is not None:
+            kwargs.update(chat_parameters(self._endpoint, tools))
         return kwargs
 
 

@@ -144,18 +144,22 @@ class SteadMetrics:
             self.tool_failures.add(1, {"stead.tool": tool, "error.type": error_type or "_OTHER"})
 
     def model_call(self, *, model: str, response_model: str | None, status: str,
-                   seconds: float, input_tokens: int, output_tokens: int) -> None:
+                   seconds: float, input_tokens: int, output_tokens: int,
+                   endpoint: str = "", fallback: int = 0) -> None:
         """One model call attempt finished; ``model`` is the client label
-        (``openai:gpt-4o-mini``, ``scripted:ops``)."""
+        (``openai:gpt-4o-mini``, ``scripted:ops``). A model of an agent's chain adds its name
+        (``stead.model.endpoint``) and place (``stead.model.fallback``, 0 the first choice)."""
         provider, request_model = _provider_and_model(model)
+        chain: dict[str, str | int] = ({"stead.model.endpoint": endpoint,
+                                        "stead.model.fallback": fallback} if endpoint else {})
         self.model_duration.record(seconds, {"gen_ai.request.model": request_model,
                                              "gen_ai.provider.name": provider,
-                                             "stead.status": status})
+                                             "stead.status": status, **chain})
         if status != "ok":
             return
-        attrs: dict[str, str] = {"gen_ai.operation.name": "chat",
-                                 "gen_ai.provider.name": provider,
-                                 "gen_ai.request.model": request_model}
+        attrs: dict[str, str | int] = {"gen_ai.operation.name": "chat",
+                                       "gen_ai.provider.name": provider,
+                                       "gen_ai.request.model": request_model, **chain}
         if response_model:
             attrs["gen_ai.response.model"] = response_model
         self.token_usage.record(input_tokens, {**attrs, "gen_ai.token.type": "input"})

@@ -334,16 +334,20 @@ class SteadTracing:
                           separators=(",", ":"))
 
     @contextmanager
-    def chat(self, *, model: str, ref: RunRef,
-             messages: Sequence[Message]) -> Iterator[ChatSpan]:
+    def chat(self, *, model: str, ref: RunRef, messages: Sequence[Message],
+             endpoint: str | None = None, fallback: int = 0) -> Iterator[ChatSpan]:
         """``chat {model}`` around one model call; ``model`` is the client label
-        (``openai:gpt-4o-mini``, ``scripted:ops``). Set the response on the yielded span."""
+        (``openai:gpt-4o-mini``, ``scripted:ops``). Set the response on the yielded span.
+        ``endpoint``, ``fallback``: the model's name and place in the agent's chain."""
         if not self.enabled:
             yield _NO_CHAT
             return
         provider, request_model = provider_and_model(model)
         attrs: Attributes = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": provider,
                              "gen_ai.request.model": request_model, **_run_attributes(ref)}
+        if endpoint is not None:
+            attrs["stead.model.endpoint"] = endpoint
+            attrs["stead.model.fallback"] = fallback
         if self.capture_content:
             system = [m.content for m in messages if m.role == "system" and m.content]
             if system:

@@ -185,12 +185,14 @@ class Redactor:
         self._memo: dict[str, str] = {}
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, secrets: Secrets | None = None) -> Redactor:
+    def from_settings(cls, settings: Settings, *, secrets: Secrets | None = None,
+                      also: Iterable[tuple[str, str]] = ()) -> Redactor:
         """Everything the settings know: tool credentials (``secrets``, default
         ``Secrets.from_settings``), every other secret setting (API keys, codec keys, tokens),
-        database passwords, ``STEAD_REDACT_PATTERNS`` and ``STEAD_REDACT_PII``."""
+        database passwords, ``STEAD_REDACT_PATTERNS`` and ``STEAD_REDACT_PII``; plus ``also``,
+        ``(name, value)`` pairs known elsewhere (model keys from the agents' own variables)."""
         creds = secrets if secrets is not None else Secrets.from_settings(settings.security)
-        return cls(known=[*creds.items(), *_secret_settings(settings)],
+        return cls(known=[*creds.items(), *_secret_settings(settings), *also],
                    patterns=compile_patterns(settings.security.redact_patterns),
                    pii_kinds=settings.security.redact_pii)
 

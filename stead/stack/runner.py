@@ -28,6 +28,7 @@ async def serve(settings: Settings, console: Console) -> None:
         async with WorkerHost(resolved, served_catalog(resolved)) as host, \
                 ApiServer(create_app(resolved, client=host.client), host=resolved.api.host,
                           port=resolved.api.port) as api:
+            await host.keep_evaluation_schedule()
             table = Table(title="stead is up", show_header=False)
             table.add_row("Temporal", resolved.temporal.address or "")
             table.add_row("Web UI", stack.ui_url or "(external server: see its own UI)")

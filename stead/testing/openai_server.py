@@ -9,9 +9,14 @@ do — rate limits, 5xx, slow answers, truncated bodies, broken tool calls::
         model = OpenAIModel(model="gpt-4o-mini", api_key="test", base_url=srv.base_url)
 
 Endpoints: ``POST /v1/chat/completions`` (whole answers, or server-sent chunks with
-``"stream": true``, usage last with ``stream_options.include_usage``) and ``POST /v1/embeddings``
-(deterministic vectors, ``float`` or ``base64`` encoded). A streamed answer comes in word-sized
-pieces, ``chunk_delay`` seconds apart. Run it standalone to point any OpenAI client at it::
+``"stream": true``, usage last with ``stream_options.include_usage``), ``POST /v1/responses``
+(OpenAI's Responses API, non-streaming; see ``stead.testing._openai_responses``) and ``POST
+/v1/embeddings`` (deterministic vectors, ``float`` or ``base64`` encoded). Both chat APIs are
+answered by the same responder, and both refuse what OpenAI refuses of the models named
+``reasoning_models`` (``temperature``, ``max_tokens``) and of the others (a reasoning effort),
+and tools sent ``strict`` whose schema strict mode would not take. A streamed chat answer comes
+in word-sized pieces, ``chunk_delay`` seconds apart. Run it standalone to point any OpenAI
+client at it::
 
     python -m stead.testing.openai_server --port 8089
     export OPENAI_BASE_URL=http://127.0.0.1:8089/v1 OPENAI_API_KEY=test  # read by stead.settings
@@ -30,7 +35,7 @@ import re
 import struct
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import KW_ONLY, dataclass
 from typing import Literal, NotRequired, TypedDict, assert_never
 
@@ -39,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stead.contracts.models import JsonObject, Message, ModelTurn, ToolCall, ToolSchema, Usage
 from stead.integrations.llm import ModelClient
+from stead.testing import _openai_responses as responses_wire
 from stead.testing._http import LocalHTTPServer
 
 __all__ = [
@@ -66,7 +72,7 @@ FaultKind = Literal[
 ]
 """What a :class:`Fault` makes the server do instead of answering normally."""
 
-Endpoint = Literal["chat", "embeddings"]
+Endpoint = Literal["chat", "responses", "embeddings"]
 
 _DEFAULT_STATUS: dict[FaultKind, int] = {
     "rate_limit": 429,
@@ -227,6 +233,9 @@ class ChatRequest:
     tools: list[ToolSchema]
     body: JsonObject
     """The JSON body as received, for asserting on fields stead does not model."""
+    api: Literal["chat", "responses"] = "chat"
+    """Which endpoint it came to: chat completions, or the Responses API (whose input items
+    are already turned into ``messages``)."""
     stream: bool = False
     """The client asked for server-sent chunks (``"stream": true``)."""
     include_usage: bool = False
@@ -492,7 +501,7 @@ def _error_body(
 
 
 def _json_response(
-    payload: ChatCompletionJSON | EmbeddingsJSON | ErrorJSON,
+    payload: ChatCompletionJSON | EmbeddingsJSON | ErrorJSON | responses_wire.ResponseJSON,
     *,
     status: int = 200,
     headers: dict[str, str] | None = None,
@@ -588,11 +597,15 @@ class FakeOpenAIServer(LocalHTTPServer):
         embedding_dimensions: int = 16,
         shutdown_timeout: float = 2.0,
         access_log: bool = False,
+        reasoning_models: Collection[str] = (),
         chunk_delay: float = 0.0,
     ) -> None:
         """``port=0`` picks a free port. With ``api_key`` set, other bearer tokens get a 401
-        like OpenAI's ``invalid_api_key``; without it any key is accepted. ``chunk_delay``:
-        seconds between two chunks of a streamed answer."""
+        like OpenAI's ``invalid_api_key``; without it any key is accepted.
+        ``reasoning_models``: model names the server treats as OpenAI treats its reasoning
+        models (refusing ``temperature``; answering with a reasoning item in the Responses
+        API); every other model refuses a reasoning effort. ``chunk_delay``: seconds between
+        two chunks of a streamed chat answer."""
         super().__init__(host=host, port=port, shutdown_timeout=shutdown_timeout,
                          access_log=access_log)
         if chunk_delay < 0:
@@ -603,10 +616,16 @@ class FakeOpenAIServer(LocalHTTPServer):
         self._embedding_dimensions = embedding_dimensions
         self._faults: dict[Endpoint, collections.deque[Fault]] = {
             "chat": collections.deque(),
+            "responses": collections.deque(),
             "embeddings": collections.deque(),
         }
+        self._reasoning_models = frozenset(reasoning_models)
+        self._issued_reasoning: dict[str, str] = {}
+        """Reasoning item id -> the encrypted content sent with it (checked when it comes back)."""
         self.requests: list[JsonObject] = []
         """JSON bodies of the chat completion requests, in arrival order (faulted ones too)."""
+        self.response_requests: list[JsonObject] = []
+        """JSON bodies of the Responses API requests, in arrival order (faulted ones too)."""
         self.embedding_requests: list[JsonObject] = []
         """JSON bodies of the embedding requests, in arrival order."""
 
@@ -621,6 +640,7 @@ class FakeOpenAIServer(LocalHTTPServer):
         embedding_dimensions: int = 16,
         shutdown_timeout: float = 2.0,
         access_log: bool = False,
+        reasoning_models: Collection[str] = (),
         chunk_delay: float = 0.0,
     ) -> FakeOpenAIServer:
         """A server whose answers come from a stead model client (see :func:`model_responder`)."""
@@ -632,6 +652,7 @@ class FakeOpenAIServer(LocalHTTPServer):
             embedding_dimensions=embedding_dimensions,
             shutdown_timeout=shutdown_timeout,
             access_log=access_log,
+            reasoning_models=reasoning_models,
             chunk_delay=chunk_delay,
         )
 
@@ -640,6 +661,7 @@ class FakeOpenAIServer(LocalHTTPServer):
     def build_app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat_completions)
+        app.router.add_post("/v1/responses", self._responses)
         app.router.add_post("/v1/embeddings", self._embeddings)
         return app
 
@@ -655,7 +677,8 @@ class FakeOpenAIServer(LocalHTTPServer):
         """Queue faults; each later request to ``endpoint`` consumes one, in order."""
         for fault in faults:
             if endpoint == "embeddings" and fault.kind in _CHAT_ONLY_FAULTS:
-                raise ValueError(f"{fault.kind} faults only make sense for chat completions")
+                raise ValueError(f"{fault.kind} faults only make sense for chat completions "
+                                 f"and the Responses API")
         self._faults[endpoint].extend(faults)
 
     def pending_faults(self, endpoint: Endpoint = "chat") -> int:
@@ -708,6 +731,9 @@ class FakeOpenAIServer(LocalHTTPServer):
             chat = _to_chat_request(body)
         except ValidationError as err:
             return _invalid_request(err)
+        refused = self._refusal(chat)
+        if refused is not None:
+            return refused
         fault = self._next_fault("chat")
         if fault is None:
             return await self._answer(request, chat)
@@ -790,6 +816,85 @@ class FakeOpenAIServer(LocalHTTPServer):
         await resp.write_eof()
         return resp
 
+    def _refusal(self, chat: ChatRequest) -> web.Response | None:
+        """The 400 OpenAI answers to parameters this model refuses, if any."""
+        bad = responses_wire.refusal(chat.api, chat.body,
+                                     reasoning=chat.model in self._reasoning_models)
+        return None if bad is None else _bad_request(bad)
+
+    # -- the Responses API
+
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
+        body = await self._read_body(request)
+        if isinstance(body, web.Response):
+            return body
+        self.response_requests.append(body)
+        try:
+            model, messages, tools = responses_wire.parse_request(
+                body, issued=self._issued_reasoning)
+        except ValidationError as err:
+            return _invalid_request(err)
+        except responses_wire.BadRequest as err:
+            return _bad_request(err)
+        chat = ChatRequest(model=model, messages=messages, tools=tools, body=body,
+                           api="responses")
+        refused = self._refusal(chat)
+        if refused is not None:
+            return refused
+        if body.get("stream"):
+            return _json_response(
+                _error_body("FakeOpenAIServer does not stream the Responses API.",
+                            type_="invalid_request_error", param="stream"),
+                status=400,
+            )
+        fault = self._next_fault("responses")
+        if fault is None:
+            return await self._answer_responses(chat)
+        match fault.kind:
+            case "rate_limit" | "server_error" | "client_error":
+                return _fault_error_response(fault)
+            case "timeout":
+                if await self._wait_or_closing(fault.delay):
+                    return _json_response(
+                        _error_body("Server shutting down.", type_="server_error"), status=503
+                    )
+                return await self._answer_responses(chat)
+            case "malformed_json":
+                text = fault.body
+                if text is None:
+                    full = json.dumps(self._render_response(ModelTurn(content="cut off"), chat))
+                    text = full[: len(full) // 2]
+                return web.Response(text=text, content_type=fault.content_type)
+            case "bad_tool_arguments" | "unknown_tool":
+                return _json_response(self._render_response(_faulty_turn(fault, chat), chat))
+            case "broken_stream":  # this endpoint does not stream: half the body, then drop
+                out = self._responder(chat)
+                turn = await out if isinstance(out, Awaitable) else out
+                full = json.dumps(self._render_response(turn, chat))
+                return await self._stream_raw(request, [full[: len(full) // 2]], sse=False,
+                                              broken=True)
+            case _:
+                assert_never(fault.kind)
+
+    async def _answer_responses(self, chat: ChatRequest) -> web.Response:
+        out = self._responder(chat)
+        turn = await out if isinstance(out, Awaitable) else out
+        return _json_response(self._render_response(turn, chat))
+
+    def _render_response(self, turn: ModelTurn, chat: ChatRequest
+                         ) -> responses_wire.ResponseJSON:
+        reasoning: JsonObject | None = None
+        thought = 0
+        if chat.model in self._reasoning_models:
+            said = next((m.content for m in reversed(chat.messages) if m.role == "user"), "")
+            include = chat.body.get("include") or []
+            reasoning, sealed = responses_wire.reasoning_item(
+                said or "", encrypted="reasoning.encrypted_content" in include)
+            self._issued_reasoning[str(reasoning["id"])] = sealed
+            thought = 8
+        return responses_wire.render_response(turn, body=chat.body, model=chat.model,
+                                              reasoning=reasoning, reasoning_tokens=thought)
+
     async def _embeddings(self, request: web.Request) -> web.Response:
         body = await self._read_body(request)
         if isinstance(body, web.Response):
@@ -844,6 +949,27 @@ class FakeOpenAIServer(LocalHTTPServer):
         except TimeoutError:
             return False
         return True
+
+
+def _bad_request(err: responses_wire.BadRequest) -> web.Response:
+    return _json_response(
+        _error_body(str(err), type_="invalid_request_error", code=err.code, param=err.param),
+        status=400,
+    )
+
+
+def _faulty_turn(fault: Fault, chat: ChatRequest) -> ModelTurn:
+    """The turn of a ``bad_tool_arguments`` or ``unknown_tool`` fault."""
+    if fault.kind == "bad_tool_arguments":
+        name = chat.tools[0].name if chat.tools else "some_tool"
+        return ModelTurn(tool_calls=[ToolCall(id=f"call_{uuid.uuid4().hex[:12]}", name=name,
+                                              arguments=fault.arguments)])
+    offered = {t.name for t in chat.tools}
+    name = fault.tool_name
+    while name in offered:
+        name += "_unknown"
+    return ModelTurn(tool_calls=[ToolCall(id=f"call_{uuid.uuid4().hex[:12]}", name=name,
+                                          arguments="{}")])
 
 
 def _invalid_request(err: ValidationError) -> web.Response:

