@@ -211,10 +211,10 @@ class _StreamPrinter:
 
     def __init__(self, as_json: bool) -> None:
         self.as_json = as_json
-        self.message: tuple[int, int] | None = None
-        """(step, attempt) of the message being written; None: none is."""
-        self.latest: dict[int, int] = {}
-        """step -> its latest attempt (text of earlier ones comes late: it is not shown)."""
+        self.message: tuple[int, int, int] | None = None
+        """(step, attempt, fallback) of the message being written; None: none is."""
+        self.latest: dict[int, tuple[int, int, int]] = {}
+        """step -> its latest message (late words of earlier ones are not shown)."""
         self.line_open = False
         self.waiting: list[str] = []
         """Lines that came while a message was being written."""
@@ -253,20 +253,19 @@ class _StreamPrinter:
             self._flush()
 
     def _token(self, t: TokenEvent) -> None:
-        key = (t.step, t.attempt)
-        if t.attempt < self.latest.get(t.step, 0):
-            return  # a late word of an attempt that was restarted
+        key = (t.step, t.attempt, t.fallback)
         if t.type == "start":
             self._end_line()
             self.message = None
             self._flush()
             if t.restart and t.step in self.latest:
-                self._line(f"  [dim](step {t.step}: attempt {t.attempt} restarts the "
-                           f"message)[/]")
-            self.latest[t.step] = t.attempt
+                who = (f"model {t.fallback + 1} of the chain" if t.fallback
+                       else f"attempt {t.attempt}")
+                self._line(f"  [dim](step {t.step}: {who} restarts the message)[/]")
+            self.latest[t.step] = key
             self.message = key
-        elif key != self.message:
-            return
+        elif key != self.message or self.latest.get(t.step) != key:
+            return  # a late word of a message that was restarted
         elif t.type == "text":
             self._write(t.text)
         elif t.type == "reset":

@@ -34,10 +34,12 @@ class StepEvent(StepInfo):
 
 
 class TokenEvent(_Event):
-    """A change to the message a model call is writing (``type``):
+    """A change to the message a model call is writing (``type``). A message is ``step``,
+    ``attempt`` and ``fallback``; per step, show the message of the latest ``start``:
 
-    - ``start``: an attempt begins the message of ``step``; with ``restart`` it replaces
-      whatever an earlier attempt (or an earlier try within this attempt) wrote: drop it.
+    - ``start``: a call begins the message of ``step``; with ``restart`` it replaces whatever
+      an earlier attempt, an earlier model of the chain or an earlier try within this attempt
+      wrote: drop it. Later events of other messages of the step are stale: ignore them.
     - ``text``: more text, to append.
     - ``reset``: the message's whole text so far, to show instead of what this attempt sent.
     - ``end``: the attempt finished; ``tool_calls`` names the tools the message calls.
@@ -46,6 +48,8 @@ class TokenEvent(_Event):
 
     step: int
     attempt: int
+    fallback: int = 0
+    """The called model's place in the agent's model chain (0: the first)."""
     type: StreamKind
     text: str = ""
     restart: bool = False

@@ -56,7 +56,8 @@ _APPROVAL_TYPES: dict[str, Literal["requested", "escalated", "decided"]] = {
 
 def token_event(row: StreamRow) -> TokenEvent:
     d = row.data
-    return TokenEvent(step=row.step, attempt=row.attempt, type=row.kind, text=row.text,
+    return TokenEvent(step=row.step, attempt=row.attempt, fallback=row.fallback,
+                      type=row.kind, text=row.text,
                       restart=bool(d.get("restart", False)), model=_str(d.get("model")),
                       finish_reason=_str(d.get("finish_reason")),
                       tool_calls=[str(t) for t in d.get("tool_calls") or []],

@@ -104,9 +104,12 @@ def _numeric(word: str) -> bool:
 class TurnPublisher:
     """Publishes one attempt of one model call (a :class:`~stead.integrations.llm.TurnSink`)."""
 
-    def __init__(self, ledger: Ledger, ref: RunRef, *, attempt: int,
+    def __init__(self, ledger: Ledger, ref: RunRef, *, attempt: int, fallback: int = 0,
                  interval: float = INTERVAL) -> None:
+        """``attempt``: the activity's attempt; ``fallback``: the called model's place in the
+        agent's chain. A message of a later attempt or of a fallback model restarts."""
         self._ledger = ledger
+        self._fallback = fallback
         self._redactor: Redactor = ledger.redactor
         self._ref = ref
         self._attempt = attempt
@@ -135,7 +138,7 @@ class TurnPublisher:
     # ----------------------------------------------------------------- TurnSink
 
     def begin(self, model: str) -> None:
-        restart = self._attempt > 1 or self._begun
+        restart = self._attempt > 1 or self._fallback > 0 or self._begun
         self._begun = self._open = True
         self._raw, self._sent, self._cut, self._settled = "", "", 0, (0, "")
         self._tools = []
@@ -224,7 +227,7 @@ class TurnPublisher:
             if pieces:
                 try:
                     await self._ledger.append_stream(self._ref, attempt=self._attempt,
-                                                     pieces=pieces)
+                                                     fallback=self._fallback, pieces=pieces)
                 except Exception as err:  # the stream is best effort; the call goes on
                     self._broken = True
                     log.warning("stream of %s step %d not published: %s: %s",

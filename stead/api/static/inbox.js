@@ -9,8 +9,9 @@
 //
 // Runs: the tenant's recent runs (GET /v1/runs, then `run` events). Following one reads
 // GET /v1/runs/{workflow_id}/events: its steps, the text its model calls write as they write
-// it (`token` events: `start` begins a message, and with `restart` drops what an earlier
-// attempt wrote; `text` appends; `reset` replaces), its approvals and its result. A broken
+// it (`token` events: `start` begins a step's message, and with `restart` drops what an
+// earlier attempt or model wrote; `text` appends; `reset` replaces), its approvals and its
+// result. A broken
 // stream resumes with Last-Event-ID, so no word is lost or shown twice.
 //
 // Everything the server sends is inserted with textContent, never as HTML: requests and tool
@@ -784,11 +785,12 @@
     return `approval ${a.approval_id}${what}: ${a.type}, waiting for ${a.decision}`;
   }
 
-  /** The message of a step as the stream's rules say (see the top of this file). */
+  /** The message of a step as the stream's rules say (see the top of this file): the latest
+   * `start` of a step wins; events of its other messages are stale. */
   function applyToken(f, t) {
     let m = f.messages.get(t.step);
+    const id = `${t.attempt}/${t.fallback ?? 0}`;
     if (t.type === "start") {
-      if (m && t.attempt < m.attempt) return;
       if (!m) {
         const el = document.createElement("li");
         const note = document.createElement("span");
@@ -800,18 +802,20 @@
         el.append(note, text);
         el.dataset.step = String(t.step);
         ui.runMessages.appendChild(el);
-        m = { el, note, textEl: text, attempt: 0, text: "" };
+        m = { el, note, textEl: text, id: "", text: "" };
         f.messages.set(t.step, m);
       } else if (t.restart) {
-        m.note.textContent = `attempt ${t.attempt} restarted this message`;
+        m.note.textContent = t.fallback
+          ? `model ${t.fallback + 1} of the chain restarted this message`
+          : `attempt ${t.attempt} restarted this message`;
         m.note.hidden = false;
       }
-      m.attempt = t.attempt;
+      m.id = id;
       m.text = "";
       m.el.dataset.attempt = String(t.attempt);
       m.el.dataset.writing = "true";
-    } else if (!m || t.attempt !== m.attempt) {
-      return;  // a late word of an attempt that was restarted
+    } else if (!m || id !== m.id) {
+      return;  // a late word of a message that was restarted
     } else if (t.type === "text") {
       m.text += t.text;
     } else if (t.type === "reset") {

@@ -38,10 +38,10 @@ StreamKind = Literal["start", "text", "reset", "end", "error"]
 
 _APPEND = (
     "with ins as ("
-    " insert into stead_stream(workflow_id, seq, run_id, tenant, step, attempt, kind, text,"
-    "  data)"
+    " insert into stead_stream(workflow_id, seq, run_id, tenant, step, attempt, fallback, kind,"
+    "  text, data)"
     " select $1, coalesce((select max(seq) from stead_stream where workflow_id=$1), 0) + p.n,"
-    "  $2, $3, $4, $5, p.kind, p.text, p.data"
+    "  $2, $3, $4, $5, $11, p.kind, p.text, p.data"
     " from unnest($6::text[], $7::text[], $8::jsonb[]) with ordinality as p(kind, text, data, n)"
     " order by p.n"
     " returning seq)"
@@ -69,6 +69,8 @@ class StreamRow(BaseModel):
     tenant: str
     step: int
     attempt: int
+    fallback: int = 0
+    """The called model's place in the agent's model chain (0: the first)."""
     kind: StreamKind
     text: str
     data: JsonObject
@@ -79,15 +81,17 @@ class LedgerStream(LedgerBase):
     """Appending to and reading the token stream (see the module docstring)."""
 
     async def append_stream(self, ref: RunRef, *, attempt: int, pieces: Sequence[StreamPiece],
+                            fallback: int = 0,
                             on_wait: Callable[[], None] | None = None) -> int:
-        """Store ``pieces`` in order as the next rows of the workflow's stream and wake its
-        readers; return the last row's ``seq``."""
+        """Store ``pieces`` in order as the next rows of the workflow's stream (of model call
+        ``attempt`` of step ``ref.step``, the chain's model ``fallback``) and wake its readers;
+        return the last row's ``seq``."""
         if not pieces:
             raise ValueError("append_stream needs at least one piece")
         payload = ref.workflow_id if len(ref.workflow_id.encode()) <= MAX_PAYLOAD_BYTES else ""
         args = (ref.workflow_id, ref.run_id, ref.tenant, ref.step, attempt,
                 [p.kind for p in pieces], [p.text.replace("\x00", "\ufffd") for p in pieces],
-                [p.data for p in pieces], STREAM_CHANNEL, payload)
+                [p.data for p in pieces], STREAM_CHANNEL, payload, fallback)
 
         async def op(c: asyncpg.Connection) -> int:
             for _ in range(20):

@@ -15,6 +15,10 @@
 --        end    the attempt finished (data: finish_reason, tool_calls)
 --        error  the attempt failed (data: error); a later attempt of the step restarts
 --
+-- A message is (step, attempt, fallback): fallback is the called model's place in the agent's
+-- model chain (0: the first), since a fallback model's call starts its attempts at 1 again.
+-- Readers show, per step, the message of the latest start row.
+--
 -- Rows are a convenience for live readers, not audit: stead_worker may delete old ones
 -- (the worker prunes rows past their retention).
 
@@ -25,6 +29,7 @@ create table stead_stream (
     tenant          text not null,
     step            integer not null,
     attempt         integer not null,
+    fallback        integer not null default 0,
     kind            text not null check (kind in ('start', 'text', 'reset', 'end', 'error')),
     text            text not null default '',
     data            jsonb not null default '{}',
