@@ -106,7 +106,8 @@ class ModelActivities:
         await self._ledger.append_decisions(req.decisions, on_wait=activity.heartbeat)
         self._tracing.decisions(req.decisions)
         messages = await self._transcript(req)
-        publisher = TurnPublisher(self._ledger, req.ref, attempt=info.attempt)
+        publisher = TurnPublisher(self._ledger, req.ref, attempt=info.attempt,
+                                  fallback=req.fallback)
         started = time.perf_counter()
         try:
             with self._tracing.chat(model=client.name, ref=req.ref, messages=messages,

@@ -452,3 +452,50 @@ async def test_a_listener_wakes_the_readers_of_the_workflow_written_to(
             await pub.drained()
             assert await mine.wait(timeout=10)
             assert not await not_mine.wait(timeout=0.3)
+
+
+# ---------------------------------------------------------------------------- model chains
+
+
+async def test_the_next_model_of_the_chain_restarts_the_message_it_takes_over(
+        settings: Settings, ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first model's stream breaks off on both its attempts; the second model of the
+    agent's chain answers. Each restart says so, the fallback's with ``fallback`` 1, and a
+    reader that follows the rules shows the second model's message once."""
+    from stead.contracts.models import ModelEndpoint
+
+    monkeypatch.setenv("STEAD_TEST_STREAM_KEY", "sk-stream-test-0123456789abcdef")
+    agent_turns = [ModelTurn(content=THINKING), ModelTurn(content=ANSWER)]
+    async with FakeOpenAIServer.from_model(ScriptedModel(agent_turns)) as first, \
+            FakeOpenAIServer.from_model(ScriptedModel(agent_turns)) as second:
+        first.inject(Fault("broken_stream", chunks=6), Fault("broken_stream", chunks=6))
+        chain = [ModelEndpoint.model_validate({
+            "model": MODEL, "base_url": srv.base_url, "api_key_env": "STEAD_TEST_STREAM_KEY",
+            "name": name, "max_attempts": 2}) for srv, name in ((first, "primary"),
+                                                                (second, "secondary"))]
+        agent = Agent(name="chained", instructions="Answer.", tools=[], models=chain,
+                      offline_model=ScriptedModel([ModelTurn(content="offline")]))
+        async with WorkerHost(settings, AgentCatalog([agent])) as host:
+            assert host.client is not None and settings.ledger.database_url is not None
+            from stead.client import start_run
+            from stead.contracts.models import RunRequest
+
+            handle = await start_run(host.client, RunRequest(agent="chained", input="hi"),
+                                     temporal=settings.temporal)
+            assert handle.result_run_id is not None
+            async with StreamListener(settings.ledger.database_url) as listener:
+                events = [e async for e in follow_run(
+                    host.client, ledger, listener, workflow_id=handle.id,
+                    run_id=handle.result_run_id, tenant="default") if e is not None]
+    result = events[-1].data
+    assert isinstance(result, ResultEvent) and result.result is not None
+    assert result.result.answer == THINKING
+    tokens = [e.data.model_dump() for e in events if e.name == "token"]
+    starts = [(t["attempt"], t["fallback"], t["restart"]) for t in tokens
+              if t["type"] == "start"]
+    assert starts == [(1, 0, False), (2, 0, True), (1, 1, True)], starts
+    assert [t["type"] for t in tokens if t["fallback"] == 0][-1] == "error"
+    assert render(tokens)[1] == (1, THINKING)
+    trail = await ledger.trail(handle.id)
+    assert [(m.fallback, m.attempt, m.status) for m in trail.model_calls] == [
+        (0, 1, "error"), (0, 2, "error"), (1, 1, "ok")]
