@@ -1,10 +1,14 @@
 """The model activity: one model call (chat completions or the Responses API), logged in the
-ledger with the model of the agent's chain that was called."""
+ledger with the model of the agent's chain that was called, its text published to the token
+stream as it is written (``stead.streaming``; never into Temporal's history)."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Callable
+from datetime import timedelta
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -12,12 +16,19 @@ from temporalio.exceptions import ApplicationError
 from stead import errors
 from stead.authoring.agent import AgentCatalog
 from stead.contracts.models import Message, ModelCallRecord, ModelRequest, ModelTurn, Usage
-from stead.integrations.llm import ModelCallError, ModelClient
+from stead.integrations.llm import ModelCallError, ModelClient, complete_streaming, write_turn
 from stead.integrations.model_endpoints import ModelEndpoints
 from stead.observability.telemetry import NO_METRICS, SteadMetrics
 from stead.observability.tracing import NO_TRACING, SteadTracing
 from stead.storage.blobs import BLOB_MISSING, BlobCorrupt, BlobError, BlobMissing, BlobStore
 from stead.storage.ledger import Ledger
+from stead.streaming import TurnPublisher
+
+log = logging.getLogger("stead.streaming")
+
+STREAM_RETENTION = timedelta(hours=24)
+"""Token stream rows older than this are deleted (the final messages stay in the ledger)."""
+PRUNE_EVERY_SECONDS = 600.0
 
 
 class ModelActivities:
@@ -30,12 +41,18 @@ class ModelActivities:
                  tracing: SteadTracing = NO_TRACING,
                  max_payload_bytes: int = 1_500_000,
                  blobs: BlobStore | None = None,
-                 endpoints: ModelEndpoints | None = None) -> None:
+                 endpoints: ModelEndpoints | None = None,
+                 stream: bool = True) -> None:
         """``max_payload_bytes``: a bigger answer fails the call (``PayloadTooLarge``).
         ``blobs``: expands tool results that travel by reference and ``ModelRequest.context``
         before the model is called, and stores the extended context after it answers.
         ``endpoints``: calls the model of an agent's chain that a request names (None: every
-        request is answered as if it named none)."""
+        request is answered as if it named none).
+        ``stream``: ask models that can stream to do so; off, each answer is asked for whole
+        and published as one piece when it arrives (for servers that cannot stream)."""
+        self._stream = stream
+        self._next_prune = 0.0
+        self._pruning: set[asyncio.Task[int]] = set()
         self._blobs = blobs
         self._endpoints = endpoints
         self._max_payload = max_payload_bytes
@@ -89,21 +106,32 @@ class ModelActivities:
         await self._ledger.append_decisions(req.decisions, on_wait=activity.heartbeat)
         self._tracing.decisions(req.decisions)
         messages = await self._transcript(req)
+        publisher = TurnPublisher(self._ledger, req.ref, attempt=info.attempt,
+                                  fallback=req.fallback)
         started = time.perf_counter()
         try:
             with self._tracing.chat(model=client.name, ref=req.ref, messages=messages,
                                     endpoint=req.endpoint.name if req.endpoint else None,
                                     fallback=req.fallback) as chat:
-                turn = await client.complete(messages, req.tools)
+                if self._stream:
+                    turn = await complete_streaming(client, messages, req.tools, publisher)
+                else:
+                    turn = await client.complete(messages, req.tools)
+                    write_turn(publisher, turn, model=client.name)
                 chat.response(turn)
         except ModelCallError as err:
-            await self._record(req, info.attempt, client.name, started, error=err)
             # A provider's message may quote a key; the cause would carry it into history.
-            raise ApplicationError(self._ledger.redactor.text(str(err)), type=err.kind,
-                                   non_retryable=not err.retryable,
+            message = self._ledger.redactor.text(str(err))
+            await self._failed(req, info.attempt, client.name, started, err, message, publisher)
+            raise ApplicationError(message, type=err.kind, non_retryable=not err.retryable,
                                    next_retry_delay=err.retry_after) from None
         except Exception as err:
-            await self._record(req, info.attempt, client.name, started, error=err)
+            await self._failed(req, info.attempt, client.name, started, err,
+                               self._ledger.redactor.text(f"{type(err).__name__}: {err}"),
+                               publisher)
+            raise
+        except BaseException:
+            await publisher.cancel()  # cancelled: the next attempt restarts the message
             raise
         size = len(turn.model_dump_json().encode())
         if size > self._max_payload:
@@ -112,9 +140,13 @@ class ModelActivities:
                                      f"{self._max_payload:,}-byte payload limit "
                                      f"(STEAD_MAX_PAYLOAD_BYTES)",
                                      kind=errors.PAYLOAD_TOO_LARGE, retryable=False)
-            await self._record(req, info.attempt, client.name, started, error=too_big)
+            await self._failed(req, info.attempt, client.name, started, too_big, str(too_big),
+                               publisher)
             raise ApplicationError(str(too_big), type=too_big.kind, non_retryable=True)
+        publisher.finish(turn)  # written while the ledger records the call
         await self._record(req, info.attempt, client.name, started, turn=turn)
+        await publisher.drained()
+        self._prune_now_and_then()
         # A credential the model repeats (from a leaked tool output, say) goes no further.
         scrubbed = self._ledger.redactor.scrub(turn.model_dump())
         turn = turn if scrubbed == turn.model_dump() else ModelTurn.model_validate(scrubbed)
@@ -128,6 +160,29 @@ class ModelActivities:
                                                     on_wait=activity.heartbeat)
             turn = turn.model_copy(update={"context": ctx})
         return turn
+
+    async def _failed(self, req: ModelRequest, attempt: int, model: str, started: float,
+                      err: BaseException, message: str, publisher: TurnPublisher) -> None:
+        """Record a failed attempt; tell the stream's readers (``message`` is redacted)."""
+        publisher.fail(message)
+        await self._record(req, attempt, model, started, error=err)
+        await publisher.drained()
+
+    def _prune_now_and_then(self) -> None:
+        """Delete old token stream rows, at most every ``PRUNE_EVERY_SECONDS`` per worker."""
+        now = time.monotonic()
+        if now < self._next_prune:
+            return
+        self._next_prune = now + PRUNE_EVERY_SECONDS
+        task = asyncio.get_running_loop().create_task(
+            self._ledger.prune_stream(STREAM_RETENTION))
+        self._pruning.add(task)
+        task.add_done_callback(self._pruned)
+
+    def _pruned(self, task: asyncio.Task[int]) -> None:
+        self._pruning.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("token stream rows not pruned: %s", task.exception())
 
     async def _transcript(self, req: ModelRequest) -> list[Message]:
         """What the model reads: leading system messages, the earlier conversation

@@ -5,6 +5,7 @@
     python -m bench --workload approvals     # approval -> approved tool start (signal, update)
     python -m bench --workload peers         # = python -m bench.peers (LangGraph, DBOS, ...)
     python -m bench --workload parked        # = python -m bench.parked (parked-run memory, resume)
+    python -m bench --workload ttft          # = python -m bench.ttft (time to first token)
 
 ``--runs``, ``--warmup`` and ``--json`` apply to every workload; ``--quick`` too (8 runs,
 2 warm-up). The guardrail microbenchmark, which needs no stack, is ``python -m
@@ -21,13 +22,13 @@ import shlex
 import sys
 from pathlib import Path
 
-from bench import approvals, guardrails, parked
+from bench import approvals, guardrails, parked, ttft
 from bench.machine import load_average, machine_details
 from bench.peers import __main__ as peers_cli
 from bench.report import print_report, write_json
 from bench.runner import BenchConfig, run_bench
 
-WORKLOADS = ("plain", "policy", "approvals", "peers", "parked")
+WORKLOADS = ("plain", "policy", "approvals", "peers", "parked", "ttft")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,8 +47,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "peers: stead vs plain temporalio, LangGraph+PostgreSQL and DBOS "
                          "(python -m bench.peers; --levels instead of --concurrency); "
                          "parked: worker memory per parked run and resume latency after "
-                         "cache eviction (python -m bench.parked)")
+                         "cache eviction (python -m bench.parked); "
+                         "ttft: time to first token through stead vs straight from the model "
+                         "server (python -m bench.ttft)")
     approvals.add_arguments(ap)
+    ttft.add_arguments(ap)
     peers_cli.add_arguments(ap)
     parked.add_arguments(ap)
     return ap.parse_args(argv)
@@ -77,6 +81,10 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.workload == "parked":
         parked.run(args, command.strip())
+        return
+    if args.workload == "ttft":
+        args.runs, args.warmup = cfg.runs, cfg.warmup
+        ttft.run(args, command.strip())
         return
     machine = machine_details()
     if args.workload != "plain":

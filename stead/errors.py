@@ -49,8 +49,9 @@ PAYLOAD_TOO_LARGE = "PayloadTooLarge"
 MODEL_NOT_CONFIGURED = "ModelNotConfigured"
 """A pinned model's key is not available on this worker (``ModelEndpoint.api_key_*``)."""
 MODEL_FALLBACK_KINDS = frozenset({"ModelUnavailable", "ModelServerError", "RateLimited",
-                                  "ModelTimeout", "ModelResponseInvalid"})
+                                  "ModelTimeout", "ModelResponseInvalid", "ModelStreamBroken"})
 """Model call failures that hand a turn to the next model of the agent's chain once the model's
-attempts are spent: the server is down, failing, rate limiting, too slow or answering garbage.
+attempts are spent: the server is down, failing, rate limiting, too slow, answering garbage or
+breaking off its streamed answers.
 A rejected request (400/401/403/404) or an oversized answer stays with its model: another one
 would be sent the same request."""

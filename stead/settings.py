@@ -153,6 +153,10 @@ class ModelSettings(_Section):
     """Model chains by agent name, replacing what the agent declares (``Agent(models=...)``):
     JSON in ``STEAD_AGENT_MODELS``, e.g. ``{"ops": [{"model": "gpt-5-mini", "api":
     "responses"}, {"model": "gpt-4o-mini"}]}``. Checked when the worker starts."""
+    stream: Annotated[bool, Env("model_stream")] = True
+    """Ask the model server to stream (``stream=True``), so each call's text reaches the token
+    stream (``stead run --stream``, ``GET /v1/runs/{id}/events``) as it is written; false, for
+    servers that cannot stream: whole answers, each published as one piece."""
 
     @property
     def use_openai(self) -> bool:

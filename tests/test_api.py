@@ -348,7 +348,8 @@ async def test_bad_tokens_are_401_and_missing_roles_403(http: httpx.AsyncClient)
     }
     for name, (headers, words) in cases.items():
         for method, path in (("GET", "/v1/runs"), ("GET", "/v1/approvals"),
-                             ("POST", "/v1/runs"), ("GET", "/v1/events")):
+                             ("POST", "/v1/runs"), ("GET", "/v1/events"),
+                             ("GET", "/v1/runs/x/events")):
             r = await http.request(method, path, headers=headers,
                                    json={"agent": "ops", "input": "x"})
             assert words in error_of(r, 401, "unauthorized"), (name, path)
@@ -462,7 +463,7 @@ async def test_the_openapi_document_describes_every_route_with_auth_and_errors(
         ("POST", "/v1/runs"), ("GET", "/v1/runs"), ("GET", "/v1/runs/{workflow_id}"),
         ("GET", "/v1/approvals"), ("POST", "/v1/runs/{workflow_id}/approvals/{approval_id}"),
         ("GET", "/v1/runs/{workflow_id}/audit"), ("GET", "/v1/metrics"),
-        ("GET", "/v1/events")}
+        ("GET", "/v1/events"), ("GET", "/v1/runs/{workflow_id}/events")}
     for key, op in ops.items():
         assert op["security"] == [{"HTTPBearer": []}], key
         for status in ("401", "422", "503"):

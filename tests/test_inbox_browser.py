@@ -413,3 +413,67 @@ async def test_without_the_event_stream_the_inbox_polls_and_reports_lost_connect
         assert refunds_of(scene.world, "ORD-1001") == [6000]
     finally:
         await b(d.execute_cdp_cmd, "Network.setBlockedURLs", {"urls": []})
+
+
+# ---------------------------------------------------------------------------- a run's answer
+
+LONG_ANSWER = " ".join(f"Word{i} of the answer, written as the model goes." for i in range(12))
+
+
+async def test_a_followed_run_shows_its_answer_as_the_model_writes_it(
+        scene: Scene, tmp_path: Path) -> None:
+    """A run whose model streams from the fake OpenAI server (word by word, 30 ms apart): the
+    run appears in the page's list, Follow opens its stream, the answer grows on screen while
+    the model writes it, then the result shows. The model starts writing only once the page
+    follows, so the page sees it being written, not only its end."""
+    from stead.authoring.agent import Agent
+    from stead.contracts.models import ModelTurn
+    from stead.integrations.llm import OpenAIModel, ScriptedModel
+    from stead.testing.openai_server import ChatRequest, FakeOpenAIServer
+
+    d = scene.browser
+    following = asyncio.Event()
+
+    async def respond(_: ChatRequest) -> ModelTurn:
+        await asyncio.wait_for(following.wait(), 60)
+        return ModelTurn(content=LONG_ANSWER)
+
+    settings = scene.settings.replace(task_queue=f"test-{uuid.uuid4().hex[:10]}")
+    writer = Agent(name="writer", instructions="Answer in words.", tools=[],
+                   offline_model=ScriptedModel([ModelTurn(content="offline")]))
+    async with FakeOpenAIServer(respond, chunk_delay=0.03) as server:
+        model = OpenAIModel(model="gpt-4o-mini", api_key="sk-test", base_url=server.base_url)
+        async with WorkerHost(settings, AgentCatalog([writer]), model=model) as host:
+            assert host.client is not None
+            app = create_app(settings, client=host.client, poll_seconds=0.2)
+            async with ApiServer(app, host="127.0.0.1", port=0) as api:
+                await b(sign_in, d, f"{api.url}/inbox", token("approver"))
+                h = await start_run(host.client, RunRequest(agent="writer", input="write",
+                                                            tenant=TENANT),
+                                    temporal=settings.temporal)
+                row = await b(until, d, "the run in the list", lambda d: d.find_element(
+                    By.CSS_SELECTOR, f'[data-testid="run"][data-workflow-id="{h.id}"]'))
+                await b(lambda: row.find_element(*by_testid("run-follow")).click())
+                await b(until, d, "the run's stream to be live", lambda d: d.find_element(
+                    *by_testid("run-panel")).get_attribute("data-state") == "streaming")
+                following.set()
+
+                def answer_text(d: WebDriver) -> str:
+                    return d.find_element(By.CSS_SELECTOR, '[data-testid="run-messages"] '
+                                          'li:last-child [data-testid="run-message-text"]').text
+
+                partial = await b(until, d, "part of the answer, still being written",
+                                  lambda d: (t := answer_text(d)) and t != LONG_ANSWER and t)
+                result = await b(until, d, "the result", lambda d: visible(d, "run-result"))
+                assert isinstance(result, WebElement)
+                # The answer is on screen already: the result line does not repeat it.
+                assert await b(lambda: result.text) == "completed in 1 step"
+                assert await b(answer_text, d) == LONG_ANSWER
+                assert await b(lambda: d.find_element(*by_testid("run-panel"))
+                               .get_attribute("data-state")) == "done"
+                assert await b(d.execute_script, "return location.hash") == f"#run={h.id}"
+                steps = await b(lambda: d.find_element(*by_testid("run-steps")).text)
+                assert "model gpt-4o-mini: ok" in steps, steps
+    assert isinstance(partial, str) and LONG_ANSWER.startswith(partial.strip()), partial
+    assert len(partial) < len(LONG_ANSWER)
+    assert (await asyncio.wait_for(h.result(), 30)).answer == LONG_ANSWER

@@ -419,15 +419,69 @@ def test_tool_call_faults_cannot_be_queued_for_embeddings() -> None:
         srv.inject(Fault("unknown_tool"), endpoint="embeddings")
 
 
-async def test_streaming_requests_are_refused_not_silently_answered() -> None:
+class _Sink:
+    """A TurnSink that keeps what it is told, in order."""
+
+    def __init__(self) -> None:
+        self.said: list[tuple[str, str]] = []
+
+    def begin(self, model: str) -> None:
+        self.said.append(("begin", model))
+
+    def text(self, delta: str) -> None:
+        self.said.append(("text", delta))
+
+    def tool_call(self, name: str) -> None:
+        self.said.append(("tool", name))
+
+
+async def test_a_streamed_answer_is_the_same_turn_and_its_text_comes_in_order() -> None:
+    """``stream=True`` with usage: the chunks (text piece by piece, a tool call's arguments in
+    pieces) assemble into the turn ``complete`` returns, and the sink hears the text in order."""
+    turn = ModelTurn(content="The api is healthy: error rate 0.1%, p95 45 ms.",
+                     tool_calls=[call("service_status", call_id="call_7", service="api",
+                                      detail="full, with every check listed")],
+                     usage=Usage(input_tokens=31, output_tokens=12))
     async with (
-        FakeOpenAIServer() as srv,
-        openai.AsyncOpenAI(api_key="sk-test", base_url=srv.base_url, max_retries=0) as client,
+        FakeOpenAIServer.from_model(ScriptedModel([turn])) as srv,
+        openai_model(srv) as model,
     ):
-        with pytest.raises(openai.BadRequestError, match="does not stream"):
-            await client.chat.completions.create(
-                model=MODEL, messages=[{"role": "user", "content": "hi"}], stream=True
-            )
+        whole = await model.complete(USER, [STATUS_TOOL])
+        sink = _Sink()
+        streamed = await model.stream(USER, [STATUS_TOOL], sink)
+    assert streamed == whole
+    assert (streamed.finish_reason, streamed.usage) == ("tool_calls", turn.usage)
+    assert json.loads(streamed.tool_calls[0].arguments) == {
+        "service": "api", "detail": "full, with every check listed"}
+    assert sink.said[0] == ("begin", f"openai:{MODEL}")
+    texts = [t for kind, t in sink.said if kind == "text"]
+    assert len(texts) > 5 and "".join(texts) == turn.content
+    assert sink.said[-1] == ("tool", "service_status")
+    body = srv.requests[-1]
+    assert (body["stream"], body["stream_options"]) == (True, {"include_usage": True})
+
+
+async def test_a_stream_that_breaks_off_or_sends_garbage_is_a_retryable_error() -> None:
+    async with (
+        FakeOpenAIServer.from_model(answer("one two three four five six")) as srv,
+        openai_model(srv) as model,
+    ):
+        srv.inject(Fault("broken_stream", chunks=3))
+        sink = _Sink()
+        with pytest.raises(ModelCallError) as broken:
+            await model.stream(USER, [], sink)
+        assert (broken.value.kind, broken.value.retryable) == ("ModelStreamBroken", True)
+        assert "after 3 chunks" in str(broken.value)
+        assert ("text", "one") in sink.said  # what came before the break reached the sink
+        srv.inject(Fault("malformed_json"))
+        with pytest.raises(ModelCallError) as garbled:
+            await model.stream(USER, [], _Sink())
+        assert (garbled.value.kind, garbled.value.retryable) == ("ModelResponseInvalid", True)
+        srv.inject(Fault("rate_limit", retry_after=2))
+        with pytest.raises(ModelCallError) as limited:
+            await model.stream(USER, [], _Sink())
+        assert (limited.value.kind, limited.value.retry_after) == (
+            "RateLimited", timedelta(seconds=2))
 
 
 async def test_module_runs_standalone_with_the_echo_responder() -> None:

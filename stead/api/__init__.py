@@ -14,6 +14,8 @@ Routes (all JSON, bearer JWT, scoped to the token's tenant; errors are
     GET  /v1/runs/{workflow_id}/audit                  auditor    ledger trail + chain check
     GET  /v1/metrics?since=24h&until=now&agent=        auditor    `stead metrics` as JSON
     GET  /v1/events                                    any role   server-sent events
+    GET  /v1/runs/{workflow_id}/events                 any role   one run's steps, tokens,
+                                                                  approvals, result (SSE)
     GET  /openapi.json, /docs, /inbox
 """
 

@@ -12,6 +12,7 @@ run is "not found", in the same words as a run that does not exist.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection
 from datetime import UTC, datetime, timedelta
@@ -55,8 +56,10 @@ from stead.errors import LedgerError
 from stead.evals.metrics import MetricsFilter, MetricsReport, compute_metrics
 from stead.settings import Settings
 from stead.storage.ledger import Ledger
+from stead.streaming import StreamListener
 
 T = TypeVar("T")
+log = logging.getLogger("stead.api")
 
 _AGENT = SearchAttributeKey.for_keyword("SteadAgent")
 _TENANT = SearchAttributeKey.for_keyword("SteadTenant")
@@ -85,6 +88,7 @@ class Backend:
         """Agents a run may be started for; None: any (the worker refuses unknown ones)."""
         self._client = client
         self._ledger: Ledger | None = None
+        self._listener: StreamListener | None = None
         self._lock = asyncio.Lock()
         # Facts about closed runs never change: remember them (bounded).
         self._inputs: _Lru[str] = _Lru(4096)
@@ -110,7 +114,29 @@ class Backend:
                                                         min_size=0, max_size=4, retry_seconds=0)
         return self._ledger
 
+    async def stream_listener(self) -> StreamListener | None:
+        """The process's one LISTEN connection for token streams (made on first use); None
+        while it cannot connect: readers then poll, and the next call tries again."""
+        if self._listener is None:
+            dsn = self.settings.ledger.database_url
+            if dsn is None:
+                return None
+            async with self._lock:
+                if self._listener is None:
+                    listener = StreamListener(dsn)
+                    try:
+                        await listener.start()
+                    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+                        log.warning("token streams poll: cannot LISTEN (%s: %s)",
+                                    type(e).__name__, e)
+                        return None
+                    self._listener = listener
+        return self._listener
+
     async def close(self) -> None:
+        if self._listener is not None:
+            await self._listener.close()
+            self._listener = None
         if self._ledger is not None:
             await self._ledger.close()
             self._ledger = None
@@ -236,6 +262,11 @@ class Backend:
         if desc.typed_search_attributes.get(_TENANT) != tenant:
             raise missing
         return handle, desc
+
+    async def owned_run_id(self, tenant: str, workflow_id: str) -> str:
+        """The run id of the tenant's latest run of ``workflow_id``; ApiError(404) else."""
+        _, desc = await self._owned(tenant, workflow_id)
+        return desc.run_id
 
     async def run(self, tenant: str, workflow_id: str) -> RunView:
         handle, desc = await self._owned(tenant, workflow_id)

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path as FsPath
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Path, Query, Request, Response
+from fastapi import Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
@@ -41,9 +41,11 @@ from stead.api._models import (
     StartedRun,
     StartRunBody,
 )
+from stead.api._run_events import run_event_stream
 from stead.contracts.models import DecideOutcome, RunStatus
 from stead.evals.metrics import MetricsFilter, MetricsReport
 from stead.settings import Settings
+from stead.streaming import Cursor
 
 STATIC_DIR = FsPath(__file__).parent / "static"
 INBOX_PAGE = "inbox.html"
@@ -220,6 +222,41 @@ def create_app(settings: Settings, *, client: Client | None = None,
         changes), ``run`` (a run of the tenant changed status), ``error``."""
         return StreamingResponse(
             event_stream(backend, who, poll_seconds=poll_seconds, closing=closing),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @app.get("/v1/runs/{workflow_id}/events", tags=["events"], response_class=StreamingResponse,
+             responses={200: {"content": {"text/event-stream": {}},
+                              "description": "events `step`, `token`, `approval`, `result` "
+                                             "and `error`"},
+                        204: {"description": "Last-Event-ID is the run's `result`: nothing "
+                                             "more will come"},
+                        **_errors_doc(404)})
+    async def run_events(
+            workflow_id: WorkflowId, who: Anyone,
+            last_event_id: Annotated[str | None, Header(
+                max_length=100, description="Resume after this event (the `id:` of the last "
+                                            "event received)")] = None,
+    ) -> Response:
+        """Server-sent events of one run: its steps, the text its model calls write as they
+        write it (tokens), its approvals and, last, its result. Resumable: reconnect with
+        ``Last-Event-ID`` for exactly what came after that event."""
+        cursor = Cursor()
+        if last_event_id:
+            try:
+                cursor = Cursor.parse(last_event_id)
+            except ValueError as e:
+                raise ApiError(422, f"Last-Event-ID: {e}", fields=[
+                    FieldError(loc=["header", "Last-Event-ID"], message=str(e))]) from None
+        run_id = await backend.owned_run_id(who.tenant, workflow_id)
+        await backend.ledger()  # LedgerError (a 503) now, not inside the stream
+        cursor = cursor.for_run(run_id)
+        if cursor.done:
+            return Response(status_code=204)
+        return StreamingResponse(
+            run_event_stream(backend, tenant=who.tenant, workflow_id=workflow_id,
+                             run_id=run_id, cursor=cursor, poll_seconds=poll_seconds,
+                             closing=closing),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 

@@ -2,6 +2,7 @@
 stream its steps, look at a run and its ledger trail, and decide the approvals runs wait for.
 
     stead run ops "checkout-api is slow, look into it"
+    stead run ops "is auth-service healthy?" --stream     # the answer as it is written
     stead show ops-1f2e --json
     stead audit ops-1f2e --verify
     stead pending --tenant acme
@@ -16,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from pydantic import ValidationError
@@ -32,6 +33,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from stead.cli.common import (
     EXIT_BAD_INPUT,
     EXIT_RUN_NOT_COMPLETED,
+    NO_LEDGER_TABLES,
     cli_ledger,
     cli_settings,
     err,
@@ -45,8 +47,11 @@ from stead.cli.common import (
     temporal_client,
 )
 from stead.contracts.models import RunRequest, RunResult, RunState, Trail
-from stead.errors import RunNotFound, StackError
+from stead.errors import LedgerError, RunNotFound, StackError
 from stead.settings import Settings
+
+if TYPE_CHECKING:
+    from stead.streaming import RunEvent, TokenEvent
 
 
 def register(app: typer.Typer) -> None:
@@ -73,6 +78,9 @@ def run_cmd(
     user: str | None = typer.Option(None, help="Who is asking (for the audit trail)"),
     max_steps: int | None = typer.Option(None, help="Override the agent's step budget"),
     wait: bool = typer.Option(True, help="Wait for the result, streaming steps"),
+    stream: bool = typer.Option(False, "--stream", help=(
+        "Also show what the model writes as it writes it (read from the ledger's token "
+        "stream); with --json, one JSON line per event")),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables"),
 ) -> None:
     """Start a run, stream its steps, print the result."""
@@ -81,17 +89,23 @@ def run_cmd(
                              max_steps=max_steps)
     except ValidationError as e:
         fail_invalid("request", e)
+    if stream and not wait:
+        fail("--stream shows a run while it runs; it cannot be used with --no-wait",
+             EXIT_BAD_INPUT)
     settings = resolved(cli_settings())
-    result = run_async(_run_and_stream(settings, request, wait=wait, as_json=as_json))
+    result = run_async(_run_and_stream(settings, request, wait=wait, as_json=as_json,
+                                       stream=stream))
     if result is not None and result.status != "completed":
         raise typer.Exit(EXIT_RUN_NOT_COMPLETED)
 
 
 async def _run_and_stream(settings: Settings, request: RunRequest, *, wait: bool,
-                          as_json: bool) -> RunResult | None:
+                          as_json: bool, stream: bool = False) -> RunResult | None:
     from stead.observability.tracing import traced_client
 
     async with traced_client(settings) as client:  # client spans when tracing is on
+        if stream:
+            return await _start_and_follow(client, settings, request, as_json=as_json)
         return await _start_and_stream(client, settings, request, wait=wait, as_json=as_json)
 
 
@@ -146,6 +160,152 @@ async def _start_and_stream(client: Client, settings: Settings, request: RunRequ
     else:
         _print_result(handle.id, result)
     return result
+
+
+async def _start_and_follow(client: Client, settings: Settings, request: RunRequest, *,
+                            as_json: bool) -> RunResult:
+    """``stead run --stream``: the run's steps, the text its model calls write (as they
+    write it), its approvals, then the result as without ``--stream``."""
+    import asyncpg
+
+    from stead.client import start_run
+    from stead.streaming import ResultEvent, StreamListener, follow_run
+
+    dsn = settings.ledger.database_url
+    assert dsn is not None
+    async with cli_ledger(settings, missing_tables=NO_LEDGER_TABLES) as ledger:
+        listener = StreamListener(dsn)
+        try:
+            await listener.start()  # before the run starts, so no word of it is missed
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            raise LedgerError(f"--stream reads the ledger's token stream, which is "
+                              f"unreachable: {type(e).__name__}: {e}") from None
+        try:
+            handle = await start_run(client, request, temporal=settings.temporal)
+            assert handle.result_run_id is not None
+            if not as_json:
+                out.print(f"started [bold]{handle.id}[/] — streaming steps and the model's "
+                          f"words (Ctrl-C stops watching, not the run)")
+            show = _StreamPrinter(as_json)
+            outcome: ResultEvent | None = None
+            async for event in follow_run(client, ledger, listener, workflow_id=handle.id,
+                                          run_id=handle.result_run_id, tenant=request.tenant):
+                if event is None:
+                    continue
+                show(event)
+                if isinstance(event.data, ResultEvent):
+                    outcome = event.data
+        finally:
+            await listener.close()
+    assert outcome is not None  # follow_run ends with the result
+    if outcome.result is None:
+        fail(f"run {handle.id} failed: {outcome.error}", EXIT_RUN_NOT_COMPLETED)
+    if not as_json:
+        _print_result(handle.id, outcome.result)
+    return outcome.result
+
+
+class _StreamPrinter:
+    """Prints a followed run's events: text as it comes, on the line of its message. Step and
+    approval lines that arrive while a message is being written wait for its end."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        self.message: tuple[int, int, int] | None = None
+        """(step, attempt, fallback) of the message being written; None: none is."""
+        self.latest: dict[int, tuple[int, int, int]] = {}
+        """step -> its latest message (late words of earlier ones are not shown)."""
+        self.line_open = False
+        self.waiting: list[str] = []
+        """Lines that came while a message was being written."""
+
+    def __call__(self, event: RunEvent) -> None:
+        from stead.streaming import (
+            ApprovalEvent,
+            ErrorEvent,
+            ResultEvent,
+            StepEvent,
+            TokenEvent,
+        )
+
+        if self.as_json:
+            out.file.write(json.dumps({"event": event.name, "id": event.id,
+                                       "data": event.data.model_dump(mode="json")}) + "\n")
+            out.file.flush()
+            return
+        d = event.data
+        if isinstance(d, TokenEvent):
+            self._token(d)
+        elif isinstance(d, StepEvent):
+            self._line(f"  step {d.step:>2}  {d.kind:<8} {d.name:<18} {d.status:<8} "
+                       f"[dim]{d.detail[:90]}[/]")
+        elif isinstance(d, ApprovalEvent):
+            what = f"{d.tool} {json.dumps(d.arguments)}" if d.tool else ""
+            risk = f" (risk {d.risk:.2f})" if d.risk is not None else ""
+            verb = {"requested": f"waiting for {d.decision}",
+                    "escalated": f"escalated to {d.decision}",
+                    "decided": f"{d.decision} by {d.actor}"}[d.type]
+            self._line(f"  approval {d.approval_id}: {what}{risk} — {verb}")
+        elif isinstance(d, ErrorEvent):
+            self._line(f"  [dim]{d.message}[/]")
+        elif isinstance(d, ResultEvent):
+            self._end_line()
+            self._flush()
+
+    def _token(self, t: TokenEvent) -> None:
+        key = (t.step, t.attempt, t.fallback)
+        if t.type == "start":
+            self._end_line()
+            self.message = None
+            self._flush()
+            if t.restart and t.step in self.latest:
+                who = (f"model {t.fallback + 1} of the chain" if t.fallback
+                       else f"attempt {t.attempt}")
+                self._line(f"  [dim](step {t.step}: {who} restarts the message)[/]")
+            self.latest[t.step] = key
+            self.message = key
+        elif key != self.message or self.latest.get(t.step) != key:
+            return  # a late word of a message that was restarted
+        elif t.type == "text":
+            self._write(t.text)
+        elif t.type == "reset":
+            self._end_line()
+            out.print("  [dim](the message so far, redacted:)[/]", highlight=False)
+            self._write(t.text)
+        elif t.type == "end":
+            self._end_line()
+            self.message = None
+            self._flush()
+        elif t.type == "error":
+            self._end_line()
+            self.message = None
+            self._line(f"  [dim](step {t.step}: attempt {t.attempt} failed: {t.error})[/]")
+            self._flush()
+
+    def _write(self, text: str) -> None:
+        if not text:
+            return
+        if not self.line_open:
+            out.print("  [bold]›[/] ", end="", highlight=False)
+            self.line_open = True
+        out.print(text, end="", markup=False, highlight=False, soft_wrap=True)
+
+    def _end_line(self) -> None:
+        if self.line_open:
+            out.print()
+            self.line_open = False
+
+    def _line(self, text: str) -> None:
+        if self.message is not None:
+            self.waiting.append(text)
+            return
+        self._end_line()
+        out.print(text, highlight=False)
+
+    def _flush(self) -> None:
+        lines, self.waiting = self.waiting, []
+        for text in lines:
+            out.print(text, highlight=False)
 
 
 def _print_result(workflow_id: str, r: RunResult) -> None:

@@ -9,6 +9,12 @@
 - :class:`FunctionModel` — a Python function of the transcript. The reference agents' offline
   planners are FunctionModels.
 
+Streaming: a client that can also answer piece by piece has ``stream(messages, tools, sink)``
+(:class:`StreamingModelClient`), which returns the same turn and writes it to a
+:class:`TurnSink` while the provider produces it. :func:`complete_streaming` calls it, or, for
+a client without it (the scripted and function models, wrappers), ``complete`` and then writes
+the whole answer to the sink as one delta, so every model call is streamed the same way.
+
     model = ScriptedModel([ModelTurn(tool_calls=[call("service_status", service="api")]),
                            ModelTurn(content="api is healthy")])
 """
@@ -40,6 +46,51 @@ class ModelClient(Protocol):
 
     async def complete(self, messages: Sequence[Message], tools: Sequence[ToolSchema]) -> ModelTurn:
         ...
+
+
+class TurnSink(Protocol):
+    """Where a model call writes its answer while it is produced (the model activity's
+    publisher). Its methods never block: a slow reader must not slow the call."""
+
+    def begin(self, model: str) -> None:
+        """A message starts. Called again within one call when the call starts over (a broken
+        stream asked again, the next model of a chain): what came before is dropped."""
+
+    def text(self, delta: str) -> None:
+        """More of the message's text, in order."""
+
+    def tool_call(self, name: str) -> None:
+        """The message calls ``name`` (said once per call, as soon as the name is known)."""
+
+
+@runtime_checkable
+class StreamingModelClient(ModelClient, Protocol):
+    """A model client that can stream its answer."""
+
+    async def stream(self, messages: Sequence[Message], tools: Sequence[ToolSchema],
+                     sink: TurnSink) -> ModelTurn:
+        """What ``complete`` returns, written to ``sink`` as it is produced."""
+        ...
+
+
+async def complete_streaming(model: ModelClient, messages: Sequence[Message],
+                             tools: Sequence[ToolSchema], sink: TurnSink) -> ModelTurn:
+    """``model``'s next turn, written to ``sink`` as it comes: streamed by a
+    :class:`StreamingModelClient`, else written whole (one delta) once ``complete`` returns."""
+    if isinstance(model, StreamingModelClient):
+        return await model.stream(messages, tools, sink)
+    turn = await model.complete(messages, tools)
+    write_turn(sink, turn, model=model.name)
+    return turn
+
+
+def write_turn(sink: TurnSink, turn: ModelTurn, *, model: str) -> None:
+    """Write a whole turn to ``sink``: what a model that does not stream sends."""
+    sink.begin(model)
+    if turn.content:
+        sink.text(turn.content)
+    for c in turn.tool_calls:
+        sink.tool_call(c.name)
 
 
 def call(tool_name: str, /, *, call_id: str | None = None, **arguments: Any) -> ToolCall:
@@ -179,7 +230,32 @@ class OpenAIModel:
         await self._client.close()
 
     async def complete(self, messages: Sequence[Message], tools: Sequence[ToolSchema]) -> ModelTurn:
+        kwargs = self._chat_request(messages, tools)
+        try:
+            resp = await self._client.chat.completions.create(**kwargs)
+        except Exception as err:
+            raise openai_call_error(err, what="model") from err
+        try:
+            return _to_turn(resp, fallback_model=self._model)
+        except (AttributeError, TypeError, IndexError, ValueError) as err:
+            # The SDK builds responses without validating them (and returns the raw text of a
+            # non-JSON body), so a body of the wrong shape only shows up here.
+            raise ModelCallError(f"malformed model response: {err}", kind="ModelResponseInvalid",
+                                 retryable=True) from err
 
+    async def stream(self, messages: Sequence[Message], tools: Sequence[ToolSchema],
+                     sink: TurnSink) -> ModelTurn:
+        """``complete`` with ``stream=True``: text and tool-call names reach ``sink`` as the
+        server sends them (:func:`stead.integrations.llm_stream.stream_chat`)."""
+        from stead.integrations.llm_stream import stream_chat
+
+        sink.begin(self.name)
+        return await stream_chat(self._client, self._chat_request(messages, tools), sink,
+                                 fallback_model=self._model)
+
+    def _chat_request(self, messages: Sequence[Message],
+                      tools: Sequence[ToolSchema]) -> dict[str, Any]:
+        """The keyword arguments of one ``chat.completions.create`` call."""
         kwargs: dict[str, Any] = {
             "model": self._model,
             "messages": [_to_openai(m) for m in messages],
@@ -192,17 +268,7 @@ class OpenAIModel:
             ]
         if self._endpoint is not None:
             kwargs.update(chat_parameters(self._endpoint, tools))
-        try:
-            resp = await self._client.chat.completions.create(**kwargs)
-        except Exception as err:
-            raise openai_call_error(err, what="model") from err
-        try:
-            return _to_turn(resp, fallback_model=self._model)
-        except (AttributeError, TypeError, IndexError, ValueError) as err:
-            # The SDK builds responses without validating them (and returns the raw text of a
-            # non-JSON body), so a body of the wrong shape only shows up here.
-            raise ModelCallError(f"malformed model response: {err}", kind="ModelResponseInvalid",
-                                 retryable=True) from err
+        return kwargs
 
 
 def _to_turn(resp: ChatCompletion, *, fallback_model: str) -> ModelTurn:

@@ -8,13 +8,15 @@ do — rate limits, 5xx, slow answers, truncated bodies, broken tool calls::
         srv.inject(Fault("rate_limit", retry_after=2))
         model = OpenAIModel(model="gpt-4o-mini", api_key="test", base_url=srv.base_url)
 
-Endpoints: ``POST /v1/chat/completions`` (non-streaming), ``POST /v1/responses`` (OpenAI's
-Responses API, non-streaming; see ``stead.testing._openai_responses``) and ``POST
+Endpoints: ``POST /v1/chat/completions`` (whole answers, or server-sent chunks with
+``"stream": true``, usage last with ``stream_options.include_usage``), ``POST /v1/responses``
+(OpenAI's Responses API, non-streaming; see ``stead.testing._openai_responses``) and ``POST
 /v1/embeddings`` (deterministic vectors, ``float`` or ``base64`` encoded). Both chat APIs are
 answered by the same responder, and both refuse what OpenAI refuses of the models named
 ``reasoning_models`` (``temperature``, ``max_tokens``) and of the others (a reasoning effort),
-and tools sent ``strict`` whose schema strict mode would not take. Run it standalone to point
-any OpenAI client at it::
+and tools sent ``strict`` whose schema strict mode would not take. A streamed chat answer comes
+in word-sized pieces, ``chunk_delay`` seconds apart. Run it standalone to point any OpenAI
+client at it::
 
     python -m stead.testing.openai_server --port 8089
     export OPENAI_BASE_URL=http://127.0.0.1:8089/v1 OPENAI_API_KEY=test  # read by stead.settings
@@ -29,6 +31,7 @@ import collections
 import hashlib
 import json
 import math
+import re
 import struct
 import time
 import uuid
@@ -65,6 +68,7 @@ FaultKind = Literal[
     "malformed_json",
     "bad_tool_arguments",
     "unknown_tool",
+    "broken_stream",
 ]
 """What a :class:`Fault` makes the server do instead of answering normally."""
 
@@ -75,7 +79,8 @@ _DEFAULT_STATUS: dict[FaultKind, int] = {
     "server_error": 500,
     "client_error": 400,
 }
-_TOOL_CALL_FAULTS: frozenset[FaultKind] = frozenset({"bad_tool_arguments", "unknown_tool"})
+_CHAT_ONLY_FAULTS: frozenset[FaultKind] = frozenset({"bad_tool_arguments", "unknown_tool",
+                                                    "broken_stream"})
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,7 @@ class Fault:
         Fault("server_error", status=503)
         Fault("timeout", delay=5)                # answers normally, but only after 5 s
         Fault("bad_tool_arguments", arguments='{"service": ')
+        Fault("broken_stream", chunks=3)         # 3 chunks of the answer, then the line drops
     """
 
     kind: FaultKind
@@ -115,6 +121,9 @@ class Fault:
     """Tool an ``unknown_tool`` fault calls; suffixed if the request happens to offer it."""
     arguments: str = '{"service": "api"'
     """Argument text of a ``bad_tool_arguments`` fault; truncated JSON by default."""
+    chunks: int = 2
+    """Chunks of the answer a ``broken_stream`` fault sends before it drops the connection
+    (a request that does not stream gets half of its body)."""
 
     def __post_init__(self) -> None:
         status = self.status
@@ -131,9 +140,11 @@ class Fault:
             case "timeout":
                 if self.delay <= 0:
                     raise ValueError("a timeout fault needs a positive delay")
-            case "malformed_json" | "bad_tool_arguments" | "unknown_tool":
+            case "malformed_json" | "bad_tool_arguments" | "unknown_tool" | "broken_stream":
                 if status is not None:
                     raise ValueError(f"a {self.kind} fault answers HTTP 200; status makes no sense")
+                if self.chunks < 0:
+                    raise ValueError("a broken_stream fault sends zero or more chunks")
             case _:
                 assert_never(self.kind)
         has_retry_headers = self.retry_after is not None or self.retry_after_ms is not None
@@ -189,11 +200,16 @@ class _WireTool(_Wire):
     function: _WireFunctionDef
 
 
+class _WireStreamOptions(_Wire):
+    include_usage: bool | None = None
+
+
 class _WireChatRequest(_Wire):
     model: str = Field(min_length=1)
     messages: list[_WireMessage] = Field(min_length=1)
     tools: list[_WireTool] | None = None
     stream: bool | None = None
+    stream_options: _WireStreamOptions | None = None
 
 
 EmbeddingInput = str | list[str] | list[int] | list[list[int]]
@@ -220,6 +236,10 @@ class ChatRequest:
     api: Literal["chat", "responses"] = "chat"
     """Which endpoint it came to: chat completions, or the Responses API (whose input items
     are already turned into ``messages``)."""
+    stream: bool = False
+    """The client asked for server-sent chunks (``"stream": true``)."""
+    include_usage: bool = False
+    """... with the usage in a last chunk (``stream_options.include_usage``)."""
 
 
 def _message_text(content: str | list[_WireContentPart] | None) -> str | None:
@@ -253,7 +273,9 @@ def _to_chat_request(body: JsonObject) -> ChatRequest:
         )
         for t in wire.tools or []
     ]
-    return ChatRequest(model=wire.model, messages=messages, tools=tools, body=body)
+    options = wire.stream_options or _WireStreamOptions()
+    return ChatRequest(model=wire.model, messages=messages, tools=tools, body=body,
+                       stream=bool(wire.stream), include_usage=bool(options.include_usage))
 
 
 Responder = Callable[[ChatRequest], ModelTurn | Awaitable[ModelTurn]]
@@ -333,6 +355,43 @@ class ChatCompletionJSON(TypedDict):
     system_fingerprint: str
 
 
+class _DeltaFunctionJSON(TypedDict, total=False):
+    name: str
+    arguments: str
+
+
+class _DeltaToolCallJSON(TypedDict):
+    index: int
+    id: NotRequired[str]
+    type: NotRequired[Literal["function"]]
+    function: _DeltaFunctionJSON
+
+
+class _DeltaJSON(TypedDict, total=False):
+    role: Literal["assistant"]
+    content: str
+    tool_calls: list[_DeltaToolCallJSON]
+
+
+class _ChunkChoiceJSON(TypedDict):
+    index: int
+    delta: _DeltaJSON
+    logprobs: None
+    finish_reason: str | None
+
+
+class ChatCompletionChunkJSON(TypedDict):
+    """One server-sent event of a streamed chat completion."""
+
+    id: str
+    object: Literal["chat.completion.chunk"]
+    created: int
+    model: str
+    system_fingerprint: str
+    choices: list[_ChunkChoiceJSON]
+    usage: NotRequired[_UsageJSON | None]
+
+
 class _ErrorDetailJSON(TypedDict):
     message: str
     type: str
@@ -399,6 +458,42 @@ def _render_completion(turn: ModelTurn, *, model: str) -> ChatCompletionJSON:
     }
 
 
+_PIECE = re.compile(r"\s*\S{1,8}|\s+")
+"""Word-sized pieces of streamed text, as a tokenizer cuts them: leading space, a few letters."""
+
+
+def _render_chunks(turn: ModelTurn, *, model: str, usage: bool) -> list[ChatCompletionChunkJSON]:
+    """The chunks of a streamed answer: the role, the text piece by piece, each tool call (id
+    and name first, then its arguments in pieces), the finish reason, then usage if asked."""
+    done = _render_completion(turn, model=model)
+
+    def chunk(delta: _DeltaJSON, finish: str | None = None) -> ChatCompletionChunkJSON:
+        c: ChatCompletionChunkJSON = {
+            "id": done["id"], "object": "chat.completion.chunk", "created": done["created"],
+            "model": model, "system_fingerprint": done["system_fingerprint"],
+            "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                         "finish_reason": finish}]}
+        if usage:
+            c["usage"] = None
+        return c
+
+    out = [chunk({"role": "assistant", "content": ""})]
+    out += [chunk({"content": p}) for p in _PIECE.findall(turn.content or "")]
+    for i, c in enumerate(turn.tool_calls):
+        out.append(chunk({"tool_calls": [{"index": i, "id": c.id, "type": "function",
+                                          "function": {"name": c.name, "arguments": ""}}]}))
+        out += [chunk({"tool_calls": [{"index": i,
+                                       "function": {"arguments": c.arguments[k:k + 16]}}]})
+                for k in range(0, len(c.arguments), 16)]
+    out.append(chunk({}, done["choices"][0]["finish_reason"]))
+    if usage:
+        last = chunk({})
+        last["choices"] = []
+        last["usage"] = done["usage"]
+        out.append(last)
+    return out
+
+
 def _error_body(
     message: str, *, type_: str, code: str | None = None, param: str | None = None
 ) -> ErrorJSON:
@@ -444,7 +539,8 @@ def _fault_error_response(fault: Fault) -> web.Response:
                 type_="invalid_request_error",
                 code=fault.code or default_code,
             )
-        case "timeout" | "malformed_json" | "bad_tool_arguments" | "unknown_tool":
+        case "timeout" | "malformed_json" | "bad_tool_arguments" | "unknown_tool" \
+                | "broken_stream":
             raise AssertionError(f"{fault.kind} is not an HTTP error fault")
         case _:
             assert_never(fault.kind)
@@ -502,14 +598,19 @@ class FakeOpenAIServer(LocalHTTPServer):
         shutdown_timeout: float = 2.0,
         access_log: bool = False,
         reasoning_models: Collection[str] = (),
+        chunk_delay: float = 0.0,
     ) -> None:
         """``port=0`` picks a free port. With ``api_key`` set, other bearer tokens get a 401
         like OpenAI's ``invalid_api_key``; without it any key is accepted.
         ``reasoning_models``: model names the server treats as OpenAI treats its reasoning
         models (refusing ``temperature``; answering with a reasoning item in the Responses
-        API); every other model refuses a reasoning effort."""
+        API); every other model refuses a reasoning effort. ``chunk_delay``: seconds between
+        two chunks of a streamed chat answer."""
         super().__init__(host=host, port=port, shutdown_timeout=shutdown_timeout,
                          access_log=access_log)
+        if chunk_delay < 0:
+            raise ValueError("chunk_delay must not be negative")
+        self._chunk_delay = chunk_delay
         self._responder = responder
         self._api_key = api_key
         self._embedding_dimensions = embedding_dimensions
@@ -540,6 +641,7 @@ class FakeOpenAIServer(LocalHTTPServer):
         shutdown_timeout: float = 2.0,
         access_log: bool = False,
         reasoning_models: Collection[str] = (),
+        chunk_delay: float = 0.0,
     ) -> FakeOpenAIServer:
         """A server whose answers come from a stead model client (see :func:`model_responder`)."""
         return cls(
@@ -551,6 +653,7 @@ class FakeOpenAIServer(LocalHTTPServer):
             shutdown_timeout=shutdown_timeout,
             access_log=access_log,
             reasoning_models=reasoning_models,
+            chunk_delay=chunk_delay,
         )
 
     # -- lifecycle
@@ -573,7 +676,7 @@ class FakeOpenAIServer(LocalHTTPServer):
     def inject(self, *faults: Fault, endpoint: Endpoint = "chat") -> None:
         """Queue faults; each later request to ``endpoint`` consumes one, in order."""
         for fault in faults:
-            if endpoint == "embeddings" and fault.kind in _TOOL_CALL_FAULTS:
+            if endpoint == "embeddings" and fault.kind in _CHAT_ONLY_FAULTS:
                 raise ValueError(f"{fault.kind} faults only make sense for chat completions "
                                  f"and the Responses API")
         self._faults[endpoint].extend(faults)
@@ -619,7 +722,7 @@ class FakeOpenAIServer(LocalHTTPServer):
             )
         return body
 
-    async def _chat_completions(self, request: web.Request) -> web.Response:
+    async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
         body = await self._read_body(request)
         if isinstance(body, web.Response):
             return body
@@ -631,18 +734,9 @@ class FakeOpenAIServer(LocalHTTPServer):
         refused = self._refusal(chat)
         if refused is not None:
             return refused
-        if chat.body.get("stream"):
-            return _json_response(
-                _error_body(
-                    "FakeOpenAIServer does not stream.",
-                    type_="invalid_request_error",
-                    param="stream",
-                ),
-                status=400,
-            )
         fault = self._next_fault("chat")
         if fault is None:
-            return await self._answer(chat)
+            return await self._answer(request, chat)
         match fault.kind:
             case "rate_limit" | "server_error" | "client_error":
                 return _fault_error_response(fault)
@@ -651,9 +745,11 @@ class FakeOpenAIServer(LocalHTTPServer):
                     return _json_response(
                         _error_body("Server shutting down.", type_="server_error"), status=503
                     )
-                return await self._answer(chat)
+                return await self._answer(request, chat)
             case "malformed_json":
                 text = fault.body
+                if chat.stream:
+                    return await self._stream_raw(request, [text or '{"id": "chatcmpl-x", "cho'])
                 if text is None:
                     full = json.dumps(
                         _render_completion(ModelTurn(content="cut off"), model=chat.model)
@@ -665,25 +761,60 @@ class FakeOpenAIServer(LocalHTTPServer):
                 bad = ToolCall(
                     id=f"call_{uuid.uuid4().hex[:12]}", name=name, arguments=fault.arguments
                 )
-                return _json_response(
-                    _render_completion(ModelTurn(tool_calls=[bad]), model=chat.model)
-                )
+                return await self._reply(request, chat, ModelTurn(tool_calls=[bad]))
             case "unknown_tool":
                 offered = {t.name for t in chat.tools}
                 name = fault.tool_name
                 while name in offered:
                     name += "_unknown"
                 call = ToolCall(id=f"call_{uuid.uuid4().hex[:12]}", name=name, arguments="{}")
-                return _json_response(
-                    _render_completion(ModelTurn(tool_calls=[call]), model=chat.model)
-                )
+                return await self._reply(request, chat, ModelTurn(tool_calls=[call]))
+            case "broken_stream":
+                return await self._answer(request, chat, broken_after=fault.chunks)
             case _:
                 assert_never(fault.kind)
 
-    async def _answer(self, chat: ChatRequest) -> web.Response:
+    async def _answer(self, request: web.Request, chat: ChatRequest, *,
+                      broken_after: int | None = None) -> web.StreamResponse:
         out = self._responder(chat)
         turn = await out if isinstance(out, Awaitable) else out
-        return _json_response(_render_completion(turn, model=chat.model))
+        return await self._reply(request, chat, turn, broken_after=broken_after)
+
+    async def _reply(self, request: web.Request, chat: ChatRequest, turn: ModelTurn, *,
+                     broken_after: int | None = None) -> web.StreamResponse:
+        """``turn`` as the request asked for it: one JSON body, or chunks if it streams;
+        ``broken_after``: drop the connection after that many chunks (or half the body)."""
+        if not chat.stream:
+            if broken_after is None:
+                return _json_response(_render_completion(turn, model=chat.model))
+            text = json.dumps(_render_completion(turn, model=chat.model))
+            return await self._stream_raw(request, [text[: len(text) // 2]], sse=False,
+                                          broken=True)
+        chunks = [json.dumps(c) for c in _render_chunks(turn, model=chat.model,
+                                                        usage=chat.include_usage)]
+        if broken_after is not None:
+            return await self._stream_raw(request, chunks[:broken_after], broken=True)
+        return await self._stream_raw(request, [*chunks, "[DONE]"])
+
+    async def _stream_raw(self, request: web.Request, parts: list[str], *, sse: bool = True,
+                          broken: bool = False) -> web.StreamResponse:
+        """Send ``parts`` as server-sent events (or raw), ``chunk_delay`` apart; ``broken``:
+        then drop the connection instead of ending the response."""
+        resp = web.StreamResponse(headers={
+            "Content-Type": "text/event-stream" if sse else "application/json",
+            "x-request-id": f"req_{uuid.uuid4().hex}"})
+        await resp.prepare(request)
+        for i, part in enumerate(parts):
+            if i and self._chunk_delay and await self._wait_or_closing(self._chunk_delay):
+                broken = True
+                break
+            await resp.write((f"data: {part}\n\n" if sse else part).encode())
+        if broken:
+            assert request.transport is not None
+            request.transport.close()
+            return resp
+        await resp.write_eof()
+        return resp
 
     def _refusal(self, chat: ChatRequest) -> web.Response | None:
         """The 400 OpenAI answers to parameters this model refuses, if any."""
@@ -693,7 +824,7 @@ class FakeOpenAIServer(LocalHTTPServer):
 
     # -- the Responses API
 
-    async def _responses(self, request: web.Request) -> web.Response:
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
         body = await self._read_body(request)
         if isinstance(body, web.Response):
             return body
@@ -736,6 +867,12 @@ class FakeOpenAIServer(LocalHTTPServer):
                 return web.Response(text=text, content_type=fault.content_type)
             case "bad_tool_arguments" | "unknown_tool":
                 return _json_response(self._render_response(_faulty_turn(fault, chat), chat))
+            case "broken_stream":  # this endpoint does not stream: half the body, then drop
+                out = self._responder(chat)
+                turn = await out if isinstance(out, Awaitable) else out
+                full = json.dumps(self._render_response(turn, chat))
+                return await self._stream_raw(request, [full[: len(full) // 2]], sse=False,
+                                              broken=True)
             case _:
                 assert_never(fault.kind)
 
@@ -782,8 +919,8 @@ class FakeOpenAIServer(LocalHTTPServer):
                         text=fault.body or '{"object": "list", "data": [{"obj',
                         content_type=fault.content_type,
                     )
-                case "bad_tool_arguments" | "unknown_tool":
-                    raise AssertionError("inject() refuses tool-call faults for embeddings")
+                case "bad_tool_arguments" | "unknown_tool" | "broken_stream":
+                    raise AssertionError("inject() refuses chat-only faults for embeddings")
                 case _:
                     assert_never(fault.kind)
         return _json_response(self._render_embeddings(wire))

@@ -7,6 +7,13 @@
 // again now and then. Decisions go to POST /v1/runs/{workflow_id}/approvals/{approval_id},
 // the same `decide` update `stead approve` uses; the approver is the token's `sub`.
 //
+// Runs: the tenant's recent runs (GET /v1/runs, then `run` events). Following one reads
+// GET /v1/runs/{workflow_id}/events: its steps, the text its model calls write as they write
+// it (`token` events: `start` begins a step's message, and with `restart` drops what an
+// earlier attempt or model wrote; `text` appends; `reset` replaces), its approvals and its
+// result. A broken
+// stream resumes with Last-Event-ID, so no word is lost or shown twice.
+//
 // Everything the server sends is inserted with textContent, never as HTML: requests and tool
 // arguments come from end users and models.
 "use strict";
@@ -16,6 +23,11 @@
   const POLL_MS = 2000;
   const STREAM_RETRY_MS = 15000;
   const STEPS_SHOWN = 6;
+  const RUNS_SHOWN = 10;
+  const RUN_RETRY_MS = 1000;
+  // `run` events tell of changes after the stream's baseline; a run that started just before
+  // it is in neither, so the list is also read again now and then.
+  const RUNS_REFRESH_MS = 5000;
 
   // The page lives at <base>/inbox/; the API at <base>/v1/.
   const API_BASE = location.pathname.replace(/\/inbox(?:\/[^/]*)?$/, "");
@@ -26,6 +38,10 @@
     inbox: $("inbox"), list: $("approvals"), empty: $("empty"), count: $("count"),
     banner: $("banner"), flash: $("flash"), connection: $("connection"),
     whoami: $("whoami"), signOut: $("sign-out"), template: $("approval-template"),
+    runs: $("runs"), runList: $("run-list"), runTemplate: $("run-template"),
+    runPanel: $("run-panel"), runId: $("run-id"), runState: $("run-state"),
+    runClose: $("run-close"), runMessages: $("run-messages"), runResult: $("run-result"),
+    runSteps: $("run-steps"),
   };
 
   /** Everything that belongs to one signed-in session; replaced on sign-in/out. */
@@ -34,6 +50,10 @@
   const decided = new Set();
   /** key "workflow_id/approval_id" -> {data, el, fields...} */
   const cards = new Map();
+  /** workflow_id -> {el, status, agent, follow} of the recent runs list */
+  const runs = new Map();
+  /** The run being followed: {workflowId, abort, lastId, messages, done}, or null. */
+  let follower = null;
 
   class ApiError extends Error {
     constructor(status, type, message) {
@@ -157,6 +177,7 @@
   function askForToken() {
     ui.form.hidden = false;
     ui.inbox.hidden = true;
+    ui.runs.hidden = true;
     ui.whoami.hidden = true;
     ui.signOut.hidden = true;
     setConnection("offline", "not connected");
@@ -173,6 +194,8 @@
     sessionStorage.removeItem(TOKEN_KEY);
     for (const key of [...cards.keys()]) removeCard(key);
     updateCount();
+    for (const run of runs.values()) run.el.remove();
+    runs.clear();
     askForToken();
   }
 
@@ -181,10 +204,11 @@
   function start(token) {
     stop();
     session = { token, abort: new AbortController(), pollTimer: null, retryTimer: null,
-                recheckTimer: null, streaming: false };
+                recheckTimer: null, runsTimer: null, streaming: false };
     clearBanner();
     ui.form.hidden = true;
     ui.inbox.hidden = false;
+    ui.runs.hidden = false;
     ui.signOut.hidden = false;
     const claims = decodeClaims(token);
     ui.whoami.textContent = claims
@@ -197,14 +221,20 @@
     refresh(mine).then((outcome) => {
       if (outcome !== "ended" && session === mine) openStream(mine);
     });
+    loadRuns(mine);
+    mine.runsTimer = setInterval(() => loadRuns(mine), RUNS_REFRESH_MS);
+    const wanted = /^#run=(.+)$/.exec(location.hash);
+    if (wanted) follow(decodeURIComponent(wanted[1]));
   }
 
   function stop() {
+    unfollow();
     if (!session) return;
     session.abort.abort();
     clearInterval(session.pollTimer);
     clearTimeout(session.retryTimer);
     clearInterval(session.recheckTimer);
+    clearInterval(session.runsTimer);
     session = null;
   }
 
@@ -250,7 +280,9 @@
   function startPolling(mine, why) {
     if (session !== mine) return;
     setConnection("polling", `polling every ${POLL_MS / 1000} s (${why})`);
-    if (!mine.pollTimer) mine.pollTimer = setInterval(() => refresh(mine), POLL_MS);
+    if (!mine.pollTimer) {
+      mine.pollTimer = setInterval(() => refresh(mine).then(() => loadRuns(mine)), POLL_MS);
+    }
     clearTimeout(mine.retryTimer);
     mine.retryTimer = setTimeout(() => openStream(mine), STREAM_RETRY_MS);
   }
@@ -302,11 +334,11 @@
     }
   }
 
-  /** Parse a text/event-stream body; call onEvent(name, data) per dispatched event. */
+  /** Parse a text/event-stream body; call onEvent(name, data, id) per dispatched event. */
   async function readEvents(body, onEvent) {
     const reader = body.getReader();
     const decoder = new TextDecoder();
-    let buffer = "", event = "message", data = [];
+    let buffer = "", event = "message", data = [], id = null;
     for (;;) {
       const { value, done } = await reader.read();
       if (done) return;
@@ -316,9 +348,10 @@
         const line = buffer.slice(0, newline);
         buffer = buffer.slice(newline + (buffer.startsWith("\r\n", newline) ? 2 : 1));
         if (line === "") {
-          if (data.length) onEvent(event, data.join("\n"));
+          if (data.length) onEvent(event, data.join("\n"), id);
           event = "message";
           data = [];
+          id = null;
         } else if (!line.startsWith(":")) {
           const colon = line.indexOf(":");
           const field = colon < 0 ? line : line.slice(0, colon);
@@ -326,6 +359,7 @@
           if (value.startsWith(" ")) value = value.slice(1);
           if (field === "event") event = value;
           else if (field === "data") data.push(value);
+          else if (field === "id") id = value;
         }
       }
     }
@@ -347,8 +381,15 @@
       } catch (_) { /* not JSON: show it as it came */ }
       showBanner("network", `The API reports a problem: ${message} — retrying.`);
       recheck(mine);
+    } else if (event === "run") {
+      // Any change to what waits arrives as `approvals`; this keeps the runs list current.
+      try {
+        upsertRun(JSON.parse(data), { top: true });
+        trimRuns();
+      } catch (err) {
+        console.warn("stead inbox: unreadable run event", err);
+      }
     }
-    // `run` events need nothing here: any change to what waits arrives as `approvals`.
   }
 
   // ------------------------------------------------------------------------ rendering
@@ -584,7 +625,237 @@
     return `${approved ? "Approved" : "Rejected"} ${what}.`;
   }
 
+  // ------------------------------------------------------------------------ runs
+
+  async function loadRuns(mine) {
+    try {
+      const list = await api("GET", `/v1/runs?limit=${RUNS_SHOWN}`,
+        { signal: mine.abort.signal });
+      if (session !== mine || !Array.isArray(list)) return;
+      for (const r of list) upsertRun(r);
+      trimRuns();
+    } catch (err) {
+      // The approvals list says what is wrong with the connection or the token.
+      if (err.name !== "AbortError") console.warn("stead inbox: runs not loaded", err);
+    }
+  }
+
+  function upsertRun(r, { top = false } = {}) {
+    let run = runs.get(r.workflow_id);
+    if (!run) {
+      const el = ui.runTemplate.content.firstElementChild.cloneNode(true);
+      const q = (id) => el.querySelector(`[data-testid="${id}"]`);
+      run = { el, status: q("run-status"), agent: q("run-agent"), follow: q("run-follow") };
+      el.dataset.workflowId = r.workflow_id;
+      q("run-workflow-id").textContent = r.workflow_id;
+      run.follow.setAttribute("aria-label", `Follow run ${r.workflow_id}`);
+      run.follow.addEventListener("click", () => follow(r.workflow_id));
+      runs.set(r.workflow_id, run);
+      if (top) ui.runList.prepend(el);
+      else ui.runList.appendChild(el);
+      if (follower && follower.workflowId === r.workflow_id) el.dataset.followed = "true";
+    }
+    run.el.dataset.status = r.status;
+    run.agent.textContent = r.agent ?? "";
+    run.status.textContent = r.awaiting_approval ? `${r.status} · awaiting approval` : r.status;
+  }
+
+  function trimRuns() {
+    const rows = [...ui.runList.children];
+    for (const el of rows.slice(RUNS_SHOWN)) {
+      if (el.dataset.followed === "true") continue;
+      runs.delete(el.dataset.workflowId);
+      el.remove();
+    }
+  }
+
+  function setRunState(state, text) {
+    ui.runPanel.dataset.state = state;
+    ui.runState.textContent = text;
+  }
+
+  function follow(workflowId) {
+    unfollow();
+    const mine = session;
+    if (!mine) return;
+    const f = { workflowId, abort: new AbortController(), lastId: null, messages: new Map(),
+                done: false };
+    follower = f;
+    ui.runPanel.hidden = false;
+    ui.runPanel.dataset.workflowId = workflowId;
+    ui.runId.textContent = workflowId;
+    ui.runMessages.replaceChildren();
+    ui.runSteps.replaceChildren();
+    ui.runResult.hidden = true;
+    ui.runResult.textContent = "";
+    for (const run of runs.values()) {
+      run.el.dataset.followed = String(run.el.dataset.workflowId === workflowId);
+    }
+    history.replaceState(null, "", `#run=${encodeURIComponent(workflowId)}`);
+    setRunState("connecting", "connecting…");
+    readRun(mine, f);
+  }
+
+  function unfollow() {
+    if (!follower) return;
+    follower.abort.abort();
+    follower = null;
+    ui.runPanel.hidden = true;
+    ui.runPanel.dataset.state = "idle";
+    for (const run of runs.values()) delete run.el.dataset.followed;
+    if (location.hash.startsWith("#run=")) {
+      history.replaceState(null, "", location.pathname + location.search);
+    }
+  }
+
+  const pause = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+  /** Read the run's stream until its result; resume after breaks with Last-Event-ID. */
+  async function readRun(mine, f) {
+    while (session === mine && follower === f && !f.done) {
+      const headers = { Authorization: `Bearer ${mine.token}`, Accept: "text/event-stream" };
+      if (f.lastId) headers["Last-Event-ID"] = f.lastId;
+      let response;
+      try {
+        response = await fetch(
+          `${API_BASE}/v1/runs/${encodeURIComponent(f.workflowId)}/events`,
+          { headers, signal: f.abort.signal, cache: "no-store" });
+      } catch (err) {
+        if (err.name === "AbortError") return;
+        setRunState("reconnecting", `Cannot reach the run's stream (${err.message}); retrying.`);
+        await pause(RUN_RETRY_MS);
+        continue;
+      }
+      if (follower !== f) return;
+      if (response.status === 204) {
+        setRunState("done", "finished");
+        f.done = true;
+        return;
+      }
+      if (!response.ok) {
+        const err = await errorFrom(response);
+        if (err.status === 401) {
+          authFailure(err);
+          return;
+        }
+        setRunState("error", `Cannot follow this run (${err.status} ${err.type}): ` +
+          err.message);
+        if (err.status === 404 || err.status === 403 || err.status === 422) return;
+        await pause(RUN_RETRY_MS);
+        continue;
+      }
+      setRunState("streaming", "live");
+      try {
+        await readEvents(response.body, (event, data, id) => onRunEvent(f, event, data, id));
+      } catch (err) {
+        if (err.name === "AbortError") return;
+      }
+      if (!f.done && follower === f) {
+        setRunState("reconnecting", "The stream broke off; resuming where it stopped.");
+        await pause(RUN_RETRY_MS);
+      }
+    }
+  }
+
+  function onRunEvent(f, event, data, id) {
+    if (follower !== f) return;
+    if (id) f.lastId = id;
+    let d;
+    try {
+      d = JSON.parse(data);
+    } catch (_) {
+      return;
+    }
+    if (event === "token") applyToken(f, d);
+    else if (event === "step") addLine(ui.runSteps, stepText(d));
+    else if (event === "approval") addLine(ui.runSteps, approvalText(d));
+    else if (event === "result") showResult(f, d);
+    else if (event === "error") setRunState("streaming", `live; the server reports: ${d.message}`);
+  }
+
+  function addLine(listEl, text) {
+    const li = document.createElement("li");
+    li.textContent = text;
+    listEl.appendChild(li);
+  }
+
+  function approvalText(a) {
+    const what = a.tool ? ` ${a.tool} ${JSON.stringify(a.arguments ?? {})}` : "";
+    if (a.type === "decided") return `approval ${a.approval_id}: ${a.decision} by ${a.actor}`;
+    return `approval ${a.approval_id}${what}: ${a.type}, waiting for ${a.decision}`;
+  }
+
+  /** The message of a step as the stream's rules say (see the top of this file): the latest
+   * `start` of a step wins; events of its other messages are stale. */
+  function applyToken(f, t) {
+    let m = f.messages.get(t.step);
+    const id = `${t.attempt}/${t.fallback ?? 0}`;
+    if (t.type === "start") {
+      if (!m) {
+        const el = document.createElement("li");
+        const note = document.createElement("span");
+        note.className = "restarted";
+        note.dataset.testid = "run-message-restarted";
+        note.hidden = true;
+        const text = document.createElement("span");
+        text.dataset.testid = "run-message-text";
+        el.append(note, text);
+        el.dataset.step = String(t.step);
+        ui.runMessages.appendChild(el);
+        m = { el, note, textEl: text, id: "", text: "" };
+        f.messages.set(t.step, m);
+      } else if (t.restart) {
+        m.note.textContent = t.fallback
+          ? `model ${t.fallback + 1} of the chain restarted this message`
+          : `attempt ${t.attempt} restarted this message`;
+        m.note.hidden = false;
+      }
+      m.id = id;
+      m.text = "";
+      m.el.dataset.attempt = String(t.attempt);
+      m.el.dataset.writing = "true";
+    } else if (!m || id !== m.id) {
+      return;  // a late word of a message that was restarted
+    } else if (t.type === "text") {
+      m.text += t.text;
+    } else if (t.type === "reset") {
+      m.text = t.text;
+    } else if (t.type === "end") {
+      m.el.dataset.writing = "false";
+      if (!m.text && t.tool_calls.length) m.text = `(calls ${t.tool_calls.join(", ")})`;
+    } else if (t.type === "error") {
+      m.el.dataset.writing = "false";
+      m.note.textContent = `attempt ${t.attempt} failed: ${t.error ?? "error"}; retrying`;
+      m.note.hidden = false;
+    }
+    m.textEl.textContent = m.text;
+  }
+
+  function showResult(f, r) {
+    f.done = true;
+    for (const m of f.messages.values()) m.el.dataset.writing = "false";
+    const result = r.result;
+    ui.runResult.dataset.status = r.status;
+    if (result) {
+      // The answer is on screen already when the last message says it; else it follows.
+      const last = [...f.messages.values()].pop();
+      const n = result.steps;
+      const answer = result.answer && (!last || last.text !== result.answer)
+        ? `: ${result.answer}` : "";
+      ui.runResult.textContent = `${r.status} in ${n} step${n === 1 ? "" : "s"}${answer}` +
+        (result.error ? ` (${result.error})` : "");
+    } else {
+      ui.runResult.textContent = `${r.status}${r.error ? `: ${r.error}` : ""}`;
+    }
+    ui.runResult.hidden = false;
+    setRunState("done", "finished");
+    const run = runs.get(f.workflowId);
+    if (run) run.status.textContent = r.status;
+  }
+
   // ------------------------------------------------------------------------ wiring
+
+  ui.runClose.addEventListener("click", () => unfollow());
 
   ui.form.addEventListener("submit", (ev) => {
     ev.preventDefault();

@@ -22,6 +22,7 @@ One job per module:
 - ``_values``: what a write stores (redacted, storable by PostgreSQL); the JSON codec
 - ``_migrate``: the migration runner (``migrate``)
 - ``_retry``: retry while PostgreSQL is away (``retrying``, also used by ``stead.storage.blobs``)
+- ``_stream``: the token stream's rows (``stead_stream``) and the NOTIFY that wakes readers
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from __future__ import annotations
 from stead.storage.ledger._ledger import Ledger
 from stead.storage.ledger._migrate import migrate
 from stead.storage.ledger._retry import TRANSIENT, retrying
+from stead.storage.ledger._stream import STREAM_CHANNEL, StreamKind, StreamPiece, StreamRow
 from stead.storage.ledger._writes import ABANDONED, Claim
 
-__all__ = ["ABANDONED", "TRANSIENT", "Claim", "Ledger", "migrate", "retrying"]
+__all__ = ["ABANDONED", "STREAM_CHANNEL", "TRANSIENT", "Claim", "Ledger", "StreamKind",
+           "StreamPiece", "StreamRow", "migrate", "retrying"]

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from stead.storage.ledger._reads import LedgerReads
+from stead.storage.ledger._stream import LedgerStream
 from stead.storage.ledger._writes import LedgerWrites
 
 
-class Ledger(LedgerWrites, LedgerReads):
-    """A connection pool plus the ledger's operations: writes (``LedgerWrites``) and reads
-    (``LedgerReads``)."""
+class Ledger(LedgerWrites, LedgerReads, LedgerStream):
+    """A connection pool plus the ledger's operations: writes (``LedgerWrites``), reads
+    (``LedgerReads``) and the token stream (``LedgerStream``)."""
