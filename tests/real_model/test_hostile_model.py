@@ -46,6 +46,7 @@ from stead.guardrails.calls import check_call
 from stead.settings import Settings
 from stead.stack.embedded import EmbeddedStack
 from stead.storage.ledger import Ledger
+from stead.streaming import TokenEvent, follow_run
 from stead.worker import WorkerHost
 
 # One campaign of real model calls for the whole module; pytest-timeout counts the fixture's
@@ -376,11 +377,42 @@ async def test_nothing_is_left_running_in_the_ledger_or_temporal(campaign: Campa
     assert len(closed) >= len(campaign.runs)
 
 
-# ---------------------------------------------------------------------------- to come (#17)
+# ---------------------------------------------------------------------------- the stream
 
 
-async def test_tokens_stream_out_of_every_run(campaign: Campaign) -> None:
-    """Issue #17 part 4 (tokens streamed out of durable runs). When it lands, assert here:
-    each run's answer arrived as token events before its result, their text joined equals the
-    recorded answer (no text duplicated by a retried attempt), and the stream ended."""
-    pytest.skip("token streaming (#17 part 4) has not landed yet")
+async def test_tokens_stream_out_of_every_run(campaign: Campaign, ledger: Ledger) -> None:
+    """Every run's model calls streamed out of it: followed from the start after the run
+    ended, the stream holds each answered call's text, token events come before the result,
+    and what a retried or handed-over call wrote is dropped (``restart``), so the text of
+    each step's latest message is exactly what the ledger recorded for it."""
+    for done in campaign.runs:
+        run_id = done.trail.runs[-1].run_id
+        events = [e async for e in follow_run(campaign.client, ledger, None,
+                                              workflow_id=done.workflow_id, run_id=run_id,
+                                              tenant=campaign.tenant)
+                  if e is not None]
+        assert events and events[-1].name == "result", (done.workflow_id, events[-3:])
+        assert all(e.name != "result" for e in events[:-1])
+        latest: dict[int, tuple[int, int]] = {}
+        text: dict[tuple[int, int, int], list[str]] = {}
+        for e in events:
+            if e.name != "token":
+                continue
+            tk = e.data
+            assert isinstance(tk, TokenEvent)
+            key = (tk.step, tk.attempt, tk.fallback)
+            if tk.type == "start":
+                latest[tk.step] = (tk.attempt, tk.fallback)
+                text[key] = []
+            elif tk.type == "text":
+                text.setdefault(key, []).append(tk.text)
+            elif tk.type == "reset":
+                text[key] = [tk.text]
+        answered = {(m.step, m.attempt, m.fallback): m.content or ""
+                    for m in done.trail.model_calls if m.status == "ok"}
+        assert answered, done.workflow_id
+        for step, (attempt, fallback) in latest.items():
+            key = (step, attempt, fallback)
+            if key in answered:
+                assert "".join(text.get(key, [])) == answered[key], (done.workflow_id, key)
+        assert {(k[0]) for k in answered} <= set(latest), (done.workflow_id, latest)
