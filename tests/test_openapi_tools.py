@@ -445,7 +445,7 @@ def _shop(*tools: Tool[Any, Any]) -> AgentCatalog:
 @pytest.mark.parametrize(("value", "message"), [
     ("{not json", "STEAD_OPENAPI_SOURCES must be JSON"),
     ('{"orders": {"document": "o.json", "agents": ["shop"]}}',
-     "STEAD_OPENAPI_SOURCES="),
+     "STEAD_OPENAPI_SOURCES at orders.operations="),
     ('{"orders": {"document": "o.json", "operations": [], "agents": ["shop"]}}',
      "at least 1 item"),
     ('{"orders": {"document": "o.json", "operations": ["a"], "agents": ["shop"], '
@@ -454,7 +454,8 @@ def _shop(*tools: Tool[Any, Any]) -> AgentCatalog:
     ('{"orders": {"document": "o.json", "operations": ["a"], "agents": ["shop"], '
      '"auth": {"bearer_secret": "Bad-Name"}}}', "secret name 'Bad-Name' must match"),
     ('{"orders": {"document": "o.json", "operations": ["a"], "agents": ["shop"], '
-     '"overrides": {"a": {"side_effect": "maybe"}}}}', "STEAD_OPENAPI_SOURCES="),
+     '"overrides": {"a": {"side_effect": "maybe"}}}}',
+     "STEAD_OPENAPI_SOURCES at orders.overrides.a.side_effect="),
     ('{"orders": {"document": "o.json", "operations": ["a"], "agents": ["shop"], '
      '"retries": 3}}', "Extra inputs are not permitted"),
 ], ids=["not-json", "no-operations", "empty-operations", "two-auths", "bad-secret-name",
