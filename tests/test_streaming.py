@@ -97,19 +97,19 @@ def tenant() -> str:
 
 @pytest.fixture
 async def scene(settings: Settings) -> AsyncIterator[Scene]:
-    async with _scene(settings, api="chat") as s:
+    async with _scene(settings, wire="chat") as s:
         yield s
 
 
 @pytest.fixture
 async def responses_scene(settings: Settings) -> AsyncIterator[Scene]:
     """The scene with the model on OpenAI's Responses API (``OpenAIResponsesModel``)."""
-    async with _scene(settings, api="responses") as s:
+    async with _scene(settings, wire="responses") as s:
         yield s
 
 
 @asynccontextmanager
-async def _scene(settings: Settings, *, api: Literal["chat", "responses"]
+async def _scene(settings: Settings, *, wire: Literal["chat", "responses"]
                  ) -> AsyncIterator[Scene]:
     settings = settings.replace(api_secret=SecretStr(SECRET))
     agent = Agent(name="echo", instructions="Use the echo tool, then answer.", tools=[echo],
@@ -117,7 +117,7 @@ async def _scene(settings: Settings, *, api: Literal["chat", "responses"]
     async with FakeOpenAIServer.from_model(ScriptedModel(SCRIPT), chunk_delay=0.02) as server:
         model: ModelClient = (
             OpenAIModel(model=MODEL, api_key="sk-test", base_url=server.base_url)
-            if api == "chat" else
+            if wire == "chat" else
             OpenAIResponsesModel(model=MODEL, api_key="sk-test", base_url=server.base_url))
         catalog = AgentCatalog([agent])
         async with WorkerHost(settings, catalog, model=model) as host:
@@ -141,7 +141,8 @@ async def read_events(http: httpx.AsyncClient, workflow_id: str, headers: dict[s
             http.stream("GET", f"/v1/runs/{workflow_id}/events", headers=h) as r:
         assert r.status_code == 200, await r.aread()
         assert r.headers["content-type"].startswith("text/event-stream")
-        name, id_, data = "message", None, []
+        data: list[str] = []
+        name, id_ = "message", None
         async for line in r.aiter_lines():
             if line == "":
                 if data:
