@@ -15,9 +15,9 @@ Endpoints: ``POST /v1/chat/completions`` (whole answers, or server-sent chunks w
 /v1/embeddings`` (deterministic vectors, ``float`` or ``base64`` encoded). Both chat APIs are
 answered by the same responder, and both refuse what OpenAI refuses of the models named
 ``reasoning_models`` (``temperature``, ``max_tokens``) and of the others (a reasoning effort),
-and tools sent ``strict`` whose schema strict mode would not take. A streamed chat answer comes
-in word-sized pieces, ``chunk_delay`` seconds apart. Run it standalone to point any OpenAI
-client at it::
+and tools sent ``strict`` whose schema strict mode would not take. A streamed answer (either
+API) comes in word-sized pieces, ``chunk_delay`` seconds apart. Run it standalone to point any
+OpenAI client at it::
 
     python -m stead.testing.openai_server --port 8089
     export OPENAI_BASE_URL=http://127.0.0.1:8089/v1 OPENAI_API_KEY=test  # read by stead.settings
@@ -123,8 +123,8 @@ class Fault:
     arguments: str = '{"service": "api"'
     """Argument text of a ``bad_tool_arguments`` fault; truncated JSON by default."""
     chunks: int = 2
-    """Chunks of the answer a ``broken_stream`` fault sends before it drops the connection
-    (a request that does not stream gets half of its body)."""
+    """Chunks of the answer (events, on the Responses API) a ``broken_stream`` fault sends
+    before it drops the connection (a request that does not stream gets half of its body)."""
 
     def __post_init__(self) -> None:
         status = self.status
