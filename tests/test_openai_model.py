@@ -1,4 +1,5 @@
-"""``OpenAIModel`` through the real ``openai`` SDK against ``FakeOpenAIServer``.
+"""``OpenAIModel`` (and the streaming of ``OpenAIResponsesModel``) through the real ``openai``
+SDK against ``FakeOpenAIServer``.
 
 What these pin: the wire format stead sends and reads, and how every way a provider can fail
 maps onto ``ModelCallError(kind, retryable, retry_after)`` — the contract Temporal's retry
@@ -29,6 +30,7 @@ from stead.integrations.llm import (
     call,
     raw_call,
 )
+from stead.integrations.openai_responses import OpenAIResponsesModel
 from stead.testing.openai_server import FakeOpenAIServer, Fault, fake_embedding
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -482,6 +484,91 @@ async def test_a_stream_that_breaks_off_or_sends_garbage_is_a_retryable_error() 
             await model.stream(USER, [], _Sink())
         assert (limited.value.kind, limited.value.retry_after) == (
             "RateLimited", timedelta(seconds=2))
+
+
+REASONER = "gpt-5-mini"
+
+
+@asynccontextmanager
+async def responses_model(srv: FakeOpenAIServer) -> AsyncIterator[OpenAIResponsesModel]:
+    model = OpenAIResponsesModel(model=REASONER, api_key="sk-test", base_url=srv.base_url,
+                                 timeout=10.0)
+    try:
+        yield model
+    finally:
+        await model.close()
+
+
+async def test_a_streamed_response_is_the_same_turn_with_its_text_and_call_name_in_order(
+) -> None:
+    """Responses ``stream=True``: the text deltas reach the sink in order, the function call's
+    name when its item is added, and the turn (usage, reasoning item, call) is the one
+    ``complete`` maps from the same response."""
+    turn = ModelTurn(content="The api is healthy: error rate 0.1%, p95 45 ms.",
+                     tool_calls=[call("service_status", call_id="call_7", service="api")],
+                     usage=Usage(input_tokens=31, output_tokens=12))
+    async with (
+        FakeOpenAIServer.from_model(ScriptedModel([turn]),
+                                    reasoning_models=[REASONER]) as srv,
+        responses_model(srv) as model,
+    ):
+        whole = await model.complete(USER, [STATUS_TOOL])
+        sink = _Sink()
+        streamed = await model.stream(USER, [STATUS_TOOL], sink)
+    # Each response carries a reasoning item of its own; all else is the same.
+    assert streamed.model_copy(update={"reasoning": []}) == whole.model_copy(
+        update={"reasoning": []})
+    assert (streamed.finish_reason, streamed.usage) == (
+        "tool_calls", Usage(input_tokens=31, output_tokens=12 + 8, reasoning_tokens=8))
+    assert len(streamed.reasoning) == 1 and streamed.reasoning[0].summary
+    assert json.loads(streamed.tool_calls[0].arguments) == {"service": "api"}
+    assert sink.said[0] == ("begin", f"openai:{REASONER}")
+    texts = [t for kind, t in sink.said if kind == "text"]
+    assert len(texts) > 5 and "".join(texts) == turn.content
+    assert sink.said[-1] == ("tool", "service_status")
+    assert srv.response_requests[-1]["stream"] is True
+
+
+def _event(**fields: object) -> str:
+    return json.dumps({"sequence_number": 0, **fields})
+
+
+async def test_a_response_stream_that_breaks_fails_or_stops_short_is_a_retryable_error(
+) -> None:
+    failed = {"id": "resp_1", "object": "response", "created_at": 0, "status": "failed",
+              "model": REASONER, "output": [], "usage": None, "incomplete_details": None,
+              "error": {"code": "server_error", "message": "The model fell over."}}
+    async with (
+        FakeOpenAIServer.from_model(answer("one two three four five six")) as srv,
+        responses_model(srv) as model,
+    ):
+        async def fails(*faults: Fault) -> tuple[ModelCallError, _Sink]:
+            srv.inject(*faults, endpoint="responses")
+            sink = _Sink()
+            with pytest.raises(ModelCallError) as info:
+                await model.stream(USER, [], sink)
+            assert info.value.retryable, info.value
+            return info.value, sink
+
+        broken, sink = await fails(Fault("broken_stream", chunks=7))
+        assert broken.kind == "ModelStreamBroken" and "after 7 chunks" in str(broken)
+        assert ("text", "one") in sink.said  # what came before the break reached the sink
+        garbled, _ = await fails(Fault("malformed_json"))
+        assert garbled.kind == "ModelResponseInvalid"
+        short, _ = await fails(Fault("malformed_json", body=_event(
+            type="response.in_progress", response={**failed, "status": "in_progress"})))
+        assert short.kind == "ModelStreamBroken" and "without a final response" in str(short)
+        gave_up, _ = await fails(Fault("malformed_json", body=_event(
+            type="response.failed", response=failed)))
+        assert gave_up.kind == "ModelServerError" and "The model fell over." in str(gave_up)
+        errored, _ = await fails(Fault("malformed_json", body=_event(
+            type="error", code="server_error", message="Stream lost.", param=None)))
+        assert errored.kind == "ModelServerError" and "Stream lost." in str(errored)
+        limited, _ = await fails(Fault("rate_limit", retry_after=2))
+        assert (limited.kind, limited.retry_after) == ("RateLimited", timedelta(seconds=2))
+        # Each fault was one request; the next one streams the whole answer.
+        streamed = await model.stream(USER, [], _Sink())
+    assert streamed.content == "one two three four five six"
 
 
 async def test_module_runs_standalone_with_the_echo_responder() -> None:

@@ -17,10 +17,11 @@ import itertools
 import json
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import pytest
@@ -32,7 +33,8 @@ from stead.api import ApiServer, Role, create_app, issue_token
 from stead.authoring.agent import Agent, AgentCatalog
 from stead.authoring.tools import ToolContext, tool
 from stead.contracts.models import ModelTurn, RunRef
-from stead.integrations.llm import OpenAIModel, ScriptedModel, call
+from stead.integrations.llm import ModelClient, OpenAIModel, ScriptedModel, call
+from stead.integrations.openai_responses import OpenAIResponsesModel
 from stead.security.secrets import Redactor
 from stead.settings import Settings
 from stead.storage.ledger import Ledger
@@ -95,11 +97,28 @@ def tenant() -> str:
 
 @pytest.fixture
 async def scene(settings: Settings) -> AsyncIterator[Scene]:
+    async with _scene(settings, wire="chat") as s:
+        yield s
+
+
+@pytest.fixture
+async def responses_scene(settings: Settings) -> AsyncIterator[Scene]:
+    """The scene with the model on OpenAI's Responses API (``OpenAIResponsesModel``)."""
+    async with _scene(settings, wire="responses") as s:
+        yield s
+
+
+@asynccontextmanager
+async def _scene(settings: Settings, *, wire: Literal["chat", "responses"]
+                 ) -> AsyncIterator[Scene]:
     settings = settings.replace(api_secret=SecretStr(SECRET))
     agent = Agent(name="echo", instructions="Use the echo tool, then answer.", tools=[echo],
                   offline_model=ScriptedModel([ModelTurn(content="offline")]))
     async with FakeOpenAIServer.from_model(ScriptedModel(SCRIPT), chunk_delay=0.02) as server:
-        model = OpenAIModel(model=MODEL, api_key="sk-test", base_url=server.base_url)
+        model: ModelClient = (
+            OpenAIModel(model=MODEL, api_key="sk-test", base_url=server.base_url)
+            if wire == "chat" else
+            OpenAIResponsesModel(model=MODEL, api_key="sk-test", base_url=server.base_url))
         catalog = AgentCatalog([agent])
         async with WorkerHost(settings, catalog, model=model) as host:
             app = create_app(settings, client=host.client, poll_seconds=0.2)
@@ -122,7 +141,8 @@ async def read_events(http: httpx.AsyncClient, workflow_id: str, headers: dict[s
             http.stream("GET", f"/v1/runs/{workflow_id}/events", headers=h) as r:
         assert r.status_code == 200, await r.aread()
         assert r.headers["content-type"].startswith("text/event-stream")
-        name, id_, data = "message", None, []
+        data: list[str] = []
+        name, id_ = "message", None
         async for line in r.aiter_lines():
             if line == "":
                 if data:
@@ -247,6 +267,74 @@ async def test_a_model_call_retried_after_its_stream_broke_restarts_its_message(
     assert (second[0]["type"], second[0]["restart"]) == ("start", True)
     assert [tk["type"] for tk in second][-1] == "end"
     # A reader that follows the rules shows the message once, as recorded.
+    trail = await ledger.trail(wid)
+    calls = {(m.step, m.attempt): m for m in trail.model_calls}
+    assert (calls[(1, 1)].status, calls[(1, 2)].status) == ("error", "ok")
+    assert render(step1)[1] == (2, calls[(1, 2)].content) == (2, THINKING)
+
+
+# ---------------------------------------------------------------------------- the Responses API
+
+
+async def test_a_run_over_the_responses_api_streams_deltas_that_add_up_to_the_recorded_answer(
+        responses_scene: Scene, ledger: Ledger) -> None:
+    """As over chat completions: each model call's text comes in pieces that add up to what
+    the ledger records, the first call's function-call name is streamed, and the tool runs."""
+    scene = responses_scene
+    t = tenant()
+    wid = await scene.start(t)
+    events = await read_events(scene.http, wid, auth(t))
+
+    result = events[-1][2]
+    assert (events[-1][0], result["status"], result["result"]["answer"]) == (
+        "result", "completed", ANSWER)
+    tokens = of(events, "token")
+    by_call: dict[tuple[int, int], list[Json]] = {}
+    for tk in tokens:
+        by_call.setdefault((tk["step"], tk["attempt"]), []).append(tk)
+    trail = await ledger.trail(wid)
+    recorded = {(m.step, m.attempt): m.content for m in trail.model_calls}
+    assert set(by_call) == set(recorded) == {(1, 1), (3, 1)}
+    for key, seq in by_call.items():
+        kinds = [tk["type"] for tk in seq]
+        assert kinds[0] == "start" and kinds[-1] == "end" and set(kinds[1:-1]) == {"text"}, kinds
+        assert "".join(tk["text"] for tk in seq) == recorded[key]
+    assert by_call[(1, 1)][-1]["tool_calls"] == ["echo"]
+    assert by_call[(1, 1)][-1]["finish_reason"] == "tool_calls"
+    assert by_call[(1, 1)][0]["model"] == f"openai:{MODEL}"
+    assert not any(tk["restart"] for tk in tokens)
+    for key in by_call:
+        pieces = [tk["text"] for tk in by_call[key] if tk["type"] == "text"]
+        assert len(pieces) >= 2 and all(p.endswith(" ") for p in pieces[:-1]), pieces
+    # The tool the streamed call named ran, and its result went back to the model.
+    steps = of(events, "step")
+    assert [(s["kind"], s["name"]) for s in steps] == [
+        ("route", "default"), ("model", MODEL), ("tool", "echo"), ("model", MODEL)]
+    sent = scene.server.response_requests
+    assert [r["stream"] for r in sent] == [True, True]
+    outputs = [i for i in sent[1]["input"] if i.get("type") == "function_call_output"]
+    assert [(o["call_id"], json.loads(o["output"])["result"]) for o in outputs] == [
+        ("call_1", {"text": "hello"})]
+    assert not scene.server.requests  # nothing went to chat completions
+
+
+async def test_a_responses_call_retried_after_its_stream_broke_restarts_its_message(
+        responses_scene: Scene, ledger: Ledger) -> None:
+    scene = responses_scene
+    t = tenant()
+    # created, in_progress, the message item added, its content part, then 5 text deltas.
+    scene.server.inject(Fault("broken_stream", chunks=9), endpoint="responses")
+    wid = await scene.start(t)
+    events = await read_events(scene.http, wid, auth(t))
+    assert events[-1][2]["status"] == "completed", events[-1]
+
+    step1 = [tk for tk in of(events, "token") if tk["step"] == 1]
+    first = [tk["type"] for tk in step1 if tk["attempt"] == 1]
+    second = [tk for tk in step1 if tk["attempt"] == 2]
+    assert first[0] == "start" and first[-1] == "error" and "text" in first, first
+    assert "broke off" in step1[len(first) - 1]["error"]
+    assert (second[0]["type"], second[0]["restart"]) == ("start", True)
+    assert [tk["type"] for tk in second][-1] == "end"
     trail = await ledger.trail(wid)
     calls = {(m.step, m.attempt): m for m in trail.model_calls}
     assert (calls[(1, 1)].status, calls[(1, 2)].status) == ("error", "ok")

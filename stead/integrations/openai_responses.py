@@ -15,6 +15,11 @@ and a response's output items (``message``, ``function_call``, ``reasoning``) be
 ``ModelTurn``. Calls are stateless (``store: false``, never ``previous_response_id``): the
 run's history holds the whole transcript, so a retry, a fallback model or a replay needs
 nothing the provider kept. Errors map exactly as for chat completions (``openai_call_error``).
+
+``stream`` asks for the same response as server-sent events: text deltas and function-call
+names go to a ``TurnSink`` as they arrive, and the turn is built from the response that the
+``response.completed`` (or ``response.incomplete``) event carries, by the same
+``response_turn``, so a streamed turn equals the one ``complete`` returns.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from stead.contracts.models import (
     ToolSchema,
     Usage,
 )
-from stead.integrations.llm import ModelCallError, openai_call_error, wire_arguments
+from stead.integrations.llm import ModelCallError, TurnSink, openai_call_error, wire_arguments
 from stead.integrations.openai_params import responses_parameters
 
 if TYPE_CHECKING:
@@ -60,21 +65,85 @@ class OpenAIResponsesModel:
         await self._client.close()
 
     async def complete(self, messages: Sequence[Message], tools: Sequence[ToolSchema]) -> ModelTurn:
-        kwargs: dict[str, Any] = {"model": self._model, "input": to_input_items(messages),
-                                  **responses_parameters(self._endpoint, tools)}
         try:
-            resp = await self._client.responses.create(**kwargs)
+            resp = await self._client.responses.create(**self._request(messages, tools))
         except Exception as err:
             raise openai_call_error(err, what="model") from err
+        return _checked_turn(resp, fallback_model=self._model)
+
+    async def stream(self, messages: Sequence[Message], tools: Sequence[ToolSchema],
+                     sink: TurnSink) -> ModelTurn:
+        """``complete`` with ``stream=True``: text and function-call names reach ``sink`` as
+        the server sends them; the turn is the final response's, mapped as ``complete`` maps
+        it. A stream that breaks off, reports a failure or an error, or ends without a final
+        response is a retryable ``ModelCallError``."""
+        from stead.integrations.llm_stream import stream_error
+
+        sink.begin(self.name)
         try:
-            return response_turn(resp, fallback_model=self._model)
+            stream = await self._client.responses.create(**self._request(messages, tools),
+                                                         stream=True)
+        except Exception as err:
+            raise openai_call_error(err, what="model") from err
+        final: Response | None = None
+        events = 0
+        try:
+            async with stream:
+                async for event in stream:
+                    events += 1
+                    final = _take_event(event, sink) or final
         except ModelCallError:
             raise
-        except (AttributeError, TypeError, IndexError, KeyError, ValueError) as err:
-            # The SDK builds responses without validating them: a body of the wrong shape
-            # only shows up here.
-            raise ModelCallError(f"malformed model response: {err}", kind="ModelResponseInvalid",
-                                 retryable=True) from err
+        except Exception as err:
+            raise stream_error(err, chunks=events) from err
+        if final is None:
+            raise ModelCallError(f"the model stream ended without a final response "
+                                 f"({events} events)", kind="ModelStreamBroken", retryable=True)
+        return _checked_turn(final, fallback_model=self._model)
+
+    def _request(self, messages: Sequence[Message],
+                 tools: Sequence[ToolSchema]) -> dict[str, Any]:
+        """The keyword arguments of one ``responses.create`` call."""
+        return {"model": self._model, "input": to_input_items(messages),
+                **responses_parameters(self._endpoint, tools)}
+
+
+def _take_event(event: Any, sink: TurnSink) -> Response | None:
+    """One event of a streamed response: text and call names to ``sink``; the final response
+    when the event carries it. Events stead does not act on (reasoning summaries, argument
+    deltas, built-in tools) pass."""
+    match event.type:
+        case "response.output_text.delta" | "response.refusal.delta":
+            if event.delta:
+                sink.text(event.delta)
+        case "response.output_item.added":
+            if event.item.type == "function_call" and event.item.name:
+                sink.tool_call(event.item.name)
+        case "response.completed" | "response.incomplete":
+            final: Response = event.response
+            return final
+        case "response.failed":
+            # response_turn says why, with the response's error code and message.
+            response_turn(event.response, fallback_model="")
+            raise ModelCallError("model server error: the response failed",
+                                 kind="ModelServerError", retryable=True)
+        case "error":
+            raise ModelCallError(f"the model server ended the stream with an error: "
+                                 f"{event.code or 'error'}: {event.message}",
+                                 kind="ModelServerError", retryable=True)
+    return None
+
+
+def _checked_turn(resp: Response, *, fallback_model: str) -> ModelTurn:
+    try:
+        return response_turn(resp, fallback_model=fallback_model)
+    except ModelCallError:
+        raise
+    except (AttributeError, TypeError, IndexError, KeyError, ValueError) as err:
+        # The SDK builds responses without validating them: a body of the wrong shape
+        # only shows up here.
+        raise ModelCallError(f"malformed model response: {err}", kind="ModelResponseInvalid",
+                             retryable=True) from err
 
 
 def to_input_items(messages: Sequence[Message]) -> list[dict[str, Any]]:

@@ -5,8 +5,9 @@ Request side: a ``POST /v1/responses`` body becomes stead's chat-shaped messages
 ``message``, ``reasoning``, ``function_call``, ``function_call_output``; ``instructions``
 first), so the responders that answer chat completions answer it too. Response side: a
 ``ModelTurn`` becomes a ``response`` object with ``reasoning``, ``message`` and
-``function_call`` output items, in that order, as OpenAI sends them. Non-streaming only; a
-streaming answer would render the same items as ``response.*`` events.
+``function_call`` output items, in that order, as OpenAI sends them; a streamed answer
+(``"stream": true``) is the same response as ``response.*`` server-sent events
+(``render_events``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, NotRequired, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -375,3 +376,51 @@ def render_response(turn: ModelTurn, *, body: JsonObject, model: str,
                   "total_tokens": turn.usage.input_tokens + out_tokens},
         "metadata": {},
     }
+
+
+def render_events(resp: ResponseJSON, *, pieces: Callable[[str], list[str]]
+                  ) -> list[tuple[str, JsonObject]]:
+    """``resp`` as the events of a streamed response, as OpenAI sends them: created and in
+    progress, then per output item its ``added`` event, its text or arguments in ``pieces``
+    and its ``done`` events, then ``response.completed`` (``response.incomplete`` for a
+    response cut short) with the whole response."""
+    events: list[tuple[str, JsonObject]] = []
+
+    def emit(kind: str, **fields: Any) -> None:
+        events.append((kind, {"type": kind, "sequence_number": len(events), **fields}))
+
+    started: JsonObject = {**resp, "status": "in_progress", "output": [],
+                           "incomplete_details": None}
+    emit("response.created", response=started)
+    emit("response.in_progress", response=started)
+    for index, item in enumerate(resp["output"]):
+        where = {"item_id": item["id"], "output_index": index}
+        match item["type"]:
+            case "message":
+                emit("response.output_item.added", output_index=index,
+                     item={**item, "status": "in_progress", "content": []})
+                for at, part in enumerate(item["content"]):
+                    text = part["text"]
+                    emit("response.content_part.added", **where, content_index=at,
+                         part={**part, "text": ""})
+                    for piece in pieces(text):
+                        emit("response.output_text.delta", **where, content_index=at,
+                             delta=piece, logprobs=[])
+                    emit("response.output_text.done", **where, content_index=at, text=text,
+                         logprobs=[])
+                    emit("response.content_part.done", **where, content_index=at, part=part)
+            case "function_call":
+                emit("response.output_item.added", output_index=index,
+                     item={**item, "status": "in_progress", "arguments": ""})
+                arguments = item["arguments"]
+                for k in range(0, len(arguments), 16):
+                    emit("response.function_call_arguments.delta", **where,
+                         delta=arguments[k:k + 16])
+                emit("response.function_call_arguments.done", **where, name=item["name"],
+                     arguments=arguments)
+            case _:
+                emit("response.output_item.added", output_index=index, item=item)
+        emit("response.output_item.done", output_index=index, item=item)
+    emit("response.incomplete" if resp["status"] == "incomplete" else "response.completed",
+         response=resp)
+    return events

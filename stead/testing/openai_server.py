@@ -10,13 +10,14 @@ do — rate limits, 5xx, slow answers, truncated bodies, broken tool calls::
 
 Endpoints: ``POST /v1/chat/completions`` (whole answers, or server-sent chunks with
 ``"stream": true``, usage last with ``stream_options.include_usage``), ``POST /v1/responses``
-(OpenAI's Responses API, non-streaming; see ``stead.testing._openai_responses``) and ``POST
+(OpenAI's Responses API, whole or as ``response.*`` events with ``"stream": true``; see
+``stead.testing._openai_responses``) and ``POST
 /v1/embeddings`` (deterministic vectors, ``float`` or ``base64`` encoded). Both chat APIs are
 answered by the same responder, and both refuse what OpenAI refuses of the models named
 ``reasoning_models`` (``temperature``, ``max_tokens``) and of the others (a reasoning effort),
-and tools sent ``strict`` whose schema strict mode would not take. A streamed chat answer comes
-in word-sized pieces, ``chunk_delay`` seconds apart. Run it standalone to point any OpenAI
-client at it::
+and tools sent ``strict`` whose schema strict mode would not take. A streamed answer (either
+API) comes in word-sized pieces, ``chunk_delay`` seconds apart. Run it standalone to point any
+OpenAI client at it::
 
     python -m stead.testing.openai_server --port 8089
     export OPENAI_BASE_URL=http://127.0.0.1:8089/v1 OPENAI_API_KEY=test  # read by stead.settings
@@ -122,8 +123,8 @@ class Fault:
     arguments: str = '{"service": "api"'
     """Argument text of a ``bad_tool_arguments`` fault; truncated JSON by default."""
     chunks: int = 2
-    """Chunks of the answer a ``broken_stream`` fault sends before it drops the connection
-    (a request that does not stream gets half of its body)."""
+    """Chunks of the answer (events, on the Responses API) a ``broken_stream`` fault sends
+    before it drops the connection (a request that does not stream gets half of its body)."""
 
     def __post_init__(self) -> None:
         status = self.status
@@ -797,9 +798,11 @@ class FakeOpenAIServer(LocalHTTPServer):
         return await self._stream_raw(request, [*chunks, "[DONE]"])
 
     async def _stream_raw(self, request: web.Request, parts: list[str], *, sse: bool = True,
-                          broken: bool = False) -> web.StreamResponse:
+                          broken: bool = False, names: list[str] | None = None
+                          ) -> web.StreamResponse:
         """Send ``parts`` as server-sent events (or raw), ``chunk_delay`` apart; ``broken``:
-        then drop the connection instead of ending the response."""
+        then drop the connection instead of ending the response; ``names``: each event's
+        ``event:`` line (the Responses API names its events)."""
         resp = web.StreamResponse(headers={
             "Content-Type": "text/event-stream" if sse else "application/json",
             "x-request-id": f"req_{uuid.uuid4().hex}"})
@@ -808,7 +811,8 @@ class FakeOpenAIServer(LocalHTTPServer):
             if i and self._chunk_delay and await self._wait_or_closing(self._chunk_delay):
                 broken = True
                 break
-            await resp.write((f"data: {part}\n\n" if sse else part).encode())
+            named = f"event: {names[i]}\n" if names is not None else ""
+            await resp.write((f"{named}data: {part}\n\n" if sse else part).encode())
         if broken:
             assert request.transport is not None
             request.transport.close()
@@ -841,15 +845,10 @@ class FakeOpenAIServer(LocalHTTPServer):
         refused = self._refusal(chat)
         if refused is not None:
             return refused
-        if body.get("stream"):
-            return _json_response(
-                _error_body("FakeOpenAIServer does not stream the Responses API.",
-                            type_="invalid_request_error", param="stream"),
-                status=400,
-            )
+        stream = bool(body.get("stream"))
         fault = self._next_fault("responses")
         if fault is None:
-            return await self._answer_responses(chat)
+            return await self._answer_responses(request, chat)
         match fault.kind:
             case "rate_limit" | "server_error" | "client_error":
                 return _fault_error_response(fault)
@@ -858,28 +857,47 @@ class FakeOpenAIServer(LocalHTTPServer):
                     return _json_response(
                         _error_body("Server shutting down.", type_="server_error"), status=503
                     )
-                return await self._answer_responses(chat)
+                return await self._answer_responses(request, chat)
             case "malformed_json":
                 text = fault.body
+                if stream:
+                    return await self._stream_raw(
+                        request, [text or '{"type": "response.created", "respo'],
+                        names=["response.created"])
                 if text is None:
                     full = json.dumps(self._render_response(ModelTurn(content="cut off"), chat))
                     text = full[: len(full) // 2]
                 return web.Response(text=text, content_type=fault.content_type)
             case "bad_tool_arguments" | "unknown_tool":
-                return _json_response(self._render_response(_faulty_turn(fault, chat), chat))
-            case "broken_stream":  # this endpoint does not stream: half the body, then drop
-                out = self._responder(chat)
-                turn = await out if isinstance(out, Awaitable) else out
-                full = json.dumps(self._render_response(turn, chat))
-                return await self._stream_raw(request, [full[: len(full) // 2]], sse=False,
-                                              broken=True)
+                return await self._answer_responses(request, chat,
+                                                    turn=_faulty_turn(fault, chat))
+            case "broken_stream":
+                return await self._answer_responses(request, chat, broken_after=fault.chunks)
             case _:
                 assert_never(fault.kind)
 
-    async def _answer_responses(self, chat: ChatRequest) -> web.Response:
-        out = self._responder(chat)
-        turn = await out if isinstance(out, Awaitable) else out
-        return _json_response(self._render_response(turn, chat))
+    async def _answer_responses(self, request: web.Request, chat: ChatRequest, *,
+                                turn: ModelTurn | None = None,
+                                broken_after: int | None = None) -> web.StreamResponse:
+        """The responder's answer (or ``turn``) as one body, or as events if the request
+        streams; ``broken_after``: drop the connection after that many events (or half the
+        body)."""
+        if turn is None:
+            out = self._responder(chat)
+            turn = await out if isinstance(out, Awaitable) else out
+        resp = self._render_response(turn, chat)
+        if not chat.body.get("stream"):
+            if broken_after is None:
+                return _json_response(resp)
+            full = json.dumps(resp)
+            return await self._stream_raw(request, [full[: len(full) // 2]], sse=False,
+                                          broken=True)
+        events = responses_wire.render_events(resp, pieces=_PIECE.findall)
+        if broken_after is not None:
+            events = events[:broken_after]
+        return await self._stream_raw(request, [json.dumps(e) for _, e in events],
+                                      names=[n for n, _ in events],
+                                      broken=broken_after is not None)
 
     def _render_response(self, turn: ModelTurn, chat: ChatRequest
                          ) -> responses_wire.ResponseJSON:
