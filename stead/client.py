@@ -9,8 +9,23 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import timedelta
+from typing import Literal
 
-from temporalio.client import Client, Interceptor, WorkflowHandle
+from temporalio.client import (
+    Client,
+    Interceptor,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleIntervalSpec,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleSpec,
+    ScheduleUpdate,
+    ScheduleUpdateInput,
+    WorkflowHandle,
+)
 from temporalio.runtime import Runtime
 from temporalio.service import RPCError
 
@@ -67,3 +82,31 @@ async def start_run(client: Client, request: RunRequest, *, temporal: TemporalSe
         WORKFLOW_TYPE, request, id=workflow_id or new_run_id(request.agent, request.tenant),
         task_queue=temporal.task_queue, result_type=RunResult, search_attributes=attrs,
         static_summary=summary, request_eager_start=True)
+
+
+async def put_interval_schedule(client: Client, schedule_id: str,
+                                action: ScheduleActionStartWorkflow, *, every: timedelta,
+                                if_exists: Literal["replace", "keep_state", "leave"],
+                                ) -> Literal["created", "updated", "exists"]:
+    """Create a Temporal Schedule that starts ``action`` every ``every``, a run still going
+    when the next is due making it skip. An existing schedule is given this spec and action
+    (``replace``), the same but staying paused if it was (``keep_state``), or left as it is
+    (``leave``, "exists")."""
+    spec = ScheduleSpec(intervals=[ScheduleIntervalSpec(every=every)])
+    policy = SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP)
+    try:
+        await client.create_schedule(schedule_id, Schedule(action=action, spec=spec,
+                                                           policy=policy))
+        return "created"
+    except ScheduleAlreadyRunningError:
+        if if_exists == "leave":
+            return "exists"
+
+    def change(given: ScheduleUpdateInput) -> ScheduleUpdate:
+        new = Schedule(action=action, spec=spec, policy=policy)
+        if if_exists == "keep_state":
+            new.state = given.description.schedule.state
+        return ScheduleUpdate(schedule=new)
+
+    await client.get_schedule_handle(schedule_id).update(change)
+    return "updated"

@@ -569,37 +569,21 @@ async def schedule_checks(client: Client, *, schedule_id: str, every: timedelta,
                           ) -> Literal["created", "updated"]:
     """Create (or replace the spec and action of) a Temporal Schedule that starts
     ``DriftWorkflow`` every ``every`` on ``task_queue``. Overlapping runs are skipped."""
-    from temporalio.client import (
-        Schedule,
-        ScheduleActionStartWorkflow,
-        ScheduleAlreadyRunningError,
-        ScheduleIntervalSpec,
-        ScheduleOverlapPolicy,
-        SchedulePolicy,
-        ScheduleSpec,
-        ScheduleUpdate,
-        ScheduleUpdateInput,
-    )
+    from temporalio.client import ScheduleActionStartWorkflow
+
+    from stead.client import put_interval_schedule
 
     scope = ", ".join(f"{k} {v}" for k, v in (("agent", check.agent), ("tenant", check.tenant))
                       if v)
-    schedule = Schedule(
-        action=ScheduleActionStartWorkflow(
-            DRIFT_WORKFLOW, check, id=f"{schedule_id}-check", task_queue=task_queue,
-            execution_timeout=max(every, timedelta(minutes=30)),
-            static_summary=f"drift check: last {check.recent} vs baseline"
-                           + (f" ({scope})" if scope else "")),
-        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=every)]),
-        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP))
-    try:
-        await client.create_schedule(schedule_id, schedule)
-        return "created"
-    except ScheduleAlreadyRunningError:
-        def replace(_: ScheduleUpdateInput) -> ScheduleUpdate:
-            return ScheduleUpdate(schedule=schedule)
-
-        await client.get_schedule_handle(schedule_id).update(replace)
-        return "updated"
+    action = ScheduleActionStartWorkflow(
+        DRIFT_WORKFLOW, check, id=f"{schedule_id}-check", task_queue=task_queue,
+        execution_timeout=max(every, timedelta(minutes=30)),
+        static_summary=f"drift check: last {check.recent} vs baseline"
+                       + (f" ({scope})" if scope else ""))
+    done = await put_interval_schedule(client, schedule_id, action, every=every,
+                                       if_exists="replace")
+    assert done != "exists"  # replace never leaves one as it is
+    return done
 
 
 # ---------------------------------------------------------------------------- storage

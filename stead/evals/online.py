@@ -495,39 +495,16 @@ async def schedule_sweeps(client: Client, *, schedule_id: str, every: timedelta,
     ``task_queue`` (a sweep still running when the next is due makes it skip). An existing
     schedule gets this spec and action when ``replace`` (keeping whether it is paused), else
     is left as it is."""
-    from temporalio.client import (
-        Schedule,
-        ScheduleActionStartWorkflow,
-        ScheduleAlreadyRunningError,
-        ScheduleIntervalSpec,
-        ScheduleOverlapPolicy,
-        SchedulePolicy,
-        ScheduleSpec,
-        ScheduleUpdate,
-        ScheduleUpdateInput,
-    )
+    from temporalio.client import ScheduleActionStartWorkflow
+
+    from stead.client import put_interval_schedule
 
     action = ScheduleActionStartWorkflow(
         EVALUATION_WORKFLOW, sweep, id=f"{schedule_id}-sweep", task_queue=task_queue,
         execution_timeout=max(every * 10, timedelta(hours=1)),
         static_summary="online evaluation: score finished runs with their agents' evaluators")
-    spec = ScheduleSpec(intervals=[ScheduleIntervalSpec(every=every)])
-    policy = SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP)
-    try:
-        await client.create_schedule(schedule_id, Schedule(action=action, spec=spec,
-                                                           policy=policy))
-        return "created"
-    except ScheduleAlreadyRunningError:
-        if not replace:
-            return "exists"
-
-    def change(given: ScheduleUpdateInput) -> ScheduleUpdate:
-        old = given.description.schedule
-        return ScheduleUpdate(schedule=Schedule(action=action, spec=spec, policy=policy,
-                                                state=old.state))
-
-    await client.get_schedule_handle(schedule_id).update(change)
-    return "updated"
+    return await put_interval_schedule(client, schedule_id, action, every=every,
+                                       if_exists="keep_state" if replace else "leave")
 
 
 async def ensure_schedule(client: Client, settings: Settings, catalog: AgentCatalog,

@@ -738,15 +738,12 @@ class FakeOpenAIServer(LocalHTTPServer):
         fault = self._next_fault("chat")
         if fault is None:
             return await self._answer(request, chat)
+        sent = await self._transport_fault(fault)
+        if sent is not None:
+            return sent
         match fault.kind:
-            case "rate_limit" | "server_error" | "client_error":
-                return _fault_error_response(fault)
-            case "timeout":
-                if await self._wait_or_closing(fault.delay):
-                    return _json_response(
-                        _error_body("Server shutting down.", type_="server_error"), status=503
-                    )
-                return await self._answer(request, chat)
+            case "rate_limit" | "server_error" | "client_error" | "timeout":
+                return await self._answer(request, chat)  # a timeout's wait is over
             case "malformed_json":
                 text = fault.body
                 if chat.stream:
@@ -849,15 +846,12 @@ class FakeOpenAIServer(LocalHTTPServer):
         fault = self._next_fault("responses")
         if fault is None:
             return await self._answer_responses(request, chat)
+        sent = await self._transport_fault(fault)
+        if sent is not None:
+            return sent
         match fault.kind:
-            case "rate_limit" | "server_error" | "client_error":
-                return _fault_error_response(fault)
-            case "timeout":
-                if await self._wait_or_closing(fault.delay):
-                    return _json_response(
-                        _error_body("Server shutting down.", type_="server_error"), status=503
-                    )
-                return await self._answer_responses(request, chat)
+            case "rate_limit" | "server_error" | "client_error" | "timeout":
+                return await self._answer_responses(request, chat)  # a timeout's wait is over
             case "malformed_json":
                 text = fault.body
                 if stream:
@@ -924,14 +918,12 @@ class FakeOpenAIServer(LocalHTTPServer):
             return _invalid_request(err)
         fault = self._next_fault("embeddings")
         if fault is not None:
+            sent = await self._transport_fault(fault)
+            if sent is not None:
+                return sent
             match fault.kind:
-                case "rate_limit" | "server_error" | "client_error":
-                    return _fault_error_response(fault)
-                case "timeout":
-                    if await self._wait_or_closing(fault.delay):
-                        return _json_response(
-                            _error_body("Server shutting down.", type_="server_error"), status=503
-                        )
+                case "rate_limit" | "server_error" | "client_error" | "timeout":
+                    pass  # a timeout's wait is over: answer
                 case "malformed_json":
                     return web.Response(
                         text=fault.body or '{"object": "list", "data": [{"obj',
@@ -959,6 +951,21 @@ class FakeOpenAIServer(LocalHTTPServer):
             "model": wire.model,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
+
+    async def _transport_fault(self, fault: Fault) -> web.Response | None:
+        """What every endpoint answers for a fault of the transport: the error status of
+        ``rate_limit``, ``server_error`` and ``client_error``; for ``timeout``, a 503 when
+        the server starts closing during its wait. None: answer as the fault's kind says (after
+        a timeout's wait, as usual)."""
+        match fault.kind:
+            case "rate_limit" | "server_error" | "client_error":
+                return _fault_error_response(fault)
+            case "timeout":
+                if await self._wait_or_closing(fault.delay):
+                    return _json_response(
+                        _error_body("Server shutting down.", type_="server_error"), status=503
+                    )
+        return None
 
     async def _wait_or_closing(self, delay: float) -> bool:
         """Sleep ``delay`` seconds; True if the server started closing meanwhile."""
