@@ -5,6 +5,8 @@
     risk = score_call(plan, args, policy=policy, route=decision, ...)
     gate = decide(plan, args, risk, policy=policy, route=decision)          # allow / ask / deny
     problems = validate_output(answer, rules=policy.output, evidence=..., request_text=...)
+    guess = estimate(request_bytes, max_output_tokens=1024, price=price)  # before a model call
+    spent = spent + settle(turn.usage, price)                               # after it
     missing = ungrounded_figures(answer, texts=[request], data=tool_results)  # 0.12 is 12 %
 
 Nothing here reads clocks, randomness, the environment or files (except ``load_policy``, called
@@ -12,6 +14,7 @@ at worker start), so every function runs inside workflows and replays identicall
 """
 
 from stead.contracts.policy import Policy, PolicyError, load_policy, parse_policy
+from stead.guardrails.budget import estimate, settle
 from stead.guardrails.calls import CallVerdict, check_call, schema_problems
 from stead.guardrails.decisions import (
     CallDecision,
@@ -42,6 +45,7 @@ __all__ = [
     "check_figures",
     "decide",
     "echoes_untrusted",
+    "estimate",
     "find_pii",
     "find_secrets",
     "load_policy",
@@ -51,6 +55,7 @@ __all__ = [
     "route",
     "schema_problems",
     "score_call",
+    "settle",
     "ungrounded_figures",
     "validate_output",
 ]

@@ -48,6 +48,12 @@ TOOL_OUTCOME_UNKNOWN = "ToolOutcomeUnknown"
 PAYLOAD_TOO_LARGE = "PayloadTooLarge"
 MODEL_NOT_CONFIGURED = "ModelNotConfigured"
 """A pinned model's key is not available on this worker (``ModelEndpoint.api_key_*``)."""
+BUDGET_EXCEEDED = "BudgetExceeded"
+"""The run's next model call would pass its budget (``Budget``)."""
+TENANT_BUDGET_EXCEEDED = "TenantBudgetExceeded"
+"""The call would pass its tenant's spending window (per day or per month)."""
+OVER_QUOTA = "OverQuota"
+"""A tenant is at its cap of runs in flight or starts per minute and refuses new starts."""
 MODEL_FALLBACK_KINDS = frozenset({"ModelUnavailable", "ModelServerError", "RateLimited",
                                   "ModelTimeout", "ModelResponseInvalid", "ModelStreamBroken"})
 """Model call failures that hand a turn to the next model of the agent's chain once the model's

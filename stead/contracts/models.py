@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from stead.contracts.budget import Budget, Price, Spend
 from stead.contracts.policy import Policy
 
 JsonObject = dict[str, Any]
@@ -21,8 +22,11 @@ Name = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whit
 BlobDigest = Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-f]{64}$")]
 """Content address of a payload kept in ``stead_blobs`` (see ``stead.storage.blobs``)."""
 
-RunStatus = Literal["running", "completed", "failed", "denied", "refused", "escalated"]
-"""Closed set of run outcomes. ``running`` only appears in the ``state`` query."""
+RunStatus = Literal["running", "completed", "failed", "denied", "refused", "escalated",
+                    "budget_exceeded"]
+"""Closed set of run outcomes. ``running`` only appears in the ``state`` query.
+``budget_exceeded``: the run's next model call would have passed its budget (or its tenant's
+spending window), and nobody raised it."""
 
 
 class _Model(BaseModel):
@@ -62,6 +66,9 @@ class RunRequest(_Model):
     """Earlier conversation this run continues: the digest of a context manifest in
     ``stead_blobs`` (a ``RunResult.context``). The model sees those messages before ``input``;
     history carries only the digest."""
+    budget: Budget | None = Field(None, exclude_if=_empty)
+    """Limits for this run, within the agent's policy budget: each may only be lower than the
+    policy's (``Budget.narrow``)."""
 
 
 class ToolCallRecord(_Model):
@@ -303,6 +310,11 @@ class ModelRequest(_Model):
     routed ``model``, else the worker's configured model, else the agent's offline model."""
     fallback: int = Field(0, ge=0, exclude_if=_empty)
     """``endpoint``'s place in the chain: 0 the first, 1 its first fallback, ..."""
+    price: Price | None = Field(None, exclude_if=_empty)
+    """The called model's price as the run pinned it; None: unpriced (costs nothing)."""
+    estimate: Spend | None = Field(None, exclude_if=_empty)
+    """What the workflow estimated this call costs (request size plus the output limit), to
+    reserve against the tenant's spending windows before the model is called."""
 
 
 # ---------------------------------------------------------------------------- tool calls
@@ -412,6 +424,9 @@ class ModelEndpoint(_Model):
     """Seconds one call may take; unset: ``STEAD_MODEL_TIMEOUT_SECONDS``."""
     max_attempts: int | None = Field(None, ge=1, le=100)
     """Attempts before the next model of the chain is asked; unset: ``STEAD_MODEL_MAX_ATTEMPTS``."""
+    price: Price | None = Field(None, exclude_if=_empty)
+    """What the model costs (unset: ``STEAD_MODEL_PRICES``, else unpriced); pinned in the plan,
+    so a run is charged at the prices it started with."""
 
     @model_validator(mode="before")
     @classmethod

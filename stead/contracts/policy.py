@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from stead.contracts.budget import BudgetRules
 from stead.errors import SpecError
 from stead.files import one_file
 
@@ -185,6 +186,9 @@ class Policy(_Strict):
     approvals: Approvals = Field(default_factory=Approvals)
     output: OutputRules = Field(default_factory=OutputRules)
     execution: Execution = Field(default_factory=Execution)
+    budget: BudgetRules | None = Field(None, exclude_if=lambda v: v is None)
+    """What one run may spend (money, tokens, model calls) and what happens at the limit;
+    None: no run budget (tenant spending windows still apply)."""
 
     @property
     def ref(self) -> str:
