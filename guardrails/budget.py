@@ -20,6 +20,10 @@ from stead.contracts.models import Usage
 BYTES_PER_TOKEN = 4
 """Request bytes per estimated input token."""
 
+DEFAULT_MAX_OUTPUT_TOKENS = 4096
+"""The answer length an estimate assumes for a model that declares no output limit
+(``ModelEndpoint.max_output_tokens``)."""
+
 
 def estimate_tokens(request_bytes: int) -> int:
     """Input tokens a request of this many bytes is estimated at (rounded up)."""
