@@ -34,6 +34,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from stead.contracts.models import ModelEndpoint
 from stead.contracts.policy import PiiKind
+from stead.contracts.quota import ANY_TENANT, TenantQuota
 from stead.errors import SettingsError
 from stead.integrations.mcp_spec import McpServerSettings, parse_mcp_servers
 from stead.integrations.openapi_spec import OpenAPISource
@@ -396,6 +397,32 @@ class EvalSettings(_Section):
     schedule exists (0: they create none; ``stead grade --schedule`` changes one)."""
 
 
+class TenantSettings(_Section):
+    """Per-tenant spending windows and admission (``stead.contracts.quota``)."""
+
+    quotas: Annotated[dict[str, TenantQuota], Env("tenant_quotas")] = Field(
+        default_factory=dict)
+    """Quotas by tenant, JSON in ``STEAD_TENANT_QUOTAS``: ``{"acme": {"usd_per_day": 20,
+    "runs_in_flight": 50}, "*": {"starts_per_minute": 60, "over_quota": "refuse"}}``; ``"*"``
+    applies to every tenant not listed; empty: no tenant limits."""
+    reservation_ttl_seconds: Annotated[float, Env("quota_reservation_ttl_seconds")] = Field(
+        900.0, gt=0, le=_DAY)
+    """How long a model call's reservation against its tenant's windows holds before it is
+    released as abandoned (a worker that died mid-call): above the longest model call."""
+    admission_recheck_seconds: Annotated[float, Env("admission_recheck_seconds")] = Field(
+        30.0, gt=0, le=_DAY)
+    """How often a queued run looks again for its turn when no ending run wakes it."""
+
+    @field_validator("quotas")
+    @classmethod
+    def _tenant_names(cls, v: dict[str, TenantQuota]) -> dict[str, TenantQuota]:
+        for name in v:
+            if name != ANY_TENANT and not re.fullmatch(r"[\w.@:-]{1,200}", name):
+                raise ValueError(f"{name!r} is not a tenant name (letters, digits, "
+                                 f"'_.@:-', at most 200) nor {ANY_TENANT!r}")
+        return v
+
+
 class Settings(BaseSettings):
     """All knobs of a stead process, one section per concern."""
 
@@ -413,6 +440,7 @@ class Settings(BaseSettings):
     integrations: IntegrationSettings = Field(default_factory=IntegrationSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     evals: EvalSettings = Field(default_factory=EvalSettings)
+    tenants: TenantSettings = Field(default_factory=TenantSettings)
 
     def __init__(self, **values: Any) -> None:
         """Sections from the environment; ``values`` (flat names or sections) win."""
