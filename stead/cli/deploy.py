@@ -64,7 +64,7 @@ def _run(settings: Settings, action: str, name: str, build_id: str | None = None
     from stead.deployments import describe_deployment, set_current, set_ramping
     from stead.errors import DeploymentNotFound
 
-    async def go() -> DeploymentStatus:
+    async def change() -> DeploymentStatus:
         client = await temporal_client(settings)
         if action == "status":
             return await describe_deployment(client, name)
@@ -77,10 +77,13 @@ def _run(settings: Settings, action: str, name: str, build_id: str | None = None
             await set_ramping(client, name, build_id, percent, **opts)
         return await describe_deployment(client, name)
 
-    try:
-        return run_async(go())
-    except DeploymentNotFound as e:  # before run_async's SteadError -> exit 2
-        fail(str(e), EXIT_NOT_FOUND)
+    async def go() -> DeploymentStatus:
+        try:
+            return await change()
+        except DeploymentNotFound as e:  # exit 4, not run_async's 2 for other SteadErrors
+            fail(str(e), EXIT_NOT_FOUND)
+
+    return run_async(go())
 
 
 @deploy_app.command("status")
