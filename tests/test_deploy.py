@@ -168,8 +168,8 @@ async def test_stead_deploy_status_ramp_and_promote(settings: Settings, world: O
     client = await connect(sa)
     cat = catalog(world)
     async with WorkerHost(sa, cat), WorkerHost(sb, cat):
-        for b in ("build-a", "build-b"):
-            await until(lambda b=b: has_version(client, name, b), within=30, what=b)
+        await until(lambda: has_version(client, name, "build-a"), within=30, what="build A")
+        await until(lambda: has_version(client, name, "build-b"), within=30, what="build B")
 
         done = await stead("deploy", "promote", "build-a", "--json", env=env)
         assert done.code == 0, done.err
