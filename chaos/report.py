@@ -89,6 +89,8 @@ def invariant_rows(result: ChaosResult) -> list[list[str]]:
          "0"],
         ["ledger gaps", str(len(v.ledger_gaps)), "0"],
         ["hash chains broken", str(len(v.chain_breaks)), "0"],
+        ["runs off their build (rollout: pinned, promoted, drained)", str(len(v.versioning)),
+         "0"],
         ["lost attempts reconciled by the hook", str(v.reconciled), "–"],
         ["lost attempts escalated (no hook)", str(v.escalated_unknown), "–"],
         ["worker SIGKILLs (failpoint / harness)",
