@@ -187,6 +187,7 @@ def write_json(path: Path, result: ChaosResult, machine: dict[str, object],
                "unresolved_unknown": len(result.verdict.unresolved_unknown),
                "ledger_gaps": len(result.verdict.ledger_gaps),
                "chain_breaks": len(result.verdict.chain_breaks),
+               "off_build": len(result.verdict.versioning),
                "reconciled": result.verdict.reconciled,
                "escalated_unknown": result.verdict.escalated_unknown},
            "problems": [{"kind": k, "workflow_id": f.workflow_id, "detail": f.detail}
