@@ -17,6 +17,9 @@ directory):
               Retry-After, 500, timeouts, truncated/malformed bodies, hallucinated tool names,
               schema-violating arguments, an endless tool-call loop.
 ``tools``     a timeout, lost heartbeats, a business error, a hang, a multi-MB result.
+``rollout``   a rolling upgrade mid-load: build B's workers join build A's on one Worker
+              Deployment, B is promoted, workers of both builds are SIGKILLed; pinned runs
+              finish on A, later runs run on B, A drains (``chaos/rollout.py``).
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ from chaos.invariants import (
     tool_facts,
 )
 from chaos.pool import Death, WorkerPool
+from chaos.rollout import phase_rollout
 from chaos.stack import throwaway_settings
 from chaos.world import SKUS, ChaosWorld
 from stead.client import connect, start_run
@@ -75,8 +79,10 @@ from stead.stack.embedded import EmbeddedStack
 from stead.storage.ledger import Ledger
 from stead.testing.openai_server import FakeOpenAIServer, Fault, model_responder
 
-Phase = Literal["kills", "temporal", "postgres", "model", "tools"]
-PHASES: tuple[Phase, ...] = ("kills", "temporal", "postgres", "model", "tools")
+Phase = Literal["kills", "temporal", "postgres", "model", "tools",
+                "rollout"]
+PHASES: tuple[Phase, ...] = ("kills", "temporal", "postgres", "model", "tools",
+                             "rollout")
 
 RUN_BOUND = 240.0
 """Seconds a run may take before it counts as lost (every wait in the suite is bounded)."""
@@ -678,6 +684,7 @@ async def run_chaos(cfg: ChaosConfig, *, progress: Progress = print) -> ChaosRes
                 "postgres": lambda: h.phase_restart("postgres"),
                 "model": h.phase_model,
                 "tools": h.phase_tools,
+                "rollout": lambda: phase_rollout(h),
             }
             for name in cfg.phases:
                 if h.time_left() < 30:

@@ -18,6 +18,9 @@ Temporal — never from what the workers say about themselves.
   no ledger row, a tool call still ``running``/``open`` after its run ended, a run row missing
   or disagreeing with the run's result, a model turn without a recorded call.
 - **chain breaks**: ``Ledger.verify_chain`` problems.
+- **off its build** (rollout phase, from Temporal's history): a run pinned to a build with a
+  workflow task completed by another, a run started after a promotion that ran on the old
+  build, a build that never drained once its runs ended.
 """
 
 from __future__ import annotations
@@ -49,6 +52,10 @@ class RunRecord:
     result: RunResult | None = None
     lost_reason: str | None = None
     """Why there is no result: timed out waiting, workflow failed, ..."""
+    versioning: str = ""
+    """Rollout phase: how the run broke its build's promise (a pinned run that left its
+    build, a run started after a promotion not on the new build, a build that never
+    drained); empty when it kept it, or was never versioned."""
 
     @property
     def seconds(self) -> float | None:
@@ -102,6 +109,8 @@ class Verdict:
     unresolved_unknown: list[Finding] = field(default_factory=list)
     ledger_gaps: list[Finding] = field(default_factory=list)
     chain_breaks: list[Finding] = field(default_factory=list)
+    versioning: list[Finding] = field(default_factory=list)
+    """Runs that left the build they were pinned to, or missed a promoted one (rollout)."""
     statuses: Counter[str] = field(default_factory=Counter)
     reconciled: int = 0
     """Non-idempotent calls whose lost attempt was answered by the reconcile hook."""
@@ -111,7 +120,8 @@ class Verdict:
     @property
     def ok(self) -> bool:
         return not (self.lost or self.duplicates or self.silent_reruns
-                    or self.unresolved_unknown or self.ledger_gaps or self.chain_breaks)
+                    or self.unresolved_unknown or self.ledger_gaps or self.chain_breaks
+                    or self.versioning)
 
     def problems(self) -> list[tuple[str, Finding]]:
         return [*(("lost", f) for f in self.lost),
@@ -119,7 +129,8 @@ class Verdict:
                 *(("silent re-run", f) for f in self.silent_reruns),
                 *(("unknown outcome unresolved", f) for f in self.unresolved_unknown),
                 *(("ledger gap", f) for f in self.ledger_gaps),
-                *(("chain break", f) for f in self.chain_breaks)]
+                *(("chain break", f) for f in self.chain_breaks),
+                *(("off its build", f) for f in self.versioning)]
 
 
 async def collect(records: Sequence[RunRecord], *, world: ChaosWorld, ledger: Ledger,
@@ -161,6 +172,8 @@ def check(ev: Evidence) -> Verdict:
             _check_run_rows(r, ev.trails.get(r.workflow_id), v)
         for problem in ev.chains.get(r.workflow_id, []):
             v.chain_breaks.append(Finding(r.workflow_id, problem))
+        if r.versioning:
+            v.versioning.append(Finding(r.workflow_id, r.versioning))
 
     per_run_kind: Counter[tuple[str, str]] = Counter()
     for e in ev.effects:

@@ -26,6 +26,7 @@ from temporalio.client import (
     ScheduleUpdateInput,
     WorkflowHandle,
 )
+from temporalio.common import AutoUpgradeVersioningOverride, VersioningOverride
 from temporalio.runtime import Runtime
 from temporalio.service import RPCError
 
@@ -72,16 +73,33 @@ async def start_run(client: Client, request: RunRequest, *, temporal: TemporalSe
                     workflow_id: str | None = None) -> WorkflowHandle[object, RunResult]:
     """Start a run of ``request.agent`` on ``temporal.task_queue``.
 
-    The start asks for eager execution: when ``client`` also serves a worker on that task
-    queue with a free slot (the HTTP API and a worker in one process, a test, a benchmark),
-    the server hands the run's first workflow task back in the start's own response instead
-    of through the task queue. Otherwise the run starts as usual."""
+    Without versioning the start asks for eager execution: when ``client`` also serves a
+    worker on that task queue with a free slot (the HTTP API and a worker in one process, a
+    test, a benchmark), the server hands the run's first workflow task back in the start's own
+    response instead of through the task queue. Otherwise the run starts as usual.
+
+    With a Worker Deployment (``STEAD_DEPLOYMENT_NAME``) the run is pinned to the build the
+    deployment's routing gives it, or auto-upgrades if its agent is in
+    ``STEAD_AUTO_UPGRADE_AGENTS`` (:func:`versioning_override`)."""
     attrs = run_attributes(request.agent, request.tenant)
     summary = f"{request.agent}: {request.input[:120]}"
     return await client.start_workflow(
         WORKFLOW_TYPE, request, id=workflow_id or new_run_id(request.agent, request.tenant),
         task_queue=temporal.task_queue, result_type=RunResult, search_attributes=attrs,
-        static_summary=summary, request_eager_start=True)
+        static_summary=summary, versioning_override=versioning_override(request.agent, temporal),
+        # Eager start hands the first workflow task to whichever worker shares this client,
+        # past the deployment's routing: a process still serving build A would begin new
+        # runs on A after B was promoted (and a run's first task decides where it is pinned).
+        request_eager_start=not temporal.versioned)
+
+
+def versioning_override(agent: str, temporal: TemporalSettings) -> VersioningOverride | None:
+    """Auto-upgrade for an agent in ``STEAD_AUTO_UPGRADE_AGENTS`` of a versioned deployment:
+    its runs move to the deployment's current build at their next workflow task; None: the
+    worker's default (pinned to the build that started the run), or no versioning at all."""
+    if temporal.versioned and agent in temporal.auto_upgrade_agents:
+        return AutoUpgradeVersioningOverride()
+    return None
 
 
 async def put_interval_schedule(client: Client, schedule_id: str,

@@ -155,11 +155,15 @@ async def start_conversation(client: Client, start: ConversationStart, *,
     """Start a conversation on the settings' task queue; its handle (no run id, so updates
     follow it across continue-as-new). ``attach``: a running conversation with this id is
     used as it is (``start`` is then ignored) instead of being an error."""
+    # Here, not at the top: workflow code imports this module, and stead.client is client-side.
+    from stead.client import versioning_override
+
     attrs = run_attributes(start.agent, start.tenant)
     wid = workflow_id or new_conversation_id(start.agent, start.tenant)
     await client.start_workflow(WORKFLOW_TYPE, start, id=wid, task_queue=temporal.task_queue,
                                 result_type=ConversationResult, search_attributes=attrs,
                                 static_summary=f"conversation with {start.agent}",
+                                versioning_override=versioning_override(start.agent, temporal),
                                 id_conflict_policy=(WorkflowIDConflictPolicy.USE_EXISTING
                                                     if attach else WorkflowIDConflictPolicy.FAIL))
     return client.get_workflow_handle(wid, result_type=ConversationResult)

@@ -7,7 +7,9 @@ Every error stead raises on purpose derives from :class:`SteadError`::
     ├── SpecError              a tool or agent declaration is invalid (raised at worker start)
     ├── StackError             an embedded service cannot start (port taken, binary missing)
     ├── LedgerError            the ledger cannot be read or written
-    └── RunNotFound            a run id that the Temporal server does not know
+    ├── RunNotFound            a run id that the Temporal server does not know
+    └── DeploymentError        Temporal refused a Worker Deployment change (stead deploy)
+        └── DeploymentNotFound no such Worker Deployment or version
 
 Inside workflows and activities failures travel as ``temporalio.exceptions.ApplicationError``
 with one of the ``type`` strings below, so the Web UI and retry policies can tell them apart.
@@ -61,3 +63,11 @@ attempts are spent: the server is down, failing, rate limiting, too slow, answer
 breaking off its streamed answers.
 A rejected request (400/401/403/404) or an oversized answer stays with its model: another one
 would be sent the same request."""
+
+
+class DeploymentError(SteadError):
+    """Temporal refused a change of a Worker Deployment's routing (``stead.deployments``)."""
+
+
+class DeploymentNotFound(DeploymentError):
+    """No Worker Deployment, or no version of it, with this name / build id."""

@@ -98,6 +98,68 @@ class TemporalSettings(_Section):
         "temporal_tls_server_name", "TEMPORAL_TLS_SERVER_NAME")] = None
     api_key: Annotated[SecretStr | None, Env("temporal_api_key", "TEMPORAL_API_KEY")] = None
     """API key for Temporal Cloud (sent over TLS only)."""
+    deployment_name: Annotated[str | None, Env("deployment_name")] = None
+    """Temporal Worker Deployment the worker belongs to (``STEAD_DEPLOYMENT_NAME``); set, the
+    worker declares the version ``<deployment_name>.<build_id>`` and a run stays on the build
+    that started it (pinned) unless its agent is in ``auto_upgrade_agents``; unset: no
+    versioning, every worker of the task queue takes any run. See docs/deployment.md,
+    "Versioned rollouts", and ``stead deploy``."""
+    build_id: Annotated[str, Env("build_id")] = Field(default_factory=lambda: _package_version())
+    """Build id of this worker's code within ``deployment_name`` (``STEAD_BUILD_ID``); unset:
+    the installed stead package's version. Two builds with different code need different
+    ids: a pinned run only ever meets the code of its own build."""
+    auto_upgrade_agents: Annotated[list[str], Env("auto_upgrade_agents")] = Field(
+        default_factory=list)
+    """Agents whose runs move to the deployment's current build at their next workflow task
+    instead of staying pinned (a JSON list, ``STEAD_AUTO_UPGRADE_AGENTS``): their workflow code
+    must replay across builds (the replay gate, ``stead replay``). Checked against the
+    worker's catalog when it starts."""
+
+    @field_validator("deployment_name")
+    @classmethod
+    def _deployment_name(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        # What Temporal refuses (measured on the dev server, Server 1.32): "." and ":" separate
+        # a version's deployment name from its build id, "__" starts its reserved names.
+        if not v.strip():
+            raise ValueError("must not be empty (unset it for no versioning)")
+        if "." in v or ":" in v:
+            raise ValueError("must not contain '.' or ':' (Temporal separates the deployment "
+                             "name from the build id with them)")
+        if v.startswith("__"):
+            raise ValueError("must not start with '__' (reserved by Temporal)")
+        if len(v) > 1000 or v != v.strip() or any(not c.isprintable() for c in v):
+            raise ValueError("must be at most 1000 printable characters without leading or "
+                             "trailing spaces")
+        return v
+
+    @field_validator("build_id")
+    @classmethod
+    def _build_id(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty (unset it for the package version)")
+        if v.startswith("__"):
+            raise ValueError("must not start with '__' (reserved by Temporal, e.g. "
+                             "__unversioned__)")
+        if len(v) > 255:
+            raise ValueError(f"is {len(v)} characters; Temporal takes at most 255")
+        if v != v.strip() or any(c.isspace() or not c.isprintable() for c in v):
+            raise ValueError("must not contain spaces or control characters")
+        return v
+
+    @field_validator("auto_upgrade_agents")
+    @classmethod
+    def _agent_names(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not name.strip():
+                raise ValueError("agent names must not be empty")
+        return v
+
+    @property
+    def versioned(self) -> bool:
+        """Workers declare a Worker Deployment version (``STEAD_DEPLOYMENT_NAME`` is set)."""
+        return self.deployment_name is not None
 
 
 class LedgerSettings(_Section):
@@ -292,6 +354,16 @@ class CodecSettings(_Section):
     server from a browser."""
     server_url: Annotated[str | None, Env("codec_server_url")] = None
     """Codec server URL the embedded Web UI decodes payloads with (``--ui-codec-endpoint``)."""
+
+
+def _package_version() -> str:
+    """The installed stead package's version: the build id when ``STEAD_BUILD_ID`` is unset."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("stead")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "dev"
 
 
 def compile_patterns(patterns: Sequence[str] | Mapping[str, str],

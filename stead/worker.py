@@ -17,7 +17,8 @@ from types import TracebackType
 
 from opentelemetry.metrics import MeterProvider, NoOpMeter
 from temporalio.client import Client
-from temporalio.worker import Interceptor, Worker
+from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
+from temporalio.worker import Interceptor, Worker, WorkerDeploymentConfig
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from stead.activities import defined
@@ -28,6 +29,7 @@ from stead.activities.model import ModelActivities
 from stead.activities.runs import RunActivities
 from stead.activities.tools import ToolActivities
 from stead.authoring.agent import AgentCatalog
+from stead.errors import SettingsError
 from stead.integrations.llm import ModelClient, OpenAIModel
 from stead.integrations.mcp import McpTools
 from stead.integrations.model_endpoints import ModelEndpoints
@@ -43,7 +45,7 @@ from stead.observability.telemetry import (
 )
 from stead.observability.tracing import NO_TRACING, SteadTracing
 from stead.security.secrets import Redactor, Secrets, install_log_redaction
-from stead.settings import ModelSettings, Settings
+from stead.settings import ModelSettings, Settings, TemporalSettings
 from stead.storage.blobs import BlobStore
 from stead.storage.ledger import Ledger, migrate
 from stead.storage.memory import Embedder, Memory, check_memory_settings, open_memory
@@ -87,6 +89,29 @@ def worker_interceptors(tracing: SteadTracing = NO_TRACING) -> list[Interceptor]
     on — worker-side only, the host's client stays untraced so no span is made twice — and
     the run's tenant and agent on activity log lines."""
     return [*tracing.interceptors, RunLogContext()]
+
+
+def deployment_config(temporal: TemporalSettings) -> WorkerDeploymentConfig | None:
+    """The Worker Deployment version a worker declares (``STEAD_DEPLOYMENT_NAME``,
+    ``STEAD_BUILD_ID``), its runs pinned by default: a run's every workflow task goes to
+    workers of the build that started it, so its code never changes under it mid-run. Agents
+    in ``STEAD_AUTO_UPGRADE_AGENTS`` are started with an auto-upgrade override instead
+    (``stead.client.start_run``). None: no versioning."""
+    if temporal.deployment_name is None:
+        return None
+    return WorkerDeploymentConfig(
+        version=WorkerDeploymentVersion(temporal.deployment_name, temporal.build_id),
+        use_worker_versioning=True, default_versioning_behavior=VersioningBehavior.PINNED)
+
+
+def check_auto_upgrade_agents(temporal: TemporalSettings, catalog: AgentCatalog) -> None:
+    """``SettingsError`` when ``STEAD_AUTO_UPGRADE_AGENTS`` names an agent the catalog lacks
+    (a typo would silently leave that agent pinned)."""
+    unknown = sorted(set(temporal.auto_upgrade_agents) - set(catalog.names()))
+    if unknown:
+        raise SettingsError(
+            f"invalid setting: STEAD_AUTO_UPGRADE_AGENTS names {', '.join(map(repr, unknown))},"
+            f" not an agent of this worker (its agents: {', '.join(sorted(catalog.names()))})")
 
 
 def build_worker(client: Client, settings: Settings, catalog: AgentCatalog, ledger: Ledger, *,
@@ -143,6 +168,7 @@ def build_worker(client: Client, settings: Settings, catalog: AgentCatalog, ledg
         sticky_queue_schedule_to_start_timeout=timedelta(
             seconds=settings.worker.sticky_schedule_to_start_seconds),
         graceful_shutdown_timeout=timedelta(seconds=30),
+        deployment_config=deployment_config(settings.temporal),
         interceptors=worker_interceptors(tracing),
         workflow_runner=SandboxedWorkflowRunner(
             restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)),
@@ -193,6 +219,7 @@ class WorkerHost:
         # Declaration problems (unknown agents, missing secrets, an embedder without its key,
         # a bad model chain) fail before anything starts.
         check_memory_settings(s, embedder=self.embedder is None)
+        check_auto_upgrade_agents(s.temporal, self.catalog)
         secrets = Secrets.from_settings(s.security)
         self.mcp = McpTools.from_catalog(self.catalog, s.integrations, secrets=secrets)
         if not self._model_given:
@@ -288,7 +315,10 @@ async def run_until_signal(host: WorkerHost) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with host:
-        log.info("worker polling task queue %r", host.task_queue)
+        t = host.settings.temporal
+        log.info("worker polling task queue %r%s", host.task_queue,
+                 f" as {t.deployment_name}.{t.build_id} (Worker Deployment version)"
+                 if t.versioned else "")
         await host.keep_evaluation_schedule()
         await stop.wait()
         log.info("stopping: finishing in-flight activities")

@@ -52,6 +52,7 @@ def test_a_small_chaos_run_kills_workers_and_every_invariant_holds(tmp_path: Pat
     assert doc["ok"] is True
     assert doc["invariants"] == {"lost": 0, "duplicate_effects": 0, "silent_reruns": 0,
                                  "unresolved_unknown": 0, "ledger_gaps": 0, "chain_breaks": 0,
+                                 "off_build": 0,
                                  "reconciled": doc["invariants"]["reconciled"],
                                  "escalated_unknown": doc["invariants"]["escalated_unknown"]}
     # Aimed at 3 (a failpoint, an approval wait, a random one); a random kill can stop a
@@ -62,6 +63,29 @@ def test_a_small_chaos_run_kills_workers_and_every_invariant_holds(tmp_path: Pat
     assert {r["outcome"] for r in doc["records"]} <= {"completed", "escalated", "denied"}
     assert doc["runs"]["kills"]["lost"] == "0"
     assert "Invariants" in proc.stdout and "all invariants hold" in proc.stdout
+
+
+def test_a_small_rollout_keeps_pinned_runs_on_their_build(tmp_path: Path) -> None:
+    """The rollout phase on its own stack: build B promoted mid-load next to build A, workers
+    of both SIGKILLed; runs pinned to A finish there, later runs run on B, A drains."""
+    out = tmp_path / "chaos.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "chaos", "--runs", "5", "--kills", "3", "--only", "rollout",
+         "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["ok"] is True and doc["invariants"]["off_build"] == 0, doc["problems"]
+    records = doc["records"]
+    assert records and {r["outcome"] for r in records} == {"completed"}
+    before = [r for r in records if "after B was promoted" not in r["scenario"]]
+    after = [r for r in records if "after B was promoted" in r["scenario"]]
+    assert before and after
+    # Each record's scenario ends with the builds its workflow tasks ran on, in order.
+    assert any(r["scenario"].endswith("[build-a]") for r in before)
+    assert all(r["scenario"].endswith("[build-b]") for r in after)
+    promo = next(f for f in doc["faults"] if f["group"] == "rollout" and "promoted" in f["kind"])
+    assert "build-a drained" in promo["note"], promo["note"]
+    assert doc["kills"] >= 2
 
 
 def test_bad_arguments_exit_2_with_a_message() -> None:
@@ -110,6 +134,7 @@ async def test_the_checker_passes_real_runs_and_catches_planted_violations(
                       scenario="plain", started_at=time.time(),
                       lost_reason="no result within 0s")
 
+    first.versioning = "pinned to build-a but workflow tasks ran on ['build-a', 'build-b']"
     v = check(await collect([*records, never], world=world, ledger=ledger, tools=facts))
 
     assert not v.ok
@@ -118,6 +143,8 @@ async def test_the_checker_passes_real_runs_and_catches_planted_violations(
         (second.workflow_id, "2 charge effects for one run")])
     assert v.duplicate_effects == 2
     assert [f.workflow_id for f in v.lost] == [never.workflow_id]
+    assert [(f.workflow_id, f.detail) for f in v.versioning] == [
+        (first.workflow_id, first.versioning)]
     assert [f.detail for f in v.ledger_gaps] == [
         f"charge effect for key {second.workflow_id}:x:99:charge_card has no stead_tool_calls "
         f"row"]

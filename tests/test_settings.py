@@ -21,6 +21,7 @@ NAMES = {
     "TEMPORAL_TLS_SERVER_CA_CERT_PATH", "TEMPORAL_TLS_SERVER_NAME",
     *(f"STEAD_{n.upper()}" for n in (
         "agent_models",
+        "auto_upgrade_agents", "build_id", "deployment_name",
         "api_host", "api_port", "api_secret", "blob_threshold_bytes", "capture_content",
         "codec_cors_origins", "codec_keys", "codec_key_id", "codec_server_token",
         "codec_server_url", "database_url", "data_dir", "db_pool_max", "db_pool_min",

@@ -19,6 +19,7 @@ from stead.cli import (
     chat,
     counterfactual,
     db,
+    deploy,
     drift,
     grade,
     graph,
@@ -93,6 +94,7 @@ def worker() -> None:
 for _group in (runs, memory, suites, replay, counterfactual, metrics, grade, drift, db,
                codec_server, stuck, api, chat, graph):
     _group.register(app)
+deploy.register(app)
 
 
 def main() -> None:

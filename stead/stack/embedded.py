@@ -44,6 +44,16 @@ DEV_SERVER_DYNAMIC_CONFIG: dict[str, str] = {
     "frontend.enableUpdateWorkflowExecutionAsyncAccepted": "true",
 }
 
+# Worker Deployment drainage (``stead deploy status``): Temporal re-checks whether a version
+# that stopped taking new runs still has open pinned runs every 3 minutes, after a 3-minute
+# grace period for visibility to catch up; on one machine, whose visibility is the same SQLite
+# file, that only makes a drained build look "draining" for minutes. Not compose tuning: a
+# cluster keeps Temporal's defaults (deploy/temporal/dynamicconfig).
+DEV_SERVER_DRAINAGE_CONFIG: dict[str, str] = {
+    "matching.wv.VersionDrainageStatusRefreshInterval": '"2s"',
+    "matching.wv.VersionDrainageStatusVisibilityGracePeriod": '"2s"',
+}
+
 # SQLite's default rollback journal syncs the file twice per commit, and the dev server commits
 # for every history event it persists: it ran at half the speed of an in-memory server. WAL with
 # synchronous=NORMAL commits by appending to the log and syncs only at checkpoints. A commit
@@ -164,7 +174,7 @@ class EmbeddedTemporal:
                 cmd += ["--ui-codec-endpoint", self.ui_codec_endpoint]
         else:
             cmd += ["--headless"]
-        for key, value in DEV_SERVER_DYNAMIC_CONFIG.items():
+        for key, value in {**DEV_SERVER_DYNAMIC_CONFIG, **DEV_SERVER_DRAINAGE_CONFIG}.items():
             cmd += ["--dynamic-config-value", f"{key}={value}"]
         for key, value in DEV_SERVER_SQLITE_PRAGMAS.items():
             cmd += ["--sqlite-pragma", f"{key}={value}"]
