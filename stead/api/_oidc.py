@@ -103,6 +103,12 @@ class OidcVerifier:
             raise TokenError(f"the token is signed with {alg!r}; tokens of {self.issuer} must "
                              f"use {' or '.join(self.settings.algorithms)} "
                              f"(STEAD_OIDC_ALGORITHMS)")
+        # Another issuer's token is refused before its key id is looked up: its kid would
+        # otherwise make a refetch from this provider for nothing.
+        iss = self._claim(token, "iss")
+        if iss != self.issuer:
+            raise TokenError(f"the token's issuer {iss!r} is not {self.issuer!r} "
+                             f"(STEAD_OIDC_ISSUER)")
         kid = header.get("kid")
         if kid is not None and not isinstance(kid, str):
             raise TokenError("malformed token: its `kid` header is not a string")
@@ -136,7 +142,12 @@ class OidcVerifier:
 
     @staticmethod
     def _claim(token: str, name: str) -> object:
-        return jwt.decode(token, options={"verify_signature": False}).get(name)
+        """A claim of a token not verified yet (for routing and for saying what is wrong)."""
+        try:
+            payload = jwt.decode(token, options={"verify_signature": False})
+        except jwt.InvalidTokenError as e:
+            raise TokenError(f"malformed token: {e}") from None
+        return payload.get(name)
 
     def _ago(self, token: str, name: str) -> str:
         value = self._claim(token, name)
