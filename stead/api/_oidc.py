@@ -167,6 +167,8 @@ class OidcVerifier:
             await self._refresh(reason=f"unknown key {kid!r}")
         jwk = self._find(kid)
         if jwk is None:
+            if not self._keys and self._last_error is not None:
+                raise self._last_error  # a concurrent request's fetch failed: a 503 here too
             if kid is None:
                 raise TokenError(f"the token names no key (`kid`) and {self.issuer} publishes "
                                  f"{len(self._keys)} keys; it cannot be matched")
