@@ -502,8 +502,8 @@ class OidcSettings(_Section):
     @classmethod
     def _secure_jwks_url(cls, v: str | None, info: ValidationInfo) -> str | None:
         if v is not None and "issuer" in info.data and info.data["issuer"] is None:
-            raise ValueError("is set without STEAD_OIDC_ISSUER, which every token's `iss` "
-                             "is checked against")
+            raise ValueError("is set, but no issuer is: set the issuer URL as well, which "
+                             "every token's `iss` is checked against")
         return None if v is None else _https_unless_loopback(v)
 
     @field_validator("audience")

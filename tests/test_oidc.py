@@ -295,6 +295,8 @@ async def test_each_bad_token_is_a_401_that_says_what_is_wrong(
                            public_pem), "signed with 'HS256'; tokens of"),
             "unmapped groups": (idp.token(claims=person(t, "everyone")), "none of the token"),
             "no exp": (idp.token(claims=who, omit=("exp",)), "lacks the 'exp' claim"),
+            "no iss, RS256": (idp.token(claims=who, omit=("iss",)), "lacks the 'iss' claim"),
+            "no aud": (idp.token(claims=who, omit=("aud",)), "lacks the 'aud' claim"),
         }
         for name, (token, words) in cases.items():
             r = await runs_of(api, token)
@@ -361,8 +363,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     ({"STEAD_OIDC_ISSUER": "https://login.example.com"},
      "STEAD_OIDC_AUDIENCE=None: Value error, is required with STEAD_OIDC_ISSUER"),
     ({"STEAD_OIDC_JWKS_URL": "https://login.example.com/keys"},
-     "STEAD_OIDC_JWKS_URL='https://login.example.com/keys': Value error, is set without "
-     "STEAD_OIDC_ISSUER"),
+     "STEAD_OIDC_JWKS_URL='https://login.example.com/keys': Value error, is set, but no "
+     "issuer is"),
     ({"STEAD_OIDC_ALGORITHMS": '["RS256", "HS256"]'},
      "STEAD_OIDC_ALGORITHMS=['RS256', 'HS256']: Value error, 'HS256' is not accepted (a "
      "shared-key or unsigned algorithm"),

@@ -106,6 +106,8 @@ class OidcVerifier:
         # Another issuer's token is refused before its key id is looked up: its kid would
         # otherwise make a refetch from this provider for nothing.
         iss = self._claim(token, "iss")
+        if iss is None:
+            raise TokenError("the token lacks the 'iss' claim")
         if iss != self.issuer:
             raise TokenError(f"the token's issuer {iss!r} is not {self.issuer!r} "
                              f"(STEAD_OIDC_ISSUER)")
