@@ -28,7 +28,16 @@ from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -457,6 +466,144 @@ class ApiSettings(_Section):
         return v
 
 
+_OIDC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384",
+                    "ES512")
+"""Signature algorithms an identity provider's tokens may use: public-key ones only (``none``
+and the HS* family would let anyone holding the public JWKS forge a token)."""
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def _https_unless_loopback(url: str) -> str:
+    """``url`` if it is https, or http to this machine (a local test provider)."""
+    m = re.fullmatch(r"(https?)://(\[[^\]]+\]|[^/:?#\s]+)(:\d+)?([/?#]\S*)?", url)
+    if m is None:
+        raise ValueError("must be an https:// URL such as https://login.example.com/realms/acme")
+    host = m.group(2).strip("[]").lower()
+    if m.group(1) == "http" and host not in _LOOPBACK:
+        raise ValueError(f"must be https:// (plain http is accepted for loopback only, not "
+                         f"{host!r}): keys fetched over plain http can be swapped in transit")
+    return url
+
+
+class OidcClaims(BaseModel):
+    """How a provider's token claims become stead's principal (``STEAD_OIDC_CLAIMS``).
+
+    A claim name may be a dotted path into nested claims (``realm_access.roles``); a name
+    that exists as it is (``https://example.com/roles``) is read as it is first."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    subject: str = Field("sub", min_length=1)
+    """Claim naming who calls (recorded as requester or approver): ``sub``, ``email``,
+    ``preferred_username``..."""
+    tenant_claim: str | None = Field("tenant", min_length=1)
+    """Claim holding the tenant; unset (null) with ``tenant`` for one fixed tenant."""
+    tenant: str | None = Field(None, min_length=1, max_length=200, pattern=r"^[\w.@:-]+$")
+    """The tenant of every token of this provider (instead of ``tenant_claim``)."""
+    roles_claim: str = Field("roles", min_length=1)
+    """Claim holding the caller's groups or roles: a list (or a space-separated string)."""
+    roles: dict[str, list[Literal["requester", "approver", "auditor"]]] | None = None
+    """Provider group -> stead role(s) (``{"stead-approvers": "approver"}``); groups not
+    listed give no role. Unset: the claim's values that are stead role names count."""
+    approval_role_claim: str | None = Field("approval_role", min_length=1)
+    """Claim holding the approval role the caller decides as (e.g. ``support-lead``)."""
+    approval_roles: dict[str, str] = Field(default_factory=dict)
+    """Provider group -> approval role, used when ``approval_role_claim`` is absent from a
+    token: the first of the caller's groups listed here gives it."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthands(cls, data: object) -> object:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if data.get("tenant") is not None:
+            if data.get("tenant_claim") is not None:
+                raise ValueError("give either tenant (one fixed tenant) or tenant_claim, "
+                                 "not both")
+            data["tenant_claim"] = None  # a fixed tenant replaces the default claim
+        roles = data.get("roles")
+        if isinstance(roles, dict):  # {"group": "approver"} is short for ["approver"]
+            data["roles"] = {k: [v] if isinstance(v, str) else v for k, v in roles.items()}
+        return data
+
+    @model_validator(mode="after")
+    def _one_tenant_source(self) -> OidcClaims:
+        if self.tenant is None and self.tenant_claim is None:
+            raise ValueError("name the tenant: tenant_claim (a claim) or tenant (a fixed one)")
+        return self
+
+
+class OidcSettings(_Section):
+    """Single sign-on for the HTTP API: tokens of an OpenID Connect identity provider,
+    accepted besides the HS256 tokens of ``STEAD_API_SECRET`` (see ``stead.api._oidc``)."""
+
+    issuer: Annotated[str | None, Env("oidc_issuer")] = None
+    """Issuer URL of the provider, exactly as its tokens' ``iss`` says; keys are found through
+    ``<issuer>/.well-known/openid-configuration``. Unset: single sign-on is off."""
+    jwks_url: Annotated[str | None, Env("oidc_jwks_url")] = None
+    """The provider's JWKS URL, skipping discovery."""
+    audience: Annotated[str | None, Env("oidc_audience")] = Field(None, min_length=1,
+                                                                  validate_default=True)
+    """What a token's ``aud`` must contain (the client id or API identifier stead has at the
+    provider); required with an issuer."""
+    algorithms: Annotated[list[str], Env("oidc_algorithms")] = Field(
+        default_factory=lambda: ["RS256", "ES256"], min_length=1)
+    """Signature algorithms accepted, a JSON list; public-key ones only."""
+    leeway_seconds: Annotated[float, Env("oidc_leeway_seconds")] = Field(60.0, ge=0, le=3600)
+    """Clock skew allowed when checking ``exp``, ``nbf`` and ``iat``."""
+    claims: Annotated[OidcClaims, Env("oidc_claims")] = Field(default_factory=OidcClaims)
+    """How the provider's claims map to stead's ``sub``, ``tenant``, ``roles`` and
+    ``approval_role``, a JSON object (:class:`OidcClaims`)."""
+    jwks_cache_seconds: Annotated[float, Env("oidc_jwks_cache_seconds")] = Field(
+        300.0, gt=0, le=_DAY)
+    """How long fetched keys are used before the JWKS is fetched again."""
+    jwks_refetch_seconds: Annotated[float, Env("oidc_jwks_refetch_seconds")] = Field(
+        30.0, ge=0, le=_DAY)
+    """Least time between two fetches caused by tokens naming an unknown key (a rotated key
+    is picked up at once; a flood of made-up key ids does not reach the provider more often)."""
+    http_timeout_seconds: Annotated[float, Env("oidc_http_timeout_seconds")] = Field(
+        5.0, gt=0, le=120)
+    """Timeout of one request to the provider (discovery, JWKS)."""
+
+    @field_validator("issuer")
+    @classmethod
+    def _secure_issuer(cls, v: str | None) -> str | None:
+        return None if v is None else _https_unless_loopback(v)
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _secure_jwks_url(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None and "issuer" in info.data and info.data["issuer"] is None:
+            raise ValueError("is set, but no issuer is: set the issuer URL as well, which "
+                             "every token's `iss` is checked against")
+        return None if v is None else _https_unless_loopback(v)
+
+    @field_validator("audience")
+    @classmethod
+    def _audience_with_issuer(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None and info.data.get("issuer") is not None:
+            raise ValueError("is required with STEAD_OIDC_ISSUER: the client id or API "
+                             "identifier tokens for stead carry in `aud`")
+        return v
+
+    @field_validator("algorithms")
+    @classmethod
+    def _public_key_algorithms(cls, v: list[str]) -> list[str]:
+        for alg in v:
+            if alg not in _OIDC_ALGORITHMS:
+                why = (" (a shared-key or unsigned algorithm: anyone with the provider's "
+                       "public keys could forge tokens)" if alg.upper().startswith("HS")
+                       or alg.lower() == "none" else "")
+                raise ValueError(f"{alg!r} is not accepted{why}; use some of "
+                                 f"{', '.join(_OIDC_ALGORITHMS)}")
+        return list(dict.fromkeys(v))
+
+    @property
+    def enabled(self) -> bool:
+        return self.issuer is not None
+
+
 class EvalSettings(_Section):
     """Online evaluation of finished runs (``stead.authoring.evaluation``)."""
 
@@ -513,6 +660,7 @@ class Settings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     evals: EvalSettings = Field(default_factory=EvalSettings)
     tenants: TenantSettings = Field(default_factory=TenantSettings)
+    oidc: OidcSettings = Field(default_factory=OidcSettings)
 
     def __init__(self, **values: Any) -> None:
         """Sections from the environment; ``values`` (flat names or sections) win."""

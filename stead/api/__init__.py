@@ -3,6 +3,9 @@
     app = create_app(settings)                       # FastAPI; `stead api` serves it
     token = issue_token(api_secret(settings), sub="alice", tenant="acme", roles=["approver"])
 
+Tokens of an OpenID Connect identity provider are accepted too when ``STEAD_OIDC_ISSUER`` is
+set (:mod:`stead.api._oidc`, ``docs/security.md``).
+
 Routes (all JSON, bearer JWT, scoped to the token's tenant; errors are
 ``{"error": {"type", "message"}}``):
 
@@ -22,6 +25,7 @@ Routes (all JSON, bearer JWT, scoped to the token's tenant; errors are
 from stead.api._auth import (
     Principal,
     TokenError,
+    TokenVerifier,
     api_secret,
     issue_token,
     verify_token,
@@ -39,6 +43,7 @@ from stead.api._models import (
     StartedRun,
     StartRunBody,
 )
+from stead.api._oidc import IdentityProviderError, OidcVerifier
 from stead.api._server import ApiServer
 from stead.api.app import create_app
 
@@ -49,6 +54,8 @@ __all__ = [
     "DecideBody",
     "ErrorDetail",
     "ErrorResponse",
+    "IdentityProviderError",
+    "OidcVerifier",
     "Principal",
     "Role",
     "RunEvent",
@@ -57,6 +64,7 @@ __all__ = [
     "StartRunBody",
     "StartedRun",
     "TokenError",
+    "TokenVerifier",
     "api_secret",
     "create_app",
     "issue_token",

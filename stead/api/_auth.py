@@ -17,7 +17,7 @@ import secrets
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import jwt
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
@@ -25,6 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from stead.api._models import KEY_PATTERN, Role
 from stead.errors import SettingsError
 from stead.settings import Settings
+
+if TYPE_CHECKING:
+    from stead.api._oidc import OidcVerifier
 
 ALGORITHM = "HS256"
 SECRET_FILE = "api-secret"
@@ -111,3 +114,37 @@ def verify_token(secret: str, token: str) -> Principal:
     except ValidationError as e:
         raise TokenError("the token's claims are invalid: " + "; ".join(
             f"{'.'.join(str(p) for p in x['loc'])}: {x['msg']}" for x in e.errors())) from None
+
+
+class TokenVerifier:
+    """Both kinds of bearer token side by side: the shared HS256 key's (``stead api token``)
+    and, with ``STEAD_OIDC_ISSUER``, the identity provider's. A token that names the
+    provider's issuer, or is signed with anything but HS256, is the provider's to judge; the
+    rest are checked with the shared key.
+
+        tokens = TokenVerifier.from_settings(settings)
+        principal = await tokens.verify(token)   # TokenError (401), IdentityProviderError (503)
+    """
+
+    def __init__(self, secret: str, oidc: OidcVerifier | None = None) -> None:
+        self.secret = secret
+        self.oidc = oidc
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TokenVerifier:
+        """The key of :func:`api_secret` and, when configured, the provider's verifier."""
+        oidc = None
+        if settings.oidc.enabled:
+            from stead.api._oidc import OidcVerifier
+
+            oidc = OidcVerifier(settings.oidc)
+        return cls(api_secret(settings), oidc)
+
+    async def verify(self, token: str) -> Principal:
+        if self.oidc is not None and self.oidc.claims_token(token):
+            return await self.oidc.verify(token)
+        return verify_token(self.secret, token)
+
+    async def aclose(self) -> None:
+        if self.oidc is not None:
+            await self.oidc.aclose()

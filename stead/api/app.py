@@ -23,7 +23,7 @@ from fastapi.staticfiles import StaticFiles
 from temporalio.client import Client
 
 from stead.api import _errors
-from stead.api._auth import Principal, TokenError, api_secret, verify_token
+from stead.api._auth import Principal, TokenError, TokenVerifier
 from stead.api._backend import Backend
 from stead.api._errors import ApiError
 from stead.api._events import event_stream
@@ -60,7 +60,7 @@ def _errors_doc(*statuses: int) -> dict[int | str, dict[str, Any]]:
     words = {400: "Temporal refused the request", 401: "Missing, malformed or expired token",
              403: "The token lacks the role", 404: "No such run for this tenant",
              409: "The run's state does not allow it", 422: "Invalid input",
-             503: "Temporal or the ledger is unreachable"}
+             503: "Temporal, the ledger or the identity provider is unreachable"}
     return {s: {"model": ErrorResponse, "description": words[s]}
             for s in (401, 422, 503, *statuses)}
 
@@ -76,10 +76,15 @@ async def _authenticated(
     if creds is None:
         raise ApiError(401, "missing bearer token: send `Authorization: Bearer <JWT>` "
                             "(`stead api token` makes one)")
+    from stead.api._oidc import IdentityProviderError
+
+    tokens: TokenVerifier = request.app.state.tokens
     try:
-        return verify_token(request.app.state.secret, creds.credentials)
+        return await tokens.verify(creds.credentials)
     except TokenError as e:
         raise ApiError(401, str(e)) from None
+    except IdentityProviderError as e:
+        raise ApiError(503, str(e)) from None
 
 
 def _role(needed: Role) -> Callable[[Principal], Coroutine[Any, Any, Principal]]:
@@ -105,13 +110,14 @@ def create_app(settings: Settings, *, client: Client | None = None,
     ``agents``: the agents runs may be started for (else any; workers refuse unknown ones);
     ``poll_seconds``: how often ``/v1/events`` looks for changes.
     """
-    secret = api_secret(settings)  # SettingsError now rather than 401s later
+    tokens = TokenVerifier.from_settings(settings)  # SettingsError now rather than 401s later
     backend = Backend(settings, client=client, agents=agents)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         await backend.close()
+        await tokens.aclose()
 
     app = FastAPI(
         title="stead API", version="1",
@@ -122,7 +128,8 @@ def create_app(settings: Settings, *, client: Client | None = None,
         # Operation ids are the route functions' names (startRun-style clients read them).
         generate_unique_id_function=lambda route: route.name)
     app.state.backend = backend
-    app.state.secret = secret
+    app.state.secret = tokens.secret
+    app.state.tokens = tokens
     # Set by ApiServer when it stops, so that event streams end at once.
     app.state.closing = closing = asyncio.Event()
     _errors.install(app)

@@ -49,7 +49,8 @@ def api_cmd(
 ) -> None:
     """Serve the HTTP API (runs, approvals, audit, metrics, events; /docs, /inbox) on the
     stack of TEMPORAL_ADDRESS / DATABASE_URL (or the embedded defaults) until Ctrl-C. Tokens
-    are checked with STEAD_API_SECRET, else this machine's key in the data dir."""
+    are checked with STEAD_API_SECRET, else this machine's key in the data dir, and with
+    STEAD_OIDC_ISSUER also against that identity provider (single sign-on)."""
     if ctx.invoked_subcommand is not None:
         return
     from stead.api import create_app

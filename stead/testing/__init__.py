@@ -9,6 +9,9 @@
   Pinecone's filter language and injectable faults, for the real ``pinecone`` SDK.
 - :mod:`stead.testing.otlp_server` — ``FakeOTLPServer``, an OTLP/HTTP receiver (metrics and
   traces, protobuf or JSON) that decodes what a worker exports.
+- :mod:`stead.testing.oidc_provider` — ``FakeOidcProvider``, an OpenID Connect identity
+  provider on loopback (discovery, JWKS, RSA and EC keys, rotation, outages) that issues
+  tokens with chosen claims, for the HTTP API's single sign-on.
 - :mod:`stead.testing.tls_proxy` — a TLS-terminating proxy (client certificates, ALPN h2) in
   front of a plaintext Temporal server, with test certificates.
 - :mod:`stead.testing.mcp_servers` — real MCP servers (stdio and streamable HTTP) written with
