@@ -11,10 +11,22 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
+from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from pydantic import BaseModel, ConfigDict
 
+from stead.authoring.agent import Agent, AgentCatalog
+from stead.authoring.tools import ToolContext, tool
+from stead.client import start_run
+from stead.contracts.budget import Price
+from stead.contracts.models import ModelEndpoint, ModelTurn, RunRequest, RunResult, Usage
 from stead.contracts.quota import TenantQuota
+from stead.integrations.llm import ScriptedModel, call
+from stead.settings import Settings
 from stead.stack.embedded import EmbeddedStack
 from stead.storage.ledger import Ledger, SpendKey
+from stead.testing.openai_server import FakeOpenAIServer
+from stead.worker import WorkerHost
 
 TTL = 900.0
 
@@ -227,3 +239,121 @@ async def test_random_sized_races_fill_the_cap_and_refuse_only_what_no_longer_fi
             spent, reserved = await _window(workers[0], tenant)
             assert reserved == 0
             assert spent <= cap + beyond + 1e-9
+
+
+# ------------------------------------------------------------------ in real runs
+
+KEY_VAR = "STEAD_TEST_SPEND_KEY"
+KEY = "sk-spend-test-0123456789abcdef"
+SCRIPT = [ModelTurn(tool_calls=[call("echo", call_id="call_echo", text="hello")],
+                    usage=Usage(input_tokens=1200, output_tokens=40)),
+          ModelTurn(content="the tool said hello", usage=Usage(input_tokens=1300,
+                                                                output_tokens=9))]
+"""What the fake server answers, with the usage it reports (what calls are settled at)."""
+
+
+class Echo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str
+
+
+@tool(name="echo")
+async def echo(args: Echo, ctx: ToolContext) -> Echo:
+    """Repeat the text."""
+    return Echo(text=args.text)
+
+
+@pytest.fixture
+async def served(settings: Settings, monkeypatch: pytest.MonkeyPatch,
+                 ) -> AsyncIterator[tuple[WorkerHost, Settings, FakeOpenAIServer, dict[str, str],
+                                          InMemoryMetricReader]]:
+    """A worker whose agent ``spender`` calls gpt-4o-mini (listed at $0.15/$0.60 per 1M
+    tokens) on the fake OpenAI server; tenant ``poor`` may spend $0.001 a day (less than one
+    call's estimate: its answer is assumed 4096 tokens long), ``rich`` $5, others no limit."""
+    monkeypatch.setenv(KEY_VAR, KEY)
+    names = {"poor": _tenant(), "rich": _tenant(), "free": _tenant()}
+    quotas = {names["poor"]: {"usd_per_day": 0.001},
+              names["rich"]: {"usd_per_day": 5.0, "usd_per_month": 50.0}}
+    s = settings.replace(tenant_quotas=quotas)
+    reader = InMemoryMetricReader()
+    provider = SdkMeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    async with FakeOpenAIServer.from_model(ScriptedModel(list(SCRIPT)), api_key=KEY) as srv:
+        ep = ModelEndpoint.model_validate({"model": "gpt-4o-mini", "base_url": srv.base_url,
+                                           "api_key_env": KEY_VAR})
+        agent = Agent(name="spender", instructions="Use the echo tool, then answer.",
+                      tools=[echo], models=[ep],
+                      offline_model=ScriptedModel([ModelTurn(content="offline")]))
+        async with WorkerHost(s, AgentCatalog([agent]), meter_provider=provider) as host:
+            yield host, s, srv, names, reader
+    reader.shutdown()
+
+
+async def _run(host: WorkerHost, s: Settings, tenant: str) -> tuple[str, RunResult]:
+    assert host.client is not None
+    handle = await start_run(host.client, RunRequest(agent="spender", input="say hello",
+                                                     tenant=tenant), temporal=s.temporal)
+    return handle.id, await asyncio.wait_for(handle.result(), timeout=120)
+
+
+def _counters(reader: InMemoryMetricReader) -> dict[str, dict[frozenset[tuple[str, object]],
+                                                          float]]:
+    data = reader.get_metrics_data()
+    out: dict[str, dict[frozenset[tuple[str, object]], float]] = {}
+    if data is None:
+        return out
+    for rm in data.resource_metrics:
+        for sm in rm.scope_metrics:
+            for m in sm.metrics:
+                if m.name.startswith("stead.tenant."):
+                    for p in m.data.data_points:
+                        key = frozenset((p.attributes or {}).items())
+                        out.setdefault(m.name, {})[key] = p.value  # type: ignore[union-attr]
+    return out
+
+
+async def test_a_tenant_over_its_day_window_is_refused_before_the_model_is_called(
+        served: tuple[WorkerHost, Settings, FakeOpenAIServer, dict[str, str],
+                      InMemoryMetricReader], ledger: Ledger) -> None:
+    """The poor tenant's first model call would pass its $0.001 day cap: refused before any
+    request reaches the model server, non-retryable, the message naming tenant, window,
+    figures and reset; the rich tenant's run is unaffected and its calls are settled at the
+    usage the server reported; a tenant without a quota spends nothing in the windows."""
+    host, s, srv, names, reader = served
+    wid, poor = await _run(host, s, names["poor"])
+    assert srv.requests == []  # the model was never called
+    # Until the workflow maps the refusal to budget_exceeded (the run-budget branch), a
+    # refused model call fails the run with the activity's message ("model call failed: ..."),
+    # after one attempt (each attempt would count a refusal: see the counter below).
+    assert poor.status == "failed"
+    assert f"tenant {names['poor']!r} is over its day spending window" in (poor.error or "")
+    assert "$0.0010 cap" in (poor.error or "") and "resets at" in (poor.error or "")
+    trail = await ledger.trail(wid)
+    assert trail.model_calls == []
+    (day,) = [r for r in await ledger.spend_usage(s.tenants.quotas, tenant=names["poor"])
+              if r.window == "day"]
+    assert (day.spent_usd, day.reserved_usd, day.cap_usd) == (0.0, 0.0, 0.001)
+
+    wid, rich = await _run(host, s, names["rich"])
+    assert (rich.status, rich.answer) == ("completed", "the tool said hello")
+    trail = await ledger.trail(wid)
+    price = Price(input_usd_per_mtok=0.15, output_usd_per_mtok=0.60)
+    cost = sum(price.cost(m.input_tokens, m.output_tokens)
+               for m in trail.model_calls)
+    assert cost > 0 and len(trail.model_calls) == 2
+    usage = {r.window: r for r in await ledger.spend_usage(s.tenants.quotas,
+                                                           tenant=names["rich"])}
+    assert usage["day"].spent_usd == pytest.approx(cost)
+    assert usage["month"].spent_usd == pytest.approx(cost)
+    assert usage["day"].reserved_usd == 0 and usage["month"].cap_usd == 50.0
+
+    _, free = await _run(host, s, names["free"])
+    assert free.status == "completed"
+    assert all(r.spent_usd == 0 for r in await ledger.spend_usage({}, tenant=names["free"]))
+
+    got = _counters(reader)
+    refusals = got["stead.tenant.budget_refusals"]
+    assert refusals == {frozenset({("stead.tenant", names["poor"]),
+                                   ("stead.window", "day")}): 1}
+    spend = got["stead.tenant.spend"]
+    assert spend[frozenset({("stead.tenant", names["rich"])})] == pytest.approx(cost)
+    assert set(spend) == {frozenset({("stead.tenant", names["rich"])})}
