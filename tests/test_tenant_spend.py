@@ -5,16 +5,21 @@ the model activity refuses a call over its tenant's window before the model is c
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import uuid
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 
 import asyncpg
+import httpx
 import pytest
+from _cli import cli_env, stead
 from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SecretStr
 
+from stead.api import Role, create_app, issue_token
 from stead.authoring.agent import Agent, AgentCatalog
 from stead.authoring.tools import ToolContext, tool
 from stead.client import start_run
@@ -357,3 +362,73 @@ async def test_a_tenant_over_its_day_window_is_refused_before_the_model_is_calle
     spend = got["stead.tenant.spend"]
     assert spend[frozenset({("stead.tenant", names["rich"])})] == pytest.approx(cost)
     assert set(spend) == {frozenset({("stead.tenant", names["rich"])})}
+
+
+# ------------------------------------------------------------------ stead budget, GET /v1/budget
+
+API_SECRET = "spend-secret-" + "x" * 40
+
+
+async def _spend(ledger: Ledger, tenant: str, *, settled: float, reserved: float) -> None:
+    done = _key(1)
+    await ledger.reserve_spend(tenant, done, usd=settled, caps={}, ttl_seconds=TTL)
+    await ledger.settle_spend(done, usd=settled)
+    await ledger.reserve_spend(tenant, _key(2), usd=reserved, caps={}, ttl_seconds=TTL)
+
+
+async def test_stead_budget_prints_each_window_for_people_and_scripts(
+        settings: Settings, ledger: Ledger) -> None:
+    acme, other = _tenant(), _tenant()
+    await _spend(ledger, acme, settled=0.25, reserved=0.5)
+    await _spend(ledger, other, settled=0.01, reserved=0.0)
+    env = cli_env(settings, STEAD_TENANT_QUOTAS=json.dumps({acme: {"usd_per_day": 2.0}}))
+    done = await stead("budget", "--tenant", acme, "--json", env=env)
+    assert done.code == 0, done.err
+    rows = {w["window"]: w for w in done.json()["windows"]}
+    assert set(rows) == {"day", "month"}
+    day = rows["day"]
+    assert (day["tenant"], day["spent_usd"], day["reserved_usd"], day["cap_usd"],
+            day["left_usd"]) == (acme, 0.25, 0.5, 2.0, 1.25)
+    assert rows["month"]["cap_usd"] is None and rows["month"]["left_usd"] is None
+    assert datetime.fromisoformat(day["resets_at"]) - datetime.fromisoformat(
+        day["window_start"]) == timedelta(days=1)
+    everyone = await stead("budget", "--json", env=env)
+    assert {acme, other} <= {w["tenant"] for w in everyone.json()["windows"]}
+    table = await stead("budget", "--tenant", acme, env={**env, "COLUMNS": "200"})
+    assert table.code == 0, table.err
+    line = next(ln for ln in table.out.splitlines() if " day " in ln)
+    for cell in (acme, "0.2500", "0.5000", "2.0000", "1.2500"):
+        assert cell in line, (cell, line)
+    assert "no cap" in table.out
+
+
+async def test_get_budget_shows_only_the_tokens_tenant_to_auditors(
+        settings: Settings, ledger: Ledger) -> None:
+    acme, other = _tenant(), _tenant()
+    await _spend(ledger, acme, settled=0.4, reserved=0.1)
+    await _spend(ledger, other, settled=3.0, reserved=0.0)
+    s = settings.replace(api_secret=SecretStr(API_SECRET),
+                         tenant_quotas={"*": {"usd_per_day": 1.0, "usd_per_month": 10.0}})
+    app = create_app(s)
+
+    def auth(tenant: str, role: Role) -> dict[str, str]:
+        return {"Authorization": "Bearer " + issue_token(API_SECRET, sub="ana", tenant=tenant,
+                                                         roles=(role,))}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://api") as c:
+        r = await c.get("/v1/budget", headers=auth(acme, "auditor"))
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["tenant"] == acme
+        day, month = body["windows"]
+        assert (day["window"], day["spent_usd"], day["reserved_usd"], day["cap_usd"]) == \
+            ("day", 0.4, 0.1, 1.0)
+        assert day["left_usd"] == pytest.approx(0.5)
+        assert (month["window"], month["cap_usd"]) == ("month", 10.0)
+        r = await c.get("/v1/budget", headers=auth(other, "auditor"))
+        assert r.json()["windows"][0]["spent_usd"] == 3.0
+        assert r.json()["windows"][0]["left_usd"] == 0  # over its cap: nothing left
+        assert (await c.get("/v1/budget", headers=auth(acme, "requester"))).status_code == 403
+        assert (await c.get("/v1/budget")).status_code == 401
+        assert "/v1/budget" in (await c.get("/openapi.json")).json()["paths"]
+    await app.state.backend.close()
