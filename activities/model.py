@@ -1,13 +1,19 @@
 """The model activity: one model call (chat completions or the Responses API), logged in the
 ledger with the model of the agent's chain that was called, its text published to the token
-stream as it is written (``stead.streaming``; never into Temporal's history)."""
+stream as it is written (``stead.streaming``; never into Temporal's history).
+
+When the run's tenant has spending windows (``STEAD_TENANT_QUOTAS``: ``usd_per_day``,
+``usd_per_month``), the call's estimate is reserved against them before the model is called
+(committed first: the write-ahead rule), settled to what the call cost after it answered, and
+released when it failed; a call that would pass a window's cap is refused, non-retryable
+(``TenantBudgetExceeded``). A tenant without windows costs no extra round trip."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 
 from temporalio import activity
@@ -15,13 +21,18 @@ from temporalio.exceptions import ApplicationError
 
 from stead import errors
 from stead.authoring.agent import AgentCatalog
+from stead.contracts.budget import Price
 from stead.contracts.models import Message, ModelCallRecord, ModelRequest, ModelTurn, Usage
+from stead.contracts.quota import TenantQuota, WindowKind, quota_for
+from stead.evals.metrics import price_for
+from stead.guardrails.budget import DEFAULT_MAX_OUTPUT_TOKENS, estimate, settle
 from stead.integrations.llm import ModelCallError, ModelClient, complete_streaming, write_turn
 from stead.integrations.model_endpoints import ModelEndpoints
 from stead.observability.telemetry import NO_METRICS, SteadMetrics
 from stead.observability.tracing import NO_TRACING, SteadTracing
+from stead.settings import ModelPrice
 from stead.storage.blobs import BLOB_MISSING, BlobCorrupt, BlobError, BlobMissing, BlobStore
-from stead.storage.ledger import Ledger
+from stead.storage.ledger import Ledger, Reservation, SpendKey
 from stead.streaming import TurnPublisher
 
 log = logging.getLogger("stead.streaming")
@@ -42,14 +53,23 @@ class ModelActivities:
                  max_payload_bytes: int = 1_500_000,
                  blobs: BlobStore | None = None,
                  endpoints: ModelEndpoints | None = None,
-                 stream: bool = True) -> None:
+                 stream: bool = True,
+                 quotas: Mapping[str, TenantQuota] | None = None,
+                 reservation_ttl_seconds: float = 900.0,
+                 prices: Mapping[str, ModelPrice] | None = None) -> None:
         """``max_payload_bytes``: a bigger answer fails the call (``PayloadTooLarge``).
         ``blobs``: expands tool results that travel by reference and ``ModelRequest.context``
         before the model is called, and stores the extended context after it answers.
         ``endpoints``: calls the model of an agent's chain that a request names (None: every
         request is answered as if it named none).
         ``stream``: ask models that can stream to do so; off, each answer is asked for whole
-        and published as one piece when it arrives (for servers that cannot stream)."""
+        and published as one piece when it arrives (for servers that cannot stream).
+        ``quotas``: the tenants' spending windows (``settings.tenants.quotas``); a call is
+        reserved against them for ``reservation_ttl_seconds``. ``prices``: what a model costs
+        when the request carries no price (``STEAD_MODEL_PRICES``)."""
+        self._quotas: Mapping[str, TenantQuota] = quotas or {}
+        self._reservation_ttl = reservation_ttl_seconds
+        self._prices: Mapping[str, ModelPrice] = prices or {}
         self._stream = stream
         self._next_prune = 0.0
         self._pruning: set[asyncio.Task[int]] = set()
@@ -106,6 +126,7 @@ class ModelActivities:
         await self._ledger.append_decisions(req.decisions, on_wait=activity.heartbeat)
         self._tracing.decisions(req.decisions)
         messages = await self._transcript(req)
+        spend = await self._reserve(req, client, info.attempt)
         publisher = TurnPublisher(self._ledger, req.ref, attempt=info.attempt,
                                   fallback=req.fallback)
         started = time.perf_counter()
@@ -120,19 +141,27 @@ class ModelActivities:
                     write_turn(publisher, turn, model=client.name)
                 chat.response(turn)
         except ModelCallError as err:
+            if spend is not None:
+                await spend.release()
             # A provider's message may quote a key; the cause would carry it into history.
             message = self._ledger.redactor.text(str(err))
             await self._failed(req, info.attempt, client.name, started, err, message, publisher)
             raise ApplicationError(message, type=err.kind, non_retryable=not err.retryable,
                                    next_retry_delay=err.retry_after) from None
         except Exception as err:
+            if spend is not None:
+                await spend.release()
             await self._failed(req, info.attempt, client.name, started, err,
                                self._ledger.redactor.text(f"{type(err).__name__}: {err}"),
                                publisher)
             raise
         except BaseException:
-            await publisher.cancel()  # cancelled: the next attempt restarts the message
+            # Cancelled: the next attempt restarts the message, and goes on with this call's
+            # reservation (held, not reserved twice) or finds it expired.
+            await publisher.cancel()
             raise
+        if spend is not None:
+            await spend.settle(turn.usage)  # billed, even if the answer is refused below
         size = len(turn.model_dump_json().encode())
         if size > self._max_payload:
             # Asking again would bill the same oversized answer again; history refuses it.
@@ -160,6 +189,51 @@ class ModelActivities:
                                                     on_wait=activity.heartbeat)
             turn = turn.model_copy(update={"context": ctx})
         return turn
+
+    async def _reserve(self, req: ModelRequest, client: ModelClient,
+                       attempt: int) -> _Spend | None:
+        """Reserve the call's estimate against its tenant's spending windows; None when the
+        tenant has none or the call costs nothing (an unpriced or offline model). Over a cap:
+        a non-retryable ``TenantBudgetExceeded`` naming the tenant, window, figures and reset."""
+        if not self._quotas:
+            return None
+        quota = quota_for(self._quotas, req.ref.tenant)
+        caps = quota.windows if quota is not None else {}
+        if not caps:
+            return None
+        price = self._price(req, client)
+        if req.estimate is not None:
+            usd = req.estimate.usd
+        else:
+            limit = (req.endpoint.max_output_tokens if req.endpoint is not None else None)
+            usd = estimate(_request_bytes(req), price=price,
+                           max_output_tokens=limit or DEFAULT_MAX_OUTPUT_TOKENS).usd
+        if usd <= 0:
+            return None
+        key = SpendKey.of(req.ref, fallback=req.fallback)
+        got = await self._ledger.reserve_spend(req.ref.tenant, key, usd=usd, caps=caps,
+                                               ttl_seconds=self._reservation_ttl,
+                                               attempt=attempt, on_wait=activity.heartbeat)
+        if got.outcome == "refused":
+            assert got.window is not None
+            self._metrics.tenant_budget_refusal(tenant=req.ref.tenant, window=got.window)
+            raise ApplicationError(_refusal(req.ref.tenant, got, usd),
+                                   type=errors.TENANT_BUDGET_EXCEEDED, non_retryable=True)
+        return _Spend(self._ledger, self._metrics, key, req.ref.tenant, attempt, price)
+
+    def _price(self, req: ModelRequest, client: ModelClient) -> Price | None:
+        """What the called model costs: the run's pinned price, else the chain model's, else
+        ``STEAD_MODEL_PRICES`` by the client's label; offline models cost nothing."""
+        if req.price is not None:
+            return req.price
+        if req.endpoint is not None and req.endpoint.price is not None:
+            return req.endpoint.price
+        if client.name.startswith("scripted"):
+            return None
+        listed = price_for(client.name, self._prices)
+        if listed is None:
+            return None
+        return Price(input_usd_per_mtok=listed.input, output_usd_per_mtok=listed.output)
 
     async def _failed(self, req: ModelRequest, attempt: int, model: str, started: float,
                       err: BaseException, message: str, publisher: TurnPublisher) -> None:
@@ -225,6 +299,43 @@ class ModelActivities:
             usage=turn.usage if turn else Usage(),
             duration_ms=seconds * 1000, endpoint=endpoint, fallback=req.fallback),
             on_wait=activity.heartbeat)
+
+
+class _Spend:
+    """One call's live reservation: settled to the reported usage, or released."""
+
+    def __init__(self, ledger: Ledger, metrics: SteadMetrics, key: SpendKey, tenant: str,
+                 attempt: int, price: Price | None) -> None:
+        self._ledger, self._metrics = ledger, metrics
+        self._key, self._tenant, self._attempt, self._price = key, tenant, attempt, price
+
+    async def settle(self, usage: Usage) -> None:
+        """The call answered: what it reported using, at the call's price, is spent."""
+        usd = settle(usage, self._price).usd
+        await self._ledger.settle_spend(self._key, usd=usd, attempt=self._attempt,
+                                        on_wait=activity.heartbeat)
+        self._metrics.tenant_spend(tenant=self._tenant, usd=usd)
+
+    async def release(self) -> None:
+        """The call failed: its estimate stops counting (the retry reserves again)."""
+        await self._ledger.release_spend(self._key, attempt=self._attempt,
+                                         on_wait=activity.heartbeat)
+
+
+def _refusal(tenant: str, got: Reservation, usd: float) -> str:
+    window: WindowKind | None = got.window
+    resets = got.resets_at.strftime("%Y-%m-%d %H:%M UTC") if got.resets_at else "?"
+    return (f"tenant {tenant!r} is over its {window} spending window: "
+            f"${got.spent_usd or 0:.4f} spent and ${got.reserved_usd or 0:.4f} reserved by "
+            f"calls in flight of its ${got.cap_usd or 0:.4f} cap, and this model call is "
+            f"estimated at ${usd:.4f}; the window resets at {resets} "
+            f"(STEAD_TENANT_QUOTAS usd_per_{window})")
+
+
+def _request_bytes(req: ModelRequest) -> int:
+    """The request's size, as the workflow's estimate measures it (messages and tools)."""
+    return (sum(len(m.model_dump_json().encode()) for m in req.messages)
+            + sum(len(t.model_dump_json().encode()) for t in req.tools))
 
 
 def _leading_system(messages: list[Message]) -> int:

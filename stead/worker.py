@@ -147,7 +147,9 @@ def build_worker(client: Client, settings: Settings, catalog: AgentCatalog, ledg
     models = ModelActivities(catalog, ledger, model=model,
                              named_models=named_model_factory(settings.models), metrics=metrics,
                              tracing=tracing, max_payload_bytes=settings.worker.max_payload_bytes,
-                             blobs=blobs, endpoints=endpoints, stream=settings.models.stream)
+                             blobs=blobs, endpoints=endpoints, stream=settings.models.stream,
+                             quotas=settings.tenants.quotas, prices=settings.models.prices,
+                             reservation_ttl_seconds=settings.tenants.reservation_ttl_seconds)
     tools = ToolActivities(catalog, ledger, metrics=metrics, secrets=secrets, tracing=tracing,
                            max_payload_bytes=settings.worker.max_payload_bytes, dynamic=mcp,
                            blobs=blobs, blob_threshold_bytes=settings.ledger.blob_threshold_bytes)

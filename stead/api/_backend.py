@@ -38,11 +38,13 @@ from stead.api._models import (
     RESERVED_METADATA_PREFIX,
     ApprovalView,
     AuditTrail,
+    BudgetWindow,
     DecideBody,
     RunSummary,
     RunView,
     StartedRun,
     StartRunBody,
+    TenantBudget,
 )
 from stead.contracts.models import (
     DecideInput,
@@ -389,6 +391,16 @@ class Backend:
         ledger = await self.ledger()
         return await _no_tables(lambda: compute_metrics(ledger, flt,
                                                         prices=self.settings.models.prices))
+
+
+    async def budget(self, tenant: str) -> TenantBudget:
+        ledger = await self.ledger()
+        rows = await _no_tables(lambda: ledger.spend_usage(self.settings.tenants.quotas,
+                                                           tenant=tenant))
+        return TenantBudget(tenant=tenant, windows=[
+            BudgetWindow(window=r.window, window_start=r.window_start, resets_at=r.resets_at,
+                         spent_usd=r.spent_usd, reserved_usd=r.reserved_usd,
+                         cap_usd=r.cap_usd, left_usd=r.left_usd) for r in rows])
 
 
 async def _no_tables(op: Callable[[], Awaitable[T]]) -> T:

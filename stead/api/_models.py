@@ -324,6 +324,33 @@ class AuditTrail(_Body):
     chain_problems: list[str]
 
 
+# ---------------------------------------------------------------------------- budget
+
+
+class BudgetWindow(_Body):
+    """One spending window of the tenant: the current UTC day or month."""
+
+    window: Literal["day", "month"]
+    window_start: datetime
+    resets_at: datetime
+    """When the window ends and the next starts from nothing."""
+    spent_usd: float
+    """Settled cost of the tenant's model calls in this window."""
+    reserved_usd: float
+    """Estimates held by the tenant's model calls in flight."""
+    cap_usd: float | None
+    """The tenant's cap (``STEAD_TENANT_QUOTAS``); null: not capped."""
+    left_usd: float | None
+    """What calls may still reserve (never below 0); null: no cap."""
+
+
+class TenantBudget(_Body):
+    """``GET /v1/budget``: the token's tenant's spending windows (``stead budget``)."""
+
+    tenant: str
+    windows: list[BudgetWindow]
+
+
 # ---------------------------------------------------------------------------- events
 
 

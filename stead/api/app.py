@@ -40,6 +40,7 @@ from stead.api._models import (
     RunView,
     StartedRun,
     StartRunBody,
+    TenantBudget,
 )
 from stead.api._run_events import run_event_stream
 from stead.contracts.models import DecideOutcome, RunStatus
@@ -217,6 +218,13 @@ def create_app(settings: Settings, *, client: Client | None = None,
         return await backend.metrics(MetricsFilter(
             since=bounds[0], until=bounds[1], agent=agent, tenant=who.tenant,
             include_synthetic=include_synthetic))
+
+    @app.get("/v1/budget", response_model=TenantBudget, tags=["audit"],
+             responses=_errors_doc(403))
+    async def budget(who: Auditor) -> TenantBudget:
+        """The tenant's spending windows, the UTC day and month (``stead budget``): spent,
+        reserved by model calls in flight, the cap, what is left, when each resets."""
+        return await backend.budget(who.tenant)
 
     # -------------------------------------------------------------------------- events
 

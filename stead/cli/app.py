@@ -16,6 +16,7 @@ import typer
 
 from stead.cli import (
     api,
+    budget,
     chat,
     counterfactual,
     db,
@@ -92,7 +93,7 @@ def worker() -> None:
 # Each command group lives in a module of its own with a ``register(app)``; the order here
 # (after up, demo and worker) is the order of ``stead --help``.
 for _group in (runs, memory, suites, replay, counterfactual, metrics, grade, drift, db,
-               codec_server, stuck, api, chat, graph):
+               codec_server, stuck, api, chat, graph, budget):
     _group.register(app)
 deploy.register(app)
 

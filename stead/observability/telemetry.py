@@ -29,6 +29,11 @@ Instruments (durations in seconds, per the OpenTelemetry conventions):
 ``stead.guardrail.decisions``  counter    guardrail decisions, by ``stead.kind``, ``stead.decision``
 =============================  =========  =============================================
 
+Tenants with spending windows (``STEAD_TENANT_QUOTAS``) add two counters, recorded by the model
+activity: ``stead.tenant.spend`` (USD, the settled cost of their model calls, by
+``stead.tenant``) and ``stead.tenant.budget_refusals`` (calls refused because they would pass a
+window's cap, by ``stead.tenant`` and ``stead.window``: day or month).
+
 Run-level figures (runs, run duration, approval waits, guardrail decisions) are recorded by the
 ``run.finish`` activity from the run's ledger rows: the workflow decides them but must not do
 I/O, and a run's decisions reach the ledger in batches that retried activities resend, so the
@@ -131,6 +136,12 @@ class SteadMetrics:
         self.guardrail_decisions = meter.create_counter(
             "stead.guardrail.decisions", unit="{decision}",
             description="Guardrail verdicts: routing, gate, schema checks, output validation")
+        self.tenant_spend_usd = meter.create_counter(
+            "stead.tenant.spend", unit="USD",
+            description="Settled cost of model calls, by tenant (its spending windows)")
+        self.tenant_refusals = meter.create_counter(
+            "stead.tenant.budget_refusals", unit="{call}",
+            description="Model calls refused because they would pass a tenant's spending window")
 
     # --------------------------------------------------------------- per call (activities)
 
@@ -164,6 +175,15 @@ class SteadMetrics:
             attrs["gen_ai.response.model"] = response_model
         self.token_usage.record(input_tokens, {**attrs, "gen_ai.token.type": "input"})
         self.token_usage.record(output_tokens, {**attrs, "gen_ai.token.type": "output"})
+
+    def tenant_spend(self, *, tenant: str, usd: float) -> None:
+        """A model call of ``tenant`` settled at ``usd`` (recorded only for tenants with
+        spending windows: the others are never reserved nor settled)."""
+        self.tenant_spend_usd.add(usd, {"stead.tenant": tenant})
+
+    def tenant_budget_refusal(self, *, tenant: str, window: str) -> None:
+        """A model call of ``tenant`` was refused: it would pass its ``window`` cap."""
+        self.tenant_refusals.add(1, {"stead.tenant": tenant, "stead.window": window})
 
     # --------------------------------------------------------------- per run (run.finish)
 

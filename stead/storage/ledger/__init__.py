@@ -23,6 +23,7 @@ One job per module:
 - ``_migrate``: the migration runner (``migrate``)
 - ``_retry``: retry while PostgreSQL is away (``retrying``, also used by ``stead.storage.blobs``)
 - ``_stream``: the token stream's rows (``stead_stream``) and the NOTIFY that wakes readers
+- ``_spend``: tenant spending windows: reserve, settle and release a model call's cost
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ from __future__ import annotations
 from stead.storage.ledger._ledger import Ledger
 from stead.storage.ledger._migrate import migrate
 from stead.storage.ledger._retry import TRANSIENT, retrying
+from stead.storage.ledger._spend import Reservation, SpendKey, WindowUsage, window_end
 from stead.storage.ledger._stream import STREAM_CHANNEL, StreamKind, StreamPiece, StreamRow
 from stead.storage.ledger._writes import ABANDONED, Claim
 
-__all__ = ["ABANDONED", "STREAM_CHANNEL", "TRANSIENT", "Claim", "Ledger", "StreamKind",
-           "StreamPiece", "StreamRow", "migrate", "retrying"]
+__all__ = ["ABANDONED", "STREAM_CHANNEL", "TRANSIENT", "Claim", "Ledger", "Reservation",
+           "SpendKey", "StreamKind", "StreamPiece", "StreamRow", "WindowUsage", "migrate",
+           "retrying", "window_end"]

@@ -1,0 +1,434 @@
+"""Tenant spending windows (issue 18): reservations against a tenant's day and month caps in
+the real PostgreSQL, as the workers' login role; racing reservers never pass a cap together;
+the model activity refuses a call over its tenant's window before the model is called."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+
+import asyncpg
+import httpx
+import pytest
+from _cli import cli_env, stead
+from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from pydantic import BaseModel, ConfigDict, SecretStr
+
+from stead.api import Role, create_app, issue_token
+from stead.authoring.agent import Agent, AgentCatalog
+from stead.authoring.tools import ToolContext, tool
+from stead.client import start_run
+from stead.contracts.budget import Price
+from stead.contracts.models import ModelEndpoint, ModelTurn, RunRequest, RunResult, Usage
+from stead.contracts.quota import TenantQuota
+from stead.integrations.llm import ScriptedModel, call
+from stead.settings import Settings
+from stead.stack.embedded import EmbeddedStack
+from stead.storage.ledger import Ledger, SpendKey
+from stead.testing.openai_server import FakeOpenAIServer
+from stead.worker import WorkerHost
+
+TTL = 900.0
+
+
+def _tenant() -> str:
+    return f"t-{uuid.uuid4().hex[:10]}"
+
+
+def _key(step: int = 1, *, fallback: int = 0, wf: str | None = None) -> SpendKey:
+    return SpendKey(wf or f"wf-{uuid.uuid4().hex[:8]}", "run-1", step, fallback)
+
+
+@pytest.fixture
+async def workers(stack: EmbeddedStack) -> AsyncIterator[tuple[Ledger, Ledger]]:
+    """Two ledgers with pools of their own, as the workers' login role: two workers."""
+    a = await Ledger.connect(stack.worker_database_url, min_size=1, max_size=30)
+    b = await Ledger.connect(stack.worker_database_url, min_size=1, max_size=30)
+    yield a, b
+    await a.close()
+    await b.close()
+
+
+async def _window(ledger: Ledger, tenant: str, kind: str = "day") -> tuple[float, float]:
+    rows = await ledger.spend_usage({}, tenant=tenant)
+    row = next(r for r in rows if r.window == kind)
+    return row.spent_usd, row.reserved_usd
+
+
+async def test_reserve_settle_release_move_money_between_reserved_and_spent(
+        workers: tuple[Ledger, Ledger]) -> None:
+    """A reservation counts as reserved; settling moves the real cost (not the estimate) to
+    spent in both windows; releasing drops it; a release after the settle changes nothing."""
+    lg, _ = workers
+    tenant, k1, k2 = _tenant(), _key(1), _key(2)
+    caps = {"day": 1.0, "month": 5.0}
+    got = await lg.reserve_spend(tenant, k1, usd=0.4, caps=caps, ttl_seconds=TTL)
+    assert got.outcome == "reserved"
+    assert await _window(lg, tenant) == (0.0, 0.4)
+    assert await lg.settle_spend(k1, usd=0.25, attempt=1)
+    assert await _window(lg, tenant) == (0.25, 0.0)
+    assert await _window(lg, tenant, "month") == (0.25, 0.0)
+    assert not await lg.release_spend(k1, attempt=1)  # settled: nothing to release
+    assert (await lg.reserve_spend(tenant, k2, usd=0.5, caps=caps, ttl_seconds=TTL)).outcome \
+        == "reserved"
+    assert await _window(lg, tenant) == (0.25, 0.5)
+    assert await lg.release_spend(k2, attempt=1)
+    assert await _window(lg, tenant) == (0.25, 0.0)
+
+
+async def test_over_a_cap_the_reservation_is_refused_with_the_window_and_figures(
+        workers: tuple[Ledger, Ledger]) -> None:
+    lg, _ = workers
+    tenant = _tenant()
+    caps = {"day": 1.0, "month": 1.5}
+    assert (await lg.reserve_spend(tenant, _key(1), usd=0.7, caps=caps,
+                                   ttl_seconds=TTL)).outcome == "reserved"
+    refused = await lg.reserve_spend(tenant, _key(2), usd=0.31, caps=caps, ttl_seconds=TTL)
+    assert refused.outcome == "refused"
+    assert refused.window == "day" and refused.cap_usd == 1.0
+    assert (refused.spent_usd, refused.reserved_usd) == (0.0, 0.7)
+    assert refused.window_start is not None and refused.resets_at is not None
+    assert (refused.resets_at - refused.window_start).total_seconds() == 86400
+    assert refused.window_start.hour == 0 and refused.window_start.utcoffset() is not None
+    # Exactly up to the cap fits; the month window refuses on its own.
+    assert (await lg.reserve_spend(tenant, _key(3), usd=0.3, caps=caps,
+                                   ttl_seconds=TTL)).outcome == "reserved"
+    month = await lg.reserve_spend(tenant, _key(4), usd=0.6, caps={"month": 1.5},
+                                   ttl_seconds=TTL)
+    assert month.outcome == "refused" and month.window == "month"
+    assert month.resets_at is not None and month.resets_at.day == 1
+
+
+async def test_a_retried_attempt_holds_its_reservation_instead_of_adding_one(
+        workers: tuple[Ledger, Ledger]) -> None:
+    """The key is the model call, not the attempt: attempt 2 of a call whose attempt 1 died
+    goes on with its reservation; a settle re-sent for one attempt adds once; a late attempt
+    that also answered is added beside it; a late attempt's failure releases nothing."""
+    lg, other = workers
+    tenant, key = _tenant(), _key(7, fallback=1)
+    caps = {"day": 1.0}
+    assert (await lg.reserve_spend(tenant, key, usd=0.6, caps=caps, ttl_seconds=TTL)).outcome \
+        == "reserved"
+    again = await other.reserve_spend(tenant, key, usd=0.6, caps=caps, ttl_seconds=TTL,
+                                      attempt=2)
+    assert again.outcome == "held"
+    assert await _window(lg, tenant) == (0.0, 0.6)
+    assert not await lg.release_spend(key, attempt=1)  # attempt 2 holds it now
+    assert await other.settle_spend(key, usd=0.2, attempt=2)
+    assert not await other.settle_spend(key, usd=0.2, attempt=2)  # re-sent: added once
+    assert await lg.settle_spend(key, usd=0.1, attempt=1)  # the late attempt was billed too
+    assert await _window(lg, tenant) == (pytest.approx(0.3), 0.0)
+    # The same step's first-choice model is another call with its own reservation.
+    assert (await lg.reserve_spend(tenant, _key(7, wf=key.workflow_id), usd=0.6, caps=caps,
+                                   ttl_seconds=TTL)).outcome == "reserved"
+
+
+async def test_an_expired_reservation_stops_counting(workers: tuple[Ledger, Ledger]) -> None:
+    """A reservation whose worker died (never settled nor released) holds money only for its
+    TTL; a retry after that reserves afresh, checking the cap again."""
+    lg, _ = workers
+    tenant, dead = _tenant(), _key(1)
+    caps = {"day": 1.0}
+    assert (await lg.reserve_spend(tenant, dead, usd=0.9, caps=caps,
+                                   ttl_seconds=0.3)).outcome == "reserved"
+    assert (await lg.reserve_spend(tenant, _key(2), usd=0.2, caps=caps,
+                                   ttl_seconds=TTL)).outcome == "refused"
+    await asyncio.sleep(0.4)
+    assert await _window(lg, tenant) == (0.0, 0.0)
+    assert (await lg.reserve_spend(tenant, _key(2), usd=0.2, caps=caps,
+                                   ttl_seconds=TTL)).outcome == "reserved"
+    retry = await lg.reserve_spend(tenant, dead, usd=0.9, caps=caps, ttl_seconds=TTL,
+                                   attempt=2)
+    assert retry.outcome == "refused"  # expired: not held, and 0.2 + 0.9 > 1
+    assert (await lg.reserve_spend(tenant, dead, usd=0.8, caps=caps, ttl_seconds=TTL,
+                                   attempt=2)).outcome == "reserved"
+
+
+async def test_usage_lists_spenders_and_quota_holders_with_their_caps(
+        workers: tuple[Ledger, Ledger]) -> None:
+    lg, _ = workers
+    spender, idle = _tenant(), _tenant()
+    quotas = {idle: TenantQuota(usd_per_month=3.0), "*": TenantQuota(usd_per_day=2.0)}
+    await lg.reserve_spend(spender, _key(1), usd=0.5, caps={"day": 2.0}, ttl_seconds=TTL)
+    rows = {(r.tenant, r.window): r for r in await lg.spend_usage(quotas)}
+    assert rows[(spender, "day")].cap_usd == 2.0
+    assert rows[(spender, "day")].left_usd == 1.5
+    assert rows[(spender, "month")].cap_usd is None
+    assert rows[(spender, "month")].reserved_usd == 0.5
+    assert rows[(idle, "month")].cap_usd == 3.0 and rows[(idle, "month")].spent_usd == 0
+    assert rows[(idle, "day")].cap_usd is None
+    assert "*" not in {t for t, _ in rows}
+    only = await lg.spend_usage(quotas, tenant=idle)
+    assert {r.tenant for r in only} == {idle} and len(only) == 2
+
+
+async def test_the_worker_role_may_not_rewrite_what_was_spent_directly(
+        stack: EmbeddedStack) -> None:
+    """Workers may reserve and settle (the functions) but not delete the windows' rows."""
+    conn = await asyncpg.connect(stack.worker_database_url)
+    try:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute("delete from stead_tenant_spend")
+    finally:
+        await conn.close()
+
+
+# ------------------------------------------------------------------ the concurrency proof
+
+
+async def _race(ledgers: tuple[Ledger, Ledger], tenant: str, sizes: list[float],
+                caps: dict[str, float]) -> tuple[list[SpendKey], list[bool]]:
+    """Every size reserved at once (one model call each), alternately through the two
+    workers' pools, each on a connection of its own (the pools hold 30 each)."""
+    start = asyncio.Event()
+    keys = [_key(i + 1) for i in range(len(sizes))]
+
+    async def one(i: int, usd: float) -> bool:
+        await start.wait()
+        got = await ledgers[i % 2].reserve_spend(tenant, keys[i], usd=usd, caps=caps,
+                                                 ttl_seconds=TTL)
+        return got.outcome == "reserved"
+    tasks = [asyncio.create_task(one(i, usd)) for i, usd in enumerate(sizes)]
+    await asyncio.sleep(0.05)
+    start.set()
+    return keys, list(await asyncio.gather(*tasks))
+
+
+async def test_fifty_racing_reservers_on_two_workers_never_pass_the_cap(
+        workers: tuple[Ledger, Ledger]) -> None:
+    """50 reservations of $0.10 raced against a cap: exactly as many win as fit, and the
+    window holds exactly the cap; with a day and a month cap, the tighter one decides."""
+    tenant = _tenant()
+    _, won = await _race(workers, tenant, [0.1] * 50, {"day": 1.0})
+    assert sum(won) == 10
+    assert await _window(workers[0], tenant) == (0.0, pytest.approx(1.0))
+    tenant = _tenant()
+    _, won = await _race(workers, tenant, [0.1] * 50, {"day": 1.0, "month": 0.75})
+    assert sum(won) == 7
+    assert await _window(workers[0], tenant, "month") == (0.0, pytest.approx(0.7))
+
+
+async def test_random_sized_races_fill_the_cap_and_refuse_only_what_no_longer_fits(
+        workers: tuple[Ledger, Ledger]) -> None:
+    """Seeded rounds: 50 racers of random sizes against a random cap, the winners settled at
+    random real costs (some above their estimates), then another 50 racers. While reserving,
+    spent + reserved never passes the cap; every refused racer truly did not fit (the window
+    plus it is over the cap even now); a window passes its cap only by what calls cost beyond
+    their estimates, never by a race."""
+    rng = random.Random(18)
+    for _ in range(5):
+        tenant, cap = _tenant(), round(rng.uniform(0.5, 3.0), 2)
+        beyond = 0.0  # what settled calls cost over their estimates, summed
+        for _ in range(2):
+            sizes = [round(rng.uniform(0.01, 0.4), 4) for _ in range(50)]
+            before = sum(await _window(workers[0], tenant))
+            keys, won = await _race(workers, tenant, sizes, {"day": cap})
+            spent, reserved = await _window(workers[0], tenant)
+            total = spent + reserved
+            mine = sum(s for s, w in zip(sizes, won, strict=True) if w)
+            assert total == pytest.approx(before + mine)
+            assert total <= max(cap, before) + 1e-9
+            assert all(total + s > cap - 1e-9 for s, w in zip(sizes, won, strict=True)
+                       if not w)
+            assert sum(won) < 50
+            for i, (key, usd, w) in enumerate(zip(keys, sizes, won, strict=True)):
+                if w:
+                    cost = usd * rng.uniform(0.2, 1.3)
+                    beyond += max(cost - usd, 0.0)
+                    assert await workers[i % 2].settle_spend(key, usd=cost, attempt=1)
+            spent, reserved = await _window(workers[0], tenant)
+            assert reserved == 0
+            assert spent <= cap + beyond + 1e-9
+
+
+# ------------------------------------------------------------------ in real runs
+
+KEY_VAR = "STEAD_TEST_SPEND_KEY"
+KEY = "sk-spend-test-0123456789abcdef"
+SCRIPT = [ModelTurn(tool_calls=[call("echo", call_id="call_echo", text="hello")],
+                    usage=Usage(input_tokens=1200, output_tokens=40)),
+          ModelTurn(content="the tool said hello", usage=Usage(input_tokens=1300,
+                                                                output_tokens=9))]
+"""What the fake server answers, with the usage it reports (what calls are settled at)."""
+
+
+class Echo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str
+
+
+@tool(name="echo")
+async def echo(args: Echo, ctx: ToolContext) -> Echo:
+    """Repeat the text."""
+    return Echo(text=args.text)
+
+
+@pytest.fixture
+async def served(settings: Settings, monkeypatch: pytest.MonkeyPatch,
+                 ) -> AsyncIterator[tuple[WorkerHost, Settings, FakeOpenAIServer, dict[str, str],
+                                          InMemoryMetricReader]]:
+    """A worker whose agent ``spender`` calls gpt-4o-mini (listed at $0.15/$0.60 per 1M
+    tokens) on the fake OpenAI server; tenant ``poor`` may spend $0.001 a day (less than one
+    call's estimate: its answer is assumed 4096 tokens long), ``rich`` $5, others no limit."""
+    monkeypatch.setenv(KEY_VAR, KEY)
+    names = {"poor": _tenant(), "rich": _tenant(), "free": _tenant()}
+    quotas = {names["poor"]: {"usd_per_day": 0.001},
+              names["rich"]: {"usd_per_day": 5.0, "usd_per_month": 50.0}}
+    s = settings.replace(tenant_quotas=quotas)
+    reader = InMemoryMetricReader()
+    provider = SdkMeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    async with FakeOpenAIServer.from_model(ScriptedModel(list(SCRIPT)), api_key=KEY) as srv:
+        ep = ModelEndpoint.model_validate({"model": "gpt-4o-mini", "base_url": srv.base_url,
+                                           "api_key_env": KEY_VAR})
+        agent = Agent(name="spender", instructions="Use the echo tool, then answer.",
+                      tools=[echo], models=[ep],
+                      offline_model=ScriptedModel([ModelTurn(content="offline")]))
+        async with WorkerHost(s, AgentCatalog([agent]), meter_provider=provider) as host:
+            yield host, s, srv, names, reader
+    reader.shutdown()
+
+
+async def _run(host: WorkerHost, s: Settings, tenant: str) -> tuple[str, RunResult]:
+    assert host.client is not None
+    handle = await start_run(host.client, RunRequest(agent="spender", input="say hello",
+                                                     tenant=tenant), temporal=s.temporal)
+    return handle.id, await asyncio.wait_for(handle.result(), timeout=120)
+
+
+def _counters(reader: InMemoryMetricReader) -> dict[str, dict[frozenset[tuple[str, object]],
+                                                          float]]:
+    data = reader.get_metrics_data()
+    out: dict[str, dict[frozenset[tuple[str, object]], float]] = {}
+    if data is None:
+        return out
+    for rm in data.resource_metrics:
+        for sm in rm.scope_metrics:
+            for m in sm.metrics:
+                if m.name.startswith("stead.tenant."):
+                    for p in m.data.data_points:
+                        key = frozenset((p.attributes or {}).items())
+                        out.setdefault(m.name, {})[key] = p.value  # type: ignore[union-attr]
+    return out
+
+
+async def test_a_tenant_over_its_day_window_is_refused_before_the_model_is_called(
+        served: tuple[WorkerHost, Settings, FakeOpenAIServer, dict[str, str],
+                      InMemoryMetricReader], ledger: Ledger) -> None:
+    """The poor tenant's first model call would pass its $0.001 day cap: refused before any
+    request reaches the model server, non-retryable, the message naming tenant, window,
+    figures and reset; the rich tenant's run is unaffected and its calls are settled at the
+    usage the server reported; a tenant without a quota spends nothing in the windows."""
+    host, s, srv, names, reader = served
+    wid, poor = await _run(host, s, names["poor"])
+    assert srv.requests == []  # the model was never called
+    # Until the workflow maps the refusal to budget_exceeded (the run-budget branch), a
+    # refused model call fails the run with the activity's message ("model call failed: ..."),
+    # after one attempt (each attempt would count a refusal: see the counter below).
+    assert poor.status == "failed"
+    assert f"tenant {names['poor']!r} is over its day spending window" in (poor.error or "")
+    assert "$0.0010 cap" in (poor.error or "") and "resets at" in (poor.error or "")
+    trail = await ledger.trail(wid)
+    assert trail.model_calls == []
+    (day,) = [r for r in await ledger.spend_usage(s.tenants.quotas, tenant=names["poor"])
+              if r.window == "day"]
+    assert (day.spent_usd, day.reserved_usd, day.cap_usd) == (0.0, 0.0, 0.001)
+
+    wid, rich = await _run(host, s, names["rich"])
+    assert (rich.status, rich.answer) == ("completed", "the tool said hello")
+    trail = await ledger.trail(wid)
+    price = Price(input_usd_per_mtok=0.15, output_usd_per_mtok=0.60)
+    cost = sum(price.cost(m.input_tokens, m.output_tokens)
+               for m in trail.model_calls)
+    assert cost > 0 and len(trail.model_calls) == 2
+    usage = {r.window: r for r in await ledger.spend_usage(s.tenants.quotas,
+                                                           tenant=names["rich"])}
+    assert usage["day"].spent_usd == pytest.approx(cost)
+    assert usage["month"].spent_usd == pytest.approx(cost)
+    assert usage["day"].reserved_usd == 0 and usage["month"].cap_usd == 50.0
+
+    _, free = await _run(host, s, names["free"])
+    assert free.status == "completed"
+    assert all(r.spent_usd == 0 for r in await ledger.spend_usage({}, tenant=names["free"]))
+
+    got = _counters(reader)
+    refusals = got["stead.tenant.budget_refusals"]
+    assert refusals == {frozenset({("stead.tenant", names["poor"]),
+                                   ("stead.window", "day")}): 1}
+    spend = got["stead.tenant.spend"]
+    assert spend[frozenset({("stead.tenant", names["rich"])})] == pytest.approx(cost)
+    assert set(spend) == {frozenset({("stead.tenant", names["rich"])})}
+
+
+# ------------------------------------------------------------------ stead budget, GET /v1/budget
+
+API_SECRET = "spend-secret-" + "x" * 40
+
+
+async def _spend(ledger: Ledger, tenant: str, *, settled: float, reserved: float) -> None:
+    done = _key(1)
+    await ledger.reserve_spend(tenant, done, usd=settled, caps={}, ttl_seconds=TTL)
+    await ledger.settle_spend(done, usd=settled)
+    await ledger.reserve_spend(tenant, _key(2), usd=reserved, caps={}, ttl_seconds=TTL)
+
+
+async def test_stead_budget_prints_each_window_for_people_and_scripts(
+        settings: Settings, ledger: Ledger) -> None:
+    acme, other = _tenant(), _tenant()
+    await _spend(ledger, acme, settled=0.25, reserved=0.5)
+    await _spend(ledger, other, settled=0.01, reserved=0.0)
+    env = cli_env(settings, STEAD_TENANT_QUOTAS=json.dumps({acme: {"usd_per_day": 2.0}}))
+    done = await stead("budget", "--tenant", acme, "--json", env=env)
+    assert done.code == 0, done.err
+    rows = {w["window"]: w for w in done.json()["windows"]}
+    assert set(rows) == {"day", "month"}
+    day = rows["day"]
+    assert (day["tenant"], day["spent_usd"], day["reserved_usd"], day["cap_usd"],
+            day["left_usd"]) == (acme, 0.25, 0.5, 2.0, 1.25)
+    assert rows["month"]["cap_usd"] is None and rows["month"]["left_usd"] is None
+    assert datetime.fromisoformat(day["resets_at"]) - datetime.fromisoformat(
+        day["window_start"]) == timedelta(days=1)
+    everyone = await stead("budget", "--json", env=env)
+    assert {acme, other} <= {w["tenant"] for w in everyone.json()["windows"]}
+    table = await stead("budget", "--tenant", acme, env={**env, "COLUMNS": "200"})
+    assert table.code == 0, table.err
+    line = next(ln for ln in table.out.splitlines() if " day " in ln)
+    for cell in (acme, "0.2500", "0.5000", "2.0000", "1.2500"):
+        assert cell in line, (cell, line)
+    assert "no cap" in table.out
+
+
+async def test_get_budget_shows_only_the_tokens_tenant_to_auditors(
+        settings: Settings, ledger: Ledger) -> None:
+    acme, other = _tenant(), _tenant()
+    await _spend(ledger, acme, settled=0.4, reserved=0.1)
+    await _spend(ledger, other, settled=3.0, reserved=0.0)
+    s = settings.replace(api_secret=SecretStr(API_SECRET),
+                         tenant_quotas={"*": {"usd_per_day": 1.0, "usd_per_month": 10.0}})
+    app = create_app(s)
+
+    def auth(tenant: str, role: Role) -> dict[str, str]:
+        return {"Authorization": "Bearer " + issue_token(API_SECRET, sub="ana", tenant=tenant,
+                                                         roles=(role,))}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://api") as c:
+        r = await c.get("/v1/budget", headers=auth(acme, "auditor"))
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["tenant"] == acme
+        day, month = body["windows"]
+        assert (day["window"], day["spent_usd"], day["reserved_usd"], day["cap_usd"]) == \
+            ("day", 0.4, 0.1, 1.0)
+        assert day["left_usd"] == pytest.approx(0.5)
+        assert (month["window"], month["cap_usd"]) == ("month", 10.0)
+        r = await c.get("/v1/budget", headers=auth(other, "auditor"))
+        assert r.json()["windows"][0]["spent_usd"] == 3.0
+        assert r.json()["windows"][0]["left_usd"] == 0  # over its cap: nothing left
+        assert (await c.get("/v1/budget", headers=auth(acme, "requester"))).status_code == 403
+        assert (await c.get("/v1/budget")).status_code == 401
+        assert "/v1/budget" in (await c.get("/openapi.json")).json()["paths"]
+    await app.state.backend.close()
