@@ -131,6 +131,12 @@ class SteadMetrics:
         self.guardrail_decisions = meter.create_counter(
             "stead.guardrail.decisions", unit="{decision}",
             description="Guardrail verdicts: routing, gate, schema checks, output validation")
+        self.admissions = meter.create_counter(
+            "stead.admission.decisions", unit="{decision}",
+            description="Admission answers per tenant: admitted, queued (each ask), refused")
+        self.admission_queue = meter.create_up_down_counter(
+            "stead.admission.queued", unit="{run}",
+            description="Runs waiting for their tenant's admission (summed over workers)")
 
     # --------------------------------------------------------------- per call (activities)
 
@@ -164,6 +170,18 @@ class SteadMetrics:
             attrs["gen_ai.response.model"] = response_model
         self.token_usage.record(input_tokens, {**attrs, "gen_ai.token.type": "input"})
         self.token_usage.record(output_tokens, {**attrs, "gen_ai.token.type": "output"})
+
+    def admission(self, *, tenant: str, verdict: str, was_queued: bool) -> None:
+        """A run asked for admission (``run.admit``); ``was_queued``: it waited before."""
+        self.admissions.add(1, {"stead.tenant": tenant, "stead.verdict": verdict})
+        if verdict == "queued" and not was_queued:
+            self.admission_queue.add(1, {"stead.tenant": tenant})
+        elif verdict != "queued" and was_queued:
+            self.admission_queue.add(-1, {"stead.tenant": tenant})
+
+    def admission_left_queue(self, *, tenant: str) -> None:
+        """A queued run left the queue without being admitted (cancelled)."""
+        self.admission_queue.add(-1, {"stead.tenant": tenant})
 
     # --------------------------------------------------------------- per run (run.finish)
 

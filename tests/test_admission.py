@@ -1,0 +1,169 @@
+"""Admission per tenant, on the dev server and PostgreSQL: runs in flight and starts per minute.
+
+What these pin: a tenant at its cap of runs in flight queues the next runs, which start in
+the order they queued as runs end (woken by the ending run, not by their re-check); the
+starts-per-minute window admits a queued run when its oldest start leaves the minute; a tenant
+that refuses over quota ends the run ``refused`` (audited, ``refuse:quota``) and its API start
+is a 429 with ``Retry-After`` before any run exists; many racing admissions never pass the
+cap; another tenant is unaffected while one is saturated; a queued run survives its worker's
+restart; the ``stead quota`` figures and ``GET /v1/quota`` say the same."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import Any
+
+from temporalio.client import Client, WorkflowHandle
+
+from stead.authoring.agent import AgentCatalog
+from stead.client import start_run
+from stead.contracts.admission import AdmitRun
+from stead.contracts.models import RunRef, RunRequest, RunResult, RunState
+from stead.contracts.quota import TenantQuota
+from stead.settings import Settings
+from stead.storage.admission import Admissions
+from stead.storage.ledger import Ledger
+from stead.testing.gated_model import GatedModel
+from stead.worker import WorkerHost
+
+
+def _tenant() -> str:
+    return f"t{uuid.uuid4().hex[:8]}"
+
+
+def _quotas(settings: Settings, quotas: dict[str, dict[str, Any]],
+            recheck: float = 30.0) -> Settings:
+    return settings.replace(
+        tenant_quotas={t: TenantQuota.model_validate(q) for t, q in quotas.items()},
+        admission_recheck_seconds=recheck)
+
+
+@asynccontextmanager
+async def _worker(settings: Settings, catalog: AgentCatalog,
+                  model: GatedModel) -> AsyncIterator[Client]:
+    async with WorkerHost(settings, catalog, model=model) as host:
+        assert host.client is not None
+        yield host.client
+
+
+async def _start(client: Client, settings: Settings, tenant: str,
+                 text: str) -> WorkflowHandle[Any, RunResult]:
+    return await start_run(client, RunRequest(agent="ops", input=text, tenant=tenant),
+                           temporal=settings.temporal)
+
+
+async def _state(h: WorkflowHandle[Any, Any]) -> RunState:
+    return await h.query("state", result_type=RunState, rpc_timeout=timedelta(seconds=5))
+
+
+async def _until_status(h: WorkflowHandle[Any, Any], status: str, *,
+                        within: float = 30) -> RunState:
+    async with asyncio.timeout(within):
+        while True:
+            state = await _state(h)
+            if state.status == status:
+                return state
+            await asyncio.sleep(0.05)
+
+
+async def test_a_tenant_at_its_cap_queues_runs_and_starts_them_in_order_as_runs_end(
+        settings: Settings, catalog: AgentCatalog, ledger: Ledger) -> None:
+    """runs_in_flight=2: the third and fourth runs queue; each ending run wakes the oldest
+    queued one (the re-check is an hour: only the wake-up can start them)."""
+    tenant = _tenant()
+    settings = _quotas(settings, {tenant: {"runs_in_flight": 2}}, recheck=3600)
+    model = GatedModel()
+    async with _worker(settings, catalog, model) as client:
+        first = [await _start(client, settings, tenant, f"job-{i}") for i in (1, 2)]
+        for i in (1, 2):
+            await model.called(f"job-{i}")
+        third = await _start(client, settings, tenant, "job-3")
+        state = await _until_status(third, "queued")
+        assert state.node == "queued"
+        fourth = await _start(client, settings, tenant, "job-4")
+        await _until_status(fourth, "queued")
+        assert model.calls == ["job-1", "job-2"]
+
+        model.open("job-1")
+        assert (await first[0].result()).status == "completed"
+        await model.called("job-3")  # the oldest queued run, woken by the ending one
+        assert (await _state(fourth)).status == "queued"
+        model.open("job-2")
+        await model.called("job-4")
+        assert model.calls == ["job-1", "job-2", "job-3", "job-4"]
+        model.open_all()
+        results = [await h.result() for h in (first[1], third, fourth)]
+    assert [r.status for r in results] == ["completed"] * 3
+    trail = await ledger.trail(third.id)
+    assert [d.decision for d in trail.decisions if d.kind == "admission"] == ["queue", "admit"]
+    usage = await Admissions(ledger.pool).usage([tenant])
+    assert usage[0].in_flight == 0 and usage[0].queued == 0
+
+
+async def test_a_tenant_without_caps_asks_nothing(
+        settings: Settings, catalog: AgentCatalog, ledger: Ledger) -> None:
+    tenant, other = _tenant(), _tenant()
+    settings = _quotas(settings, {other: {"runs_in_flight": 1}})
+    model = GatedModel()
+    model.open_all()
+    async with _worker(settings, catalog, model) as client:
+        h = await _start(client, settings, tenant, "free")
+        assert (await h.result()).status == "completed"
+    trail = await ledger.trail(h.id)
+    assert not [d for d in trail.decisions if d.kind == "admission"]
+    assert (await Admissions(ledger.pool).usage([tenant]))[0].started_last_minute == 0
+
+
+async def test_many_racing_admissions_never_pass_the_cap(ledger: Ledger) -> None:
+    """40 runs ask at once, on separate connections: exactly the cap is admitted; releasing
+    them admits the next ones in queue order."""
+    tenant = _tenant()
+    quota = TenantQuota(runs_in_flight=3)
+    admissions = Admissions(ledger.pool)
+
+    def ask(i: int) -> AdmitRun:
+        return AdmitRun(ref=RunRef(workflow_id=f"{tenant}-{i:02d}", run_id="r", agent="ops",
+                                   tenant=tenant), first_run_id="r")
+
+    answers = await asyncio.gather(*(admissions.admit(ask(i), quota) for i in range(40)))
+    admitted = [i for i, (a, _) in enumerate(answers) if a.verdict == "admitted"]
+    assert len(admitted) == 3
+    assert {a.verdict for a, _ in answers} == {"admitted", "queued"}
+    # Asking again changes nothing.
+    again = await asyncio.gather(*(admissions.admit(ask(i), quota) for i in range(40)))
+    assert [a.verdict for a, _ in again] == [a.verdict for a, _ in answers]
+    queued = sorted((a.position, i) for i, (a, _) in enumerate(answers)
+                    if a.verdict == "queued")
+    assert [p for p, _ in queued] == list(range(37))
+    woken = await admissions.release(ask(admitted[0]).ref, quota)
+    assert [w.workflow_id for w in woken] == [ask(queued[0][1]).ref.workflow_id]
+    (usage,) = await admissions.usage([tenant])
+    assert (usage.in_flight, usage.queued, usage.started_last_minute) == (3, 36, 4)
+
+
+async def test_starts_per_minute_queue_until_the_oldest_start_leaves_the_minute(
+        ledger: Ledger) -> None:
+    tenant = _tenant()
+    quota = TenantQuota(starts_per_minute=2)
+    admissions = Admissions(ledger.pool)
+    refs = [RunRef(workflow_id=f"{tenant}-{i}", run_id="r", agent="ops", tenant=tenant)
+            for i in range(3)]
+    verdicts = [(await admissions.admit(AdmitRun(ref=r, first_run_id="r"), quota,
+                                        recheck_seconds=30))[0] for r in refs]
+    assert [v.verdict for v in verdicts] == ["admitted", "admitted", "queued"]
+    third = verdicts[2]
+    assert third.limit == "starts_per_minute"
+    assert third.retry_after is not None and 55 < third.retry_after <= 60
+    assert third.wait_seconds == 30
+    # Ending a run frees no start of the minute.
+    assert await admissions.release(refs[0], quota) == []
+    # Refusing tenants: no row, a retry-after.
+    refusing = TenantQuota(starts_per_minute=2, over_quota="refuse")
+    other = RunRef(workflow_id=f"{tenant}-x", run_id="r", agent="ops", tenant=tenant)
+    verdict, _ = await admissions.admit(AdmitRun(ref=other, first_run_id="r"), refusing)
+    assert verdict.verdict == "refused" and verdict.retry_after is not None
+    assert "2 starts per minute" in verdict.reason
