@@ -17,7 +17,8 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
-from temporalio.client import Client, WorkflowHandle
+import pytest
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 
 from stead.authoring.agent import AgentCatalog
 from stead.client import start_run
@@ -167,3 +168,75 @@ async def test_starts_per_minute_queue_until_the_oldest_start_leaves_the_minute(
     verdict, _ = await admissions.admit(AdmitRun(ref=other, first_run_id="r"), refusing)
     assert verdict.verdict == "refused" and verdict.retry_after is not None
     assert "2 starts per minute" in verdict.reason
+
+
+async def test_a_refusing_tenant_over_quota_ends_the_run_refused_and_audited(
+        settings: Settings, catalog: AgentCatalog, ledger: Ledger) -> None:
+    """A raw Temporal start (no API in front): the run itself refuses, before any step."""
+    tenant = _tenant()
+    settings = _quotas(settings, {tenant: {"runs_in_flight": 1, "over_quota": "refuse"}})
+    model = GatedModel()
+    async with _worker(settings, catalog, model) as client:
+        holder = await _start(client, settings, tenant, "holder")
+        await model.called("holder")
+        h = await _start(client, settings, tenant, "one too many")
+        r = await h.result()
+        model.open_all()
+        assert (await holder.result()).status == "completed"
+    assert r.status == "refused" and r.route == "refuse:quota" and r.steps == 0
+    assert r.answer is not None and "1 runs in flight" in r.answer
+    assert "one too many" not in model.calls
+    trail = await ledger.trail(h.id)
+    assert [run.status for run in trail.runs] == ["refused"]
+    (row,) = [d for d in trail.decisions if d.kind == "admission"]
+    assert row.decision == "refuse" and row.data["limit"] == "runs_in_flight"
+
+
+async def test_another_tenant_is_unaffected_while_one_is_saturated(
+        settings: Settings, catalog: AgentCatalog) -> None:
+    busy, other = _tenant(), _tenant()
+    settings = _quotas(settings, {"*": {"runs_in_flight": 1}}, recheck=3600)
+    model = GatedModel()
+    async with _worker(settings, catalog, model) as client:
+        await _start(client, settings, busy, "busy-1")
+        await model.called("busy-1")
+        waiting = [await _start(client, settings, busy, f"busy-{i}") for i in (2, 3, 4)]
+        for h in waiting:
+            await _until_status(h, "queued")
+        h = await _start(client, settings, other, "other-1")
+        await model.called("other-1")  # its own slot, at once
+        model.open("other-1")
+        assert (await h.result()).status == "completed"
+        assert (await _state(waiting[0])).status == "queued"
+        model.open_all()
+        assert [(await w.result()).status for w in waiting] == ["completed"] * 3
+
+
+async def test_a_queued_run_survives_a_worker_restart_and_a_cancelled_one_leaves_the_queue(
+        settings: Settings, catalog: AgentCatalog, ledger: Ledger) -> None:
+    tenant = _tenant()
+    settings = _quotas(settings, {tenant: {"runs_in_flight": 1}}, recheck=1)
+    model = GatedModel()
+    async with _worker(settings, catalog, model) as client:
+        holder = await _start(client, settings, tenant, "holder")
+        await model.called("holder")
+        queued = await _start(client, settings, tenant, "queued")
+        cancelled = await _start(client, settings, tenant, "cancelled")
+        await _until_status(queued, "queued")
+        await _until_status(cancelled, "queued")
+    # No worker: the runs wait in Temporal's history, nothing is lost.
+    model2 = GatedModel()
+    async with _worker(settings, catalog, model2) as client:
+        await cancelled.cancel()
+        with pytest.raises(WorkflowFailureError):
+            await cancelled.result()
+        (usage,) = await Admissions(ledger.pool).usage([tenant])
+        assert usage.queued == 1
+        # The holder's model call is retried on the new worker; let it end.
+        model2.open("holder")
+        assert (await holder.result()).status == "completed"
+        await model2.called("queued")
+        model2.open_all()
+        assert (await queued.result()).status == "completed"
+    (usage,) = await Admissions(ledger.pool).usage([tenant])
+    assert (usage.in_flight, usage.queued) == (0, 0)
