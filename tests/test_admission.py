@@ -17,9 +17,12 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
+import httpx
 import pytest
+from pydantic import SecretStr
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 
+from stead.api import create_app, issue_token
 from stead.authoring.agent import AgentCatalog
 from stead.client import start_run
 from stead.contracts.admission import AdmitRun
@@ -240,3 +243,55 @@ async def test_a_queued_run_survives_a_worker_restart_and_a_cancelled_one_leaves
         assert (await queued.result()).status == "completed"
     (usage,) = await Admissions(ledger.pool).usage([tenant])
     assert (usage.in_flight, usage.queued) == (0, 0)
+
+
+SECRET = "admission-test-secret-" + "x" * 40
+
+
+def _auth(tenant: str) -> dict[str, str]:
+    token = issue_token(SECRET, sub="alice", tenant=tenant, roles=("requester",),
+                        ttl=timedelta(minutes=10))
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def test_the_api_answers_429_with_retry_after_and_shows_the_quota(
+        settings: Settings, catalog: AgentCatalog) -> None:
+    """``over_quota: refuse``: a 429 before any run exists; ``queue``: a 201 and a run that
+    shows ``queued``; ``GET /v1/quota`` gives the token's tenant's figures and caps."""
+    refusing, queueing = _tenant(), _tenant()
+    settings = _quotas(settings.replace(api_secret=SecretStr(SECRET)), {
+        refusing: {"runs_in_flight": 1, "over_quota": "refuse"},
+        queueing: {"runs_in_flight": 1, "starts_per_minute": 10}}, recheck=7)
+    model = GatedModel()
+    async with _worker(settings, catalog, model) as client:
+        app = create_app(settings, client=client)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://api") as http:
+            for t in (refusing, queueing):  # each tenant's first run holds its slot
+                r = await http.post("/v1/runs", json={"agent": "ops", "input": f"first {t}"},
+                                    headers=_auth(t))
+                assert r.status_code == 201, r.text
+                await model.called(f"first {t}")
+            r = await http.post("/v1/runs", json={"agent": "ops", "input": "second"},
+                                headers=_auth(refusing))
+            assert r.status_code == 429, r.text
+            assert r.headers["retry-after"] == "7"  # in flight: the re-check interval
+            error = r.json()["error"]
+            assert error["type"] == "over_quota" and "1 runs in flight" in error["message"]
+            r = await http.post("/v1/runs", json={"agent": "ops", "input": "second"},
+                                headers=_auth(queueing))
+            assert r.status_code == 201, r.text
+            queued = client.get_workflow_handle(r.json()["workflow_id"], result_type=RunResult)
+            await _until_status(queued, "queued")
+            run = await http.get(f"/v1/runs/{queued.id}", headers=_auth(queueing))
+            assert run.json()["status"] == "queued", run.text
+            r = await http.get("/v1/quota", headers=_auth(queueing))
+            assert r.status_code == 200, r.text
+            assert r.json() == {"tenant": queueing, "in_flight": 1, "queued": 1,
+                                "started_last_minute": 1,
+                                "oldest_queued_at": r.json()["oldest_queued_at"],
+                                "runs_in_flight": 1, "starts_per_minute": 10,
+                                "over_quota": "queue"}
+            model.open_all()
+            assert (await queued.result()).status == "completed"
+        await app.state.backend.close()

@@ -42,6 +42,7 @@ from stead.api._models import (
     StartRunBody,
 )
 from stead.api._run_events import run_event_stream
+from stead.contracts.admission import TenantUsage
 from stead.contracts.models import DecideOutcome, RunStatus
 from stead.evals.metrics import MetricsFilter, MetricsReport
 from stead.settings import Settings
@@ -60,6 +61,7 @@ def _errors_doc(*statuses: int) -> dict[int | str, dict[str, Any]]:
     words = {400: "Temporal refused the request", 401: "Missing, malformed or expired token",
              403: "The token lacks the role", 404: "No such run for this tenant",
              409: "The run's state does not allow it", 422: "Invalid input",
+             429: "The tenant is over its quota and refuses starts (see Retry-After)",
              503: "Temporal or the ledger is unreachable"}
     return {s: {"model": ErrorResponse, "description": words[s]}
             for s in (401, 422, 503, *statuses)}
@@ -129,7 +131,7 @@ def create_app(settings: Settings, *, client: Client | None = None,
     # -------------------------------------------------------------------------- runs
 
     @app.post("/v1/runs", status_code=201, response_model=StartedRun, tags=["runs"],
-              responses=_errors_doc(403))
+              responses=_errors_doc(403, 429))
     async def start_run(body: StartRunBody, who: Requester, response: Response) -> StartedRun:
         """Start a run of an agent for the token's tenant."""
         started = await backend.start(who, body)
@@ -210,6 +212,13 @@ def create_app(settings: Settings, *, client: Client | None = None,
         return await backend.metrics(MetricsFilter(
             since=bounds[0], until=bounds[1], agent=agent, tenant=who.tenant,
             include_synthetic=include_synthetic))
+
+    @app.get("/v1/quota", response_model=TenantUsage, tags=["audit"],
+             responses=_errors_doc())
+    async def quota(who: Anyone) -> TenantUsage:
+        """The tenant's admission now: runs in flight, queued, started in the last minute,
+        and its caps (``stead quota``)."""
+        return await backend.quota(who.tenant)
 
     # -------------------------------------------------------------------------- events
 

@@ -172,6 +172,15 @@ class Admissions(LedgerBase):
         return await self._retrying(op)
 
 
+def with_caps(usage: TenantUsage, quota: TenantQuota | None) -> TenantUsage:
+    """``usage`` with the caps of ``quota`` (the tenant's, or None: no caps)."""
+    if quota is None:
+        return usage
+    return usage.model_copy(update={"runs_in_flight": quota.runs_in_flight,
+                                    "starts_per_minute": quota.starts_per_minute,
+                                    "over_quota": quota.over_quota})
+
+
 # ---------------------------------------------------------------------------- one decision
 
 
