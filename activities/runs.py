@@ -5,12 +5,15 @@ They are short database writes, so the workflow runs them as local activities.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from stead import errors
 from stead.authoring.agent import AgentCatalog
 from stead.contracts.models import AgentPlan, DecisionBatch, FinishRun, StartRun
+from stead.contracts.quota import TenantQuota, quota_for
 from stead.integrations.mcp import McpTools
 from stead.integrations.model_endpoints import ModelEndpoints
 from stead.observability.telemetry import NO_METRICS, SteadMetrics
@@ -25,9 +28,13 @@ class RunActivities:
                  model_timeout: float = 60.0, model_max_attempts: int = 5,
                  memory: bool = False, metrics: SteadMetrics = NO_METRICS,
                  tracing: SteadTracing = NO_TRACING, mcp: McpTools | None = None,
-                 endpoints: ModelEndpoints | None = None) -> None:
+                 endpoints: ModelEndpoints | None = None,
+                 quotas: Mapping[str, TenantQuota] | None = None) -> None:
         """``mcp``: the worker's MCP servers; their tools are listed into each run's plan.
-        ``endpoints``: the agents' model chains, pinned into each run's plan."""
+        ``endpoints``: the agents' model chains, pinned into each run's plan. ``quotas``: the
+        tenants' (``STEAD_TENANT_QUOTAS``); a run whose tenant's caps runs in flight or starts
+        per minute gets it pinned (``AgentPlan.admission``) and asks for admission."""
+        self._quotas = quotas or {}
         self._mcp = mcp
         self._endpoints = endpoints
         self._catalog = catalog
@@ -58,7 +65,12 @@ class RunActivities:
                                        "model_max_attempts": self._model_max_attempts,
                                        # no store on this worker: the run neither recalls
                                        # nor remembers (recorded in the pinned plan)
-                                       "memory": plan.memory if self._memory else None})
+                                       "memory": plan.memory if self._memory else None,
+                                       "admission": self._admission(start)})
+
+    def _admission(self, start: StartRun) -> TenantQuota | None:
+        quota = quota_for(self._quotas, start.request.tenant)
+        return quota if quota is not None and quota.limits_admission else None
 
     @activity.defn(name="run.plan")
     async def plan_for(self, start: StartRun) -> AgentPlan:

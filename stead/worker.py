@@ -22,6 +22,7 @@ from temporalio.worker import Interceptor, Worker, WorkerDeploymentConfig
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from stead.activities import defined
+from stead.activities.admission import AdmissionActivities
 from stead.activities.drift import DriftActivities
 from stead.activities.evaluation import EvaluationActivities
 from stead.activities.memory import MemoryActivities
@@ -46,6 +47,7 @@ from stead.observability.telemetry import (
 from stead.observability.tracing import NO_TRACING, SteadTracing
 from stead.security.secrets import Redactor, Secrets, install_log_redaction
 from stead.settings import ModelSettings, Settings, TemporalSettings
+from stead.storage.admission import Admissions
 from stead.storage.blobs import BlobStore
 from stead.storage.ledger import Ledger, migrate
 from stead.storage.memory import Embedder, Memory, check_memory_settings, open_memory
@@ -138,8 +140,11 @@ def build_worker(client: Client, settings: Settings, catalog: AgentCatalog, ledg
                          model_timeout=settings.models.timeout_seconds,
                          model_max_attempts=settings.models.max_attempts,
                          memory=memory is not None, metrics=metrics, tracing=tracing,
-                         mcp=mcp, endpoints=endpoints)
-    owners: list[object] = [runs]
+                         mcp=mcp, endpoints=endpoints, quotas=settings.tenants.quotas)
+    owners: list[object] = [runs, AdmissionActivities(
+        Admissions(ledger.pool, retry_seconds=ledger.retry_seconds), client,
+        quotas=settings.tenants.quotas,
+        recheck_seconds=settings.tenants.admission_recheck_seconds, metrics=metrics)]
     if memory is not None:
         owners.append(MemoryActivities(memory.store, memory.embedder, ledger,
                                        backend=memory.backend, tracing=tracing))

@@ -26,6 +26,7 @@ from typing import ClassVar
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
+from stead.workflows._admission import AdmissionGate
 from stead.workflows._approvals import ApprovalBook
 from stead.workflows._context import Context, Frame, unpinned_policy
 from stead.workflows._decisions import DecisionLog
@@ -70,6 +71,7 @@ class AgentWorkflow:
             ref=RunRef(workflow_id=info.workflow_id, run_id=info.run_id, agent="", tenant=""))
         self._decisions = DecisionLog(self._ctx)
         self._book = ApprovalBook(self._ctx, self._decisions)
+        self._admission = AdmissionGate(self._ctx, self._decisions)
 
     # ------------------------------------------------------------------ queries & handlers
 
@@ -86,6 +88,11 @@ class AgentWorkflow:
     @workflow.signal(name="reject")
     def reject(self, decision: ApprovalDecision | None = None) -> None:
         self._book.apply(decision, approved=False, via="signal")
+
+    @workflow.signal(name="admit")
+    def admit(self) -> None:
+        """A slot of the run's tenant freed up: a queued run asks for admission again."""
+        self._admission.wake()
 
     @workflow.update(name="decide")
     async def decide_update(self, decision: DecideInput | None = None) -> DecideOutcome:
@@ -126,7 +133,8 @@ class AgentWorkflow:
             except ValueError:
                 pass
         graph = GraphRun(ctx, Frame.start(ctx, request, plan), decisions, self._book)
-        result = await graph.run()
+        result = await self._admission.run(plan, graph.run, child=info.parent is not None,
+                                           first_run_id=info.first_execution_run_id)
         await graph.memory.remember(result, plan)
         self._book.flush_ignored(ctx.state.step)
         result.decisions, result.audit_head = decisions.seq, decisions.head

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection
 from datetime import UTC, datetime, timedelta
@@ -46,6 +47,7 @@ from stead.api._models import (
     StartRunBody,
     TenantBudget,
 )
+from stead.contracts.admission import TenantUsage
 from stead.contracts.models import (
     DecideInput,
     DecideOutcome,
@@ -54,9 +56,11 @@ from stead.contracts.models import (
     RunState,
     RunStatus,
 )
+from stead.contracts.quota import quota_for
 from stead.errors import LedgerError
 from stead.evals.metrics import MetricsFilter, MetricsReport, compute_metrics
 from stead.settings import Settings
+from stead.storage.admission import Admissions, with_caps
 from stead.storage.ledger import Ledger
 from stead.streaming import StreamListener
 
@@ -154,12 +158,36 @@ class Backend:
         request = RunRequest(agent=body.agent, input=body.input, tenant=principal.tenant,
                              user=body.user or principal.sub, max_steps=body.max_steps,
                              metadata={**body.metadata, API_SUB_KEY: principal.sub})
+        await self._refuse_over_quota(principal.tenant)
         client = await self.temporal()
         try:
             handle = await start_run(client, request, temporal=self.settings.temporal)
         except RPCError as e:
             raise temporal_error(e, "starting the run") from None
         return StartedRun(workflow_id=handle.id, run_id=handle.result_run_id)
+
+    async def _refuse_over_quota(self, tenant: str) -> None:
+        """A 429 with ``Retry-After`` before any run exists, for a tenant over its caps whose
+        quota refuses (``over_quota: refuse``). A run started in a race for the last slot
+        still ends ``refused`` by itself: the run's own admission is the one that counts."""
+        quota = quota_for(self.settings.tenants.quotas, tenant)
+        if quota is None or not quota.limits_admission or quota.over_quota != "refuse":
+            return
+        ledger = await self.ledger()
+        recheck = self.settings.tenants.admission_recheck_seconds
+        verdict = await Admissions(ledger.pool).peek(tenant, quota, recheck_seconds=recheck)
+        if verdict.verdict == "admitted":
+            return
+        retry = verdict.retry_after if verdict.retry_after is not None else recheck
+        raise ApiError(429, f"tenant {tenant!r} is over its quota and refuses new runs: "
+                            f"{verdict.reason}", headers={"Retry-After": str(math.ceil(retry))})
+
+    async def quota(self, tenant: str) -> TenantUsage:
+        """The tenant's admission figures and caps (zero without a quota)."""
+        quota = quota_for(self.settings.tenants.quotas, tenant)
+        ledger = await self.ledger()
+        (usage,) = await Admissions(ledger.pool).usage([tenant])
+        return with_caps(usage, quota)
 
     async def runs(self, tenant: str, *, agent: str | None = None,
                    status: RunStatus | None = None, limit: int = 20) -> list[RunSummary]:

@@ -23,19 +23,23 @@ from stead.errors import LedgerError, StackError
 log = logging.getLogger("stead.api")
 
 ErrorType = Literal["unauthorized", "forbidden", "not_found", "conflict", "invalid_request",
-                    "unavailable", "internal"]
+                    "unavailable", "internal", "over_quota"]
 
 _BY_STATUS: dict[int, ErrorType] = {400: "invalid_request", 401: "unauthorized",
                                     403: "forbidden", 404: "not_found", 405: "invalid_request",
-                                    409: "conflict", 422: "invalid_request", 503: "unavailable"}
+                                    409: "conflict", 422: "invalid_request", 429: "over_quota",
+                                    503: "unavailable"}
 
 
 class ApiError(Exception):
     """Raised by routes and dependencies; rendered as an :class:`ErrorResponse`."""
 
     def __init__(self, status: int, message: str, *, type: ErrorType | None = None,
-                 fields: list[FieldError] | None = None) -> None:
+                 fields: list[FieldError] | None = None,
+                 headers: Mapping[str, str] | None = None) -> None:
+        """``headers``: e.g. ``Retry-After`` of a 429."""
         super().__init__(message)
+        self.headers = dict(headers or {})
         self.status = status
         self.message = message
         self.type: ErrorType = type or _BY_STATUS.get(status, "invalid_request")
@@ -65,7 +69,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api(_: Request, exc: ApiError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else exc.headers
         return error_response(exc.status, exc.message, type=exc.type, fields=exc.fields,
                               headers=headers)
 

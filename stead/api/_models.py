@@ -100,7 +100,7 @@ class _Body(BaseModel):
 class ErrorDetail(_Body):
     type: str
     """``unauthorized``, ``forbidden``, ``not_found``, ``conflict``, ``invalid_request``,
-    ``unavailable`` or ``internal``."""
+    ``over_quota`` (a 429 with ``Retry-After``), ``unavailable`` or ``internal``."""
     message: str
     """What went wrong, in words, and what to do about it."""
     fields: list[FieldError] = Field(default_factory=list)

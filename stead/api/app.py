@@ -43,6 +43,7 @@ from stead.api._models import (
     TenantBudget,
 )
 from stead.api._run_events import run_event_stream
+from stead.contracts.admission import TenantUsage
 from stead.contracts.models import DecideOutcome, RunStatus
 from stead.evals.metrics import MetricsFilter, MetricsReport
 from stead.settings import Settings
@@ -61,6 +62,7 @@ def _errors_doc(*statuses: int) -> dict[int | str, dict[str, Any]]:
     words = {400: "Temporal refused the request", 401: "Missing, malformed or expired token",
              403: "The token lacks the role", 404: "No such run for this tenant",
              409: "The run's state does not allow it", 422: "Invalid input",
+             429: "The tenant is over its quota and refuses starts (see Retry-After)",
              503: "Temporal, the ledger or the identity provider is unreachable"}
     return {s: {"model": ErrorResponse, "description": words[s]}
             for s in (401, 422, 503, *statuses)}
@@ -137,7 +139,7 @@ def create_app(settings: Settings, *, client: Client | None = None,
     # -------------------------------------------------------------------------- runs
 
     @app.post("/v1/runs", status_code=201, response_model=StartedRun, tags=["runs"],
-              responses=_errors_doc(403))
+              responses=_errors_doc(403, 429))
     async def start_run(body: StartRunBody, who: Requester, response: Response) -> StartedRun:
         """Start a run of an agent for the token's tenant."""
         started = await backend.start(who, body)
@@ -225,6 +227,13 @@ def create_app(settings: Settings, *, client: Client | None = None,
         """The tenant's spending windows, the UTC day and month (``stead budget``): spent,
         reserved by model calls in flight, the cap, what is left, when each resets."""
         return await backend.budget(who.tenant)
+
+    @app.get("/v1/quota", response_model=TenantUsage, tags=["audit"],
+             responses=_errors_doc())
+    async def quota(who: Anyone) -> TenantUsage:
+        """The tenant's admission now: runs in flight, queued, started in the last minute,
+        and its caps (``stead quota``)."""
+        return await backend.quota(who.tenant)
 
     # -------------------------------------------------------------------------- events
 

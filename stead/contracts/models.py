@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 from stead.contracts.budget import Budget, Price, Spend
 from stead.contracts.policy import Policy
+from stead.contracts.quota import TenantQuota
 
 JsonObject = dict[str, Any]
 """A JSON object: tool arguments and results, whose shape the tool's own models define."""
@@ -23,8 +24,9 @@ BlobDigest = Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-f]{64}$")]
 """Content address of a payload kept in ``stead_blobs`` (see ``stead.storage.blobs``)."""
 
 RunStatus = Literal["running", "completed", "failed", "denied", "refused", "escalated",
-                    "budget_exceeded"]
-"""Closed set of run outcomes. ``running`` only appears in the ``state`` query.
+                    "budget_exceeded", "queued"]
+"""Closed set of run outcomes. ``running`` and ``queued`` (waiting for its tenant's admission,
+``stead.contracts.admission``) only appear in the ``state`` query.
 ``budget_exceeded``: the run's next model call would have passed its budget (or its tenant's
 spending window), and nobody raised it."""
 
@@ -476,6 +478,9 @@ class AgentPlan(_Model):
     models: list[ModelEndpoint] = Field(default_factory=list, exclude_if=_empty)
     """The agent's model chain, first choice first, as the worker resolved it; empty: the
     worker's configured model (``OPENAI_*``), else the agent's offline model."""
+    admission: TenantQuota | None = Field(None, exclude_if=_empty)
+    """The run's tenant quota when it caps runs in flight or starts per minute: the run asks
+    for admission before its first step (``stead.workflows._admission``); None: it does not."""
 
 
 class ToolInvocation(_Model):

@@ -142,6 +142,12 @@ class SteadMetrics:
         self.tenant_refusals = meter.create_counter(
             "stead.tenant.budget_refusals", unit="{call}",
             description="Model calls refused because they would pass a tenant's spending window")
+        self.admissions = meter.create_counter(
+            "stead.admission.decisions", unit="{decision}",
+            description="Admission answers per tenant: admitted, queued (each ask), refused")
+        self.admission_queue = meter.create_up_down_counter(
+            "stead.admission.queued", unit="{run}",
+            description="Runs waiting for their tenant's admission (summed over workers)")
 
     # --------------------------------------------------------------- per call (activities)
 
@@ -184,6 +190,17 @@ class SteadMetrics:
     def tenant_budget_refusal(self, *, tenant: str, window: str) -> None:
         """A model call of ``tenant`` was refused: it would pass its ``window`` cap."""
         self.tenant_refusals.add(1, {"stead.tenant": tenant, "stead.window": window})
+    def admission(self, *, tenant: str, verdict: str, was_queued: bool) -> None:
+        """A run asked for admission (``run.admit``); ``was_queued``: it waited before."""
+        self.admissions.add(1, {"stead.tenant": tenant, "stead.verdict": verdict})
+        if verdict == "queued" and not was_queued:
+            self.admission_queue.add(1, {"stead.tenant": tenant})
+        elif verdict != "queued" and was_queued:
+            self.admission_queue.add(-1, {"stead.tenant": tenant})
+
+    def admission_left_queue(self, *, tenant: str) -> None:
+        """A queued run left the queue without being admitted (cancelled)."""
+        self.admission_queue.add(-1, {"stead.tenant": tenant})
 
     # --------------------------------------------------------------- per run (run.finish)
 

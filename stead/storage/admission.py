@@ -1,0 +1,294 @@
+"""Admission in PostgreSQL: runs in flight and starts per minute per tenant, a FIFO queue.
+
+    admissions = Admissions(ledger.pool, retry_seconds=ledger.retry_seconds)
+    verdict, woken = await admissions.admit(AdmitRun(ref=ref, first_run_id=rid), quota)
+    woken = await admissions.release(ref, quota)     # the run ended: wake these runs
+
+One row per run of a limited tenant in ``stead_admissions`` (migration 0011): ``queued``, then
+``admitted`` (it holds a slot), then ``ended`` (kept one minute after its start, to count the
+starts of the last minute). Every decision of a tenant is taken in one transaction under that
+tenant's advisory lock, so workers racing for the last slot never admit more than the caps;
+tenants do not wait for each other.
+
+A decision admits the tenant's queued runs in the order they queued, as many as the caps allow
+now, the asking run included only when its turn has come: a run that asks later never overtakes
+one that waits (FIFO per tenant). It returns who else it admitted, so the caller wakes them
+(the ``admit`` signal) instead of letting them wait for their next re-check. Asking again is
+idempotent: an admitted run stays admitted, a queued one keeps its place.
+
+The database's clock decides, so workers whose clocks disagree still count the same minute.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import asyncpg
+
+from stead.contracts.admission import Admission, AdmitRun, Limit, TenantUsage
+from stead.contracts.models import RunRef
+from stead.contracts.quota import TenantQuota
+from stead.storage.ledger._core import LedgerBase
+
+_LOCK_CLASS = 726561641
+"""First key of the per-tenant advisory lock (the second is the tenant's hash); distinct from
+the migrator's lock."""
+
+MINUTE = timedelta(seconds=60)
+"""The sliding window ``starts_per_minute`` counts in."""
+
+
+@dataclass(frozen=True)
+class _Counts:
+    in_flight: int
+    recent: int
+    queued: int
+
+
+@dataclass(frozen=True)
+class Woken:
+    """A run that a decision admitted on behalf of another: wake it (``admit`` signal)."""
+
+    workflow_id: str
+    run_id: str
+
+
+class Admissions(LedgerBase):
+    """The ``stead_admissions`` table, on the ledger's pool."""
+
+    async def admit(self, ask: AdmitRun, quota: TenantQuota, *,
+                    recheck_seconds: float = 30.0) -> tuple[Admission, list[Woken]]:
+        """Admit, queue or refuse the run ``ask`` names under ``quota``'s caps; the same
+        answer when asked again. Also returns the other queued runs this decision admitted."""
+        ref = ask.ref
+
+        async def op(conn: asyncpg.Connection) -> tuple[Admission, list[Woken]]:
+            async with conn.transaction():
+                now = await _lock(conn, ref.tenant)
+                await _prune(conn, ref.tenant, now)
+                row = await conn.fetchrow(
+                    "select run_id, state from stead_admissions where workflow_id = $1",
+                    ref.workflow_id)
+                if row is not None and (row["run_id"] != ask.first_run_id
+                                        or row["state"] == "ended"):
+                    # An earlier run of a reused workflow id (closed, else this one could not
+                    # run): its row no longer counts as this run's.
+                    await conn.execute("delete from stead_admissions where workflow_id = $1",
+                                       ref.workflow_id)
+                    row = None
+                if row is None:
+                    counts = await _counts(conn, ref.tenant, now)
+                    if quota.over_quota == "refuse":
+                        limit = _full(counts, quota, queued_ahead=counts.queued)
+                        if limit is not None:
+                            retry = await _retry_after(conn, ref.tenant, now, counts, quota,
+                                                       position=counts.queued, limit=limit)
+                            return _refused(counts, quota, limit, retry), []
+                    await conn.execute(
+                        "insert into stead_admissions (workflow_id, run_id, tenant, state, "
+                        "queued_at) values ($1, $2, $3, 'queued', $4)",
+                        ref.workflow_id, ask.first_run_id, ref.tenant, now)
+                promoted = await _promote(conn, ref.tenant, now, quota)
+                return (await _answer(conn, ref, now, quota, recheck_seconds),
+                        [w for w in promoted if w.workflow_id != ref.workflow_id])
+
+        return await self._retrying(op)
+
+    async def release(self, ref: RunRef, quota: TenantQuota | None) -> list[Woken]:
+        """The run ended (or left the queue): free its slot, admit the next queued runs that
+        ``quota`` now allows (every one if the tenant no longer has caps); returns them."""
+
+        async def op(conn: asyncpg.Connection) -> list[Woken]:
+            async with conn.transaction():
+                now = await _lock(conn, ref.tenant)
+                await conn.execute(
+                    "update stead_admissions set state = 'ended', ended_at = $2 "
+                    "where workflow_id = $1 and state = 'admitted'", ref.workflow_id, now)
+                await conn.execute(
+                    "delete from stead_admissions where workflow_id = $1 and state = 'queued'",
+                    ref.workflow_id)
+                await _prune(conn, ref.tenant, now)
+                return await _promote(conn, ref.tenant, now, quota or TenantQuota())
+
+        return await self._retrying(op)
+
+    async def peek(self, tenant: str, quota: TenantQuota, *,
+                   recheck_seconds: float = 30.0) -> Admission:
+        """Would a new run of ``tenant`` be admitted now? Nothing is written: the HTTP API
+        refuses a start with a 429 before it creates a run (``over_quota: refuse``)."""
+
+        async def op(conn: asyncpg.Connection) -> Admission:
+            now = await conn.fetchval("select clock_timestamp()")
+            counts = await _counts(conn, tenant, now)
+            limit = _full(counts, quota, queued_ahead=counts.queued)
+            if limit is None:
+                return Admission(verdict="admitted", in_flight=counts.in_flight)
+            retry = await _retry_after(conn, tenant, now, counts, quota,
+                                       position=counts.queued, limit=limit)
+            verdict = _refused(counts, quota, limit, retry)
+            if quota.over_quota == "queue":
+                verdict = verdict.model_copy(update={
+                    "verdict": "queued", "position": counts.queued,
+                    "wait_seconds": min(retry or recheck_seconds, recheck_seconds)})
+            return verdict
+
+        return await self._retrying(op)
+
+    async def admitted(self, tenant: str) -> list[Woken]:
+        """The tenant's runs holding a slot, oldest first (to find runs that ended without
+        releasing it: terminated, or reset)."""
+
+        async def op(conn: asyncpg.Connection) -> list[Woken]:
+            rows = await conn.fetch(
+                "select workflow_id, run_id from stead_admissions where tenant = $1 and "
+                "state = 'admitted' order by admitted_at, workflow_id", tenant)
+            return [Woken(r["workflow_id"], r["run_id"]) for r in rows]
+
+        return await self._retrying(op)
+
+    async def usage(self, tenants: Sequence[str] | None = None) -> list[TenantUsage]:
+        """Admission figures per tenant with rows (or of ``tenants``, zero when none), caps
+        left unset: the caller knows the quotas."""
+
+        async def op(conn: asyncpg.Connection) -> list[TenantUsage]:
+            rows = await conn.fetch(
+                "select tenant, count(*) filter (where state = 'admitted') as in_flight, "
+                " count(*) filter (where state = 'queued') as queued, "
+                " count(*) filter (where admitted_at > clock_timestamp() - $2::interval) "
+                "   as recent, "
+                " min(queued_at) filter (where state = 'queued') as oldest "
+                "from stead_admissions where $1::text[] is null or tenant = any($1) "
+                "group by tenant order by tenant",
+                list(tenants) if tenants is not None else None, MINUTE)
+            found = {r["tenant"]: TenantUsage(
+                tenant=r["tenant"], in_flight=r["in_flight"], queued=r["queued"],
+                started_last_minute=r["recent"], oldest_queued_at=r["oldest"]) for r in rows}
+            for name in tenants or ():
+                found.setdefault(name, TenantUsage(tenant=name))
+            return [found[name] for name in sorted(found)]
+
+        return await self._retrying(op)
+
+
+def with_caps(usage: TenantUsage, quota: TenantQuota | None) -> TenantUsage:
+    """``usage`` with the caps of ``quota`` (the tenant's, or None: no caps)."""
+    if quota is None:
+        return usage
+    return usage.model_copy(update={"runs_in_flight": quota.runs_in_flight,
+                                    "starts_per_minute": quota.starts_per_minute,
+                                    "over_quota": quota.over_quota})
+
+
+# ---------------------------------------------------------------------------- one decision
+
+
+async def _lock(conn: asyncpg.Connection, tenant: str) -> datetime:
+    """Take the tenant's lock for this transaction; the database's time once it is held."""
+    await conn.execute("select pg_advisory_xact_lock($1::int, hashtext($2))",
+                       _LOCK_CLASS, tenant)
+    now: datetime = await conn.fetchval("select clock_timestamp()")
+    return now
+
+
+async def _prune(conn: asyncpg.Connection, tenant: str, now: datetime) -> None:
+    """Ended runs count for one minute after their start, then go."""
+    await conn.execute("delete from stead_admissions where tenant = $1 and state = 'ended' "
+                       "and admitted_at <= $2", tenant, now - MINUTE)
+
+
+async def _counts(conn: asyncpg.Connection, tenant: str, now: datetime) -> _Counts:
+    row = await conn.fetchrow(
+        "select count(*) filter (where state = 'admitted') as in_flight, "
+        " count(*) filter (where admitted_at > $2) as recent, "
+        " count(*) filter (where state = 'queued') as queued "
+        "from stead_admissions where tenant = $1", tenant, now - MINUTE)
+    assert row is not None
+    return _Counts(row["in_flight"], row["recent"], row["queued"])
+
+
+def _free(counts: _Counts, quota: TenantQuota) -> int | None:
+    """Starts the caps allow now (None: unlimited)."""
+    free: int | None = None
+    if quota.runs_in_flight is not None:
+        free = quota.runs_in_flight - counts.in_flight
+    if quota.starts_per_minute is not None:
+        rate = quota.starts_per_minute - counts.recent
+        free = rate if free is None else min(free, rate)
+    return None if free is None else max(free, 0)
+
+
+def _full(counts: _Counts, quota: TenantQuota, *, queued_ahead: int) -> Limit | None:
+    """The cap that keeps a run with ``queued_ahead`` runs before it from starting now."""
+    if quota.runs_in_flight is not None and \
+            counts.in_flight + queued_ahead >= quota.runs_in_flight:
+        return "runs_in_flight"
+    if quota.starts_per_minute is not None and \
+            counts.recent + queued_ahead >= quota.starts_per_minute:
+        return "starts_per_minute"
+    return None
+
+
+async def _promote(conn: asyncpg.Connection, tenant: str, now: datetime,
+                   quota: TenantQuota) -> list[Woken]:
+    """Admit the oldest queued runs, as many as the caps allow now."""
+    free = _free(await _counts(conn, tenant, now), quota)
+    if free == 0:
+        return []
+    rows = await conn.fetch(
+        "update stead_admissions set state = 'admitted', admitted_at = $2 "
+        "where workflow_id in (select workflow_id from stead_admissions "
+        "  where tenant = $1 and state = 'queued' order by queued_at, workflow_id limit $3) "
+        "returning workflow_id, run_id", tenant, now, free)
+    return [Woken(r["workflow_id"], r["run_id"]) for r in rows]
+
+
+async def _answer(conn: asyncpg.Connection, ref: RunRef, now: datetime, quota: TenantQuota,
+                  recheck_seconds: float) -> Admission:
+    row = await conn.fetchrow("select state, queued_at from stead_admissions "
+                              "where workflow_id = $1", ref.workflow_id)
+    assert row is not None
+    counts = await _counts(conn, ref.tenant, now)
+    if row["state"] == "admitted":
+        return Admission(verdict="admitted", in_flight=counts.in_flight)
+    position: int = await conn.fetchval(
+        "select count(*) from stead_admissions where tenant = $1 and state = 'queued' and "
+        "(queued_at, workflow_id) < ($2, $3)", ref.tenant, row["queued_at"], ref.workflow_id)
+    limit = _full(counts, quota, queued_ahead=position) or "runs_in_flight"
+    retry = await _retry_after(conn, ref.tenant, now, counts, quota, position=position,
+                               limit=limit)
+    wait = min(retry, recheck_seconds) if retry is not None else recheck_seconds
+    return Admission(verdict="queued", limit=limit, position=position,
+                     in_flight=counts.in_flight, retry_after=retry, wait_seconds=wait,
+                     reason=_reason(quota, limit, position))
+
+
+async def _retry_after(conn: asyncpg.Connection, tenant: str, now: datetime, counts: _Counts,
+                       quota: TenantQuota, *, position: int, limit: Limit) -> float | None:
+    """Seconds until the starts of the last minute leave room for a run with ``position``
+    runs before it; None when runs in flight hold it (nobody knows when they end)."""
+    if limit == "runs_in_flight" or quota.starts_per_minute is None:
+        return None
+    k = counts.recent - quota.starts_per_minute + position  # starts that must leave first
+    at = await conn.fetchval(
+        "select admitted_at from stead_admissions where tenant = $1 and admitted_at > $2 "
+        "order by admitted_at offset $3 limit 1", tenant, now - MINUTE, max(k, 0))
+    if at is None:
+        return None
+    return max((at + MINUTE - now).total_seconds(), 0.001)
+
+
+def _reason(quota: TenantQuota, limit: Limit, position: int) -> str:
+    cap = (f"{quota.runs_in_flight} runs in flight" if limit == "runs_in_flight"
+           else f"{quota.starts_per_minute} starts per minute")
+    ahead = f", {position} run{'s' if position != 1 else ''} ahead" if position else ""
+    return f"the tenant is at its quota of {cap}{ahead}"
+
+
+def _refused(counts: _Counts, quota: TenantQuota, limit: Limit,
+             retry: float | None) -> Admission:
+    when = f"; try again in {retry:.0f} s" if retry is not None else \
+        "; try again when one of its runs has ended"
+    return Admission(verdict="refused", limit=limit, in_flight=counts.in_flight,
+                     retry_after=retry, reason=_reason(quota, limit, 0) + when)

@@ -1,0 +1,297 @@
+"""Admission per tenant, on the dev server and PostgreSQL: runs in flight and starts per minute.
+
+What these pin: a tenant at its cap of runs in flight queues the next runs, which start in
+the order they queued as runs end (woken by the ending run, not by their re-check); the
+starts-per-minute window admits a queued run when its oldest start leaves the minute; a tenant
+that refuses over quota ends the run ``refused`` (audited, ``refuse:quota``) and its API start
+is a 429 with ``Retry-After`` before any run exists; many racing admissions never pass the
+cap; another tenant is unaffected while one is saturated; a queued run survives its worker's
+restart; the ``stead quota`` figures and ``GET /v1/quota`` say the same."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import SecretStr
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+
+from stead.api import create_app, issue_token
+from stead.authoring.agent import AgentCatalog
+from stead.client import start_run
+from stead.contracts.admission import AdmitRun
+from stead.contracts.models import RunRef, RunRequest, RunResult, RunState
+from stead.contracts.quota import TenantQuota
+from stead.settings import Settings
+from stead.storage.admission import Admissions
+from stead.storage.ledger import Ledger
+from stead.testing.gated_model import GatedModel
+from stead.worker import WorkerHost
+
+
+def _tenant() -> str:
+    return f"t{uuid.uuid4().hex[:8]}"
+
+
+def _quotas(settings: Settings, quotas: dict[str, dict[str, Any]],
+            recheck: float = 30.0) -> Settings:
+    return settings.replace(
+        tenant_quotas={t: TenantQuota.model_validate(q) for t, q in quotas.items()},
+        admission_recheck_seconds=recheck)
+
+
+@asynccontextmanager
+async def _worker(settings: Settings, catalog: AgentCatalog,
+                  model: GatedModel) -> AsyncIterator[Client]:
+    async with WorkerHost(settings, catalog, model=model) as host:
+        assert host.client is not None
+        yield host.client
+
+
+async def _start(client: Client, settings: Settings, tenant: str,
+                 text: str) -> WorkflowHandle[Any, RunResult]:
+    return await start_run(client, RunRequest(agent="ops", input=text, tenant=tenant),
+                           temporal=settings.temporal)
+
+
+async def _state(h: WorkflowHandle[Any, Any]) -> RunState:
+    return await h.query("state", result_type=RunState, rpc_timeout=timedelta(seconds=5))
+
+
+async def _until_status(h: WorkflowHandle[Any, Any], status: str, *,
+                        within: float = 30) -> RunState:
+    async with asyncio.timeout(within):
+        while True:
+            state = await _state(h)
+            if state.status == status:
+                return state
+            await asyncio.sleep(0.05)
+
+
+async def test_a_tenant_at_its_cap_queues_runs_and_starts_them_in_order_as_runs_end(
+        settings: Settings, catalog: AgentCatalog, ledger: Ledger) -> None:
+    """runs_in_flight=2: the third and fourth runs queue; each ending run wakes the oldest
+    queued one (the re-check is an hour: only the wake-up can start them)."""
+    tenant = _tenant()
+    settings = _quotas(settings, {tenant: {"runs_in_flight": 2}}, recheck=3600)
+    model = GatedModel()
+    async with _worker(settings, catalog, model) as client:
+        first = [await _start(client, settings, tenant, f"job-{i}") for i in (1, 2)]
+        for i in (1, 2):
+            await model.called(f"job-{i}")
+        third = await _start(client, settings, tenant, "job-3")
+        state = await _until_status(third, "queued")
+        assert state.node == "queued"
+        fourth = await _start(client, settings, tenant, "job-4")
+        await _until_status(fourth, "queued")
+        assert model.calls == ["job-1", "job-2"]
+
+        model.open("job-1")
+        assert (await first[0].result()).status == "completed"
+        await model.called("job-3")  # the oldest queued run, woken by the ending one
+        assert (await _state(fourth)).status == "queued"
+        model.open("job-2")
+        await model.called("job-4")
+        assert model.calls == ["job-1", "job-2", "job-3", "job-4"]
+        model.open_all()
+        results = [await h.result() for h in (first[1], third, fourth)]
+    assert [r.status for r in results] == ["completed"] * 3
+    trail = await ledger.trail(third.id)
+    assert [d.decision for d in trail.decisions if d.kind == "admission"] == ["queue", "admit"]
+    usage = await Admissions(ledger.pool).usage([tenant])
+    assert usage[0].in_flight == 0 and usage[0].queued == 0
+
+
+async def test_a_tenant_without_caps_asks_nothing(
+        settings: Settings, catalog: AgentCatalog, ledger: Ledger) -> None:
+    tenant, other = _tenant(), _tenant()
+    settings = _quotas(settings, {other: {"runs_in_flight": 1}})
+    model = GatedModel()
+    model.open_all()
+    async with _worker(settings, catalog, model) as client:
+        h = await _start(client, settings, tenant, "free")
+        assert (await h.result()).status == "completed"
+    trail = await ledger.trail(h.id)
+    assert not [d for d in trail.decisions if d.kind == "admission"]
+    assert (await Admissions(ledger.pool).usage([tenant]))[0].started_last_minute == 0
+
+
+async def test_many_racing_admissions_never_pass_the_cap(ledger: Ledger) -> None:
+    """40 runs ask at once, on separate connections: exactly the cap is admitted; releasing
+    them admits the next ones in queue order."""
+    tenant = _tenant()
+    quota = TenantQuota(runs_in_flight=3)
+    admissions = Admissions(ledger.pool)
+
+    def ask(i: int) -> AdmitRun:
+        return AdmitRun(ref=RunRef(workflow_id=f"{tenant}-{i:02d}", run_id="r", agent="ops",
+                                   tenant=tenant), first_run_id="r")
+
+    answers = await asyncio.gather(*(admissions.admit(ask(i), quota) for i in range(40)))
+    admitted = [i for i, (a, _) in enumerate(answers) if a.verdict == "admitted"]
+    assert len(admitted) == 3
+    assert {a.verdict for a, _ in answers} == {"admitted", "queued"}
+    # Asking again changes nothing.
+    again = await asyncio.gather(*(admissions.admit(ask(i), quota) for i in range(40)))
+    assert [a.verdict for a, _ in again] == [a.verdict for a, _ in answers]
+    queued = sorted((a.position, i) for i, (a, _) in enumerate(answers)
+                    if a.verdict == "queued")
+    assert [p for p, _ in queued] == list(range(37))
+    woken = await admissions.release(ask(admitted[0]).ref, quota)
+    assert [w.workflow_id for w in woken] == [ask(queued[0][1]).ref.workflow_id]
+    (usage,) = await admissions.usage([tenant])
+    assert (usage.in_flight, usage.queued, usage.started_last_minute) == (3, 36, 4)
+
+
+async def test_starts_per_minute_queue_until_the_oldest_start_leaves_the_minute(
+        ledger: Ledger) -> None:
+    tenant = _tenant()
+    quota = TenantQuota(starts_per_minute=2)
+    admissions = Admissions(ledger.pool)
+    refs = [RunRef(workflow_id=f"{tenant}-{i}", run_id="r", agent="ops", tenant=tenant)
+            for i in range(3)]
+    verdicts = [(await admissions.admit(AdmitRun(ref=r, first_run_id="r"), quota,
+                                        recheck_seconds=30))[0] for r in refs]
+    assert [v.verdict for v in verdicts] == ["admitted", "admitted", "queued"]
+    third = verdicts[2]
+    assert third.limit == "starts_per_minute"
+    assert third.retry_after is not None and 55 < third.retry_after <= 60
+    assert third.wait_seconds == 30
+    # Ending a run frees no start of the minute.
+    assert await admissions.release(refs[0], quota) == []
+    # Refusing tenants: no row, a retry-after.
+    refusing = TenantQuota(starts_per_minute=2, over_quota="refuse")
+    other = RunRef(workflow_id=f"{tenant}-x", run_id="r", agent="ops", tenant=tenant)
+    verdict, _ = await admissions.admit(AdmitRun(ref=other, first_run_id="r"), refusing)
+    assert verdict.verdict == "refused" and verdict.retry_after is not None
+    assert "2 starts per minute" in verdict.reason
+
+
+async def test_a_refusing_tenant_over_quota_ends_the_run_refused_and_audited(
+        settings: Settings, catalog: AgentCatalog, ledger: Ledger) -> None:
+    """A raw Temporal start (no API in front): the run itself refuses, before any step."""
+    tenant = _tenant()
+    settings = _quotas(settings, {tenant: {"runs_in_flight": 1, "over_quota": "refuse"}})
+    model = GatedModel()
+    async with _worker(settings, catalog, model) as client:
+        holder = await _start(client, settings, tenant, "holder")
+        await model.called("holder")
+        h = await _start(client, settings, tenant, "one too many")
+        r = await h.result()
+        model.open_all()
+        assert (await holder.result()).status == "completed"
+    assert r.status == "refused" and r.route == "refuse:quota" and r.steps == 0
+    assert r.answer is not None and "1 runs in flight" in r.answer
+    assert "one too many" not in model.calls
+    trail = await ledger.trail(h.id)
+    assert [run.status for run in trail.runs] == ["refused"]
+    (row,) = [d for d in trail.decisions if d.kind == "admission"]
+    assert row.decision == "refuse" and row.data["limit"] == "runs_in_flight"
+
+
+async def test_another_tenant_is_unaffected_while_one_is_saturated(
+        settings: Settings, catalog: AgentCatalog) -> None:
+    busy, other = _tenant(), _tenant()
+    settings = _quotas(settings, {"*": {"runs_in_flight": 1}}, recheck=3600)
+    model = GatedModel()
+    async with _worker(settings, catalog, model) as client:
+        await _start(client, settings, busy, "busy-1")
+        await model.called("busy-1")
+        waiting = [await _start(client, settings, busy, f"busy-{i}") for i in (2, 3, 4)]
+        for h in waiting:
+            await _until_status(h, "queued")
+        h = await _start(client, settings, other, "other-1")
+        await model.called("other-1")  # its own slot, at once
+        model.open("other-1")
+        assert (await h.result()).status == "completed"
+        assert (await _state(waiting[0])).status == "queued"
+        model.open_all()
+        assert [(await w.result()).status for w in waiting] == ["completed"] * 3
+
+
+async def test_a_queued_run_survives_a_worker_restart_and_a_cancelled_one_leaves_the_queue(
+        settings: Settings, catalog: AgentCatalog, ledger: Ledger) -> None:
+    tenant = _tenant()
+    settings = _quotas(settings, {tenant: {"runs_in_flight": 1}}, recheck=1)
+    model = GatedModel()
+    async with _worker(settings, catalog, model) as client:
+        holder = await _start(client, settings, tenant, "holder")
+        await model.called("holder")
+        queued = await _start(client, settings, tenant, "queued")
+        cancelled = await _start(client, settings, tenant, "cancelled")
+        await _until_status(queued, "queued")
+        await _until_status(cancelled, "queued")
+    # No worker: the runs wait in Temporal's history, nothing is lost.
+    model2 = GatedModel()
+    async with _worker(settings, catalog, model2) as client:
+        await cancelled.cancel()
+        with pytest.raises(WorkflowFailureError):
+            await cancelled.result()
+        (usage,) = await Admissions(ledger.pool).usage([tenant])
+        assert usage.queued == 1
+        # The holder's model call is retried on the new worker; let it end.
+        model2.open("holder")
+        assert (await holder.result()).status == "completed"
+        await model2.called("queued")
+        model2.open_all()
+        assert (await queued.result()).status == "completed"
+    (usage,) = await Admissions(ledger.pool).usage([tenant])
+    assert (usage.in_flight, usage.queued) == (0, 0)
+
+
+SECRET = "admission-test-secret-" + "x" * 40
+
+
+def _auth(tenant: str) -> dict[str, str]:
+    token = issue_token(SECRET, sub="alice", tenant=tenant, roles=("requester",),
+                        ttl=timedelta(minutes=10))
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def test_the_api_answers_429_with_retry_after_and_shows_the_quota(
+        settings: Settings, catalog: AgentCatalog) -> None:
+    """``over_quota: refuse``: a 429 before any run exists; ``queue``: a 201 and a run that
+    shows ``queued``; ``GET /v1/quota`` gives the token's tenant's figures and caps."""
+    refusing, queueing = _tenant(), _tenant()
+    settings = _quotas(settings.replace(api_secret=SecretStr(SECRET)), {
+        refusing: {"runs_in_flight": 1, "over_quota": "refuse"},
+        queueing: {"runs_in_flight": 1, "starts_per_minute": 10}}, recheck=7)
+    model = GatedModel()
+    async with _worker(settings, catalog, model) as client:
+        app = create_app(settings, client=client)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://api") as http:
+            for t in (refusing, queueing):  # each tenant's first run holds its slot
+                r = await http.post("/v1/runs", json={"agent": "ops", "input": f"first {t}"},
+                                    headers=_auth(t))
+                assert r.status_code == 201, r.text
+                await model.called(f"first {t}")
+            r = await http.post("/v1/runs", json={"agent": "ops", "input": "second"},
+                                headers=_auth(refusing))
+            assert r.status_code == 429, r.text
+            assert r.headers["retry-after"] == "7"  # in flight: the re-check interval
+            error = r.json()["error"]
+            assert error["type"] == "over_quota" and "1 runs in flight" in error["message"]
+            r = await http.post("/v1/runs", json={"agent": "ops", "input": "second"},
+                                headers=_auth(queueing))
+            assert r.status_code == 201, r.text
+            queued = client.get_workflow_handle(r.json()["workflow_id"], result_type=RunResult)
+            await _until_status(queued, "queued")
+            run = await http.get(f"/v1/runs/{queued.id}", headers=_auth(queueing))
+            assert run.json()["status"] == "queued", run.text
+            r = await http.get("/v1/quota", headers=_auth(queueing))
+            assert r.status_code == 200, r.text
+            assert r.json() == {"tenant": queueing, "in_flight": 1, "queued": 1,
+                                "started_last_minute": 1,
+                                "oldest_queued_at": r.json()["oldest_queued_at"],
+                                "runs_in_flight": 1, "starts_per_minute": 10,
+                                "over_quota": "queue"}
+            model.open_all()
+            assert (await queued.result()).status == "completed"
+        await app.state.backend.close()
