@@ -5,6 +5,8 @@ They are short database writes, so the workflow runs them as local activities.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -13,8 +15,10 @@ from stead.authoring.agent import AgentCatalog
 from stead.contracts.models import AgentPlan, DecisionBatch, FinishRun, StartRun
 from stead.integrations.mcp import McpTools
 from stead.integrations.model_endpoints import ModelEndpoints
+from stead.integrations.model_prices import priced
 from stead.observability.telemetry import NO_METRICS, SteadMetrics
 from stead.observability.tracing import NO_TRACING, SteadTracing
+from stead.settings import ModelPrice
 from stead.storage.ledger import Ledger
 
 
@@ -25,9 +29,12 @@ class RunActivities:
                  model_timeout: float = 60.0, model_max_attempts: int = 5,
                  memory: bool = False, metrics: SteadMetrics = NO_METRICS,
                  tracing: SteadTracing = NO_TRACING, mcp: McpTools | None = None,
-                 endpoints: ModelEndpoints | None = None) -> None:
+                 endpoints: ModelEndpoints | None = None,
+                 prices: Mapping[str, ModelPrice] | None = None) -> None:
         """``mcp``: the worker's MCP servers; their tools are listed into each run's plan.
-        ``endpoints``: the agents' model chains, pinned into each run's plan."""
+        ``endpoints``: the agents' model chains, pinned into each run's plan. ``prices``:
+        ``STEAD_MODEL_PRICES``, pinned into each run's plan for the models it may call."""
+        self._prices: Mapping[str, ModelPrice] = prices or {}
         self._mcp = mcp
         self._endpoints = endpoints
         self._catalog = catalog
@@ -52,8 +59,8 @@ class RunActivities:
         chain = self._endpoints.chain(agent.name) if self._endpoints is not None else []
         model = chain[0].name if chain else self._model_label or agent.offline_model.name
         await self._ledger.start_run(start, model=model)
-        plan = await self._with_mcp(agent.plan(model=model, max_steps=req.max_steps,
-                                               models=chain))
+        plan = priced(await self._with_mcp(agent.plan(model=model, max_steps=req.max_steps,
+                                                      models=chain)), self._prices)
         return plan.model_copy(update={"model_timeout": self._model_timeout,
                                        "model_max_attempts": self._model_max_attempts,
                                        # no store on this worker: the run neither recalls
@@ -69,9 +76,10 @@ class RunActivities:
                                    type=errors.UNKNOWN_AGENT, non_retryable=True)
         agent = self._catalog[req.agent]
         chain = self._endpoints.chain(agent.name) if self._endpoints is not None else []
-        plan = await self._with_mcp(agent.plan(model=self._model_label or
-                                               agent.offline_model.name,
-                                               max_steps=req.max_steps, models=chain))
+        plan = priced(await self._with_mcp(agent.plan(model=self._model_label or
+                                                      agent.offline_model.name,
+                                                      max_steps=req.max_steps, models=chain)),
+                      self._prices)
         return plan.model_copy(update={"model_timeout": self._model_timeout,
                                        "model_max_attempts": self._model_max_attempts,
                                        "memory": plan.memory if self._memory else None})
