@@ -399,3 +399,28 @@ async def test_a_tenant_window_refusal_ends_the_run_budget_exceeded_without_fall
     r = await GraphRun(ctx, frame, decisions, ApprovalBook(ctx, decisions)).run()
     assert r.status == "budget_exceeded" and asked == ["first"]
     assert "daily window" in (r.error or "")
+
+
+async def test_stead_raise_budget_raises_a_waiting_run_and_refuses_a_lower_limit(
+        settings: Settings, ledger: Ledger) -> None:
+    from tests._cli import cli_env, stead
+    rules = BudgetRules(max_model_calls=1, on_exceed="ask", ask_timeout_seconds=60)
+    env = cli_env(settings)
+    async with fakes() as (srv,):
+        async with WorkerHost(settings, AgentCatalog([budget_agent([endpoint(srv)],
+                                                                   rules)])) as host:
+            h = await start(host, settings)
+            await waiting(h)
+            lower = await stead("raise-budget", h.id, "--max-model-calls", "1", "--as", "bo",
+                                "--reason", "try", env=env)
+            bad = await stead("raise-budget", h.id, "--as", "bo", "--reason", "", env=env)
+            ok = await stead("raise-budget", h.id, "--max-model-calls", "4", "--as", "bo",
+                             "--reason", "one more look", "--json", env=env)
+            r = await result(h)
+    assert lower.code == 1 and "raise refused" in lower.err + lower.out
+    assert "only raises" in lower.err + lower.out
+    assert bad.code == 2
+    assert ok.code == 0 and ok.json() == {"max_model_calls": 4}
+    assert r.status == "completed"
+    raised = [d for d in await budget_rows(ledger, h.id) if d.decision == "raised"]
+    assert [(d.actor, d.data["via"]) for d in raised] == [("bo", "update")]

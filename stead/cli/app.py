@@ -25,6 +25,7 @@ from stead.cli import (
     memory,
     metrics,
     replay,
+    run_budget,
     runs,
     stuck,
     suites,
@@ -93,6 +94,7 @@ def worker() -> None:
 for _group in (runs, memory, suites, replay, counterfactual, metrics, grade, drift, db,
                codec_server, stuck, api, chat, graph):
     _group.register(app)
+run_budget.register(app)  # stead raise-budget
 
 
 def main() -> None:
