@@ -38,6 +38,7 @@ from stead.contracts.models import (
 from stead.contracts.policy import Policy
 from stead.conversation import ConversationStart, ConversationState, start_conversation
 from stead.errors import SpecError
+from stead.evals.replay import production_replayer
 from stead.integrations.llm import ScriptedModel, call
 from stead.settings import Settings
 from stead.storage.ledger import Ledger
@@ -217,6 +218,8 @@ async def test_ask_waits_for_raise_budget_and_the_audit_names_who_raised_it(
                                             reason="the incident needs one more look"),
                 result_type=Budget)
             r = await result(h)
+            history = await h.fetch_history()
+    await production_replayer().replay_workflow(history)  # the wait and the raise replay
     assert new == Budget(max_model_calls=3)
     assert (r.status, r.answer, r.spend.model_calls) == ("completed", "the tool said hello", 2)
     rows = await budget_rows(ledger, h.id)
@@ -256,6 +259,8 @@ async def test_cheaper_model_goes_on_with_the_named_chain_model(
         async with WorkerHost(settings, AgentCatalog([agent])) as host:
             h = await start(host, settings)
             r = await result(h)
+            history = await h.fetch_history()
+    await production_replayer().replay_workflow(history)
     assert (r.status, r.models, r.model) == ("completed", ["small"], "small")
     assert big.requests == [] and len(small.requests) == 2
     assert r.spend.usd == pytest.approx(2 * 200 * 10.0 / 1e6)
@@ -312,6 +317,8 @@ async def test_spend_survives_retries_and_a_worker_restart_without_double_counti
                 max_model_calls=5, by="ops-lead", reason="after the restart"),
                 result_type=Budget)
             r = await result(h2)
+            history = await h2.fetch_history()
+    await production_replayer().replay_workflow(history)
     assert len(srv.requests) == 3  # the 503, its retry, the answer after the raise
     assert r.status == "completed"
     assert amounts(r.spend) == (0.04, 800, 400, 2)
@@ -424,3 +431,25 @@ async def test_stead_raise_budget_raises_a_waiting_run_and_refuses_a_lower_limit
     assert r.status == "completed"
     raised = [d for d in await budget_rows(ledger, h.id) if d.decision == "raised"]
     assert [(d.actor, d.data["via"]) for d in raised] == [("bo", "update")]
+
+
+async def test_a_fallback_model_is_held_to_the_budget_before_it_is_called(
+        settings: Settings, ledger: Ledger) -> None:
+    """The first model is down; the next one of the chain would pass max_usd: the run stops
+    instead of calling it (the handover and the stop are both on record)."""
+    from stead.stack.embedded import free_port
+    dear = Price(input_usd_per_mtok=0.0, output_usd_per_mtok=1000.0)
+    async with fakes() as (srv,):
+        down = endpoint(srv, name="primary", max_attempts=1).model_copy(
+            update={"base_url": f"http://127.0.0.1:{free_port()}/v1"})
+        agent = budget_agent([down, endpoint(srv, "gpt-4o", price=dear, name="dear")],
+                             BudgetRules(max_usd=1.0))
+        async with WorkerHost(settings, AgentCatalog([agent])) as host:
+            h = await start(host, settings)
+            r = await result(h)
+    assert r.status == "budget_exceeded" and srv.requests == []
+    assert "the next call to dear would pass max_usd" in (r.error or "")
+    trail = await ledger.trail(h.id)
+    assert [(d.kind, d.decision) for d in trail.decisions
+            if d.kind in ("budget", "model_fallback")] == [("model_fallback", "dear"),
+                                                           ("budget", "stopped")]

@@ -213,6 +213,9 @@ class ModelCalls:
             book.settle(turn.usage, price)
             return turn, None, 0
         for n, (place, ep) in enumerate(chain):
+            if n:  # a later model of the chain may cost more: held to the budget in turn
+                await book.admit(req.ref.step, self._estimate(req, ep, ep.price),
+                                 model=ep.name, cheaper=lambda: None)
             try:
                 turn = await self._call(
                     req.model_copy(update={"endpoint": ep, "fallback": place, "price": ep.price,
