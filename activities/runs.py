@@ -16,8 +16,10 @@ from stead.contracts.models import AgentPlan, DecisionBatch, FinishRun, StartRun
 from stead.contracts.quota import TenantQuota, quota_for
 from stead.integrations.mcp import McpTools
 from stead.integrations.model_endpoints import ModelEndpoints
+from stead.integrations.model_prices import priced
 from stead.observability.telemetry import NO_METRICS, SteadMetrics
 from stead.observability.tracing import NO_TRACING, SteadTracing
+from stead.settings import ModelPrice
 from stead.storage.ledger import Ledger
 
 
@@ -29,12 +31,16 @@ class RunActivities:
                  memory: bool = False, metrics: SteadMetrics = NO_METRICS,
                  tracing: SteadTracing = NO_TRACING, mcp: McpTools | None = None,
                  endpoints: ModelEndpoints | None = None,
-                 quotas: Mapping[str, TenantQuota] | None = None) -> None:
+                 quotas: Mapping[str, TenantQuota] | None = None,
+                 prices: Mapping[str, ModelPrice] | None = None) -> None:
         """``mcp``: the worker's MCP servers; their tools are listed into each run's plan.
         ``endpoints``: the agents' model chains, pinned into each run's plan. ``quotas``: the
         tenants' (``STEAD_TENANT_QUOTAS``); a run whose tenant's caps runs in flight or starts
-        per minute gets it pinned (``AgentPlan.admission``) and asks for admission."""
+        per minute gets it pinned (``AgentPlan.admission``) and asks for admission.
+        ``prices``: ``STEAD_MODEL_PRICES``, pinned into each run's plan for the models it may
+        call."""
         self._quotas = quotas or {}
+        self._prices: Mapping[str, ModelPrice] = prices or {}
         self._mcp = mcp
         self._endpoints = endpoints
         self._catalog = catalog
@@ -59,8 +65,8 @@ class RunActivities:
         chain = self._endpoints.chain(agent.name) if self._endpoints is not None else []
         model = chain[0].name if chain else self._model_label or agent.offline_model.name
         await self._ledger.start_run(start, model=model)
-        plan = await self._with_mcp(agent.plan(model=model, max_steps=req.max_steps,
-                                               models=chain))
+        plan = priced(await self._with_mcp(agent.plan(model=model, max_steps=req.max_steps,
+                                                      models=chain)), self._prices)
         return plan.model_copy(update={"model_timeout": self._model_timeout,
                                        "model_max_attempts": self._model_max_attempts,
                                        # no store on this worker: the run neither recalls
@@ -81,9 +87,10 @@ class RunActivities:
                                    type=errors.UNKNOWN_AGENT, non_retryable=True)
         agent = self._catalog[req.agent]
         chain = self._endpoints.chain(agent.name) if self._endpoints is not None else []
-        plan = await self._with_mcp(agent.plan(model=self._model_label or
-                                               agent.offline_model.name,
-                                               max_steps=req.max_steps, models=chain))
+        plan = priced(await self._with_mcp(agent.plan(model=self._model_label or
+                                                      agent.offline_model.name,
+                                                      max_steps=req.max_steps, models=chain)),
+                      self._prices)
         return plan.model_copy(update={"model_timeout": self._model_timeout,
                                        "model_max_attempts": self._model_max_attempts,
                                        "memory": plan.memory if self._memory else None})

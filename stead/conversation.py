@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy
 
+from stead.contracts.budget import Budget, Spend
 from stead.contracts.models import BlobDigest, Name, RunStatus
 from stead.contracts.search_attributes import run_attributes
 from stead.settings import TemporalSettings
@@ -80,6 +81,12 @@ class ConversationStart(_Model):
     """... or this many bytes (whichever comes first, or Temporal's own suggestion)."""
     idle_timeout_seconds: float | None = Field(None, gt=0, le=366 * 86_400)
     """Close the conversation after this long without a message (None: wait forever)."""
+    budget: Budget | None = Field(None, exclude_if=lambda v: v is None)
+    """Limits of the whole conversation, within the agent's policy budget (each turn's
+    ``RunRequest.budget``). The agent's policy budget too holds per conversation, not per
+    turn: every turn is charged what the turns before it spent (``spent``)."""
+    spent: Spend = Field(default_factory=Spend, exclude_if=lambda v: v == Spend())
+    """What the conversation's turns have spent so far, across continued-as-new runs."""
 
 
 class SayInput(_Model):
@@ -110,6 +117,8 @@ class TurnOutcome(_Model):
     """Workflow id of the turn's ``AgentWorkflow`` (``<conversation id>/turn-<n>``)."""
     context: BlobDigest
     """The conversation after this turn (unchanged when the turn produced none)."""
+    spend: Spend = Field(default_factory=Spend, exclude_if=lambda v: v == Spend())
+    """What this turn spent."""
 
 
 class ConversationState(_Model):
@@ -131,6 +140,8 @@ class ConversationState(_Model):
     history_bytes: int = 0
     continued_as_new: int = 0
     last: TurnOutcome | None = None
+    spent: Spend = Field(default_factory=Spend, exclude_if=lambda v: v == Spend())
+    """What the conversation's turns have spent so far."""
 
 
 class ConversationResult(_Model):
@@ -142,6 +153,8 @@ class ConversationResult(_Model):
     failed: int
     context: BlobDigest
     continued_as_new: int
+    spent: Spend = Field(default_factory=Spend, exclude_if=lambda v: v == Spend())
+    """What the conversation's turns spent, in all."""
 
 
 def new_conversation_id(agent: str, tenant: str = "default") -> str:

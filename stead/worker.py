@@ -34,6 +34,7 @@ from stead.errors import SettingsError
 from stead.integrations.llm import ModelClient, OpenAIModel
 from stead.integrations.mcp import McpTools
 from stead.integrations.model_endpoints import ModelEndpoints
+from stead.integrations.model_prices import check_budgets
 from stead.observability.logs import RunLogContext
 from stead.observability.telemetry import (
     METER_NAME,
@@ -132,6 +133,13 @@ def build_worker(client: Client, settings: Settings, catalog: AgentCatalog, ledg
         mcp = McpTools.from_catalog(catalog, settings.integrations, secrets=secrets)
     if endpoints is None and model is None:
         endpoints = ModelEndpoints.from_catalog(catalog, settings, secrets=secrets)
+    # A budget that cannot work (a cheaper model outside the chain, max_usd on an unpriced
+    # model) stops the worker here. A model given by the caller serves every agent; only one
+    # named after OpenAI's is held to a price (scripted and recorded ones are free).
+    check_budgets(catalog, {a: endpoints.chain(a) for a in catalog.names()} if endpoints
+                  else {}, prices=settings.models.prices,
+                  single_model=model.name if model is not None
+                  and model.name.startswith("openai:") else None)
     # Model keys read from variables of the agents' own choosing are redacted too.
     ledger = ledger.redacting(Redactor.from_settings(
         settings, secrets=secrets, also=endpoints.key_values() if endpoints else ()))
@@ -140,7 +148,8 @@ def build_worker(client: Client, settings: Settings, catalog: AgentCatalog, ledg
                          model_timeout=settings.models.timeout_seconds,
                          model_max_attempts=settings.models.max_attempts,
                          memory=memory is not None, metrics=metrics, tracing=tracing,
-                         mcp=mcp, endpoints=endpoints, quotas=settings.tenants.quotas)
+                         mcp=mcp, endpoints=endpoints, quotas=settings.tenants.quotas,
+                         prices=settings.models.prices)
     owners: list[object] = [runs, AdmissionActivities(
         Admissions(ledger.pool, retry_seconds=ledger.retry_seconds), client,
         quotas=settings.tenants.quotas,

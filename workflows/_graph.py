@@ -18,6 +18,7 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError, ChildWorkflowError
 
 from stead.workflows._approvals import ApprovalBook
+from stead.workflows._budget import BudgetBook, BudgetStop
 from stead.workflows._context import Context, Frame, unpinned_policy
 from stead.workflows._decisions import DecisionLog
 from stead.workflows._memory import MemorySteps
@@ -58,13 +59,14 @@ class GraphRun:
     """One walk through the agent's graph, from its start to a finish."""
 
     def __init__(self, ctx: Context, frame: Frame, decisions: DecisionLog,
-                 book: ApprovalBook) -> None:
+                 book: ApprovalBook, *, budget: BudgetBook | None = None) -> None:
         self._ctx = ctx
         self._frame = frame
         self._decisions = decisions
         self._book = book
         self._calls = ToolCalls(ctx, frame, decisions, book)
-        self._models = ModelCalls(ctx, frame, decisions)
+        self._models = ModelCalls(ctx, frame, decisions, budget=budget)
+        self.budget = self._models.budget
         self.memory = MemorySteps(ctx, frame)
 
     async def run(self) -> RunResult:
@@ -108,6 +110,7 @@ class GraphRun:
             status = "denied"
         res.status, res.answer, res.error = status, answer, error
         res.steps = self._ctx.state.step
+        res.spend = self.budget.own
         res.path = list(frame.gs.path)
         return res
 
@@ -445,6 +448,14 @@ class GraphRun:
             frame.end("failed", error=f"step budget of {frame.plan.max_steps} exhausted "
                                       f"before sub-agent {node.agent}")
             return
+        try:  # the sub-agent may spend what this run has left, within its own policy
+            left = self.budget.remaining()
+        except BudgetStop as stop:
+            self._decisions.record(ctx.state.step, "budget", "stopped", str(stop),
+                                   {"subagent": node.agent})
+            frame.end("budget_exceeded", answer=f"Stopped before sub-agent {node.agent}: "
+                                                f"{stop}.", error=str(stop))
+            return
         ctx.state.step += 1
         text = node.input(gs) if node.input is not None else request.input
         child_id = f"{ctx.ref.workflow_id}/{node.id}-{gs.visits[node.id]}"
@@ -453,12 +464,13 @@ class GraphRun:
         child = RunRequest(agent=node.agent, input=text, tenant=request.tenant,
                            user=request.user, max_steps=node.max_steps,
                            metadata={**request.metadata, "stead.parent": ctx.ref.workflow_id,
-                                     "stead.node": node.id})
+                                     "stead.node": node.id}, budget=left)
         await self._decisions.flush()
         try:
             got = await ctx.seam.child_run(
                 child, id=child_id,
                 summary=f"sub-agent {node.agent} of {ctx.ref.workflow_id}")
+            self.budget.add(got.spend)
             outcome = ToolResult(ok=got.status == "completed", tool=f"agent:{node.agent}",
                                  result={"status": got.status, "answer": got.answer,
                                          "steps": got.steps},

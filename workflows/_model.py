@@ -13,6 +13,12 @@ under Temporal's retry policy, and a replay takes the same path from the recorde
 Each handover is an audit row (``model_fallback``); which model answered goes into the
 ``RunResult`` (``model``, ``models``, ``model_fallbacks``).
 
+Each call is held to the run's budget first (``stead.workflows._budget``): estimated at the
+pinned price of the model about to be called, admitted, stepped down to a cheaper model or
+refused (the run ends ``budget_exceeded``), and settled from the usage it reported. A tenant's
+spending window refusing the call (``errors.TENANT_BUDGET_EXCEEDED``) ends the run the same
+way, without falling back to the next model.
+
     turn = await models.think(schemas, model_setting)   # None: the run has ended
 """
 
@@ -25,6 +31,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.exceptions import TimeoutError as ActivityTimeout
 
+from stead.workflows._budget import BudgetBook, BudgetStop
 from stead.workflows._context import Context, Frame, execution
 from stead.workflows._decisions import DecisionLog
 from stead.workflows._seam import ActivityCall
@@ -35,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
     from stead.activities.model import ModelActivities
     from stead.authoring.graph import Evaluator, Score
     from stead.authoring.judge import JUDGE_INSTRUCTIONS, parse_judgement
+    from stead.contracts.budget import Price, Spend
     from stead.contracts.models import (
         Message,
         ModelEndpoint,
@@ -42,6 +50,7 @@ with workflow.unsafe.imports_passed_through():
         ModelTurn,
         ToolSchema,
     )
+    from stead.guardrails.budget import DEFAULT_MAX_OUTPUT_TOKENS, estimate
 
 MAX_MODEL_REQUEST_BYTES = 1_800_000
 """Largest transcript (messages plus tool schemas, as JSON) sent to one model call: below
@@ -51,10 +60,12 @@ Temporal's 2 MiB payload limit, with room for the request's other fields."""
 class ModelCalls:
     """The model activity calls of one run."""
 
-    def __init__(self, ctx: Context, frame: Frame, decisions: DecisionLog) -> None:
+    def __init__(self, ctx: Context, frame: Frame, decisions: DecisionLog, *,
+                 budget: BudgetBook | None = None) -> None:
         self._ctx = ctx
         self._frame = frame
         self._decisions = decisions
+        self.budget = budget if budget is not None else BudgetBook(ctx, decisions)
 
     async def think(self, schemas: list[ToolSchema], model_setting: str | None
                     ) -> ModelTurn | None:
@@ -86,8 +97,15 @@ class ModelCalls:
                              messages=gs.messages, tools=schemas, model=model_setting,
                              decisions=carried, context=frame.request.context),
                 summary=f"think (step {ctx.state.step})")
+        except BudgetStop as stop:
+            self._decisions.give_back(carried)
+            self._over_budget(str(stop))
+            return None
         except ActivityError as err:
             self._decisions.give_back(carried)
+            if tenant_refused(err):
+                self._tenant_over(err)
+                return None
             ctx.log("model", plan.model, "error", cause(err))
             frame.end("failed", error=f"model call failed: {cause(err)}")
             return None
@@ -121,8 +139,15 @@ class ModelCalls:
                              messages=[Message(role="system", content=JUDGE_INSTRUCTIONS),
                                        Message(role="user", content=body)],
                              tools=[], decisions=carried), summary="judge the step")
+        except BudgetStop as stop:
+            self._decisions.give_back(carried)
+            self._over_budget(str(stop))
+            return Score(evaluator="judge", value=0.0, passed=False, feedback=str(stop))
         except ActivityError as err:
             self._decisions.give_back(carried)
+            if tenant_refused(err):
+                self._tenant_over(err)
+                return Score(evaluator="judge", value=0.0, passed=False, feedback=cause(err))
             return Score(evaluator="judge", value=0.0, passed=False,
                          feedback=f"the judge model failed: {cause(err)}")
         score, why = parse_judgement(turn.content or "")
@@ -138,32 +163,78 @@ class ModelCalls:
         turn, _, _ = await self._complete(req, summary=summary)
         return turn
 
+    def _over_budget(self, why: str) -> None:
+        self._ctx.log("model", self._frame.plan.model, "budget", why)
+        self._frame.end("budget_exceeded", answer=f"Stopped before the next model call: {why}.",
+                        error=why)
+
+    def _tenant_over(self, err: ActivityError) -> None:
+        why = cause(err)
+        self._decisions.record(self._ctx.state.step, "budget", "tenant_window", why,
+                               {"error": errors.TENANT_BUDGET_EXCEEDED})
+        self._ctx.log("model", self._frame.plan.model, "budget", why)
+        self._frame.end("budget_exceeded",
+                        answer=f"Stopped before the next model call: {why}.", error=why)
+
+    def _estimate(self, req: ModelRequest, ep: ModelEndpoint | None,
+                  price: Price | None) -> Spend:
+        limit = ep.max_output_tokens if ep is not None else None
+        return estimate(request_bytes(req.messages, req.tools),
+                        max_output_tokens=limit or DEFAULT_MAX_OUTPUT_TOKENS, price=price)
+
     async def _complete(self, req: ModelRequest, *, summary: str
                         ) -> tuple[ModelTurn, ModelEndpoint | None, int]:
-        """The answer, the chain's model that gave it (None: no chain) and its place."""
-        plan = self._frame.plan
-        chain = plan.models if req.model is None else []  # a routed model stands alone
+        """The answer, the chain's model that gave it (None: no chain) and its place. Held
+        to the run's budget first: raises ``BudgetStop`` when the call may not be made."""
+        plan, book = self._frame.plan, self.budget
+        models = plan.models if req.model is None else []  # a routed model stands alone
+        chain = list(enumerate(models))
+        if book.stepped_down is not None:  # cheaper_model: the rest of the run on that one
+            chain = [(i, ep) for i, ep in chain if ep.name == book.stepped_down] or chain
+        first = chain[0][1] if chain else None
+        # A routed model was not priced at run start: it costs tokens and calls, no money.
+        price = first.price if first is not None else plan.price if req.model is None else None
+        guess = self._estimate(req, first, price)
+
+        def cheaper() -> tuple[ModelEndpoint, Spend] | None:
+            name = book.rules.cheaper_model
+            ep = next((e for e in models if e.name == name), None)
+            return None if ep is None else (ep, self._estimate(req, ep, ep.price))
+
+        stepped = await book.admit(req.ref.step, guess, cheaper=cheaper,
+                                   model=first.name if first is not None
+                                   else req.model or plan.model)
+        if stepped is not None:
+            chain = [(models.index(stepped), stepped)]
         if not chain:
-            return await self._call(req, summary=summary, timeout=plan.model_timeout,
-                                    attempts=plan.model_max_attempts, grace=0), None, 0
-        for place, ep in enumerate(chain):
+            turn = await self._call(req.model_copy(update={"price": price, "estimate": guess}),
+                                    summary=summary, timeout=plan.model_timeout,
+                                    attempts=plan.model_max_attempts, grace=0)
+            book.settle(turn.usage, price)
+            return turn, None, 0
+        for n, (place, ep) in enumerate(chain):
+            if n:  # a later model of the chain may cost more: held to the budget in turn
+                await book.admit(req.ref.step, self._estimate(req, ep, ep.price),
+                                 model=ep.name, cheaper=lambda: None)
             try:
                 turn = await self._call(
-                    req.model_copy(update={"endpoint": ep, "fallback": place}),
+                    req.model_copy(update={"endpoint": ep, "fallback": place, "price": ep.price,
+                                           "estimate": self._estimate(req, ep, ep.price)}),
                     summary=summary + (f" with {ep.name} (fallback {place})" if place else ""),
                     timeout=ep.timeout_seconds or plan.model_timeout,
                     attempts=ep.max_attempts or plan.model_max_attempts, grace=GRACE_SECONDS)
             except ActivityError as err:
                 why = fallback_reason(err)
-                if why is None or place == len(chain) - 1:
+                if why is None or n == len(chain) - 1:
                     raise
-                nxt = chain[place + 1]
+                nxt = chain[n + 1][1]
                 self._ctx.log("model", ep.name, "error", f"{cause(err)}; falling back")
                 self._decisions.record(
                     req.ref.step, "model_fallback", nxt.name,
                     f"{ep.name} failed ({why}) after its attempts: {cause(err)}",
                     {"from": ep.name, "to": nxt.name, "fallback": place + 1, "error": why})
                 continue
+            book.settle(turn.usage, ep.price)
             return turn, ep, place
         raise AssertionError("a model chain is never empty here")
 
@@ -199,6 +270,12 @@ def fallback_reason(err: ActivityError) -> str | None:
     if isinstance(c, ActivityTimeout):
         return "ModelTimeout"
     return None
+
+
+def tenant_refused(err: ActivityError) -> bool:
+    """The model call was refused by its tenant's spending window (not a model failure)."""
+    c = err.cause
+    return isinstance(c, ApplicationError) and c.type == errors.TENANT_BUDGET_EXCEEDED
 
 
 def request_bytes(messages: list[Message], schemas: list[ToolSchema]) -> int:

@@ -5,12 +5,14 @@ policy: allow / ask a human / deny) -> run tools (one activity per tool, its own
 then its fallbacks) -> think ... -> validate the answer (reask, escalate) -> result.
 
 The shell holds the run's entry points (``run``, the ``approve``/``reject`` signals, the
-``decide`` update and its validator, the ``state`` query); the parts do the work:
+``decide`` update and its validator, the ``raise_budget`` update and signal, the ``state``
+query); the parts do the work:
 
 - ``stead.workflows._graph``: the graph interpreter, one handler per node kind;
 - ``stead.workflows._toolcall``: one tool call, schema gate -> risk -> approval -> execution;
 - ``stead.workflows._approvals``: the approval book (early signals, deadlines, escalation);
 - ``stead.workflows._decisions``: the decision buffer that becomes the run's audit rows;
+- ``stead.workflows._budget``: the run's budget book (limits, spending, stop/ask/step down);
 - ``stead.workflows._model`` and ``stead.workflows._memory``: the model and memory activity calls;
 - ``stead.workflows._seam``: the only place the parts reach Temporal.
 
@@ -28,6 +30,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 from stead.workflows._admission import AdmissionGate
 from stead.workflows._approvals import ApprovalBook
+from stead.workflows._budget import BudgetBook
 from stead.workflows._context import Context, Frame, unpinned_policy
 from stead.workflows._decisions import DecisionLog
 from stead.workflows._graph import GraphRun
@@ -39,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
     from stead import errors
     from stead.activities.runs import RunActivities
     from stead.client import WORKFLOW_TYPE
+    from stead.contracts.budget import Budget, RaiseBudget
     from stead.contracts.models import (
         AgentPlan,
         ApprovalDecision,
@@ -72,12 +76,14 @@ class AgentWorkflow:
         self._decisions = DecisionLog(self._ctx)
         self._book = ApprovalBook(self._ctx, self._decisions)
         self._admission = AdmissionGate(self._ctx, self._decisions)
+        self._budget = BudgetBook(self._ctx, self._decisions)
 
     # ------------------------------------------------------------------ queries & handlers
 
     @workflow.query(name="state")
     def state(self) -> RunState:
-        return self._ctx.state.model_copy(update={"pending_approvals": self._book.pending()})
+        return self._ctx.state.model_copy(update={"pending_approvals": self._book.pending(),
+                                                  "budget": self._budget.state()})
 
     # Signals and the update accept a missing payload (``temporal workflow signal`` without
     # --input, an empty Web UI form): it is refused and audited, never fails the workflow task.
@@ -103,6 +109,23 @@ class AgentWorkflow:
     @decide_update.validator
     def _validate_decide(self, decision: DecideInput | None = None) -> None:
         self._book.validate(decision)
+
+    @workflow.update(name="raise_budget")
+    def raise_budget_update(self, raised: RaiseBudget | None = None) -> Budget:
+        """Raise the run's budget (each limit only upward; who and why are audited); returns
+        the new limit. A run waiting under ``on_exceed: ask`` goes on once its call fits."""
+        return self._budget.apply(raised, via="update")
+
+    @raise_budget_update.validator
+    def _validate_raise_budget(self, raised: RaiseBudget | None = None) -> None:
+        why = self._budget.refusal(raised)
+        if why is not None:
+            raise ValueError(why)
+
+    @workflow.signal(name="raise_budget")
+    def raise_budget_signal(self, raised: RaiseBudget | None = None) -> None:
+        """The update's fire-and-forget twin: a refused raise is audited, never applied."""
+        self._budget.apply(raised, via="signal")
 
     # ------------------------------------------------------------------ the run
 
@@ -132,7 +155,9 @@ class AgentWorkflow:
                 ctx.approval_timeout = min(ctx.approval_timeout, max(float(override), 0.1))
             except ValueError:
                 pass
-        graph = GraphRun(ctx, Frame.start(ctx, request, plan), decisions, self._book)
+        self._budget.start(ctx.policy, request)
+        graph = GraphRun(ctx, Frame.start(ctx, request, plan), decisions, self._book,
+                         budget=self._budget)
         result = await self._admission.run(plan, graph.run, child=info.parent is not None,
                                            first_run_id=info.first_execution_run_id)
         await graph.memory.remember(result, plan)

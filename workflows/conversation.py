@@ -10,6 +10,11 @@ happens to a ``say`` sent meanwhile).
 Update ``say`` ({"text": ...}) answers with the turn's outcome; signal ``message`` queues a
 message without waiting; signal ``end`` closes the conversation once queued turns are done;
 query ``state``. A failed turn is reported to its caller and the conversation goes on.
+
+A budget holds per conversation, not per turn (what users expect of a money cap): each turn's
+request carries what the turns before it spent (``RunRequest.spent``) and the conversation's
+own limits (``ConversationStart.budget``), and the turn's ``RunResult.spend`` is added to the
+carried ``ConversationStart.spent``, which continue-as-new keeps.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ with workflow.unsafe.imports_passed_through():
 
     from stead import errors
     from stead.client import WORKFLOW_TYPE
+    from stead.contracts.budget import Spend
     from stead.contracts.models import RunRequest, RunResult
     from stead.contracts.search_attributes import AGENT_KEY, TENANT_KEY, run_attributes
     from stead.conversation import (
@@ -112,7 +118,7 @@ class ConversationWorkflow:
             context=self._s.context, completed=self._s.completed, failed=self._s.failed,
             history_events=info.get_current_history_length(),
             history_bytes=info.get_current_history_size(),
-            continued_as_new=self._s.continued, last=self._last)
+            continued_as_new=self._s.continued, last=self._last, spent=self._s.spent)
 
     # ------------------------------------------------------------------ the conversation
 
@@ -164,7 +170,8 @@ class ConversationWorkflow:
         request = RunRequest(agent=s.agent, input=item.text, tenant=s.tenant, user=s.user,
                              metadata={**s.metadata, CONVERSATION_KEY: info.workflow_id,
                                        TURN_KEY: str(n)},
-                             max_steps=s.max_steps, context=s.context)
+                             max_steps=s.max_steps, context=s.context, budget=s.budget,
+                             spent=s.spent if s.spent != Spend() else None)
         try:
             result: RunResult = await workflow.execute_child_workflow(
                 WORKFLOW_TYPE, request, id=child_id, result_type=RunResult,
@@ -172,8 +179,10 @@ class ConversationWorkflow:
                 static_summary=f"{s.agent}, turn {n}: {item.text[:100]}")
             if result.context is not None:
                 s.context = result.context
+            s.spent = s.spent + result.spend
             outcome = TurnOutcome(turn=n, status=result.status, answer=result.answer,
-                                  error=result.error, run_id=child_id, context=s.context)
+                                  error=result.error, run_id=child_id, context=s.context,
+                                  spend=result.spend)
         except (ChildWorkflowError, WorkflowAlreadyStartedError) as err:
             cause = err.cause if isinstance(err, ChildWorkflowError) else None
             why = getattr(cause, "message", None) or str(cause or err)
@@ -217,4 +226,5 @@ class ConversationWorkflow:
         workflow.set_current_details(f"Closed ({reason}) after {s.turns} turn(s)")
         return ConversationResult(reason="idle" if reason == "idle" else "ended",
                                   turns=s.turns, completed=s.completed, failed=s.failed,
-                                  context=s.context, continued_as_new=s.continued)
+                                  context=s.context, continued_as_new=s.continued,
+                                  spent=s.spent)

@@ -27,6 +27,7 @@ from stead.cli import (
     memory,
     metrics,
     replay,
+    run_budget,
     runs,
     stuck,
     suites,
@@ -96,6 +97,7 @@ for _group in (runs, memory, suites, replay, counterfactual, metrics, grade, dri
                codec_server, stuck, api, chat, graph, budget):
     _group.register(app)
 deploy.register(app)
+run_budget.register(app)  # stead raise-budget
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ limits it started with.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -118,6 +119,62 @@ class BudgetRules(Budget):
     ask_timeout_seconds: float = Field(900, gt=0)
     """For ``on_exceed: ask``: how long the run waits for a person before it ends
     ``budget_exceeded``."""
+
+
+class RaiseBudget(_Strict):
+    """Payload of the ``raise_budget`` update and signal: the new limits (each only higher
+    than the run's, an unset one unchanged), who raises them and why (both audited)::
+
+        {"max_usd": 1.0, "by": "ana@example.com", "reason": "the incident needs more"}
+    """
+
+    max_usd: float | None = Field(None, gt=0)
+    max_tokens: int | None = Field(None, ge=1)
+    max_model_calls: int | None = Field(None, ge=1)
+    by: str = Field(min_length=1, max_length=200)
+    reason: str = Field(min_length=1, max_length=2000)
+
+    def problems(self, limit: Budget) -> list[str]:
+        """Why this raise is refused against the run's ``limit`` (empty: it raises)."""
+        out: list[str] = []
+        given = {"max_usd": self.max_usd, "max_tokens": self.max_tokens,
+                 "max_model_calls": self.max_model_calls}
+        if all(v is None for v in given.values()):
+            out.append("name at least one limit to raise (max_usd, max_tokens, "
+                       "max_model_calls)")
+        for name, new in given.items():
+            old = getattr(limit, name)
+            if new is None:
+                continue
+            if old is None:
+                out.append(f"{name}: the run has no {name} limit; {new} would lower it")
+            elif new <= old:
+                out.append(f"{name}: {new} is not above the run's limit {old}; "
+                           f"raise_budget only raises")
+        return out
+
+    def applied(self, limit: Budget) -> Budget:
+        """``limit`` with this raise's limits in place of the run's."""
+        return Budget(max_usd=self.max_usd if self.max_usd is not None else limit.max_usd,
+                      max_tokens=self.max_tokens if self.max_tokens is not None
+                      else limit.max_tokens,
+                      max_model_calls=self.max_model_calls
+                      if self.max_model_calls is not None else limit.max_model_calls)
+
+
+class BudgetState(_Strict):
+    """A run's budget as the ``state`` query shows it."""
+
+    limit: Budget
+    spent: Spend
+    waiting: bool = False
+    """True while the run waits for ``raise_budget`` before its next model call."""
+    over: list[BudgetLimit] = Field(default_factory=list)
+    """While waiting: the limits the next call would pass."""
+    estimate: Spend | None = None
+    """While waiting: what the next call is estimated to cost."""
+    deadline: datetime | None = None
+    """While waiting: when the run gives up and ends ``budget_exceeded``."""
 
 
 _N = TypeVar("_N", int, float)

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from stead.contracts.budget import Budget, Price, Spend
+from stead.contracts.budget import Budget, BudgetState, Price, Spend
 from stead.contracts.policy import Policy
 from stead.contracts.quota import TenantQuota
 
@@ -71,6 +71,9 @@ class RunRequest(_Model):
     budget: Budget | None = Field(None, exclude_if=_empty)
     """Limits for this run, within the agent's policy budget: each may only be lower than the
     policy's (``Budget.narrow``)."""
+    spent: Spend | None = Field(None, exclude_if=_empty)
+    """Already charged against this run's budget by earlier turns of its conversation
+    (``ConversationWorkflow`` sets it): the run may spend only what is left."""
 
 
 class ToolCallRecord(_Model):
@@ -136,6 +139,9 @@ class RunResult(_Model):
     context: BlobDigest | None = None
     """The conversation including this run's messages and answer, as a context manifest
     digest; pass it as the next run's ``RunRequest.context``. Set when the request had one."""
+    spend: Spend = Field(default_factory=Spend, exclude_if=lambda v: v == Spend())
+    """What the run's own model calls cost, settled from the usage each reported, plus what
+    its sub-agents spent (not ``RunRequest.spent``)."""
 
 
 class StepInfo(_Model):
@@ -213,6 +219,9 @@ class RunState(_Model):
     path: list[str] = Field(default_factory=list)
     """Graph nodes visited so far, in order (the last is the current one)."""
     result: RunResult | None = None
+    budget: BudgetState | None = Field(None, exclude_if=_empty)
+    """The run's budget and spending, when it has a budget; ``waiting`` while it waits for a
+    person to raise it (update ``raise_budget``)."""
 
 
 # ---------------------------------------------------------------------------- model calls
@@ -481,6 +490,9 @@ class AgentPlan(_Model):
     admission: TenantQuota | None = Field(None, exclude_if=_empty)
     """The run's tenant quota when it caps runs in flight or starts per minute: the run asks
     for admission before its first step (``stead.workflows._admission``); None: it does not."""
+    price: Price | None = Field(None, exclude_if=_empty)
+    """The price of ``model`` when the run has no chain (``STEAD_MODEL_PRICES``), pinned at
+    run start; each chain model carries its own (``ModelEndpoint.price``)."""
 
 
 class ToolInvocation(_Model):
