@@ -473,7 +473,7 @@ and the HS* family would let anyone holding the public JWKS forge a token)."""
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
-def _https_unless_loopback(url: str) -> str:
+def secure_url(url: str) -> str:
     """``url`` if it is https, or http to this machine (a local test provider)."""
     m = re.fullmatch(r"(https?)://(\[[^\]]+\]|[^/:?#\s]+)(:\d+)?([/?#]\S*)?", url)
     if m is None:
@@ -569,7 +569,7 @@ class OidcSettings(_Section):
     @field_validator("issuer")
     @classmethod
     def _secure_issuer(cls, v: str | None) -> str | None:
-        return None if v is None else _https_unless_loopback(v)
+        return None if v is None else secure_url(v)
 
     @field_validator("jwks_url")
     @classmethod
@@ -577,7 +577,7 @@ class OidcSettings(_Section):
         if v is not None and "issuer" in info.data and info.data["issuer"] is None:
             raise ValueError("is set, but no issuer is: set the issuer URL as well, which "
                              "every token's `iss` is checked against")
-        return None if v is None else _https_unless_loopback(v)
+        return None if v is None else secure_url(v)
 
     @field_validator("audience")
     @classmethod

@@ -32,7 +32,7 @@ import jwt
 from pydantic import ValidationError
 
 from stead.api._auth import Principal, TokenError
-from stead.settings import OidcClaims, OidcSettings, _https_unless_loopback
+from stead.settings import OidcClaims, OidcSettings, secure_url
 
 if TYPE_CHECKING:  # httpx loads with the first fetch, not with the API module
     import httpx
@@ -259,7 +259,7 @@ class OidcVerifier:
         if not isinstance(jwks_uri, str):
             raise IdentityProviderError(f"the discovery document at {url} has no jwks_uri")
         try:
-            return _https_unless_loopback(jwks_uri)
+            return secure_url(jwks_uri)
         except ValueError as e:
             raise IdentityProviderError(f"the discovery document at {url} names the jwks_uri "
                                         f"{jwks_uri!r}, which {e}") from None
