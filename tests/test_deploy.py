@@ -207,3 +207,33 @@ async def test_stead_deploy_status_ramp_and_promote(settings: Settings, world: O
 
     with pytest.raises(DeploymentNotFound, match="has no version 'build-z'"):
         await set_ramping(client, name, "build-z", 10)
+
+
+async def test_every_starter_marks_auto_upgrade_agents_and_leaves_the_rest_pinned(
+        settings: Settings) -> None:
+    """``start_run`` and ``start_conversation`` give an auto-upgrade agent's run Temporal's
+    override at start (read back from the server, no worker needed), pinned agents none, and
+    nothing at all without a deployment name."""
+    from stead.conversation import ConversationStart, start_conversation
+
+    sa = versioned(settings, "build-a")
+    client = await connect(sa)
+    starts = {
+        "run ops-auto": await start_run(client, RunRequest(agent="ops-auto", input=QUICK),
+                                        temporal=sa.temporal),
+        "run ops": await start_run(client, RunRequest(agent="ops", input=QUICK),
+                                   temporal=sa.temporal),
+        "chat ops-auto": await start_conversation(client, ConversationStart(agent="ops-auto"),
+                                                  temporal=sa.temporal),
+        "unversioned ops-auto": await start_run(
+            client, RunRequest(agent="ops-auto", input=QUICK),
+            temporal=settings.replace(auto_upgrade_agents=["ops-auto"]).temporal),
+    }
+    seen = {}
+    for what, h in starts.items():
+        d = await h.describe()
+        seen[what] = d.raw_description.workflow_execution_info.versioning_info.\
+            versioning_override.auto_upgrade
+        await h.terminate(reason="test over")
+    assert seen == {"run ops-auto": True, "run ops": False, "chat ops-auto": True,
+                    "unversioned ops-auto": False}
