@@ -63,7 +63,7 @@ async def has_version(client: Client, name: str, build_id: str) -> bool:
         return False
 
 
-async def ran_on(h: Handle) -> tuple[str, list[str]]:
+async def ran_on(h: WorkflowHandle[Any, Any]) -> tuple[str, list[str]]:
     """The build the run's versioning info names, and the build of each completed workflow
     task of its history, in order."""
     d = await h.describe()
@@ -237,3 +237,36 @@ async def test_every_starter_marks_auto_upgrade_agents_and_leaves_the_rest_pinne
         await h.terminate(reason="test over")
     assert seen == {"run ops-auto": True, "run ops": False, "chat ops-auto": True,
                     "unversioned ops-auto": False}
+
+
+async def test_conversation_turns_follow_their_conversation_across_a_promotion(
+        settings: Settings, world: OpsWorld) -> None:
+    """A turn is a child workflow on the same task queue: a pinned conversation's turns stay
+    on its build after B is promoted, an auto-upgrade conversation moves to B with its turns."""
+    from stead.conversation import ConversationStart, say, start_conversation
+
+    sa, sb = versioned(settings, "build-a"), versioned(settings, "build-b")
+    name = sa.temporal.deployment_name
+    assert name is not None
+    client = await connect(sa)
+    cat = catalog(world)
+    async with WorkerHost(sa, cat), WorkerHost(sb, cat):
+        await until(lambda: has_version(client, name, "build-a"), within=30, what="build A")
+        await until(lambda: has_version(client, name, "build-b"), within=30, what="build B")
+        await set_current(client, name, "build-a")
+        chats = {agent: await start_conversation(client, ConversationStart(agent=agent),
+                                                 temporal=sa.temporal)
+                 for agent in ("ops", "ops-auto")}
+        first = {a: await asyncio.wait_for(say(h, QUICK), 60) for a, h in chats.items()}
+        await set_current(client, name, "build-b")
+        second = {a: await asyncio.wait_for(say(h, QUICK), 60) for a, h in chats.items()}
+        builds: dict[str, object] = {}
+        for agent, h in chats.items():
+            builds[agent] = [
+                (await ran_on(client.get_workflow_handle(t[agent].run_id)))[0]
+                for t in (first, second)]
+            builds[f"{agent} chat"] = (await ran_on(h))[0]
+            await h.terminate(reason="test over")
+    assert [t.status for t in (*first.values(), *second.values())] == ["completed"] * 4
+    assert builds == {"ops": ["build-a", "build-a"], "ops chat": "build-a",
+                      "ops-auto": ["build-a", "build-b"], "ops-auto chat": "build-b"}
