@@ -242,7 +242,8 @@ async def test_every_starter_marks_auto_upgrade_agents_and_leaves_the_rest_pinne
 async def test_conversation_turns_follow_their_conversation_across_a_promotion(
         settings: Settings, world: OpsWorld) -> None:
     """A turn is a child workflow on the same task queue: a pinned conversation's turns stay
-    on its build after B is promoted, an auto-upgrade conversation moves to B with its turns."""
+    on its build after B is promoted, continue-as-new included; an auto-upgrade conversation
+    moves to B with its turns."""
     from stead.conversation import ConversationStart, say, start_conversation
 
     sa, sb = versioned(settings, "build-a"), versioned(settings, "build-b")
@@ -254,19 +255,26 @@ async def test_conversation_turns_follow_their_conversation_across_a_promotion(
         await until(lambda: has_version(client, name, "build-a"), within=30, what="build A")
         await until(lambda: has_version(client, name, "build-b"), within=30, what="build B")
         await set_current(client, name, "build-a")
-        chats = {agent: await start_conversation(client, ConversationStart(agent=agent),
-                                                 temporal=sa.temporal)
+        # A short history: the conversations continue-as-new after a turn or two.
+        chats = {agent: await start_conversation(client, ConversationStart(
+                     agent=agent, max_history_events=20), temporal=sa.temporal)
                  for agent in ("ops", "ops-auto")}
         first = {a: await asyncio.wait_for(say(h, QUICK), 60) for a, h in chats.items()}
         await set_current(client, name, "build-b")
         second = {a: await asyncio.wait_for(say(h, QUICK), 60) for a, h in chats.items()}
+        for h in chats.values():
+            await asyncio.wait_for(say(h, QUICK), 60)
         builds: dict[str, object] = {}
         for agent, h in chats.items():
             builds[agent] = [
                 (await ran_on(client.get_workflow_handle(t[agent].run_id)))[0]
                 for t in (first, second)]
-            builds[f"{agent} chat"] = (await ran_on(h))[0]
+            builds[f"{agent} chat"] = (await ran_on(h))[0]  # its latest run
+            runs = [w.run_id async for w in client.list_workflows(f"WorkflowId = '{h.id}'")]
+            builds[f"{agent} runs"] = len(runs) > 1
             await h.terminate(reason="test over")
     assert [t.status for t in (*first.values(), *second.values())] == ["completed"] * 4
-    assert builds == {"ops": ["build-a", "build-a"], "ops chat": "build-a",
-                      "ops-auto": ["build-a", "build-b"], "ops-auto chat": "build-b"}
+    # Both continued-as-new; the pinned one's new run stayed on A.
+    assert builds == {"ops": ["build-a", "build-a"], "ops chat": "build-a", "ops runs": True,
+                      "ops-auto": ["build-a", "build-b"], "ops-auto chat": "build-b",
+                      "ops-auto runs": True}
