@@ -167,8 +167,10 @@ async def test_stead_deploy_status_ramp_and_promote(settings: Settings, world: O
     env = cli_env(settings, STEAD_DEPLOYMENT_NAME=name)
     client = await connect(sa)
     cat = catalog(world)
-    async with WorkerHost(sa, cat), WorkerHost(sb, cat):
-        await until(lambda: has_version(client, name, "build-a"), within=30, what="build A")
+    async with WorkerHost(sa, cat) as host_a, WorkerHost(sb, cat) as host_b:
+        said = await host_a.report_deployment_routing()
+        assert said is not None and "has no current version" in said
+        assert "`stead deploy promote build-a`" in said
         await until(lambda: has_version(client, name, "build-b"), within=30, what="build B")
 
         done = await stead("deploy", "promote", "build-a", "--json", env=env)
@@ -190,8 +192,15 @@ async def test_stead_deploy_status_ramp_and_promote(settings: Settings, world: O
         assert by_build["build-a"]["pollers"] >= 1 and by_build["build-b"]["pollers"] >= 1
         assert report["task_queues"] == [settings.temporal.task_queue]
 
+        said = await host_b.report_deployment_routing()
+        assert said is not None and "is ramping: it takes 25% of new runs" in said
+        said = await host_a.report_deployment_routing()
+        assert said is not None and "build-a is the current version" in said
+
         done = await stead("deploy", "promote", "build-b", env=env)
         assert done.code == 0, done.err
+        said = await host_a.report_deployment_routing()
+        assert said is not None and "takes no new runs: the current version is build-b" in said
         assert "build-b is current" in done.out
         status = await describe_deployment(client, name)
         assert (status.current_build_id, status.ramping_build_id) == ("build-b", None)
