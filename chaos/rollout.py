@@ -32,8 +32,7 @@ from chaos.agent import SHOP, order_request
 from chaos.invariants import RunRecord
 from chaos.world import SKUS
 from stead.contracts.models import RunRequest, RunResult
-from stead.deployments import describe_deployment, set_current, set_ramping, wait_drained
-from stead.errors import DeploymentNotFound
+from stead.deployments import set_current, set_ramping, wait_drained, wait_version
 
 if TYPE_CHECKING:
     from chaos.harness import Harness
@@ -75,7 +74,7 @@ async def phase_rollout(h: Harness) -> None:
 
     size = max(2, min(cfg.workers, 2))
     async with h.pool(sa, "rollout-a", size=size) as pool_a:
-        await _until_version(h, name, A)
+        await wait_version(h.client, name, A, timeout=60)
         await set_current(h.client, name, A)
         approvals = [await start(i, "rollout: pinned to A, approval across the promotion",
                                  approval=True) for i in range(n_approval)]
@@ -84,7 +83,7 @@ async def phase_rollout(h: Harness) -> None:
         await asyncio.gather(*(_wait_pending(h, hd) for _, hd in approvals))
 
         async with h.pool(sb, "rollout-b", size=size) as pool_b:
-            await _until_version(h, name, B)
+            await wait_version(h.client, name, B, timeout=60)
             # A ramp first: half of these runs start on B; each stays where it started.
             await set_ramping(h.client, name, B, 50)
             for i in range(n_before, n_before + n_ramp):
@@ -115,20 +114,6 @@ async def phase_rollout(h: Harness) -> None:
     for rec, _ in started:
         promo.outcomes[rec.outcome] += 1
         promo.max_seconds = max(promo.max_seconds, rec.seconds or 0.0)
-
-
-async def _until_version(h: Harness, name: str, build_id: str) -> None:
-    """Until the deployment knows ``build_id`` (one of its workers has polled)."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            status = await describe_deployment(h.client, name, pollers=False)
-            if status.version(build_id) is not None:
-                return
-        except DeploymentNotFound:
-            pass
-        await asyncio.sleep(0.2)
-    raise RuntimeError(f"version {build_id} of {name} never appeared; see {h.data_dir}/logs")
 
 
 async def _wait_pending(h: Harness, handle: WorkflowHandle[Any, RunResult]) -> None:

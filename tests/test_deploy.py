@@ -10,22 +10,26 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import time
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from _cli import cli_env, stead
 from _waits import wait_pending
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import WorkflowHandle
 
 from stead.agents.ops import OpsWorld, ops_agent
 from stead.authoring.agent import AgentCatalog
 from stead.client import connect, start_run
 from stead.contracts.models import ApprovalDecision, RunRequest, RunResult
-from stead.deployments import describe_deployment, set_current, set_ramping, wait_drained
+from stead.deployments import (
+    describe_deployment,
+    set_current,
+    set_ramping,
+    wait_drained,
+    wait_version,
+)
 from stead.errors import DeploymentNotFound, SettingsError
 from stead.settings import Settings, load_settings
 from stead.worker import WorkerHost
@@ -44,23 +48,6 @@ def catalog(world: OpsWorld) -> AgentCatalog:
 def versioned(settings: Settings, build_id: str) -> Settings:
     return settings.replace(deployment_name=f"dep-{settings.temporal.task_queue}",
                             build_id=build_id, auto_upgrade_agents=["ops-auto"])
-
-
-async def until(check: Callable[[], Awaitable[bool]], *, within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} within {within:.0f}s")
-        await asyncio.sleep(0.1)
-
-
-async def has_version(client: Client, name: str, build_id: str) -> bool:
-    """The deployment knows ``build_id`` (its worker has polled once)."""
-    try:
-        return (await describe_deployment(client, name, pollers=False)).version(
-            build_id) is not None
-    except DeploymentNotFound:
-        return False
 
 
 async def ran_on(h: WorkflowHandle[Any, Any]) -> tuple[str, list[str]]:
@@ -123,7 +110,7 @@ async def test_pinned_runs_finish_on_their_build_new_runs_go_to_the_promoted_one
     client = await connect(sa)
     cat = catalog(world)
     async with WorkerHost(sa, cat), WorkerHost(sb, cat) as host_b:
-        await until(lambda: has_version(client, name, "build-a"), within=30, what="build A")
+        await wait_version(client, name, "build-a", timeout=30)
         await set_current(client, name, "build-a")
         pinned = await start_run(client, RunRequest(agent="ops", input=WAITS),
                                  temporal=sa.temporal)
@@ -133,7 +120,7 @@ async def test_pinned_runs_finish_on_their_build_new_runs_go_to_the_promoted_one
         await wait_pending(auto)
         assert (await ran_on(pinned))[0] == (await ran_on(auto))[0] == "build-a"
 
-        await until(lambda: has_version(client, name, "build-b"), within=30, what="build B")
+        await wait_version(client, name, "build-b", timeout=30)
         status = await set_current(client, name, "build-b")
         assert status.current_build_id == "build-b" and status.routing_settled
         fresh = await start_run(client, RunRequest(agent="ops", input=QUICK),
@@ -171,7 +158,7 @@ async def test_stead_deploy_status_ramp_and_promote(settings: Settings, world: O
         said = await host_a.report_deployment_routing()
         assert said is not None and "has no current version" in said
         assert "`stead deploy promote build-a`" in said
-        await until(lambda: has_version(client, name, "build-b"), within=30, what="build B")
+        await wait_version(client, name, "build-b", timeout=30)
 
         done = await stead("deploy", "promote", "build-a", "--json", env=env)
         assert done.code == 0, done.err
@@ -261,8 +248,8 @@ async def test_conversation_turns_follow_their_conversation_across_a_promotion(
     client = await connect(sa)
     cat = catalog(world)
     async with WorkerHost(sa, cat), WorkerHost(sb, cat):
-        await until(lambda: has_version(client, name, "build-a"), within=30, what="build A")
-        await until(lambda: has_version(client, name, "build-b"), within=30, what="build B")
+        await wait_version(client, name, "build-a", timeout=30)
+        await wait_version(client, name, "build-b", timeout=30)
         await set_current(client, name, "build-a")
         # A short history: the conversations continue-as-new after a turn or two.
         chats = {agent: await start_conversation(client, ConversationStart(
