@@ -1,13 +1,15 @@
 """The ``rollout`` chaos phase: a rolling upgrade in the middle of the load.
 
-Build A's workers serve a Worker Deployment's task queue and take the first half of the
+Build A's workers serve a Worker Deployment's task queue and take the first third of the
 runs, some of which wait for an approval; build B's workers join the same task queue (same
-code, another ``STEAD_BUILD_ID``) and B is promoted while A's runs are in flight; workers of
-both builds are SIGKILLed (among them the A worker holding each approval-waiting run) while
-runs keep starting; A must then drain. What must hold, read from Temporal's history (the
-build recorded on every completed workflow task), on top of the suite's invariants:
+code, another ``STEAD_BUILD_ID``), B ramps to 50 % for the next third, and B is promoted
+while runs of both are in flight; workers of both builds are SIGKILLed (among them the A
+worker holding each approval-waiting run) while runs keep starting; A must then drain. What
+must hold, read from Temporal's history (the build recorded on every completed workflow
+task), on top of the suite's invariants:
 
-- a run pinned to A (its first workflow task ran on A) finishes on A: every task on A;
+- a run pinned to a build (its first workflow task ran there) finishes there: every task on
+  it (A's runs, and those the ramp sent to B);
 - a run started after the promotion settled runs on B only;
 - A drains (``stead.deployments.wait_drained``) once its last pinned run has ended.
 
@@ -30,8 +32,7 @@ from chaos.agent import SHOP, order_request
 from chaos.invariants import RunRecord
 from chaos.world import SKUS
 from stead.contracts.models import RunRequest, RunResult
-from stead.deployments import describe_deployment, set_current, wait_drained
-from stead.errors import DeploymentNotFound
+from stead.deployments import set_current, set_ramping, wait_drained, wait_version
 
 if TYPE_CHECKING:
     from chaos.harness import Harness
@@ -51,7 +52,8 @@ async def phase_rollout(h: Harness) -> None:
     sa = h.settings_for("rollout", deployment_name=name, build_id=A)
     sb = sa.replace(build_id=B)
     n = max(cfg.infra_runs, 6)
-    n_before = n // 2
+    n_before = n // 3
+    n_ramp = n // 3
     n_approval = min(3, max(1, n_before // 5))
     n_kills = max(2, min(cfg.kills, 8))
     h.world.set_knobs(hold_seconds=0.3)  # long enough runs to be mid-run at the promotion
@@ -72,7 +74,7 @@ async def phase_rollout(h: Harness) -> None:
 
     size = max(2, min(cfg.workers, 2))
     async with h.pool(sa, "rollout-a", size=size) as pool_a:
-        await _until_version(h, name, A)
+        await wait_version(h.client, name, A, timeout=60)
         await set_current(h.client, name, A)
         approvals = [await start(i, "rollout: pinned to A, approval across the promotion",
                                  approval=True) for i in range(n_approval)]
@@ -81,18 +83,23 @@ async def phase_rollout(h: Harness) -> None:
         await asyncio.gather(*(_wait_pending(h, hd) for _, hd in approvals))
 
         async with h.pool(sb, "rollout-b", size=size) as pool_b:
-            await _until_version(h, name, B)
+            await wait_version(h.client, name, B, timeout=60)
+            # A ramp first: half of these runs start on B; each stays where it started.
+            await set_ramping(h.client, name, B, 50)
+            for i in range(n_before, n_before + n_ramp):
+                await start(i, "rollout: started during a 50% ramp to B")
+                await asyncio.sleep(0.1)
             in_flight = sum(1 for r, _ in started if r.result is None)
             t = time.time()
             status = await set_current(h.client, name, B)
             promoted_at = time.time()
             promo.injected += 1
-            promo.note = (f"{in_flight} runs in flight on A; routing settled "
+            promo.note = (f"{in_flight} runs in flight; routing settled "
                           f"{promoted_at - t:.2f}s after the call"
                           + ("" if status.routing_settled else " (NOT settled in 30 s)"))
             pools = (pool_a, pool_b)
             killer = asyncio.create_task(_kill(h, pools, n_kills, kill_stat))
-            for i in range(n_before, n):
+            for i in range(n_before + n_ramp, n):
                 await start(i, "rollout: started after B was promoted")
                 await asyncio.sleep(0.15)
             # The A worker holding each waiting run dies before its on-call answers.
@@ -107,20 +114,6 @@ async def phase_rollout(h: Harness) -> None:
     for rec, _ in started:
         promo.outcomes[rec.outcome] += 1
         promo.max_seconds = max(promo.max_seconds, rec.seconds or 0.0)
-
-
-async def _until_version(h: Harness, name: str, build_id: str) -> None:
-    """Until the deployment knows ``build_id`` (one of its workers has polled)."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            status = await describe_deployment(h.client, name, pollers=False)
-            if status.version(build_id) is not None:
-                return
-        except DeploymentNotFound:
-            pass
-        await asyncio.sleep(0.2)
-    raise RuntimeError(f"version {build_id} of {name} never appeared; see {h.data_dir}/logs")
 
 
 async def _wait_pending(h: Harness, handle: WorkflowHandle[Any, RunResult]) -> None:
@@ -161,28 +154,25 @@ async def _builds(handle: WorkflowHandle[Any, RunResult]) -> list[str]:
 async def _judge(h: Harness, started: list[Started], promoted_at: float) -> float:
     """Write each run's versioning violation on its record; when A's last run ended."""
     last_a = 0.0
-    pinned_a = after_b = moved = 0
+    counts = {"pinned to A": 0, "sent to B by the ramp": 0, "started after the promotion": 0}
     for rec, handle in started:
         builds = await _builds(handle)
         if not builds:
             rec.versioning = "no completed workflow task in its history"
             continue
-        first, others = builds[0], set(builds)
-        if first == A:
-            pinned_a += 1
+        pinned, ran = builds[0], sorted(set(builds))
+        after = rec.started_at > promoted_at
+        if ran != [pinned]:
+            rec.versioning = f"pinned to {pinned} but workflow tasks ran on {ran}"
+        elif after and pinned != B:
+            rec.versioning = f"started after {B} was promoted, yet ran on {pinned}"
+        if pinned == A:
+            counts["pinned to A"] += 1
             last_a = max(last_a, rec.ended_at or time.time())
-            if others != {A}:
-                rec.versioning = f"pinned to {A} but workflow tasks ran on {sorted(others)}"
-        if rec.started_at > promoted_at:
-            after_b += 1
-            if others != {B}:
-                rec.versioning = (f"started after {B} was promoted, yet workflow tasks ran on "
-                                  f"{sorted(others)}")
-        elif first == B:
-            moved += 1  # started just before the promotion, first task after it: fine
+        counts["sent to B by the ramp"] += pinned == B and "ramp" in rec.scenario
+        counts["started after the promotion"] += after
         rec.scenario += f" [{'+'.join(dict.fromkeys(builds))}]"
-    h.progress(f"rollout: {pinned_a} runs pinned to {A}, {after_b} started after the "
-               f"promotion, {moved} started before it and first picked up by {B}")
+    h.progress("rollout: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
     return last_a
 
 

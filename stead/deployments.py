@@ -4,6 +4,7 @@
     await set_ramping(client, "stead", "0.2.0", 10)           # 10 % of new runs to 0.2.0
     await set_current(client, "stead", "0.2.0")               # every new run to 0.2.0
     await wait_drained(client, "stead", "0.1.0", timeout=600)  # its pinned runs have ended
+    await wait_version(client, "stead", "0.3.0", timeout=60)  # its workers poll every queue
 
 A worker declares a version (``STEAD_DEPLOYMENT_NAME`` + ``STEAD_BUILD_ID``,
 ``stead.worker.deployment_config``); a run is pinned to the version its first workflow task ran
@@ -157,6 +158,12 @@ async def describe_deployment(client: Client, name: str, *,
 
 
 async def _task_queues(client: Client, name: str, build_id: str) -> list[str]:
+    return sorted({q for q, kind in await _version_queues(client, name, build_id)
+                   if kind == TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW})
+
+
+async def _version_queues(client: Client, name: str, build_id: str) -> set[tuple[str, int]]:
+    """(task queue, type) pairs the version's workers have polled."""
     from temporalio.api.deployment.v1 import WorkerDeploymentVersion
 
     try:
@@ -167,8 +174,33 @@ async def _task_queues(client: Client, name: str, build_id: str) -> list[str]:
                                                            build_id=build_id)))
     except RPCError as e:
         raise _refused(e, name, build_id) from e
-    return [q.name for q in resp.version_task_queues
-            if q.type == TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW]
+    return {(q.name, q.type) for q in resp.version_task_queues}
+
+
+async def wait_version(client: Client, name: str, build_id: str, *, timeout: float,
+                       every: float = 0.2) -> DeploymentStatus:
+    """Wait until ``build_id`` is known to the deployment and its workers poll every task
+    queue (workflow and activity) the current version's do — what Temporal requires before
+    it routes runs to it; ``TimeoutError`` otherwise. A new build's workflow pollers often
+    register a moment before its activity pollers, and a promote in between is refused
+    ("missing active task queues")."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            status = await describe_deployment(client, name, pollers=False)
+            if status.version(build_id) is not None:
+                mine = await _version_queues(client, name, build_id)
+                current = status.current_build_id
+                needed = (await _version_queues(client, name, current)
+                          if current and current != build_id else set())
+                if mine and needed <= mine:
+                    return status
+        except DeploymentNotFound:
+            pass  # no worker of the deployment has polled yet
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"version {build_id!r} of Worker Deployment {name!r} does not "
+                               f"poll the current version's task queues after {timeout:g} s")
+        await asyncio.sleep(every)
 
 
 async def _poller_counts(client: Client, name: str, queues: list[str]) -> dict[str, int]:

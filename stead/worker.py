@@ -18,6 +18,7 @@ from types import TracebackType
 from opentelemetry.metrics import MeterProvider, NoOpMeter
 from temporalio.client import Client
 from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
+from temporalio.service import RPCError
 from temporalio.worker import Interceptor, Worker, WorkerDeploymentConfig
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
@@ -315,6 +316,53 @@ class WorkerHost:
         if done is not None:
             log.info("online evaluation schedule: %s", done)
 
+    async def report_deployment_routing(self, *, within: float = 15.0) -> str | None:
+        """Log where the Worker Deployment routes new runs relative to this build (and return
+        the line): what a long-running versioned worker says at start, since a deployment
+        whose current version was never set sends new runs to unversioned workers, and with
+        none they wait — the first build needs ``stead deploy promote``. None: not versioned,
+        or the deployment could not be read (logged)."""
+        from stead.deployments import DeploymentStatus, describe_deployment
+        from stead.errors import DeploymentNotFound, SteadError
+
+        t = self.settings.temporal
+        if t.deployment_name is None:
+            return None
+        assert self.client is not None, "start() first"
+        me = f"{t.deployment_name}.{t.build_id}"
+        deadline = asyncio.get_running_loop().time() + within
+        status: DeploymentStatus | None = None
+        while status is None or status.version(t.build_id) is None:
+            if asyncio.get_running_loop().time() > deadline:
+                log.warning("Worker Deployment version %s is not registered with Temporal "
+                            "after %.0f s of polling (`stead deploy status`)", me, within)
+                return None
+            try:
+                status = await describe_deployment(self.client, t.deployment_name,
+                                                   pollers=False)
+            except DeploymentNotFound:
+                status = None  # the first poll has not registered it yet
+            except (SteadError, RPCError) as e:
+                log.warning("could not read Worker Deployment %s: %s", t.deployment_name, e)
+                return None
+            await asyncio.sleep(0.5)
+        promote = f"`stead deploy promote {t.build_id}`"
+        if status.current_build_id == t.build_id:
+            line, level = f"{me} is the current version: it takes new runs", logging.INFO
+        elif status.ramping_build_id == t.build_id:
+            line, level = (f"{me} is ramping: it takes {status.ramping_percent:g}% of new "
+                           f"runs ({promote} for all)"), logging.INFO
+        elif status.current_build_id is None:
+            line, level = (f"Worker Deployment {t.deployment_name} has no current version: "
+                           f"new runs go to unversioned workers, or wait if none polls; make "
+                           f"this build current with {promote}"), logging.WARNING
+        else:
+            line, level = (f"{me} takes no new runs: the current version is "
+                           f"{status.current_build_id} ({promote} to move new runs here; runs "
+                           f"pinned to {t.build_id} run here)"), logging.INFO
+        log.log(level, "%s", line)
+        return line
+
     async def __aenter__(self) -> WorkerHost:
         await self.start()
         return self
@@ -336,5 +384,6 @@ async def run_until_signal(host: WorkerHost) -> None:
                  f" as {t.deployment_name}.{t.build_id} (Worker Deployment version)"
                  if t.versioned else "")
         await host.keep_evaluation_schedule()
+        await host.report_deployment_routing()
         await stop.wait()
         log.info("stopping: finishing in-flight activities")

@@ -10,22 +10,26 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import time
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from _cli import cli_env, stead
 from _waits import wait_pending
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import WorkflowHandle
 
 from stead.agents.ops import OpsWorld, ops_agent
 from stead.authoring.agent import AgentCatalog
 from stead.client import connect, start_run
 from stead.contracts.models import ApprovalDecision, RunRequest, RunResult
-from stead.deployments import describe_deployment, set_current, set_ramping, wait_drained
+from stead.deployments import (
+    describe_deployment,
+    set_current,
+    set_ramping,
+    wait_drained,
+    wait_version,
+)
 from stead.errors import DeploymentNotFound, SettingsError
 from stead.settings import Settings, load_settings
 from stead.worker import WorkerHost
@@ -46,24 +50,7 @@ def versioned(settings: Settings, build_id: str) -> Settings:
                             build_id=build_id, auto_upgrade_agents=["ops-auto"])
 
 
-async def until(check: Callable[[], Awaitable[bool]], *, within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} within {within:.0f}s")
-        await asyncio.sleep(0.1)
-
-
-async def has_version(client: Client, name: str, build_id: str) -> bool:
-    """The deployment knows ``build_id`` (its worker has polled once)."""
-    try:
-        return (await describe_deployment(client, name, pollers=False)).version(
-            build_id) is not None
-    except DeploymentNotFound:
-        return False
-
-
-async def ran_on(h: Handle) -> tuple[str, list[str]]:
+async def ran_on(h: WorkflowHandle[Any, Any]) -> tuple[str, list[str]]:
     """The build the run's versioning info names, and the build of each completed workflow
     task of its history, in order."""
     d = await h.describe()
@@ -123,7 +110,7 @@ async def test_pinned_runs_finish_on_their_build_new_runs_go_to_the_promoted_one
     client = await connect(sa)
     cat = catalog(world)
     async with WorkerHost(sa, cat), WorkerHost(sb, cat) as host_b:
-        await until(lambda: has_version(client, name, "build-a"), within=30, what="build A")
+        await wait_version(client, name, "build-a", timeout=30)
         await set_current(client, name, "build-a")
         pinned = await start_run(client, RunRequest(agent="ops", input=WAITS),
                                  temporal=sa.temporal)
@@ -133,7 +120,7 @@ async def test_pinned_runs_finish_on_their_build_new_runs_go_to_the_promoted_one
         await wait_pending(auto)
         assert (await ran_on(pinned))[0] == (await ran_on(auto))[0] == "build-a"
 
-        await until(lambda: has_version(client, name, "build-b"), within=30, what="build B")
+        await wait_version(client, name, "build-b", timeout=30)
         status = await set_current(client, name, "build-b")
         assert status.current_build_id == "build-b" and status.routing_settled
         fresh = await start_run(client, RunRequest(agent="ops", input=QUICK),
@@ -167,9 +154,11 @@ async def test_stead_deploy_status_ramp_and_promote(settings: Settings, world: O
     env = cli_env(settings, STEAD_DEPLOYMENT_NAME=name)
     client = await connect(sa)
     cat = catalog(world)
-    async with WorkerHost(sa, cat), WorkerHost(sb, cat):
-        await until(lambda: has_version(client, name, "build-a"), within=30, what="build A")
-        await until(lambda: has_version(client, name, "build-b"), within=30, what="build B")
+    async with WorkerHost(sa, cat) as host_a, WorkerHost(sb, cat) as host_b:
+        said = await host_a.report_deployment_routing()
+        assert said is not None and "has no current version" in said
+        assert "`stead deploy promote build-a`" in said
+        await wait_version(client, name, "build-b", timeout=30)
 
         done = await stead("deploy", "promote", "build-a", "--json", env=env)
         assert done.code == 0, done.err
@@ -190,8 +179,15 @@ async def test_stead_deploy_status_ramp_and_promote(settings: Settings, world: O
         assert by_build["build-a"]["pollers"] >= 1 and by_build["build-b"]["pollers"] >= 1
         assert report["task_queues"] == [settings.temporal.task_queue]
 
+        said = await host_b.report_deployment_routing()
+        assert said is not None and "is ramping: it takes 25% of new runs" in said
+        said = await host_a.report_deployment_routing()
+        assert said is not None and "build-a is the current version" in said
+
         done = await stead("deploy", "promote", "build-b", env=env)
         assert done.code == 0, done.err
+        said = await host_a.report_deployment_routing()
+        assert said is not None and "takes no new runs: the current version is build-b" in said
         assert "build-b is current" in done.out
         status = await describe_deployment(client, name)
         assert (status.current_build_id, status.ramping_build_id) == ("build-b", None)
@@ -207,3 +203,74 @@ async def test_stead_deploy_status_ramp_and_promote(settings: Settings, world: O
 
     with pytest.raises(DeploymentNotFound, match="has no version 'build-z'"):
         await set_ramping(client, name, "build-z", 10)
+
+
+async def test_every_starter_marks_auto_upgrade_agents_and_leaves_the_rest_pinned(
+        settings: Settings) -> None:
+    """``start_run`` and ``start_conversation`` give an auto-upgrade agent's run Temporal's
+    override at start (read back from the server, no worker needed), pinned agents none, and
+    nothing at all without a deployment name."""
+    from stead.conversation import ConversationStart, start_conversation
+
+    sa = versioned(settings, "build-a")
+    client = await connect(sa)
+    starts = {
+        "run ops-auto": await start_run(client, RunRequest(agent="ops-auto", input=QUICK),
+                                        temporal=sa.temporal),
+        "run ops": await start_run(client, RunRequest(agent="ops", input=QUICK),
+                                   temporal=sa.temporal),
+        "chat ops-auto": await start_conversation(client, ConversationStart(agent="ops-auto"),
+                                                  temporal=sa.temporal),
+        "unversioned ops-auto": await start_run(
+            client, RunRequest(agent="ops-auto", input=QUICK),
+            temporal=settings.replace(auto_upgrade_agents=["ops-auto"]).temporal),
+    }
+    seen = {}
+    for what, h in starts.items():
+        d = await h.describe()
+        seen[what] = d.raw_description.workflow_execution_info.versioning_info.\
+            versioning_override.auto_upgrade
+        await h.terminate(reason="test over")
+    assert seen == {"run ops-auto": True, "run ops": False, "chat ops-auto": True,
+                    "unversioned ops-auto": False}
+
+
+async def test_conversation_turns_follow_their_conversation_across_a_promotion(
+        settings: Settings, world: OpsWorld) -> None:
+    """A turn is a child workflow on the same task queue: a pinned conversation's turns stay
+    on its build after B is promoted, continue-as-new included; an auto-upgrade conversation
+    moves to B with its turns."""
+    from stead.conversation import ConversationStart, say, start_conversation
+
+    sa, sb = versioned(settings, "build-a"), versioned(settings, "build-b")
+    name = sa.temporal.deployment_name
+    assert name is not None
+    client = await connect(sa)
+    cat = catalog(world)
+    async with WorkerHost(sa, cat), WorkerHost(sb, cat):
+        await wait_version(client, name, "build-a", timeout=30)
+        await wait_version(client, name, "build-b", timeout=30)
+        await set_current(client, name, "build-a")
+        # A short history: the conversations continue-as-new after a turn or two.
+        chats = {agent: await start_conversation(client, ConversationStart(
+                     agent=agent, max_history_events=20), temporal=sa.temporal)
+                 for agent in ("ops", "ops-auto")}
+        first = {a: await asyncio.wait_for(say(h, QUICK), 60) for a, h in chats.items()}
+        await set_current(client, name, "build-b")
+        second = {a: await asyncio.wait_for(say(h, QUICK), 60) for a, h in chats.items()}
+        for h in chats.values():
+            await asyncio.wait_for(say(h, QUICK), 60)
+        builds: dict[str, object] = {}
+        for agent, h in chats.items():
+            builds[agent] = [
+                (await ran_on(client.get_workflow_handle(t[agent].run_id)))[0]
+                for t in (first, second)]
+            builds[f"{agent} chat"] = (await ran_on(h))[0]  # its latest run
+            runs = [w.run_id async for w in client.list_workflows(f"WorkflowId = '{h.id}'")]
+            builds[f"{agent} runs"] = len(runs) > 1
+            await h.terminate(reason="test over")
+    assert [t.status for t in (*first.values(), *second.values())] == ["completed"] * 4
+    # Both continued-as-new; the pinned one's new run stayed on A.
+    assert builds == {"ops": ["build-a", "build-a"], "ops chat": "build-a", "ops runs": True,
+                      "ops-auto": ["build-a", "build-b"], "ops-auto chat": "build-b",
+                      "ops-auto runs": True}

@@ -29,6 +29,7 @@ async def serve(settings: Settings, console: Console) -> None:
                 ApiServer(create_app(resolved, client=host.client), host=resolved.api.host,
                           port=resolved.api.port) as api:
             await host.keep_evaluation_schedule()
+            await host.report_deployment_routing()
             table = Table(title="stead is up", show_header=False)
             table.add_row("Temporal", resolved.temporal.address or "")
             table.add_row("Web UI", stack.ui_url or "(external server: see its own UI)")
