@@ -11,6 +11,7 @@ released when it failed; a call that would pass a window's cap is refused, non-r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -156,9 +157,13 @@ class ModelActivities:
                                publisher)
             raise
         except BaseException:
-            # Cancelled: the next attempt restarts the message, and goes on with this call's
-            # reservation (held, not reserved twice) or finds it expired.
+            # Cancelled: the next attempt restarts the message. The reservation goes (a run
+            # cancelled must not hold its tenant's money for the TTL); a retry reserves again.
+            # Best effort and brief: a reservation left behind only expires.
             await publisher.cancel()
+            if spend is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(spend.release(), timeout=5)
             raise
         if spend is not None:
             await spend.settle(turn.usage)  # billed, even if the answer is refused below

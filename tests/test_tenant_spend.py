@@ -30,7 +30,7 @@ from stead.integrations.llm import ScriptedModel, call
 from stead.settings import Settings
 from stead.stack.embedded import EmbeddedStack
 from stead.storage.ledger import Ledger, SpendKey
-from stead.testing.openai_server import FakeOpenAIServer
+from stead.testing.openai_server import FakeOpenAIServer, Fault
 from stead.worker import WorkerHost
 
 TTL = 900.0
@@ -338,22 +338,35 @@ async def test_a_tenant_over_its_day_window_is_refused_before_the_model_is_calle
               if r.window == "day"]
     assert (day.spent_usd, day.reserved_usd, day.cap_usd) == (0.0, 0.0, 0.001)
 
+    # The rich tenant's first call fails once (a 500): released, then reserved again by the
+    # retry and settled once, at what the server reported.
+    srv.inject(Fault("server_error"))
     wid, rich = await _run(host, s, names["rich"])
     assert (rich.status, rich.answer) == ("completed", "the tool said hello")
     trail = await ledger.trail(wid)
     price = Price(input_usd_per_mtok=0.15, output_usd_per_mtok=0.60)
     cost = sum(price.cost(m.input_tokens, m.output_tokens)
                for m in trail.model_calls)
-    assert cost > 0 and len(trail.model_calls) == 2
+    assert [(m.step, m.attempt, m.status) for m in trail.model_calls] == [
+        (1, 1, "error"), (1, 2, "ok"), (3, 1, "ok")]
+    assert cost == pytest.approx(price.cost(2500, 49))
+    held = await ledger.pool.fetch(
+        "select step, state, attempt, settled_attempts, settled_usd::float8 as usd"
+        " from stead_spend_reservations where workflow_id=$1 order by step", wid)
+    assert [(r["step"], r["state"], r["attempt"], r["settled_attempts"]) for r in held] == [
+        (1, "settled", 2, [2]), (3, "settled", 1, [1])]
+    assert sum(r["usd"] for r in held) == pytest.approx(cost)
     usage = {r.window: r for r in await ledger.spend_usage(s.tenants.quotas,
                                                            tenant=names["rich"])}
     assert usage["day"].spent_usd == pytest.approx(cost)
     assert usage["month"].spent_usd == pytest.approx(cost)
     assert usage["day"].reserved_usd == 0 and usage["month"].cap_usd == 50.0
 
+    # A tenant without a quota: not a single reservation (no round trip on its hot path).
     _, free = await _run(host, s, names["free"])
     assert free.status == "completed"
-    assert all(r.spent_usd == 0 for r in await ledger.spend_usage({}, tenant=names["free"]))
+    assert await ledger.pool.fetchval(
+        "select count(*) from stead_spend_reservations where tenant=$1", names["free"]) == 0
 
     got = _counters(reader)
     refusals = got["stead.tenant.budget_refusals"]
