@@ -445,3 +445,46 @@ async def test_get_budget_shows_only_the_tokens_tenant_to_auditors(
         assert (await c.get("/v1/budget")).status_code == 401
         assert "/v1/budget" in (await c.get("/openapi.json")).json()["paths"]
     await app.state.backend.close()
+
+
+async def test_two_workers_running_one_tenants_runs_at_once_keep_its_cap(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch, ledger: Ledger) -> None:
+    """20 runs of one tenant at once on two workers (two pools) against a day cap that holds
+    about four calls' estimates, with slow streamed answers so that calls overlap: some runs
+    complete, some are refused; the window's spent never passes the cap (calls cost less than
+    their estimates here, so nothing may), nothing stays reserved, and what was settled is
+    exactly what the ledger's model calls cost."""
+    monkeypatch.setenv(KEY_VAR, KEY)
+    tenant, cap = _tenant(), 0.01
+    s = settings.replace(tenant_quotas={tenant: {"usd_per_day": cap}})
+    async with FakeOpenAIServer.from_model(ScriptedModel(list(SCRIPT)), api_key=KEY,
+                                           chunk_delay=0.05) as srv:
+        ep = ModelEndpoint.model_validate({"model": "gpt-4o-mini", "base_url": srv.base_url,
+                                           "api_key_env": KEY_VAR})
+
+        def catalog() -> AgentCatalog:
+            return AgentCatalog([Agent(name="spender", instructions="Use echo, then answer.",
+                                       tools=[echo], models=[ep],
+                                       offline_model=ScriptedModel([ModelTurn(content="x")]))])
+        async with WorkerHost(s, catalog()) as one, WorkerHost(s, catalog()):
+            assert one.client is not None
+            handles = [await start_run(one.client, RunRequest(
+                agent="spender", input=f"say hello {i}", tenant=tenant), temporal=s.temporal)
+                for i in range(20)]
+            results = await asyncio.wait_for(
+                asyncio.gather(*(h.result() for h in handles)), timeout=180)
+    statuses = [r.status for r in results]
+    assert "completed" in statuses and "failed" in statuses
+    for r in results:
+        if r.status == "failed":
+            assert f"tenant {tenant!r} is over its day spending window" in (r.error or "")
+    (day,) = [w for w in await ledger.spend_usage(s.tenants.quotas, tenant=tenant)
+              if w.window == "day"]
+    assert day.reserved_usd == 0
+    assert 0 < day.spent_usd <= cap
+    price = Price(input_usd_per_mtok=0.15, output_usd_per_mtok=0.60)
+    cost = 0.0
+    for h in handles:
+        trail = await ledger.trail(h.id)
+        cost += sum(price.cost(m.input_tokens, m.output_tokens) for m in trail.model_calls)
+    assert day.spent_usd == pytest.approx(cost)
