@@ -224,7 +224,7 @@ class ModelActivities:
             self._metrics.tenant_budget_refusal(tenant=req.ref.tenant, window=got.window)
             raise ApplicationError(_refusal(req.ref.tenant, got, usd),
                                    type=errors.TENANT_BUDGET_EXCEEDED, non_retryable=True)
-        return _Spend(self._ledger, self._metrics, key, req.ref.tenant, attempt, price)
+        return _Spend(self._ledger, self._metrics, key, req.ref.tenant, attempt, price, usd)
 
     def _price(self, req: ModelRequest, client: ModelClient) -> Price | None:
         """What the called model costs: the run's pinned price, else the chain model's, else
@@ -310,13 +310,17 @@ class _Spend:
     """One call's live reservation: settled to the reported usage, or released."""
 
     def __init__(self, ledger: Ledger, metrics: SteadMetrics, key: SpendKey, tenant: str,
-                 attempt: int, price: Price | None) -> None:
+                 attempt: int, price: Price | None, estimate_usd: float) -> None:
         self._ledger, self._metrics = ledger, metrics
         self._key, self._tenant, self._attempt, self._price = key, tenant, attempt, price
+        self._estimate = estimate_usd
 
     async def settle(self, usage: Usage) -> None:
-        """The call answered: what it reported using, at the call's price, is spent."""
-        usd = settle(usage, self._price).usd
+        """The call answered: what it reported using, at the call's price, is spent. A server
+        that reported no usage at all is charged the estimate: it said nothing, and a window
+        must not read cheaper than it was."""
+        reported = usage.input_tokens or usage.output_tokens
+        usd = settle(usage, self._price).usd if reported else self._estimate
         await self._ledger.settle_spend(self._key, usd=usd, attempt=self._attempt,
                                         on_wait=activity.heartbeat)
         self._metrics.tenant_spend(tenant=self._tenant, usd=usd)

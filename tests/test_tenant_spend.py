@@ -8,7 +8,7 @@ import asyncio
 import json
 import random
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timedelta
 
 import asyncpg
@@ -18,13 +18,27 @@ from _cli import cli_env, stead
 from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from pydantic import BaseModel, ConfigDict, SecretStr
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
 
+from stead import errors
+from stead.activities.model import ModelActivities
 from stead.api import Role, create_app, issue_token
 from stead.authoring.agent import Agent, AgentCatalog
 from stead.authoring.tools import ToolContext, tool
 from stead.client import start_run
-from stead.contracts.budget import Price
-from stead.contracts.models import ModelEndpoint, ModelTurn, RunRequest, RunResult, Usage
+from stead.contracts.budget import Price, Spend
+from stead.contracts.models import (
+    Message,
+    ModelEndpoint,
+    ModelRequest,
+    ModelTurn,
+    RunRef,
+    RunRequest,
+    RunResult,
+    ToolSchema,
+    Usage,
+)
 from stead.contracts.quota import TenantQuota
 from stead.integrations.llm import ScriptedModel, call
 from stead.settings import Settings
@@ -488,3 +502,46 @@ async def test_two_workers_running_one_tenants_runs_at_once_keep_its_cap(
         trail = await ledger.trail(h.id)
         cost += sum(price.cost(m.input_tokens, m.output_tokens) for m in trail.model_calls)
     assert day.spent_usd == pytest.approx(cost)
+
+
+# ------------------------------------------------------------------ the activity alone
+
+
+async def test_the_activity_reserves_the_workflows_estimate_and_charges_it_without_usage(
+        ledger: Ledger, catalog: AgentCatalog) -> None:
+    """A request carrying its price and estimate (as the workflow sets them) reserves exactly
+    that estimate; a server that reports no usage is charged the estimate, not nothing; a
+    request over the cap is refused before the model is asked, its message naming the tenant,
+    the window, the figures and the reset."""
+    tenant = _tenant()
+    asked: list[int] = []
+
+    class Counting(ScriptedModel):
+        async def complete(self, messages: Sequence[Message],
+                           tools: Sequence[ToolSchema]) -> ModelTurn:
+            asked.append(1)
+            return await super().complete(messages, tools)
+    acts = ModelActivities(catalog, ledger, model=Counting([ModelTurn(content="hi")] * 3),
+                           quotas={tenant: TenantQuota(usd_per_month=0.05)}, stream=False)
+    price = Price(input_usd_per_mtok=1.0, output_usd_per_mtok=2.0)
+
+    def request(step: int, usd: float) -> ModelRequest:
+        return ModelRequest(ref=RunRef(workflow_id=f"wf-{tenant}", run_id="r1", agent="ops",
+                                       tenant=tenant, step=step),
+                            messages=[Message(role="user", content="hello")], tools=[],
+                            price=price, estimate=Spend(usd=usd, model_calls=1))
+    turn = await ActivityEnvironment().run(acts.complete, request(1, 0.03))
+    assert turn.content == "hi" and asked == [1]
+    (row,) = await ledger.pool.fetch(
+        "select usd::float8 as usd, state, settled_usd::float8 as settled"
+        " from stead_spend_reservations where tenant=$1", tenant)
+    assert (row["usd"], row["state"], row["settled"]) == (0.03, "settled", 0.03)
+    with pytest.raises(ApplicationError) as refused:
+        await ActivityEnvironment().run(acts.complete, request(2, 0.025))
+    assert asked == [1]  # refused before the model was asked
+    err = refused.value
+    assert (err.type, err.non_retryable) == (errors.TENANT_BUDGET_EXCEEDED, True)
+    assert f"tenant {tenant!r} is over its month spending window" in err.message
+    assert "$0.0300 spent and $0.0000 reserved" in err.message
+    assert "$0.0500 cap" in err.message and "estimated at $0.0250" in err.message
+    assert "resets at " in err.message and "-01 00:00 UTC" in err.message
