@@ -10,11 +10,14 @@ import random
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import asyncpg
 import httpx
 import pytest
 from _cli import cli_env, stead
+from _procs import WorkerProcess, worker_env
+from _spend_worker import SPEND_WORKER_SCRIPT, spender_agent
 from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from pydantic import BaseModel, ConfigDict, SecretStr
@@ -26,7 +29,7 @@ from stead.activities.model import ModelActivities
 from stead.api import Role, create_app, issue_token
 from stead.authoring.agent import Agent, AgentCatalog
 from stead.authoring.tools import ToolContext, tool
-from stead.client import start_run
+from stead.client import connect, start_run
 from stead.contracts.budget import Price, Spend
 from stead.contracts.models import (
     Message,
@@ -549,3 +552,52 @@ async def test_the_activity_reserves_the_workflows_estimate_and_charges_it_witho
     assert "$0.0300 spent and $0.0000 reserved" in err.message
     assert "$0.0500 cap" in err.message and "estimated at $0.0250" in err.message
     assert "resets at " in err.message and "-01 00:00 UTC" in err.message
+
+
+async def test_a_worker_killed_mid_call_leaves_one_reservation_that_its_retry_settles(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch, ledger: Ledger,
+        tmp_path: Path) -> None:
+    """SIGKILL the worker while its model call (reserved) waits for the model: the reservation
+    stays live (nobody released it), the retry on another worker goes on with it instead of
+    reserving again, and settles it once at what the answered call cost."""
+    monkeypatch.setenv(KEY_VAR, KEY)
+    tenant = _tenant()
+    quotas = json.dumps({tenant: {"usd_per_day": 1.0}})
+    s = settings.replace(tenant_quotas={tenant: {"usd_per_day": 1.0}},
+                         model_timeout_seconds=4.0)
+    answer = [ModelTurn(content="done", usage=Usage(input_tokens=1000, output_tokens=20))]
+    async with FakeOpenAIServer.from_model(ScriptedModel(answer * 2), api_key=KEY) as srv:
+        srv.inject(Fault("timeout", delay=30))  # the first call hangs past its 4 s
+        env = worker_env(s, tmp_path / "data", STEAD_TENANT_QUOTAS=quotas,
+                         STEAD_MODEL_TIMEOUT_SECONDS="4", SPEND_BASE_URL=srv.base_url,
+                         **{KEY_VAR: KEY})
+        proc = WorkerProcess(SPEND_WORKER_SCRIPT, env, tmp_path / "worker.log").start()
+        try:
+            client = await connect(s)
+            handle = await start_run(client, RunRequest(agent="spender", input="hi",
+                                                        tenant=tenant), temporal=s.temporal)
+            for _ in range(300):
+                held = await ledger.pool.fetch(
+                    "select state, attempt from stead_spend_reservations where workflow_id=$1",
+                    handle.id)
+                if held:
+                    break
+                await asyncio.sleep(0.1)
+            assert [(r["state"], r["attempt"]) for r in held] == [("reserved", 1)], \
+                proc.output()
+            proc.kill()
+        finally:
+            proc.stop()
+        async with WorkerHost(s, AgentCatalog([spender_agent(srv.base_url)])):
+            r = await asyncio.wait_for(handle.result(), timeout=90)
+    assert (r.status, r.answer) == ("completed", "done")
+    rows = await ledger.pool.fetch(
+        "select step, state, attempt, settled_attempts, settled_usd::float8 as usd"
+        " from stead_spend_reservations where workflow_id=$1", handle.id)
+    cost = Price(input_usd_per_mtok=0.15, output_usd_per_mtok=0.60).cost(1000, 20)
+    assert [(x["state"], x["attempt"], x["settled_attempts"]) for x in rows] == [
+        ("settled", 2, [2])]
+    assert rows[0]["usd"] == pytest.approx(cost)
+    (day,) = [w for w in await ledger.spend_usage(s.tenants.quotas, tenant=tenant)
+              if w.window == "day"]
+    assert (day.spent_usd, day.reserved_usd) == (pytest.approx(cost), 0.0)
