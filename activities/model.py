@@ -11,7 +11,6 @@ released when it failed; a call that would pass a window's cap is refused, non-r
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -142,28 +141,26 @@ class ModelActivities:
                     write_turn(publisher, turn, model=client.name)
                 chat.response(turn)
         except ModelCallError as err:
-            if spend is not None:
-                await spend.release()
             # A provider's message may quote a key; the cause would carry it into history.
             message = self._ledger.redactor.text(str(err))
             await self._failed(req, info.attempt, client.name, started, err, message, publisher)
+            if spend is not None:
+                await spend.release()
             raise ApplicationError(message, type=err.kind, non_retryable=not err.retryable,
                                    next_retry_delay=err.retry_after) from None
         except Exception as err:
-            if spend is not None:
-                await spend.release()
             await self._failed(req, info.attempt, client.name, started, err,
                                self._ledger.redactor.text(f"{type(err).__name__}: {err}"),
                                publisher)
+            if spend is not None:
+                await spend.release()
             raise
         except BaseException:
             # Cancelled: the next attempt restarts the message. The reservation goes (a run
             # cancelled must not hold its tenant's money for the TTL); a retry reserves again.
-            # Best effort and brief: a reservation left behind only expires.
             await publisher.cancel()
             if spend is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(spend.release(), timeout=5)
+                await spend.release(timeout=5)
             raise
         if spend is not None:
             await spend.settle(turn.usage)  # billed, even if the answer is refused below
@@ -325,10 +322,16 @@ class _Spend:
                                         on_wait=activity.heartbeat)
         self._metrics.tenant_spend(tenant=self._tenant, usd=usd)
 
-    async def release(self) -> None:
-        """The call failed: its estimate stops counting (the retry reserves again)."""
-        await self._ledger.release_spend(self._key, attempt=self._attempt,
-                                         on_wait=activity.heartbeat)
+    async def release(self, *, timeout: float | None = None) -> None:
+        """The call failed: its estimate stops counting (the retry reserves again). Never
+        raises, so the call's own error is what the workflow hears: a reservation that could
+        not be released holds its money only until it expires."""
+        try:
+            await asyncio.wait_for(self._ledger.release_spend(
+                self._key, attempt=self._attempt, on_wait=activity.heartbeat), timeout)
+        except Exception as err:
+            log.warning("reservation of %s not released (it holds until it expires): %s",
+                        self._key, err)
 
 
 def _refusal(tenant: str, got: Reservation, usd: float) -> str:
