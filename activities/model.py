@@ -141,24 +141,26 @@ class ModelActivities:
                     write_turn(publisher, turn, model=client.name)
                 chat.response(turn)
         except ModelCallError as err:
-            if spend is not None:
-                await spend.release()
             # A provider's message may quote a key; the cause would carry it into history.
             message = self._ledger.redactor.text(str(err))
             await self._failed(req, info.attempt, client.name, started, err, message, publisher)
+            if spend is not None:
+                await spend.release()
             raise ApplicationError(message, type=err.kind, non_retryable=not err.retryable,
                                    next_retry_delay=err.retry_after) from None
         except Exception as err:
-            if spend is not None:
-                await spend.release()
             await self._failed(req, info.attempt, client.name, started, err,
                                self._ledger.redactor.text(f"{type(err).__name__}: {err}"),
                                publisher)
+            if spend is not None:
+                await spend.release()
             raise
         except BaseException:
-            # Cancelled: the next attempt restarts the message, and goes on with this call's
-            # reservation (held, not reserved twice) or finds it expired.
+            # Cancelled: the next attempt restarts the message. The reservation goes (a run
+            # cancelled must not hold its tenant's money for the TTL); a retry reserves again.
             await publisher.cancel()
+            if spend is not None:
+                await spend.release(timeout=5)
             raise
         if spend is not None:
             await spend.settle(turn.usage)  # billed, even if the answer is refused below
@@ -219,7 +221,7 @@ class ModelActivities:
             self._metrics.tenant_budget_refusal(tenant=req.ref.tenant, window=got.window)
             raise ApplicationError(_refusal(req.ref.tenant, got, usd),
                                    type=errors.TENANT_BUDGET_EXCEEDED, non_retryable=True)
-        return _Spend(self._ledger, self._metrics, key, req.ref.tenant, attempt, price)
+        return _Spend(self._ledger, self._metrics, key, req.ref.tenant, attempt, price, usd)
 
     def _price(self, req: ModelRequest, client: ModelClient) -> Price | None:
         """What the called model costs: the run's pinned price, else the chain model's, else
@@ -305,21 +307,31 @@ class _Spend:
     """One call's live reservation: settled to the reported usage, or released."""
 
     def __init__(self, ledger: Ledger, metrics: SteadMetrics, key: SpendKey, tenant: str,
-                 attempt: int, price: Price | None) -> None:
+                 attempt: int, price: Price | None, estimate_usd: float) -> None:
         self._ledger, self._metrics = ledger, metrics
         self._key, self._tenant, self._attempt, self._price = key, tenant, attempt, price
+        self._estimate = estimate_usd
 
     async def settle(self, usage: Usage) -> None:
-        """The call answered: what it reported using, at the call's price, is spent."""
-        usd = settle(usage, self._price).usd
+        """The call answered: what it reported using, at the call's price, is spent. A server
+        that reported no usage at all is charged the estimate: it said nothing, and a window
+        must not read cheaper than it was."""
+        reported = usage.input_tokens or usage.output_tokens
+        usd = settle(usage, self._price).usd if reported else self._estimate
         await self._ledger.settle_spend(self._key, usd=usd, attempt=self._attempt,
                                         on_wait=activity.heartbeat)
         self._metrics.tenant_spend(tenant=self._tenant, usd=usd)
 
-    async def release(self) -> None:
-        """The call failed: its estimate stops counting (the retry reserves again)."""
-        await self._ledger.release_spend(self._key, attempt=self._attempt,
-                                         on_wait=activity.heartbeat)
+    async def release(self, *, timeout: float | None = None) -> None:
+        """The call failed: its estimate stops counting (the retry reserves again). Never
+        raises, so the call's own error is what the workflow hears: a reservation that could
+        not be released holds its money only until it expires."""
+        try:
+            await asyncio.wait_for(self._ledger.release_spend(
+                self._key, attempt=self._attempt, on_wait=activity.heartbeat), timeout)
+        except Exception as err:
+            log.warning("reservation of %s not released (it holds until it expires): %s",
+                        self._key, err)
 
 
 def _refusal(tenant: str, got: Reservation, usd: float) -> str:

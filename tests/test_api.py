@@ -358,7 +358,7 @@ async def test_bad_tokens_are_401_and_missing_roles_403(http: httpx.AsyncClient)
     forbidden = [
         ("GET", "/v1/approvals", "requester"), ("POST", "/v1/runs/x/approvals/a1", "auditor"),
         ("POST", "/v1/runs", "approver"), ("GET", "/v1/runs/x/audit", "approver"),
-        ("GET", "/v1/metrics", "requester")]
+        ("GET", "/v1/metrics", "requester"), ("GET", "/v1/budget", "approver")]
     for method, path, role in forbidden:
         r = await http.request(method, path, headers=auth(t, role),
                                json={"agent": "ops", "input": "x", "approved": True})
@@ -463,7 +463,7 @@ async def test_the_openapi_document_describes_every_route_with_auth_and_errors(
         ("POST", "/v1/runs"), ("GET", "/v1/runs"), ("GET", "/v1/runs/{workflow_id}"),
         ("GET", "/v1/approvals"), ("POST", "/v1/runs/{workflow_id}/approvals/{approval_id}"),
         ("GET", "/v1/runs/{workflow_id}/audit"), ("GET", "/v1/metrics"),
-        ("GET", "/v1/events"), ("GET", "/v1/runs/{workflow_id}/events")}
+        ("GET", "/v1/events"), ("GET", "/v1/runs/{workflow_id}/events"), ("GET", "/v1/budget")}
     for key, op in ops.items():
         assert op["security"] == [{"HTTPBearer": []}], key
         for status in ("401", "422", "503"):

@@ -12,7 +12,8 @@ Three kinds of role touch the ledger database:
 ``stead_worker`` (created by migration ``0006_roles.sql``)
     A ``NOLOGIN`` group holding exactly what a worker and the CLI need — table by table, see
     that migration: read everything; append and update runs, tool calls and attempts, drift
-    checks; also delete memory items and retention rules (erasure, purge); append only to the
+    checks, tenant spending windows and reservations (0009); also delete memory items and
+    retention rules (erasure, purge); append only to the
     audit tables ``stead_decisions``, ``stead_model_calls`` and ``stead_memory_ops``, which a
     trigger also keeps append-only for every role but the owner.
 login roles (``DATABASE_URL``)

@@ -182,7 +182,7 @@ class LedgerSpend(LedgerBase):
         what a newer attempt goes on with). False: no live reservation was released."""
 
         async def op(c: asyncpg.Connection) -> bool:
-            status = await c.execute(_RELEASE, *key.args(), attempt)
+            status: str = await c.execute(_RELEASE, *key.args(), attempt)
             return status.rsplit(" ", 1)[-1] != "0"
         return await self._retrying(op, on_wait)
 
