@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+from _cli import cli_env, stead
 from pydantic import SecretStr
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 
@@ -295,3 +296,24 @@ async def test_the_api_answers_429_with_retry_after_and_shows_the_quota(
             model.open_all()
             assert (await queued.result()).status == "completed"
         await app.state.backend.close()
+
+
+async def test_stead_quota_shows_each_tenants_figures_and_caps(
+        settings: Settings, ledger: Ledger) -> None:
+    tenant, idle = _tenant(), _tenant()
+    quota = TenantQuota(runs_in_flight=1, starts_per_minute=5)
+    admissions = Admissions(ledger.pool)
+    for i in range(3):
+        ref = RunRef(workflow_id=f"{tenant}-{i}", run_id="r", agent="ops", tenant=tenant)
+        await admissions.admit(AdmitRun(ref=ref, first_run_id="r"), quota)
+    quotas = f'{{"{tenant}": {{"runs_in_flight": 1, "starts_per_minute": 5}}, ' \
+             f'"{idle}": {{"runs_in_flight": 3, "over_quota": "refuse"}}}}'
+    env = cli_env(settings, STEAD_TENANT_QUOTAS=quotas)
+    done = await stead("quota", "--json", "--tenant", tenant, env=env)
+    assert done.code == 0, done.err
+    (row,) = done.json()
+    assert (row["in_flight"], row["queued"], row["started_last_minute"]) == (1, 2, 1)
+    assert (row["runs_in_flight"], row["starts_per_minute"]) == (1, 5)
+    done = await stead("quota", env=env)
+    assert done.code == 0, done.err
+    assert tenant in done.out and idle in done.out and "refuse" in done.out

@@ -24,6 +24,7 @@ from stead.cli import (
     graph,
     memory,
     metrics,
+    quota,
     replay,
     runs,
     stuck,
@@ -91,7 +92,7 @@ def worker() -> None:
 # Each command group lives in a module of its own with a ``register(app)``; the order here
 # (after up, demo and worker) is the order of ``stead --help``.
 for _group in (runs, memory, suites, replay, counterfactual, metrics, grade, drift, db,
-               codec_server, stuck, api, chat, graph):
+               codec_server, stuck, api, chat, graph, quota):
     _group.register(app)
 
 
