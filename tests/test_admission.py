@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 from _cli import cli_env, stead
+from _graph_agents import Lab, Seen, child_agent, parent_agent
 from pydantic import SecretStr
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 
@@ -323,3 +324,23 @@ async def test_stead_quota_shows_each_tenants_figures_and_caps(
     done = await stead("quota", env=env)
     assert done.code == 0, done.err
     assert tenant in done.out and idle in done.out and "refuse" in done.out
+
+
+async def test_a_subagent_runs_in_its_parents_slot(settings: Settings, ledger: Ledger) -> None:
+    """runs_in_flight=1: the parent holds the slot; its sub-agent does not ask (it would
+    wait for its own parent forever), and the parent completes."""
+    tenant = _tenant()
+    settings = _quotas(settings, {tenant: {"runs_in_flight": 1}}, recheck=3600)
+    lab, seen = Lab(), Seen()
+    catalog = AgentCatalog([parent_agent(lab, seen), child_agent(lab)])
+    async with WorkerHost(settings, catalog) as host:
+        assert host.client is not None
+        h = await start_run(host.client, RunRequest(agent="parent", input="what colour is "
+                                                    "the sky", tenant=tenant),
+                            temporal=settings.temporal)
+        r = await asyncio.wait_for(h.result(), 60)
+    assert r.status == "completed", r
+    child = await ledger.trail(f"{h.id}/delegate-1")
+    assert not [d for d in child.decisions if d.kind == "admission"]
+    parent = await ledger.trail(h.id)
+    assert [d.decision for d in parent.decisions if d.kind == "admission"] == ["admit"]
