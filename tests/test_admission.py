@@ -21,6 +21,8 @@ import httpx
 import pytest
 from _cli import cli_env, stead
 from _graph_agents import Lab, Seen, child_agent, parent_agent
+from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from pydantic import SecretStr
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 
@@ -50,11 +52,21 @@ def _quotas(settings: Settings, quotas: dict[str, dict[str, Any]],
 
 
 @asynccontextmanager
-async def _worker(settings: Settings, catalog: AgentCatalog,
-                  model: GatedModel) -> AsyncIterator[Client]:
-    async with WorkerHost(settings, catalog, model=model) as host:
+async def _worker(settings: Settings, catalog: AgentCatalog, model: GatedModel,
+                  reader: InMemoryMetricReader | None = None) -> AsyncIterator[Client]:
+    provider = SdkMeterProvider(metric_readers=[reader]) if reader is not None else None
+    async with WorkerHost(settings, catalog, model=model, meter_provider=provider) as host:
         assert host.client is not None
         yield host.client
+
+
+def _points(reader: InMemoryMetricReader, name: str) -> dict[tuple[str, ...], float]:
+    """The metric's values by their attribute values (in attribute-name order)."""
+    data = reader.get_metrics_data()
+    assert data is not None
+    return {tuple(str(v) for _, v in sorted((p.attributes or {}).items())): float(p.value)
+            for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+            if m.name == name for p in m.data.data_points}  # type: ignore[union-attr]
 
 
 async def _start(client: Client, settings: Settings, tenant: str,
@@ -84,7 +96,8 @@ async def test_a_tenant_at_its_cap_queues_runs_and_starts_them_in_order_as_runs_
     tenant = _tenant()
     settings = _quotas(settings, {tenant: {"runs_in_flight": 2}}, recheck=3600)
     model = GatedModel()
-    async with _worker(settings, catalog, model) as client:
+    reader = InMemoryMetricReader()
+    async with _worker(settings, catalog, model, reader) as client:
         first = [await _start(client, settings, tenant, f"job-{i}") for i in (1, 2)]
         for i in (1, 2):
             await model.called(f"job-{i}")
@@ -93,6 +106,7 @@ async def test_a_tenant_at_its_cap_queues_runs_and_starts_them_in_order_as_runs_
         assert state.node == "queued"
         fourth = await _start(client, settings, tenant, "job-4")
         await _until_status(fourth, "queued")
+        assert _points(reader, "stead.admission.queued") == {(tenant,): 2}
         assert sorted(model.calls) == ["job-1", "job-2"]  # both admitted at once
 
         model.open("job-1")
@@ -105,6 +119,9 @@ async def test_a_tenant_at_its_cap_queues_runs_and_starts_them_in_order_as_runs_
         model.open_all()
         results = [await h.result() for h in (first[1], third, fourth)]
         history = await third.fetch_history()  # queued, signalled, admitted, released
+        assert _points(reader, "stead.admission.queued") == {(tenant,): 0}
+        assert _points(reader, "stead.admission.decisions") == {
+            (tenant, "admitted"): 4, (tenant, "queued"): 2}
     assert [r.status for r in results] == ["completed"] * 3
     trail = await ledger.trail(third.id)
     assert [d.decision for d in trail.decisions if d.kind == "admission"] == ["queue", "admit"]
@@ -184,7 +201,8 @@ async def test_a_refusing_tenant_over_quota_ends_the_run_refused_and_audited(
     tenant = _tenant()
     settings = _quotas(settings, {tenant: {"runs_in_flight": 1, "over_quota": "refuse"}})
     model = GatedModel()
-    async with _worker(settings, catalog, model) as client:
+    reader = InMemoryMetricReader()
+    async with _worker(settings, catalog, model, reader) as client:
         holder = await _start(client, settings, tenant, "holder")
         await model.called("holder")
         h = await _start(client, settings, tenant, "one too many")
@@ -192,6 +210,8 @@ async def test_a_refusing_tenant_over_quota_ends_the_run_refused_and_audited(
         model.open_all()
         assert (await holder.result()).status == "completed"
         history = await h.fetch_history()
+        assert _points(reader, "stead.admission.decisions") == {
+            (tenant, "admitted"): 1, (tenant, "refused"): 1}
     await production_replayer().replay_workflow(history)
     assert r.status == "refused" and r.route == "refuse:quota" and r.steps == 0
     assert r.answer is not None and "1 runs in flight" in r.answer
