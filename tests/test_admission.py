@@ -364,3 +364,21 @@ async def test_a_subagent_runs_in_its_parents_slot(settings: Settings, ledger: L
     assert not [d for d in child.decisions if d.kind == "admission"]
     parent = await ledger.trail(h.id)
     assert [d.decision for d in parent.decisions if d.kind == "admission"] == ["admit"]
+
+
+async def test_a_terminated_run_that_held_a_slot_is_found_and_its_slot_freed(
+        settings: Settings, catalog: AgentCatalog) -> None:
+    """Termination skips the run's own release; the head of the queue, after a re-check,
+    finds the closed run holding the slot and takes it."""
+    tenant = _tenant()
+    settings = _quotas(settings, {tenant: {"runs_in_flight": 1}}, recheck=0.5)
+    model = GatedModel()
+    async with _worker(settings, catalog, model) as client:
+        holder = await _start(client, settings, tenant, "holder")
+        await model.called("holder")
+        queued = await _start(client, settings, tenant, "next")
+        await _until_status(queued, "queued")
+        await holder.terminate("an operator's mistake")
+        await model.called("next")
+        model.open_all()
+        assert (await queued.result()).status == "completed"
