@@ -313,6 +313,12 @@ async def test_the_api_answers_429_with_retry_after_and_shows_the_quota(
             await _until_status(queued, "queued")
             run = await http.get(f"/v1/runs/{queued.id}", headers=_auth(queueing))
             assert run.json()["status"] == "queued", run.text
+            async with asyncio.timeout(20):  # visibility catches up in its own time
+                while True:
+                    listed = await http.get("/v1/runs?status=queued", headers=_auth(queueing))
+                    if [r["workflow_id"] for r in listed.json()] == [queued.id]:
+                        break
+                    await asyncio.sleep(0.1)
             r = await http.get("/v1/quota", headers=_auth(queueing))
             assert r.status_code == 200, r.text
             assert r.json() == {"tenant": queueing, "in_flight": 1, "queued": 1,
