@@ -12,7 +12,13 @@ from temporalio.exceptions import ApplicationError
 
 from stead import errors
 from stead.authoring.agent import AgentCatalog
-from stead.contracts.models import AgentPlan, DecisionBatch, FinishRun, StartRun
+from stead.contracts.models import (
+    SYNTHETIC_KEY,
+    AgentPlan,
+    DecisionBatch,
+    FinishRun,
+    StartRun,
+)
 from stead.contracts.quota import TenantQuota, quota_for
 from stead.integrations.mcp import McpTools
 from stead.integrations.model_endpoints import ModelEndpoints
@@ -75,6 +81,10 @@ class RunActivities:
                                        "admission": self._admission(start)})
 
     def _admission(self, start: StartRun) -> TenantQuota | None:
+        """The tenant's quota if the run must ask for admission. stead's own runs
+        (evaluations, counterfactual replays: ``SYNTHETIC_KEY``) take no tenant's slot."""
+        if SYNTHETIC_KEY in start.request.metadata:
+            return None
         quota = quota_for(self._quotas, start.request.tenant)
         return quota if quota is not None and quota.limits_admission else None
 

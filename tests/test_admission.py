@@ -19,6 +19,10 @@ from typing import Any
 
 import httpx
 import pytest
+from _cli import cli_env, stead
+from _graph_agents import Lab, Seen, child_agent, parent_agent
+from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from pydantic import SecretStr
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 
@@ -28,6 +32,7 @@ from stead.client import start_run
 from stead.contracts.admission import AdmitRun
 from stead.contracts.models import RunRef, RunRequest, RunResult, RunState
 from stead.contracts.quota import TenantQuota
+from stead.evals.replay import production_replayer
 from stead.settings import Settings
 from stead.storage.admission import Admissions
 from stead.storage.ledger import Ledger
@@ -47,11 +52,21 @@ def _quotas(settings: Settings, quotas: dict[str, dict[str, Any]],
 
 
 @asynccontextmanager
-async def _worker(settings: Settings, catalog: AgentCatalog,
-                  model: GatedModel) -> AsyncIterator[Client]:
-    async with WorkerHost(settings, catalog, model=model) as host:
+async def _worker(settings: Settings, catalog: AgentCatalog, model: GatedModel,
+                  reader: InMemoryMetricReader | None = None) -> AsyncIterator[Client]:
+    provider = SdkMeterProvider(metric_readers=[reader]) if reader is not None else None
+    async with WorkerHost(settings, catalog, model=model, meter_provider=provider) as host:
         assert host.client is not None
         yield host.client
+
+
+def _points(reader: InMemoryMetricReader, name: str) -> dict[tuple[str, ...], float]:
+    """The metric's values by their attribute values (in attribute-name order)."""
+    data = reader.get_metrics_data()
+    assert data is not None
+    return {tuple(str(v) for _, v in sorted((p.attributes or {}).items())): float(p.value)
+            for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+            if m.name == name for p in m.data.data_points}  # type: ignore[union-attr]
 
 
 async def _start(client: Client, settings: Settings, tenant: str,
@@ -81,7 +96,8 @@ async def test_a_tenant_at_its_cap_queues_runs_and_starts_them_in_order_as_runs_
     tenant = _tenant()
     settings = _quotas(settings, {tenant: {"runs_in_flight": 2}}, recheck=3600)
     model = GatedModel()
-    async with _worker(settings, catalog, model) as client:
+    reader = InMemoryMetricReader()
+    async with _worker(settings, catalog, model, reader) as client:
         first = [await _start(client, settings, tenant, f"job-{i}") for i in (1, 2)]
         for i in (1, 2):
             await model.called(f"job-{i}")
@@ -90,7 +106,8 @@ async def test_a_tenant_at_its_cap_queues_runs_and_starts_them_in_order_as_runs_
         assert state.node == "queued"
         fourth = await _start(client, settings, tenant, "job-4")
         await _until_status(fourth, "queued")
-        assert model.calls == ["job-1", "job-2"]
+        assert _points(reader, "stead.admission.queued") == {(tenant,): 2}
+        assert sorted(model.calls) == ["job-1", "job-2"]  # both admitted at once
 
         model.open("job-1")
         assert (await first[0].result()).status == "completed"
@@ -98,12 +115,17 @@ async def test_a_tenant_at_its_cap_queues_runs_and_starts_them_in_order_as_runs_
         assert (await _state(fourth)).status == "queued"
         model.open("job-2")
         await model.called("job-4")
-        assert model.calls == ["job-1", "job-2", "job-3", "job-4"]
+        assert model.calls[2:] == ["job-3", "job-4"]
         model.open_all()
         results = [await h.result() for h in (first[1], third, fourth)]
+        history = await third.fetch_history()  # queued, signalled, admitted, released
+        assert _points(reader, "stead.admission.queued") == {(tenant,): 0}
+        assert _points(reader, "stead.admission.decisions") == {
+            (tenant, "admitted"): 4, (tenant, "queued"): 2}
     assert [r.status for r in results] == ["completed"] * 3
     trail = await ledger.trail(third.id)
     assert [d.decision for d in trail.decisions if d.kind == "admission"] == ["queue", "admit"]
+    await production_replayer().replay_workflow(history)
     usage = await Admissions(ledger.pool).usage([tenant])
     assert usage[0].in_flight == 0 and usage[0].queued == 0
 
@@ -179,13 +201,18 @@ async def test_a_refusing_tenant_over_quota_ends_the_run_refused_and_audited(
     tenant = _tenant()
     settings = _quotas(settings, {tenant: {"runs_in_flight": 1, "over_quota": "refuse"}})
     model = GatedModel()
-    async with _worker(settings, catalog, model) as client:
+    reader = InMemoryMetricReader()
+    async with _worker(settings, catalog, model, reader) as client:
         holder = await _start(client, settings, tenant, "holder")
         await model.called("holder")
         h = await _start(client, settings, tenant, "one too many")
         r = await h.result()
         model.open_all()
         assert (await holder.result()).status == "completed"
+        history = await h.fetch_history()
+        assert _points(reader, "stead.admission.decisions") == {
+            (tenant, "admitted"): 1, (tenant, "refused"): 1}
+    await production_replayer().replay_workflow(history)
     assert r.status == "refused" and r.route == "refuse:quota" and r.steps == 0
     assert r.answer is not None and "1 runs in flight" in r.answer
     assert "one too many" not in model.calls
@@ -233,6 +260,7 @@ async def test_a_queued_run_survives_a_worker_restart_and_a_cancelled_one_leaves
         await cancelled.cancel()
         with pytest.raises(WorkflowFailureError):
             await cancelled.result()
+        await production_replayer().replay_workflow(await cancelled.fetch_history())
         (usage,) = await Admissions(ledger.pool).usage([tenant])
         assert usage.queued == 1
         # The holder's model call is retried on the new worker; let it end.
@@ -285,6 +313,12 @@ async def test_the_api_answers_429_with_retry_after_and_shows_the_quota(
             await _until_status(queued, "queued")
             run = await http.get(f"/v1/runs/{queued.id}", headers=_auth(queueing))
             assert run.json()["status"] == "queued", run.text
+            async with asyncio.timeout(20):  # visibility catches up in its own time
+                while True:
+                    listed = await http.get("/v1/runs?status=queued", headers=_auth(queueing))
+                    if [r["workflow_id"] for r in listed.json()] == [queued.id]:
+                        break
+                    await asyncio.sleep(0.1)
             r = await http.get("/v1/quota", headers=_auth(queueing))
             assert r.status_code == 200, r.text
             assert r.json() == {"tenant": queueing, "in_flight": 1, "queued": 1,
@@ -295,3 +329,62 @@ async def test_the_api_answers_429_with_retry_after_and_shows_the_quota(
             model.open_all()
             assert (await queued.result()).status == "completed"
         await app.state.backend.close()
+
+
+async def test_stead_quota_shows_each_tenants_figures_and_caps(
+        settings: Settings, ledger: Ledger) -> None:
+    tenant, idle = _tenant(), _tenant()
+    quota = TenantQuota(runs_in_flight=1, starts_per_minute=5)
+    admissions = Admissions(ledger.pool)
+    for i in range(3):
+        ref = RunRef(workflow_id=f"{tenant}-{i}", run_id="r", agent="ops", tenant=tenant)
+        await admissions.admit(AdmitRun(ref=ref, first_run_id="r"), quota)
+    quotas = f'{{"{tenant}": {{"runs_in_flight": 1, "starts_per_minute": 5}}, ' \
+             f'"{idle}": {{"runs_in_flight": 3, "over_quota": "refuse"}}}}'
+    env = cli_env(settings, STEAD_TENANT_QUOTAS=quotas)
+    done = await stead("quota", "--json", "--tenant", tenant, env=env)
+    assert done.code == 0, done.err
+    (row,) = done.json()
+    assert (row["in_flight"], row["queued"], row["started_last_minute"]) == (1, 2, 1)
+    assert (row["runs_in_flight"], row["starts_per_minute"]) == (1, 5)
+    done = await stead("quota", env=env)
+    assert done.code == 0, done.err
+    assert tenant in done.out and idle in done.out and "refuse" in done.out
+
+
+async def test_a_subagent_runs_in_its_parents_slot(settings: Settings, ledger: Ledger) -> None:
+    """runs_in_flight=1: the parent holds the slot; its sub-agent does not ask (it would
+    wait for its own parent forever), and the parent completes."""
+    tenant = _tenant()
+    settings = _quotas(settings, {tenant: {"runs_in_flight": 1}}, recheck=3600)
+    lab, seen = Lab(), Seen()
+    catalog = AgentCatalog([parent_agent(lab, seen), child_agent(lab)])
+    async with WorkerHost(settings, catalog) as host:
+        assert host.client is not None
+        h = await start_run(host.client, RunRequest(agent="parent", input="what colour is "
+                                                    "the sky", tenant=tenant),
+                            temporal=settings.temporal)
+        r = await asyncio.wait_for(h.result(), 60)
+    assert r.status == "completed", r
+    child = await ledger.trail(f"{h.id}/delegate-1")
+    assert not [d for d in child.decisions if d.kind == "admission"]
+    parent = await ledger.trail(h.id)
+    assert [d.decision for d in parent.decisions if d.kind == "admission"] == ["admit"]
+
+
+async def test_a_terminated_run_that_held_a_slot_is_found_and_its_slot_freed(
+        settings: Settings, catalog: AgentCatalog) -> None:
+    """Termination skips the run's own release; the head of the queue, after a re-check,
+    finds the closed run holding the slot and takes it."""
+    tenant = _tenant()
+    settings = _quotas(settings, {tenant: {"runs_in_flight": 1}}, recheck=0.5)
+    model = GatedModel()
+    async with _worker(settings, catalog, model) as client:
+        holder = await _start(client, settings, tenant, "holder")
+        await model.called("holder")
+        queued = await _start(client, settings, tenant, "next")
+        await _until_status(queued, "queued")
+        await holder.terminate("an operator's mistake")
+        await model.called("next")
+        model.open_all()
+        assert (await queued.result()).status == "completed"

@@ -463,7 +463,8 @@ async def test_the_openapi_document_describes_every_route_with_auth_and_errors(
         ("POST", "/v1/runs"), ("GET", "/v1/runs"), ("GET", "/v1/runs/{workflow_id}"),
         ("GET", "/v1/approvals"), ("POST", "/v1/runs/{workflow_id}/approvals/{approval_id}"),
         ("GET", "/v1/runs/{workflow_id}/audit"), ("GET", "/v1/metrics"),
-        ("GET", "/v1/events"), ("GET", "/v1/runs/{workflow_id}/events"), ("GET", "/v1/budget")}
+        ("GET", "/v1/events"), ("GET", "/v1/runs/{workflow_id}/events"), ("GET", "/v1/budget"),
+        ("GET", "/v1/quota")}
     for key, op in ops.items():
         assert op["security"] == [{"HTTPBearer": []}], key
         for status in ("401", "422", "503"):

@@ -1,7 +1,7 @@
 """A run of a limited tenant waits its turn before its first step: admitted, queued or refused.
 
     gate = AdmissionGate(ctx, decisions)                  # in the workflow's __init__
-    result = await gate.run(plan, graph.run, first_run_id=..., child=...)
+    result = await gate.run(plan, graph.run, request, workflow.info())
 
 When the run's pinned plan carries its tenant's quota (``AgentPlan.admission``: the tenant
 caps runs in flight or starts per minute) the run asks the ``run.admit`` local activity for its
@@ -13,9 +13,11 @@ replays it. Refused (``over_quota: refuse``), the run ends ``refused`` with rout
 ``refuse:quota`` and an answer that says which cap and when to try again. Once admitted it
 runs, and gives its slot back (``run.release``) when it ends, fails or is cancelled.
 
-Every answer is an audit row (kind ``admission``: ``queue``, ``admit``, ``refuse``). A child
-run (a sub-agent) runs inside its parent's admission: asking again could deadlock a tenant at
-its cap on runs waiting for their own children. Runs of tenants without caps ask nothing.
+Every answer is an audit row (kind ``admission``: ``queue``, ``admit``, ``refuse``). A
+sub-agent (a child ``AgentWorkflow`` that a graph's sub-agent node starts) runs inside its
+parent's admission: asking again could deadlock a tenant at its cap on runs waiting for their
+own children. A conversation's turns are runs of their own and ask. Runs of tenants without
+caps ask nothing.
 """
 
 from __future__ import annotations
@@ -35,10 +37,14 @@ with workflow.unsafe.imports_passed_through():
 
     from stead.activities.admission import AdmissionActivities
     from stead.contracts.admission import Admission, AdmitRun, ReleaseRun
-    from stead.contracts.models import AgentPlan, RunResult
+    from stead.contracts.models import AgentPlan, RunRequest, RunResult
 
 ADMISSION_PATCH = "stead-admission"
 """Runs from this patch on ask for admission when their plan pins a tenant quota."""
+
+PARENT_KEY = "stead.parent"
+"""``RunRequest.metadata`` key a sub-agent's request names its parent run by
+(``stead.workflows._graph``)."""
 
 ENDINGS = (asyncio.CancelledError, TemporalError, ValidationError)
 """How an admitted run may end besides returning: cancelled, or failed (the run's failure
@@ -57,13 +63,15 @@ class AdmissionGate:
         """The ``admit`` signal: the run's turn may have come; ask now."""
         self._woken = True
 
-    async def run(self, plan: AgentPlan, go: Callable[[], Awaitable[RunResult]], *,
-                  first_run_id: str, child: bool) -> RunResult:
+    async def run(self, plan: AgentPlan, go: Callable[[], Awaitable[RunResult]],
+                  request: RunRequest, info: workflow.Info) -> RunResult:
         """``go()`` once admitted; the refusal as the run's result when refused."""
         ctx = self._ctx
-        if plan.admission is None or child or not ctx.seam.patched(ADMISSION_PATCH):
+        parent = info.parent.workflow_id if info.parent is not None else None
+        subagent = parent is not None and request.metadata.get(PARENT_KEY) == parent
+        if plan.admission is None or subagent or not ctx.seam.patched(ADMISSION_PATCH):
             return await go()
-        ask = AdmitRun(ref=ctx.ref, first_run_id=first_run_id)
+        ask = AdmitRun(ref=ctx.ref, first_run_id=info.first_execution_run_id)
         queued = False
         try:
             answer = await self._ask(ask)

@@ -158,8 +158,7 @@ class AgentWorkflow:
         self._budget.start(ctx.policy, request)
         graph = GraphRun(ctx, Frame.start(ctx, request, plan), decisions, self._book,
                          budget=self._budget)
-        result = await self._admission.run(plan, graph.run, child=info.parent is not None,
-                                           first_run_id=info.first_execution_run_id)
+        result = await self._admission.run(plan, graph.run, request, info)
         await graph.memory.remember(result, plan)
         self._book.flush_ignored(ctx.state.step)
         result.decisions, result.audit_head = decisions.seq, decisions.head

@@ -195,7 +195,7 @@ class Backend:
         query = f"WorkflowType = 'AgentWorkflow' AND SteadTenant = '{tenant}'"
         if agent is not None:
             query += f" AND SteadAgent = '{agent}'"
-        if status == "running":
+        if status in ("running", "queued"):
             query += " AND ExecutionStatus = 'Running'"
         elif status == "failed":
             query += " AND ExecutionStatus != 'Running'"
@@ -250,6 +250,7 @@ class Backend:
                 completed.append(wf)
             else:
                 out[wf.run_id] = self._closed.put(wf.run_id, "failed")
+        await self._mark_queued(tenant, wfs, out)
         if not completed:
             return out
         recorded: dict[str, str] = {}
@@ -275,6 +276,26 @@ class Backend:
             else:
                 out[wf.run_id] = self._closed.put(wf.run_id, result.status)
         return out
+
+    async def _mark_queued(self, tenant: str, wfs: list[WorkflowExecution],
+                           out: dict[str, RunStatus]) -> None:
+        """Running runs that wait for their tenant's admission are ``queued`` (one read, only
+        for a tenant whose quota caps runs in flight or starts per minute)."""
+        quota = quota_for(self.settings.tenants.quotas, tenant)
+        running = [wf for wf in wfs if out.get(wf.run_id) == "running"]
+        if quota is None or not quota.limits_admission or not running:
+            return
+        try:
+            ledger = await self.ledger()
+            rows = await ledger.pool.fetch(
+                "select workflow_id from stead_admissions where tenant = $1 and "
+                "state = 'queued' and workflow_id = any($2)", tenant, [wf.id for wf in running])
+        except (LedgerError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            return  # they show as running
+        queued = {r["workflow_id"] for r in rows}
+        for wf in running:
+            if wf.id in queued:
+                out[wf.run_id] = "queued"
 
     async def _owned(self, tenant: str, workflow_id: str,
                      ) -> tuple[WorkflowHandle[object, RunResult], WorkflowExecutionDescription]:

@@ -26,6 +26,7 @@ from stead.cli import (
     graph,
     memory,
     metrics,
+    quota,
     replay,
     run_budget,
     runs,
@@ -94,7 +95,7 @@ def worker() -> None:
 # Each command group lives in a module of its own with a ``register(app)``; the order here
 # (after up, demo and worker) is the order of ``stead --help``.
 for _group in (runs, memory, suites, replay, counterfactual, metrics, grade, drift, db,
-               codec_server, stuck, api, chat, graph, budget):
+               codec_server, stuck, api, chat, graph, budget, quota):
     _group.register(app)
 deploy.register(app)
 run_budget.register(app)  # stead raise-budget

@@ -271,7 +271,7 @@ async def _retry_after(conn: asyncpg.Connection, tenant: str, now: datetime, cou
     if limit == "runs_in_flight" or quota.starts_per_minute is None:
         return None
     k = counts.recent - quota.starts_per_minute + position  # starts that must leave first
-    at = await conn.fetchval(
+    at: datetime | None = await conn.fetchval(
         "select admitted_at from stead_admissions where tenant = $1 and admitted_at > $2 "
         "order by admitted_at offset $3 limit 1", tenant, now - MINUTE, max(k, 0))
     if at is None:

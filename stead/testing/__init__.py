@@ -19,6 +19,8 @@
   one whose tool list changes.
 - :mod:`stead.testing.flaky_api` — an order service (FastAPI) with faults on request and an
   ``Idempotency-Key`` store, for OpenAPI tools.
+- :mod:`stead.testing.gated_model` — ``GatedModel``, a model whose answer to each run waits
+  until the test opens that run's gate: runs held in flight on cue (admission tests).
 - :mod:`stead.testing.llama_server` — not a fake: ``LlamaServer`` runs llama.cpp's
   ``llama-server`` with a small GGUF model on loopback (``make test-real-model``).
 
