@@ -453,3 +453,26 @@ async def test_a_fallback_model_is_held_to_the_budget_before_it_is_called(
     assert [(d.kind, d.decision) for d in trail.decisions
             if d.kind in ("budget", "model_fallback")] == [("model_fallback", "dear"),
                                                            ("budget", "stopped")]
+
+
+async def test_a_tenant_window_refusal_from_the_model_activity_ends_the_run_on_the_server(
+        settings: Settings, ledger: Ledger) -> None:
+    """On the dev server: a model whose activity refuses the call as the tenant windows will
+    (a non-retryable ``TenantBudgetExceeded`` ApplicationError; here a test model raises it
+    through the activity's own error mapping) ends the run ``budget_exceeded``, audited."""
+    from stead.integrations.llm import FunctionModel, ModelCallError
+    tries: list[int] = []
+
+    def over_window(messages: Any, tools: Any) -> ModelTurn:
+        tries.append(1)
+        raise ModelCallError("tenant default is over its daily window ($5.00 of $5.00)",
+                             kind=errors.TENANT_BUDGET_EXCEEDED, retryable=False)
+
+    agent = budget_agent([], BudgetRules(max_model_calls=5))
+    async with WorkerHost(settings, AgentCatalog([agent]),
+                          model=FunctionModel(over_window, name="fn:windowed")) as host:
+        h = await start(host, settings)
+        r = await result(h)
+    assert (r.status, tries) == ("budget_exceeded", [1])
+    assert "daily window" in (r.error or "") and r.spend == Spend()
+    assert [d.decision for d in await budget_rows(ledger, h.id)] == ["tenant_window"]
