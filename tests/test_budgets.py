@@ -476,3 +476,12 @@ async def test_a_tenant_window_refusal_from_the_model_activity_ends_the_run_on_t
     assert (r.status, tries) == ("budget_exceeded", [1])
     assert "daily window" in (r.error or "") and r.spend == Spend()
     assert [d.decision for d in await budget_rows(ledger, h.id)] == ["tenant_window"]
+
+
+def test_a_policy_files_budget_section_is_read_and_a_bad_one_named() -> None:
+    from stead.contracts.policy import PolicyError, parse_policy
+    p = parse_policy("id: ops\nversion: 3\nbudget:\n  max_usd: 0.5\n  on_exceed: ask\n"
+                     "  ask_timeout_seconds: 120\n", source="ops.yaml")
+    assert p.budget == BudgetRules(max_usd=0.5, on_exceed="ask", ask_timeout_seconds=120)
+    with pytest.raises(PolicyError, match=r"ops\.yaml:4: .*on_exceed"):
+        parse_policy("id: ops\nversion: 3\nbudget:\n  on_exceed: pray\n", source="ops.yaml")

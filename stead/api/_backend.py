@@ -151,7 +151,8 @@ class Backend:
                                 f"{', '.join(sorted(self.agents)) or 'none'}")
         request = RunRequest(agent=body.agent, input=body.input, tenant=principal.tenant,
                              user=body.user or principal.sub, max_steps=body.max_steps,
-                             metadata={**body.metadata, API_SUB_KEY: principal.sub})
+                             metadata={**body.metadata, API_SUB_KEY: principal.sub},
+                             budget=body.budget)
         client = await self.temporal()
         try:
             handle = await start_run(client, request, temporal=self.settings.temporal)
