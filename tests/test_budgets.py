@@ -22,17 +22,17 @@ from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 
 from stead import errors
 from stead.authoring.agent import Agent, AgentCatalog
-from stead.authoring.graph import Graph
+from stead.authoring.graph import DEFAULT, Graph
 from stead.authoring.tools import Tool, ToolContext, tool
 from stead.client import start_run
 from stead.contracts.budget import Budget, BudgetRules, Price, RaiseBudget, Spend
 from stead.contracts.models import (
-    DecisionRow,
     ModelEndpoint,
     ModelTurn,
     RunRequest,
     RunResult,
     RunState,
+    StoredDecision,
     Usage,
 )
 from stead.contracts.policy import Policy
@@ -103,7 +103,7 @@ def budget_agent(models: Sequence[ModelEndpoint], rules: BudgetRules | None, *,
                  tools=[ECHO], models=list(models),
                  policy=Policy(id=f"{name}-policy", version=1, budget=rules),
                  offline_model=ScriptedModel([ModelTurn(content="offline model used")]),
-                 **({"graph": graph} if graph is not None else {}))
+                 graph=graph if graph is not None else DEFAULT)
 
 
 async def start(host: WorkerHost, settings: Settings, *, agent: str = "budget",
@@ -123,14 +123,14 @@ def amounts(s: Spend) -> tuple[float, int, int, int]:
     return round(s.usd, 9), s.input_tokens, s.output_tokens, s.model_calls
 
 
-async def budget_rows(ledger: Ledger, wid: str) -> list[DecisionRow]:
+async def budget_rows(ledger: Ledger, wid: str) -> list[StoredDecision]:
     trail = await ledger.trail(wid)
     return [d for d in trail.decisions if d.kind == "budget"]
 
 
 async def waiting(handle: WorkflowHandle[Any, RunResult]) -> RunState:
     for _ in range(300):
-        state = await handle.query("state", result_type=RunState)
+        state: RunState = await handle.query("state", result_type=RunState)
         if state.budget is not None and state.budget.waiting:
             return state
         await asyncio.sleep(0.05)
