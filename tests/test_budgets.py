@@ -408,14 +408,15 @@ async def test_a_tenant_window_refusal_ends_the_run_budget_exceeded_without_fall
     assert "daily window" in (r.error or "")
 
 
-async def test_stead_raise_budget_raises_a_waiting_run_and_refuses_a_lower_limit(
+async def test_stead_raise_budget_raises_a_waiting_run_and_stead_run_caps_one(
         settings: Settings, ledger: Ledger) -> None:
     from tests._cli import cli_env, stead
     rules = BudgetRules(max_model_calls=1, on_exceed="ask", ask_timeout_seconds=60)
     env = cli_env(settings)
     async with fakes() as (srv,):
-        async with WorkerHost(settings, AgentCatalog([budget_agent([endpoint(srv)],
-                                                                   rules)])) as host:
+        catalog = AgentCatalog([budget_agent([endpoint(srv)], rules),
+                                budget_agent([endpoint(srv)], None, name="capped")])
+        async with WorkerHost(settings, catalog) as host:
             h = await start(host, settings)
             await waiting(h)
             lower = await stead("raise-budget", h.id, "--max-model-calls", "1", "--as", "bo",
@@ -424,6 +425,9 @@ async def test_stead_raise_budget_raises_a_waiting_run_and_refuses_a_lower_limit
             ok = await stead("raise-budget", h.id, "--max-model-calls", "4", "--as", "bo",
                              "--reason", "one more look", "--json", env=env)
             r = await result(h)
+            capped = await stead("run", "capped", "say hello", "--max-usd", "0.000001",
+                                 "--json", env=env)
+    assert capped.code == 1 and capped.json()["status"] == "budget_exceeded"
     assert lower.code == 1 and "raise refused" in lower.err + lower.out
     assert "only raises" in lower.err + lower.out
     assert bad.code == 2
