@@ -22,17 +22,17 @@ from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 
 from stead import errors
 from stead.authoring.agent import Agent, AgentCatalog
-from stead.authoring.graph import Graph
+from stead.authoring.graph import DEFAULT, Graph
 from stead.authoring.tools import Tool, ToolContext, tool
 from stead.client import start_run
 from stead.contracts.budget import Budget, BudgetRules, Price, RaiseBudget, Spend
 from stead.contracts.models import (
-    DecisionRow,
     ModelEndpoint,
     ModelTurn,
     RunRequest,
     RunResult,
     RunState,
+    StoredDecision,
     Usage,
 )
 from stead.contracts.policy import Policy
@@ -103,7 +103,7 @@ def budget_agent(models: Sequence[ModelEndpoint], rules: BudgetRules | None, *,
                  tools=[ECHO], models=list(models),
                  policy=Policy(id=f"{name}-policy", version=1, budget=rules),
                  offline_model=ScriptedModel([ModelTurn(content="offline model used")]),
-                 **({"graph": graph} if graph is not None else {}))
+                 graph=graph if graph is not None else DEFAULT)
 
 
 async def start(host: WorkerHost, settings: Settings, *, agent: str = "budget",
@@ -123,14 +123,14 @@ def amounts(s: Spend) -> tuple[float, int, int, int]:
     return round(s.usd, 9), s.input_tokens, s.output_tokens, s.model_calls
 
 
-async def budget_rows(ledger: Ledger, wid: str) -> list[DecisionRow]:
+async def budget_rows(ledger: Ledger, wid: str) -> list[StoredDecision]:
     trail = await ledger.trail(wid)
     return [d for d in trail.decisions if d.kind == "budget"]
 
 
 async def waiting(handle: WorkflowHandle[Any, RunResult]) -> RunState:
     for _ in range(300):
-        state = await handle.query("state", result_type=RunState)
+        state: RunState = await handle.query("state", result_type=RunState)
         if state.budget is not None and state.budget.waiting:
             return state
         await asyncio.sleep(0.05)
@@ -408,14 +408,15 @@ async def test_a_tenant_window_refusal_ends_the_run_budget_exceeded_without_fall
     assert "daily window" in (r.error or "")
 
 
-async def test_stead_raise_budget_raises_a_waiting_run_and_refuses_a_lower_limit(
+async def test_stead_raise_budget_raises_a_waiting_run_and_stead_run_caps_one(
         settings: Settings, ledger: Ledger) -> None:
     from tests._cli import cli_env, stead
     rules = BudgetRules(max_model_calls=1, on_exceed="ask", ask_timeout_seconds=60)
     env = cli_env(settings)
     async with fakes() as (srv,):
-        async with WorkerHost(settings, AgentCatalog([budget_agent([endpoint(srv)],
-                                                                   rules)])) as host:
+        catalog = AgentCatalog([budget_agent([endpoint(srv)], rules),
+                                budget_agent([endpoint(srv)], None, name="capped")])
+        async with WorkerHost(settings, catalog) as host:
             h = await start(host, settings)
             await waiting(h)
             lower = await stead("raise-budget", h.id, "--max-model-calls", "1", "--as", "bo",
@@ -424,6 +425,9 @@ async def test_stead_raise_budget_raises_a_waiting_run_and_refuses_a_lower_limit
             ok = await stead("raise-budget", h.id, "--max-model-calls", "4", "--as", "bo",
                              "--reason", "one more look", "--json", env=env)
             r = await result(h)
+            capped = await stead("run", "capped", "say hello", "--max-usd", "0.000001",
+                                 "--json", env=env)
+    assert capped.code == 1 and capped.json()["status"] == "budget_exceeded"
     assert lower.code == 1 and "raise refused" in lower.err + lower.out
     assert "only raises" in lower.err + lower.out
     assert bad.code == 2
@@ -453,3 +457,35 @@ async def test_a_fallback_model_is_held_to_the_budget_before_it_is_called(
     assert [(d.kind, d.decision) for d in trail.decisions
             if d.kind in ("budget", "model_fallback")] == [("model_fallback", "dear"),
                                                            ("budget", "stopped")]
+
+
+async def test_a_tenant_window_refusal_from_the_model_activity_ends_the_run_on_the_server(
+        settings: Settings, ledger: Ledger) -> None:
+    """On the dev server: a model whose activity refuses the call as the tenant windows will
+    (a non-retryable ``TenantBudgetExceeded`` ApplicationError; here a test model raises it
+    through the activity's own error mapping) ends the run ``budget_exceeded``, audited."""
+    from stead.integrations.llm import FunctionModel, ModelCallError
+    tries: list[int] = []
+
+    def over_window(messages: Any, tools: Any) -> ModelTurn:
+        tries.append(1)
+        raise ModelCallError("tenant default is over its daily window ($5.00 of $5.00)",
+                             kind=errors.TENANT_BUDGET_EXCEEDED, retryable=False)
+
+    agent = budget_agent([], BudgetRules(max_model_calls=5))
+    async with WorkerHost(settings, AgentCatalog([agent]),
+                          model=FunctionModel(over_window, name="fn:windowed")) as host:
+        h = await start(host, settings)
+        r = await result(h)
+    assert (r.status, tries) == ("budget_exceeded", [1])
+    assert "daily window" in (r.error or "") and r.spend == Spend()
+    assert [d.decision for d in await budget_rows(ledger, h.id)] == ["tenant_window"]
+
+
+def test_a_policy_files_budget_section_is_read_and_a_bad_one_named() -> None:
+    from stead.contracts.policy import PolicyError, parse_policy
+    p = parse_policy("id: ops\nversion: 3\nbudget:\n  max_usd: 0.5\n  on_exceed: ask\n"
+                     "  ask_timeout_seconds: 120\n", source="ops.yaml")
+    assert p.budget == BudgetRules(max_usd=0.5, on_exceed="ask", ask_timeout_seconds=120)
+    with pytest.raises(PolicyError, match=r"ops\.yaml:4: .*on_exceed"):
+        parse_policy("id: ops\nversion: 3\nbudget:\n  on_exceed: pray\n", source="ops.yaml")

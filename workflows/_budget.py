@@ -149,7 +149,8 @@ class BudgetBook:
                 record(step, "budget", "stopped", reason, self._data(over, estimate, model))
                 raise BudgetStop(f"budget exceeded: {reason}")
             case "ask":
-                return await self._ask(step, estimate, over, why, model)
+                await self._ask(step, estimate, over, why, model)
+                return None
             case _:
                 record(step, "budget", "stopped", why, self._data(over, estimate, model))
                 raise BudgetStop(f"budget exceeded: {why}")
@@ -174,7 +175,7 @@ class BudgetBook:
             self._waiting = None
             ctx.state.node = node
         if fits:
-            return None
+            return
         self._decisions.record(step, "budget", "timed_out",
                                f"nobody raised the budget within {timeout:g}s; {why}",
                                self._data(self.limit.exceeded(self.spent + estimate),

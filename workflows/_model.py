@@ -96,7 +96,7 @@ class ModelCalls:
                 ModelRequest(ref=ctx.ref.model_copy(update={"step": ctx.state.step}),
                              messages=gs.messages, tools=schemas, model=model_setting,
                              decisions=carried, context=frame.request.context),
-                summary=f"think (step {ctx.state.step})")
+                summary=f"think (step {ctx.state.step})", size=size)
         except BudgetStop as stop:
             self._decisions.give_back(carried)
             self._over_budget(str(stop))
@@ -176,13 +176,13 @@ class ModelCalls:
         self._frame.end("budget_exceeded",
                         answer=f"Stopped before the next model call: {why}.", error=why)
 
-    def _estimate(self, req: ModelRequest, ep: ModelEndpoint | None,
-                  price: Price | None) -> Spend:
+    @staticmethod
+    def _estimate(size: int, ep: ModelEndpoint | None, price: Price | None) -> Spend:
         limit = ep.max_output_tokens if ep is not None else None
-        return estimate(request_bytes(req.messages, req.tools),
-                        max_output_tokens=limit or DEFAULT_MAX_OUTPUT_TOKENS, price=price)
+        return estimate(size, max_output_tokens=limit or DEFAULT_MAX_OUTPUT_TOKENS,
+                        price=price)
 
-    async def _complete(self, req: ModelRequest, *, summary: str
+    async def _complete(self, req: ModelRequest, *, summary: str, size: int | None = None
                         ) -> tuple[ModelTurn, ModelEndpoint | None, int]:
         """The answer, the chain's model that gave it (None: no chain) and its place. Held
         to the run's budget first: raises ``BudgetStop`` when the call may not be made."""
@@ -194,12 +194,14 @@ class ModelCalls:
         first = chain[0][1] if chain else None
         # A routed model was not priced at run start: it costs tokens and calls, no money.
         price = first.price if first is not None else plan.price if req.model is None else None
-        guess = self._estimate(req, first, price)
+        if size is None:
+            size = request_bytes(req.messages, req.tools)
+        guess = self._estimate(size, first, price)
 
         def cheaper() -> tuple[ModelEndpoint, Spend] | None:
             name = book.rules.cheaper_model
             ep = next((e for e in models if e.name == name), None)
-            return None if ep is None else (ep, self._estimate(req, ep, ep.price))
+            return None if ep is None else (ep, self._estimate(size, ep, ep.price))
 
         stepped = await book.admit(req.ref.step, guess, cheaper=cheaper,
                                    model=first.name if first is not None
@@ -214,12 +216,12 @@ class ModelCalls:
             return turn, None, 0
         for n, (place, ep) in enumerate(chain):
             if n:  # a later model of the chain may cost more: held to the budget in turn
-                await book.admit(req.ref.step, self._estimate(req, ep, ep.price),
+                await book.admit(req.ref.step, self._estimate(size, ep, ep.price),
                                  model=ep.name, cheaper=lambda: None)
             try:
                 turn = await self._call(
                     req.model_copy(update={"endpoint": ep, "fallback": place, "price": ep.price,
-                                           "estimate": self._estimate(req, ep, ep.price)}),
+                                           "estimate": self._estimate(size, ep, ep.price)}),
                     summary=summary + (f" with {ep.name} (fallback {place})" if place else ""),
                     timeout=ep.timeout_seconds or plan.model_timeout,
                     attempts=ep.max_attempts or plan.model_max_attempts, grace=GRACE_SECONDS)

@@ -157,7 +157,8 @@ class Backend:
                                 f"{', '.join(sorted(self.agents)) or 'none'}")
         request = RunRequest(agent=body.agent, input=body.input, tenant=principal.tenant,
                              user=body.user or principal.sub, max_steps=body.max_steps,
-                             metadata={**body.metadata, API_SUB_KEY: principal.sub})
+                             metadata={**body.metadata, API_SUB_KEY: principal.sub},
+                             budget=body.budget)
         await self._refuse_over_quota(principal.tenant)
         client = await self.temporal()
         try:

@@ -21,6 +21,7 @@ from pydantic import (
     StringConstraints,
 )
 
+from stead.contracts.budget import Budget
 from stead.contracts.models import (
     JsonObject,
     PendingApproval,
@@ -146,6 +147,9 @@ class StartRunBody(_Body):
     """String labels carried into the ledger (``role`` is read by routing rules)."""
     max_steps: int | None = Field(None, ge=1, le=200)
     """Override of the agent's step budget."""
+    budget: Budget | None = None
+    """Limits for this run (``max_usd``, ``max_tokens``, ``max_model_calls``); each may only
+    be lower than the agent's policy budget."""
 
 
 class StartedRun(_Body):

@@ -46,6 +46,7 @@ from stead.cli.common import (
     run_async,
     temporal_client,
 )
+from stead.contracts.budget import Budget
 from stead.contracts.models import RunRequest, RunResult, RunState, Trail
 from stead.errors import LedgerError, RunNotFound, StackError
 from stead.settings import Settings
@@ -77,6 +78,8 @@ def run_cmd(
     tenant: str = typer.Option("default", help="Tenant the run belongs to"),
     user: str | None = typer.Option(None, help="Who is asking (for the audit trail)"),
     max_steps: int | None = typer.Option(None, help="Override the agent's step budget"),
+    max_usd: float | None = typer.Option(None, help="Money limit of this run (US dollars; "
+                                         "only lowers the policy's)"),
     wait: bool = typer.Option(True, help="Wait for the result, streaming steps"),
     stream: bool = typer.Option(False, "--stream", help=(
         "Also show what the model writes as it writes it (read from the ledger's token "
@@ -86,7 +89,8 @@ def run_cmd(
     """Start a run, stream its steps, print the result."""
     try:
         request = RunRequest(agent=agent, input=text, tenant=tenant, user=user,
-                             max_steps=max_steps)
+                             max_steps=max_steps,
+                             budget=None if max_usd is None else Budget(max_usd=max_usd))
     except ValidationError as e:
         fail_invalid("request", e)
     if stream and not wait:
@@ -319,6 +323,10 @@ def _print_result(workflow_id: str, r: RunResult) -> None:
         out.print(f"[bold]answer:[/] {r.answer}", highlight=False)
     if r.error:
         out.print(f"[bold]error:[/] {r.error}", highlight=False)
+    if r.spend.model_calls:
+        s = r.spend
+        out.print(f"[bold]spent:[/] ${s.usd:.6f}, {s.tokens} tokens, {s.model_calls} model "
+                  f"call(s)", highlight=False)
 
 
 _TENANT_HELP = "Only a run of this tenant; another tenant's run is not found (exit 4)"
