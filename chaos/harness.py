@@ -17,6 +17,9 @@ directory):
               Retry-After, 500, timeouts, truncated/malformed bodies, hallucinated tool names,
               schema-violating arguments, an endless tool-call loop.
 ``tools``     a timeout, lost heartbeats, a business error, a hang, a multi-MB result.
+``pgnet``     the workers reach PostgreSQL through a fault-injecting proxy: latency spikes,
+              connections reset, a half-dead stall, refused connects (``chaos.netfaults``).
+``temporalnet`` the same between the workers and Temporal.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ from chaos.agent import (
     order_request,
 )
 from chaos.invariants import (
+    Finding,
     RunRecord,
     Verdict,
     check,
@@ -65,6 +69,7 @@ from chaos.invariants import (
     first_progress_after,
     tool_facts,
 )
+from chaos.netfaults import phase_net
 from chaos.pool import Death, WorkerPool
 from chaos.stack import throwaway_settings
 from chaos.world import SKUS, ChaosWorld
@@ -75,8 +80,9 @@ from stead.stack.embedded import EmbeddedStack
 from stead.storage.ledger import Ledger
 from stead.testing.openai_server import FakeOpenAIServer, Fault, model_responder
 
-Phase = Literal["kills", "temporal", "postgres", "model", "tools"]
-PHASES: tuple[Phase, ...] = ("kills", "temporal", "postgres", "model", "tools")
+Phase = Literal["kills", "temporal", "postgres", "model", "tools", "pgnet", "temporalnet"]
+PHASES: tuple[Phase, ...] = ("kills", "temporal", "postgres", "model", "tools", "pgnet",
+                             "temporalnet")
 
 RUN_BOUND = 240.0
 """Seconds a run may take before it counts as lost (every wait in the suite is bounded)."""
@@ -227,6 +233,8 @@ class Harness:
         self.faults: dict[tuple[str, str], FaultStat] = {}
         self.deaths: list[Death] = []
         self.not_started = 0
+        self.phase_findings: list[Finding] = []
+        """Findings of phase-specific checks (e.g. ``chaos.netfaults.EXTRA_CHECKS``)."""
         """Kills-phase runs never started because the time budget was spent."""
         self._approval_kills: list[tuple[str, float]] = []
         """(workflow id, when its worker was killed) per approval wait that lost its worker."""
@@ -678,6 +686,8 @@ async def run_chaos(cfg: ChaosConfig, *, progress: Progress = print) -> ChaosRes
                 "postgres": lambda: h.phase_restart("postgres"),
                 "model": h.phase_model,
                 "tools": h.phase_tools,
+                "pgnet": lambda: phase_net(h, "pgnet"),
+                "temporalnet": lambda: phase_net(h, "temporalnet"),
             }
             for name in cfg.phases:
                 if h.time_left() < 30:
@@ -696,6 +706,7 @@ async def run_chaos(cfg: ChaosConfig, *, progress: Progress = print) -> ChaosRes
             evidence = await collect(h.records, world=world, ledger=ledger,
                                      tools=tool_facts(catalog))
             verdict = check(evidence)
+            verdict.phase_checks.extend(h.phase_findings)
         finally:
             await ledger.close()
     finally:

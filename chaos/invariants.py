@@ -102,6 +102,8 @@ class Verdict:
     unresolved_unknown: list[Finding] = field(default_factory=list)
     ledger_gaps: list[Finding] = field(default_factory=list)
     chain_breaks: list[Finding] = field(default_factory=list)
+    phase_checks: list[Finding] = field(default_factory=list)
+    """Findings of checks a phase adds for its own feature (``chaos.netfaults.EXTRA_CHECKS``)."""
     statuses: Counter[str] = field(default_factory=Counter)
     reconciled: int = 0
     """Non-idempotent calls whose lost attempt was answered by the reconcile hook."""
@@ -111,7 +113,8 @@ class Verdict:
     @property
     def ok(self) -> bool:
         return not (self.lost or self.duplicates or self.silent_reruns
-                    or self.unresolved_unknown or self.ledger_gaps or self.chain_breaks)
+                    or self.unresolved_unknown or self.ledger_gaps or self.chain_breaks
+                    or self.phase_checks)
 
     def problems(self) -> list[tuple[str, Finding]]:
         return [*(("lost", f) for f in self.lost),
@@ -119,7 +122,8 @@ class Verdict:
                 *(("silent re-run", f) for f in self.silent_reruns),
                 *(("unknown outcome unresolved", f) for f in self.unresolved_unknown),
                 *(("ledger gap", f) for f in self.ledger_gaps),
-                *(("chain break", f) for f in self.chain_breaks)]
+                *(("chain break", f) for f in self.chain_breaks),
+                *(("phase check", f) for f in self.phase_checks)]
 
 
 async def collect(records: Sequence[RunRecord], *, world: ChaosWorld, ledger: Ledger,

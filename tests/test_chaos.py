@@ -52,6 +52,7 @@ def test_a_small_chaos_run_kills_workers_and_every_invariant_holds(tmp_path: Pat
     assert doc["ok"] is True
     assert doc["invariants"] == {"lost": 0, "duplicate_effects": 0, "silent_reruns": 0,
                                  "unresolved_unknown": 0, "ledger_gaps": 0, "chain_breaks": 0,
+                                 "phase_checks": 0,
                                  "reconciled": doc["invariants"]["reconciled"],
                                  "escalated_unknown": doc["invariants"]["escalated_unknown"]}
     # Aimed at 3 (a failpoint, an approval wait, a random one); a random kill can stop a

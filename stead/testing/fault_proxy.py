@@ -326,13 +326,14 @@ class FaultProxy:
         up = asyncio.create_task(self._pipe(link, reader, up_writer, self._up, "up"))
         down = asyncio.create_task(self._pipe(link, up_reader, writer, self._down, "down"))
         link.tasks = [up, down]
-        try:
-            await asyncio.wait(link.tasks, return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            pass  # stop(): asyncio's stream callback must not see a cancelled task
-        finally:
-            self._end(link, reset=False)
-            await asyncio.gather(*link.tasks, return_exceptions=True)
+        # asyncio's stream callback must not see this task cancelled (it logs that as an
+        # unhandled error): the link is over either way.
+        with contextlib.suppress(asyncio.CancelledError):
+            try:
+                await asyncio.wait(link.tasks, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                self._end(link, reset=False)
+                await asyncio.gather(*link.tasks, return_exceptions=True)
 
     async def _pipe(self, link: _Link, reader: asyncio.StreamReader,
                     writer: asyncio.StreamWriter, d: _Direction, name: str) -> None:

@@ -1,0 +1,230 @@
+"""Network faults between the workers and PostgreSQL (``pgnet``) or Temporal (``temporalnet``).
+
+The workers of the phase reach their server through a :class:`~stead.testing.fault_proxy.
+FaultProxy` on loopback (``DATABASE_URL`` / ``TEMPORAL_ADDRESS`` in their settings point at
+it); the harness itself — starting runs, waiting for results, reading the ledger — goes
+direct, so what it sees is the truth, not the faulty network. While shop orders flow in at a
+steady rate, a fixed script runs (:data:`SCRIPT`): latency spikes with jitter, every
+connection reset, a half-dead stall whose connections never answer again, refused connects,
+half the connections closed, a thin pipe — with workers SIGKILLed between the faults. Then
+the network is healed (the hung connections stay hung: only the clients' own timeouts end
+them) and every run must still end within the suite's bound, with the usual invariants.
+
+Extension points (one line each, for checks that belong to other features):
+
+- :data:`EXTRA_CHECKS` — per phase, coroutines run once the phase's runs have ended; each
+  returns :class:`~chaos.invariants.Finding` s, which fail the suite like any invariant
+  (``Verdict.phase_checks``). Budget/quota accounting under network faults goes here, e.g.
+  ``EXTRA_CHECKS["pgnet"].append(tenant_windows_add_up)``.
+- :data:`REQUEST_HOOKS` — per phase, functions that adjust each run's ``RunRequest`` before
+  it starts (a tenant, a budget), so those checks have something to check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from temporalio.client import WorkflowHandle
+
+from chaos.agent import SHOP, order_request
+from chaos.invariants import Finding, RunRecord
+from chaos.world import SKUS
+from stead.contracts.models import RunRequest, RunResult
+from stead.settings import Settings
+from stead.testing.fault_proxy import FaultProxy
+
+if TYPE_CHECKING:
+    from chaos.harness import Harness
+    from chaos.pool import WorkerPool
+
+NetPhaseName = Literal["pgnet", "temporalnet"]
+
+
+@dataclass
+class NetPhase:
+    """What a phase's extra checks get to look at."""
+
+    harness: Harness
+    name: NetPhaseName
+    proxy: FaultProxy
+    settings: Settings
+    """The workers' settings (their DATABASE_URL / TEMPORAL_ADDRESS is the proxy)."""
+    records: list[RunRecord] = field(default_factory=list)
+    """This phase's runs, all ended (or lost) by the time checks run."""
+
+
+NetCheck = Callable[[NetPhase], Awaitable[list[Finding]]]
+EXTRA_CHECKS: dict[NetPhaseName, list[NetCheck]] = {"pgnet": [], "temporalnet": []}
+"""Checks run after each phase's runs ended; their findings fail the suite."""
+
+RequestHook = Callable[[int, RunRequest], RunRequest]
+REQUEST_HOOKS: dict[NetPhaseName, list[RequestHook]] = {"pgnet": [], "temporalnet": []}
+"""(run number, request) -> the request to start, applied in order."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One fault of the script: apply it, keep it for ``seconds``, heal, pause ``gap``."""
+
+    kind: str
+    apply: Callable[[FaultProxy], int | None]
+    seconds: float = 0.0
+    gap: float = 2.0
+    kill_after: bool = False
+    """SIGKILL a random worker of the pool once this fault is over."""
+
+
+def _latency(up: float, down: float, jitter: float) -> Callable[[FaultProxy], None]:
+    return lambda p: p.set_latency(up=up, down=down, jitter=jitter)
+
+
+def _thin(p: FaultProxy) -> None:
+    p.set_latency(up=0.05, down=0.05)
+    p.set_bandwidth(up=32_000, down=32_000)
+
+
+SCRIPT: tuple[Step, ...] = (
+    Step("latency spike 200 ms ± 100 ms each way, 6 s", _latency(0.2, 0.2, 0.1), 6.0),
+    Step("every open connection reset (RST)", lambda p: p.drop(how="reset"), kill_after=True),
+    Step("link stalled 5 s, half-dead: caught connections never answer again",
+         lambda p: p.stall(5.0), 5.0, gap=4.0),
+    Step("new connections refused for 3 s (port closed)", lambda p: p.refuse(3.0), 3.0,
+         kill_after=True),
+    Step("half the open connections closed (FIN)",
+         lambda p: p.drop(how="close", fraction=0.5)),
+    Step("thin pipe: 32 kB/s and 50 ms each way, 5 s", _thin, 5.0),
+    Step("latency spike 1 s each way, 4 s", _latency(1.0, 1.0, 0.0), 4.0, kill_after=True),
+)
+"""The faults in order; ~45 s with the gaps. Runs are started across the whole script."""
+
+
+def script_seconds(script: tuple[Step, ...] = SCRIPT) -> float:
+    return sum(s.seconds + s.gap for s in script)
+
+
+async def phase_net(h: Harness, name: NetPhaseName) -> None:
+    """Run shop orders while the workers' link to PostgreSQL (``pgnet``) or Temporal
+    (``temporalnet``) misbehaves; report each fault with what the proxy counted."""
+    base = h.base
+    dsn = base.ledger.database_url
+    assert dsn is not None
+    if name == "pgnet":
+        host, port = _host_port(dsn)
+        group, server = "network (PostgreSQL)", "PostgreSQL"
+    else:
+        assert base.temporal.address is not None
+        host, _, p = base.temporal.address.rpartition(":")
+        port = int(p)
+        group, server = "network (Temporal)", "Temporal"
+    n = max(1, min(h.cfg.runs, h.cfg.infra_runs))
+    kills = min(h.cfg.kills, sum(1 for s in SCRIPT if s.kill_after))
+    async with FaultProxy(upstream=f"{host}:{port}", seed=h.cfg.seed) as proxy:
+        # Migrations at worker start go direct (STEAD_MIGRATE_DATABASE_URL): a worker that
+        # cannot migrate exits at start, which would count as a crash, not a network fault.
+        update: dict[str, Any] = ({"database_url": proxy.url_for(dsn)}
+                                  if name == "pgnet" else {"temporal_address": proxy.address})
+        settings = h.settings_for(name, **update)
+        ctx = NetPhase(harness=h, name=name, proxy=proxy, settings=settings)
+        async with h.pool(settings, name) as pool:
+            started: list[tuple[RunRecord, WorkflowHandle[Any, RunResult]]] = []
+            waits: list[asyncio.Task[None]] = []
+
+            async def feed() -> None:
+                # A third at once, so the first faults meet runs in flight; the rest spread
+                # over the script.
+                first = max(1, n // 3)
+                pace = script_seconds() / max(n - first, 1)
+                for i in range(n):
+                    req = RunRequest(agent=SHOP, input=order_request(
+                        9000 + i, qty=1 + i % 2, sku=SKUS[i % len(SKUS)],
+                        amount=round(22 + i % 11 * 1.5, 2)))
+                    for hook in REQUEST_HOOKS[name]:
+                        req = hook(i, req)
+                    rec, handle = await h.start(name, f"{name}: network faults", req, settings)
+                    started.append((rec, handle))
+                    waits.append(asyncio.create_task(h.finish(rec, handle)))
+                    if i + 1 >= first:
+                        await asyncio.sleep(pace)
+
+            feeder = asyncio.create_task(feed())
+            await h._until(lambda: len(started) >= max(1, n // 3), within=60,
+                           what=f"the first {name} runs to start")
+            await asyncio.sleep(1.0)  # under way: their first model calls and tool calls
+            try:
+                await _play(h, name, proxy, pool, group, kills, lambda: [
+                    r.workflow_id for r, _ in started if r.result is None
+                    and r.lost_reason is None], settings.temporal.task_queue)
+                await feeder
+                proxy.clear()
+                await asyncio.gather(*waits)
+            finally:
+                feeder.cancel()
+                for t in waits:
+                    t.cancel()
+            ctx.records = [r for r, _ in started]
+            s = proxy.stats
+            total = h.fault(group, "the whole script (every run met some of it)")
+            for r in ctx.records:
+                h._outcome(total, r)
+            total.injected = len(SCRIPT)
+            total.note = (f"{n} runs; workers -> {server} through the proxy: "
+                          f"{s.connections} connections, {s.dropped} dropped, "
+                          f"{s.stalled} stalled ({s.hung} still hung at the end), "
+                          f"{s.bytes_up + s.bytes_down:,} bytes")
+        for check in EXTRA_CHECKS[name]:
+            h.phase_findings.extend(await check(ctx))
+
+
+async def _play(h: Harness, name: str, proxy: FaultProxy, pool: WorkerPool, group: str,
+                kills: int, in_flight: Callable[[], list[str]], queue: str) -> None:
+    """The script, once: each fault applied, held, healed; recovery measured from the
+    moment it was healed to the first ledger progress of a run in flight."""
+    killed = 0
+    pending: list[tuple[float, list[float], asyncio.Task[float | None]]] = []
+    for step in SCRIPT:
+        stat = h.fault(group, step.kind)
+        wids = in_flight()
+        before = (proxy.stats.dropped, proxy.stats.stalled)
+        hit = step.apply(proxy)
+        stat.injected += 1
+        if step.seconds:
+            await asyncio.sleep(step.seconds)
+        _heal(proxy, step)
+        healed = time.time()
+        dropped = proxy.stats.dropped - before[0]
+        caught = proxy.stats.stalled - before[1]
+        parts = [f"{len(wids)} runs in flight"]
+        if dropped or isinstance(hit, int):
+            parts.append(f"{dropped} connections dropped")
+        if caught:
+            parts.append(f"{caught} connections caught")
+        stat.note = "; ".join(parts)
+        if wids:  # measured concurrently: a slow recovery must not slow the script
+            pending.append((healed, stat.recovery_s, asyncio.create_task(
+                h._first_progress(healed, queue, wids, within=90))))
+        await asyncio.sleep(step.gap)
+        if step.kill_after and killed < kills:
+            if pool.kill_random(h.rng, kind=f"{name} network faults") is not None:
+                killed += 1
+                h.fault("worker SIGKILL", f"during {name} network faults").injected += 1
+    for healed, into, task in pending:
+        at = await task
+        if at is not None:
+            into.append(at - healed)
+
+
+def _heal(proxy: FaultProxy, step: Step) -> None:
+    """End a held fault (latency, caps, refusal, stall); an instant one needs nothing."""
+    if step.seconds:
+        proxy.clear()
+
+
+def _host_port(dsn: str) -> tuple[str, int]:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(dsn)
+    return parts.hostname or "127.0.0.1", parts.port or 5432
