@@ -125,7 +125,11 @@ async def phase_net(h: Harness, name: NetPhaseName) -> None:
     async with FaultProxy(upstream=f"{host}:{port}", seed=h.cfg.seed) as proxy:
         # Migrations at worker start go direct (STEAD_MIGRATE_DATABASE_URL): a worker that
         # cannot migrate exits at start, which would count as a crash, not a network fault.
-        update: dict[str, Any] = ({"database_url": proxy.url_for(dsn)}
+        # A ledger statement on a half-dead link ends after 3 s, like the suite's model calls
+        # (the default is 60 s).
+        update: dict[str, Any] = ({"database_url": proxy.url_for(dsn),
+                                   "db_command_timeout_seconds": 3.0,
+                                   "db_connect_timeout_seconds": 3.0}
                                   if name == "pgnet" else {"temporal_address": proxy.address})
         settings = h.settings_for(name, **update)
         ctx = NetPhase(harness=h, name=name, proxy=proxy, settings=settings)
