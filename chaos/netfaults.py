@@ -71,7 +71,7 @@ class Step:
     """One fault of the script: apply it, keep it for ``seconds``, heal, pause ``gap``."""
 
     kind: str
-    apply: Callable[[FaultProxy], int | None]
+    apply: Callable[[FaultProxy], object]
     seconds: float = 0.0
     gap: float = 2.0
     kill_after: bool = False
@@ -87,6 +87,9 @@ def _thin(p: FaultProxy) -> None:
     p.set_bandwidth(up=32_000, down=32_000)
 
 
+RUN_BOUND = 240.0
+"""As ``chaos.harness.RUN_BOUND``: no measurement waits longer than a run may take."""
+
 SCRIPT: tuple[Step, ...] = (
     Step("latency spike 200 ms ± 100 ms each way, 6 s", _latency(0.2, 0.2, 0.1), 6.0),
     Step("every open connection reset (RST)", lambda p: p.drop(how="reset"), kill_after=True),
@@ -99,11 +102,7 @@ SCRIPT: tuple[Step, ...] = (
     Step("thin pipe: 32 kB/s and 50 ms each way, 5 s", _thin, 5.0),
     Step("latency spike 1 s each way, 4 s", _latency(1.0, 1.0, 0.0), 4.0, kill_after=True),
 )
-"""The faults in order; ~45 s with the gaps. Runs are started across the whole script."""
-
-
-def script_seconds(script: tuple[Step, ...] = SCRIPT) -> float:
-    return sum(s.seconds + s.gap for s in script)
+"""The faults in order; ~50 s with the gaps. A batch of runs starts before each."""
 
 
 async def phase_net(h: Harness, name: NetPhaseName) -> None:
@@ -134,41 +133,12 @@ async def phase_net(h: Harness, name: NetPhaseName) -> None:
         settings = h.settings_for(name, **update)
         ctx = NetPhase(harness=h, name=name, proxy=proxy, settings=settings)
         async with h.pool(settings, name) as pool:
-            started: list[tuple[RunRecord, WorkflowHandle[Any, RunResult]]] = []
-            waits: list[asyncio.Task[None]] = []
-
-            async def feed() -> None:
-                # A third at once, so the first faults meet runs in flight; the rest spread
-                # over the script.
-                first = max(1, n // 3)
-                pace = script_seconds() / max(n - first, 1)
-                for i in range(n):
-                    req = RunRequest(agent=SHOP, input=order_request(
-                        9000 + i, qty=1 + i % 2, sku=SKUS[i % len(SKUS)],
-                        amount=round(22 + i % 11 * 1.5, 2)))
-                    for hook in REQUEST_HOOKS[name]:
-                        req = hook(i, req)
-                    rec, handle = await h.start(name, f"{name}: network faults", req, settings)
-                    started.append((rec, handle))
-                    waits.append(asyncio.create_task(h.finish(rec, handle)))
-                    if i + 1 >= first:
-                        await asyncio.sleep(pace)
-
-            feeder = asyncio.create_task(feed())
-            await h._until(lambda: len(started) >= max(1, n // 3), within=60,
-                           what=f"the first {name} runs to start")
-            await asyncio.sleep(1.0)  # under way: their first model calls and tool calls
+            play = _Play(h, name, proxy, pool, settings, group, n, kills)
             try:
-                await _play(h, name, proxy, pool, group, kills, lambda: [
-                    r.workflow_id for r, _ in started if r.result is None
-                    and r.lost_reason is None], settings.temporal.task_queue)
-                await feeder
-                proxy.clear()
-                await asyncio.gather(*waits)
+                await play.run()
             finally:
-                feeder.cancel()
-                for t in waits:
-                    t.cancel()
+                play.cancel()
+            started = play.started
             ctx.records = [r for r, _ in started]
             s = proxy.stats
             total = h.fault(group, "the whole script (every run met some of it)")
@@ -183,48 +153,85 @@ async def phase_net(h: Harness, name: NetPhaseName) -> None:
             h.phase_findings.extend(await check(ctx))
 
 
-async def _play(h: Harness, name: str, proxy: FaultProxy, pool: WorkerPool, group: str,
-                kills: int, in_flight: Callable[[], list[str]], queue: str) -> None:
-    """The script, once: each fault applied, held, healed; recovery measured from the
-    moment it was healed to the first ledger progress of a run in flight."""
-    killed = 0
-    pending: list[tuple[float, list[float], asyncio.Task[float | None]]] = []
-    for step in SCRIPT:
-        stat = h.fault(group, step.kind)
-        wids = in_flight()
-        before = (proxy.stats.dropped, proxy.stats.stalled)
-        hit = step.apply(proxy)
-        stat.injected += 1
-        if step.seconds:
-            await asyncio.sleep(step.seconds)
-        _heal(proxy, step)
-        healed = time.time()
-        dropped = proxy.stats.dropped - before[0]
-        caught = proxy.stats.stalled - before[1]
-        parts = [f"{len(wids)} runs in flight"]
-        if dropped or isinstance(hit, int):
-            parts.append(f"{dropped} connections dropped")
-        if caught:
-            parts.append(f"{caught} connections caught")
-        stat.note = "; ".join(parts)
-        if wids:  # measured concurrently: a slow recovery must not slow the script
-            pending.append((healed, stat.recovery_s, asyncio.create_task(
-                h._first_progress(healed, queue, wids, within=90))))
-        await asyncio.sleep(step.gap)
-        if step.kill_after and killed < kills:
-            if pool.kill_random(h.rng, kind=f"{name} network faults") is not None:
-                killed += 1
-                h.fault("worker SIGKILL", f"during {name} network faults").injected += 1
-    for healed, into, task in pending:
-        at = await task
-        if at is not None:
-            into.append(at - healed)
+class _Play:
+    """The script, once, against ``n`` runs: before each fault a batch of runs starts (so
+    every fault meets runs in flight), then the fault is applied, held, healed; recovery is
+    measured from the moment it healed to the next ledger progress of a run in flight."""
 
+    def __init__(self, h: Harness, name: NetPhaseName, proxy: FaultProxy, pool: WorkerPool,
+                 settings: Settings, group: str, n: int, kills: int) -> None:
+        self.h, self.name, self.proxy, self.pool = h, name, proxy, pool
+        self.settings, self.group, self.n, self.kills = settings, group, n, kills
+        self.started: list[tuple[RunRecord, WorkflowHandle[Any, RunResult]]] = []
+        self.waits: list[asyncio.Task[None]] = []
+        self.progress: list[tuple[float, list[float], asyncio.Task[float | None]]] = []
 
-def _heal(proxy: FaultProxy, step: Step) -> None:
-    """End a held fault (latency, caps, refusal, stall); an instant one needs nothing."""
-    if step.seconds:
+    def in_flight(self) -> list[str]:
+        return [r.workflow_id for r, _ in self.started
+                if r.result is None and r.lost_reason is None]
+
+    async def start_runs(self, k: int) -> None:
+        for _ in range(k):
+            i = len(self.started)
+            if i >= self.n:
+                return
+            req = RunRequest(agent=SHOP, input=order_request(
+                9000 + i, qty=1 + i % 2, sku=SKUS[i % len(SKUS)],
+                amount=round(22 + i % 11 * 1.5, 2)))
+            for hook in REQUEST_HOOKS[self.name]:
+                req = hook(i, req)
+            rec, handle = await self.h.start(self.name, f"{self.name}: network faults", req,
+                                             self.settings)
+            self.started.append((rec, handle))
+            self.waits.append(asyncio.create_task(self.h.finish(rec, handle)))
+
+    async def run(self) -> None:
+        h, proxy = self.h, self.proxy
+        per_step = -(-self.n // len(SCRIPT))  # ceil: every run starts before the last fault
+        killed = 0
+        for step in SCRIPT:
+            await self.start_runs(per_step)
+            await asyncio.sleep(1.0)  # under way: in a model call or a tool call
+            stat = h.fault(self.group, step.kind)
+            wids = self.in_flight()
+            before = (proxy.stats.dropped, proxy.stats.stalled)
+            step.apply(proxy)
+            stat.injected += 1
+            if step.seconds:
+                await asyncio.sleep(step.seconds)
+                proxy.clear()  # healed (a stall's hung connections stay hung)
+            healed = time.time()
+            dropped = proxy.stats.dropped - before[0]
+            caught = proxy.stats.stalled - before[1]
+            stat.note = "; ".join(filter(None, [
+                f"{len(wids)} runs in flight",
+                f"{dropped} connections dropped" if dropped else "",
+                f"{caught} connections caught" if caught else ""]))
+            still = self.in_flight()
+            if still:  # measured alongside: a slow recovery must not slow the script
+                self.progress.append((healed, stat.recovery_s, asyncio.create_task(
+                    h._first_progress(healed, self.settings.temporal.task_queue, still,
+                                      within=RUN_BOUND))))
+            await asyncio.sleep(step.gap)
+            if step.kill_after and killed < self.kills:
+                if self.pool.kill_random(h.rng, kind=f"{self.name} network faults") is not None:
+                    killed += 1
+                    h.fault("worker SIGKILL",
+                            f"during {self.name} network faults").injected += 1
+        await self.start_runs(self.n)  # any left (none unless the script is short)
         proxy.clear()
+        await asyncio.gather(*self.waits)
+        for healed, into, task in self.progress:
+            if not task.done():  # its runs ended without another step: nothing to measure
+                task.cancel()
+                continue
+            at = task.result()
+            if at is not None:
+                into.append(at - healed)
+
+    def cancel(self) -> None:
+        for t in [*self.waits, *(p[2] for p in self.progress)]:
+            t.cancel()
 
 
 def _host_port(dsn: str) -> tuple[str, int]:
