@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from temporalio.client import WorkflowHandle
@@ -139,6 +141,16 @@ async def phase_net(h: Harness, name: NetPhaseName) -> None:
             finally:
                 play.cancel()
             started = play.started
+        exited = [d for d in pool.deaths if d.cause == "crashed"]
+        if exited:
+            # A worker started (to replace a killed one) while the link was stalled or
+            # refusing gives up connecting and exits, as it should; its supervisor — the pool
+            # here — starts another. Say which it was, from the logs.
+            said = _start_failures(h.data_dir / "logs", name)
+            stat = h.fault(group, "worker exited at start (connect failed during a fault)")
+            stat.injected = len(exited)
+            stat.note = "; ".join(f"{n}x {why}" for why, n in said.items()) or \
+                "see the worker logs"
             ctx.records = [r for r, _ in started]
             s = proxy.stats
             total = h.fault(group, "the whole script (every run met some of it)")
@@ -187,19 +199,29 @@ class _Play:
 
     async def run(self) -> None:
         h, proxy = self.h, self.proxy
-        per_step = -(-self.n // len(SCRIPT))  # ceil: every run starts before the last fault
+        steps = len(SCRIPT)
         killed = 0
-        for step in SCRIPT:
-            await self.start_runs(per_step)
-            await asyncio.sleep(1.0)  # under way: in a model call or a tool call
+        for i, step in enumerate(SCRIPT):
+            # The runs spread evenly: 10 runs over 7 faults start 1, 1, 2, 1, 2, 1, 2.
+            per_step = self.n * (i + 1) // steps - self.n * i // steps
             stat = h.fault(self.group, step.kind)
-            wids = self.in_flight()
             before = (proxy.stats.dropped, proxy.stats.stalled)
-            step.apply(proxy)
-            stat.injected += 1
             if step.seconds:
-                await asyncio.sleep(step.seconds)
+                # A lasting fault: the batch starts into it (the harness reaches Temporal
+                # direct), so its runs meet the fault from their first step on.
+                step.apply(proxy)
+                await self.start_runs(per_step)
+                await asyncio.sleep(min(1.0, step.seconds))
+                wids = self.in_flight()
+                await asyncio.sleep(max(step.seconds - 1.0, 0.0))
                 proxy.clear()  # healed (a stall's hung connections stay hung)
+            else:
+                # An instant one: the batch is under way (a shop order takes ~1-4 s).
+                await self.start_runs(per_step)
+                await asyncio.sleep(0.4)
+                wids = self.in_flight()
+                step.apply(proxy)
+            stat.injected += 1
             healed = time.time()
             dropped = proxy.stats.dropped - before[0]
             caught = proxy.stats.stalled - before[1]
@@ -232,6 +254,16 @@ class _Play:
     def cancel(self) -> None:
         for t in [*self.waits, *(p[2] for p in self.progress)]:
             t.cancel()
+
+
+def _start_failures(logs: Path, name: str) -> Counter[str]:
+    out: Counter[str] = Counter()
+    for f in sorted(logs.glob(f"{name}-worker-*.log")):
+        text = f.read_text(errors="replace")
+        for why in ("cannot reach Temporal", "cannot connect to the ledger database"):
+            if why in text:
+                out[why] += 1
+    return out
 
 
 def _host_port(dsn: str) -> tuple[str, int]:
