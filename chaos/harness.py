@@ -20,6 +20,9 @@ directory):
 ``rollout``   a rolling upgrade mid-load: build B's workers join build A's on one Worker
               Deployment, B is promoted, workers of both builds are SIGKILLed; pinned runs
               finish on A, later runs run on B, A drains (``chaos/rollout.py``).
+``pgnet``     the workers reach PostgreSQL through a fault-injecting proxy: latency spikes,
+              connections reset, a half-dead stall, refused connects (``chaos.netfaults``).
+``temporalnet`` the same between the workers and Temporal.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ from chaos.agent import (
     order_request,
 )
 from chaos.invariants import (
+    Finding,
     RunRecord,
     Verdict,
     check,
@@ -68,6 +72,7 @@ from chaos.invariants import (
     first_progress_after,
     tool_facts,
 )
+from chaos.netfaults import phase_net
 from chaos.pool import Death, WorkerPool
 from chaos.rollout import phase_rollout
 from chaos.stack import throwaway_settings
@@ -79,10 +84,10 @@ from stead.stack.embedded import EmbeddedStack
 from stead.storage.ledger import Ledger
 from stead.testing.openai_server import FakeOpenAIServer, Fault, model_responder
 
-Phase = Literal["kills", "temporal", "postgres", "model", "tools",
-                "rollout"]
-PHASES: tuple[Phase, ...] = ("kills", "temporal", "postgres", "model", "tools",
-                             "rollout")
+Phase = Literal["kills", "temporal", "postgres", "model", "tools", "rollout", "pgnet",
+                "temporalnet"]
+PHASES: tuple[Phase, ...] = ("kills", "temporal", "postgres", "model", "tools", "rollout",
+                             "pgnet", "temporalnet")
 
 RUN_BOUND = 240.0
 """Seconds a run may take before it counts as lost (every wait in the suite is bounded)."""
@@ -233,6 +238,8 @@ class Harness:
         self.faults: dict[tuple[str, str], FaultStat] = {}
         self.deaths: list[Death] = []
         self.not_started = 0
+        self.phase_findings: list[Finding] = []
+        """Findings of phase-specific checks (e.g. ``chaos.netfaults.EXTRA_CHECKS``)."""
         """Kills-phase runs never started because the time budget was spent."""
         self._approval_kills: list[tuple[str, float]] = []
         """(workflow id, when its worker was killed) per approval wait that lost its worker."""
@@ -685,6 +692,8 @@ async def run_chaos(cfg: ChaosConfig, *, progress: Progress = print) -> ChaosRes
                 "model": h.phase_model,
                 "tools": h.phase_tools,
                 "rollout": lambda: phase_rollout(h),
+                "pgnet": lambda: phase_net(h, "pgnet"),
+                "temporalnet": lambda: phase_net(h, "temporalnet"),
             }
             for name in cfg.phases:
                 if h.time_left() < 30:
@@ -703,6 +712,7 @@ async def run_chaos(cfg: ChaosConfig, *, progress: Progress = print) -> ChaosRes
             evidence = await collect(h.records, world=world, ledger=ledger,
                                      tools=tool_facts(catalog))
             verdict = check(evidence)
+            verdict.phase_checks.extend(h.phase_findings)
         finally:
             await ledger.close()
     finally:

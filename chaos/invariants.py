@@ -111,6 +111,8 @@ class Verdict:
     chain_breaks: list[Finding] = field(default_factory=list)
     versioning: list[Finding] = field(default_factory=list)
     """Runs that left the build they were pinned to, or missed a promoted one (rollout)."""
+    phase_checks: list[Finding] = field(default_factory=list)
+    """Findings of checks a phase adds for its own feature (``chaos.netfaults.EXTRA_CHECKS``)."""
     statuses: Counter[str] = field(default_factory=Counter)
     reconciled: int = 0
     """Non-idempotent calls whose lost attempt was answered by the reconcile hook."""
@@ -121,7 +123,7 @@ class Verdict:
     def ok(self) -> bool:
         return not (self.lost or self.duplicates or self.silent_reruns
                     or self.unresolved_unknown or self.ledger_gaps or self.chain_breaks
-                    or self.versioning)
+                    or self.versioning or self.phase_checks)
 
     def problems(self) -> list[tuple[str, Finding]]:
         return [*(("lost", f) for f in self.lost),
@@ -130,7 +132,8 @@ class Verdict:
                 *(("unknown outcome unresolved", f) for f in self.unresolved_unknown),
                 *(("ledger gap", f) for f in self.ledger_gaps),
                 *(("chain break", f) for f in self.chain_breaks),
-                *(("off its build", f) for f in self.versioning)]
+                *(("off its build", f) for f in self.versioning),
+                *(("phase check", f) for f in self.phase_checks)]
 
 
 async def collect(records: Sequence[RunRecord], *, world: ChaosWorld, ledger: Ledger,

@@ -187,6 +187,14 @@ class LedgerSettings(_Section):
     """A tool result whose JSON is larger travels through history as a reference to
     ``stead_blobs`` (``{"$blob": digest, "bytes": n, "preview": ...}``); the model still sees
     it in full. 0 stores every result. See ``stead.storage.blobs``."""
+    command_timeout_seconds: Annotated[float, Env("db_command_timeout_seconds")] = Field(
+        60.0, gt=0, le=_DAY)
+    """Longest a ledger statement may take. Past it the statement counts as the database
+    being away (the connection is dropped, the operation retried on another): a link that went
+    half-dead mid-statement would otherwise hang its caller — and its cancellation — forever."""
+    connect_timeout_seconds: Annotated[float, Env("db_connect_timeout_seconds")] = Field(
+        10.0, gt=0, le=_DAY)
+    """Longest one connection attempt to the ledger may take (asyncpg's default is 60 s)."""
 
     @property
     def migration_database_url(self) -> str | None:

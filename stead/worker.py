@@ -244,7 +244,9 @@ class WorkerHost:
         await migrate(db.migration_database_url)  # as the owner; the pool below as the worker
         self.client = await connect_client(s)
         self.ledger = await Ledger.connect(db.database_url, min_size=db.pool_min,
-                                           max_size=db.pool_max, retry_seconds=db.retry_seconds)
+                                           max_size=db.pool_max, retry_seconds=db.retry_seconds,
+                                           command_timeout=db.command_timeout_seconds,
+                                           connect_timeout=db.connect_timeout_seconds)
         try:
             self.memory = await open_memory(s, pool=self.ledger.pool, embedder=self.embedder)
             if self.meter_provider is None:

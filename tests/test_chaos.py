@@ -53,6 +53,7 @@ def test_a_small_chaos_run_kills_workers_and_every_invariant_holds(tmp_path: Pat
     assert doc["invariants"] == {"lost": 0, "duplicate_effects": 0, "silent_reruns": 0,
                                  "unresolved_unknown": 0, "ledger_gaps": 0, "chain_breaks": 0,
                                  "off_build": 0,
+                                 "phase_checks": 0,
                                  "reconciled": doc["invariants"]["reconciled"],
                                  "escalated_unknown": doc["invariants"]["escalated_unknown"]}
     # Aimed at 3 (a failpoint, an approval wait, a random one); a random kill can stop a
@@ -86,6 +87,26 @@ def test_a_small_rollout_keeps_pinned_runs_on_their_build(tmp_path: Path) -> Non
     promo = next(f for f in doc["faults"] if f["group"] == "rollout" and "promoted" in f["kind"])
     assert "build-a drained" in promo["note"], promo["note"]
     assert doc["kills"] >= 2
+def test_network_fault_phases_keep_every_invariant(tmp_path: Path) -> None:
+    """pgnet and temporalnet, small: 4 runs each through the fault proxy, 2 SIGKILLs each."""
+    out = tmp_path / "chaos.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "chaos", "--runs", "4", "--kills", "2", "--only", "pgnet",
+         "--only", "temporalnet", "--json", str(out)], cwd=ROOT, capture_output=True,
+        text=True, timeout=420)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["ok"] is True and doc["problems"] == []
+    for phase in ("pgnet", "temporalnet"):
+        assert doc["runs"][phase]["started"] == "4"
+        assert doc["runs"][phase]["lost"] == "0"
+    faults = {(f["group"], f["kind"]): f for f in doc["faults"]}
+    for group in ("network (PostgreSQL)", "network (Temporal)"):
+        kinds = [k for g, k in faults if g == group]
+        assert len(kinds) >= 8, kinds  # the 7 faults of the script and the whole-script row
+        stall = next(f for (g, k), f in faults.items() if g == group and "stalled" in k)
+        assert stall["injected"] == 1
+    assert sum(1 for d in doc["deaths"] if d["cause"] == "harness") == 4
 
 
 def test_bad_arguments_exit_2_with_a_message() -> None:

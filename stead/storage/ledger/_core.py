@@ -7,6 +7,8 @@ The operations themselves live with their job: writes in ``_writes``, reads in `
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Self, TypeVar
 
@@ -18,6 +20,11 @@ from stead.storage.ledger._retry import TRANSIENT, retrying
 from stead.storage.ledger._values import Storable, init_connection
 
 T = TypeVar("T")
+
+COMMAND_TIMEOUT = 60.0
+"""Default bound on one ledger statement (``STEAD_DB_COMMAND_TIMEOUT_SECONDS``)."""
+CONNECT_TIMEOUT = 10.0
+"""Default bound on one connection attempt (``STEAD_DB_CONNECT_TIMEOUT_SECONDS``)."""
 
 
 async def keep_session(conn: asyncpg.Connection) -> None:
@@ -50,12 +57,32 @@ class LedgerBase:
     @classmethod
     async def connect(cls, dsn: str, *, min_size: int = 1, max_size: int = 10,
                       retry_seconds: float = 30.0,
+                      command_timeout: float | None = COMMAND_TIMEOUT,
+                      connect_timeout: float = CONNECT_TIMEOUT,
                       redactor: Redactor = DEFAULT_REDACTOR) -> Self:
-        try:
-            pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size,
-                                             init=init_connection, reset=keep_session)
-        except TRANSIENT as err:
-            raise LedgerError(f"cannot connect to the ledger database: {err}") from err
+        """A pool on ``dsn``; while PostgreSQL is unreachable, keep trying for up to
+        ``retry_seconds`` (a worker started during a network blip waits for it instead of
+        exiting; 0: fail at once), each attempt bounded by ``connect_timeout``.
+
+        ``command_timeout`` bounds every statement (None: unbounded). It is what ends a
+        statement on a half-dead link — bytes sent, nothing coming back, no FIN or RST — and
+        asyncpg bounds its cancellation of that statement by the same value: without it both
+        wait forever, and the pooled connection with them."""
+        deadline = time.monotonic() + retry_seconds
+        delay = 0.1
+        while True:
+            try:
+                pool = await asyncpg.create_pool(
+                    dsn, min_size=min_size, max_size=max_size, init=init_connection,
+                    reset=keep_session, command_timeout=command_timeout,
+                    timeout=connect_timeout)
+                break
+            except TRANSIENT as err:
+                if time.monotonic() + delay > deadline:
+                    raise LedgerError(f"cannot connect to the ledger database: "
+                                      f"{type(err).__name__}: {err}") from err
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
         assert pool is not None
         return cls(pool, retry_seconds=retry_seconds, redactor=redactor)
 
