@@ -135,10 +135,11 @@ def build_worker(client: Client, settings: Settings, catalog: AgentCatalog, ledg
     if endpoints is None and model is None:
         endpoints = ModelEndpoints.from_catalog(catalog, settings, secrets=secrets)
     # A budget that cannot work (a cheaper model outside the chain, max_usd on an unpriced
-    # model) stops the worker here. A model given by the caller serves every agent; only one
-    # named after OpenAI's is held to a price (scripted and recorded ones are free).
+    # model) stops the worker here. A model given by the caller serves every agent (evals,
+    # counterfactuals): then the declared chains are checked, not prices.
     check_budgets(catalog, {a: endpoints.chain(a) for a in catalog.names()} if endpoints
-                  else {}, prices=settings.models.prices,
+                  else {a.name: list(a.models) for a in catalog.agents()},
+                  prices=settings.models.prices, priced=endpoints is not None,
                   single_model=model.name if model is not None
                   and model.name.startswith("openai:") else None)
     # Model keys read from variables of the agents' own choosing are redacted too.

@@ -173,9 +173,10 @@ class BudgetBook:
                 lambda: not self.limit.exceeded(self.spent + estimate), timeout=timeout)
         finally:
             self._waiting = None
-            ctx.state.node = node
         if fits:
+            ctx.at(node, f"Budget raised to {self._limits()}; going on")
             return
+        ctx.state.node = node
         self._decisions.record(step, "budget", "timed_out",
                                f"nobody raised the budget within {timeout:g}s; {why}",
                                self._data(self.limit.exceeded(self.spent + estimate),

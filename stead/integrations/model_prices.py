@@ -46,12 +46,15 @@ def priced(plan: AgentPlan, prices: Mapping[str, ModelPrice]) -> AgentPlan:
 
 
 def check_budgets(catalog: AgentCatalog, chains: Mapping[str, Sequence[ModelEndpoint]], *,
-                  prices: Mapping[str, ModelPrice], single_model: str | None) -> None:
+                  prices: Mapping[str, ModelPrice], single_model: str | None,
+                  priced: bool = True) -> None:
     """Raise ``SpecError`` listing every agent whose policy budget cannot work: a
     ``cheaper_model`` that is not in the agent's chain, or unpriced while ``max_usd`` is set,
     or ``max_usd`` on a model nobody priced (it would never count a cent). ``chains``: each
     agent's resolved chain (empty or missing: it has none, and ``single_model``, the
-    worker's configured model, serves it; None: its offline model, which is free)."""
+    worker's configured model, serves it; None: its offline model, which is free).
+    ``priced`` False: only the chain is checked, not prices (a worker whose one given model
+    serves every agent, as evaluations and counterfactuals run, pins no chain)."""
     problems: list[str] = []
     for agent in catalog.agents():
         rules = agent.policy.budget if agent.policy is not None else None
@@ -68,13 +71,13 @@ def check_budgets(catalog: AgentCatalog, chains: Mapping[str, Sequence[ModelEndp
             elif rules.cheaper_model not in names:
                 problems.append(f"{where}.cheaper_model: {rules.cheaper_model!r} is not a model "
                                 f"of the agent's chain ({', '.join(names) or 'it has none'})")
-            elif rules.max_usd is not None:
+            elif rules.max_usd is not None and priced:
                 ep = chain[names.index(rules.cheaper_model)]
                 if _endpoint_price(ep, prices) is None:
                     problems.append(f"{where}.cheaper_model: {ep.name} has no price "
                                     f"(ModelEndpoint.price or STEAD_MODEL_PRICES) while "
                                     f"max_usd is set; an unpriced model would spend no money")
-        if rules.max_usd is not None:
+        if rules.max_usd is not None and priced:
             if chain:
                 unpriced = [ep.name for ep in chain if _endpoint_price(ep, prices) is None]
                 if unpriced:
