@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
 
 from temporalio import activity
@@ -22,15 +22,23 @@ from temporalio.exceptions import ApplicationError
 from stead import errors
 from stead.authoring.agent import AgentCatalog
 from stead.contracts.budget import Price
-from stead.contracts.models import Message, ModelCallRecord, ModelRequest, ModelTurn, Usage
+from stead.contracts.models import (
+    Message,
+    ModelCallRecord,
+    ModelEndpoint,
+    ModelRequest,
+    ModelTurn,
+    Usage,
+)
 from stead.contracts.quota import TenantQuota, WindowKind, quota_for
+from stead.errors import SettingsError
 from stead.evals.metrics import price_for
 from stead.guardrails.budget import DEFAULT_MAX_OUTPUT_TOKENS, estimate, settle
 from stead.integrations.llm import ModelCallError, ModelClient, complete_streaming, write_turn
 from stead.integrations.model_endpoints import ModelEndpoints
 from stead.observability.telemetry import NO_METRICS, SteadMetrics
 from stead.observability.tracing import NO_TRACING, SteadTracing
-from stead.settings import ModelPrice
+from stead.settings import ModelPrice, Settings
 from stead.storage.blobs import BLOB_MISSING, BlobCorrupt, BlobError, BlobMissing, BlobStore
 from stead.storage.ledger import Ledger, Reservation, SpendKey
 from stead.streaming import TurnPublisher
@@ -301,6 +309,24 @@ class ModelActivities:
             usage=turn.usage if turn else Usage(),
             duration_ms=seconds * 1000, endpoint=endpoint, fallback=req.fallback),
             on_wait=activity.heartbeat)
+
+
+def check_reservation_ttl(settings: Settings, chains: Iterable[ModelEndpoint]) -> None:
+    """A worker whose tenants have spending windows must hold each reservation longer than a
+    model call may take: one that expires while its call still runs stops counting, and the
+    tenant's window could pass its cap by that call. ``SettingsError`` names the fix."""
+    if not any(q.windows for q in settings.tenants.quotas.values()):
+        return
+    ttl = settings.tenants.reservation_ttl_seconds
+    longest, where = settings.models.timeout_seconds, "STEAD_MODEL_TIMEOUT_SECONDS"
+    for ep in chains:
+        if ep.timeout_seconds is not None and ep.timeout_seconds > longest:
+            longest, where = ep.timeout_seconds, f"timeout_seconds of the model {ep.name!r}"
+    if ttl <= longest:
+        raise SettingsError(
+            f"STEAD_QUOTA_RESERVATION_TTL_SECONDS={ttl:g} is not above the longest model call "
+            f"({longest:g} s, {where}): a call still running when its reservation expires no "
+            f"longer counts against its tenant's spending window; set it above {longest:g}")
 
 
 class _Spend:

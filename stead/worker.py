@@ -27,7 +27,7 @@ from stead.activities.admission import AdmissionActivities
 from stead.activities.drift import DriftActivities
 from stead.activities.evaluation import EvaluationActivities
 from stead.activities.memory import MemoryActivities
-from stead.activities.model import ModelActivities
+from stead.activities.model import ModelActivities, check_reservation_ttl
 from stead.activities.runs import RunActivities
 from stead.activities.tools import ToolActivities
 from stead.authoring.agent import AgentCatalog
@@ -160,6 +160,8 @@ def build_worker(client: Client, settings: Settings, catalog: AgentCatalog, ledg
         owners.append(MemoryActivities(memory.store, memory.embedder, ledger,
                                        backend=memory.backend, tracing=tracing))
     blobs = BlobStore(ledger.pool, retry_seconds=ledger.retry_seconds)
+    check_reservation_ttl(settings, [ep for agent in catalog.names()
+                                     for ep in (endpoints.chain(agent) if endpoints else [])])
     models = ModelActivities(catalog, ledger, model=model,
                              named_models=named_model_factory(settings.models), metrics=metrics,
                              tracing=tracing, max_payload_bytes=settings.worker.max_payload_bytes,

@@ -25,7 +25,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from stead import errors
-from stead.activities.model import ModelActivities
+from stead.activities.model import ModelActivities, check_reservation_ttl
 from stead.api import Role, create_app, issue_token
 from stead.authoring.agent import Agent, AgentCatalog
 from stead.authoring.tools import ToolContext, tool
@@ -43,6 +43,7 @@ from stead.contracts.models import (
     Usage,
 )
 from stead.contracts.quota import TenantQuota
+from stead.errors import SettingsError
 from stead.integrations.llm import ScriptedModel, call
 from stead.settings import Settings
 from stead.stack.embedded import EmbeddedStack
@@ -601,3 +602,24 @@ async def test_a_worker_killed_mid_call_leaves_one_reservation_that_its_retry_se
     (day,) = [w for w in await ledger.spend_usage(s.tenants.quotas, tenant=tenant)
               if w.window == "day"]
     assert (day.spent_usd, day.reserved_usd) == (pytest.approx(cost), 0.0)
+
+
+async def test_a_worker_whose_reservations_could_expire_mid_call_does_not_start(
+        settings: Settings, catalog: AgentCatalog) -> None:
+    """A reservation TTL not above the longest model call (the worker's model timeout, or a
+    chain model's own) is refused at start, naming the variable, the call and the fix; with no
+    spending windows configured the TTL does not matter."""
+    windows = {"*": {"usd_per_day": 5.0}}
+    short = settings.replace(tenant_quotas=windows, quota_reservation_ttl_seconds=30.0)
+    with pytest.raises(SettingsError) as bad:
+        async with WorkerHost(short, catalog):
+            pass
+    assert "STEAD_QUOTA_RESERVATION_TTL_SECONDS=30 is not above the longest model call " \
+           "(60 s, STEAD_MODEL_TIMEOUT_SECONDS)" in str(bad.value)
+    slow = ModelEndpoint.model_validate({"model": "gpt-4o-mini", "name": "slow",
+                                         "timeout_seconds": 1200})
+    with pytest.raises(SettingsError, match="1200 s, timeout_seconds of the model 'slow'"):
+        check_reservation_ttl(settings.replace(tenant_quotas=windows), [slow])
+    check_reservation_ttl(settings.replace(quota_reservation_ttl_seconds=30.0), [slow])
+    check_reservation_ttl(settings.replace(tenant_quotas={"*": {"runs_in_flight": 3}},
+                                           quota_reservation_ttl_seconds=30.0), [slow])
