@@ -164,7 +164,7 @@ async def test_stead_deploy_status_ramp_and_promote(settings: Settings, world: O
         assert done.code == 0, done.err
         assert done.json()["current_build_id"] == "build-a"
 
-        done = await stead("deploy", "ramp", "build-b", "25", env=env)
+        done = await stead("deploy", "ramp", "build-b", "25", "--wait", "30", env=env)
         assert done.code == 0, done.err
         assert "build-b ramping at 25%" in done.out
 
@@ -200,6 +200,9 @@ async def test_stead_deploy_status_ramp_and_promote(settings: Settings, world: O
         assert done.code == 4 and "no Worker Deployment 'nope-" in done.err, done.err
         done = await stead("deploy", "ramp", "build-a", "150", env=env)
         assert done.code == 2, done.err
+        done = await stead("deploy", "promote", "build-y", "--wait", "1", env=env)
+        assert done.code == 4 and "does not poll the current version's task queues" in \
+            done.err, done.err
 
     with pytest.raises(DeploymentNotFound, match="has no version 'build-z'"):
         await set_ramping(client, name, "build-z", 10)
