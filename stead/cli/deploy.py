@@ -152,12 +152,16 @@ def _print(report: DeploymentStatus) -> None:
     ramp = (f", ramping {report.ramping_build_id} at {report.ramping_percent:g}%"
             if report.ramping_build_id else "")
     settling = "" if report.routing_settled else " (routing change still propagating)"
-    out.print(f"Worker Deployment [bold]{report.name}[/]: current "
-              f"{report.current_build_id or 'unversioned'}{ramp}{settling}", highlight=False)
+    current = (f"current {report.current_build_id}" if report.current_build_id else
+               "no current version (new runs go to unversioned workers: `stead deploy "
+               "promote BUILD_ID`)")
+    out.print(f"Worker Deployment [bold]{report.name}[/]: {current}{ramp}{settling}",
+              highlight=False)
     table = Table()
     for col in ("build id", "state", "drainage", "drainage checked (UTC)", "pollers"):
         table.add_column(col)
     for v in report.versions:
-        checked = v.drainage_checked_at.strftime("%H:%M:%S") if v.drainage_checked_at else ""
+        checked = v.drainage_checked_at.strftime("%H:%M:%S") \
+            if v.drainage and v.drainage_checked_at else ""
         table.add_row(v.build_id, v.state, v.drainage or "", checked, str(v.pollers))
     out.print(table)
