@@ -20,6 +20,7 @@ This module imports only the declarations its fields hold (``stead.integrations.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -355,6 +356,7 @@ class CodecSettings(_Section):
     """Codec server URL the embedded Web UI decodes payloads with (``--ui-codec-endpoint``)."""
 
 
+@functools.cache
 def _package_version() -> str:
     """The installed stead package's version: the build id when ``STEAD_BUILD_ID`` is unset."""
     from importlib.metadata import PackageNotFoundError, version
