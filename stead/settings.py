@@ -20,6 +20,7 @@ This module imports only the declarations its fields hold (``stead.integrations.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -68,6 +69,17 @@ _DAY = 86_400.0
 """Upper bound of the duration settings: beyond a day is a typo, and inf overflows timedelta."""
 
 
+@functools.cache
+def _package_version() -> str:
+    """The installed stead package's version: the build id when ``STEAD_BUILD_ID`` is unset."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("stead")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "dev"
+
+
 class _Section(BaseModel):
     # A timeout of inf (or 1e15 s) overflows timedelta when a workflow builds activity
     # options: refuse it here, where the variable can still be named.
@@ -113,7 +125,7 @@ class TemporalSettings(_Section):
     that started it (pinned) unless its agent is in ``auto_upgrade_agents``; unset: no
     versioning, every worker of the task queue takes any run. See docs/deployment.md,
     "Versioned rollouts", and ``stead deploy``."""
-    build_id: Annotated[str, Env("build_id")] = Field(default_factory=lambda: _package_version())
+    build_id: Annotated[str, Env("build_id")] = Field(default_factory=_package_version)
     """Build id of this worker's code within ``deployment_name`` (``STEAD_BUILD_ID``); unset:
     the installed stead package's version. Two builds with different code need different
     ids: a pinned run only ever meets the code of its own build."""
@@ -371,16 +383,6 @@ class CodecSettings(_Section):
     server from a browser."""
     server_url: Annotated[str | None, Env("codec_server_url")] = None
     """Codec server URL the embedded Web UI decodes payloads with (``--ui-codec-endpoint``)."""
-
-
-def _package_version() -> str:
-    """The installed stead package's version: the build id when ``STEAD_BUILD_ID`` is unset."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("stead")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "dev"
 
 
 def compile_patterns(patterns: Sequence[str] | Mapping[str, str],

@@ -99,6 +99,18 @@ async def test_an_unknown_auto_upgrade_agent_stops_the_worker_at_start(
             pass
 
 
+async def test_stead_worker_with_a_bad_versioning_setting_exits_2_naming_it(
+        settings: Settings) -> None:
+    for extra, said in [
+        ({"STEAD_BUILD_ID": "__next"}, "STEAD_BUILD_ID='__next': Value error, must not start "
+                                       "with '__'"),
+        ({"STEAD_DEPLOYMENT_NAME": "shop", "STEAD_AUTO_UPGRADE_AGENTS": '["ops", "opps"]'},
+         "STEAD_AUTO_UPGRADE_AGENTS names 'opps', not an agent of this worker"),
+    ]:
+        done = await stead("worker", env=cli_env(settings, **extra), timeout=60)
+        assert done.code == 2 and said in " ".join(done.err.split()), done.err
+
+
 async def test_pinned_runs_finish_on_their_build_new_runs_go_to_the_promoted_one(
         settings: Settings, world: OpsWorld) -> None:
     """Build A holds two runs waiting for an approval, one pinned and one of an auto-upgrade
@@ -164,7 +176,7 @@ async def test_stead_deploy_status_ramp_and_promote(settings: Settings, world: O
         assert done.code == 0, done.err
         assert done.json()["current_build_id"] == "build-a"
 
-        done = await stead("deploy", "ramp", "build-b", "25", env=env)
+        done = await stead("deploy", "ramp", "build-b", "25", "--wait", "30", env=env)
         assert done.code == 0, done.err
         assert "build-b ramping at 25%" in done.out
 
@@ -200,6 +212,9 @@ async def test_stead_deploy_status_ramp_and_promote(settings: Settings, world: O
         assert done.code == 4 and "no Worker Deployment 'nope-" in done.err, done.err
         done = await stead("deploy", "ramp", "build-a", "150", env=env)
         assert done.code == 2, done.err
+        done = await stead("deploy", "promote", "build-y", "--wait", "1", env=env)
+        assert done.code == 4 and "does not poll the current version's task queues" in \
+            done.err, done.err
 
     with pytest.raises(DeploymentNotFound, match="has no version 'build-z'"):
         await set_ramping(client, name, "build-z", 10)

@@ -3,10 +3,11 @@
     stead deploy status                    # current / ramping build, each build's drainage
     stead deploy ramp 0.2.0 10             # 10 % of new runs to build 0.2.0
     stead deploy promote 0.2.0             # every new run to 0.2.0; pinned runs stay put
+    stead deploy promote 0.2.0 --wait 120  # once 0.2.0's workers poll (a deploy script)
 
 The deployment is ``STEAD_DEPLOYMENT_NAME`` unless ``--deployment`` names one. Exit codes: 0
 done; 2 bad input, or Temporal refused the change; 3 the stack is unreachable; 4 no such
-deployment or build.
+deployment or build (or, with ``--wait``, its workers did not poll in time).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ _DEPLOYMENT = typer.Option(None, "--deployment", "-d",
 _JSON = typer.Option(False, "--json", help="Print JSON")
 _NO_POLLERS = typer.Option(False, "--allow-no-pollers",
                            help="Route to a build none of whose workers is polling yet")
+_WAIT = typer.Option(0.0, "--wait", min=0,
+                     help="First wait up to this many seconds for the build's workers to poll "
+                          "every task queue the current build's do (for deploy scripts)")
 _MISSING_QUEUES = typer.Option(
     False, "--ignore-missing-task-queues",
     help="Allow a build that polls fewer task queues than the one it replaces")
@@ -60,8 +64,8 @@ def _name(settings: Settings, given: str | None) -> str:
 
 def _run(settings: Settings, action: str, name: str, build_id: str | None = None,
          percent: float = 0.0, *, allow_no_pollers: bool = False,
-         ignore_missing_task_queues: bool = False) -> DeploymentStatus:
-    from stead.deployments import describe_deployment, set_current, set_ramping
+         ignore_missing_task_queues: bool = False, wait: float = 0.0) -> DeploymentStatus:
+    from stead.deployments import describe_deployment, set_current, set_ramping, wait_version
     from stead.errors import DeploymentNotFound
 
     async def change() -> DeploymentStatus:
@@ -69,6 +73,12 @@ def _run(settings: Settings, action: str, name: str, build_id: str | None = None
         if action == "status":
             return await describe_deployment(client, name)
         assert build_id is not None
+        if wait:
+            try:
+                await wait_version(client, name, build_id, timeout=wait)
+            except TimeoutError as e:
+                fail(f"{e}; are its workers running (STEAD_BUILD_ID={build_id})?",
+                     EXIT_NOT_FOUND)
         opts = {"allow_no_pollers": allow_no_pollers,
                 "ignore_missing_task_queues": ignore_missing_task_queues}
         if action == "promote":
@@ -100,7 +110,8 @@ def status_cmd(deployment: str | None = _DEPLOYMENT, as_json: bool = _JSON) -> N
 
 @deploy_app.command("promote")
 def promote_cmd(build_id: str = typer.Argument(..., help="Build id to make current"),
-                deployment: str | None = _DEPLOYMENT, allow_no_pollers: bool = _NO_POLLERS,
+                deployment: str | None = _DEPLOYMENT, wait: float = _WAIT,
+                allow_no_pollers: bool = _NO_POLLERS,
                 ignore_missing_task_queues: bool = _MISSING_QUEUES,
                 as_json: bool = _JSON) -> None:
     """Make BUILD_ID the current version: new runs (and auto-upgrading ones) go to it, runs
@@ -108,7 +119,7 @@ def promote_cmd(build_id: str = typer.Argument(..., help="Build id to make curre
     settings = resolved(cli_settings())
     report = _run(settings, "promote", _name(settings, deployment), build_id,
                   allow_no_pollers=allow_no_pollers,
-                  ignore_missing_task_queues=ignore_missing_task_queues)
+                  ignore_missing_task_queues=ignore_missing_task_queues, wait=wait)
     if as_json:
         print_json(report.model_dump(mode="json"))
     else:
@@ -120,7 +131,8 @@ def promote_cmd(build_id: str = typer.Argument(..., help="Build id to make curre
 def ramp_cmd(build_id: str = typer.Argument(..., help="Build id to ramp"),
              percent: float = typer.Argument(..., min=0, max=100,
                                              help="Share of new runs it takes, 0-100"),
-             deployment: str | None = _DEPLOYMENT, allow_no_pollers: bool = _NO_POLLERS,
+             deployment: str | None = _DEPLOYMENT, wait: float = _WAIT,
+             allow_no_pollers: bool = _NO_POLLERS,
              ignore_missing_task_queues: bool = _MISSING_QUEUES,
              as_json: bool = _JSON) -> None:
     """Send PERCENT of new runs to BUILD_ID, the rest to the current build (`promote` it
@@ -128,7 +140,7 @@ def ramp_cmd(build_id: str = typer.Argument(..., help="Build id to ramp"),
     settings = resolved(cli_settings())
     report = _run(settings, "ramp", _name(settings, deployment), build_id, percent,
                   allow_no_pollers=allow_no_pollers,
-                  ignore_missing_task_queues=ignore_missing_task_queues)
+                  ignore_missing_task_queues=ignore_missing_task_queues, wait=wait)
     if as_json:
         print_json(report.model_dump(mode="json"))
     else:
@@ -140,12 +152,16 @@ def _print(report: DeploymentStatus) -> None:
     ramp = (f", ramping {report.ramping_build_id} at {report.ramping_percent:g}%"
             if report.ramping_build_id else "")
     settling = "" if report.routing_settled else " (routing change still propagating)"
-    out.print(f"Worker Deployment [bold]{report.name}[/]: current "
-              f"{report.current_build_id or 'unversioned'}{ramp}{settling}", highlight=False)
+    current = (f"current {report.current_build_id}" if report.current_build_id else
+               "no current version (new runs go to unversioned workers: `stead deploy "
+               "promote BUILD_ID`)")
+    out.print(f"Worker Deployment [bold]{report.name}[/]: {current}{ramp}{settling}",
+              highlight=False)
     table = Table()
     for col in ("build id", "state", "drainage", "drainage checked (UTC)", "pollers"):
         table.add_column(col)
     for v in report.versions:
-        checked = v.drainage_checked_at.strftime("%H:%M:%S") if v.drainage_checked_at else ""
+        checked = v.drainage_checked_at.strftime("%H:%M:%S") \
+            if v.drainage and v.drainage_checked_at else ""
         table.add_row(v.build_id, v.state, v.drainage or "", checked, str(v.pollers))
     out.print(table)
