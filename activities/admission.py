@@ -15,6 +15,7 @@ so they never released it) and frees those slots.
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Mapping
 
 from temporalio import activity
@@ -67,6 +68,12 @@ class AdmissionActivities:
         await self._wake(ask.ref.tenant, quota, woken)
         self._metrics.admission(tenant=ask.ref.tenant, verdict=verdict.verdict,
                                 was_queued=ask.waited)
+        if verdict.verdict == "queued" and verdict.wait_seconds >= self._recheck:
+            # Spread the re-checks: runs queued in one burst would otherwise all ask again
+            # in the same instant, interval after interval. (Random here, in the activity:
+            # its answer is recorded, so the run replays with the same wait.)
+            verdict = verdict.model_copy(update={
+                "wait_seconds": self._recheck * random.uniform(0.75, 1.25)})
         return verdict
 
     @activity.defn(name="run.release")

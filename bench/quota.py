@@ -10,10 +10,14 @@ One embedded stack (free ports, temporary directory) and one worker whose
 quota) and tenant ``bench-b`` at ``--b-in-flight``; both go through admission. The model is
 ``stead.testing.gated_model.GatedModel``: A's admitted runs stay at their first model call for
 the whole benchmark, so A stays at its cap and its ``--queued`` runs stay queued, each asking
-again every ``--recheck`` seconds (``STEAD_ADMISSION_RECHECK_SECONDS``: with 200 queued and
-5 s, 40 admission transactions a second on A's lock in the background). ``--churn`` lets
+again every ``--recheck`` seconds (``STEAD_ADMISSION_RECHECK_SECONDS``, default 30: with 200
+queued, 7 admission transactions a second on A's lock in the background; 5 s: 40). ``--churn`` lets
 one of A's admitted runs finish every that many seconds, so the queue also moves (each ending
 run releases its slot and signals the next queued run).
+
+Then ``--wakes`` times one of A's admitted runs ends while the others wait: the time until
+the next queued run of A calls its model is the wake-up latency (the ending run finishes,
+gives its slot back and signals ``admit``; the woken run asks, is admitted, calls its model).
 
 Measured, per run of B, started one after the other: client ``start_workflow`` -> B's first
 model call entered (the run was admitted and began its first step), first with no backlog
@@ -82,8 +86,9 @@ class QuotaResult:
     baseline: Latency | None = None
     backlogged: Latency | None = None
     wake: Latency | None = None
-    """``--churn``: an admitted run of A answered -> the next queued run of A calls its
-    model (the ending run finishes, releases its slot, signals; the woken run is admitted)."""
+    """An admitted run of A answered -> the next queued run of A calls its model (the
+    ending run finishes, releases its slot, signals; the woken run is admitted): ``--wakes``
+    one after the other after B's runs, plus those of ``--churn`` during them."""
     backlog_at_start: int = 0
     backlog_at_end: int = 0
     a_started_during: int = 0
@@ -110,8 +115,8 @@ async def _b_runs(client: Client, settings: Settings, model: GatedModel, runs: i
 
 
 async def quota_workload(*, queued: int = 200, runs: int = 30, a_in_flight: int = 2,
-                         b_in_flight: int = 10, recheck: float = 5.0,
-                         churn: float | None = None,
+                         b_in_flight: int = 10, recheck: float = 30.0,
+                         churn: float | None = None, wakes: int = 10,
                          progress: Callable[[str], None] = print) -> QuotaResult:
     began = time.perf_counter()
     res = QuotaResult(queued=queued, a_in_flight=a_in_flight, b_in_flight=b_in_flight,
@@ -167,28 +172,33 @@ async def quota_workload(*, queued: int = 200, runs: int = 30, a_in_flight: int 
                 def a_calls() -> list[str]:
                     return [c for c in model.calls if c.startswith("a ")]
 
-                async def churner() -> None:
-                    """End one admitted run of A each ``churn`` s; time until the next
+                opened_a = 0
+
+                async def end_one_a() -> None:
+                    """Let the oldest admitted run of A answer and end; time until the next
                     queued one, woken by the ending run, calls its model."""
+                    nonlocal opened_a
+                    waiting = a_calls()
+                    if opened_a >= len(waiting):
+                        return
+                    model.open(waiting[opened_a])
+                    opened_a += 1
+                    opened = time.perf_counter()
+                    deadline = opened + 2 * recheck + 10
+                    # Polled at 2 ms: the model's own event is set for the run, not
+                    # for "any next run", and the poll's resolution is the point.
+                    while len(a_calls()) == len(waiting) and \
+                            time.perf_counter() < deadline:  # noqa: ASYNC110
+                        await asyncio.sleep(0.002)
+                    if len(a_calls()) > len(waiting):
+                        res.samples_ms.setdefault("wake", []).append(
+                            (time.perf_counter() - opened) * 1000)
+
+                async def churner() -> None:
                     assert churn is not None
-                    k = 0
                     while not stop.is_set():
                         await asyncio.sleep(churn)
-                        waiting = a_calls()
-                        if k >= len(waiting):
-                            continue
-                        model.open(waiting[k])
-                        k += 1
-                        opened = time.perf_counter()
-                        deadline = opened + 2 * recheck + 10
-                        # Polled at 2 ms: the model's own event is set for the run, not
-                        # for "any next run", and the poll's resolution is the point.
-                        while len(a_calls()) == len(waiting) and \
-                                time.perf_counter() < deadline:  # noqa: ASYNC110
-                            await asyncio.sleep(0.002)
-                        if len(a_calls()) > len(waiting):
-                            res.samples_ms.setdefault("wake", []).append(
-                                (time.perf_counter() - opened) * 1000)
+                        await end_one_a()
 
                 task = asyncio.create_task(churner()) if churn else None
                 res.samples_ms["backlogged"] = await _b_runs(client, settings, model, runs,
@@ -198,6 +208,10 @@ async def quota_workload(*, queued: int = 200, runs: int = 30, a_in_flight: int 
                     task.cancel()
                 res.a_started_during = sum(1 for c in model.calls[calls_before:]
                                            if c.startswith("a "))
+                progress(f"A: {wakes} runs end one after the other, each waking the next")
+                for _ in range(wakes):
+                    await asyncio.sleep(0.5)  # the worker idle but for A's re-checks
+                    await end_one_a()
                 res.backlog_at_end = (await admissions.usage([A]))[0].queued
                 model.open_all()  # the worker stops with A's gates open; the stack goes
     res.baseline = _latency(res.samples_ms["baseline"])
@@ -246,10 +260,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--runs", type=int, default=30, help="measured runs of B (default 30)")
     ap.add_argument("--a-in-flight", type=int, default=2, help="A's cap (default 2)")
     ap.add_argument("--b-in-flight", type=int, default=10, help="B's cap (default 10)")
-    ap.add_argument("--recheck", type=float, default=5.0,
-                    help="STEAD_ADMISSION_RECHECK_SECONDS (default 5)")
+    ap.add_argument("--recheck", type=float, default=30.0,
+                    help="STEAD_ADMISSION_RECHECK_SECONDS (default 30, the setting's)")
     ap.add_argument("--churn", type=float, default=None,
                     help="one of A's admitted runs ends every this many seconds")
+    ap.add_argument("--wakes", type=int, default=10,
+                    help="then runs of A ended one by one, timing the next one's start "
+                         "(default 10)")
     ap.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON")
     args = ap.parse_args(argv)
     for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "TEMPORAL_ADDRESS", "DATABASE_URL",
@@ -260,6 +277,7 @@ def main(argv: list[str] | None = None) -> None:
     res = asyncio.run(quota_workload(
         queued=args.queued, runs=args.runs, a_in_flight=args.a_in_flight,
         b_in_flight=args.b_in_flight, recheck=args.recheck, churn=args.churn,
+        wakes=args.wakes,
         progress=lambda m: print(f"[bench] {m}", flush=True)))
     machine["load_average_at_end"] = load_average()
     print_quota(res, machine, command.strip())

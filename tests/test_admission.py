@@ -388,3 +388,20 @@ async def test_a_terminated_run_that_held_a_slot_is_found_and_its_slot_freed(
         await model.called("next")
         model.open_all()
         assert (await queued.result()).status == "completed"
+
+
+async def test_a_cancelled_running_run_gives_its_slot_to_the_next(
+        settings: Settings, catalog: AgentCatalog) -> None:
+    tenant = _tenant()
+    settings = _quotas(settings, {tenant: {"runs_in_flight": 1}}, recheck=3600)
+    model = GatedModel()
+    async with _worker(settings, catalog, model) as client:
+        holder = await _start(client, settings, tenant, "holder")
+        await model.called("holder")
+        queued = await _start(client, settings, tenant, "next")
+        await _until_status(queued, "queued")
+        await holder.cancel()
+        assert (await holder.result()).status == "failed"  # its model call was cancelled
+        await model.called("next")  # woken by the cancelled run's release, not a re-check
+        model.open_all()
+        assert (await queued.result()).status == "completed"

@@ -74,6 +74,9 @@ class AdmissionGate:
         ask = AdmitRun(ref=ctx.ref, first_run_id=info.first_execution_run_id)
         queued = False
         try:
+            # The flag is cleared before each ask, not after: a wake-up that arrives while
+            # the answer is being decided (a slot freed meanwhile) ends the next wait at once.
+            self._woken = False
             answer = await self._ask(ask)
             while answer.verdict == "queued":
                 if not queued:
@@ -82,8 +85,8 @@ class AdmissionGate:
                 queued = True
                 ctx.state.status = "queued"
                 ctx.at("queued", f"Queued for admission: {answer.reason}")
-                self._woken = False
                 await ctx.seam.wait(lambda: self._woken, timeout=answer.wait_seconds)
+                self._woken = False
                 answer = await self._ask(ask.model_copy(update={"waited": True}))
             queued = False
             if answer.verdict == "refused":

@@ -176,7 +176,8 @@ class Backend:
             return
         ledger = await self.ledger()
         recheck = self.settings.tenants.admission_recheck_seconds
-        verdict = await Admissions(ledger.pool).peek(tenant, quota, recheck_seconds=recheck)
+        admissions = Admissions(ledger.pool, retry_seconds=ledger.retry_seconds)
+        verdict = await admissions.peek(tenant, quota, recheck_seconds=recheck)
         if verdict.verdict == "admitted":
             return
         retry = verdict.retry_after if verdict.retry_after is not None else recheck
@@ -187,7 +188,7 @@ class Backend:
         """The tenant's admission figures and caps (zero without a quota)."""
         quota = quota_for(self.settings.tenants.quotas, tenant)
         ledger = await self.ledger()
-        (usage,) = await Admissions(ledger.pool).usage([tenant])
+        (usage,) = await Admissions(ledger.pool, retry_seconds=ledger.retry_seconds).usage([tenant])
         return with_caps(usage, quota)
 
     async def runs(self, tenant: str, *, agent: str | None = None,

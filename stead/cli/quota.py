@@ -62,7 +62,7 @@ async def _usage(settings: Settings, tenants: list[str] | None) -> list[TenantUs
     quotas = settings.tenants.quotas
     async with cli_ledger(settings, missing_tables=(
             "the ledger has no admission table yet ({error}); run `stead db migrate`")) as ledger:
-        rows = await Admissions(ledger.pool).usage(tenants)
+        rows = await Admissions(ledger.pool, retry_seconds=ledger.retry_seconds).usage(tenants)
     if tenants is None:  # tenants named in the quotas show even with nothing counted
         named = {r.tenant for r in rows}
         rows += [_nothing_counted(name) for name in quotas
