@@ -149,18 +149,18 @@ async def phase_net(h: Harness, name: NetPhaseName) -> None:
             said = _start_failures(h.data_dir / "logs", name)
             stat = h.fault(group, "worker exited at start (connect failed during a fault)")
             stat.injected = len(exited)
-            stat.note = "; ".join(f"{n}x {why}" for why, n in said.items()) or \
+            stat.note = "; ".join(f"{k}x {why}" for why, k in said.items()) or \
                 "see the worker logs"
-            ctx.records = [r for r, _ in started]
-            s = proxy.stats
-            total = h.fault(group, "the whole script (every run met some of it)")
-            for r in ctx.records:
-                h._outcome(total, r)
-            total.injected = len(SCRIPT)
-            total.note = (f"{n} runs; workers -> {server} through the proxy: "
-                          f"{s.connections} connections, {s.dropped} dropped, "
-                          f"{s.stalled} stalled ({s.hung} still hung at the end), "
-                          f"{s.bytes_up + s.bytes_down:,} bytes")
+        ctx.records = [r for r, _ in started]
+        s = proxy.stats
+        total = h.fault(group, "the whole script (every run met some of it)")
+        for r in ctx.records:
+            h._outcome(total, r)
+        total.injected = len(SCRIPT)
+        total.note = (f"{n} runs; workers -> {server} through the proxy: "
+                      f"{s.connections} connections, {s.dropped} dropped, "
+                      f"{s.stalled} stalled ({s.hung} still hung at the end), "
+                      f"{s.bytes_up + s.bytes_down:,} bytes")
         for check in EXTRA_CHECKS[name]:
             h.phase_findings.extend(await check(ctx))
 
