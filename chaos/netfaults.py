@@ -131,7 +131,12 @@ async def phase_net(h: Harness, name: NetPhaseName) -> None:
         update: dict[str, Any] = ({"database_url": proxy.url_for(dsn),
                                    "db_command_timeout_seconds": 3.0,
                                    "db_connect_timeout_seconds": 3.0}
-                                  if name == "pgnet" else {"temporal_address": proxy.address})
+                                  if name == "pgnet" else
+                                  # Pings every 10 s, 3 s to answer: a worker behind a
+                                  # half-dead link hears again within ~13 s (default 45 s).
+                                  {"temporal_address": proxy.address,
+                                   "temporal_keepalive_interval_seconds": 10.0,
+                                   "temporal_keepalive_timeout_seconds": 3.0})
         settings = h.settings_for(name, **update)
         ctx = NetPhase(harness=h, name=name, proxy=proxy, settings=settings)
         async with h.pool(settings, name) as pool:

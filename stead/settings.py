@@ -97,6 +97,15 @@ class TemporalSettings(_Section):
         "temporal_tls_server_name", "TEMPORAL_TLS_SERVER_NAME")] = None
     api_key: Annotated[SecretStr | None, Env("temporal_api_key", "TEMPORAL_API_KEY")] = None
     """API key for Temporal Cloud (sent over TLS only)."""
+    keepalive_interval_seconds: Annotated[float, Env("temporal_keepalive_interval_seconds")] = \
+        Field(30.0, ge=1, le=_DAY)
+    """How often the client pings Temporal over HTTP/2 (the SDK's default). The ping is what
+    notices a half-dead connection (nothing comes back, no reset): until then a worker's
+    polls hang on it. Servers refuse pings much more often than every 10 s."""
+    keepalive_timeout_seconds: Annotated[float, Env("temporal_keepalive_timeout_seconds")] = \
+        Field(15.0, gt=0, le=_DAY)
+    """How long a ping may go unanswered before the connection is dropped and made again: a
+    worker behind a link that went half-dead is deaf for up to interval + timeout (45 s)."""
 
 
 class LedgerSettings(_Section):
