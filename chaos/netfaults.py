@@ -3,12 +3,14 @@
 The workers of the phase reach their server through a :class:`~stead.testing.fault_proxy.
 FaultProxy` on loopback (``DATABASE_URL`` / ``TEMPORAL_ADDRESS`` in their settings point at
 it); the harness itself — starting runs, waiting for results, reading the ledger — goes
-direct, so what it sees is the truth, not the faulty network. While shop orders flow in at a
-steady rate, a fixed script runs (:data:`SCRIPT`): latency spikes with jitter, every
-connection reset, a half-dead stall whose connections never answer again, refused connects,
-half the connections closed, a thin pipe — with workers SIGKILLed between the faults. Then
-the network is healed (the hung connections stay hung: only the clients' own timeouts end
-them) and every run must still end within the suite's bound, with the usual invariants.
+direct, so what it sees is the truth, not the faulty network. A fixed script runs
+(:data:`SCRIPT`): latency spikes with jitter, every connection reset, a half-dead stall whose
+connections never answer again, refused connects, half the connections closed, a thin pipe —
+with workers SIGKILLed between the faults, and a batch of shop orders started into (or just
+before) each fault so that every fault meets runs in flight. Then the network is healed (the
+hung connections stay hung: only the clients' own timeouts end them) and every run must
+still end within the suite's bound, with the usual invariants. ``--runs`` (at most
+``--infra-runs``, 30) orders per phase, ``--kills`` (at most 3) SIGKILLs; ~50 s of faults.
 
 Extension points (one line each, for checks that belong to other features):
 
