@@ -3,12 +3,14 @@
 The workers of the phase reach their server through a :class:`~stead.testing.fault_proxy.
 FaultProxy` on loopback (``DATABASE_URL`` / ``TEMPORAL_ADDRESS`` in their settings point at
 it); the harness itself — starting runs, waiting for results, reading the ledger — goes
-direct, so what it sees is the truth, not the faulty network. While shop orders flow in at a
-steady rate, a fixed script runs (:data:`SCRIPT`): latency spikes with jitter, every
-connection reset, a half-dead stall whose connections never answer again, refused connects,
-half the connections closed, a thin pipe — with workers SIGKILLed between the faults. Then
-the network is healed (the hung connections stay hung: only the clients' own timeouts end
-them) and every run must still end within the suite's bound, with the usual invariants.
+direct, so what it sees is the truth, not the faulty network. A fixed script runs
+(:data:`SCRIPT`): latency spikes with jitter, every connection reset, a half-dead stall whose
+connections never answer again, refused connects, half the connections closed, a thin pipe —
+with workers SIGKILLed between the faults, and a batch of shop orders started into (or just
+before) each fault so that every fault meets runs in flight. Then the network is healed (the
+hung connections stay hung: only the clients' own timeouts end them) and every run must
+still end within the suite's bound, with the usual invariants. ``--runs`` (at most
+``--infra-runs``, 30) orders per phase, ``--kills`` (at most 3) SIGKILLs; ~50 s of faults.
 
 Extension points (one line each, for checks that belong to other features):
 
@@ -131,7 +133,12 @@ async def phase_net(h: Harness, name: NetPhaseName) -> None:
         update: dict[str, Any] = ({"database_url": proxy.url_for(dsn),
                                    "db_command_timeout_seconds": 3.0,
                                    "db_connect_timeout_seconds": 3.0}
-                                  if name == "pgnet" else {"temporal_address": proxy.address})
+                                  if name == "pgnet" else
+                                  # Pings every 10 s, 3 s to answer: a worker behind a
+                                  # half-dead link hears again within ~13 s (default 45 s).
+                                  {"temporal_address": proxy.address,
+                                   "temporal_keepalive_interval_seconds": 10.0,
+                                   "temporal_keepalive_timeout_seconds": 3.0})
         settings = h.settings_for(name, **update)
         ctx = NetPhase(harness=h, name=name, proxy=proxy, settings=settings)
         async with h.pool(settings, name) as pool:
@@ -149,18 +156,18 @@ async def phase_net(h: Harness, name: NetPhaseName) -> None:
             said = _start_failures(h.data_dir / "logs", name)
             stat = h.fault(group, "worker exited at start (connect failed during a fault)")
             stat.injected = len(exited)
-            stat.note = "; ".join(f"{n}x {why}" for why, n in said.items()) or \
+            stat.note = "; ".join(f"{k}x {why}" for why, k in said.items()) or \
                 "see the worker logs"
-            ctx.records = [r for r, _ in started]
-            s = proxy.stats
-            total = h.fault(group, "the whole script (every run met some of it)")
-            for r in ctx.records:
-                h._outcome(total, r)
-            total.injected = len(SCRIPT)
-            total.note = (f"{n} runs; workers -> {server} through the proxy: "
-                          f"{s.connections} connections, {s.dropped} dropped, "
-                          f"{s.stalled} stalled ({s.hung} still hung at the end), "
-                          f"{s.bytes_up + s.bytes_down:,} bytes")
+        ctx.records = [r for r, _ in started]
+        s = proxy.stats
+        total = h.fault(group, "the whole script (every run met some of it)")
+        for r in ctx.records:
+            h._outcome(total, r)
+        total.injected = len(SCRIPT)
+        total.note = (f"{n} runs; workers -> {server} through the proxy: "
+                      f"{s.connections} connections, {s.dropped} dropped, "
+                      f"{s.stalled} stalled ({s.hung} still hung at the end), "
+                      f"{s.bytes_up + s.bytes_down:,} bytes")
         for check in EXTRA_CHECKS[name]:
             h.phase_findings.extend(await check(ctx))
 

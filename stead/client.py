@@ -28,7 +28,7 @@ from temporalio.client import (
 )
 from temporalio.common import AutoUpgradeVersioningOverride, VersioningOverride
 from temporalio.runtime import Runtime
-from temporalio.service import RPCError
+from temporalio.service import KeepAliveConfig, RPCError
 
 from stead.contracts.models import RunRequest, RunResult
 from stead.contracts.search_attributes import run_attributes
@@ -56,13 +56,20 @@ async def connect(settings: Settings, address: str | None = None, *,
         return await Client.connect(target, namespace=settings.temporal.namespace,
                                     data_converter=data_converter(settings.codec), runtime=runtime,
                                     tls=auth.tls, api_key=auth.api_key,
-                                    interceptors=interceptors)
+                                    interceptors=interceptors,
+                                    keep_alive_config=keepalive(settings.temporal))
     except (RuntimeError, RPCError) as err:
         hint = explain_connect_error(str(err), auth)
         raise StackError(
             f"cannot reach Temporal at {target} ({auth.describe()}): {err}. "
             + (f"Likely cause: {hint}." if hint else
                "Is the stack running (`stead up`), or is TEMPORAL_ADDRESS right?")) from err
+
+
+def keepalive(temporal: TemporalSettings) -> KeepAliveConfig:
+    """The HTTP/2 pings that notice a half-dead connection to Temporal (settings, seconds)."""
+    return KeepAliveConfig(interval_millis=round(temporal.keepalive_interval_seconds * 1000),
+                           timeout_millis=round(temporal.keepalive_timeout_seconds * 1000))
 
 
 def new_run_id(agent: str, tenant: str = "default") -> str:

@@ -135,6 +135,15 @@ class TemporalSettings(_Section):
     instead of staying pinned (a JSON list, ``STEAD_AUTO_UPGRADE_AGENTS``): their workflow code
     must replay across builds (the replay gate, ``stead replay``). Checked against the
     worker's catalog when it starts."""
+    keepalive_interval_seconds: Annotated[float, Env("temporal_keepalive_interval_seconds")] = \
+        Field(30.0, ge=1, le=_DAY)
+    """How often the client pings Temporal over HTTP/2 (the SDK's default). The ping is what
+    notices a half-dead connection (nothing comes back, no reset): until then a worker's
+    polls hang on it. Servers refuse pings much more often than every 10 s."""
+    keepalive_timeout_seconds: Annotated[float, Env("temporal_keepalive_timeout_seconds")] = \
+        Field(15.0, gt=0, le=_DAY)
+    """How long a ping may go unanswered before the connection is dropped and made again: a
+    worker behind a link that went half-dead is deaf for up to interval + timeout (45 s)."""
 
     @field_validator("deployment_name")
     @classmethod

@@ -262,7 +262,7 @@ async def _describe(client: Client, timeout: float = 2.0) -> float:
 async def test_temporal_through_the_proxy_sees_each_fault(stack: EmbeddedStack) -> None:
     async with FaultProxy(upstream=stack.temporal_address) as proxy:
         client = await Client.connect(proxy.address)
-        assert await _describe(client) < 1
+        assert await _describe(client) < 5
         proxy.set_latency(up=0.1, down=0.1)
         assert await _describe(client) >= 0.2
         proxy.clear()
@@ -289,4 +289,4 @@ async def test_temporal_through_the_proxy_sees_each_fault(stack: EmbeddedStack) 
             await Client.connect(proxy.address)
         await asyncio.sleep(1.2)
         again = await Client.connect(proxy.address)
-        assert await _describe(again) < 2
+        assert await _describe(again) < 5
