@@ -45,6 +45,8 @@ ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "evals" / "histories"
 EARLIER = CORPUS / "before-16"
 """The corpus as recorded before read tools ran locally: every tool call an activity."""
+BEFORE_18 = CORPUS / "before-18"
+"""The corpus as recorded before run budgets and admission (issue 18)."""
 TOOLLESS = {"corpus-ops-refused-card", "corpus-refund-refused-card", "corpus-unknown-agent"}
 """Corpus runs that never reach a tool call (refused by routing, or no such agent)."""
 
@@ -58,6 +60,11 @@ def corpus() -> list[RecordedHistory]:
 @pytest.fixture(scope="module")
 def earlier() -> list[RecordedHistory]:
     return load_histories([EARLIER])
+
+
+@pytest.fixture(scope="module")
+def before_18() -> list[RecordedHistory]:
+    return load_histories([BEFORE_18])
 
 
 def first_tool_scheduled(history: WorkflowHistory) -> int:
@@ -77,16 +84,17 @@ def by_id(outcomes: Sequence[ReplayOutcome]) -> dict[str, ReplayOutcome]:
 
 
 async def test_the_recorded_corpus_replays_against_the_current_code(
-        corpus: list[RecordedHistory], earlier: list[RecordedHistory]) -> None:
+        corpus: list[RecordedHistory], earlier: list[RecordedHistory],
+        before_18: list[RecordedHistory]) -> None:
     """The CI gate: every recorded reference-agent run, finished or in flight, replays: the
     current recordings and those older workflow code made."""
-    report = await replay([*corpus, *earlier])
+    report = await replay([*corpus, *earlier, *before_18])
 
     bad = [o for o in report.outcomes if o.status != "ok"]
     assert not bad, "\n".join(f"{o.workflow_id}: {o.status} at event {o.event_id} "
                               f"{o.event_type}: {o.detail}" for o in bad)
-    assert len(corpus) == len(SCENARIOS) + len(SWEEPS) and earlier
-    assert len(report.outcomes) == len(corpus) + len(earlier)
+    assert len(corpus) == len(SCENARIOS) + len(SWEEPS) and earlier and before_18
+    assert len(report.outcomes) == len(corpus) + len(earlier) + len(before_18)
 
 
 def test_the_corpus_holds_one_history_per_recorder_scenario(
@@ -115,7 +123,10 @@ def test_the_corpus_holds_one_history_per_recorder_scenario(
     timers = [wid for wid, ev in events.items() if EventType.EVENT_TYPE_TIMER_FIRED in ev]
     assert "corpus-ops-restart-approved-signal" in signalled
     assert "corpus-ops-restart-rejected" in signalled
-    assert set(updated) == {"corpus-ops-restart-approved-update", "corpus-refund-large-edited"}
+    assert set(updated) == {"corpus-ops-restart-approved-update", "corpus-refund-large-edited",
+                            "corpus-ops-budget-ask-raised"}
+    assert "corpus-ops-admission-queued-admitted" in signalled  # woken by the `admit` signal
+    assert "corpus-ops-budget-ask-timed-out" in timers  # the ask's deadline
     assert "corpus-ops-restart-escalated-auto-denied" in timers
     assert "corpus-refund-escalated-finance-approves" in timers
 

@@ -688,12 +688,12 @@ def _write_index(out: Path, recorded: Sequence[Recorded]) -> None:
              "Replayed by `tests/test_replay.py` and `stead replay evals/histories` against the "
              "current workflow code: a change that would break runs in flight fails there.",
              "Re-record with `python -m stead.evals.corpus --out evals/histories` (a throwaway "
-             "embedded stack; about 20 seconds).",
+             "embedded stack; about 40 seconds).",
              "",
              "A re-recording replaces the files listed below. Before one that follows a change "
              "to the workflow code, move the files to a subfolder named for the change (as "
-             "`before-16/`): replay reads subfolders too, so the runs older code recorded keep "
-             "proving that runs in flight survive the upgrade.",
+             "`before-16/`, `before-18/`): replay reads subfolders too, so the runs older code "
+             "recorded keep proving that runs in flight survive the upgrade.",
              "",
              "| file | agent | outcome | events | what it shows |",
              "| --- | --- | --- | ---: | --- |"]
