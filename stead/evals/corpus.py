@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -35,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from temporalio.client import Client, WorkflowHandle, WorkflowHistory
 
-from stead.contracts.budget import Budget, BudgetRules, RaiseBudget
+from stead.contracts.budget import Budget, BudgetRules, Price, RaiseBudget
 from stead.contracts.evaluation import (
     EVALUATION_WORKFLOW,
     EvaluationSweep,
@@ -46,6 +47,7 @@ from stead.contracts.models import (
     DecideInput,
     DecideOutcome,
     Message,
+    ModelEndpoint,
     ModelTurn,
     RunRequest,
     RunResult,
@@ -57,6 +59,7 @@ from stead.settings import Settings
 
 if TYPE_CHECKING:
     from stead.authoring.agent import Agent
+    from stead.contracts.policy import Policy
 
 Human = Literal["none", "approve_signal", "approve_update", "edit_update", "reject_signal",
                 "escalate_then_approve", "snapshot_pending", "raise_budget",
@@ -122,6 +125,13 @@ ASK_AGENT = "ops-budget-ask"
 """The ops agent under a policy variant whose budget asks a person at the limit (the limit
 itself comes from the request). Served by the governed worker only."""
 ASK_TIMEOUT_SECONDS = 3.0
+CHEAPER_AGENT = "ops-budget-cheaper"
+"""The ops agent under a policy variant whose money limit steps down to a cheaper model of
+its chain (two endpoints on ``FakeOpenAIServer``, which answers with the ops planner)."""
+CHAIN_KEY_VAR = "STEAD_CORPUS_FAKE_MODEL_KEY"
+"""Where the chain's endpoints read the fake server's key from (set by the recorder)."""
+CHAIN_KEY = "sk-corpus-fake-0123456789abcdef"
+"""The key the fake server accepts: not a credential, it opens nothing but the fake."""
 CAPPED_TENANT = "corpus-capped"
 """One run in flight; the next queues."""
 REFUSING_TENANT = "corpus-refusing"
@@ -280,6 +290,13 @@ SCENARIOS: list[CorpusScenario] = [
         lambda r: r.status == "budget_exceeded" and "nobody raised it" in (r.error or ""),
         governed=True),
     CorpusScenario(
+        "ops-budget-cheaper-model",
+        "on_exceed cheaper_model: the first chain model's estimate passes max_usd, the run "
+        "goes on with the cheaper one (both served by the fake OpenAI server)",
+        _req(CHEAPER_AGENT, "How is auth-service doing?"),
+        lambda r: r.status == "completed" and r.model == "small" and r.models == ["small"]
+        and _ok_tool(r, "service_status"), governed=True),
+    CorpusScenario(
         "ops-tenant-window-refused",
         "the tenant's daily spending window refuses the model call: the run ends "
         "budget_exceeded, no fallback",
@@ -343,13 +360,27 @@ def leaky(model: FunctionModel) -> FunctionModel:
     return FunctionModel(turn, name=f"{model.name}+leaky")
 
 
-def governed_agents(ops: Agent) -> list[Agent]:
-    """The governed worker's agents: the reference ops agent as it is, and ``ASK_AGENT``, the
-    same agent (its tools, planner and graph) under a policy variant with ``on_exceed: ask``."""
-    rules = BudgetRules(on_exceed="ask", ask_timeout_seconds=ASK_TIMEOUT_SECONDS)
-    policy = ops.policy.model_copy(update={"id": f"{ops.policy.id}-budget-ask",
-                                           "budget": rules})
-    return [ops, dataclasses.replace(ops, name=ASK_AGENT, policy=policy)]
+def governed_agents(ops: Agent, chain_url: str) -> list[Agent]:
+    """The governed worker's agents: the reference ops agent as it is, and two variants of it
+    (its tools, planner and graph) under policies with a budget: ``ASK_AGENT``
+    (``on_exceed: ask``) and ``CHEAPER_AGENT`` (``on_exceed: cheaper_model``, its chain of two
+    priced models at ``chain_url``)."""
+    assert ops.policy is not None
+    ask = BudgetRules(on_exceed="ask", ask_timeout_seconds=ASK_TIMEOUT_SECONDS)
+    # Input is free so only the output limit counts: big's estimate $1.00, small's $0.01.
+    cheaper = BudgetRules(max_usd=0.5, on_exceed="cheaper_model", cheaper_model="small")
+    chain = [ModelEndpoint(model=model, name=name, base_url=chain_url, api_key_env=CHAIN_KEY_VAR,
+                           max_output_tokens=1000, max_attempts=1,
+                           price=Price(input_usd_per_mtok=0.0, output_usd_per_mtok=usd))
+             for model, name, usd in (("gpt-4o", "big", 1000.0), ("gpt-4o-mini", "small", 10.0))]
+
+    def variant(name: str, rules: BudgetRules) -> Policy:
+        assert ops.policy is not None
+        return ops.policy.model_copy(update={"id": f"{ops.policy.id}-{name}", "budget": rules})
+
+    return [ops, dataclasses.replace(ops, name=ASK_AGENT, policy=variant("budget-ask", ask)),
+            dataclasses.replace(ops, name=CHEAPER_AGENT, models=chain,
+                                policy=variant("budget-cheaper", cheaper))]
 
 
 # ---------------------------------------------------------------------------- files
@@ -617,6 +648,7 @@ async def record_corpus(out: Path, *, scenarios: Sequence[CorpusScenario] = tupl
     from stead.stack.embedded import EmbeddedStack, free_port
     from stead.storage.memory import open_memory
     from stead.storage.memory.embedders import HashingEmbedder
+    from stead.testing.openai_server import FakeOpenAIServer
     from stead.worker import WorkerHost
 
     _ensure_dir(out)
@@ -630,6 +662,7 @@ async def record_corpus(out: Path, *, scenarios: Sequence[CorpusScenario] = tupl
         stack = EmbeddedStack(base, ui=False)
         progress("starting a throwaway embedded stack (Temporal dev server, PostgreSQL)")
         await stack.start()
+        stack_exit = AsyncExitStack()  # the fake model server
         try:
             settings = stack.resolved_settings().replace(task_queue="corpus")
             leaky_settings = settings.replace(task_queue="corpus-leaky")
@@ -649,7 +682,10 @@ async def record_corpus(out: Path, *, scenarios: Sequence[CorpusScenario] = tupl
                 await memory.close()
             catalog = reference_catalog(data)
             leaky_catalog = AgentCatalog([refund_agent(refund_world(data))])
-            governed_catalog = AgentCatalog(governed_agents(catalog["ops"]))
+            os.environ[CHAIN_KEY_VAR] = CHAIN_KEY
+            fake = await stack_exit.enter_async_context(FakeOpenAIServer.from_model(
+                catalog["ops"].offline_model, api_key=CHAIN_KEY))
+            governed_catalog = AgentCatalog(governed_agents(catalog["ops"], fake.base_url))
             refund_model = catalog["refund"].offline_model
             assert isinstance(refund_model, FunctionModel)
             recorded: list[Recorded] = []
@@ -672,6 +708,8 @@ async def record_corpus(out: Path, *, scenarios: Sequence[CorpusScenario] = tupl
                              f"{rec.size / 1024:.0f} KiB")
                     recorded.append(rec)
         finally:
+            await stack_exit.aclose()
+            os.environ.pop(CHAIN_KEY_VAR, None)
             await stack.stop()
     if len(recorded) == len(SCENARIOS) + len(SWEEPS):
         _write_index(out, recorded)  # a partial re-recording keeps the full index
