@@ -21,7 +21,13 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from stead.client import connect, start_run
 from stead.contracts.models import RunRequest, RunState
-from stead.evals.corpus import SCENARIOS, SWEEPS, history_file_name, write_exports
+from stead.evals.corpus import (
+    CONVERSATIONS,
+    SCENARIOS,
+    SWEEPS,
+    history_file_name,
+    write_exports,
+)
 from stead.evals.replay import (
     HistoryFileError,
     HistoryQueryError,
@@ -93,7 +99,8 @@ async def test_the_recorded_corpus_replays_against_the_current_code(
     bad = [o for o in report.outcomes if o.status != "ok"]
     assert not bad, "\n".join(f"{o.workflow_id}: {o.status} at event {o.event_id} "
                               f"{o.event_type}: {o.detail}" for o in bad)
-    assert len(corpus) == len(SCENARIOS) + len(SWEEPS) and earlier and before_18
+    assert len(corpus) == len(SCENARIOS) + 2 * len(CONVERSATIONS) + len(SWEEPS)
+    assert earlier and before_18
     assert len(report.outcomes) == len(corpus) + len(earlier) + len(before_18)
 
 
@@ -102,11 +109,12 @@ def test_the_corpus_holds_one_history_per_recorder_scenario(
     """The committed files and the recorder agree, so re-recording reproduces the corpus and
     every path the recorder names is really in it."""
     assert sorted(r.history.workflow_id for r in corpus) == \
-        sorted([*(s.workflow_id for s in SCENARIOS), *(s.workflow_id for s in SWEEPS)])
+        sorted([*(s.workflow_id for s in SCENARIOS), *(s.workflow_id for s in SWEEPS),
+                *(wid for c in CONVERSATIONS for wid in c.workflow_ids)])
     for r in corpus:
         assert Path(r.source).name == history_file_name(r.history.workflow_id)
     types = {r.workflow_type for r in corpus}
-    assert types == {"AgentWorkflow", "EvaluationWorkflow"}
+    assert types == {"AgentWorkflow", "EvaluationWorkflow", "ConversationWorkflow"}
     events = {r.history.workflow_id: [e.event_type for e in r.history.events] for r in corpus}
     # The in-flight run ends waiting for its approver; the others ended (the sweep's first
     # run by continuing as new).
@@ -124,7 +132,7 @@ def test_the_corpus_holds_one_history_per_recorder_scenario(
     assert "corpus-ops-restart-approved-signal" in signalled
     assert "corpus-ops-restart-rejected" in signalled
     assert set(updated) == {"corpus-ops-restart-approved-update", "corpus-refund-large-edited",
-                            "corpus-ops-budget-ask-raised"}
+                            "corpus-ops-budget-ask-raised", "corpus-conversation-budget"}
     assert "corpus-ops-admission-queued-admitted" in signalled  # woken by the `admit` signal
     assert "corpus-ops-budget-ask-timed-out" in timers  # the ask's deadline
     assert "corpus-ops-restart-escalated-auto-denied" in timers

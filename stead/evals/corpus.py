@@ -11,6 +11,14 @@ each run really took the path it is named for, then sweeps those runs with onlin
 ``<workflow id>.json`` plus a ``README.md`` index. A scenario that does not take its path
 fails the recording: a corpus file must show what its name says.
 
+Budgets and admission (issue 18) need settings and policies the reference agents must not
+have in the other scenarios: those scenarios (``governed=True``) and the recorded
+conversation (:data:`CONVERSATIONS`) run on a second worker of their own task queue, with
+tenant quotas (:data:`GOVERNED_QUOTAS`), a price for the ops planner
+(:data:`GOVERNED_PRICES`), and two variants of the ops agent under budget policies
+(:func:`governed_agents`; the ``cheaper_model`` one's chain is served by
+``FakeOpenAIServer``, answering with the ops planner).
+
 The histories are what ``temporal workflow show --output json`` writes, plus a top-level
 ``workflowId`` (which Temporal's JSON leaves out and replay reports need).
 """
@@ -54,6 +62,7 @@ from stead.contracts.models import (
     RunState,
     ToolSchema,
 )
+from stead.conversation import ConversationStart, TurnOutcome
 from stead.integrations.llm import FunctionModel
 from stead.settings import Settings
 
@@ -327,6 +336,43 @@ SCENARIOS: list[CorpusScenario] = [
 
 
 @dataclass(frozen=True)
+class CorpusConversation:
+    """A recorded conversation (``ConversationWorkflow``) on the governed worker: its messages
+    said one by one (the ``say`` update), then the ``end`` signal. Two files: the
+    conversation's history and its last turn's (a child ``AgentWorkflow``)."""
+
+    name: str
+    shows: str
+    start: ConversationStart
+    messages: tuple[str, ...]
+    check: Callable[[Sequence[TurnOutcome]], bool]
+
+    @property
+    def workflow_id(self) -> str:
+        return f"corpus-{self.name}"
+
+    @property
+    def last_turn_id(self) -> str:
+        return f"{self.workflow_id}/turn-{len(self.messages)}"
+
+    @property
+    def workflow_ids(self) -> tuple[str, str]:
+        return self.workflow_id, self.last_turn_id
+
+
+CONVERSATIONS: list[CorpusConversation] = [
+    CorpusConversation(
+        "conversation-budget",
+        "a conversation's budget of two model calls: turn one spends both, turn two (its "
+        "request carries what turn one spent) is stopped before its first call",
+        ConversationStart(agent="ops", user="corpus", budget=Budget(max_model_calls=2)),
+        ("How is auth-service doing?", "How is search-worker doing?"),
+        lambda t: [o.status for o in t] == ["completed", "budget_exceeded"]
+        and t[0].spend.model_calls == 2 and t[1].spend.model_calls == 0),
+]
+
+
+@dataclass(frozen=True)
 class CorpusSweep:
     """A recorded online-evaluation sweep (``EvaluationWorkflow``), run after the agent
     scenarios so that it grades their finished runs. The file holds the sweep's first run."""
@@ -473,7 +519,7 @@ async def export_histories(client: Client, out: Path, *, query: str,
 
 @dataclass(frozen=True)
 class Recorded:
-    scenario: CorpusScenario | CorpusSweep
+    scenario: CorpusScenario | CorpusConversation | CorpusSweep
     path: Path
     status: str
     events: int
@@ -633,7 +679,30 @@ async def _record_sweep(client: Client, sw: CorpusSweep, settings: Settings,
     return Recorded(sw, path, "continued as new", len(history.events), path.stat().st_size)
 
 
+async def _record_conversation(client: Client, cv: CorpusConversation, settings: Settings,
+                               out: Path) -> list[Recorded]:
+    from stead.conversation import say, start_conversation
+
+    handle = await start_conversation(client, cv.start, temporal=settings.temporal,
+                                      workflow_id=cv.workflow_id)
+    outcomes = [await asyncio.wait_for(say(handle, text), 60) for text in cv.messages]
+    await handle.signal("end")
+    ended = await asyncio.wait_for(handle.result(), 60)
+    if not cv.check(outcomes):
+        raise RuntimeError(f"{cv.workflow_id} did not take its path ({cv.shows}): "
+                           + "; ".join(o.model_dump_json(exclude={"context"})
+                                       for o in outcomes))
+    recorded: list[Recorded] = []
+    for wid, status in ((cv.workflow_id, ended.reason),
+                        (cv.last_turn_id, outcomes[-1].status)):
+        history = await client.get_workflow_handle(wid).fetch_history()
+        path = write_history(history, out / history_file_name(wid))
+        recorded.append(Recorded(cv, path, status, len(history.events), path.stat().st_size))
+    return recorded
+
+
 async def record_corpus(out: Path, *, scenarios: Sequence[CorpusScenario] = tuple(SCENARIOS),
+                        conversations: Sequence[CorpusConversation] = tuple(CONVERSATIONS),
                         sweeps: Sequence[CorpusSweep] = tuple(SWEEPS),
                         progress: Callable[[str], None] = print) -> list[Recorded]:
     """Run ``scenarios`` on a throwaway embedded stack, then ``sweeps`` over their runs, and
@@ -702,6 +771,12 @@ async def record_corpus(out: Path, *, scenarios: Sequence[CorpusScenario] = tupl
                     progress(f"  {rec.path.name}: {rec.status}, {rec.events} events, "
                              f"{rec.size / 1024:.0f} KiB")
                     recorded.append(rec)
+                for cv in conversations:
+                    for rec in await _record_conversation(host.client, cv, governed_settings,
+                                                          out):
+                        progress(f"  {rec.path.name}: {rec.status}, {rec.events} events, "
+                                 f"{rec.size / 1024:.0f} KiB")
+                        recorded.append(rec)
                 for sw in sweeps:
                     rec = await _record_sweep(host.client, sw, settings, out)
                     progress(f"  {rec.path.name}: {rec.status}, {rec.events} events, "
@@ -711,7 +786,7 @@ async def record_corpus(out: Path, *, scenarios: Sequence[CorpusScenario] = tupl
             await stack_exit.aclose()
             os.environ.pop(CHAIN_KEY_VAR, None)
             await stack.stop()
-    if len(recorded) == len(SCENARIOS) + len(SWEEPS):
+    if len(recorded) == len(SCENARIOS) + 2 * len(CONVERSATIONS) + len(SWEEPS):
         _write_index(out, recorded)  # a partial re-recording keeps the full index
     return recorded
 
@@ -736,15 +811,17 @@ def _write_index(out: Path, recorded: Sequence[Recorded]) -> None:
              "| file | agent | outcome | events | what it shows |",
              "| --- | --- | --- | ---: | --- |"]
     for r in recorded:
-        agent = r.scenario.request.agent if isinstance(r.scenario, CorpusScenario) \
-            else r.scenario.agents
+        sc = r.scenario
+        agent = sc.request.agent if isinstance(sc, CorpusScenario) \
+            else sc.start.agent if isinstance(sc, CorpusConversation) else sc.agents
         lines.append(f"| `{r.path.name}` | {agent} | {r.status} | {r.events} | "
                      f"{r.scenario.shows} |")
     (out / "README.md").write_text("\n".join(lines) + "\n")
 
 
 def _names() -> list[str]:
-    return [s.name for s in SCENARIOS] + [s.name for s in SWEEPS]
+    return [s.name for s in SCENARIOS] + [c.name for c in CONVERSATIONS] + \
+        [s.name for s in SWEEPS]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -768,8 +845,10 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [s for s in SCENARIOS if not args.only or s.name in args.only]
     # A sweep grades the runs recorded before it: with --only it needs its agents' scenarios.
     swept = [s for s in SWEEPS if not args.only or s.name in args.only]
+    talks = [c for c in CONVERSATIONS if not args.only or c.name in args.only]
     started = time.perf_counter()
-    recorded = asyncio.run(record_corpus(args.out, scenarios=chosen, sweeps=swept))
+    recorded = asyncio.run(record_corpus(args.out, scenarios=chosen, conversations=talks,
+                                         sweeps=swept))
     print(f"recorded {len(recorded)} histories in {args.out} "
           f"({time.perf_counter() - started:.0f} s)")
     return 0
