@@ -574,8 +574,8 @@ async def _state_when(handle: WorkflowHandle[Any, RunResult], what: str,
     run ends or ``within`` passes first."""
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
-        state = await handle.query("state", result_type=RunState,
-                                   rpc_timeout=timedelta(seconds=5))
+        state: RunState = await handle.query("state", result_type=RunState,
+                                             rpc_timeout=timedelta(seconds=5))
         if ready(state):
             return state
         if state.status not in ("running", "queued"):
