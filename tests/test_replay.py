@@ -21,7 +21,13 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from stead.client import connect, start_run
 from stead.contracts.models import RunRequest, RunState
-from stead.evals.corpus import SCENARIOS, SWEEPS, history_file_name, write_exports
+from stead.evals.corpus import (
+    CONVERSATIONS,
+    SCENARIOS,
+    SWEEPS,
+    history_file_name,
+    write_exports,
+)
 from stead.evals.replay import (
     HistoryFileError,
     HistoryQueryError,
@@ -45,6 +51,8 @@ ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "evals" / "histories"
 EARLIER = CORPUS / "before-16"
 """The corpus as recorded before read tools ran locally: every tool call an activity."""
+BEFORE_18 = CORPUS / "before-18"
+"""The corpus as recorded before run budgets and admission (issue 18)."""
 TOOLLESS = {"corpus-ops-refused-card", "corpus-refund-refused-card", "corpus-unknown-agent"}
 """Corpus runs that never reach a tool call (refused by routing, or no such agent)."""
 
@@ -58,6 +66,11 @@ def corpus() -> list[RecordedHistory]:
 @pytest.fixture(scope="module")
 def earlier() -> list[RecordedHistory]:
     return load_histories([EARLIER])
+
+
+@pytest.fixture(scope="module")
+def before_18() -> list[RecordedHistory]:
+    return load_histories([BEFORE_18])
 
 
 def first_tool_scheduled(history: WorkflowHistory) -> int:
@@ -77,16 +90,18 @@ def by_id(outcomes: Sequence[ReplayOutcome]) -> dict[str, ReplayOutcome]:
 
 
 async def test_the_recorded_corpus_replays_against_the_current_code(
-        corpus: list[RecordedHistory], earlier: list[RecordedHistory]) -> None:
+        corpus: list[RecordedHistory], earlier: list[RecordedHistory],
+        before_18: list[RecordedHistory]) -> None:
     """The CI gate: every recorded reference-agent run, finished or in flight, replays: the
     current recordings and those older workflow code made."""
-    report = await replay([*corpus, *earlier])
+    report = await replay([*corpus, *earlier, *before_18])
 
     bad = [o for o in report.outcomes if o.status != "ok"]
     assert not bad, "\n".join(f"{o.workflow_id}: {o.status} at event {o.event_id} "
                               f"{o.event_type}: {o.detail}" for o in bad)
-    assert len(corpus) == len(SCENARIOS) + len(SWEEPS) and earlier
-    assert len(report.outcomes) == len(corpus) + len(earlier)
+    assert len(corpus) == len(SCENARIOS) + 2 * len(CONVERSATIONS) + len(SWEEPS)
+    assert earlier and before_18
+    assert len(report.outcomes) == len(corpus) + len(earlier) + len(before_18)
 
 
 def test_the_corpus_holds_one_history_per_recorder_scenario(
@@ -94,11 +109,12 @@ def test_the_corpus_holds_one_history_per_recorder_scenario(
     """The committed files and the recorder agree, so re-recording reproduces the corpus and
     every path the recorder names is really in it."""
     assert sorted(r.history.workflow_id for r in corpus) == \
-        sorted([*(s.workflow_id for s in SCENARIOS), *(s.workflow_id for s in SWEEPS)])
+        sorted([*(s.workflow_id for s in SCENARIOS), *(s.workflow_id for s in SWEEPS),
+                *(wid for c in CONVERSATIONS for wid in c.workflow_ids)])
     for r in corpus:
         assert Path(r.source).name == history_file_name(r.history.workflow_id)
     types = {r.workflow_type for r in corpus}
-    assert types == {"AgentWorkflow", "EvaluationWorkflow"}
+    assert types == {"AgentWorkflow", "EvaluationWorkflow", "ConversationWorkflow"}
     events = {r.history.workflow_id: [e.event_type for e in r.history.events] for r in corpus}
     # The in-flight run ends waiting for its approver; the others ended (the sweep's first
     # run by continuing as new).
@@ -115,7 +131,10 @@ def test_the_corpus_holds_one_history_per_recorder_scenario(
     timers = [wid for wid, ev in events.items() if EventType.EVENT_TYPE_TIMER_FIRED in ev]
     assert "corpus-ops-restart-approved-signal" in signalled
     assert "corpus-ops-restart-rejected" in signalled
-    assert set(updated) == {"corpus-ops-restart-approved-update", "corpus-refund-large-edited"}
+    assert set(updated) == {"corpus-ops-restart-approved-update", "corpus-refund-large-edited",
+                            "corpus-ops-budget-ask-raised", "corpus-conversation-budget"}
+    assert "corpus-ops-admission-queued-admitted" in signalled  # woken by the `admit` signal
+    assert "corpus-ops-budget-ask-timed-out" in timers  # the ask's deadline
     assert "corpus-ops-restart-escalated-auto-denied" in timers
     assert "corpus-refund-escalated-finance-approves" in timers
 

@@ -11,6 +11,14 @@ each run really took the path it is named for, then sweeps those runs with onlin
 ``<workflow id>.json`` plus a ``README.md`` index. A scenario that does not take its path
 fails the recording: a corpus file must show what its name says.
 
+Budgets and admission (issue 18) need settings and policies the reference agents must not
+have in the other scenarios: those scenarios (``governed=True``) and the recorded
+conversation (:data:`CONVERSATIONS`) run on a second worker of their own task queue, with
+tenant quotas (:data:`GOVERNED_QUOTAS`), a price for the ops planner
+(:data:`GOVERNED_PRICES`), and two variants of the ops agent under budget policies
+(:func:`governed_agents`; the ``cheaper_model`` one's chain is served by
+``FakeOpenAIServer``, answering with the ops planner).
+
 The histories are what ``temporal workflow show --output json`` writes, plus a top-level
 ``workflowId`` (which Temporal's JSON leaves out and replay reports need).
 """
@@ -19,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -27,13 +36,15 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from temporalio.client import Client, WorkflowHandle, WorkflowHistory
 
+from stead.contracts.budget import Budget, BudgetRules, Price, RaiseBudget
 from stead.contracts.evaluation import (
     EVALUATION_WORKFLOW,
     EvaluationSweep,
@@ -44,17 +55,24 @@ from stead.contracts.models import (
     DecideInput,
     DecideOutcome,
     Message,
+    ModelEndpoint,
     ModelTurn,
     RunRequest,
     RunResult,
     RunState,
     ToolSchema,
 )
+from stead.conversation import ConversationStart, TurnOutcome
 from stead.integrations.llm import FunctionModel
 from stead.settings import Settings
 
+if TYPE_CHECKING:
+    from stead.authoring.agent import Agent
+    from stead.contracts.policy import Policy
+
 Human = Literal["none", "approve_signal", "approve_update", "edit_update", "reject_signal",
-                "escalate_then_approve", "snapshot_pending"]
+                "escalate_then_approve", "snapshot_pending", "raise_budget",
+                "queued_then_admitted"]
 """What the recorder does while a run waits for an approval:
 
 - ``none``: nobody answers (the run must not ask, or its deadlines pass);
@@ -64,7 +82,12 @@ Human = Literal["none", "approve_signal", "approve_update", "edit_update", "reje
 - ``escalate_then_approve``: wait until the first deadline moved the approval up the chain,
   then approve as the second role;
 - ``snapshot_pending``: record the history while the run waits (an in-flight run), then
-  approve so the run finishes."""
+  approve so the run finishes;
+- ``raise_budget``: once the run waits for a person at its budget (``on_exceed: ask``), raise
+  it by the ``raise_budget`` update;
+- ``queued_then_admitted``: once the run is queued behind its ``blocker`` (its tenant at its
+  cap of runs in flight), approve the blocker's restart so that it ends and its ``admit``
+  signal lets the queued run in."""
 
 LEAK = " Paid back to IBAN DE89 3704 0044 0532 0130 00."
 """What the leaky model adds to its first answer: an IBAN, which output validation rejects."""
@@ -83,6 +106,14 @@ class CorpusScenario:
     leaky_model: bool = False
     """Served by the agent's planner wrapped so its first answer leaks an IBAN (the reference
     agents answer cleanly, so this is how a reask path gets into the corpus)."""
+    governed: bool = False
+    """Run on the governed worker (:data:`GOVERNED_QUOTAS`, :data:`GOVERNED_PRICES`, the
+    budget-variant agents of :func:`governed_agents`): the budget and admission paths of
+    issue 18, whose settings and policies the other scenarios must not see."""
+    blocker: RunRequest | None = None
+    """Started first and held in flight (its restart waits for an approver) so that the
+    scenario's run finds its tenant at its cap; approved once the scenario has its answer
+    (or, for ``queued_then_admitted``, once the scenario is queued). Not recorded."""
 
     @property
     def workflow_id(self) -> str:
@@ -93,8 +124,39 @@ def _ok_tool(r: RunResult, tool: str) -> bool:
     return any(c.tool == tool and c.status == "ok" for c in r.tool_calls)
 
 
-def _req(agent: str, text: str, **metadata: str) -> RunRequest:
-    return RunRequest(agent=agent, input=text, user="corpus", metadata=metadata)
+def _req(agent: str, text: str, *, tenant: str = "default", budget: Budget | None = None,
+         **metadata: str) -> RunRequest:
+    return RunRequest(agent=agent, input=text, user="corpus", metadata=metadata, tenant=tenant,
+                      budget=budget)
+
+
+ASK_AGENT = "ops-budget-ask"
+"""The ops agent under a policy variant whose budget asks a person at the limit (the limit
+itself comes from the request). Served by the governed worker only."""
+ASK_TIMEOUT_SECONDS = 3.0
+CHEAPER_AGENT = "ops-budget-cheaper"
+"""The ops agent under a policy variant whose money limit steps down to a cheaper model of
+its chain (two endpoints on ``FakeOpenAIServer``, which answers with the ops planner)."""
+CHAIN_KEY_VAR = "STEAD_CORPUS_FAKE_MODEL_KEY"
+"""Where the chain's endpoints read the fake server's key from (set by the recorder)."""
+CHAIN_KEY = "sk-corpus-fake-0123456789abcdef"
+"""The key the fake server accepts: not a credential, it opens nothing but the fake."""
+CAPPED_TENANT = "corpus-capped"
+"""One run in flight; the next queues."""
+REFUSING_TENANT = "corpus-refusing"
+"""One run in flight; the next is refused."""
+BROKE_TENANT = "corpus-broke"
+"""A daily spending window smaller than one call's estimate."""
+GOVERNED_QUOTAS: dict[str, dict[str, Any]] = {
+    CAPPED_TENANT: {"runs_in_flight": 1},
+    REFUSING_TENANT: {"runs_in_flight": 1, "over_quota": "refuse"},
+    BROKE_TENANT: {"usd_per_day": 0.001},
+}
+"""``STEAD_TENANT_QUOTAS`` of the governed worker."""
+GOVERNED_PRICES: dict[str, dict[str, float]] = {
+    "scripted:ops": {"input": 5.0, "output": 20.0}}
+"""``STEAD_MODEL_PRICES`` of the governed worker: the ops planner priced like a real model,
+so that runs' plans pin a price and money limits and windows have something to count."""
 
 
 SCENARIOS: list[CorpusScenario] = [
@@ -209,10 +271,104 @@ SCENARIOS: list[CorpusScenario] = [
         _req("ops", "How is search-worker doing?"),
         lambda r: r.status == "completed" and r.graph == "ops@1" and r.path[:3] == [
             "route", "recall", "think"]),
+    # ------------------------------------------------------------------------ budgets
+    CorpusScenario(
+        "ops-budget-calls-stopped",
+        "a request's budget of one model call: stopped budget_exceeded before the second",
+        _req("ops", "How is auth-service doing?", budget=Budget(max_model_calls=1)),
+        lambda r: r.status == "budget_exceeded" and r.model_turns == 1
+        and "max_model_calls" in (r.error or ""), governed=True),
+    CorpusScenario(
+        "ops-budget-usd-stopped",
+        "a request's money limit below the first call's estimate at the pinned price: stopped "
+        "before any model call",
+        _req("ops", "How is auth-service doing?", budget=Budget(max_usd=0.001)),
+        lambda r: r.status == "budget_exceeded" and r.model_turns == 0
+        and "max_usd" in (r.error or ""), governed=True),
+    CorpusScenario(
+        "ops-budget-ask-raised",
+        "on_exceed ask: the run waits at its one-call budget; raised by the `raise_budget` "
+        "update, it completes",
+        _req(ASK_AGENT, "How is auth-service doing?", budget=Budget(max_model_calls=1)),
+        lambda r: r.status == "completed" and r.spend.model_calls == 2
+        and _ok_tool(r, "service_status"), human="raise_budget", governed=True),
+    CorpusScenario(
+        "ops-budget-ask-timed-out",
+        "on_exceed ask: nobody raises the budget in time, the run ends budget_exceeded",
+        _req(ASK_AGENT, "How is auth-service doing?", budget=Budget(max_model_calls=1)),
+        lambda r: r.status == "budget_exceeded" and "nobody raised it" in (r.error or ""),
+        governed=True),
+    CorpusScenario(
+        "ops-budget-cheaper-model",
+        "on_exceed cheaper_model: the first chain model's estimate passes max_usd, the run "
+        "goes on with the cheaper one (both served by the fake OpenAI server)",
+        _req(CHEAPER_AGENT, "How is auth-service doing?"),
+        lambda r: r.status == "completed" and r.model == "small" and r.models == ["small"]
+        and _ok_tool(r, "service_status"), governed=True),
+    CorpusScenario(
+        "ops-tenant-window-refused",
+        "the tenant's daily spending window refuses the model call: the run ends "
+        "budget_exceeded, no fallback",
+        _req("ops", "How is auth-service doing?", tenant=BROKE_TENANT),
+        lambda r: r.status == "budget_exceeded" and "window" in (r.error or ""),
+        governed=True),
+    # ------------------------------------------------------------------------ admission
+    CorpusScenario(
+        "ops-admission-queued-admitted",
+        "the tenant is at its cap of runs in flight: queued, admitted by the `admit` signal "
+        "when the run ahead ends",
+        _req("ops", "How is auth-service doing?", tenant=CAPPED_TENANT),
+        lambda r: r.status == "completed" and _ok_tool(r, "service_status"),
+        human="queued_then_admitted", governed=True,
+        blocker=_req("ops", "search-worker is down, restart it", tenant=CAPPED_TENANT)),
+    CorpusScenario(
+        "ops-admission-refused",
+        "the tenant is at its cap and refuses over quota: refused (refuse:quota), no model call",
+        _req("ops", "How is auth-service doing?", tenant=REFUSING_TENANT),
+        lambda r: r.status == "refused" and r.route == "refuse:quota" and r.model_turns == 0,
+        governed=True,
+        blocker=_req("ops", "search-worker is down, restart it", tenant=REFUSING_TENANT)),
     CorpusScenario(
         "unknown-agent", "a request for an agent the worker does not serve: the run fails",
         _req("billing", "What is my balance?"),
         lambda r: False),  # never returns a result: the workflow fails (checked separately)
+]
+
+
+@dataclass(frozen=True)
+class CorpusConversation:
+    """A recorded conversation (``ConversationWorkflow``) on the governed worker: its messages
+    said one by one (the ``say`` update), then the ``end`` signal. Two files: the
+    conversation's history and its last turn's (a child ``AgentWorkflow``)."""
+
+    name: str
+    shows: str
+    start: ConversationStart
+    messages: tuple[str, ...]
+    check: Callable[[Sequence[TurnOutcome]], bool]
+
+    @property
+    def workflow_id(self) -> str:
+        return f"corpus-{self.name}"
+
+    @property
+    def last_turn_id(self) -> str:
+        return f"{self.workflow_id}/turn-{len(self.messages)}"
+
+    @property
+    def workflow_ids(self) -> tuple[str, str]:
+        return self.workflow_id, self.last_turn_id
+
+
+CONVERSATIONS: list[CorpusConversation] = [
+    CorpusConversation(
+        "conversation-budget",
+        "a conversation's budget of two model calls: turn one spends both, turn two (its "
+        "request carries what turn one spent) is stopped before its first call",
+        ConversationStart(agent="ops", user="corpus", budget=Budget(max_model_calls=2)),
+        ("How is auth-service doing?", "How is search-worker doing?"),
+        lambda t: [o.status for o in t] == ["completed", "budget_exceeded"]
+        and t[0].spend.model_calls == 2 and t[1].spend.model_calls == 0),
 ]
 
 
@@ -248,6 +404,29 @@ def leaky(model: FunctionModel) -> FunctionModel:
             return t
         return t.model_copy(update={"content": (t.content or "") + LEAK})
     return FunctionModel(turn, name=f"{model.name}+leaky")
+
+
+def governed_agents(ops: Agent, chain_url: str) -> list[Agent]:
+    """The governed worker's agents: the reference ops agent as it is, and two variants of it
+    (its tools, planner and graph) under policies with a budget: ``ASK_AGENT``
+    (``on_exceed: ask``) and ``CHEAPER_AGENT`` (``on_exceed: cheaper_model``, its chain of two
+    priced models at ``chain_url``)."""
+    assert ops.policy is not None
+    ask = BudgetRules(on_exceed="ask", ask_timeout_seconds=ASK_TIMEOUT_SECONDS)
+    # Input is free so only the output limit counts: big's estimate $1.00, small's $0.01.
+    cheaper = BudgetRules(max_usd=0.5, on_exceed="cheaper_model", cheaper_model="small")
+    chain = [ModelEndpoint(model=model, name=name, base_url=chain_url, api_key_env=CHAIN_KEY_VAR,
+                           max_output_tokens=1000, max_attempts=1,
+                           price=Price(input_usd_per_mtok=0.0, output_usd_per_mtok=usd))
+             for model, name, usd in (("gpt-4o", "big", 1000.0), ("gpt-4o-mini", "small", 10.0))]
+
+    def variant(name: str, rules: BudgetRules) -> Policy:
+        assert ops.policy is not None
+        return ops.policy.model_copy(update={"id": f"{ops.policy.id}-{name}", "budget": rules})
+
+    return [ops, dataclasses.replace(ops, name=ASK_AGENT, policy=variant("budget-ask", ask)),
+            dataclasses.replace(ops, name=CHEAPER_AGENT, models=chain,
+                                policy=variant("budget-cheaper", cheaper))]
 
 
 # ---------------------------------------------------------------------------- files
@@ -340,7 +519,7 @@ async def export_histories(client: Client, out: Path, *, query: str,
 
 @dataclass(frozen=True)
 class Recorded:
-    scenario: CorpusScenario | CorpusSweep
+    scenario: CorpusScenario | CorpusConversation | CorpusSweep
     path: Path
     status: str
     events: int
@@ -351,7 +530,10 @@ async def _play_human(handle: WorkflowHandle[Any, RunResult], how: Human, *,
                       within: float = 60) -> WorkflowHistory | None:
     """Answer approvals as ``how`` says until the run ends; the pending-state history when
     ``how`` is ``snapshot_pending``."""
-    if how == "none":
+    if how in ("none", "queued_then_admitted"):
+        return None
+    if how == "raise_budget":
+        await _raise_budget(handle, within=within)
         return None
     snapshot: WorkflowHistory | None = None
     answered: set[tuple[str, int]] = set()
@@ -386,14 +568,77 @@ async def _play_human(handle: WorkflowHandle[Any, RunResult], how: Human, *,
     raise TimeoutError(f"{handle.id} still running after {within:.0f}s")
 
 
+async def _state_when(handle: WorkflowHandle[Any, RunResult], what: str,
+                      ready: Callable[[RunState], bool], *, within: float = 60) -> RunState:
+    """The run's ``state`` once ``ready`` says so; ``TimeoutError`` naming ``what`` if the
+    run ends or ``within`` passes first."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        state: RunState = await handle.query("state", result_type=RunState,
+                                             rpc_timeout=timedelta(seconds=5))
+        if ready(state):
+            return state
+        if state.status not in ("running", "queued"):
+            break
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"{handle.id} never got to {what}")
+
+
+async def _raise_budget(handle: WorkflowHandle[Any, RunResult], *, within: float) -> None:
+    """Once the run waits at its budget, raise each limit it would pass (the update)."""
+    state = await _state_when(handle, "waiting for a budget raise",
+                              lambda s: s.budget is not None and s.budget.waiting,
+                              within=within)
+    assert state.budget is not None
+    lim = state.budget.limit
+    raised = RaiseBudget(
+        max_model_calls=None if lim.max_model_calls is None else lim.max_model_calls + 4,
+        max_tokens=None if lim.max_tokens is None else lim.max_tokens * 4,
+        max_usd=None if lim.max_usd is None else lim.max_usd * 4,
+        by="corpus-recorder", reason="recorded for the corpus")
+    await handle.execute_update("raise_budget", raised, result_type=Budget)
+
+
+async def _hold_slot(client: Client, sc: CorpusScenario,
+                     settings: Settings) -> WorkflowHandle[Any, RunResult]:
+    """Start the scenario's blocker and wait until it holds its tenant's slot (admitted, its
+    restart waiting for an approver)."""
+    from stead.client import start_run
+
+    assert sc.blocker is not None
+    blocker = await start_run(client, sc.blocker, temporal=settings.temporal,
+                              workflow_id=f"corpus-blocker-{sc.name}")
+    await _state_when(blocker, "an approval", lambda s: bool(s.pending_approvals))
+    return blocker
+
+
+async def _let_go(blocker: WorkflowHandle[Any, RunResult]) -> None:
+    """Approve the blocker's restart; wait until it ended (and so freed its slot)."""
+    state = await _state_when(blocker, "an approval", lambda s: bool(s.pending_approvals))
+    for p in state.pending_approvals:
+        await blocker.signal("approve", ApprovalDecision(
+            approval_id=p.approval_id, by="corpus-recorder", role=p.awaiting,
+            note="recorded for the corpus"))
+    done = await asyncio.wait_for(blocker.result(), 60)
+    if done.status != "completed":
+        raise RuntimeError(f"{blocker.id} (a blocker) ended {done.status}")
+
+
 async def _record_one(client: Client, sc: CorpusScenario, settings: Settings,
                       out: Path) -> Recorded:
     from temporalio.client import WorkflowFailureError
 
     from stead.client import start_run
 
+    blocker = await _hold_slot(client, sc, settings) if sc.blocker is not None else None
     handle = await start_run(client, sc.request, temporal=settings.temporal,
                              workflow_id=sc.workflow_id)
+    if sc.human == "queued_then_admitted":
+        if blocker is None:
+            raise RuntimeError(f"{sc.workflow_id}: queued_then_admitted needs a blocker")
+        await _state_when(handle, "the admission queue", lambda s: s.status == "queued")
+        await _let_go(blocker)
+        blocker = None
     snapshot = await _play_human(handle, sc.human)
     try:
         result = await asyncio.wait_for(handle.result(), 60)
@@ -406,6 +651,8 @@ async def _record_one(client: Client, sc: CorpusScenario, settings: Settings,
             raise RuntimeError(f"{sc.workflow_id} did not take its path ({sc.shows}): "
                                f"{result.model_dump_json(exclude={'tool_calls'})}")
         status = result.status
+    if blocker is not None:
+        await _let_go(blocker)
     history = snapshot if snapshot is not None else await handle.fetch_history()
     if snapshot is not None:
         status = "running (in flight)"
@@ -432,7 +679,30 @@ async def _record_sweep(client: Client, sw: CorpusSweep, settings: Settings,
     return Recorded(sw, path, "continued as new", len(history.events), path.stat().st_size)
 
 
+async def _record_conversation(client: Client, cv: CorpusConversation, settings: Settings,
+                               out: Path) -> list[Recorded]:
+    from stead.conversation import say, start_conversation
+
+    handle = await start_conversation(client, cv.start, temporal=settings.temporal,
+                                      workflow_id=cv.workflow_id)
+    outcomes = [await asyncio.wait_for(say(handle, text), 60) for text in cv.messages]
+    await handle.signal("end")
+    ended = await asyncio.wait_for(handle.result(), 60)
+    if not cv.check(outcomes):
+        raise RuntimeError(f"{cv.workflow_id} did not take its path ({cv.shows}): "
+                           + "; ".join(o.model_dump_json(exclude={"context"})
+                                       for o in outcomes))
+    recorded: list[Recorded] = []
+    for wid, status in ((cv.workflow_id, ended.reason),
+                        (cv.last_turn_id, outcomes[-1].status)):
+        history = await client.get_workflow_handle(wid).fetch_history()
+        path = write_history(history, out / history_file_name(wid))
+        recorded.append(Recorded(cv, path, status, len(history.events), path.stat().st_size))
+    return recorded
+
+
 async def record_corpus(out: Path, *, scenarios: Sequence[CorpusScenario] = tuple(SCENARIOS),
+                        conversations: Sequence[CorpusConversation] = tuple(CONVERSATIONS),
                         sweeps: Sequence[CorpusSweep] = tuple(SWEEPS),
                         progress: Callable[[str], None] = print) -> list[Recorded]:
     """Run ``scenarios`` on a throwaway embedded stack, then ``sweeps`` over their runs, and
@@ -443,9 +713,11 @@ async def record_corpus(out: Path, *, scenarios: Sequence[CorpusScenario] = tupl
     from stead.agents.refund import default_world as refund_world
     from stead.agents.refund import refund_agent
     from stead.authoring.agent import AgentCatalog
+    from stead.contracts.quota import TenantQuota
     from stead.stack.embedded import EmbeddedStack, free_port
     from stead.storage.memory import open_memory
     from stead.storage.memory.embedders import HashingEmbedder
+    from stead.testing.openai_server import FakeOpenAIServer
     from stead.worker import WorkerHost
 
     _ensure_dir(out)
@@ -459,9 +731,14 @@ async def record_corpus(out: Path, *, scenarios: Sequence[CorpusScenario] = tupl
         stack = EmbeddedStack(base, ui=False)
         progress("starting a throwaway embedded stack (Temporal dev server, PostgreSQL)")
         await stack.start()
+        stack_exit = AsyncExitStack()  # the fake model server
         try:
             settings = stack.resolved_settings().replace(task_queue="corpus")
             leaky_settings = settings.replace(task_queue="corpus-leaky")
+            governed_settings = settings.replace(
+                task_queue="corpus-governed", tenant_quotas={
+                    t: TenantQuota.model_validate(q) for t, q in GOVERNED_QUOTAS.items()},
+                model_prices=GOVERNED_PRICES, admission_recheck_seconds=30.0)
             ops_world(data).reset()
             refund_world(data).reset()
             # Hashing: deterministic and instant; the recall path is what the corpus needs.
@@ -474,27 +751,42 @@ async def record_corpus(out: Path, *, scenarios: Sequence[CorpusScenario] = tupl
                 await memory.close()
             catalog = reference_catalog(data)
             leaky_catalog = AgentCatalog([refund_agent(refund_world(data))])
+            os.environ[CHAIN_KEY_VAR] = CHAIN_KEY
+            fake = await stack_exit.enter_async_context(FakeOpenAIServer.from_model(
+                catalog["ops"].offline_model, api_key=CHAIN_KEY))
+            governed_catalog = AgentCatalog(governed_agents(catalog["ops"], fake.base_url))
             refund_model = catalog["refund"].offline_model
             assert isinstance(refund_model, FunctionModel)
             recorded: list[Recorded] = []
             async with WorkerHost(settings, catalog, embedder=embedder) as host, \
                     WorkerHost(leaky_settings, leaky_catalog, embedder=embedder,
-                               model=leaky(refund_model)) as leaky_host:
+                               model=leaky(refund_model)) as leaky_host, \
+                    WorkerHost(governed_settings, governed_catalog, embedder=embedder) as gov:
                 assert host.client is not None and leaky_host.client is not None
+                assert gov.client is not None
                 for sc in scenarios:
-                    s = leaky_settings if sc.leaky_model else settings
+                    s = leaky_settings if sc.leaky_model else \
+                        governed_settings if sc.governed else settings
                     rec = await _record_one(host.client, sc, s, out)
                     progress(f"  {rec.path.name}: {rec.status}, {rec.events} events, "
                              f"{rec.size / 1024:.0f} KiB")
                     recorded.append(rec)
+                for cv in conversations:
+                    for rec in await _record_conversation(host.client, cv, governed_settings,
+                                                          out):
+                        progress(f"  {rec.path.name}: {rec.status}, {rec.events} events, "
+                                 f"{rec.size / 1024:.0f} KiB")
+                        recorded.append(rec)
                 for sw in sweeps:
                     rec = await _record_sweep(host.client, sw, settings, out)
                     progress(f"  {rec.path.name}: {rec.status}, {rec.events} events, "
                              f"{rec.size / 1024:.0f} KiB")
                     recorded.append(rec)
         finally:
+            await stack_exit.aclose()
+            os.environ.pop(CHAIN_KEY_VAR, None)
             await stack.stop()
-    if len(recorded) == len(SCENARIOS) + len(SWEEPS):
+    if len(recorded) == len(SCENARIOS) + 2 * len(CONVERSATIONS) + len(SWEEPS):
         _write_index(out, recorded)  # a partial re-recording keeps the full index
     return recorded
 
@@ -509,25 +801,27 @@ def _write_index(out: Path, recorded: Sequence[Recorded]) -> None:
              "Replayed by `tests/test_replay.py` and `stead replay evals/histories` against the "
              "current workflow code: a change that would break runs in flight fails there.",
              "Re-record with `python -m stead.evals.corpus --out evals/histories` (a throwaway "
-             "embedded stack; about 20 seconds).",
+             "embedded stack; about 40 seconds).",
              "",
              "A re-recording replaces the files listed below. Before one that follows a change "
              "to the workflow code, move the files to a subfolder named for the change (as "
-             "`before-16/`): replay reads subfolders too, so the runs older code recorded keep "
-             "proving that runs in flight survive the upgrade.",
+             "`before-16/`, `before-18/`): replay reads subfolders too, so the runs older code "
+             "recorded keep proving that runs in flight survive the upgrade.",
              "",
              "| file | agent | outcome | events | what it shows |",
              "| --- | --- | --- | ---: | --- |"]
     for r in recorded:
-        agent = r.scenario.request.agent if isinstance(r.scenario, CorpusScenario) \
-            else r.scenario.agents
+        sc = r.scenario
+        agent = sc.request.agent if isinstance(sc, CorpusScenario) \
+            else sc.start.agent if isinstance(sc, CorpusConversation) else sc.agents
         lines.append(f"| `{r.path.name}` | {agent} | {r.status} | {r.events} | "
                      f"{r.scenario.shows} |")
     (out / "README.md").write_text("\n".join(lines) + "\n")
 
 
 def _names() -> list[str]:
-    return [s.name for s in SCENARIOS] + [s.name for s in SWEEPS]
+    return [s.name for s in SCENARIOS] + [c.name for c in CONVERSATIONS] + \
+        [s.name for s in SWEEPS]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -551,8 +845,10 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [s for s in SCENARIOS if not args.only or s.name in args.only]
     # A sweep grades the runs recorded before it: with --only it needs its agents' scenarios.
     swept = [s for s in SWEEPS if not args.only or s.name in args.only]
+    talks = [c for c in CONVERSATIONS if not args.only or c.name in args.only]
     started = time.perf_counter()
-    recorded = asyncio.run(record_corpus(args.out, scenarios=chosen, sweeps=swept))
+    recorded = asyncio.run(record_corpus(args.out, scenarios=chosen, conversations=talks,
+                                         sweeps=swept))
     print(f"recorded {len(recorded)} histories in {args.out} "
           f"({time.perf_counter() - started:.0f} s)")
     return 0
