@@ -8,7 +8,8 @@ with the shop planner and reports usage — and of the phase's orders (approval 
 - every fourth runs as the phase's own tenant (``gov-<phase>``), which has a tight
   ``usd_per_day`` window (:func:`day_cap`) and ``runs_in_flight`` :data:`RUNS_IN_FLIGHT`
   (``over_quota: queue``): such orders queue for admission, and once the window is nearly
-  spent their next model call is refused (the run ends ``budget_exceeded``);
+  spent (about half of them in) their next model call is refused (the run ends
+  ``budget_exceeded``);
 - the next of each four carries a ``RunRequest.budget``, alternately ``max_model_calls`` 3
   (a shop order makes 5 calls: it always stops) and ``max_usd`` :data:`TIGHT_USD` (a few
   calls' estimates: it stops after 2-3).
@@ -92,9 +93,10 @@ def tenant_of(phase: str) -> str:
 
 
 def day_cap(tenant_runs: int) -> float:
-    """The tenant's day window: two calls' estimates held at once fit, a third does not, and
-    it runs out after some of its orders (about 30 orders' actual spend in the kills phase)."""
-    return round(0.045 + 0.0005 * tenant_runs, 6)
+    """The tenant's day window: one call's estimate (~$0.018) and what about half of its
+    orders actually cost (~$0.0011 each), so the later half of its orders is stopped by the
+    window — and two calls reserving at once do not both fit."""
+    return round(0.02 + 0.0006 * tenant_runs, 6)
 
 
 def price() -> Price:
@@ -130,6 +132,12 @@ class FailpointModel:
     @property
     def name(self) -> str:
         return self._inner.name
+
+    async def close(self) -> None:
+        """The host closes its model when it stops: pass it on to the client's sockets."""
+        close = getattr(self._inner, "close", None)
+        if close is not None:
+            await close()
 
     def _passed(self, messages: Sequence[Message]) -> None:
         if activity.in_activity():
@@ -218,11 +226,14 @@ class Governance:
             if phase in self.harness.cfg.phases:
                 REQUEST_HOOKS[phase].append(hook)  # type: ignore[index]
         self._probe_task = asyncio.create_task(self._probe())
+        self.harness.governance = self  # its settings_for and phases consult it from now on
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         from chaos.netfaults import REQUEST_HOOKS
 
+        if self.harness.governance is self:
+            self.harness.governance = None
         for phase, hook in self._hooks.items():
             with contextlib.suppress(ValueError):
                 REQUEST_HOOKS[phase].remove(hook)  # type: ignore[index]

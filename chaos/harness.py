@@ -693,7 +693,7 @@ async def run_chaos(cfg: ChaosConfig, *, progress: Progress = print) -> ChaosRes
                 logging=LoggingConfig(filter=TelemetryFilter(core_level="ERROR",
                                                              other_level="ERROR")))))
             h = Harness(cfg, stack, base, world, ledger, client, data_dir, progress)
-            h.governance = await Governance(h).__aenter__()
+            await Governance(h).__aenter__()
             phases: dict[Phase, Callable[[], Awaitable[None]]] = {
                 "kills": h.phase_kills,
                 "temporal": lambda: h.phase_restart("temporal"),
