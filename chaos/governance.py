@@ -482,6 +482,12 @@ class Governance:
                            for d in trail.decisions):
                     found.append(Finding(rec.workflow_id, "budget_exceeded without a budget "
                                                           "'stopped' audit row"))
+        # Measured, not required: model requests of the phase's runs that reached the server
+        # after their run had ended (an attempt Temporal gave up on, still going).
+        ended = {order: rec.ended_at for rec in recs
+                 if (order := runs.get(rec.workflow_id, (None, None))[1]) is not None
+                 and rec.ended_at is not None}
+        late = sum(1 for s in self.served if s.order in ended and s.arrived > ended[s.order])
         stat = self.harness.fault("governance", f"{phase}: tenant {tenant} and run budgets")
         stat.injected = sum(1 for p in self.plans.values() if p.phase == phase
                             and p.kind != "plain")
@@ -491,5 +497,6 @@ class Governance:
                      f"of {RUNS_IN_FLIGHT} admitted ({probe.samples} samples); "
                      f"{len(dangling)} reservation(s) left to expire; {billed_unsettled} "
                      f"answered call(s) never settled (worker killed after the answer); "
-                     f"{budget_runs} runs with a budget")
+                     f"{budget_runs} runs with a budget; {late} model request(s) arrived "
+                     f"after their run had ended")
         return found
