@@ -315,4 +315,3 @@ async def test_a_call_the_run_gave_up_on_is_closed_in_the_ledger(
     assert row.finished_at is not None
     # The attempt itself stays as the ledger saw it: started, never reported.
     assert [(a.attempt, a.status) for a in trail.tool_attempts] == [(1, "running")]
-
