@@ -63,6 +63,7 @@ from chaos.agent import (
     chaos_catalog,
     order_request,
 )
+from chaos.governance import Governance
 from chaos.invariants import (
     Finding,
     RunRecord,
@@ -245,6 +246,8 @@ class Harness:
         """(workflow id, when its worker was killed) per approval wait that lost its worker."""
         self.started = time.monotonic()
         self.deadline = self.started + cfg.minutes * 60
+        self.governance: Governance | None = None
+        """Tenant quotas and run budgets in the phases they govern (``chaos.governance``)."""
 
     # -------------------------------------------------------------- helpers
 
@@ -252,6 +255,8 @@ class Harness:
         return self.faults.setdefault((group, kind), FaultStat(group=group, kind=kind))
 
     def settings_for(self, phase: str, **update: Any) -> Settings:
+        if self.governance is not None:
+            update = {**self.governance.settings_update(phase), **update}
         return self.base.replace(
             task_queue=f"chaos-{phase}-{uuid.uuid4().hex[:8]}",
             # A killed worker's cached runs move to a live worker after 1 s instead of 10 s.
@@ -358,6 +363,8 @@ class Harness:
                     req = RunRequest(agent=SHOP, input=order_request(
                         plan.n, qty=1 + plan.n % 3, sku=SKUS[plan.n % len(SKUS)],
                         amount=amount), metadata=metadata)
+                    if self.governance is not None:
+                        req = self.governance.shape("kills", req, eligible=not plan.approval)
                     rec, handle = await self.start(
                         "kills", plan.scenario, req, settings,
                         before=lambda wid: self.world.arm(wid, *plan.failpoints))
@@ -678,6 +685,7 @@ async def run_chaos(cfg: ChaosConfig, *, progress: Progress = print) -> ChaosRes
         base = stack.resolved_settings()
         world = ChaosWorld(data_dir / "chaos-world.sqlite")
         ledger = await Ledger.connect(stack.database_url, retry_seconds=60)
+        h: Harness | None = None
         try:
             # The suite's own client sees every outage it causes: its retries are expected,
             # so only errors are logged (the workers keep their usual logging).
@@ -685,6 +693,7 @@ async def run_chaos(cfg: ChaosConfig, *, progress: Progress = print) -> ChaosRes
                 logging=LoggingConfig(filter=TelemetryFilter(core_level="ERROR",
                                                              other_level="ERROR")))))
             h = Harness(cfg, stack, base, world, ledger, client, data_dir, progress)
+            await Governance(h).__aenter__()
             phases: dict[Phase, Callable[[], Awaitable[None]]] = {
                 "kills": h.phase_kills,
                 "temporal": lambda: h.phase_restart("temporal"),
@@ -713,12 +722,17 @@ async def run_chaos(cfg: ChaosConfig, *, progress: Progress = print) -> ChaosRes
                                      tools=tool_facts(catalog))
             verdict = check(evidence)
             verdict.phase_checks.extend(h.phase_findings)
+            assert h.governance is not None
+            verdict.phase_checks.extend(await h.governance.check(h.records))
         finally:
+            if h is not None and h.governance is not None:
+                await h.governance.__aexit__(None, None, None)
             await ledger.close()
     finally:
         await stack.stop()
         if not cfg.keep:
             shutil.rmtree(data_dir, ignore_errors=True)
+    assert h is not None
     return ChaosResult(config=cfg, records=h.records, faults=list(h.faults.values()),
                        verdict=verdict, deaths=h.deaths, seconds=time.monotonic() - t0,
                        skipped=skipped, data_dir=str(data_dir) if cfg.keep else "")

@@ -18,18 +18,25 @@ import time
 from pathlib import Path
 
 from chaos.agent import chaos_catalog
+from chaos.governance import FailpointModel
 from chaos.world import ChaosWorld
 from stead.settings import Settings, load_settings
-from stead.worker import WorkerHost
+from stead.worker import WorkerHost, configured_model
 
 
 async def _serve(settings: Settings, world: ChaosWorld) -> None:
-    """Like ``stead.worker.run_until_signal``, and tell the harness once the worker polls."""
+    """Like ``stead.worker.run_until_signal``, and tell the harness once the worker polls.
+
+    A worker of a governed phase (``chaos.governance``: its settings name the suite's fake
+    model server with the marker key) calls that server through :class:`FailpointModel`, so
+    the ``model:<turn>`` failpoints still kill it — once the server has answered (and billed)
+    the call, before its worker settles what it cost."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with WorkerHost(settings, chaos_catalog(world)):
+    model = FailpointModel.for_settings(settings, world, configured_model(settings.models))
+    async with WorkerHost(settings, chaos_catalog(world), model=model):
         world.worker_ready(os.getpid(), time.time())
         await stop.wait()
 

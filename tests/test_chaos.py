@@ -61,8 +61,12 @@ def test_a_small_chaos_run_kills_workers_and_every_invariant_holds(tmp_path: Pat
     assert doc["kills"] >= 2
     assert all(d["exitcode"] == -9 for d in doc["deaths"] if d["cause"] != "stopped")
     assert len(doc["records"]) == 5
-    assert {r["outcome"] for r in doc["records"]} <= {"completed", "escalated", "denied"}
+    # Governed orders (chaos.governance) may stop at their budget or tenant window.
+    assert {r["outcome"] for r in doc["records"]} <= {"completed", "escalated", "denied",
+                                                      "budget_exceeded"}
     assert doc["runs"]["kills"]["lost"] == "0"
+    gov = [f for f in doc["faults"] if f["group"] == "governance"]
+    assert len(gov) == 1 and gov[0]["injected"] >= 1, gov
     assert "Invariants" in proc.stdout and "all invariants hold" in proc.stdout
 
 
@@ -169,6 +173,76 @@ async def test_the_checker_passes_real_runs_and_catches_planted_violations(
     assert [f.detail for f in v.ledger_gaps] == [
         f"charge effect for key {second.workflow_id}:x:99:charge_card has no stead_tool_calls "
         f"row"]
+
+async def test_the_governance_checks_pass_governed_runs_and_catch_planted_violations(
+        settings: Settings, ledger: Ledger, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three governed orders (chaos.governance: one as the capped tenant, one with
+    max_model_calls 3, one plain) against the priced fake model server check clean; then a
+    second settle of one call, more runs admitted than the cap and a run counting a fourth
+    call are each reported."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    from chaos.agent import SHOP, chaos_catalog, order_request
+    from chaos.governance import RUNS_IN_FLIGHT, FailpointModel, Governance, tenant_of
+    from chaos.harness import ChaosConfig, Harness
+    from chaos.invariants import RunRecord
+    from chaos.world import ChaosWorld
+    from stead.storage.ledger import SpendKey
+    from stead.worker import configured_model
+
+    world = ChaosWorld(tmp_path / "world.sqlite")
+    h = Harness(ChaosConfig(runs=4, phases=("kills",)), None, settings,  # type: ignore[arg-type]
+                world, ledger, None, tmp_path, print)  # type: ignore[arg-type]
+    async with Governance(h) as gov:
+        s = h.settings_for("kills")
+        assert s.tenants.quotas[tenant_of("kills")].runs_in_flight == RUNS_IN_FLIGHT
+        model = FailpointModel.for_settings(s, world, configured_model(s.models))
+        assert model is not None and model.name == "openai:gpt-4o-mini"
+        records: list[RunRecord] = []
+        async with WorkerHost(s, chaos_catalog(world), model=model) as host:
+            assert host.client is not None
+            handles = []
+            for n in (1, 2, 3):
+                req = gov.shape("kills", RunRequest(agent=SHOP, input=order_request(
+                    n, qty=1, sku="sku-1", amount=20.0)))
+                hd = await start_run(host.client, req, temporal=s.temporal)
+                records.append(RunRecord(workflow_id=hd.id, phase="kills", scenario="plain",
+                                         started_at=time.time()))
+                handles.append(hd)
+            for rec, hd in zip(records, handles, strict=True):
+                rec.result = await asyncio.wait_for(hd.result(), 120)
+                rec.ended_at = time.time()
+        tenant_run, budget_run, plain_run = records
+        assert tenant_run.result is not None and budget_run.result is not None
+        assert tenant_run.result.status == "completed"
+        assert tenant_run.result.spend.usd > 0  # priced: the server reported usage
+        assert budget_run.result.status == "budget_exceeded"
+        assert budget_run.result.spend.model_calls == 3
+        assert await gov.check(records) == []
+
+        async with ledger.pool.acquire() as c:
+            row = await c.fetchrow("select workflow_id, run_id, step, settled_usd::float8 as"
+                                   " usd from stead_spend_reservations where workflow_id = $1"
+                                   " order by step limit 1", tenant_run.workflow_id)
+        assert row is not None
+        # The same call settled by a second attempt the server never answered.
+        assert await ledger.settle_spend(SpendKey(row["workflow_id"], row["run_id"],
+                                                  row["step"]), usd=row["usd"], attempt=99)
+        gov.probes[tenant_of("kills")].max_admitted = RUNS_IN_FLIGHT + 1
+        res = budget_run.result
+        budget_run.result = res.model_copy(update={
+            "spend": res.spend.model_copy(update={"model_calls": 4})})
+        found = {(f.workflow_id, f.detail) for f in await gov.check(records)}
+
+    assert (tenant_run.workflow_id, f"step {row['step']}: 2 attempt(s) settled, the server "
+                                    f"answered turn 1 1 time(s)") in found
+    assert (f"kills/{tenant_of('kills')}", f"{RUNS_IN_FLIGHT + 1} runs admitted at once, "
+            f"cap {RUNS_IN_FLIGHT} (probe, "
+            f"{gov.probes[tenant_of('kills')].samples} samples)") in found
+    assert (budget_run.workflow_id, "4 model calls, limit 3") in found
+    assert (budget_run.workflow_id, "RunResult.spend counts 4 model calls; the server "
+                                    "answered 3 distinct turns") in found
+    assert not any(wid == plain_run.workflow_id for wid, _ in found)
 
 
 async def test_a_final_failure_on_record_is_answered_again_and_the_tool_never_reruns(
