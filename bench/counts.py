@@ -32,7 +32,7 @@ from temporalio.api.enums.v1 import EventType
 
 from bench.peers.temporal_run import STEAD_FULL, STEAD_LOCAL, otlp_receiver, temporal_system
 from bench.peers.workload import FIVE
-from bench.profile import SYSTEMS, _Probe
+from bench.profile import SYSTEMS, _Probe, area_of
 from bench.runner import _distinct_ports
 from stead.settings import Settings
 from stead.stack.embedded import EmbeddedStack
@@ -58,11 +58,17 @@ class RunCounts:
     """Event type -> median count per run."""
     payload_bytes: dict[str, float] = field(default_factory=dict)
     """Event type -> median payload bytes per run."""
+    calls: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Thread (``asyncio``, ``workflow``) -> area -> Python function calls per run."""
 
 
-def _calls(prof: Any) -> int:
+def _calls(prof: Any) -> Counter[str]:
+    """Function calls by area (``bench.profile.AREAS``)."""
     stats = pstats.Stats(prof).stats  # type: ignore[attr-defined]
-    return sum(nc for (_cc, nc, _own, _cum, _callers) in stats.values())
+    out: Counter[str] = Counter()
+    for (filename, _line, name), (_cc, nc, _own, _cum, _callers) in stats.items():
+        out[area_of(f"{filename}:{name}")] += nc
+    return out
 
 
 def _payload_bytes(event: Any) -> int:
@@ -113,16 +119,18 @@ async def count_system(system: Any, name: str, *, runs: int, warmup: int) -> Run
             payloads[kind] += _payload_bytes(ev)
             size += ev.ByteSize()
         per_run.append((len(history.events), size, kinds, payloads))
+    loop, wf = _calls(probe.loop_profile), _calls(probe.workflow_profile)
     kinds_all = sorted({k for _, _, ks, _ in per_run for k in ks})
     return RunCounts(
         system=name, runs=runs, ledger_round_trips=probe.round_trips / runs,
-        loop_calls=_calls(probe.loop_profile) / runs,
-        workflow_calls=_calls(probe.workflow_profile) / runs,
+        loop_calls=sum(loop.values()) / runs, workflow_calls=sum(wf.values()) / runs,
         history_events=statistics.median(n for n, _, _, _ in per_run),
         history_bytes=statistics.median(b for _, b, _, _ in per_run),
         events={k: statistics.median(ks[k] for _, _, ks, _ in per_run) for k in kinds_all},
         payload_bytes={k: statistics.median(ps[k] for _, _, _, ps in per_run)
-                       for k in kinds_all})
+                       for k in kinds_all},
+        calls={thread: {k: round(v / runs, 1) for k, v in sorted(c.items(), key=lambda kv: -kv[1])}
+               for thread, c in (("asyncio", loop), ("workflow", wf))})
 
 
 async def run_counts(systems: tuple[str, ...], *, runs: int, warmup: int) -> list[RunCounts]:
@@ -153,6 +161,10 @@ def report(counts: list[RunCounts]) -> str:
                   "| event | count | payload bytes |", "|---|---:|---:|"]
         lines += [f"| {k} | {n:g} | {c.payload_bytes.get(k, 0):g} |"
                   for k, n in c.events.items()]
+        for thread, areas in c.calls.items():
+            lines += ["", f"{c.system}, {thread} thread(s): Python calls per run by area",
+                      "| area | calls |", "|---|---:|"]
+            lines += [f"| {a} | {n:.0f} |" for a, n in areas.items()]
     return "\n".join(lines)
 
 
