@@ -17,7 +17,9 @@ Each call is held to the run's budget first (``stead.workflows._budget``): estim
 pinned price of the model about to be called, admitted, stepped down to a cheaper model or
 refused (the run ends ``budget_exceeded``), and settled from the usage it reported. A tenant's
 spending window refusing the call (``errors.TENANT_BUDGET_EXCEEDED``) ends the run the same
-way, without falling back to the next model.
+way, without falling back to the next model. A run with no budget whose tenant has no spending
+windows (``AgentPlan.spend_windows``) skips the estimate and the check; its calls are still
+settled (``RunResult.spend``).
 
     turn = await models.think(schemas, model_setting)   # None: the run has ended
 """
@@ -207,8 +209,9 @@ class ModelCalls:
         def cheaper() -> tuple[ModelEndpoint, Spend] | None:
             name = book.rules.cheaper_model
             ep = next((e for e in models if e.name == name), None)
-            return None if ep is None or size is None else (ep,
-                                                             self._estimate(size, ep, ep.price))
+            if ep is None or size is None:
+                return None
+            return ep, self._estimate(size, ep, ep.price)
 
         if limited and guess is not None:
             stepped = await book.admit(req.ref.step, guess, cheaper=cheaper,
