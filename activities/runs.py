@@ -78,7 +78,8 @@ class RunActivities:
                                        # no store on this worker: the run neither recalls
                                        # nor remembers (recorded in the pinned plan)
                                        "memory": plan.memory if self._memory else None,
-                                       "admission": self._admission(start)})
+                                       "admission": self._admission(start),
+                                       "spend_windows": self._spend_windows(start)})
 
     def _admission(self, start: StartRun) -> TenantQuota | None:
         """The tenant's quota if the run must ask for admission. stead's own runs
@@ -87,6 +88,12 @@ class RunActivities:
             return None
         quota = quota_for(self._quotas, start.request.tenant)
         return quota if quota is not None and quota.limits_admission else None
+
+    def _spend_windows(self, start: StartRun) -> bool:
+        """Whether the run's tenant has spending windows: its model requests then carry the
+        workflow's estimate for the model activity to reserve (``AgentPlan.spend_windows``)."""
+        quota = quota_for(self._quotas, start.request.tenant)
+        return quota is not None and bool(quota.windows)
 
     @activity.defn(name="run.plan")
     async def plan_for(self, start: StartRun) -> AgentPlan:
@@ -103,7 +110,8 @@ class RunActivities:
                       self._prices)
         return plan.model_copy(update={"model_timeout": self._model_timeout,
                                        "model_max_attempts": self._model_max_attempts,
-                                       "memory": plan.memory if self._memory else None})
+                                       "memory": plan.memory if self._memory else None,
+                                       "spend_windows": self._spend_windows(start)})
 
     async def _with_mcp(self, plan: AgentPlan) -> AgentPlan:
         """The plan plus the tools its agent's MCP servers list now: as this activity's result

@@ -489,3 +489,48 @@ def test_a_policy_files_budget_section_is_read_and_a_bad_one_named() -> None:
     assert p.budget == BudgetRules(max_usd=0.5, on_exceed="ask", ask_timeout_seconds=120)
     with pytest.raises(PolicyError, match=r"ops\.yaml:4: .*on_exceed"):
         parse_policy("id: ops\nversion: 3\nbudget:\n  on_exceed: pray\n", source="ops.yaml")
+
+
+# ---------------------------------------------------------------------------- unused: free
+
+
+async def test_only_a_run_with_a_budget_or_tenant_windows_estimates_its_model_calls(
+        settings: Settings) -> None:
+    """A run with no budget whose tenant has no spending windows pays nothing for either
+    feature: its model requests carry no estimate (the pinned price still rides along). A
+    budget, or windows on the tenant (pinned as ``AgentPlan.spend_windows`` at run start),
+    each bring the workflow's estimate back (the request's bytes over four plus the model's
+    output limit, at its price), and both runs are charged as before."""
+    from stead.contracts.models import ModelRequest
+    windowed = settings.replace(tenant_quotas={"acme": {"usd_per_day": 100.0}})
+    async with fakes() as (srv,):
+        async with WorkerHost(windowed, AgentCatalog([budget_agent([endpoint(srv)],
+                                                                   None)])) as host:
+            assert host.client is not None
+            client = host.client
+            runs = {}
+            for name, req in {
+                    "neither": RunRequest(agent="budget", input="say hello"),
+                    "budget": RunRequest(agent="budget", input="say hello",
+                                         budget=Budget(max_model_calls=10)),
+                    "windows": RunRequest(agent="budget", input="say hello",
+                                          tenant="acme")}.items():
+                h = await start_run(client, req, temporal=windowed.temporal)
+                runs[name] = (h, await result(h))
+            sent: dict[str, list[ModelRequest]] = {}
+            for name, (h, _) in runs.items():
+                sent[name] = []
+                for ev in (await h.fetch_history()).events:
+                    a = ev.activity_task_scheduled_event_attributes
+                    if ev.HasField("activity_task_scheduled_event_attributes") \
+                            and a.activity_type.name == "model.complete":
+                        (m,) = await client.data_converter.decode(a.input.payloads,
+                                                                  [ModelRequest])
+                        sent[name].append(m)
+    for name, (_, r) in runs.items():
+        assert r.status == "completed" and r.spend.usd == pytest.approx(0.04), name
+        assert len(sent[name]) == 2 and all(m.price == PRICE for m in sent[name]), name
+    assert all(m.estimate is None for m in sent["neither"])
+    for name in ("budget", "windows"):
+        assert all(m.estimate is not None and m.estimate.usd == pytest.approx(0.2)
+                   and m.estimate.model_calls == 1 for m in sent[name]), name

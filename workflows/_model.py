@@ -17,7 +17,9 @@ Each call is held to the run's budget first (``stead.workflows._budget``): estim
 pinned price of the model about to be called, admitted, stepped down to a cheaper model or
 refused (the run ends ``budget_exceeded``), and settled from the usage it reported. A tenant's
 spending window refusing the call (``errors.TENANT_BUDGET_EXCEEDED``) ends the run the same
-way, without falling back to the next model.
+way, without falling back to the next model. A run with no budget whose tenant has no spending
+windows (``AgentPlan.spend_windows``) skips the estimate and the check; its calls are still
+settled (``RunResult.spend``).
 
     turn = await models.think(schemas, model_setting)   # None: the run has ended
 """
@@ -194,34 +196,46 @@ class ModelCalls:
         first = chain[0][1] if chain else None
         # A routed model was not priced at run start: it costs tokens and calls, no money.
         price = first.price if first is not None else plan.price if req.model is None else None
-        if size is None:
-            size = request_bytes(req.messages, req.tools)
-        guess = self._estimate(size, first, price)
+        # Estimates are for a run with a budget (held to it here) and for a tenant with
+        # spending windows (the model activity reserves the estimate). A run with neither
+        # measures and estimates nothing, and its requests carry no estimate.
+        limited = not book.limit.unlimited
+        if limited or plan.spend_windows:
+            size = request_bytes(req.messages, req.tools) if size is None else size
+        else:
+            size = None
+        guess = None if size is None else self._estimate(size, first, price)
 
         def cheaper() -> tuple[ModelEndpoint, Spend] | None:
             name = book.rules.cheaper_model
             ep = next((e for e in models if e.name == name), None)
-            return None if ep is None else (ep, self._estimate(size, ep, ep.price))
+            if ep is None or size is None:
+                return None
+            return ep, self._estimate(size, ep, ep.price)
 
-        stepped = await book.admit(req.ref.step, guess, cheaper=cheaper,
-                                   model=first.name if first is not None
-                                   else req.model or plan.model)
-        if stepped is not None:
-            chain = [(models.index(stepped), stepped)]
+        if limited and guess is not None:
+            stepped = await book.admit(req.ref.step, guess, cheaper=cheaper,
+                                       model=first.name if first is not None
+                                       else req.model or plan.model)
+            if stepped is not None:
+                chain = [(models.index(stepped), stepped)]
         if not chain:
-            turn = await self._call(req.model_copy(update={"price": price, "estimate": guess}),
-                                    summary=summary, timeout=plan.model_timeout,
+            if price is not None or guess is not None:
+                req = req.model_copy(update={"price": price, "estimate": guess})
+            turn = await self._call(req, summary=summary, timeout=plan.model_timeout,
                                     attempts=plan.model_max_attempts, grace=0)
             book.settle(turn.usage, price)
             return turn, None, 0
         for n, (place, ep) in enumerate(chain):
-            if n:  # a later model of the chain may cost more: held to the budget in turn
-                await book.admit(req.ref.step, self._estimate(size, ep, ep.price),
-                                 model=ep.name, cheaper=lambda: None)
+            est = (guess if ep is first or size is None
+                   else self._estimate(size, ep, ep.price))
+            if n and limited and est is not None:
+                # a later model of the chain may cost more: held to the budget in turn
+                await book.admit(req.ref.step, est, model=ep.name, cheaper=lambda: None)
             try:
                 turn = await self._call(
                     req.model_copy(update={"endpoint": ep, "fallback": place, "price": ep.price,
-                                           "estimate": self._estimate(size, ep, ep.price)}),
+                                           "estimate": est}),
                     summary=summary + (f" with {ep.name} (fallback {place})" if place else ""),
                     timeout=ep.timeout_seconds or plan.model_timeout,
                     attempts=ep.max_attempts or plan.model_max_attempts, grace=GRACE_SECONDS)

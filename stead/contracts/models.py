@@ -493,6 +493,12 @@ class AgentPlan(_Model):
     price: Price | None = Field(None, exclude_if=_empty)
     """The price of ``model`` when the run has no chain (``STEAD_MODEL_PRICES``), pinned at
     run start; each chain model carries its own (``ModelEndpoint.price``)."""
+    spend_windows: bool = Field(False, exclude_if=_empty)
+    """The run's tenant has spending windows (``STEAD_TENANT_QUOTAS`` ``usd_per_day`` or
+    ``usd_per_month``) on the worker that started it: each model request carries the
+    workflow's estimate, which the model activity reserves against them. False (and a run
+    without a budget): the workflow estimates nothing, and a model activity whose worker has
+    windows for the tenant estimates the call itself (the same figure for a priced call)."""
 
 
 class ToolInvocation(_Model):
