@@ -58,10 +58,13 @@ class Woken:
 class Admissions(LedgerBase):
     """The ``stead_admissions`` table, on the ledger's pool."""
 
-    async def admit(self, ask: AdmitRun, quota: TenantQuota, *,
-                    recheck_seconds: float = 30.0) -> tuple[Admission, list[Woken]]:
+    async def admit(self, ask: AdmitRun, quota: TenantQuota, *, recheck_seconds: float = 30.0,
+                    recheck_max_seconds: float | None = None,
+                    ) -> tuple[Admission, list[Woken]]:
         """Admit, queue or refuse the run ``ask`` names under ``quota``'s caps; the same
-        answer when asked again. Also returns the other queued runs this decision admitted."""
+        answer when asked again. Also returns the other queued runs this decision admitted.
+        A queued run's ``wait_seconds`` backs off with its time in the queue
+        (:func:`recheck_wait`, up to ``recheck_max_seconds``; None: no back-off)."""
         ref = ask.ref
 
         async def op(conn: asyncpg.Connection) -> tuple[Admission, list[Woken]]:
@@ -91,7 +94,8 @@ class Admissions(LedgerBase):
                         "queued_at) values ($1, $2, $3, 'queued', $4)",
                         ref.workflow_id, ask.first_run_id, ref.tenant, now)
                 promoted = await _promote(conn, ref.tenant, now, quota)
-                return (await _answer(conn, ref, now, quota, recheck_seconds),
+                return (await _answer(conn, ref, now, quota, recheck_seconds,
+                                      recheck_max_seconds or recheck_seconds),
                         [w for w in promoted if w.workflow_id != ref.workflow_id])
 
         return await self._retrying(op)
@@ -181,6 +185,18 @@ def with_caps(usage: TenantUsage, quota: TenantQuota | None) -> TenantUsage:
                                     "over_quota": quota.over_quota})
 
 
+def recheck_wait(queued_for: float, *, every: float, cap: float) -> float:
+    """Seconds a run queued for ``queued_for`` seconds waits before it looks again on its own:
+    as long as it has waited, at least ``every`` and at most ``cap`` (``every`` if lower).
+
+    So the looks come at about 1, 2, 4, 8 ... intervals after it queued, then every ``cap``:
+    each look is ~6 events in the run's history, so the back-off is what keeps a run queued
+    for days far from Temporal's 50k-event limit (86,400 / 300 s = 288 looks a day at the
+    default cap, instead of 2,880 at a fixed 30 s). The ``admit`` signal, sent by the ending run
+    that frees a slot, stays the prompt wake-up; the look is the fallback."""
+    return min(max(queued_for, every), max(cap, every))
+
+
 # ---------------------------------------------------------------------------- one decision
 
 
@@ -245,7 +261,7 @@ async def _promote(conn: asyncpg.Connection, tenant: str, now: datetime,
 
 
 async def _answer(conn: asyncpg.Connection, ref: RunRef, now: datetime, quota: TenantQuota,
-                  recheck_seconds: float) -> Admission:
+                  recheck_seconds: float, recheck_max_seconds: float) -> Admission:
     row = await conn.fetchrow("select state, queued_at from stead_admissions "
                               "where workflow_id = $1", ref.workflow_id)
     assert row is not None
@@ -258,7 +274,9 @@ async def _answer(conn: asyncpg.Connection, ref: RunRef, now: datetime, quota: T
     limit = _full(counts, quota, queued_ahead=position) or "runs_in_flight"
     retry = await _retry_after(conn, ref.tenant, now, counts, quota, position=position,
                                limit=limit)
-    wait = min(retry, recheck_seconds) if retry is not None else recheck_seconds
+    every = recheck_wait((now - row["queued_at"]).total_seconds(), every=recheck_seconds,
+                         cap=recheck_max_seconds)
+    wait = min(retry, every) if retry is not None else every
     return Admission(verdict="queued", limit=limit, position=position,
                      in_flight=counts.in_flight, retry_after=retry, wait_seconds=wait,
                      reason=_reason(quota, limit, position))
