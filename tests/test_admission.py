@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from _cli import cli_env, stead
@@ -35,6 +36,7 @@ from stead.contracts.models import RunRef, RunRequest, RunResult, RunState
 from stead.contracts.quota import TenantQuota
 from stead.evals.replay import production_replayer
 from stead.settings import Settings
+from stead.stack.embedded import EmbeddedStack
 from stead.storage.admission import Admissions, recheck_wait
 from stead.storage.ledger import Ledger
 from stead.testing.gated_model import GatedModel
@@ -443,3 +445,37 @@ async def test_a_queued_runs_wait_backs_off_with_its_time_in_the_queue_and_stays
     assert recheck_wait(10, every=30, cap=300) == 30
     assert recheck_wait(1e6, every=30, cap=300) == 300
     assert recheck_wait(1e6, every=30, cap=5) == 30  # a cap below the interval: no back-off
+
+
+async def test_one_admission_decision_is_one_round_trip(stack: EmbeddedStack) -> None:
+    """Admit, queue, ask again and release each send one statement (a SQL function of
+    migration 0012), where the transaction of migration 0011's code sent 9 to 13; the pool's
+    reset on release is asyncpg's own and not counted."""
+    sent: list[str] = []
+
+    async def log_queries(conn: asyncpg.Connection) -> None:
+        conn.add_query_logger(lambda q: sent.append(q.query))
+
+    pool = await asyncpg.create_pool(stack.database_url, min_size=1, max_size=1,
+                                     init=log_queries)
+    try:
+        admissions = Admissions(pool)
+        tenant = _tenant()
+        quota = TenantQuota(runs_in_flight=1, starts_per_minute=10)
+
+        def ref(i: int) -> RunRef:
+            return RunRef(workflow_id=f"{tenant}-{i}", run_id="r", agent="ops", tenant=tenant)
+
+        calls = [lambda: admissions.admit(AdmitRun(ref=ref(1), first_run_id="r"), quota),
+                 lambda: admissions.admit(AdmitRun(ref=ref(2), first_run_id="r"), quota),
+                 lambda: admissions.admit(AdmitRun(ref=ref(2), first_run_id="r"), quota),
+                 lambda: admissions.release(ref(1), quota)]
+        for call in calls:
+            sent.clear()
+            await call()
+            ours = [q for q in sent if "pg_advisory_unlock_all" not in q]
+            assert len(ours) == 1, ours
+        (usage,) = await admissions.usage([tenant])
+        assert (usage.in_flight, usage.queued) == (1, 0)  # the release admitted run 2
+    finally:
+        await pool.close()
