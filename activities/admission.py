@@ -7,9 +7,11 @@ Short database transactions (``stead.storage.admission``), run as local activiti
 are this worker's ``STEAD_TENANT_QUOTAS`` as they are now, so a changed quota applies to the
 runs already waiting. A run that a decision admits on behalf of another (a slot freed by an
 ending run) is woken with the ``admit`` signal; a signal that cannot be delivered costs that
-run only its re-check interval. A queued run at the head of its tenant's queue that waited its
-interval out also looks for runs that hold a slot though they have closed (terminated, say,
-so they never released it) and frees those slots.
+run only its re-check interval, which backs off with its time in the queue (doubling from
+``STEAD_ADMISSION_RECHECK_SECONDS`` up to ``STEAD_ADMISSION_RECHECK_MAX_SECONDS``), so a run
+queued for days keeps a bounded history. A queued run at the head of its tenant's queue that
+waited its interval out also looks for runs that hold a slot though they have closed
+(terminated, say, so they never released it) and frees those slots.
 """
 
 from __future__ import annotations
@@ -39,11 +41,13 @@ class AdmissionActivities:
 
     def __init__(self, admissions: Admissions, client: Client, *,
                  quotas: Mapping[str, TenantQuota], recheck_seconds: float = 30.0,
+                 recheck_max_seconds: float | None = None,
                  metrics: SteadMetrics = NO_METRICS) -> None:
         self._admissions = admissions
         self._client = client
         self._quotas = quotas
         self._recheck = recheck_seconds
+        self._recheck_max = recheck_max_seconds
         self._metrics = metrics
 
     def _quota(self, tenant: str) -> TenantQuota | None:
@@ -57,13 +61,11 @@ class AdmissionActivities:
         if quota is None:  # the tenant lost its caps since the run started
             await self.release(ReleaseRun(ref=ask.ref, queued=ask.waited))
             return Admission(verdict="admitted")
-        verdict, woken = await self._admissions.admit(ask, quota,
-                                                      recheck_seconds=self._recheck)
+        verdict, woken = await self._decide(ask, quota)
         if verdict.verdict == "queued" and ask.waited and verdict.position == 0 and \
                 verdict.limit == "runs_in_flight" and await self._free_closed(ask.ref, quota,
                                                                               woken):
-            verdict, more = await self._admissions.admit(ask, quota,
-                                                         recheck_seconds=self._recheck)
+            verdict, more = await self._decide(ask, quota)
             woken += more
         await self._wake(ask.ref.tenant, quota, woken)
         self._metrics.admission(tenant=ask.ref.tenant, verdict=verdict.verdict,
@@ -71,10 +73,18 @@ class AdmissionActivities:
         if verdict.verdict == "queued" and verdict.wait_seconds >= self._recheck:
             # Spread the re-checks: runs queued in one burst would otherwise all ask again
             # in the same instant, interval after interval. (Random here, in the activity:
-            # its answer is recorded, so the run replays with the same wait.)
-            verdict = verdict.model_copy(update={
-                "wait_seconds": self._recheck * random.uniform(0.75, 1.25)})
+            # its answer is recorded, so the run replays with the same wait.) The wait has
+            # backed off with the run's time in the queue already; never past the moment the
+            # starts-per-minute window frees up.
+            wait = verdict.wait_seconds * random.uniform(0.75, 1.25)
+            if verdict.retry_after is not None:
+                wait = min(wait, verdict.retry_after)
+            verdict = verdict.model_copy(update={"wait_seconds": wait})
         return verdict
+
+    async def _decide(self, ask: AdmitRun, quota: TenantQuota) -> tuple[Admission, list[Woken]]:
+        return await self._admissions.admit(ask, quota, recheck_seconds=self._recheck,
+                                            recheck_max_seconds=self._recheck_max)
 
     @activity.defn(name="run.release")
     async def release(self, release: ReleaseRun) -> None:

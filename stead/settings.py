@@ -649,7 +649,14 @@ class TenantSettings(_Section):
     released as abandoned (a worker that died mid-call): above the longest model call."""
     admission_recheck_seconds: Annotated[float, Env("admission_recheck_seconds")] = Field(
         30.0, gt=0, le=_DAY)
-    """How often a queued run looks again for its turn when no ending run wakes it."""
+    """How often a queued run looks again for its turn when no ending run wakes it, at first:
+    the interval doubles with the time the run has been queued, up to
+    ``admission_recheck_max_seconds``."""
+    admission_recheck_max_seconds: Annotated[
+        float, Env("admission_recheck_max_seconds")] = Field(300.0, gt=0, le=_DAY)
+    """The longest a queued run waits between two looks of its own (the ``admit`` signal wakes
+    it sooner): bounds its history to ~6 events per look, ~1,700 a day at 300 s. Below
+    ``admission_recheck_seconds`` it is that interval (no back-off)."""
 
     @field_validator("quotas")
     @classmethod

@@ -155,7 +155,8 @@ def build_worker(client: Client, settings: Settings, catalog: AgentCatalog, ledg
     owners: list[object] = [runs, AdmissionActivities(
         Admissions(ledger.pool, retry_seconds=ledger.retry_seconds), client,
         quotas=settings.tenants.quotas,
-        recheck_seconds=settings.tenants.admission_recheck_seconds, metrics=metrics)]
+        recheck_seconds=settings.tenants.admission_recheck_seconds,
+        recheck_max_seconds=settings.tenants.admission_recheck_max_seconds, metrics=metrics)]
     if memory is not None:
         owners.append(MemoryActivities(memory.store, memory.embedder, ledger,
                                        backend=memory.backend, tracing=tracing))

@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from _cli import cli_env, stead
@@ -26,6 +27,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from pydantic import SecretStr
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 
+from stead.activities.admission import AdmissionActivities
 from stead.api import create_app, issue_token
 from stead.authoring.agent import AgentCatalog
 from stead.client import start_run
@@ -34,7 +36,8 @@ from stead.contracts.models import RunRef, RunRequest, RunResult, RunState
 from stead.contracts.quota import TenantQuota
 from stead.evals.replay import production_replayer
 from stead.settings import Settings
-from stead.storage.admission import Admissions
+from stead.stack.embedded import EmbeddedStack
+from stead.storage.admission import Admissions, recheck_wait
 from stead.storage.ledger import Ledger
 from stead.testing.gated_model import GatedModel
 from stead.worker import WorkerHost
@@ -405,3 +408,74 @@ async def test_a_cancelled_running_run_gives_its_slot_to_the_next(
         await model.called("next")  # woken by the cancelled run's release, not a re-check
         model.open_all()
         assert (await queued.result()).status == "completed"
+
+
+async def test_a_queued_runs_wait_backs_off_with_its_time_in_the_queue_and_stays_capped(
+        settings: Settings, ledger: Ledger) -> None:
+    """The re-check the activity answers doubles with how long the database says the run has
+    queued (about as long as it has waited, ±25 %), from the interval up to the cap, so a run
+    queued for days looks ~288 times a day, not 2,880: its history stays bounded."""
+    tenant = _tenant()
+    quota = TenantQuota(runs_in_flight=1)
+    client = await Client.connect(settings.temporal.address,
+                                  namespace=settings.temporal.namespace)
+    run = AdmissionActivities(Admissions(ledger.pool), client, quotas={tenant: quota},
+                              recheck_seconds=30, recheck_max_seconds=300)
+
+    def ask(name: str) -> AdmitRun:
+        return AdmitRun(ref=RunRef(workflow_id=f"{tenant}-{name}", run_id="r", agent="ops",
+                                   tenant=tenant), first_run_id="r")
+
+    assert (await run.admit(ask("holder"))).verdict == "admitted"
+
+    async def wait_after(queued_for: timedelta) -> float:
+        await ledger.pool.execute(
+            "update stead_admissions set queued_at = clock_timestamp() - $2::interval "
+            "where workflow_id = $1", ask("next").ref.workflow_id, queued_for)
+        answer = await run.admit(ask("next"))
+        assert answer.verdict == "queued" and answer.limit == "runs_in_flight"
+        return answer.wait_seconds
+
+    assert 22.5 <= await wait_after(timedelta(0)) <= 37.5
+    assert 22.5 <= await wait_after(timedelta(seconds=20)) <= 37.5
+    assert 75 <= await wait_after(timedelta(seconds=100)) <= 125
+    assert 150 <= await wait_after(timedelta(seconds=200)) <= 250
+    for days in (1, 3, 30):
+        assert 225 <= await wait_after(timedelta(days=days)) <= 375
+    assert recheck_wait(10, every=30, cap=300) == 30
+    assert recheck_wait(1e6, every=30, cap=300) == 300
+    assert recheck_wait(1e6, every=30, cap=5) == 30  # a cap below the interval: no back-off
+
+
+async def test_one_admission_decision_is_one_round_trip(stack: EmbeddedStack) -> None:
+    """Admit, queue, ask again and release each send one statement (a SQL function of
+    migration 0012), where the transaction of migration 0011's code sent 9 to 13; the pool's
+    reset on release is asyncpg's own and not counted."""
+    sent: list[str] = []
+
+    async def log_queries(conn: asyncpg.Connection) -> None:
+        conn.add_query_logger(lambda q: sent.append(q.query))
+
+    pool = await asyncpg.create_pool(stack.database_url, min_size=1, max_size=1,
+                                     init=log_queries)
+    try:
+        admissions = Admissions(pool)
+        tenant = _tenant()
+        quota = TenantQuota(runs_in_flight=1, starts_per_minute=10)
+
+        def ref(i: int) -> RunRef:
+            return RunRef(workflow_id=f"{tenant}-{i}", run_id="r", agent="ops", tenant=tenant)
+
+        calls = [lambda: admissions.admit(AdmitRun(ref=ref(1), first_run_id="r"), quota),
+                 lambda: admissions.admit(AdmitRun(ref=ref(2), first_run_id="r"), quota),
+                 lambda: admissions.admit(AdmitRun(ref=ref(2), first_run_id="r"), quota),
+                 lambda: admissions.release(ref(1), quota)]
+        for call in calls:
+            sent.clear()
+            await call()
+            ours = [q for q in sent if "pg_advisory_unlock_all" not in q]
+            assert len(ours) == 1, ours
+        (usage,) = await admissions.usage([tenant])
+        assert (usage.in_flight, usage.queued) == (1, 0)  # the release admitted run 2
+    finally:
+        await pool.close()

@@ -769,6 +769,26 @@ def test_worker_environment_yields_settings_pointing_at_the_compose_services(
     assert settings.codec.keys is None, "encryption is opt-in through .env"
 
 
+GOVERNANCE_PASS_THROUGH = (
+    "STEAD_TENANT_QUOTAS", "STEAD_MODEL_PRICES", "STEAD_QUOTA_RESERVATION_TTL_SECONDS",
+    "STEAD_ADMISSION_RECHECK_SECONDS", "STEAD_ADMISSION_RECHECK_MAX_SECONDS",
+    "STEAD_DEPLOYMENT_NAME", "STEAD_BUILD_ID", "STEAD_AUTO_UPGRADE_AGENTS")
+"""Issue 18's settings a deployment sets per environment: passed through from the shell or
+``.env``, so a stack without them behaves as before."""
+
+
+def test_worker_passes_governance_settings_through_unset_by_default(
+    services: dict[str, Service], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = _environment(services["worker"])
+    for name in GOVERNANCE_PASS_THROUGH:
+        assert name in env, f"worker: {name} is not passed through"
+        assert env[name] is None, f"worker: {name} must take no value in the file: {env[name]!r}"
+    settings = _settings_from(services["worker"], monkeypatch)
+    assert settings.tenants == type(settings.tenants)(), "no tenant limits by default"
+    assert settings.temporal.deployment_name is None, "unversioned by default"
+
+
 def test_migration_job_uses_the_owner_dsn(
     services: dict[str, Service], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -3,6 +3,7 @@
     stead db migrate                                  # as STEAD_MIGRATE_DATABASE_URL
     STEAD_APP_PW=... stead db grant --role stead_app --password-env STEAD_APP_PW
     stead db privileges --role stead_app              # what it may do, table by table
+    stead db prune --older-than 7d                    # spend reservations that no longer count
 
 The role model is described in :mod:`stead.storage.dbroles`.
 """
@@ -27,7 +28,7 @@ from stead.cli.common import (
 from stead.errors import SettingsError
 from stead.storage.dbroles import WORKER_GROUP, check_role_name, grant_worker_role, role_privileges
 
-db_app = typer.Typer(help="Ledger database: migrations and least-privilege roles.",
+db_app = typer.Typer(help="Ledger database: migrations, least-privilege roles, upkeep.",
                      no_args_is_help=True)
 
 
@@ -117,3 +118,29 @@ def db_privileges(
                                  for p in ("select", "insert", "update", "delete", "truncate")),
                       "yes" if r.append_only else "-")
     out.print(table)
+
+
+@db_app.command("prune")
+def db_prune(
+    older_than: str = typer.Option("7d", "--older-than",
+                                   help="Age of the rows to delete (e.g. 7d, 24h, 30m)"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON"),
+) -> None:
+    """Delete tenant rows workers leave behind, as the owner: spend reservations that no longer
+    count (settled, released, expired) older than --older-than, and ended runs' admission rows
+    past their minute. Live rows are never touched; run it from a nightly job."""
+    from stead.evals.samples import BadWindow, parse_duration
+    from stead.storage.maintenance import prune
+
+    try:
+        age = parse_duration(older_than)
+    except BadWindow as e:
+        fail(f"--older-than: {e}", EXIT_BAD_INPUT)
+    configure_cli_logging(cli_settings())
+    pruned = run_async(prune(_owner_dsn(), older_than=age))
+    if as_json:
+        print_json({"spend_reservations": pruned.spend_reservations,
+                    "admissions": pruned.admissions})
+        return
+    out.print(f"pruned {pruned.spend_reservations} spend reservations and "
+              f"{pruned.admissions} admission rows")

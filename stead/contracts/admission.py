@@ -52,8 +52,10 @@ class Admission(_Model):
     """Seconds until the cap that held the run back lets a start through: when the oldest
     start of the last minute leaves it; None when it waits for a run to end."""
     wait_seconds: float = 0.0
-    """How long a queued run waits before asking again unless an ending run wakes it first
-    (the shorter of ``retry_after`` and ``STEAD_ADMISSION_RECHECK_SECONDS``)."""
+    """How long a queued run waits before asking again unless an ending run wakes it first:
+    the shorter of ``retry_after`` and the re-check interval, which backs off with the run's
+    time in the queue from ``STEAD_ADMISSION_RECHECK_SECONDS`` up to
+    ``STEAD_ADMISSION_RECHECK_MAX_SECONDS`` (``stead.storage.admission.recheck_wait``)."""
     reason: str = ""
     """In words, for the run's answer and its audit row."""
 

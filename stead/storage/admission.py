@@ -6,9 +6,10 @@
 
 One row per run of a limited tenant in ``stead_admissions`` (migration 0011): ``queued``, then
 ``admitted`` (it holds a slot), then ``ended`` (kept one minute after its start, to count the
-starts of the last minute). Every decision of a tenant is taken in one transaction under that
-tenant's advisory lock, so workers racing for the last slot never admit more than the caps;
-tenants do not wait for each other.
+starts of the last minute). Every decision of a tenant is one call of a SQL function
+(``stead_admit``, ``stead_release_admission``: migration 0012), one round trip, that takes
+the tenant's advisory lock (class 726561641) for its transaction, so workers racing for the
+last slot never admit more than the caps; tenants do not wait for each other.
 
 A decision admits the tenant's queued runs in the order they queued, as many as the caps allow
 now, the asking run included only when its turn has come: a run that asks later never overtakes
@@ -32,10 +33,6 @@ from stead.contracts.models import RunRef
 from stead.contracts.quota import TenantQuota
 from stead.storage.ledger._core import LedgerBase
 
-_LOCK_CLASS = 726561641
-"""First key of the per-tenant advisory lock (the second is the tenant's hash); distinct from
-the migrator's lock."""
-
 MINUTE = timedelta(seconds=60)
 """The sliding window ``starts_per_minute`` counts in."""
 
@@ -58,59 +55,53 @@ class Woken:
 class Admissions(LedgerBase):
     """The ``stead_admissions`` table, on the ledger's pool."""
 
-    async def admit(self, ask: AdmitRun, quota: TenantQuota, *,
-                    recheck_seconds: float = 30.0) -> tuple[Admission, list[Woken]]:
+    async def admit(self, ask: AdmitRun, quota: TenantQuota, *, recheck_seconds: float = 30.0,
+                    recheck_max_seconds: float | None = None,
+                    ) -> tuple[Admission, list[Woken]]:
         """Admit, queue or refuse the run ``ask`` names under ``quota``'s caps; the same
-        answer when asked again. Also returns the other queued runs this decision admitted."""
+        answer when asked again. Also returns the other queued runs this decision admitted.
+        A queued run's ``wait_seconds`` backs off with its time in the queue
+        (:func:`recheck_wait`, up to ``recheck_max_seconds``; None: no back-off)."""
         ref = ask.ref
+        every = recheck_seconds
+        cap = recheck_max_seconds or recheck_seconds
 
         async def op(conn: asyncpg.Connection) -> tuple[Admission, list[Woken]]:
-            async with conn.transaction():
-                now = await _lock(conn, ref.tenant)
-                await _prune(conn, ref.tenant, now)
-                row = await conn.fetchrow(
-                    "select run_id, state from stead_admissions where workflow_id = $1",
-                    ref.workflow_id)
-                if row is not None and (row["run_id"] != ask.first_run_id
-                                        or row["state"] == "ended"):
-                    # An earlier run of a reused workflow id (closed, else this one could not
-                    # run): its row no longer counts as this run's.
-                    await conn.execute("delete from stead_admissions where workflow_id = $1",
-                                       ref.workflow_id)
-                    row = None
-                if row is None:
-                    counts = await _counts(conn, ref.tenant, now)
-                    if quota.over_quota == "refuse":
-                        limit = _full(counts, quota, queued_ahead=counts.queued)
-                        if limit is not None:
-                            retry = await _retry_after(conn, ref.tenant, now, counts, quota,
-                                                       position=counts.queued, limit=limit)
-                            return _refused(counts, quota, limit, retry), []
-                    await conn.execute(
-                        "insert into stead_admissions (workflow_id, run_id, tenant, state, "
-                        "queued_at) values ($1, $2, $3, 'queued', $4)",
-                        ref.workflow_id, ask.first_run_id, ref.tenant, now)
-                promoted = await _promote(conn, ref.tenant, now, quota)
-                return (await _answer(conn, ref, now, quota, recheck_seconds),
-                        [w for w in promoted if w.workflow_id != ref.workflow_id])
+            row = await conn.fetchrow(
+                "select * from stead_admit($1, $2, $3, $4, $5, $6)", ref.workflow_id,
+                ask.first_run_id, ref.tenant, quota.runs_in_flight, quota.starts_per_minute,
+                quota.over_quota == "refuse")
+            assert row is not None
+            woken = [Woken(w, r) for w, r in zip(row["woken_ids"], row["woken_runs"],
+                                                 strict=True)]
+            limit: Limit | None = row["lim"]
+            retry: float | None = row["retry_after"]
+            if row["outcome"] == "admitted":
+                return Admission(verdict="admitted", in_flight=row["in_flight"]), woken
+            counts = _Counts(in_flight=row["in_flight"], recent=0, queued=0)
+            assert limit is not None
+            if row["outcome"] == "refused":
+                return _refused(counts, quota, limit, retry), woken
+            position: int = row["pos"]
+            wait = recheck_wait(row["queued_for"], every=every, cap=cap)
+            if retry is not None:
+                wait = min(retry, wait)
+            return Admission(verdict="queued", limit=limit, position=position,
+                             in_flight=row["in_flight"], retry_after=retry, wait_seconds=wait,
+                             reason=_reason(quota, limit, position)), woken
 
         return await self._retrying(op)
 
     async def release(self, ref: RunRef, quota: TenantQuota | None) -> list[Woken]:
         """The run ended (or left the queue): free its slot, admit the next queued runs that
         ``quota`` now allows (every one if the tenant no longer has caps); returns them."""
+        quota = quota or TenantQuota()
 
         async def op(conn: asyncpg.Connection) -> list[Woken]:
-            async with conn.transaction():
-                now = await _lock(conn, ref.tenant)
-                await conn.execute(
-                    "update stead_admissions set state = 'ended', ended_at = $2 "
-                    "where workflow_id = $1 and state = 'admitted'", ref.workflow_id, now)
-                await conn.execute(
-                    "delete from stead_admissions where workflow_id = $1 and state = 'queued'",
-                    ref.workflow_id)
-                await _prune(conn, ref.tenant, now)
-                return await _promote(conn, ref.tenant, now, quota or TenantQuota())
+            rows = await conn.fetch("select * from stead_release_admission($1, $2, $3, $4)",
+                                    ref.workflow_id, ref.tenant, quota.runs_in_flight,
+                                    quota.starts_per_minute)
+            return [Woken(r["workflow_id"], r["run_id"]) for r in rows]
 
         return await self._retrying(op)
 
@@ -181,21 +172,19 @@ def with_caps(usage: TenantUsage, quota: TenantQuota | None) -> TenantUsage:
                                     "over_quota": quota.over_quota})
 
 
-# ---------------------------------------------------------------------------- one decision
+def recheck_wait(queued_for: float, *, every: float, cap: float) -> float:
+    """Seconds a run queued for ``queued_for`` seconds waits before it looks again on its own:
+    as long as it has waited, at least ``every`` and at most ``cap`` (``every`` if lower).
+
+    So the looks come at about 1, 2, 4, 8 ... intervals after it queued, then every ``cap``:
+    each look is ~6 events in the run's history, so the back-off is what keeps a run queued
+    for days far from Temporal's 50k-event limit (86,400 / 300 s = 288 looks a day at the
+    default cap, instead of 2,880 at a fixed 30 s). The ``admit`` signal, sent by the ending run
+    that frees a slot, stays the prompt wake-up; the look is the fallback."""
+    return min(max(queued_for, every), max(cap, every))
 
 
-async def _lock(conn: asyncpg.Connection, tenant: str) -> datetime:
-    """Take the tenant's lock for this transaction; the database's time once it is held."""
-    await conn.execute("select pg_advisory_xact_lock($1::int, hashtext($2))",
-                       _LOCK_CLASS, tenant)
-    now: datetime = await conn.fetchval("select clock_timestamp()")
-    return now
-
-
-async def _prune(conn: asyncpg.Connection, tenant: str, now: datetime) -> None:
-    """Ended runs count for one minute after their start, then go."""
-    await conn.execute("delete from stead_admissions where tenant = $1 and state = 'ended' "
-                       "and admitted_at <= $2", tenant, now - MINUTE)
+# ------------------------------------------------------------ what peek and the answers say
 
 
 async def _counts(conn: asyncpg.Connection, tenant: str, now: datetime) -> _Counts:
@@ -208,17 +197,6 @@ async def _counts(conn: asyncpg.Connection, tenant: str, now: datetime) -> _Coun
     return _Counts(row["in_flight"], row["recent"], row["queued"])
 
 
-def _free(counts: _Counts, quota: TenantQuota) -> int | None:
-    """Starts the caps allow now (None: unlimited)."""
-    free: int | None = None
-    if quota.runs_in_flight is not None:
-        free = quota.runs_in_flight - counts.in_flight
-    if quota.starts_per_minute is not None:
-        rate = quota.starts_per_minute - counts.recent
-        free = rate if free is None else min(free, rate)
-    return None if free is None else max(free, 0)
-
-
 def _full(counts: _Counts, quota: TenantQuota, *, queued_ahead: int) -> Limit | None:
     """The cap that keeps a run with ``queued_ahead`` runs before it from starting now."""
     if quota.runs_in_flight is not None and \
@@ -228,40 +206,6 @@ def _full(counts: _Counts, quota: TenantQuota, *, queued_ahead: int) -> Limit | 
             counts.recent + queued_ahead >= quota.starts_per_minute:
         return "starts_per_minute"
     return None
-
-
-async def _promote(conn: asyncpg.Connection, tenant: str, now: datetime,
-                   quota: TenantQuota) -> list[Woken]:
-    """Admit the oldest queued runs, as many as the caps allow now."""
-    free = _free(await _counts(conn, tenant, now), quota)
-    if free == 0:
-        return []
-    rows = await conn.fetch(
-        "update stead_admissions set state = 'admitted', admitted_at = $2 "
-        "where workflow_id in (select workflow_id from stead_admissions "
-        "  where tenant = $1 and state = 'queued' order by queued_at, workflow_id limit $3) "
-        "returning workflow_id, run_id", tenant, now, free)
-    return [Woken(r["workflow_id"], r["run_id"]) for r in rows]
-
-
-async def _answer(conn: asyncpg.Connection, ref: RunRef, now: datetime, quota: TenantQuota,
-                  recheck_seconds: float) -> Admission:
-    row = await conn.fetchrow("select state, queued_at from stead_admissions "
-                              "where workflow_id = $1", ref.workflow_id)
-    assert row is not None
-    counts = await _counts(conn, ref.tenant, now)
-    if row["state"] == "admitted":
-        return Admission(verdict="admitted", in_flight=counts.in_flight)
-    position: int = await conn.fetchval(
-        "select count(*) from stead_admissions where tenant = $1 and state = 'queued' and "
-        "(queued_at, workflow_id) < ($2, $3)", ref.tenant, row["queued_at"], ref.workflow_id)
-    limit = _full(counts, quota, queued_ahead=position) or "runs_in_flight"
-    retry = await _retry_after(conn, ref.tenant, now, counts, quota, position=position,
-                               limit=limit)
-    wait = min(retry, recheck_seconds) if retry is not None else recheck_seconds
-    return Admission(verdict="queued", limit=limit, position=position,
-                     in_flight=counts.in_flight, retry_after=retry, wait_seconds=wait,
-                     reason=_reason(quota, limit, position))
 
 
 async def _retry_after(conn: asyncpg.Connection, tenant: str, now: datetime, counts: _Counts,

@@ -1,0 +1,56 @@
+"""Owner-side upkeep of the tenant tables: rows that workers leave behind and cannot remove.
+
+    pruned = await prune(owner_dsn, older_than=timedelta(days=7))   # stead db prune --older-than 7d
+
+A tenant with spending windows leaves one ``stead_spend_reservations`` row per model call
+(migration 0009), and ``stead_worker`` may not delete there: the rows are the per-call trail
+of what a tenant's windows were charged. Once a reservation no longer counts (settled,
+released, or expired unsettled) and is older than the cutoff, it only takes space; the
+window totals (``stead_tenant_spend``) keep what it added. Admission rows (migration 0011)
+of ended runs are pruned by each decision of their tenant, but a tenant that never runs again
+keeps its last ones: these go once their counted minute has passed, whatever the cutoff.
+Live rows (a reservation still held, a run queued or admitted) are never touched.
+
+Run with the owner's DSN (``STEAD_MIGRATE_DATABASE_URL``), e.g. from a nightly job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+import asyncpg
+
+__all__ = ["Pruned", "prune"]
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """How many rows :func:`prune` removed, by table."""
+
+    spend_reservations: int
+    """Settled, released or expired reservations last reserved before the cutoff."""
+    admissions: int
+    """Ended runs' admission rows whose minute of counted starts has passed."""
+
+
+async def prune(owner_dsn: str, *, older_than: timedelta) -> Pruned:
+    """Delete the tenant rows that no longer count and are older than ``older_than`` (the
+    database's clock decides); one transaction."""
+    if older_than <= timedelta(0):
+        raise ValueError("older_than must be longer than zero")
+    conn = await asyncpg.connect(owner_dsn)
+    try:
+        async with conn.transaction():
+            spend = await conn.fetchval(
+                "with gone as (delete from stead_spend_reservations "
+                " where reserved_at < clock_timestamp() - $1::interval "
+                "   and (state <> 'reserved' or expires_at <= clock_timestamp()) "
+                " returning 1) select count(*) from gone", older_than)
+            admissions = await conn.fetchval(
+                "with gone as (delete from stead_admissions where state = 'ended' "
+                " and admitted_at <= clock_timestamp() - interval '60 seconds' "
+                " returning 1) select count(*) from gone")
+    finally:
+        await conn.close()
+    return Pruned(spend_reservations=spend, admissions=admissions)
