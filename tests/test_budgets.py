@@ -437,6 +437,67 @@ async def test_stead_raise_budget_raises_a_waiting_run_and_stead_run_caps_one(
     assert [(d.actor, d.data["via"]) for d in raised] == [("bo", "update")]
 
 
+async def test_an_approver_raises_a_waiting_runs_budget_over_http(
+        settings: Settings, ledger: Ledger) -> None:
+    """``POST /v1/runs/{id}/budget`` on a run waiting under ``on_exceed: ask``: another
+    tenant's token gets 404 and a requester's 403 (the run still waits); a raise that does not
+    raise is a 409 in the run's words, a body naming no limit a 422; the approver's raise
+    answers the new limit, the run goes on, and the audit row names the token's subject.
+    Once the run has ended, a raise is a 409."""
+    import httpx
+    from pydantic import SecretStr
+
+    from stead.api import create_app, issue_token
+    secret = "budget-api-secret-" + "x" * 32
+    api_settings = settings.replace(api_secret=SecretStr(secret))
+    tenant = "t-budget-api"
+
+    def auth(role: Any, *, sub: str = "lena", of: str = tenant) -> dict[str, str]:
+        token = issue_token(secret, sub=sub, tenant=of, roles=(role,))
+        return {"Authorization": f"Bearer {token}"}
+
+    rules = BudgetRules(max_model_calls=1, on_exceed="ask", ask_timeout_seconds=60)
+    async with fakes() as (srv,):
+        catalog = AgentCatalog([budget_agent([endpoint(srv)], rules)])
+        async with WorkerHost(api_settings, catalog) as host:
+            assert host.client is not None
+            app = create_app(api_settings, client=host.client)
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                         base_url="http://api") as http:
+                h = await start_run(host.client, RunRequest(agent="budget", input="say hello",
+                                                            tenant=tenant),
+                                    temporal=api_settings.temporal)
+                await waiting(h)
+                path = f"/v1/runs/{h.id}/budget"
+                raise_3 = {"max_model_calls": 3, "reason": "the incident needs one more look"}
+                theirs = await http.post(path, json=raise_3,
+                                         headers=auth("approver", of="t-someone-else"))
+                requester = await http.post(path, json=raise_3, headers=auth("requester"))
+                lower = await http.post(path, headers=auth("approver"),
+                                        json={"max_model_calls": 1, "reason": "same"})
+                no_limit = await http.post(path, headers=auth("approver"),
+                                           json={"reason": "more"})
+                assert (await waiting(h)).budget is not None  # nothing above raised it
+                ok = await http.post(path, json=raise_3, headers=auth("approver"))
+                r = await result(h)
+                after = await http.post(path, headers=auth("approver"),
+                                        json={"max_model_calls": 9, "reason": "too late"})
+            await app.state.backend.close()
+    assert theirs.status_code == 404 and theirs.json()["error"]["type"] == "not_found"
+    assert requester.status_code == 403
+    assert lower.status_code == 409, lower.text
+    assert "only raises" in lower.json()["error"]["message"]
+    assert no_limit.status_code == 422 and "at least one limit" in no_limit.text
+    assert (ok.status_code, ok.json()) == (200, {"max_usd": None, "max_tokens": None,
+                                                 "max_model_calls": 3})
+    assert (r.status, r.spend.model_calls) == ("completed", 2)
+    assert after.status_code == 409 and "has ended" in after.json()["error"]["message"]
+    rows = await budget_rows(ledger, h.id)
+    assert [(d.decision, d.actor) for d in rows] == [("asked", "stead"), ("raised", "lena")]
+    assert rows[1].reason == "the incident needs one more look"
+    assert rows[1].data["via"] == "update"
+
+
 async def test_a_fallback_model_is_held_to_the_budget_before_it_is_called(
         settings: Settings, ledger: Ledger) -> None:
     """The first model is down; the next one of the chain would pass max_usd: the run stops
