@@ -35,7 +35,7 @@ from stead.contracts.models import (
     StoredDecision,
     Usage,
 )
-from stead.contracts.policy import Policy
+from stead.contracts.policy import Policy, RouteRule
 from stead.conversation import ConversationStart, ConversationState, start_conversation
 from stead.errors import SpecError
 from stead.evals.replay import production_replayer
@@ -98,10 +98,12 @@ async def fakes(n: int = 1, script: Sequence[ModelTurn] = SCRIPT
 
 
 def budget_agent(models: Sequence[ModelEndpoint], rules: BudgetRules | None, *,
-                 name: str = "budget", graph: Graph | None = None) -> Agent:
+                 name: str = "budget", graph: Graph | None = None,
+                 routing: Sequence[RouteRule] = ()) -> Agent:
     return Agent(name=name, instructions="Use the echo tool, then answer.",
                  tools=[ECHO], models=list(models),
-                 policy=Policy(id=f"{name}-policy", version=1, budget=rules),
+                 policy=Policy(id=f"{name}-policy", version=1, budget=rules,
+                               routing=list(routing)),
                  offline_model=ScriptedModel([ModelTurn(content="offline model used")]),
                  graph=graph if graph is not None else DEFAULT)
 
@@ -193,6 +195,50 @@ async def test_prices_come_from_the_settings_table_and_are_pinned_at_run_start(
             r = await result(await start(host, priced))
     assert r.status == "completed"
     assert r.spend.usd == pytest.approx(2 * 400 * 1000.0 / 1e6)
+
+
+BIG_MODEL = RouteRule(name="big-model", action="model", model="openai:gpt-4o")
+"""Runs every request on ``openai:gpt-4o``, served by the worker's configured OpenAI server
+(named by routing), not by the agent's chain."""
+
+
+async def test_a_model_chosen_by_routing_is_charged_at_its_pinned_price(
+        settings: Settings, ledger: Ledger) -> None:
+    """Routing runs the request on ``openai:gpt-4o``: its calls are charged at
+    ``STEAD_MODEL_PRICES``' price for it, pinned at run start, so ``max_usd`` holds on a
+    routed run too. An answer costs 200 x $100/Mtok = $0.02, an estimate (4,096 output
+    tokens, the default limit) $0.41: max_usd $0.42 lets the first call through and
+    stops the second, which the server never sees."""
+    async with fakes() as (srv,):
+        routed = settings.replace(
+            openai_api_key=KEY, openai_base_url=srv.base_url,
+            model_prices={"gpt-4o": {"input": 0.0, "output": 100.0}})
+        agent = budget_agent([endpoint(srv)], BudgetRules(max_usd=0.42), routing=[BIG_MODEL])
+        async with WorkerHost(routed, AgentCatalog([agent])) as host:
+            h = await start(host, routed)
+            r = await result(h)
+            history = await h.fetch_history()
+    await production_replayer().replay_workflow(history)
+    assert [q["model"] for q in srv.requests] == ["gpt-4o"]
+    assert r.route == "model:big-model" and r.models == ["openai:gpt-4o"]
+    assert r.status == "budget_exceeded" and amounts(r.spend) == (0.02, 400, 200, 1)
+    (row,) = await budget_rows(ledger, h.id)
+    assert (row.decision, row.data["over"], row.data["model"]) == \
+        ("stopped", ["max_usd"], "openai:gpt-4o")
+
+
+def test_a_routed_model_without_a_price_stops_the_worker_at_start() -> None:
+    """Like an unpriced chain model: with max_usd set, a model the routing may choose must
+    have a price, or its calls would spend nothing against the limit."""
+    from stead.integrations.model_prices import check_budgets
+    from stead.settings import ModelPrice
+    ep = ModelEndpoint(model="gpt-4o-mini", name="small", price=PRICE)
+    agent = budget_agent([ep], BudgetRules(max_usd=1.0), routing=[BIG_MODEL])
+    with pytest.raises(SpecError, match=r"agent 'budget'.*max_usd: the routing's model "
+                                        r"openai:gpt-4o has no price"):
+        check_budgets(AgentCatalog([agent]), {"budget": [ep]}, prices={}, single_model=None)
+    check_budgets(AgentCatalog([agent]), {"budget": [ep]},
+                  prices={"gpt-4o": ModelPrice(input=2.5, output=10.0)}, single_model=None)
 
 
 # ---------------------------------------------------------------------------- ask

@@ -192,8 +192,10 @@ class ModelCalls:
         if book.stepped_down is not None:  # cheaper_model: the rest of the run on that one
             chain = [(i, ep) for i, ep in chain if ep.name == book.stepped_down] or chain
         first = chain[0][1] if chain else None
-        # A routed model was not priced at run start: it costs tokens and calls, no money.
-        price = first.price if first is not None else plan.price if req.model is None else None
+        # A routed model is charged at the price pinned for it at run start (none pinned, as
+        # in runs recorded before: tokens and calls, no money).
+        price = (first.price if first is not None else plan.price if req.model is None
+                 else plan.routed_prices.get(req.model))
         if size is None:
             size = request_bytes(req.messages, req.tools)
         guess = self._estimate(size, first, price)

@@ -493,6 +493,10 @@ class AgentPlan(_Model):
     price: Price | None = Field(None, exclude_if=_empty)
     """The price of ``model`` when the run has no chain (``STEAD_MODEL_PRICES``), pinned at
     run start; each chain model carries its own (``ModelEndpoint.price``)."""
+    routed_prices: dict[str, Price] = Field(default_factory=dict, exclude_if=_empty)
+    """The prices of the model settings the policy's routing may choose (``action: model``),
+    by setting (``openai:gpt-4o``), pinned at run start like ``price``; a routed model that
+    is not here is charged no money (runs recorded before routed models were priced)."""
 
 
 class ToolInvocation(_Model):
