@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ConfigDict
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
 
 from stead import errors
 from stead.authoring.agent import Agent, AgentCatalog
@@ -396,6 +397,54 @@ async def test_a_sub_agents_spend_counts_in_its_parents(settings: Settings) -> N
     assert r.status == "completed"
     assert amounts(r.spend) == (0.04, 800, 400, 2)
     assert t.spend.model_calls == 1
+
+
+def _explode(_: Any) -> bool:
+    raise ApplicationError("the sub-agent's own check blew up", type="CheckFailed",
+                           non_retryable=True)
+
+
+def _failing_graph() -> Graph:
+    """One model call, then an edge condition that fails the run (an ApplicationError in
+    workflow code: the run fails, its parent sees a ChildWorkflowError)."""
+    from stead.authoring.graph import Condition
+    g = Graph("budget-failing", version=1).route("route").model("think").finish("done")
+    g.edge("route", "think").edge("think", "done", when=Condition("explodes", _explode))
+    g.edge("think", "done")
+    return g
+
+
+def _failing_parent_graph() -> Graph:
+    g = (Graph("budget-failing-parent", version=1).route("route")
+         .subagent("delegate", "failing").finish("done"))
+    g.edge("route", "delegate").edge("delegate", "done")
+    return g
+
+
+async def test_a_sub_agent_that_fails_still_counts_what_it_spent_in_its_parent(
+        settings: Settings) -> None:
+    """The sub-agent makes one model call ($0.02, 600 tokens) and then fails (its workflow
+    raises): its failure carries its spending in the error's details, and the parent's
+    ``RunResult.spend`` includes it. The parent's history replays."""
+    from temporalio.client import WorkflowFailureError
+    async with fakes() as (srv,):
+        failing = budget_agent([endpoint(srv)], None, name="failing", graph=_failing_graph())
+        parent = budget_agent([endpoint(srv)], BudgetRules(max_model_calls=10),
+                              name="parent", graph=_failing_parent_graph())
+        async with WorkerHost(settings, AgentCatalog([failing, parent])) as host:
+            assert host.client is not None
+            h = await start(host, settings, agent="parent")
+            r = await result(h)
+            history = await h.fetch_history()
+            child = host.client.get_workflow_handle(f"{h.id}/delegate-1")
+            with pytest.raises(WorkflowFailureError) as failed:
+                await child.result()
+    await production_replayer().replay_workflow(history)
+    cause = failed.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == "CheckFailed"
+    assert len(srv.requests) == 1
+    assert r.status == "completed"  # the parent goes on past a failed sub-agent
+    assert amounts(r.spend) == (0.02, 400, 200, 1)
 
 
 async def test_a_conversation_keeps_its_spend_across_turns_and_continue_as_new(

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from temporalio import workflow
+from temporalio.exceptions import ApplicationError
 
 from stead.workflows._context import Context
 from stead.workflows._decisions import DecisionLog
@@ -46,6 +47,15 @@ with workflow.unsafe.imports_passed_through():
 BUDGET_PATCH = "stead-run-budget-1"
 """Asked only by runs with a budget, at their first call that would pass it: a run recorded
 before budgets were enforced replays without stopping."""
+
+
+CHILD_FAILURE_SPEND_PATCH = "stead-child-failure-spend-1"
+"""Asked by a parent only when a failed sub-agent's error carries its spending: a parent
+recorded before such spending was counted replays without counting it."""
+
+SPEND_DETAIL = "stead.spend"
+"""Key of the detail a failing run adds to its ``ApplicationError``: its spending
+(``Spend``), so that a parent counts what a sub-agent spent before it failed."""
 
 
 class BudgetStop(Exception):
@@ -93,6 +103,39 @@ class BudgetBook:
     def add(self, spend: Spend) -> None:
         """A sub-agent's spending (its ``RunResult.spend``) counts as this run's."""
         self.own = self.own + spend
+
+    def failure(self, err: ApplicationError) -> ApplicationError:
+        """``err`` (about to fail the run) with the run's spending added to its details.
+
+        The failure is the one thing of a failed child that its parent reads from its own
+        history (the child's ``ChildWorkflowExecutionFailed`` event): a deterministic input,
+        unlike a query of the closed child or a ledger read. A failure's details are not
+        commands, so the child needs no patch; the parent asks one before counting."""
+        if self.own == Spend():
+            return err
+        return ApplicationError(err.message, *err.details,
+                                {SPEND_DETAIL: self.own.model_dump()}, type=err.type,
+                                non_retryable=err.non_retryable,
+                                next_retry_delay=err.next_retry_delay, category=err.category)
+
+    def add_failed(self, cause: BaseException | None) -> Spend | None:
+        """A failed sub-agent's spending, from its error's details (``failure``), counted as
+        this run's; None when it carried none (a child that failed before spending, was
+        timed out or terminated, or ran code older than this)."""
+        if not isinstance(cause, ApplicationError):
+            return None
+        found = next((d[SPEND_DETAIL] for d in cause.details
+                      if isinstance(d, dict) and SPEND_DETAIL in d), None)
+        if found is None:
+            return None
+        try:
+            spend = Spend.model_validate(found)
+        except ValueError:
+            return None
+        if not self._ctx.seam.patched(CHILD_FAILURE_SPEND_PATCH):
+            return None
+        self.add(spend)
+        return spend
 
     def remaining(self) -> Budget | None:
         """What a sub-agent may spend: the limit minus the spending, per limit (None: no
