@@ -447,6 +447,27 @@ async def test_a_sub_agent_that_fails_still_counts_what_it_spent_in_its_parent(
     assert amounts(r.spend) == (0.02, 400, 200, 1)
 
 
+async def test_a_conversation_turn_that_fails_still_counts_what_it_spent(
+        settings: Settings) -> None:
+    """A turn of the failing agent makes one model call and fails: the conversation's
+    spending (its state, the turn's outcome) includes that call."""
+    from stead.conversation import say
+    async with fakes() as (srv,):
+        failing = budget_agent([endpoint(srv)], None, name="failing", graph=_failing_graph())
+        async with WorkerHost(settings, AgentCatalog([failing])) as host:
+            assert host.client is not None
+            h = await start_conversation(
+                host.client, ConversationStart(agent="failing", budget=Budget(max_model_calls=5)),
+                temporal=settings.temporal)
+            one = await asyncio.wait_for(say(h, "say hello"), timeout=60)
+            state = await h.query("state", result_type=ConversationState)
+            history = await h.fetch_history()
+    await production_replayer().replay_workflow(history)
+    assert one.status == "error" and "blew up" in (one.error or "")
+    assert amounts(one.spend) == (0.02, 400, 200, 1)
+    assert amounts(state.spent) == (0.02, 400, 200, 1)
+
+
 async def test_a_conversation_keeps_its_spend_across_turns_and_continue_as_new(
         settings: Settings) -> None:
     """Per conversation: with a conversation budget of two calls, turn one spends both and

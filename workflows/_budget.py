@@ -58,6 +58,21 @@ SPEND_DETAIL = "stead.spend"
 (``Spend``), so that a parent counts what a sub-agent spent before it failed."""
 
 
+def failed_spend(cause: BaseException | None) -> Spend | None:
+    """The spending a failed child run's error carries (``BudgetBook.failure``); None: none
+    (it failed before spending, was timed out or terminated, or ran older code)."""
+    if not isinstance(cause, ApplicationError):
+        return None
+    found = next((d[SPEND_DETAIL] for d in cause.details
+                  if isinstance(d, dict) and SPEND_DETAIL in d), None)
+    if found is None:
+        return None
+    try:
+        return Spend.model_validate(found)
+    except ValueError:
+        return None
+
+
 class BudgetStop(Exception):
     """A model call would pass the run's budget and nobody raised it (or a cheaper model does
     not fit either): the run ends ``budget_exceeded`` with this message."""
@@ -122,17 +137,8 @@ class BudgetBook:
         """A failed sub-agent's spending, from its error's details (``failure``), counted as
         this run's; None when it carried none (a child that failed before spending, was
         timed out or terminated, or ran code older than this)."""
-        if not isinstance(cause, ApplicationError):
-            return None
-        found = next((d[SPEND_DETAIL] for d in cause.details
-                      if isinstance(d, dict) and SPEND_DETAIL in d), None)
-        if found is None:
-            return None
-        try:
-            spend = Spend.model_validate(found)
-        except ValueError:
-            return None
-        if not self._ctx.seam.patched(CHILD_FAILURE_SPEND_PATCH):
+        spend = failed_spend(cause)
+        if spend is None or not self._ctx.seam.patched(CHILD_FAILURE_SPEND_PATCH):
             return None
         self.add(spend)
         return spend
