@@ -447,6 +447,43 @@ async def test_a_sub_agent_that_fails_still_counts_what_it_spent_in_its_parent(
     assert amounts(r.spend) == (0.02, 400, 200, 1)
 
 
+@pytest.mark.parametrize("patched", [True, False], ids=["new run", "recorded before"])
+async def test_a_failed_sub_agents_spend_is_counted_only_behind_its_patch(
+        patched: bool) -> None:
+    """Workflow parts on the fake seam: the child fails with the spending in its error's
+    details; a parent that takes the patch counts it, a parent replaying a history recorded
+    before the patch (``patched`` False) does not, so its later decisions stay the same."""
+    from temporalio.exceptions import ChildWorkflowError
+
+    from stead.workflows._approvals import ApprovalBook
+    from stead.workflows._budget import CHILD_FAILURE_SPEND_PATCH, SPEND_DETAIL
+    from stead.workflows._context import ALLOW_ALL, Frame
+    from stead.workflows._decisions import DecisionLog
+    from stead.workflows._graph import GraphRun
+    from tests._fake_seam import FakeSeam, context
+
+    spent = Spend(usd=0.5, input_tokens=10, output_tokens=20, model_calls=1)
+
+    def fail(req: Any) -> BaseException:
+        err = ChildWorkflowError("child failed", namespace="default", workflow_id="wf-1/c",
+                                 run_id="r", workflow_type="AgentWorkflow",
+                                 initiated_event_id=1, started_event_id=2, retry_state=None)
+        err.__cause__ = ApplicationError("blew up", {SPEND_DETAIL: spent.model_dump()},
+                                         type="CheckFailed", non_retryable=True)
+        return err
+
+    seam = FakeSeam(handlers={"child": fail},
+                    patches=[CHILD_FAILURE_SPEND_PATCH] if patched else [])
+    ctx = context(seam)
+    ctx.policy = ALLOW_ALL
+    decisions = DecisionLog(ctx)
+    plan = budget_agent([], None, graph=PARENT_GRAPH).plan(model="fake")
+    frame = Frame.start(ctx, RunRequest(agent="budget", input="hi", tenant="t"), plan)
+    r = await GraphRun(ctx, frame, decisions, ApprovalBook(ctx, decisions)).run()
+    assert CHILD_FAILURE_SPEND_PATCH in seam.asked_patches
+    assert r.spend == (spent if patched else Spend())
+
+
 async def test_a_conversation_turn_that_fails_still_counts_what_it_spent(
         settings: Settings) -> None:
     """A turn of the failing agent makes one model call and fails: the conversation's

@@ -7,7 +7,9 @@ conversation's turn what its earlier turns spent (``RunRequest.spent``). Before 
 call the call is estimated (request bytes and the model's output limit at its pinned price,
 ``guardrails.budget.estimate``) and checked against the limit; after it, the call is settled
 from the usage its server reported. Spending comes only from model results recorded in
-history, so a retried activity or a replay after a worker crash counts each answer once.
+history, so a retried activity or a replay after a worker crash counts each answer once. A
+sub-agent that fails still counts: its failure carries its spending (``failure``), which the
+parent reads from its own history (``add_failed``).
 
 When a call would pass a limit, the policy's ``on_exceed`` decides: ``stop`` ends the run
 ``budget_exceeded``; ``ask`` waits (``ask_timeout_seconds``) for the ``raise_budget`` update
