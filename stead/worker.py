@@ -88,6 +88,28 @@ def named_model_factory(models: ModelSettings) -> Callable[[str], ModelClient | 
     return make
 
 
+class NamedModels:
+    """``named_model_factory`` that keeps what it made, so the worker's host closes the
+    routed models' connections when it stops (their clients live as long as the worker)."""
+
+    def __init__(self, models: ModelSettings) -> None:
+        self._make = named_model_factory(models)
+        self._made: list[ModelClient] = []
+
+    def __call__(self, setting: str) -> ModelClient | None:
+        made = self._make(setting)
+        if made is not None:
+            self._made.append(made)
+        return made
+
+    async def close(self) -> None:
+        made, self._made = self._made, []
+        for m in made:
+            close = getattr(m, "close", None)
+            if close is not None:
+                await close()
+
+
 def worker_interceptors(tracing: SteadTracing = NO_TRACING) -> list[Interceptor]:
     """What a worker intercepts with (the replayer uses the same list): spans when tracing is
     on — worker-side only, the host's client stays untraced so no span is made twice — and
@@ -122,11 +144,14 @@ def build_worker(client: Client, settings: Settings, catalog: AgentCatalog, ledg
                  model: ModelClient | None = None, task_queue: str | None = None,
                  memory: Memory | None = None, metrics: SteadMetrics = NO_METRICS,
                  tracing: SteadTracing = NO_TRACING, mcp: McpTools | None = None,
-                 endpoints: ModelEndpoints | None = None) -> Worker:
+                 endpoints: ModelEndpoints | None = None,
+                 named_models: Callable[[str], ModelClient | None] | None = None) -> Worker:
     """``mcp``: the MCP servers' sessions (``WorkerHost`` owns and closes them); None builds
     them from the catalog and settings, left open until the process ends. ``endpoints``:
     the agents' model chains; None: checked and built here, unless ``model`` is given, which
-    then serves every agent (chains are neither checked nor pinned)."""
+    then serves every agent (chains are neither checked nor pinned). ``named_models``: the
+    models routing may pick by name (``NamedModels``, which its owner closes); None: made
+    here, never closed (a worker that lives as long as its process)."""
     # Tool credentials from settings; everything the activities write to the ledger, and every
     # log record of this process, is redacted with what the settings know to be secret.
     secrets = Secrets.from_settings(settings.security)
@@ -164,7 +189,8 @@ def build_worker(client: Client, settings: Settings, catalog: AgentCatalog, ledg
     check_reservation_ttl(settings, [ep for agent in catalog.names()
                                      for ep in (endpoints.chain(agent) if endpoints else [])])
     models = ModelActivities(catalog, ledger, model=model,
-                             named_models=named_model_factory(settings.models), metrics=metrics,
+                             named_models=named_models or named_model_factory(settings.models),
+                             metrics=metrics,
                              tracing=tracing, max_payload_bytes=settings.worker.max_payload_bytes,
                              blobs=blobs, endpoints=endpoints, stream=settings.models.stream,
                              quotas=settings.tenants.quotas, prices=settings.models.prices,
@@ -229,6 +255,7 @@ class WorkerHost:
         self.worker: Worker | None = None
         self.mcp: McpTools | None = None
         self.endpoints: ModelEndpoints | None = None
+        self.named_models = NamedModels(settings.models)
         self._task: asyncio.Task[None] | None = None
         self.pending_approvals: PendingApprovals | None = None
         self._gauges: asyncio.Task[None] | None = None
@@ -263,7 +290,8 @@ class WorkerHost:
                                        memory=self.memory, metrics=SteadMetrics(
                                            self.meter_provider.get_meter(METER_NAME)),
                                        tracing=self.tracing, mcp=self.mcp,
-                                       endpoints=self.endpoints)
+                                       endpoints=self.endpoints,
+                                       named_models=self.named_models)
         except BaseException:
             await self.ledger.close()  # do not leave a pool reconnecting behind us
             self.ledger = None
@@ -289,6 +317,7 @@ class WorkerHost:
             await self.mcp.close()  # after the worker: no call is still using a session
         if self.endpoints is not None:
             await self.endpoints.close()
+        await self.named_models.close()
         if self.memory is not None:
             await self.memory.close()
         if self.ledger is not None:

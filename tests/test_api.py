@@ -358,7 +358,8 @@ async def test_bad_tokens_are_401_and_missing_roles_403(http: httpx.AsyncClient)
     forbidden = [
         ("GET", "/v1/approvals", "requester"), ("POST", "/v1/runs/x/approvals/a1", "auditor"),
         ("POST", "/v1/runs", "approver"), ("GET", "/v1/runs/x/audit", "approver"),
-        ("GET", "/v1/metrics", "requester"), ("GET", "/v1/budget", "approver")]
+        ("GET", "/v1/metrics", "requester"), ("GET", "/v1/budget", "approver"),
+        ("POST", "/v1/runs/x/budget", "requester"), ("POST", "/v1/runs/x/budget", "auditor")]
     for method, path, role in forbidden:
         r = await http.request(method, path, headers=auth(t, role),
                                json={"agent": "ops", "input": "x", "approved": True})
@@ -464,7 +465,7 @@ async def test_the_openapi_document_describes_every_route_with_auth_and_errors(
         ("GET", "/v1/approvals"), ("POST", "/v1/runs/{workflow_id}/approvals/{approval_id}"),
         ("GET", "/v1/runs/{workflow_id}/audit"), ("GET", "/v1/metrics"),
         ("GET", "/v1/events"), ("GET", "/v1/runs/{workflow_id}/events"), ("GET", "/v1/budget"),
-        ("GET", "/v1/quota")}
+        ("GET", "/v1/quota"), ("POST", "/v1/runs/{workflow_id}/budget")}
     for key, op in ops.items():
         assert op["security"] == [{"HTTPBearer": []}], key
         for status in ("401", "422", "503"):

@@ -36,7 +36,9 @@ MAX_EXAMPLES = 15
 OPERATIONS = [("POST", "/v1/runs"), ("GET", "/v1/runs"), ("GET", "/v1/runs/{workflow_id}"),
               ("GET", "/v1/approvals"),
               ("POST", "/v1/runs/{workflow_id}/approvals/{approval_id}"),
-              ("GET", "/v1/runs/{workflow_id}/audit"), ("GET", "/v1/metrics")]
+              ("GET", "/v1/runs/{workflow_id}/audit"), ("GET", "/v1/metrics"),
+              ("POST", "/v1/runs/{workflow_id}/budget"), ("GET", "/v1/budget"),
+              ("GET", "/v1/quota")]
 """Every operation of the document but the event streams (checked against the document)."""
 
 

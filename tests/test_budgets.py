@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ConfigDict
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
 
 from stead import errors
 from stead.authoring.agent import Agent, AgentCatalog
@@ -35,7 +36,7 @@ from stead.contracts.models import (
     StoredDecision,
     Usage,
 )
-from stead.contracts.policy import Policy
+from stead.contracts.policy import Policy, RouteRule
 from stead.conversation import ConversationStart, ConversationState, start_conversation
 from stead.errors import SpecError
 from stead.evals.replay import production_replayer
@@ -98,10 +99,12 @@ async def fakes(n: int = 1, script: Sequence[ModelTurn] = SCRIPT
 
 
 def budget_agent(models: Sequence[ModelEndpoint], rules: BudgetRules | None, *,
-                 name: str = "budget", graph: Graph | None = None) -> Agent:
+                 name: str = "budget", graph: Graph | None = None,
+                 routing: Sequence[RouteRule] = ()) -> Agent:
     return Agent(name=name, instructions="Use the echo tool, then answer.",
                  tools=[ECHO], models=list(models),
-                 policy=Policy(id=f"{name}-policy", version=1, budget=rules),
+                 policy=Policy(id=f"{name}-policy", version=1, budget=rules,
+                               routing=list(routing)),
                  offline_model=ScriptedModel([ModelTurn(content="offline model used")]),
                  graph=graph if graph is not None else DEFAULT)
 
@@ -193,6 +196,50 @@ async def test_prices_come_from_the_settings_table_and_are_pinned_at_run_start(
             r = await result(await start(host, priced))
     assert r.status == "completed"
     assert r.spend.usd == pytest.approx(2 * 400 * 1000.0 / 1e6)
+
+
+BIG_MODEL = RouteRule(name="big-model", action="model", model="openai:gpt-4o")
+"""Runs every request on ``openai:gpt-4o``, served by the worker's configured OpenAI server
+(named by routing), not by the agent's chain."""
+
+
+async def test_a_model_chosen_by_routing_is_charged_at_its_pinned_price(
+        settings: Settings, ledger: Ledger) -> None:
+    """Routing runs the request on ``openai:gpt-4o``: its calls are charged at
+    ``STEAD_MODEL_PRICES``' price for it, pinned at run start, so ``max_usd`` holds on a
+    routed run too. An answer costs 200 x $100/Mtok = $0.02, an estimate (4,096 output
+    tokens, the default limit) $0.41: max_usd $0.42 lets the first call through and
+    stops the second, which the server never sees."""
+    async with fakes() as (srv,):
+        routed = settings.replace(
+            openai_api_key=KEY, openai_base_url=srv.base_url,
+            model_prices={"gpt-4o": {"input": 0.0, "output": 100.0}})
+        agent = budget_agent([endpoint(srv)], BudgetRules(max_usd=0.42), routing=[BIG_MODEL])
+        async with WorkerHost(routed, AgentCatalog([agent])) as host:
+            h = await start(host, routed)
+            r = await result(h)
+            history = await h.fetch_history()
+    await production_replayer().replay_workflow(history)
+    assert [q["model"] for q in srv.requests] == ["gpt-4o"]
+    assert r.route == "model:big-model" and r.models == ["openai:gpt-4o"]
+    assert r.status == "budget_exceeded" and amounts(r.spend) == (0.02, 400, 200, 1)
+    (row,) = await budget_rows(ledger, h.id)
+    assert (row.decision, row.data["over"], row.data["model"]) == \
+        ("stopped", ["max_usd"], "openai:gpt-4o")
+
+
+def test_a_routed_model_without_a_price_stops_the_worker_at_start() -> None:
+    """Like an unpriced chain model: with max_usd set, a model the routing may choose must
+    have a price, or its calls would spend nothing against the limit."""
+    from stead.integrations.model_prices import check_budgets
+    from stead.settings import ModelPrice
+    ep = ModelEndpoint(model="gpt-4o-mini", name="small", price=PRICE)
+    agent = budget_agent([ep], BudgetRules(max_usd=1.0), routing=[BIG_MODEL])
+    with pytest.raises(SpecError, match=r"agent 'budget'.*max_usd: the routing's model "
+                                        r"openai:gpt-4o has no price"):
+        check_budgets(AgentCatalog([agent]), {"budget": [ep]}, prices={}, single_model=None)
+    check_budgets(AgentCatalog([agent]), {"budget": [ep]},
+                  prices={"gpt-4o": ModelPrice(input=2.5, output=10.0)}, single_model=None)
 
 
 # ---------------------------------------------------------------------------- ask
@@ -352,6 +399,112 @@ async def test_a_sub_agents_spend_counts_in_its_parents(settings: Settings) -> N
     assert t.spend.model_calls == 1
 
 
+def _explode(_: Any) -> bool:
+    raise ApplicationError("the sub-agent's own check blew up", type="CheckFailed",
+                           non_retryable=True)
+
+
+def _failing_graph() -> Graph:
+    """One model call, then an edge condition that fails the run (an ApplicationError in
+    workflow code: the run fails, its parent sees a ChildWorkflowError)."""
+    from stead.authoring.graph import Condition
+    g = Graph("budget-failing", version=1).route("route").model("think").finish("done")
+    g.edge("route", "think").edge("think", "done", when=Condition("explodes", _explode))
+    g.edge("think", "done")
+    return g
+
+
+def _failing_parent_graph() -> Graph:
+    g = (Graph("budget-failing-parent", version=1).route("route")
+         .subagent("delegate", "failing").finish("done"))
+    g.edge("route", "delegate").edge("delegate", "done")
+    return g
+
+
+async def test_a_sub_agent_that_fails_still_counts_what_it_spent_in_its_parent(
+        settings: Settings) -> None:
+    """The sub-agent makes one model call ($0.02, 600 tokens) and then fails (its workflow
+    raises): its failure carries its spending in the error's details, and the parent's
+    ``RunResult.spend`` includes it. The parent's history replays."""
+    from temporalio.client import WorkflowFailureError
+    async with fakes() as (srv,):
+        failing = budget_agent([endpoint(srv)], None, name="failing", graph=_failing_graph())
+        parent = budget_agent([endpoint(srv)], BudgetRules(max_model_calls=10),
+                              name="parent", graph=_failing_parent_graph())
+        async with WorkerHost(settings, AgentCatalog([failing, parent])) as host:
+            assert host.client is not None
+            h = await start(host, settings, agent="parent")
+            r = await result(h)
+            history = await h.fetch_history()
+            child = host.client.get_workflow_handle(f"{h.id}/delegate-1")
+            with pytest.raises(WorkflowFailureError) as failed:
+                await child.result()
+    await production_replayer().replay_workflow(history)
+    cause = failed.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == "CheckFailed"
+    assert len(srv.requests) == 1
+    assert r.status == "completed"  # the parent goes on past a failed sub-agent
+    assert amounts(r.spend) == (0.02, 400, 200, 1)
+
+
+@pytest.mark.parametrize("patched", [True, False], ids=["new run", "recorded before"])
+async def test_a_failed_sub_agents_spend_is_counted_only_behind_its_patch(
+        patched: bool) -> None:
+    """Workflow parts on the fake seam: the child fails with the spending in its error's
+    details; a parent that takes the patch counts it, a parent replaying a history recorded
+    before the patch (``patched`` False) does not, so its later decisions stay the same."""
+    from temporalio.exceptions import ChildWorkflowError
+
+    from stead.workflows._approvals import ApprovalBook
+    from stead.workflows._budget import CHILD_FAILURE_SPEND_PATCH, SPEND_DETAIL
+    from stead.workflows._context import ALLOW_ALL, Frame
+    from stead.workflows._decisions import DecisionLog
+    from stead.workflows._graph import GraphRun
+    from tests._fake_seam import FakeSeam, context
+
+    spent = Spend(usd=0.5, input_tokens=10, output_tokens=20, model_calls=1)
+
+    def fail(req: Any) -> BaseException:
+        err = ChildWorkflowError("child failed", namespace="default", workflow_id="wf-1/c",
+                                 run_id="r", workflow_type="AgentWorkflow",
+                                 initiated_event_id=1, started_event_id=2, retry_state=None)
+        err.__cause__ = ApplicationError("blew up", {SPEND_DETAIL: spent.model_dump()},
+                                         type="CheckFailed", non_retryable=True)
+        return err
+
+    seam = FakeSeam(handlers={"child": fail},
+                    patches=[CHILD_FAILURE_SPEND_PATCH] if patched else [])
+    ctx = context(seam)
+    ctx.policy = ALLOW_ALL
+    decisions = DecisionLog(ctx)
+    plan = budget_agent([], None, graph=PARENT_GRAPH).plan(model="fake")
+    frame = Frame.start(ctx, RunRequest(agent="budget", input="hi", tenant="t"), plan)
+    r = await GraphRun(ctx, frame, decisions, ApprovalBook(ctx, decisions)).run()
+    assert CHILD_FAILURE_SPEND_PATCH in seam.asked_patches
+    assert r.spend == (spent if patched else Spend())
+
+
+async def test_a_conversation_turn_that_fails_still_counts_what_it_spent(
+        settings: Settings) -> None:
+    """A turn of the failing agent makes one model call and fails: the conversation's
+    spending (its state, the turn's outcome) includes that call."""
+    from stead.conversation import say
+    async with fakes() as (srv,):
+        failing = budget_agent([endpoint(srv)], None, name="failing", graph=_failing_graph())
+        async with WorkerHost(settings, AgentCatalog([failing])) as host:
+            assert host.client is not None
+            h = await start_conversation(
+                host.client, ConversationStart(agent="failing", budget=Budget(max_model_calls=5)),
+                temporal=settings.temporal)
+            one = await asyncio.wait_for(say(h, "say hello"), timeout=60)
+            state = await h.query("state", result_type=ConversationState)
+            history = await h.fetch_history()
+    await production_replayer().replay_workflow(history)
+    assert one.status == "error" and "blew up" in (one.error or "")
+    assert amounts(one.spend) == (0.02, 400, 200, 1)
+    assert amounts(state.spent) == (0.02, 400, 200, 1)
+
+
 async def test_a_conversation_keeps_its_spend_across_turns_and_continue_as_new(
         settings: Settings) -> None:
     """Per conversation: with a conversation budget of two calls, turn one spends both and
@@ -435,6 +588,67 @@ async def test_stead_raise_budget_raises_a_waiting_run_and_stead_run_caps_one(
     assert r.status == "completed"
     raised = [d for d in await budget_rows(ledger, h.id) if d.decision == "raised"]
     assert [(d.actor, d.data["via"]) for d in raised] == [("bo", "update")]
+
+
+async def test_an_approver_raises_a_waiting_runs_budget_over_http(
+        settings: Settings, ledger: Ledger) -> None:
+    """``POST /v1/runs/{id}/budget`` on a run waiting under ``on_exceed: ask``: another
+    tenant's token gets 404 and a requester's 403 (the run still waits); a raise that does not
+    raise is a 409 in the run's words, a body naming no limit a 422; the approver's raise
+    answers the new limit, the run goes on, and the audit row names the token's subject.
+    Once the run has ended, a raise is a 409."""
+    import httpx
+    from pydantic import SecretStr
+
+    from stead.api import create_app, issue_token
+    secret = "budget-api-secret-" + "x" * 32
+    api_settings = settings.replace(api_secret=SecretStr(secret))
+    tenant = "t-budget-api"
+
+    def auth(role: Any, *, sub: str = "lena", of: str = tenant) -> dict[str, str]:
+        token = issue_token(secret, sub=sub, tenant=of, roles=(role,))
+        return {"Authorization": f"Bearer {token}"}
+
+    rules = BudgetRules(max_model_calls=1, on_exceed="ask", ask_timeout_seconds=60)
+    async with fakes() as (srv,):
+        catalog = AgentCatalog([budget_agent([endpoint(srv)], rules)])
+        async with WorkerHost(api_settings, catalog) as host:
+            assert host.client is not None
+            app = create_app(api_settings, client=host.client)
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                         base_url="http://api") as http:
+                h = await start_run(host.client, RunRequest(agent="budget", input="say hello",
+                                                            tenant=tenant),
+                                    temporal=api_settings.temporal)
+                await waiting(h)
+                path = f"/v1/runs/{h.id}/budget"
+                raise_3 = {"max_model_calls": 3, "reason": "the incident needs one more look"}
+                theirs = await http.post(path, json=raise_3,
+                                         headers=auth("approver", of="t-someone-else"))
+                requester = await http.post(path, json=raise_3, headers=auth("requester"))
+                lower = await http.post(path, headers=auth("approver"),
+                                        json={"max_model_calls": 1, "reason": "same"})
+                no_limit = await http.post(path, headers=auth("approver"),
+                                           json={"reason": "more"})
+                assert (await waiting(h)).budget is not None  # nothing above raised it
+                ok = await http.post(path, json=raise_3, headers=auth("approver"))
+                r = await result(h)
+                after = await http.post(path, headers=auth("approver"),
+                                        json={"max_model_calls": 9, "reason": "too late"})
+            await app.state.backend.close()
+    assert theirs.status_code == 404 and theirs.json()["error"]["type"] == "not_found"
+    assert requester.status_code == 403
+    assert lower.status_code == 409, lower.text
+    assert "only raises" in lower.json()["error"]["message"]
+    assert no_limit.status_code == 422 and "at least one limit" in no_limit.text
+    assert (ok.status_code, ok.json()) == (200, {"max_usd": None, "max_tokens": None,
+                                                 "max_model_calls": 3})
+    assert (r.status, r.spend.model_calls) == ("completed", 2)
+    assert after.status_code == 409 and "has ended" in after.json()["error"]["message"]
+    rows = await budget_rows(ledger, h.id)
+    assert [(d.decision, d.actor) for d in rows] == [("asked", "stead"), ("raised", "lena")]
+    assert rows[1].reason == "the incident needs one more look"
+    assert rows[1].data["via"] == "update"
 
 
 async def test_a_fallback_model_is_held_to_the_budget_before_it_is_called(

@@ -400,10 +400,70 @@ async def test_cli_prints_json_for_scripts_and_tables_for_people(scenario: Scena
     code, out, err = await stead_metrics("--tenant", scenario.tenant, "--agent", "mx",
                                          env=env)
     assert code == 0, err
-    assert table_row(out, "mx")[:9] == ["mx", "6", "3", "1", "1", "1", "0", "0", "50.0%"]
+    assert table_row(out, "mx")[:10] == ["mx", "6", "3", "1", "1", "1", "0", "0", "0",
+                                         "50.0%"]
     assert table_row(out, "flaky")[:6] == ["flaky", "1", "2", "0.0%", "50.0%", "100.0%"]
     assert table_row(out, "mx", RESPONSE_MODEL)[2:7] == ["8", "0", "800", "80", "0.000168"]
     assert "(eval and counterfactual runs excluded)" in out
+
+
+async def test_runs_stopped_by_their_budget_are_counted_and_shown(
+        stack: EmbeddedStack, ledger: Ledger) -> None:
+    """The ``mx`` agent under a budget of one model call, in a tenant of its own: "lookup"
+    needs a second call and ends ``budget_exceeded``, "hello" answers in one and completes.
+    The report counts the stopped run (``budget_exceeded_runs``), ``stead metrics`` shows it
+    in the runs table's "over budget" column, and ``GET /v1/metrics`` carries the same
+    field."""
+    import dataclasses
+
+    import httpx
+    from pydantic import SecretStr
+
+    from stead.api import create_app, issue_token
+    from stead.contracts.budget import BudgetRules
+    secret = "metrics-budget-secret-" + "x" * 30
+    settings = stack.resolved_settings().replace(task_queue=f"test-{uuid.uuid4().hex[:10]}",
+                                                 memory_backend="off",
+                                                 api_secret=SecretStr(secret))
+    tenant = f"metrics-budget-{uuid.uuid4().hex[:8]}"
+    started = datetime.now(UTC)
+    agent = dataclasses.replace(mx_agent("mxb"), policy=MX_POLICY.model_copy(
+        update={"id": "mxb-test", "budget": BudgetRules(max_model_calls=1)}))
+    async with WorkerHost(settings, AgentCatalog([agent])) as host:
+        assert host.client is not None
+        handles = [await start_run(host.client, RunRequest(agent="mxb", input=text,
+                                                           tenant=tenant),
+                                   temporal=settings.temporal) for text in ("lookup", "hello")]
+        results = await asyncio.wait_for(asyncio.gather(*(h.result() for h in handles)), 60)
+    assert [r.status for r in results] == ["budget_exceeded", "completed"]
+
+    report = await compute_metrics(ledger, MetricsFilter(
+        since=started - timedelta(minutes=1), tenant=tenant), prices=PRICES)
+    (mxb,) = report.agents
+    assert mxb.by_status == {"budget_exceeded": 1, "completed": 1}
+    assert (mxb.budget_exceeded_runs, report.overall.budget_exceeded_runs) == (1, 1)
+    assert (mxb.finished, mxb.success_rate) == (2, 0.5)
+
+    env = {**cli_env(Scenario(tenant, settings, {}, started, started))}
+    code, out, err = await stead_metrics("--since", "1h", "--tenant", tenant, env=env)
+    assert code == 0, err
+    assert table_row(out, "mxb")[:10] == ["mxb", "2", "1", "0", "0", "0", "0", "1", "0",
+                                          "50.0%"]
+    assert "over budget" in out
+    code, out, err = await stead_metrics("--since", "1h", "--tenant", tenant, "--json",
+                                         env=env)
+    assert code == 0, err
+    assert json.loads(out)["agents"][0]["budget_exceeded_runs"] == 1
+
+    app = create_app(settings)
+    token = issue_token(secret, sub="audrey", tenant=tenant, roles=("auditor",))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://api") as http:
+        r = await http.get("/v1/metrics?since=1h",
+                           headers={"Authorization": f"Bearer {token}"})
+    await app.state.backend.close()
+    assert r.status_code == 200, r.text
+    assert r.json()["overall"]["budget_exceeded_runs"] == 1
 
 
 async def test_cli_rejects_bad_windows_with_exit_2(scenario: Scenario) -> None:

@@ -7,7 +7,9 @@ conversation's turn what its earlier turns spent (``RunRequest.spent``). Before 
 call the call is estimated (request bytes and the model's output limit at its pinned price,
 ``guardrails.budget.estimate``) and checked against the limit; after it, the call is settled
 from the usage its server reported. Spending comes only from model results recorded in
-history, so a retried activity or a replay after a worker crash counts each answer once.
+history, so a retried activity or a replay after a worker crash counts each answer once. A
+sub-agent that fails still counts: its failure carries its spending (``failure``), which the
+parent reads from its own history (``add_failed``).
 
 When a call would pass a limit, the policy's ``on_exceed`` decides: ``stop`` ends the run
 ``budget_exceeded``; ``ask`` waits (``ask_timeout_seconds``) for the ``raise_budget`` update
@@ -25,6 +27,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from temporalio import workflow
+from temporalio.exceptions import ApplicationError
 
 from stead.workflows._context import Context
 from stead.workflows._decisions import DecisionLog
@@ -46,6 +49,30 @@ with workflow.unsafe.imports_passed_through():
 BUDGET_PATCH = "stead-run-budget-1"
 """Asked only by runs with a budget, at their first call that would pass it: a run recorded
 before budgets were enforced replays without stopping."""
+
+
+CHILD_FAILURE_SPEND_PATCH = "stead-child-failure-spend-1"
+"""Asked by a parent only when a failed sub-agent's error carries its spending: a parent
+recorded before such spending was counted replays without counting it."""
+
+SPEND_DETAIL = "stead.spend"
+"""Key of the detail a failing run adds to its ``ApplicationError``: its spending
+(``Spend``), so that a parent counts what a sub-agent spent before it failed."""
+
+
+def failed_spend(cause: BaseException | None) -> Spend | None:
+    """The spending a failed child run's error carries (``BudgetBook.failure``); None: none
+    (it failed before spending, was timed out or terminated, or ran older code)."""
+    if not isinstance(cause, ApplicationError):
+        return None
+    found = next((d[SPEND_DETAIL] for d in cause.details
+                  if isinstance(d, dict) and SPEND_DETAIL in d), None)
+    if found is None:
+        return None
+    try:
+        return Spend.model_validate(found)
+    except ValueError:
+        return None
 
 
 class BudgetStop(Exception):
@@ -93,6 +120,30 @@ class BudgetBook:
     def add(self, spend: Spend) -> None:
         """A sub-agent's spending (its ``RunResult.spend``) counts as this run's."""
         self.own = self.own + spend
+
+    def failure(self, err: ApplicationError) -> ApplicationError:
+        """``err`` (about to fail the run) with the run's spending added to its details.
+
+        The failure is the one thing of a failed child that its parent reads from its own
+        history (the child's ``ChildWorkflowExecutionFailed`` event): a deterministic input,
+        unlike a query of the closed child or a ledger read. A failure's details are not
+        commands, so the child needs no patch; the parent asks one before counting."""
+        if self.own == Spend():
+            return err
+        return ApplicationError(err.message, *err.details,
+                                {SPEND_DETAIL: self.own.model_dump()}, type=err.type,
+                                non_retryable=err.non_retryable,
+                                next_retry_delay=err.next_retry_delay, category=err.category)
+
+    def add_failed(self, cause: BaseException | None) -> Spend | None:
+        """A failed sub-agent's spending, from its error's details (``failure``), counted as
+        this run's; None when it carried none (a child that failed before spending, was
+        timed out or terminated, or ran code older than this)."""
+        spend = failed_spend(cause)
+        if spend is None or not self._ctx.seam.patched(CHILD_FAILURE_SPEND_PATCH):
+            return None
+        self.add(spend)
+        return spend
 
     def remaining(self) -> Budget | None:
         """What a sub-agent may spend: the limit minus the spending, per limit (None: no

@@ -482,6 +482,7 @@ class GraphRun:
                 # on as if the sub-agent had merely failed.
                 raise
             cause = err.cause
+            self.budget.add_failed(cause)  # what it spent before it failed still counts
             outcome = ToolResult(ok=False, tool=f"agent:{node.agent}",
                                  error=cause.message if isinstance(cause, ApplicationError)
                                  else str(cause or err))

@@ -194,8 +194,10 @@ class ModelCalls:
         if book.stepped_down is not None:  # cheaper_model: the rest of the run on that one
             chain = [(i, ep) for i, ep in chain if ep.name == book.stepped_down] or chain
         first = chain[0][1] if chain else None
-        # A routed model was not priced at run start: it costs tokens and calls, no money.
-        price = first.price if first is not None else plan.price if req.model is None else None
+        # A routed model is charged at the price pinned for it at run start (none pinned, as
+        # in runs recorded before: tokens and calls, no money).
+        price = (first.price if first is not None else plan.price if req.model is None
+                 else plan.routed_prices.get(req.model))
         # Estimates are for a run with a budget (held to it here) and for a tenant with
         # spending windows (the model activity reserves the estimate). A run with neither
         # measures and estimates nothing, and its requests carry no estimate.

@@ -158,8 +158,16 @@ class AgentWorkflow:
         self._budget.start(ctx.policy, request)
         graph = GraphRun(ctx, Frame.start(ctx, request, plan), decisions, self._book,
                          budget=self._budget)
-        result = await self._admission.run(plan, graph.run, request, info)
-        await graph.memory.remember(result, plan)
+        try:
+            result = await self._admission.run(plan, graph.run, request, info)
+            await graph.memory.remember(result, plan)
+        except ApplicationError as err:
+            # The run fails: its failure carries what it spent, for a parent to count (the
+            # same error otherwise, its cause included).
+            failed = self._budget.failure(err)
+            if failed is err:
+                raise
+            raise failed from err.__cause__
         self._book.flush_ignored(ctx.state.step)
         result.decisions, result.audit_head = decisions.seq, decisions.head
         ctx.state.status = result.status

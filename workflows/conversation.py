@@ -25,6 +25,8 @@ from datetime import timedelta
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError, ChildWorkflowError, WorkflowAlreadyStartedError
 
+from stead.workflows._budget import CHILD_FAILURE_SPEND_PATCH, failed_spend
+
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
@@ -186,8 +188,15 @@ class ConversationWorkflow:
         except (ChildWorkflowError, WorkflowAlreadyStartedError) as err:
             cause = err.cause if isinstance(err, ChildWorkflowError) else None
             why = getattr(cause, "message", None) or str(cause or err)
+            # What a failed turn spent before it failed counts against the conversation.
+            spent = failed_spend(cause)
+            if spent is not None and workflow.patched(CHILD_FAILURE_SPEND_PATCH):
+                s.spent = s.spent + spent
+            else:
+                spent = None
             outcome = TurnOutcome(turn=n, status="error", error=f"turn {n} did not run to an "
-                                  f"end: {why}", run_id=child_id, context=s.context)
+                                  f"end: {why}", run_id=child_id, context=s.context,
+                                  spend=spent or Spend())
         s.turns = n
         if outcome.status == "completed":
             s.completed += 1

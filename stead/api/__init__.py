@@ -14,6 +14,7 @@ Routes (all JSON, bearer JWT, scoped to the token's tenant; errors are
     GET  /v1/runs/{workflow_id}                        any role   state and result
     GET  /v1/approvals                                 approver   pending approvals
     POST /v1/runs/{workflow_id}/approvals/{approval_id} approver  decide (the `decide` update)
+    POST /v1/runs/{workflow_id}/budget                 approver   raise its budget (`raise_budget`)
     GET  /v1/runs/{workflow_id}/audit                  auditor    ledger trail + chain check
     GET  /v1/metrics?since=24h&until=now&agent=        auditor    `stead metrics` as JSON
     GET  /v1/events                                    any role   server-sent events

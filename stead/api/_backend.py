@@ -41,6 +41,7 @@ from stead.api._models import (
     AuditTrail,
     BudgetWindow,
     DecideBody,
+    RaiseBudgetBody,
     RunSummary,
     RunView,
     StartedRun,
@@ -48,6 +49,7 @@ from stead.api._models import (
     TenantBudget,
 )
 from stead.contracts.admission import TenantUsage
+from stead.contracts.budget import Budget, RaiseBudget
 from stead.contracts.models import (
     DecideInput,
     DecideOutcome,
@@ -424,6 +426,36 @@ class Backend:
             if e.status == RPCStatusCode.NOT_FOUND:
                 raise ApiError(409, f"run {workflow_id!r} has ended; nothing is left to "
                                     f"decide") from None
+            raise temporal_error(e, f"run {workflow_id!r}") from None
+
+    async def raise_budget(self, principal: Principal, workflow_id: str,
+                           body: RaiseBudgetBody) -> Budget:
+        """The ``raise_budget`` update, exactly as ``stead raise-budget`` sends it; the new
+        limit. A raise the run refuses (not above its limit, a limit it does not have) and a
+        run that has ended are 409s in the run's own words."""
+        handle, desc = await self._owned(principal.tenant, workflow_id)
+        ended = ApiError(409, f"run {workflow_id!r} has ended "
+                              f"({_status_name(desc.status)}); its budget can no longer be "
+                              f"raised")
+        if desc.status != WorkflowExecutionStatus.RUNNING:
+            raise ended
+        payload = RaiseBudget(max_usd=body.max_usd, max_tokens=body.max_tokens,
+                              max_model_calls=body.max_model_calls, by=principal.sub,
+                              reason=body.reason)
+        try:
+            return await asyncio.wait_for(
+                handle.execute_update("raise_budget", payload, result_type=Budget),
+                timeout=UPDATE_TIMEOUT_SECONDS)
+        except WorkflowUpdateFailedError as e:
+            reason = str(getattr(e.cause, "message", None) or e.cause)
+            raise ApiError(409, f"raise refused: {reason}") from None
+        except TimeoutError:
+            raise ApiError(503, f"no worker accepted the budget raise for run {workflow_id!r}"
+                                f" within {UPDATE_TIMEOUT_SECONDS:.0f} s; is a worker "
+                                f"running on its task queue?") from None
+        except RPCError as e:
+            if e.status == RPCStatusCode.NOT_FOUND:
+                raise ended from None
             raise temporal_error(e, f"run {workflow_id!r}") from None
 
     # ------------------------------------------------------------------------ ledger reads

@@ -19,6 +19,7 @@ from pydantic import (
     Field,
     StrictBool,
     StringConstraints,
+    model_validator,
 )
 
 from stead.contracts.budget import Budget
@@ -220,6 +221,25 @@ class DecideBody(_Body):
     arguments: Annotated[JsonObject, AfterValidator(_storable_object)] | None = None
     """Edited arguments (approvals only): re-validated and re-scored by the run's gate; a
     call that is no longer allowed is ``denied_after_edit``."""
+
+
+class RaiseBudgetBody(_Body):
+    """``POST /v1/runs/{workflow_id}/budget``: the new limits (each only above the run's; an
+    unset one stays as it is) and why. The raiser on record is the token's ``sub``."""
+
+    max_usd: float | None = Field(None, gt=0, allow_inf_nan=False)
+    max_tokens: int | None = Field(None, ge=1)
+    """Input plus output tokens, summed over the run's model calls."""
+    max_model_calls: int | None = Field(None, ge=1)
+    reason: Annotated[Text, StringConstraints(min_length=1, max_length=2000)]
+    """Why, for the audit trail."""
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> RaiseBudgetBody:
+        if self.max_usd is None and self.max_tokens is None and self.max_model_calls is None:
+            raise ValueError("name at least one limit to raise (max_usd, max_tokens, "
+                             "max_model_calls)")
+        return self
 
 
 # ---------------------------------------------------------------------------- audit

@@ -35,6 +35,7 @@ from stead.api._models import (
     DecideBody,
     ErrorResponse,
     FieldError,
+    RaiseBudgetBody,
     Role,
     RunSummary,
     RunView,
@@ -44,6 +45,7 @@ from stead.api._models import (
 )
 from stead.api._run_events import run_event_stream
 from stead.contracts.admission import TenantUsage
+from stead.contracts.budget import Budget
 from stead.contracts.models import DecideOutcome, RunStatus
 from stead.evals.metrics import MetricsFilter, MetricsReport
 from stead.settings import Settings
@@ -180,6 +182,24 @@ def create_app(settings: Settings, *, client: Client | None = None,
         the run's ``decide`` update like ``stead approve``/``stead reject``; the token's
         ``sub`` is recorded as the approver."""
         return await backend.decide(who, workflow_id, approval_id, body)
+
+    # -------------------------------------------------------------------------- budgets
+
+    @app.post("/v1/runs/{workflow_id}/budget", response_model=Budget, tags=["approvals"],
+              responses=_errors_doc(403, 404, 409))
+    async def raise_budget(workflow_id: WorkflowId, body: RaiseBudgetBody,
+                           who: Approver) -> Budget:
+        """Raise a run's budget (each given limit only upward), through the run's
+        ``raise_budget`` update like ``stead raise-budget``; answers the new limit. A run
+        waiting under ``on_exceed: ask`` goes on once its next call fits. The token's ``sub``
+        is recorded as the raiser, with the reason.
+
+        Needs the ``approver`` role: letting a run spend more is a decision about the run
+        like approving one of its tool calls, made by a person other than the one who asked
+        for it, so a requester cannot lift the limit of a run they started and an auditor
+        stays read-only. 409 when the run refuses the raise (a limit not above the run's, a
+        limit the run does not have) or has ended."""
+        return await backend.raise_budget(who, workflow_id, body)
 
     # -------------------------------------------------------------------------- audit
 

@@ -121,12 +121,13 @@ def _print_metrics(report: MetricsReport) -> None:
     rows = report.agents + ([report.overall] if len(report.agents) > 1 else [])
 
     t = Table("agent", "runs", "completed", "failed", "denied", "refused", "escalated",
-              "running", "completion", "task success", "p50", "p95", "p99", title="runs")
+              "over budget", "running", "completion", "task success", "p50", "p95", "p99",
+              title="runs")
     for a in rows:
         s = a.by_status
         t.add_row("all" if a.agent == "*" else a.agent, str(a.runs),
                   *(str(s.get(k, 0)) for k in ("completed", "failed", "denied", "refused",
-                                               "escalated", "running")),
+                                               "escalated", "budget_exceeded", "running")),
                   _pct(a.success_rate), _task(a), _ms(a.latency_ms.p50),
                   _ms(a.latency_ms.p95), _ms(a.latency_ms.p99))
     out.print(t)

@@ -499,6 +499,10 @@ class AgentPlan(_Model):
     workflow's estimate, which the model activity reserves against them. False (and a run
     without a budget): the workflow estimates nothing, and a model activity whose worker has
     windows for the tenant estimates the call itself (the same figure for a priced call)."""
+    routed_prices: dict[str, Price] = Field(default_factory=dict, exclude_if=_empty)
+    """The prices of the model settings the policy's routing may choose (``action: model``),
+    by setting (``openai:gpt-4o``), pinned at run start like ``price``; a routed model that
+    is not here is charged no money (runs recorded before routed models were priced)."""
 
 
 class ToolInvocation(_Model):

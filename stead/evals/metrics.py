@@ -164,6 +164,10 @@ class AgentMetrics(_Model):
     """Runs that ended ``denied`` (a call was denied by policy or rejected by an approver)."""
     refused_runs: int
     """Runs that routing refused outright."""
+    budget_exceeded_runs: int = 0
+    """Runs that ended ``budget_exceeded``: stopped before a model call that would pass the
+    run's budget (``max_usd``, ``max_tokens``, ``max_model_calls``) or its tenant's spending
+    window."""
     gate_denials: int
     """Tool calls the gate denied (policy: hard limit or risk above ``deny_at``)."""
     guardrails: list[GuardrailCount]
@@ -409,7 +413,9 @@ async def compute_metrics(ledger: Ledger, flt: MetricsFilter, *,
             task_success=task.get(name, TaskSuccess()),
             latency_ms=_pct(r["timed"], r["latency"]),
             escalated_runs=status.get("escalated", 0), denied_runs=status.get("denied", 0),
-            refused_runs=status.get("refused", 0), gate_denials=dec.get(("gate", "deny"), 0),
+            refused_runs=status.get("refused", 0),
+            budget_exceeded_runs=status.get("budget_exceeded", 0),
+            gate_denials=dec.get(("gate", "deny"), 0),
             guardrails=[GuardrailCount(kind=k, decision=d, count=n)
                         for (k, d), n in sorted(dec.items()) if k in GUARDRAIL_KINDS],
             approvals=ApprovalMetrics(

@@ -5,8 +5,9 @@
 
 A run is charged at the prices it started with: ``run.start`` copies the price of each chain
 model that declares none (``ModelEndpoint.price``) and of the run's single model
-(``AgentPlan.price``) from ``STEAD_MODEL_PRICES`` (longest-prefix match, as ``stead metrics``
-prices). A price table changed later charges only runs started later.
+(``AgentPlan.price``) and of each model the policy's routing may choose
+(``AgentPlan.routed_prices``) from ``STEAD_MODEL_PRICES`` (longest-prefix match, as ``stead
+metrics`` prices). A price table changed later charges only runs started later.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from collections.abc import Mapping, Sequence
 from stead.authoring.agent import AgentCatalog
 from stead.contracts.budget import Price
 from stead.contracts.models import AgentPlan, ModelEndpoint
+from stead.contracts.policy import Policy
 from stead.errors import SpecError
 from stead.evals.metrics import price_for
 from stead.settings import ModelPrice
 
-__all__ = ["check_budgets", "price_of", "priced"]
+__all__ = ["check_budgets", "price_of", "priced", "routed_models"]
 
 
 def price_of(model: str, prices: Mapping[str, ModelPrice]) -> Price | None:
@@ -35,14 +37,27 @@ def _endpoint_price(ep: ModelEndpoint, prices: Mapping[str, ModelPrice]) -> Pric
     return ep.price if ep.price is not None else price_of(ep.model, prices)
 
 
+def routed_models(policy: Policy | None) -> list[str]:
+    """The model settings a policy's routing may run a request with (``action: model``),
+    each once, in rule order."""
+    if policy is None:
+        return []
+    return list(dict.fromkeys(r.model for r in policy.routing
+                              if r.action == "model" and r.model))
+
+
 def priced(plan: AgentPlan, prices: Mapping[str, ModelPrice]) -> AgentPlan:
-    """``plan`` with every price the run will be charged at filled in."""
+    """``plan`` with every price the run will be charged at filled in: its chain's, its
+    single model's and those of the models its policy's routing may choose."""
     models = [ep if ep.price is not None or (p := price_of(ep.model, prices)) is None
               else ep.model_copy(update={"price": p}) for ep in plan.models]
     price = None if plan.models else price_of(plan.model, prices)
-    if models == plan.models and price is None:
+    routed = {m: p for m in routed_models(plan.policy)
+              if (p := price_of(m, prices)) is not None}
+    if models == plan.models and price is None and not routed:
         return plan
-    return plan.model_copy(update={"models": models, "price": price})
+    return plan.model_copy(update={"models": models, "price": price,
+                                   "routed_prices": routed})
 
 
 def check_budgets(catalog: AgentCatalog, chains: Mapping[str, Sequence[ModelEndpoint]], *,
@@ -90,5 +105,12 @@ def check_budgets(catalog: AgentCatalog, chains: Mapping[str, Sequence[ModelEndp
                 problems.append(f"{where}.max_usd: model {single_model!r} has no price in "
                                 f"STEAD_MODEL_PRICES; its calls would cost nothing against "
                                 f"max_usd")
+        if rules.max_usd is not None and priced:
+            unpriced = [m for m in routed_models(agent.policy) if price_of(m, prices) is None]
+            if unpriced:
+                problems.append(f"{where}.max_usd: the routing's model{'s' * (len(unpriced) > 1)}"
+                                f" {', '.join(unpriced)} ha{'s' if len(unpriced) == 1 else 've'}"
+                                f" no price in STEAD_MODEL_PRICES; a routed run's calls would "
+                                f"cost nothing against max_usd")
     if problems:
         raise SpecError("invalid budget configuration:\n  - " + "\n  - ".join(problems))
