@@ -27,38 +27,6 @@ alter table stead_spend_reservations
     add column abandoned_attempts integer[] not null default '{}',  -- attempts charged so
     add column abandoned_usd numeric[] not null default '{}';       -- ... at these estimates
 
--- Charge at their estimates the reservations of p_tenant that were abandoned by time t: the
--- expired ones and, when p_attempt is given, the one of this call held by another attempt.
--- The caller holds the tenant's lock.
-create or replace function stead_charge_abandoned(
-    p_tenant text, t timestamptz, p_workflow_id text, p_run_id text, p_step integer,
-    p_fallback integer, p_attempt integer)
-returns void
-language plpgsql volatile as $$
-begin
-    with gone as (
-        update stead_spend_reservations r
-            set state = 'abandoned', charged_usd = r.charged_usd + r.usd,
-                abandoned_attempts = r.abandoned_attempts || r.attempt,
-                abandoned_usd = r.abandoned_usd || r.usd
-            where r.tenant = p_tenant and r.state = 'reserved'
-              and (r.expires_at <= t
-                   or (r.workflow_id = p_workflow_id and r.run_id = p_run_id
-                       and r.step = p_step and r.fallback = p_fallback
-                       and r.attempt <> p_attempt))
-            returning r.day_start, r.month_start, r.usd),
-    charge as (
-        select 'day'::text as kind, g.day_start as start, sum(g.usd) as usd from gone g
-            group by g.day_start
-        union all
-        select 'month', g.month_start, sum(g.usd) from gone g group by g.month_start)
-    insert into stead_tenant_spend as s (tenant, kind, window_start, spent_usd)
-        select p_tenant, c.kind, c.start, c.usd from charge c
-        on conflict (tenant, kind, window_start) do update
-            set spent_usd = s.spent_usd + excluded.spent_usd, updated_at = clock_timestamp();
-end
-$$;
-
 -- As in 0009, with the abandoned attempts charged first: 'held' only for the attempt that
 -- holds the live reservation (a reserve re-sent after a dropped connection).
 create or replace function stead_reserve_spend(
@@ -84,8 +52,28 @@ begin
     t := clock_timestamp();  -- after the wait for the lock
     d := date_trunc('day', t at time zone 'UTC') at time zone 'UTC';
     m := date_trunc('month', t at time zone 'UTC') at time zone 'UTC';
-    perform stead_charge_abandoned(p_tenant, t, p_workflow_id, p_run_id, p_step, p_fallback,
-                                   p_attempt);
+    -- Charge at their estimates the reservations of this tenant abandoned by now: the expired
+    -- ones, and this call's if another (earlier) attempt holds it.
+    with gone as (
+        update stead_spend_reservations r
+            set state = 'abandoned', charged_usd = r.charged_usd + r.usd,
+                abandoned_attempts = r.abandoned_attempts || r.attempt,
+                abandoned_usd = r.abandoned_usd || r.usd
+            where r.tenant = p_tenant and r.state = 'reserved'
+              and (r.expires_at <= t
+                   or (r.workflow_id = p_workflow_id and r.run_id = p_run_id
+                       and r.step = p_step and r.fallback = p_fallback
+                       and r.attempt <> p_attempt))
+            returning r.day_start, r.month_start, r.usd),
+    charge as (
+        select 'day'::text as kind, g.day_start as start, sum(g.usd) as usd from gone g
+            group by g.day_start
+        union all
+        select 'month', g.month_start, sum(g.usd) from gone g group by g.month_start)
+    insert into stead_tenant_spend as s (tenant, kind, window_start, spent_usd)
+        select p_tenant, c.kind, c.start, c.usd from charge c
+        on conflict on constraint stead_tenant_spend_pkey do update
+            set spent_usd = s.spent_usd + excluded.spent_usd, updated_at = clock_timestamp();
     select * into cur from stead_spend_reservations r
         where r.workflow_id = p_workflow_id and r.run_id = p_run_id and r.step = p_step
           and r.fallback = p_fallback;
