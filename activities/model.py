@@ -6,7 +6,9 @@ When the run's tenant has spending windows (``STEAD_TENANT_QUOTAS``: ``usd_per_d
 ``usd_per_month``), the call's estimate is reserved against them before the model is called
 (committed first: the write-ahead rule), settled to what the call cost after it answered, and
 released when it failed; a call that would pass a window's cap is refused, non-retryable
-(``TenantBudgetExceeded``). A tenant without windows costs no extra round trip."""
+(``TenantBudgetExceeded``). An attempt that died in between (never settled nor released) is
+charged at its estimate when the retry reserves (``stead.storage.ledger._spend``). A tenant
+without windows costs no extra round trip."""
 
 from __future__ import annotations
 
@@ -313,8 +315,9 @@ class ModelActivities:
 
 def check_reservation_ttl(settings: Settings, chains: Iterable[ModelEndpoint]) -> None:
     """A worker whose tenants have spending windows must hold each reservation longer than a
-    model call may take: one that expires while its call still runs stops counting, and the
-    tenant's window could pass its cap by that call. ``SettingsError`` names the fix."""
+    model call may take: one that expires while its call still runs is taken for abandoned
+    (its worker dead) and charged at its estimate until the call settles. ``SettingsError``
+    names the fix."""
     if not any(q.windows for q in settings.tenants.quotas.values()):
         return
     ttl = settings.tenants.reservation_ttl_seconds
@@ -325,8 +328,8 @@ def check_reservation_ttl(settings: Settings, chains: Iterable[ModelEndpoint]) -
     if ttl <= longest:
         raise SettingsError(
             f"STEAD_QUOTA_RESERVATION_TTL_SECONDS={ttl:g} is not above the longest model call "
-            f"({longest:g} s, {where}): a call still running when its reservation expires no "
-            f"longer counts against its tenant's spending window; set it above {longest:g}")
+            f"({longest:g} s, {where}): a call still running when its reservation expires is "
+            f"taken for abandoned and charged at its estimate; set it above {longest:g}")
 
 
 class _Spend:

@@ -23,9 +23,10 @@ Checked from the outside once the phases are over (:meth:`Governance.check`, fin
 ``Verdict.phase_checks``), from the ledger's tables, the audit rows, the runs' results, the
 fake server's log and a probe that sampled ``stead_admissions`` every 0.2 s:
 
-(a) **window within cap**: the tenant's settled spend in its day window is at most its cap
-    plus one call's estimate; the window's spent equals the sum of its settled reservations;
-    and no reservation counts once expired (``spend_usage`` leaves out the expired ones);
+(a) **window within cap**: the tenant's spend in its day window is at most its cap plus one
+    call's estimate; the window's spent equals what its reservations settled plus the
+    estimates they were charged for abandoned attempts; and no reservation counts as reserved
+    once expired (``spend_usage`` counts an expired one as spent, at its estimate);
 (b) **runs in flight within cap**: the probe never saw more of the tenant's runs admitted at
     once than ``runs_in_flight``;
 (c) **run budgets hold**: a run's ``RunResult.spend`` is within its ``max_model_calls`` and
@@ -34,9 +35,12 @@ fake server's log and a probe that sampled ``stead_admissions`` every 0.2 s:
     last admitted one, and its stop is an audit row;
 (d) **no queued run lost**: every run of the tenant ended; one that queued was then admitted
     or refused (audit rows of kind ``admission``), and every one that ran was admitted;
-(e) **no double count across SIGKILLs**: per model call (run and step), the cost the ledger
-    settled is that call's reported usage times the price, once per attempt it settled, and it
-    settled no more attempts than the server answered.
+(e) **no double count, no undercount across SIGKILLs**: per model call (run and step), the
+    cost the ledger settled is that call's reported usage times the price, once per attempt it
+    settled, and it settled no more attempts than the server answered; every answer the server
+    gave that no attempt settled (its worker was killed after the answer) is covered by an
+    attempt charged at its estimate (migration 0013), and what the call was charged is exactly
+    those attempts' estimates.
 """
 
 from __future__ import annotations
@@ -358,7 +362,9 @@ class Governance:
                         " where workflow_id = any($1)", [r.workflow_id for r in recs])}
             resv = [dict(r) for r in await c.fetch(
                 "select workflow_id, step, state, usd::float8 as usd, settled_usd::float8 as"
-                " settled_usd, settled_attempts, expires_at, expires_at > now() as live"
+                " settled_usd, settled_attempts, charged_usd::float8 as charged_usd,"
+                " abandoned_attempts, abandoned_usd::float8[] as abandoned_usd, expires_at,"
+                " expires_at > now() as live"
                 " from stead_spend_reservations where tenant = $1", tenant)]
             window = await c.fetchval(
                 "select coalesce(sum(spent_usd), 0)::float8 from stead_tenant_spend"
@@ -369,15 +375,17 @@ class Governance:
         for s in self.served:
             by_order[s.order].append(s)
 
-        # (a) the window within its cap; settled rows add up; expired ones not counted
+        # (a) the window within its cap; settled and charged rows add up; expired ones are
+        # spent (at their estimates), not reserved
         est = max((r["usd"] for r in resv), default=0.0)
-        if window > cap + est + 1e-9:
-            found.append(Finding(where, f"day window spent ${window:.6f} > cap ${cap:.6f} + "
-                                        f"one estimate ${est:.6f}"))
-        settled = sum(r["settled_usd"] for r in resv)
+        expired = sum(r["usd"] for r in resv if r["state"] == "reserved" and not r["live"])
+        if window + expired > cap + est + 1e-9:
+            found.append(Finding(where, f"day window spent ${window + expired:.6f} > cap "
+                                        f"${cap:.6f} + one estimate ${est:.6f}"))
+        settled = sum(r["settled_usd"] + r["charged_usd"] for r in resv)
         if abs(settled - window) > 1e-9:
             found.append(Finding(where, f"day window says ${window:.6f} spent but its "
-                                        f"reservations settled ${settled:.6f}"))
+                                        f"reservations settled and charged ${settled:.6f}"))
         live = sum(r["usd"] for r in resv if r["state"] == "reserved" and r["live"])
         dangling = [r for r in resv if r["state"] == "reserved"]
         if usage and abs(usage[0].reserved_usd - live) > 1e-9:
@@ -403,6 +411,7 @@ class Governance:
         # (c), (d), (e) per run
         statuses: Counter[str] = Counter()
         queued = refused_by_window = billed_unsettled = budget_runs = 0
+        charged_attempts, charged_usd = 0, 0.0
         steps_of: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for r in resv:
             steps_of[r["workflow_id"]].append(r)
@@ -451,7 +460,29 @@ class Governance:
                             found.append(Finding(rec.workflow_id, f"step {row['step']}: "
                                                  f"settled ${row['settled_usd']:.9f}, the "
                                                  f"server's usage says ${want:.9f}"))
-                    billed_unsettled += max(len(got) - n_settled, 0)
+                    # Killed attempts are charged at their estimate: each answer no attempt
+                    # settled must be covered by one (more is fine: a worker killed before
+                    # the answer is charged too, as nobody knows whether it was billed).
+                    abandoned = [(a, u) for a, u in zip(row["abandoned_attempts"],
+                                                    row["abandoned_usd"], strict=True)
+                            if a not in row["settled_attempts"]]
+                    if row["state"] == "reserved" and not row["live"]:
+                        abandoned.append((-1, row["usd"]))  # expired: spent, charged lazily
+                    if abs(row["charged_usd"] - sum(u for a, u in abandoned if a >= 0)) > 1e-9:
+                        found.append(Finding(rec.workflow_id, f"step {row['step']}: charged "
+                                             f"${row['charged_usd']:.9f}, its abandoned "
+                                             f"attempts' estimates say "
+                                             f"${sum(u for a, u in abandoned if a >= 0):.9f}"))
+                    unsettled = max(len(got) - n_settled, 0)
+                    if unsettled > len(abandoned):
+                        found.append(Finding(rec.workflow_id, f"step {row['step']}: the server "
+                                             f"answered turn {k} {len(got)} time(s), "
+                                             f"{n_settled} attempt(s) settled and only "
+                                             f"{len(abandoned)} charged at their estimate: the "
+                                             f"window undercounts"))
+                    billed_unsettled += unsettled
+                    charged_attempts += len(abandoned)
+                    charged_usd += sum(u for _, u in abandoned)
                 continue
             # (c) a run with its own budget
             budget_runs += 1
@@ -496,7 +527,9 @@ class Governance:
                      f"stopped by the window, {queued} queued, at most {probe.max_admitted} "
                      f"of {RUNS_IN_FLIGHT} admitted ({probe.samples} samples); "
                      f"{len(dangling)} reservation(s) left to expire; {billed_unsettled} "
-                     f"answered call(s) never settled (worker killed after the answer); "
+                     f"answered call(s) never settled (worker killed after the answer), "
+                     f"{charged_attempts} killed attempt(s) charged at their estimate "
+                     f"(${charged_usd:.4f}); "
                      f"{budget_runs} runs with a budget; {late} model request(s) arrived "
                      f"after their run had ended")
         return found

@@ -179,8 +179,8 @@ async def test_the_governance_checks_pass_governed_runs_and_catch_planted_violat
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Three governed orders (chaos.governance: one as the capped tenant, one with
     max_model_calls 3, one plain) against the priced fake model server check clean; then a
-    second settle of one call, more runs admitted than the cap and a run counting a fourth
-    call are each reported."""
+    second settle of one call, an answer neither settled nor charged at its estimate, more
+    runs admitted than the cap and a run counting a fourth call are each reported."""
     monkeypatch.syspath_prepend(str(ROOT))
     from chaos.agent import SHOP, chaos_catalog, order_request
     from chaos.governance import RUNS_IN_FLIGHT, FailpointModel, Governance, tenant_of
@@ -228,6 +228,14 @@ async def test_the_governance_checks_pass_governed_runs_and_catch_planted_violat
         # The same call settled by a second attempt the server never answered.
         assert await ledger.settle_spend(SpendKey(row["workflow_id"], row["run_id"],
                                                   row["step"]), usd=row["usd"], attempt=99)
+        # An answer of the tenant's second call that no attempt settled nor was charged for
+        # (a killed attempt the window did not count).
+        order = next(o for o, p in gov.plans.items() if p.kind == "tenant")
+        second = next(x for x in gov.served if x.order == order and x.turn == 2 and x.usage)
+        gov.served.append(dataclasses.replace(second))
+        step2 = await ledger.pool.fetchval(
+            "select step from stead_spend_reservations where workflow_id = $1 order by step"
+            " offset 1 limit 1", tenant_run.workflow_id)
         gov.probes[tenant_of("kills")].max_admitted = RUNS_IN_FLIGHT + 1
         res = budget_run.result
         budget_run.result = res.model_copy(update={
@@ -236,6 +244,9 @@ async def test_the_governance_checks_pass_governed_runs_and_catch_planted_violat
 
     assert (tenant_run.workflow_id, f"step {row['step']}: 2 attempt(s) settled, the server "
                                     f"answered turn 1 1 time(s)") in found
+    assert (tenant_run.workflow_id, f"step {step2}: the server answered turn 2 2 time(s), 1 "
+            f"attempt(s) settled and only 0 charged at their estimate: the window "
+            f"undercounts") in found
     assert (f"kills/{tenant_of('kills')}", f"{RUNS_IN_FLIGHT + 1} runs admitted at once, "
             f"cap {RUNS_IN_FLIGHT} (probe, "
             f"{gov.probes[tenant_of('kills')].samples} samples)") in found

@@ -122,33 +122,90 @@ async def test_over_a_cap_the_reservation_is_refused_with_the_window_and_figures
     assert month.resets_at is not None and month.resets_at.day == 1
 
 
-async def test_a_retried_attempt_holds_its_reservation_instead_of_adding_one(
+async def test_a_later_attempt_charges_the_abandoned_one_at_its_estimate(
         workers: tuple[Ledger, Ledger]) -> None:
-    """The key is the model call, not the attempt: attempt 2 of a call whose attempt 1 died
-    goes on with its reservation; a settle re-sent for one attempt adds once; a late attempt
-    that also answered is added beside it; a late attempt's failure releases nothing."""
+    """The key is the model call: a reserve re-sent by the same attempt holds its reservation;
+    a later attempt finding an earlier one's reservation never settled nor released (its
+    worker died mid-call, maybe billed) charges that attempt at its estimate, then reserves
+    its own. A settle re-sent adds once; the abandoned attempt settling after all (a slow
+    worker) replaces its estimate by its cost; a late attempt's release releases nothing."""
     lg, other = workers
     tenant, key = _tenant(), _key(7, fallback=1)
     caps = {"day": 1.0}
-    assert (await lg.reserve_spend(tenant, key, usd=0.6, caps=caps, ttl_seconds=TTL)).outcome \
+    assert (await lg.reserve_spend(tenant, key, usd=0.4, caps=caps, ttl_seconds=TTL)).outcome \
         == "reserved"
-    again = await other.reserve_spend(tenant, key, usd=0.6, caps=caps, ttl_seconds=TTL,
+    assert (await lg.reserve_spend(tenant, key, usd=0.4, caps=caps, ttl_seconds=TTL)).outcome \
+        == "held"  # re-sent after a dropped connection: the same attempt
+    assert await _window(lg, tenant) == (0.0, 0.4)
+    again = await other.reserve_spend(tenant, key, usd=0.4, caps=caps, ttl_seconds=TTL,
                                       attempt=2)
-    assert again.outcome == "held"
-    assert await _window(lg, tenant) == (0.0, 0.6)
+    assert again.outcome == "reserved"
+    assert await _window(lg, tenant) == (pytest.approx(0.4), pytest.approx(0.4))
+    assert (await other.reserve_spend(tenant, key, usd=0.4, caps=caps, ttl_seconds=TTL,
+                                      attempt=2)).outcome == "held"  # charged once
+    assert await _window(lg, tenant) == (pytest.approx(0.4), pytest.approx(0.4))
     assert not await lg.release_spend(key, attempt=1)  # attempt 2 holds it now
     assert await other.settle_spend(key, usd=0.2, attempt=2)
     assert not await other.settle_spend(key, usd=0.2, attempt=2)  # re-sent: added once
-    assert await lg.settle_spend(key, usd=0.1, attempt=1)  # the late attempt was billed too
+    assert await _window(lg, tenant) == (pytest.approx(0.6), 0.0)
+    assert await lg.settle_spend(key, usd=0.1, attempt=1)  # not dead after all: its real cost
+    assert not await lg.settle_spend(key, usd=0.1, attempt=1)
     assert await _window(lg, tenant) == (pytest.approx(0.3), 0.0)
+    row = await lg.pool.fetchrow(
+        "select state, attempt, settled_attempts, abandoned_attempts, charged_usd::float8 as c,"
+        " settled_usd::float8 as s from stead_spend_reservations where workflow_id=$1",
+        key.workflow_id)
+    assert (row["state"], row["attempt"], row["settled_attempts"], row["abandoned_attempts"]) \
+        == ("settled", 2, [2, 1], [1])
+    assert (row["c"], row["s"]) == (0.0, pytest.approx(0.3))
     # The same step's first-choice model is another call with its own reservation.
     assert (await lg.reserve_spend(tenant, _key(7, wf=key.workflow_id), usd=0.6, caps=caps,
                                    ttl_seconds=TTL)).outcome == "reserved"
 
 
-async def test_an_expired_reservation_stops_counting(workers: tuple[Ledger, Ledger]) -> None:
-    """A reservation whose worker died (never settled nor released) holds money only for its
-    TTL; a retry after that reserves afresh, checking the cap again."""
+async def test_the_attempt_that_takes_over_is_refused_if_its_own_estimate_does_not_fit(
+        workers: tuple[Ledger, Ledger]) -> None:
+    """The abandoned attempt's estimate is spent; the new attempt's is checked against the cap
+    with it, and refused when it would pass: the window then holds the one estimate, spent."""
+    lg, other = workers
+    tenant, key = _tenant(), _key(1)
+    caps = {"day": 1.0}
+    assert (await lg.reserve_spend(tenant, key, usd=0.6, caps=caps, ttl_seconds=TTL)).outcome \
+        == "reserved"
+    refused = await other.reserve_spend(tenant, key, usd=0.6, caps=caps, ttl_seconds=TTL,
+                                        attempt=2)
+    assert refused.outcome == "refused" and refused.window == "day"
+    assert (refused.spent_usd, refused.reserved_usd) == (pytest.approx(0.6), 0.0)
+    assert await _window(lg, tenant) == (pytest.approx(0.6), 0.0)
+    assert (await other.reserve_spend(tenant, key, usd=0.6, caps=caps, ttl_seconds=TTL,
+                                      attempt=3)).outcome == "refused"  # not charged again
+    assert await _window(lg, tenant) == (pytest.approx(0.6), 0.0)
+
+
+async def test_a_cleanly_failed_attempt_is_not_charged(workers: tuple[Ledger, Ledger]) -> None:
+    """An attempt that released its reservation (the call failed) costs nothing: the retry
+    reserves afresh and only its settled cost is spent."""
+    lg, other = workers
+    tenant, key = _tenant(), _key(1)
+    caps = {"day": 1.0}
+    assert (await lg.reserve_spend(tenant, key, usd=0.6, caps=caps, ttl_seconds=TTL)).outcome \
+        == "reserved"
+    assert await lg.release_spend(key, attempt=1)
+    assert (await other.reserve_spend(tenant, key, usd=0.6, caps=caps, ttl_seconds=TTL,
+                                      attempt=2)).outcome == "reserved"
+    assert await _window(lg, tenant) == (0.0, 0.6)
+    assert await other.settle_spend(key, usd=0.05, attempt=2)
+    assert await _window(lg, tenant) == (pytest.approx(0.05), 0.0)
+    assert await lg.pool.fetchval("select charged_usd::float8 from stead_spend_reservations"
+                                  " where workflow_id=$1", key.workflow_id) == 0.0
+
+
+async def test_an_expired_reservation_is_charged_at_its_estimate(
+        workers: tuple[Ledger, Ledger]) -> None:
+    """A reservation whose worker died and that no later attempt takes over (the run was
+    terminated) is charged at its estimate once its TTL passed: read as spent at once, written
+    into the window by the tenant's next reserve (no sweep), charged once; a retry after all
+    reserves its own estimate against the cap, and a late settle replaces the estimate."""
     lg, _ = workers
     tenant, dead = _tenant(), _key(1)
     caps = {"day": 1.0}
@@ -157,14 +214,27 @@ async def test_an_expired_reservation_stops_counting(workers: tuple[Ledger, Ledg
     assert (await lg.reserve_spend(tenant, _key(2), usd=0.2, caps=caps,
                                    ttl_seconds=TTL)).outcome == "refused"
     await asyncio.sleep(0.4)
-    assert await _window(lg, tenant) == (0.0, 0.0)
+    assert await _window(lg, tenant) == (pytest.approx(0.9), 0.0)
+
+    async def stored() -> float:
+        return float(await lg.pool.fetchval(
+            "select spent_usd::float8 from stead_tenant_spend where tenant=$1 and kind='day'",
+            tenant))
+    assert await stored() == 0.0  # not written yet: lazily, by the next reserve
     assert (await lg.reserve_spend(tenant, _key(2), usd=0.2, caps=caps,
+                                   ttl_seconds=TTL)).outcome == "refused"
+    assert await stored() == pytest.approx(0.9)
+    assert (await lg.reserve_spend(tenant, _key(3), usd=0.05, caps=caps,
                                    ttl_seconds=TTL)).outcome == "reserved"
+    assert await _window(lg, tenant) == (pytest.approx(0.9), pytest.approx(0.05))
     retry = await lg.reserve_spend(tenant, dead, usd=0.9, caps=caps, ttl_seconds=TTL,
                                    attempt=2)
-    assert retry.outcome == "refused"  # expired: not held, and 0.2 + 0.9 > 1
-    assert (await lg.reserve_spend(tenant, dead, usd=0.8, caps=caps, ttl_seconds=TTL,
+    assert retry.outcome == "refused"  # 0.9 + 0.05 + 0.9 > 1
+    assert (await lg.reserve_spend(tenant, dead, usd=0.04, caps=caps, ttl_seconds=TTL,
                                    attempt=2)).outcome == "reserved"
+    assert await _window(lg, tenant) == (pytest.approx(0.9), pytest.approx(0.09))
+    assert await lg.settle_spend(dead, usd=0.5, attempt=1)  # it had answered after all
+    assert await _window(lg, tenant) == (pytest.approx(0.5), pytest.approx(0.09))
 
 
 async def test_usage_lists_spenders_and_quota_holders_with_their_caps(
@@ -376,6 +446,9 @@ async def test_a_tenant_over_its_day_window_is_refused_before_the_model_is_calle
         " from stead_spend_reservations where workflow_id=$1 order by step", wid)
     assert [(r["step"], r["state"], r["attempt"], r["settled_attempts"]) for r in held] == [
         (1, "settled", 2, [2]), (3, "settled", 1, [1])]
+    assert await ledger.pool.fetchval(  # the failed attempt released: not charged
+        "select sum(charged_usd)::float8 from stead_spend_reservations where workflow_id=$1",
+        wid) == 0.0
     assert sum(r["usd"] for r in held) == pytest.approx(cost)
     usage = {r.window: r for r in await ledger.spend_usage(s.tenants.quotas,
                                                            tenant=names["rich"])}
@@ -555,12 +628,13 @@ async def test_the_activity_reserves_the_workflows_estimate_and_charges_it_witho
     assert "resets at " in err.message and "-01 00:00 UTC" in err.message
 
 
-async def test_a_worker_killed_mid_call_leaves_one_reservation_that_its_retry_settles(
+async def test_a_worker_killed_mid_call_is_charged_its_estimate_and_its_retry_its_cost(
         settings: Settings, monkeypatch: pytest.MonkeyPatch, ledger: Ledger,
         tmp_path: Path) -> None:
     """SIGKILL the worker while its model call (reserved) waits for the model: the reservation
-    stays live (nobody released it), the retry on another worker goes on with it instead of
-    reserving again, and settles it once at what the answered call cost."""
+    stays live (nobody released it); the retry on another worker charges the killed attempt at
+    its estimate (it may have been billed), reserves its own and settles it once at what the
+    answered call cost: the window holds both, nothing counted twice."""
     monkeypatch.setenv(KEY_VAR, KEY)
     tenant = _tenant()
     quotas = json.dumps({tenant: {"usd_per_day": 1.0}})
@@ -593,15 +667,17 @@ async def test_a_worker_killed_mid_call_leaves_one_reservation_that_its_retry_se
             r = await asyncio.wait_for(handle.result(), timeout=90)
     assert (r.status, r.answer) == ("completed", "done")
     rows = await ledger.pool.fetch(
-        "select step, state, attempt, settled_attempts, settled_usd::float8 as usd"
+        "select step, state, attempt, settled_attempts, settled_usd::float8 as usd,"
+        " abandoned_attempts, charged_usd::float8 as charged, usd::float8 as estimate"
         " from stead_spend_reservations where workflow_id=$1", handle.id)
     cost = Price(input_usd_per_mtok=0.15, output_usd_per_mtok=0.60).cost(1000, 20)
-    assert [(x["state"], x["attempt"], x["settled_attempts"]) for x in rows] == [
-        ("settled", 2, [2])]
+    assert [(x["state"], x["attempt"], x["settled_attempts"], x["abandoned_attempts"])
+            for x in rows] == [("settled", 2, [2], [1])]
     assert rows[0]["usd"] == pytest.approx(cost)
+    assert rows[0]["charged"] == pytest.approx(rows[0]["estimate"]) and rows[0]["charged"] > 0
     (day,) = [w for w in await ledger.spend_usage(s.tenants.quotas, tenant=tenant)
               if w.window == "day"]
-    assert (day.spent_usd, day.reserved_usd) == (pytest.approx(cost), 0.0)
+    assert (day.spent_usd, day.reserved_usd) == (pytest.approx(cost + rows[0]["charged"]), 0.0)
 
 
 async def test_a_worker_whose_reservations_could_expire_mid_call_does_not_start(

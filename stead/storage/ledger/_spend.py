@@ -12,8 +12,16 @@ Each operation is one statement (one round trip): ``stead_reserve_spend`` and
 one tenant are decided one at a time, by every worker alike. A reservation is taken only when
 ``spent + live reservations + estimate <= cap`` holds in each capped window; two workers racing
 therefore cannot both pass a cap, and a window goes over its cap only by what calls cost beyond
-their estimates (the estimate assumes a full-length answer, so this is rare and small). A
-reservation lives ``ttl_seconds``: one whose worker died stops counting when it expires.
+their estimates (the estimate assumes a full-length answer, so this is rare and small).
+
+An attempt that reserved and was never settled nor released (its worker died mid-call: the
+provider may have answered, and billed it) is charged at its estimate (migration 0013): when a
+later attempt of the same call reserves, which then reserves its own estimate (refused if that
+would pass a cap), or, with no later attempt, once the reservation's ``ttl_seconds`` have
+passed — ``spend_usage`` reads it as spent from then, and the tenant's next reserve writes it
+into the window (lazily, under the tenant's lock: no sweep). If the abandoned attempt settles
+after all (a slow worker, not a dead one), its real cost replaces the estimate. A released
+attempt (the call failed cleanly) is charged nothing.
 """
 
 from __future__ import annotations
@@ -57,7 +65,11 @@ tenants as (
         union select unnest($2::text[])) everyone
     where $1::text is null)
 select t.tenant, k.kind, k.start as window_start, k.stop as window_end,
-       coalesce(s.spent_usd, 0)::float8 as spent_usd,
+       (coalesce(s.spent_usd, 0)
+        + coalesce((select sum(r.usd) from stead_spend_reservations r
+                    where r.tenant = t.tenant and r.state = 'reserved' and r.expires_at <= k.t
+                      and (case k.kind when 'day' then r.day_start else r.month_start end)
+                          = k.start), 0))::float8 as spent_usd,
        coalesce((select sum(r.usd) from stead_spend_reservations r
                  where r.tenant = t.tenant and r.state = 'reserved' and r.expires_at > k.t
                    and (case k.kind when 'day' then r.day_start else r.month_start end)
@@ -92,9 +104,10 @@ class Reservation:
     """What ``reserve_spend`` answered."""
 
     outcome: Literal["reserved", "held", "refused"]
-    """``reserved``: the estimate now counts against the windows; ``held``: an earlier attempt
-    of this call holds a live reservation, which this attempt goes on with (its expiry
-    renewed); ``refused``: ``window`` would pass its cap."""
+    """``reserved``: the estimate now counts against the windows (an earlier attempt of this
+    call that still held a reservation was charged at its estimate first); ``held``: this
+    attempt holds a live reservation already (a reserve re-sent after a dropped connection;
+    its expiry renewed); ``refused``: ``window`` would pass its cap."""
     window: WindowKind | None = None
     window_start: datetime | None = None
     spent_usd: float | None = None
@@ -122,7 +135,8 @@ class WindowUsage(BaseModel):
     resets_at: datetime
     """The window's end: UTC midnight, or the first of the next month."""
     spent_usd: float
-    """Settled cost of the model calls reserved in this window."""
+    """Settled cost of the model calls reserved in this window, plus the estimates of attempts
+    abandoned mid-call (never settled nor released)."""
     reserved_usd: float
     """Estimates held by calls in flight (live reservations)."""
     cap_usd: float | None
@@ -150,9 +164,10 @@ class LedgerSpend(LedgerBase):
     async def reserve_spend(self, tenant: str, key: SpendKey, *, usd: float,
                             caps: Mapping[WindowKind, float], ttl_seconds: float,
                             attempt: int = 1, on_wait: OnWait = None) -> Reservation:
-        """Hold ``usd`` for the call ``key`` in ``tenant``'s day and month windows, if every
-        window of ``caps`` stays within its cap with it; idempotent per ``key`` while the
-        reservation is live (see :class:`Reservation`)."""
+        """Hold ``usd`` for attempt ``attempt`` of the call ``key`` in ``tenant``'s day and
+        month windows, if every window of ``caps`` stays within its cap with it; idempotent per
+        ``key`` and attempt while the reservation is live. An earlier attempt that still holds
+        it (it died mid-call) is charged at its estimate first (see :class:`Reservation`)."""
         if usd < 0:
             raise ValueError(f"reserve_spend: usd must be >= 0, not {usd}")
 
@@ -168,7 +183,8 @@ class LedgerSpend(LedgerBase):
     async def settle_spend(self, key: SpendKey, *, usd: float, attempt: int = 1,
                            on_wait: OnWait = None) -> bool:
         """Attempt ``attempt`` of the call ``key`` cost ``usd``: end its reservation and add the
-        cost to the windows it was reserved in. False: nothing added (no reservation, or this
+        cost to the windows it was reserved in (for an attempt charged at its estimate as
+        abandoned: in place of the estimate). False: nothing added (no reservation, or this
         attempt was settled already)."""
 
         async def op(c: asyncpg.Connection) -> bool:
