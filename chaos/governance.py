@@ -268,7 +268,8 @@ class Governance:
                 "openai_model": MODEL, "model_prices": {MODEL: PRICE},
                 "tenant_quotas": {tenant_of(phase): self.quota(phase)},
                 "quota_reservation_ttl_seconds": RESERVATION_TTL,
-                "admission_recheck_seconds": RECHECK}
+                "admission_recheck_seconds": RECHECK,
+                "admission_recheck_max_seconds": RECHECK}
 
     def shape(self, phase: GovPhase, req: RunRequest, *, eligible: bool = True) -> RunRequest:
         """The request as governance has it: every fourth order as the phase's tenant, the

@@ -81,7 +81,10 @@ def test_a_small_rollout_keeps_pinned_runs_on_their_build(tmp_path: Path) -> Non
     doc = json.loads(out.read_text())
     assert doc["ok"] is True and doc["invariants"]["off_build"] == 0, doc["problems"]
     records = doc["records"]
-    assert records and {r["outcome"] for r in records} == {"completed"}
+    # A SIGKILL inside ship_parcel (not idempotent, no reconcile hook) escalates that run to
+    # a person by design; every other run completes.
+    outcomes = {r["outcome"] for r in records}
+    assert records and "completed" in outcomes and outcomes <= {"completed", "escalated"}
     before = [r for r in records if "after B was promoted" not in r["scenario"]]
     after = [r for r in records if "after B was promoted" in r["scenario"]]
     assert before and after

@@ -219,8 +219,9 @@ def _row_model(name: str) -> type[BaseModel]:
 def test_the_package_exports_what_callers_import() -> None:
     """``from stead.storage.ledger import ...`` keeps working for every name it exported before."""
     assert sorted(stead.storage.ledger.__all__) == [
-        "ABANDONED", "Claim", "Ledger", "STREAM_CHANNEL", "StreamKind", "StreamPiece",
-        "StreamRow", "TRANSIENT", "migrate", "retrying"]
+        "ABANDONED", "Claim", "Ledger", "Reservation", "STREAM_CHANNEL", "SpendKey",
+        "StreamKind", "StreamPiece", "StreamRow", "TRANSIENT", "WindowUsage", "migrate",
+        "retrying", "window_end"]
     assert all(getattr(stead.storage.ledger, n) is not None for n in stead.storage.ledger.__all__)
     assert stead.storage.blobs.retrying is stead.storage.ledger.retrying  # one helper, shared
 
