@@ -159,11 +159,13 @@ class ModelActivities:
             raise ApplicationError(message, type=err.kind, non_retryable=not err.retryable,
                                    next_retry_delay=err.retry_after) from None
         except Exception as err:
+            # Not the model's failure but ours (the ledger, the token stream, the blob store
+            # broke mid-call): the provider may well have answered and billed. The reservation
+            # stays live, so the retry charges this attempt at its estimate (or, with no
+            # retry, its expiry does): a money cap errs on the side of counting.
             await self._failed(req, info.attempt, client.name, started, err,
                                self._ledger.redactor.text(f"{type(err).__name__}: {err}"),
                                publisher)
-            if spend is not None:
-                await spend.release()
             raise
         except BaseException:
             # Cancelled: the next attempt restarts the message. The reservation goes (a run

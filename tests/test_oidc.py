@@ -300,6 +300,8 @@ async def test_each_bad_token_is_a_401_that_says_what_is_wrong(
                            public_pem), "signed with 'HS256'; tokens of"),
             "unmapped groups": (idp.token(claims=person(t, "everyone")), "none of the token"),
             "no exp": (idp.token(claims=who, omit=("exp",)), "lacks the 'exp' claim"),
+            "exp past any calendar": (idp.token(claims={**who, "exp": 10**20}),
+                                      "exp (100000000000000000000) is not a time"),
             "no iss, RS256": (idp.token(claims=who, omit=("iss",)), "lacks the 'iss' claim"),
             "no aud": (idp.token(claims=who, omit=("aud",)), "lacks the 'aud' claim"),
         }

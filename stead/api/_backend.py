@@ -179,7 +179,8 @@ class Backend:
         ledger = await self.ledger()
         recheck = self.settings.tenants.admission_recheck_seconds
         admissions = Admissions(ledger.pool, retry_seconds=ledger.retry_seconds)
-        verdict = await admissions.peek(tenant, quota, recheck_seconds=recheck)
+        verdict = await _no_tables(lambda: admissions.peek(tenant, quota,
+                                                           recheck_seconds=recheck))
         if verdict.verdict == "admitted":
             return
         retry = verdict.retry_after if verdict.retry_after is not None else recheck
@@ -190,7 +191,8 @@ class Backend:
         """The tenant's admission figures and caps (zero without a quota)."""
         quota = quota_for(self.settings.tenants.quotas, tenant)
         ledger = await self.ledger()
-        (usage,) = await Admissions(ledger.pool, retry_seconds=ledger.retry_seconds).usage([tenant])
+        admissions = Admissions(ledger.pool, retry_seconds=ledger.retry_seconds)
+        (usage,) = await _no_tables(lambda: admissions.usage([tenant]))
         return with_caps(usage, quota)
 
     async def runs(self, tenant: str, *, agent: str | None = None,
@@ -487,11 +489,13 @@ class Backend:
 
 
 async def _no_tables(op: Callable[[], Awaitable[T]]) -> T:
+    """``op``, with a ledger whose schema is older than this API (no worker of this version
+    has migrated it yet, as in a rollout) answered as the ledger being unavailable (503)."""
     try:
         return await op()
-    except asyncpg.UndefinedTableError as e:
-        raise LedgerError(f"the ledger has no tables yet ({e}); a worker creates them when it "
-                          f"starts") from None
+    except (asyncpg.UndefinedTableError, asyncpg.UndefinedFunctionError) as e:
+        raise LedgerError(f"the ledger has no such table or function yet ({e}); a worker of "
+                          f"this version creates them when it starts") from None
 
 
 def _refusal_status(reason: str) -> int:

@@ -349,10 +349,15 @@ def principal_of(claims: Mapping[str, Any], mapping: OidcClaims) -> Principal:
         approval_role = next((mapping.approval_roles[g] for g in groups
                               if g in mapping.approval_roles), None)
     exp = claims.get("exp")
+    if isinstance(exp, int | float):
+        try:
+            exp = datetime.fromtimestamp(exp, UTC)
+        except (OverflowError, ValueError, OSError):
+            raise TokenError(f"the token's exp ({exp!r}) is not a time") from None
     try:
         return Principal.model_validate({
             "sub": str(subject), "tenant": tenant, "roles": roles,
-            "exp": datetime.fromtimestamp(exp, UTC) if isinstance(exp, int | float) else exp,
+            "exp": exp,
             "approval_role": approval_role})
     except ValidationError as e:
         raise TokenError("the token's claims do not make a stead principal: " + "; ".join(

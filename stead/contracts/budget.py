@@ -26,7 +26,9 @@ person to raise the budget (a signal/update, audited), or go on with a cheaper m
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No inf or NaN: an infinite limit would serialise as null (no limit at all) on its way
+    # through Temporal, and NaN compares false with everything.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Price(_Strict):

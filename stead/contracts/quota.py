@@ -5,7 +5,8 @@
 
 A tenant's money is counted in windows kept in PostgreSQL (a UTC day and a UTC month), shared
 by every worker: each model call reserves its estimate against them before the model is
-called and settles to what it cost after (``stead.storage.quota``). Admission counts the
+called and settles to what it cost after (``Ledger.reserve_spend``/``settle_spend``,
+``stead.storage.ledger._spend``). Admission counts the
 tenant's runs in flight and its starts in the last minute; over either, a start waits its
 turn in the tenant's queue (``over_quota: queue``, the default) or is refused with the time
 after which to try again (``over_quota: refuse``: a 429 with ``Retry-After`` in the HTTP API).
