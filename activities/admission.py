@@ -11,13 +11,17 @@ run only its re-check interval, which backs off with its time in the queue (doub
 ``STEAD_ADMISSION_RECHECK_SECONDS`` up to ``STEAD_ADMISSION_RECHECK_MAX_SECONDS``), so a run
 queued for days keeps a bounded history. A queued run at the head of its tenant's queue that
 waited its interval out also looks for runs that hold a slot though they have closed
-(terminated, say, so they never released it) and frees those slots.
+(terminated, say, so they never released it) and frees those slots. So does a run that
+would be refused for the tenant's runs in flight (``over_quota: refuse``, where nothing ever
+queues to do it), at most once per re-check interval per tenant on this worker: else closed
+runs' slots would pile up and refuse the tenant for good.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Mapping
 
 from temporalio import activity
@@ -49,6 +53,7 @@ class AdmissionActivities:
         self._recheck = recheck_seconds
         self._recheck_max = recheck_max_seconds
         self._metrics = metrics
+        self._swept: dict[str, float] = {}  # tenant -> when a refusal last freed closed slots
 
     def _quota(self, tenant: str) -> TenantQuota | None:
         quota = quota_for(self._quotas, tenant)
@@ -67,6 +72,11 @@ class AdmissionActivities:
                                                                               woken):
             verdict, more = await self._decide(ask, quota)
             woken += more
+        elif verdict.verdict == "refused" and verdict.limit == "runs_in_flight" and \
+                self._may_sweep(ask.ref.tenant) and await self._free_closed(ask.ref, quota,
+                                                                            woken):
+            verdict, more = await self._decide(ask, quota)
+            woken += more
         await self._wake(ask.ref.tenant, quota, woken)
         self._metrics.admission(tenant=ask.ref.tenant, verdict=verdict.verdict,
                                 was_queued=ask.waited)
@@ -81,6 +91,16 @@ class AdmissionActivities:
                 wait = min(wait, verdict.retry_after)
             verdict = verdict.model_copy(update={"wait_seconds": wait})
         return verdict
+
+    def _may_sweep(self, tenant: str) -> bool:
+        """Whether a refusal may look for closed runs' slots now: once per re-check interval
+        per tenant (each look describes every run holding a slot)."""
+        now = time.monotonic()
+        last = self._swept.get(tenant)
+        if last is not None and now - last < self._recheck:
+            return False
+        self._swept[tenant] = now
+        return True
 
     async def _decide(self, ask: AdmitRun, quota: TenantQuota) -> tuple[Admission, list[Woken]]:
         return await self._admissions.admit(ask, quota, recheck_seconds=self._recheck,

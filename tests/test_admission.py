@@ -393,6 +393,24 @@ async def test_a_terminated_run_that_held_a_slot_is_found_and_its_slot_freed(
         assert (await queued.result()).status == "completed"
 
 
+async def test_a_refusing_tenant_whose_slot_a_terminated_run_holds_admits_the_next_run(
+        settings: Settings, catalog: AgentCatalog) -> None:
+    """With ``over_quota: refuse`` nothing queues, so no queued run frees closed runs' slots;
+    the refusal itself looks for them (once per re-check interval) and decides again."""
+    tenant = _tenant()
+    settings = _quotas(settings, {tenant: {"runs_in_flight": 1, "over_quota": "refuse"}},
+                       recheck=3600)
+    model = GatedModel()
+    async with _worker(settings, catalog, model) as client:
+        holder = await _start(client, settings, tenant, "holder")
+        await model.called("holder")
+        await holder.terminate("an operator's mistake")  # its slot is never released
+        after = await _start(client, settings, tenant, "after")
+        await model.called("after")
+        model.open_all()
+        assert (await after.result()).status == "completed"
+
+
 async def test_a_cancelled_running_run_gives_its_slot_to_the_next(
         settings: Settings, catalog: AgentCatalog) -> None:
     tenant = _tenant()
