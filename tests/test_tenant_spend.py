@@ -628,6 +628,39 @@ async def test_the_activity_reserves_the_workflows_estimate_and_charges_it_witho
     assert "resets at " in err.message and "-01 00:00 UTC" in err.message
 
 
+async def test_a_cancelled_call_is_charged_its_estimate_not_released(
+        ledger: Ledger, catalog: AgentCatalog) -> None:
+    """A call cancelled while the model answers (the run cancelled mid-stream, a worker's
+    graceful shutdown) has usually been billed in part: it is settled at its estimate, so the
+    window counts it, rather than released for nothing."""
+    tenant = _tenant()
+    asked = asyncio.Event()
+
+    class Hanging(ScriptedModel):
+        async def complete(self, messages: Sequence[Message],
+                           tools: Sequence[ToolSchema]) -> ModelTurn:
+            asked.set()
+            await asyncio.Event().wait()
+            raise AssertionError("never answers")
+    acts = ModelActivities(catalog, ledger, model=Hanging([ModelTurn(content="x")]),
+                           quotas={tenant: TenantQuota(usd_per_month=1.0)}, stream=False)
+    req = ModelRequest(ref=RunRef(workflow_id=f"wf-{tenant}", run_id="r1", agent="ops",
+                                  tenant=tenant, step=1),
+                       messages=[Message(role="user", content="hello")], tools=[],
+                       price=Price(input_usd_per_mtok=1.0, output_usd_per_mtok=2.0),
+                       estimate=Spend(usd=0.04, model_calls=1))
+    task = asyncio.create_task(ActivityEnvironment().run(acts.complete, req))
+    await asyncio.wait_for(asked.wait(), 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    (row,) = await ledger.pool.fetch(
+        "select state, settled_usd::float8 as settled from stead_spend_reservations"
+        " where tenant=$1", tenant)
+    assert (row["state"], row["settled"]) == ("settled", pytest.approx(0.04))
+    assert await _window(ledger, tenant, "month") == (pytest.approx(0.04), 0.0)
+
+
 async def test_a_worker_killed_mid_call_is_charged_its_estimate_and_its_retry_its_cost(
         settings: Settings, monkeypatch: pytest.MonkeyPatch, ledger: Ledger,
         tmp_path: Path) -> None:
