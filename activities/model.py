@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
@@ -136,7 +137,7 @@ class ModelActivities:
         await self._ledger.append_decisions(req.decisions, on_wait=activity.heartbeat)
         self._tracing.decisions(req.decisions)
         messages = await self._transcript(req)
-        spend = await self._reserve(req, client, info.attempt)
+        spend = await self._reserve(req, client, _spend_attempt(info))
         publisher = TurnPublisher(self._ledger, req.ref, attempt=info.attempt,
                                   fallback=req.fallback)
         started = time.perf_counter()
@@ -377,6 +378,21 @@ class _Spend:
         except Exception as err:
             log.warning("reservation of %s not released (it holds until it expires): %s",
                         self._key, err)
+
+
+def _spend_attempt(info: activity.Info) -> int:
+    """What the call's reservation knows this attempt by. An activity's own attempt number,
+    except for a local activity (``execution.local_model_calls``): its attempts restart at 1
+    when the workflow task is retried on another worker after a crash, so a dead attempt that
+    reserved would be taken for this one ("held", never charged) and a re-run after a
+    settled attempt would have its settle dropped. There a nonce of this execution stands in
+    (at or above 2**16, so never an attempt number; a clash of two is one in ~2**31)."""
+    if not info.is_local:
+        return info.attempt
+    return _NONCE_FLOOR + secrets.randbelow(2**31 - 1 - _NONCE_FLOOR)
+
+
+_NONCE_FLOOR = 2**16
 
 
 def _refusal(tenant: str, got: Reservation, usd: float) -> str:

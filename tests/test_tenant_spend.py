@@ -5,6 +5,7 @@ the model activity refuses a call over its tenant's window before the model is c
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
 import uuid
@@ -659,6 +660,32 @@ async def test_a_cancelled_call_is_charged_its_estimate_not_released(
         " where tenant=$1", tenant)
     assert (row["state"], row["settled"]) == ("settled", pytest.approx(0.04))
     assert await _window(ledger, tenant, "month") == (pytest.approx(0.04), 0.0)
+
+
+async def test_local_model_calls_whose_attempts_restart_are_each_counted(
+        ledger: Ledger, catalog: AgentCatalog) -> None:
+    """A local activity's attempts restart at 1 when its workflow task runs again on another
+    worker after a crash: each execution is known to its reservation by a nonce of its own, so
+    a dead one that reserved is charged its estimate by the re-run, and a re-run after a
+    settled one has its own settle counted too."""
+    tenant = _tenant()
+    answer = ModelTurn(content="hi", usage=Usage(input_tokens=1000, output_tokens=0))
+    acts = ModelActivities(catalog, ledger, model=ScriptedModel([answer] * 3),
+                           quotas={tenant: TenantQuota(usd_per_month=1.0)}, stream=False)
+    price = Price(input_usd_per_mtok=10.0, output_usd_per_mtok=10.0)
+    req = ModelRequest(ref=RunRef(workflow_id=f"wf-{tenant}", run_id="r1", agent="ops",
+                                  tenant=tenant, step=1),
+                       messages=[Message(role="user", content="hello")], tools=[],
+                       price=price, estimate=Spend(usd=0.05, model_calls=1))
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, is_local=True, attempt=1)
+    # A dead execution's attempt 1 reserved and never came back.
+    dead = await ledger.reserve_spend(tenant, SpendKey.of(req.ref), usd=0.05,
+                                      caps={"month": 1.0}, ttl_seconds=TTL, attempt=1)
+    assert dead.outcome == "reserved"
+    await env.run(acts.complete, req)  # the re-run, attempt 1 again
+    await env.run(acts.complete, req)  # and again after that one settled
+    assert await _window(ledger, tenant, "month") == (pytest.approx(0.05 + 0.01 + 0.01), 0.0)
 
 
 async def test_a_worker_killed_mid_call_is_charged_its_estimate_and_its_retry_its_cost(
