@@ -68,13 +68,13 @@ class AdmissionActivities:
             return Admission(verdict="admitted")
         verdict, woken = await self._decide(ask, quota)
         if verdict.verdict == "queued" and ask.waited and verdict.position == 0 and \
-                verdict.limit == "runs_in_flight" and await self._free_closed(ask.ref, quota,
-                                                                              woken):
+                verdict.limit == "runs_in_flight" and await self._free_closed(
+                    ask.ref.tenant, quota, woken, taker=ask.ref.workflow_id):
             verdict, more = await self._decide(ask, quota)
             woken += more
         elif verdict.verdict == "refused" and verdict.limit == "runs_in_flight" and \
-                self._may_sweep(ask.ref.tenant) and await self._free_closed(ask.ref, quota,
-                                                                            woken):
+                self._may_sweep(ask.ref.tenant) and await self._free_closed(
+                    ask.ref.tenant, quota, woken, taker=ask.ref.workflow_id):
             verdict, more = await self._decide(ask, quota)
             woken += more
         await self._wake(ask.ref.tenant, quota, woken)
@@ -131,11 +131,24 @@ class AdmissionActivities:
                 log.info("admitted run %s has closed; its slot goes to the next", run.workflow_id)
                 woken += await self._admissions.release(self._ref(tenant, run), quota)
 
-    async def _free_closed(self, ref: RunRef, quota: TenantQuota, woken: list[Woken]) -> bool:
+    async def free_closed_slots(self, tenant: str) -> bool:
+        """For the HTTP API's 429 (``over_quota: refuse``), which would else refuse the tenant
+        for good once closed runs hold its slots: free those slots, at most once per re-check
+        interval per tenant; True if any was freed (the queued runs that took them are woken)."""
+        quota = self._quota(tenant)
+        if quota is None or not self._may_sweep(tenant):
+            return False
+        woken: list[Woken] = []
+        freed = await self._free_closed(tenant, quota, woken)
+        await self._wake(tenant, quota, woken)
+        return freed
+
+    async def _free_closed(self, tenant: str, quota: TenantQuota, woken: list[Woken], *,
+                           taker: str | None = None) -> bool:
         """Release the slots of the tenant's admitted runs that have closed (True if any);
-        the runs that took them, but ``ref``'s, join ``woken``."""
+        the runs that took them, but ``taker`` (the asking run's workflow id), join ``woken``."""
         freed = False
-        for run in await self._admissions.admitted(ref.tenant):
+        for run in await self._admissions.admitted(tenant):
             try:
                 desc = await self._client.get_workflow_handle(run.workflow_id).describe()
                 closed = desc.status not in (None, WorkflowExecutionStatus.RUNNING) or \
@@ -147,9 +160,9 @@ class AdmissionActivities:
                 closed = True
             if closed:
                 log.warning("run %s of tenant %s closed without giving its slot back; freed",
-                            run.workflow_id, ref.tenant)
+                            run.workflow_id, tenant)
                 woken += [w for w in await self._admissions.release(
-                    self._ref(ref.tenant, run), quota) if w.workflow_id != ref.workflow_id]
+                    self._ref(tenant, run), quota) if w.workflow_id != taker]
                 freed = True
         return freed
 
