@@ -169,11 +169,10 @@ class ModelActivities:
         except BaseException:
             # Cancelled (the run cancelled mid-stream, a worker's graceful shutdown): the next
             # attempt restarts the message. The provider has usually billed part of the call
-            # and nobody will say what, so, as for an abandoned attempt (migration 0013), it is
-            # charged at its estimate now rather than held for the TTL; a retry reserves again.
+            # and nobody will say what, so the reservation is left live, as a dead attempt's
+            # is: it is charged at its estimate (migration 0013) when a retry reserves, or
+            # once it expires. Releasing it would charge nothing.
             await publisher.cancel()
-            if spend is not None:
-                await spend.charge_estimate(timeout=5)
             raise
         if spend is not None:
             await spend.settle(turn.usage)  # billed, even if the answer is refused below
@@ -336,8 +335,8 @@ def check_reservation_ttl(settings: Settings, chains: Iterable[ModelEndpoint]) -
 
 
 class _Spend:
-    """One call's live reservation: settled to the reported usage (at its estimate if the
-    call was cancelled), or released (the call failed)."""
+    """One call's live reservation: settled to the reported usage, or released (the call
+    failed); a cancelled call leaves it live, to be charged at its estimate."""
 
     def __init__(self, ledger: Ledger, metrics: SteadMetrics, key: SpendKey, tenant: str,
                  attempt: int, price: Price | None, estimate_usd: float) -> None:
@@ -354,19 +353,6 @@ class _Spend:
         await self._ledger.settle_spend(self._key, usd=usd, attempt=self._attempt,
                                         on_wait=activity.heartbeat)
         self._metrics.tenant_spend(tenant=self._tenant, usd=usd)
-
-    async def charge_estimate(self, *, timeout: float | None = None) -> None:
-        """The call was cancelled mid-way: settled at its estimate (a money cap errs on the
-        side of counting). Never raises: a settle that does not get through leaves the
-        reservation live, and the abandoned-attempt path charges the same estimate."""
-        try:
-            await asyncio.wait_for(self._ledger.settle_spend(
-                self._key, usd=self._estimate, attempt=self._attempt,
-                on_wait=activity.heartbeat), timeout)
-            self._metrics.tenant_spend(tenant=self._tenant, usd=self._estimate)
-        except Exception as err:
-            log.warning("cancelled call %s not settled at its estimate (charged so when its "
-                        "reservation is taken for abandoned): %s", self._key, err)
 
     async def release(self, *, timeout: float | None = None) -> None:
         """The call failed: its estimate stops counting (the retry reserves again). Never

@@ -632,23 +632,25 @@ async def test_the_activity_reserves_the_workflows_estimate_and_charges_it_witho
 async def test_a_cancelled_call_is_charged_its_estimate_not_released(
         ledger: Ledger, catalog: AgentCatalog) -> None:
     """A call cancelled while the model answers (the run cancelled mid-stream, a worker's
-    graceful shutdown) has usually been billed in part: it is settled at its estimate, so the
-    window counts it, rather than released for nothing."""
+    graceful shutdown) has usually been billed in part: its reservation stays live, as a dead
+    attempt's does, and the retry charges it at its estimate beside its own cost."""
     tenant = _tenant()
     asked = asyncio.Event()
+    answer = ModelTurn(content="hi", usage=Usage(input_tokens=1000, output_tokens=0))
 
-    class Hanging(ScriptedModel):
+    class HangsOnce(ScriptedModel):
         async def complete(self, messages: Sequence[Message],
                            tools: Sequence[ToolSchema]) -> ModelTurn:
-            asked.set()
-            await asyncio.Event().wait()
-            raise AssertionError("never answers")
-    acts = ModelActivities(catalog, ledger, model=Hanging([ModelTurn(content="x")]),
+            if not asked.is_set():
+                asked.set()
+                await asyncio.Event().wait()
+            return await super().complete(messages, tools)
+    acts = ModelActivities(catalog, ledger, model=HangsOnce([answer]),
                            quotas={tenant: TenantQuota(usd_per_month=1.0)}, stream=False)
     req = ModelRequest(ref=RunRef(workflow_id=f"wf-{tenant}", run_id="r1", agent="ops",
                                   tenant=tenant, step=1),
                        messages=[Message(role="user", content="hello")], tools=[],
-                       price=Price(input_usd_per_mtok=1.0, output_usd_per_mtok=2.0),
+                       price=Price(input_usd_per_mtok=10.0, output_usd_per_mtok=10.0),
                        estimate=Spend(usd=0.04, model_calls=1))
     task = asyncio.create_task(ActivityEnvironment().run(acts.complete, req))
     await asyncio.wait_for(asked.wait(), 10)
@@ -656,10 +658,12 @@ async def test_a_cancelled_call_is_charged_its_estimate_not_released(
     with pytest.raises(asyncio.CancelledError):
         await task
     (row,) = await ledger.pool.fetch(
-        "select state, settled_usd::float8 as settled from stead_spend_reservations"
-        " where tenant=$1", tenant)
-    assert (row["state"], row["settled"]) == ("settled", pytest.approx(0.04))
-    assert await _window(ledger, tenant, "month") == (pytest.approx(0.04), 0.0)
+        "select state, attempt from stead_spend_reservations where tenant=$1", tenant)
+    assert (row["state"], row["attempt"]) == ("reserved", 1)  # not released
+    retry = ActivityEnvironment()
+    retry.info = dataclasses.replace(retry.info, attempt=2)
+    await retry.run(acts.complete, req)
+    assert await _window(ledger, tenant, "month") == (pytest.approx(0.04 + 0.01), 0.0)
 
 
 async def test_local_model_calls_whose_attempts_restart_are_each_counted(
