@@ -11,13 +11,17 @@ run only its re-check interval, which backs off with its time in the queue (doub
 ``STEAD_ADMISSION_RECHECK_SECONDS`` up to ``STEAD_ADMISSION_RECHECK_MAX_SECONDS``), so a run
 queued for days keeps a bounded history. A queued run at the head of its tenant's queue that
 waited its interval out also looks for runs that hold a slot though they have closed
-(terminated, say, so they never released it) and frees those slots.
+(terminated, say, so they never released it) and frees those slots. So does a run that
+would be refused for the tenant's runs in flight (``over_quota: refuse``, where nothing ever
+queues to do it), at most once per re-check interval per tenant on this worker: else closed
+runs' slots would pile up and refuse the tenant for good.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Mapping
 
 from temporalio import activity
@@ -49,6 +53,7 @@ class AdmissionActivities:
         self._recheck = recheck_seconds
         self._recheck_max = recheck_max_seconds
         self._metrics = metrics
+        self._swept: dict[str, float] = {}  # tenant -> when a refusal last freed closed slots
 
     def _quota(self, tenant: str) -> TenantQuota | None:
         quota = quota_for(self._quotas, tenant)
@@ -63,8 +68,13 @@ class AdmissionActivities:
             return Admission(verdict="admitted")
         verdict, woken = await self._decide(ask, quota)
         if verdict.verdict == "queued" and ask.waited and verdict.position == 0 and \
-                verdict.limit == "runs_in_flight" and await self._free_closed(ask.ref, quota,
-                                                                              woken):
+                verdict.limit == "runs_in_flight" and await self._free_closed(
+                    ask.ref.tenant, quota, woken, taker=ask.ref.workflow_id):
+            verdict, more = await self._decide(ask, quota)
+            woken += more
+        elif verdict.verdict == "refused" and verdict.limit == "runs_in_flight" and \
+                self._may_sweep(ask.ref.tenant) and await self._free_closed(
+                    ask.ref.tenant, quota, woken, taker=ask.ref.workflow_id):
             verdict, more = await self._decide(ask, quota)
             woken += more
         await self._wake(ask.ref.tenant, quota, woken)
@@ -81,6 +91,16 @@ class AdmissionActivities:
                 wait = min(wait, verdict.retry_after)
             verdict = verdict.model_copy(update={"wait_seconds": wait})
         return verdict
+
+    def _may_sweep(self, tenant: str) -> bool:
+        """Whether a refusal may look for closed runs' slots now: once per re-check interval
+        per tenant (each look describes every run holding a slot)."""
+        now = time.monotonic()
+        last = self._swept.get(tenant)
+        if last is not None and now - last < self._recheck:
+            return False
+        self._swept[tenant] = now
+        return True
 
     async def _decide(self, ask: AdmitRun, quota: TenantQuota) -> tuple[Admission, list[Woken]]:
         return await self._admissions.admit(ask, quota, recheck_seconds=self._recheck,
@@ -111,11 +131,24 @@ class AdmissionActivities:
                 log.info("admitted run %s has closed; its slot goes to the next", run.workflow_id)
                 woken += await self._admissions.release(self._ref(tenant, run), quota)
 
-    async def _free_closed(self, ref: RunRef, quota: TenantQuota, woken: list[Woken]) -> bool:
+    async def free_closed_slots(self, tenant: str) -> bool:
+        """For the HTTP API's 429 (``over_quota: refuse``), which would else refuse the tenant
+        for good once closed runs hold its slots: free those slots, at most once per re-check
+        interval per tenant; True if any was freed (the queued runs that took them are woken)."""
+        quota = self._quota(tenant)
+        if quota is None or not self._may_sweep(tenant):
+            return False
+        woken: list[Woken] = []
+        freed = await self._free_closed(tenant, quota, woken)
+        await self._wake(tenant, quota, woken)
+        return freed
+
+    async def _free_closed(self, tenant: str, quota: TenantQuota, woken: list[Woken], *,
+                           taker: str | None = None) -> bool:
         """Release the slots of the tenant's admitted runs that have closed (True if any);
-        the runs that took them, but ``ref``'s, join ``woken``."""
+        the runs that took them, but ``taker`` (the asking run's workflow id), join ``woken``."""
         freed = False
-        for run in await self._admissions.admitted(ref.tenant):
+        for run in await self._admissions.admitted(tenant):
             try:
                 desc = await self._client.get_workflow_handle(run.workflow_id).describe()
                 closed = desc.status not in (None, WorkflowExecutionStatus.RUNNING) or \
@@ -127,9 +160,9 @@ class AdmissionActivities:
                 closed = True
             if closed:
                 log.warning("run %s of tenant %s closed without giving its slot back; freed",
-                            run.workflow_id, ref.tenant)
+                            run.workflow_id, tenant)
                 woken += [w for w in await self._admissions.release(
-                    self._ref(ref.tenant, run), quota) if w.workflow_id != ref.workflow_id]
+                    self._ref(tenant, run), quota) if w.workflow_id != taker]
                 freed = True
         return freed
 

@@ -6,14 +6,16 @@ When the run's tenant has spending windows (``STEAD_TENANT_QUOTAS``: ``usd_per_d
 ``usd_per_month``), the call's estimate is reserved against them before the model is called
 (committed first: the write-ahead rule), settled to what the call cost after it answered, and
 released when it failed; a call that would pass a window's cap is refused, non-retryable
-(``TenantBudgetExceeded``). An attempt that died in between (never settled nor released) is
-charged at its estimate when the retry reserves (``stead.storage.ledger._spend``). A tenant
+(``TenantBudgetExceeded``). An attempt that died or was cancelled in between (never settled
+nor released) is charged at its estimate when the retry reserves, or once its reservation
+expires (``stead.storage.ledger._spend``). A tenant
 without windows costs no extra round trip."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
@@ -136,7 +138,7 @@ class ModelActivities:
         await self._ledger.append_decisions(req.decisions, on_wait=activity.heartbeat)
         self._tracing.decisions(req.decisions)
         messages = await self._transcript(req)
-        spend = await self._reserve(req, client, info.attempt)
+        spend = await self._reserve(req, client, _spend_attempt(info))
         publisher = TurnPublisher(self._ledger, req.ref, attempt=info.attempt,
                                   fallback=req.fallback)
         started = time.perf_counter()
@@ -168,11 +170,12 @@ class ModelActivities:
                                publisher)
             raise
         except BaseException:
-            # Cancelled: the next attempt restarts the message. The reservation goes (a run
-            # cancelled must not hold its tenant's money for the TTL); a retry reserves again.
+            # Cancelled (the run cancelled mid-stream, a worker's graceful shutdown): the next
+            # attempt restarts the message. The provider has usually billed part of the call
+            # and nobody will say what, so the reservation is left live, as a dead attempt's
+            # is: it is charged at its estimate (migration 0013) when a retry reserves, or
+            # once it expires. Releasing it would charge nothing.
             await publisher.cancel()
-            if spend is not None:
-                await spend.release(timeout=5)
             raise
         if spend is not None:
             await spend.settle(turn.usage)  # billed, even if the answer is refused below
@@ -335,7 +338,8 @@ def check_reservation_ttl(settings: Settings, chains: Iterable[ModelEndpoint]) -
 
 
 class _Spend:
-    """One call's live reservation: settled to the reported usage, or released."""
+    """One call's live reservation: settled to the reported usage, or released (the call
+    failed); a cancelled call leaves it live, to be charged at its estimate."""
 
     def __init__(self, ledger: Ledger, metrics: SteadMetrics, key: SpendKey, tenant: str,
                  attempt: int, price: Price | None, estimate_usd: float) -> None:
@@ -363,6 +367,21 @@ class _Spend:
         except Exception as err:
             log.warning("reservation of %s not released (it holds until it expires): %s",
                         self._key, err)
+
+
+def _spend_attempt(info: activity.Info) -> int:
+    """What the call's reservation knows this attempt by. An activity's own attempt number,
+    except for a local activity (``execution.local_model_calls``): its attempts restart at 1
+    when the workflow task is retried on another worker after a crash, so a dead attempt that
+    reserved would be taken for this one ("held", never charged) and a re-run after a
+    settled attempt would have its settle dropped. There a nonce of this execution stands in
+    (at or above 2**16, so never an attempt number; a clash of two is one in ~2**31)."""
+    if not info.is_local:
+        return info.attempt
+    return _NONCE_FLOOR + secrets.randbelow(2**31 - 1 - _NONCE_FLOOR)
+
+
+_NONCE_FLOOR = 2**16
 
 
 def _refusal(tenant: str, got: Reservation, usd: float) -> str:

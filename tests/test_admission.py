@@ -334,6 +334,33 @@ async def test_the_api_answers_429_with_retry_after_and_shows_the_quota(
         await app.state.backend.close()
 
 
+async def test_the_api_frees_a_terminated_runs_slot_instead_of_answering_429_for_good(
+        settings: Settings, catalog: AgentCatalog) -> None:
+    """The API's 429 check of a refusing tenant looks for closed runs holding its slots (once
+    per re-check interval), as the run's own admission does: a terminated holder's slot goes."""
+    tenant = _tenant()
+    settings = _quotas(settings.replace(api_secret=SecretStr(SECRET)),
+                       {tenant: {"runs_in_flight": 1, "over_quota": "refuse"}}, recheck=3600)
+    model = GatedModel()
+    async with _worker(settings, catalog, model) as client:
+        app = create_app(settings, client=client)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://api") as http:
+            r = await http.post("/v1/runs", json={"agent": "ops", "input": "holder"},
+                                headers=_auth(tenant))
+            assert r.status_code == 201, r.text
+            await model.called("holder")
+            await client.get_workflow_handle(r.json()["workflow_id"]).terminate("a mistake")
+            r = await http.post("/v1/runs", json={"agent": "ops", "input": "after"},
+                                headers=_auth(tenant))
+            assert r.status_code == 201, r.text
+            await model.called("after")
+            model.open_all()
+            after = client.get_workflow_handle(r.json()["workflow_id"], result_type=RunResult)
+            assert (await after.result()).status == "completed"
+        await app.state.backend.close()
+
+
 async def test_stead_quota_shows_each_tenants_figures_and_caps(
         settings: Settings, ledger: Ledger) -> None:
     tenant, idle = _tenant(), _tenant()
@@ -391,6 +418,24 @@ async def test_a_terminated_run_that_held_a_slot_is_found_and_its_slot_freed(
         await model.called("next")
         model.open_all()
         assert (await queued.result()).status == "completed"
+
+
+async def test_a_refusing_tenant_whose_slot_a_terminated_run_holds_admits_the_next_run(
+        settings: Settings, catalog: AgentCatalog) -> None:
+    """With ``over_quota: refuse`` nothing queues, so no queued run frees closed runs' slots;
+    the refusal itself looks for them (once per re-check interval) and decides again."""
+    tenant = _tenant()
+    settings = _quotas(settings, {tenant: {"runs_in_flight": 1, "over_quota": "refuse"}},
+                       recheck=3600)
+    model = GatedModel()
+    async with _worker(settings, catalog, model) as client:
+        holder = await _start(client, settings, tenant, "holder")
+        await model.called("holder")
+        await holder.terminate("an operator's mistake")  # its slot is never released
+        after = await _start(client, settings, tenant, "after")
+        await model.called("after")
+        model.open_all()
+        assert (await after.result()).status == "completed"
 
 
 async def test_a_cancelled_running_run_gives_its_slot_to_the_next(

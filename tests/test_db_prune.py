@@ -1,7 +1,8 @@
 """``stead db prune``: the owner removes the tenant rows workers leave behind and cannot delete.
 
-What this pins: spend reservations that no longer count (settled, released, expired) and are
-older than ``--older-than`` go; a live reservation, however old, and a recent settled one stay;
+What this pins: spend reservations whose money is in the windows (settled, released,
+abandoned) and are older than ``--older-than`` go; a live reservation, however old, an expired
+one not yet charged (its tenant idle since), and a recent settled one stay;
 ended runs' admission rows go once their minute has passed, queued and admitted ones stay; the
 worker role itself cannot delete reservations (why this is an owner's command)."""
 
@@ -47,6 +48,8 @@ async def test_prune_removes_only_rows_that_no_longer_count_and_are_old(
                        expires_in_seconds=-8 * 86400)
     await _reservation(ledger, tenant, "old-expired", "reserved", reserved_days_ago=8,
                        expires_in_seconds=-8 * 86400)
+    await _reservation(ledger, tenant, "old-abandoned", "abandoned", reserved_days_ago=8,
+                       expires_in_seconds=-8 * 86400)
     await _reservation(ledger, tenant, "old-live", "reserved", reserved_days_ago=8,
                        expires_in_seconds=600)
     await _reservation(ledger, tenant, "new-settled", "settled", reserved_days_ago=1,
@@ -64,7 +67,7 @@ async def test_prune_removes_only_rows_that_no_longer_count_and_are_old(
 
     left = {r["workflow_id"].removeprefix(f"{tenant}-") for r in await ledger.pool.fetch(
         "select workflow_id from stead_spend_reservations where tenant = $1", tenant)}
-    assert left == {"old-live", "new-settled"}
+    assert left == {"old-live", "old-expired", "new-settled"}
     left = {r["workflow_id"].removeprefix(f"{tenant}-") for r in await ledger.pool.fetch(
         "select workflow_id from stead_admissions where tenant = $1", tenant)}
     assert left == {"ended-new", "admitted", "queued"}
@@ -74,9 +77,32 @@ async def test_prune_removes_only_rows_that_no_longer_count_and_are_old(
     assert table.out.startswith("pruned ") and "spend reservations" in table.out
     left = {r["workflow_id"].removeprefix(f"{tenant}-") for r in await ledger.pool.fetch(
         "select workflow_id from stead_spend_reservations where tenant = $1", tenant)}
-    assert left == {"old-live"}  # the settled one of a day ago is older than 1d by now
+    # the settled one of a day ago is older than 1d by now
+    assert left == {"old-live", "old-expired"}
     bad = await stead("db", "prune", "--older-than", "soon", env=env)
     assert bad.code == 2 and "--older-than" in bad.err
+
+
+async def test_an_idle_tenants_expired_reservation_survives_prune_and_counts_in_its_month(
+        settings: Settings, stack: EmbeddedStack, ledger: Ledger) -> None:
+    """Migration 0013 charges an expired, unsettled reservation to its windows only at its
+    tenant's next reserve; a tenant that never calls again has it nowhere else, so pruning it
+    would drop that money from the month for good."""
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    await ledger.pool.execute(
+        "insert into stead_spend_reservations (workflow_id, run_id, step, tenant, usd, "
+        " day_start, month_start, state, attempt, expires_at, reserved_at) values "
+        "($1, 'r', 1, $1, 0.25, date_trunc('day', now() at time zone 'UTC') at time zone 'UTC',"
+        " date_trunc('month', now() at time zone 'UTC') at time zone 'UTC', 'reserved', 1, "
+        " clock_timestamp() - interval '1 hour', clock_timestamp() - interval '2 hours')",
+        tenant)
+    env = cli_env(settings, STEAD_MIGRATE_DATABASE_URL=stack.database_url)
+    done = await stead("db", "prune", "--older-than", "30m", "--json", env=env)
+    assert done.code == 0, done.err
+    assert await ledger.pool.fetchval(
+        "select count(*) from stead_spend_reservations where tenant = $1", tenant) == 1
+    month = [w for w in await ledger.spend_usage({}, tenant=tenant) if w.window == "month"]
+    assert len(month) == 1 and month[0].spent_usd == pytest.approx(0.25)
 
 
 async def test_the_worker_role_cannot_delete_reservations(settings: Settings) -> None:

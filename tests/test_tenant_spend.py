@@ -5,6 +5,7 @@ the model activity refuses a call over its tenant's window before the model is c
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
 import uuid
@@ -626,6 +627,69 @@ async def test_the_activity_reserves_the_workflows_estimate_and_charges_it_witho
     assert "$0.0300 spent and $0.0000 reserved" in err.message
     assert "$0.0500 cap" in err.message and "estimated at $0.0250" in err.message
     assert "resets at " in err.message and "-01 00:00 UTC" in err.message
+
+
+async def test_a_cancelled_call_is_charged_its_estimate_not_released(
+        ledger: Ledger, catalog: AgentCatalog) -> None:
+    """A call cancelled while the model answers (the run cancelled mid-stream, a worker's
+    graceful shutdown) has usually been billed in part: its reservation stays live, as a dead
+    attempt's does, and the retry charges it at its estimate beside its own cost."""
+    tenant = _tenant()
+    asked = asyncio.Event()
+    answer = ModelTurn(content="hi", usage=Usage(input_tokens=1000, output_tokens=0))
+
+    class HangsOnce(ScriptedModel):
+        async def complete(self, messages: Sequence[Message],
+                           tools: Sequence[ToolSchema]) -> ModelTurn:
+            if not asked.is_set():
+                asked.set()
+                await asyncio.Event().wait()
+            return await super().complete(messages, tools)
+    acts = ModelActivities(catalog, ledger, model=HangsOnce([answer]),
+                           quotas={tenant: TenantQuota(usd_per_month=1.0)}, stream=False)
+    req = ModelRequest(ref=RunRef(workflow_id=f"wf-{tenant}", run_id="r1", agent="ops",
+                                  tenant=tenant, step=1),
+                       messages=[Message(role="user", content="hello")], tools=[],
+                       price=Price(input_usd_per_mtok=10.0, output_usd_per_mtok=10.0),
+                       estimate=Spend(usd=0.04, model_calls=1))
+    task = asyncio.create_task(ActivityEnvironment().run(acts.complete, req))
+    await asyncio.wait_for(asked.wait(), 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    (row,) = await ledger.pool.fetch(
+        "select state, attempt from stead_spend_reservations where tenant=$1", tenant)
+    assert (row["state"], row["attempt"]) == ("reserved", 1)  # not released
+    retry = ActivityEnvironment()
+    retry.info = dataclasses.replace(retry.info, attempt=2)
+    await retry.run(acts.complete, req)
+    assert await _window(ledger, tenant, "month") == (pytest.approx(0.04 + 0.01), 0.0)
+
+
+async def test_local_model_calls_whose_attempts_restart_are_each_counted(
+        ledger: Ledger, catalog: AgentCatalog) -> None:
+    """A local activity's attempts restart at 1 when its workflow task runs again on another
+    worker after a crash: each execution is known to its reservation by a nonce of its own, so
+    a dead one that reserved is charged its estimate by the re-run, and a re-run after a
+    settled one has its own settle counted too."""
+    tenant = _tenant()
+    answer = ModelTurn(content="hi", usage=Usage(input_tokens=1000, output_tokens=0))
+    acts = ModelActivities(catalog, ledger, model=ScriptedModel([answer] * 3),
+                           quotas={tenant: TenantQuota(usd_per_month=1.0)}, stream=False)
+    price = Price(input_usd_per_mtok=10.0, output_usd_per_mtok=10.0)
+    req = ModelRequest(ref=RunRef(workflow_id=f"wf-{tenant}", run_id="r1", agent="ops",
+                                  tenant=tenant, step=1),
+                       messages=[Message(role="user", content="hello")], tools=[],
+                       price=price, estimate=Spend(usd=0.05, model_calls=1))
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, is_local=True, attempt=1)
+    # A dead execution's attempt 1 reserved and never came back.
+    dead = await ledger.reserve_spend(tenant, SpendKey.of(req.ref), usd=0.05,
+                                      caps={"month": 1.0}, ttl_seconds=TTL, attempt=1)
+    assert dead.outcome == "reserved"
+    await env.run(acts.complete, req)  # the re-run, attempt 1 again
+    await env.run(acts.complete, req)  # and again after that one settled
+    assert await _window(ledger, tenant, "month") == (pytest.approx(0.05 + 0.01 + 0.01), 0.0)
 
 
 async def test_a_worker_killed_mid_call_is_charged_its_estimate_and_its_retry_its_cost(

@@ -17,7 +17,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar, get_args
+from typing import TYPE_CHECKING, TypeVar, get_args
 
 import asyncpg
 from temporalio.client import (
@@ -66,6 +66,9 @@ from stead.storage.admission import Admissions, with_caps
 from stead.storage.ledger import Ledger
 from stead.streaming import StreamListener
 
+if TYPE_CHECKING:
+    from stead.activities.admission import AdmissionActivities
+
 T = TypeVar("T")
 log = logging.getLogger("stead.api")
 
@@ -98,6 +101,7 @@ class Backend:
         self._ledger: Ledger | None = None
         self._listener: StreamListener | None = None
         self._lock = asyncio.Lock()
+        self._sweeps: AdmissionActivities | None = None  # frees closed runs' slots
         # Facts about closed runs never change: remember them (bounded).
         self._inputs: _Lru[str] = _Lru(4096)
         self._closed: _Lru[RunStatus] = _Lru(4096)
@@ -183,9 +187,25 @@ class Backend:
                                                            recheck_seconds=recheck))
         if verdict.verdict == "admitted":
             return
+        sweeper = await self._sweeper(admissions)
+        if verdict.limit == "runs_in_flight" and await sweeper.free_closed_slots(tenant):
+            # Closed runs (terminated, say) held the slots: look again.
+            verdict = await admissions.peek(tenant, quota, recheck_seconds=recheck)
+            if verdict.verdict == "admitted":
+                return
         retry = verdict.retry_after if verdict.retry_after is not None else recheck
         raise ApiError(429, f"tenant {tenant!r} is over its quota and refuses new runs: "
                             f"{verdict.reason}", headers={"Retry-After": str(math.ceil(retry))})
+
+    async def _sweeper(self, admissions: Admissions) -> AdmissionActivities:
+        """Frees closed runs' slots for the 429 check, rate-limited per tenant (one per API)."""
+        from stead.activities.admission import AdmissionActivities
+
+        if self._sweeps is None:
+            self._sweeps = AdmissionActivities(
+                admissions, await self.temporal(), quotas=self.settings.tenants.quotas,
+                recheck_seconds=self.settings.tenants.admission_recheck_seconds)
+        return self._sweeps
 
     async def quota(self, tenant: str) -> TenantUsage:
         """The tenant's admission figures and caps (zero without a quota)."""

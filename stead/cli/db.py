@@ -127,8 +127,9 @@ def db_prune(
     as_json: bool = typer.Option(False, "--json", help="Print JSON"),
 ) -> None:
     """Delete tenant rows workers leave behind, as the owner: spend reservations that no longer
-    count (settled, released, expired) older than --older-than, and ended runs' admission rows
-    past their minute. Live rows are never touched; run it from a nightly job."""
+    count any more (settled, released, abandoned and charged) older than --older-than, and
+    ended runs' admission rows past their minute. Live rows are never touched; run it from a
+    nightly job."""
     from stead.evals.samples import BadWindow, parse_duration
     from stead.storage.maintenance import prune
 

@@ -4,12 +4,17 @@
 
 A tenant with spending windows leaves one ``stead_spend_reservations`` row per model call
 (migration 0009), and ``stead_worker`` may not delete there: the rows are the per-call trail
-of what a tenant's windows were charged. Once a reservation no longer counts (settled,
-released, or expired unsettled) and is older than the cutoff, it only takes space; the
-window totals (``stead_tenant_spend``) keep what it added. Admission rows (migration 0011)
-of ended runs are pruned by each decision of their tenant, but a tenant that never runs again
-keeps its last ones: these go once their counted minute has passed, whatever the cutoff.
-Live rows (a reservation still held, a run queued or admitted) are never touched.
+of what a tenant's windows were charged. Once a reservation's money is in the windows
+(settled, released, or abandoned: charged at its estimate by migration 0013) and it is older
+than the cutoff, it only takes space; the window totals (``stead_tenant_spend``) keep what it
+added. A reservation still ``reserved`` stays even when expired: 0013 charges it to its windows
+only at its tenant's next reserve (and ``spend_usage`` reads it as spent until then), so
+deleting it would drop an idle tenant's unsettled call from its month for good.
+Admission rows (migration 0011) of ended runs are pruned by each decision of their tenant, but
+a tenant that never runs again keeps its last ones: these go once their counted minute has
+passed, whatever the cutoff.
+Live rows (a reservation still held or not yet charged, a run queued or admitted) are never
+touched.
 
 Run with the owner's DSN (``STEAD_MIGRATE_DATABASE_URL``), e.g. from a nightly job.
 """
@@ -29,7 +34,7 @@ class Pruned:
     """How many rows :func:`prune` removed, by table."""
 
     spend_reservations: int
-    """Settled, released or expired reservations last reserved before the cutoff."""
+    """Settled, released or abandoned (charged) reservations last reserved before the cutoff."""
     admissions: int
     """Ended runs' admission rows whose minute of counted starts has passed."""
 
@@ -45,7 +50,7 @@ async def prune(owner_dsn: str, *, older_than: timedelta) -> Pruned:
             spend = await conn.fetchval(
                 "with gone as (delete from stead_spend_reservations "
                 " where reserved_at < clock_timestamp() - $1::interval "
-                "   and (state <> 'reserved' or expires_at <= clock_timestamp()) "
+                "   and state in ('settled', 'released', 'abandoned') "
                 " returning 1) select count(*) from gone", older_than)
             admissions = await conn.fetchval(
                 "with gone as (delete from stead_admissions where state = 'ended' "
