@@ -5,11 +5,11 @@ stream as it is written (``stead.streaming``; never into Temporal's history).
 When the run's tenant has spending windows (``STEAD_TENANT_QUOTAS``: ``usd_per_day``,
 ``usd_per_month``), the call's estimate is reserved against them before the model is called
 (committed first: the write-ahead rule), settled to what the call cost after it answered, and
-released when the model server answered with an error; a call that would pass a window's cap is refused, non-retryable
-(``TenantBudgetExceeded``). An attempt that died or was cancelled in between (never settled
-nor released) is charged at its estimate when the retry reserves, or once its reservation
-expires (``stead.storage.ledger._spend``). A tenant
-without windows costs no extra round trip."""
+released when the model server answered with an error; a call that would pass a window's cap
+is refused, non-retryable (``TenantBudgetExceeded``). An attempt that died, was cancelled or
+failed on stead's side in between (never settled nor released) is charged at its estimate
+when the retry reserves, or once its reservation expires (``stead.storage.ledger._spend``).
+A tenant without windows costs no extra round trip."""
 
 from __future__ import annotations
 
