@@ -123,6 +123,12 @@ def _print_metrics(report: MetricsReport) -> None:
     t = Table("agent", "runs", "completed", "failed", "denied", "refused", "escalated",
               "over budget", "running", "completion", "task success", "p50", "p95", "p99",
               title="runs")
+    # An agent's name (the row's key) and its task success are never cut short or wrapped,
+    # however narrow the table is: the other columns give way (their headers wrap).
+    for col, widest in ((0, max(len("all" if a.agent == "*" else a.agent) for a in rows)),
+                        (10, max(len(_task(a)) for a in rows))):
+        t.columns[col].no_wrap = True
+        t.columns[col].min_width = widest
     for a in rows:
         s = a.by_status
         t.add_row("all" if a.agent == "*" else a.agent, str(a.runs),
