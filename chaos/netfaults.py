@@ -47,6 +47,11 @@ if TYPE_CHECKING:
 
 NetPhaseName = Literal["pgnet", "temporalnet"]
 
+ORDER_BASE = {"pgnet": 9000, "temporalnet": 9500}
+"""Each phase's order numbers, apart from every other phase's (the kills phase's 1000+, the
+model phase's 5000+, the rollout's 7000+): the fake model server's log, which the governance
+checks read, knows a run's requests by its order number."""
+
 
 @dataclass
 class NetPhase:
@@ -195,7 +200,7 @@ class _Play:
             if i >= self.n:
                 return
             req = RunRequest(agent=SHOP, input=order_request(
-                9000 + i, qty=1 + i % 2, sku=SKUS[i % len(SKUS)],
+                ORDER_BASE[self.name] + i, qty=1 + i % 2, sku=SKUS[i % len(SKUS)],
                 amount=round(22 + i % 11 * 1.5, 2)))
             for hook in REQUEST_HOOKS[self.name]:
                 req = hook(i, req)

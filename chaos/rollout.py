@@ -64,7 +64,7 @@ async def phase_rollout(h: Harness) -> None:
 
     async def start(i: int, scenario: str, *, approval: bool = False) -> Started:
         req = RunRequest(agent=SHOP, input=order_request(
-            9000 + i, qty=1 + i % 3, sku=SKUS[i % len(SKUS)],
+            7000 + i, qty=1 + i % 3, sku=SKUS[i % len(SKUS)],
             amount=900.0 if approval else round(20 + i % 37 * 3.5, 2)))
         rec, handle = await h.start("rollout", scenario, req, sa)
         started.append((rec, handle))
