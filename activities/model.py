@@ -37,7 +37,7 @@ from stead.contracts.models import (
 from stead.contracts.quota import TenantQuota, WindowKind, quota_for
 from stead.errors import SettingsError
 from stead.evals.metrics import price_for
-from stead.guardrails.budget import DEFAULT_MAX_OUTPUT_TOKENS, estimate, settle
+from stead.guardrails.budget import DEFAULT_MAX_OUTPUT_TOKENS, estimate, request_bytes, settle
 from stead.integrations.llm import ModelCallError, ModelClient, complete_streaming, write_turn
 from stead.integrations.model_endpoints import ModelEndpoints
 from stead.observability.telemetry import NO_METRICS, SteadMetrics
@@ -223,7 +223,7 @@ class ModelActivities:
             usd = req.estimate.usd
         else:
             limit = (req.endpoint.max_output_tokens if req.endpoint is not None else None)
-            usd = estimate(_request_bytes(req), price=price,
+            usd = estimate(request_bytes(req.messages, req.tools), price=price,
                            max_output_tokens=limit or DEFAULT_MAX_OUTPUT_TOKENS).usd
         if usd <= 0:
             return None
@@ -393,11 +393,6 @@ def _refusal(tenant: str, got: Reservation, usd: float) -> str:
             f"estimated at ${usd:.4f}; the window resets at {resets} "
             f"(STEAD_TENANT_QUOTAS usd_per_{window})")
 
-
-def _request_bytes(req: ModelRequest) -> int:
-    """The request's size, as the workflow's estimate measures it (messages and tools)."""
-    return (sum(len(m.model_dump_json().encode()) for m in req.messages)
-            + sum(len(t.model_dump_json().encode()) for t in req.tools))
 
 
 def _leading_system(messages: list[Message]) -> int:

@@ -15,7 +15,7 @@ settled usage. Pure and deterministic: called from workflow code.
 from __future__ import annotations
 
 from stead.contracts.budget import Price, Spend
-from stead.contracts.models import Usage
+from stead.contracts.models import Message, ToolSchema, Usage
 
 BYTES_PER_TOKEN = 4
 """Request bytes per estimated input token."""
@@ -23,6 +23,13 @@ BYTES_PER_TOKEN = 4
 DEFAULT_MAX_OUTPUT_TOKENS = 4096
 """The answer length an estimate assumes for a model that declares no output limit
 (``ModelEndpoint.max_output_tokens``)."""
+
+
+def request_bytes(messages: list[Message], tools: list[ToolSchema]) -> int:
+    """A model request's size as an estimate measures it: its messages and tool schemas as
+    JSON (the workflow checks it against the payload limit too)."""
+    return (sum(len(m.model_dump_json().encode()) for m in messages)
+            + sum(len(t.model_dump_json().encode()) for t in tools))
 
 
 def estimate_tokens(request_bytes: int) -> int:

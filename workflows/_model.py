@@ -52,7 +52,7 @@ with workflow.unsafe.imports_passed_through():
         ModelTurn,
         ToolSchema,
     )
-    from stead.guardrails.budget import DEFAULT_MAX_OUTPUT_TOKENS, estimate
+    from stead.guardrails.budget import DEFAULT_MAX_OUTPUT_TOKENS, estimate, request_bytes
 
 MAX_MODEL_REQUEST_BYTES = 1_800_000
 """Largest transcript (messages plus tool schemas, as JSON) sent to one model call: below
@@ -294,8 +294,3 @@ def tenant_refused(err: ActivityError) -> bool:
     """The model call was refused by its tenant's spending window (not a model failure)."""
     c = err.cause
     return isinstance(c, ApplicationError) and c.type == errors.TENANT_BUDGET_EXCEEDED
-
-
-def request_bytes(messages: list[Message], schemas: list[ToolSchema]) -> int:
-    return (sum(len(m.model_dump_json().encode()) for m in messages)
-            + sum(len(t.model_dump_json().encode()) for t in schemas))
