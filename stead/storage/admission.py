@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import asyncpg
 
@@ -35,13 +35,6 @@ from stead.storage.ledger._core import LedgerBase
 
 MINUTE = timedelta(seconds=60)
 """The sliding window ``starts_per_minute`` counts in."""
-
-
-@dataclass(frozen=True)
-class _Counts:
-    in_flight: int
-    recent: int
-    queued: int
 
 
 @dataclass(frozen=True)
@@ -78,10 +71,9 @@ class Admissions(LedgerBase):
             retry: float | None = row["retry_after"]
             if row["outcome"] == "admitted":
                 return Admission(verdict="admitted", in_flight=row["in_flight"]), woken
-            counts = _Counts(in_flight=row["in_flight"], recent=0, queued=0)
             assert limit is not None
             if row["outcome"] == "refused":
-                return _refused(counts, quota, limit, retry), woken
+                return _refused(row["in_flight"], quota, limit, retry), woken
             position: int = row["pos"]
             wait = recheck_wait(row["queued_for"], every=every, cap=cap)
             if retry is not None:
@@ -111,17 +103,29 @@ class Admissions(LedgerBase):
         refuses a start with a 429 before it creates a run (``over_quota: refuse``)."""
 
         async def op(conn: asyncpg.Connection) -> Admission:
-            now = await conn.fetchval("select clock_timestamp()")
-            counts = await _counts(conn, tenant, now)
-            limit = _full(counts, quota, queued_ahead=counts.queued)
+            # The same cap and retry-after stead_admit decides with (migration 0012), for a
+            # run that would queue behind every run queued now; no lock, nothing written.
+            row = await conn.fetchrow(
+                "select c.in_flight, c.queued, c.lim, stead_admission_retry($1, c.now,"
+                " c.recent, $3, c.queued, c.lim) as retry_after"
+                " from (select t.now, n.*, stead_admission_full(n.in_flight, n.recent,"
+                "   n.queued, $2, $3) as lim"
+                "  from (select clock_timestamp() as now) t cross join lateral ("
+                "   select count(*) filter (where a.state = 'admitted') as in_flight,"
+                "    count(*) filter (where a.admitted_at > t.now - interval '60 seconds')"
+                "     as recent,"
+                "    count(*) filter (where a.state = 'queued') as queued"
+                "   from stead_admissions a where a.tenant = $1) n) c",
+                tenant, quota.runs_in_flight, quota.starts_per_minute)
+            assert row is not None
+            limit: Limit | None = row["lim"]
             if limit is None:
-                return Admission(verdict="admitted", in_flight=counts.in_flight)
-            retry = await _retry_after(conn, tenant, now, counts, quota,
-                                       position=counts.queued, limit=limit)
-            verdict = _refused(counts, quota, limit, retry)
+                return Admission(verdict="admitted", in_flight=row["in_flight"])
+            retry: float | None = row["retry_after"]
+            verdict = _refused(row["in_flight"], quota, limit, retry)
             if quota.over_quota == "queue":
                 verdict = verdict.model_copy(update={
-                    "verdict": "queued", "position": counts.queued,
+                    "verdict": "queued", "position": row["queued"],
                     "wait_seconds": min(retry or recheck_seconds, recheck_seconds)})
             return verdict
 
@@ -184,43 +188,7 @@ def recheck_wait(queued_for: float, *, every: float, cap: float) -> float:
     return min(max(queued_for, every), max(cap, every))
 
 
-# ------------------------------------------------------------ what peek and the answers say
-
-
-async def _counts(conn: asyncpg.Connection, tenant: str, now: datetime) -> _Counts:
-    row = await conn.fetchrow(
-        "select count(*) filter (where state = 'admitted') as in_flight, "
-        " count(*) filter (where admitted_at > $2) as recent, "
-        " count(*) filter (where state = 'queued') as queued "
-        "from stead_admissions where tenant = $1", tenant, now - MINUTE)
-    assert row is not None
-    return _Counts(row["in_flight"], row["recent"], row["queued"])
-
-
-def _full(counts: _Counts, quota: TenantQuota, *, queued_ahead: int) -> Limit | None:
-    """The cap that keeps a run with ``queued_ahead`` runs before it from starting now."""
-    if quota.runs_in_flight is not None and \
-            counts.in_flight + queued_ahead >= quota.runs_in_flight:
-        return "runs_in_flight"
-    if quota.starts_per_minute is not None and \
-            counts.recent + queued_ahead >= quota.starts_per_minute:
-        return "starts_per_minute"
-    return None
-
-
-async def _retry_after(conn: asyncpg.Connection, tenant: str, now: datetime, counts: _Counts,
-                       quota: TenantQuota, *, position: int, limit: Limit) -> float | None:
-    """Seconds until the starts of the last minute leave room for a run with ``position``
-    runs before it; None when runs in flight hold it (nobody knows when they end)."""
-    if limit == "runs_in_flight" or quota.starts_per_minute is None:
-        return None
-    k = counts.recent - quota.starts_per_minute + position  # starts that must leave first
-    at: datetime | None = await conn.fetchval(
-        "select admitted_at from stead_admissions where tenant = $1 and admitted_at > $2 "
-        "order by admitted_at offset $3 limit 1", tenant, now - MINUTE, max(k, 0))
-    if at is None:
-        return None
-    return max((at + MINUTE - now).total_seconds(), 0.001)
+# ------------------------------------------------------------------------- the answers
 
 
 def _reason(quota: TenantQuota, limit: Limit, position: int) -> str:
@@ -230,9 +198,9 @@ def _reason(quota: TenantQuota, limit: Limit, position: int) -> str:
     return f"the tenant is at its quota of {cap}{ahead}"
 
 
-def _refused(counts: _Counts, quota: TenantQuota, limit: Limit,
+def _refused(in_flight: int, quota: TenantQuota, limit: Limit,
              retry: float | None) -> Admission:
     when = f"; try again in {retry:.0f} s" if retry is not None else \
         "; try again when one of its runs has ended"
-    return Admission(verdict="refused", limit=limit, in_flight=counts.in_flight,
+    return Admission(verdict="refused", limit=limit, in_flight=in_flight,
                      retry_after=retry, reason=_reason(quota, limit, 0) + when)
