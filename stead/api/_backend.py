@@ -433,22 +433,10 @@ class Backend:
         payload = DecideInput(approval_id=approval_id, by=principal.sub,
                               role=principal.approval_role, note=body.note,
                               arguments=body.arguments, approved=body.approved)
-        try:
-            return await asyncio.wait_for(
-                handle.execute_update("decide", payload, result_type=DecideOutcome),
-                timeout=UPDATE_TIMEOUT_SECONDS)
-        except WorkflowUpdateFailedError as e:
-            reason = str(getattr(e.cause, "message", None) or e.cause)
-            raise ApiError(_refusal_status(reason), f"decision refused: {reason}") from None
-        except TimeoutError:
-            raise ApiError(503, f"no worker accepted the decision for run {workflow_id!r} "
-                                f"within {UPDATE_TIMEOUT_SECONDS:.0f} s; is a worker running "
-                                f"on its task queue?") from None
-        except RPCError as e:
-            if e.status == RPCStatusCode.NOT_FOUND:
-                raise ApiError(409, f"run {workflow_id!r} has ended; nothing is left to "
-                                    f"decide") from None
-            raise temporal_error(e, f"run {workflow_id!r}") from None
+        return await _update(
+            handle, "decide", payload, DecideOutcome, what="the decision",
+            refused=lambda why: ApiError(_refusal_status(why), f"decision refused: {why}"),
+            ended=ApiError(409, f"run {workflow_id!r} has ended; nothing is left to decide"))
 
     async def raise_budget(self, principal: Principal, workflow_id: str,
                            body: RaiseBudgetBody) -> Budget:
@@ -464,21 +452,9 @@ class Backend:
         payload = RaiseBudget(max_usd=body.max_usd, max_tokens=body.max_tokens,
                               max_model_calls=body.max_model_calls, by=principal.sub,
                               reason=body.reason)
-        try:
-            return await asyncio.wait_for(
-                handle.execute_update("raise_budget", payload, result_type=Budget),
-                timeout=UPDATE_TIMEOUT_SECONDS)
-        except WorkflowUpdateFailedError as e:
-            reason = str(getattr(e.cause, "message", None) or e.cause)
-            raise ApiError(409, f"raise refused: {reason}") from None
-        except TimeoutError:
-            raise ApiError(503, f"no worker accepted the budget raise for run {workflow_id!r}"
-                                f" within {UPDATE_TIMEOUT_SECONDS:.0f} s; is a worker "
-                                f"running on its task queue?") from None
-        except RPCError as e:
-            if e.status == RPCStatusCode.NOT_FOUND:
-                raise ended from None
-            raise temporal_error(e, f"run {workflow_id!r}") from None
+        return await _update(handle, "raise_budget", payload, Budget, what="the budget raise",
+                             refused=lambda why: ApiError(409, f"raise refused: {why}"),
+                             ended=ended)
 
     # ------------------------------------------------------------------------ ledger reads
 
@@ -506,6 +482,28 @@ class Backend:
             BudgetWindow(window=r.window, window_start=r.window_start, resets_at=r.resets_at,
                          spent_usd=r.spent_usd, reserved_usd=r.reserved_usd,
                          cap_usd=r.cap_usd, left_usd=r.left_usd) for r in rows])
+
+
+async def _update(handle: WorkflowHandle[object, object], name: str, payload: object,
+                  result_type: type[T], *, what: str, refused: Callable[[str], ApiError],
+                  ended: ApiError) -> T:
+    """A run's update ``name``, as the API sends every update: the run's refusal as
+    ``refused(reason)``, no worker within ``UPDATE_TIMEOUT_SECONDS`` a 503, a run that has
+    ended ``ended``."""
+    try:
+        return await asyncio.wait_for(
+            handle.execute_update(name, payload, result_type=result_type),
+            timeout=UPDATE_TIMEOUT_SECONDS)
+    except WorkflowUpdateFailedError as e:
+        raise refused(str(getattr(e.cause, "message", None) or e.cause)) from None
+    except TimeoutError:
+        raise ApiError(503, f"no worker accepted {what} for run {handle.id!r} within "
+                            f"{UPDATE_TIMEOUT_SECONDS:.0f} s; is a worker running on its task "
+                            f"queue?") from None
+    except RPCError as e:
+        if e.status == RPCStatusCode.NOT_FOUND:
+            raise ended from None
+        raise temporal_error(e, f"run {handle.id!r}") from None
 
 
 async def _no_tables(op: Callable[[], Awaitable[T]]) -> T:
