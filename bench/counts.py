@@ -21,7 +21,6 @@ import json
 import os
 import pstats
 import statistics
-import tempfile
 import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -30,12 +29,9 @@ from typing import Any
 
 from temporalio.api.enums.v1 import EventType
 
-from bench.peers.temporal_run import STEAD_FULL, STEAD_LOCAL, otlp_receiver, temporal_system
+from bench.peers.temporal_run import STEAD_FULL, STEAD_LOCAL
 from bench.peers.workload import FIVE
-from bench.profile import SYSTEMS, _Probe, area_of
-from bench.runner import _distinct_ports
-from stead.settings import Settings
-from stead.stack.embedded import EmbeddedStack
+from bench.profile import SYSTEMS, _Probe, area_of, each_system
 
 DEFAULT_SYSTEMS = (STEAD_FULL, STEAD_LOCAL)
 
@@ -134,20 +130,8 @@ async def count_system(system: Any, name: str, *, runs: int, warmup: int) -> Run
 
 
 async def run_counts(systems: tuple[str, ...], *, runs: int, warmup: int) -> list[RunCounts]:
-    with tempfile.TemporaryDirectory(prefix="stead-counts-") as tmp:
-        tport, uport, pport, oport = _distinct_ports(4)
-        settings = Settings(data_dir=Path(tmp), temporal_port=tport, ui_port=uport,
-                            postgres_port=pport, temporal_address=None, database_url=None,
-                            openai_api_key=None)
-        async with EmbeddedStack(settings, ui=False) as stack, otlp_receiver(oport) as otlp:
-            resolved = stack.resolved_settings()
-            out = []
-            for name in systems:
-                telemetry = otlp if name in (STEAD_FULL, STEAD_LOCAL) else None
-                async with temporal_system(resolved, name, otlp=telemetry) as system:
-                    out.append(await count_system(system, name, runs=runs, warmup=warmup))
-                    print(f"[counts] {name}: done", flush=True)
-            return out
+    return [await count_system(system, name, runs=runs, warmup=warmup)
+            async for name, system in each_system(systems, label="counts")]
 
 
 def report(counts: list[RunCounts]) -> str:

@@ -34,7 +34,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -248,23 +248,29 @@ async def profile_system(system: Any, name: str, *, runs: int, warmup: int,
     return out
 
 
-async def run_profiles(systems: tuple[str, ...], *, runs: int, warmup: int,
-                       profile: bool = True) -> list[SystemProfile]:
-    with tempfile.TemporaryDirectory(prefix="stead-profile-") as tmp:
+async def each_system(systems: tuple[str, ...], *, label: str
+                      ) -> AsyncIterator[tuple[str, Any]]:
+    """Each of ``systems`` (``bench.peers.temporal_run``) in turn, up and ready, on one
+    throwaway embedded stack (stead's systems exporting telemetry to a local OTLP receiver);
+    ``[label] <system>: done`` once the caller has measured it."""
+    with tempfile.TemporaryDirectory(prefix=f"stead-{label}-") as tmp:
         tport, uport, pport, oport = _distinct_ports(4)
         settings = Settings(data_dir=Path(tmp), temporal_port=tport, ui_port=uport,
                             postgres_port=pport, temporal_address=None, database_url=None,
                             openai_api_key=None)
         async with EmbeddedStack(settings, ui=False) as stack, otlp_receiver(oport) as otlp:
             resolved = stack.resolved_settings()
-            out = []
             for name in systems:
                 telemetry = otlp if name in (STEAD_FULL, STEAD_LOCAL) else None
                 async with temporal_system(resolved, name, otlp=telemetry) as system:
-                    out.append(await profile_system(system, name, runs=runs, warmup=warmup,
-                                                    profile=profile))
-                    print(f"[profile] {name}: done", flush=True)
-            return out
+                    yield name, system
+                    print(f"[{label}] {name}: done", flush=True)
+
+
+async def run_profiles(systems: tuple[str, ...], *, runs: int, warmup: int,
+                       profile: bool = True) -> list[SystemProfile]:
+    return [await profile_system(system, name, runs=runs, warmup=warmup, profile=profile)
+            async for name, system in each_system(systems, label="profile")]
 
 
 # ---------------------------------------------------------------------------- report
