@@ -250,9 +250,11 @@ async def test_the_governance_checks_pass_governed_runs_and_catch_planted_violat
     assert (tenant_run.workflow_id, f"step {step2}: the server answered turn 2 2 time(s), 1 "
             f"attempt(s) settled and only 0 charged at their estimate: the window "
             f"undercounts") in found
-    assert (f"kills/{tenant_of('kills')}", f"{RUNS_IN_FLIGHT + 1} runs admitted at once, "
-            f"cap {RUNS_IN_FLIGHT} (probe, "
-            f"{gov.probes[tenant_of('kills')].samples} samples)") in found
+    # The sampler runs until the Governance context ends, so its count of samples may have
+    # grown between the check and here: the finding is matched up to that count.
+    over = f"{RUNS_IN_FLIGHT + 1} runs admitted at once, cap {RUNS_IN_FLIGHT} (probe, "
+    assert any(wid == f"kills/{tenant_of('kills')}" and detail.startswith(over)
+               and detail.endswith(" samples)") for wid, detail in found), found
     assert (budget_run.workflow_id, "4 model calls, limit 3") in found
     assert (budget_run.workflow_id, "RunResult.spend counts 4 model calls; the server "
                                     "answered 3 distinct turns") in found

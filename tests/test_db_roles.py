@@ -8,13 +8,15 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
 from _cli import cli_env, stead
 
 from stead.client import start_run
-from stead.contracts.models import RunRequest
+from stead.contracts.audit import GENESIS, chain_hash
+from stead.contracts.models import DecisionRow, RunRequest
 from stead.errors import SettingsError
 from stead.settings import Settings
 from stead.stack.embedded import EmbeddedStack
@@ -343,3 +345,44 @@ async def test_cli_db_bad_input_exits_2(settings: Settings, stack: EmbeddedStack
     assert refused.code == 2, refused.err
     assert "may not apply migrations" in refused.err
     assert "STEAD_MIGRATE_DATABASE_URL" in refused.err
+
+
+async def test_the_worker_role_supersedes_a_discarded_attempts_rows_and_nothing_else(
+        stack: EmbeddedStack, as_worker: asyncpg.Connection) -> None:
+    """stead_worker may not delete decisions, yet history's rows must replace what a
+    discarded workflow-task attempt wrote: through stead_supersede_decisions (security
+    definer, migration 0014) it moves them, whole, into stead_decisions_superseded."""
+    wf = f"wf-{uuid.uuid4().hex}"
+
+    def row(decision: str, at: datetime) -> DecisionRow:
+        body = {"workflow_id": wf, "run_id": "r", "seq": 1, "step": 0, "kind": "admission",
+                "decision": decision, "reason": "", "actor": "stead", "policy": "",
+                "data": {}}
+        return DecisionRow(**body, at=at, prev_hash=GENESIS, hash=chain_hash(GENESIS, body))
+
+    t1 = datetime.now(UTC)
+    worker = await Ledger.connect(stack.worker_database_url)
+    try:
+        await worker.append_decisions([row("queue", t1)])
+        await worker.append_decisions([row("admit", t1 + timedelta(seconds=10))])
+        trail = await worker.trail(wf)
+    finally:
+        await worker.close()
+    assert [d.decision for d in trail.decisions] == ["admit"]
+    assert [(s.decision, s.created_at) for s in trail.superseded] == [("queue", t1)]
+    # The function is the only way: the role still may not delete, nor change what is kept.
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await as_worker.execute("delete from stead_decisions where workflow_id=$1", wf)
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await as_worker.execute("delete from stead_decisions_superseded where workflow_id=$1",
+                                wf)
+    owner = await asyncpg.connect(stack.database_url)
+    try:
+        assert await owner.fetchval(
+            "select prosecdef and proconfig::text like '%search_path%' from pg_proc"
+            " where proname = 'stead_supersede_decisions'")
+        assert not await owner.fetchval(
+            "select has_function_privilege('public', oid, 'execute') from pg_proc"
+            " where proname = 'stead_supersede_decisions'")
+    finally:
+        await owner.close()

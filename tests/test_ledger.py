@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from pydantic import BaseModel
 
@@ -195,17 +196,122 @@ async def test_finishing_a_run_with_a_redacted_last_decision_rechains_it(
     assert await ledger.verify_chain(wf) == []
 
 
+# ------------------------------------------------------- attempts that decided otherwise
+#
+# A local activity can write rows before Temporal records its workflow task; when the worker
+# dies first, the next attempt replays and may decide otherwise under the same seqs, at a later
+# workflow time (migration 0014). History's rows are the later ones, whichever write lands last.
+
+
+def _attempt(base: list[DecisionRow], decisions: list[str], at: datetime) -> list[DecisionRow]:
+    """Rows after ``base`` (seq len(base)+1, ...) deciding ``decisions``, all at ``at``."""
+    rows, head = [], base[-1].hash if base else GENESIS
+    wf = base[0].workflow_id
+    for i, decision in enumerate(decisions, start=len(base) + 1):
+        row = {"workflow_id": wf, "run_id": "r", "seq": i, "step": i, "kind": "admission",
+               "decision": decision, "reason": f"r{i}", "actor": "stead", "policy": "p@1",
+               "data": {"i": i}}
+        digest = chain_hash(head, row)
+        rows.append(DecisionRow(**row, at=at, prev_hash=head, hash=digest))
+        head = digest
+    return rows
+
+
+async def _finished(ledger: Ledger, wf: str, head: str) -> None:
+    ref = RunRef(workflow_id=wf, run_id="r", agent="a", tenant="t")
+    await ledger.start_run(StartRun(ref=ref, request=RunRequest(agent="a", input="x",
+                                                                tenant="t")), model="m")
+    await ledger.pool.execute("update stead_runs set result=$2 where workflow_id=$1", wf,
+                              {"audit_head": head})
+
+
+async def test_a_retried_tasks_rows_supersede_what_the_discarded_attempt_wrote(
+        ledger: Ledger) -> None:
+    wf = f"wf-{uuid.uuid4().hex}"
+    base = _chain(wf, 2)
+    t1 = datetime.now(UTC)
+    discarded = _attempt(base, ["queue", "wait"], t1)
+    await ledger.append_decisions(base + discarded)
+    history = _attempt(base, ["admit", "route", "answer"], t1 + timedelta(seconds=10))
+    await ledger.append_decisions(base + history)  # the retried task's batch: rows 1-5
+    await ledger.append_decisions(history)  # a retried write of it adds nothing
+    trail = await ledger.trail(wf)
+    assert [(d.seq, d.decision) for d in trail.decisions] == [
+        (1, "allow"), (2, "allow"), (3, "admit"), (4, "route"), (5, "answer")]
+    assert [(s.seq, s.decision, s.hash, s.winner_seq, s.winner_at) for s in trail.superseded] \
+        == [(3, "queue", discarded[0].hash, 3, history[0].at),
+            (4, "wait", discarded[1].hash, 3, history[0].at)]
+    assert trail.superseded[0].created_at == t1  # kept whole: when it was decided
+    await _finished(ledger, wf, history[-1].hash)
+    assert await ledger.verify_chain(wf) == []
+
+
+async def test_a_stalled_attempts_late_rows_are_kept_beside_the_chain(ledger: Ledger) -> None:
+    """The discarded attempt's worker was slow, not dead: its write lands after history's."""
+    wf = f"wf-{uuid.uuid4().hex}"
+    base = _chain(wf, 1)
+    t1 = datetime.now(UTC)
+    history = _attempt(base, ["admit", "route"], t1 + timedelta(seconds=10))
+    await ledger.append_decisions(base + history)
+    stale = _attempt(base, ["queue", "wait"], t1)
+    await ledger.append_decisions(base + stale[:1])
+    await ledger.append_decisions(stale[1:])  # links to the stale row 2, not history's
+    trail = await ledger.trail(wf)
+    assert [d.hash for d in trail.decisions] == [r.hash for r in base + history]
+    assert [(s.seq, s.decision, s.winner_seq, s.winner_at) for s in trail.superseded] == [
+        (2, "queue", 2, history[0].at), (3, "wait", 2, history[0].at)]
+    await _finished(ledger, wf, history[-1].hash)
+    assert await ledger.verify_chain(wf) == []
+
+
+async def test_finishing_with_history_rows_supersedes_a_discarded_attempts_rows(
+        ledger: Ledger) -> None:
+    """The same through ``finish_run``: its one-statement path notices and falls back."""
+    wf = f"wf-{uuid.uuid4().hex}"
+    base = _chain(wf, 2)
+    t1 = datetime.now(UTC)
+    ref = RunRef(workflow_id=wf, run_id="r", agent="a", tenant="t")
+    await ledger.start_run(StartRun(ref=ref, request=RunRequest(agent="a", input="x",
+                                                                tenant="t")), model="m")
+    await ledger.append_decisions(base + _attempt(base, ["refuse"], t1))
+    history = _attempt(base, ["admit", "answer"], t1 + timedelta(seconds=10))
+    result = RunResult(status="completed", answer="ok", steps=4, audit_head=history[-1].hash)
+    await ledger.finish_run(ref, result, decisions=history)
+    trail = await ledger.trail(wf)
+    assert [d.decision for d in trail.decisions] == ["allow", "allow", "admit", "answer"]
+    assert [s.decision for s in trail.superseded] == ["refuse"]
+    assert trail.runs[0].status == "completed"
+    assert await ledger.verify_chain(wf) == []
+
+
+async def test_concurrent_attempts_of_one_run_end_with_history_s_rows(ledger: Ledger) -> None:
+    """Two attempts' batches racing, many times: whichever lands first, the chain ends as
+    the later attempt decided it, and the other attempt's rows are all kept aside."""
+    for _ in range(20):
+        wf = f"wf-{uuid.uuid4().hex}"
+        base = _chain(wf, 1)
+        t1 = datetime.now(UTC)
+        stale = _attempt(base, ["queue", "wait"], t1)
+        history = _attempt(base, ["admit", "route", "answer"], t1 + timedelta(seconds=10))
+        await asyncio.gather(ledger.append_decisions(base + stale),
+                             ledger.append_decisions(base + history))
+        trail = await ledger.trail(wf)
+        assert [d.hash for d in trail.decisions] == [r.hash for r in base + history]
+        assert sorted(s.hash for s in trail.superseded) == sorted(r.hash for r in stale)
+
+
 # ---------------------------------------------------------------------------- typed rows
 
 _TABLES = {"runs": "stead_runs", "model_calls": "stead_model_calls",
            "tool_calls": "stead_tool_calls", "tool_attempts": "stead_tool_attempts",
-           "decisions": "stead_decisions", "memory_ops": "stead_memory_ops"}
+           "decisions": "stead_decisions", "memory_ops": "stead_memory_ops",
+           "superseded": "stead_decisions_superseded"}
 
 
 _TRAIL_ORDER = {"runs": ("started_at",), "model_calls": ("step", "fallback", "attempt"),
                 "tool_calls": ("step", "claimed_at"),
                 "tool_attempts": ("step", "started_at", "attempt"), "decisions": ("seq",),
-                "memory_ops": ("created_at",)}
+                "memory_ops": ("created_at",), "superseded": ("run_id", "seq", "created_at")}
 """How ``Ledger.trail`` orders each table's rows."""
 
 
@@ -256,6 +362,8 @@ async def test_the_trail_is_every_row_as_stored_with_its_types(ledger: Ledger) -
                                                result={"v": 1}, duration_ms=2.0))
     rows = _chain(wf, 2)
     await ledger.append_decisions(rows)
+    # A discarded attempt's row 2, decided earlier, lands late: kept beside the chain.
+    await ledger.append_decisions(_attempt(rows[:1], ["queue"], rows[1].at - timedelta(1)))
     await ledger.record_memory_op(ref, MemoryOpRecord(
         op="recall", namespaces=["n"], query="q", item_ids=["i"], scores=[0.5], embedder="e",
         backend="b", duration_ms=1.0))

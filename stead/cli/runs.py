@@ -459,6 +459,11 @@ def _print_trail(run_id: str, trail: Trail) -> None:
     for d in trail.decisions:
         events.append((d.created_at, str(d.step), f"decision:{d.kind}",
                        d.decision, d.reason[:100]))
+    for s in trail.superseded:
+        won = s.winner_at.strftime("%H:%M:%S.%f")[:-3]
+        events.append((s.created_at, str(s.step), f"superseded:{s.kind}", s.decision,
+                       f"seq {s.seq}: decided by a discarded attempt of its workflow task; "
+                       f"history's row {s.winner_seq} was decided at {won}"))
     table = Table("time", "step", "what", "outcome", "detail")
     for at, step, what, outcome, detail in sorted(events, key=lambda e: e[0]):
         table.add_row(at.strftime("%H:%M:%S.%f")[:-3], step, what, outcome, detail)

@@ -727,6 +727,17 @@ class StoredDecision(_LedgerRow):
     hash: str
 
 
+class SupersededDecision(StoredDecision):
+    """A row of ``stead_decisions_superseded``: what an attempt of a workflow task decided
+    that history does not hold (a later attempt decided otherwise; migration 0014)."""
+
+    superseded_at: datetime
+    winner_seq: int
+    """The seq from which the two attempts differ."""
+    winner_at: datetime
+    """When history's row at ``winner_seq`` was decided."""
+
+
 class MemoryOpRow(_LedgerRow):
     """A row of ``stead_memory_ops``: one memory recall or write."""
 
@@ -754,6 +765,8 @@ class Trail(_Model):
     tool_attempts: list[ToolAttemptRow] = Field(default_factory=list)
     decisions: list[StoredDecision] = Field(default_factory=list)
     memory_ops: list[MemoryOpRow] = Field(default_factory=list)
+    superseded: list[SupersededDecision] = Field(default_factory=list)
+    """Decisions of discarded workflow-task attempts, kept beside the chain (not in it)."""
 
 
 class LedgerDecision(_Model):

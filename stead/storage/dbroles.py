@@ -57,7 +57,8 @@ WORKER_GROUP = "stead_worker"
 """The group role holding the worker's privileges (created by migration 0006)."""
 EMBEDDED_WORKER_ROLE = "stead_app"
 """The login role the embedded stack hands its workers."""
-APPEND_ONLY_TABLES = ("stead_decisions", "stead_model_calls", "stead_memory_ops")
+APPEND_ONLY_TABLES = ("stead_decisions", "stead_decisions_superseded", "stead_model_calls",
+                      "stead_memory_ops")
 """Audit tables: INSERT and SELECT for the worker; a trigger refuses changes by anyone but the
 owner."""
 

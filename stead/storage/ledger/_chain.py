@@ -1,6 +1,6 @@
 """The decision hash chain as the ledger keeps it: re-chaining redacted rows, checking a chain.
 
-    rows = await chained(conn, group)            # what to insert for one run's batch
+    plan = await chained(conn, group)            # what to store for one run's batch
     problems = chain_problems(decisions, heads)  # [] when every run's chain is intact
 
 The workflow hashes each decision as it decides (``stead.contracts.audit``). When redaction changes
@@ -10,6 +10,9 @@ at the head the run recorded.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
 
 import asyncpg
 
@@ -28,18 +31,76 @@ def by_run(pairs: list[Pair]) -> list[list[Pair]]:
     return [sorted(g, key=lambda p: p[0].seq) for g in groups.values()]
 
 
-async def chained(c: asyncpg.Connection, group: list[Pair]) -> list[DecisionRow]:
-    """The rows of one run to insert, linked to what is stored (see
-    ``Ledger.append_decisions``)."""
-    first, last = group[0][0], group[-1][0]
-    stored = {r["seq"]: r["hash"] for r in await c.fetch(
-        "select seq, hash from stead_decisions where workflow_id=$1 and run_id=$2"
-        " and seq between $3 and $4", first.workflow_id, first.run_id, first.seq - 1, last.seq)}
-    prev = GENESIS if first.seq == 1 else stored.get(first.seq - 1)
-    out: list[DecisionRow] = []
+@dataclass
+class Chained:
+    """What to store for one run's batch (see ``chained``)."""
+
+    rows: list[DecisionRow] = field(default_factory=list)
+    """For ``stead_decisions``, linked to what is stored."""
+    supersede_from: int | None = None
+    """The seq from which the stored rows are a discarded attempt's (but for rows of this
+    batch a racing write stored already): moved out first."""
+    keep: list[str] = field(default_factory=list)
+    """The batch's workflow hashes: stored rows with one of them are not superseded."""
+    stale: list[DecisionRow] = field(default_factory=list)
+    """The batch's own rows (redacted) that a later attempt already replaced, for
+    ``stead_decisions_superseded``."""
+    winner: tuple[int, datetime] | None = None
+    """The seq where the attempts differ, and when history's row there was decided."""
+
+
+RUN_LOCK = 1937007972
+"""Advisory lock class of a run's decision chain (``pg_advisory_xact_lock(RUN_LOCK, hash)``):
+writers that must compare with the stored rows take it, so two attempts' batches of one run
+are resolved one after the other."""
+
+
+async def chained(c: asyncpg.Connection, group: list[Pair]) -> Chained:
+    """The rows of one run to store, linked to what is stored (see
+    ``Ledger.append_decisions``); call inside a transaction.
+
+    A stored row with the same seq and hash as a batch row is an earlier write of that row:
+    kept, and linked to. At the first seq where stored and batch rows differ (or where the
+    stored row before the batch is not the one the batch links to) two attempts of a workflow
+    task decided differently, and the row decided later is history's (migration 0014): the
+    stored rows from there on are superseded, or the batch's rows from there on are."""
+    first = group[0][0]
+    await c.execute("select pg_advisory_xact_lock($1, hashtext($2 || ':' || $3))",
+                    RUN_LOCK, first.workflow_id, first.run_id)
+    stored = {r["seq"]: r for r in await c.fetch(
+        "select seq, hash, coalesce(data->'_ledger'->>'source_hash', hash) as source,"
+        " created_at from stead_decisions where workflow_id=$1 and run_id=$2 and seq >= $3"
+        " order by seq", first.workflow_id, first.run_id, first.seq - 1)}
+    ours = {original.seq: original.hash for original, _ in group}
+    out = Chained(keep=list(ours.values()))
+    before = stored.get(first.seq - 1)
+    if before is not None and before["source"] != first.prev_hash:
+        # The batch links to a row other than the stored one before it.
+        if first.at > before["created_at"]:
+            out.supersede_from, out.winner = first.seq - 1, (first.seq - 1, first.at)
+            stored = {seq: r for seq, r in stored.items() if r["source"] == ours.get(seq)}
+            before = None
+        else:
+            out.stale = [_kept(p) for p in group]
+            out.winner = (first.seq - 1, before["created_at"])
+            return out
+    for original, _ in group:
+        row = stored.get(original.seq)
+        if row is None or row["source"] == original.hash:
+            continue
+        if original.at > row["created_at"]:  # the stored rows from here on are discarded
+            out.supersede_from, out.winner = original.seq, (original.seq, original.at)
+            stored = {seq: r for seq, r in stored.items()
+                      if seq < original.seq or r["source"] == ours.get(seq)}
+        else:  # the batch's rows from here on are: a later attempt's replaced them
+            out.stale = [_kept(p) for p in group if p[0].seq >= original.seq]
+            out.winner = (original.seq, row["created_at"])
+            group = [p for p in group if p[0].seq < original.seq]
+        break
+    prev = GENESIS if first.seq == 1 else (before["hash"] if before is not None else None)
     for original, clean in group:
         if original.seq in stored:  # written by an earlier attempt: keep it, link to it
-            prev = stored[original.seq]
+            prev = stored[original.seq]["hash"]
             continue
         # A missing predecessor (a gap chain_problems reports) keeps the workflow's own link.
         link = original.prev_hash if prev is None else prev
@@ -53,9 +114,19 @@ async def chained(c: asyncpg.Connection, group: list[Pair]) -> list[DecisionRow]
                                               "redacted": not same}}
             row = clean.model_copy(update={"data": data, "prev_hash": link})
             row = row.model_copy(update={"hash": chain_hash(link, row.model_dump())})
-        out.append(row)
+        out.rows.append(row)
         prev = row.hash
     return out
+
+
+def _kept(pair: Pair) -> DecisionRow:
+    """A superseded batch row as kept: redacted, under the workflow's hash (it is in no
+    chain any more), marked when redaction changed it."""
+    original, clean = pair
+    if canonical(clean.model_dump()) == canonical(original.model_dump()):
+        return original
+    return clean.model_copy(update={"data": {**clean.data, "_ledger": {
+        "source_hash": original.hash, "redacted": True}}})
 
 
 def chain_problems(rows: list[StoredDecision], heads: dict[str, str | None]) -> list[str]:

@@ -35,6 +35,8 @@ _TRAIL = {
                  " order by seq",
     "memory_ops": f"select * from stead_memory_ops where workflow_id=$1 {_SCOPED}"
                   " order by created_at",
+    "superseded": f"select * from stead_decisions_superseded where workflow_id=$1 {_SCOPED}"
+                  " order by run_id, seq, created_at",
 }
 """One statement per ``Trail`` field, in the field's order."""
 

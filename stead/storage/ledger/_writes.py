@@ -106,7 +106,7 @@ class LedgerWrites(LedgerBase):
                 cond = " and (select ok from linked)"
                 if await c.fetchval(
                         f"with {ctes}, run as ({close[0].format(cond=cond)}),"
-                        f" calls as ({close[1].format(cond=cond)}) select ok from linked",
+                        f" calls as ({close[1].format(cond=cond)}) select ok from stored",
                         *args, *more):
                     return
             if not pairs:
@@ -218,10 +218,17 @@ class LedgerWrites(LedgerBase):
         still ends at the head the run recorded. Rows after a re-chained one are re-linked
         the same way. Deterministic, so concurrent writers of one batch store the same rows.
 
+        Two attempts of one workflow task may write different rows under the same seqs: a
+        local activity writes before Temporal records its task, and when the worker dies the
+        retried task replays and may decide otherwise. The rows decided later are history's
+        (the retried task runs at a later workflow time): they are stored, and the other
+        attempt's rows from where the two differ are moved, whole, to
+        ``stead_decisions_superseded`` (``Trail.superseded``; migration 0014).
+
         The usual batch (one run's rows, none changed by redaction, the stored rows before it
         as the workflow built them) is stored as built in one statement; the statement checks
         the stored links itself and stores nothing when one differs, and then the batch is
-        re-chained row by row in a transaction."""
+        compared and re-chained row by row in a transaction."""
         pairs = self._redacted(rows)
         if not pairs:
             return
@@ -230,7 +237,7 @@ class LedgerWrites(LedgerBase):
         async def op(c: asyncpg.Connection) -> None:
             if fast is not None:
                 ctes, args = fast
-                if await c.fetchval(f"with {ctes} select ok from linked", *args):
+                if await c.fetchval(f"with {ctes} select ok from stored", *args):
                     return
             async with c.transaction():
                 await _insert_chained(c, pairs)
@@ -266,7 +273,10 @@ class LedgerWrites(LedgerBase):
 _DECISION_CTES = (
     "expect as (select * from jsonb_to_recordset(${links}::jsonb) as e(seq integer, hash text)),"
     " linked as (select not exists (select 1 from stead_decisions d join expect e using (seq)"
-    "  where d.workflow_id=${wf} and d.run_id=${run} and d.hash <> e.hash) as ok),"
+    "  where d.workflow_id=${wf} and d.run_id=${run} and d.hash <> e.hash) as ok,"
+    "  (select count(*) from stead_decisions d join expect e using (seq)"
+    "   where d.workflow_id=${wf} and d.run_id=${run} and d.hash = e.hash"
+    "   and e.seq > (select min(seq) from expect)) as present),"
     " decided as (insert into stead_decisions(workflow_id, seq, run_id, step, kind, decision,"
     "  reason, actor, policy, data, dedupe_key, created_at, prev_hash, hash)"
     "  select ${wf}, r.seq, ${run}, r.step, r.kind, r.decision, r.reason, r.actor, r.policy,"
@@ -274,10 +284,14 @@ _DECISION_CTES = (
     "  from jsonb_to_recordset(${rows}::jsonb) as r(seq integer, step integer, kind text,"
     "   decision text, reason text, actor text, policy text, data jsonb, at timestamptz,"
     "   prev_hash text, hash text)"
-    "  where (select ok from linked) on conflict do nothing)")
+    "  where (select ok from linked) on conflict do nothing returning 1),"
+    " stored as (select ok and present + (select count(*) from decided)"
+    "  = jsonb_array_length(${rows}::jsonb) as ok from linked)")
 """Stores one run's decisions as built when the stored rows they link to (the row before the
-batch, and rows of the batch an earlier attempt wrote) have the hashes the batch expects;
-``linked.ok`` says whether they had."""
+batch, and rows of the batch an earlier attempt wrote) have the hashes the batch expects.
+``linked.ok`` says whether they had; ``stored.ok`` also that every row of the batch is now
+stored as built (false too when a concurrent writer took a seq first: the caller then
+compares row by row, ``_insert_chained``)."""
 
 
 def _as_built(pairs: list[Pair], *, first_param: int) -> tuple[str, tuple[object, ...]] | None:
@@ -306,15 +320,38 @@ def _as_built(pairs: list[Pair], *, first_param: int) -> tuple[str, tuple[object
 
 
 async def _insert_chained(c: asyncpg.Connection, pairs: list[Pair]) -> None:
-    """Store ``pairs`` re-chained to what is stored, run by run (inside a transaction)."""
-    args = []
+    """Store ``pairs`` re-chained to what is stored, run by run (inside a transaction); where
+    two attempts of a workflow task decided differently, keep history's rows and move the
+    other attempt's to ``stead_decisions_superseded`` (migration 0014)."""
+    args, stale = [], []
     for group in by_run(pairs):
-        for r in await chained(c, group):
+        plan = await chained(c, group)
+        first = group[0][0]
+        if plan.supersede_from is not None:
+            assert plan.winner is not None
+            await c.fetchval("select stead_supersede_decisions($1, $2, $3, $4, $5)",
+                             first.workflow_id, first.run_id, plan.supersede_from,
+                             plan.winner[1], plan.keep)
+        for r in plan.rows:
             args.append((r.workflow_id, r.seq, r.run_id, r.step, r.kind, r.decision,
                          r.reason, r.actor, r.policy, r.data,
                          f"{r.workflow_id}:{r.run_id}:{r.seq}", r.at, r.prev_hash, r.hash))
-    await c.executemany(
-        "insert into stead_decisions(workflow_id, seq, run_id, step, kind, decision,"
-        " reason, actor, policy, data, dedupe_key, created_at, prev_hash, hash)"
-        " values($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14)"
-        " on conflict do nothing", args)
+        for r in plan.stale:
+            assert plan.winner is not None
+            stale.append((r.workflow_id, r.seq, r.run_id, r.step, r.kind, r.decision,
+                          r.reason, r.actor, r.policy, r.data,
+                          f"{r.workflow_id}:{r.run_id}:{r.seq}", r.at, r.prev_hash, r.hash,
+                          *plan.winner))
+    if args:
+        await c.executemany(
+            "insert into stead_decisions(workflow_id, seq, run_id, step, kind, decision,"
+            " reason, actor, policy, data, dedupe_key, created_at, prev_hash, hash)"
+            " values($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14)"
+            " on conflict do nothing", args)
+    if stale:
+        await c.executemany(
+            "insert into stead_decisions_superseded(workflow_id, seq, run_id, step, kind,"
+            " decision, reason, actor, policy, data, dedupe_key, created_at, prev_hash, hash,"
+            " winner_seq, winner_at)"
+            " values($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16)"
+            " on conflict do nothing", stale)
