@@ -11,26 +11,32 @@ restart; the ``stead quota`` figures and ``GET /v1/quota`` say the same."""
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
+from _admission_worker import ADMISSION_WORKER_SCRIPT
 from _cli import cli_env, stead
 from _graph_agents import Lab, Seen, child_agent, parent_agent
+from _procs import WorkerProcess, worker_env
 from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from pydantic import SecretStr
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 
 from stead.activities.admission import AdmissionActivities
 from stead.api import create_app, issue_token
 from stead.authoring.agent import AgentCatalog
-from stead.client import start_run
+from stead.client import connect, start_run
 from stead.contracts.admission import AdmitRun
 from stead.contracts.models import RunRef, RunRequest, RunResult, RunState
 from stead.contracts.quota import TenantQuota
@@ -524,3 +530,62 @@ async def test_one_admission_decision_is_one_round_trip(stack: EmbeddedStack) ->
         assert (usage.in_flight, usage.queued) == (1, 0)  # the release admitted run 2
     finally:
         await pool.close()
+
+
+@pytest.mark.slow
+async def test_a_queue_row_written_before_the_worker_died_gives_way_to_the_replayed_admit(
+        settings: Settings, ledger: Ledger, tmp_path: Path) -> None:
+    """A run queues, its flush writes ``admission: queue`` with a local activity, and the
+    worker is SIGKILLed before Temporal records that workflow task. Meanwhile the slot frees,
+    so the retried task is admitted at once. History holds ``admit``, so must the audit trail:
+    the ``queue`` row is kept aside as superseded (the chaos suite's governance check found
+    the trail saying ``queue`` for such runs)."""
+    tenant = _tenant()
+    hold, kill = tmp_path / "hold", tmp_path / "kill"
+    hold.touch()
+    kill.touch()
+    env = worker_env(settings, tmp_path, HOLD_FILE=str(hold), KILL_FILE=str(kill),
+                     STEAD_TENANT_QUOTAS=json.dumps({tenant: {"runs_in_flight": 1}}),
+                     STEAD_ADMISSION_RECHECK_SECONDS="3600")
+    first = WorkerProcess(ADMISSION_WORKER_SCRIPT, env, tmp_path / "worker-1.log").start()
+    second: WorkerProcess | None = None
+    try:
+        client = await connect(settings)
+        holder = await start_run(client, RunRequest(agent="holdon", input="hold",
+                                                    tenant=tenant), temporal=settings.temporal)
+        await _until_status(holder, "running")
+        queued = await start_run(client, RunRequest(agent="holdon", input="wait",
+                                                    tenant=tenant), temporal=settings.temporal)
+        deadline = time.monotonic() + 30
+        while first.alive:
+            assert time.monotonic() < deadline, f"the queue row was never written:\n" \
+                                                f"{first.output()}"
+            await asyncio.sleep(0.05)
+        assert not kill.exists()  # it died where it was meant to
+        trail = await ledger.trail(queued.id)
+        assert [d.decision for d in trail.decisions if d.kind == "admission"] == ["queue"]
+        # The holder ends while no worker runs (it releases its slot as its run would).
+        ref = RunRef(workflow_id=holder.id, run_id=holder.result_run_id or "",
+                     agent="holdon", tenant=tenant)
+        await Admissions(ledger.pool).release(ref, TenantQuota(runs_in_flight=1))
+        hold.unlink()
+        second = WorkerProcess(ADMISSION_WORKER_SCRIPT, env, tmp_path / "worker-2.log").start()
+        result: RunResult = await asyncio.wait_for(queued.result(), 90)
+        assert (await asyncio.wait_for(holder.result(), 60)).status == "completed"
+    finally:
+        first.kill()
+        if second is not None:
+            second.kill()
+
+    assert result.status == "completed", result
+    # In history the run was admitted at its first ask: it never waited (no timer).
+    history = await queued.fetch_history()
+    assert not [e for e in history.events if e.event_type == EventType.EVENT_TYPE_TIMER_STARTED]
+    trail = await ledger.trail(queued.id)
+    assert [d.decision for d in trail.decisions if d.kind == "admission"] == ["admit"]
+    (gone,) = trail.superseded
+    admit = next(d for d in trail.decisions if d.kind == "admission")
+    assert (gone.kind, gone.decision, gone.seq) == ("admission", "queue", admit.seq)
+    assert (gone.winner_seq, gone.winner_at) == (admit.seq, admit.created_at)
+    assert gone.created_at < admit.created_at
+    assert await ledger.verify_chain(queued.id) == []
