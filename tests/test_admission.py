@@ -571,7 +571,8 @@ async def test_a_queue_row_written_before_the_worker_died_gives_way_to_the_repla
         hold.unlink()
         second = WorkerProcess(ADMISSION_WORKER_SCRIPT, env, tmp_path / "worker-2.log").start()
         result: RunResult = await asyncio.wait_for(queued.result(), 90)
-        assert (await asyncio.wait_for(holder.result(), 60)).status == "completed"
+        # The holder's model call died with worker 1 and waits out its timeout: not needed.
+        await holder.terminate("the test is over")
     finally:
         first.kill()
         if second is not None:
