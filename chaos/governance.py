@@ -411,7 +411,7 @@ class Governance:
 
         # (c), (d), (e) per run
         statuses: Counter[str] = Counter()
-        queued = refused_by_window = billed_unsettled = budget_runs = 0
+        queued = refused_by_window = billed_unsettled = budget_runs = superseded = 0
         charged_attempts, charged_usd = 0, 0.0
         steps_of: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for r in resv:
@@ -424,6 +424,7 @@ class Governance:
             res = rec.result
             statuses[rec.outcome] += 1
             trail = await ledger.trail(rec.workflow_id)
+            superseded += len(trail.superseded)
             served = by_order.get(order, []) if order is not None else []
             answered = [s for s in served if s.usage is not None]
             if plan.kind == "tenant":
@@ -532,5 +533,6 @@ class Governance:
                      f"{charged_attempts} killed attempt(s) charged at their estimate "
                      f"(${charged_usd:.4f}); "
                      f"{budget_runs} runs with a budget; {late} model request(s) arrived "
-                     f"after their run had ended")
+                     f"after their run had ended; {superseded} audit row(s) of discarded "
+                     f"workflow-task attempts superseded")
         return found
