@@ -159,6 +159,9 @@ async def phase_net(h: Harness, name: NetPhaseName) -> None:
             # refusing gives up connecting and exits, as it should; its supervisor — the pool
             # here — starts another. Say which it was, from the logs.
             said = _start_failures(h.data_dir / "logs", name)
+            # Exits the logs explain are the fault's doing, not crashes: counted here only.
+            for d in exited[:sum(said.values())]:
+                d.cause = "exited at start"
             stat = h.fault(group, "worker exited at start (connect failed during a fault)")
             stat.injected = len(exited)
             stat.note = "; ".join(f"{k}x {why}" for why, k in said.items()) or \

@@ -54,7 +54,9 @@ class Death:
     noticed_at: float
     cause: str
     """``harness`` (the harness SIGKILLed it), ``failpoint`` (it SIGKILLed itself at an
-    armed failpoint), ``stopped`` (SIGTERM at the end) or ``crashed`` (anything else)."""
+    armed failpoint), ``stopped`` (SIGTERM at the end) or ``crashed`` (anything else; a
+    network phase relabels a worker that gave up connecting during its fault ``exited at
+    start``, as its log says)."""
     kind: str = ""
     """What the harness meant by the kill (``random``, ``approval``), when it was the harness."""
     killed_at: float | None = None
