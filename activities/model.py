@@ -314,7 +314,9 @@ class ModelActivities:
             content=turn.content if turn else None,
             error=f"{type(error).__name__}: {error}" if error else None,
             usage=turn.usage if turn else Usage(),
-            duration_ms=seconds * 1000, endpoint=endpoint, fallback=req.fallback),
+            duration_ms=seconds * 1000, endpoint=endpoint, fallback=req.fallback,
+            cost_usd=req.price.cost(turn.usage.input_tokens, turn.usage.output_tokens)
+            if turn is not None and req.price is not None else None),
             on_wait=activity.heartbeat)
 
 

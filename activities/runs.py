@@ -12,11 +12,13 @@ from temporalio.exceptions import ApplicationError
 
 from stead import errors
 from stead.authoring.agent import AgentCatalog
+from stead.contracts.budget import Spend
 from stead.contracts.models import (
     SYNTHETIC_KEY,
     AgentPlan,
     DecisionBatch,
     FinishRun,
+    LostSubagent,
     StartRun,
 )
 from stead.contracts.quota import TenantQuota, quota_for
@@ -128,6 +130,12 @@ class RunActivities:
         self._tracing.decisions(finish.decisions)
         await self._metrics.finished_run(self._ledger, workflow_id=finish.ref.workflow_id,
                                          run_id=finish.ref.run_id, status=r.status)
+
+    @activity.defn(name="run.subagent_spend")
+    async def subagent_spend(self, lost: LostSubagent) -> Spend:
+        """What a sub-agent that left no result spent, from its model calls in the ledger
+        (its own sub-agents' included): the parent counts it against its budget."""
+        return await self._ledger.subtree_spend(lost.workflow_id)
 
     @activity.defn(name="run.decisions")
     async def record_decisions(self, batch: DecisionBatch) -> None:

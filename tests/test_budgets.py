@@ -484,6 +484,95 @@ async def test_a_failed_sub_agents_spend_is_counted_only_behind_its_patch(
     assert r.spend == (spent if patched else Spend())
 
 
+def _lost_parent_graph() -> Graph:
+    g = (Graph("budget-lost-parent", version=1).route("route")
+         .subagent("delegate", "stuck").finish("done"))
+    g.edge("route", "delegate").edge("delegate", "done")
+    return g
+
+
+async def test_a_terminated_sub_agents_spend_is_read_from_the_ledger_by_its_parent(
+        settings: Settings, ledger: Ledger) -> None:
+    """The sub-agent's first model call is answered ($0.02, 600 tokens), then its tool
+    hangs and an operator terminates it: no result, no failure details. The parent reads
+    what the sub-agent's model calls cost from the ledger, counts it (an audit row says so)
+    and goes on; its history replays."""
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    @tool(name="hang")
+    async def hang(args: Echo, ctx: ToolContext) -> Echo:
+        """Wait until released."""
+        started.set()
+        await release.wait()
+        return args
+
+    script = [ModelTurn(tool_calls=[call("hang", call_id="call_hang", text="x")], usage=USAGE),
+              ModelTurn(content="never reached", usage=USAGE)]
+    async with fakes(script=script) as (srv,):
+        stuck = Agent(name="stuck", instructions="Call hang.", tools=[hang],
+                      models=[endpoint(srv)], policy=Policy(id="stuck-policy", version=1),
+                      offline_model=ScriptedModel([ModelTurn(content="offline")]))
+        parent = budget_agent([endpoint(srv)], BudgetRules(max_usd=1.0), name="parent",
+                              graph=_lost_parent_graph())
+        async with WorkerHost(settings, AgentCatalog([stuck, parent])) as host:
+            assert host.client is not None
+            h = await start(host, settings, agent="parent")
+            await asyncio.wait_for(started.wait(), 30)
+            await host.client.get_workflow_handle(f"{h.id}/delegate-1").terminate("stuck")
+            r = await result(h)
+            release.set()
+            history = await h.fetch_history()
+    await production_replayer().replay_workflow(history)
+    assert len(srv.requests) == 1
+    assert r.status == "completed"  # the parent goes on past a lost sub-agent
+    assert amounts(r.spend) == (0.02, 400, 200, 1)
+    (counted,) = [d for d in await budget_rows(ledger, h.id)
+                  if d.decision == "subagent_counted"]
+    assert counted.data["ended"] == "terminated"
+    assert counted.data["subagent"] == f"{h.id}/delegate-1"
+    child = await ledger.trail(f"{h.id}/delegate-1")
+    assert [round(c.cost_usd or 0, 9) for c in child.model_calls] == [0.02]
+
+
+@pytest.mark.parametrize("patched", [True, False], ids=["new run", "recorded before"])
+async def test_a_lost_sub_agents_spend_is_read_only_behind_its_patch(patched: bool) -> None:
+    """On the fake seam: a sub-agent that was terminated (or timed out) is looked up in the
+    ledger by a parent that takes the patch; one replaying an older history asks nothing."""
+    from temporalio.exceptions import ChildWorkflowError, TerminatedError
+
+    from stead.workflows._approvals import ApprovalBook
+    from stead.workflows._budget import CHILD_LOST_SPEND_PATCH
+    from stead.workflows._context import ALLOW_ALL, Frame
+    from stead.workflows._decisions import DecisionLog
+    from stead.workflows._graph import GraphRun
+    from tests._fake_seam import FakeSeam, context
+
+    spent = Spend(usd=0.25, input_tokens=10, output_tokens=20, model_calls=2)
+
+    def lost(req: Any) -> BaseException:
+        err = ChildWorkflowError("child terminated", namespace="default",
+                                 workflow_id="wf-1/c", run_id="r",
+                                 workflow_type="AgentWorkflow", initiated_event_id=1,
+                                 started_event_id=2, retry_state=None)
+        err.__cause__ = TerminatedError("terminated by an operator")
+        return err
+
+    asked: list[str] = []
+    seam = FakeSeam(handlers={"child": lost, "run.subagent_spend":
+                              lambda q: asked.append(q.workflow_id) or spent},
+                    patches=[CHILD_LOST_SPEND_PATCH] if patched else [])
+    ctx = context(seam)
+    ctx.policy = ALLOW_ALL
+    decisions = DecisionLog(ctx)
+    plan = budget_agent([], None, graph=PARENT_GRAPH).plan(model="fake")
+    frame = Frame.start(ctx, RunRequest(agent="budget", input="hi", tenant="t"), plan)
+    r = await GraphRun(ctx, frame, decisions, ApprovalBook(ctx, decisions)).run()
+    assert CHILD_LOST_SPEND_PATCH in seam.asked_patches
+    assert r.spend == (spent if patched else Spend())
+    assert asked == ([f"{ctx.ref.workflow_id}/delegate-1"] if patched else [])
+
+
 async def test_a_conversation_turn_that_fails_still_counts_what_it_spent(
         settings: Settings) -> None:
     """A turn of the failing agent makes one model call and fails: the conversation's

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 import stead.storage.blobs
 import stead.storage.ledger
 from stead.contracts.audit import GENESIS, chain_hash
+from stead.contracts.budget import Spend
 from stead.contracts.models import (
     DecisionRow,
     MemoryOpRecord,
@@ -194,6 +195,30 @@ async def test_finishing_a_run_with_a_redacted_last_decision_rechains_it(
     assert _rechained(trail) == {1: True}
     assert trail.runs[0].status == "completed"
     assert await ledger.verify_chain(wf) == []
+
+
+async def test_a_sub_trees_spend_sums_its_answered_calls_and_nothing_beside_it(
+        ledger: Ledger) -> None:
+    """``subtree_spend``: the workflow and every workflow under it (``id/...``), answered
+    calls only; a sibling whose id merely starts the same way is not under it."""
+    root = f"wf-{uuid.uuid4().hex}/delegate-1"
+
+    async def answered(wid: str, step: int, cost: float | None, status: str = "ok") -> None:
+        await ledger.record_model_call(
+            RunRef(workflow_id=wid, run_id="r", agent="a", tenant="t", step=step),
+            ModelCallRecord(attempt=1, model="m", status=status,  # type: ignore[arg-type]
+                            usage=Usage(input_tokens=10, output_tokens=5), duration_ms=1.0,
+                            cost_usd=cost))
+
+    await answered(root, 1, 0.5)
+    await answered(root, 2, None)  # unpriced: tokens and a call, no money
+    await answered(f"{root}/review-1", 1, 0.25)  # its own sub-agent
+    await answered(root, 3, 9.0, status="error")  # not answered
+    for beside in (root + "0", root + ".5", root[:-1] + "2"):
+        await answered(beside, 1, 100.0)
+    assert await ledger.subtree_spend(root) == Spend(usd=0.75, input_tokens=30,
+                                                     output_tokens=15, model_calls=3)
+    assert await ledger.subtree_spend(f"{root}/nobody") == Spend()
 
 
 # ------------------------------------------------------- attempts that decided otherwise

@@ -9,7 +9,9 @@ call the call is estimated (request bytes and the model's output limit at its pi
 from the usage its server reported. Spending comes only from model results recorded in
 history, so a retried activity or a replay after a worker crash counts each answer once. A
 sub-agent that fails still counts: its failure carries its spending (``failure``), which the
-parent reads from its own history (``add_failed``).
+parent reads from its own history (``add_failed``). One that times out, is terminated or
+cancelled says nothing: the parent reads what its model calls cost from the ledger
+(``add_lost``), as an activity whose answer history keeps.
 
 When a call would pass a limit, the policy's ``on_exceed`` decides: ``stop`` ends the run
 ``budget_exceeded``; ``ask`` waits (``ask_timeout_seconds``) for the ``raise_budget`` update
@@ -27,12 +29,15 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, CancelledError, TerminatedError
+from temporalio.exceptions import TimeoutError as TemporalTimeout
 
 from stead.workflows._context import Context
 from stead.workflows._decisions import DecisionLog
+from stead.workflows._seam import bookkeeping
 
 with workflow.unsafe.imports_passed_through():
+    from stead.activities.runs import RunActivities
     from stead.contracts.budget import (
         Budget,
         BudgetLimit,
@@ -42,7 +47,7 @@ with workflow.unsafe.imports_passed_through():
         RaiseBudget,
         Spend,
     )
-    from stead.contracts.models import ModelEndpoint, RunRequest, Usage
+    from stead.contracts.models import LostSubagent, ModelEndpoint, RunRequest, Usage
     from stead.contracts.policy import Policy
     from stead.guardrails.budget import settle
 
@@ -54,6 +59,15 @@ before budgets were enforced replays without stopping."""
 CHILD_FAILURE_SPEND_PATCH = "stead-child-failure-spend-1"
 """Asked by a parent only when a failed sub-agent's error carries its spending: a parent
 recorded before such spending was counted replays without counting it."""
+
+CHILD_LOST_SPEND_PATCH = "stead-child-lost-spend-1"
+"""Asked by a parent only when a sub-agent timed out, was terminated or cancelled (it left
+neither a result nor a failure that says what it spent): from this patch on the parent reads
+that spending from the ledger (``run.subagent_spend``) and counts it; a parent recorded
+before replays without the activity."""
+
+LOST = (TemporalTimeout, TerminatedError, CancelledError)
+"""How a sub-agent ends without a word about its spending."""
 
 SPEND_DETAIL = "stead.spend"
 """Key of the detail a failing run adds to its ``ApplicationError``: its spending
@@ -137,12 +151,31 @@ class BudgetBook:
 
     def add_failed(self, cause: BaseException | None) -> Spend | None:
         """A failed sub-agent's spending, from its error's details (``failure``), counted as
-        this run's; None when it carried none (a child that failed before spending, was
-        timed out or terminated, or ran code older than this)."""
+        this run's; None when it carried none (a child that failed before spending, or ran
+        code older than this; one that timed out or was terminated: ``add_lost``)."""
         spend = failed_spend(cause)
         if spend is None or not self._ctx.seam.patched(CHILD_FAILURE_SPEND_PATCH):
             return None
         self.add(spend)
+        return spend
+
+    async def add_lost(self, child_id: str, cause: BaseException | None) -> Spend | None:
+        """A sub-agent that ended with ``cause`` (``LOST``: timed out, terminated,
+        cancelled): its spending read from the ledger and counted as this run's, with an
+        audit row; None for any other cause, or a run recorded before the patch."""
+        ctx = self._ctx
+        if not isinstance(cause, LOST) or not ctx.seam.patched(CHILD_LOST_SPEND_PATCH):
+            return None
+        spend = await ctx.seam.activity(bookkeeping(
+            RunActivities.subagent_spend, LostSubagent(ref=ctx.ref, workflow_id=child_id),
+            result_type=Spend, summary=f"what sub-agent {child_id} spent"))
+        self.add(spend)
+        how = type(cause).__name__.removesuffix("Error").lower()
+        self._decisions.record(
+            ctx.state.step, "budget", "subagent_counted",
+            f"sub-agent {child_id} ended ({how}) without saying what it spent: its "
+            f"answered model calls in the ledger cost ${spend.usd:.6f}",
+            {"subagent": child_id, "ended": how, "spend": spend.model_dump()})
         return spend
 
     def remaining(self) -> Budget | None:

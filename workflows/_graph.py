@@ -482,7 +482,10 @@ class GraphRun:
                 # on as if the sub-agent had merely failed.
                 raise
             cause = err.cause
-            self.budget.add_failed(cause)  # what it spent before it failed still counts
+            # What it spent before it failed still counts: said by its failure, or read
+            # from the ledger when it timed out or was terminated.
+            if self.budget.add_failed(cause) is None:
+                await self.budget.add_lost(child_id, cause)
             outcome = ToolResult(ok=False, tool=f"agent:{node.agent}",
                                  error=cause.message if isinstance(cause, ApplicationError)
                                  else str(cause or err))

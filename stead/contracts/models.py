@@ -541,6 +541,15 @@ class FinishRun(_Model):
     decisions: list[DecisionRow] = Field(default_factory=list)
 
 
+class LostSubagent(_Model):
+    """Input of ``run.subagent_spend``: a sub-agent of run ``ref`` that timed out, was
+    terminated or cancelled, so neither a result nor a failure says what it spent."""
+
+    ref: RunRef
+    workflow_id: str
+    """The sub-agent's workflow id (its own sub-agents' ids begin with it and ``/``)."""
+
+
 class DecisionRow(_Model):
     """One link of a run's audit chain, built by the workflow, stored by an activity."""
 
@@ -588,6 +597,8 @@ class ModelCallRecord(_Model):
     model outside a chain (the configured, routed or offline model)."""
     fallback: int = 0
     """That model's place in the chain: 0 the first choice, 1 its first fallback, ..."""
+    cost_usd: float | None = None
+    """What the answer cost at the run's pinned price (None: unpriced, or no answer)."""
 
 
 class ToolAttemptReport(_Model):
@@ -668,6 +679,8 @@ class ModelCallRow(_LedgerRow):
     """The chain's model that was called (``ModelEndpoint.name``); empty outside a chain."""
     fallback: int = 0
     """Its place in the chain (0: the first choice)."""
+    cost_usd: float | None = None
+    """What the answer cost at the run's pinned price (None: unpriced, or no answer)."""
 
 
 class ToolCallRow(_LedgerRow):

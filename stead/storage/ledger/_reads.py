@@ -3,6 +3,7 @@
     trail = await ledger.trail(workflow_id, tenant="acme")   # never another tenant's rows
     trail.runs[0].status, [d.kind for d in trail.decisions]
     problems = await ledger.verify_chain(workflow_id)        # [] when intact
+    spent = await ledger.subtree_spend(child_id)             # a lost sub-agent's spending
 
 Reads take an optional tenant: given, only runs of that tenant (and their rows) exist. Child
 tables carry no tenant; they are scoped through their run in ``stead_runs``.
@@ -14,6 +15,7 @@ from typing import Any
 
 import asyncpg
 
+from stead.contracts.budget import Spend
 from stead.contracts.models import StoredDecision, Trail
 from stead.storage.ledger._chain import chain_problems
 from stead.storage.ledger._core import LedgerBase
@@ -59,6 +61,20 @@ class LedgerReads(LedgerBase):
             return {name: [dict(r) for r in await c.fetch(sql, workflow_id, tenant)]
                     for name, sql in _TRAIL.items()}
         return Trail.model_validate(await self._retrying(op))
+
+    async def subtree_spend(self, workflow_id: str) -> Spend:
+        """What the answered model calls of ``workflow_id`` and of every workflow under it
+        (sub-agents: ``{workflow_id}/...``) cost, at the prices their runs were pinned to
+        (``stead_model_calls.cost_usd``; unpriced calls count tokens and calls, no money)."""
+        async def op(c: asyncpg.Connection) -> Any:
+            return await c.fetchrow(
+                "select coalesce(sum(cost_usd), 0)::float8 as usd,"
+                " coalesce(sum(input_tokens), 0)::bigint as input_tokens,"
+                " coalesce(sum(output_tokens), 0)::bigint as output_tokens,"
+                " count(*) as model_calls from stead_model_calls"
+                " where status = 'ok' and (workflow_id = $1 or (workflow_id ~>=~ ($1 || '/')"
+                " and workflow_id ~<~ ($1 || '0')))", workflow_id)
+        return Spend.model_validate(dict(await self._retrying(op)))
 
     async def verify_chain(self, workflow_id: str, *, tenant: str | None = None) -> list[str]:
         """Recompute each run's decision hash chain; return the problems (empty: intact).

@@ -130,12 +130,13 @@ class LedgerWrites(LedgerBase):
             await c.execute(
                 "insert into stead_model_calls(workflow_id, run_id, step, attempt, model, status,"
                 " finish_reason, tool_calls, content, error, input_tokens, output_tokens,"
-                " duration_ms, endpoint, fallback)"
-                " values($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15)"
+                " duration_ms, endpoint, fallback, cost_usd)"
+                " values($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16)"
                 " on conflict do nothing",
                 ref.workflow_id, ref.run_id, ref.step, call.attempt, call.model, call.status,
                 call.finish_reason, tool_calls, content, error, call.usage.input_tokens,
-                call.usage.output_tokens, call.duration_ms, call.endpoint, call.fallback)
+                call.usage.output_tokens, call.duration_ms, call.endpoint, call.fallback,
+                call.cost_usd)
         await self._retrying(op, on_wait)
 
     # ----------------------------------------------------------------------- tool calls
