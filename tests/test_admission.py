@@ -231,6 +231,33 @@ async def test_a_refusing_tenant_over_quota_ends_the_run_refused_and_audited(
     assert row.decision == "refuse" and row.data["limit"] == "runs_in_flight"
 
 
+async def test_starts_per_minute_refuse_a_third_start_in_real_runs_though_none_is_in_flight(
+        settings: Settings, catalog: AgentCatalog, ledger: Ledger) -> None:
+    """starts_per_minute=2 with ``over_quota: refuse``, on the dev server: two runs start and
+    finish; the third within the minute is refused with the cap and when to try again, with
+    nothing in flight; the refusal is audited with its retry-after."""
+    tenant = _tenant()
+    settings = _quotas(settings, {tenant: {"starts_per_minute": 2, "over_quota": "refuse"}})
+    model = GatedModel()
+    model.open_all()
+    async with _worker(settings, catalog, model) as client:
+        done = [await (await _start(client, settings, tenant, f"run-{i}")).result()
+                for i in (1, 2)]
+        h = await _start(client, settings, tenant, "run-3")
+        r = await h.result()
+        history = await h.fetch_history()
+    await production_replayer().replay_workflow(history)
+    assert [d.status for d in done] == ["completed", "completed"]
+    assert r.status == "refused" and r.route == "refuse:quota" and r.steps == 0
+    assert r.answer is not None and "2 starts per minute" in r.answer
+    assert "run-3" not in model.calls
+    (row,) = [d for d in (await ledger.trail(h.id)).decisions if d.kind == "admission"]
+    assert row.decision == "refuse" and row.data["limit"] == "starts_per_minute"
+    assert 0 < row.data["retry_after"] <= 60
+    (usage,) = await Admissions(ledger.pool).usage([tenant])
+    assert (usage.in_flight, usage.started_last_minute) == (0, 2)
+
+
 async def test_another_tenant_is_unaffected_while_one_is_saturated(
         settings: Settings, catalog: AgentCatalog) -> None:
     busy, other = _tenant(), _tenant()
