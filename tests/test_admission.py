@@ -258,6 +258,36 @@ async def test_starts_per_minute_refuse_a_third_start_in_real_runs_though_none_i
     assert (usage.in_flight, usage.started_last_minute) == (0, 2)
 
 
+async def test_a_run_queued_past_its_queue_timeout_is_refused_and_leaves_the_queue(
+        settings: Settings, catalog: AgentCatalog, ledger: Ledger) -> None:
+    """queue_timeout_seconds=2: the run waits its turn behind a holder for 2 s (the
+    re-check is an hour away), then ends ``refused``, saying how long it waited; it takes no
+    slot and leaves the queue, and the holder goes on unaffected."""
+    tenant = _tenant()
+    settings = _quotas(settings, {tenant: {"runs_in_flight": 1, "queue_timeout_seconds": 2}},
+                       recheck=3600)
+    model = GatedModel()
+    async with _worker(settings, catalog, model) as client:
+        holder = await _start(client, settings, tenant, "holder")
+        await model.called("holder")
+        h = await _start(client, settings, tenant, "patient")
+        await _until_status(h, "queued")
+        r = await asyncio.wait_for(h.result(), 30)
+        (usage,) = await Admissions(ledger.pool).usage([tenant])
+        model.open_all()
+        assert (await holder.result()).status == "completed"
+        history = await h.fetch_history()
+    await production_replayer().replay_workflow(history)
+    assert r.status == "refused" and r.route == "refuse:quota" and r.steps == 0
+    assert r.answer is not None and "waited 2 s for a slot" in r.answer
+    assert "1 runs in flight" in r.answer
+    assert "patient" not in model.calls
+    assert (usage.in_flight, usage.queued) == (1, 0)  # the holder's slot only
+    rows = [d for d in (await ledger.trail(h.id)).decisions if d.kind == "admission"]
+    assert [d.decision for d in rows] == ["queue", "refuse"]
+    assert rows[1].data["queue_timeout_seconds"] == 2
+
+
 async def test_another_tenant_is_unaffected_while_one_is_saturated(
         settings: Settings, catalog: AgentCatalog) -> None:
     busy, other = _tenant(), _tenant()

@@ -313,3 +313,20 @@ def test_unset_service_addresses_mean_embedded_defaults(
     assert (s.ledger.database_url, s.temporal.address) == (None, None)
     assert (s.stack.temporal_port, s.stack.ui_port, s.temporal.task_queue) == (7233, 8233, "stead")
     assert timedelta(seconds=s.models.timeout_seconds) == timedelta(minutes=1)
+
+
+@pytest.mark.parametrize("quota, says", [
+    ({"runs_in_flight": 0}, "runs_in_flight"),
+    ({"runs_in_flight": 2, "queue_timeout_seconds": 0}, "queue_timeout_seconds"),
+    ({"usd_per_day": "lots"}, "usd_per_day"),
+    ({"over_quota": "wait"}, "over_quota"),
+    ({"runs_in_flights": 2}, "runs_in_flights"),
+], ids=["zero cap", "zero queue timeout", "not a number", "unknown choice", "misspelt"])
+def test_a_bad_tenant_quota_names_the_variable_and_the_field(
+        monkeypatch: pytest.MonkeyPatch, quota: dict[str, object], says: str) -> None:
+    monkeypatch.setenv("STEAD_TENANT_QUOTAS", json.dumps({"acme": quota}))
+
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+
+    assert "STEAD_TENANT_QUOTAS" in str(info.value) and says in str(info.value)

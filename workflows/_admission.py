@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.exceptions import TemporalError
@@ -41,6 +42,10 @@ with workflow.unsafe.imports_passed_through():
 
 ADMISSION_PATCH = "stead-admission"
 """Runs from this patch on ask for admission when their plan pins a tenant quota."""
+
+QUEUE_TIMEOUT_PATCH = "stead-admission-queue-timeout"
+"""Asked when a run first queues: from this patch on a run that waited its quota's
+``queue_timeout_seconds`` is refused; a run recorded before waits on as it did."""
 
 PARENT_KEY = "stead.parent"
 """``RunRequest.metadata`` key a sub-agent's request names its parent run by
@@ -78,14 +83,24 @@ class AdmissionGate:
             # the answer is being decided (a slot freed meanwhile) ends the next wait at once.
             self._woken = False
             answer = await self._ask(ask)
+            deadline: datetime | None = None
             while answer.verdict == "queued":
                 if not queued:
                     self._record(answer, "queue")
                     await self._decisions.flush()  # the run waits: its rows are written now
+                    if ctx.seam.patched(QUEUE_TIMEOUT_PATCH):
+                        deadline = ctx.seam.now() + timedelta(
+                            seconds=plan.admission.queue_timeout_seconds)
                 queued = True
                 ctx.state.status = "queued"
                 ctx.at("queued", f"Queued for admission: {answer.reason}")
-                await ctx.seam.wait(lambda: self._woken, timeout=answer.wait_seconds)
+                wait = answer.wait_seconds
+                if deadline is not None:
+                    left = (deadline - ctx.seam.now()).total_seconds()
+                    if left <= 0:
+                        return await self._timed_out(plan, answer)
+                    wait = min(wait, left)
+                await ctx.seam.wait(lambda: self._woken, timeout=wait)
                 self._woken = False
                 answer = await self._ask(ask.model_copy(update={"waited": True}))
             queued = False
@@ -105,6 +120,21 @@ class AdmissionGate:
         await self._release(queued=False)
         return result
 
+    async def _timed_out(self, plan: AgentPlan, answer: Admission) -> RunResult:
+        """The run waited its quota's ``queue_timeout_seconds``: it leaves the queue and
+        ends ``refused``, saying so."""
+        assert plan.admission is not None
+        waited = plan.admission.queue_timeout_seconds
+        why = (f"waited {_duration(waited)} for a slot (queue_timeout_seconds) and "
+               f"{answer.reason}")
+        self._record(answer.model_copy(update={"reason": why}), "refuse",
+                     queue_timeout_seconds=waited)
+        await self._release(queued=True)
+        ctx = self._ctx
+        ctx.at("refused", f"Refused: {why}")
+        return RunResult(status="refused", answer=f"Refused: {why}.", steps=0,
+                         route="refuse:quota", policy=ctx.policy.ref, model=plan.model)
+
     async def _ask(self, ask: AdmitRun) -> Admission:
         return await self._ctx.seam.activity(bookkeeping(
             AdmissionActivities.admit, ask, result_type=Admission,
@@ -115,11 +145,21 @@ class AdmissionGate:
             AdmissionActivities.release, ReleaseRun(ref=self._ctx.ref, queued=queued),
             summary="give the admission slot back"))
 
-    def _record(self, answer: Admission, decision: str) -> None:
-        data: dict[str, object] = {"limit": answer.limit, "in_flight": answer.in_flight}
+    def _record(self, answer: Admission, decision: str, **extra: object) -> None:
+        data: dict[str, object] = {"limit": answer.limit, "in_flight": answer.in_flight,
+                                   **extra}
         if answer.verdict == "queued":
             data["position"] = answer.position
         if answer.retry_after is not None:
             data["retry_after"] = round(answer.retry_after, 3)
         self._decisions.record(self._ctx.state.step, "admission", decision,
                                answer.reason or "within the tenant's quota", data)
+
+
+def _duration(seconds: float) -> str:
+    """``seconds`` in words: 7 days, 3 h, 90 s."""
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            n = int(seconds // size)
+            return f"{n} {'day' if unit == 'days' and n == 1 else unit}"
+    return f"{seconds:g} s"

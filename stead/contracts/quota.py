@@ -47,6 +47,10 @@ class TenantQuota(BaseModel):
     starts_per_minute: int | None = Field(None, ge=1)
     """Runs admitted in any sliding minute."""
     over_quota: OverQuota = "queue"
+    queue_timeout_seconds: float = Field(7 * 86400, gt=0)
+    """How long a start waits its turn (``over_quota: queue``) before it is refused with
+    that reason. The default, 7 days, keeps a waiting run's history (about 1,700 events a day
+    at the longest re-check interval) far below Temporal's limit of 51,200 events."""
 
     @property
     def windows(self) -> dict[WindowKind, float]:
