@@ -2,6 +2,7 @@
 
     status = await describe_deployment(client, "stead")      # current, ramping, each version
     await set_ramping(client, "stead", "0.2.0", 10)           # 10 % of new runs to 0.2.0
+    await end_ramp(client, "stead")                           # back to the current version
     await set_current(client, "stead", "0.2.0")               # every new run to 0.2.0
     await wait_drained(client, "stead", "0.1.0", timeout=600)  # its pinned runs have ended
     await wait_version(client, "stead", "0.3.0", timeout=60)  # its workers poll every queue
@@ -252,6 +253,21 @@ async def set_ramping(client: Client, name: str, build_id: str, percent: float, 
                 ignore_missing_task_queues=ignore_missing_task_queues))
     except RPCError as e:
         raise _refused(e, name, build_id) from e
+    return await _settled(client, name, settle_timeout)
+
+
+async def end_ramp(client: Client, name: str, *, settle_timeout: float = 30.0
+                   ) -> DeploymentStatus:
+    """End the deployment's ramp: every new run goes to the current version again (the build
+    that was ramping keeps the runs pinned to it and drains). Nothing ramping: no change."""
+    await _info(client, name)  # DeploymentNotFound for an unknown deployment
+    try:
+        await client.workflow_service.set_worker_deployment_ramping_version(
+            SetWorkerDeploymentRampingVersionRequest(
+                namespace=client.namespace, deployment_name=name, build_id="",
+                percentage=0, identity=IDENTITY))
+    except RPCError as e:
+        raise _refused(e, name) from e
     return await _settled(client, name, settle_timeout)
 
 

@@ -196,6 +196,14 @@ async def test_stead_deploy_status_ramp_and_promote(settings: Settings, world: O
         said = await host_a.report_deployment_routing()
         assert said is not None and "build-a is the current version" in said
 
+        done = await stead("deploy", "unramp", env=env)  # second thoughts: back to A
+        assert done.code == 0, done.err
+        assert "no build ramping" in done.out
+        status = await describe_deployment(client, name)
+        assert (status.current_build_id, status.ramping_build_id) == ("build-a", None)
+        done = await stead("deploy", "ramp", "build-b", "25", env=env)
+        assert done.code == 0, done.err
+
         done = await stead("deploy", "promote", "build-b", env=env)
         assert done.code == 0, done.err
         said = await host_a.report_deployment_routing()

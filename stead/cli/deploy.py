@@ -2,6 +2,7 @@
 
     stead deploy status                    # current / ramping build, each build's drainage
     stead deploy ramp 0.2.0 10             # 10 % of new runs to build 0.2.0
+    stead deploy unramp                    # end the ramp: new runs to the current build
     stead deploy promote 0.2.0             # every new run to 0.2.0; pinned runs stay put
     stead deploy promote 0.2.0 --wait 120  # once 0.2.0's workers poll (a deploy script)
 
@@ -65,12 +66,21 @@ def _name(settings: Settings, given: str | None) -> str:
 def _run(settings: Settings, action: str, name: str, build_id: str | None = None,
          percent: float = 0.0, *, allow_no_pollers: bool = False,
          ignore_missing_task_queues: bool = False, wait: float = 0.0) -> DeploymentStatus:
-    from stead.deployments import describe_deployment, set_current, set_ramping, wait_version
+    from stead.deployments import (
+        describe_deployment,
+        end_ramp,
+        set_current,
+        set_ramping,
+        wait_version,
+    )
     from stead.errors import DeploymentNotFound
 
     async def change() -> DeploymentStatus:
         client = await temporal_client(settings)
         if action == "status":
+            return await describe_deployment(client, name)
+        if action == "unramp":
+            await end_ramp(client, name)
             return await describe_deployment(client, name)
         assert build_id is not None
         if wait:
@@ -145,6 +155,19 @@ def ramp_cmd(build_id: str = typer.Argument(..., help="Build id to ramp"),
         print_json(report.model_dump(mode="json"))
     else:
         out.print(f"{report.name}: build {build_id} ramping at {percent:g}%", highlight=False)
+        _print(report)
+
+
+@deploy_app.command("unramp")
+def unramp_cmd(deployment: str | None = _DEPLOYMENT, as_json: bool = _JSON) -> None:
+    """End the ramp: every new run goes to the current build again; the build that was
+    ramping finishes the runs pinned to it, then drains."""
+    settings = resolved(cli_settings())
+    report = _run(settings, "unramp", _name(settings, deployment))
+    if as_json:
+        print_json(report.model_dump(mode="json"))
+    else:
+        out.print(f"{report.name}: no build ramping", highlight=False)
         _print(report)
 
 
