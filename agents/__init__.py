@@ -21,7 +21,7 @@ def reference_graphs() -> list[Graph]:
     """The reference agents' execution graphs, without building their worlds (replay)."""
     from stead.agents import ops, refund
 
-    return [ops.GRAPH, refund.GRAPH]
+    return [ops.GRAPH, ops.DELEGATING_GRAPH, refund.GRAPH]
 
 
 def served_catalog(settings: Settings) -> AgentCatalog:

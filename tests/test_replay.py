@@ -137,6 +137,14 @@ def test_the_corpus_holds_one_history_per_recorder_scenario(
     assert "corpus-ops-budget-ask-timed-out" in timers  # the ask's deadline
     assert "corpus-ops-restart-escalated-auto-denied" in timers
     assert "corpus-refund-escalated-finance-approves" in timers
+    assert "corpus-ops-admission-queue-timeout" in timers  # the wait it timed out on
+    children = {wid: {e for e in ev if e in (
+        EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_COMPLETED,
+        EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_TERMINATED)} for wid, ev in events.items()}
+    assert children["corpus-ops-subagent-budgeted"] == {
+        EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_COMPLETED}
+    assert children["corpus-ops-subagent-terminated"] == {
+        EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_TERMINATED}
 
 
 async def test_replayer_is_configured_like_the_production_worker(

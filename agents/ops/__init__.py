@@ -9,7 +9,7 @@ from stead.agents.ops.tools import ops_tools
 from stead.agents.ops.world import OpsWorld
 from stead.authoring.agent import Agent
 from stead.authoring.evaluation import OnlineEvals, grounded_figures, used_tools
-from stead.authoring.graph import react
+from stead.authoring.graph import Graph, react
 from stead.contracts.models import MemoryPlan
 from stead.contracts.policy import load_policy
 
@@ -44,8 +44,21 @@ GRAPH = react(name="ops")
 """The ReAct loop: route, recall runbooks, think and act until an answer, check it."""
 
 
+def _delegating() -> Graph:
+    g = Graph("ops-delegating", version=1).route("route").subagent("delegate", "ops") \
+        .finish("done")
+    g.edge("route", "delegate").edge("delegate", "done")
+    return g
+
+
+DELEGATING_GRAPH = _delegating()
+"""Hands the request to the ops agent as a sub-agent (its own run, in the parent's budget and
+admission slot), then finishes with its answer: the recorded corpus's sub-agent paths."""
+
+
 def default_world(data_dir: Path) -> OpsWorld:
     return OpsWorld(data_dir / "ops-world.sqlite")
 
 
-__all__ = ["POLICY_FILE", "OpsPlanner", "OpsWorld", "default_world", "ops_agent", "ops_tools"]
+__all__ = ["DELEGATING_GRAPH", "GRAPH", "POLICY_FILE", "OpsPlanner", "OpsWorld", "default_world",
+           "ops_agent", "ops_tools"]

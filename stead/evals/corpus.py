@@ -72,7 +72,7 @@ if TYPE_CHECKING:
 
 Human = Literal["none", "approve_signal", "approve_update", "edit_update", "reject_signal",
                 "escalate_then_approve", "snapshot_pending", "raise_budget",
-                "queued_then_admitted"]
+                "queued_then_admitted", "terminate_subagent"]
 """What the recorder does while a run waits for an approval:
 
 - ``none``: nobody answers (the run must not ask, or its deadlines pass);
@@ -87,7 +87,10 @@ Human = Literal["none", "approve_signal", "approve_update", "edit_update", "reje
   it by the ``raise_budget`` update;
 - ``queued_then_admitted``: once the run is queued behind its ``blocker`` (its tenant at its
   cap of runs in flight), approve the blocker's restart so that it ends and its ``admit``
-  signal lets the queued run in."""
+  signal lets the queued run in;
+- ``terminate_subagent``: once the run's sub-agent (``<workflow id>/delegate-1``) waits for
+  an approval, terminate it, as an operator would: the parent reads what it spent from the
+  ledger and goes on."""
 
 LEAK = " Paid back to IBAN DE89 3704 0044 0532 0130 00."
 """What the leaky model adds to its first answer: an IBAN, which output validation rejects."""
@@ -141,15 +144,21 @@ CHAIN_KEY_VAR = "STEAD_CORPUS_FAKE_MODEL_KEY"
 """Where the chain's endpoints read the fake server's key from (set by the recorder)."""
 CHAIN_KEY = "sk-corpus-fake-0123456789abcdef"
 """The key the fake server accepts: not a credential, it opens nothing but the fake."""
+DELEGATE_AGENT = "ops-delegating"
+"""A graph that hands the request to the ops agent as a sub-agent, under a money budget:
+the sub-agent's spending counts against it. Served by the governed worker only."""
 CAPPED_TENANT = "corpus-capped"
 """One run in flight; the next queues."""
 REFUSING_TENANT = "corpus-refusing"
 """One run in flight; the next is refused."""
+IMPATIENT_TENANT = "corpus-impatient"
+"""One run in flight; the next queues for at most 2 s, then is refused."""
 BROKE_TENANT = "corpus-broke"
 """A daily spending window smaller than one call's estimate."""
 GOVERNED_QUOTAS: dict[str, dict[str, Any]] = {
     CAPPED_TENANT: {"runs_in_flight": 1},
     REFUSING_TENANT: {"runs_in_flight": 1, "over_quota": "refuse"},
+    IMPATIENT_TENANT: {"runs_in_flight": 1, "queue_timeout_seconds": 2},
     BROKE_TENANT: {"usd_per_day": 0.001},
 }
 """``STEAD_TENANT_QUOTAS`` of the governed worker."""
@@ -329,6 +338,28 @@ SCENARIOS: list[CorpusScenario] = [
         governed=True,
         blocker=_req("ops", "search-worker is down, restart it", tenant=REFUSING_TENANT)),
     CorpusScenario(
+        "ops-admission-queue-timeout",
+        "the tenant is at its cap: queued, and refused once it waited its queue_timeout_seconds",
+        _req("ops", "How is auth-service doing?", tenant=IMPATIENT_TENANT),
+        lambda r: r.status == "refused" and r.route == "refuse:quota"
+        and "waited 2 s" in (r.answer or ""), governed=True,
+        blocker=_req("ops", "search-worker is down, restart it", tenant=IMPATIENT_TENANT)),
+    # ------------------------------------------------------------------------ sub-agents
+    CorpusScenario(
+        "ops-subagent-budgeted",
+        "a graph hands the request to the ops agent as a sub-agent under the parent's budget: "
+        "its spending counts in the parent's",
+        _req(DELEGATE_AGENT, "How is auth-service doing?"),
+        lambda r: r.status == "completed" and r.spend.usd > 0 and r.spend.model_calls >= 2,
+        governed=True),
+    CorpusScenario(
+        "ops-subagent-terminated",
+        "the sub-agent waits for an approval and is terminated: the parent reads what it spent "
+        "from the ledger (subagent_counted) and goes on",
+        _req(DELEGATE_AGENT, "search-worker is down, restart it"),
+        lambda r: r.status == "completed" and r.spend.usd > 0,
+        human="terminate_subagent", governed=True),
+    CorpusScenario(
         "unknown-agent", "a request for an agent the worker does not serve: the run fails",
         _req("billing", "What is my balance?"),
         lambda r: False),  # never returns a result: the workflow fails (checked separately)
@@ -407,10 +438,11 @@ def leaky(model: FunctionModel) -> FunctionModel:
 
 
 def governed_agents(ops: Agent, chain_url: str) -> list[Agent]:
-    """The governed worker's agents: the reference ops agent as it is, and two variants of it
-    (its tools, planner and graph) under policies with a budget: ``ASK_AGENT``
-    (``on_exceed: ask``) and ``CHEAPER_AGENT`` (``on_exceed: cheaper_model``, its chain of two
-    priced models at ``chain_url``)."""
+    """The governed worker's agents: the reference ops agent as it is, and three variants of
+    it under policies with a budget: ``ASK_AGENT`` (``on_exceed: ask``) and ``CHEAPER_AGENT``
+    (``on_exceed: cheaper_model``, its chain of two priced models at ``chain_url``), with its
+    tools, planner and graph, and ``DELEGATE_AGENT``, whose graph hands the request to the ops
+    agent as a sub-agent."""
     assert ops.policy is not None
     ask = BudgetRules(on_exceed="ask", ask_timeout_seconds=ASK_TIMEOUT_SECONDS)
     # Input is free so only the output limit counts: big's estimate $1.00, small's $0.01.
@@ -424,9 +456,13 @@ def governed_agents(ops: Agent, chain_url: str) -> list[Agent]:
         assert ops.policy is not None
         return ops.policy.model_copy(update={"id": f"{ops.policy.id}-{name}", "budget": rules})
 
+    from stead.agents.ops import DELEGATING_GRAPH
+
     return [ops, dataclasses.replace(ops, name=ASK_AGENT, policy=variant("budget-ask", ask)),
             dataclasses.replace(ops, name=CHEAPER_AGENT, models=chain,
-                                policy=variant("budget-cheaper", cheaper))]
+                                policy=variant("budget-cheaper", cheaper)),
+            dataclasses.replace(ops, name=DELEGATE_AGENT, graph=DELEGATING_GRAPH,
+                                policy=variant("budget-delegating", BudgetRules(max_usd=10.0)))]
 
 
 # ---------------------------------------------------------------------------- files
@@ -530,7 +566,7 @@ async def _play_human(handle: WorkflowHandle[Any, RunResult], how: Human, *,
                       within: float = 60) -> WorkflowHistory | None:
     """Answer approvals as ``how`` says until the run ends; the pending-state history when
     ``how`` is ``snapshot_pending``."""
-    if how in ("none", "queued_then_admitted"):
+    if how in ("none", "queued_then_admitted", "terminate_subagent"):
         return None
     if how == "raise_budget":
         await _raise_budget(handle, within=within)
@@ -612,6 +648,25 @@ async def _hold_slot(client: Client, sc: CorpusScenario,
     return blocker
 
 
+async def _terminate_subagent(client: Client, parent: WorkflowHandle[Any, RunResult], *,
+                              within: float = 60) -> None:
+    """Once the parent's sub-agent waits for an approval, terminate it."""
+    from temporalio.service import RPCError
+
+    child = client.get_workflow_handle(f"{parent.id}/delegate-1", result_type=RunResult)
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            await _state_when(child, "an approval", lambda s: bool(s.pending_approvals),
+                              within=max(deadline - time.monotonic(), 0.1))
+            break
+        except RPCError:  # not started yet
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+    await child.terminate("terminated by the corpus recorder, as an operator would")
+
+
 async def _let_go(blocker: WorkflowHandle[Any, RunResult]) -> None:
     """Approve the blocker's restart; wait until it ended (and so freed its slot)."""
     state = await _state_when(blocker, "an approval", lambda s: bool(s.pending_approvals))
@@ -639,6 +694,8 @@ async def _record_one(client: Client, sc: CorpusScenario, settings: Settings,
         await _state_when(handle, "the admission queue", lambda s: s.status == "queued")
         await _let_go(blocker)
         blocker = None
+    if sc.human == "terminate_subagent":
+        await _terminate_subagent(client, handle)
     snapshot = await _play_human(handle, sc.human)
     try:
         result = await asyncio.wait_for(handle.result(), 60)
@@ -786,8 +843,8 @@ async def record_corpus(out: Path, *, scenarios: Sequence[CorpusScenario] = tupl
             await stack_exit.aclose()
             os.environ.pop(CHAIN_KEY_VAR, None)
             await stack.stop()
-    if len(recorded) == len(SCENARIOS) + 2 * len(CONVERSATIONS) + len(SWEEPS):
-        _write_index(out, recorded)  # a partial re-recording keeps the full index
+    full = len(recorded) == len(SCENARIOS) + 2 * len(CONVERSATIONS) + len(SWEEPS)
+    _write_index(out, recorded, merge=not full)  # partial: the other files' rows stay
     return recorded
 
 
@@ -795,7 +852,21 @@ def _ensure_dir(path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
 
 
-def _write_index(out: Path, recorded: Sequence[Recorded]) -> None:
+def _write_index(out: Path, recorded: Sequence[Recorded], *, merge: bool = False) -> None:
+    """``out/README.md``: one row per recorded file. ``merge``: the rows of files not
+    recorded now are kept as the index had them (a partial re-recording)."""
+    rows: dict[str, str] = {}
+    index = out / "README.md"
+    if merge and index.exists():
+        for line in index.read_text().splitlines():
+            if m := re.match(r"\| `([^`]+)` \|", line):
+                rows[m.group(1)] = line
+    for r in recorded:
+        sc = r.scenario
+        agent = sc.request.agent if isinstance(sc, CorpusScenario) \
+            else sc.start.agent if isinstance(sc, CorpusConversation) else sc.agents
+        rows[r.path.name] = (f"| `{r.path.name}` | {agent} | {r.status} | {r.events} | "
+                             f"{r.scenario.shows} |")
     lines = ["# Recorded histories of the reference agents",
              "",
              "Replayed by `tests/test_replay.py` and `stead replay evals/histories` against the "
@@ -809,14 +880,8 @@ def _write_index(out: Path, recorded: Sequence[Recorded]) -> None:
              "recorded keep proving that runs in flight survive the upgrade.",
              "",
              "| file | agent | outcome | events | what it shows |",
-             "| --- | --- | --- | ---: | --- |"]
-    for r in recorded:
-        sc = r.scenario
-        agent = sc.request.agent if isinstance(sc, CorpusScenario) \
-            else sc.start.agent if isinstance(sc, CorpusConversation) else sc.agents
-        lines.append(f"| `{r.path.name}` | {agent} | {r.status} | {r.events} | "
-                     f"{r.scenario.shows} |")
-    (out / "README.md").write_text("\n".join(lines) + "\n")
+             "| --- | --- | --- | ---: | --- |", *rows.values()]
+    index.write_text("\n".join(lines) + "\n")
 
 
 def _names() -> list[str]:
