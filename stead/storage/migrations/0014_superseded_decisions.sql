@@ -51,11 +51,13 @@ create trigger stead_decisions_superseded_append_only
     before update or delete or truncate on stead_decisions_superseded
     for each statement execute function stead_append_only();
 
--- Move the run's stored rows from p_from on into stead_decisions_superseded, but for those
--- whose workflow hash is in p_keep (history's own rows, written by a racing batch of the
--- winning attempt); how many moved. Runs as the tables' owner (security definer), the only
--- role stead_decisions_append_only lets delete; callers take the run's decision lock first
--- (stead/storage/ledger/_chain.py).
+-- Move the run's stored rows from p_from on that were decided before p_winner_at into
+-- stead_decisions_superseded, but for those whose workflow hash is in p_keep (history's own
+-- rows, written by a racing batch of the winning attempt); how many moved. Runs as the
+-- tables' owner (security definer), the only role stead_decisions_append_only lets delete;
+-- callers take the run's decision lock first (stead/storage/ledger/_chain.py). What a worker
+-- role can do with it is move rows aside, never delete or change one: `stead audit` lists
+-- them, and a superseded row of a run whose worker never died is worth a question.
 create function stead_supersede_decisions(
     p_workflow_id text, p_run_id text, p_from integer, p_winner_at timestamptz,
     p_keep text[])
@@ -64,6 +66,7 @@ language sql volatile security definer as $$
     with gone as (
         delete from stead_decisions
         where workflow_id = p_workflow_id and run_id = p_run_id and seq >= p_from
+          and created_at < p_winner_at
           and coalesce(data->'_ledger'->>'source_hash', hash) <> all(p_keep)
         returning *),
     kept as (
