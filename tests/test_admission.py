@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -647,3 +648,12 @@ async def test_a_queue_row_written_before_the_worker_died_gives_way_to_the_repla
     assert (gone.winner_seq, gone.winner_at) == (admit.seq, admit.created_at)
     assert gone.created_at < admit.created_at
     assert await ledger.verify_chain(queued.id) == []
+    # What an auditor sees: the chain intact, the other attempt's row beside it.
+    env = cli_env(settings, COLUMNS="200")
+    shown = await stead("audit", queued.id, "--verify", env=env)
+    assert shown.code == 0, shown.err
+    assert "1 superseded beside it" in shown.out, shown.out
+    assert re.search(r"superseded:admission +│ queue +│ seq \d+: decided by a discarded", shown.out)
+    as_json = await stead("audit", queued.id, "--json", env=env)
+    assert [(s["decision"], s["winner_seq"]) for s in as_json.json()["superseded"]] == [
+        ("queue", admit.seq)]

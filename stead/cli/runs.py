@@ -421,7 +421,10 @@ def audit(
             if problems:
                 err.print("[bold red]hash chain broken:[/]\n  " + "\n  ".join(problems))
             else:
-                out.print(f"[green]hash chain intact[/] ({len(trail.decisions)} decisions)")
+                aside = (f"; {len(trail.superseded)} superseded beside it, decided by "
+                         f"discarded workflow-task attempts" if trail.superseded else "")
+                out.print(f"[green]hash chain intact[/] ({len(trail.decisions)} decisions"
+                          f"{aside})")
     if verify and problems:
         raise typer.Exit(EXIT_RUN_NOT_COMPLETED)
 
