@@ -316,6 +316,7 @@ async def test_an_auditor_reads_the_trail_with_an_intact_chain_and_the_metrics(
     assert [x["status"] for x in trail["runs"]] == ["completed"]
     assert trail["model_calls"] and trail["decisions"]
     assert trail["decisions"][0]["prev_hash"] and trail["decisions"][-1]["hash"]
+    assert trail["superseded"] == []  # no attempt of this run's tasks was discarded
 
     m = (await http.get("/v1/metrics?since=1h", headers=auditor)).json()
     assert m["filter"]["tenant"] == t

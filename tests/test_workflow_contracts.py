@@ -45,4 +45,4 @@ def test_workflows_schedule_activities_by_definition_not_by_a_string() -> None:
 def test_the_worker_registers_each_defined_activity_of_a_class() -> None:
     runs = RunActivities.__new__(RunActivities)  # registration reads the class, not its state
     assert sorted(f.__name__ for f in defined(runs)) == [
-        "finish_run", "plan_for", "record_decisions", "start_run"]
+        "finish_run", "plan_for", "record_decisions", "start_run", "subagent_spend"]

@@ -273,6 +273,8 @@ class AuditModelCall(_Row):
     """The model of the agent's chain that was called; empty outside a chain."""
     fallback: int = 0
     """Its place in the chain (0: the first choice)."""
+    cost_usd: float | None = None
+    """What the answer cost at the run's pinned price (null: unpriced, or no answer)."""
 
 
 class AuditToolCall(_Row):
@@ -319,6 +321,15 @@ class AuditDecision(_Row):
     hash: str
 
 
+class AuditSupersededDecision(AuditDecision):
+    """A decision of a discarded workflow-task attempt, kept beside the chain: the retried
+    task decided otherwise from ``winner_seq`` on (``stead_decisions_superseded``)."""
+
+    superseded_at: datetime
+    winner_seq: int
+    winner_at: datetime
+
+
 class AuditMemoryOp(_Row):
     run_id: str
     step: int
@@ -343,6 +354,8 @@ class AuditTrail(_Body):
     tool_attempts: list[AuditToolAttempt]
     decisions: list[AuditDecision]
     memory_ops: list[AuditMemoryOp]
+    superseded: list[AuditSupersededDecision] = []
+    """Decisions of discarded workflow-task attempts (not part of the chain)."""
     chain_ok: bool
     """The decision hash chain recomputes and ends where each finished run said it does."""
     chain_problems: list[str]
