@@ -45,6 +45,9 @@ from stead.settings import Settings
 from stead.storage.ledger import Ledger
 from stead.testing.openai_server import FakeOpenAIServer, Fault
 from stead.worker import WorkerHost
+from stead.workflows._context import Context
+from tests._fake_seam import FakeSeam
+from tests._fake_seam import context as fake_context
 
 KEY_VAR = "STEAD_TEST_BUDGET_KEY"
 KEY = "sk-budget-test-0123456789abcdef"
@@ -453,35 +456,42 @@ async def test_a_failed_sub_agents_spend_is_counted_only_behind_its_patch(
     """Workflow parts on the fake seam: the child fails with the spending in its error's
     details; a parent that takes the patch counts it, a parent replaying a history recorded
     before the patch (``patched`` False) does not, so its later decisions stay the same."""
+    from stead.workflows._budget import CHILD_FAILURE_SPEND_PATCH, SPEND_DETAIL
+
+    spent = Spend(usd=0.5, input_tokens=10, output_tokens=20, model_calls=1)
+    failed = ApplicationError("blew up", {SPEND_DETAIL: spent.model_dump()}, type="CheckFailed",
+                              non_retryable=True)
+    seam = FakeSeam(handlers={"child": lambda req: _child_error(failed)},
+                    patches=[CHILD_FAILURE_SPEND_PATCH] if patched else [])
+    r, _ = await _parent_on(seam)
+    assert CHILD_FAILURE_SPEND_PATCH in seam.asked_patches
+    assert r.spend == (spent if patched else Spend())
+
+
+def _child_error(cause: BaseException) -> BaseException:
+    """What a parent's workflow sees of a sub-agent that ended with ``cause``."""
     from temporalio.exceptions import ChildWorkflowError
 
+    err = ChildWorkflowError("child ended", namespace="default", workflow_id="wf-1/c",
+                             run_id="r", workflow_type="AgentWorkflow", initiated_event_id=1,
+                             started_event_id=2, retry_state=None)
+    err.__cause__ = cause
+    return err
+
+
+async def _parent_on(seam: FakeSeam) -> tuple[RunResult, Context]:
+    """The parent graph (a sub-agent node) run on ``seam``; its result and context."""
     from stead.workflows._approvals import ApprovalBook
-    from stead.workflows._budget import CHILD_FAILURE_SPEND_PATCH, SPEND_DETAIL
     from stead.workflows._context import ALLOW_ALL, Frame
     from stead.workflows._decisions import DecisionLog
     from stead.workflows._graph import GraphRun
-    from tests._fake_seam import FakeSeam, context
 
-    spent = Spend(usd=0.5, input_tokens=10, output_tokens=20, model_calls=1)
-
-    def fail(req: Any) -> BaseException:
-        err = ChildWorkflowError("child failed", namespace="default", workflow_id="wf-1/c",
-                                 run_id="r", workflow_type="AgentWorkflow",
-                                 initiated_event_id=1, started_event_id=2, retry_state=None)
-        err.__cause__ = ApplicationError("blew up", {SPEND_DETAIL: spent.model_dump()},
-                                         type="CheckFailed", non_retryable=True)
-        return err
-
-    seam = FakeSeam(handlers={"child": fail},
-                    patches=[CHILD_FAILURE_SPEND_PATCH] if patched else [])
-    ctx = context(seam)
+    ctx = fake_context(seam)
     ctx.policy = ALLOW_ALL
     decisions = DecisionLog(ctx)
     plan = budget_agent([], None, graph=PARENT_GRAPH).plan(model="fake")
     frame = Frame.start(ctx, RunRequest(agent="budget", input="hi", tenant="t"), plan)
-    r = await GraphRun(ctx, frame, decisions, ApprovalBook(ctx, decisions)).run()
-    assert CHILD_FAILURE_SPEND_PATCH in seam.asked_patches
-    assert r.spend == (spent if patched else Spend())
+    return await GraphRun(ctx, frame, decisions, ApprovalBook(ctx, decisions)).run(), ctx
 
 
 def _lost_parent_graph() -> Graph:
@@ -539,35 +549,17 @@ async def test_a_terminated_sub_agents_spend_is_read_from_the_ledger_by_its_pare
 async def test_a_lost_sub_agents_spend_is_read_only_behind_its_patch(patched: bool) -> None:
     """On the fake seam: a sub-agent that was terminated (or timed out) is looked up in the
     ledger by a parent that takes the patch; one replaying an older history asks nothing."""
-    from temporalio.exceptions import ChildWorkflowError, TerminatedError
+    from temporalio.exceptions import TerminatedError
 
-    from stead.workflows._approvals import ApprovalBook
     from stead.workflows._budget import CHILD_LOST_SPEND_PATCH
-    from stead.workflows._context import ALLOW_ALL, Frame
-    from stead.workflows._decisions import DecisionLog
-    from stead.workflows._graph import GraphRun
-    from tests._fake_seam import FakeSeam, context
 
     spent = Spend(usd=0.25, input_tokens=10, output_tokens=20, model_calls=2)
-
-    def lost(req: Any) -> BaseException:
-        err = ChildWorkflowError("child terminated", namespace="default",
-                                 workflow_id="wf-1/c", run_id="r",
-                                 workflow_type="AgentWorkflow", initiated_event_id=1,
-                                 started_event_id=2, retry_state=None)
-        err.__cause__ = TerminatedError("terminated by an operator")
-        return err
-
     asked: list[str] = []
-    seam = FakeSeam(handlers={"child": lost, "run.subagent_spend":
-                              lambda q: asked.append(q.workflow_id) or spent},
-                    patches=[CHILD_LOST_SPEND_PATCH] if patched else [])
-    ctx = context(seam)
-    ctx.policy = ALLOW_ALL
-    decisions = DecisionLog(ctx)
-    plan = budget_agent([], None, graph=PARENT_GRAPH).plan(model="fake")
-    frame = Frame.start(ctx, RunRequest(agent="budget", input="hi", tenant="t"), plan)
-    r = await GraphRun(ctx, frame, decisions, ApprovalBook(ctx, decisions)).run()
+    seam = FakeSeam(handlers={
+        "child": lambda req: _child_error(TerminatedError("terminated by an operator")),
+        "run.subagent_spend": lambda q: asked.append(q.workflow_id) or spent},
+        patches=[CHILD_LOST_SPEND_PATCH] if patched else [])
+    r, ctx = await _parent_on(seam)
     assert CHILD_LOST_SPEND_PATCH in seam.asked_patches
     assert r.spend == (spent if patched else Spend())
     assert asked == ([f"{ctx.ref.workflow_id}/delegate-1"] if patched else [])
