@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -170,6 +171,22 @@ async def test_a_run_of_an_unknown_agent_reads_as_failed_with_its_reason(
     run = await finished(http, me, wid)
     assert (run["status"], run["result"], run["state"]) == ("failed", None, None)
     assert "billing" in run["error"], run
+
+
+async def test_a_run_of_an_agent_named_in_any_script_gets_a_usable_location(
+        http: httpx.AsyncClient) -> None:
+    """Agent names may hold any letter; the Location header (Latin-1 only) percent-encodes
+    the run's id, and it leads to the run (found by the fuzzer: a 500 before)."""
+    me = auth(tenant(), "requester")
+    r = await http.post("/v1/runs", json={"agent": "föhn-天気", "input": "hi"}, headers=me)
+    assert r.status_code == 201, r.text
+    wid = r.json()["workflow_id"]
+    assert "föhn-天気" in wid
+    assert r.headers["location"] == "/v1/runs/" + quote(wid, safe=":@")
+    assert r.headers["location"].isascii()
+    run = await finished(http, me, wid)
+    got = await http.get(r.headers["location"], headers=me)
+    assert got.status_code == 200 and got.json()["workflow_id"] == wid == run["workflow_id"]
 
 
 # ---------------------------------------------------------------------------- approvals

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path as FsPath
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
@@ -145,7 +146,8 @@ def create_app(settings: Settings, *, client: Client | None = None,
     async def start_run(body: StartRunBody, who: Requester, response: Response) -> StartedRun:
         """Start a run of an agent for the token's tenant."""
         started = await backend.start(who, body)
-        response.headers["Location"] = f"/v1/runs/{started.workflow_id}"
+        # Agent names may hold any letter (``KEY_PATTERN``); a header holds Latin-1 only.
+        response.headers["Location"] = f"/v1/runs/{quote(started.workflow_id, safe=':@')}"
         return started
 
     @app.get("/v1/runs", response_model=list[RunSummary], tags=["runs"],
