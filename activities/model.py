@@ -17,7 +17,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 
 from temporalio import activity
@@ -38,13 +38,13 @@ from stead.contracts.quota import TenantQuota, WindowKind, quota_for
 from stead.errors import SettingsError
 from stead.evals.metrics import price_for
 from stead.guardrails.budget import DEFAULT_MAX_OUTPUT_TOKENS, estimate, request_bytes, settle
-from stead.integrations.llm import ModelCallError, ModelClient, complete_streaming, write_turn
+from stead.integrations.llm import ModelCallError, ModelClient, StreamingModelClient
 from stead.integrations.model_endpoints import ModelEndpoints
 from stead.observability.telemetry import NO_METRICS, SteadMetrics
 from stead.observability.tracing import NO_TRACING, SteadTracing
 from stead.settings import ModelPrice, Settings
 from stead.storage.blobs import BLOB_MISSING, BlobCorrupt, BlobError, BlobMissing, BlobStore
-from stead.storage.ledger import Ledger, Reservation, SpendKey
+from stead.storage.ledger import Ledger, Reservation, SpendKey, StreamPiece
 from stead.streaming import TurnPublisher
 
 log = logging.getLogger("stead.streaming")
@@ -146,11 +146,10 @@ class ModelActivities:
             with self._tracing.chat(model=client.name, ref=req.ref, messages=messages,
                                     endpoint=req.endpoint.name if req.endpoint else None,
                                     fallback=req.fallback) as chat:
-                if self._stream:
-                    turn = await complete_streaming(client, messages, req.tools, publisher)
-                else:
+                if self._stream and isinstance(client, StreamingModelClient):
+                    turn = await client.stream(messages, req.tools, publisher)
+                else:  # published whole once recorded, below
                     turn = await client.complete(messages, req.tools)
-                    write_turn(publisher, turn, model=client.name)
                 chat.response(turn)
         except ModelCallError as err:
             # A provider's message may quote a key; the cause would carry it into history.
@@ -189,8 +188,10 @@ class ModelActivities:
             await self._failed(req, info.attempt, client.name, started, too_big, str(too_big),
                                publisher)
             raise ApplicationError(str(too_big), type=too_big.kind, non_retryable=True)
-        publisher.finish(turn)  # written while the ledger records the call
-        await self._record(req, info.attempt, client.name, started, turn=turn)
+        # Streamed: the rest is written while the ledger records the call. Whole: its rows
+        # are stored with the record, in the same statement.
+        whole = publisher.end(turn, model=client.name)
+        await self._record(req, info.attempt, client.name, started, turn=turn, stream=whole)
         await publisher.drained()
         self._prune_now_and_then()
         # A credential the model repeats (from a leaked tool output, say) goes no further.
@@ -298,7 +299,8 @@ class ModelActivities:
             raise ApplicationError(str(err), type=type(err).__name__) from None
 
     async def _record(self, req: ModelRequest, attempt: int, model: str, started: float, *,
-                      turn: ModelTurn | None = None, error: BaseException | None = None) -> None:
+                      turn: ModelTurn | None = None, error: BaseException | None = None,
+                      stream: Sequence[StreamPiece] = ()) -> None:
         seconds = time.perf_counter() - started
         endpoint = req.endpoint.name if req.endpoint is not None else ""
         self._metrics.model_call(model=model, response_model=turn.model if turn else None,
@@ -317,7 +319,7 @@ class ModelActivities:
             duration_ms=seconds * 1000, endpoint=endpoint, fallback=req.fallback,
             cost_usd=req.price.cost(turn.usage.input_tokens, turn.usage.output_tokens)
             if turn is not None and req.price is not None else None),
-            on_wait=activity.heartbeat)
+            stream=stream, on_wait=activity.heartbeat)
 
 
 def check_reservation_ttl(settings: Settings, chains: Iterable[ModelEndpoint]) -> None:

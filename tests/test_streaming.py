@@ -475,6 +475,16 @@ async def test_an_offline_model_streams_its_answer_as_one_delta(
     texts = [tk["text"] for tk in tokens if tk["step"] == answer_step and tk["type"] == "text"]
     assert texts == [result.result.answer], texts
     assert tokens[0]["model"] == "scripted:ops"
+    # Each answer came whole: its rows went in with the call's own record, in one statement
+    # (one transaction: the same now()), not through a writer of their own.
+    stamps = await ledger.pool.fetch(
+        "select c.step, c.created_at = all(array_agg(s.created_at)) as together,"
+        " array_agg(s.kind order by s.seq) as kinds"
+        " from stead_model_calls c join stead_stream s on s.workflow_id=c.workflow_id"
+        "  and s.step=c.step and s.attempt=c.attempt"
+        " where c.workflow_id=$1 group by c.step, c.created_at order by c.step", handle.id)
+    assert stamps and all(r["together"] for r in stamps), stamps
+    assert [list(r["kinds"]) for r in stamps][-1] == ["start", "text", "end"]
 
 
 # ---------------------------------------------------------------------------- the publisher
@@ -525,6 +535,63 @@ async def test_a_credential_split_across_deltas_never_reaches_a_row(ledger: Ledg
     shown = render([{"step": 1, "attempt": 2, "type": r.kind, "text": r.text} for r in rows])
     assert shown[1][1] == red.redactor.text(text)
     assert "[REDACTED:secret/openai_api_key]" in shown[1][1]
+
+
+async def test_an_answer_that_came_whole_is_stored_with_its_call_and_wakes_readers(
+        stack: Any, ledger: Ledger) -> None:
+    from stead.contracts.models import ModelCallRecord, Usage
+
+    ref = _ref()
+    async with StreamListener(stack.database_url) as listener:
+        with listener.watch(ref.workflow_id) as mine:
+            mine.arm()
+            first = TurnPublisher(ledger, ref, attempt=1)
+            first.begin("m")  # an earlier, streamed attempt: written by its publisher
+            first.fail("broke off")
+            await first.drained()
+            assert await mine.wait(timeout=10)
+            mine.arm()
+            again = TurnPublisher(ledger, ref, attempt=2)
+            turn = ModelTurn(content="all at once", tool_calls=[call("lookup", q="x")],
+                             finish_reason="tool_calls")
+            rows = again.end(turn, model="scripted:ops")
+            await again.drained()
+            assert again.writes == 0  # no writer of its own: the rows are the caller's
+            await ledger.record_model_call(ref, ModelCallRecord(
+                attempt=2, model="scripted:ops", status="ok", content=turn.content,
+                usage=Usage(), duration_ms=1.0), stream=rows)
+            assert await mine.wait(timeout=10)
+    stored = await ledger.stream_rows(ref.workflow_id, run_id=ref.run_id, tenant="default")
+    assert [(r.seq, r.attempt, r.kind) for r in stored] == [
+        (1, 1, "start"), (2, 1, "error"), (3, 2, "start"), (4, 2, "text"), (5, 2, "end")]
+    assert stored[2].data == {"model": "scripted:ops", "restart": True}
+    assert stored[3].text == "all at once" and stored[4].data["tool_calls"] == ["lookup"]
+    # Streamed once begun: end() queues the rest for the publisher and hands back nothing.
+    streamed = TurnPublisher(ledger, _ref(), attempt=1)
+    streamed.begin("m")
+    streamed.text("hi")
+    assert streamed.end(ModelTurn(content="hi"), model="m") == []
+    await streamed.drained()
+    assert streamed.writes >= 1
+
+
+async def test_a_stream_row_the_database_refuses_never_costs_the_call_its_record(
+        ledger: Ledger, caplog: pytest.LogCaptureFixture) -> None:
+    from stead.contracts.models import ModelCallRecord, Usage
+    from stead.storage.ledger import StreamPiece
+
+    ref = _ref()
+    bad = [StreamPiece("start"), StreamPiece("bogus", "x")]  # type: ignore[arg-type]
+    with caplog.at_level("WARNING", logger="stead.streaming"):
+        await ledger.record_model_call(ref, ModelCallRecord(
+            attempt=1, model="m", status="ok", content="kept", usage=Usage(),
+            duration_ms=1.0), stream=bad)
+    calls = await ledger.pool.fetch(
+        "select content from stead_model_calls where workflow_id=$1", ref.workflow_id)
+    assert [c["content"] for c in calls] == ["kept"]
+    assert await ledger.stream_rows(ref.workflow_id, run_id=ref.run_id, tenant="default") == []
+    assert any("not published" in r.getMessage() and "CheckViolation" in r.getMessage()
+               for r in caplog.records), caplog.records
 
 
 async def test_a_listener_wakes_the_readers_of_the_workflow_written_to(

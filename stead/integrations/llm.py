@@ -11,9 +11,10 @@
 
 Streaming: a client that can also answer piece by piece has ``stream(messages, tools, sink)``
 (:class:`StreamingModelClient`), which returns the same turn and writes it to a
-:class:`TurnSink` while the provider produces it. :func:`complete_streaming` calls it, or, for
-a client without it (the scripted and function models, wrappers), ``complete`` and then writes
-the whole answer to the sink as one delta, so every model call is streamed the same way.
+:class:`TurnSink` while the provider produces it. The model activity calls it when streaming
+is on; a client without it (the scripted and function models, wrappers) answers with
+``complete``, and the activity publishes the whole answer as one message, so readers of the
+token stream see every model call the same way.
 
     model = ScriptedModel([ModelTurn(tool_calls=[call("service_status", service="api")]),
                            ModelTurn(content="api is healthy")])
@@ -71,26 +72,6 @@ class StreamingModelClient(ModelClient, Protocol):
                      sink: TurnSink) -> ModelTurn:
         """What ``complete`` returns, written to ``sink`` as it is produced."""
         ...
-
-
-async def complete_streaming(model: ModelClient, messages: Sequence[Message],
-                             tools: Sequence[ToolSchema], sink: TurnSink) -> ModelTurn:
-    """``model``'s next turn, written to ``sink`` as it comes: streamed by a
-    :class:`StreamingModelClient`, else written whole (one delta) once ``complete`` returns."""
-    if isinstance(model, StreamingModelClient):
-        return await model.stream(messages, tools, sink)
-    turn = await model.complete(messages, tools)
-    write_turn(sink, turn, model=model.name)
-    return turn
-
-
-def write_turn(sink: TurnSink, turn: ModelTurn, *, model: str) -> None:
-    """Write a whole turn to ``sink``: what a model that does not stream sends."""
-    sink.begin(model)
-    if turn.content:
-        sink.text(turn.content)
-    for c in turn.tool_calls:
-        sink.tool_call(c.name)
 
 
 def call(tool_name: str, /, *, call_id: str | None = None, **arguments: Any) -> ToolCall:

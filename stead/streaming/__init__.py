@@ -1,7 +1,7 @@
 """Tokens streamed out of durable runs: model calls publish their text as it is written, and
 followers of a run read it with the run's steps, approvals and result.
 
-    # in the model activity (a TurnSink for complete_streaming)
+    # in the model activity (a TurnSink for a streaming client)
     publisher = TurnPublisher(ledger, ref, attempt=activity.info().attempt)
 
     # wherever someone watches a run (the HTTP API, `stead run --stream`)

@@ -2,9 +2,14 @@
 batches while the provider is still answering.
 
     publisher = TurnPublisher(ledger, ref, attempt=info.attempt)
-    turn = await complete_streaming(client, messages, tools, publisher)   # a TurnSink
-    publisher.finish(turn)          # queues the rest of the text and the end; returns at once
+    turn = await client.stream(messages, tools, publisher)   # a TurnSink
+    rows = publisher.end(turn, model=client.name)   # queues the rest and the end; returns at once
     await publisher.drained()       # every row written (or given up on), bounded in time
+
+A turn that arrives whole (a model that does not stream, or streaming off) starts no writer:
+``end`` hands back its rows (start, text, end) for the caller to store in the same statement as
+the call's own record (``Ledger.record_model_call(..., stream=rows)``): one round trip per call
+instead of two.
 
 Batching: the first write goes out as soon as there is something to write; while a write is
 under way, and for ``interval`` seconds after a write with text, deltas pile up and go out
@@ -128,6 +133,8 @@ class TurnPublisher:
         self._final: StreamPiece | None = None
         self._closing = False
         self._broken = False
+        self._inline = False
+        """The message came whole and its rows went to the caller (:meth:`end`)."""
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.rows = 0
@@ -173,6 +180,19 @@ class TurnPublisher:
                                                "tool_calls": tools, "model": turn.model})
         self._close()
 
+    def end(self, turn: ModelTurn, *, model: str) -> list[StreamPiece]:
+        """The call answered ``turn``. A message published as it came has its rest and its end
+        queued (this publisher writes them; ``[]`` is returned). One that came whole, with
+        nothing written yet, is returned as its rows instead (``model`` names the called model
+        in its ``start``), for the caller to store with the call's record in one statement."""
+        if self._begun or self._task is not None or self._broken:
+            self.finish(turn)
+            return []
+        self._inline = True  # no writer task: the caller writes what _take returns
+        self.begin(model)
+        self.finish(turn)
+        return self._take()
+
     def fail(self, error: str) -> None:
         """The call failed with ``error`` (already redacted): queue an ``error`` row."""
         if self._begun:
@@ -208,7 +228,7 @@ class TurnPublisher:
     # ----------------------------------------------------------------- writing
 
     def _kick(self) -> None:
-        if self._broken:
+        if self._broken or self._inline:
             return
         self._wake.set()
         if self._task is None:

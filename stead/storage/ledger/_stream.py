@@ -36,16 +36,50 @@ and a long wait would only deliver text that the run's result delivers anyway.""
 
 StreamKind = Literal["start", "text", "reset", "end", "error"]
 
-_APPEND = (
-    "with ins as ("
-    " insert into stead_stream(workflow_id, seq, run_id, tenant, step, attempt, fallback, kind,"
-    "  text, data)"
-    " select $1, coalesce((select max(seq) from stead_stream where workflow_id=$1), 0) + p.n,"
-    "  $2, $3, $4, $5, $11, p.kind, p.text, p.data"
-    " from unnest($6::text[], $7::text[], $8::jsonb[]) with ordinality as p(kind, text, data, n)"
-    " order by p.n"
-    " returning seq)"
-    " select max(seq) as last, pg_notify($9, $10) from ins")
+def append_sql(first: int) -> tuple[str, str]:
+    """The statement that stores a batch of pieces as the next rows of one workflow's stream
+    and wakes its readers, as a CTE named ``ins`` and the select that ends it. Its eleven
+    parameters, in :func:`append_args`'s order, start at ``$first``: the model activity's
+    record of a call that came whole puts its own in front (``record_model_call``)."""
+    (wf, run, tenant, step, attempt, kinds, texts, data, channel, payload,
+     fallback) = (f"${first + i}" for i in range(11))
+    cte = ("ins as ("
+           " insert into stead_stream(workflow_id, seq, run_id, tenant, step, attempt, fallback,"
+           "  kind, text, data)"
+           f" select {wf}, coalesce((select max(seq) from stead_stream where workflow_id={wf}),"
+           f"  0) + p.n, {run}, {tenant}, {step}, {attempt}, {fallback}, p.kind, p.text, p.data"
+           f" from unnest({kinds}::text[], {texts}::text[], {data}::jsonb[])"
+           "  with ordinality as p(kind, text, data, n)"
+           " order by p.n"
+           " returning seq)")
+    return cte, f"select max(seq) as last, pg_notify({channel}, {payload}) from ins"
+
+
+def append_args(ref: RunRef, *, attempt: int, fallback: int,
+                pieces: Sequence[StreamPiece]) -> tuple[object, ...]:
+    """:func:`append_sql`'s parameters for ``pieces`` of attempt ``attempt`` of ``ref.step``."""
+    payload = ref.workflow_id if len(ref.workflow_id.encode()) <= MAX_PAYLOAD_BYTES else ""
+    return (ref.workflow_id, ref.run_id, ref.tenant, ref.step, attempt,
+            [p.kind for p in pieces], [p.text.replace("\x00", "\ufffd") for p in pieces],
+            [p.data for p in pieces], STREAM_CHANNEL, payload, fallback)
+
+
+async def append_racing(c: asyncpg.Connection, sql: str, args: Sequence[object],
+                        workflow_id: str) -> int:
+    """Run an appending statement (:func:`append_sql`); return the last row's ``seq``. Another
+    writer of the workflow that took the same numbers and committed first (a late attempt
+    beside a new one) makes it take the next ones."""
+    for _ in range(20):
+        try:
+            last = await c.fetchval(sql, *args)
+        except asyncpg.UniqueViolationError:
+            await asyncio.sleep(0)
+            continue
+        return int(last)
+    raise LedgerError(f"stream of {workflow_id!r}: 20 writers raced for its next rows")
+
+
+_APPEND = "with {} {}".format(*append_sql(1))
 
 
 @dataclass(frozen=True)
@@ -88,23 +122,10 @@ class LedgerStream(LedgerBase):
         return the last row's ``seq``."""
         if not pieces:
             raise ValueError("append_stream needs at least one piece")
-        payload = ref.workflow_id if len(ref.workflow_id.encode()) <= MAX_PAYLOAD_BYTES else ""
-        args = (ref.workflow_id, ref.run_id, ref.tenant, ref.step, attempt,
-                [p.kind for p in pieces], [p.text.replace("\x00", "\ufffd") for p in pieces],
-                [p.data for p in pieces], STREAM_CHANNEL, payload, fallback)
+        args = append_args(ref, attempt=attempt, fallback=fallback, pieces=pieces)
 
         async def op(c: asyncpg.Connection) -> int:
-            for _ in range(20):
-                try:
-                    last = await c.fetchval(_APPEND, *args)
-                except asyncpg.UniqueViolationError:
-                    # Another writer of this workflow took the same numbers and committed
-                    # first (a late attempt beside a new one): take the next ones.
-                    await asyncio.sleep(0)
-                    continue
-                return int(last)
-            raise LedgerError(f"stream of {ref.workflow_id!r}: 20 writers raced for its next "
-                              f"rows")
+            return await append_racing(c, _APPEND, args, ref.workflow_id)
         return await retrying(self.pool, op, seconds=min(self.retry_seconds, STREAM_RETRY_SECONDS),
                               on_wait=on_wait,
                               fail=lambda why: LedgerError(f"ledger unavailable for {why}"))

@@ -11,6 +11,7 @@ retried activity writes once. Every value is redacted and made storable on the w
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -28,8 +29,23 @@ from stead.contracts.models import (
     ToolAttemptReport,
     ToolInvocation,
 )
+from stead.errors import LedgerError
 from stead.storage.ledger._chain import Pair, by_run, chained
 from stead.storage.ledger._core import LedgerBase
+from stead.storage.ledger._retry import TRANSIENT
+from stead.storage.ledger._stream import StreamPiece, append_args, append_racing, append_sql
+
+_RECORD = (
+    "insert into stead_model_calls(workflow_id, run_id, step, attempt, model, status,"
+    " finish_reason, tool_calls, content, error, input_tokens, output_tokens, duration_ms,"
+    " endpoint, fallback, cost_usd)"
+    " values($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16)")
+_RECORD_WITH_STREAM = "with call as ({} on conflict do nothing), {} {}".format(
+    _RECORD, *append_sql(17))
+"""A model call and its token stream rows (an answer that came whole): one round trip."""
+
+stream_log = logging.getLogger("stead.streaming")
+"""Where a stream row that could not be stored with its model call is reported."""
 
 OnWait = Callable[[], None] | None
 """Called while waiting for the database to come back (an activity passes its heartbeat)."""
@@ -120,23 +136,34 @@ class LedgerWrites(LedgerBase):
     # ----------------------------------------------------------------------- model calls
 
     async def record_model_call(self, ref: RunRef, call: ModelCallRecord, *,
+                                stream: Sequence[StreamPiece] = (),
                                 on_wait: OnWait = None) -> None:
-        """One model call attempt of step ``ref.step``."""
+        """One model call attempt of step ``ref.step``; with ``stream``, the rows of an answer
+        that came whole (``TurnPublisher.end``) are stored as the next rows of the run's token
+        stream in the same statement, and its readers woken. The stream is best effort: a
+        statement that fails for its rows (not for the database being away) is logged, and the
+        call is recorded without them."""
         red = self._store
         tool_calls = red.value([c.model_dump() for c in call.tool_calls])
         content, error = red.optional(call.content), red.optional(call.error)
-
-        async def op(c: asyncpg.Connection) -> None:
-            await c.execute(
-                "insert into stead_model_calls(workflow_id, run_id, step, attempt, model, status,"
-                " finish_reason, tool_calls, content, error, input_tokens, output_tokens,"
-                " duration_ms, endpoint, fallback, cost_usd)"
-                " values($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16)"
-                " on conflict do nothing",
-                ref.workflow_id, ref.run_id, ref.step, call.attempt, call.model, call.status,
+        args = (ref.workflow_id, ref.run_id, ref.step, call.attempt, call.model, call.status,
                 call.finish_reason, tool_calls, content, error, call.usage.input_tokens,
                 call.usage.output_tokens, call.duration_ms, call.endpoint, call.fallback,
                 call.cost_usd)
+        rows = (append_args(ref, attempt=call.attempt, fallback=call.fallback, pieces=stream)
+                if stream else ())
+
+        async def op(c: asyncpg.Connection) -> None:
+            if rows:
+                try:
+                    await append_racing(c, _RECORD_WITH_STREAM, (*args, *rows), ref.workflow_id)
+                    return
+                except (asyncpg.PostgresError, LedgerError) as err:
+                    if isinstance(err, TRANSIENT):
+                        raise
+                    stream_log.warning("stream of %s step %d not published: %s: %s",
+                                       ref.workflow_id, ref.step, type(err).__name__, err)
+            await c.execute(_RECORD + " on conflict do nothing", *args)
         await self._retrying(op, on_wait)
 
     # ----------------------------------------------------------------------- tool calls
