@@ -19,7 +19,13 @@ from opentelemetry.metrics import MeterProvider, NoOpMeter
 from temporalio.client import Client
 from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
 from temporalio.service import RPCError
-from temporalio.worker import Interceptor, Worker, WorkerDeploymentConfig
+from temporalio.worker import (
+    Interceptor,
+    UnsandboxedWorkflowRunner,
+    Worker,
+    WorkerDeploymentConfig,
+    WorkflowRunner,
+)
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from stead.activities import defined
@@ -70,6 +76,16 @@ def _stead_modules() -> tuple[str, ...]:
 # they are deterministic (no I/O at import or in the functions workflows call).
 PASSTHROUGH = (*_stead_modules(), "pydantic", "pydantic_core", "jsonschema",
                "referencing", "rpds", "jsonschema_specifications", "attrs", "annotated_types")
+
+
+def workflow_runner(sandbox: bool) -> WorkflowRunner:
+    """How a worker (and a replayer configured like it) runs stead's workflows:
+    ``STEAD_WORKFLOW_SANDBOX`` (``WorkerSettings.workflow_sandbox``) says whether in Temporal's
+    sandbox, with stead's modules passed through, or directly."""
+    if sandbox:
+        return SandboxedWorkflowRunner(
+            restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH))
+    return UnsandboxedWorkflowRunner()
 
 
 def configured_model(models: ModelSettings) -> ModelClient | None:
@@ -217,8 +233,7 @@ def build_worker(client: Client, settings: Settings, catalog: AgentCatalog, ledg
         graceful_shutdown_timeout=timedelta(seconds=30),
         deployment_config=deployment_config(settings.temporal),
         interceptors=worker_interceptors(tracing),
-        workflow_runner=SandboxedWorkflowRunner(
-            restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)),
+        workflow_runner=workflow_runner(settings.worker.workflow_sandbox),
     )
 
 

@@ -17,6 +17,7 @@ from _cli import STEAD, run_cmd
 from _drifted_workflow import AUDIT_ACTIVITY, AuditActivityBeforeTools, ExtraTimerBeforeTools
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError, WorkflowHistory
+from temporalio.worker import UnsandboxedWorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from stead.client import connect, start_run
@@ -162,12 +163,42 @@ async def test_replayer_is_configured_like_the_production_worker(
     assert production_workflows() == list(wc.get("workflows", []))
     assert rc.get("data_converter") is wc["client"].data_converter
     w_runner, r_runner = wc.get("workflow_runner"), rc.get("workflow_runner")
-    assert isinstance(w_runner, SandboxedWorkflowRunner)
-    assert isinstance(r_runner, SandboxedWorkflowRunner)
-    assert w_runner.restrictions.passthrough_modules == r_runner.restrictions.passthrough_modules
+    assert isinstance(w_runner, UnsandboxedWorkflowRunner)  # the default (see the setting)
+    assert isinstance(r_runner, UnsandboxedWorkflowRunner)
     assert list(rc.get("interceptors", [])) == list(wc.get("interceptors", []))
     assert list(rc.get("workflow_failure_exception_types", [])) == \
         list(wc.get("workflow_failure_exception_types", []))
+
+
+async def test_with_the_sandbox_on_worker_and_replayer_share_its_passthrough_modules(
+        settings: Settings, ledger: Ledger, client: Client,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from stead.agents import reference_catalog
+
+    monkeypatch.setenv("STEAD_WORKFLOW_SANDBOX", "true")
+    sandboxed = settings.model_copy(update={"worker": settings.worker.model_copy(
+        update={"workflow_sandbox": True})})
+    worker = build_worker(client, sandboxed, reference_catalog(settings.stack.data_dir), ledger,
+                          task_queue=f"{settings.temporal.task_queue}-sandboxed")
+    w_runner = worker.config().get("workflow_runner")
+    r_runner = production_replayer().config().get("workflow_runner")
+    assert isinstance(w_runner, SandboxedWorkflowRunner)
+    assert isinstance(r_runner, SandboxedWorkflowRunner)
+    assert "stead.workflows" in w_runner.restrictions.passthrough_modules
+    assert w_runner.restrictions.passthrough_modules == r_runner.restrictions.passthrough_modules
+
+
+async def test_the_corpus_replays_in_the_sandbox_too(
+        corpus: list[RecordedHistory], earlier: list[RecordedHistory],
+        before_18: list[RecordedHistory], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs recorded by workers either way replay either way (the setting can be flipped
+    on a running fleet)."""
+    monkeypatch.setenv("STEAD_WORKFLOW_SANDBOX", "true")
+    replayer = production_replayer()
+    assert isinstance(replayer.config().get("workflow_runner"), SandboxedWorkflowRunner)
+    report = await replay([*corpus, *earlier, *before_18], replayer=replayer)
+    assert report.outcomes and report.ok, [
+        (o.workflow_id, o.status, o.event_id) for o in report.outcomes if o.status != "ok"]
 
 
 # ---------------------------------------------------------------------------- injected changes

@@ -9,8 +9,8 @@ through that code and stops the run (a workflow task failing with ``[TMPRL1100]
 Nondeterminism error``) when the code no longer issues the commands the history recorded.
 Replaying recorded histories before a deploy finds such changes first. The replayer is set up
 like the production worker (:func:`stead.worker.build_worker`): the same workflows, the
-pydantic data converter of :mod:`stead.client`, the same sandbox passthrough modules; a test
-pins that they agree.
+pydantic data converter of :mod:`stead.client`, the same workflow runner (sandboxed with the
+same passthrough modules, or not: ``STEAD_WORKFLOW_SANDBOX``); a test pins that they agree.
 
 Every history gets an outcome: ``ok``; ``nondeterministic``, with the event Temporal's error
 names (or, when its message names none, the first event whose replay fails, found by replaying
@@ -42,7 +42,6 @@ from temporalio.client import Client, WorkflowHistory
 from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Replayer, WorkflowReplayResult
-from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 from temporalio.workflow import NondeterminismError
 
 from stead.errors import StackError, SteadError
@@ -147,7 +146,7 @@ def production_replayer(*, workflows: Sequence[type] | None = None,
     from stead.authoring.graph import REGISTRY
     from stead.security.codec import data_converter
     from stead.settings import load_settings
-    from stead.worker import PASSTHROUGH, worker_interceptors
+    from stead.worker import worker_interceptors, workflow_runner
 
     # Runs replay with the graph they pinned: the reference agents' graphs (agents declared
     # in this process, e.g. by a custom worker module, registered themselves already).
@@ -157,8 +156,7 @@ def production_replayer(*, workflows: Sequence[type] | None = None,
         workflows=list(workflows) if workflows is not None else production_workflows(),
         data_converter=data_converter(codec if codec is not None else load_settings().codec,
                                       encode_failures=False),
-        workflow_runner=SandboxedWorkflowRunner(
-            restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)),
+        workflow_runner=workflow_runner(load_settings().worker.workflow_sandbox),
         interceptors=worker_interceptors(), runtime=_quiet_runtime())
 
 
