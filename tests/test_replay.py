@@ -176,8 +176,7 @@ async def test_with_the_sandbox_on_worker_and_replayer_share_its_passthrough_mod
     from stead.agents import reference_catalog
 
     monkeypatch.setenv("STEAD_WORKFLOW_SANDBOX", "true")
-    sandboxed = settings.model_copy(update={"worker": settings.worker.model_copy(
-        update={"workflow_sandbox": True})})
+    sandboxed = settings.replace(workflow_sandbox=True)
     worker = build_worker(client, sandboxed, reference_catalog(settings.stack.data_dir), ledger,
                           task_queue=f"{settings.temporal.task_queue}-sandboxed")
     w_runner = worker.config().get("workflow_runner")

@@ -47,7 +47,7 @@ NAMES = {
         "temporal_namespace",
         "temporal_port", "temporal_tls", "temporal_tls_client_cert_path",
         "temporal_tls_client_key_path", "temporal_tls_server_ca_cert_path",
-        "temporal_tls_server_name", "traces_exporter", "ui_port")),
+        "temporal_tls_server_name", "traces_exporter", "ui_port", "workflow_sandbox")),
 }
 
 
@@ -120,12 +120,15 @@ def test_code_builds_settings_by_flat_name_or_section_and_copies_them_validated(
 def test_errors_name_the_variable_of_a_section_field(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("STEAD_DB_POOL_MAX", "0")
     clean_env.setenv("TEMPORAL_TLS", "maybe")
+    clean_env.setenv("STEAD_WORKFLOW_SANDBOX", "sometimes")
     with pytest.raises(SettingsError) as err:
         load_settings()
     assert "STEAD_DB_POOL_MAX='0': Input should be greater than or equal to 1" in str(err.value)
     assert "STEAD_TEMPORAL_TLS or TEMPORAL_TLS='maybe'" in str(err.value)
+    assert "STEAD_WORKFLOW_SANDBOX='sometimes'" in str(err.value)
     clean_env.delenv("STEAD_DB_POOL_MAX")
     clean_env.delenv("TEMPORAL_TLS")
+    clean_env.delenv("STEAD_WORKFLOW_SANDBOX")
     clean_env.setenv("STEAD_SECRETS", "{not json")
     with pytest.raises(SettingsError, match="invalid setting: STEAD_SECRETS must be JSON"):
         load_settings()
