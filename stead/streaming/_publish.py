@@ -3,7 +3,8 @@ batches while the provider is still answering.
 
     publisher = TurnPublisher(ledger, ref, attempt=info.attempt)
     turn = await client.stream(messages, tools, publisher)   # a TurnSink
-    rows = publisher.end(turn, model=client.name)   # queues the rest and the end; returns at once
+    rows = publisher.end(turn, model=client.name)   # queues the rest and the end: [] back
+    await ledger.record_model_call(ref, record, stream=rows)
     await publisher.drained()       # every row written (or given up on), bounded in time
 
 A turn that arrives whole (a model that does not stream, or streaming off) starts no writer:
