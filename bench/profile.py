@@ -150,6 +150,7 @@ class _Probe:
 
         import asyncpg.connection
         import asyncpg.transaction
+        from temporalio.worker import _workflow_instance
         from temporalio.worker.workflow_sandbox import _runner
 
         # CPU time of the profiled thread, not wall time: waiting is not work.
@@ -174,19 +175,29 @@ class _Probe:
             patch(asyncpg.connection.Connection, method, counted(1))
         patch(asyncpg.transaction.Transaction, "start", counted(2))  # BEGIN ... COMMIT
 
+        inside = threading.local()
+
         def activation(original: Any) -> Any:
             def activate(instance: Any, act: Any) -> Any:
-                self.workflow_threads.add(str(threading.get_native_id()))
-                if self.workflow_profile is None:
+                # Sandboxed, the runner's activation wraps the instance's: profile the outer.
+                if getattr(inside, "yes", False):
                     return original(instance, act)
-                self.workflow_profile.enable()
+                self.workflow_threads.add(str(threading.get_native_id()))
+                inside.yes = True
+                if self.workflow_profile is not None:
+                    self.workflow_profile.enable()
                 try:
                     return original(instance, act)
                 finally:
-                    self.workflow_profile.disable()
+                    if self.workflow_profile is not None:
+                        self.workflow_profile.disable()
+                    inside.yes = False
             return activate
 
+        # The sandbox's runner (plain temporalio, STEAD_WORKFLOW_SANDBOX) and the workflow
+        # instance itself (stead by default: no sandbox).
         patch(_runner._Instance, "activate", activation)
+        patch(_workflow_instance._WorkflowInstanceImpl, "activate", activation)
         if self.loop_profile is not None:
             self.loop_profile.enable()
         try:
