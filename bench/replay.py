@@ -5,15 +5,18 @@
 
 What ``stead replay DIR`` and the CI gate do, timed: the corpus files are read and validated
 once (reading is timed separately), then each pass replays every history through
-:func:`stead.evals.replay.replay` with one production-configured ``Replayer`` (sandboxed,
-pydantic data converter). ``--copies K`` feeds each history K times per pass, so a pass is long
-enough that the replay iterator's start-up does not dominate. The first pass in the process
-also pays the sandbox's first import of the workflow modules; it is reported on its own
-("cold") and never counted in the timed passes. Every pass must replay every history cleanly,
-or the benchmark stops: a fast broken replay measures nothing.
+:func:`stead.evals.replay.replay` with one production-configured ``Replayer`` (the worker's
+workflow runner: no sandbox unless ``STEAD_WORKFLOW_SANDBOX`` says so; stead's data
+converter). ``--copies K`` feeds each history K times per pass, so a pass is long enough that
+the replay iterator's start-up does not dominate. The first pass in the process also pays the
+first replay of each workflow type (and, sandboxed, the sandbox's first import of the
+workflow modules); it is reported on its own ("cold") and never counted in the timed passes.
+Every pass must replay every history cleanly, or the benchmark stops: a fast broken replay
+measures nothing.
 
-No server is involved: replay is CPU work in this process (the SDK core plus the workflow code
-under the sandbox).
+No server is involved: replay is CPU work in this process (the SDK core plus the workflow
+code). ``--compare-sandbox`` adds as many passes with the other runner (sandboxed when
+production runs without, and the reverse), to show the sandbox's share of the time.
 """
 
 from __future__ import annotations
@@ -43,9 +46,9 @@ from stead.evals.replay import (
     ReplayOutcome,
     load_histories,
     production_replayer,
-    production_workflows,
     replay,
 )
+from stead.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "evals" / "histories"
@@ -64,7 +67,7 @@ class ReplayBench:
     load_ms: float
     """Reading and validating every file once (JSON + protobuf parse)."""
     cold_pass_s: float
-    """The first pass in the process: includes the sandbox's first import of the workflows."""
+    """The first pass in the process: includes the first replay of each workflow type."""
     pass_seconds: list[float] = field(default_factory=list)
     histories_per_s: Summary | None = None
     events_per_s: Summary | None = None
@@ -72,17 +75,10 @@ class ReplayBench:
     per_history_ms: dict[str, Summary] = field(default_factory=dict)
     """Median etc. of each history's replay time over the timed passes (between consecutive
     results of the replay iterator)."""
-    unsandboxed_histories_per_s: Summary | None = None
-    """With ``--compare-unsandboxed``: the same passes without the workflow sandbox (not how
-    production replays; it shows the sandbox's share of the time)."""
-
-
-def _unsandboxed() -> Replayer:
-    from temporalio.contrib.pydantic import pydantic_data_converter
-    from temporalio.worker import UnsandboxedWorkflowRunner
-
-    return Replayer(workflows=production_workflows(), data_converter=pydantic_data_converter,
-                    workflow_runner=UnsandboxedWorkflowRunner())
+    sandboxed: bool = False
+    """Whether the timed passes ran the workflows in Temporal's sandbox."""
+    other_runner_histories_per_s: Summary | None = None
+    """With ``--compare-sandbox``: the same passes with the other workflow runner."""
 
 
 async def _one_pass(recs: list[RecordedHistory], copies: int,
@@ -110,7 +106,7 @@ async def _one_pass(recs: list[RecordedHistory], copies: int,
 
 
 async def run_bench(corpus: Path, *, copies: int, warmup: int, passes: int,
-                    compare_unsandboxed: bool = False, progress: bool = True) -> ReplayBench:
+                    compare_sandbox: bool = False, progress: bool = True) -> ReplayBench:
     started = time.perf_counter()
     recs = load_histories([corpus])
     load_ms = (time.perf_counter() - started) * 1000
@@ -118,7 +114,8 @@ async def run_bench(corpus: Path, *, copies: int, warmup: int, passes: int,
     res = ReplayBench(corpus=str(corpus), histories=len(recs), events=events, copies=copies,
                       warmup=warmup, passes=passes, load_ms=load_ms, cold_pass_s=0.0,
                       history_events={r.history.workflow_id: len(r.history.events)
-                                      for r in recs})
+                                      for r in recs},
+                      sandboxed=load_settings().worker.workflow_sandbox)
     res.cold_pass_s = await _one_pass(recs, copies, None)
     for _ in range(warmup):
         await _one_pass(recs, copies, None)
@@ -132,11 +129,13 @@ async def run_bench(corpus: Path, *, copies: int, warmup: int, passes: int,
     res.histories_per_s = summarise([n / s for s in res.pass_seconds])
     res.events_per_s = summarise([events * copies / s for s in res.pass_seconds])
     res.per_history_ms = {wid: summarise(v) for wid, v in sorted(stamps.items())}
-    if compare_unsandboxed:
+    if compare_sandbox:
+        def other() -> Replayer:
+            return production_replayer(sandbox=not res.sandboxed)
         for _ in range(warmup + 1):
-            await _one_pass(recs, copies, None, _unsandboxed)
-        times = [await _one_pass(recs, copies, None, _unsandboxed) for _ in range(passes)]
-        res.unsandboxed_histories_per_s = summarise([n / s for s in times])
+            await _one_pass(recs, copies, None, other)
+        times = [await _one_pass(recs, copies, None, other) for _ in range(passes)]
+        res.other_runner_histories_per_s = summarise([n / s for s in times])
     return res
 
 
@@ -157,9 +156,10 @@ def print_bench(res: ReplayBench, machine: dict[str, object], command: str, seco
     ps = summarise(res.pass_seconds)
     t.add_row(f"pass, s ({per_pass} histories)", f"{ps.median:.3f}", f"{ps.min:.3f}",
               f"{ps.max:.3f}", f"{ps.p90:.3f}")
-    if res.unsandboxed_histories_per_s is not None:
-        u = res.unsandboxed_histories_per_s
-        t.add_row("histories/s without the sandbox (what-if)", f"{u.median:.1f}",
+    if res.other_runner_histories_per_s is not None:
+        u = res.other_runner_histories_per_s
+        other = "without the sandbox" if res.sandboxed else "in the sandbox"
+        t.add_row(f"histories/s {other} (what-if)", f"{u.median:.1f}",
                   f"{u.min:.1f}", f"{u.max:.1f}", "")
     t.add_row("first pass in the process (cold), s", f"{res.cold_pass_s:.3f}", "", "", "")
     t.add_row("read + validate the files, ms", f"{res.load_ms:.1f}", "", "", "")
@@ -184,8 +184,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="times each history is replayed per pass (default 5)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed passes after the cold one")
     ap.add_argument("--passes", type=int, default=15, help="timed passes (default 15)")
-    ap.add_argument("--compare-unsandboxed", action="store_true",
-                    help="also time the passes without the workflow sandbox (what-if)")
+    ap.add_argument("--compare-sandbox", action="store_true",
+                    help="also time the passes with the other workflow runner (what-if)")
     ap.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON")
     args = ap.parse_args(argv)
     if args.copies < 1 or args.passes < 1 or args.warmup < 0:
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     res = asyncio.run(run_bench(args.corpus, copies=args.copies, warmup=args.warmup,
                                 passes=args.passes,
-                                compare_unsandboxed=args.compare_unsandboxed))
+                                compare_sandbox=args.compare_sandbox))
     machine["load_average_at_end"] = load_average()
     seconds = time.perf_counter() - started
     print_bench(res, machine, command.strip(), seconds)

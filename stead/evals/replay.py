@@ -135,13 +135,15 @@ def production_workflows() -> list[type]:
 
 
 def production_replayer(*, workflows: Sequence[type] | None = None,
-                        codec: CodecSettings | None = None) -> Replayer:
+                        codec: CodecSettings | None = None,
+                        sandbox: bool | None = None) -> Replayer:
     """A replayer configured like the production worker.
 
     ``workflows`` replaces the production workflows (tests pass a changed variant registered
     under the same name to show what a breaking change looks like). ``codec`` (default: the
     environment's) chooses the data converter, payload decryption keys included; failure
-    messages stay unencoded so a failed replay's report says why."""
+    messages stay unencoded so a failed replay's report says why. ``sandbox`` (default: the
+    environment's ``STEAD_WORKFLOW_SANDBOX``) runs the workflows in Temporal's sandbox."""
     from stead.agents import reference_graphs
     from stead.authoring.graph import REGISTRY
     from stead.security.codec import data_converter
@@ -156,7 +158,8 @@ def production_replayer(*, workflows: Sequence[type] | None = None,
         workflows=list(workflows) if workflows is not None else production_workflows(),
         data_converter=data_converter(codec if codec is not None else load_settings().codec,
                                       encode_failures=False),
-        workflow_runner=workflow_runner(load_settings().worker.workflow_sandbox),
+        workflow_runner=workflow_runner(load_settings().worker.workflow_sandbox
+                                        if sandbox is None else sandbox),
         interceptors=worker_interceptors(), runtime=_quiet_runtime())
 
 
