@@ -378,9 +378,10 @@ class WorkerSettings(_Section):
     code imported outside it, so it guards little here and costs each run ~10% of its latency
     and CPU (``bench.profile``, stead local: 141 -> 127 ms). stead keeps its workflow code
     deterministic by a test that reads it (``tests/test_workflow_contracts.py``) and by
-    replaying the recorded corpus. Turn it on while writing graph conditions or evaluators
-    (they run in the workflow) that import modules of their own: a restricted call inside
-    them is then refused at once instead of failing a replay later."""
+    replaying the recorded corpus. On, Temporal also refuses a restricted call (the clock,
+    randomness, I/O) that graph conditions or evaluators (they run in the workflow) reach
+    through an import made while the workflow runs; what their modules imported at load time
+    is not checked either way."""
 
 
 class CodecSettings(_Section):
