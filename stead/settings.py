@@ -375,8 +375,9 @@ class WorkerSettings(_Section):
     workflow_sandbox: Annotated[bool, Env("workflow_sandbox")] = False
     """Run stead's workflows in Temporal's workflow sandbox. Off by default: every module the
     workflows use is stead's own and passed through the sandbox, whose checks do not reach
-    code imported outside it, so it guards little here and costs each run ~10% of its latency
-    and CPU (``bench.profile``, stead local: 141 -> 127 ms). stead keeps its workflow code
+    code imported outside it, so it guards little here and costs each run 8-17% of its latency
+    and CPU (``python -m bench.profile stead-local --no-profile``, with and without the
+    setting: bench/RESULTS.md). stead keeps its workflow code
     deterministic by a test that reads it (``tests/test_workflow_contracts.py``) and by
     replaying the recorded corpus. On, Temporal also refuses a restricted call (the clock,
     randomness, I/O) that graph conditions or evaluators (they run in the workflow) reach

@@ -154,12 +154,13 @@ def production_replayer(*, workflows: Sequence[type] | None = None,
     # in this process, e.g. by a custom worker module, registered themselves already).
     for graph in reference_graphs():
         REGISTRY.add(graph)
+    env = functools.cache(load_settings)  # read once, and only for a default left to it
     return Replayer(
         workflows=list(workflows) if workflows is not None else production_workflows(),
-        data_converter=data_converter(codec if codec is not None else load_settings().codec,
+        data_converter=data_converter(codec if codec is not None else env().codec,
                                       encode_failures=False),
-        workflow_runner=workflow_runner(load_settings().worker.workflow_sandbox
-                                        if sandbox is None else sandbox),
+        workflow_runner=workflow_runner(sandbox if sandbox is not None
+                                        else env().worker.workflow_sandbox),
         interceptors=worker_interceptors(), runtime=_quiet_runtime())
 
 

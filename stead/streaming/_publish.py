@@ -186,7 +186,7 @@ class TurnPublisher:
         queued (this publisher writes them; ``[]`` is returned). One that came whole, with
         nothing written yet, is returned as its rows instead (``model`` names the called model
         in its ``start``), for the caller to store with the call's record in one statement."""
-        if self._begun or self._task is not None or self._broken:
+        if self._begun:  # a writer may be at work: it writes the rest
             self.finish(turn)
             return []
         self._inline = True  # no writer task: the caller writes what _take returns

@@ -39,8 +39,8 @@ _RECORD = (
     "insert into stead_model_calls(workflow_id, run_id, step, attempt, model, status,"
     " finish_reason, tool_calls, content, error, input_tokens, output_tokens, duration_ms,"
     " endpoint, fallback, cost_usd)"
-    " values($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16)")
-_RECORD_WITH_STREAM = "with call as ({} on conflict do nothing), {} {}".format(
+    " values($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16) on conflict do nothing")
+_RECORD_WITH_STREAM = "with call as ({}), {} {}".format(
     _RECORD, *append_sql(17))
 """A model call and its token stream rows (an answer that came whole): one round trip."""
 
@@ -163,7 +163,7 @@ class LedgerWrites(LedgerBase):
                         raise
                     stream_log.warning("stream of %s step %d not published: %s: %s",
                                        ref.workflow_id, ref.step, type(err).__name__, err)
-            await c.execute(_RECORD + " on conflict do nothing", *args)
+            await c.execute(_RECORD, *args)
         await self._retrying(op, on_wait)
 
     # ----------------------------------------------------------------------- tool calls
