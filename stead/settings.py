@@ -364,6 +364,15 @@ class WorkerSettings(_Section):
     memory where many long runs wait (at most
     ``max_cached_workflows`` × a run's size); 0 replays every task, and stalls runs whose local
     activities are in flight when many run at once."""
+    evict_parked_after_seconds: Annotated[float, Env("evict_parked_after_seconds")] = Field(
+        30.0, ge=0, le=_DAY)
+    """A run that has waited this long on a person (an approval, a conversation's next
+    message), with nothing else in flight, leaves the cache (``stead.parking``); 0 keeps it
+    cached until the LRU cache pushes it out. A parked run costs no worker memory once it is
+    out, and resuming it replays its history once: tens of milliseconds for a short run, a
+    few hundred after 50 tool calls, against the minutes a person takes
+    (``python -m bench.parked``: bench/RESULTS.md). 30 s lets an approval given at once, as
+    in a demo or a chat, resume from the cache."""
     sticky_schedule_to_start_seconds: Annotated[float, Env(
         "sticky_schedule_to_start_seconds")] = Field(10.0, gt=0, le=_DAY)
     """How long a run's next workflow task waits for the worker that cached it before any

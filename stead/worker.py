@@ -53,6 +53,7 @@ from stead.observability.telemetry import (
     shutdown_metrics,
 )
 from stead.observability.tracing import NO_TRACING, SteadTracing
+from stead.parking import ParkedEviction
 from stead.security.secrets import Redactor, Secrets, install_log_redaction
 from stead.settings import ModelSettings, Settings, TemporalSettings
 from stead.storage.admission import Admissions
@@ -274,6 +275,8 @@ class WorkerHost:
         self._task: asyncio.Task[None] | None = None
         self.pending_approvals: PendingApprovals | None = None
         self._gauges: asyncio.Task[None] | None = None
+        self.parked_eviction: ParkedEviction | None = None
+        self._eviction: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -312,6 +315,10 @@ class WorkerHost:
             self.ledger = None
             raise
         self._task = asyncio.create_task(self.worker.run())
+        after = s.worker.evict_parked_after_seconds
+        if after > 0 and s.worker.max_cached_workflows > 0:
+            self.parked_eviction = ParkedEviction(self.worker, self.task_queue, after=after)
+            self._eviction = asyncio.create_task(self.parked_eviction.run())
         meter = self.meter_provider.get_meter(METER_NAME)
         if not isinstance(meter, NoOpMeter):
             self.pending_approvals = PendingApprovals(meter, self.client, self.catalog.names())
@@ -319,11 +326,12 @@ class WorkerHost:
                 self.pending_approvals.run(s.telemetry.metrics_export_interval_seconds))
 
     async def stop(self) -> None:
-        if self._gauges is not None:
-            self._gauges.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._gauges
-            self._gauges = None
+        for task in (self._gauges, self._eviction):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._gauges = self._eviction = None
         if self.worker is not None and self._task is not None:
             await self.worker.shutdown()
             with contextlib.suppress(asyncio.CancelledError):

@@ -56,6 +56,8 @@ class FakeSeam:
         self.timeouts: list[float | None] = []
         """The timeout of every wait that had to wait."""
         self.children: list[RunRequest] = []
+        self.parks: list[bool] = []
+        """Every ``parked`` call: True when the run began waiting on a person."""
 
     @property
     def scheduled(self) -> list[str]:
@@ -105,6 +107,9 @@ class FakeSeam:
             raise got
         assert isinstance(got, RunResult)
         return got
+
+    def parked(self, waiting: bool) -> None:
+        self.parks.append(waiting)
 
 
 def context(seam: FakeSeam, *, approval_timeout: float = 60.0) -> Context:

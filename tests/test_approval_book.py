@@ -116,6 +116,8 @@ async def test_each_deadline_moves_the_approval_up_the_chain_then_it_expires() -
                                 ("approval_decided", "expired")]
     assert a.log == ["expired by deadline"]
     assert [u.value for u in seam.upserts if u.key == AWAITING_KEY] == [True, False]
+    # Parked on a person from the request to the decision, through every escalation.
+    assert seam.parks == [True, False]
 
 
 async def test_a_decision_at_the_second_level_comes_from_the_escalated_approver() -> None:

@@ -28,6 +28,7 @@ NAMES = {
         "db_connect_timeout_seconds", "db_pool_max", "db_pool_min",
         "embedder", "embedder_api_key", "embedder_base_url",
         "embedding_dimension", "embedding_model", "eval_every_seconds", "eval_sample",
+        "evict_parked_after_seconds",
         "ledger_retry_seconds", "log_format",
         "log_level", "max_cached_workflows", "max_concurrent_activities",
         "max_concurrent_workflow_tasks", "max_payload_bytes", "mcp_servers", "memory_backend",

@@ -186,6 +186,7 @@ class ApprovalBook:
                           "risk": risk.score, "deadline": a.deadline.isoformat()})
         seam.upsert([AWAITING_KEY.value_set(True)])
         await decisions.flush()  # the request is on record while the run waits
+        seam.parked(True)
         while a.status == "pending":
             awaiting = chain[min(a.level, len(chain) - 1)]
             ctx.at(f"approval:{approval_id}",
@@ -216,6 +217,7 @@ class ApprovalBook:
             a.log.append(f"{a.status} by {a.decided_by or 'deadline'}")
         if not any(x.status == "pending" for x in self.approvals.values()):
             seam.upsert([AWAITING_KEY.value_set(False)])
+            seam.parked(False)
         return a
 
     def flush_ignored(self, step: int) -> None:

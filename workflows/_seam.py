@@ -2,7 +2,8 @@
 
 The graph interpreter, the approval book, the tool-call path and the decision log talk to
 Temporal only through :class:`Seam` (schedule an activity, start a child run, wait with a
-timeout, read the clock, ask a patch, upsert search attributes, set the Web UI details).
+timeout, read the clock, ask a patch, upsert search attributes, set the Web UI details, say
+when it waits on a person).
 :class:`TemporalSeam` is the one implementation that calls ``temporalio.workflow``; tests plug
 a fake into the same seam and run the parts without a server.
 
@@ -27,6 +28,7 @@ with workflow.unsafe.imports_passed_through():
     from stead import errors
     from stead.client import WORKFLOW_TYPE
     from stead.contracts.models import RunRequest, RunResult
+    from stead.parking import PARKED
 
 T = TypeVar("T")
 
@@ -111,9 +113,34 @@ class Seam(Protocol):
         """A child ``AgentWorkflow`` on this task queue, cancelled when this run closes."""
         ...
 
+    def parked(self, waiting: bool) -> None:
+        """This run starts (True) or stops (False) waiting on a person: while it waits, the
+        worker may let it go of its cache (``stead.parking``). Changes nothing in history."""
+        ...
+
 
 class TemporalSeam:
-    """The seam over ``temporalio.workflow`` (the only place the parts reach Temporal)."""
+    """The seam over ``temporalio.workflow`` (the only place the parts reach Temporal), one
+    per run."""
+
+    def __init__(self) -> None:
+        self._waiting = False
+        self._busy = 0  # activities and child runs in flight
+
+    def _mark_parked(self) -> None:
+        # Parked while some branch waits on a person and no other has work in flight: a run
+        # evicted with an activity in flight would replay as soon as that activity answers.
+        parked(self._waiting and not self._busy)
+
+    def _started(self) -> None:
+        self._busy += 1
+        if self._waiting and self._busy == 1:
+            self._mark_parked()
+
+    def _ended(self) -> None:
+        self._busy -= 1
+        if self._waiting and not self._busy:
+            self._mark_parked()
 
     def now(self) -> datetime:
         return workflow.now()
@@ -131,6 +158,13 @@ class TemporalSeam:
         return workflow.cancellation_reason() is not None
 
     async def activity(self, call: ActivityCall[T]) -> T:
+        self._started()
+        try:
+            return await self._activity(call)
+        finally:
+            self._ended()
+
+    async def _activity(self, call: ActivityCall[T]) -> T:
         result: T
         act: Any = call.activity  # a definition or a per-tool name: temporalio takes both
         if call.local:
@@ -163,8 +197,25 @@ class TemporalSeam:
         return True
 
     async def child_run(self, request: RunRequest, *, id: str, summary: str) -> RunResult:
-        result: RunResult = await workflow.execute_child_workflow(
-            WORKFLOW_TYPE, request, id=id, result_type=RunResult,
-            task_queue=workflow.info().task_queue,
-            parent_close_policy=ParentClosePolicy.REQUEST_CANCEL, static_summary=summary)
+        self._started()
+        try:
+            result: RunResult = await workflow.execute_child_workflow(
+                WORKFLOW_TYPE, request, id=id, result_type=RunResult,
+                task_queue=workflow.info().task_queue,
+                parent_close_policy=ParentClosePolicy.REQUEST_CANCEL, static_summary=summary)
+        finally:
+            self._ended()
         return result
+
+    def parked(self, waiting: bool) -> None:
+        self._waiting = waiting
+        self._mark_parked()
+
+
+def parked(waiting: bool) -> None:
+    """``Seam.parked`` for the running workflow (the conversation's idle wait calls it too)."""
+    info = workflow.info()
+    if waiting:
+        PARKED.park(info.run_id, info.task_queue)
+    else:
+        PARKED.unpark(info.run_id)

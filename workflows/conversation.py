@@ -26,6 +26,7 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError, ChildWorkflowError, WorkflowAlreadyStartedError
 
 from stead.workflows._budget import CHILD_FAILURE_SPEND_PATCH, failed_spend
+from stead.workflows._seam import parked
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
@@ -149,11 +150,14 @@ class ConversationWorkflow:
             workflow.set_current_details(
                 f"Waiting for a message (turn {self._s.turns + 1} next); update `say` "
                 f"with {_SAY_EXAMPLE}")
+            parked(True)  # on the person who writes next: the worker may let it go
             try:
                 await workflow.wait_condition(lambda: bool(self._queue) or self._ending,
                                               timeout=idle)
             except TimeoutError:
                 return await self._close("idle")
+            finally:
+                parked(False)
 
     def _should_continue(self) -> bool:
         info = workflow.info()
