@@ -14,6 +14,12 @@ tasks, so it loses nothing: everything the run decided is in its history. Only t
 costs time (``python -m bench.parked``). A request for a run that is mid-task waits for the
 task to complete (core's rule), and one for a run no longer cached is ignored.
 
+Freed memory does not by itself go back to the system: glibc keeps what a run freed in its
+heap, and a worker's resident set stayed near its high mark (runs parked after 20 tool calls:
+437 KiB per run evicted against 533 cached, with the C heap at 21 against 374 KiB). So after
+evicting, the eviction asks glibc to return its free pages (``malloc_trim``, at most every
+``TRIM_EVERY`` seconds, off the event loop): 115 KiB per run.
+
 What :data:`PARKED` holds is a memory hint for the worker. No workflow ever reads it back, so
 the clock it keeps does not reach a workflow's decisions.
 
@@ -24,13 +30,18 @@ the clock it keeps does not reach a workflow's decisions.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger("stead.parking")
+
+TRIM_EVERY = 10.0
+"""Seconds between two ``malloc_trim`` calls of one eviction (only after it evicted)."""
 
 
 class ParkedRuns:
@@ -103,20 +114,45 @@ def _bridge_worker(worker: Any) -> Any:
     return bridge
 
 
+def malloc_trim() -> Callable[[], object] | None:
+    """glibc's ``malloc_trim(0)`` (returns free heap pages to the system); None elsewhere."""
+    try:
+        fn = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_size_t]
+    fn.restype = ctypes.c_int
+    return lambda: fn(0)
+
+
 class ParkedEviction:
     """Evicts ``worker``'s runs once they have been parked ``after`` seconds (checked every
     ``after / 4`` seconds, at least every second, at most every 50 ms)."""
 
     def __init__(self, worker: Any, task_queue: str, *, after: float,
-                 registry: ParkedRuns = PARKED) -> None:
+                 registry: ParkedRuns = PARKED,
+                 on_evict: Callable[[int], None] | None = None,
+                 trim: Callable[[], object] | None = None,
+                 trim_every: float = TRIM_EVERY) -> None:
+        """``on_evict``: told how many runs each round evicted (a metric). ``trim``: what
+        returns freed memory to the system after evictions; None: glibc's ``malloc_trim``
+        where there is one."""
         if after <= 0:
             raise ValueError(f"ParkedEviction needs after > 0, got {after!r}")
         self._bridge = _bridge_worker(worker)
         self.task_queue = task_queue
         self.after = after
         self.registry = registry
+        self._on_evict = on_evict
+        self._trim = trim if trim is not None else malloc_trim()
+        self._trim_every = trim_every
+        self._untrimmed = False
+        self.evicted_at = self.trimmed_at = float("-inf")
+        """``time.monotonic()`` of the last round that evicted, and of the last trim."""
         self.evicted = 0
         """Runs evicted so far."""
+        self.trims = 0
+        """Times freed memory was handed back so far."""
 
     def evict_due(self) -> list[str]:
         """Evict the runs parked long enough; returns their run ids."""
@@ -125,6 +161,9 @@ class ParkedEviction:
             self._bridge.request_workflow_eviction(run_id)
         self.evicted += len(due)
         if due:
+            self._untrimmed, self.evicted_at = True, time.monotonic()
+            if self._on_evict is not None:
+                self._on_evict(len(due))
             log.debug("evicted %d parked run(s) from the cache of %s", len(due),
                       self.task_queue)
         return due
@@ -136,6 +175,13 @@ class ParkedEviction:
         try:
             while True:
                 await asyncio.sleep(tick)
+                # Trim what earlier rounds freed (their evictions are processed by now).
+                if self._untrimmed and self._trim is not None \
+                        and time.monotonic() - self.trimmed_at >= self._trim_every:
+                    self._untrimmed = False
+                    await asyncio.to_thread(self._trim)
+                    self.trimmed_at = time.monotonic()
+                    self.trims += 1
                 self.evict_due()
         finally:
             self.registry.unwatch(self.task_queue)

@@ -303,21 +303,24 @@ class WorkerHost:
             if self.tracing is None:
                 self.tracing = SteadTracing.from_settings(s.telemetry,
                                                          redact=Redactor.from_settings(s).text)
+            metrics = SteadMetrics(self.meter_provider.get_meter(METER_NAME))
             self.worker = build_worker(self.client, s, self.catalog, self.ledger,
                                        model=self.model, task_queue=self.task_queue,
-                                       memory=self.memory, metrics=SteadMetrics(
-                                           self.meter_provider.get_meter(METER_NAME)),
+                                       memory=self.memory, metrics=metrics,
                                        tracing=self.tracing, mcp=self.mcp,
                                        endpoints=self.endpoints,
                                        named_models=self.named_models)
+            after = s.worker.evict_parked_after_seconds
+            if after > 0 and s.worker.max_cached_workflows > 0:
+                self.parked_eviction = ParkedEviction(
+                    self.worker, self.task_queue, after=after,
+                    on_evict=metrics.parked_evictions.add)
         except BaseException:
             await self.ledger.close()  # do not leave a pool reconnecting behind us
             self.ledger = None
             raise
         self._task = asyncio.create_task(self.worker.run())
-        after = s.worker.evict_parked_after_seconds
-        if after > 0 and s.worker.max_cached_workflows > 0:
-            self.parked_eviction = ParkedEviction(self.worker, self.task_queue, after=after)
+        if self.parked_eviction is not None:
             self._eviction = asyncio.create_task(self.parked_eviction.run())
         meter = self.meter_provider.get_meter(METER_NAME)
         if not isinstance(meter, NoOpMeter):

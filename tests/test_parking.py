@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 import pytest
 from _approval_worker import bank_agent, effects, transfer_model
 from _waits import wait_pending
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from temporalio.client import WorkflowHandle
 
 from stead import parking
@@ -53,6 +55,15 @@ async def until(check: Callable[[], bool], *, within: float = 15) -> None:
     while not check():
         assert time.monotonic() < deadline, "not within the time allowed"
         await asyncio.sleep(0.05)
+
+
+def evictions(reader: InMemoryMetricReader) -> float:
+    """``stead.worker.parked_evictions`` so far."""
+    data = reader.get_metrics_data()
+    assert data is not None
+    return sum(float(pt.value) for rm in data.resource_metrics for sm in rm.scope_metrics
+               for m in sm.metrics if m.name == "stead.worker.parked_evictions"
+               for pt in m.data.data_points)  # type: ignore[union-attr]
 
 
 # ---------------------------------------------------------------------------- the registry
@@ -131,6 +142,32 @@ async def test_an_eviction_evicts_what_is_due_and_stops_watching_when_cancelled(
     assert reg.parked("q") == 0
 
 
+async def test_an_eviction_hands_freed_memory_back_after_it_evicted_and_not_more_often(
+        ) -> None:
+    reg, worker, trims = ParkedRuns(), _Worker(), []
+    ev = ParkedEviction(worker, "q", after=0.05, registry=reg,
+                        trim=lambda: trims.append(time.monotonic()), trim_every=0.5)
+    task = asyncio.create_task(ev.run())
+    await asyncio.sleep(0.3)
+    assert trims == []  # nothing evicted: nothing to hand back
+    reg.park("r1", "q")
+    await until(lambda: len(trims) == 1, within=5)
+    reg.park("r2", "q")
+    await until(lambda: len(trims) == 2, within=5)
+    assert trims[1] - trims[0] >= 0.5  # at most every trim_every seconds
+    await asyncio.sleep(0.8)
+    assert (len(trims), ev.trims, worker._bridge_worker.evicted) == (2, 2, ["r1", "r2"])
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+def test_glibc_malloc_trim_is_found_here() -> None:
+    trim = parking.malloc_trim()
+    assert trim is not None  # the CI machines run glibc: the default trims
+    assert trim() in (0, 1)
+
+
 def test_an_eviction_refuses_what_cannot_work() -> None:
     with pytest.raises(ValueError, match="after > 0"):
         ParkedEviction(_Worker(), "q", after=0)
@@ -184,9 +221,11 @@ async def test_a_parked_approval_run_leaves_the_cache_and_resumes_on_its_approva
     and the answer and the audit trail are those of a run that stayed cached."""
     path = tmp_path / "effects"
     agent = bank_agent(path, transfer_model(500, "ACME-1"))
+    reader = InMemoryMetricReader()
     async with WorkerHost(settings.replace(evict_parked_after_seconds=AFTER,
                                            workflow_sandbox=sandbox),
-                          AgentCatalog([agent])) as host:
+                          AgentCatalog([agent]),
+                          meter_provider=MeterProvider(metric_readers=[reader])) as host:
         assert host.client is not None and host.parked_eviction is not None
         h: WorkflowHandle[Any, RunResult] = await start_run(
             host.client, RunRequest(agent="bank", input="pay 500 to ACME-1"),
@@ -205,6 +244,7 @@ async def test_a_parked_approval_run_leaves_the_cache_and_resumes_on_its_approva
 
         await h.signal("approve", ApprovalDecision(approval_id="a2", by="alice"))
         r = await asyncio.wait_for(h.result(), 30)
+        assert evictions(reader) == 2
 
     assert (r.status, r.approvals, r.answer) == ("completed", 1, "Done: transfer T-1."), r
     assert [(c.tool, c.status) for c in r.tool_calls] == [("transfer", "ok")]

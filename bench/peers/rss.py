@@ -16,9 +16,10 @@ Where a parked run lives differs by system, and that is the point of the figure:
 
 - stead / plain temporalio / pydantic-ai / the OpenAI Agents SDK on Temporal: the run's
   workflow instance stays in the worker's sticky cache (``max_cached_workflows`` is raised to
-  ``--runs`` + 100 so none is evicted), with its sandbox, its coroutine and its state (for
-  the frameworks, their agent run's messages and state); its durable state is Temporal's
-  history.
+  ``--runs`` + 100, and stead's eviction of parked runs is off, so none is evicted), with its
+  coroutine and its state (for the frameworks, their agent run's messages and state); its
+  durable state is Temporal's history. ``python -m bench.parked`` measures stead with its
+  default eviction of parked runs.
 - LangGraph: nothing. ``ainvoke`` returned at the ``interrupt``; the run is its checkpoint
   rows in PostgreSQL and resuming loads them.
 - DBOS: the workflow's coroutine, suspended in ``recv_async``, with its DBOS context and

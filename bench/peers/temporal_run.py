@@ -280,8 +280,11 @@ async def otlp_receiver(port: int) -> AsyncIterator[str]:
 
 
 def system_settings(base: Settings, system: str, *, otlp: str | None,
-                    cached_workflows: int | None = None) -> Settings:
-    """The settings one system's worker runs with (its own task queue)."""
+                    cached_workflows: int | None = None,
+                    evict_parked_after: float | None = None) -> Settings:
+    """The settings one system's worker runs with (its own task queue). ``cached_workflows``
+    sizes the cache of a measurement that wants its runs kept there, so stead's eviction of
+    parked runs is then off, unless ``evict_parked_after`` sets it."""
     update: dict[str, Any] = {"task_queue": f"peers-{system}-{uuid.uuid4().hex[:8]}",
                               "memory_backend": "off", "otel_exporter_otlp_endpoint": None,
                               "metrics_exporter": "none", "traces_exporter": "none"}
@@ -292,6 +295,9 @@ def system_settings(base: Settings, system: str, *, otlp: str | None,
                    "traces_exporter": "otlp"}
     if cached_workflows is not None:
         update["max_cached_workflows"] = cached_workflows
+        update["evict_parked_after_seconds"] = 0.0
+    if evict_parked_after is not None:
+        update["evict_parked_after_seconds"] = evict_parked_after
     return base.replace(**update)
 
 
