@@ -21,9 +21,12 @@ resident set per run (``VmRSS``, after ``gc.collect()``, with the spans waiting 
 flushed), and of the C heap in use (glibc's ``mallinfo2``: Temporal core's per-run state in
 Rust, protobuf buffers, Python objects over 512 bytes). ``cached``: the worker's
 ``max_cached_workflows`` is above ``N``, every parked run stays in its sticky cache;
-``evicted``: ``max_cached_workflows=0``, the worker keeps nothing between workflow tasks.
-Then it approves them all and checks every run. ``--trace`` also diffs ``tracemalloc``
-snapshots around the parking and groups what the parked runs hold by owner.
+``evicted``: ``max_cached_workflows=0``, the worker keeps nothing between workflow tasks;
+``let go when parked``: the cache as ``cached``, with stead's eviction of parked runs
+(``STEAD_EVICT_PARKED_AFTER_SECONDS``, ``--evict-after``), measured once every parked run has
+left the cache (the other lines keep that eviction off). Then it approves them all and checks
+every run. ``--trace`` also diffs ``tracemalloc`` snapshots around the parking and groups what
+the parked runs hold by owner.
 
 **Resume after the approval**, per workload and cache state, ``--runs`` samples each (the
 states alternate): the run is parked (history idle), left alone ``--settle`` seconds, then
@@ -36,7 +39,10 @@ workers, one per state, each on its own task queue:
   workflow task fetches the whole history and replays it in a new sandbox, and the run stays
   cached for the rest of its life;
 - ``no cache``: ``max_cached_workflows=0``: every workflow task replays the whole history,
-  the approval's and each one after it.
+  the approval's and each one after it;
+- ``let go when parked``: ``max_cached_workflows=1000`` and stead's eviction of parked runs
+  after ``--evict-after`` seconds (the default setting is 30 s; the delay changes when a run
+  leaves, not what it frees or what its resume costs): the run has left the cache (checked).
 
 Reported: approval sent -> result returned, the first workflow task after the signal (its
 ``WorkflowTaskStarted`` -> ``Completed`` in the history: the replay when evicted), and all
@@ -91,6 +97,7 @@ from stead.contracts.models import (
 )
 from stead.contracts.policy import Policy, parse_policy
 from stead.integrations.llm import FunctionModel, assistant_turns, call
+from stead.parking import RECLAIM_EVERY
 from stead.settings import Settings
 from stead.stack.embedded import EmbeddedStack
 from stead.worker import WorkerHost
@@ -98,9 +105,9 @@ from stead.worker import WorkerHost
 E = EventType
 APPROVAL, LONG = "approval", "long"
 WORKLOADS: Final = (APPROVAL, LONG)
-CACHED, EVICTED, NO_CACHE = "cached", "evicted", "no cache"
-STATES: Final = (CACHED, EVICTED, NO_CACHE)
-CACHE_SIZE = {CACHED: 1000, EVICTED: 1, NO_CACHE: 0}
+CACHED, EVICTED, NO_CACHE, LET_GO = "cached", "evicted", "no cache", "let go when parked"
+STATES: Final = (CACHED, EVICTED, NO_CACHE, LET_GO)
+CACHE_SIZE = {CACHED: 1000, EVICTED: 1, NO_CACHE: 0, LET_GO: 1000}
 """``max_cached_workflows`` of the resume benchmark's worker for each state."""
 BATCH = 25
 """Runs parked at once in the memory measurement."""
@@ -279,7 +286,13 @@ class MemoryResult:
     kib_per_run: float
     """RSS change per parked run."""
     c_heap_kib_per_run: float | None
+    py_objects_per_run: float
+    """Change of the Python objects alive (``sys.getallocatedblocks()``) per parked run: RSS
+    may stay up after objects are freed (the allocators keep their arenas), this does not."""
     park_seconds: float
+    reclaim_ms: float | None = None
+    """``let go when parked``: the longest reclaim (full collection, ``malloc_trim``) the
+    eviction ran, the process stopped meanwhile."""
     trace: list[tuple[str, str, float]] = field(default_factory=list)
     """(category, detail, KiB per run) of the Python allocations the parked runs hold."""
 
@@ -291,7 +304,9 @@ def _child_settings(args: argparse.Namespace) -> Settings:
                     database_url=args.worker_dsn, migrate_database_url=args.owner_dsn,
                     openai_api_key=None)
     return system_settings(base, STEAD_FULL, otlp=args.otlp,
-                           cached_workflows=0 if args.cache == EVICTED else args.runs + 100)
+                           cached_workflows=0 if args.cache == EVICTED else args.runs + 100,
+                           evict_parked_after=args.evict_after if args.cache == LET_GO
+                           else None)
 
 
 async def memory_child(args: argparse.Namespace) -> MemoryResult:
@@ -321,7 +336,7 @@ async def memory_child(args: argparse.Namespace) -> MemoryResult:
             await asyncio.to_thread(flush)
         gc.collect()
         await asyncio.sleep(1.0)
-        before_rss, before_heap = rss_kib(), c_heap_kib()
+        before_rss, before_heap, before_py = rss_kib(), c_heap_kib(), sys.getallocatedblocks()
         snap = tracemalloc.take_snapshot() if args.trace else None
         t0 = time.perf_counter()
         # One at a time without a cache: a run cannot be evicted while a local activity of
@@ -332,10 +347,15 @@ async def memory_child(args: argparse.Namespace) -> MemoryResult:
             size=1 if args.cache == EVICTED else BATCH)
         took = time.perf_counter() - t0
         await asyncio.sleep(2.0)  # the last runs' workflow tasks complete
+        if args.cache == LET_GO:
+            reclaim_ms: float | None = 1000 * await _until_let_go(
+                host, [h for h, _ in parked], within=args.evict_after + 120)
+        else:
+            reclaim_ms = None
         if flush is not None:
             await asyncio.to_thread(flush)
         gc.collect()
-        after_rss, after_heap = rss_kib(), c_heap_kib()
+        after_rss, after_heap, after_py = rss_kib(), c_heap_kib(), sys.getallocatedblocks()
         trace: list[tuple[str, str, float]] = []
         if snap is not None:
             trace = trace_categories(tracemalloc.take_snapshot(), snap, args.runs)
@@ -350,7 +370,34 @@ async def memory_child(args: argparse.Namespace) -> MemoryResult:
         else round((after_heap - before_heap) / args.runs, 1)
     return MemoryResult(workload=args.workload, cache=args.cache, runs=args.runs,
                         kib_per_run=round((after_rss - before_rss) / args.runs, 1),
-                        c_heap_kib_per_run=heap, park_seconds=round(took, 1), trace=trace)
+                        c_heap_kib_per_run=heap,
+                        py_objects_per_run=round((after_py - before_py) / args.runs, 1),
+                        park_seconds=round(took, 1), trace=trace,
+                        reclaim_ms=None if reclaim_ms is None else round(reclaim_ms, 1))
+
+
+async def _until_let_go(host: WorkerHost, handles: Sequence[Handle], *, within: float) -> float:
+    """Until none of ``handles`` is in the worker's cache, each evicted as a parked run, and
+    what they freed is reclaimed; returns the longest reclaim, seconds."""
+    deadline = time.monotonic() + within
+    held = [h for h in handles if is_cached(host, h.result_run_id or "")]
+    while held and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+        held = [h for h in held if is_cached(host, h.result_run_id or "")]
+    if held:
+        raise RuntimeError(f"{len(held)} of {len(handles)} parked runs still cached after "
+                           f"{within:.0f} s (is the eviction of parked runs on?)")
+    ev = host.parked_eviction
+    if ev is None or ev.evicted < len(handles):
+        raise RuntimeError(f"the parked runs left the cache, but not by stead's eviction "
+                           f"({ev.evicted if ev else 'no'} evictions)")
+    # Then the eviction hands what they freed back to the system (``stead.parking.reclaim``).
+    deadline = time.monotonic() + RECLAIM_EVERY + 10
+    while ev.reclaimed_at < ev.evicted_at and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.2)
+    if ev.reclaimed_at < ev.evicted_at:
+        raise RuntimeError("the eviction of parked runs did not reclaim after evicting")
+    return max(ev.reclaims)
 
 
 _OWNERS: Final = (
@@ -407,9 +454,10 @@ def trace_categories(after: tracemalloc.Snapshot, before: tracemalloc.Snapshot,
 
 
 def _memory_in_child(stack: StackInfo, workload: str, cache: str, runs: int,
-                     long_tools: int, trace: bool) -> MemoryResult:
+                     long_tools: int, trace: bool, evict_after: float) -> MemoryResult:
     cmd = [sys.executable, "-m", "bench.parked", "--memory-child", "--workload", workload,
            "--cache", cache, "--memory-runs", str(runs), "--long-tools", str(long_tools),
+           "--evict-after", str(evict_after),
            "--temporal", stack.temporal, "--worker-dsn", stack.worker_dsn,
            "--owner-dsn", stack.owner_dsn, "--otlp", stack.otlp, "--data-dir", stack.data_dir]
     if trace:
@@ -460,9 +508,10 @@ class Resumer:
     """One worker per cache state, each on its own task queue of one stack."""
 
     def __init__(self, hosts: dict[str, WorkerHost], settings: dict[str, Settings],
-                 client: Client, w: dict[str, Work], settle: float) -> None:
+                 client: Client, w: dict[str, Work], settle: float,
+                 evict_after: float) -> None:
         self.hosts, self.settings, self.client, self.w = hosts, settings, client, w
-        self.settle = settle
+        self.settle, self.evict_after = settle, evict_after
 
     async def sample(self, workload: str, state: str) -> ResumeSample:
         s, host, work = self.settings[state], self.hosts[state], self.w[workload]
@@ -471,9 +520,10 @@ class Resumer:
         if state == EVICTED:  # a second parked run takes the cache's one slot
             pusher = await park(self.client, s, self.w[APPROVAL], precise=True)
         run_id = handle.result_run_id or ""
-        # A worker without a cache evicts a run shortly after its workflow task completes:
-        # give it a moment (no query meanwhile, which would load the run again).
-        deadline = time.monotonic() + 10
+        # A worker without a cache evicts a run shortly after its workflow task completes,
+        # stead's eviction once the run has been parked long enough: give it that (no query
+        # meanwhile, which would load the run again).
+        deadline = time.monotonic() + 10 + (self.evict_after if state == LET_GO else 0)
         while is_cached(host, run_id) != (state == CACHED) and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         if is_cached(host, run_id) != (state == CACHED):
@@ -495,18 +545,20 @@ class Resumer:
 
 @contextlib.asynccontextmanager
 async def resumer(stack: StackInfo, base: Settings, long_tools: int,
-                  settle: float) -> AsyncIterator[Resumer]:
+                  settle: float, evict_after: float) -> AsyncIterator[Resumer]:
     from bench.peers.temporal_run import STEAD_FULL, system_settings
 
     settings = {st: system_settings(base, STEAD_FULL, otlp=stack.otlp,
-                                    cached_workflows=CACHE_SIZE[st]) for st in STATES}
+                                    cached_workflows=CACHE_SIZE[st],
+                                    evict_parked_after=evict_after if st == LET_GO else None)
+                for st in STATES}
     agents = AgentCatalog(park_agents(long_tools))
     async with contextlib.AsyncExitStack() as es:
         hosts = {st: await es.enter_async_context(
             WorkerHost(settings[st], agents, task_queue=settings[st].temporal.task_queue))
             for st in STATES}
         client = await connect(base)
-        yield Resumer(hosts, settings, client, works(long_tools), settle)
+        yield Resumer(hosts, settings, client, works(long_tools), settle, evict_after)
 
 
 # ---------------------------------------------------------------------------- the benchmark
@@ -526,6 +578,8 @@ class ParkedConfig:
     """Seconds a parked run is left alone before its approval."""
     trace: bool = False
     """Also trace where the Python memory of the cached parked runs goes."""
+    evict_after: float = 2.0
+    """``STEAD_EVICT_PARKED_AFTER_SECONDS`` of the ``let go when parked`` workers."""
 
 
 @dataclass
@@ -569,19 +623,23 @@ async def run_parked(cfg: ParkedConfig, *, progress: Progress = print) -> Parked
             # long run's workflow tasks replays its history so far (quadratic in its length)
             # only to end up holding nothing, as the evicted approval runs show.
             jobs = [(APPROVAL, CACHED, cfg.memory_runs), (APPROVAL, EVICTED, cfg.memory_runs),
-                    (LONG, CACHED, cfg.long_memory_runs)]
+                    (APPROVAL, LET_GO, cfg.memory_runs), (LONG, CACHED, cfg.long_memory_runs),
+                    (LONG, LET_GO, cfg.long_memory_runs)]
             for workload, cache, n in jobs:
                 n = min(n, 100) if cache == EVICTED else n
                 if n:
                     progress(f"memory: {n} parked {workload} runs, {cache}, in a fresh process")
                     memory.append(await asyncio.to_thread(
                         _memory_in_child, info, workload, cache, n, cfg.long_tools,
-                        cfg.trace and cache == CACHED))
+                        cfg.trace and cache == CACHED, cfg.evict_after))
                     m = memory[-1]
-                    progress(f"  {m.kib_per_run:.1f} KiB RSS, {m.c_heap_kib_per_run} KiB C heap "
-                             f"per parked run")
+                    progress(f"  {m.kib_per_run:.1f} KiB RSS, {m.c_heap_kib_per_run} KiB C "
+                             f"heap, {m.py_objects_per_run:.0f} Python objects per parked run"
+                             + (f"; longest reclaim {m.reclaim_ms:.0f} ms"
+                                if m.reclaim_ms is not None else ""))
             if cfg.runs:
-                async with resumer(info, base, cfg.long_tools, cfg.settle) as r:
+                async with resumer(info, base, cfg.long_tools, cfg.settle,
+                                   cfg.evict_after) as r:
                     for wl in WORKLOADS:
                         progress(f"resume: {wl} runs, one warm-up then {cfg.runs} per cache "
                                  f"state ({', '.join(STATES)}), interleaved")
@@ -619,15 +677,20 @@ def print_parked(res: ParkedResult, machine: dict[str, object], command: str) ->
         t = Table(title="Worker memory per parked run, KiB (fresh process per line; stead full "
                         "path)")
         for col in ("workload", "cache", "parked runs", "RSS KiB / run",
-                    "C heap KiB / run", "parking took"):
+                    "C heap KiB / run", "Python objects / run", "parking took"):
             t.add_column(col, justify="left" if col in ("workload", "cache") else "right")
         for m in res.memory:
             heap = "n/a" if m.c_heap_kib_per_run is None else f"{m.c_heap_kib_per_run:.1f}"
             t.add_row(m.workload + (f" ({cfg.long_tools} tools)" if m.workload == LONG else ""),
                       m.cache + (" (traced: tracemalloc inflates both)" if m.trace else ""),
                       str(m.runs), f"{m.kib_per_run:.1f}", heap,
-                      f"{m.park_seconds:.0f} s")
+                      f"{m.py_objects_per_run:.0f}", f"{m.park_seconds:.0f} s")
         con.print(t)
+        for m in res.memory:
+            if m.reclaim_ms is not None:
+                con.print(f"{m.workload}, {m.cache}: the longest reclaim after evicting (full "
+                          f"collection and malloc_trim, the process stopped) took "
+                          f"{m.reclaim_ms:.0f} ms")
         if any(m.runs < (200 if m.workload == APPROVAL else 20) for m in res.memory):
             con.print("(few parked runs: a resident-set change that small is mostly the "
                       "allocator reusing what the warm-up freed; the C heap is steadier)")
@@ -658,14 +721,15 @@ def print_parked(res: ParkedResult, machine: dict[str, object], command: str) ->
                 t.add_row(label, st, f"{events:.0f}", f"{ms['ms'].median:.1f}",
                           f"{ms['ms'].p90:.1f}", f"{ms['first_wft_ms'].median:.1f}",
                           f"{ms['wft_ms'].median:.1f}",
-                          style="bold" if st == EVICTED else None)
+                          style="bold" if st in (EVICTED, LET_GO) else None)
         con.print(t)
         for wl, by_state in med.items():
-            if CACHED in by_state and EVICTED in by_state:
-                c, e = by_state[CACHED]["ms"].median, by_state[EVICTED]["ms"].median
-                con.print(f"[bold]{wl}: resume after eviction costs {e - c:+.1f} ms "
-                          f"(approve -> result median {c:.1f} ms cached, {e:.1f} ms "
-                          f"evicted)[/]")
+            for st in (EVICTED, LET_GO):
+                if CACHED in by_state and st in by_state:
+                    c, e = by_state[CACHED]["ms"].median, by_state[st]["ms"].median
+                    con.print(f"[bold]{wl}: resume after eviction ({st}) costs {e - c:+.1f} "
+                              f"ms (approve -> result median {c:.1f} ms cached, {e:.1f} ms "
+                              f"{st})[/]")
     print_machine(con, machine, command, res.seconds)
 
 
@@ -684,6 +748,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                                                    "for its approval (default 50)")
     ap.add_argument("--long-memory-runs", type=int,
                     help="long runs parked for the memory measurement (default 60; 0 skips)")
+    ap.add_argument("--evict-after", type=float,
+                    help="STEAD_EVICT_PARKED_AFTER_SECONDS of the 'let go when parked' lines "
+                         "(default 2; the setting's default is 30)")
     ap.add_argument("--trace", action="store_true",
                     help="also trace where the cached parked runs' Python memory goes "
                          "(tracemalloc)")
@@ -693,13 +760,16 @@ def config_from(args: argparse.Namespace) -> ParkedConfig:
     base = ParkedConfig(runs=3, memory_runs=100, long_memory_runs=20, long_tools=20) \
         if getattr(args, "quick", False) else ParkedConfig()
     values: dict[str, Any] = {}
-    for flag in ("runs", "memory_runs", "long_memory_runs", "long_tools", "settle"):
+    for flag in ("runs", "memory_runs", "long_memory_runs", "long_tools", "settle",
+                 "evict_after"):
         v = getattr(args, flag, None)
         if v is None:
             continue
         if v < 0:
             raise SystemExit(f"error: --{flag.replace('_', '-')} must not be negative")
         values[flag] = v
+    if values.get("evict_after", 1) <= 0:
+        raise SystemExit("error: --evict-after must be above 0")
     if values.get("long_tools", 1) < 1:
         raise SystemExit("error: --long-tools must be at least 1")
     return dataclasses.replace(base, trace=bool(getattr(args, "trace", False)), **values)
@@ -741,7 +811,7 @@ def main(argv: list[str] | None = None) -> None:
     child = ap.add_argument_group("internal: one memory measurement in this process")
     child.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     child.add_argument("--workload", choices=WORKLOADS, help=argparse.SUPPRESS)
-    child.add_argument("--cache", choices=(CACHED, EVICTED), help=argparse.SUPPRESS)
+    child.add_argument("--cache", choices=(CACHED, EVICTED, LET_GO), help=argparse.SUPPRESS)
     for name in ("--temporal", "--worker-dsn", "--owner-dsn", "--otlp", "--data-dir"):
         child.add_argument(name, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -752,6 +822,7 @@ def main(argv: list[str] | None = None) -> None:
             ap.error(f"--memory-child needs --{', --'.join(m.replace('_', '-') for m in missing)}")
         args.runs = args.memory_runs or 100
         args.long_tools = args.long_tools or ParkedConfig.long_tools
+        args.evict_after = args.evict_after or ParkedConfig.evict_after
         res = asyncio.run(memory_child(args))
         print(json.dumps(dataclasses.asdict(res)), flush=True)
         return

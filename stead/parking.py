@@ -14,11 +14,12 @@ tasks, so it loses nothing: everything the run decided is in its history. Only t
 costs time (``python -m bench.parked``). A request for a run that is mid-task waits for the
 task to complete (core's rule), and one for a run no longer cached is ignored.
 
-Freed memory does not by itself go back to the system: glibc keeps what a run freed in its
-heap, and a worker's resident set stayed near its high mark (runs parked after 20 tool calls:
-437 KiB per run evicted against 533 cached, with the C heap at 21 against 374 KiB). So after
-evicting, the eviction asks glibc to return its free pages (``malloc_trim``, at most every
-``TRIM_EVERY`` seconds, off the event loop): 115 KiB per run.
+An evicted run's memory does not by itself go back to the system. Its workflow instance is
+held in reference cycles, which only Python's full collection frees, and glibc keeps what was
+freed in its heap: a worker's resident set stayed near its high mark (runs parked after 20 tool
+calls: 437 KiB per run evicted against 533 cached, with the C heap at 21 against 374 KiB). So
+after evicting, at most every ``RECLAIM_EVERY`` seconds, the eviction runs a full collection
+and asks glibc to return its free pages (``malloc_trim``), off the event loop.
 
 What :data:`PARKED` holds is a memory hint for the worker. No workflow ever reads it back, so
 the clock it keeps does not reach a workflow's decisions.
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import gc
 import logging
 import threading
 import time
@@ -40,8 +42,10 @@ from typing import Any
 
 log = logging.getLogger("stead.parking")
 
-TRIM_EVERY = 10.0
-"""Seconds between two ``malloc_trim`` calls of one eviction (only after it evicted)."""
+RECLAIM_EVERY = 30.0
+"""Seconds between two reclaims (full collection, ``malloc_trim``) of one eviction, which
+reclaims only after it evicted. A full collection stops the process for a moment that grows
+with its heap; ``python -m bench.parked`` reports it."""
 
 
 class ParkedRuns:
@@ -125,6 +129,16 @@ def malloc_trim() -> Callable[[], object] | None:
     return lambda: fn(0)
 
 
+def reclaim() -> None:
+    """Free what evicted runs left in reference cycles and hand free heap pages back."""
+    gc.collect()
+    if _TRIM is not None:
+        _TRIM()
+
+
+_TRIM = malloc_trim()
+
+
 class ParkedEviction:
     """Evicts ``worker``'s runs once they have been parked ``after`` seconds (checked every
     ``after / 4`` seconds, at least every second, at most every 50 ms)."""
@@ -132,11 +146,10 @@ class ParkedEviction:
     def __init__(self, worker: Any, task_queue: str, *, after: float,
                  registry: ParkedRuns = PARKED,
                  on_evict: Callable[[int], None] | None = None,
-                 trim: Callable[[], object] | None = None,
-                 trim_every: float = TRIM_EVERY) -> None:
-        """``on_evict``: told how many runs each round evicted (a metric). ``trim``: what
-        returns freed memory to the system after evictions; None: glibc's ``malloc_trim``
-        where there is one."""
+                 reclaim: Callable[[], object] = reclaim,
+                 reclaim_every: float = RECLAIM_EVERY) -> None:
+        """``on_evict``: told how many runs each round evicted (a metric). ``reclaim``: what
+        returns the evicted runs' memory to the system, after evictions."""
         if after <= 0:
             raise ValueError(f"ParkedEviction needs after > 0, got {after!r}")
         self._bridge = _bridge_worker(worker)
@@ -144,15 +157,15 @@ class ParkedEviction:
         self.after = after
         self.registry = registry
         self._on_evict = on_evict
-        self._trim = trim if trim is not None else malloc_trim()
-        self._trim_every = trim_every
-        self._untrimmed = False
-        self.evicted_at = self.trimmed_at = float("-inf")
-        """``time.monotonic()`` of the last round that evicted, and of the last trim."""
+        self._reclaim = reclaim
+        self._reclaim_every = reclaim_every
+        self._unreclaimed = False
+        self.evicted_at = self.reclaimed_at = float("-inf")
+        """``time.monotonic()`` of the last round that evicted, and of the last reclaim."""
         self.evicted = 0
         """Runs evicted so far."""
-        self.trims = 0
-        """Times freed memory was handed back so far."""
+        self.reclaims: list[float] = []
+        """How long each reclaim took, seconds."""
 
     def evict_due(self) -> list[str]:
         """Evict the runs parked long enough; returns their run ids."""
@@ -161,7 +174,7 @@ class ParkedEviction:
             self._bridge.request_workflow_eviction(run_id)
         self.evicted += len(due)
         if due:
-            self._untrimmed, self.evicted_at = True, time.monotonic()
+            self._unreclaimed, self.evicted_at = True, time.monotonic()
             if self._on_evict is not None:
                 self._on_evict(len(due))
             log.debug("evicted %d parked run(s) from the cache of %s", len(due),
@@ -175,13 +188,14 @@ class ParkedEviction:
         try:
             while True:
                 await asyncio.sleep(tick)
-                # Trim what earlier rounds freed (their evictions are processed by now).
-                if self._untrimmed and self._trim is not None \
-                        and time.monotonic() - self.trimmed_at >= self._trim_every:
-                    self._untrimmed = False
-                    await asyncio.to_thread(self._trim)
-                    self.trimmed_at = time.monotonic()
-                    self.trims += 1
+                # Reclaim what earlier rounds evicted (their evictions are processed by now).
+                if self._unreclaimed \
+                        and time.monotonic() - self.reclaimed_at >= self._reclaim_every:
+                    self._unreclaimed = False
+                    began = time.monotonic()
+                    await asyncio.to_thread(self._reclaim)
+                    self.reclaimed_at = time.monotonic()
+                    self.reclaims.append(self.reclaimed_at - began)
                 self.evict_due()
         finally:
             self.registry.unwatch(self.task_queue)

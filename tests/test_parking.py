@@ -142,21 +142,22 @@ async def test_an_eviction_evicts_what_is_due_and_stops_watching_when_cancelled(
     assert reg.parked("q") == 0
 
 
-async def test_an_eviction_hands_freed_memory_back_after_it_evicted_and_not_more_often(
-        ) -> None:
-    reg, worker, trims = ParkedRuns(), _Worker(), []
+async def test_an_eviction_reclaims_memory_after_it_evicted_and_not_more_often() -> None:
+    reg, worker, reclaims = ParkedRuns(), _Worker(), []
     ev = ParkedEviction(worker, "q", after=0.05, registry=reg,
-                        trim=lambda: trims.append(time.monotonic()), trim_every=0.5)
+                        reclaim=lambda: reclaims.append(time.monotonic()), reclaim_every=0.5)
     task = asyncio.create_task(ev.run())
     await asyncio.sleep(0.3)
-    assert trims == []  # nothing evicted: nothing to hand back
+    assert reclaims == []  # nothing evicted: nothing to reclaim
     reg.park("r1", "q")
-    await until(lambda: len(trims) == 1, within=5)
+    await until(lambda: len(reclaims) == 1, within=5)
     reg.park("r2", "q")
-    await until(lambda: len(trims) == 2, within=5)
-    assert trims[1] - trims[0] >= 0.5  # at most every trim_every seconds
+    await until(lambda: len(reclaims) == 2, within=5)
+    assert reclaims[1] - reclaims[0] >= 0.5  # at most every reclaim_every seconds
     await asyncio.sleep(0.8)
-    assert (len(trims), ev.trims, worker._bridge_worker.evicted) == (2, 2, ["r1", "r2"])
+    assert (len(reclaims), len(ev.reclaims), worker._bridge_worker.evicted) == (
+        2, 2, ["r1", "r2"])
+    assert ev.reclaimed_at > ev.evicted_at
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
