@@ -357,7 +357,8 @@ class WorkerSettings(_Section):
     holds 1.8 MiB (Temporal core keeps every scheduled activity's input, and each model call
     carries the transcript) and takes 306 ms evicted against 66 ms. A waiting run is the least
     recently used, so it is what a full cache evicts first (a ``state`` query, as the Web UI
-    and ``stead pending`` send, touches it again). Fewer slots than runs in flight make runs
+    and ``stead pending`` send, touches it again); stead evicts it itself once it has waited
+    ``evict_parked_after_seconds``. Fewer slots than runs in flight make runs
     evict each other and replay on every task: 200 runs in flight with 100 slots finished 3.1
     runs/s instead of 10.6, at 456 ms of CPU per run instead of 173 (with 200 slots: no
     change; ``python -m bench.peers.experiment cache-100 --levels 200``). Lower it to bound
