@@ -163,7 +163,7 @@ class ParkedEviction:
         self.evicted_at = self.reclaimed_at = float("-inf")
         """``time.monotonic()`` of the last round that evicted, and of the last reclaim."""
         self.evicted = 0
-        """Runs evicted so far."""
+        """Evictions asked so far (core ignores one for a run it no longer holds)."""
         self.reclaims: list[float] = []
         """How long each reclaim took, seconds."""
 

@@ -141,7 +141,7 @@ class SteadMetrics:
             description="Settled cost of model calls, by tenant (its spending windows)")
         self.parked_evictions = meter.create_counter(
             "stead.worker.parked_evictions", unit="{run}",
-            description="Runs let go of the worker's cache while they waited on a person")
+            description="Runs the worker evicted from its cache while they waited on a person")
         self.tenant_refusals = meter.create_counter(
             "stead.tenant.budget_refusals", unit="{call}",
             description="Model calls refused because they would pass a tenant's spending window")
