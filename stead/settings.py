@@ -372,8 +372,8 @@ class WorkerSettings(_Section):
     cached until the LRU cache pushes it out. Once out, a parked run holds a fraction of its
     memory (30 KiB instead of 114 for a short run), and resuming it replays its history
     once: tens of milliseconds for a short run, a few hundred after 50 tool calls, against the
-    minutes a person takes (``python -m bench.parked``: bench/RESULTS.md). 30 s lets an approval given at once, as
-    in a demo or a chat, resume from the cache."""
+    minutes a person takes (``python -m bench.parked``: bench/RESULTS.md). 30 s lets an
+    approval given at once, as in a demo or a chat, resume from the cache."""
     sticky_schedule_to_start_seconds: Annotated[float, Env(
         "sticky_schedule_to_start_seconds")] = Field(10.0, gt=0, le=_DAY)
     """How long a run's next workflow task waits for the worker that cached it before any
