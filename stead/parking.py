@@ -196,6 +196,9 @@ class ParkedEviction:
                     await asyncio.to_thread(self._reclaim)
                     self.reclaimed_at = time.monotonic()
                     self.reclaims.append(self.reclaimed_at - began)
+                    log.info("let go of %d parked run(s) of %s so far; reclaiming their memory "
+                             "took %.0f ms", self.evicted, self.task_queue,
+                             1000 * self.reclaims[-1])
                 self.evict_due()
         finally:
             self.registry.unwatch(self.task_queue)

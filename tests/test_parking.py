@@ -6,6 +6,7 @@ with work in flight is not parked) on their own."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -142,7 +143,9 @@ async def test_an_eviction_evicts_what_is_due_and_stops_watching_when_cancelled(
     assert reg.parked("q") == 0
 
 
-async def test_an_eviction_reclaims_memory_after_it_evicted_and_not_more_often() -> None:
+async def test_an_eviction_reclaims_memory_after_it_evicted_and_not_more_often(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="stead.parking")
     reg, worker, reclaims = ParkedRuns(), _Worker(), []
     ev = ParkedEviction(worker, "q", after=0.05, registry=reg,
                         reclaim=lambda: reclaims.append(time.monotonic()), reclaim_every=0.5)
@@ -158,6 +161,9 @@ async def test_an_eviction_reclaims_memory_after_it_evicted_and_not_more_often()
     assert (len(reclaims), len(ev.reclaims), worker._bridge_worker.evicted) == (
         2, 2, ["r1", "r2"])
     assert ev.reclaimed_at > ev.evicted_at
+    said = [r.getMessage() for r in caplog.records if r.name == "stead.parking"
+            and r.levelno == logging.INFO]
+    assert len(said) == 2 and said[1].startswith("let go of 2 parked run(s) of q so far; ")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
