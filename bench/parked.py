@@ -83,6 +83,7 @@ from bench.agent import TOOLS, bench_tools
 from bench.approvals import Key, Value, approval_agent
 from bench.runner import _distinct_ports
 from bench.stats import Summary, summarise
+from stead import parking
 from stead.authoring.agent import Agent, AgentCatalog
 from stead.authoring.tools import ToolContext, tool
 from stead.client import connect, start_run
@@ -240,15 +241,8 @@ async def _batches(items: Sequence[Any], fn: Callable[[Any], Awaitable[Any]], *,
 
 
 def is_cached(host: WorkerHost, run_id: str) -> bool:
-    """Whether the worker holds the run in its sticky cache (temporalio's workflow worker
-    keeps a running workflow per cached run id; no public API says so)."""
-    assert host.worker is not None
-    wf = getattr(host.worker, "_workflow_worker", None)
-    running = getattr(wf, "_running_workflows", None)
-    if not isinstance(running, dict):
-        raise RuntimeError("this temporalio version keeps its workflow cache elsewhere; "
-                           "bench/parked.py:is_cached needs an update")
-    return run_id in running
+    """Whether the worker holds the run in its sticky cache."""
+    return parking.cached(host.worker, run_id)
 
 
 # ---------------------------------------------------------------------------- memory (child)

@@ -36,6 +36,7 @@ from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
+from stead import parking
 from stead.authoring.agent import AgentCatalog
 from stead.client import connect, start_run
 from stead.contracts.models import (
@@ -404,11 +405,9 @@ async def test_pending_approval_survives_a_killed_worker(
 
 
 def cached(host: WorkerHost, h: Handle) -> bool:
-    """Whether the worker holds the run in its sticky cache. temporalio has no public API
-    for it: its workflow worker keeps one running workflow per cached run id."""
-    running = getattr(getattr(host.worker, "_workflow_worker", None), "_running_workflows", None)
-    assert isinstance(running, dict), "temporalio keeps its workflow cache elsewhere now"
-    return h.result_run_id in running
+    """Whether the worker holds the run in its sticky cache."""
+    assert h.result_run_id is not None
+    return parking.cached(host.worker, h.result_run_id)
 
 
 @pytest.mark.parametrize("slots", [1, 0], ids=["pushed-out-by-another-parked-run", "no-cache"])

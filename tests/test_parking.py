@@ -42,12 +42,8 @@ a query to see the run it cached)."""
 
 
 def cached(host: WorkerHost, run_id: str | None) -> bool:
-    """Whether the worker holds the run in its sticky cache (temporalio keeps one running
-    workflow per cached run id and has no public API for it)."""
-    running = getattr(getattr(host.worker, "_workflow_worker", None), "_running_workflows", None)
-    assert isinstance(running, dict), "temporalio keeps its workflow cache elsewhere now"
     assert run_id is not None
-    return run_id in running
+    return parking.cached(host.worker, run_id)
 
 
 async def until(check: Callable[[], bool], *, within: float = 15) -> None:
