@@ -167,8 +167,9 @@ async def test_run_trace_links_client_workflow_activities_and_genai_spans(
         settings: Settings, ledger: Ledger) -> None:
     """A traced client's StartWorkflow is the parent of the run's invoke_agent span, which
     parents the workflow's spans; each activity's span parents its chat / execute_tool span,
-    with the GenAI attributes and the gate's decision as an event. No content by default,
-    and none of the seeded secrets anywhere."""
+    with the GenAI attributes and the gate's decision as an event. A local activity (the
+    bookkeeping, the read tool) has its RunActivity right under the run, with no
+    StartActivity. No content by default, and none of the seeded secrets anywhere."""
     tracing, exporter = in_memory(settings)
     async with WorkerHost(settings, AgentCatalog([tr_agent()]), tracing=tracing):
         client = await connect(settings, interceptors=tracing.interceptors)
@@ -180,10 +181,10 @@ async def test_run_trace_links_client_workflow_activities_and_genai_spans(
     names = Counter(s.name for s in spans)
     assert names == Counter({
         "StartWorkflow:AgentWorkflow": 1, "invoke_agent tr": 1, "RunWorkflow:AgentWorkflow": 1,
-        "StartActivity:run.start": 1, "RunActivity:run.start": 1,
+        "RunActivity:run.start": 1,
         "StartActivity:model.complete": 2, "RunActivity:model.complete": 2,
-        "chat scripted:tr": 2, "StartActivity:tool.lookup": 1, "RunActivity:tool.lookup": 1,
-        "execute_tool lookup": 1, "StartActivity:run.finish": 1, "RunActivity:run.finish": 1,
+        "chat scripted:tr": 2, "RunActivity:tool.lookup": 1,
+        "execute_tool lookup": 1, "RunActivity:run.finish": 1,
         "CompleteWorkflow:AgentWorkflow": 1}), names
 
     client_span = one(spans, "StartWorkflow:AgentWorkflow")
@@ -191,7 +192,7 @@ async def test_run_trace_links_client_workflow_activities_and_genai_spans(
     run = one(spans, "invoke_agent tr")
     assert parent_of(run, spans) is client_span
     for name in ("RunWorkflow:AgentWorkflow", "CompleteWorkflow:AgentWorkflow",
-                 "StartActivity:run.start", "StartActivity:tool.lookup"):
+                 "RunActivity:run.start", "RunActivity:tool.lookup", "RunActivity:run.finish"):
         assert parent_of(one(spans, name), spans) is run, name
     for chat in named(spans, "chat scripted:tr"):
         activity_span = parent_of(chat, spans)
@@ -396,11 +397,13 @@ async def test_no_duplicate_spans_when_a_new_worker_replays_the_run(
     assert names["chat scripted:tr"] == len(trail.model_calls) == 2
     assert names["execute_tool transfer"] == len(trail.tool_attempts) == 1
     for name in ("invoke_agent tr", "RunWorkflow:AgentWorkflow",
-                 "CompleteWorkflow:AgentWorkflow", "StartActivity:run.start",
-                 "StartActivity:tool.transfer", "StartActivity:run.finish"):
+                 "CompleteWorkflow:AgentWorkflow", "RunActivity:run.start",
+                 "StartActivity:tool.transfer", "RunActivity:run.finish"):
         assert names[name] == 1, (name, names)
     assert names["StartActivity:model.complete"] == 2
-    assert names["StartActivity:run.decisions"] == 1  # flushed before the wait, once
+    assert names["RunActivity:run.decisions"] == 1  # flushed before the wait, once
+    # Local activities (the bookkeeping) have no StartActivity span, replayed or not.
+    assert not [n for n in names if n.startswith("StartActivity:run.")], names
     # Every span of the run is in its one trace, under invoke_agent (started untraced).
     run = one(spans, "invoke_agent tr")
     assert run.parent is None
@@ -440,8 +443,7 @@ async def test_traces_reach_an_otlp_http_receiver(settings: Settings) -> None:
     tool_span = next(x for x in trace if x.name == "execute_tool lookup")
     assert by_id[tool_span.parent_span_id].name == "RunActivity:tool.lookup"
     activity_span = by_id[tool_span.parent_span_id]
-    assert by_id[activity_span.parent_span_id].name == "StartActivity:tool.lookup"
-    assert by_id[activity_span.parent_span_id].parent_span_id == run.span_id
+    assert activity_span.parent_span_id == run.span_id  # a local activity: no StartActivity
     assert run.kind == "INTERNAL" and run.status == "UNSET"
     assert run.attributes["gen_ai.agent.name"] == "tr"
     assert run.resource["service.name"] == "stead-worker"

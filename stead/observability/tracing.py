@@ -8,7 +8,8 @@
 
 Temporal's :class:`~temporalio.contrib.opentelemetry.TracingInterceptor` links the client's
 ``StartWorkflow`` span to the workflow's spans and each ``StartActivity`` to its
-``RunActivity``. stead adds, following the OpenTelemetry GenAI conventions::
+``RunActivity`` (stead leaves out the ``StartActivity`` of a local activity, which would only
+repeat its ``RunActivity``). stead adds, following the OpenTelemetry GenAI conventions::
 
     StartWorkflow:AgentWorkflow                    client (``stead run``), when it is traced
     └── invoke_agent {agent}                       the whole run: start to final status
@@ -16,9 +17,8 @@ Temporal's :class:`~temporalio.contrib.opentelemetry.TracingInterceptor` links t
         ├── StartActivity:model.complete
         │   └── RunActivity:model.complete         (events: the decisions it writes)
         │       └── chat {model}                   provider, models, tokens, finish reasons
-        ├── StartActivity:tool.{name}
-        │   └── RunActivity:tool.{name}
-        │       └── execute_tool {name}            call id, idempotency key, attempt, outcome
+        ├── RunActivity:tool.{name}                a local activity: no StartActivity span
+        │   └── execute_tool {name}                call id, idempotency key, attempt, outcome
         └── StartActivity:memory.recall
             └── RunActivity:memory.recall
                 └── memory.recall                  backend, namespaces, hits
@@ -96,6 +96,7 @@ from temporalio.contrib.opentelemetry import (
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import (
     ExecuteWorkflowInput,
+    StartLocalActivityInput,
     WorkflowInboundInterceptor,
     WorkflowInterceptorClassInput,
 )
@@ -648,12 +649,22 @@ class _UntracedQueries(OutboundInterceptor):
 
 class _RunWorkflowInterceptor(TracingWorkflowInboundInterceptor):
     """Inside the sandbox: an agent run's spans hang off its ``invoke_agent`` span, whose ids
-    are derived from the run; the span itself is emitted when the run ends."""
+    are derived from the run; the span itself is emitted when the run ends. A local activity
+    gets no ``StartActivity`` span: its attempts run in this worker in the same workflow task,
+    so that span would only repeat its ``RunActivity`` (and cost a span per call)."""
 
     def __init__(self, next: WorkflowInboundInterceptor) -> None:
         super().__init__(next)
         self._client_carrier: Carrier = {}
         self._run_ids: tuple[int, int] | None = None
+
+    def _completed_span(self, span_name: str, *, add_to_outbound: Any = None,
+                        **kwargs: Any) -> None:
+        if isinstance(add_to_outbound, StartLocalActivityInput):
+            # The workflow's context still goes along: RunActivity hangs off invoke_agent.
+            add_to_outbound.headers = self._context_to_headers(add_to_outbound.headers)
+            return
+        super()._completed_span(span_name, add_to_outbound=add_to_outbound, **kwargs)
 
     def _load_workflow_context_carrier(self) -> Carrier | None:
         if self._workflow_context_carrier:
