@@ -650,8 +650,8 @@ class _UntracedQueries(OutboundInterceptor):
 class _RunWorkflowInterceptor(TracingWorkflowInboundInterceptor):
     """Inside the sandbox: an agent run's spans hang off its ``invoke_agent`` span, whose ids
     are derived from the run; the span itself is emitted when the run ends. A local activity
-    gets no ``StartActivity`` span: its attempts run in this worker in the same workflow task,
-    so that span would only repeat its ``RunActivity`` (and cost a span per call)."""
+    gets no ``StartActivity`` span: its attempts run in this worker, with no trip through the
+    server, so that span would only repeat its ``RunActivity`` (and cost a span per call)."""
 
     def __init__(self, next: WorkflowInboundInterceptor) -> None:
         super().__init__(next)
