@@ -126,10 +126,11 @@ class RunActivities:
     @activity.defn(name="run.finish")
     async def finish_run(self, finish: FinishRun) -> None:
         r = finish.result
-        await self._ledger.finish_run(finish.ref, r, decisions=finish.decisions)
+        # The run's metrics are counted from what the closing statement reads back.
+        finished = await self._ledger.finish_run(finish.ref, r, decisions=finish.decisions,
+                                                 counting=self._metrics.counting)
         self._tracing.decisions(finish.decisions)
-        await self._metrics.finished_run(self._ledger, workflow_id=finish.ref.workflow_id,
-                                         run_id=finish.ref.run_id, status=r.status)
+        self._metrics.finished_run(finished, status=r.status)
 
     @activity.defn(name="run.subagent_spend")
     async def subagent_spend(self, lost: LostSubagent) -> Spend:

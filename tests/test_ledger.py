@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import asyncpg
 from pydantic import BaseModel
 
 import stead.storage.blobs
@@ -13,6 +15,7 @@ import stead.storage.ledger
 from stead.contracts.audit import GENESIS, chain_hash
 from stead.contracts.budget import Spend
 from stead.contracts.models import (
+    SYNTHETIC_KEY,
     DecisionRow,
     MemoryOpRecord,
     ModelCallRecord,
@@ -350,9 +353,9 @@ def _row_model(name: str) -> type[BaseModel]:
 def test_the_package_exports_what_callers_import() -> None:
     """``from stead.storage.ledger import ...`` keeps working for every name it exported before."""
     assert sorted(stead.storage.ledger.__all__) == [
-        "ABANDONED", "Claim", "Ledger", "Reservation", "STREAM_CHANNEL", "SpendKey",
-        "StreamKind", "StreamPiece", "StreamRow", "TRANSIENT", "WindowUsage", "migrate",
-        "retrying", "window_end"]
+        "ABANDONED", "Claim", "Counted", "FinishedRun", "Ledger", "Reservation",
+        "STREAM_CHANNEL", "SpendKey", "StreamKind", "StreamPiece", "StreamRow", "TRANSIENT",
+        "WindowUsage", "migrate", "retrying", "window_end"]
     assert all(getattr(stead.storage.ledger, n) is not None for n in stead.storage.ledger.__all__)
     assert stead.storage.blobs.retrying is stead.storage.ledger.retrying  # one helper, shared
 
@@ -418,3 +421,106 @@ async def test_the_trail_is_every_row_as_stored_with_its_types(ledger: Ledger) -
     assert [(c.status, c.result) for c in trail.tool_calls] == [("completed", {"v": 1})]
     assert [(m.op, m.tenant, m.scores) for m in trail.memory_ops] == [("recall", "t", [0.5])]
     assert await ledger.verify_chain(wf) == []
+
+
+def _decided(wf: str, *rows: tuple[str, str, dict[str, object], str]) -> list[DecisionRow]:
+    """A chain of (kind, decision, data, reason) rows of run ``r``, a second apart."""
+    out, head, start = [], GENESIS, datetime.now(UTC)
+    for i, (kind, decision, data, reason) in enumerate(rows, start=1):
+        row = {"workflow_id": wf, "run_id": "r", "seq": i, "step": i, "kind": kind,
+               "decision": decision, "reason": reason, "actor": "stead", "policy": "p@1",
+               "data": data}
+        digest = chain_hash(head, row)
+        out.append(DecisionRow(**row, at=start + timedelta(seconds=i), prev_hash=head,
+                               hash=digest))
+        head = digest
+    return out
+
+
+COUNTED = ("gate", "route", "approval_requested", "approval_decided")
+
+
+class _Statements:
+    """Counts the statements any asyncpg connection sends while entered."""
+
+    METHODS = ("execute", "executemany", "fetch", "fetchrow", "fetchval")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._saved: list[tuple[str, object]] = []
+
+    def __enter__(self) -> _Statements:
+        for name in self.METHODS:
+            original = getattr(asyncpg.Connection, name)
+            self._saved.append((name, original))
+
+            def counted(*args: object, _original: Any = original, **kwargs: object) -> Any:
+                self.count += 1
+                return _original(*args, **kwargs)
+            setattr(asyncpg.Connection, name, counted)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name, original in self._saved:
+            setattr(asyncpg.Connection, name, original)
+
+
+async def test_finishing_a_run_reads_back_what_its_metrics_count_in_the_same_statement(
+        ledger: Ledger) -> None:
+    wf = f"wf-{uuid.uuid4().hex}"
+    rows = _decided(wf, ("route", "allow", {}, "r"), ("k", "x", {}, "not counted"),
+                    ("approval_requested", "ask", {"approval_id": "a1"}, "big"),
+                    ("approval_decided", "approved", {"approval_id": "a1"}, "ok"),
+                    ("gate", "deny", {}, "no"))
+    ref = RunRef(workflow_id=wf, run_id="r", agent="a", tenant="t")
+    await ledger.start_run(StartRun(ref=ref, request=RunRequest(
+        agent="a", input="x", tenant="t", metadata={SYNTHETIC_KEY: "eval"})), model="m")
+    await ledger.append_decisions(rows[:3])
+    result = RunResult(status="completed", answer="ok", steps=5, audit_head=rows[-1].hash)
+    with _Statements() as statements:
+        got = await ledger.finish_run(ref, result, decisions=rows[3:], counting=COUNTED)
+    assert statements.count == 1  # the close and the read back in one round trip
+    assert got is not None
+    assert (got.agent, got.synthetic) == ("a", "eval")
+    assert got.seconds is not None and got.seconds >= 0
+    # Rows stored earlier and the rows of this batch, in seq order; kind "k" is not counted.
+    assert [(d.seq, d.kind, d.decision, d.approval_id) for d in got.decisions] == [
+        (1, "route", "allow", None), (3, "approval_requested", "ask", "a1"),
+        (4, "approval_decided", "approved", "a1"), (5, "gate", "deny", None)]
+    assert [d.at for d in got.decisions] == [rows[i].at for i in (0, 2, 3, 4)]
+    # A retried finish (its batch now stored) reads each row once.
+    again = await ledger.finish_run(ref, result, decisions=rows[3:], counting=COUNTED)
+    assert again == got
+    assert await ledger.verify_chain(wf) == []
+
+
+async def test_a_finish_that_rechains_its_batch_still_reads_it_back(ledger: Ledger) -> None:
+    wf = f"wf-{uuid.uuid4().hex}"
+    rows = _decided(wf, ("gate", "allow", {}, "r"),
+                    ("route", "refuse", {}, "told ann@example.com"))  # redaction changes it
+    ref = RunRef(workflow_id=wf, run_id="r", agent="a", tenant="t")
+    await ledger.start_run(StartRun(ref=ref, request=RunRequest(agent="a", input="x",
+                                                                tenant="t")), model="m")
+    got = await ledger.finish_run(ref, RunResult(status="refused", steps=2,
+                                                 audit_head=rows[-1].hash),
+                                  decisions=rows, counting=COUNTED)
+    assert got is not None and got.synthetic is None
+    assert [(d.kind, d.decision) for d in got.decisions] == [("gate", "allow"),
+                                                             ("route", "refuse")]
+    assert _rechained(await ledger.trail(wf)) == {1: None, 2: True}
+    assert await ledger.verify_chain(wf) == []
+
+
+async def test_a_finish_reads_back_nothing_when_not_asked_or_the_run_has_no_row(
+        ledger: Ledger) -> None:
+    wf = f"wf-{uuid.uuid4().hex}"
+    ref = RunRef(workflow_id=wf, run_id="r", agent="a", tenant="t")
+    rows = _decided(wf, ("gate", "allow", {}, "r"))
+    result = RunResult(status="completed", answer="ok", steps=1, audit_head=rows[-1].hash)
+    assert await ledger.finish_run(ref, result, decisions=rows, counting=COUNTED) is None
+    assert await ledger.finish_run(ref, result, counting=COUNTED) is None
+    await ledger.start_run(StartRun(ref=ref, request=RunRequest(agent="a", input="x",
+                                                                tenant="t")), model="m")
+    assert await ledger.finish_run(ref, result) is None  # counting not asked
+    got = await ledger.finish_run(ref, result, counting=COUNTED)  # no batch: plain close
+    assert got is not None and [d.kind for d in got.decisions] == ["gate"]

@@ -63,7 +63,7 @@ from stead.client import connect
 from stead.contracts.models import SYNTHETIC_KEY
 from stead.errors import SettingsError
 from stead.settings import Settings, TelemetrySettings
-from stead.storage.ledger import Ledger
+from stead.storage.ledger import FinishedRun
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics.export import MetricReader
@@ -207,56 +207,48 @@ class SteadMetrics:
 
     # --------------------------------------------------------------- per run (run.finish)
 
-    async def finished_run(self, ledger: Ledger, *, workflow_id: str, run_id: str,
-                           status: str) -> None:
-        """Count a finished run, its duration, approval waits and guardrail verdicts, read
-        from its ledger rows (all written by now). Skipped when telemetry is off; a failed
-        read is logged, never raised: measuring must not fail a run."""
-        if not self.enabled:
+    COUNTED: Final = (*GUARDRAIL_KINDS, "approval_requested", "approval_decided")
+    """The decision kinds :meth:`finished_run` counts: the ``counting`` of ``run.finish``'s
+    ``Ledger.finish_run``."""
+
+    @property
+    def counting(self) -> Sequence[str] | None:
+        """What ``run.finish`` asks ``Ledger.finish_run`` to read back: None when off."""
+        return self.COUNTED if self.enabled else None
+
+    def finished_run(self, run: FinishedRun | None, *, status: str) -> None:
+        """Count a finished run, its duration, approval waits and guardrail verdicts, from
+        what ``Ledger.finish_run`` read back (all its rows written by then). A failure is
+        logged, never raised: measuring must not fail a run."""
+        if not self.enabled or run is None:
             return
         try:
-            # The run and its decisions of interest in one round trip: one row per decision,
-            # or one row with no decision.
-            rows = await ledger.pool.fetch(
-                "select r.agent, extract(epoch from r.finished_at - r.started_at)::float8 as s,"
-                " r.metadata->>$3 as synthetic, d.kind, d.decision,"
-                " d.data->>'approval_id' as approval_id, d.created_at"
-                " from stead_runs r left join stead_decisions d"
-                " on d.workflow_id = r.workflow_id and d.run_id = r.run_id"
-                " and d.kind = any($4::text[])"
-                " where r.workflow_id=$1 and r.run_id=$2 order by d.seq",
-                workflow_id, run_id, SYNTHETIC_KEY,
-                [*GUARDRAIL_KINDS, "approval_requested", "approval_decided"])
+            self._count(run, status)
         except Exception:
-            log.warning("run metrics for %s/%s not recorded", workflow_id, run_id,
+            log.warning("run metrics of a %s run of %s not recorded", status, run.agent,
                         exc_info=True)
-            return
-        if not rows:
-            return
-        run = rows[0]
-        agent: str = run["agent"]
+
+    def _count(self, run: FinishedRun, status: str) -> None:
+        agent = run.agent
         attrs = {"stead.agent": agent, "stead.status": status}
-        if run["synthetic"]:  # eval / counterfactual runs: dashboards can leave them out
-            attrs[SYNTHETIC_KEY] = run["synthetic"]
+        if run.synthetic:  # eval / counterfactual runs: dashboards can leave them out
+            attrs[SYNTHETIC_KEY] = run.synthetic
         self.runs.add(1, attrs)
-        if run["s"] is not None:
-            self.run_duration.record(run["s"], attrs)
-        requested: dict[str, datetime] = {}
-        for r in rows:
-            kind = r["kind"]
-            if kind is None:  # the run has none of these decisions
-                continue
-            if kind == "approval_requested":
-                requested[r["approval_id"]] = r["created_at"]
-            elif kind == "approval_decided":
-                asked = requested.get(r["approval_id"])
+        if run.seconds is not None:
+            self.run_duration.record(run.seconds, attrs)
+        requested: dict[str | None, datetime] = {}
+        for d in run.decisions:
+            if d.kind == "approval_requested":
+                requested[d.approval_id] = d.at
+            elif d.kind == "approval_decided":
+                asked = requested.get(d.approval_id)
                 if asked is not None:
-                    self.approval_wait.record((r["created_at"] - asked).total_seconds(),
+                    self.approval_wait.record((d.at - asked).total_seconds(),
                                               {"stead.agent": agent,
-                                               "stead.outcome": r["decision"]})
+                                               "stead.outcome": d.decision})
             else:
-                self.guardrail_decisions.add(1, {"stead.agent": agent, "stead.kind": kind,
-                                                 "stead.decision": r["decision"]})
+                self.guardrail_decisions.add(1, {"stead.agent": agent, "stead.kind": d.kind,
+                                                 "stead.decision": d.decision})
 
 
 NO_METRICS: Final = SteadMetrics(NoOpMeter(METER_NAME))

@@ -33,8 +33,8 @@ from stead.storage.ledger._migrate import migrate
 from stead.storage.ledger._retry import TRANSIENT, retrying
 from stead.storage.ledger._spend import Reservation, SpendKey, WindowUsage, window_end
 from stead.storage.ledger._stream import STREAM_CHANNEL, StreamKind, StreamPiece, StreamRow
-from stead.storage.ledger._writes import ABANDONED, Claim
+from stead.storage.ledger._writes import ABANDONED, Claim, Counted, FinishedRun
 
-__all__ = ["ABANDONED", "STREAM_CHANNEL", "TRANSIENT", "Claim", "Ledger", "Reservation",
-           "SpendKey", "StreamKind", "StreamPiece", "StreamRow", "WindowUsage", "migrate",
-           "retrying", "window_end"]
+__all__ = ["ABANDONED", "STREAM_CHANNEL", "TRANSIENT", "Claim", "Counted", "FinishedRun",
+           "Ledger", "Reservation", "SpendKey", "StreamKind", "StreamPiece", "StreamRow",
+           "WindowUsage", "migrate", "retrying", "window_end"]

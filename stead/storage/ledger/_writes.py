@@ -14,12 +14,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal
 
 import asyncpg
 
 from stead.contracts.audit import canonical
 from stead.contracts.models import (
+    SYNTHETIC_KEY,
     DecisionRow,
     MemoryOpRecord,
     ModelCallRecord,
@@ -73,6 +75,32 @@ class Claim:
     """For ``failed``: the recorded error type (e.g. ``ToolOutcomeUnknown``)."""
 
 
+@dataclass(frozen=True)
+class Counted:
+    """One decision of a finished run that its metrics count (``FinishedRun.decisions``)."""
+
+    seq: int
+    kind: str
+    decision: str
+    approval_id: str | None
+    """``data.approval_id``: pairs an ``approval_requested`` with its ``approval_decided``."""
+    at: datetime
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """What ``finish_run(..., counting=kinds)`` read back in its own statement: what the run's
+    metrics are counted from (``SteadMetrics.finished_run``)."""
+
+    agent: str
+    seconds: float | None
+    """From the run's start to its finish, as the ledger recorded them."""
+    synthetic: str | None
+    """The request's ``SYNTHETIC_KEY`` metadata (evaluation and counterfactual runs)."""
+    decisions: tuple[Counted, ...]
+    """The run's stored decisions of the kinds counted, in ``seq`` order."""
+
+
 class LedgerWrites(LedgerBase):
     """The ledger's writes (see the module docstring)."""
 
@@ -94,44 +122,63 @@ class LedgerWrites(LedgerBase):
 
     async def finish_run(self, ref: RunRef, result: RunResult, *,
                          decisions: Sequence[DecisionRow] = (),
-                         on_wait: OnWait = None) -> None:
+                         counting: Sequence[str] | None = None,
+                         on_wait: OnWait = None) -> FinishedRun | None:
         """Close the run's row with its result, and its calls left without an outcome; store
-        the run's last ``decisions`` with it (one statement, see ``append_decisions``)."""
+        the run's last ``decisions`` with it (one statement, see ``append_decisions``).
+
+        With ``counting`` (decision kinds), the same statement also reads back what the run's
+        metrics are counted from (``FinishedRun``: the run's agent and duration, and its stored
+        decisions of those kinds, these last ones included); None if the run has no row."""
         red = self._store
         answer, error = red.optional(result.answer), red.optional(result.error)
         stored = red.value(result.model_dump(mode="json"))
         # A call the run gave up on (its last attempt timed out, or its worker was lost)
         # would read 'running' forever: close it and say why. A late attempt that still
         # finishes records its own outcome over this.
+        back = "" if counting is None else " returning agent, started_at, finished_at, metadata"
         close = (
             "update stead_runs set status=$3, answer=$4, error=$5, steps=$6, result=$7,"
             " finished_at=coalesce(finished_at, now())"
-            " where workflow_id=$1 and run_id=$2{cond}",
+            " where workflow_id=$1 and run_id=$2{cond}" + back,
             "update stead_tool_calls set status='failed', finished_at=now(),"
             " error=coalesce(error, $8)"
             " where workflow_id=$1 and run_id=$2 and status in ('running','open'){cond}")
-        args = (ref.workflow_id, ref.run_id, result.status, answer, error, result.steps,
-                stored, ABANDONED)
+        args: tuple[object, ...] = (ref.workflow_id, ref.run_id, result.status, answer, error,
+                                    result.steps, stored, ABANDONED)
+        if counting is not None:
+            args = (*args, SYNTHETIC_KEY, list(counting))
         pairs = self._redacted(decisions)
         fast = _as_built(pairs, first_param=len(args) + 1)
-        finish = f"with run as ({close[0].format(cond='')}) {close[1].format(cond='')}"
+        if counting is None:
+            finish = f"with run as ({close[0].format(cond='')}) {close[1].format(cond='')}"
+        else:
+            finish = (f"with run as ({close[0].format(cond='')}),"
+                      f" calls as ({close[1].format(cond='')}) {_FIGURES}")
 
-        async def op(c: asyncpg.Connection) -> None:
+        async def op(c: asyncpg.Connection) -> FinishedRun | None:
             if fast is not None:
                 ctes, more = fast
                 cond = " and (select ok from linked)"
-                if await c.fetchval(
-                        f"with {ctes}, run as ({close[0].format(cond=cond)}),"
-                        f" calls as ({close[1].format(cond=cond)}) select ok from stored",
-                        *args, *more):
-                    return
-            if not pairs:
-                await c.execute(finish, *args)
-                return
-            async with c.transaction():
-                await _insert_chained(c, pairs)
-                await c.execute(finish, *args)
-        await self._retrying(op, on_wait)
+                head = (f"with {ctes}, run as ({close[0].format(cond=cond)}),"
+                        f" calls as ({close[1].format(cond=cond)})")
+                if counting is None:
+                    if await c.fetchval(f"{head} select ok from stored", *args, *more):
+                        return None
+                else:
+                    row = await c.fetchrow(
+                        f"{head} select s.ok, f.* from stored s left join ({_FIGURES}) f"
+                        " on true", *args, *more)
+                    assert row is not None
+                    if row["ok"]:
+                        # The statement read the decisions stored before it: add the batch's.
+                        return _finished(row, pairs, counting) if row["agent"] else None
+            if pairs:
+                async with c.transaction():
+                    await _insert_chained(c, pairs)
+                    return await _finish(c, finish, args, counting)
+            return await _finish(c, finish, args, counting)
+        return await self._retrying(op, on_wait)
 
     # ----------------------------------------------------------------------- model calls
 
@@ -345,6 +392,47 @@ def _as_built(pairs: list[Pair], *, first_param: int) -> tuple[str, tuple[object
                "at": r.at.isoformat(), "prev_hash": r.prev_hash, "hash": r.hash}
               for r in rows]
     return ctes, (first.workflow_id, first.run_id, links, stored)
+
+
+_FIGURES = (
+    "select r.agent, extract(epoch from r.finished_at - r.started_at)::float8 as seconds,"
+    " r.metadata->>$9 as synthetic, d.*"
+    " from run r, lateral (select array_agg(seq order by seq) as seqs,"
+    "  array_agg(kind order by seq) as kinds, array_agg(decision order by seq) as verdicts,"
+    "  array_agg(data->>'approval_id' order by seq) as approvals,"
+    "  array_agg(created_at order by seq) as ats"
+    "  from stead_decisions where workflow_id=$1 and run_id=$2 and kind = any($10::text[])) d")
+"""What ``finish_run(..., counting=...)`` reads back from its ``run`` CTE (the updated row)
+and the run's decisions of the kinds counted (``$9``: ``SYNTHETIC_KEY``, ``$10``: the kinds).
+A data-modifying CTE's rows are not visible to the statement's other parts: the decisions are
+those stored before it."""
+
+
+async def _finish(c: asyncpg.Connection, sql: str, args: tuple[object, ...],
+                  counting: Sequence[str] | None) -> FinishedRun | None:
+    if counting is None:
+        await c.execute(sql, *args)
+        return None
+    row = await c.fetchrow(sql, *args)
+    return None if row is None else _finished(row, [], counting)
+
+
+def _finished(row: asyncpg.Record, pairs: list[Pair], counting: Sequence[str]) -> FinishedRun:
+    """The figures of ``_FIGURES``, plus the rows of the batch the statement stored itself."""
+    seen: dict[int, Counted] = {
+        seq: Counted(seq=seq, kind=kind, decision=verdict, approval_id=approval, at=at)
+        for seq, kind, verdict, approval, at in zip(
+            row["seqs"] or (), row["kinds"] or (), row["verdicts"] or (),
+            row["approvals"] or (), row["ats"] or (), strict=True)}
+    kinds = set(counting)
+    for original, _ in pairs:
+        if original.kind in kinds and original.seq not in seen:
+            approval = original.data.get("approval_id")
+            seen[original.seq] = Counted(
+                seq=original.seq, kind=original.kind, decision=original.decision,
+                approval_id=None if approval is None else str(approval), at=original.at)
+    return FinishedRun(agent=row["agent"], seconds=row["seconds"], synthetic=row["synthetic"],
+                       decisions=tuple(seen[k] for k in sorted(seen)))
 
 
 async def _insert_chained(c: asyncpg.Connection, pairs: list[Pair]) -> None:
