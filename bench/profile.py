@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.peers.temporal_run import (
+    FLOOR,
     PLAIN,
     PLAIN_LOCAL,
     STEAD_FULL,
@@ -53,7 +54,7 @@ from bench.runner import _distinct_ports
 from stead.settings import Settings
 from stead.stack.embedded import EmbeddedStack
 
-SYSTEMS = (STEAD_FULL, STEAD_LOCAL, STEAD_MIN, PLAIN, PLAIN_LOCAL)
+SYSTEMS = (STEAD_FULL, STEAD_LOCAL, STEAD_MIN, PLAIN, PLAIN_LOCAL, FLOOR)
 DEFAULT_SYSTEMS = (STEAD_FULL, STEAD_LOCAL, PLAIN, PLAIN_LOCAL)
 
 AREAS: tuple[tuple[str, tuple[str, ...]], ...] = (
