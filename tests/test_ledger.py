@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
-import asyncpg
 from pydantic import BaseModel
 
 import stead.storage.blobs
 import stead.storage.ledger
+from bench.profile import _Probe
 from stead.contracts.audit import GENESIS, chain_hash
 from stead.contracts.budget import Spend
 from stead.contracts.models import (
@@ -73,16 +72,22 @@ async def test_finishing_twice_keeps_the_first_result(ledger: Ledger) -> None:
     assert c.result == {"v": 1}
 
 
-def _chain(wf: str, n: int) -> list[DecisionRow]:
-    rows, head = [], GENESIS
-    for i in range(1, n + 1):
-        row = {"workflow_id": wf, "run_id": "r", "seq": i, "step": i, "kind": "k",
-               "decision": "allow", "reason": f"r{i}", "actor": "stead", "policy": "p@1",
-               "data": {"i": i}}
+def _decided(wf: str, *rows: tuple[str, str, dict[str, object], str]) -> list[DecisionRow]:
+    """A chain of (kind, decision, data, reason) rows of run ``r``, a second apart."""
+    out, head, start = [], GENESIS, datetime.now(UTC)
+    for i, (kind, decision, data, reason) in enumerate(rows, start=1):
+        row = {"workflow_id": wf, "run_id": "r", "seq": i, "step": i, "kind": kind,
+               "decision": decision, "reason": reason, "actor": "stead", "policy": "p@1",
+               "data": data}
         digest = chain_hash(head, row)
-        rows.append(DecisionRow(**row, at=datetime.now(UTC), prev_hash=head, hash=digest))
+        out.append(DecisionRow(**row, at=start + timedelta(seconds=i), prev_hash=head,
+                               hash=digest))
         head = digest
-    return rows
+    return out
+
+
+def _chain(wf: str, n: int) -> list[DecisionRow]:
+    return _decided(wf, *(("k", "allow", {"i": i}, f"r{i}") for i in range(1, n + 1)))
 
 
 async def test_decision_rows_are_written_once_and_tampering_is_detected(
@@ -423,46 +428,7 @@ async def test_the_trail_is_every_row_as_stored_with_its_types(ledger: Ledger) -
     assert await ledger.verify_chain(wf) == []
 
 
-def _decided(wf: str, *rows: tuple[str, str, dict[str, object], str]) -> list[DecisionRow]:
-    """A chain of (kind, decision, data, reason) rows of run ``r``, a second apart."""
-    out, head, start = [], GENESIS, datetime.now(UTC)
-    for i, (kind, decision, data, reason) in enumerate(rows, start=1):
-        row = {"workflow_id": wf, "run_id": "r", "seq": i, "step": i, "kind": kind,
-               "decision": decision, "reason": reason, "actor": "stead", "policy": "p@1",
-               "data": data}
-        digest = chain_hash(head, row)
-        out.append(DecisionRow(**row, at=start + timedelta(seconds=i), prev_hash=head,
-                               hash=digest))
-        head = digest
-    return out
-
-
 COUNTED = ("gate", "route", "approval_requested", "approval_decided")
-
-
-class _Statements:
-    """Counts the statements any asyncpg connection sends while entered."""
-
-    METHODS = ("execute", "executemany", "fetch", "fetchrow", "fetchval")
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._saved: list[tuple[str, object]] = []
-
-    def __enter__(self) -> _Statements:
-        for name in self.METHODS:
-            original = getattr(asyncpg.Connection, name)
-            self._saved.append((name, original))
-
-            def counted(*args: object, _original: Any = original, **kwargs: object) -> Any:
-                self.count += 1
-                return _original(*args, **kwargs)
-            setattr(asyncpg.Connection, name, counted)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for name, original in self._saved:
-            setattr(asyncpg.Connection, name, original)
 
 
 async def test_finishing_a_run_reads_back_what_its_metrics_count_in_the_same_statement(
@@ -477,9 +443,10 @@ async def test_finishing_a_run_reads_back_what_its_metrics_count_in_the_same_sta
         agent="a", input="x", tenant="t", metadata={SYNTHETIC_KEY: "eval"})), model="m")
     await ledger.append_decisions(rows[:3])
     result = RunResult(status="completed", answer="ok", steps=5, audit_head=rows[-1].hash)
-    with _Statements() as statements:
+    probe = _Probe()  # the statement counter bench.profile reports round trips with
+    with probe.installed(profile=False):
         got = await ledger.finish_run(ref, result, decisions=rows[3:], counting=COUNTED)
-    assert statements.count == 1  # the close and the read back in one round trip
+    assert probe.round_trips == 1  # the close and the read back in one round trip
     assert got is not None
     assert (got.agent, got.synthetic) == ("a", "eval")
     assert got.seconds is not None and got.seconds >= 0

@@ -213,6 +213,21 @@ async def test_a_run_with_work_in_flight_is_not_parked(monkeypatch: pytest.Monke
     assert told == [True, False, True, False]
 
 
+def test_an_evicted_run_closing_outside_its_workflow_leaves_the_registry_alone() -> None:
+    """The ``finally`` of a parked wait runs outside the workflow's loop when an evicted run's
+    coroutine is closed: it must neither raise nor touch the registry."""
+    registry = parking.PARKED
+    registry.watch("q-closed")
+    try:
+        registry.park("run-closed", "q-closed")
+        _seam.parked(False)  # no workflow running here
+        _seam.parked(True)
+        assert registry.parked("q-closed") == 1
+    finally:
+        registry.unpark("run-closed")
+        registry.unwatch("q-closed")
+
+
 # ---------------------------------------------------------------------------- on the server
 
 @pytest.mark.parametrize("sandbox", [False, True], ids=["unsandboxed", "sandboxed"])

@@ -213,7 +213,14 @@ class TemporalSeam:
 
 
 def parked(waiting: bool) -> None:
-    """``Seam.parked`` for the running workflow (the conversation's idle wait calls it too)."""
+    """``Seam.parked`` for the running workflow (the conversation's idle wait calls it too).
+
+    Outside the workflow's event loop it does nothing. A run evicted while it waits has its
+    coroutine closed there, and the ``finally`` that unparks it then runs with no workflow to
+    ask (``workflow.info()`` raised, an unraisable error at collection); the eviction took the
+    run out of the registry already (``ParkedRuns.due``)."""
+    if not workflow.in_workflow():
+        return
     info = workflow.info()
     if waiting:
         PARKED.park(info.run_id, info.task_queue)
